@@ -1,0 +1,2 @@
+//! Concord's task runner: `cargo xtask test`.
+fn main() {}
