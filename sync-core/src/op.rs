@@ -1,0 +1,230 @@
+//! Operations: the unit of change a replica makes, logs and sends.
+
+use serde::{Deserialize, Serialize};
+
+use crate::hlc::Hlc;
+use crate::limits;
+use crate::stamp::{ReplicaId, Stamp};
+use crate::value::{MAX_VALUE_DEPTH, Value};
+
+/// Names one operation: the replica that made it and its sequence number there.
+///
+/// Each replica numbers its operations 1, 2, 3, … without gaps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct OpId {
+    /// The replica that made the operation.
+    pub replica: ReplicaId,
+    /// Its position in that replica's own sequence, starting at 1.
+    pub seq: u64,
+}
+
+/// One operation: who, when, and what changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Op {
+    /// Who made it and its sequence number.
+    pub id: OpId,
+    /// When it was made; with `id.replica` it forms the operation's [`Stamp`].
+    pub hlc: Hlc,
+    /// What it changes.
+    pub change: Change,
+}
+
+impl Op {
+    /// The stamp every part of this operation carries.
+    pub fn stamp(&self) -> Stamp {
+        Stamp::new(self.hlc, self.id.replica)
+    }
+
+    /// The collection the operation touches.
+    pub fn collection(&self) -> &str {
+        match &self.change {
+            Change::Put { collection, .. }
+            | Change::Delete { collection, .. }
+            | Change::CreateCollection { collection }
+            | Change::DropCollection { collection } => collection,
+        }
+    }
+
+    /// Rough size in bytes of the operation's content, for batch limits.
+    pub fn payload_len(&self) -> usize {
+        let names = match &self.change {
+            Change::Put {
+                collection,
+                id,
+                fields,
+            } => {
+                collection.len()
+                    + id.len()
+                    + fields
+                        .iter()
+                        .map(|(n, v)| n.len() + v.as_ref().map_or(0, Value::payload_len))
+                        .sum::<usize>()
+            }
+            Change::Delete { collection, id } => collection.len() + id.len(),
+            Change::CreateCollection { collection } | Change::DropCollection { collection } => {
+                collection.len()
+            }
+        };
+        names + 24
+    }
+
+    /// Checks the operation against the data model's limits.
+    ///
+    /// Local writes are checked before they are stamped; remote operations
+    /// are checked before they touch any state.
+    pub fn validate(&self) -> Result<(), InvalidOp> {
+        if self.id.seq == 0 {
+            return Err(InvalidOp::ZeroSequence);
+        }
+        self.change.validate()
+    }
+}
+
+/// The change an operation makes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// Writes fields of one document, creating it if needed. `None` removes a field.
+    Put {
+        /// The collection.
+        collection: String,
+        /// The document id.
+        id: String,
+        /// Field names with their new values; each name appears once.
+        fields: Vec<(String, Option<Value>)>,
+    },
+    /// Deletes a document: every field stamped at or before this operation is gone.
+    Delete {
+        /// The collection.
+        collection: String,
+        /// The document id.
+        id: String,
+    },
+    /// Creates a collection (writes into a collection create it implicitly too).
+    CreateCollection {
+        /// The collection.
+        collection: String,
+    },
+    /// Drops a collection and everything in it stamped at or before this operation.
+    DropCollection {
+        /// The collection.
+        collection: String,
+    },
+}
+
+impl Change {
+    /// Checks names, sizes and nesting against [`crate::limits`].
+    pub fn validate(&self) -> Result<(), InvalidOp> {
+        match self {
+            Change::Put {
+                collection,
+                id,
+                fields,
+            } => {
+                check_collection(collection)?;
+                check_doc_id(id)?;
+                if fields.len() > limits::MAX_FIELDS_PER_PUT {
+                    return Err(InvalidOp::TooManyFields(fields.len()));
+                }
+                for (index, (name, value)) in fields.iter().enumerate() {
+                    check_field_name(name)?;
+                    if fields[..index].iter().any(|(earlier, _)| earlier == name) {
+                        return Err(InvalidOp::DuplicateField(name.clone()));
+                    }
+                    if value.as_ref().is_some_and(|v| v.depth() > MAX_VALUE_DEPTH) {
+                        return Err(InvalidOp::ValueTooDeep(name.clone()));
+                    }
+                }
+                Ok(())
+            }
+            Change::Delete { collection, id } => {
+                check_collection(collection)?;
+                check_doc_id(id)
+            }
+            Change::CreateCollection { collection } | Change::DropCollection { collection } => {
+                check_collection(collection)
+            }
+        }
+    }
+}
+
+/// Checks a collection name against the limits.
+pub(crate) fn check_collection(name: &str) -> Result<(), InvalidOp> {
+    check_name(name, limits::MAX_COLLECTION_NAME_LEN, NameKind::Collection)
+}
+
+/// Checks a document id against the limits.
+pub(crate) fn check_doc_id(id: &str) -> Result<(), InvalidOp> {
+    check_name(id, limits::MAX_DOC_ID_LEN, NameKind::DocumentId)
+}
+
+/// Checks a field name against the limits.
+pub(crate) fn check_field_name(name: &str) -> Result<(), InvalidOp> {
+    check_name(name, limits::MAX_FIELD_NAME_LEN, NameKind::Field)
+}
+
+fn check_name(name: &str, max: usize, kind: NameKind) -> Result<(), InvalidOp> {
+    if name.is_empty() {
+        return Err(InvalidOp::EmptyName(kind));
+    }
+    if name.len() > max {
+        return Err(InvalidOp::NameTooLong {
+            kind,
+            len: name.len(),
+            max,
+        });
+    }
+    Ok(())
+}
+
+/// Which kind of name a validation error is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NameKind {
+    /// A collection name.
+    Collection,
+    /// A document id.
+    DocumentId,
+    /// A field name.
+    Field,
+}
+
+impl core::fmt::Display for NameKind {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            NameKind::Collection => "collection name",
+            NameKind::DocumentId => "document id",
+            NameKind::Field => "field name",
+        })
+    }
+}
+
+/// An operation breaks the data model's rules.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidOp {
+    /// A name or id is empty.
+    #[error("{0} must not be empty")]
+    EmptyName(NameKind),
+    /// A name or id is longer than allowed.
+    #[error("{kind} is {len} bytes long; the limit is {max} bytes")]
+    NameTooLong {
+        /// Which name.
+        kind: NameKind,
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// One put names the same field twice.
+    #[error("field {0:?} appears more than once in one write")]
+    DuplicateField(String),
+    /// One put writes more fields than allowed.
+    #[error("one write sets {0} fields; the limit is {max}", max = limits::MAX_FIELDS_PER_PUT)]
+    TooManyFields(usize),
+    /// A value nests lists and maps too deeply.
+    #[error("value of field {0:?} nests lists and maps deeper than {MAX_VALUE_DEPTH} levels")]
+    ValueTooDeep(String),
+    /// Sequence numbers start at 1.
+    #[error("operation sequence numbers start at 1")]
+    ZeroSequence,
+}

@@ -1,0 +1,701 @@
+//! The replica: local writes, remote operations, the outbox, and the
+//! persistence and event queues a host drains.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crate::hlc::{Clock, ClockError, DEFAULT_MAX_DRIFT_MS, Hlc};
+use crate::op::{Change, InvalidOp, Op, OpId};
+use crate::persist::{
+    CollectionRecord, DocRecord, DocRecordRef, MetaRecord, PersistBatch, RecordError, StoreKey,
+    Write, decode_record, encode_record, outbox_record,
+};
+use crate::revision::Revision;
+use crate::snapshot::Snapshot;
+use crate::stamp::ReplicaId;
+use crate::state::{DocState, Document, Effect, FieldSlot, State};
+use crate::value::Value;
+use crate::version::VersionVector;
+
+/// Settings of a replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicaConfig {
+    /// Remote stamps further ahead of the local wall clock than this are refused.
+    pub max_drift_ms: u64,
+}
+
+impl Default for ReplicaConfig {
+    fn default() -> Self {
+        ReplicaConfig {
+            max_drift_ms: DEFAULT_MAX_DRIFT_MS,
+        }
+    }
+}
+
+/// Where a change came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A write made on this replica.
+    Local,
+    /// An operation or snapshot received from elsewhere.
+    Remote,
+}
+
+/// Something applications may want to react to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A document's state changed: it was written, deleted, or pruned by a drop.
+    DocumentChanged {
+        /// The collection.
+        collection: String,
+        /// The document id.
+        id: String,
+        /// Who changed it.
+        origin: Origin,
+    },
+    /// A collection was created or dropped.
+    CollectionChanged {
+        /// The collection.
+        collection: String,
+        /// Who changed it.
+        origin: Origin,
+    },
+}
+
+/// A local write was refused. Nothing was changed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// A conditional write found the document at another revision.
+    #[error(
+        "document {collection}/{id} is at revision {}, not the expected {}; read it again and retry",
+        display_revision(.actual), display_revision(.expected)
+    )]
+    RevisionMismatch {
+        /// The collection.
+        collection: String,
+        /// The document id.
+        id: String,
+        /// The revision the caller expected (`None`: "does not exist").
+        expected: Option<Revision>,
+        /// The revision the document has (`None`: it does not exist).
+        actual: Option<Revision>,
+    },
+    /// The write breaks the data model's rules (names, sizes, nesting).
+    #[error(transparent)]
+    Invalid(#[from] InvalidOp),
+    /// The clock could not produce a stamp.
+    #[error(transparent)]
+    Clock(#[from] ClockError),
+    /// The write was stamped at or before a tombstone already merged, so it
+    /// was dropped: the replica's clock is behind data it holds.
+    #[error(
+        "write to {collection}/{id} was stamped before a delete already merged; the clock is behind"
+    )]
+    Superseded {
+        /// The collection.
+        collection: String,
+        /// The document id.
+        id: String,
+    },
+}
+
+fn display_revision(revision: &Option<Revision>) -> String {
+    revision.map_or_else(|| "absent".to_owned(), |r| r.to_string())
+}
+
+/// A remote operation or snapshot was refused. Nothing was changed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApplyError {
+    /// The operation breaks the data model's rules: the peer misbehaved.
+    #[error("peer sent an invalid operation {op:?}: {reason}")]
+    Invalid {
+        /// Which operation.
+        op: OpId,
+        /// What is wrong with it.
+        reason: InvalidOp,
+    },
+    /// The operation's stamp is too far ahead of the local clock.
+    #[error(transparent)]
+    Clock(#[from] ClockError),
+}
+
+/// Whether a remote operation was new.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// It was new and has been merged.
+    New,
+    /// It had been applied before; nothing changed.
+    Duplicate,
+}
+
+/// The persisted records could not be turned back into a replica.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RestoreError {
+    /// A record does not decode.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// Records exist but the replica's own bookkeeping record does not.
+    #[error("the store holds replica data but no metadata record; it is incomplete")]
+    MissingMeta,
+    /// The records contradict each other.
+    #[error("the stored replica is inconsistent: {0}")]
+    Inconsistent(String),
+}
+
+/// What changed since the last persist batch was taken.
+#[derive(Debug, Default)]
+struct Dirty {
+    meta: bool,
+    collections: BTreeSet<String>,
+    docs: BTreeSet<(String, String)>,
+    /// Outbox sequence numbers to write (`true`) or remove (`false`).
+    outbox: BTreeMap<u64, bool>,
+}
+
+/// One replica of a Concord database: the merged state plus everything
+/// needed to sync it.
+///
+/// It does no IO. Writes take the host's wall clock `now` in milliseconds;
+/// after any call the host drains [`Replica::take_persist`] (one atomic
+/// store write) and [`Replica::poll_event`].
+#[derive(Debug)]
+pub struct Replica {
+    id: ReplicaId,
+    clock: Clock,
+    next_seq: u64,
+    state: State,
+    version: VersionVector,
+    outbox: VecDeque<Op>,
+    dirty: Dirty,
+    events: VecDeque<Event>,
+}
+
+impl Replica {
+    /// A new, empty replica. The host picks `id` at random once and keeps it.
+    pub fn new(id: ReplicaId, config: ReplicaConfig) -> Replica {
+        Replica {
+            id,
+            clock: Clock::new(config.max_drift_ms),
+            next_seq: 1,
+            state: State::new(),
+            version: VersionVector::new(),
+            outbox: VecDeque::new(),
+            dirty: Dirty {
+                meta: true,
+                ..Dirty::default()
+            },
+            events: VecDeque::new(),
+        }
+    }
+
+    /// This replica's id.
+    pub fn id(&self) -> ReplicaId {
+        self.id
+    }
+
+    /// The merged state, for reads.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// A document, if it exists.
+    pub fn get(&self, collection: &str, id: &str) -> Option<Document> {
+        self.state.get(collection, id)
+    }
+
+    /// Every document of a collection, ordered by id.
+    pub fn list(&self, collection: &str) -> Vec<Document> {
+        self.state.list(collection)
+    }
+
+    /// A document's revision, `None` when it does not exist.
+    pub fn revision(&self, collection: &str, id: &str) -> Option<Revision> {
+        self.state.revision(collection, id)
+    }
+
+    /// Which operations have been applied here.
+    pub fn version(&self) -> &VersionVector {
+        &self.version
+    }
+
+    /// The latest clock reading made or observed.
+    pub fn clock(&self) -> Hlc {
+        self.clock.last()
+    }
+
+    /// The sequence number the next local operation will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Local operations not yet acknowledged, oldest first.
+    pub fn outbox(&self) -> impl ExactSizeIterator<Item = &Op> + '_ {
+        self.outbox.iter()
+    }
+
+    /// Writes fields of a document, creating it if needed.
+    ///
+    /// Fields not named keep their values (per-field last-writer-wins);
+    /// returns the document's new revision.
+    pub fn put<K, V>(
+        &mut self,
+        now: u64,
+        collection: &str,
+        id: &str,
+        fields: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Revision, WriteError>
+    where
+        K: Into<String>,
+        V: Into<Value>,
+    {
+        self.write_fields(
+            now,
+            collection,
+            id,
+            collect_fields(fields),
+            Precondition::None,
+        )
+    }
+
+    /// Like [`Replica::put`], but only if the document is still at `expected`
+    /// (`None`: only if it does not exist).
+    pub fn put_if<K, V>(
+        &mut self,
+        now: u64,
+        collection: &str,
+        id: &str,
+        fields: impl IntoIterator<Item = (K, V)>,
+        expected: Option<Revision>,
+    ) -> Result<Revision, WriteError>
+    where
+        K: Into<String>,
+        V: Into<Value>,
+    {
+        self.write_fields(
+            now,
+            collection,
+            id,
+            collect_fields(fields),
+            Precondition::Revision(expected),
+        )
+    }
+
+    /// Removes fields of an existing or new document.
+    pub fn unset<K: Into<String>>(
+        &mut self,
+        now: u64,
+        collection: &str,
+        id: &str,
+        names: impl IntoIterator<Item = K>,
+    ) -> Result<Revision, WriteError> {
+        let fields = names.into_iter().map(|n| (n.into(), None)).collect();
+        self.write_fields(now, collection, id, fields, Precondition::None)
+    }
+
+    /// Deletes a document: every field written at or before now is gone.
+    pub fn delete(&mut self, now: u64, collection: &str, id: &str) -> Result<(), WriteError> {
+        let change = Change::Delete {
+            collection: collection.to_owned(),
+            id: id.to_owned(),
+        };
+        self.commit_local(now, change).map(|_| ())
+    }
+
+    /// Creates a collection (writing into one creates it too).
+    pub fn create_collection(&mut self, now: u64, collection: &str) -> Result<(), WriteError> {
+        self.commit_local(
+            now,
+            Change::CreateCollection {
+                collection: collection.to_owned(),
+            },
+        )
+        .map(|_| ())
+    }
+
+    /// Drops a collection and everything written to it at or before now.
+    pub fn drop_collection(&mut self, now: u64, collection: &str) -> Result<(), WriteError> {
+        self.commit_local(
+            now,
+            Change::DropCollection {
+                collection: collection.to_owned(),
+            },
+        )
+        .map(|_| ())
+    }
+
+    fn write_fields(
+        &mut self,
+        now: u64,
+        collection: &str,
+        id: &str,
+        mut fields: Vec<(String, Option<Value>)>,
+        precondition: Precondition,
+    ) -> Result<Revision, WriteError> {
+        if let Precondition::Revision(expected) = precondition {
+            let actual = self.state.revision(collection, id);
+            if actual != expected {
+                return Err(WriteError::RevisionMismatch {
+                    collection: collection.to_owned(),
+                    id: id.to_owned(),
+                    expected,
+                    actual,
+                });
+            }
+        }
+        dedup_keep_last(&mut fields);
+        let change = Change::Put {
+            collection: collection.to_owned(),
+            id: id.to_owned(),
+            fields,
+        };
+        self.commit_local(now, change)?;
+        // The clock orders every local stamp after everything merged, so a
+        // put always lands; `Superseded` would mean that invariant broke.
+        self.state
+            .revision(collection, id)
+            .ok_or_else(|| WriteError::Superseded {
+                collection: collection.to_owned(),
+                id: id.to_owned(),
+            })
+    }
+
+    /// Validates, stamps, applies and queues one local change.
+    fn commit_local(&mut self, now: u64, change: Change) -> Result<OpId, WriteError> {
+        change.validate()?;
+        let hlc = self.clock.tick(now)?;
+        let op = Op {
+            id: OpId {
+                replica: self.id,
+                seq: self.next_seq,
+            },
+            hlc,
+            change,
+        };
+        self.next_seq += 1;
+        let effect = self.state.apply(&op);
+        self.version.insert(op.id);
+        self.record_effect(effect, Origin::Local);
+        self.dirty.meta = true;
+        self.dirty.outbox.insert(op.id.seq, true);
+        let id = op.id;
+        self.outbox.push_back(op);
+        Ok(id)
+    }
+
+    /// Merges an operation received from elsewhere.
+    ///
+    /// Idempotent: an operation applied before is reported as a duplicate
+    /// and changes nothing. An invalid operation, or one stamped further in
+    /// the future than the drift bound allows, is refused and changes nothing.
+    pub fn apply(&mut self, now: u64, op: &Op) -> Result<Applied, ApplyError> {
+        op.validate()
+            .map_err(|reason| ApplyError::Invalid { op: op.id, reason })?;
+        if self.version.contains(op.id) {
+            return Ok(Applied::Duplicate);
+        }
+        self.clock.observe(op.hlc, now)?;
+        let effect = self.state.apply(op);
+        self.version.insert(op.id);
+        if op.id.replica == self.id {
+            // Our own operation coming back (say, after restoring an older
+            // backup): never hand out its sequence number again.
+            self.next_seq = self.next_seq.max(op.id.seq + 1);
+        }
+        self.record_effect(effect, Origin::Remote);
+        self.dirty.meta = true;
+        Ok(Applied::New)
+    }
+
+    /// Drops acknowledged operations, those numbered up to `through_seq`,
+    /// from the outbox. Returns how many were dropped.
+    pub fn acknowledge(&mut self, through_seq: u64) -> usize {
+        let mut dropped = 0;
+        while self
+            .outbox
+            .front()
+            .is_some_and(|op| op.id.seq <= through_seq)
+        {
+            if let Some(op) = self.outbox.pop_front() {
+                // An op written and acknowledged before any persist needs no record at all.
+                if self.dirty.outbox.remove(&op.id.seq) != Some(true) {
+                    self.dirty.outbox.insert(op.id.seq, false);
+                }
+                dropped += 1;
+            }
+        }
+        dropped
+    }
+
+    /// Merges a snapshot (for example from the relay after compaction).
+    ///
+    /// Local writes not in the snapshot survive: merging is the same join as
+    /// applying operations.
+    pub fn merge_snapshot(&mut self, now: u64, snapshot: &Snapshot) -> Result<(), ApplyError> {
+        self.clock.observe(snapshot.max_hlc, now)?;
+        let other = &snapshot.state;
+        for (name, coll) in &other.collections {
+            let before = self
+                .state
+                .collections
+                .get(name)
+                .map(|c| (c.created, c.dropped));
+            self.state
+                .merge_collection(name, coll.created, coll.dropped);
+            let after = self
+                .state
+                .collections
+                .get(name)
+                .map(|c| (c.created, c.dropped));
+            if before != after {
+                self.record_effect(
+                    Effect::Collection {
+                        collection: name.clone(),
+                        documents: Vec::new(),
+                    },
+                    Origin::Remote,
+                );
+                // A drop may have pruned documents: rewrite them all.
+                let ids: Vec<String> = self
+                    .state
+                    .collections
+                    .get(name)
+                    .map_or_else(Vec::new, |c| c.docs.keys().cloned().collect());
+                for id in ids {
+                    self.dirty.docs.insert((name.clone(), id));
+                }
+            }
+            for (id, doc) in &coll.docs {
+                let effect = self.state.merge_document(name, id, other.doc_parts(doc));
+                self.record_effect(effect, Origin::Remote);
+            }
+        }
+        self.version.merge(&snapshot.version);
+        self.dirty.meta = true;
+        Ok(())
+    }
+
+    /// Encodes the whole merged state as a checksummed snapshot.
+    pub fn encode_snapshot(&self) -> Vec<u8> {
+        Snapshot::encode(&self.state, &self.version, self.clock.last())
+    }
+
+    fn record_effect(&mut self, effect: Effect, origin: Origin) {
+        match effect {
+            Effect::Unchanged => {}
+            Effect::Document { collection, id } => {
+                self.events.push_back(Event::DocumentChanged {
+                    collection: collection.clone(),
+                    id: id.clone(),
+                    origin,
+                });
+                self.dirty.docs.insert((collection, id));
+            }
+            Effect::Collection {
+                collection,
+                documents,
+            } => {
+                for id in documents {
+                    self.events.push_back(Event::DocumentChanged {
+                        collection: collection.clone(),
+                        id: id.clone(),
+                        origin,
+                    });
+                    self.dirty.docs.insert((collection.clone(), id));
+                }
+                self.events.push_back(Event::CollectionChanged {
+                    collection: collection.clone(),
+                    origin,
+                });
+                self.dirty.collections.insert(collection);
+            }
+        }
+    }
+
+    /// The next event, oldest first.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Everything changed since the last call, as one batch the store must
+    /// write atomically; `None` when nothing changed.
+    ///
+    /// A local write is durable once its batch is written.
+    pub fn take_persist(&mut self) -> Option<PersistBatch> {
+        let dirty = std::mem::take(&mut self.dirty);
+        let mut batch = PersistBatch::default();
+        if dirty.meta {
+            let meta = MetaRecord {
+                replica: self.id,
+                clock: self.clock.last(),
+                next_seq: self.next_seq,
+                version: self.version.clone(),
+            };
+            batch.writes.push(Write::Put {
+                key: StoreKey::Meta,
+                value: encode_record(&meta),
+            });
+        }
+        for name in dirty.collections {
+            let record = self.state.collections.get(&name).map(|c| CollectionRecord {
+                created: c.created,
+                dropped: c.dropped,
+            });
+            let key = StoreKey::Collection(name);
+            batch.writes.push(match record {
+                Some(record) if record.created.is_some() || record.dropped.is_some() => {
+                    Write::Put {
+                        key,
+                        value: encode_record(&record),
+                    }
+                }
+                _ => Write::Delete { key },
+            });
+        }
+        for (collection, id) in dirty.docs {
+            let doc = self
+                .state
+                .collections
+                .get(&collection)
+                .and_then(|c| c.docs.get(&id));
+            let value = doc.map(|doc| {
+                let parts = self.state.doc_parts(doc);
+                encode_record(&DocRecordRef::from_parts(&parts))
+            });
+            let key = StoreKey::Document { collection, id };
+            batch.writes.push(match value {
+                Some(value) => Write::Put { key, value },
+                None => Write::Delete { key },
+            });
+        }
+        let first_seq = self.outbox.front().map_or(0, |op| op.id.seq);
+        for (seq, keep) in dirty.outbox {
+            let op = seq
+                .checked_sub(first_seq)
+                .and_then(|i| self.outbox.get(usize::try_from(i).ok()?));
+            batch.writes.push(match op {
+                Some(op) if keep => outbox_record(op),
+                _ => Write::Delete {
+                    key: StoreKey::Outbox(seq),
+                },
+            });
+        }
+        (!batch.is_empty()).then_some(batch)
+    }
+
+    /// Rebuilds a replica from the records its batches wrote.
+    ///
+    /// Returns `Ok(None)` for an empty store. Records under
+    /// [`StoreKey::Extension`] belong to other layers and are skipped.
+    pub fn restore<I>(config: ReplicaConfig, records: I) -> Result<Option<Replica>, RestoreError>
+    where
+        I: IntoIterator<Item = crate::store::Record>,
+    {
+        let mut meta: Option<MetaRecord> = None;
+        let mut state = State::new();
+        let mut outbox = BTreeMap::new();
+        let mut any = false;
+        for (key_bytes, value) in records {
+            let key = StoreKey::from_bytes(&key_bytes)?;
+            match &key {
+                StoreKey::Meta => meta = Some(decode_record(&key, &value)?),
+                StoreKey::Collection(name) => {
+                    let record: CollectionRecord = decode_record(&key, &value)?;
+                    let coll = state.collections.entry(name.clone()).or_default();
+                    coll.created = record.created;
+                    coll.dropped = record.dropped;
+                }
+                StoreKey::Document { collection, id } => {
+                    let record: DocRecord = decode_record(&key, &value)?;
+                    let mut doc = DocState {
+                        written: record.written,
+                        deleted: record.deleted,
+                        fields: Vec::new(),
+                    };
+                    for (name, stamp, value) in record.fields {
+                        let name = state.names.intern(&name);
+                        doc.fields.push(FieldSlot { stamp, value, name });
+                    }
+                    doc.fields.sort_by_key(|slot| slot.name);
+                    state
+                        .collections
+                        .entry(collection.clone())
+                        .or_default()
+                        .docs
+                        .insert(id.clone(), doc);
+                }
+                StoreKey::Outbox(seq) => {
+                    let op: Op = decode_record(&key, &value)?;
+                    if op.id.seq != *seq {
+                        return Err(RestoreError::Inconsistent(format!(
+                            "outbox record {seq} holds operation {}",
+                            op.id.seq
+                        )));
+                    }
+                    outbox.insert(*seq, op);
+                }
+                StoreKey::Extension(_) => continue,
+            }
+            any = true;
+        }
+        let Some(meta) = meta else {
+            return if any {
+                Err(RestoreError::MissingMeta)
+            } else {
+                Ok(None)
+            };
+        };
+        if let Some(op) = outbox
+            .values()
+            .find(|op| op.id.replica != meta.replica || op.id.seq >= meta.next_seq)
+        {
+            return Err(RestoreError::Inconsistent(format!(
+                "outbox holds foreign or future operation {:?}",
+                op.id
+            )));
+        }
+        Ok(Some(Replica {
+            id: meta.replica,
+            clock: Clock::resume(meta.clock, config.max_drift_ms),
+            next_seq: meta.next_seq,
+            state,
+            version: meta.version,
+            outbox: outbox.into_values().collect(),
+            dirty: Dirty::default(),
+            events: VecDeque::new(),
+        }))
+    }
+}
+
+/// What must hold for a write to go ahead.
+#[derive(Clone, Copy)]
+enum Precondition {
+    None,
+    Revision(Option<Revision>),
+}
+
+fn collect_fields<K: Into<String>, V: Into<Value>>(
+    fields: impl IntoIterator<Item = (K, V)>,
+) -> Vec<(String, Option<Value>)> {
+    fields
+        .into_iter()
+        .map(|(k, v)| (k.into(), Some(v.into())))
+        .collect()
+}
+
+/// When a caller names a field twice, the last value wins, as in a JSON object.
+fn dedup_keep_last(fields: &mut Vec<(String, Option<Value>)>) {
+    if fields.len() < 2 {
+        return;
+    }
+    let mut seen = BTreeSet::new();
+    let mut kept: Vec<_> = fields
+        .drain(..)
+        .rev()
+        .filter(|(name, _)| seen.insert(name.clone()))
+        .collect();
+    kept.reverse();
+    *fields = kept;
+}

@@ -1,0 +1,343 @@
+//! The conformance suite every [`Store`] implementation runs.
+//!
+//! A store crate implements [`Harness`] (how to open a fresh store and how to
+//! close and reopen one) and invokes [`store_conformance_tests!`] in its
+//! tests, which expands to one `#[test]` per check below. The checks panic
+//! with a message on failure, as tests do.
+//!
+//! ```
+//! use sync_core::store::{MemoryStore, conformance::Harness};
+//!
+//! struct Memory;
+//! impl Harness for Memory {
+//!     type Store = MemoryStore;
+//!     fn open_fresh(&mut self) -> MemoryStore { MemoryStore::new() }
+//!     fn reopen(&mut self, store: MemoryStore) -> MemoryStore { store.clone() }
+//! }
+//!
+//! sync_core::store::conformance::run_all(&mut Memory);
+//! ```
+//!
+//! [`store_conformance_tests!`]: crate::store_conformance_tests
+
+// A test suite fails by panicking, like the assertions it is built from.
+#![allow(clippy::panic)]
+
+use std::fmt::Debug;
+
+use super::{Record, Store};
+use crate::persist::{PersistBatch, StoreKey, Write};
+use crate::replica::{Replica, ReplicaConfig};
+use crate::stamp::ReplicaId;
+use crate::value::Value;
+
+/// Opens stores for the suite.
+pub trait Harness {
+    /// The store under test.
+    type Store: Store;
+    /// A new, empty store.
+    fn open_fresh(&mut self) -> Self::Store;
+    /// Closes `store` and opens the same underlying storage again.
+    fn reopen(&mut self, store: Self::Store) -> Self::Store;
+}
+
+/// One conformance check.
+pub type Check = fn(&mut dyn Session);
+
+/// Every check, by name, for [`run_all`], [`run_one`] and the test macro.
+pub const CHECKS: &[(&str, Check)] = &[
+    ("empty_store_reads_nothing", empty_store_reads_nothing),
+    ("batch_writes_are_read_back", batch_writes_are_read_back),
+    ("overwrite_and_delete", overwrite_and_delete),
+    (
+        "records_come_back_in_key_order",
+        records_come_back_in_key_order,
+    ),
+    ("binary_keys_and_large_values", binary_keys_and_large_values),
+    ("writes_survive_reopen", writes_survive_reopen),
+    (
+        "replica_round_trips_through_store",
+        replica_round_trips_through_store,
+    ),
+    (
+        "acknowledged_ops_leave_the_store",
+        acknowledged_ops_leave_the_store,
+    ),
+];
+
+/// Runs every check against stores from `harness`.
+pub fn run_all<H: Harness>(harness: &mut H)
+where
+    <H::Store as Store>::Error: Debug,
+{
+    for (name, _) in CHECKS {
+        run_one(harness, name);
+    }
+}
+
+/// Runs the check called `name` against a fresh store from `harness`.
+pub fn run_one<H: Harness>(harness: &mut H, name: &str)
+where
+    <H::Store as Store>::Error: Debug,
+{
+    let Some((_, check)) = CHECKS.iter().find(|(n, _)| *n == name) else {
+        panic!("no conformance check named {name:?}");
+    };
+    let store = harness.open_fresh();
+    let mut session = Open {
+        harness,
+        store: Some(store),
+    };
+    check(&mut session);
+}
+
+/// Expands to one `#[test]` per conformance check, each run against stores
+/// from the harness expression (evaluated afresh for every test).
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($harness:expr) => {
+        $crate::store_conformance_tests!(@each $harness;
+            empty_store_reads_nothing, batch_writes_are_read_back, overwrite_and_delete,
+            records_come_back_in_key_order, binary_keys_and_large_values, writes_survive_reopen,
+            replica_round_trips_through_store, acknowledged_ops_leave_the_store);
+    };
+    (@each $harness:expr; $($check:ident),*) => {
+        $(
+            #[test]
+            fn $check() {
+                $crate::store::conformance::run_one(&mut $harness, stringify!($check));
+            }
+        )*
+    };
+}
+
+/// One open store as the checks see it: plain functions over a trait object.
+pub trait Session {
+    /// Writes a batch, panicking on error.
+    fn write(&mut self, batch: &PersistBatch);
+    /// Reads every record, panicking on error.
+    fn read_all(&mut self) -> Vec<Record>;
+    /// Closes and reopens the store.
+    fn reopen(&mut self);
+}
+
+struct Open<'h, H: Harness> {
+    harness: &'h mut H,
+    store: Option<H::Store>,
+}
+
+impl<H: Harness> Open<'_, H> {
+    fn store(&mut self) -> &mut H::Store {
+        let harness = &mut *self.harness;
+        self.store.get_or_insert_with(|| harness.open_fresh())
+    }
+}
+
+impl<H: Harness> Session for Open<'_, H>
+where
+    <H::Store as Store>::Error: Debug,
+{
+    fn write(&mut self, batch: &PersistBatch) {
+        if let Err(e) = self.store().write(batch) {
+            panic!("store write failed: {e:?}");
+        }
+    }
+    fn read_all(&mut self) -> Vec<Record> {
+        match self.store().read_all() {
+            Ok(records) => records,
+            Err(e) => panic!("store read failed: {e:?}"),
+        }
+    }
+    fn reopen(&mut self) {
+        let store = self
+            .store
+            .take()
+            .unwrap_or_else(|| self.harness.open_fresh());
+        self.store = Some(self.harness.reopen(store));
+    }
+}
+
+fn put(key: StoreKey, value: &[u8]) -> Write {
+    Write::Put {
+        key,
+        value: value.to_vec(),
+    }
+}
+
+fn batch(writes: Vec<Write>) -> PersistBatch {
+    PersistBatch { writes }
+}
+
+fn doc_key(id: &str) -> StoreKey {
+    StoreKey::Document {
+        collection: "c".into(),
+        id: id.into(),
+    }
+}
+
+fn empty_store_reads_nothing(s: &mut dyn Session) {
+    assert!(
+        s.read_all().is_empty(),
+        "a fresh store must hold no records"
+    );
+}
+
+fn batch_writes_are_read_back(s: &mut dyn Session) {
+    s.write(&batch(vec![
+        put(StoreKey::Meta, b"m"),
+        put(doc_key("a"), b"1"),
+        put(StoreKey::Outbox(1), b"o"),
+    ]));
+    let records = s.read_all();
+    assert_eq!(records.len(), 3, "every write of a batch must be stored");
+    assert!(records.contains(&(doc_key("a").to_bytes(), b"1".to_vec())));
+}
+
+fn overwrite_and_delete(s: &mut dyn Session) {
+    s.write(&batch(vec![
+        put(doc_key("a"), b"1"),
+        put(doc_key("b"), b"2"),
+    ]));
+    s.write(&batch(vec![
+        put(doc_key("a"), b"3"),
+        Write::Delete { key: doc_key("b") },
+    ]));
+    s.write(&batch(vec![Write::Delete {
+        key: doc_key("never-written"),
+    }]));
+    assert_eq!(
+        s.read_all(),
+        vec![(doc_key("a").to_bytes(), b"3".to_vec())],
+        "put replaces, delete removes"
+    );
+}
+
+fn records_come_back_in_key_order(s: &mut dyn Session) {
+    let keys = [
+        StoreKey::Outbox(300),
+        StoreKey::Outbox(2),
+        StoreKey::Meta,
+        doc_key("z"),
+        doc_key("a"),
+    ];
+    s.write(&batch(keys.iter().map(|k| put(k.clone(), b"v")).collect()));
+    let read: Vec<Vec<u8>> = s.read_all().into_iter().map(|(k, _)| k).collect();
+    let mut sorted = read.clone();
+    sorted.sort();
+    assert_eq!(
+        read, sorted,
+        "read_all must return records in byte order of their keys"
+    );
+}
+
+fn binary_keys_and_large_values(s: &mut dyn Session) {
+    let id: String = (1..=255u8).map(char::from).collect();
+    let big: Vec<u8> = (0..4 * 1024 * 1024).map(|i: u32| (i % 251) as u8).collect();
+    s.write(&batch(vec![
+        put(doc_key(&id), &big),
+        put(doc_key("\u{0}nul"), b""),
+    ]));
+    let records = s.read_all();
+    assert!(
+        records.contains(&(doc_key(&id).to_bytes(), big)),
+        "a 4 MiB value with any key bytes must survive"
+    );
+    assert!(
+        records.contains(&(doc_key("\u{0}nul").to_bytes(), Vec::new())),
+        "empty values must survive"
+    );
+}
+
+fn writes_survive_reopen(s: &mut dyn Session) {
+    s.write(&batch(vec![
+        put(StoreKey::Meta, b"m"),
+        put(doc_key("a"), b"1"),
+    ]));
+    s.write(&batch(vec![
+        Write::Delete { key: doc_key("a") },
+        put(doc_key("b"), b"2"),
+    ]));
+    s.reopen();
+    assert_eq!(
+        s.read_all(),
+        vec![
+            (doc_key("b").to_bytes(), b"2".to_vec()),
+            (StoreKey::Meta.to_bytes(), b"m".to_vec())
+        ],
+        "what was written must be there after reopening"
+    );
+}
+
+fn drain(replica: &mut Replica, s: &mut dyn Session) {
+    if let Some(batch) = replica.take_persist() {
+        s.write(&batch);
+    }
+}
+
+fn replica_round_trips_through_store(s: &mut dyn Session) {
+    let mut replica = Replica::new(ReplicaId(7), ReplicaConfig::default());
+    let now = 1_700_000_000_000;
+    let step = |r: &mut Replica, s: &mut dyn Session, result: Result<(), crate::WriteError>| {
+        assert!(result.is_ok(), "local write failed: {result:?}");
+        drain(r, s);
+    };
+    let r = replica
+        .put(
+            now,
+            "todos",
+            "a",
+            [("title", Value::from("milk")), ("done", false.into())],
+        )
+        .map(|_| ());
+    step(&mut replica, s, r);
+    let r = replica
+        .put(now + 1, "todos", "b", [("title", "eggs")])
+        .map(|_| ());
+    step(&mut replica, s, r);
+    let r = replica.delete(now + 2, "todos", "b");
+    step(&mut replica, s, r);
+    let r = replica.create_collection(now + 3, "notes");
+    step(&mut replica, s, r);
+    let r = replica.unset(now + 4, "todos", "a", ["done"]).map(|_| ());
+    step(&mut replica, s, r);
+    s.reopen();
+    let restored = match Replica::restore(ReplicaConfig::default(), s.read_all()) {
+        Ok(Some(r)) => r,
+        other => panic!("restore failed: {other:?}"),
+    };
+    assert_eq!(restored.state(), replica.state(), "restored state differs");
+    assert_eq!(restored.version(), replica.version());
+    assert_eq!(restored.next_seq(), replica.next_seq());
+    assert_eq!(restored.clock(), replica.clock());
+    assert_eq!(
+        restored.outbox().cloned().collect::<Vec<_>>(),
+        replica.outbox().cloned().collect::<Vec<_>>()
+    );
+}
+
+fn acknowledged_ops_leave_the_store(s: &mut dyn Session) {
+    let mut replica = Replica::new(ReplicaId(8), ReplicaConfig::default());
+    for i in 0..10u64 {
+        let result = replica.put(
+            1_000 + i,
+            "c",
+            &format!("d{i}"),
+            [("n", Value::Int(i as i64))],
+        );
+        assert!(result.is_ok());
+        drain(&mut replica, s);
+    }
+    replica.acknowledge(6);
+    drain(&mut replica, s);
+    s.reopen();
+    let restored = match Replica::restore(ReplicaConfig::default(), s.read_all()) {
+        Ok(Some(r)) => r,
+        other => panic!("restore failed: {other:?}"),
+    };
+    let seqs: Vec<u64> = restored.outbox().map(|op| op.id.seq).collect();
+    assert_eq!(
+        seqs,
+        vec![7, 8, 9, 10],
+        "acknowledged operations must be gone from the stored outbox"
+    );
+}

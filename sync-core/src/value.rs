@@ -1,0 +1,525 @@
+//! Field values: the JSON-like data a document field holds.
+//!
+//! A list or map is one opaque field value: writing it replaces the whole
+//! value, and merge never looks inside it.
+
+use core::fmt;
+use std::collections::BTreeMap;
+
+use serde::de::{self, DeserializeSeed, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor};
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Deepest nesting of lists and maps a value may have. Deeper values are
+/// refused when written locally and when decoded, so no recursion over a
+/// value can exhaust the stack.
+pub const MAX_VALUE_DEPTH: usize = 64;
+
+/// A field value.
+///
+/// Floats compare by bit pattern, so `NaN == NaN` and `0.0 != -0.0`: equality
+/// means "the same stored value", which is what merge and tests need.
+#[derive(Clone, Debug, Default)]
+pub enum Value {
+    /// No value.
+    #[default]
+    Null,
+    /// A boolean.
+    Bool(bool),
+    /// A signed 64-bit integer.
+    Int(i64),
+    /// A 64-bit float.
+    Float(f64),
+    /// A UTF-8 string.
+    String(String),
+    /// Raw bytes.
+    Bytes(Vec<u8>),
+    /// A list of values, stored and replaced as a whole.
+    List(Vec<Value>),
+    /// A map from string keys to values, stored and replaced as a whole.
+    Map(BTreeMap<String, Value>),
+}
+
+impl PartialEq for Value {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Value::Null, Value::Null) => true,
+            (Value::Bool(a), Value::Bool(b)) => a == b,
+            (Value::Int(a), Value::Int(b)) => a == b,
+            (Value::Float(a), Value::Float(b)) => a.to_bits() == b.to_bits(),
+            (Value::String(a), Value::String(b)) => a == b,
+            (Value::Bytes(a), Value::Bytes(b)) => a == b,
+            (Value::List(a), Value::List(b)) => a == b,
+            (Value::Map(a), Value::Map(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Value {}
+
+impl Value {
+    /// Nesting depth: 0 for scalars, 1 for a list of scalars, and so on.
+    pub fn depth(&self) -> usize {
+        match self {
+            Value::List(items) => 1 + items.iter().map(Value::depth).max().unwrap_or(0),
+            Value::Map(entries) => 1 + entries.values().map(Value::depth).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    /// Bytes of payload this value carries (string and byte contents, 8 per
+    /// number), a rough measure used for batch limits and memory reports.
+    pub fn payload_len(&self) -> usize {
+        match self {
+            Value::Null | Value::Bool(_) => 1,
+            Value::Int(_) | Value::Float(_) => 8,
+            Value::String(s) => s.len(),
+            Value::Bytes(b) => b.len(),
+            Value::List(items) => items.iter().map(Value::payload_len).sum(),
+            Value::Map(entries) => entries.iter().map(|(k, v)| k.len() + v.payload_len()).sum(),
+        }
+    }
+
+    /// Converts to JSON.
+    ///
+    /// Bytes become `{"$bytes": "<base64>"}`; a map whose only key starts
+    /// with `$` is wrapped as `{"$map": {...}}` so it cannot be mistaken for
+    /// such a marker. Non-finite floats have no JSON form and are refused.
+    pub fn to_json(&self) -> Result<serde_json::Value, JsonError> {
+        use serde_json::Value as J;
+        Ok(match self {
+            Value::Null => J::Null,
+            Value::Bool(b) => J::Bool(*b),
+            Value::Int(i) => J::from(*i),
+            Value::Float(f) => {
+                J::Number(serde_json::Number::from_f64(*f).ok_or(JsonError::NonFiniteFloat(*f))?)
+            }
+            Value::String(s) => J::String(s.clone()),
+            Value::Bytes(b) => single_key_object(BYTES_MARKER, J::String(crate::base64::encode(b))),
+            Value::List(items) => {
+                J::Array(items.iter().map(Value::to_json).collect::<Result<_, _>>()?)
+            }
+            Value::Map(entries) => {
+                let object: serde_json::Map<String, J> = entries
+                    .iter()
+                    .map(|(k, v)| Ok((k.clone(), v.to_json()?)))
+                    .collect::<Result<_, JsonError>>()?;
+                let looks_like_marker =
+                    entries.len() == 1 && entries.keys().all(|k| k.starts_with('$'));
+                if looks_like_marker {
+                    single_key_object(MAP_MARKER, J::Object(object))
+                } else {
+                    J::Object(object)
+                }
+            }
+        })
+    }
+
+    /// Converts from JSON, the inverse of [`Value::to_json`].
+    ///
+    /// Integers that fit `i64` become [`Value::Int`], other numbers
+    /// [`Value::Float`]; integers beyond `i64` are refused rather than rounded.
+    pub fn from_json(json: &serde_json::Value) -> Result<Value, JsonError> {
+        from_json_at(json, 0)
+    }
+}
+
+const BYTES_MARKER: &str = "$bytes";
+const MAP_MARKER: &str = "$map";
+
+fn single_key_object(key: &str, value: serde_json::Value) -> serde_json::Value {
+    let mut object = serde_json::Map::new();
+    object.insert(key.into(), value);
+    serde_json::Value::Object(object)
+}
+
+fn from_json_at(json: &serde_json::Value, depth: usize) -> Result<Value, JsonError> {
+    use serde_json::Value as J;
+    let nested = |d: usize| {
+        if d > MAX_VALUE_DEPTH {
+            Err(JsonError::TooDeep)
+        } else {
+            Ok(d)
+        }
+    };
+    Ok(match json {
+        J::Null => Value::Null,
+        J::Bool(b) => Value::Bool(*b),
+        J::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Value::Int(i)
+            } else if n.is_u64() {
+                return Err(JsonError::IntegerOutOfRange(n.to_string()));
+            } else {
+                Value::Float(
+                    n.as_f64()
+                        .ok_or_else(|| JsonError::IntegerOutOfRange(n.to_string()))?,
+                )
+            }
+        }
+        J::String(s) => Value::String(s.clone()),
+        J::Array(items) => {
+            let d = nested(depth + 1)?;
+            Value::List(
+                items
+                    .iter()
+                    .map(|v| from_json_at(v, d))
+                    .collect::<Result<_, _>>()?,
+            )
+        }
+        J::Object(object) => {
+            let d = nested(depth + 1)?;
+            if object.len() == 1 {
+                if let Some(J::String(b64)) = object.get(BYTES_MARKER) {
+                    return crate::base64::decode(b64)
+                        .map(Value::Bytes)
+                        .ok_or(JsonError::InvalidBase64);
+                }
+                if let Some(J::Object(inner)) = object.get(MAP_MARKER) {
+                    return map_from_json(inner, d);
+                }
+            }
+            return map_from_json(object, d);
+        }
+    })
+}
+
+fn map_from_json(
+    object: &serde_json::Map<String, serde_json::Value>,
+    depth: usize,
+) -> Result<Value, JsonError> {
+    object
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), from_json_at(v, depth)?)))
+        .collect::<Result<BTreeMap<_, _>, _>>()
+        .map(Value::Map)
+}
+
+/// Why a value could not be converted to or from JSON.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JsonError {
+    /// NaN and the infinities have no JSON representation.
+    #[error("float {0} is not finite and has no JSON representation")]
+    NonFiniteFloat(f64),
+    /// A JSON integer does not fit in a signed 64-bit integer.
+    #[error("integer {0} does not fit in a signed 64-bit integer")]
+    IntegerOutOfRange(String),
+    /// A `{"$bytes": ...}` marker did not hold valid base64.
+    #[error("\"$bytes\" must hold standard padded base64")]
+    InvalidBase64,
+    /// Lists and maps nest deeper than [`MAX_VALUE_DEPTH`].
+    #[error("value nests lists and maps deeper than {MAX_VALUE_DEPTH} levels")]
+    TooDeep,
+}
+
+macro_rules! impl_from {
+    ($($from:ty => |$v:ident| $body:expr),* $(,)?) => {
+        $(impl From<$from> for Value {
+            fn from($v: $from) -> Value { $body }
+        })*
+    };
+}
+
+impl_from! {
+    bool => |v| Value::Bool(v),
+    i64 => |v| Value::Int(v),
+    i32 => |v| Value::Int(v.into()),
+    u32 => |v| Value::Int(v.into()),
+    f64 => |v| Value::Float(v),
+    String => |v| Value::String(v),
+    &str => |v| Value::String(v.into()),
+    Vec<u8> => |v| Value::Bytes(v),
+    Vec<Value> => |v| Value::List(v),
+    BTreeMap<String, Value> => |v| Value::Map(v),
+}
+
+impl<T: Into<Value>> From<Option<T>> for Value {
+    fn from(v: Option<T>) -> Value {
+        v.map_or(Value::Null, Into::into)
+    }
+}
+
+impl fmt::Display for Value {
+    /// Shows the JSON form, or the debug form when JSON cannot carry it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.to_json() {
+            Ok(json) => write!(f, "{json}"),
+            Err(_) => write!(f, "{self:?}"),
+        }
+    }
+}
+
+// The binary encoding (docs/PROTOCOL.md, "Value"): a variant index, then the
+// payload. Written by hand so decoding can bound the nesting depth.
+const VARIANTS: &[&str] = &[
+    "Null", "Bool", "Int", "Float", "String", "Bytes", "List", "Map",
+];
+
+impl Serialize for Value {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Value::Null => s.serialize_unit_variant("Value", 0, "Null"),
+            Value::Bool(v) => s.serialize_newtype_variant("Value", 1, "Bool", v),
+            Value::Int(v) => s.serialize_newtype_variant("Value", 2, "Int", v),
+            Value::Float(v) => s.serialize_newtype_variant("Value", 3, "Float", v),
+            Value::String(v) => s.serialize_newtype_variant("Value", 4, "String", v),
+            Value::Bytes(v) => s.serialize_newtype_variant("Value", 5, "Bytes", &RawBytes(v)),
+            Value::List(v) => s.serialize_newtype_variant("Value", 6, "List", &ListRef(v)),
+            Value::Map(v) => s.serialize_newtype_variant("Value", 7, "Map", &MapRef(v)),
+        }
+    }
+}
+
+struct RawBytes<'a>(&'a [u8]);
+impl Serialize for RawBytes<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
+    }
+}
+
+struct ListRef<'a>(&'a [Value]);
+impl Serialize for ListRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for item in self.0 {
+            seq.serialize_element(item)?;
+        }
+        seq.end()
+    }
+}
+
+struct MapRef<'a>(&'a BTreeMap<String, Value>);
+impl Serialize for MapRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+        ValueSeed { depth: 0 }.deserialize(d)
+    }
+}
+
+/// Decodes one value `depth` levels below the top.
+#[derive(Clone, Copy)]
+struct ValueSeed {
+    depth: usize,
+}
+
+impl ValueSeed {
+    fn child<E: de::Error>(self) -> Result<ValueSeed, E> {
+        if self.depth >= MAX_VALUE_DEPTH {
+            return Err(E::custom(format_args!(
+                "value nests deeper than {MAX_VALUE_DEPTH} levels"
+            )));
+        }
+        Ok(ValueSeed {
+            depth: self.depth + 1,
+        })
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for ValueSeed {
+    type Value = Value;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_enum("Value", VARIANTS, self)
+    }
+}
+
+impl<'de> Visitor<'de> for ValueSeed {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a Concord value")
+    }
+
+    fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<Value, A::Error> {
+        let (tag, variant) = data.variant::<VariantTag>()?;
+        Ok(match tag.0 {
+            0 => {
+                variant.unit_variant()?;
+                Value::Null
+            }
+            1 => Value::Bool(variant.newtype_variant()?),
+            2 => Value::Int(variant.newtype_variant()?),
+            3 => Value::Float(variant.newtype_variant()?),
+            4 => Value::String(variant.newtype_variant()?),
+            5 => Value::Bytes(variant.newtype_variant_seed(BytesSeed)?),
+            6 => Value::List(variant.newtype_variant_seed(ListSeed(self.child()?))?),
+            _ => Value::Map(variant.newtype_variant_seed(MapSeed(self.child()?))?),
+        })
+    }
+}
+
+/// A variant index, accepted as a number (binary formats) or a name.
+struct VariantTag(u8);
+
+impl<'de> Deserialize<'de> for VariantTag {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct TagVisitor;
+        impl Visitor<'_> for TagVisitor {
+            type Value = VariantTag;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a value variant index 0..=7")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<VariantTag, E> {
+                u8::try_from(v)
+                    .ok()
+                    .filter(|&i| usize::from(i) < VARIANTS.len())
+                    .map(VariantTag)
+                    .ok_or_else(|| E::invalid_value(de::Unexpected::Unsigned(v), &self))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<VariantTag, E> {
+                VARIANTS
+                    .iter()
+                    .position(|name| *name == v)
+                    .and_then(|i| u8::try_from(i).ok())
+                    .map(VariantTag)
+                    .ok_or_else(|| E::unknown_variant(v, VARIANTS))
+            }
+        }
+        d.deserialize_identifier(TagVisitor)
+    }
+}
+
+struct BytesSeed;
+impl<'de> DeserializeSeed<'de> for BytesSeed {
+    type Value = Vec<u8>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_byte_buf(self)
+    }
+}
+impl<'de> Visitor<'de> for BytesSeed {
+    type Value = Vec<u8>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("bytes")
+    }
+    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+        Ok(v.to_vec())
+    }
+    fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+        Ok(v)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+        let mut out = Vec::new();
+        while let Some(b) = seq.next_element()? {
+            out.push(b);
+        }
+        Ok(out)
+    }
+}
+
+struct ListSeed(ValueSeed);
+impl<'de> DeserializeSeed<'de> for ListSeed {
+    type Value = Vec<Value>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<Value>, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+impl<'de> Visitor<'de> for ListSeed {
+    type Value = Vec<Value>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of values")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Value>, A::Error> {
+        // Never trust a length prefix for preallocation: the items must arrive.
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+        while let Some(item) = seq.next_element_seed(self.0)? {
+            out.push(item);
+        }
+        Ok(out)
+    }
+}
+
+struct MapSeed(ValueSeed);
+impl<'de> DeserializeSeed<'de> for MapSeed {
+    type Value = BTreeMap<String, Value>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+impl<'de> Visitor<'de> for MapSeed {
+    type Value = BTreeMap<String, Value>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a map from strings to values")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = BTreeMap::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let value = map.next_value_seed(self.0)?;
+            if out.insert(key, value).is_some() {
+                return Err(de::Error::custom("duplicate key in map value"));
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nested_list(depth: usize) -> Value {
+        (0..depth).fold(Value::Int(1), |v, _| Value::List(vec![v]))
+    }
+
+    #[test]
+    fn json_round_trip_of_every_kind() {
+        let mut map = BTreeMap::new();
+        map.insert("n".to_string(), Value::Null);
+        map.insert("b".to_string(), Value::Bytes(vec![0, 1, 2, 255]));
+        map.insert("f".to_string(), Value::Float(1.0));
+        map.insert("i".to_string(), Value::Int(i64::MIN));
+        map.insert(
+            "l".to_string(),
+            Value::List(vec![Value::Bool(true), "s".into()]),
+        );
+        let value = Value::Map(map);
+        assert_eq!(Value::from_json(&value.to_json().unwrap()).unwrap(), value);
+    }
+
+    #[test]
+    fn marker_lookalike_maps_survive_json() {
+        let mut map = BTreeMap::new();
+        map.insert("$bytes".to_string(), Value::String("AAAA".into()));
+        let value = Value::Map(map);
+        assert_eq!(Value::from_json(&value.to_json().unwrap()).unwrap(), value);
+    }
+
+    #[test]
+    fn json_refuses_what_it_cannot_carry() {
+        assert!(matches!(
+            Value::Float(f64::NAN).to_json(),
+            Err(JsonError::NonFiniteFloat(_))
+        ));
+        let big: serde_json::Value = serde_json::from_str("18446744073709551615").unwrap();
+        assert!(matches!(
+            Value::from_json(&big),
+            Err(JsonError::IntegerOutOfRange(_))
+        ));
+        let bad: serde_json::Value = serde_json::from_str(r#"{"$bytes":"!!"}"#).unwrap();
+        assert_eq!(Value::from_json(&bad), Err(JsonError::InvalidBase64));
+    }
+
+    #[test]
+    fn binary_round_trip_and_depth_bound() {
+        let ok = nested_list(MAX_VALUE_DEPTH);
+        let bytes = postcard::to_allocvec(&ok).unwrap();
+        assert_eq!(postcard::from_bytes::<Value>(&bytes).unwrap(), ok);
+        let too_deep = postcard::to_allocvec(&nested_list(MAX_VALUE_DEPTH + 1)).unwrap();
+        assert!(postcard::from_bytes::<Value>(&too_deep).is_err());
+    }
+
+    #[test]
+    fn floats_compare_by_bits() {
+        assert_eq!(Value::Float(f64::NAN), Value::Float(f64::NAN));
+        assert_ne!(Value::Float(0.0), Value::Float(-0.0));
+    }
+}

@@ -1,0 +1,155 @@
+//! Version summaries: which operations of which replica have been applied.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::op::OpId;
+use crate::stamp::ReplicaId;
+
+/// The sequence numbers of one replica that have been applied.
+///
+/// Almost always a contiguous prefix `1..=contiguous`; operations that
+/// arrived ahead of a gap are kept in `ahead` until the gap fills.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeqSet {
+    contiguous: u64,
+    ahead: BTreeSet<u64>,
+}
+
+impl SeqSet {
+    /// Whether `seq` is in the set.
+    pub fn contains(&self, seq: u64) -> bool {
+        seq <= self.contiguous || self.ahead.contains(&seq)
+    }
+
+    /// Every sequence number up to this one is in the set.
+    pub fn contiguous(&self) -> u64 {
+        self.contiguous
+    }
+
+    /// The highest sequence number in the set.
+    pub fn highest(&self) -> u64 {
+        self.ahead.last().copied().unwrap_or(self.contiguous)
+    }
+
+    /// Adds `seq`; returns false when it was already there.
+    pub fn insert(&mut self, seq: u64) -> bool {
+        if self.contains(seq) || seq == 0 {
+            return false;
+        }
+        if seq == self.contiguous + 1 {
+            self.contiguous = seq;
+            while self.ahead.remove(&(self.contiguous + 1)) {
+                self.contiguous += 1;
+            }
+        } else {
+            self.ahead.insert(seq);
+        }
+        true
+    }
+
+    /// Adds every number up to and including `seq`.
+    pub fn insert_through(&mut self, seq: u64) {
+        if seq > self.contiguous {
+            self.contiguous = seq;
+            self.ahead = self.ahead.split_off(&(seq + 1));
+            while self.ahead.remove(&(self.contiguous + 1)) {
+                self.contiguous += 1;
+            }
+        }
+    }
+
+    fn union(&mut self, other: &SeqSet) {
+        self.insert_through(other.contiguous);
+        for &seq in &other.ahead {
+            self.insert(seq);
+        }
+    }
+}
+
+/// Per replica, the operations applied here: a version vector that also
+/// remembers out-of-order arrivals, so duplicate detection is exact.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionVector {
+    replicas: BTreeMap<ReplicaId, SeqSet>,
+}
+
+impl VersionVector {
+    /// An empty summary.
+    pub fn new() -> VersionVector {
+        VersionVector::default()
+    }
+
+    /// Whether the operation has been applied.
+    pub fn contains(&self, id: OpId) -> bool {
+        self.replicas
+            .get(&id.replica)
+            .is_some_and(|set| set.contains(id.seq))
+    }
+
+    /// Records the operation; returns false when it was already recorded.
+    pub fn insert(&mut self, id: OpId) -> bool {
+        self.replicas.entry(id.replica).or_default().insert(id.seq)
+    }
+
+    /// The highest sequence number applied from `replica` (0 if none).
+    pub fn highest(&self, replica: ReplicaId) -> u64 {
+        self.replicas.get(&replica).map_or(0, SeqSet::highest)
+    }
+
+    /// The applied sequence numbers of one replica.
+    pub fn get(&self, replica: ReplicaId) -> Option<&SeqSet> {
+        self.replicas.get(&replica)
+    }
+
+    /// Every replica with its applied sequence numbers, ordered by replica.
+    pub fn iter(&self) -> impl Iterator<Item = (ReplicaId, &SeqSet)> {
+        self.replicas.iter().map(|(id, set)| (*id, set))
+    }
+
+    /// Adds everything `other` has applied.
+    pub fn merge(&mut self, other: &VersionVector) {
+        for (replica, set) in &other.replicas {
+            self.replicas.entry(*replica).or_default().union(set);
+        }
+    }
+
+    /// Whether every operation recorded in `other` is recorded here.
+    pub fn includes(&self, other: &VersionVector) -> bool {
+        other.replicas.iter().all(|(replica, theirs)| {
+            self.replicas.get(replica).is_some_and(|ours| {
+                ours.contiguous >= theirs.contiguous
+                    && theirs.ahead.iter().all(|&s| ours.contains(s))
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_order_arrivals_fill_gaps() {
+        let mut set = SeqSet::default();
+        assert!(set.insert(3));
+        assert!(set.insert(1));
+        assert_eq!(set.contiguous(), 1);
+        assert!(!set.contains(2));
+        assert!(set.insert(2));
+        assert_eq!(set.contiguous(), 3);
+        assert!(!set.insert(2));
+        assert_eq!(set.highest(), 3);
+    }
+
+    #[test]
+    fn insert_through_absorbs_ahead() {
+        let mut set = SeqSet::default();
+        set.insert(5);
+        set.insert(7);
+        set.insert_through(4);
+        assert_eq!(set.contiguous(), 5);
+        assert_eq!(set.highest(), 7);
+    }
+}
