@@ -1,0 +1,166 @@
+//! What `cargo xtask test` runs, as data.
+//!
+//! To add a suite (wasm browser tests, Kotlin, Python, relay end-to-end), add a
+//! [`Step`] to [`TEST`]. A suite whose output has test counts uses
+//! [`Check::Tests`] with a parser from [`crate::summary`]; any other command
+//! uses [`Check::ExitStatus`] and counts as one pass or one failure.
+
+use crate::summary::{self, Counts};
+
+/// One step of a run: a name for the report and what to do.
+pub(crate) struct Step {
+    /// Short name shown in headers and in the final report.
+    pub(crate) name: &'static str,
+    /// What the step does and how its result is judged.
+    pub(crate) check: Check,
+}
+
+/// A command line, run from the workspace root unless `dir` says otherwise.
+pub(crate) struct Cmd {
+    /// The program to run.
+    pub(crate) program: Program,
+    /// Its arguments.
+    pub(crate) args: &'static [&'static str],
+    /// Working directory relative to the workspace root (`None`: the root).
+    pub(crate) dir: Option<&'static str>,
+}
+
+/// Which binary a [`Cmd`] runs.
+pub(crate) enum Program {
+    /// Cargo: `$CARGO` if set, else `cargo` on PATH.
+    Cargo,
+    /// Any other tool, looked up on PATH (e.g. `mvn`, `python3`, `npm`).
+    #[allow(dead_code, reason = "for suites added later: Kotlin, Python, npm")]
+    Tool(&'static str),
+}
+
+/// How a step is run and judged.
+pub(crate) enum Check {
+    /// The idempotent installs of [`crate::setup`]; one pass or one failure.
+    Setup,
+    /// Run the command with inherited output; one pass if it exits with 0,
+    /// else one failure.
+    ExitStatus(Cmd),
+    /// Run the command, stream its stdout to the terminal while capturing it,
+    /// and count tests with the parser. A failed run without failed tests
+    /// (a compile error, a crash) counts as one failure; a passing run whose
+    /// output has no counts counts as one pass.
+    Tests(Cmd, fn(&str) -> Option<Counts>),
+    /// Run a `cargo tree --prefix none` command for `package` and fail if any
+    /// crate in it matches one of `forbidden` (see [`crate::guard`]).
+    ForbidDeps {
+        /// The `cargo tree` command.
+        cmd: Cmd,
+        /// The root package, left out of the list of dependencies.
+        package: &'static str,
+        /// Forbidden crate names; a trailing `*` matches a prefix.
+        forbidden: &'static [&'static str],
+    },
+}
+
+/// Crates that do IO, read clocks or pick randomness, or tie the core to one
+/// host: none of them may appear in `sync-core`'s normal dependency tree.
+/// `-` and `_` are equivalent; a trailing `*` matches a prefix.
+pub(crate) const NO_IO_FORBIDDEN: &[&str] = &[
+    // async runtimes and sockets
+    "tokio",
+    "tokio-*",
+    "mio",
+    "socket2",
+    "async-std",
+    "smol",
+    // host bindings
+    "wasm-bindgen",
+    "wasm-bindgen-*",
+    "web-sys",
+    "js-sys",
+    "uniffi",
+    "uniffi_*",
+    // storage
+    "rusqlite",
+    "libsqlite3-sys",
+    "indexed_db_futures",
+    // randomness
+    "getrandom",
+    "rand",
+    // clocks
+    "chrono",
+    "time",
+    "instant",
+    "web-time",
+];
+
+/// The steps of `cargo xtask test`, in order.
+pub(crate) const TEST: &[Step] = &[
+    Step {
+        name: "setup",
+        check: Check::Setup,
+    },
+    Step {
+        name: "fmt",
+        check: Check::ExitStatus(cargo(&["fmt", "--all", "--", "--check"])),
+    },
+    Step {
+        name: "clippy",
+        check: Check::ExitStatus(cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ])),
+    },
+    Step {
+        name: "test",
+        // --no-fail-fast: a failing test binary does not hide the others.
+        check: Check::Tests(
+            cargo(&["test", "--workspace", "--locked", "--no-fail-fast"]),
+            summary::cargo_test,
+        ),
+    },
+    Step {
+        name: "wasm32 build",
+        check: Check::ExitStatus(cargo(&[
+            "build",
+            "-p",
+            "sync-core",
+            "--target",
+            "wasm32-unknown-unknown",
+            "--locked",
+            "--release",
+        ])),
+    },
+    Step {
+        name: "no-IO guard",
+        check: Check::ForbidDeps {
+            cmd: cargo(&[
+                "tree",
+                "-p",
+                "sync-core",
+                "-e",
+                "normal",
+                "--prefix",
+                "none",
+                "--target",
+                "all",
+                "--locked",
+            ]),
+            package: "sync-core",
+            forbidden: NO_IO_FORBIDDEN,
+        },
+    },
+];
+
+/// The command of `cargo xtask bench`.
+pub(crate) const BENCH: Cmd = cargo(&["bench", "-p", "sync-core", "--locked"]);
+
+/// A cargo command run from the workspace root.
+const fn cargo(args: &'static [&'static str]) -> Cmd {
+    Cmd {
+        program: Program::Cargo,
+        args,
+        dir: None,
+    }
+}
