@@ -54,12 +54,17 @@
 )]
 
 mod base64;
+pub mod event;
 pub mod hlc;
 pub mod limits;
 pub mod op;
 pub mod persist;
+pub mod protocol;
 mod replica;
 pub mod revision;
+mod rng;
+pub mod room;
+pub mod session;
 pub mod snapshot;
 pub mod stamp;
 pub mod state;
@@ -67,12 +72,11 @@ pub mod store;
 pub mod value;
 pub mod version;
 
+pub use event::{Event, Origin};
 pub use hlc::{Clock, ClockError, Hlc};
 pub use op::{Change, InvalidOp, Op, OpId};
 pub use persist::{PersistBatch, StoreKey, Write};
-pub use replica::{
-    Applied, ApplyError, Event, Origin, Replica, ReplicaConfig, RestoreError, WriteError,
-};
+pub use replica::{Applied, ApplyError, Replica, ReplicaConfig, RestoreError, WriteError};
 pub use revision::Revision;
 pub use snapshot::{Snapshot, SnapshotError};
 pub use stamp::{ReplicaId, Stamp};

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use crate::event::{Event, Origin};
 use crate::hlc::{Clock, ClockError, DEFAULT_MAX_DRIFT_MS, Hlc};
 use crate::op::{Change, InvalidOp, Op, OpId};
 use crate::persist::{
@@ -29,37 +30,6 @@ impl Default for ReplicaConfig {
             max_drift_ms: DEFAULT_MAX_DRIFT_MS,
         }
     }
-}
-
-/// Where a change came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Origin {
-    /// A write made on this replica.
-    Local,
-    /// An operation or snapshot received from elsewhere.
-    Remote,
-}
-
-/// Something applications may want to react to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Event {
-    /// A document's state changed: it was written, deleted, or pruned by a drop.
-    DocumentChanged {
-        /// The collection.
-        collection: String,
-        /// The document id.
-        id: String,
-        /// Who changed it.
-        origin: Origin,
-    },
-    /// A collection was created or dropped.
-    CollectionChanged {
-        /// The collection.
-        collection: String,
-        /// Who changed it.
-        origin: Origin,
-    },
 }
 
 /// A local write was refused. Nothing was changed.
@@ -224,6 +194,11 @@ impl Replica {
     /// The latest clock reading made or observed.
     pub fn clock(&self) -> Hlc {
         self.clock.last()
+    }
+
+    /// The drift bound remote stamps are checked against.
+    pub fn max_drift_ms(&self) -> u64 {
+        self.clock.max_drift_ms()
     }
 
     /// The sequence number the next local operation will get.
@@ -473,6 +448,63 @@ impl Replica {
             }
         }
         self.version.merge(&snapshot.version);
+        self.dirty.meta = true;
+        Ok(())
+    }
+
+    /// Replaces the state with a snapshot, then re-applies the local
+    /// operations still in the outbox (the snapshot cannot hold them yet).
+    ///
+    /// This is how a client catches up after the relay compacted past its
+    /// cursor: the relay's snapshot holds everything the client had received
+    /// and acknowledged, and may have collected tombstones the client's state
+    /// still needs removed, so merging would be wrong where replacing is right.
+    pub fn reset_to_snapshot(&mut self, now: u64, snapshot: &Snapshot) -> Result<(), ApplyError> {
+        self.clock.observe(snapshot.max_hlc, now)?;
+        let old = std::mem::replace(&mut self.state, snapshot.state.clone());
+        self.version = snapshot.version.clone();
+        for op in &self.outbox {
+            self.state.apply(op);
+            self.version.insert(op.id);
+        }
+        // Rewrite every record either state has, and announce every change.
+        for (name, coll) in &old.collections {
+            self.dirty.collections.insert(name.clone());
+            for id in coll.docs.keys() {
+                self.dirty.docs.insert((name.clone(), id.clone()));
+            }
+        }
+        for (name, coll) in &self.state.collections {
+            self.dirty.collections.insert(name.clone());
+            for id in coll.docs.keys() {
+                self.dirty.docs.insert((name.clone(), id.clone()));
+            }
+        }
+        let mut touched: BTreeSet<(&str, &str)> = BTreeSet::new();
+        for (name, id) in &self.dirty.docs {
+            if old.revision(name, id) != self.state.revision(name, id) {
+                touched.insert((name, id));
+            }
+        }
+        let touched: Vec<(String, String)> = touched
+            .into_iter()
+            .map(|(c, i)| (c.to_owned(), i.to_owned()))
+            .collect();
+        for (collection, id) in touched {
+            self.events.push_back(Event::DocumentChanged {
+                collection,
+                id,
+                origin: Origin::Remote,
+            });
+        }
+        let old_collections: BTreeSet<&str> = old.collections().collect();
+        let new_collections: BTreeSet<&str> = self.state.collections().collect();
+        for name in old_collections.symmetric_difference(&new_collections) {
+            self.events.push_back(Event::CollectionChanged {
+                collection: (*name).to_owned(),
+                origin: Origin::Remote,
+            });
+        }
         self.dirty.meta = true;
         Ok(())
     }

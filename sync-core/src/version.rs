@@ -18,6 +18,14 @@ pub struct SeqSet {
 }
 
 impl SeqSet {
+    /// The set `1..=seq`.
+    pub fn through(seq: u64) -> SeqSet {
+        SeqSet {
+            contiguous: seq,
+            ahead: BTreeSet::new(),
+        }
+    }
+
     /// Whether `seq` is in the set.
     pub fn contains(&self, seq: u64) -> bool {
         seq <= self.contiguous || self.ahead.contains(&seq)

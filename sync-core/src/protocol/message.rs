@@ -1,0 +1,130 @@
+//! The messages of the sync protocol.
+
+use serde::{Deserialize, Serialize};
+
+use super::ErrorCode;
+use crate::op::Op;
+use crate::stamp::ReplicaId;
+
+/// Variant index of [`Message::Deliver`], for frames spliced by hand.
+pub(super) const DELIVER_TAG: u64 = 4;
+
+/// Every message of the protocol. The variant index is the wire tag, so
+/// variants are only ever appended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Client → relay, first frame: who is asking for what.
+    Hello(Hello),
+    /// Relay → client, answer to `Hello`: the session is open.
+    Welcome(Welcome),
+    /// Client → relay: local operations, oldest first, at most one batch.
+    Push {
+        /// The operations.
+        ops: Vec<Op>,
+    },
+    /// Relay → client: every pushed operation up to `through_seq` is durable.
+    Ack {
+        /// Highest sequence number of the client's replica now stored.
+        through_seq: u64,
+    },
+    /// Relay → client: room operations after offset `from`, up to `cursor`.
+    ///
+    /// The client's own operations are left out, so `ops` may hold fewer
+    /// than `cursor - from` entries.
+    Deliver {
+        /// The cursor this batch continues from.
+        from: u64,
+        /// The cursor to save once the batch is applied.
+        cursor: u64,
+        /// The operations.
+        ops: Vec<Op>,
+    },
+    /// Relay → client: one chunk of a snapshot of the room through offset
+    /// `cursor`. Chunks arrive in order; the snapshot is complete when
+    /// `offset + bytes.len() == total_len`.
+    SnapshotChunk {
+        /// The cursor to save once the snapshot is applied.
+        cursor: u64,
+        /// Total snapshot length in bytes.
+        total_len: u64,
+        /// Where this chunk starts in the snapshot.
+        offset: u64,
+        /// The chunk's bytes.
+        bytes: Vec<u8>,
+    },
+    /// Client → relay: everything up to `cursor` is applied and durable here.
+    Applied {
+        /// The client's saved cursor.
+        cursor: u64,
+    },
+    /// Relay → client: a pushed operation (and the rest of its batch) was
+    /// not accepted. The session stays open.
+    Rejected {
+        /// Sequence number of the first operation not accepted.
+        seq: u64,
+        /// Why.
+        code: ErrorCode,
+        /// For `ClockAhead`: when to push again.
+        retry_after_ms: u64,
+        /// A human-readable explanation.
+        message: String,
+    },
+    /// Either way: are you there? Answered by `Pong` with the same nonce.
+    Ping {
+        /// Echoed back.
+        nonce: u64,
+    },
+    /// Either way: answer to `Ping`.
+    Pong {
+        /// The ping's nonce.
+        nonce: u64,
+    },
+    /// Either way: a fatal problem; the sender closes the connection next.
+    Error {
+        /// What went wrong.
+        code: ErrorCode,
+        /// A human-readable explanation.
+        message: String,
+    },
+}
+
+/// The client's opening message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The client replica's id.
+    pub replica: ReplicaId,
+    /// The room to join.
+    pub room: String,
+    /// The access token, as issued by the app's server.
+    pub token: Vec<u8>,
+    /// Last room offset the client has applied (0: none).
+    pub cursor: u64,
+    /// The client holds every one of its own operations up to this sequence
+    /// number; the relay delivers its own operations above it back to it
+    /// (needed after the client replaced its state with a snapshot).
+    pub own_seq: u64,
+    /// Free-form client name and version, for logs.
+    pub agent: String,
+}
+
+/// The relay's answer to `Hello`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// Offset of the room's latest operation.
+    pub head: u64,
+    /// Highest sequence number of this replica the relay holds.
+    pub accepted_seq: u64,
+    /// The relay's wall clock, for skew diagnostics.
+    pub relay_time_ms: u64,
+    /// Whether the session may only read.
+    pub read_only: bool,
+    /// How often the client should ping when otherwise silent.
+    pub heartbeat_ms: u32,
+    /// Most operations one `Push` may carry.
+    pub max_batch_ops: u32,
+    /// Most bytes of operations one `Push` may carry.
+    pub max_batch_bytes: u32,
+    /// The offset deliveries continue from: the client's cursor, or 0 when
+    /// the relay does not know that cursor (then the client starts over).
+    pub cursor: u64,
+}

@@ -1,0 +1,89 @@
+//! The room's operation log: offsets, encoded operations, and the
+//! snapshot that replaced its compacted prefix.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::hlc::Hlc;
+use crate::stamp::ReplicaId;
+
+/// One accepted operation, encoded once and shared by every delivery.
+#[derive(Clone, Debug)]
+pub(crate) struct Entry {
+    pub(crate) replica: ReplicaId,
+    pub(crate) seq: u64,
+    pub(crate) hlc: Hlc,
+    pub(crate) encoded: Arc<[u8]>,
+}
+
+/// Offsets `base..=head` in memory; everything before `base` lives in the snapshot.
+#[derive(Clone, Debug)]
+pub(crate) struct Log {
+    base: u64,
+    entries: VecDeque<Entry>,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            base: 1,
+            entries: VecDeque::new(),
+        }
+    }
+}
+
+impl Log {
+    /// A log whose next entry gets offset `through + 1`.
+    pub(crate) fn after(through: u64) -> Log {
+        Log {
+            base: through + 1,
+            entries: VecDeque::new(),
+        }
+    }
+
+    /// Offset of the latest entry (0 when the room has none).
+    pub(crate) fn head(&self) -> u64 {
+        self.base + self.entries.len() as u64 - 1
+    }
+
+    /// Offsets up to this one are only in the snapshot.
+    pub(crate) fn compacted_through(&self) -> u64 {
+        self.base - 1
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Appends an entry; returns its offset.
+    pub(crate) fn push(&mut self, entry: Entry) -> u64 {
+        self.entries.push_back(entry);
+        self.head()
+    }
+
+    /// The entry at `offset`, if it is in memory.
+    pub(crate) fn get(&self, offset: u64) -> Option<&Entry> {
+        let index = usize::try_from(offset.checked_sub(self.base)?).ok()?;
+        self.entries.get(index)
+    }
+
+    /// Entries from `offset` on, with their offsets.
+    pub(crate) fn from(&self, offset: u64) -> impl Iterator<Item = (u64, &Entry)> {
+        let skip = usize::try_from(offset.saturating_sub(self.base)).unwrap_or(usize::MAX);
+        self.entries
+            .iter()
+            .enumerate()
+            .skip(skip)
+            .map(move |(i, e)| (self.base + i as u64, e))
+    }
+
+    /// Forgets entries up to and including `through`.
+    pub(crate) fn truncate_through(&mut self, through: u64) {
+        while self.base <= through && self.entries.pop_front().is_some() {
+            self.base += 1;
+        }
+        if self.entries.is_empty() && self.base <= through {
+            self.base = through + 1;
+        }
+    }
+}

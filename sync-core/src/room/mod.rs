@@ -1,0 +1,853 @@
+//! The relay side of the sync protocol: one room's log, its sessions, and
+//! the decisions the relay makes for them, as a no-IO state machine.
+//!
+//! The relay binary verifies tokens, owns sockets and storage, and drives
+//! one [`Room`] per room:
+//!
+//! ```text
+//! room.handle(now, RoomInput::Frame { session, frame: &bytes });
+//! while let Some(out) = room.poll() {
+//!     match out {
+//!         RoomOutput::Persist(batch)            => append/replace atomically, durably
+//!         RoomOutput::Transmit { session, frame } => send (only after earlier Persists are durable)
+//!         RoomOutput::Close { session, code, .. } => close that socket
+//!         RoomOutput::Compact(job)             => run job.run() off-thread, feed RoomInput::Compacted
+//!         RoomOutput::Timeout(at)              => call handle(at, RoomInput::Timeout) then
+//!     }
+//! }
+//! ```
+//!
+//! Outputs are ordered, and a `Transmit` must not leave before every
+//! `Persist` queued ahead of it is durable: acknowledgements and deliveries
+//! then only ever describe stored operations.
+
+mod compaction;
+mod log;
+
+pub use compaction::{Compacted, CompactionError, CompactionJob};
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use crate::hlc::{DEFAULT_MAX_DRIFT_MS, Hlc};
+use crate::op::Op;
+use crate::protocol::{self, CloseCode, ErrorCode, Hello, Message, Welcome};
+use crate::snapshot::{Snapshot, SnapshotError};
+use crate::stamp::ReplicaId;
+use crate::version::{SeqSet, VersionVector};
+use log::{Entry, Log};
+
+/// Identifies one connection to the room; the host picks it.
+pub type SessionId = u64;
+
+/// When to fold the log into the snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CompactionPolicy {
+    /// Never compact fewer entries than this at once.
+    pub min_ops: u64,
+    /// Keep at least this many recent entries, so briefly offline clients
+    /// resume from the log rather than a snapshot.
+    pub keep_recent_ops: u64,
+    /// Compact entries beyond this many even if a connected client still needs them.
+    pub max_log_ops: u64,
+    /// Tombstones (deletes, drops) older than this are collected, and
+    /// operations stamped older than that are refused as stale.
+    pub tombstone_grace_ms: u64,
+}
+
+impl Default for CompactionPolicy {
+    fn default() -> Self {
+        CompactionPolicy {
+            min_ops: 1_000,
+            keep_recent_ops: 10_000,
+            max_log_ops: 1_000_000,
+            tombstone_grace_ms: 30 * 24 * 3600 * 1000,
+        }
+    }
+}
+
+/// Settings of a room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoomConfig {
+    /// Operations stamped further ahead of the relay's clock are refused for now.
+    pub max_drift_ms: u64,
+    /// Most operations per `Push` and per `Deliver`.
+    pub max_batch_ops: usize,
+    /// Most bytes of operations per `Push` and per `Deliver`.
+    pub max_batch_bytes: usize,
+    /// Frames sent to a session before it must confirm with `Applied`.
+    pub send_window: usize,
+    /// Bytes per snapshot chunk.
+    pub snapshot_chunk_bytes: usize,
+    /// Heartbeat interval announced to clients.
+    pub heartbeat_ms: u64,
+    /// Close sessions silent for this long.
+    pub idle_timeout_ms: u64,
+    /// Close sessions that leave their window full for this long.
+    pub slow_consumer_ms: u64,
+    /// Largest frame accepted.
+    pub max_frame_bytes: usize,
+    /// When to compact.
+    pub compaction: CompactionPolicy,
+}
+
+impl Default for RoomConfig {
+    fn default() -> Self {
+        RoomConfig {
+            max_drift_ms: DEFAULT_MAX_DRIFT_MS,
+            max_batch_ops: 1000,
+            max_batch_bytes: 1024 * 1024,
+            send_window: 8,
+            snapshot_chunk_bytes: 256 * 1024,
+            heartbeat_ms: 15_000,
+            idle_timeout_ms: 60_000,
+            slow_consumer_ms: 30_000,
+            max_frame_bytes: protocol::DEFAULT_MAX_FRAME_BYTES,
+            compaction: CompactionPolicy::default(),
+        }
+    }
+}
+
+/// Something that happened to the room.
+#[derive(Debug)]
+pub enum RoomInput<'a> {
+    /// A connection whose `Hello` the host decoded and whose token it verified.
+    Join {
+        /// The connection.
+        session: SessionId,
+        /// Its hello.
+        hello: Hello,
+        /// Whether the token grants only reading.
+        read_only: bool,
+    },
+    /// A frame from a joined session.
+    Frame {
+        /// The connection.
+        session: SessionId,
+        /// The frame.
+        frame: &'a [u8],
+    },
+    /// The connection closed.
+    Leave {
+        /// The connection.
+        session: SessionId,
+    },
+    /// A requested timeout passed.
+    Timeout,
+    /// A compaction job finished.
+    Compacted(Compacted),
+}
+
+/// Something the host must do.
+#[derive(Clone, Debug)]
+pub enum RoomOutput {
+    /// Send a frame to a session.
+    Transmit {
+        /// The connection.
+        session: SessionId,
+        /// The frame.
+        frame: Vec<u8>,
+    },
+    /// Close a session's connection; the room has already forgotten it.
+    Close {
+        /// The connection.
+        session: SessionId,
+        /// The close code.
+        code: CloseCode,
+        /// Why.
+        reason: String,
+    },
+    /// Store this atomically and durably before sending any later frame.
+    Persist(RoomPersist),
+    /// Run this compaction and hand back the result.
+    Compact(CompactionJob),
+    /// Call `handle(RoomInput::Timeout)` at this time (replaces earlier ones).
+    Timeout(u64),
+}
+
+/// Changes to a room's stored log, applied atomically.
+#[derive(Clone, Debug, Default)]
+pub struct RoomPersist {
+    /// New log entries: offset and encoded operation.
+    pub append: Vec<(u64, Arc<[u8]>)>,
+    /// A new snapshot covering offsets up to the given one.
+    pub snapshot: Option<(u64, Arc<[u8]>)>,
+    /// Log entries up to and including this offset may be deleted.
+    pub truncate_through: Option<u64>,
+}
+
+/// The stored room could not be loaded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RoomRestoreError {
+    /// The snapshot failed its checks.
+    #[error("room snapshot: {0}")]
+    Snapshot(#[from] SnapshotError),
+    /// A log entry does not decode.
+    #[error("room log entry {offset} is corrupt: {reason}")]
+    Entry {
+        /// Its offset.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The log has a hole.
+    #[error("room log jumps from offset {after} to {next}")]
+    Gap {
+        /// The last offset present.
+        after: u64,
+        /// The next offset present.
+        next: u64,
+    },
+}
+
+/// What the stats endpoint shows about one session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberStats {
+    /// The connection.
+    pub session: SessionId,
+    /// Its replica.
+    pub replica: ReplicaId,
+    /// Offset the client confirmed as stored.
+    pub cursor: u64,
+    /// Room operations it has not confirmed.
+    pub lag_ops: u64,
+    /// Age of the oldest operation it has not confirmed, in milliseconds.
+    pub lag_ms: u64,
+    /// Whether it may only read.
+    pub read_only: bool,
+}
+
+/// What the stats endpoint shows about the room.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomStats {
+    /// Offset of the latest operation.
+    pub head: u64,
+    /// Entries in the log (after the snapshot).
+    pub log_len: usize,
+    /// Offsets up to this are only in the snapshot.
+    pub compacted_through: u64,
+    /// Snapshot size in bytes.
+    pub snapshot_bytes: usize,
+    /// Compactions installed since the room was loaded.
+    pub compactions: u64,
+    /// When the last one was installed (host ms).
+    pub last_compaction_at: Option<u64>,
+    /// Every connected session.
+    pub members: Vec<MemberStats>,
+}
+
+/// A snapshot being streamed to one session.
+#[derive(Clone, Debug)]
+struct SnapshotSend {
+    bytes: Arc<[u8]>,
+    cursor: u64,
+    offset: usize,
+}
+
+/// One joined session.
+#[derive(Clone, Debug)]
+struct Member {
+    replica: ReplicaId,
+    read_only: bool,
+    /// Cursor of the last frame sent.
+    sent: u64,
+    /// Cursor the client confirmed as stored.
+    confirmed: u64,
+    /// Frames sent but not yet confirmed.
+    in_flight: usize,
+    snapshot: Option<SnapshotSend>,
+    /// Which of its own operations the client holds (all up to `Hello`'s
+    /// `own_seq`, plus what it pushed and what was delivered back), so
+    /// deliveries leave those out.
+    own_held: SeqSet,
+    /// Deliver the session's own operations regardless. Set once it has been
+    /// sent a snapshot: the client replaces its state with it, so operations
+    /// it pushed that are newer than the snapshot must come back to it.
+    include_own: bool,
+    last_heard: u64,
+    /// Since when the window has been full with more to send.
+    stalled_since: Option<u64>,
+}
+
+/// One room of the relay.
+#[derive(Debug)]
+pub struct Room {
+    config: RoomConfig,
+    log: Log,
+    snapshot: Option<Arc<[u8]>>,
+    accepted: VersionVector,
+    /// Operations stamped at or before this are refused as stale.
+    tombstone_horizon: Hlc,
+    members: BTreeMap<SessionId, Member>,
+    compacting: bool,
+    compactions: u64,
+    last_compaction_at: Option<u64>,
+    outputs: VecDeque<RoomOutput>,
+    pending_persist: RoomPersist,
+    reported_timeout: Option<u64>,
+}
+
+impl Room {
+    /// An empty room.
+    pub fn new(config: RoomConfig) -> Room {
+        Room {
+            config,
+            log: Log::default(),
+            snapshot: None,
+            accepted: VersionVector::new(),
+            tombstone_horizon: Hlc::ZERO,
+            members: BTreeMap::new(),
+            compacting: false,
+            compactions: 0,
+            last_compaction_at: None,
+            outputs: VecDeque::new(),
+            pending_persist: RoomPersist::default(),
+            reported_timeout: None,
+        }
+    }
+
+    /// Loads a room from its stored snapshot and log entries (any order).
+    pub fn restore(
+        config: RoomConfig,
+        snapshot: Option<(u64, Vec<u8>)>,
+        mut entries: Vec<(u64, Vec<u8>)>,
+    ) -> Result<Room, RoomRestoreError> {
+        let mut room = Room::new(config);
+        let mut through = 0;
+        if let Some((snapshot_through, bytes)) = snapshot {
+            let decoded = Snapshot::decode(&bytes)?;
+            room.accepted = decoded.version;
+            room.snapshot = Some(bytes.into());
+            through = snapshot_through;
+        }
+        room.log = Log::after(through);
+        entries.sort_by_key(|(offset, _)| *offset);
+        for (offset, bytes) in entries {
+            if offset <= through {
+                continue;
+            }
+            let expected = room.log.head() + 1;
+            if offset != expected {
+                return Err(RoomRestoreError::Gap {
+                    after: expected - 1,
+                    next: offset,
+                });
+            }
+            let op = protocol::decode_op(&bytes).map_err(|e| RoomRestoreError::Entry {
+                offset,
+                reason: e.to_string(),
+            })?;
+            room.accepted.insert(op.id);
+            room.log.push(Entry {
+                replica: op.id.replica,
+                seq: op.id.seq,
+                hlc: op.hlc,
+                encoded: bytes.into(),
+            });
+        }
+        Ok(room)
+    }
+
+    /// Offset of the latest operation (0: none yet).
+    pub fn head(&self) -> u64 {
+        self.log.head()
+    }
+
+    /// Which operations the room holds.
+    pub fn accepted(&self) -> &VersionVector {
+        &self.accepted
+    }
+
+    /// Number of joined sessions.
+    pub fn member_count(&self) -> usize {
+        self.members.len()
+    }
+
+    /// A summary for the stats endpoint.
+    pub fn stats(&self, now: u64) -> RoomStats {
+        let members = self
+            .members
+            .iter()
+            .map(|(&session, m)| {
+                let oldest = self.log.get(m.confirmed + 1).map(|e| e.hlc.wall_ms());
+                MemberStats {
+                    session,
+                    replica: m.replica,
+                    cursor: m.confirmed,
+                    lag_ops: self.head().saturating_sub(m.confirmed),
+                    lag_ms: oldest.map_or(0, |wall| now.saturating_sub(wall)),
+                    read_only: m.read_only,
+                }
+            })
+            .collect();
+        RoomStats {
+            head: self.head(),
+            log_len: self.log.len(),
+            compacted_through: self.log.compacted_through(),
+            snapshot_bytes: self.snapshot.as_ref().map_or(0, |s| s.len()),
+            compactions: self.compactions,
+            last_compaction_at: self.last_compaction_at,
+            members,
+        }
+    }
+
+    /// Feeds one input at host time `now`.
+    pub fn handle(&mut self, now: u64, input: RoomInput<'_>) {
+        match input {
+            RoomInput::Join {
+                session,
+                hello,
+                read_only,
+            } => self.join(now, session, hello, read_only),
+            RoomInput::Frame { session, frame } => self.on_frame(now, session, frame),
+            RoomInput::Leave { session } => {
+                self.members.remove(&session);
+            }
+            RoomInput::Timeout => self.on_timeout(now),
+            RoomInput::Compacted(done) => self.install(now, done),
+        }
+        self.flush_persist();
+        self.pump_all(now);
+        self.maybe_compact(now);
+    }
+
+    /// The next thing the host must do.
+    pub fn poll(&mut self) -> Option<RoomOutput> {
+        if let Some(out) = self.outputs.pop_front() {
+            return Some(out);
+        }
+        let next = self.next_timeout();
+        if next != self.reported_timeout {
+            self.reported_timeout = next;
+            return next.map(RoomOutput::Timeout);
+        }
+        None
+    }
+
+    /// When the room next needs `RoomInput::Timeout`.
+    pub fn next_timeout(&self) -> Option<u64> {
+        self.members
+            .values()
+            .flat_map(|m| {
+                let idle = m.last_heard.saturating_add(self.config.idle_timeout_ms);
+                let slow = m
+                    .stalled_since
+                    .map(|t| t.saturating_add(self.config.slow_consumer_ms));
+                std::iter::once(idle).chain(slow)
+            })
+            .min()
+    }
+
+    fn join(&mut self, now: u64, session: SessionId, hello: Hello, read_only: bool) {
+        let superseded: Vec<SessionId> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.replica == hello.replica)
+            .map(|(&id, _)| id)
+            .collect();
+        for old in superseded {
+            self.close(
+                old,
+                ErrorCode::Superseded,
+                "a newer session of this replica joined".into(),
+            );
+        }
+        // A cursor from the future (the relay lost data it once had) restarts the client from scratch.
+        let cursor = if hello.cursor > self.head() {
+            0
+        } else {
+            hello.cursor
+        };
+        let welcome = Welcome {
+            head: self.head(),
+            accepted_seq: self
+                .accepted
+                .get(hello.replica)
+                .map_or(0, |s| s.contiguous()),
+            relay_time_ms: now,
+            read_only,
+            heartbeat_ms: u32::try_from(self.config.heartbeat_ms).unwrap_or(u32::MAX),
+            max_batch_ops: u32::try_from(self.config.max_batch_ops).unwrap_or(u32::MAX),
+            max_batch_bytes: u32::try_from(self.config.max_batch_bytes).unwrap_or(u32::MAX),
+            cursor,
+        };
+        self.transmit(session, &Message::Welcome(welcome));
+        self.members.insert(
+            session,
+            Member {
+                replica: hello.replica,
+                read_only,
+                sent: cursor,
+                confirmed: cursor,
+                in_flight: 0,
+                snapshot: None,
+                own_held: SeqSet::through(hello.own_seq),
+                include_own: false,
+                last_heard: now,
+                stalled_since: None,
+            },
+        );
+    }
+
+    fn on_frame(&mut self, now: u64, session: SessionId, frame: &[u8]) {
+        let Some(member) = self.members.get_mut(&session) else {
+            return;
+        };
+        member.last_heard = now;
+        let message = match protocol::decode(frame, self.config.max_frame_bytes) {
+            Ok(message) => message,
+            Err(e) => return self.close(session, e.error_code(), e.to_string()),
+        };
+        match message {
+            Message::Push { ops } => self.on_push(now, session, ops),
+            Message::Applied { cursor } => {
+                if let Some(m) = self.members.get_mut(&session) {
+                    m.in_flight = m.in_flight.saturating_sub(1);
+                    m.confirmed = m.confirmed.max(cursor.min(m.sent));
+                }
+            }
+            Message::Ping { nonce } => self.transmit(session, &Message::Pong { nonce }),
+            Message::Pong { .. } => {}
+            Message::Error { code, message } => {
+                self.members.remove(&session);
+                self.outputs.push_back(RoomOutput::Close {
+                    session,
+                    code: CloseCode::Normal,
+                    reason: format!("client reported {code:?}: {message}"),
+                });
+            }
+            other => {
+                let reason = format!("a client may not send {other:?} after joining");
+                self.close(session, ErrorCode::Malformed, reason);
+            }
+        }
+    }
+
+    fn on_push(&mut self, now: u64, session: SessionId, ops: Vec<Op>) {
+        let Some(member) = self.members.get(&session) else {
+            return;
+        };
+        let (replica, read_only) = (member.replica, member.read_only);
+        let Some(first) = ops.first().map(|op| op.id.seq) else {
+            return;
+        };
+        if read_only {
+            return self.reject(
+                session,
+                first,
+                ErrorCode::ReadOnly,
+                0,
+                "this session's token grants read only".into(),
+            );
+        }
+        let bytes: usize = ops.iter().map(Op::payload_len).sum();
+        if ops.len() > self.config.max_batch_ops
+            || bytes > self.config.max_batch_bytes.saturating_mul(2)
+        {
+            let reason = format!(
+                "push of {} operations / {bytes} bytes exceeds the batch limit",
+                ops.len()
+            );
+            return self.close(session, ErrorCode::BatchTooLarge, reason);
+        }
+        let limit = now.saturating_add(self.config.max_drift_ms);
+        let mut rejection = None;
+        let mut any = false;
+        for op in &ops {
+            if op.id.replica != replica {
+                let reason = format!("operation {:?} belongs to another replica", op.id);
+                rejection = Some((op.id.seq, ErrorCode::InvalidOp, 0, reason));
+                break;
+            }
+            if let Err(e) = op.validate() {
+                rejection = Some((op.id.seq, ErrorCode::InvalidOp, 0, e.to_string()));
+                break;
+            }
+            any = true;
+            if self.accepted.contains(op.id) {
+                continue;
+            }
+            if op.hlc.wall_ms() > limit {
+                let wait = op.hlc.wall_ms() - limit;
+                let reason = format!(
+                    "operation stamped {wait} ms beyond the relay's clock plus the drift bound"
+                );
+                rejection = Some((op.id.seq, ErrorCode::ClockAhead, wait, reason));
+                break;
+            }
+            if op.hlc <= self.tombstone_horizon {
+                let reason = "operation is older than the relay's tombstone horizon".to_owned();
+                rejection = Some((op.id.seq, ErrorCode::Stale, 0, reason));
+                break;
+            }
+            let encoded: Arc<[u8]> = protocol::encode_op(op).into();
+            self.accepted.insert(op.id);
+            let offset = self.log.push(Entry {
+                replica,
+                seq: op.id.seq,
+                hlc: op.hlc,
+                encoded: encoded.clone(),
+            });
+            self.pending_persist.append.push((offset, encoded));
+        }
+        // The client holds whatever it pushes (accepted or not), so
+        // deliveries need not carry it back.
+        if let Some(m) = self.members.get_mut(&session) {
+            for op in ops.iter().filter(|op| op.id.replica == replica) {
+                m.own_held.insert(op.id.seq);
+            }
+        }
+        // The ack must follow the append to storage.
+        self.flush_persist();
+        if any {
+            let through_seq = self.accepted.get(replica).map_or(0, |s| s.contiguous());
+            self.transmit(session, &Message::Ack { through_seq });
+        }
+        if let Some((seq, code, retry_after_ms, message)) = rejection {
+            self.reject(session, seq, code, retry_after_ms, message);
+        }
+    }
+
+    fn reject(
+        &mut self,
+        session: SessionId,
+        seq: u64,
+        code: ErrorCode,
+        retry_after_ms: u64,
+        message: String,
+    ) {
+        self.transmit(
+            session,
+            &Message::Rejected {
+                seq,
+                code,
+                retry_after_ms,
+                message,
+            },
+        );
+    }
+
+    fn on_timeout(&mut self, now: u64) {
+        let mut expired = Vec::new();
+        for (&id, m) in &self.members {
+            if now.saturating_sub(m.last_heard) >= self.config.idle_timeout_ms {
+                expired.push((
+                    id,
+                    ErrorCode::IdleTimeout,
+                    "no frame from the client within the idle timeout",
+                ));
+            } else if m
+                .stalled_since
+                .is_some_and(|t| now.saturating_sub(t) >= self.config.slow_consumer_ms)
+            {
+                expired.push((
+                    id,
+                    ErrorCode::SlowConsumer,
+                    "the client did not keep up; resume from the cursor",
+                ));
+            }
+        }
+        for (id, code, reason) in expired {
+            self.close(id, code, reason.into());
+        }
+    }
+
+    /// Sends an error and closes the session.
+    fn close(&mut self, session: SessionId, code: ErrorCode, reason: String) {
+        self.transmit(
+            session,
+            &Message::Error {
+                code,
+                message: reason.clone(),
+            },
+        );
+        self.members.remove(&session);
+        self.outputs.push_back(RoomOutput::Close {
+            session,
+            code: code.close_code(),
+            reason,
+        });
+    }
+
+    fn transmit(&mut self, session: SessionId, message: &Message) {
+        self.outputs.push_back(RoomOutput::Transmit {
+            session,
+            frame: protocol::encode(message),
+        });
+    }
+
+    fn flush_persist(&mut self) {
+        let batch = std::mem::take(&mut self.pending_persist);
+        if !batch.append.is_empty() || batch.snapshot.is_some() || batch.truncate_through.is_some()
+        {
+            self.outputs.push_back(RoomOutput::Persist(batch));
+        }
+    }
+
+    fn pump_all(&mut self, now: u64) {
+        let ids: Vec<SessionId> = self.members.keys().copied().collect();
+        for id in ids {
+            self.pump(now, id);
+        }
+    }
+
+    /// Sends a session what it lacks, while its window has room.
+    fn pump(&mut self, now: u64, session: SessionId) {
+        let Some(mut member) = self.members.remove(&session) else {
+            return;
+        };
+        let window = self.config.send_window.max(1);
+        while member.in_flight < window {
+            let Some(frame) = self.next_frame(&mut member) else {
+                break;
+            };
+            member.in_flight += 1;
+            self.outputs
+                .push_back(RoomOutput::Transmit { session, frame });
+        }
+        let behind = member.snapshot.is_some() || member.sent < self.head();
+        member.stalled_since = match (behind && member.in_flight >= window, member.stalled_since) {
+            (true, Some(since)) => Some(since),
+            (true, None) => Some(now),
+            (false, _) => None,
+        };
+        self.members.insert(session, member);
+    }
+
+    /// The next frame a session needs: a snapshot chunk or a batch of the log.
+    fn next_frame(&self, member: &mut Member) -> Option<Vec<u8>> {
+        if member.snapshot.is_none() && member.sent < self.log.compacted_through() {
+            let bytes = self.snapshot.clone()?;
+            member.snapshot = Some(SnapshotSend {
+                bytes,
+                cursor: self.log.compacted_through(),
+                offset: 0,
+            });
+            member.include_own = true;
+        }
+        if let Some(send) = &mut member.snapshot {
+            let total = send.bytes.len();
+            let end = total.min(send.offset + self.config.snapshot_chunk_bytes.max(1));
+            let frame = protocol::encode(&Message::SnapshotChunk {
+                cursor: send.cursor,
+                total_len: total as u64,
+                offset: send.offset as u64,
+                bytes: send
+                    .bytes
+                    .get(send.offset..end)
+                    .unwrap_or_default()
+                    .to_vec(),
+            });
+            send.offset = end;
+            if end == total {
+                member.sent = send.cursor;
+                member.snapshot = None;
+            }
+            return Some(frame);
+        }
+        if member.sent >= self.head() {
+            return None;
+        }
+        let from = member.sent;
+        let mut cursor = from;
+        let mut ops: Vec<&[u8]> = Vec::new();
+        let mut bytes = 0;
+        for (offset, entry) in self.log.from(from + 1) {
+            if cursor - from >= self.config.max_batch_ops as u64
+                || (!ops.is_empty() && bytes + entry.encoded.len() > self.config.max_batch_bytes)
+            {
+                break;
+            }
+            cursor = offset;
+            let own = entry.replica == member.replica;
+            if !own || member.include_own || !member.own_held.contains(entry.seq) {
+                if own {
+                    member.own_held.insert(entry.seq);
+                }
+                bytes += entry.encoded.len();
+                ops.push(&entry.encoded);
+            }
+        }
+        member.sent = cursor;
+        Some(protocol::encode_deliver(from, cursor, ops.into_iter()))
+    }
+
+    fn maybe_compact(&mut self, now: u64) {
+        if self.compacting {
+            return;
+        }
+        let policy = self.config.compaction;
+        let head = self.head();
+        let slowest = self
+            .members
+            .values()
+            .map(|m| m.confirmed)
+            .min()
+            .unwrap_or(head);
+        let by_cursor = slowest.min(head.saturating_sub(policy.keep_recent_ops));
+        let by_size = head.saturating_sub(policy.max_log_ops);
+        let through = by_cursor.max(by_size);
+        let from = self.log.compacted_through();
+        if through <= from || through - from < policy.min_ops.max(1) {
+            return;
+        }
+        let entries = self
+            .log
+            .from(from + 1)
+            .take_while(|(o, _)| *o <= through)
+            .map(|(_, e)| e.encoded.clone())
+            .collect();
+        let horizon_wall = now.saturating_sub(policy.tombstone_grace_ms);
+        let tombstone_horizon = Hlc::new(horizon_wall, u16::MAX)
+            .unwrap_or(Hlc::ZERO)
+            .max(self.tombstone_horizon);
+        self.compacting = true;
+        self.outputs.push_back(RoomOutput::Compact(CompactionJob {
+            previous: self.snapshot.clone(),
+            entries,
+            through,
+            tombstone_horizon,
+        }));
+    }
+
+    /// Forces a compaction of everything up to the head now, whatever the
+    /// policy says (for tests and admin tools). Returns the job, or `None`
+    /// when one is already running or there is nothing to fold.
+    pub fn compact_now(&mut self, now: u64) -> Option<CompactionJob> {
+        if self.compacting || self.head() == self.log.compacted_through() {
+            return None;
+        }
+        let through = self.head();
+        let entries = self
+            .log
+            .from(self.log.compacted_through() + 1)
+            .map(|(_, e)| e.encoded.clone())
+            .collect();
+        let horizon_wall = now.saturating_sub(self.config.compaction.tombstone_grace_ms);
+        let tombstone_horizon = Hlc::new(horizon_wall, u16::MAX)
+            .unwrap_or(Hlc::ZERO)
+            .max(self.tombstone_horizon);
+        self.compacting = true;
+        Some(CompactionJob {
+            previous: self.snapshot.clone(),
+            entries,
+            through,
+            tombstone_horizon,
+        })
+    }
+
+    fn install(&mut self, now: u64, done: Compacted) {
+        self.compacting = false;
+        if done.through <= self.log.compacted_through() || done.through > self.head() {
+            return;
+        }
+        self.snapshot = Some(done.snapshot.clone());
+        self.log.truncate_through(done.through);
+        self.tombstone_horizon = self.tombstone_horizon.max(done.tombstone_horizon);
+        self.compactions += 1;
+        self.last_compaction_at = Some(now);
+        self.pending_persist.snapshot = Some((done.through, done.snapshot));
+        self.pending_persist.truncate_through = Some(done.through);
+    }
+}

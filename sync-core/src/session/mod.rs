@@ -1,0 +1,999 @@
+//! The client side of the sync protocol: a no-IO state machine that keeps a
+//! [`Replica`] in sync with a room on the relay.
+//!
+//! The host owns a transport (a WebSocket) and a store. It feeds the session
+//! [`Input`]s and drains [`Output`]s until [`Session::poll`] returns `None`:
+//!
+//! ```text
+//! session.handle(now, Input::Received(&frame));
+//! while let Some(out) = session.poll() {
+//!     match out {
+//!         Output::Connect            => open the socket, then Input::Connected
+//!         Output::Transmit(frame)    => send it
+//!         Output::Close { .. }       => close the socket, then Input::Disconnected
+//!         Output::Persist(batch)     => write it atomically, before sending later frames
+//!         Output::Event(event)       => tell the app
+//!         Output::Timeout(at)        => call handle(at, Input::Timeout) then
+//!     }
+//! }
+//! ```
+//!
+//! Outputs are ordered: a `Transmit` that follows a `Persist` must not be
+//! sent before that batch is durable. That is what makes "acknowledged" mean
+//! "stored" on both sides.
+
+mod backoff;
+mod inbound;
+
+pub use backoff::Backoff;
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::Event;
+use crate::op::Op;
+use crate::persist::{PersistBatch, RecordError, StoreKey, Write, decode_record, encode_record};
+use crate::protocol::{self, CloseCode, ErrorCode, Hello, Message, Welcome};
+use crate::replica::{Replica, ReplicaConfig, RestoreError, WriteError};
+use crate::revision::Revision;
+use crate::rng::SplitMix64;
+use crate::snapshot::Snapshot;
+use crate::store::Record;
+use crate::value::Value;
+use inbound::{Inbound, InboundQueue};
+
+/// Name of the store record that holds the session's sync state.
+const SESSION_RECORD: &str = "session";
+
+/// Settings of a client session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// The room to sync with.
+    pub room: String,
+    /// The access token presented in `Hello`.
+    pub token: Vec<u8>,
+    /// Client name and version, for the relay's logs.
+    pub agent: String,
+    /// Ping the relay after this long without sending anything.
+    pub heartbeat_ms: u64,
+    /// Declare the link dead after this long without hearing anything.
+    pub dead_after_ms: u64,
+    /// Give up on a connection attempt or handshake after this long.
+    pub handshake_timeout_ms: u64,
+    /// Reconnection delays.
+    pub backoff: Backoff,
+    /// Most operations per push (the relay may lower it).
+    pub max_batch_ops: usize,
+    /// Most bytes of operations per push (the relay may lower it).
+    pub max_batch_bytes: usize,
+    /// Most pushes awaiting acknowledgement at once.
+    pub push_window: usize,
+    /// Largest frame accepted from the relay.
+    pub max_frame_bytes: usize,
+    /// Largest snapshot accepted from the relay.
+    pub max_snapshot_bytes: u64,
+}
+
+impl SessionConfig {
+    /// Defaults for a room and token.
+    pub fn new(room: impl Into<String>, token: impl Into<Vec<u8>>) -> SessionConfig {
+        SessionConfig {
+            room: room.into(),
+            token: token.into(),
+            agent: concat!("concord-sync-core/", env!("CARGO_PKG_VERSION")).to_owned(),
+            heartbeat_ms: 15_000,
+            dead_after_ms: 45_000,
+            handshake_timeout_ms: 10_000,
+            backoff: Backoff::default(),
+            max_batch_ops: 1000,
+            max_batch_bytes: 1024 * 1024,
+            push_window: 4,
+            max_frame_bytes: protocol::DEFAULT_MAX_FRAME_BYTES,
+            max_snapshot_bytes: 1 << 30,
+        }
+    }
+}
+
+/// Something that happened to the session.
+#[derive(Debug)]
+pub enum Input<'a> {
+    /// The transport the session asked for is open.
+    Connected,
+    /// A frame arrived.
+    Received(&'a [u8]),
+    /// The transport closed or failed (`code`: the WebSocket close code, if any).
+    Disconnected {
+        /// The close code received, if any.
+        code: Option<u16>,
+    },
+    /// A timeout the session asked for has passed.
+    Timeout,
+}
+
+/// Something the host must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Open a transport to the relay, then report `Input::Connected` or
+    /// `Input::Disconnected`.
+    Connect,
+    /// Send this frame.
+    Transmit(Vec<u8>),
+    /// Close the transport with this code.
+    Close {
+        /// The close code.
+        code: CloseCode,
+        /// Why, for the close frame.
+        reason: String,
+    },
+    /// Write this batch atomically before sending any later frame.
+    Persist(PersistBatch),
+    /// Tell the application.
+    Event(Event),
+    /// Call `handle(Input::Timeout)` at this time (replaces earlier timeouts).
+    Timeout(u64),
+}
+
+/// Where the connection stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkState {
+    /// Not connecting: [`Session::stop`] was called, or a close said retrying cannot help.
+    Offline,
+    /// Waiting to retry.
+    Waiting {
+        /// When the next attempt starts.
+        retry_at: u64,
+    },
+    /// The host is opening a transport.
+    Connecting,
+    /// `Hello` sent, waiting for `Welcome`.
+    Handshaking,
+    /// Joined the room.
+    Live,
+}
+
+/// A summary for status displays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// Where the connection stands.
+    pub link: LinkState,
+    /// Local operations not yet acknowledged.
+    pub pending_ops: usize,
+    /// Room offset applied and stored here.
+    pub cursor: u64,
+    /// The room's latest offset as last reported by the relay.
+    pub relay_head: u64,
+    /// Whether the token only allows reading.
+    pub read_only: bool,
+}
+
+impl Status {
+    /// Room operations the relay has that are not applied here yet (as last known).
+    pub fn lag(&self) -> u64 {
+        self.relay_head.saturating_sub(self.cursor)
+    }
+}
+
+/// The sync state saved with the replica, so a session resumes across restarts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncState {
+    /// The room this replica syncs with.
+    pub room: String,
+    /// The room offset applied and stored here.
+    pub cursor: u64,
+    /// The room's latest offset as last reported.
+    pub relay_head: u64,
+}
+
+impl SyncState {
+    /// Encodes the state as stored.
+    pub fn encode(&self) -> Vec<u8> {
+        encode_record(self)
+    }
+
+    /// Decodes a stored state.
+    pub fn decode(bytes: &[u8]) -> Result<SyncState, RecordError> {
+        decode_record(&StoreKey::Extension(SESSION_RECORD.into()), bytes)
+    }
+}
+
+/// The state of a live connection.
+#[derive(Clone, Debug)]
+struct Live {
+    read_only: bool,
+    last_heard: u64,
+    last_sent: u64,
+    /// Highest sequence number pushed on this connection.
+    pushed_through: u64,
+    /// Last sequence number of each push awaiting acknowledgement.
+    in_flight: VecDeque<u64>,
+    /// Pushes paused until then (the relay said our clock is ahead).
+    push_paused_until: Option<u64>,
+    max_batch_ops: usize,
+    max_batch_bytes: usize,
+    heartbeat_ms: u64,
+    /// Cursor of the last frame received, ahead of the stored cursor while
+    /// operations wait in the inbound queue.
+    received: u64,
+    /// A snapshot being assembled from chunks.
+    assembling: Option<Assembly>,
+    reported_all_pushed: bool,
+    /// The room head announced in `Welcome`; `CaughtUp` fires once on reaching it.
+    catch_up_target: Option<u64>,
+}
+
+#[derive(Clone, Debug)]
+struct Assembly {
+    cursor: u64,
+    total_len: u64,
+    bytes: Vec<u8>,
+}
+
+#[derive(Clone, Debug)]
+enum Link {
+    Offline,
+    Waiting { retry_at: u64 },
+    Connecting { since: u64 },
+    Handshaking { since: u64 },
+    Live(Box<Live>),
+}
+
+/// A client session: a replica plus everything needed to sync it with a room.
+#[derive(Debug)]
+pub struct Session {
+    replica: Replica,
+    config: SessionConfig,
+    sync: SyncState,
+    sync_dirty: bool,
+    link: Link,
+    attempt: u32,
+    rng: SplitMix64,
+    inbound: InboundQueue,
+    outputs: VecDeque<Output>,
+    reported_timeout: Option<u64>,
+}
+
+impl Session {
+    /// A session around `replica`, offline until [`Session::start`].
+    ///
+    /// `seed` feeds the reconnect jitter; pass fresh randomness.
+    pub fn new(replica: Replica, config: SessionConfig, seed: u64) -> Session {
+        let sync = SyncState {
+            room: config.room.clone(),
+            cursor: 0,
+            relay_head: 0,
+        };
+        Session {
+            replica,
+            config,
+            sync,
+            sync_dirty: true,
+            link: Link::Offline,
+            attempt: 0,
+            rng: SplitMix64::new(seed),
+            inbound: InboundQueue::default(),
+            outputs: VecDeque::new(),
+            reported_timeout: None,
+        }
+    }
+
+    /// Rebuilds a session from its store's records, or `None` for an empty store.
+    ///
+    /// A stored sync state for another room is ignored: the session starts
+    /// that room from offset 0.
+    pub fn restore(
+        replica_config: ReplicaConfig,
+        config: SessionConfig,
+        seed: u64,
+        records: Vec<Record>,
+    ) -> Result<Option<Session>, RestoreError> {
+        let session_key = StoreKey::Extension(SESSION_RECORD.into()).to_bytes();
+        let sync = match records.iter().find(|(k, _)| *k == session_key) {
+            Some((_, v)) => Some(SyncState::decode(v)?),
+            None => None,
+        };
+        let Some(replica) = Replica::restore(replica_config, records)? else {
+            return Ok(None);
+        };
+        let mut session = Session::new(replica, config, seed);
+        if let Some(sync) = sync.filter(|s| s.room == session.config.room) {
+            session.sync = sync;
+            session.sync_dirty = false;
+        }
+        Ok(Some(session))
+    }
+
+    /// The replica, for reads.
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
+    /// The sync state as it will be stored.
+    pub fn sync_state(&self) -> &SyncState {
+        &self.sync
+    }
+
+    /// The session's configuration.
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    /// A summary for status displays.
+    pub fn status(&self) -> Status {
+        let (link, read_only) = match &self.link {
+            Link::Offline => (LinkState::Offline, false),
+            Link::Waiting { retry_at } => (
+                LinkState::Waiting {
+                    retry_at: *retry_at,
+                },
+                false,
+            ),
+            Link::Connecting { .. } => (LinkState::Connecting, false),
+            Link::Handshaking { .. } => (LinkState::Handshaking, false),
+            Link::Live(live) => (LinkState::Live, live.read_only),
+        };
+        Status {
+            link,
+            pending_ops: self.replica.outbox().len(),
+            cursor: self.sync.cursor,
+            relay_head: self.sync.relay_head,
+            read_only,
+        }
+    }
+
+    /// Starts connecting (now) and keeps reconnecting until [`Session::stop`].
+    pub fn start(&mut self, now: u64) {
+        if matches!(self.link, Link::Offline | Link::Waiting { .. }) {
+            self.attempt = 0;
+            self.link = Link::Connecting { since: now };
+            self.outputs.push_back(Output::Connect);
+        }
+    }
+
+    /// Disconnects and stays offline; local writes keep working.
+    pub fn stop(&mut self) {
+        if matches!(
+            self.link,
+            Link::Connecting { .. } | Link::Handshaking { .. } | Link::Live(_)
+        ) {
+            self.outputs.push_back(Output::Close {
+                code: CloseCode::Normal,
+                reason: "client stopped".into(),
+            });
+            self.outputs.push_back(Output::Event(Event::Disconnected {
+                code: CloseCode::Normal,
+                reason: "client stopped".into(),
+                retry_at: None,
+            }));
+        }
+        self.link = Link::Offline;
+    }
+
+    // ---- local writes: the replica's API, followed by persist and push ----
+
+    /// Writes fields of a document (see [`Replica::put`]).
+    pub fn put<K: Into<String>, V: Into<Value>>(
+        &mut self,
+        now: u64,
+        collection: &str,
+        id: &str,
+        fields: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Revision, WriteError> {
+        let result = self.replica.put(now, collection, id, fields);
+        self.after_local_write(now);
+        result
+    }
+
+    /// Writes fields if the document is still at `expected` (see [`Replica::put_if`]).
+    pub fn put_if<K: Into<String>, V: Into<Value>>(
+        &mut self,
+        now: u64,
+        collection: &str,
+        id: &str,
+        fields: impl IntoIterator<Item = (K, V)>,
+        expected: Option<Revision>,
+    ) -> Result<Revision, WriteError> {
+        let result = self.replica.put_if(now, collection, id, fields, expected);
+        self.after_local_write(now);
+        result
+    }
+
+    /// Removes fields of a document (see [`Replica::unset`]).
+    pub fn unset<K: Into<String>>(
+        &mut self,
+        now: u64,
+        collection: &str,
+        id: &str,
+        names: impl IntoIterator<Item = K>,
+    ) -> Result<Revision, WriteError> {
+        let result = self.replica.unset(now, collection, id, names);
+        self.after_local_write(now);
+        result
+    }
+
+    /// Deletes a document (see [`Replica::delete`]).
+    pub fn delete(&mut self, now: u64, collection: &str, id: &str) -> Result<(), WriteError> {
+        let result = self.replica.delete(now, collection, id);
+        self.after_local_write(now);
+        result
+    }
+
+    /// Creates a collection (see [`Replica::create_collection`]).
+    pub fn create_collection(&mut self, now: u64, collection: &str) -> Result<(), WriteError> {
+        let result = self.replica.create_collection(now, collection);
+        self.after_local_write(now);
+        result
+    }
+
+    /// Drops a collection (see [`Replica::drop_collection`]).
+    pub fn drop_collection(&mut self, now: u64, collection: &str) -> Result<(), WriteError> {
+        let result = self.replica.drop_collection(now, collection);
+        self.after_local_write(now);
+        result
+    }
+
+    fn after_local_write(&mut self, now: u64) {
+        self.flush_persist();
+        self.flush_pushes(now);
+    }
+
+    // ---- inputs ----
+
+    /// Feeds one input at host time `now`.
+    pub fn handle(&mut self, now: u64, input: Input<'_>) {
+        match input {
+            Input::Connected => self.on_connected(now),
+            Input::Received(frame) => self.on_frame(now, frame),
+            Input::Disconnected { code } => {
+                let code = code
+                    .and_then(CloseCode::from_u16)
+                    .unwrap_or(CloseCode::GoingAway);
+                self.lose_link(now, code, "transport closed".into(), false);
+            }
+            Input::Timeout => self.on_timeout(now),
+        }
+        self.flush_persist();
+    }
+
+    fn on_connected(&mut self, now: u64) {
+        if !matches!(self.link, Link::Connecting { .. }) {
+            return;
+        }
+        let hello = Hello {
+            replica: self.replica.id(),
+            room: self.config.room.clone(),
+            token: self.config.token.clone(),
+            cursor: self.sync.cursor,
+            own_seq: self
+                .replica
+                .version()
+                .get(self.replica.id())
+                .map_or(0, |s| s.contiguous()),
+            agent: self.config.agent.clone(),
+        };
+        self.outputs
+            .push_back(Output::Transmit(protocol::encode(&Message::Hello(hello))));
+        self.link = Link::Handshaking { since: now };
+    }
+
+    fn on_frame(&mut self, now: u64, frame: &[u8]) {
+        let message = match protocol::decode(frame, self.config.max_frame_bytes) {
+            Ok(message) => message,
+            Err(e) => return self.fail(now, e.close_code(), e.error_code(), e.to_string()),
+        };
+        if let Link::Live(live) = &mut self.link {
+            live.last_heard = now;
+        }
+        match (&self.link, message) {
+            (Link::Handshaking { .. }, Message::Welcome(welcome)) => self.on_welcome(now, welcome),
+            (Link::Live(_), Message::Ack { through_seq }) => self.on_ack(now, through_seq),
+            (Link::Live(_), Message::Deliver { from, cursor, ops }) => {
+                self.on_deliver(now, from, cursor, ops)
+            }
+            (
+                Link::Live(_),
+                Message::SnapshotChunk {
+                    cursor,
+                    total_len,
+                    offset,
+                    bytes,
+                },
+            ) => self.on_chunk(now, cursor, total_len, offset, bytes),
+            (
+                Link::Live(_),
+                Message::Rejected {
+                    seq,
+                    code,
+                    retry_after_ms,
+                    message,
+                },
+            ) => self.on_rejected(now, seq, code, retry_after_ms, message),
+            (Link::Live(_), Message::Ping { nonce }) => self.send(now, &Message::Pong { nonce }),
+            (Link::Live(_), Message::Pong { .. }) => {}
+            (Link::Handshaking { .. } | Link::Live(_), Message::Error { code, message }) => self
+                .lose_link(
+                    now,
+                    code.close_code(),
+                    format!("relay error {code:?}: {message}"),
+                    true,
+                ),
+            (_, other) => self.fail(
+                now,
+                CloseCode::ProtocolError,
+                ErrorCode::Malformed,
+                format!("unexpected {} in this state", message_name(&other)),
+            ),
+        }
+    }
+
+    fn on_welcome(&mut self, now: u64, welcome: Welcome) {
+        self.attempt = 0;
+        let max_batch_ops = self
+            .config
+            .max_batch_ops
+            .min(welcome.max_batch_ops as usize)
+            .max(1);
+        let max_batch_bytes = self
+            .config
+            .max_batch_bytes
+            .min(welcome.max_batch_bytes as usize)
+            .max(1);
+        let heartbeat_ms = self
+            .config
+            .heartbeat_ms
+            .min(u64::from(welcome.heartbeat_ms).max(1000));
+        // The relay already holds these: their acknowledgement was lost.
+        self.replica.acknowledge(welcome.accepted_seq);
+        let acked_through = self
+            .replica
+            .outbox()
+            .next()
+            .map_or(self.replica.next_seq() - 1, |op| op.id.seq - 1);
+        self.link = Link::Live(Box::new(Live {
+            read_only: welcome.read_only,
+            last_heard: now,
+            last_sent: now,
+            pushed_through: acked_through,
+            in_flight: VecDeque::new(),
+            push_paused_until: None,
+            max_batch_ops,
+            max_batch_bytes,
+            heartbeat_ms,
+            received: welcome.cursor,
+            assembling: None,
+            reported_all_pushed: false,
+            catch_up_target: Some(welcome.head),
+        }));
+        self.inbound.clear();
+        if welcome.cursor < self.sync.cursor {
+            // The relay no longer knows our cursor (it lost data): start over.
+            self.sync.cursor = welcome.cursor;
+            self.sync_dirty = true;
+        }
+        self.set_relay_head(welcome.head);
+        let skew = i128::from(welcome.relay_time_ms) - i128::from(now);
+        let drift = i128::from(self.replica.max_drift_ms());
+        if skew.abs() > drift {
+            let ahead_ms =
+                i64::try_from(skew).unwrap_or(if skew > 0 { i64::MAX } else { i64::MIN });
+            self.outputs
+                .push_back(Output::Event(Event::ClockSkew { ahead_ms }));
+        }
+        self.outputs.push_back(Output::Event(Event::Connected {
+            read_only: welcome.read_only,
+        }));
+        self.check_caught_up();
+        self.flush_pushes(now);
+    }
+
+    fn on_ack(&mut self, now: u64, through_seq: u64) {
+        self.replica.acknowledge(through_seq);
+        if let Link::Live(live) = &mut self.link {
+            while live
+                .in_flight
+                .front()
+                .is_some_and(|&last| last <= through_seq)
+            {
+                live.in_flight.pop_front();
+            }
+        }
+        self.flush_persist();
+        self.flush_pushes(now);
+    }
+
+    fn on_deliver(&mut self, now: u64, from: u64, cursor: u64, ops: Vec<Op>) {
+        let Link::Live(live) = &mut self.link else {
+            return;
+        };
+        if from != live.received {
+            if cursor <= live.received {
+                return; // A duplicate of a batch already taken.
+            }
+            let reason = format!(
+                "delivery continues from {from}, but this replica is at {}",
+                live.received
+            );
+            return self.fail(now, CloseCode::ProtocolError, ErrorCode::Malformed, reason);
+        }
+        if cursor < from {
+            return self.fail(
+                now,
+                CloseCode::ProtocolError,
+                ErrorCode::Malformed,
+                "delivery cursor goes back".into(),
+            );
+        }
+        live.received = cursor;
+        self.set_relay_head(cursor);
+        self.inbound.push(Inbound::Ops { ops, cursor });
+        self.drain_inbound(now);
+        self.confirm(now);
+    }
+
+    fn on_chunk(&mut self, now: u64, cursor: u64, total_len: u64, offset: u64, bytes: Vec<u8>) {
+        let max = self.config.max_snapshot_bytes;
+        let Link::Live(live) = &mut self.link else {
+            return;
+        };
+        if total_len > max {
+            let reason =
+                format!("snapshot of {total_len} bytes exceeds this client's limit of {max}");
+            return self.fail(now, CloseCode::ProtocolError, ErrorCode::Malformed, reason);
+        }
+        if offset == 0 {
+            live.assembling = Some(Assembly {
+                cursor,
+                total_len,
+                bytes: Vec::new(),
+            });
+        }
+        let Some(assembly) = live.assembling.as_mut() else {
+            return self.fail(
+                now,
+                CloseCode::ProtocolError,
+                ErrorCode::Malformed,
+                "snapshot chunk out of order".into(),
+            );
+        };
+        let fits = assembly.cursor == cursor
+            && assembly.total_len == total_len
+            && offset == assembly.bytes.len() as u64
+            && offset.saturating_add(bytes.len() as u64) <= total_len;
+        if !fits {
+            return self.fail(
+                now,
+                CloseCode::ProtocolError,
+                ErrorCode::Malformed,
+                "snapshot chunk out of order".into(),
+            );
+        }
+        assembly.bytes.extend_from_slice(&bytes);
+        if assembly.bytes.len() as u64 == total_len {
+            let Some(done) = live.assembling.take() else {
+                return;
+            };
+            match Snapshot::decode(&done.bytes) {
+                Ok(snapshot) => {
+                    live.received = done.cursor;
+                    self.set_relay_head(done.cursor);
+                    self.inbound.push(Inbound::Snapshot {
+                        snapshot: Box::new(snapshot),
+                        cursor: done.cursor,
+                    });
+                    self.drain_inbound(now);
+                }
+                Err(e) => {
+                    let reason = format!("relay sent a bad snapshot: {e}");
+                    return self.fail(now, CloseCode::ProtocolError, ErrorCode::Malformed, reason);
+                }
+            }
+        }
+        self.confirm(now);
+    }
+
+    /// Applies what the clock allows from the inbound queue, then stores the cursor.
+    fn drain_inbound(&mut self, now: u64) {
+        let drained = self
+            .inbound
+            .drain(now, &mut self.replica, &mut self.outputs);
+        if let Some(cursor) = drained {
+            if cursor > self.sync.cursor {
+                self.sync.cursor = cursor;
+                self.sync_dirty = true;
+            }
+        }
+        self.flush_persist();
+        self.check_caught_up();
+    }
+
+    /// Announces, once per connection, that the relay's head at join time is applied.
+    fn check_caught_up(&mut self) {
+        let cursor = self.sync.cursor;
+        if let Link::Live(live) = &mut self.link {
+            if live.catch_up_target.is_some_and(|target| cursor >= target)
+                && self.inbound.is_empty()
+            {
+                live.catch_up_target = None;
+                self.outputs
+                    .push_back(Output::Event(Event::CaughtUp { cursor }));
+            }
+        }
+    }
+
+    /// Tells the relay one frame is consumed and what is stored.
+    fn confirm(&mut self, now: u64) {
+        let cursor = self.sync.cursor;
+        self.send(now, &Message::Applied { cursor });
+    }
+
+    fn on_rejected(
+        &mut self,
+        now: u64,
+        seq: u64,
+        code: ErrorCode,
+        retry_after_ms: u64,
+        message: String,
+    ) {
+        let Link::Live(live) = &mut self.link else {
+            return;
+        };
+        // Everything from `seq` on must be pushed again (or never, below).
+        live.pushed_through = live.pushed_through.min(seq.saturating_sub(1));
+        live.in_flight.retain(|&last| last < seq);
+        match code {
+            ErrorCode::ClockAhead => {
+                live.push_paused_until = Some(now.saturating_add(retry_after_ms.max(1)));
+                let ahead_ms = i64::try_from(retry_after_ms)
+                    .unwrap_or(i64::MAX)
+                    .saturating_neg();
+                self.outputs
+                    .push_back(Output::Event(Event::ClockSkew { ahead_ms }));
+            }
+            ErrorCode::ReadOnly => {
+                live.read_only = true;
+            }
+            ErrorCode::Stale | ErrorCode::InvalidOp => {
+                // The relay will never take this operation: drop it so the rest can flow.
+                live.pushed_through = seq;
+                self.replica.acknowledge(seq);
+                self.outputs.push_back(Output::Event(Event::OpsRejected {
+                    seqs: vec![seq],
+                    code,
+                    message,
+                }));
+                self.flush_persist();
+            }
+            _ => {
+                let reason = format!("relay rejected the push: {code:?}: {message}");
+                return self.fail(now, CloseCode::ProtocolError, ErrorCode::Malformed, reason);
+            }
+        }
+        self.flush_pushes(now);
+    }
+
+    fn on_timeout(&mut self, now: u64) {
+        match &mut self.link {
+            Link::Offline => {}
+            Link::Waiting { retry_at } => {
+                if now >= *retry_at {
+                    self.link = Link::Connecting { since: now };
+                    self.outputs.push_back(Output::Connect);
+                }
+            }
+            Link::Connecting { since } | Link::Handshaking { since } => {
+                if now.saturating_sub(*since) >= self.config.handshake_timeout_ms {
+                    self.lose_link(
+                        now,
+                        CloseCode::HandshakeTimeout,
+                        "no welcome from the relay in time".into(),
+                        true,
+                    );
+                }
+            }
+            Link::Live(live) => {
+                if now.saturating_sub(live.last_heard) >= self.config.dead_after_ms {
+                    return self.lose_link(
+                        now,
+                        CloseCode::IdleTimeout,
+                        "relay silent: link presumed dead".into(),
+                        true,
+                    );
+                }
+                if live.push_paused_until.is_some_and(|t| now >= t) {
+                    live.push_paused_until = None;
+                }
+                if now.saturating_sub(live.last_sent) >= live.heartbeat_ms {
+                    let nonce = self.rng.next_u64();
+                    self.send(now, &Message::Ping { nonce });
+                }
+            }
+        }
+        if !self.inbound.is_empty() {
+            self.drain_inbound(now);
+            if matches!(self.link, Link::Live(_)) && self.inbound.is_empty() {
+                self.confirm(now);
+            }
+        }
+        self.flush_pushes(now);
+    }
+
+    // ---- outputs ----
+
+    /// The next thing the host must do, or `None` when there is nothing.
+    ///
+    /// When nothing else is pending, reports the next timeout once each time
+    /// it changes.
+    pub fn poll(&mut self) -> Option<Output> {
+        if let Some(out) = self.outputs.pop_front() {
+            return Some(out);
+        }
+        if let Some(event) = self.replica.poll_event() {
+            return Some(Output::Event(event));
+        }
+        let next = self.next_timeout();
+        if next != self.reported_timeout {
+            self.reported_timeout = next;
+            return next.map(Output::Timeout);
+        }
+        None
+    }
+
+    /// When the session next needs `Input::Timeout`, if ever.
+    pub fn next_timeout(&self) -> Option<u64> {
+        let link = match &self.link {
+            Link::Offline => None,
+            Link::Waiting { retry_at } => Some(*retry_at),
+            Link::Connecting { since } | Link::Handshaking { since } => {
+                Some(since.saturating_add(self.config.handshake_timeout_ms))
+            }
+            Link::Live(live) => {
+                let dead = live.last_heard.saturating_add(self.config.dead_after_ms);
+                let ping = live.last_sent.saturating_add(live.heartbeat_ms);
+                let resume = live
+                    .push_paused_until
+                    .filter(|_| self.replica.outbox().len() > 0);
+                Some(dead.min(ping).min(resume.unwrap_or(u64::MAX)))
+            }
+        };
+        match (link, self.inbound.retry_at(self.replica.max_drift_ms())) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn send(&mut self, now: u64, message: &Message) {
+        if let Link::Live(live) = &mut self.link {
+            live.last_sent = now;
+        }
+        self.outputs
+            .push_back(Output::Transmit(protocol::encode(message)));
+    }
+
+    fn set_relay_head(&mut self, head: u64) {
+        if head > self.sync.relay_head {
+            self.sync.relay_head = head;
+            self.sync_dirty = true;
+        }
+    }
+
+    /// Queues the replica's changes and the sync state as one atomic batch.
+    fn flush_persist(&mut self) {
+        let mut batch = self.replica.take_persist().unwrap_or_default();
+        if self.sync_dirty {
+            self.sync_dirty = false;
+            batch.push(Write::Put {
+                key: StoreKey::Extension(SESSION_RECORD.into()),
+                value: self.sync.encode(),
+            });
+        }
+        if !batch.is_empty() {
+            self.outputs.push_back(Output::Persist(batch));
+        }
+    }
+
+    /// Pushes outbox operations not yet sent on this connection, in batches,
+    /// while the window allows.
+    fn flush_pushes(&mut self, now: u64) {
+        let Link::Live(live) = &mut self.link else {
+            return;
+        };
+        if live.read_only || live.push_paused_until.is_some() {
+            return;
+        }
+        let mut frames = Vec::new();
+        while live.in_flight.len() < self.config.push_window.max(1) {
+            let mut batch = Vec::new();
+            let mut bytes = 0;
+            for op in self
+                .replica
+                .outbox()
+                .filter(|op| op.id.seq > live.pushed_through)
+            {
+                let size = op.payload_len();
+                if !batch.is_empty()
+                    && (batch.len() >= live.max_batch_ops || bytes + size > live.max_batch_bytes)
+                {
+                    break;
+                }
+                bytes += size;
+                batch.push(op.clone());
+            }
+            let Some(last) = batch.last().map(|op| op.id.seq) else {
+                break;
+            };
+            live.pushed_through = last;
+            live.in_flight.push_back(last);
+            frames.push(protocol::encode(&Message::Push { ops: batch }));
+        }
+        if !frames.is_empty() {
+            live.last_sent = now;
+            live.reported_all_pushed = false;
+        } else if live.in_flight.is_empty()
+            && self.replica.outbox().len() == 0
+            && !live.reported_all_pushed
+        {
+            live.reported_all_pushed = true;
+            self.outputs.push_back(Output::Event(Event::AllPushed));
+        }
+        self.outputs
+            .extend(frames.into_iter().map(Output::Transmit));
+    }
+
+    /// Ends the connection because the relay broke the protocol.
+    fn fail(&mut self, now: u64, close: CloseCode, code: ErrorCode, reason: String) {
+        self.outputs.push_back(Output::Event(Event::PeerMisbehaved {
+            reason: reason.clone(),
+        }));
+        self.outputs
+            .push_back(Output::Transmit(protocol::encode(&Message::Error {
+                code,
+                message: reason.clone(),
+            })));
+        self.lose_link(now, close, reason, true);
+    }
+
+    /// The connection is gone: close it if we are the ones ending it, and
+    /// schedule the next attempt unless retrying cannot help.
+    fn lose_link(&mut self, now: u64, code: CloseCode, reason: String, we_close: bool) {
+        if matches!(self.link, Link::Offline | Link::Waiting { .. }) {
+            return;
+        }
+        if we_close {
+            self.outputs.push_back(Output::Close {
+                code,
+                reason: reason.clone(),
+            });
+        }
+        self.inbound.clear_unapplied();
+        let retry_at = code.should_reconnect().then(|| {
+            let delay = self.config.backoff.delay(self.attempt, &mut self.rng);
+            self.attempt = self.attempt.saturating_add(1);
+            now.saturating_add(delay)
+        });
+        self.link = match retry_at {
+            Some(retry_at) => Link::Waiting { retry_at },
+            None => Link::Offline,
+        };
+        self.outputs.push_back(Output::Event(Event::Disconnected {
+            code,
+            reason,
+            retry_at,
+        }));
+    }
+}
+
+fn message_name(message: &Message) -> &'static str {
+    match message {
+        Message::Hello(_) => "Hello",
+        Message::Welcome(_) => "Welcome",
+        Message::Push { .. } => "Push",
+        Message::Ack { .. } => "Ack",
+        Message::Deliver { .. } => "Deliver",
+        Message::SnapshotChunk { .. } => "SnapshotChunk",
+        Message::Applied { .. } => "Applied",
+        Message::Rejected { .. } => "Rejected",
+        Message::Ping { .. } => "Ping",
+        Message::Pong { .. } => "Pong",
+        Message::Error { .. } => "Error",
+    }
+}
