@@ -511,7 +511,8 @@ impl Replica {
 
     /// Encodes the whole merged state as a checksummed snapshot.
     pub fn encode_snapshot(&self) -> Vec<u8> {
-        Snapshot::encode(&self.state, &self.version, self.clock.last())
+        // A replica collects no tombstones of its own, so its horizon is zero.
+        Snapshot::encode(&self.state, &self.version, self.clock.last(), Hlc::ZERO)
     }
 
     fn record_effect(&mut self, effect: Effect, origin: Origin) {

@@ -40,6 +40,9 @@ pub struct Snapshot {
     pub version: VersionVector,
     /// The highest clock reading of any operation in the state.
     pub max_hlc: Hlc,
+    /// Tombstones stamped at or before this were collected from the state,
+    /// so operations this old can no longer be merged correctly.
+    pub tombstone_horizon: Hlc,
     /// The merged state.
     pub state: State,
 }
@@ -86,12 +89,19 @@ pub enum SnapshotError {
 }
 
 impl Snapshot {
-    /// Encodes a state with its version summary.
-    pub fn encode(state: &State, version: &VersionVector, max_hlc: Hlc) -> Vec<u8> {
+    /// Encodes a state with its version summary, its highest clock reading
+    /// and the horizon up to which its tombstones were collected.
+    pub fn encode(
+        state: &State,
+        version: &VersionVector,
+        max_hlc: Hlc,
+        tombstone_horizon: Hlc,
+    ) -> Vec<u8> {
         let replicas = replica_table(state);
         let body = BodyRef {
             version,
             max_hlc,
+            tombstone_horizon,
             state,
             replicas: &replicas,
         };
@@ -187,6 +197,7 @@ fn replica_table(state: &State) -> BTreeMap<ReplicaId, u32> {
 struct BodyRef<'a> {
     version: &'a VersionVector,
     max_hlc: Hlc,
+    tombstone_horizon: Hlc,
     state: &'a State,
     replicas: &'a BTreeMap<ReplicaId, u32>,
 }
@@ -197,9 +208,10 @@ impl Serialize for BodyRef<'_> {
             replicas: self.replicas,
         };
         let names = (0..self.state.names.len()).map(|i| self.state.names.name(i as u32));
-        let mut t = s.serialize_tuple(5)?;
+        let mut t = s.serialize_tuple(6)?;
         t.serialize_element(self.version)?;
         t.serialize_element(&self.max_hlc)?;
+        t.serialize_element(&self.tombstone_horizon)?;
         t.serialize_element(&Seq(names))?;
         t.serialize_element(&Seq(self.replicas.keys()))?;
         t.serialize_element(&Seq(self
@@ -293,6 +305,7 @@ struct PackedStamp(u64, u32);
 struct Body {
     version: VersionVector,
     max_hlc: Hlc,
+    tombstone_horizon: Hlc,
     names: Vec<String>,
     replicas: Vec<ReplicaId>,
     collections: Vec<CollectionBody>,
@@ -404,6 +417,7 @@ impl Body {
         Ok(Snapshot {
             version: self.version,
             max_hlc: self.max_hlc,
+            tombstone_horizon: self.tombstone_horizon,
             state,
         })
     }

@@ -115,8 +115,10 @@ impl DocState {
     fn revision(&self, names: &FieldNames) -> Option<Revision> {
         let written = self.written?;
         let mut digest = RevisionDigest::new(written);
-        for slot in &self.fields {
-            digest.add_field(names.name(slot.name), slot.stamp, slot.value.is_some());
+        // Removed-field markers stay out: compaction may collect them, and a
+        // revision must not change when nothing visible did.
+        for slot in self.fields.iter().filter(|slot| slot.value.is_some()) {
+            digest.add_field(names.name(slot.name), slot.stamp);
         }
         Some(digest.finish())
     }

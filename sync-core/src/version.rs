@@ -41,6 +41,11 @@ impl SeqSet {
         self.ahead.last().copied().unwrap_or(self.contiguous)
     }
 
+    /// Members above the contiguous prefix, in order.
+    pub fn iter_ahead(&self) -> impl Iterator<Item = u64> + '_ {
+        self.ahead.iter().copied()
+    }
+
     /// Adds `seq`; returns false when it was already there.
     pub fn insert(&mut self, seq: u64) -> bool {
         if self.contains(seq) || seq == 0 {

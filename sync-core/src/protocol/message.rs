@@ -22,9 +22,11 @@ pub enum Message {
         /// The operations.
         ops: Vec<Op>,
     },
-    /// Relay → client: every pushed operation up to `through_seq` is durable.
+    /// Relay → client: every operation of the client's replica up to
+    /// `through_seq` is settled: durably stored, or refused for good (each
+    /// refusal is reported by a `Rejected` sent just before this `Ack`).
     Ack {
-        /// Highest sequence number of the client's replica now stored.
+        /// Highest settled sequence number of the client's replica.
         through_seq: u64,
     },
     /// Relay → client: room operations after offset `from`, up to `cursor`.
@@ -57,8 +59,10 @@ pub enum Message {
         /// The client's saved cursor.
         cursor: u64,
     },
-    /// Relay → client: a pushed operation (and the rest of its batch) was
-    /// not accepted. The session stays open.
+    /// Relay → client: a pushed operation was not accepted. `ClockAhead`
+    /// also covers the rest of its batch (push them again after
+    /// `retry_after_ms`); `Stale`, `InvalidOp` and `ReadOnly` cover only that
+    /// operation. The session stays open.
     Rejected {
         /// Sequence number of the first operation not accepted.
         seq: u64,
@@ -103,6 +107,9 @@ pub struct Hello {
     /// number; the relay delivers its own operations above it back to it
     /// (needed after the client replaced its state with a snapshot).
     pub own_seq: u64,
+    /// Every operation of this replica up to this sequence number is either
+    /// acknowledged or given up (the client's outbox starts after it).
+    pub settled_seq: u64,
     /// Free-form client name and version, for logs.
     pub agent: String,
 }
@@ -112,7 +119,8 @@ pub struct Hello {
 pub struct Welcome {
     /// Offset of the room's latest operation.
     pub head: u64,
-    /// Highest sequence number of this replica the relay holds.
+    /// Every operation of this replica up to this sequence number is stored
+    /// or refused for good; the client drops them from its outbox.
     pub accepted_seq: u64,
     /// The relay's wall clock, for skew diagnostics.
     pub relay_time_ms: u64,
@@ -124,6 +132,10 @@ pub struct Welcome {
     pub max_batch_ops: u32,
     /// Most bytes of operations one `Push` may carry.
     pub max_batch_bytes: u32,
+    /// Sequence numbers above the client's `settled_seq` that the relay
+    /// refused for good (on an earlier connection whose `Rejected` frames the
+    /// client may never have seen). They count as settled in `accepted_seq`.
+    pub refused: Vec<u64>,
     /// The offset deliveries continue from: the client's cursor, or 0 when
     /// the relay does not know that cursor (then the client starts over).
     pub cursor: u64,

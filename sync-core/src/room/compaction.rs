@@ -72,7 +72,8 @@ impl CompactionJob {
             }
         }
         let tombstones_collected = state.collect_tombstones(self.tombstone_horizon);
-        let snapshot: Arc<[u8]> = Snapshot::encode(&state, &version, max_hlc).into();
+        let snapshot: Arc<[u8]> =
+            Snapshot::encode(&state, &version, max_hlc, self.tombstone_horizon).into();
         Ok(Compacted {
             through: self.through,
             snapshot,

@@ -279,6 +279,10 @@ pub struct Room {
     accepted: VersionVector,
     /// Operations stamped at or before this are refused as stale.
     tombstone_horizon: Hlc,
+    /// Per replica, sequence numbers refused for good or given up by the
+    /// client. Kept in memory only: after a restart a client's `Hello`
+    /// re-establishes what it gave up.
+    refused: BTreeMap<ReplicaId, SeqSet>,
     members: BTreeMap<SessionId, Member>,
     compacting: bool,
     compactions: u64,
@@ -297,6 +301,7 @@ impl Room {
             snapshot: None,
             accepted: VersionVector::new(),
             tombstone_horizon: Hlc::ZERO,
+            refused: BTreeMap::new(),
             members: BTreeMap::new(),
             compacting: false,
             compactions: 0,
@@ -318,6 +323,7 @@ impl Room {
         if let Some((snapshot_through, bytes)) = snapshot {
             let decoded = Snapshot::decode(&bytes)?;
             room.accepted = decoded.version;
+            room.tombstone_horizon = decoded.tombstone_horizon;
             room.snapshot = Some(bytes.into());
             through = snapshot_through;
         }
@@ -459,12 +465,16 @@ impl Room {
         } else {
             hello.cursor
         };
+        // Everything below the client's outbox is stored or given up.
+        self.refused
+            .entry(hello.replica)
+            .or_default()
+            .insert_through(hello.settled_seq);
+        let refused = self.refused_above(hello.replica, hello.settled_seq);
         let welcome = Welcome {
             head: self.head(),
-            accepted_seq: self
-                .accepted
-                .get(hello.replica)
-                .map_or(0, |s| s.contiguous()),
+            refused,
+            accepted_seq: self.settled_seqs(hello.replica).contiguous(),
             relay_time_ms: now,
             read_only,
             heartbeat_ms: u32::try_from(self.config.heartbeat_ms).unwrap_or(u32::MAX),
@@ -533,13 +543,8 @@ impl Room {
             return;
         };
         if read_only {
-            return self.reject(
-                session,
-                first,
-                ErrorCode::ReadOnly,
-                0,
-                "this session's token grants read only".into(),
-            );
+            let reason = "this session's token grants read only".to_owned();
+            return self.reject(session, first, ErrorCode::ReadOnly, 0, reason);
         }
         let bytes: usize = ops.iter().map(Op::payload_len).sum();
         if ops.len() > self.config.max_batch_ops
@@ -551,34 +556,44 @@ impl Room {
             );
             return self.close(session, ErrorCode::BatchTooLarge, reason);
         }
+        if let Some(op) = ops.iter().find(|op| op.id.replica != replica) {
+            let reason = format!(
+                "operation {:?} belongs to another replica than the session's",
+                op.id
+            );
+            return self.close(session, ErrorCode::Forbidden, reason);
+        }
         let limit = now.saturating_add(self.config.max_drift_ms);
-        let mut rejection = None;
-        let mut any = false;
+        let mut refusals = Vec::new();
         for op in &ops {
-            if op.id.replica != replica {
-                let reason = format!("operation {:?} belongs to another replica", op.id);
-                rejection = Some((op.id.seq, ErrorCode::InvalidOp, 0, reason));
-                break;
-            }
-            if let Err(e) = op.validate() {
-                rejection = Some((op.id.seq, ErrorCode::InvalidOp, 0, e.to_string()));
-                break;
-            }
-            any = true;
             if self.accepted.contains(op.id) {
                 continue;
             }
+            let refusal = if let Err(e) = op.validate() {
+                Some((ErrorCode::InvalidOp, e.to_string()))
+            } else if op.hlc <= self.tombstone_horizon
+                || self.settled_seqs(replica).contains(op.id.seq)
+            {
+                Some((
+                    ErrorCode::Stale,
+                    "operation is older than the relay's tombstone horizon".to_owned(),
+                ))
+            } else {
+                None
+            };
+            if let Some((code, message)) = refusal {
+                // Refused for good: settled, so acknowledgements can move past it.
+                self.refused.entry(replica).or_default().insert(op.id.seq);
+                refusals.push((op.id.seq, code, 0, message));
+                continue;
+            }
             if op.hlc.wall_ms() > limit {
+                // Refused for now: this and everything after it is pushed again later.
                 let wait = op.hlc.wall_ms() - limit;
                 let reason = format!(
                     "operation stamped {wait} ms beyond the relay's clock plus the drift bound"
                 );
-                rejection = Some((op.id.seq, ErrorCode::ClockAhead, wait, reason));
-                break;
-            }
-            if op.hlc <= self.tombstone_horizon {
-                let reason = "operation is older than the relay's tombstone horizon".to_owned();
-                rejection = Some((op.id.seq, ErrorCode::Stale, 0, reason));
+                refusals.push((op.id.seq, ErrorCode::ClockAhead, wait, reason));
                 break;
             }
             let encoded: Arc<[u8]> = protocol::encode_op(op).into();
@@ -594,19 +609,43 @@ impl Room {
         // The client holds whatever it pushes (accepted or not), so
         // deliveries need not carry it back.
         if let Some(m) = self.members.get_mut(&session) {
-            for op in ops.iter().filter(|op| op.id.replica == replica) {
+            for op in &ops {
                 m.own_held.insert(op.id.seq);
             }
         }
-        // The ack must follow the append to storage.
-        self.flush_persist();
-        if any {
-            let through_seq = self.accepted.get(replica).map_or(0, |s| s.contiguous());
-            self.transmit(session, &Message::Ack { through_seq });
-        }
-        if let Some((seq, code, retry_after_ms, message)) = rejection {
+        // Refusals first, so a client has heard every one of them by the time
+        // the ack settles the batch; the ack must follow the append to storage.
+        for (seq, code, retry_after_ms, message) in refusals {
             self.reject(session, seq, code, retry_after_ms, message);
         }
+        self.flush_persist();
+        let through_seq = self.settled_seqs(replica).contiguous();
+        self.transmit(session, &Message::Ack { through_seq });
+    }
+
+    /// Sequence numbers of `replica` above `seq` that were refused for good
+    /// (not stored, not merely given up by the client).
+    fn refused_above(&self, replica: ReplicaId, seq: u64) -> Vec<u64> {
+        let Some(refused) = self.refused.get(&replica) else {
+            return Vec::new();
+        };
+        (seq + 1..=refused.contiguous())
+            .chain(refused.iter_ahead())
+            .filter(|&s| !self.accepted.contains(crate::op::OpId { replica, seq: s }))
+            .collect()
+    }
+
+    /// Sequence numbers of `replica` that are settled: stored, refused for
+    /// good, or given up by the client (everything up to its `settled_seq`).
+    fn settled_seqs(&self, replica: ReplicaId) -> SeqSet {
+        let mut settled = self.accepted.get(replica).cloned().unwrap_or_default();
+        if let Some(refused) = self.refused.get(&replica) {
+            settled.insert_through(refused.contiguous());
+            for seq in refused.iter_ahead() {
+                settled.insert(seq);
+            }
+        }
+        settled
     }
 
     fn reject(

@@ -32,6 +32,7 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
+use crate::hlc::Hlc;
 use crate::op::Op;
 use crate::persist::{PersistBatch, RecordError, StoreKey, Write, decode_record, encode_record};
 use crate::protocol::{self, CloseCode, ErrorCode, Hello, Message, Welcome};
@@ -39,8 +40,10 @@ use crate::replica::{Replica, ReplicaConfig, RestoreError, WriteError};
 use crate::revision::Revision;
 use crate::rng::SplitMix64;
 use crate::snapshot::Snapshot;
+use crate::state::State;
 use crate::store::Record;
 use crate::value::Value;
+use crate::version::VersionVector;
 use inbound::{Inbound, InboundQueue};
 
 /// Name of the store record that holds the session's sync state.
@@ -183,6 +186,9 @@ pub struct SyncState {
     pub cursor: u64,
     /// The room's latest offset as last reported.
     pub relay_head: u64,
+    /// The relay refused a local operation for good: download the room
+    /// again once every other pending push is answered.
+    pub resync: bool,
 }
 
 impl SyncState {
@@ -260,8 +266,7 @@ impl Session {
     pub fn new(replica: Replica, config: SessionConfig, seed: u64) -> Session {
         let sync = SyncState {
             room: config.room.clone(),
-            cursor: 0,
-            relay_head: 0,
+            ..SyncState::default()
         };
         Session {
             replica,
@@ -469,6 +474,12 @@ impl Session {
                 .version()
                 .get(self.replica.id())
                 .map_or(0, |s| s.contiguous()),
+            settled_seq: self
+                .replica
+                .outbox()
+                .next()
+                .map_or(self.replica.next_seq(), |op| op.id.seq)
+                - 1,
             agent: self.config.agent.clone(),
         };
         self.outputs
@@ -542,7 +553,23 @@ impl Session {
             .config
             .heartbeat_ms
             .min(u64::from(welcome.heartbeat_ms).max(1000));
-        // The relay already holds these: their acknowledgement was lost.
+        // Refused on an earlier connection: the client may never have heard.
+        let refused: Vec<u64> = welcome
+            .refused
+            .iter()
+            .copied()
+            .filter(|&seq| self.replica.outbox().any(|op| op.id.seq == seq))
+            .collect();
+        if !refused.is_empty() {
+            self.sync.resync = true;
+            self.sync_dirty = true;
+            self.outputs.push_back(Output::Event(Event::OpsRejected {
+                seqs: refused,
+                code: ErrorCode::Stale,
+                message: "refused by the relay on an earlier connection".into(),
+            }));
+        }
+        // The relay already settled these: their acknowledgement was lost.
         self.replica.acknowledge(welcome.accepted_seq);
         let acked_through = self
             .replica
@@ -737,11 +764,11 @@ impl Session {
         let Link::Live(live) = &mut self.link else {
             return;
         };
-        // Everything from `seq` on must be pushed again (or never, below).
-        live.pushed_through = live.pushed_through.min(seq.saturating_sub(1));
-        live.in_flight.retain(|&last| last < seq);
         match code {
             ErrorCode::ClockAhead => {
+                // This and everything after it must be pushed again later.
+                live.pushed_through = live.pushed_through.min(seq.saturating_sub(1));
+                live.in_flight.retain(|&last| last < seq);
                 live.push_paused_until = Some(now.saturating_add(retry_after_ms.max(1)));
                 let ahead_ms = i64::try_from(retry_after_ms)
                     .unwrap_or(i64::MAX)
@@ -750,12 +777,16 @@ impl Session {
                     .push_back(Output::Event(Event::ClockSkew { ahead_ms }));
             }
             ErrorCode::ReadOnly => {
+                live.pushed_through = live.pushed_through.min(seq.saturating_sub(1));
+                live.in_flight.clear();
                 live.read_only = true;
             }
             ErrorCode::Stale | ErrorCode::InvalidOp => {
-                // The relay will never take this operation: drop it so the rest can flow.
-                live.pushed_through = seq;
-                self.replica.acknowledge(seq);
+                // Refused for good; the relay's Ack already settled it and
+                // the outbox dropped it. Resync once the other pushes are
+                // answered, which takes its effect back out of the local state.
+                self.sync.resync = true;
+                self.sync_dirty = true;
                 self.outputs.push_back(Output::Event(Event::OpsRejected {
                     seqs: vec![seq],
                     code,
@@ -928,6 +959,8 @@ impl Session {
         if !frames.is_empty() {
             live.last_sent = now;
             live.reported_all_pushed = false;
+        } else if live.in_flight.is_empty() && self.sync.resync {
+            return self.resync(now);
         } else if live.in_flight.is_empty()
             && self.replica.outbox().len() == 0
             && !live.reported_all_pushed
@@ -937,6 +970,30 @@ impl Session {
         }
         self.outputs
             .extend(frames.into_iter().map(Output::Transmit));
+    }
+
+    /// Forgets everything received from the relay and downloads the room
+    /// again: the only way to take a refused operation's effect back out of
+    /// the local state. Local operations still pending are kept and re-applied.
+    fn resync(&mut self, now: u64) {
+        let empty = Snapshot {
+            tombstone_horizon: Hlc::ZERO,
+            version: VersionVector::new(),
+            max_hlc: Hlc::ZERO,
+            state: State::new(),
+        };
+        // The empty snapshot's clock reading is zero, which the clock always accepts.
+        let _ = self.replica.reset_to_snapshot(now, &empty);
+        self.sync.cursor = 0;
+        self.sync.resync = false;
+        self.sync_dirty = true;
+        self.flush_persist();
+        self.lose_link(
+            now,
+            CloseCode::Normal,
+            "resyncing after a refused operation".into(),
+            true,
+        );
     }
 
     /// Ends the connection because the relay broke the protocol.
