@@ -831,23 +831,8 @@ impl Room {
         if through <= from || through - from < policy.min_ops.max(1) {
             return;
         }
-        let entries = self
-            .log
-            .from(from + 1)
-            .take_while(|(o, _)| *o <= through)
-            .map(|(_, e)| e.encoded.clone())
-            .collect();
-        let horizon_wall = now.saturating_sub(policy.tombstone_grace_ms);
-        let tombstone_horizon = Hlc::new(horizon_wall, u16::MAX)
-            .unwrap_or(Hlc::ZERO)
-            .max(self.tombstone_horizon);
-        self.compacting = true;
-        self.outputs.push_back(RoomOutput::Compact(CompactionJob {
-            previous: self.snapshot.clone(),
-            entries,
-            through,
-            tombstone_horizon,
-        }));
+        let job = self.start_compaction(now, through);
+        self.outputs.push_back(RoomOutput::Compact(job));
     }
 
     /// Forces a compaction of everything up to the head now, whatever the
@@ -857,23 +842,36 @@ impl Room {
         if self.compacting || self.head() == self.log.compacted_through() {
             return None;
         }
-        let through = self.head();
+        Some(self.start_compaction(now, self.head()))
+    }
+
+    /// A job folding the log up to `through` into the snapshot.
+    ///
+    /// Tombstones may be collected only up to a horizon no operation still to
+    /// be merged can be older than: the grace period's start, but below every
+    /// entry left in the log. The horizon takes effect now, not when the job
+    /// finishes, so operations pushed meanwhile are judged against it.
+    fn start_compaction(&mut self, now: u64, through: u64) -> CompactionJob {
+        let from = self.log.compacted_through();
         let entries = self
             .log
-            .from(self.log.compacted_through() + 1)
+            .from(from + 1)
+            .take_while(|(o, _)| *o <= through)
             .map(|(_, e)| e.encoded.clone())
             .collect();
-        let horizon_wall = now.saturating_sub(self.config.compaction.tombstone_grace_ms);
-        let tombstone_horizon = Hlc::new(horizon_wall, u16::MAX)
-            .unwrap_or(Hlc::ZERO)
-            .max(self.tombstone_horizon);
+        let grace_start = now.saturating_sub(self.config.compaction.tombstone_grace_ms);
+        let mut horizon = Hlc::new(grace_start, u16::MAX).unwrap_or(Hlc::ZERO);
+        if let Some(oldest_left) = self.log.from(through + 1).map(|(_, e)| e.hlc).min() {
+            horizon = horizon.min(Hlc::from_u64(oldest_left.as_u64().saturating_sub(1)));
+        }
+        self.tombstone_horizon = self.tombstone_horizon.max(horizon);
         self.compacting = true;
-        Some(CompactionJob {
+        CompactionJob {
             previous: self.snapshot.clone(),
             entries,
             through,
-            tombstone_horizon,
-        })
+            tombstone_horizon: self.tombstone_horizon,
+        }
     }
 
     fn install(&mut self, now: u64, done: Compacted) {
