@@ -1,0 +1,511 @@
+//! One WebSocket connection: handshake, authentication, joining its room,
+//! then a reader feeding the room and a writer draining the bounded
+//! outbound queue.
+//!
+//! The first binary frame must be a `Hello` within the handshake timeout.
+//! Its token is verified before the session joins anything; a refusal is an
+//! `Error` frame and a close code, and is logged. After joining, the reader
+//! rate-limits pushed operations and forwards every binary frame to the room
+//! task, which alone decides what the session receives.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt as _, StreamExt as _};
+use sync_core::protocol::{self, CloseCode, ErrorCode, Hello, Message};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::metrics::Metrics;
+use crate::peer::{Control, Outbound, Peer};
+use crate::room_host::{JoinReply, RoomHandle, RoomMsg};
+use crate::server::App;
+
+/// Longest room name accepted, in bytes.
+pub(crate) const MAX_ROOM_NAME_BYTES: usize = 256;
+
+/// How long to keep reading (and discarding) after our close frame, so the
+/// client reads our last frames before the socket closes.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Whether `name` is an acceptable room name: 1 to 256 bytes, no control
+/// characters.
+pub(crate) fn valid_room_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_ROOM_NAME_BYTES && !name.chars().any(char::is_control)
+}
+
+/// Serves one upgraded WebSocket until it closes.
+pub(crate) async fn serve(socket: WebSocket, app: Arc<App>, addr: SocketAddr) {
+    let metrics = app.metrics.clone();
+    metrics.connections_open.inc();
+    metrics
+        .connections_total
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let config = &app.config;
+    let (sink, stream) = socket.split();
+    let (peer, queue) = Peer::new(config.outbound_queue_frames, config.outbound_queue_bytes);
+    let (writer_done_tx, writer_done) = watch::channel(false);
+    let writer = tokio::spawn(write_loop(
+        sink,
+        queue,
+        peer.control(),
+        metrics.clone(),
+        config.write_timeout,
+        writer_done_tx,
+    ));
+    let session = app
+        .next_session
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut conn = Conn {
+        session,
+        addr,
+        peer,
+        app: app.clone(),
+        stream,
+        writer_done,
+    };
+    conn.run().await;
+    let Conn {
+        peer,
+        mut stream,
+        mut writer_done,
+        ..
+    } = conn;
+    drop(peer);
+    // Let the writer send what is queued (the room drops its handle on
+    // Leave), then linger briefly so the client reads our close.
+    let grace = app.config.write_timeout + Duration::from_secs(1);
+    let _ = tokio::time::timeout(grace, writer_done.wait_for(|done| *done)).await;
+    writer.abort();
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Some(Ok(msg)) = stream.next().await {
+            if matches!(msg, WsMessage::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+    metrics.connections_open.dec();
+}
+
+struct Conn {
+    session: u64,
+    addr: SocketAddr,
+    peer: Peer,
+    app: Arc<App>,
+    stream: SplitStream<WebSocket>,
+    writer_done: watch::Receiver<bool>,
+}
+
+impl Conn {
+    async fn run(&mut self) {
+        let config = self.app.config.clone();
+        if self.app.metrics.connections_open.get() > config.max_connections as u64 {
+            tracing::warn!(peer = %self.addr, limit = config.max_connections, "connection refused: too many connections");
+            return self.peer.error_and_close(
+                ErrorCode::TooManyConnections,
+                format!(
+                    "the relay has its limit of {} connections",
+                    config.max_connections
+                ),
+            );
+        }
+        let Some(hello) = self.handshake(config.handshake_timeout).await else {
+            return;
+        };
+        if !valid_room_name(&hello.room) {
+            tracing::info!(peer = %self.addr, room = ?hello.room, "refused: invalid room name");
+            return self.peer.error_and_close(
+                ErrorCode::Malformed,
+                format!(
+                    "room names are 1 to {MAX_ROOM_NAME_BYTES} bytes without control characters"
+                ),
+            );
+        }
+        let now_secs = crate::room_host::now_ms() / 1000;
+        let grant =
+            match self
+                .app
+                .verifier
+                .verify(&hello.token, &hello.room, hello.replica, now_secs)
+            {
+                Ok(grant) => grant,
+                Err(error) => {
+                    self.app.metrics.auth_refused(error.label());
+                    tracing::warn!(
+                        peer = %self.addr,
+                        room = ?hello.room,
+                        replica = %hello.replica,
+                        agent = ?hello.agent,
+                        %error,
+                        "session refused"
+                    );
+                    return self.peer.error_and_close(error.code(), error.to_string());
+                }
+            };
+        let room_name = hello.room.clone();
+        tracing::info!(
+            peer = %self.addr,
+            session = self.session,
+            room = ?room_name,
+            replica = %hello.replica,
+            read_only = grant.read_only,
+            anonymous = grant.anonymous,
+            "session authenticated"
+        );
+        let Some(room) = self.join(hello, grant.read_only).await else {
+            return;
+        };
+        self.read_loop(&room).await;
+        let _ = room
+            .tx
+            .send(RoomMsg::Leave {
+                session: self.session,
+            })
+            .await;
+        tracing::info!(peer = %self.addr, session = self.session, room = ?room_name, "session ended");
+    }
+
+    /// Waits for the `Hello`.
+    async fn handshake(&mut self, timeout: Duration) -> Option<Hello> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut shutdown = self.app.shutdown.clone();
+        let max = self.app.config.max_frame_bytes;
+        loop {
+            let next = tokio::select! {
+                next = tokio::time::timeout_at(deadline, self.stream.next()) => next,
+                _ = shutdown.wait_for(|stop| *stop) => {
+                    self.peer.error_and_close(ErrorCode::GoingAway, "the relay is shutting down; reconnect later".into());
+                    return None;
+                }
+            };
+            let message = match next {
+                Err(_) => {
+                    self.app.metrics.error("HandshakeTimeout");
+                    tracing::info!(peer = %self.addr, "no Hello within the handshake timeout");
+                    self.peer.close(
+                        CloseCode::HandshakeTimeout,
+                        format!("no Hello within {} s", timeout.as_secs_f32()),
+                    );
+                    return None;
+                }
+                Ok(None) => return None,
+                Ok(Some(Err(error))) => {
+                    self.read_error(error);
+                    return None;
+                }
+                Ok(Some(Ok(message))) => message,
+            };
+            match message {
+                WsMessage::Binary(bytes) => {
+                    self.count_in(bytes.len());
+                    let (code, reason) = match protocol::decode(&bytes, max) {
+                        Ok(Message::Hello(hello)) => return Some(hello),
+                        Ok(_) => (
+                            ErrorCode::Malformed,
+                            "the first message must be a Hello".to_owned(),
+                        ),
+                        Err(e) => (e.error_code(), e.to_string()),
+                    };
+                    tracing::info!(peer = %self.addr, code = ?code, %reason, "handshake refused");
+                    self.peer.error_and_close(code, reason);
+                    return None;
+                }
+                WsMessage::Text(_) => {
+                    self.refuse_text();
+                    return None;
+                }
+                WsMessage::Close(_) => return None,
+                WsMessage::Ping(_) | WsMessage::Pong(_) => {}
+            }
+        }
+    }
+
+    /// Joins the room, looking it up again if its task was stopping.
+    async fn join(&mut self, hello: Hello, read_only: bool) -> Option<RoomHandle> {
+        for _ in 0..5 {
+            let Some(room) = self.app.rooms().and_then(|rooms| rooms.get(&hello.room)) else {
+                self.peer.error_and_close(
+                    ErrorCode::GoingAway,
+                    "the relay is shutting down; reconnect later".into(),
+                );
+                return None;
+            };
+            let (reply, answer) = oneshot::channel();
+            let join = RoomMsg::Join {
+                session: self.session,
+                hello: hello.clone(),
+                read_only,
+                peer: self.peer.clone(),
+                reply,
+            };
+            if room.tx.send(join).await.is_err() {
+                continue;
+            }
+            match answer.await {
+                Ok(JoinReply::Joined) => return Some(room),
+                Ok(JoinReply::Refused { code, message }) => {
+                    tracing::warn!(peer = %self.addr, room = ?hello.room, code = ?code, %message, "join refused");
+                    self.peer.error_and_close(code, message);
+                    return None;
+                }
+                Ok(JoinReply::Retry) | Err(_) => {}
+            }
+        }
+        self.peer.error_and_close(
+            ErrorCode::Internal,
+            "the room is restarting; reconnect".into(),
+        );
+        None
+    }
+
+    /// Forwards the session's frames to its room until either side ends.
+    async fn read_loop(&mut self, room: &RoomHandle) {
+        let config = &self.app.config;
+        let max = config.max_frame_bytes;
+        let mut bucket = TokenBucket::new(config.ops_per_second, config.ops_burst);
+        loop {
+            let next = tokio::select! {
+                next = self.stream.next() => next,
+                _ = self.writer_done.wait_for(|done| *done) => return,
+            };
+            let message = match next {
+                None => return,
+                Some(Err(error)) => return self.read_error(error),
+                Some(Ok(message)) => message,
+            };
+            match message {
+                WsMessage::Binary(frame) => {
+                    self.count_in(frame.len());
+                    let pushed = match protocol::decode(&frame, max) {
+                        Ok(Message::Push { ops }) => Some(ops.len()),
+                        _ => None,
+                    };
+                    if let Some(ops) = pushed {
+                        self.app
+                            .metrics
+                            .ops_in
+                            .fetch_add(ops as u64, std::sync::atomic::Ordering::Relaxed);
+                        if !bucket.take(ops) {
+                            tracing::warn!(
+                                peer = %self.addr,
+                                session = self.session,
+                                rate = config.ops_per_second,
+                                burst = config.ops_burst,
+                                "session over its operation rate limit; cut off"
+                            );
+                            return self.peer.error_and_close(
+                                ErrorCode::RateLimited,
+                                format!(
+                                    "more than {} operations per second (burst {}); slow down",
+                                    config.ops_per_second, config.ops_burst
+                                ),
+                            );
+                        }
+                    }
+                    let msg = RoomMsg::Frame {
+                        session: self.session,
+                        frame,
+                        push: pushed.is_some(),
+                        at: Instant::now(),
+                    };
+                    if room.tx.send(msg).await.is_err() {
+                        return self.peer.error_and_close(
+                            ErrorCode::Internal,
+                            "the room stopped; reconnect".into(),
+                        );
+                    }
+                }
+                WsMessage::Text(_) => return self.refuse_text(),
+                WsMessage::Close(_) => return,
+                WsMessage::Ping(_) | WsMessage::Pong(_) => {}
+            }
+        }
+    }
+
+    fn count_in(&self, len: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.app.metrics.frames_in.fetch_add(1, Relaxed);
+        self.app.metrics.bytes_in.fetch_add(len as u64, Relaxed);
+    }
+
+    fn refuse_text(&self) {
+        tracing::info!(peer = %self.addr, "text frame refused");
+        self.peer.error_and_close(
+            ErrorCode::Malformed,
+            "text frames are not part of the protocol; send binary frames".into(),
+        );
+    }
+
+    /// A read failed: an oversized frame is answered; anything else ends
+    /// the connection quietly.
+    fn read_error(&self, error: axum::Error) {
+        let inner = error.into_inner();
+        match inner.downcast_ref::<tungstenite::Error>() {
+            Some(tungstenite::Error::Capacity(capacity)) => {
+                tracing::info!(peer = %self.addr, %capacity, "oversized frame refused");
+                self.peer.error_and_close(
+                    ErrorCode::FrameTooLarge,
+                    format!(
+                        "frame exceeds the limit of {} bytes",
+                        self.app.config.max_frame_bytes
+                    ),
+                );
+            }
+            Some(tungstenite::Error::Protocol(problem)) => {
+                tracing::info!(peer = %self.addr, %problem, "WebSocket protocol error");
+                self.app.metrics.error("WebSocketProtocol");
+                self.peer
+                    .close(CloseCode::ProtocolError, "WebSocket protocol error".into());
+            }
+            _ => tracing::debug!(peer = %self.addr, error = %inner, "connection read failed"),
+        }
+    }
+}
+
+/// Writes queued frames until a close, a kill, or a stalled socket.
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, WsMessage>,
+    mut queue: mpsc::Receiver<Outbound>,
+    control: Arc<Control>,
+    metrics: Arc<Metrics>,
+    write_timeout: Duration,
+    done: watch::Sender<bool>,
+) {
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = control.wake.notified() => None,
+            next = queue.recv() => Some(next),
+        };
+        match next {
+            None => {
+                let Some(kill) = control.take_kill() else {
+                    continue;
+                };
+                if let Some(error) = kill.error {
+                    metrics.frame_out(&error);
+                    let _ = timed(write_timeout, sink.feed(WsMessage::Binary(error.into()))).await;
+                }
+                let _ = timed(
+                    write_timeout,
+                    sink.send(close_message(kill.code, &kill.reason)),
+                )
+                .await;
+                break;
+            }
+            Some(Some(Outbound::Frame(frame))) => {
+                control.dequeued(frame.len());
+                metrics.frame_out(&frame);
+                if !matches!(
+                    timed(write_timeout, sink.feed(WsMessage::Binary(frame.into()))).await,
+                    Ok(Ok(()))
+                ) {
+                    break;
+                }
+                // Flush once the queue is empty, so bursts share syscalls.
+                if queue.is_empty()
+                    && !matches!(timed(write_timeout, sink.flush()).await, Ok(Ok(())))
+                {
+                    break;
+                }
+            }
+            Some(Some(Outbound::Close { code, reason })) => {
+                let _ = timed(write_timeout, sink.send(close_message(code, &reason))).await;
+                break;
+            }
+            Some(None) => {
+                let _ = timed(write_timeout, sink.close()).await;
+                break;
+            }
+        }
+    }
+    let _ = done.send(true);
+}
+
+/// `f`, given up after `limit`.
+async fn timed<F: std::future::Future>(
+    limit: Duration,
+    f: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    tokio::time::timeout(limit, f).await
+}
+
+/// A close frame; the reason is cut to the 123 bytes a close frame allows.
+fn close_message(code: u16, reason: &str) -> WsMessage {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    WsMessage::Close(Some(CloseFrame {
+        code,
+        reason: reason.get(..end).unwrap_or_default().into(),
+    }))
+}
+
+/// Pushed operations allowed per session: `rate` per second, up to `burst`
+/// at once. A rate of 0 turns the limit off.
+#[derive(Debug)]
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u32, burst: u32) -> TokenBucket {
+        TokenBucket {
+            rate: f64::from(rate),
+            burst: f64::from(burst),
+            tokens: f64::from(burst),
+            last: Instant::now(),
+        }
+    }
+
+    fn take(&mut self, n: usize) -> bool {
+        if self.rate <= 0.0 {
+            return true;
+        }
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.last = now;
+        let n = n as f64;
+        if self.tokens >= n {
+            self.tokens -= n;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_allows_burst_then_rate() {
+        let mut bucket = TokenBucket::new(10, 100);
+        assert!(bucket.take(100));
+        assert!(!bucket.take(5));
+        let mut off = TokenBucket::new(0, 1);
+        assert!(off.take(1_000_000));
+    }
+
+    #[test]
+    fn close_reason_is_cut_on_a_char_boundary() {
+        let reason = "é".repeat(100);
+        let WsMessage::Close(Some(frame)) = close_message(4000, &reason) else {
+            panic!("not a close");
+        };
+        assert!(frame.reason.len() <= 123);
+        assert!(valid_room_name("todos"));
+        assert!(!valid_room_name(""));
+        assert!(!valid_room_name("a\nb"));
+        assert!(!valid_room_name(&"x".repeat(257)));
+    }
+}

@@ -1,0 +1,704 @@
+//! One tokio task per loaded room, owning its [`Room`] state machine, and
+//! the registry that finds or starts them.
+//!
+//! The task drains its bounded inbox, feeds each message to the room, and
+//! then processes the room's outputs in order. The rule it enforces: a frame
+//! never leaves before every `Persist` queued ahead of it is durable. All
+//! persists of one drain go to the store as one request (the store merges
+//! requests from every room into one transaction); a barrier in the `held`
+//! queue stands for that request, and the frames behind it are released when
+//! it commits. Meanwhile the room keeps handling input, so the next request
+//! is ready for the next group commit (at most [`MAX_COMMITS_IN_FLIGHT`]
+//! outstanding, then the inbox waits, and readers feel the backpressure).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use sync_core::protocol::{ErrorCode, Hello};
+use sync_core::room::{
+    Compacted, CompactionError, CompactionJob, Room, RoomInput, RoomOutput, RoomPersist, RoomStats,
+    SessionId,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::metrics::{self, Metrics};
+use crate::peer::Peer;
+use crate::store::{Durable, Store};
+
+/// Persist requests a room may have outstanding before it stops reading.
+pub(crate) const MAX_COMMITS_IN_FLIGHT: usize = 4;
+/// Capacity of a room's inbox.
+const INBOX: usize = 256;
+/// Most inbox messages handled before the outputs are processed.
+const DRAIN_BATCH: usize = 256;
+/// Push arrival times remembered per session, for the ack latency metric.
+const MAX_PUSH_TIMES: usize = 64;
+
+/// The wall clock in milliseconds since the Unix epoch: `now` for the room.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// What connections and the HTTP API ask of a room.
+#[derive(Debug)]
+pub(crate) enum RoomMsg {
+    /// A verified session joins.
+    Join {
+        /// The connection's id.
+        session: SessionId,
+        /// Its hello.
+        hello: Hello,
+        /// Whether its token grants only reading.
+        read_only: bool,
+        /// Where to send its frames.
+        peer: Peer,
+        /// The answer.
+        reply: oneshot::Sender<JoinReply>,
+    },
+    /// A frame from a joined session.
+    Frame {
+        /// The connection.
+        session: SessionId,
+        /// The frame.
+        frame: Bytes,
+        /// Whether it is a push (for the ack latency metric).
+        push: bool,
+        /// When it arrived.
+        at: Instant,
+    },
+    /// The connection is gone.
+    Leave {
+        /// The connection.
+        session: SessionId,
+    },
+    /// Report the room's statistics.
+    Stats {
+        /// The answer.
+        reply: oneshot::Sender<RoomStats>,
+    },
+    /// Finish in-flight writes, close every session with GoingAway, stop.
+    Shutdown,
+}
+
+/// The answer to a join.
+#[derive(Debug)]
+pub(crate) enum JoinReply {
+    /// The session is in; the room's frames follow on its queue.
+    Joined,
+    /// This room task is stopping; look the room up again.
+    Retry,
+    /// Refused; send this error and close.
+    Refused {
+        /// Why, as a code.
+        code: ErrorCode,
+        /// Why, in words.
+        message: String,
+    },
+}
+
+/// A way to reach one room's task.
+#[derive(Clone, Debug)]
+pub(crate) struct RoomHandle {
+    /// Its inbox.
+    pub(crate) tx: mpsc::Sender<RoomMsg>,
+    generation: u64,
+}
+
+/// The loaded rooms, by name.
+#[derive(Debug)]
+pub(crate) struct Rooms {
+    map: Mutex<HashMap<Arc<str>, RoomHandle>>,
+    next_generation: AtomicU64,
+    closing: AtomicBool,
+    /// Every room task holds a clone; shutdown waits until all are gone.
+    alive: Mutex<Option<mpsc::Sender<()>>>,
+    all_stopped: tokio::sync::Mutex<mpsc::Receiver<()>>,
+    store: Store,
+    metrics: Arc<Metrics>,
+    config: Arc<Config>,
+}
+
+impl Rooms {
+    /// An empty registry.
+    pub(crate) fn new(store: Store, metrics: Arc<Metrics>, config: Arc<Config>) -> Arc<Rooms> {
+        let (alive, all_stopped) = mpsc::channel(1);
+        Arc::new(Rooms {
+            map: Mutex::new(HashMap::new()),
+            next_generation: AtomicU64::new(1),
+            closing: AtomicBool::new(false),
+            alive: Mutex::new(Some(alive)),
+            all_stopped: tokio::sync::Mutex::new(all_stopped),
+            store,
+            metrics,
+            config,
+        })
+    }
+
+    /// The room's task, started (and the room loaded) if needed. `None`
+    /// once the relay is shutting down.
+    pub(crate) fn get(self: &Arc<Self>, name: &str) -> Option<RoomHandle> {
+        if self.closing.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(handle) = map.get(name).filter(|h| !h.tx.is_closed()) {
+            return Some(handle.clone());
+        }
+        let alive = self
+            .alive
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()?;
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let (tx, inbox) = mpsc::channel(INBOX);
+        let handle = RoomHandle { tx, generation };
+        let name: Arc<str> = name.into();
+        map.insert(name.clone(), handle.clone());
+        self.metrics.rooms_loaded.inc();
+        tokio::spawn(run(name, generation, inbox, self.clone(), alive));
+        Some(handle)
+    }
+
+    /// Forgets a room task, unless a newer one took its name.
+    fn remove(&self, name: &str, generation: u64) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(name).is_some_and(|h| h.generation == generation) {
+            map.remove(name);
+        }
+    }
+
+    /// Stops every room: in-flight writes finish, sessions are closed with
+    /// GoingAway (1001). Returns when every room task has ended.
+    pub(crate) async fn shutdown(&self) {
+        self.closing.store(true, Ordering::Release);
+        let handles: Vec<RoomHandle> = self
+            .map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for handle in handles {
+            tokio::spawn(async move {
+                let _ = handle.tx.send(RoomMsg::Shutdown).await;
+            });
+        }
+        drop(self.alive.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let mut stopped = self.all_stopped.lock().await;
+        while stopped.recv().await.is_some() {}
+    }
+}
+
+/// One joined session.
+#[derive(Debug)]
+struct Member {
+    peer: Peer,
+    pushes: VecDeque<Instant>,
+}
+
+/// An output waiting for durability, or the point where it is awaited.
+#[derive(Debug)]
+enum Held {
+    /// Everything after this waits for the next outstanding commit.
+    Barrier,
+    Out(RoomOutput),
+}
+
+/// The state of one room task.
+struct Host {
+    name: Arc<str>,
+    generation: u64,
+    room: Room,
+    inbox: mpsc::Receiver<RoomMsg>,
+    rooms: Arc<Rooms>,
+    sessions: HashMap<SessionId, Member>,
+    held: VecDeque<Held>,
+    commits: VecDeque<Durable>,
+    timer: Option<tokio::time::Instant>,
+    compaction: Option<JoinHandle<Result<Compacted, CompactionError>>>,
+    idle_since: Option<Instant>,
+    /// Sessions cut off by the host, for which the room must hear `Leave`.
+    leaves: Vec<SessionId>,
+    stopping: bool,
+}
+
+/// The room task: load, then serve until unloaded or shut down.
+async fn run(
+    name: Arc<str>,
+    generation: u64,
+    mut inbox: mpsc::Receiver<RoomMsg>,
+    rooms: Arc<Rooms>,
+    _alive: mpsc::Sender<()>,
+) {
+    let started = Instant::now();
+    let loaded = match rooms.store.load(name.clone()).await {
+        Ok((snapshot, entries)) => {
+            let count = entries.len();
+            Room::restore(rooms.config.room, snapshot, entries)
+                .map_err(|e| e.to_string())
+                .map(|room| (room, count))
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    match loaded {
+        Ok((room, entries)) => {
+            tracing::info!(
+                room = ?name,
+                head = room.head(),
+                log_entries = entries,
+                took_ms = started.elapsed().as_millis() as u64,
+                "room loaded"
+            );
+            let host = Host {
+                name,
+                generation,
+                room,
+                inbox,
+                rooms,
+                sessions: HashMap::new(),
+                held: VecDeque::new(),
+                commits: VecDeque::new(),
+                timer: None,
+                compaction: None,
+                idle_since: Some(Instant::now()),
+                leaves: Vec::new(),
+                stopping: false,
+            };
+            host.serve().await;
+        }
+        Err(error) => {
+            tracing::error!(
+                room = ?name,
+                %error,
+                "room cannot be loaded; its sessions are refused (other rooms are unaffected)"
+            );
+            rooms.metrics.error("RoomLoadFailure");
+            serve_failed(&name, generation, &mut inbox, &rooms, &error).await;
+        }
+    }
+}
+
+/// A room that failed to load refuses joins until nobody has tried for a
+/// while, then unloads (so a repaired database is read again).
+async fn serve_failed(
+    name: &Arc<str>,
+    generation: u64,
+    inbox: &mut mpsc::Receiver<RoomMsg>,
+    rooms: &Arc<Rooms>,
+    error: &str,
+) {
+    let unload_after = rooms.config.room_unload_after;
+    loop {
+        let msg = tokio::time::timeout(unload_after, inbox.recv()).await;
+        match msg {
+            Ok(Some(RoomMsg::Join { reply, .. })) => {
+                let _ = reply.send(JoinReply::Refused {
+                    code: ErrorCode::Internal,
+                    message: format!("the relay cannot load this room: {error}"),
+                });
+            }
+            Ok(Some(RoomMsg::Shutdown)) | Ok(None) | Err(_) => break,
+            Ok(Some(_)) => {}
+        }
+    }
+    unregister(name, generation, inbox, rooms).await;
+}
+
+/// Removes the room from the registry and answers what is still queued.
+async fn unregister(
+    name: &str,
+    generation: u64,
+    inbox: &mut mpsc::Receiver<RoomMsg>,
+    rooms: &Rooms,
+) {
+    rooms.remove(name, generation);
+    inbox.close();
+    while let Some(msg) = inbox.recv().await {
+        if let RoomMsg::Join { reply, .. } = msg {
+            let _ = reply.send(JoinReply::Retry);
+        }
+    }
+    rooms.metrics.rooms_loaded.dec();
+}
+
+impl Host {
+    async fn serve(mut self) {
+        let unload_after = self.rooms.config.room_unload_after;
+        loop {
+            if self.stopping && self.commits.is_empty() {
+                return self.finish_shutdown().await;
+            }
+            if self.sessions.is_empty() {
+                self.idle_since.get_or_insert_with(Instant::now);
+            }
+            let reading = !self.stopping && self.commits.len() < MAX_COMMITS_IN_FLIGHT;
+            let idle_deadline = self
+                .idle_since
+                .filter(|_| self.sessions.is_empty() && !self.stopping)
+                .map(|since| tokio::time::Instant::from_std(since + unload_after));
+            tokio::select! {
+                biased;
+                result = next_commit(&mut self.commits), if !self.commits.is_empty() => {
+                    self.commits.pop_front();
+                    match result {
+                        Ok(()) => self.on_durable().await,
+                        Err(error) => return self.fail(error).await,
+                    }
+                }
+                result = join_compaction(&mut self.compaction), if self.compaction.is_some() => {
+                    self.compaction = None;
+                    self.on_compacted(result).await;
+                }
+                msg = self.inbox.recv(), if reading => {
+                    let Some(msg) = msg else {
+                        // Every handle is gone, the registry's included.
+                        return self.finish_shutdown().await;
+                    };
+                    self.on_msg(msg);
+                    for _ in 1..DRAIN_BATCH {
+                        match self.inbox.try_recv() {
+                            Ok(msg) => self.on_msg(msg),
+                            Err(_) => break,
+                        }
+                    }
+                    self.drain().await;
+                }
+                () = sleep_until(self.timer), if self.timer.is_some() => {
+                    self.timer = None;
+                    self.room.handle(now_ms(), RoomInput::Timeout);
+                    self.drain().await;
+                }
+                () = sleep_until(idle_deadline), if idle_deadline.is_some() => {
+                    if self.sessions.is_empty()
+                        && self.commits.is_empty()
+                        && self.held.is_empty()
+                        && self.compaction.is_none()
+                    {
+                        tracing::debug!(room = ?self.name, "unloading idle room");
+                        let Host { name, generation, mut inbox, rooms, .. } = self;
+                        return unregister(&name, generation, &mut inbox, &rooms).await;
+                    }
+                    self.idle_since = Some(Instant::now());
+                }
+            }
+        }
+    }
+
+    fn on_msg(&mut self, msg: RoomMsg) {
+        let now = now_ms();
+        match msg {
+            RoomMsg::Join {
+                session,
+                hello,
+                read_only,
+                peer,
+                reply,
+            } => {
+                let limit = self.rooms.config.max_connections_per_room;
+                if self.stopping {
+                    let _ = reply.send(JoinReply::Refused {
+                        code: ErrorCode::GoingAway,
+                        message: "the relay is shutting down; reconnect later".into(),
+                    });
+                    return;
+                }
+                if self.sessions.len() >= limit {
+                    let _ = reply.send(JoinReply::Refused {
+                        code: ErrorCode::TooManyConnections,
+                        message: format!("this room has its limit of {limit} sessions"),
+                    });
+                    return;
+                }
+                tracing::debug!(
+                    room = ?self.name,
+                    session,
+                    replica = %hello.replica,
+                    cursor = hello.cursor,
+                    read_only,
+                    agent = ?hello.agent,
+                    "session joins"
+                );
+                self.sessions.insert(
+                    session,
+                    Member {
+                        peer,
+                        pushes: VecDeque::new(),
+                    },
+                );
+                self.idle_since = None;
+                self.rooms.metrics.sessions_joined.inc();
+                self.room.handle(
+                    now,
+                    RoomInput::Join {
+                        session,
+                        hello,
+                        read_only,
+                    },
+                );
+                if reply.send(JoinReply::Joined).is_err() {
+                    // The connection gave up waiting.
+                    self.leave(now, session);
+                }
+            }
+            RoomMsg::Frame {
+                session,
+                frame,
+                push,
+                at,
+            } => {
+                let Some(member) = self.sessions.get_mut(&session) else {
+                    return;
+                };
+                if push && member.pushes.len() < MAX_PUSH_TIMES {
+                    member.pushes.push_back(at);
+                }
+                self.room.handle(
+                    now,
+                    RoomInput::Frame {
+                        session,
+                        frame: &frame,
+                    },
+                );
+            }
+            RoomMsg::Leave { session } => self.leave(now, session),
+            RoomMsg::Stats { reply } => {
+                let _ = reply.send(self.room.stats(now));
+            }
+            RoomMsg::Shutdown => self.stopping = true,
+        }
+    }
+
+    fn leave(&mut self, now: u64, session: SessionId) {
+        if self.sessions.remove(&session).is_some() {
+            self.rooms.metrics.sessions_joined.dec();
+            self.room.handle(now, RoomInput::Leave { session });
+        }
+    }
+
+    /// Processes the room's outputs: frames go out unless a persist is
+    /// pending ahead of them; persists are sent to the store as one request.
+    async fn drain(&mut self) {
+        loop {
+            let mut persists: Vec<RoomPersist> = Vec::new();
+            while let Some(out) = self.room.poll() {
+                match out {
+                    RoomOutput::Timeout(at) => self.timer = Some(deadline(at)),
+                    RoomOutput::Compact(job) => self.start_compaction(job),
+                    RoomOutput::Persist(batch) => {
+                        if persists.is_empty() {
+                            self.held.push_back(Held::Barrier);
+                        }
+                        persists.push(batch);
+                    }
+                    out => {
+                        if self.held.is_empty() {
+                            self.release(out);
+                        } else {
+                            self.held.push_back(Held::Out(out));
+                        }
+                    }
+                }
+            }
+            if !persists.is_empty() {
+                let durable = self.rooms.store.submit(self.name.clone(), persists).await;
+                self.commits.push_back(durable);
+            }
+            if self.leaves.is_empty() {
+                return;
+            }
+            let now = now_ms();
+            for session in std::mem::take(&mut self.leaves) {
+                self.room.handle(now, RoomInput::Leave { session });
+            }
+        }
+    }
+
+    /// The oldest outstanding commit is durable: release what waited for it.
+    async fn on_durable(&mut self) {
+        if matches!(self.held.front(), Some(Held::Barrier)) {
+            self.held.pop_front();
+        }
+        while let Some(Held::Out(_)) = self.held.front() {
+            if let Some(Held::Out(out)) = self.held.pop_front() {
+                self.release(out);
+            }
+        }
+        if !self.leaves.is_empty() {
+            self.drain().await;
+        }
+    }
+
+    fn release(&mut self, out: RoomOutput) {
+        match out {
+            RoomOutput::Transmit { session, frame } => {
+                let Some(member) = self.sessions.get_mut(&session) else {
+                    return;
+                };
+                if metrics::frame_tag(&frame) == Some(metrics::TAG_ACK) {
+                    if let Some(at) = member.pushes.pop_front() {
+                        self.rooms.metrics.ack_latency.observe(at.elapsed());
+                    }
+                }
+                if member.peer.send(frame).is_err() {
+                    tracing::info!(
+                        room = ?self.name,
+                        session,
+                        "outbound queue full: cutting off a slow consumer (it resumes from its cursor)"
+                    );
+                    member.peer.kill(
+                        ErrorCode::SlowConsumer,
+                        "the client did not keep up; resume from the cursor".into(),
+                    );
+                    self.sessions.remove(&session);
+                    self.rooms.metrics.sessions_joined.dec();
+                    self.leaves.push(session);
+                }
+            }
+            RoomOutput::Close {
+                session,
+                code,
+                reason,
+            } => {
+                if let Some(member) = self.sessions.remove(&session) {
+                    tracing::debug!(room = ?self.name, session, code = code.as_u16(), %reason, "room closes session");
+                    self.rooms.metrics.sessions_joined.dec();
+                    member.peer.close(code, reason);
+                }
+            }
+            RoomOutput::Persist(_) | RoomOutput::Compact(_) | RoomOutput::Timeout(_) => {}
+        }
+    }
+
+    fn start_compaction(&mut self, job: CompactionJob) {
+        tracing::debug!(
+            room = ?self.name,
+            through = job.through(),
+            entries = job.entry_count(),
+            "compaction starts"
+        );
+        self.compaction = Some(tokio::task::spawn_blocking(move || job.run()));
+    }
+
+    async fn on_compacted(&mut self, result: Result<Compacted, String>) {
+        match result {
+            Ok(done) => {
+                tracing::info!(
+                    room = ?self.name,
+                    through = done.through(),
+                    snapshot_bytes = done.snapshot_len(),
+                    tombstones_collected = done.tombstones_collected(),
+                    "compaction done"
+                );
+                self.rooms
+                    .metrics
+                    .compactions
+                    .fetch_add(1, Ordering::Relaxed);
+                self.room.handle(now_ms(), RoomInput::Compacted(done));
+                self.drain().await;
+            }
+            Err(error) => {
+                // sync-core has no input for a failed job: this room does not
+                // compact again until it is reloaded.
+                tracing::error!(room = ?self.name, %error, "compaction failed");
+                self.rooms
+                    .metrics
+                    .compaction_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                self.rooms.metrics.error("CompactionFailure");
+            }
+        }
+    }
+
+    /// A write failed: the room's memory is ahead of its storage. Close
+    /// every session and unload, so the next use reloads from disk.
+    async fn fail(mut self, error: String) {
+        tracing::error!(
+            room = ?self.name,
+            %error,
+            "storage write failed; closing the room's sessions, it reloads from disk on next use"
+        );
+        self.rooms.metrics.error("StoreFailure");
+        for (_, member) in self.sessions.drain() {
+            self.rooms.metrics.sessions_joined.dec();
+            member.peer.kill(
+                ErrorCode::Internal,
+                "the relay could not store data; reconnect later".into(),
+            );
+        }
+        self.held.clear();
+        for durable in self.commits.drain(..) {
+            let _ = durable.await;
+        }
+        let Host {
+            name,
+            generation,
+            mut inbox,
+            rooms,
+            ..
+        } = self;
+        unregister(&name, generation, &mut inbox, &rooms).await;
+    }
+
+    /// Everything durable is sent; say goodbye to every session.
+    async fn finish_shutdown(mut self) {
+        for (_, member) in self.sessions.drain() {
+            self.rooms.metrics.sessions_joined.dec();
+            member.peer.error_and_close(
+                ErrorCode::GoingAway,
+                "the relay is shutting down; reconnect later".into(),
+            );
+        }
+        let Host {
+            name,
+            generation,
+            mut inbox,
+            rooms,
+            ..
+        } = self;
+        unregister(&name, generation, &mut inbox, &rooms).await;
+    }
+}
+
+/// Waits for the oldest outstanding commit.
+async fn next_commit(commits: &mut VecDeque<Durable>) -> Result<(), String> {
+    match commits.front_mut() {
+        Some(durable) => match durable.await {
+            Ok(result) => result,
+            Err(_) => Err("the storage writer stopped".into()),
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits for the running compaction job.
+async fn join_compaction(
+    job: &mut Option<JoinHandle<Result<Compacted, CompactionError>>>,
+) -> Result<Compacted, String> {
+    match job {
+        Some(handle) => match handle.await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("compaction task failed: {e}")),
+        },
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The instant of room time `at` (ms since the epoch).
+fn deadline(at: u64) -> tokio::time::Instant {
+    let wait = Duration::from_millis(at.saturating_sub(now_ms()));
+    tokio::time::Instant::now() + wait
+}

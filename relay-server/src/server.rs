@@ -1,0 +1,273 @@
+//! Wiring: keys, listener, storage, rooms and HTTP, and the order in which
+//! they start and stop.
+//!
+//! Start: bind (print the address), serve HTTP while `/healthz` says 503,
+//! open and check the database, then become ready. Stop (SIGINT/SIGTERM):
+//! report 503, stop accepting, let every room finish its in-flight writes
+//! and close its sessions with GoingAway (1001), then stop the storage
+//! writer, all bounded by the shutdown timeout.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use axum::serve::ListenerExt as _;
+use ed25519_dalek::VerifyingKey;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::auth::{self, KeyError, Verifier};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::room_host::Rooms;
+use crate::store::Store;
+
+/// Exit code for bad settings, unreadable keys and a corrupt database.
+pub(crate) const EXIT_CONFIG: u8 = 2;
+
+/// Where the relay is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Health {
+    /// Opening and checking storage.
+    Starting,
+    /// Serving.
+    Ready,
+    /// Draining.
+    ShuttingDown,
+}
+
+/// Everything the HTTP handlers and connections share.
+#[derive(Debug)]
+pub(crate) struct App {
+    /// Settings.
+    pub(crate) config: Arc<Config>,
+    /// Token checks.
+    pub(crate) verifier: Verifier,
+    /// Metrics.
+    pub(crate) metrics: Arc<Metrics>,
+    /// Session ids.
+    pub(crate) next_session: AtomicU64,
+    /// Becomes `true` when shutdown starts.
+    pub(crate) shutdown: watch::Receiver<bool>,
+    rooms: OnceLock<Arc<Rooms>>,
+    health: AtomicU8,
+}
+
+impl App {
+    /// The room registry, once storage is open.
+    pub(crate) fn rooms(&self) -> Option<&Arc<Rooms>> {
+        self.rooms.get()
+    }
+
+    /// Where the relay is in its life.
+    pub(crate) fn health(&self) -> Health {
+        match self.health.load(Ordering::Acquire) {
+            0 => Health::Starting,
+            1 => Health::Ready,
+            _ => Health::ShuttingDown,
+        }
+    }
+
+    fn set_health(&self, health: Health) {
+        let value = match health {
+            Health::Starting => 0,
+            Health::Ready => 1,
+            Health::ShuttingDown => 2,
+        };
+        self.health.store(value, Ordering::Release);
+    }
+}
+
+/// The public keys tokens are checked against: the configured ones, else
+/// the data directory's key pair, created on first start.
+pub(crate) fn token_keys(config: &Config) -> Result<Vec<VerifyingKey>, KeyError> {
+    if !config.public_keys.is_empty() {
+        return config
+            .public_keys
+            .iter()
+            .map(|k| auth::parse_public_key(k))
+            .collect();
+    }
+    let dir = &config.data;
+    let public = dir.join(auth::PUBLIC_KEY_FILE);
+    let secret = dir.join(auth::SECRET_KEY_FILE);
+    if public.exists() {
+        return Ok(vec![auth::read_public_key(&public)?]);
+    }
+    if secret.exists() {
+        return Ok(vec![auth::read_secret_key(&secret)?.verifying_key()]);
+    }
+    let key = auth::generate()?;
+    let (secret, public) = auth::write_key_pair(dir, &key, false)?;
+    tracing::info!(secret = %secret.display(), public = %public.display(), "created the token signing key pair");
+    println!(
+        "concord-relay: no token key was configured, so a new key pair was created:\n\
+         \x20 secret key: {}  (keep it private: it mints tokens)\n\
+         \x20 public key: {}\n\
+         Mint a development token with:\n\
+         \x20 concord-relay token --data {} --room ROOM --rights rw --ttl 1h\n\
+         In production, sign tokens in your app's backend and pass only the public key\n\
+         (--public-key / CONCORD_PUBLIC_KEYS).",
+        secret.display(),
+        public.display(),
+        shell_path(dir),
+    );
+    Ok(vec![key.verifying_key()])
+}
+
+fn shell_path(path: &Path) -> String {
+    let text = path.display().to_string();
+    if text
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c))
+    {
+        text
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
+}
+
+/// Runs the relay until a signal stops it.
+pub(crate) async fn run(config: Config) -> ExitCode {
+    let config = Arc::new(config);
+    let keys = match token_keys(&config) {
+        Ok(keys) => keys,
+        Err(e) => {
+            eprintln!("error: token keys: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if config.allow_anonymous {
+        tracing::warn!(
+            "anonymous access is ON: clients without a valid token can read and write any room. \
+             Use this for local development only"
+        );
+    }
+    let listener = match TcpListener::bind(&config.listen).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("error: cannot listen on {}: {e}", config.listen);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let addr = match listener.local_addr() {
+        Ok(addr) => addr,
+        Err(e) => {
+            eprintln!("error: cannot read the bound address: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // One line scripts and tests can parse.
+    println!("concord-relay listening on {addr}");
+    let metrics = Arc::new(Metrics::default());
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let app = Arc::new(App {
+        config: config.clone(),
+        verifier: Verifier::new(keys, config.allow_anonymous),
+        metrics: metrics.clone(),
+        next_session: AtomicU64::new(1),
+        shutdown: shutdown.clone(),
+        rooms: OnceLock::new(),
+        health: AtomicU8::new(0),
+    });
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let router = crate::http::router(app.clone());
+    let mut stop_accepting = shutdown.clone();
+    let http = tokio::spawn(async move {
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        let result = axum::serve(listener, service)
+            .with_graceful_shutdown(async move {
+                let _ = stop_accepting.wait_for(|stop| *stop).await;
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+
+    let started = Instant::now();
+    let dir = config.data.clone();
+    let opened = {
+        let metrics = metrics.clone();
+        tokio::task::spawn_blocking(move || Store::open(&dir, metrics)).await
+    };
+    let store = match opened {
+        Ok(Ok(store)) => store,
+        Ok(Err(e)) => {
+            eprintln!("error: {e}");
+            tracing::error!(error = %e, "cannot open storage");
+            let _ = shutdown_tx.send(true);
+            let _ = http.await;
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        Err(e) => {
+            eprintln!("error: opening storage failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rooms = Rooms::new(store.clone(), metrics.clone(), config.clone());
+    let _ = app.rooms.set(rooms.clone());
+    app.set_health(Health::Ready);
+    tracing::info!(
+        %addr,
+        data = %config.data.display(),
+        took_ms = started.elapsed().as_millis() as u64,
+        "relay ready: WebSocket at ws://{addr}/v1/sync, health at /healthz, metrics at /metrics"
+    );
+
+    let signal = wait_for_signal().await;
+    tracing::info!(
+        signal,
+        "shutting down: finishing in-flight writes, closing sessions"
+    );
+    app.set_health(Health::ShuttingDown);
+    let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
+    let _ = shutdown_tx.send(true);
+    if tokio::time::timeout_at(deadline, rooms.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("rooms did not stop within the shutdown timeout");
+    }
+    // Let connections send their close frames.
+    while metrics.connections_open.get() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let _ = tokio::time::timeout_at(deadline, http).await;
+    if tokio::time::timeout_at(deadline + std::time::Duration::from_secs(5), store.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!("storage did not close in time");
+    }
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+/// Waits for SIGINT or SIGTERM; returns its name.
+async fn wait_for_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
+    }
+}
