@@ -1,0 +1,584 @@
+//! Test harness: the real `concord-relay` binary on a loopback port with a
+//! temporary data directory, a client that drives sync-core's `Session`
+//! over tokio-tungstenite, raw WebSocket helpers, and a tiny HTTP GET.
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use sync_core::protocol::{self, ErrorCode, Hello, Message};
+use sync_core::session::{Backoff, Input, LinkState, Output, Session, SessionConfig};
+use sync_core::store::{MemoryStore, Store as _};
+use sync_core::{Event, Replica, ReplicaConfig, ReplicaId};
+use tokio::net::TcpStream as TokioTcp;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TokioTcp>>;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_concord-relay");
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A running relay process.
+pub struct Relay {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub data: PathBuf,
+    pub log: PathBuf,
+    args: Vec<String>,
+}
+
+impl Relay {
+    /// Starts the binary on an OS-picked loopback port.
+    pub fn start(data: &Path, args: &[&str]) -> Relay {
+        Relay::start_at(data, "127.0.0.1:0", args)
+    }
+
+    /// Starts the binary listening on `listen`.
+    pub fn start_at(data: &Path, listen: &str, args: &[&str]) -> Relay {
+        let log = data.join(format!("relay-{}.log", now_ms()));
+        std::fs::create_dir_all(data).expect("data dir");
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let mut command = Command::new(BIN);
+        command
+            .args(["--listen", listen, "--data"])
+            .arg(data)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env("CONCORD_LOG", "info,concord_relay=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file));
+        for (key, _) in std::env::vars() {
+            if key.starts_with("CONCORD_") && key != "CONCORD_LOG" {
+                command.env_remove(key);
+            }
+        }
+        let mut child = command.spawn().expect("spawn concord-relay");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let addr = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(addr) = line.strip_prefix("concord-relay listening on ") {
+                        break addr.trim().parse().expect("address");
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!(
+                        "relay did not report its address; log:\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
+            }
+        };
+        let relay = Relay {
+            child: Some(child),
+            addr,
+            data: data.to_owned(),
+            log,
+            args: args.iter().map(|s| s.to_string()).collect(),
+        };
+        relay.wait_ready();
+        relay
+    }
+
+    /// The same binary, data and settings again, on the same port.
+    pub fn restart(&mut self) -> Relay {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        Relay::start_at(&self.data, &self.addr.to_string(), &args)
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some((200, _)) = http_get(self.addr, "/healthz", None) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("relay never became ready; log:\n{}", self.log_text());
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/v1/sync", self.addr)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends a signal with `kill(1)` and waits (bounded) for the exit.
+    pub fn signal(&mut self, signal: &str) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), child.id().to_string()])
+            .status()
+            .expect("kill(1)");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("relay did not exit after SIG{signal}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Mints a token with the CLI, from the data dir's key.
+    pub fn token(&self, room: &str, rights: &str, ttl: &str, replica: Option<u64>) -> String {
+        mint_token(&self.data, room, rights, ttl, replica)
+    }
+
+    /// `GET /v1/rooms/{room}/stats` as JSON.
+    pub fn stats(&self, room: &str, admin: &str) -> serde_json::Value {
+        let (status, body) =
+            http_get(self.addr, &format!("/v1/rooms/{room}/stats"), Some(admin)).expect("stats");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("json")
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.addr, "/metrics", None).expect("metrics").1
+    }
+
+    /// The value of an unlabeled metric.
+    pub fn metric(&self, name: &str) -> f64 {
+        metric_value(&self.metrics(), name)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+pub fn mint_token(
+    data: &Path,
+    room: &str,
+    rights: &str,
+    ttl: &str,
+    replica: Option<u64>,
+) -> String {
+    let mut command = Command::new(BIN);
+    command
+        .args([
+            "token", "--room", room, "--rights", rights, "--ttl", ttl, "--data",
+        ])
+        .arg(data);
+    if let Some(replica) = replica {
+        command.args(["--replica", &ReplicaId(replica).to_string()]);
+    }
+    let out = command.output().expect("token command");
+    assert!(
+        out.status.success(),
+        "token: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_owned()
+}
+
+/// A blocking HTTP/1.1 GET; `(status, body)`.
+pub fn http_get(addr: SocketAddr, path: &str, bearer: Option<&str>) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    let auth = bearer.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1;
+    // Chunked bodies: good enough to strip the chunk-size lines.
+    let body = if response
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Some((status, body))
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || tail.len() < n {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = tail[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A client replica syncing through the relay: sync-core's `Session`,
+/// an in-memory store, and a tokio-tungstenite socket.
+pub struct Client {
+    pub session: Session,
+    pub store: MemoryStore,
+    pub url: String,
+    ws: Option<Ws>,
+    timeout: Option<u64>,
+    pub events: Vec<Event>,
+    /// Close codes received from the relay.
+    pub closes: Vec<Option<u16>>,
+    /// Error codes received in `Error` frames.
+    pub errors: Vec<ErrorCode>,
+    /// Connections opened.
+    pub connects: usize,
+}
+
+pub fn session_config(room: &str, token: &str) -> SessionConfig {
+    let mut config = SessionConfig::new(room, token.as_bytes().to_vec());
+    config.agent = "relay-server-tests".into();
+    config.backoff = Backoff {
+        initial_ms: 50,
+        max_ms: 500,
+    };
+    config
+}
+
+impl Client {
+    pub fn new(replica: u64, room: &str, token: &str, url: &str) -> Client {
+        let seed = replica_seed(ReplicaId(replica));
+        let replica = Replica::new(ReplicaId(replica), ReplicaConfig::default());
+        let session = Session::new(replica, session_config(room, token), seed);
+        Client::from_session(session, url)
+    }
+
+    pub fn from_session(session: Session, url: &str) -> Client {
+        Client {
+            session,
+            store: MemoryStore::new(),
+            url: url.to_owned(),
+            ws: None,
+            timeout: None,
+            events: Vec::new(),
+            closes: Vec::new(),
+            errors: Vec::new(),
+            connects: 0,
+        }
+    }
+
+    pub fn start(&mut self) {
+        self.session.start(now_ms());
+    }
+
+    pub fn stop(&mut self) {
+        self.session.stop();
+    }
+
+    /// Writes a document with one field.
+    pub fn put(&mut self, collection: &str, id: &str, field: &str, value: i64) {
+        self.session
+            .put(now_ms(), collection, id, [(field, value)])
+            .expect("put");
+    }
+
+    pub fn doc_count(&self, collection: &str) -> usize {
+        self.session.replica().list(collection).len()
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.session.status().link == LinkState::Live
+    }
+
+    pub fn pending(&self) -> usize {
+        self.session.status().pending_ops
+    }
+
+    /// Does what the session asks until nothing is left.
+    pub async fn drain(&mut self) {
+        while let Some(out) = self.session.poll() {
+            match out {
+                Output::Connect => {
+                    self.connects += 1;
+                    let connect = tokio_tungstenite::connect_async(self.url.as_str());
+                    match tokio::time::timeout(Duration::from_secs(5), connect).await {
+                        Ok(Ok((ws, _))) => {
+                            self.ws = Some(ws);
+                            self.session.handle(now_ms(), Input::Connected);
+                        }
+                        _ => self
+                            .session
+                            .handle(now_ms(), Input::Disconnected { code: None }),
+                    }
+                }
+                Output::Transmit(frame) => {
+                    let failed = match self.ws.as_mut() {
+                        Some(ws) => ws.send(WsMessage::Binary(frame.into())).await.is_err(),
+                        None => false,
+                    };
+                    if failed {
+                        self.ws = None;
+                        self.session
+                            .handle(now_ms(), Input::Disconnected { code: None });
+                    }
+                }
+                Output::Close { code, reason } => {
+                    if let Some(mut ws) = self.ws.take() {
+                        let frame = CloseFrame {
+                            code: code.as_u16().into(),
+                            reason: reason.chars().take(60).collect::<String>().into(),
+                        };
+                        let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(Some(frame)))
+                            .await;
+                    }
+                }
+                Output::Persist(batch) => {
+                    self.store.write(&batch).expect("memory store");
+                }
+                Output::Event(event) => self.events.push(event),
+                Output::Timeout(at) => self.timeout = Some(at),
+            }
+        }
+    }
+
+    /// Drains, then waits up to `max` for one thing to happen.
+    pub async fn step(&mut self, max: Duration) {
+        self.drain().await;
+        let timeout_in = self
+            .timeout
+            .map(|at| Duration::from_millis(at.saturating_sub(now_ms())))
+            .unwrap_or(max)
+            .min(max);
+        let next = match self.ws.as_mut() {
+            Some(ws) => tokio::time::timeout(timeout_in, ws.next()).await.ok(),
+            None => {
+                tokio::time::sleep(timeout_in).await;
+                None
+            }
+        };
+        match next {
+            Some(Some(Ok(WsMessage::Binary(frame)))) => {
+                if let Ok(Message::Error { code, .. }) = protocol::decode(&frame, usize::MAX) {
+                    self.errors.push(code);
+                }
+                self.session.handle(now_ms(), Input::Received(&frame));
+            }
+            Some(Some(Ok(WsMessage::Close(frame)))) => {
+                let code = frame.map(|f| u16::from(f.code));
+                self.closes.push(code);
+                self.ws = None;
+                self.session.handle(now_ms(), Input::Disconnected { code });
+            }
+            Some(Some(Ok(_))) => {}
+            Some(Some(Err(_))) | Some(None) => {
+                self.closes.push(None);
+                self.ws = None;
+                self.session
+                    .handle(now_ms(), Input::Disconnected { code: None });
+            }
+            None => {
+                if self.timeout.is_some_and(|at| at <= now_ms()) {
+                    self.timeout = None;
+                    self.session.handle(now_ms(), Input::Timeout);
+                }
+            }
+        }
+        self.drain().await;
+    }
+
+    /// Runs until `done` holds, or fails after `limit`.
+    pub async fn run_until(
+        &mut self,
+        limit: Duration,
+        mut done: impl FnMut(&Client) -> bool,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            self.drain().await;
+            if done(self) {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!(
+                    "client {} not done after {limit:?}: status {:?}, closes {:?}, errors {:?}",
+                    self.session.replica().id(),
+                    self.session.status(),
+                    self.closes,
+                    self.errors
+                ));
+            }
+            self.step(left.min(Duration::from_millis(200))).await;
+        }
+    }
+
+    /// Runs for a while regardless.
+    pub async fn run_for(&mut self, time: Duration) {
+        let _ = self.run_until(time, |_| false).await;
+    }
+
+    /// Runs until every local write is acknowledged and the replica holds
+    /// `docs` documents in `collection`.
+    pub async fn sync_to(
+        &mut self,
+        collection: &str,
+        docs: usize,
+        limit: Duration,
+    ) -> Result<(), String> {
+        let collection = collection.to_owned();
+        self.run_until(limit, move |c| {
+            c.is_live() && c.pending() == 0 && c.doc_count(&collection) == docs
+        })
+        .await
+    }
+
+    /// Drops the socket without a close handshake, as a crash would.
+    pub fn drop_socket(&mut self) {
+        self.ws = None;
+    }
+}
+
+fn replica_seed(id: ReplicaId) -> u64 {
+    id.0.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ now_ms()
+}
+
+/// Runs several clients until each satisfies `done`.
+pub async fn run_all(
+    clients: &mut [Client],
+    limit: Duration,
+    done: impl Fn(&Client) -> bool + Clone,
+) -> Result<(), String> {
+    let futures = clients.iter_mut().map(|c| {
+        let done = done.clone();
+        async move { c.run_until(limit, done).await }
+    });
+    let results = futures_util::future::join_all(futures).await;
+    results
+        .into_iter()
+        .collect::<Result<Vec<()>, String>>()
+        .map(|_| ())
+}
+
+// ---- raw WebSocket helpers ----
+
+pub async fn raw_connect(url: &str) -> Ws {
+    let (ws, _) = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_tungstenite::connect_async(url),
+    )
+    .await
+    .expect("connect in time")
+    .expect("connect");
+    ws
+}
+
+pub fn hello_frame(replica: u64, room: &str, token: &str) -> Vec<u8> {
+    protocol::encode(&Message::Hello(Hello {
+        replica: ReplicaId(replica),
+        room: room.into(),
+        token: token.as_bytes().to_vec(),
+        cursor: 0,
+        own_seq: 0,
+        settled_seq: 0,
+        agent: "raw-test".into(),
+    }))
+}
+
+/// What the relay said before closing: the `Error` codes received, and the
+/// close code (`None`: closed without a close frame).
+#[derive(Debug, Default)]
+pub struct Ending {
+    pub errors: Vec<ErrorCode>,
+    pub messages: Vec<Message>,
+    pub close: Option<u16>,
+    pub closed: bool,
+}
+
+/// Reads until the relay closes (or `limit` passes).
+pub async fn read_until_close(ws: &mut Ws, limit: Duration) -> Ending {
+    let mut ending = Ending::default();
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => return ending,
+            Ok(Some(Ok(WsMessage::Binary(frame)))) => {
+                if let Ok(message) = protocol::decode(&frame, usize::MAX) {
+                    if let Message::Error { code, .. } = &message {
+                        ending.errors.push(*code);
+                    }
+                    ending.messages.push(message);
+                }
+            }
+            Ok(Some(Ok(WsMessage::Close(frame)))) => {
+                ending.close = frame.map(|f| u16::from(f.code));
+                ending.closed = true;
+                return ending;
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(_))) | Ok(None) => {
+                ending.closed = true;
+                return ending;
+            }
+        }
+    }
+}
+
+/// A fresh temporary directory.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("concord-relay-test")
+        .tempdir()
+        .expect("tempdir")
+}

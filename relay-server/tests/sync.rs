@@ -1,0 +1,133 @@
+//! Clients converge through the real relay binary: live, after being
+//! offline (resuming from their cursor), and after compaction (from a
+//! snapshot).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Client, Relay, tempdir};
+
+const LIMIT: Duration = Duration::from_secs(20);
+const ADMIN: &str = "test-admin-token";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_converge() {
+    let dir = tempdir();
+    let relay = Relay::start(dir.path(), &["--admin-token", ADMIN]);
+    let token = relay.token("todos", "rw", "1h", None);
+    let mut a = Client::new(1, "todos", &token, &relay.url());
+    let mut b = Client::new(2, "todos", &token, &relay.url());
+    a.start();
+    b.start();
+    for i in 0..10 {
+        a.put("items", &format!("a{i}"), "n", i);
+        b.put("items", &format!("b{i}"), "n", i);
+    }
+    // Concurrent edits of different fields of one document both survive.
+    a.put("items", "shared", "x", 1);
+    b.put("items", "shared", "y", 2);
+    let (ra, rb) = tokio::join!(a.sync_to("items", 21, LIMIT), b.sync_to("items", 21, LIMIT));
+    ra.unwrap();
+    rb.unwrap();
+    // Each has the other's writes; states are equal.
+    let (ra, rb) = tokio::join!(
+        a.run_until(LIMIT, |c| c.session.status().lag() == 0),
+        b.run_until(LIMIT, |c| c.session.status().lag() == 0)
+    );
+    ra.unwrap();
+    rb.unwrap();
+    assert_eq!(a.session.replica().state(), b.session.replica().state());
+    let shared = a.session.replica().get("items", "shared").unwrap();
+    assert_eq!(shared.fields.len(), 2);
+    let stats = relay.stats("todos", ADMIN);
+    assert_eq!(stats["head"], 22);
+    assert_eq!(stats["clients"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_client_catches_up_from_its_cursor() {
+    let dir = tempdir();
+    let relay = Relay::start(dir.path(), &["--admin-token", ADMIN]);
+    let token = relay.token("r", "rw", "1h", None);
+    let mut a = Client::new(1, "r", &token, &relay.url());
+    let mut c = Client::new(3, "r", &token, &relay.url());
+    a.start();
+    c.start();
+    a.put("docs", "first", "n", 1);
+    let (ra, rc) = tokio::join!(a.sync_to("docs", 1, LIMIT), c.sync_to("docs", 1, LIMIT));
+    ra.unwrap();
+    rc.unwrap();
+    c.run_until(LIMIT, |c| c.session.status().cursor == 1)
+        .await
+        .unwrap();
+    // C goes offline (and writes offline); A writes meanwhile.
+    c.stop();
+    c.drain().await;
+    c.put("docs", "offline", "n", 2);
+    for i in 0..30 {
+        a.put("docs", &format!("a{i}"), "n", i);
+    }
+    a.sync_to("docs", 31, LIMIT).await.unwrap();
+    let stats = relay.stats("r", ADMIN);
+    assert_eq!(stats["head"], 31);
+    assert_eq!(stats["compacted_through"], 0, "no compaction with defaults");
+    // C comes back and resumes from cursor 1: the log, not a snapshot.
+    c.start();
+    c.sync_to("docs", 32, LIMIT).await.unwrap();
+    a.sync_to("docs", 32, LIMIT).await.unwrap();
+    assert_eq!(c.session.replica().state(), a.session.replica().state());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_client_catches_up_from_a_snapshot_after_compaction() {
+    let dir = tempdir();
+    let relay = Relay::start(
+        dir.path(),
+        &[
+            "--admin-token",
+            ADMIN,
+            "--compaction-min-ops",
+            "5",
+            "--keep-recent-ops",
+            "0",
+            "--max-log-ops",
+            "10",
+        ],
+    );
+    let token = relay.token("r", "rw", "1h", None);
+    let mut a = Client::new(1, "r", &token, &relay.url());
+    let mut c = Client::new(3, "r", &token, &relay.url());
+    c.start();
+    c.run_until(LIMIT, Client::is_live).await.unwrap();
+    c.stop();
+    c.drain().await;
+    a.start();
+    for i in 0..60 {
+        a.put("docs", &format!("a{i}"), "n", i);
+    }
+    a.put("docs", "a0", "m", 7);
+    a.session.delete(common::now_ms(), "docs", "a1").unwrap();
+    a.sync_to("docs", 59, LIMIT).await.unwrap();
+    a.run_until(LIMIT, |c| c.session.status().lag() == 0)
+        .await
+        .unwrap();
+    // Compaction runs in the background; wait until it covers C's cursor.
+    let deadline = std::time::Instant::now() + LIMIT;
+    loop {
+        let stats = relay.stats("r", ADMIN);
+        if stats["compacted_through"].as_u64().unwrap() >= 50 {
+            assert!(stats["compactions"].as_u64().unwrap() >= 1);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no compaction: {stats}"
+        );
+        a.run_for(Duration::from_millis(50)).await;
+    }
+    c.start();
+    c.sync_to("docs", 59, LIMIT).await.unwrap();
+    assert_eq!(c.session.replica().state(), a.session.replica().state());
+    assert!(relay.metric("concord_compactions_total") >= 1.0);
+}
