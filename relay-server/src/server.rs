@@ -3,9 +3,9 @@
 //!
 //! Start: bind (print the address), serve HTTP while `/healthz` says 503,
 //! open and check the database, then become ready. Stop (SIGINT/SIGTERM):
-//! report 503, stop accepting, let every room finish its in-flight writes
-//! and close its sessions with GoingAway (1001), then stop the storage
-//! writer, all bounded by the shutdown timeout.
+//! report 503 and refuse new sessions, let every room finish its in-flight
+//! writes and close its sessions with GoingAway (1001), close the listener,
+//! then stop the storage writer, all bounded by the shutdown timeout.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -177,7 +177,9 @@ pub(crate) async fn run(config: Config) -> ExitCode {
         let _ = tcp.set_nodelay(true);
     });
     let router = crate::http::router(app.clone());
-    let mut stop_accepting = shutdown.clone();
+    // The listener stays open while the relay drains, so /healthz can say
+    // 503 to load balancers; new WebSocket sessions are refused meanwhile.
+    let (stop_http_tx, mut stop_accepting) = watch::channel(false);
     let http = tokio::spawn(async move {
         let service = router.into_make_service_with_connect_info::<SocketAddr>();
         let result = axum::serve(listener, service)
@@ -201,7 +203,7 @@ pub(crate) async fn run(config: Config) -> ExitCode {
         Ok(Err(e)) => {
             eprintln!("error: {e}");
             tracing::error!(error = %e, "cannot open storage");
-            let _ = shutdown_tx.send(true);
+            let _ = stop_http_tx.send(true);
             let _ = http.await;
             return ExitCode::from(EXIT_CONFIG);
         }
@@ -238,6 +240,7 @@ pub(crate) async fn run(config: Config) -> ExitCode {
     while metrics.connections_open.get() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    let _ = stop_http_tx.send(true);
     let _ = tokio::time::timeout_at(deadline, http).await;
     if tokio::time::timeout_at(deadline + std::time::Duration::from_secs(5), store.close())
         .await

@@ -380,8 +380,19 @@ impl Client {
                             code: code.as_u16().into(),
                             reason: reason.chars().take(60).collect::<String>().into(),
                         };
-                        let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(Some(frame)))
-                            .await;
+                        // Send our close, then read the relay's last frames
+                        // to learn its close code.
+                        let closes = &mut self.closes;
+                        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                            let _ = ws.close(Some(frame)).await;
+                            while let Some(Ok(msg)) = ws.next().await {
+                                if let WsMessage::Close(frame) = msg {
+                                    closes.push(frame.map(|f| u16::from(f.code)));
+                                    break;
+                                }
+                            }
+                        })
+                        .await;
                     }
                 }
                 Output::Persist(batch) => {
@@ -452,8 +463,17 @@ impl Client {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
+                let events: Vec<String> = self
+                    .events
+                    .iter()
+                    .filter(|e| !matches!(e, Event::DocumentChanged { .. }))
+                    .rev()
+                    .take(8)
+                    .map(|e| format!("{e:?}"))
+                    .collect();
                 return Err(format!(
-                    "client {} not done after {limit:?}: status {:?}, closes {:?}, errors {:?}",
+                    "client {} not done after {limit:?}: status {:?}, closes {:?}, errors {:?}, \
+                     last events {events:?}",
                     self.session.replica().id(),
                     self.session.status(),
                     self.closes,

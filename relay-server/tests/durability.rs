@@ -1,0 +1,199 @@
+//! An acknowledged operation survives `kill -9` of the relay; clients
+//! resume from their cursors after the restart. Graceful shutdown closes
+//! sessions with 1001 and loses nothing.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Client, Relay, http_get, tempdir};
+use sync_core::ReplicaId;
+use sync_core::protocol::ErrorCode;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// Highest sequence number of the client's own operations the relay has
+/// acknowledged: everything below the first operation still in its outbox.
+fn acked_through(client: &Client) -> u64 {
+    let replica = client.session.replica();
+    replica
+        .outbox()
+        .next()
+        .map_or(replica.next_seq() - 1, |op| op.id.seq - 1)
+}
+
+/// Own operations of `writer` that `reader` holds, contiguously from 1.
+fn held_from(reader: &Client, writer: u64) -> u64 {
+    reader
+        .session
+        .replica()
+        .version()
+        .get(ReplicaId(writer))
+        .map_or(0, |seqs| seqs.contiguous())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_loses_no_acknowledged_op() {
+    let dir = tempdir();
+    let mut relay = Relay::start(dir.path(), &[]);
+    let token = relay.token("r", "rw", "1h", None);
+    let url = relay.url();
+    let mut writer = Client::new(1, "r", &token, &url);
+    let mut follower = Client::new(2, "r", &token, &url);
+    writer.start();
+    follower.start();
+    follower.put("docs", "f", "n", 0);
+    follower.sync_to("docs", 1, LIMIT).await.unwrap();
+
+    // Write steadily; kill the relay while pushes are in flight.
+    let mut written = 0;
+    let started = Instant::now();
+    while acked_through(&writer) < 600 {
+        for _ in 0..25 {
+            writer.put("docs", &format!("w{written}"), "n", written);
+            written += 1;
+        }
+        writer.step(Duration::from_millis(2)).await;
+        follower.step(Duration::from_millis(1)).await;
+        assert!(started.elapsed() < LIMIT, "writes too slow");
+    }
+    for _ in 0..200 {
+        writer.put("docs", &format!("w{written}"), "n", written);
+        written += 1;
+    }
+    writer.drain().await; // pushes are on the wire
+    relay.kill9();
+    // Acks already on the wire still count: read until the socket dies.
+    writer
+        .run_until(Duration::from_secs(5), |c| !c.is_live())
+        .await
+        .unwrap();
+    follower
+        .run_until(Duration::from_secs(5), |c| !c.is_live())
+        .await
+        .unwrap();
+    let acked = acked_through(&writer);
+    let follower_cursor = follower.session.status().cursor;
+    assert!(acked >= 600 && acked < written as u64 + 1, "acked {acked}");
+    eprintln!("killed with {written} written, {acked} acknowledged, follower at {follower_cursor}");
+
+    let relay = relay.restart();
+    // A fresh reader sees every acknowledged operation.
+    let read = relay.token("r", "r", "1h", None);
+    let mut verifier = Client::new(9, "r", &read, &relay.url());
+    verifier.start();
+    verifier
+        .run_until(LIMIT, |c| {
+            c.session.status().link == sync_core::session::LinkState::Live
+                && c.session.status().lag() == 0
+                && c.session.status().relay_head > 0
+        })
+        .await
+        .unwrap();
+    let durable = held_from(&verifier, 1);
+    assert!(
+        durable >= acked,
+        "the relay lost acknowledged operations: acked {acked}, stored {durable}"
+    );
+
+    // The clients reconnect by themselves and resume from their cursors.
+    let total = written as usize + 1;
+    let (rw, rf, rv) = tokio::join!(
+        writer.sync_to("docs", total, LIMIT),
+        follower.sync_to("docs", total, LIMIT),
+        verifier.sync_to("docs", total, LIMIT)
+    );
+    rw.unwrap();
+    rf.unwrap();
+    rv.unwrap();
+    assert_eq!(held_from(&verifier, 1), written as u64);
+    assert_eq!(
+        follower.session.replica().state(),
+        writer.session.replica().state()
+    );
+    // The follower resumed from its cursor, not from scratch.
+    assert!(follower.session.status().cursor >= follower_cursor);
+    assert!(follower_cursor > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_closes_sessions_with_going_away() {
+    let dir = tempdir();
+    let mut relay = Relay::start(dir.path(), &[]);
+    let token = relay.token("r", "rw", "1h", None);
+    let mut a = Client::new(1, "r", &token, &relay.url());
+    let mut b = Client::new(2, "r", &token, &relay.url());
+    a.start();
+    b.start();
+    for i in 0..50 {
+        a.put("docs", &format!("a{i}"), "n", i);
+    }
+    let (ra, rb) = tokio::join!(a.sync_to("docs", 50, LIMIT), b.sync_to("docs", 50, LIMIT));
+    ra.unwrap();
+    rb.unwrap();
+    for i in 50..80 {
+        a.put("docs", &format!("a{i}"), "n", i);
+    }
+    a.drain().await;
+    let addr = relay.addr;
+    // Watch /healthz from another thread while the relay stops.
+    let (first_tx, first_rx) = std::sync::mpsc::channel();
+    let watcher = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            match http_get(addr, "/healthz", None) {
+                Some((status, _)) => {
+                    if seen.last() != Some(&status) {
+                        seen.push(status);
+                    }
+                    let _ = first_tx.send(());
+                }
+                None => break,
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        seen
+    });
+    first_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    // The clients keep reading while the relay stops.
+    let stopping = tokio::task::spawn_blocking(move || {
+        let status = relay.signal("TERM");
+        (relay, status)
+    });
+    let (ra, rb) = tokio::join!(
+        a.run_until(Duration::from_secs(15), |c| !c.closes.is_empty()),
+        b.run_until(Duration::from_secs(15), |c| !c.closes.is_empty())
+    );
+    let (mut relay, status) = stopping.await.unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    let seen = watcher.join().unwrap();
+    eprintln!("healthz during shutdown: {seen:?}");
+    assert_eq!(seen.first(), Some(&200));
+    assert!(seen.contains(&503), "{seen:?}");
+    ra.unwrap();
+    rb.unwrap();
+    for client in [&a, &b] {
+        assert_eq!(
+            client.closes.first(),
+            Some(&Some(1001)),
+            "{:?}",
+            client.closes
+        );
+        assert!(client.errors.contains(&ErrorCode::GoingAway));
+    }
+    let log = relay.log_text();
+    assert!(log.contains("shutting down"), "{log}");
+    assert!(log.contains("stopped"), "{log}");
+    // Whatever was acknowledged before the shutdown is there after it.
+    let acked = acked_through(&a);
+    let relay = relay.restart();
+    let mut c = Client::new(3, "r", &token, &relay.url());
+    c.start();
+    c.run_until(LIMIT, |c| held_from(c, 1) >= acked && c.is_live())
+        .await
+        .unwrap();
+    let (ra, rc) = tokio::join!(a.sync_to("docs", 80, LIMIT), c.sync_to("docs", 80, LIMIT));
+    ra.unwrap();
+    rc.unwrap();
+}
