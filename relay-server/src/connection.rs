@@ -19,7 +19,7 @@ use sync_core::protocol::{self, CloseCode, ErrorCode, Hello, Message};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::metrics::Metrics;
-use crate::peer::{Control, Outbound, Peer};
+use crate::peer::{Control, Kill, Outbound, Peer};
 use crate::room_host::{JoinReply, RoomHandle, RoomMsg};
 use crate::server::App;
 
@@ -380,36 +380,29 @@ async fn write_loop(
             () = control.wake.notified() => None,
             next = queue.recv() => Some(next),
         };
-        match next {
+        let written = match next {
             None => {
                 let Some(kill) = control.take_kill() else {
                     continue;
                 };
-                if let Some(error) = kill.error {
-                    metrics.frame_out(&error);
-                    let _ = timed(write_timeout, sink.feed(WsMessage::Binary(error.into()))).await;
-                }
-                let _ = timed(
-                    write_timeout,
-                    sink.send(close_message(kill.code, &kill.reason)),
-                )
-                .await;
+                send_kill(&mut sink, kill, &metrics, write_timeout).await;
                 break;
             }
             Some(Some(Outbound::Frame(frame))) => {
                 control.dequeued(frame.len());
                 metrics.frame_out(&frame);
-                if !matches!(
-                    timed(write_timeout, sink.feed(WsMessage::Binary(frame.into()))).await,
-                    Ok(Ok(()))
-                ) {
-                    break;
-                }
-                // Flush once the queue is empty, so bursts share syscalls.
-                if queue.is_empty()
-                    && !matches!(timed(write_timeout, sink.flush()).await, Ok(Ok(())))
-                {
-                    break;
+                let flush = queue.is_empty();
+                // A kill (the queue overflowed behind a stalled socket)
+                // interrupts a write that is not making progress.
+                tokio::select! {
+                    biased;
+                    () = control.wake.notified() => {
+                        if let Some(kill) = control.take_kill() {
+                            send_kill(&mut sink, kill, &metrics, KILL_WRITE_TIMEOUT).await;
+                        }
+                        break;
+                    }
+                    written = write(&mut sink, frame, flush, write_timeout) => written,
                 }
             }
             Some(Some(Outbound::Close { code, reason })) => {
@@ -420,9 +413,47 @@ async fn write_loop(
                 let _ = timed(write_timeout, sink.close()).await;
                 break;
             }
+        };
+        if !written {
+            break;
         }
     }
     let _ = done.send(true);
+}
+
+/// How long a cut-off may take to write its error and close frames.
+const KILL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Writes a frame, flushing if asked (once the queue is empty, so bursts
+/// share syscalls). `false`: the socket failed or stalled.
+async fn write(
+    sink: &mut SplitSink<WebSocket, WsMessage>,
+    frame: Vec<u8>,
+    flush: bool,
+    limit: Duration,
+) -> bool {
+    if !matches!(
+        timed(limit, sink.feed(WsMessage::Binary(frame.into()))).await,
+        Ok(Ok(()))
+    ) {
+        return false;
+    }
+    !flush || matches!(timed(limit, sink.flush()).await, Ok(Ok(())))
+}
+
+/// Sends a cut-off's error and close frames, briefly: the socket may be
+/// the reason for the cut-off.
+async fn send_kill(
+    sink: &mut SplitSink<WebSocket, WsMessage>,
+    kill: Kill,
+    metrics: &Metrics,
+    limit: Duration,
+) {
+    if let Some(error) = kill.error {
+        metrics.frame_out(&error);
+        let _ = timed(limit, sink.feed(WsMessage::Binary(error.into()))).await;
+    }
+    let _ = timed(limit, sink.send(close_message(kill.code, &kill.reason))).await;
 }
 
 /// `f`, given up after `limit`.

@@ -71,7 +71,7 @@ fn accept(app: Arc<App>, addr: SocketAddr, upgrade: WebSocketUpgrade) -> Respons
         .max_frame_size(max)
         .read_buffer_size(16 * 1024)
         .write_buffer_size(16 * 1024)
-        .max_write_buffer_size(max.saturating_mul(2).saturating_add(1 << 20))
+        .max_write_buffer_size(max.saturating_add(128 * 1024))
         .on_upgrade(move |socket| connection::serve(socket, app, addr))
 }
 

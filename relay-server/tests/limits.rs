@@ -1,0 +1,368 @@
+//! Misbehaving clients get an error and a close while every other session
+//! carries on: garbage, text frames, wrong versions, truncated handshakes,
+//! oversized frames, pushing too fast, reading too slowly, too many
+//! connections.
+
+mod common;
+
+use std::io::Write as _;
+
+use std::time::Duration;
+use tokio_tungstenite::MaybeTlsStream;
+
+use common::{Client, Relay, hello_frame, raw_connect, read_until_close, tempdir};
+use futures_util::{SinkExt as _, StreamExt as _};
+use sync_core::protocol::{self, ErrorCode, Message};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_frames_are_refused_while_others_carry_on() {
+    let dir = tempdir();
+    let relay = Relay::start(
+        dir.path(),
+        &[
+            "--handshake-timeout",
+            "1s",
+            "--max-frame-bytes",
+            "128KiB",
+            "--max-batch-bytes",
+            "16KiB",
+        ],
+    );
+    let token = relay.token("r", "rw", "1h", None);
+    let mut a = Client::new(1, "r", &token, &relay.url());
+    let mut b = Client::new(2, "r", &token, &relay.url());
+    a.start();
+    b.start();
+    a.put("docs", "before", "n", 0);
+    let (ra, rb) = tokio::join!(a.sync_to("docs", 1, LIMIT), b.sync_to("docs", 1, LIMIT));
+    ra.unwrap();
+    rb.unwrap();
+
+    let url = relay.url();
+    let mut garbage_then_hello = hello_frame(9, "r", &token);
+    garbage_then_hello.truncate(garbage_then_hello.len() / 2);
+    let cases: Vec<(&str, WsMessage, Vec<ErrorCode>, Option<u16>)> = vec![
+        (
+            "garbage",
+            WsMessage::Binary(vec![1, 0xff, 0xff, 0xff, 0x07, 3, 3].into()),
+            vec![ErrorCode::Malformed],
+            Some(4000),
+        ),
+        (
+            "empty",
+            WsMessage::Binary(Vec::new().into()),
+            vec![ErrorCode::Malformed],
+            Some(4000),
+        ),
+        (
+            "text",
+            WsMessage::Text("{\"hello\": true}".into()),
+            vec![ErrorCode::Malformed],
+            Some(4000),
+        ),
+        (
+            "wrong version",
+            WsMessage::Binary({
+                let mut frame = hello_frame(9, "r", &token);
+                frame[0] = 99;
+                frame.into()
+            }),
+            vec![ErrorCode::UnsupportedVersion],
+            Some(4001),
+        ),
+        (
+            "truncated hello",
+            WsMessage::Binary(garbage_then_hello.into()),
+            vec![ErrorCode::Malformed],
+            Some(4000),
+        ),
+        (
+            "not a hello first",
+            WsMessage::Binary(protocol::encode(&Message::Ping { nonce: 1 }).into()),
+            vec![ErrorCode::Malformed],
+            Some(4000),
+        ),
+        (
+            "oversized",
+            WsMessage::Binary(vec![1u8; 200 * 1024].into()),
+            vec![ErrorCode::FrameTooLarge],
+            Some(4007),
+        ),
+    ];
+    for (what, message, errors, close) in cases {
+        let mut ws = raw_connect(&url).await;
+        let _ = ws.send(message).await;
+        let ending = read_until_close(&mut ws, Duration::from_secs(5)).await;
+        assert_eq!(ending.errors, errors, "{what}");
+        assert_eq!(ending.close, close, "{what}");
+        // Others carry on in between.
+        a.put("docs", what, "n", 1);
+        a.step(Duration::from_millis(1)).await;
+        b.step(Duration::from_millis(1)).await;
+    }
+
+    // Garbage after a valid handshake: the room closes the session.
+    let mut ws = raw_connect(&url).await;
+    ws.send(WsMessage::Binary(hello_frame(9, "r", &token).into()))
+        .await
+        .unwrap();
+    ws.send(WsMessage::Binary(vec![1, 0x7f, 0x7f].into()))
+        .await
+        .unwrap();
+    let ending = read_until_close(&mut ws, Duration::from_secs(5)).await;
+    assert_eq!(ending.errors, vec![ErrorCode::Malformed]);
+    assert_eq!(ending.close, Some(4000));
+
+    // An oversized frame after joining.
+    let mut ws = raw_connect(&url).await;
+    ws.send(WsMessage::Binary(hello_frame(10, "r", &token).into()))
+        .await
+        .unwrap();
+    let _ = ws
+        .send(WsMessage::Binary(vec![1u8; 300 * 1024].into()))
+        .await;
+    let ending = read_until_close(&mut ws, Duration::from_secs(5)).await;
+    assert_eq!(ending.errors, vec![ErrorCode::FrameTooLarge]);
+    assert_eq!(ending.close, Some(4007));
+
+    // A connection that never says Hello is closed after the handshake timeout.
+    let started = std::time::Instant::now();
+    let mut silent = raw_connect(&url).await;
+    let ending = read_until_close(&mut silent, Duration::from_secs(5)).await;
+    assert_eq!(ending.close, Some(4004));
+    assert!(started.elapsed() >= Duration::from_millis(900));
+
+    // A connection that stops halfway through a WebSocket frame, and one
+    // that is not even HTTP.
+    let mut half = std::net::TcpStream::connect(relay.addr).unwrap();
+    half.write_all(
+        b"GET /v1/sync HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n\x82\xfe",
+    )
+    .unwrap();
+    let mut junk = std::net::TcpStream::connect(relay.addr).unwrap();
+    junk.write_all(&[0u8; 4096]).unwrap();
+
+    // Everybody else is fine.
+    a.put("docs", "after", "n", 2);
+    let (ra, rb) = tokio::join!(a.sync_to("docs", 9, LIMIT), b.sync_to("docs", 9, LIMIT));
+    ra.unwrap();
+    rb.unwrap();
+    assert_eq!(a.closes, Vec::<Option<u16>>::new());
+    assert_eq!(b.closes, Vec::<Option<u16>>::new());
+    assert_eq!(
+        common::http_get(relay.addr, "/healthz", None).unwrap().0,
+        200
+    );
+    let metrics = relay.metrics();
+    for kind in [
+        "Malformed",
+        "FrameTooLarge",
+        "UnsupportedVersion",
+        "HandshakeTimeout",
+    ] {
+        assert!(
+            metrics.contains(&format!("concord_errors_total{{kind=\"{kind}\"}}")),
+            "{kind}:\n{metrics}"
+        );
+    }
+    drop(half);
+    drop(junk);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushing_too_fast_is_cut_off_and_nothing_is_lost() {
+    let dir = tempdir();
+    let relay = Relay::start(
+        dir.path(),
+        &[
+            "--ops-per-second",
+            "20",
+            "--ops-burst",
+            "50",
+            "--max-batch-ops",
+            "50",
+        ],
+    );
+    let token = relay.token("r", "rw", "1h", None);
+    let mut fast = Client::new(1, "r", &token, &relay.url());
+    let mut other = Client::new(2, "r", &token, &relay.url());
+    fast.start();
+    other.start();
+    for i in 0..300 {
+        fast.put("docs", &format!("d{i}"), "n", i);
+    }
+    fast.run_until(LIMIT, |c| c.closes.contains(&Some(4008)))
+        .await
+        .unwrap();
+    assert!(fast.errors.contains(&ErrorCode::RateLimited));
+    // It reconnects by itself and, bucket by bucket, gets everything in.
+    let (rf, ro) = tokio::join!(
+        fast.sync_to("docs", 300, Duration::from_secs(40)),
+        other.sync_to("docs", 300, Duration::from_secs(40))
+    );
+    rf.unwrap();
+    ro.unwrap();
+    assert!(other.closes.is_empty(), "{:?}", other.closes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_is_cut_off_and_resumes() {
+    let dir = tempdir();
+    let relay = Relay::start(
+        dir.path(),
+        &[
+            "--send-window",
+            "2",
+            "--max-batch-ops",
+            "10",
+            "--slow-consumer-timeout",
+            "1s",
+        ],
+    );
+    let token = relay.token("r", "rw", "1h", None);
+    let mut writer = Client::new(1, "r", &token, &relay.url());
+    let mut slow = Client::new(2, "r", &token, &relay.url());
+    writer.start();
+    slow.start();
+    slow.run_until(LIMIT, Client::is_live).await.unwrap();
+    // The slow client stops reading while the writer writes a lot.
+    for i in 0..200 {
+        writer.put("docs", &format!("d{i}"), "n", i);
+    }
+    writer.sync_to("docs", 200, LIMIT).await.unwrap();
+    writer.run_for(Duration::from_millis(1500)).await;
+    // It reads again: it was cut off as a slow consumer, and it resumes
+    // from its cursor.
+    slow.run_until(LIMIT, |c| c.closes.contains(&Some(4005)))
+        .await
+        .unwrap();
+    assert!(slow.errors.contains(&ErrorCode::SlowConsumer));
+    slow.sync_to("docs", 200, LIMIT).await.unwrap();
+    assert_eq!(
+        slow.session.replica().state(),
+        writer.session.replica().state()
+    );
+    assert!(writer.closes.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_confirms_without_reading_hits_the_outbound_bound() {
+    let dir = tempdir();
+    let relay = Relay::start(
+        dir.path(),
+        &[
+            "--outbound-queue-frames",
+            "16",
+            "--outbound-queue-bytes",
+            "1MiB",
+            "--max-frame-bytes",
+            "1MiB",
+            "--max-batch-bytes",
+            "256KiB",
+            "--write-timeout",
+            "30s",
+        ],
+    );
+    let token = relay.token("r", "rw", "1h", None);
+    // A raw client with a tiny receive buffer joins and then only sends
+    // `Applied` frames claiming everything, never reading: the room keeps
+    // sending, the socket backs up, and the bounded queue cuts it off.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(relay.addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(relay.url(), MaybeTlsStream::Plain(stream))
+        .await
+        .unwrap();
+    ws.send(WsMessage::Binary(hello_frame(9, "r", &token).into()))
+        .await
+        .unwrap();
+    let mut writer = Client::new(1, "r", &token, &relay.url());
+    writer.start();
+    let value = "x".repeat(2000);
+    let applied = protocol::encode(&Message::Applied { cursor: u64::MAX });
+    let mut cut_off = false;
+    let started = std::time::Instant::now();
+    'outer: for round in 0..200 {
+        for i in 0..50 {
+            let id = format!("d{round}-{i}");
+            writer
+                .session
+                .put(common::now_ms(), "docs", &id, [("v", value.as_str())])
+                .unwrap();
+        }
+        writer.run_until(LIMIT, |c| c.pending() == 0).await.unwrap();
+        for _ in 0..20 {
+            if ws
+                .send(WsMessage::Binary(applied.clone().into()))
+                .await
+                .is_err()
+            {
+                cut_off = true;
+                break 'outer;
+            }
+        }
+        if relay
+            .metrics()
+            .contains("concord_errors_total{kind=\"SlowConsumer\"}")
+        {
+            cut_off = true;
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60));
+    }
+    assert!(cut_off, "the non-reading client was never cut off");
+    // The writer was not affected.
+    assert!(writer.closes.is_empty());
+    assert!(relay.log_text().contains("slow consumer"));
+    // Reading now shows the cut-off (once the buffered frames are through).
+    let ending = read_until_close(&mut ws, Duration::from_secs(10)).await;
+    assert!(ending.closed);
+    if ending.close.is_some() {
+        assert_eq!(ending.close, Some(4005));
+    }
+    let _ = ws.next().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limits_are_enforced() {
+    let dir = tempdir();
+    let relay = Relay::start(
+        dir.path(),
+        &["--max-connections", "3", "--max-connections-per-room", "2"],
+    );
+    let token = relay.token("r", "rw", "1h", None);
+    let mut a = Client::new(1, "r", &token, &relay.url());
+    let mut b = Client::new(2, "r", &token, &relay.url());
+    a.start();
+    b.start();
+    let (ra, rb) = tokio::join!(
+        a.run_until(LIMIT, Client::is_live),
+        b.run_until(LIMIT, Client::is_live)
+    );
+    ra.unwrap();
+    rb.unwrap();
+    // Third in the room: refused by the per-room limit.
+    let mut ws = raw_connect(&relay.url()).await;
+    ws.send(WsMessage::Binary(hello_frame(3, "r", &token).into()))
+        .await
+        .unwrap();
+    let ending = read_until_close(&mut ws, Duration::from_secs(5)).await;
+    assert_eq!(ending.errors, vec![ErrorCode::TooManyConnections]);
+    assert_eq!(ending.close, Some(4009));
+    // Connections in all: two open, a third is fine, a fourth is refused.
+    let other = relay.token("s", "rw", "1h", None);
+    let mut third = raw_connect(&relay.url()).await;
+    third
+        .send(WsMessage::Binary(hello_frame(4, "s", &other).into()))
+        .await
+        .unwrap();
+    let mut fourth = raw_connect(&relay.url()).await;
+    let ending = read_until_close(&mut fourth, Duration::from_secs(5)).await;
+    assert_eq!(ending.errors, vec![ErrorCode::TooManyConnections]);
+    assert_eq!(ending.close, Some(4009));
+    drop(third);
+}
