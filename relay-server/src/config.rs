@@ -307,6 +307,14 @@ impl Config {
                  max_frame_bytes ({max_frame_bytes})"
             )));
         }
+        if room_heartbeat(&o).saturating_mul(2) > d(o.idle_timeout, 60) {
+            return Err(ConfigError::Invalid(format!(
+                "heartbeat ({:?}) must be at most half the idle timeout ({:?}), or clients \
+                 that only ping would be cut off as idle",
+                room_heartbeat(&o),
+                d(o.idle_timeout, 60)
+            )));
+        }
         let room = RoomConfig {
             max_drift_ms: ms(d(o.max_drift, 60)),
             max_batch_ops,
@@ -349,6 +357,14 @@ impl Config {
             room,
         })
     }
+}
+
+/// The interval clients will actually ping at: sync-core's session never
+/// pings more often than once a second, whatever the relay announces.
+fn room_heartbeat(o: &ServeOptions) -> Duration {
+    o.heartbeat
+        .map_or(Duration::from_secs(15), |d| d.0)
+        .max(Duration::from_secs(1))
 }
 
 fn read_file(path: &Path) -> Result<ServeOptions, ConfigError> {

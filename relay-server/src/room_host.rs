@@ -33,7 +33,7 @@ use crate::store::{Durable, Store};
 /// Persist requests a room may have outstanding before it stops reading.
 pub(crate) const MAX_COMMITS_IN_FLIGHT: usize = 4;
 /// Capacity of a room's inbox.
-const INBOX: usize = 256;
+const INBOX: usize = 64;
 /// Most inbox messages handled before the outputs are processed.
 const DRAIN_BATCH: usize = 256;
 /// Push arrival times remembered per session, for the ack latency metric.

@@ -366,3 +366,43 @@ async fn connection_limits_are_enforced() {
     assert_eq!(ending.close, Some(4009));
     drop(third);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_sessions_hit_the_idle_timeout_and_replicas_supersede() {
+    let dir = tempdir();
+    let relay = Relay::start(
+        dir.path(),
+        &["--idle-timeout", "2s", "--heartbeat", "500ms"],
+    );
+    let token = relay.token("r", "rw", "1h", None);
+    let mut ws = raw_connect(&relay.url()).await;
+    ws.send(WsMessage::Binary(hello_frame(5, "r", &token).into()))
+        .await
+        .unwrap();
+    let ending = read_until_close(&mut ws, Duration::from_secs(5)).await;
+    assert!(matches!(ending.messages.first(), Some(Message::Welcome(_))));
+    assert_eq!(ending.errors, vec![ErrorCode::IdleTimeout]);
+    assert_eq!(ending.close, Some(4006));
+    // A Session-driven client pings in time and stays.
+    let mut client = Client::new(6, "r", &token, &relay.url());
+    client.start();
+    client.run_until(LIMIT, Client::is_live).await.unwrap();
+    client.run_for(Duration::from_millis(4500)).await;
+    assert!(client.closes.is_empty(), "{:?}", client.closes);
+    // The same replica joining again supersedes the older session.
+    let mut first = raw_connect(&relay.url()).await;
+    first
+        .send(WsMessage::Binary(hello_frame(7, "r", &token).into()))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut second = raw_connect(&relay.url()).await;
+    second
+        .send(WsMessage::Binary(hello_frame(7, "r", &token).into()))
+        .await
+        .unwrap();
+    let ending = read_until_close(&mut first, Duration::from_secs(5)).await;
+    assert_eq!(ending.errors, vec![ErrorCode::Superseded]);
+    assert_eq!(ending.close, Some(4010));
+    let _ = second.next().await;
+}
