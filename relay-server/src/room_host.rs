@@ -31,7 +31,7 @@ use crate::peer::Peer;
 use crate::store::{Durable, Store};
 
 /// Persist requests a room may have outstanding before it stops reading.
-pub(crate) const MAX_COMMITS_IN_FLIGHT: usize = 4;
+pub(crate) const MAX_COMMITS_IN_FLIGHT: usize = 2;
 /// Capacity of a room's inbox.
 const INBOX: usize = 64;
 /// Most inbox messages handled before the outputs are processed.

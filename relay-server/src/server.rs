@@ -140,6 +140,7 @@ pub(crate) async fn run(config: Config) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    raise_file_limit(config.max_connections);
     if config.allow_anonymous {
         tracing::warn!(
             "anonymous access is ON: clients without a valid token can read and write any room. \
@@ -250,6 +251,23 @@ pub(crate) async fn run(config: Config) -> ExitCode {
     }
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// Every connection is a file descriptor: raise the soft limit to the hard
+/// one, and say so if that is still below what the settings allow.
+fn raise_file_limit(max_connections: usize) {
+    #[cfg(unix)]
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < max_connections as u64 + 64 => tracing::warn!(
+            limit,
+            max_connections,
+            "the open-file limit is below max_connections; raise it (ulimit -n, LimitNOFILE)"
+        ),
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
+    }
+    #[cfg(not(unix))]
+    let _ = max_connections;
 }
 
 /// Waits for SIGINT or SIGTERM; returns its name.

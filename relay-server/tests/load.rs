@@ -13,6 +13,12 @@ const LIMIT: Duration = Duration::from_secs(90);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_sessions_connect_and_sync() {
+    // Each session is a socket here and one in the relay.
+    let files = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0);
+    assert!(
+        files >= SESSIONS as u64 + 100,
+        "the open-file limit ({files}) is too low for {SESSIONS} sessions; raise `ulimit -Hn`"
+    );
     let dir = tempdir();
     let relay = Relay::start(dir.path(), &["--admin-token", "admin"]);
     let url = relay.url();

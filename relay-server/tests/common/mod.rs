@@ -352,7 +352,11 @@ impl Client {
             match out {
                 Output::Connect => {
                     self.connects += 1;
-                    let connect = tokio_tungstenite::connect_async(self.url.as_str());
+                    let connect = tokio_tungstenite::connect_async_with_config(
+                        self.url.as_str(),
+                        None,
+                        true, // TCP_NODELAY, as a real client should
+                    );
                     match tokio::time::timeout(Duration::from_secs(5), connect).await {
                         Ok(Ok((ws, _))) => {
                             self.ws = Some(ws);
