@@ -405,15 +405,19 @@ impl FromStr for Dur {
                 ));
             }
         };
-        ms.map(|ms| Dur(Duration::from_millis(ms)))
-            .ok_or_else(|| format!("duration `{s}` is too large"))
+        ms.filter(|&ms| ms <= MAX_DURATION_MS)
+            .map(|ms| Dur(Duration::from_millis(ms)))
+            .ok_or_else(|| format!("duration `{s}` is too large (at most 100 years)"))
     }
 }
+
+/// Longest duration accepted (100 years), so deadlines never overflow.
+const MAX_DURATION_MS: u64 = 100 * 365 * 86_400_000;
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Dur, D::Error> {
         match NumOrStr::deserialize(d)? {
-            NumOrStr::Num(secs) => Ok(Dur(Duration::from_secs(secs))),
+            NumOrStr::Num(secs) => secs.to_string().parse().map_err(serde::de::Error::custom),
             NumOrStr::Str(s) => s.parse().map_err(serde::de::Error::custom),
         }
     }
@@ -479,6 +483,7 @@ mod tests {
         assert_eq!("7".parse::<Dur>(), Ok(Dur(Duration::from_secs(7))));
         assert!("1 fortnight".parse::<Dur>().is_err());
         assert!("".parse::<Dur>().is_err());
+        assert!("99999999d".parse::<Dur>().is_err());
         assert_eq!("4MiB".parse::<Size>(), Ok(Size(4 << 20)));
         assert_eq!("100".parse::<Size>(), Ok(Size(100)));
         assert!("4 parsecs".parse::<Size>().is_err());

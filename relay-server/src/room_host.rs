@@ -700,5 +700,7 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 /// The instant of room time `at` (ms since the epoch).
 fn deadline(at: u64) -> tokio::time::Instant {
     let wait = Duration::from_millis(at.saturating_sub(now_ms()));
-    tokio::time::Instant::now() + wait
+    let now = tokio::time::Instant::now();
+    now.checked_add(wait)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365))
 }

@@ -156,6 +156,16 @@ async fn graceful_shutdown_closes_sessions_with_going_away() {
         seen
     });
     first_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    // A joined session that does not answer the close keeps the relay
+    // draining for a moment (it waits for the close reply), so the 503 is
+    // observable.
+    let mut mute = common::raw_connect(&relay.url()).await;
+    futures_util::SinkExt::send(
+        &mut mute,
+        tokio_tungstenite::tungstenite::Message::Binary(common::hello_frame(9, "r", &token).into()),
+    )
+    .await
+    .unwrap();
     // The clients keep reading while the relay stops.
     let stopping = tokio::task::spawn_blocking(move || {
         let status = relay.signal("TERM");
@@ -173,6 +183,7 @@ async fn graceful_shutdown_closes_sessions_with_going_away() {
     assert!(seen.contains(&503), "{seen:?}");
     ra.unwrap();
     rb.unwrap();
+    drop(mute);
     for client in [&a, &b] {
         assert_eq!(
             client.closes.first(),
