@@ -489,7 +489,7 @@ impl Host {
             let mut persists: Vec<RoomPersist> = Vec::new();
             while let Some(out) = self.room.poll() {
                 match out {
-                    RoomOutput::Timeout(at) => self.timer = Some(deadline(at)),
+                    RoomOutput::Timeout(_) => {} // re-read below
                     RoomOutput::Compact(job) => self.start_compaction(job),
                     RoomOutput::Persist(batch) => {
                         if persists.is_empty() {
@@ -510,6 +510,10 @@ impl Host {
                 let durable = self.rooms.store.submit(self.name.clone(), persists).await;
                 self.commits.push_back(durable);
             }
+            // The room reports a timeout only when it changes; asking keeps
+            // the timer armed even if a wakeup found nothing due (the wall
+            // clock stepped back, say).
+            self.timer = self.room.next_timeout().map(deadline);
             if self.leaves.is_empty() {
                 return;
             }
