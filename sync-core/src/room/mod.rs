@@ -271,7 +271,9 @@ struct Member {
 }
 
 /// One room of the relay.
-#[derive(Debug)]
+///
+/// Cloning is cheap: log entries and the snapshot are shared, not copied.
+#[derive(Clone, Debug)]
 pub struct Room {
     config: RoomConfig,
     log: Log,
