@@ -107,3 +107,38 @@ fn session_sent_a_snapshot_gets_its_own_acked_operations_back_in_the_tail() {
     w.assert_converged();
     assert!(w.c(a).session.replica().get(TODOS, "a1").is_some());
 }
+
+#[test]
+fn many_sessions_writing_the_same_fields_converge() {
+    let mut w = World::new(RoomConfig {
+        max_batch_ops: 7,
+        send_window: 3,
+        ..RoomConfig::default()
+    });
+    let clients: Vec<usize> = (1..=5).map(|id| w.add_client(id)).collect();
+    for &c in &clients {
+        w.start(c);
+    }
+    for round in 0..40i64 {
+        for &c in &clients {
+            let now = w.c(c).local(w.now);
+            let id = format!("doc{}", round % 3);
+            w.cm(c)
+                .session
+                .put(now, TODOS, &id, [("owner", Value::Int(c as i64))])
+                .expect("write");
+            if round % 7 == c as i64 {
+                w.cm(c)
+                    .session
+                    .delete(now, TODOS, &format!("doc{}", (round + 1) % 3))
+                    .expect("delete");
+            }
+        }
+        if round % 4 == 0 {
+            w.settle();
+        }
+        w.advance(3);
+    }
+    w.settle();
+    w.assert_converged();
+}

@@ -108,6 +108,26 @@ pub(crate) struct Client {
 }
 
 impl Client {
+    fn new(session: Session, config: SessionConfig, store: MemoryStore, seed: u64) -> Client {
+        Client {
+            id: session.replica().id(),
+            session,
+            config,
+            store,
+            skew: 0,
+            read_only_token: false,
+            conn: None,
+            timeout: None,
+            outputs: Vec::new(),
+            received: Vec::new(),
+            hold_inbound: false,
+            drop_inbound: false,
+            drop_outbound: false,
+            refuse_connect: false,
+            seed,
+        }
+    }
+
     /// The client's local clock at true time `now`.
     pub(crate) fn local(&self, now: u64) -> u64 {
         now.saturating_add_signed(self.skew)
@@ -267,8 +287,6 @@ pub(crate) struct World {
     /// Every frame the room was handed, in order.
     pub(crate) room_received: Vec<(SessionId, Vec<u8>)>,
     pub(crate) room_timeout: Option<u64>,
-    /// Run compaction jobs the room asks for at once (otherwise they wait here).
-    pub(crate) auto_compact: bool,
     pub(crate) clients: Vec<Client>,
     conns: BTreeMap<SessionId, Conn>,
     next_conn: SessionId,
@@ -285,7 +303,6 @@ impl World {
             room_trace: Vec::new(),
             room_received: Vec::new(),
             room_timeout: None,
-            auto_compact: true,
             clients: Vec::new(),
             conns: BTreeMap::new(),
             next_conn: 1,
@@ -301,23 +318,8 @@ impl World {
     pub(crate) fn add_client_with(&mut self, id: u64, config: SessionConfig) -> usize {
         let replica = Replica::new(ReplicaId(id), ReplicaConfig::default());
         let session = Session::new(replica, config.clone(), id);
-        self.clients.push(Client {
-            id: ReplicaId(id),
-            session,
-            config,
-            store: MemoryStore::new(),
-            skew: 0,
-            read_only_token: false,
-            conn: None,
-            timeout: None,
-            outputs: Vec::new(),
-            received: Vec::new(),
-            hold_inbound: false,
-            drop_inbound: false,
-            drop_outbound: false,
-            refuse_connect: false,
-            seed: id,
-        });
+        self.clients
+            .push(Client::new(session, config, MemoryStore::new(), id));
         self.clients.len() - 1
     }
 
@@ -334,23 +336,7 @@ impl World {
         )
         .expect("store restores")
         .expect("store is not empty");
-        self.clients.push(Client {
-            id: self.clients[of].id,
-            session,
-            config,
-            store,
-            skew: 0,
-            read_only_token: false,
-            conn: None,
-            timeout: None,
-            outputs: Vec::new(),
-            received: Vec::new(),
-            hold_inbound: false,
-            drop_inbound: false,
-            drop_outbound: false,
-            refuse_connect: false,
-            seed,
-        });
+        self.clients.push(Client::new(session, config, store, seed));
         self.clients.len() - 1
     }
 
@@ -742,10 +728,9 @@ impl World {
                     }
                 }
                 RoomOutput::Compact(job) => {
-                    if self.auto_compact {
-                        let done = job.run().expect("compaction of the room's own data");
-                        self.room.handle(self.now, RoomInput::Compacted(done));
-                    }
+                    // Compaction jobs run at once, as if on a very fast worker.
+                    let done = job.run().expect("compaction of the room's own data");
+                    self.room.handle(self.now, RoomInput::Compacted(done));
                 }
                 RoomOutput::Timeout(at) => self.room_timeout = Some(at),
             }

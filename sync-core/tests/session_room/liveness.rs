@@ -264,3 +264,24 @@ fn other_closes_schedule_a_reconnect() {
         assert_eq!(w.c(a).link(), LinkState::Live, "{code:?}");
     }
 }
+
+#[test]
+fn stop_closes_normally_and_stays_offline_until_started_again() {
+    let mut w = World::new(RoomConfig::default());
+    let a = w.add_client(1);
+    w.start(a);
+    let conn = w.conn(a);
+
+    w.stop(a);
+
+    assert_eq!(w.c(a).closes(), vec![CloseCode::Normal]);
+    assert_eq!(w.c(a).disconnects(), vec![(CloseCode::Normal, None)]);
+    assert_eq!(w.c(a).link(), LinkState::Offline);
+    assert_eq!(w.room.member_count(), 0, "the room heard the close");
+    assert!(w.room_closes(conn).is_empty());
+    w.advance(60 * 60_000);
+    assert_eq!(w.c(a).connects(), 1);
+
+    w.start(a);
+    assert_eq!(w.c(a).link(), LinkState::Live);
+}
