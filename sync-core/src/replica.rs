@@ -339,16 +339,18 @@ impl Replica {
 
     /// Validates, stamps, applies and queues one local change.
     fn commit_local(&mut self, now: u64, change: Change) -> Result<OpId, WriteError> {
-        change.validate()?;
-        let hlc = self.clock.tick(now)?;
-        let op = Op {
-            id: OpId {
-                replica: self.id,
-                seq: self.next_seq,
-            },
-            hlc,
+        let id = OpId {
+            replica: self.id,
+            seq: self.next_seq,
+        };
+        // Validate before ticking, so a refused write leaves the clock alone.
+        let mut op = Op {
+            id,
+            hlc: Hlc::ZERO,
             change,
         };
+        op.validate()?;
+        op.hlc = self.clock.tick(now)?;
         self.next_seq += 1;
         let effect = self.state.apply(&op);
         self.version.insert(op.id);

@@ -130,10 +130,17 @@ impl CloseCode {
 
     /// Whether a client should reconnect after this close. Only codes that
     /// mean "this will fail the same way again" stop reconnection.
+    ///
+    /// `Superseded` is among them: it means another live connection uses the
+    /// same replica id (two hosts sharing one store), and reconnecting would
+    /// only take turns knocking each other off.
     pub fn should_reconnect(self) -> bool {
         !matches!(
             self,
-            CloseCode::UnsupportedVersion | CloseCode::Unauthorized | CloseCode::Forbidden
+            CloseCode::UnsupportedVersion
+                | CloseCode::Unauthorized
+                | CloseCode::Forbidden
+                | CloseCode::Superseded
         )
     }
 }

@@ -54,10 +54,15 @@ pub enum Message {
         /// The chunk's bytes.
         bytes: Vec<u8>,
     },
-    /// Client → relay: everything up to `cursor` is applied and durable here.
+    /// Client → relay: `frames` more `Deliver`/`SnapshotChunk` frames are
+    /// consumed (the flow-control window reopens by that much), and
+    /// everything up to `cursor` is applied and durable here. `frames` is 0
+    /// for a cursor update alone.
     Applied {
         /// The client's saved cursor.
         cursor: u64,
+        /// Frames this message confirms.
+        frames: u32,
     },
     /// Relay → client: a pushed operation was not accepted. `ClockAhead`
     /// also covers the rest of its batch (push them again after

@@ -513,9 +513,13 @@ impl Room {
         };
         match message {
             Message::Push { ops } => self.on_push(now, session, ops),
-            Message::Applied { cursor } => {
+            Message::Applied { cursor, frames } => {
                 if let Some(m) = self.members.get_mut(&session) {
-                    m.in_flight = m.in_flight.saturating_sub(1);
+                    m.in_flight = m.in_flight.saturating_sub(frames as usize);
+                    // Progress: the slow-consumer clock starts again.
+                    if frames > 0 {
+                        m.stalled_since = None;
+                    }
                     m.confirmed = m.confirmed.max(cursor.min(m.sent));
                 }
             }
@@ -548,9 +552,11 @@ impl Room {
             let reason = "this session's token grants read only".to_owned();
             return self.reject(session, first, ErrorCode::ReadOnly, 0, reason);
         }
-        let bytes: usize = ops.iter().map(Op::payload_len).sum();
+        let bytes: usize = ops.iter().map(Op::encoded_len_bound).sum();
+        // One operation is always allowed (validation bounds its size), so a
+        // large write can never wedge a client's outbox.
         if ops.len() > self.config.max_batch_ops
-            || bytes > self.config.max_batch_bytes.saturating_mul(2)
+            || (ops.len() > 1 && bytes > self.config.max_batch_bytes)
         {
             let reason = format!(
                 "push of {} operations / {bytes} bytes exceeds the batch limit",

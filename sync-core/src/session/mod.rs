@@ -224,6 +224,8 @@ struct Live {
     /// A snapshot being assembled from chunks.
     assembling: Option<Assembly>,
     reported_all_pushed: bool,
+    /// When `Welcome` arrived; a connection that lasts resets the backoff.
+    joined_at: u64,
     /// The room head announced in `Welcome`; `CaughtUp` fires once on reaching it.
     catch_up_target: Option<u64>,
 }
@@ -488,9 +490,21 @@ impl Session {
     }
 
     fn on_frame(&mut self, now: u64, frame: &[u8]) {
+        if !matches!(self.link, Link::Handshaking { .. } | Link::Live(_)) {
+            return; // A straggler from a connection already given up.
+        }
         let message = match protocol::decode(frame, self.config.max_frame_bytes) {
             Ok(message) => message,
-            Err(e) => return self.fail(now, e.close_code(), e.error_code(), e.to_string()),
+            // A bad version byte from a relay that spoke our version moments
+            // ago is corruption, not a version mismatch: reconnect. A relay
+            // that really speaks another version says so in an `Error`.
+            Err(e) => {
+                let close = match e {
+                    protocol::FrameError::UnsupportedVersion { .. } => CloseCode::ProtocolError,
+                    _ => e.close_code(),
+                };
+                return self.fail(now, close, e.error_code(), e.to_string());
+            }
         };
         if let Link::Live(live) = &mut self.link {
             live.last_heard = now;
@@ -538,7 +552,6 @@ impl Session {
     }
 
     fn on_welcome(&mut self, now: u64, welcome: Welcome) {
-        self.attempt = 0;
         let max_batch_ops = self
             .config
             .max_batch_ops
@@ -589,6 +602,7 @@ impl Session {
             received: welcome.cursor,
             assembling: None,
             reported_all_pushed: false,
+            joined_at: now,
             catch_up_target: Some(welcome.head),
         }));
         self.inbound.clear();
@@ -654,7 +668,7 @@ impl Session {
         self.set_relay_head(cursor);
         self.inbound.push(Inbound::Ops { ops, cursor });
         self.drain_inbound(now);
-        self.confirm(now);
+        self.confirm(now, 1);
     }
 
     fn on_chunk(&mut self, now: u64, cursor: u64, total_len: u64, offset: u64, bytes: Vec<u8>) {
@@ -715,7 +729,7 @@ impl Session {
                 }
             }
         }
-        self.confirm(now);
+        self.confirm(now, 1);
     }
 
     /// Applies what the clock allows from the inbound queue, then stores the cursor.
@@ -747,10 +761,10 @@ impl Session {
         }
     }
 
-    /// Tells the relay one frame is consumed and what is stored.
-    fn confirm(&mut self, now: u64) {
+    /// Tells the relay how many frames are consumed and what is stored.
+    fn confirm(&mut self, now: u64, frames: u32) {
         let cursor = self.sync.cursor;
-        self.send(now, &Message::Applied { cursor });
+        self.send(now, &Message::Applied { cursor, frames });
     }
 
     fn on_rejected(
@@ -842,7 +856,8 @@ impl Session {
         if !self.inbound.is_empty() {
             self.drain_inbound(now);
             if matches!(self.link, Link::Live(_)) && self.inbound.is_empty() {
-                self.confirm(now);
+                // The cursor moved; the frames were confirmed on arrival.
+                self.confirm(now, 0);
             }
         }
         self.flush_pushes(now);
@@ -940,7 +955,7 @@ impl Session {
                 .outbox()
                 .filter(|op| op.id.seq > live.pushed_through)
             {
-                let size = op.payload_len();
+                let size = op.encoded_len_bound();
                 if !batch.is_empty()
                     && (batch.len() >= live.max_batch_ops || bytes + size > live.max_batch_bytes)
                 {
@@ -1022,6 +1037,13 @@ impl Session {
             });
         }
         self.inbound.clear_unapplied();
+        // Only a connection that stayed up a while proves the relay healthy;
+        // one that fails right after its welcome keeps backing off.
+        if let Link::Live(live) = &self.link {
+            if now.saturating_sub(live.joined_at) >= self.config.backoff.max_ms {
+                self.attempt = 0;
+            }
+        }
         let retry_at = code.should_reconnect().then(|| {
             let delay = self.config.backoff.delay(self.attempt, &mut self.rng);
             self.attempt = self.attempt.saturating_add(1);

@@ -551,6 +551,7 @@ impl World {
             token: Vec::new(),
             cursor: 0,
             own_seq: 0,
+            settled_seq: 0,
             agent: "raw".into(),
         };
         self.room.handle(

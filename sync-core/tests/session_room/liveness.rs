@@ -182,10 +182,6 @@ fn reconnecting_client_supersedes_its_own_stale_connection_quietly() {
 }
 
 #[test]
-#[ignore = "bug (livelock): CloseCode::Superseded counts as worth reconnecting \
-            (should_reconnect), so the superseded session comes back after its backoff and \
-            supersedes the newer one, which does the same: two live hosts of one replica kick \
-            each other out every few hundred ms, forever"]
 fn superseded_sessions_do_not_keep_superseding_each_other() {
     let mut w = World::new(RoomConfig::default());
     let first = w.add_client(1);

@@ -90,6 +90,7 @@ fn room_closes_a_session_sending_hello_after_joining() {
         token: Vec::new(),
         cursor: 0,
         own_seq: 0,
+        settled_seq: 0,
         agent: "again".into(),
     }));
     room_refuses(&hello, ErrorCode::Malformed, CloseCode::ProtocolError);
@@ -192,13 +193,16 @@ fn session_receiving_other_bad_frames_closes_with_the_matching_code() {
         heartbeat_ms: 1_000,
         max_batch_ops: 1,
         max_batch_bytes: 1,
+        refused: Vec::new(),
         cursor: 0,
     }));
     let cases: [(&[u8], CloseCode); 4] = [
         (&[], CloseCode::ProtocolError),
-        (&other_version, CloseCode::UnsupportedVersion),
+        // A bad version byte mid-session is corruption: reconnect. (A relay that
+        // really speaks another version says so with an Error message.)
+        (&other_version, CloseCode::ProtocolError),
         (&welcome_again, CloseCode::ProtocolError),
-        (&[0; 64], CloseCode::UnsupportedVersion),
+        (&[0; 64], CloseCode::ProtocolError),
     ];
     for (frame, close) in cases {
         let mut w = World::new(RoomConfig::default());
@@ -251,6 +255,8 @@ fn reconnect_delays_grow_within_the_backoff_bounds() {
     let (_, retry_at) = *w.c(a).disconnects().last().expect("failed");
     w.run_until(retry_at.expect("retries"));
     assert_eq!(w.c(a).link(), LinkState::Live);
+    // Only a connection that stays up a while resets the backoff.
+    w.advance(backoff.max_ms);
     w.cut(a, None);
     let (_, retry_at) = *w.c(a).disconnects().last().expect("cut");
     assert!(retry_at.expect("retries") - w.now <= backoff.initial_ms);

@@ -223,11 +223,6 @@ fn lost_ack_is_recovered_from_the_welcome_without_pushing_again() {
 }
 
 #[test]
-#[ignore = "bug: nothing bounds a single value's size and a push always carries at least one \
-            op, so one local write larger than twice the relay's max_batch_bytes (or than its \
-            max_frame_bytes) gets the session closed (BatchTooLarge / FrameTooLarge) right after \
-            every Welcome, forever (160 times a minute here, as the Welcome resets the backoff); \
-            every op queued behind it never reaches the relay"]
 fn one_oversized_write_does_not_wedge_the_outbox() {
     let mut w = World::new(RoomConfig {
         max_batch_bytes: 64 * 1024,

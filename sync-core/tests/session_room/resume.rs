@@ -124,6 +124,7 @@ fn sync_state_encodes_and_decodes() {
         room: "team/42".into(),
         cursor: 1_234_567,
         relay_head: 2_000_000,
+        resync: true,
     };
     assert_eq!(SyncState::decode(&state.encode()), Ok(state.clone()));
     assert_eq!(
@@ -213,7 +214,7 @@ fn session_stores_its_cursor_before_confirming_it() {
                 }
             }
             Output::Transmit(frame) => {
-                if let Message::Applied { cursor } = crate::harness::msg(frame) {
+                if let Message::Applied { cursor, .. } = crate::harness::msg(frame) {
                     assert!(cursor <= stored, "confirmed {cursor} with {stored} stored");
                     confirmed = confirmed.max(cursor);
                 }

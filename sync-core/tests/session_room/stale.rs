@@ -54,18 +54,22 @@ fn op_older_than_the_tombstone_horizon_is_rejected_as_stale_and_dropped() {
     )));
     assert_eq!(w.c(old).pending(), 0, "dropped from the outbox");
     assert_eq!(w.room.head(), 1);
+    // It resyncs to take the refused write back out of its state.
+    w.advance(5_000);
     assert_eq!(w.c(old).link(), LinkState::Live);
+    assert!(
+        w.c(old).session.replica().get(TODOS, "x").is_none(),
+        "the refused write is gone locally"
+    );
+    assert!(w.c(old).session.replica().get(TODOS, "y").is_some());
 }
 
 #[test]
-#[ignore = "bug: a Stale (or InvalidOp) rejection leaves a permanent hole in the room's \
-            accepted set for that replica, and Ack/Welcome report only its contiguous prefix, \
-            so every later op of the replica is stored but never acknowledged: the outbox \
-            never drains and pushing stops once push_window pushes are in flight"]
 fn writes_after_a_stale_rejection_are_acknowledged() {
     let (mut w, old, writer) = horizon_past_an_offline_write();
     w.start(old);
     assert_eq!(rejections(&w, old), vec![(1, ErrorCode::Stale)]);
+    w.advance(5_000); // the resync reconnects
 
     w.write_many(old, "new", 10);
 
@@ -81,10 +85,6 @@ fn writes_after_a_stale_rejection_are_acknowledged() {
 }
 
 #[test]
-#[ignore = "bug: Room::restore starts with tombstone_horizon = Hlc::ZERO (the horizon is not \
-            persisted), so after a relay restart an op older than the collected tombstones is \
-            accepted; clients that hold the tombstone ignore it, clients that get the snapshot \
-            resurrect the deleted document: replicas diverge"]
 fn restored_room_still_refuses_stale_ops() {
     let mut w = World::new(short_grace());
     let old = w.add_client(1);
