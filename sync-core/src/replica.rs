@@ -368,22 +368,51 @@ impl Replica {
     /// and changes nothing. An invalid operation, or one stamped further in
     /// the future than the drift bound allows, is refused and changes nothing.
     pub fn apply(&mut self, now: u64, op: &Op) -> Result<Applied, ApplyError> {
+        if !self.admit(now, op)? {
+            return Ok(Applied::Duplicate);
+        }
+        let effect = self.state.apply(op);
+        self.record_remote(op.id, effect);
+        Ok(Applied::New)
+    }
+
+    /// Like [`Replica::apply`], but moves the operation's values into the
+    /// state instead of copying them: the fast path for received batches.
+    pub fn apply_owned(&mut self, now: u64, op: Op) -> Result<Applied, ApplyError> {
+        if !self.admit(now, &op)? {
+            return Ok(Applied::Duplicate);
+        }
+        let id = op.id;
+        let effect = self.state.apply_owned(op);
+        self.record_remote(id, effect);
+        Ok(Applied::New)
+    }
+
+    /// Checks a remote stamp against the drift bound, changing nothing.
+    pub fn check_drift(&self, hlc: Hlc, now: u64) -> Result<(), ClockError> {
+        self.clock.check_drift(hlc, now)
+    }
+
+    /// Validates a remote operation and observes its clock; `false` for a duplicate.
+    fn admit(&mut self, now: u64, op: &Op) -> Result<bool, ApplyError> {
         op.validate()
             .map_err(|reason| ApplyError::Invalid { op: op.id, reason })?;
         if self.version.contains(op.id) {
-            return Ok(Applied::Duplicate);
+            return Ok(false);
         }
         self.clock.observe(op.hlc, now)?;
-        let effect = self.state.apply(op);
-        self.version.insert(op.id);
-        if op.id.replica == self.id {
+        Ok(true)
+    }
+
+    fn record_remote(&mut self, id: OpId, effect: Effect) {
+        self.version.insert(id);
+        if id.replica == self.id {
             // Our own operation coming back (say, after restoring an older
             // backup): never hand out its sequence number again.
-            self.next_seq = self.next_seq.max(op.id.seq + 1);
+            self.next_seq = self.next_seq.max(id.seq + 1);
         }
         self.record_effect(effect, Origin::Remote);
         self.dirty.meta = true;
-        Ok(Applied::New)
     }
 
     /// Drops acknowledged operations, those numbered up to `through_seq`,
@@ -461,10 +490,10 @@ impl Replica {
     /// cursor: the relay's snapshot holds everything the client had received
     /// and acknowledged, and may have collected tombstones the client's state
     /// still needs removed, so merging would be wrong where replacing is right.
-    pub fn reset_to_snapshot(&mut self, now: u64, snapshot: &Snapshot) -> Result<(), ApplyError> {
+    pub fn reset_to_snapshot(&mut self, now: u64, snapshot: Snapshot) -> Result<(), ApplyError> {
         self.clock.observe(snapshot.max_hlc, now)?;
-        let old = std::mem::replace(&mut self.state, snapshot.state.clone());
-        self.version = snapshot.version.clone();
+        let old = std::mem::replace(&mut self.state, snapshot.state);
+        self.version = snapshot.version;
         for op in &self.outbox {
             self.state.apply(op);
             self.version.insert(op.id);

@@ -11,7 +11,8 @@
 //! | n | payload: postcard-encoded body |
 //!
 //! The body interns field names and replica ids in tables, so a field costs
-//! two small integers of naming instead of two strings. Decoding checks the
+//! two small integers of naming instead of two strings, and a field stamped
+//! like its document's latest write (the common case) stores no stamp. Decoding checks the
 //! magic, version, length and checksum before it parses anything, bounds every
 //! allocation by the bytes present, and rebuilds a state that satisfies the
 //! merge invariants or refuses it.
@@ -89,6 +90,16 @@ pub enum SnapshotError {
 }
 
 impl Snapshot {
+    /// A snapshot of nothing: no state, no operations.
+    pub fn empty() -> Snapshot {
+        Snapshot {
+            version: VersionVector::new(),
+            max_hlc: Hlc::ZERO,
+            tombstone_horizon: Hlc::ZERO,
+            state: State::new(),
+        }
+    }
+
     /// Encodes a state with its version summary, its highest clock reading
     /// and the horizon up to which its tombstones were collected.
     pub fn encode(
@@ -289,7 +300,11 @@ impl Serialize for DocRef<'_> {
             .doc
             .fields
             .iter()
-            .map(|f| (f.name, ctx.stamp(f.stamp), f.value.as_ref()));
+            // Most fields carry their document's latest stamp: write it once.
+            .map(|f| {
+                let stamp = (Some(f.stamp) != self.doc.written).then(|| ctx.stamp(f.stamp));
+                (f.name, stamp, f.value.as_ref())
+            });
         t.serialize_element(&Seq(fields))?;
         t.end()
     }
@@ -324,7 +339,8 @@ struct DocBody(
     String,
     Option<PackedStamp>,
     Option<PackedStamp>,
-    Vec<(u32, PackedStamp, Option<Value>)>,
+    /// Fields: name index, stamp (`None`: the document's `written` stamp), value.
+    Vec<(u32, Option<PackedStamp>, Option<Value>)>,
 );
 
 impl Body {
@@ -387,8 +403,14 @@ impl Body {
                             "fields of document {id:?} out of order"
                         )));
                     }
+                    let field_stamp = match packed {
+                        Some(packed) => stamp(packed)?,
+                        None => doc.written.ok_or_else(|| {
+                            inconsistent(format!("field of unwritten document {id:?} has no stamp"))
+                        })?,
+                    };
                     doc.fields.push(FieldSlot {
-                        stamp: stamp(packed)?,
+                        stamp: field_stamp,
                         value,
                         name: field,
                     });

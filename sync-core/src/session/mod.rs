@@ -32,7 +32,6 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
-use crate::hlc::Hlc;
 use crate::op::Op;
 use crate::persist::{PersistBatch, RecordError, StoreKey, Write, decode_record, encode_record};
 use crate::protocol::{self, CloseCode, ErrorCode, Hello, Message, Welcome};
@@ -40,10 +39,8 @@ use crate::replica::{Replica, ReplicaConfig, RestoreError, WriteError};
 use crate::revision::Revision;
 use crate::rng::SplitMix64;
 use crate::snapshot::Snapshot;
-use crate::state::State;
 use crate::store::Record;
 use crate::value::Value;
-use crate::version::VersionVector;
 use inbound::{Inbound, InboundQueue};
 
 /// Name of the store record that holds the session's sync state.
@@ -991,14 +988,9 @@ impl Session {
     /// again: the only way to take a refused operation's effect back out of
     /// the local state. Local operations still pending are kept and re-applied.
     fn resync(&mut self, now: u64) {
-        let empty = Snapshot {
-            tombstone_horizon: Hlc::ZERO,
-            version: VersionVector::new(),
-            max_hlc: Hlc::ZERO,
-            state: State::new(),
-        };
+        let empty = Snapshot::empty();
         // The empty snapshot's clock reading is zero, which the clock always accepts.
-        let _ = self.replica.reset_to_snapshot(now, &empty);
+        let _ = self.replica.reset_to_snapshot(now, empty);
         self.sync.cursor = 0;
         self.sync.resync = false;
         self.sync_dirty = true;
