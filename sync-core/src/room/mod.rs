@@ -572,7 +572,8 @@ impl Room {
             return self.close(session, ErrorCode::Forbidden, reason);
         }
         let limit = now.saturating_add(self.config.max_drift_ms);
-        let mut refusals = Vec::new();
+        let mut refused = Vec::new();
+        let mut clock_ahead = None;
         for op in &ops {
             if self.accepted.contains(op.id) {
                 continue;
@@ -592,7 +593,8 @@ impl Room {
             if let Some((code, message)) = refusal {
                 // Refused for good: settled, so acknowledgements can move past it.
                 self.refused.entry(replica).or_default().insert(op.id.seq);
-                refusals.push((op.id.seq, code, 0, message));
+                refused.push((op.id.seq, code));
+                let _ = message;
                 continue;
             }
             if op.hlc.wall_ms() > limit {
@@ -601,7 +603,7 @@ impl Room {
                 let reason = format!(
                     "operation stamped {wait} ms beyond the relay's clock plus the drift bound"
                 );
-                refusals.push((op.id.seq, ErrorCode::ClockAhead, wait, reason));
+                clock_ahead = Some((op.id.seq, wait, reason));
                 break;
             }
             let encoded: Arc<[u8]> = protocol::encode_op(op).into();
@@ -621,14 +623,21 @@ impl Room {
                 m.own_held.insert(op.id.seq);
             }
         }
-        // Refusals first, so a client has heard every one of them by the time
-        // the ack settles the batch; the ack must follow the append to storage.
-        for (seq, code, retry_after_ms, message) in refusals {
-            self.reject(session, seq, code, retry_after_ms, message);
+        if let Some((seq, wait, reason)) = clock_ahead {
+            self.reject(session, seq, ErrorCode::ClockAhead, wait, reason);
         }
+        // The ack must follow the append to storage. It names the operations
+        // it settles by refusing them, so no other frame has to arrive for the
+        // client to know (Welcome repeats them if the ack is lost).
         self.flush_persist();
         let through_seq = self.settled_seqs(replica).contiguous();
-        self.transmit(session, &Message::Ack { through_seq });
+        self.transmit(
+            session,
+            &Message::Ack {
+                through_seq,
+                refused,
+            },
+        );
     }
 
     /// Sequence numbers of `replica` above `seq` that were refused for good

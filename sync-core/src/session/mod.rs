@@ -508,7 +508,13 @@ impl Session {
         }
         match (&self.link, message) {
             (Link::Handshaking { .. }, Message::Welcome(welcome)) => self.on_welcome(now, welcome),
-            (Link::Live(_), Message::Ack { through_seq }) => self.on_ack(now, through_seq),
+            (
+                Link::Live(_),
+                Message::Ack {
+                    through_seq,
+                    refused,
+                },
+            ) => self.on_ack(now, through_seq, refused),
             (Link::Live(_), Message::Deliver { from, cursor, ops }) => {
                 self.on_deliver(now, from, cursor, ops)
             }
@@ -564,21 +570,12 @@ impl Session {
             .heartbeat_ms
             .min(u64::from(welcome.heartbeat_ms).max(1000));
         // Refused on an earlier connection: the client may never have heard.
-        let refused: Vec<u64> = welcome
+        let refused = welcome
             .refused
             .iter()
-            .copied()
-            .filter(|&seq| self.replica.outbox().any(|op| op.id.seq == seq))
+            .map(|&seq| (seq, ErrorCode::Stale))
             .collect();
-        if !refused.is_empty() {
-            self.sync.resync = true;
-            self.sync_dirty = true;
-            self.outputs.push_back(Output::Event(Event::OpsRejected {
-                seqs: refused,
-                code: ErrorCode::Stale,
-                message: "refused by the relay on an earlier connection".into(),
-            }));
-        }
+        self.note_refused(refused, "refused by the relay on an earlier connection");
         // The relay already settled these: their acknowledgement was lost.
         self.replica.acknowledge(welcome.accepted_seq);
         let acked_through = self
@@ -624,7 +621,8 @@ impl Session {
         self.flush_pushes(now);
     }
 
-    fn on_ack(&mut self, now: u64, through_seq: u64) {
+    fn on_ack(&mut self, now: u64, through_seq: u64, refused: Vec<(u64, ErrorCode)>) {
+        self.note_refused(refused, "refused by the relay");
         self.replica.acknowledge(through_seq);
         if let Link::Live(live) = &mut self.link {
             while live
@@ -758,6 +756,30 @@ impl Session {
         }
     }
 
+    /// Reports operations the relay refused for good, among those still in
+    /// the outbox, and schedules the resync that takes their effect back out.
+    fn note_refused(&mut self, refused: Vec<(u64, ErrorCode)>, message: &str) {
+        let mut by_code: Vec<(ErrorCode, Vec<u64>)> = Vec::new();
+        for (seq, code) in refused {
+            if !self.replica.outbox().any(|op| op.id.seq == seq) {
+                continue; // Already dropped and reported.
+            }
+            match by_code.iter_mut().find(|(c, _)| *c == code) {
+                Some((_, seqs)) => seqs.push(seq),
+                None => by_code.push((code, vec![seq])),
+            }
+        }
+        for (code, seqs) in by_code {
+            self.sync.resync = true;
+            self.sync_dirty = true;
+            self.outputs.push_back(Output::Event(Event::OpsRejected {
+                seqs,
+                code,
+                message: message.to_owned(),
+            }));
+        }
+    }
+
     /// Tells the relay how many frames are consumed and what is stored.
     fn confirm(&mut self, now: u64, frames: u32) {
         let cursor = self.sync.cursor;
@@ -792,19 +814,7 @@ impl Session {
                 live.in_flight.clear();
                 live.read_only = true;
             }
-            ErrorCode::Stale | ErrorCode::InvalidOp => {
-                // Refused for good; the relay's Ack already settled it and
-                // the outbox dropped it. Resync once the other pushes are
-                // answered, which takes its effect back out of the local state.
-                self.sync.resync = true;
-                self.sync_dirty = true;
-                self.outputs.push_back(Output::Event(Event::OpsRejected {
-                    seqs: vec![seq],
-                    code,
-                    message,
-                }));
-                self.flush_persist();
-            }
+
             _ => {
                 let reason = format!("relay rejected the push: {code:?}: {message}");
                 return self.fail(now, CloseCode::ProtocolError, ErrorCode::Malformed, reason);

@@ -68,7 +68,7 @@ fn outbox_is_drained_only_as_acks_arrive() {
 
     let mut acks = Vec::new();
     while let Some(m) = w.deliver_next_to(a) {
-        if let Message::Ack { through_seq } = m {
+        if let Message::Ack { through_seq, .. } = m {
             acks.push(through_seq);
             assert_eq!(w.c(a).pending() as u64, 2_500 - through_seq);
             assert_eq!(stored_outbox(&w, a) as u64, 2_500 - through_seq);
@@ -104,7 +104,7 @@ fn room_persists_operations_before_it_acks_or_delivers_them() {
                 }
             }
             RoomOutput::Transmit { session, frame } => match msg(frame) {
-                Message::Ack { through_seq } => {
+                Message::Ack { through_seq, .. } => {
                     acks += 1;
                     let replica = if *session == w.conn(a) {
                         w.c(a).id
@@ -195,7 +195,13 @@ fn duplicate_push_is_deduplicated_and_still_acked() {
         "nothing new to persist"
     );
     let sent = w.room_sent_to(w.conn(a));
-    assert_eq!(sent, vec![Message::Ack { through_seq: 3 }]);
+    assert_eq!(
+        sent,
+        vec![Message::Ack {
+            through_seq: 3,
+            refused: Vec::new()
+        }]
+    );
     assert_eq!(w.c(a).pending(), 0);
 }
 

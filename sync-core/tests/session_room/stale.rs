@@ -22,9 +22,11 @@ fn rejections(w: &World, i: usize) -> Vec<(u64, ErrorCode)> {
     w.c(i)
         .received()
         .into_iter()
-        .filter_map(|m| match m {
-            Message::Rejected { seq, code, .. } => Some((seq, code)),
-            _ => None,
+        .flat_map(|m| match m {
+            Message::Rejected { seq, code, .. } => vec![(seq, code)],
+            // Refusals for good travel in the ack that settles them.
+            Message::Ack { refused, .. } => refused,
+            _ => Vec::new(),
         })
         .collect()
 }
