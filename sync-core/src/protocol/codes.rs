@@ -131,16 +131,14 @@ impl CloseCode {
     /// Whether a client should reconnect after this close. Only codes that
     /// mean "this will fail the same way again" stop reconnection.
     ///
-    /// `Superseded` is among them: it means another live connection uses the
-    /// same replica id (two hosts sharing one store), and reconnecting would
-    /// only take turns knocking each other off.
+    /// `Superseded` reconnects: a slow handshake of an abandoned connection
+    /// can overtake the current one. Two hosts that really share a replica
+    /// id take turns at a backoff that keeps growing, because a connection
+    /// cut short never resets it.
     pub fn should_reconnect(self) -> bool {
         !matches!(
             self,
-            CloseCode::UnsupportedVersion
-                | CloseCode::Unauthorized
-                | CloseCode::Forbidden
-                | CloseCode::Superseded
+            CloseCode::UnsupportedVersion | CloseCode::Unauthorized | CloseCode::Forbidden
         )
     }
 }

@@ -182,26 +182,36 @@ fn reconnecting_client_supersedes_its_own_stale_connection_quietly() {
 }
 
 #[test]
-fn superseded_sessions_do_not_keep_superseding_each_other() {
+fn two_hosts_of_one_replica_take_turns_at_a_bounded_rate() {
+    // Two live hosts sharing one replica id is misuse; what matters is that
+    // they do not hammer the relay. (Superseded must still reconnect: a slow
+    // handshake of an abandoned connection can overtake the current one.)
     let mut w = World::new(RoomConfig::default());
     let first = w.add_client(1);
     w.start(first);
     let second = w.add_twin(first);
     w.start(second);
+    let superseded = |w: &World| -> usize {
+        [first, second]
+            .iter()
+            .map(|&i| {
+                w.c(i)
+                    .disconnects()
+                    .iter()
+                    .filter(|d| d.0 == CloseCode::Superseded)
+                    .count()
+            })
+            .sum()
+    };
 
+    w.advance(5 * 60_000);
+    let settled = superseded(&w);
     w.advance(60_000);
-
-    let superseded: usize = [first, second]
-        .iter()
-        .map(|&i| {
-            w.c(i)
-                .disconnects()
-                .iter()
-                .filter(|d| d.0 == CloseCode::Superseded)
-                .count()
-        })
-        .sum();
-    assert_eq!(superseded, 1, "the newer session wins once and for all");
+    let per_minute = superseded(&w) - settled;
+    assert!(
+        per_minute <= 8,
+        "{per_minute} superseded closes per minute at the backoff ceiling"
+    );
 }
 
 #[test]
