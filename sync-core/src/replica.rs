@@ -414,35 +414,13 @@ impl Replica {
         self.clock.observe(snapshot.max_hlc, now)?;
         let other = &snapshot.state;
         for (name, coll) in &other.collections {
-            let before = self
+            // A drop lists the documents it pruned (some of them now gone):
+            // they are announced and rewritten, as when applying the drop.
+            for effect in self
                 .state
-                .collections
-                .get(name)
-                .map(|c| (c.created, c.dropped));
-            self.state
-                .merge_collection(name, coll.created, coll.dropped);
-            let after = self
-                .state
-                .collections
-                .get(name)
-                .map(|c| (c.created, c.dropped));
-            if before != after {
-                self.record_effect(
-                    Effect::Collection {
-                        collection: name.clone(),
-                        documents: Vec::new(),
-                    },
-                    Origin::Remote,
-                );
-                // A drop may have pruned documents: rewrite them all.
-                let ids: Vec<String> = self
-                    .state
-                    .collections
-                    .get(name)
-                    .map_or_else(Vec::new, |c| c.docs.keys().cloned().collect());
-                for id in ids {
-                    self.dirty.docs.insert((name.clone(), id));
-                }
+                .merge_collection(name, coll.created, coll.dropped)
+            {
+                self.record_effect(effect, Origin::Remote);
             }
             for (id, doc) in &coll.docs {
                 let effect = self.state.merge_document(name, id, other.doc_parts(doc));
