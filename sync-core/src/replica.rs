@@ -428,6 +428,11 @@ impl Replica {
             }
         }
         self.version.merge(&snapshot.version);
+        // As in `apply`: our own operations may come back in a snapshot
+        // (say, after restoring an older backup); never reuse their numbers.
+        if let Some(next) = self.version.highest(self.id).checked_add(1) {
+            self.next_seq = self.next_seq.max(next);
+        }
         self.dirty.meta = true;
         Ok(())
     }
