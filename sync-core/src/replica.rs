@@ -588,11 +588,14 @@ impl Replica {
                 None => Write::Delete { key },
             });
         }
-        let first_seq = self.outbox.front().map_or(0, |op| op.id.seq);
         for (seq, keep) in dirty.outbox {
-            let op = seq
-                .checked_sub(first_seq)
-                .and_then(|i| self.outbox.get(usize::try_from(i).ok()?));
+            // Sorted by sequence, but not always gap-free: own operations
+            // coming back from elsewhere move `next_seq` forward.
+            let op = self
+                .outbox
+                .binary_search_by_key(&seq, |op| op.id.seq)
+                .ok()
+                .and_then(|i| self.outbox.get(i));
             batch.writes.push(match op {
                 Some(op) if keep => outbox_record(op),
                 _ => Write::Delete {
