@@ -411,7 +411,10 @@ impl Replica {
     /// Local writes not in the snapshot survive: merging is the same join as
     /// applying operations.
     pub fn merge_snapshot(&mut self, now: u64, snapshot: &Snapshot) -> Result<(), ApplyError> {
-        self.clock.observe(snapshot.max_hlc, now)?;
+        // `max_hlc` is the sender's claim: the drift bound applies to the
+        // stamps themselves, as it does to operations.
+        let newest = newest_stamp(&snapshot.state).max(snapshot.max_hlc);
+        self.clock.observe(newest, now)?;
         let other = &snapshot.state;
         for (name, coll) in &other.collections {
             // A drop lists the documents it pruned (some of them now gone):
@@ -688,6 +691,23 @@ impl Replica {
             events: VecDeque::new(),
         }))
     }
+}
+
+/// The latest clock reading of any stamp in `state` (`ZERO` when empty).
+fn newest_stamp(state: &State) -> Hlc {
+    state
+        .collections
+        .values()
+        .flat_map(|coll| {
+            let docs = coll.docs.values().flat_map(|doc| {
+                let fields = doc.fields.iter().map(|slot| slot.stamp);
+                doc.written.into_iter().chain(doc.deleted).chain(fields)
+            });
+            coll.created.into_iter().chain(coll.dropped).chain(docs)
+        })
+        .map(|stamp| stamp.hlc)
+        .max()
+        .unwrap_or(Hlc::ZERO)
 }
 
 /// What must hold for a write to go ahead.
