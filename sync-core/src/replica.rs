@@ -379,7 +379,9 @@ impl Replica {
         if op.id.replica == self.id {
             // Our own operation coming back (say, after restoring an older
             // backup): never hand out its sequence number again.
-            self.next_seq = self.next_seq.max(op.id.seq + 1);
+            if let Some(next) = op.id.seq.checked_add(1) {
+                self.next_seq = self.next_seq.max(next);
+            }
         }
         self.record_effect(effect, Origin::Remote);
         self.dirty.meta = true;
