@@ -450,12 +450,18 @@ impl Replica {
     /// and acknowledged, and may have collected tombstones the client's state
     /// still needs removed, so merging would be wrong where replacing is right.
     pub fn reset_to_snapshot(&mut self, now: u64, snapshot: &Snapshot) -> Result<(), ApplyError> {
-        self.clock.observe(snapshot.max_hlc, now)?;
+        // As in `merge_snapshot`: check the stamps, not only the claim.
+        let newest = newest_stamp(&snapshot.state).max(snapshot.max_hlc);
+        self.clock.observe(newest, now)?;
         let old = std::mem::replace(&mut self.state, snapshot.state.clone());
         self.version = snapshot.version.clone();
         for op in &self.outbox {
             self.state.apply(op);
             self.version.insert(op.id);
+        }
+        // As in `apply`: never reuse the number of an own operation it holds.
+        if let Some(next) = self.version.highest(self.id).checked_add(1) {
+            self.next_seq = self.next_seq.max(next);
         }
         // Rewrite every record either state has, and announce every change.
         for (name, coll) in &old.collections {
