@@ -1098,6 +1098,54 @@ fn snapshot_with_stamps_beyond_the_drift_bound_is_refused() {
     }
 }
 
+/// The same holds when a snapshot replaces the state (a client catching up
+/// after the relay compacted past its cursor).
+#[test]
+fn own_operations_in_a_reset_snapshot_are_never_renumbered() {
+    let mut store = MemoryStore::new();
+    let mut alice = replica(1);
+    let mut relay = reader();
+    alice.put(NOW, "c", "d", [("a", 1)]).unwrap();
+    persist(&mut alice, &mut store);
+    alice.put(NOW + 1, "c", "d", [("a", 2)]).unwrap();
+    alice.put(NOW + 2, "c", "d", [("a", 3)]).unwrap();
+    sync(&alice, &mut relay, NOW + 2);
+
+    let mut old = restore(&store);
+    old.reset_to_snapshot(NOW + 3, &snapshot_of(&relay))
+        .unwrap();
+    assert_eq!(fields(&old), map(&[("a", 3.into())]));
+    old.put(NOW + 3, "c", "d", [("a", 4)]).unwrap();
+    let new_op = old.outbox().last().unwrap().clone();
+    assert!(
+        new_op.id.seq > 3,
+        "sequence number {} reused",
+        new_op.id.seq
+    );
+    assert_eq!(relay.apply(NOW + 3, &new_op), Ok(Applied::New));
+}
+
+/// Replacing the state with a snapshot checks its stamps against the drift
+/// bound too, not only the `max_hlc` it claims.
+#[test]
+fn reset_to_a_snapshot_with_stamps_beyond_the_drift_bound_is_refused() {
+    let mut ahead = replica(1);
+    ahead
+        .put(NOW + 3_600_000, "c", "d", [("a", "from the future")])
+        .unwrap();
+    let honest = snapshot_of(&ahead);
+    let understated = Snapshot::encode(&honest.state, &honest.version, Hlc::ZERO, Hlc::ZERO);
+    let understated = Snapshot::decode(&understated).expect("well-formed");
+    let mut r = replica(2);
+    r.put(NOW, "c", "d", [("a", "now")]).unwrap();
+    let before = observable(&r);
+    assert!(matches!(
+        r.reset_to_snapshot(NOW, &understated),
+        Err(ApplyError::Clock(ClockError::DriftExceeded { .. }))
+    ));
+    assert_eq!(observable(&r), before);
+}
+
 /// A peer can send an operation with any sequence number, including the
 /// largest; that must not overflow.
 #[test]
