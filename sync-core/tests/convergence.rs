@@ -2,7 +2,8 @@
 //! through the public API (put, put_if, unset, delete, create, drop), each
 //! with its own advancing wall clock, and exchange operations over a lossy,
 //! reordering, duplicating network — directly from outboxes, through a relay
-//! log with acknowledgements, and by snapshots. Along the way they restart
+//! log with acknowledgements, by merging snapshots and by replacing their
+//! state with a snapshot. Along the way they restart
 //! from their persisted records (which must give back exactly the same
 //! replica), and some are restored from an older backup and catch up on
 //! their own later operations (by operations or by a snapshot) before
@@ -63,14 +64,28 @@ enum Action {
     Pull { node: Index, entry: Index },
     /// A replica merges another's snapshot.
     Snapshot { from: Index, to: Index },
+    /// A replica replaces its state with another's snapshot (as after the
+    /// relay compacted past its cursor); what it loses comes back later.
+    Reset { from: Index, to: Index },
     /// A replica restarts from its store.
     Restart { node: Index },
     /// A replica's store is copied aside.
     Backup { node: Index },
-    /// A replica is restored from its last backup (if any), then gets back
-    /// its own operations made since — as operations, or in a snapshot —
-    /// as a relay would send them before it writes again.
-    RestoreBackup { node: Index, via_snapshot: bool },
+    /// A replica is restored from its last backup (if any), then catches up
+    /// on its own operations made since, as a relay would send them before
+    /// it writes again.
+    RestoreBackup { node: Index, catch_up: CatchUp },
+}
+
+/// How a replica restored from a backup gets its own later operations back.
+#[derive(Clone, Copy, Debug)]
+enum CatchUp {
+    /// As operations.
+    Ops,
+    /// By merging a snapshot holding every operation made so far.
+    Merge,
+    /// By replacing its state with such a snapshot.
+    Reset,
 }
 
 fn set_fields() -> impl Strategy<Value = Vec<(String, Value)>> {
@@ -108,10 +123,14 @@ fn action() -> impl Strategy<Value = Action> {
         2 => any::<(Index, Index)>().prop_map(|(node, count)| Action::Push { node, count }),
         4 => any::<(Index, Index)>().prop_map(|(node, entry)| Action::Pull { node, entry }),
         1 => any::<(Index, Index)>().prop_map(|(from, to)| Action::Snapshot { from, to }),
+        1 => any::<(Index, Index)>().prop_map(|(from, to)| Action::Reset { from, to }),
         1 => any::<Index>().prop_map(|node| Action::Restart { node }),
         1 => any::<Index>().prop_map(|node| Action::Backup { node }),
-        1 => (any::<Index>(), any::<bool>())
-            .prop_map(|(node, via_snapshot)| Action::RestoreBackup { node, via_snapshot }),
+        1 => (
+            any::<Index>(),
+            prop_oneof![Just(CatchUp::Ops), Just(CatchUp::Merge), Just(CatchUp::Reset)],
+        )
+            .prop_map(|(node, catch_up)| Action::RestoreBackup { node, catch_up }),
     ]
 }
 
@@ -263,14 +282,23 @@ impl World {
                     .expect("snapshot within drift");
                 to.settle(Origin::Remote);
             }
+            Action::Reset { from, to } => {
+                let bytes = from.get(&self.nodes).replica.encode_snapshot();
+                let snapshot = Snapshot::decode(&bytes).expect("own snapshot decodes");
+                let to = to.get_mut(&mut self.nodes);
+                to.replica
+                    .reset_to_snapshot(to.now, &snapshot)
+                    .expect("snapshot within drift");
+                to.settle(Origin::Remote);
+            }
             Action::Restart { node } => restart(node.get_mut(&mut self.nodes)),
             Action::Backup { node } => {
                 let node = node.get_mut(&mut self.nodes);
                 node.backup = Some(node.store.clone());
             }
-            Action::RestoreBackup { node, via_snapshot } => {
+            Action::RestoreBackup { node, catch_up } => {
                 let node = node.get_mut(&mut self.nodes);
-                restore_backup(node, &self.made, *via_snapshot);
+                restore_backup(node, &self.made, *catch_up);
             }
         }
     }
@@ -412,9 +440,9 @@ fn restart(node: &mut Node) {
 }
 
 /// Restores a replica from its backup, then hands it back its own
-/// operations made since (all of `made` that are its own), as operations or
-/// as a snapshot of a replica that holds them.
-fn restore_backup(node: &mut Node, made: &[Op], via_snapshot: bool) {
+/// operations made since: as operations (its own in `made`), or as a
+/// snapshot of a relay that holds every operation made.
+fn restore_backup(node: &mut Node, made: &[Op], catch_up: CatchUp) {
     let Some(backup) = node.backup.clone() else {
         return;
     };
@@ -424,18 +452,28 @@ fn restore_backup(node: &mut Node, made: &[Op], via_snapshot: bool) {
         .expect("backup restores")
         .expect("backup is not empty");
     node.store = backup;
-    let own: Vec<&Op> = made.iter().filter(|op| op.id.replica == id).collect();
-    if via_snapshot {
+    let relay_snapshot = || {
         let mut relay = reader();
-        common::apply_all(&mut relay, own.iter().copied());
-        let snapshot = Snapshot::decode(&relay.encode_snapshot()).expect("decodes");
-        node.replica
-            .merge_snapshot(node.now, &snapshot)
-            .expect("own stamps are within drift");
-        node.settle(Origin::Remote);
-    } else {
-        for op in own {
-            receive(node, op);
+        common::apply_all(&mut relay, made);
+        Snapshot::decode(&relay.encode_snapshot()).expect("decodes")
+    };
+    match catch_up {
+        CatchUp::Ops => {
+            for op in made.iter().filter(|op| op.id.replica == id) {
+                receive(node, op);
+            }
+        }
+        CatchUp::Merge => {
+            node.replica
+                .merge_snapshot(node.now, &relay_snapshot())
+                .expect("stamps are within drift");
+            node.settle(Origin::Remote);
+        }
+        CatchUp::Reset => {
+            node.replica
+                .reset_to_snapshot(node.now, &relay_snapshot())
+                .expect("stamps are within drift");
+            node.settle(Origin::Remote);
         }
     }
     assert_eq!(
