@@ -409,7 +409,9 @@ impl Replica {
         if id.replica == self.id {
             // Our own operation coming back (say, after restoring an older
             // backup): never hand out its sequence number again.
-            self.next_seq = self.next_seq.max(id.seq + 1);
+            if let Some(next) = id.seq.checked_add(1) {
+                self.next_seq = self.next_seq.max(next);
+            }
         }
         self.record_effect(effect, Origin::Remote);
         self.dirty.meta = true;
@@ -440,38 +442,18 @@ impl Replica {
     /// Local writes not in the snapshot survive: merging is the same join as
     /// applying operations.
     pub fn merge_snapshot(&mut self, now: u64, snapshot: &Snapshot) -> Result<(), ApplyError> {
-        self.clock.observe(snapshot.max_hlc, now)?;
+        // `max_hlc` is the sender's claim: the drift bound applies to the
+        // stamps themselves, as it does to operations.
+        self.clock.observe(snapshot.newest_hlc(), now)?;
         let other = &snapshot.state;
         for (name, coll) in &other.collections {
-            let before = self
+            // A drop lists the documents it pruned (some of them now gone):
+            // they are announced and rewritten, as when applying the drop.
+            for effect in self
                 .state
-                .collections
-                .get(name)
-                .map(|c| (c.created, c.dropped));
-            self.state
-                .merge_collection(name, coll.created, coll.dropped);
-            let after = self
-                .state
-                .collections
-                .get(name)
-                .map(|c| (c.created, c.dropped));
-            if before != after {
-                self.record_effect(
-                    Effect::Collection {
-                        collection: name.clone(),
-                        documents: Vec::new(),
-                    },
-                    Origin::Remote,
-                );
-                // A drop may have pruned documents: rewrite them all.
-                let ids: Vec<String> = self
-                    .state
-                    .collections
-                    .get(name)
-                    .map_or_else(Vec::new, |c| c.docs.keys().cloned().collect());
-                for id in ids {
-                    self.dirty.docs.insert((name.clone(), id));
-                }
+                .merge_collection(name, coll.created, coll.dropped)
+            {
+                self.record_effect(effect, Origin::Remote);
             }
             for (id, doc) in &coll.docs {
                 let effect = self.state.merge_document(name, id, other.doc_parts(doc));
@@ -479,6 +461,11 @@ impl Replica {
             }
         }
         self.version.merge(&snapshot.version);
+        // As in `apply`: our own operations may come back in a snapshot
+        // (say, after restoring an older backup); never reuse their numbers.
+        if let Some(next) = self.version.highest(self.id).checked_add(1) {
+            self.next_seq = self.next_seq.max(next);
+        }
         self.dirty.meta = true;
         Ok(())
     }
@@ -491,12 +478,17 @@ impl Replica {
     /// and acknowledged, and may have collected tombstones the client's state
     /// still needs removed, so merging would be wrong where replacing is right.
     pub fn reset_to_snapshot(&mut self, now: u64, snapshot: Snapshot) -> Result<(), ApplyError> {
-        self.clock.observe(snapshot.max_hlc, now)?;
+        // As in `merge_snapshot`: check the stamps, not only the claim.
+        self.clock.observe(snapshot.newest_hlc(), now)?;
         let old = std::mem::replace(&mut self.state, snapshot.state);
         self.version = snapshot.version;
         for op in &self.outbox {
             self.state.apply(op);
             self.version.insert(op.id);
+        }
+        // As in `apply`: never reuse the number of an own operation it holds.
+        if let Some(next) = self.version.highest(self.id).checked_add(1) {
+            self.next_seq = self.next_seq.max(next);
         }
         // Rewrite every record either state has, and announce every change.
         for (name, coll) in &old.collections {
@@ -634,11 +626,14 @@ impl Replica {
                 None => Write::Delete { key },
             });
         }
-        let first_seq = self.outbox.front().map_or(0, |op| op.id.seq);
         for (seq, keep) in dirty.outbox {
-            let op = seq
-                .checked_sub(first_seq)
-                .and_then(|i| self.outbox.get(usize::try_from(i).ok()?));
+            // Sorted by sequence, but not always gap-free: own operations
+            // coming back from elsewhere move `next_seq` forward.
+            let op = self
+                .outbox
+                .binary_search_by_key(&seq, |op| op.id.seq)
+                .ok()
+                .and_then(|i| self.outbox.get(i));
             batch.writes.push(match op {
                 Some(op) if keep => outbox_record(op),
                 _ => Write::Delete {
@@ -733,6 +728,7 @@ impl Replica {
     }
 }
 
+/// The latest clock reading of any stamp in `state` (`ZERO` when empty).
 /// What must hold for a write to go ahead.
 #[derive(Clone, Copy)]
 enum Precondition {

@@ -90,6 +90,26 @@ pub enum SnapshotError {
 }
 
 impl Snapshot {
+    /// The newest clock reading in the snapshot: `max_hlc`, or a newer stamp
+    /// if the state holds one (`max_hlc` is only the sender's claim).
+    pub fn newest_hlc(&self) -> Hlc {
+        let state = &self.state;
+        state
+            .collections
+            .values()
+            .flat_map(|coll| {
+                let docs = coll.docs.values().flat_map(|doc| {
+                    let fields = doc.fields.iter().map(|slot| slot.stamp);
+                    doc.written.into_iter().chain(doc.deleted).chain(fields)
+                });
+                coll.created.into_iter().chain(coll.dropped).chain(docs)
+            })
+            .map(|stamp| stamp.hlc)
+            .max()
+            .unwrap_or(Hlc::ZERO)
+            .max(self.max_hlc)
+    }
+
     /// A snapshot of nothing: no state, no operations.
     pub fn empty() -> Snapshot {
         Snapshot {
@@ -134,8 +154,14 @@ impl Snapshot {
     /// Decodes and verifies snapshot bytes.
     pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
         let payload = verified_payload(bytes)?;
-        let body: Body =
-            postcard::from_bytes(payload).map_err(|e| SnapshotError::Malformed(e.to_string()))?;
+        let (body, rest): (Body, _) = postcard::take_from_bytes(payload)
+            .map_err(|e| SnapshotError::Malformed(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(SnapshotError::Malformed(format!(
+                "{} bytes after the body",
+                rest.len()
+            )));
+        }
         body.into_snapshot()
     }
 }

@@ -359,18 +359,16 @@ impl State {
     }
 
     /// Joins a collection's own stamps from another replica (a snapshot).
+    /// Returns what the drop and the create changed, as applying them would.
     pub(crate) fn merge_collection(
         &mut self,
         collection: &str,
         created: Option<Stamp>,
         dropped: Option<Stamp>,
-    ) {
-        if let Some(dropped) = dropped {
-            self.drop_collection(collection, dropped);
-        }
-        if let Some(created) = created {
-            self.create_collection(collection, created);
-        }
+    ) -> [Effect; 2] {
+        let dropped = dropped.map_or(Effect::Unchanged, |d| self.drop_collection(collection, d));
+        let created = created.map_or(Effect::Unchanged, |c| self.create_collection(collection, c));
+        [dropped, created]
     }
 
     /// Forgets tombstones stamped at or before `horizon`: document deletes,

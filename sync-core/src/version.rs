@@ -51,11 +51,9 @@ impl SeqSet {
         if self.contains(seq) || seq == 0 {
             return false;
         }
-        if seq == self.contiguous + 1 {
+        if Some(seq) == self.contiguous.checked_add(1) {
             self.contiguous = seq;
-            while self.ahead.remove(&(self.contiguous + 1)) {
-                self.contiguous += 1;
-            }
+            self.absorb_ahead();
         } else {
             self.ahead.insert(seq);
         }
@@ -66,10 +64,22 @@ impl SeqSet {
     pub fn insert_through(&mut self, seq: u64) {
         if seq > self.contiguous {
             self.contiguous = seq;
-            self.ahead = self.ahead.split_off(&(seq + 1));
-            while self.ahead.remove(&(self.contiguous + 1)) {
-                self.contiguous += 1;
+            self.ahead = match seq.checked_add(1) {
+                Some(next) => self.ahead.split_off(&next),
+                None => BTreeSet::new(),
+            };
+            self.absorb_ahead();
+        }
+    }
+
+    /// Moves numbers that continue the contiguous prefix out of `ahead`.
+    /// Sequence numbers come from peers, so `u64::MAX` must not overflow.
+    fn absorb_ahead(&mut self) {
+        while let Some(next) = self.contiguous.checked_add(1) {
+            if !self.ahead.remove(&next) {
+                break;
             }
+            self.contiguous = next;
         }
     }
 

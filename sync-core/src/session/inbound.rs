@@ -31,7 +31,7 @@ impl Inbound {
     fn blocking_wall_ms(&self) -> Option<u64> {
         match self {
             Inbound::Ops { ops, .. } => ops.iter().map(|op| op.hlc.wall_ms()).min(),
-            Inbound::Snapshot { snapshot, .. } => Some(snapshot.max_hlc.wall_ms()),
+            Inbound::Snapshot { snapshot, .. } => Some(snapshot.newest_hlc().wall_ms()),
         }
     }
 }
@@ -98,9 +98,9 @@ impl InboundQueue {
                     (!ops.is_empty(), *cursor, ahead)
                 }
                 Inbound::Snapshot { snapshot, cursor } => {
-                    let max_hlc = snapshot.max_hlc;
-                    if replica.check_drift(max_hlc, now).is_err() {
-                        (true, *cursor, max_hlc.wall_ms().saturating_sub(now))
+                    let newest = snapshot.newest_hlc();
+                    if replica.check_drift(newest, now).is_err() {
+                        (true, *cursor, newest.wall_ms().saturating_sub(now))
                     } else {
                         let cursor = *cursor;
                         let snapshot = std::mem::replace(snapshot, Box::new(Snapshot::empty()));
