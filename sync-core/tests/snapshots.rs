@@ -392,10 +392,8 @@ fn a_snapshot_version_vector_is_merged() {
     );
 }
 
-/// Known, left alone (snapshot format, not a merge rule): the payload is
-/// parsed with `postcard::from_bytes`, which ignores bytes after the body,
-/// so junk inside the announced length (with a matching checksum) is
-/// accepted, unlike store records, which refuse trailing bytes.
+/// Junk inside the announced length (with a matching checksum) is refused,
+/// as store records refuse trailing bytes.
 #[test]
 fn junk_after_the_body_is_refused() {
     let mut payload = postcard::to_allocvec(&valid_body()).unwrap();
