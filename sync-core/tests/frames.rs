@@ -107,6 +107,7 @@ fn message() -> impl Strategy<Value = Message> {
                     token,
                     cursor,
                     own_seq,
+                    settled_seq: own_seq / 2,
                     agent,
                 })
             }),
@@ -127,12 +128,16 @@ fn message() -> impl Strategy<Value = Message> {
                         heartbeat_ms,
                         max_batch_ops,
                         max_batch_bytes,
+                        refused: vec![accepted_seq / 2],
                         cursor,
                     })
                 }
             ),
         ops().prop_map(|ops| Message::Push { ops }),
-        any::<u64>().prop_map(|through_seq| Message::Ack { through_seq }),
+        (any::<u64>(), any::<u64>()).prop_map(|(through_seq, seq)| Message::Ack {
+            through_seq,
+            refused: vec![(seq, ErrorCode::Stale)]
+        }),
         (any::<u64>(), any::<u64>(), ops()).prop_map(|(from, cursor, ops)| Message::Deliver {
             from,
             cursor,
@@ -152,7 +157,8 @@ fn message() -> impl Strategy<Value = Message> {
                     bytes,
                 }
             ),
-        any::<u64>().prop_map(|cursor| Message::Applied { cursor }),
+        (any::<u64>(), any::<u32>())
+            .prop_map(|(cursor, frames)| Message::Applied { cursor, frames }),
         (any::<u64>(), error_code(), any::<u64>(), ".{0,16}").prop_map(
             |(seq, code, retry_after_ms, message)| Message::Rejected {
                 seq,

@@ -60,6 +60,7 @@ fn hello() -> Vec<u8> {
         token: vec![1, 2, 3, 4, 5, 6],
         cursor: 300,
         own_seq: 7,
+        settled_seq: 6,
         agent: "concord/0.1".into(),
     }))
 }
@@ -196,6 +197,7 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
             heartbeat_ms: 1,
             max_batch_ops: 1,
             max_batch_bytes: 1,
+            refused: Vec::new(),
             cursor: 1,
         }));
         f[5] = 2;
@@ -344,41 +346,41 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
     );
     add(
         "snapshot-len-2p60-names",
-        snapshot(&with(&[0, 0], &two_60, &[])),
+        snapshot(&with(&[0, 0, 0], &two_60, &[])),
     );
     add(
         "snapshot-len-2p60-fields",
         snapshot(&with(
-            &[0, 0, 0, 0, 1, 1, b'c', 0, 0, 1, 1, b'd', 0, 0],
+            &[0, 0, 0, 0, 0, 1, 1, b'c', 0, 0, 1, 1, b'd', 0, 0],
             &two_60,
             &[],
         )),
     );
     add(
         "snapshot-collections-out-of-order",
-        snapshot(&[0, 0, 0, 0, 2, 1, b'b', 0, 0, 0, 1, b'a', 0, 0, 0]),
+        snapshot(&[0, 0, 0, 0, 0, 2, 1, b'b', 0, 0, 0, 1, b'a', 0, 0, 0]),
     );
     add(
         "snapshot-replica-index-out-of-range",
-        snapshot(&[0, 0, 0, 0, 1, 1, b'a', 1, 5, 3, 0, 0]),
+        snapshot(&[0, 0, 0, 0, 0, 1, 1, b'a', 1, 5, 3, 0, 0]),
     );
     add(
         "snapshot-field-index-out-of-range",
         snapshot(&[
-            0, 0, 0, 1, 9, 1, 1, b'c', 0, 0, 1, 1, b'd', 1, 5, 0, 0, 1, 0, 5, 0, 0,
+            0, 0, 0, 0, 1, 9, 1, 1, b'c', 0, 0, 1, 1, b'd', 1, 5, 0, 0, 1, 0, 1, 5, 0, 0,
         ]),
     );
     add("snapshot-depth-65-value", {
         let mut body = vec![
-            0, 0, 1, 1, b'f', 1, 9, 1, 1, b'c', 0, 0, 1, 1, b'd', 1, 5, 0, 0, 1,
+            0, 0, 0, 1, 1, b'f', 1, 9, 1, 1, b'c', 0, 0, 1, 1, b'd', 1, 5, 0, 0, 1,
         ];
-        body.extend_from_slice(&[0, 5, 0, 1]);
+        body.extend_from_slice(&[0, 1, 5, 0, 1]);
         body.extend_from_slice(&nested(65, &[6, 1], &[0]));
         snapshot(&body)
     });
     add(
         "snapshot-empty-collection-name",
-        snapshot(&[0, 0, 0, 0, 1, 0, 0, 0, 0]),
+        snapshot(&[0, 0, 0, 0, 0, 1, 0, 0, 0, 0]),
     );
     c
 }
@@ -557,14 +559,14 @@ fn the_frames_the_crashers_are_cut_from_are_valid() {
     assert!(protocol::decode(&[1, 10, 16, 0], max).is_ok());
     assert!(Snapshot::decode(&valid_snapshot()).is_ok());
     let mut depth_64 = vec![
-        0, 0, 1, 1, b'f', 1, 9, 1, 1, b'c', 0, 0, 1, 1, b'd', 1, 5, 0, 0, 1,
+        0, 0, 0, 1, 1, b'f', 1, 9, 1, 1, b'c', 0, 0, 1, 1, b'd', 1, 5, 0, 0, 1,
     ];
-    depth_64.extend_from_slice(&[0, 5, 0, 1]);
+    depth_64.extend_from_slice(&[0, 1, 5, 0, 1]);
     depth_64.extend_from_slice(&nested(64, &[6, 1], &[0]));
     assert!(Snapshot::decode(&snapshot(&depth_64)).is_ok());
     assert!(
         Snapshot::decode(&snapshot(&[
-            0, 0, 0, 0, 2, 1, b'a', 0, 0, 0, 1, b'b', 0, 0, 0
+            0, 0, 0, 0, 0, 2, 1, b'a', 0, 0, 0, 1, b'b', 0, 0, 0
         ]))
         .is_ok()
     );

@@ -129,6 +129,7 @@ fn vectors() -> Vec<Vector> {
                 token: vec![0x74, 0x6f, 0x6b, 0x00, 0xff],
                 cursor: 300,
                 own_seq: 7,
+                settled_seq: 6,
                 agent: "concord/0.1".into(),
             })),
         },
@@ -143,6 +144,7 @@ fn vectors() -> Vec<Vector> {
                 heartbeat_ms: 15_000,
                 max_batch_ops: 1000,
                 max_batch_bytes: 1 << 20,
+                refused: vec![5],
                 cursor: 300,
             })),
         },
@@ -157,6 +159,7 @@ fn vectors() -> Vec<Vector> {
                 heartbeat_ms: 1000,
                 max_batch_ops: 1,
                 max_batch_bytes: 128,
+                refused: Vec::new(),
                 cursor: 0,
             })),
         },
@@ -317,8 +320,11 @@ fn vectors() -> Vec<Vector> {
         },
         Vector {
             name: "ack",
-            about: "Message::Ack through seq 7".into(),
-            kind: Kind::Frame(Message::Ack { through_seq: 7 }),
+            about: "Message::Ack through seq 7, seq 6 refused as stale".into(),
+            kind: Kind::Frame(Message::Ack {
+                through_seq: 7,
+                refused: vec![(6, ErrorCode::Stale)],
+            }),
         },
         Vector {
             name: "deliver",
@@ -387,8 +393,11 @@ fn vectors() -> Vec<Vector> {
         },
         Vector {
             name: "applied",
-            about: "Message::Applied through cursor 303".into(),
-            kind: Kind::Frame(Message::Applied { cursor: 303 }),
+            about: "Message::Applied through cursor 303, confirming one frame".into(),
+            kind: Kind::Frame(Message::Applied {
+                cursor: 303,
+                frames: 1,
+            }),
         },
         Vector {
             name: "rejected-clock-ahead",
@@ -402,13 +411,13 @@ fn vectors() -> Vec<Vector> {
             }),
         },
         Vector {
-            name: "rejected-invalid-op",
-            about: "Message::Rejected: seq 10 breaks the data model's rules".into(),
+            name: "rejected-read-only",
+            about: "Message::Rejected: seq 10 pushed by a read-only session".into(),
             kind: Kind::Frame(Message::Rejected {
                 seq: 10,
-                code: ErrorCode::InvalidOp,
+                code: ErrorCode::ReadOnly,
                 retry_after_ms: 0,
-                message: "bad".into(),
+                message: "read only".into(),
             }),
         },
         Vector {
@@ -519,7 +528,12 @@ fn golden_vectors() {
             Kind::Snapshot(_) => {
                 let snapshot =
                     Snapshot::decode(&golden).unwrap_or_else(|e| panic!("{}: {e}", vector.name));
-                let again = Snapshot::encode(&snapshot.state, &snapshot.version, snapshot.max_hlc);
+                let again = Snapshot::encode(
+                    &snapshot.state,
+                    &snapshot.version,
+                    snapshot.max_hlc,
+                    snapshot.tombstone_horizon,
+                );
                 assert_eq!(
                     again, golden,
                     "{}: decode + encode changes bytes",
