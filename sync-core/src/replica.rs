@@ -706,6 +706,13 @@ impl Replica {
                 Ok(None)
             };
         };
+        let own_highest = meta.version.highest(meta.replica);
+        if meta.next_seq == 0 || meta.next_seq <= own_highest {
+            return Err(RestoreError::Inconsistent(format!(
+                "next sequence number {} is not above the replica's own operations (up to {own_highest})",
+                meta.next_seq
+            )));
+        }
         if let Some(op) = outbox
             .values()
             .find(|op| op.id.replica != meta.replica || op.id.seq >= meta.next_seq)

@@ -12,9 +12,37 @@ use crate::stamp::ReplicaId;
 /// Almost always a contiguous prefix `1..=contiguous`; operations that
 /// arrived ahead of a gap are kept in `ahead` until the gap fills.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawSeqSet")]
 pub struct SeqSet {
     contiguous: u64,
     ahead: BTreeSet<u64>,
+}
+
+/// A `SeqSet` as decoded, before its canonical form is checked.
+#[derive(Deserialize)]
+struct RawSeqSet {
+    contiguous: u64,
+    ahead: BTreeSet<u64>,
+}
+
+impl TryFrom<RawSeqSet> for SeqSet {
+    type Error = String;
+
+    /// Only the canonical form is accepted: every number kept `ahead` is
+    /// beyond the contiguous prefix and the gap after it, so two equal sets
+    /// always compare equal.
+    fn try_from(raw: RawSeqSet) -> Result<SeqSet, String> {
+        match raw.ahead.first() {
+            Some(&first) if first <= raw.contiguous.saturating_add(1) => Err(format!(
+                "sequence set not canonical: {first} kept apart from the prefix 1..={}",
+                raw.contiguous
+            )),
+            _ => Ok(SeqSet {
+                contiguous: raw.contiguous,
+                ahead: raw.ahead,
+            }),
+        }
+    }
 }
 
 impl SeqSet {

@@ -555,6 +555,27 @@ impl Session {
     }
 
     fn on_welcome(&mut self, now: u64, welcome: Welcome) {
+        if welcome.accepted_seq >= self.replica.next_seq() {
+            // The relay settled numbers this store never handed out: it was
+            // restored from an older copy, and new writes would reuse them.
+            self.outputs
+                .push_back(Output::Event(Event::StoreBehindRelay {
+                    relay_seq: welcome.accepted_seq,
+                    local_next_seq: self.replica.next_seq(),
+                }));
+            let reason = "this replica's store is older than the relay's record of it".to_owned();
+            self.outputs.push_back(Output::Close {
+                code: CloseCode::Normal,
+                reason: reason.clone(),
+            });
+            self.link = Link::Offline;
+            self.outputs.push_back(Output::Event(Event::Disconnected {
+                code: CloseCode::Normal,
+                reason,
+                retry_at: None,
+            }));
+            return;
+        }
         let max_batch_ops = self
             .config
             .max_batch_ops
