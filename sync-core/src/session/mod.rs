@@ -27,7 +27,7 @@ mod inbound;
 
 pub use backoff::Backoff;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -256,6 +256,10 @@ pub struct Session {
     inbound: InboundQueue,
     outputs: VecDeque<Output>,
     reported_timeout: Option<u64>,
+    /// Refused operations already reported since the last resync. An ack
+    /// overtaken by a later one must still report its refusals, so whether
+    /// an operation is still in the outbox cannot be the test.
+    reported_refusals: BTreeSet<u64>,
 }
 
 impl Session {
@@ -278,6 +282,7 @@ impl Session {
             inbound: InboundQueue::default(),
             outputs: VecDeque::new(),
             reported_timeout: None,
+            reported_refusals: BTreeSet::new(),
         }
     }
 
@@ -782,8 +787,8 @@ impl Session {
     fn note_refused(&mut self, refused: Vec<(u64, ErrorCode)>, message: &str) {
         let mut by_code: Vec<(ErrorCode, Vec<u64>)> = Vec::new();
         for (seq, code) in refused {
-            if !self.replica.outbox().any(|op| op.id.seq == seq) {
-                continue; // Already dropped and reported.
+            if seq >= self.replica.next_seq() || !self.reported_refusals.insert(seq) {
+                continue; // Not ours, or already reported.
             }
             match by_code.iter_mut().find(|(c, _)| *c == code) {
                 Some((_, seqs)) => seqs.push(seq),
@@ -1024,6 +1029,7 @@ impl Session {
         let _ = self.replica.reset_to_snapshot(now, empty);
         self.sync.cursor = 0;
         self.sync.resync = false;
+        self.reported_refusals.clear();
         self.sync_dirty = true;
         self.flush_persist();
         self.lose_link(
