@@ -29,6 +29,7 @@ pub use compaction::{Compacted, CompactionError, CompactionJob};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
+use crate::deadline::ReportedDeadline;
 use crate::hlc::{DEFAULT_MAX_DRIFT_MS, Hlc};
 use crate::op::Op;
 use crate::protocol::{self, CloseCode, ErrorCode, Hello, Message, Welcome};
@@ -291,7 +292,7 @@ pub struct Room {
     last_compaction_at: Option<u64>,
     outputs: VecDeque<RoomOutput>,
     pending_persist: RoomPersist,
-    reported_timeout: Option<u64>,
+    reported_timeout: ReportedDeadline,
 }
 
 impl Room {
@@ -310,7 +311,7 @@ impl Room {
             last_compaction_at: None,
             outputs: VecDeque::new(),
             pending_persist: RoomPersist::default(),
-            reported_timeout: None,
+            reported_timeout: ReportedDeadline::default(),
         }
     }
 
@@ -426,11 +427,7 @@ impl Room {
             return Some(out);
         }
         let next = self.next_timeout();
-        if next != self.reported_timeout {
-            self.reported_timeout = next;
-            return next.map(RoomOutput::Timeout);
-        }
-        None
+        self.reported_timeout.report(next).map(RoomOutput::Timeout)
     }
 
     /// When the room next needs `RoomInput::Timeout`.

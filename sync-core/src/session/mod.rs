@@ -31,6 +31,7 @@ use std::collections::{BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use crate::deadline::ReportedDeadline;
 use crate::event::Event;
 use crate::op::Op;
 use crate::persist::{PersistBatch, RecordError, StoreKey, Write, decode_record, encode_record};
@@ -255,7 +256,7 @@ pub struct Session {
     rng: SplitMix64,
     inbound: InboundQueue,
     outputs: VecDeque<Output>,
-    reported_timeout: Option<u64>,
+    reported_timeout: ReportedDeadline,
     /// Refused operations already reported since the last resync. An ack
     /// overtaken by a later one must still report its refusals, so whether
     /// an operation is still in the outbox cannot be the test.
@@ -281,7 +282,7 @@ impl Session {
             rng: SplitMix64::new(seed),
             inbound: InboundQueue::default(),
             outputs: VecDeque::new(),
-            reported_timeout: None,
+            reported_timeout: ReportedDeadline::default(),
             reported_refusals: BTreeSet::new(),
         }
     }
@@ -910,11 +911,7 @@ impl Session {
             return Some(Output::Event(event));
         }
         let next = self.next_timeout();
-        if next != self.reported_timeout {
-            self.reported_timeout = next;
-            return next.map(Output::Timeout);
-        }
-        None
+        self.reported_timeout.report(next).map(Output::Timeout)
     }
 
     /// When the session next needs `Input::Timeout`, if ever.
