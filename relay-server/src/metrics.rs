@@ -387,7 +387,10 @@ mod tests {
     #[test]
     fn tags_match_the_protocol() {
         assert_eq!(
-            frame_tag(&encode(&Message::Ack { through_seq: 9 })),
+            frame_tag(&encode(&Message::Ack {
+                through_seq: 9,
+                refused: Vec::new(),
+            })),
             Some(TAG_ACK)
         );
         let error = Message::Error {

@@ -283,7 +283,10 @@ async fn a_client_that_confirms_without_reading_hits_the_outbound_bound() {
     let mut writer = Client::new(1, "r", &token, &relay.url());
     writer.start();
     let value = "x".repeat(2000);
-    let applied = protocol::encode(&Message::Applied { cursor: u64::MAX });
+    let applied = protocol::encode(&Message::Applied {
+        cursor: u64::MAX,
+        frames: 1,
+    });
     let mut cut_off = false;
     let started = std::time::Instant::now();
     'outer: for round in 0..200 {

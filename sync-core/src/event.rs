@@ -69,6 +69,17 @@ pub enum Event {
         /// (negative: ours are ahead of the relay's).
         ahead_ms: i64,
     },
+    /// The relay holds operations of this replica numbered beyond any this
+    /// store has made: the store was restored from an older copy. Syncing
+    /// stops (nothing is pushed that the relay would mistake for operations
+    /// it already has); open the database under a new replica id and copy the
+    /// documents over.
+    StoreBehindRelay {
+        /// Highest sequence number of this replica the relay holds.
+        relay_seq: u64,
+        /// The next sequence number this store would hand out.
+        local_next_seq: u64,
+    },
     /// The peer sent something it should not have; the core dropped it.
     PeerMisbehaved {
         /// What was wrong.

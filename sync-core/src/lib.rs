@@ -54,6 +54,7 @@
 )]
 
 mod base64;
+mod deadline;
 pub mod event;
 pub mod hlc;
 pub mod limits;

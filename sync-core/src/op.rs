@@ -68,6 +68,32 @@ impl Op {
         names + 24
     }
 
+    /// An upper bound on the operation's encoded size in bytes; batch limits
+    /// are enforced with it on both sides.
+    pub fn encoded_len_bound(&self) -> usize {
+        // OpId and Hlc: three varints of at most 10 bytes, plus the change tag.
+        const HEADER: usize = 32;
+        let body = match &self.change {
+            Change::Put {
+                collection,
+                id,
+                fields,
+            } => {
+                20 + collection.len()
+                    + id.len()
+                    + fields
+                        .iter()
+                        .map(|(n, v)| 11 + n.len() + v.as_ref().map_or(0, Value::encoded_len_bound))
+                        .sum::<usize>()
+            }
+            Change::Delete { collection, id } => 20 + collection.len() + id.len(),
+            Change::CreateCollection { collection } | Change::DropCollection { collection } => {
+                10 + collection.len()
+            }
+        };
+        HEADER + body
+    }
+
     /// Checks the operation against the data model's limits.
     ///
     /// Local writes are checked before they are stamped; remote operations
@@ -76,7 +102,12 @@ impl Op {
         if self.id.seq == 0 {
             return Err(InvalidOp::ZeroSequence);
         }
-        self.change.validate()
+        self.change.validate()?;
+        let size = self.encoded_len_bound();
+        if size > limits::MAX_OP_BYTES {
+            return Err(InvalidOp::TooLarge(size));
+        }
+        Ok(())
     }
 }
 
@@ -224,6 +255,9 @@ pub enum InvalidOp {
     /// A value nests lists and maps too deeply.
     #[error("value of field {0:?} nests lists and maps deeper than {MAX_VALUE_DEPTH} levels")]
     ValueTooDeep(String),
+    /// The operation is larger than one operation may be.
+    #[error("operation of up to {0} bytes exceeds the limit of {max} bytes per write", max = limits::MAX_OP_BYTES)]
+    TooLarge(usize),
     /// Sequence numbers start at 1.
     #[error("operation sequence numbers start at 1")]
     ZeroSequence,

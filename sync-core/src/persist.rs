@@ -200,7 +200,7 @@ pub(crate) struct CollectionRecord {
 pub(crate) struct DocRecordRef<'a> {
     pub(crate) written: Option<Stamp>,
     pub(crate) deleted: Option<Stamp>,
-    pub(crate) fields: &'a [(&'a str, Stamp, Option<Value>)],
+    pub(crate) fields: &'a [(&'a str, Stamp, Option<&'a Value>)],
 }
 
 /// A document's merge state as read back.

@@ -339,16 +339,18 @@ impl Replica {
 
     /// Validates, stamps, applies and queues one local change.
     fn commit_local(&mut self, now: u64, change: Change) -> Result<OpId, WriteError> {
-        change.validate()?;
-        let hlc = self.clock.tick(now)?;
-        let op = Op {
-            id: OpId {
-                replica: self.id,
-                seq: self.next_seq,
-            },
-            hlc,
+        let id = OpId {
+            replica: self.id,
+            seq: self.next_seq,
+        };
+        // Validate before ticking, so a refused write leaves the clock alone.
+        let mut op = Op {
+            id,
+            hlc: Hlc::ZERO,
             change,
         };
+        op.validate()?;
+        op.hlc = self.clock.tick(now)?;
         self.next_seq += 1;
         let effect = self.state.apply(&op);
         self.version.insert(op.id);
@@ -366,22 +368,53 @@ impl Replica {
     /// and changes nothing. An invalid operation, or one stamped further in
     /// the future than the drift bound allows, is refused and changes nothing.
     pub fn apply(&mut self, now: u64, op: &Op) -> Result<Applied, ApplyError> {
+        if !self.admit(now, op)? {
+            return Ok(Applied::Duplicate);
+        }
+        let effect = self.state.apply(op);
+        self.record_remote(op.id, effect);
+        Ok(Applied::New)
+    }
+
+    /// Like [`Replica::apply`], but moves the operation's values into the
+    /// state instead of copying them: the fast path for received batches.
+    pub fn apply_owned(&mut self, now: u64, op: Op) -> Result<Applied, ApplyError> {
+        if !self.admit(now, &op)? {
+            return Ok(Applied::Duplicate);
+        }
+        let id = op.id;
+        let effect = self.state.apply_owned(op);
+        self.record_remote(id, effect);
+        Ok(Applied::New)
+    }
+
+    /// Checks a remote stamp against the drift bound, changing nothing.
+    pub fn check_drift(&self, hlc: Hlc, now: u64) -> Result<(), ClockError> {
+        self.clock.check_drift(hlc, now)
+    }
+
+    /// Validates a remote operation and observes its clock; `false` for a duplicate.
+    fn admit(&mut self, now: u64, op: &Op) -> Result<bool, ApplyError> {
         op.validate()
             .map_err(|reason| ApplyError::Invalid { op: op.id, reason })?;
         if self.version.contains(op.id) {
-            return Ok(Applied::Duplicate);
+            return Ok(false);
         }
         self.clock.observe(op.hlc, now)?;
-        let effect = self.state.apply(op);
-        self.version.insert(op.id);
-        if op.id.replica == self.id {
+        Ok(true)
+    }
+
+    fn record_remote(&mut self, id: OpId, effect: Effect) {
+        self.version.insert(id);
+        if id.replica == self.id {
             // Our own operation coming back (say, after restoring an older
             // backup): never hand out its sequence number again.
-            self.next_seq = self.next_seq.max(op.id.seq + 1);
+            if let Some(next) = id.seq.checked_add(1) {
+                self.next_seq = self.next_seq.max(next);
+            }
         }
         self.record_effect(effect, Origin::Remote);
         self.dirty.meta = true;
-        Ok(Applied::New)
     }
 
     /// Drops acknowledged operations, those numbered up to `through_seq`,
@@ -409,38 +442,18 @@ impl Replica {
     /// Local writes not in the snapshot survive: merging is the same join as
     /// applying operations.
     pub fn merge_snapshot(&mut self, now: u64, snapshot: &Snapshot) -> Result<(), ApplyError> {
-        self.clock.observe(snapshot.max_hlc, now)?;
+        // `max_hlc` is the sender's claim: the drift bound applies to the
+        // stamps themselves, as it does to operations.
+        self.clock.observe(snapshot.newest_hlc(), now)?;
         let other = &snapshot.state;
         for (name, coll) in &other.collections {
-            let before = self
+            // A drop lists the documents it pruned (some of them now gone):
+            // they are announced and rewritten, as when applying the drop.
+            for effect in self
                 .state
-                .collections
-                .get(name)
-                .map(|c| (c.created, c.dropped));
-            self.state
-                .merge_collection(name, coll.created, coll.dropped);
-            let after = self
-                .state
-                .collections
-                .get(name)
-                .map(|c| (c.created, c.dropped));
-            if before != after {
-                self.record_effect(
-                    Effect::Collection {
-                        collection: name.clone(),
-                        documents: Vec::new(),
-                    },
-                    Origin::Remote,
-                );
-                // A drop may have pruned documents: rewrite them all.
-                let ids: Vec<String> = self
-                    .state
-                    .collections
-                    .get(name)
-                    .map_or_else(Vec::new, |c| c.docs.keys().cloned().collect());
-                for id in ids {
-                    self.dirty.docs.insert((name.clone(), id));
-                }
+                .merge_collection(name, coll.created, coll.dropped)
+            {
+                self.record_effect(effect, Origin::Remote);
             }
             for (id, doc) in &coll.docs {
                 let effect = self.state.merge_document(name, id, other.doc_parts(doc));
@@ -448,6 +461,11 @@ impl Replica {
             }
         }
         self.version.merge(&snapshot.version);
+        // As in `apply`: our own operations may come back in a snapshot
+        // (say, after restoring an older backup); never reuse their numbers.
+        if let Some(next) = self.version.highest(self.id).checked_add(1) {
+            self.next_seq = self.next_seq.max(next);
+        }
         self.dirty.meta = true;
         Ok(())
     }
@@ -459,13 +477,18 @@ impl Replica {
     /// cursor: the relay's snapshot holds everything the client had received
     /// and acknowledged, and may have collected tombstones the client's state
     /// still needs removed, so merging would be wrong where replacing is right.
-    pub fn reset_to_snapshot(&mut self, now: u64, snapshot: &Snapshot) -> Result<(), ApplyError> {
-        self.clock.observe(snapshot.max_hlc, now)?;
-        let old = std::mem::replace(&mut self.state, snapshot.state.clone());
-        self.version = snapshot.version.clone();
+    pub fn reset_to_snapshot(&mut self, now: u64, snapshot: Snapshot) -> Result<(), ApplyError> {
+        // As in `merge_snapshot`: check the stamps, not only the claim.
+        self.clock.observe(snapshot.newest_hlc(), now)?;
+        let old = std::mem::replace(&mut self.state, snapshot.state);
+        self.version = snapshot.version;
         for op in &self.outbox {
             self.state.apply(op);
             self.version.insert(op.id);
+        }
+        // As in `apply`: never reuse the number of an own operation it holds.
+        if let Some(next) = self.version.highest(self.id).checked_add(1) {
+            self.next_seq = self.next_seq.max(next);
         }
         // Rewrite every record either state has, and announce every change.
         for (name, coll) in &old.collections {
@@ -603,11 +626,14 @@ impl Replica {
                 None => Write::Delete { key },
             });
         }
-        let first_seq = self.outbox.front().map_or(0, |op| op.id.seq);
         for (seq, keep) in dirty.outbox {
-            let op = seq
-                .checked_sub(first_seq)
-                .and_then(|i| self.outbox.get(usize::try_from(i).ok()?));
+            // Sorted by sequence, but not always gap-free: own operations
+            // coming back from elsewhere move `next_seq` forward.
+            let op = self
+                .outbox
+                .binary_search_by_key(&seq, |op| op.id.seq)
+                .ok()
+                .and_then(|i| self.outbox.get(i));
             batch.writes.push(match op {
                 Some(op) if keep => outbox_record(op),
                 _ => Write::Delete {
@@ -680,6 +706,13 @@ impl Replica {
                 Ok(None)
             };
         };
+        let own_highest = meta.version.highest(meta.replica);
+        if meta.next_seq == 0 || meta.next_seq <= own_highest {
+            return Err(RestoreError::Inconsistent(format!(
+                "next sequence number {} is not above the replica's own operations (up to {own_highest})",
+                meta.next_seq
+            )));
+        }
         if let Some(op) = outbox
             .values()
             .find(|op| op.id.replica != meta.replica || op.id.seq >= meta.next_seq)
@@ -702,6 +735,7 @@ impl Replica {
     }
 }
 
+/// The latest clock reading of any stamp in `state` (`ZERO` when empty).
 /// What must hold for a write to go ahead.
 #[derive(Clone, Copy)]
 enum Precondition {

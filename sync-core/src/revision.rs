@@ -48,7 +48,10 @@ impl FromStr for Revision {
         let bad = || ParseRevisionError(s.to_owned());
         let mut parts = s.split('-');
         let mut next = || {
-            let part = parts.next().filter(|p| p.len() == 16).ok_or_else(bad)?;
+            let part = parts
+                .next()
+                .filter(|p| p.len() == 16 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+                .ok_or_else(bad)?;
             u64::from_str_radix(part, 16).map_err(|_| bad())
         };
         let (hlc, replica, digest) = (next()?, next()?, next()?);

@@ -11,7 +11,8 @@
 //! | n | payload: postcard-encoded body |
 //!
 //! The body interns field names and replica ids in tables, so a field costs
-//! two small integers of naming instead of two strings. Decoding checks the
+//! two small integers of naming instead of two strings, and a field stamped
+//! like its document's latest write (the common case) stores no stamp. Decoding checks the
 //! magic, version, length and checksum before it parses anything, bounds every
 //! allocation by the bytes present, and rebuilds a state that satisfies the
 //! merge invariants or refuses it.
@@ -89,6 +90,36 @@ pub enum SnapshotError {
 }
 
 impl Snapshot {
+    /// The newest clock reading in the snapshot: `max_hlc`, or a newer stamp
+    /// if the state holds one (`max_hlc` is only the sender's claim).
+    pub fn newest_hlc(&self) -> Hlc {
+        let state = &self.state;
+        state
+            .collections
+            .values()
+            .flat_map(|coll| {
+                let docs = coll.docs.values().flat_map(|doc| {
+                    let fields = doc.fields.iter().map(|slot| slot.stamp);
+                    doc.written.into_iter().chain(doc.deleted).chain(fields)
+                });
+                coll.created.into_iter().chain(coll.dropped).chain(docs)
+            })
+            .map(|stamp| stamp.hlc)
+            .max()
+            .unwrap_or(Hlc::ZERO)
+            .max(self.max_hlc)
+    }
+
+    /// A snapshot of nothing: no state, no operations.
+    pub fn empty() -> Snapshot {
+        Snapshot {
+            version: VersionVector::new(),
+            max_hlc: Hlc::ZERO,
+            tombstone_horizon: Hlc::ZERO,
+            state: State::new(),
+        }
+    }
+
     /// Encodes a state with its version summary, its highest clock reading
     /// and the horizon up to which its tombstones were collected.
     pub fn encode(
@@ -123,8 +154,14 @@ impl Snapshot {
     /// Decodes and verifies snapshot bytes.
     pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
         let payload = verified_payload(bytes)?;
-        let body: Body =
-            postcard::from_bytes(payload).map_err(|e| SnapshotError::Malformed(e.to_string()))?;
+        let (body, rest): (Body, _) = postcard::take_from_bytes(payload)
+            .map_err(|e| SnapshotError::Malformed(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(SnapshotError::Malformed(format!(
+                "{} bytes after the body",
+                rest.len()
+            )));
+        }
         body.into_snapshot()
     }
 }
@@ -289,7 +326,11 @@ impl Serialize for DocRef<'_> {
             .doc
             .fields
             .iter()
-            .map(|f| (f.name, ctx.stamp(f.stamp), f.value.as_ref()));
+            // Most fields carry their document's latest stamp: write it once.
+            .map(|f| {
+                let stamp = (Some(f.stamp) != self.doc.written).then(|| ctx.stamp(f.stamp));
+                (f.name, stamp, f.value.as_ref())
+            });
         t.serialize_element(&Seq(fields))?;
         t.end()
     }
@@ -324,7 +365,8 @@ struct DocBody(
     String,
     Option<PackedStamp>,
     Option<PackedStamp>,
-    Vec<(u32, PackedStamp, Option<Value>)>,
+    /// Fields: name index, stamp (`None`: the document's `written` stamp), value.
+    Vec<(u32, Option<PackedStamp>, Option<Value>)>,
 );
 
 impl Body {
@@ -387,8 +429,14 @@ impl Body {
                             "fields of document {id:?} out of order"
                         )));
                     }
+                    let field_stamp = match packed {
+                        Some(packed) => stamp(packed)?,
+                        None => doc.written.ok_or_else(|| {
+                            inconsistent(format!("field of unwritten document {id:?} has no stamp"))
+                        })?,
+                    };
                     doc.fields.push(FieldSlot {
-                        stamp: stamp(packed)?,
+                        stamp: field_stamp,
                         value,
                         name: field,
                     });

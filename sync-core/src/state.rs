@@ -205,15 +205,33 @@ impl State {
         }
     }
 
+    /// Applies one operation, moving its values into the state.
+    pub(crate) fn apply_owned(&mut self, op: Op) -> Effect {
+        let stamp = op.stamp();
+        match op.change {
+            Change::Put {
+                collection,
+                id,
+                fields,
+            } => self.put(&collection, &id, stamp, fields),
+            Change::Delete { collection, id } => self.delete(&collection, &id, stamp),
+            Change::CreateCollection { collection } => self.create_collection(&collection, stamp),
+            Change::DropCollection { collection } => self.drop_collection(&collection, stamp),
+        }
+    }
+
     /// A put: marks the document written at `stamp` and writes each field.
-    pub(crate) fn put<'a>(
+    pub(crate) fn put<N: AsRef<str>>(
         &mut self,
         collection: &str,
         id: &str,
         stamp: Stamp,
-        fields: impl IntoIterator<Item = (&'a str, Option<Value>)>,
+        fields: impl IntoIterator<Item = (N, Option<Value>)>,
     ) -> Effect {
-        let coll = self.collections.entry(collection.to_owned()).or_default();
+        let coll = match entry_mut(&mut self.collections, collection) {
+            Some(coll) => coll,
+            None => return Effect::Unchanged,
+        };
         if coll
             .tombstone_for(coll.docs.get(id))
             .is_some_and(|t| stamp <= t)
@@ -221,14 +239,16 @@ impl State {
             cleanup_collection(&mut self.collections, collection);
             return Effect::Unchanged;
         }
-        let doc = coll.docs.entry(id.to_owned()).or_default();
+        let Some(doc) = entry_mut(&mut coll.docs, id) else {
+            return Effect::Unchanged;
+        };
         let mut changed = false;
         if doc.written < Some(stamp) {
             doc.written = Some(stamp);
             changed = true;
         }
         for (name, value) in fields {
-            let name = self.names.intern(name);
+            let name = self.names.intern(name.as_ref());
             changed |= doc.write_field(name, stamp, value);
         }
         document_effect(changed, collection, id)
@@ -236,7 +256,10 @@ impl State {
 
     /// A document delete at `stamp`.
     pub(crate) fn delete(&mut self, collection: &str, id: &str, stamp: Stamp) -> Effect {
-        let coll = self.collections.entry(collection.to_owned()).or_default();
+        let coll = match entry_mut(&mut self.collections, collection) {
+            Some(coll) => coll,
+            None => return Effect::Unchanged,
+        };
         let covered = coll
             .tombstone_for(coll.docs.get(id))
             .is_some_and(|t| stamp <= t);
@@ -244,7 +267,9 @@ impl State {
             cleanup_collection(&mut self.collections, collection);
             return Effect::Unchanged;
         }
-        let doc = coll.docs.entry(id.to_owned()).or_default();
+        let Some(doc) = entry_mut(&mut coll.docs, id) else {
+            return Effect::Unchanged;
+        };
         doc.prune(stamp);
         doc.deleted = Some(stamp);
         Effect::Document {
@@ -255,7 +280,10 @@ impl State {
 
     /// A collection create at `stamp`.
     pub(crate) fn create_collection(&mut self, collection: &str, stamp: Stamp) -> Effect {
-        let coll = self.collections.entry(collection.to_owned()).or_default();
+        let coll = match entry_mut(&mut self.collections, collection) {
+            Some(coll) => coll,
+            None => return Effect::Unchanged,
+        };
         if coll.dropped.is_some_and(|d| stamp <= d) || coll.created >= Some(stamp) {
             cleanup_collection(&mut self.collections, collection);
             return Effect::Unchanged;
@@ -269,7 +297,10 @@ impl State {
 
     /// A collection drop at `stamp`: prunes everything it covers.
     pub(crate) fn drop_collection(&mut self, collection: &str, stamp: Stamp) -> Effect {
-        let coll = self.collections.entry(collection.to_owned()).or_default();
+        let coll = match entry_mut(&mut self.collections, collection) {
+            Some(coll) => coll,
+            None => return Effect::Unchanged,
+        };
         if coll.dropped >= Some(stamp) {
             cleanup_collection(&mut self.collections, collection);
             return Effect::Unchanged;
@@ -303,15 +334,21 @@ impl State {
             changed |= self.delete(collection, id, deleted) != Effect::Unchanged;
         }
         if let Some(written) = other.written {
-            changed |= self.put(collection, id, written, std::iter::empty()) != Effect::Unchanged;
+            let no_fields: [(&str, Option<Value>); 0] = [];
+            changed |= self.put(collection, id, written, no_fields) != Effect::Unchanged;
         }
-        let coll = self.collections.entry(collection.to_owned()).or_default();
+        let coll = match entry_mut(&mut self.collections, collection) {
+            Some(coll) => coll,
+            None => return Effect::Unchanged,
+        };
         let tombstone = coll.tombstone_for(coll.docs.get(id));
-        let doc = coll.docs.entry(id.to_owned()).or_default();
+        let Some(doc) = entry_mut(&mut coll.docs, id) else {
+            return Effect::Unchanged;
+        };
         for (name, stamp, value) in other.fields {
             if tombstone.is_none_or(|t| stamp > t) {
                 let name = self.names.intern(name);
-                changed |= doc.write_field(name, stamp, value);
+                changed |= doc.write_field(name, stamp, value.cloned());
             }
         }
         if doc.is_empty() {
@@ -322,18 +359,16 @@ impl State {
     }
 
     /// Joins a collection's own stamps from another replica (a snapshot).
+    /// Returns what the drop and the create changed, as applying them would.
     pub(crate) fn merge_collection(
         &mut self,
         collection: &str,
         created: Option<Stamp>,
         dropped: Option<Stamp>,
-    ) {
-        if let Some(dropped) = dropped {
-            self.drop_collection(collection, dropped);
-        }
-        if let Some(created) = created {
-            self.create_collection(collection, created);
-        }
+    ) -> [Effect; 2] {
+        let dropped = dropped.map_or(Effect::Unchanged, |d| self.drop_collection(collection, d));
+        let created = created.map_or(Effect::Unchanged, |c| self.create_collection(collection, c));
+        [dropped, created]
     }
 
     /// Forgets tombstones stamped at or before `horizon`: document deletes,
@@ -451,7 +486,7 @@ impl State {
             fields: doc
                 .fields
                 .iter()
-                .map(|s| (self.names.name(s.name), s.stamp, s.value.clone()))
+                .map(|s| (self.names.name(s.name), s.stamp, s.value.as_ref()))
                 .collect(),
         }
     }
@@ -485,7 +520,7 @@ impl Eq for State {}
 pub(crate) struct DocParts<'a> {
     pub(crate) written: Option<Stamp>,
     pub(crate) deleted: Option<Stamp>,
-    pub(crate) fields: Vec<(&'a str, Stamp, Option<Value>)>,
+    pub(crate) fields: Vec<(&'a str, Stamp, Option<&'a Value>)>,
 }
 
 impl DocParts<'_> {
@@ -504,6 +539,16 @@ fn document_effect(changed: bool, collection: &str, id: &str) -> Effect {
     } else {
         Effect::Unchanged
     }
+}
+
+/// The map's entry for `key`, created empty if missing. Unlike
+/// `entry(key.to_owned())` it allocates the key only when it is new: the
+/// common case, writing to an existing document, allocates nothing.
+fn entry_mut<'m, V: Default>(map: &'m mut BTreeMap<String, V>, key: &str) -> Option<&'m mut V> {
+    if !map.contains_key(key) {
+        map.insert(key.to_owned(), V::default());
+    }
+    map.get_mut(key)
 }
 
 /// Removes a collection entry that an ignored write created and left empty.

@@ -81,6 +81,30 @@ impl Value {
         }
     }
 
+    /// An upper bound on the value's encoded size in bytes (every length
+    /// prefix and tag counted at its widest), used to keep batches and
+    /// frames within their limits without encoding twice.
+    pub fn encoded_len_bound(&self) -> usize {
+        const TAG_AND_LEN: usize = 11;
+        match self {
+            Value::Null | Value::Bool(_) => 2,
+            Value::Int(_) => TAG_AND_LEN,
+            Value::Float(_) => 9,
+            Value::String(s) => TAG_AND_LEN + s.len(),
+            Value::Bytes(b) => TAG_AND_LEN + b.len(),
+            Value::List(items) => {
+                TAG_AND_LEN + items.iter().map(Value::encoded_len_bound).sum::<usize>()
+            }
+            Value::Map(entries) => {
+                TAG_AND_LEN
+                    + entries
+                        .iter()
+                        .map(|(k, v)| 10 + k.len() + v.encoded_len_bound())
+                        .sum::<usize>()
+            }
+        }
+    }
+
     /// Converts to JSON.
     ///
     /// Bytes become `{"$bytes": "<base64>"}`; a map whose only key starts

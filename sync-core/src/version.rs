@@ -12,9 +12,37 @@ use crate::stamp::ReplicaId;
 /// Almost always a contiguous prefix `1..=contiguous`; operations that
 /// arrived ahead of a gap are kept in `ahead` until the gap fills.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawSeqSet")]
 pub struct SeqSet {
     contiguous: u64,
     ahead: BTreeSet<u64>,
+}
+
+/// A `SeqSet` as decoded, before its canonical form is checked.
+#[derive(Deserialize)]
+struct RawSeqSet {
+    contiguous: u64,
+    ahead: BTreeSet<u64>,
+}
+
+impl TryFrom<RawSeqSet> for SeqSet {
+    type Error = String;
+
+    /// Only the canonical form is accepted: every number kept `ahead` is
+    /// beyond the contiguous prefix and the gap after it, so two equal sets
+    /// always compare equal.
+    fn try_from(raw: RawSeqSet) -> Result<SeqSet, String> {
+        match raw.ahead.first() {
+            Some(&first) if first <= raw.contiguous.saturating_add(1) => Err(format!(
+                "sequence set not canonical: {first} kept apart from the prefix 1..={}",
+                raw.contiguous
+            )),
+            _ => Ok(SeqSet {
+                contiguous: raw.contiguous,
+                ahead: raw.ahead,
+            }),
+        }
+    }
 }
 
 impl SeqSet {
@@ -51,11 +79,9 @@ impl SeqSet {
         if self.contains(seq) || seq == 0 {
             return false;
         }
-        if seq == self.contiguous + 1 {
+        if Some(seq) == self.contiguous.checked_add(1) {
             self.contiguous = seq;
-            while self.ahead.remove(&(self.contiguous + 1)) {
-                self.contiguous += 1;
-            }
+            self.absorb_ahead();
         } else {
             self.ahead.insert(seq);
         }
@@ -66,10 +92,22 @@ impl SeqSet {
     pub fn insert_through(&mut self, seq: u64) {
         if seq > self.contiguous {
             self.contiguous = seq;
-            self.ahead = self.ahead.split_off(&(seq + 1));
-            while self.ahead.remove(&(self.contiguous + 1)) {
-                self.contiguous += 1;
+            self.ahead = match seq.checked_add(1) {
+                Some(next) => self.ahead.split_off(&next),
+                None => BTreeSet::new(),
+            };
+            self.absorb_ahead();
+        }
+    }
+
+    /// Moves numbers that continue the contiguous prefix out of `ahead`.
+    /// Sequence numbers come from peers, so `u64::MAX` must not overflow.
+    fn absorb_ahead(&mut self) {
+        while let Some(next) = self.contiguous.checked_add(1) {
+            if !self.ahead.remove(&next) {
+                break;
             }
+            self.contiguous = next;
         }
     }
 

@@ -9,7 +9,7 @@
 //! hold exactly the state of a reference replica that applied every
 //! operation ever written, and the room must hold every one of them.
 //!
-//! `SIM_SEEDS=N` sets how many seeds run (default 300); `SIM_SEED=S` replays one.
+//! `SIM_SEEDS=N` sets how many seeds run (default 2000); `SIM_SEED=S` replays one.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -1002,7 +1002,7 @@ fn simulated_rooms_converge() {
     let seeds: u64 = std::env::var("SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
+        .unwrap_or(2000);
     for seed in 0..seeds {
         let result = std::panic::catch_unwind(|| run_seed(seed));
         if let Err(panic) = result {

@@ -130,6 +130,11 @@ impl CloseCode {
 
     /// Whether a client should reconnect after this close. Only codes that
     /// mean "this will fail the same way again" stop reconnection.
+    ///
+    /// `Superseded` reconnects: a slow handshake of an abandoned connection
+    /// can overtake the current one. Two hosts that really share a replica
+    /// id take turns at a backoff that keeps growing, because a connection
+    /// cut short never resets it.
     pub fn should_reconnect(self) -> bool {
         !matches!(
             self,

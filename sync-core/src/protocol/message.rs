@@ -23,11 +23,15 @@ pub enum Message {
         ops: Vec<Op>,
     },
     /// Relay → client: every operation of the client's replica up to
-    /// `through_seq` is settled: durably stored, or refused for good (each
-    /// refusal is reported by a `Rejected` sent just before this `Ack`).
+    /// `through_seq` is settled: durably stored, or refused for good (listed
+    /// in `refused`).
     Ack {
         /// Highest settled sequence number of the client's replica.
         through_seq: u64,
+        /// Operations of this push refused for good, with why (`Stale` or
+        /// `InvalidOp`). They are settled too: the client drops them and
+        /// resyncs to take their effect back out of its state.
+        refused: Vec<(u64, ErrorCode)>,
     },
     /// Relay → client: room operations after offset `from`, up to `cursor`.
     ///
@@ -54,15 +58,20 @@ pub enum Message {
         /// The chunk's bytes.
         bytes: Vec<u8>,
     },
-    /// Client → relay: everything up to `cursor` is applied and durable here.
+    /// Client → relay: `frames` more `Deliver`/`SnapshotChunk` frames are
+    /// consumed (the flow-control window reopens by that much), and
+    /// everything up to `cursor` is applied and durable here. `frames` is 0
+    /// for a cursor update alone.
     Applied {
         /// The client's saved cursor.
         cursor: u64,
+        /// Frames this message confirms.
+        frames: u32,
     },
-    /// Relay → client: a pushed operation was not accepted. `ClockAhead`
-    /// also covers the rest of its batch (push them again after
-    /// `retry_after_ms`); `Stale`, `InvalidOp` and `ReadOnly` cover only that
-    /// operation. The session stays open.
+    /// Relay → client: pushed operations were not accepted for now.
+    /// `ClockAhead` covers this operation and the rest of its batch (push
+    /// them again after `retry_after_ms`); `ReadOnly` covers the whole push.
+    /// The session stays open. (Refusals for good travel in `Ack`.)
     Rejected {
         /// Sequence number of the first operation not accepted.
         seq: u64,

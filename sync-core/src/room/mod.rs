@@ -29,6 +29,7 @@ pub use compaction::{Compacted, CompactionError, CompactionJob};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
+use crate::deadline::ReportedDeadline;
 use crate::hlc::{DEFAULT_MAX_DRIFT_MS, Hlc};
 use crate::op::Op;
 use crate::protocol::{self, CloseCode, ErrorCode, Hello, Message, Welcome};
@@ -271,7 +272,9 @@ struct Member {
 }
 
 /// One room of the relay.
-#[derive(Debug)]
+///
+/// Cloning is cheap: log entries and the snapshot are shared, not copied.
+#[derive(Clone, Debug)]
 pub struct Room {
     config: RoomConfig,
     log: Log,
@@ -289,7 +292,7 @@ pub struct Room {
     last_compaction_at: Option<u64>,
     outputs: VecDeque<RoomOutput>,
     pending_persist: RoomPersist,
-    reported_timeout: Option<u64>,
+    reported_timeout: ReportedDeadline,
 }
 
 impl Room {
@@ -308,7 +311,7 @@ impl Room {
             last_compaction_at: None,
             outputs: VecDeque::new(),
             pending_persist: RoomPersist::default(),
-            reported_timeout: None,
+            reported_timeout: ReportedDeadline::default(),
         }
     }
 
@@ -424,11 +427,7 @@ impl Room {
             return Some(out);
         }
         let next = self.next_timeout();
-        if next != self.reported_timeout {
-            self.reported_timeout = next;
-            return next.map(RoomOutput::Timeout);
-        }
-        None
+        self.reported_timeout.report(next).map(RoomOutput::Timeout)
     }
 
     /// When the room next needs `RoomInput::Timeout`.
@@ -511,9 +510,13 @@ impl Room {
         };
         match message {
             Message::Push { ops } => self.on_push(now, session, ops),
-            Message::Applied { cursor } => {
+            Message::Applied { cursor, frames } => {
                 if let Some(m) = self.members.get_mut(&session) {
-                    m.in_flight = m.in_flight.saturating_sub(1);
+                    m.in_flight = m.in_flight.saturating_sub(frames as usize);
+                    // Progress: the slow-consumer clock starts again.
+                    if frames > 0 {
+                        m.stalled_since = None;
+                    }
                     m.confirmed = m.confirmed.max(cursor.min(m.sent));
                 }
             }
@@ -546,9 +549,11 @@ impl Room {
             let reason = "this session's token grants read only".to_owned();
             return self.reject(session, first, ErrorCode::ReadOnly, 0, reason);
         }
-        let bytes: usize = ops.iter().map(Op::payload_len).sum();
+        let bytes: usize = ops.iter().map(Op::encoded_len_bound).sum();
+        // One operation is always allowed (validation bounds its size), so a
+        // large write can never wedge a client's outbox.
         if ops.len() > self.config.max_batch_ops
-            || bytes > self.config.max_batch_bytes.saturating_mul(2)
+            || (ops.len() > 1 && bytes > self.config.max_batch_bytes)
         {
             let reason = format!(
                 "push of {} operations / {bytes} bytes exceeds the batch limit",
@@ -564,7 +569,8 @@ impl Room {
             return self.close(session, ErrorCode::Forbidden, reason);
         }
         let limit = now.saturating_add(self.config.max_drift_ms);
-        let mut refusals = Vec::new();
+        let mut refused = Vec::new();
+        let mut clock_ahead = None;
         for op in &ops {
             if self.accepted.contains(op.id) {
                 continue;
@@ -584,7 +590,8 @@ impl Room {
             if let Some((code, message)) = refusal {
                 // Refused for good: settled, so acknowledgements can move past it.
                 self.refused.entry(replica).or_default().insert(op.id.seq);
-                refusals.push((op.id.seq, code, 0, message));
+                refused.push((op.id.seq, code));
+                let _ = message;
                 continue;
             }
             if op.hlc.wall_ms() > limit {
@@ -593,7 +600,7 @@ impl Room {
                 let reason = format!(
                     "operation stamped {wait} ms beyond the relay's clock plus the drift bound"
                 );
-                refusals.push((op.id.seq, ErrorCode::ClockAhead, wait, reason));
+                clock_ahead = Some((op.id.seq, wait, reason));
                 break;
             }
             let encoded: Arc<[u8]> = protocol::encode_op(op).into();
@@ -613,14 +620,21 @@ impl Room {
                 m.own_held.insert(op.id.seq);
             }
         }
-        // Refusals first, so a client has heard every one of them by the time
-        // the ack settles the batch; the ack must follow the append to storage.
-        for (seq, code, retry_after_ms, message) in refusals {
-            self.reject(session, seq, code, retry_after_ms, message);
+        if let Some((seq, wait, reason)) = clock_ahead {
+            self.reject(session, seq, ErrorCode::ClockAhead, wait, reason);
         }
+        // The ack must follow the append to storage. It names the operations
+        // it settles by refusing them, so no other frame has to arrive for the
+        // client to know (Welcome repeats them if the ack is lost).
         self.flush_persist();
         let through_seq = self.settled_seqs(replica).contiguous();
-        self.transmit(session, &Message::Ack { through_seq });
+        self.transmit(
+            session,
+            &Message::Ack {
+                through_seq,
+                refused,
+            },
+        );
     }
 
     /// Sequence numbers of `replica` above `seq` that were refused for good

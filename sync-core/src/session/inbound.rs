@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use super::Output;
 use crate::event::Event;
 use crate::op::Op;
-use crate::replica::{ApplyError, Replica};
+use crate::replica::Replica;
 use crate::snapshot::Snapshot;
 
 /// One received item.
@@ -31,7 +31,7 @@ impl Inbound {
     fn blocking_wall_ms(&self) -> Option<u64> {
         match self {
             Inbound::Ops { ops, .. } => ops.iter().map(|op| op.hlc.wall_ms()).min(),
-            Inbound::Snapshot { snapshot, .. } => Some(snapshot.max_hlc.wall_ms()),
+            Inbound::Snapshot { snapshot, .. } => Some(snapshot.newest_hlc().wall_ms()),
         }
     }
 }
@@ -85,29 +85,31 @@ impl InboundQueue {
             let (blocked, cursor, ahead) = match front {
                 Inbound::Ops { ops, cursor } => {
                     let mut ahead = 0;
-                    ops.retain(|op| match replica.apply(now, op) {
-                        Ok(_) => false,
-                        Err(ApplyError::Clock(_)) => {
+                    for op in std::mem::take(ops) {
+                        if replica.check_drift(op.hlc, now).is_err() {
                             ahead = ahead.max(op.hlc.wall_ms().saturating_sub(now));
-                            true
-                        }
-                        Err(e) => {
+                            ops.push(op);
+                        } else if let Err(e) = replica.apply_owned(now, op) {
                             outputs.push_back(Output::Event(Event::PeerMisbehaved {
                                 reason: e.to_string(),
                             }));
-                            false
                         }
-                    });
+                    }
                     (!ops.is_empty(), *cursor, ahead)
                 }
                 Inbound::Snapshot { snapshot, cursor } => {
-                    match replica.reset_to_snapshot(now, snapshot) {
-                        Ok(()) => (false, *cursor, 0),
-                        Err(_) => (
-                            true,
-                            *cursor,
-                            snapshot.max_hlc.wall_ms().saturating_sub(now),
-                        ),
+                    let newest = snapshot.newest_hlc();
+                    if replica.check_drift(newest, now).is_err() {
+                        (true, *cursor, newest.wall_ms().saturating_sub(now))
+                    } else {
+                        let cursor = *cursor;
+                        let snapshot = std::mem::replace(snapshot, Box::new(Snapshot::empty()));
+                        if let Err(e) = replica.reset_to_snapshot(now, *snapshot) {
+                            outputs.push_back(Output::Event(Event::PeerMisbehaved {
+                                reason: e.to_string(),
+                            }));
+                        }
+                        (false, cursor, 0)
                     }
                 }
             };

@@ -27,12 +27,12 @@ mod inbound;
 
 pub use backoff::Backoff;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use crate::deadline::ReportedDeadline;
 use crate::event::Event;
-use crate::hlc::Hlc;
 use crate::op::Op;
 use crate::persist::{PersistBatch, RecordError, StoreKey, Write, decode_record, encode_record};
 use crate::protocol::{self, CloseCode, ErrorCode, Hello, Message, Welcome};
@@ -40,10 +40,8 @@ use crate::replica::{Replica, ReplicaConfig, RestoreError, WriteError};
 use crate::revision::Revision;
 use crate::rng::SplitMix64;
 use crate::snapshot::Snapshot;
-use crate::state::State;
 use crate::store::Record;
 use crate::value::Value;
-use crate::version::VersionVector;
 use inbound::{Inbound, InboundQueue};
 
 /// Name of the store record that holds the session's sync state.
@@ -224,6 +222,8 @@ struct Live {
     /// A snapshot being assembled from chunks.
     assembling: Option<Assembly>,
     reported_all_pushed: bool,
+    /// When `Welcome` arrived; a connection that lasts resets the backoff.
+    joined_at: u64,
     /// The room head announced in `Welcome`; `CaughtUp` fires once on reaching it.
     catch_up_target: Option<u64>,
 }
@@ -256,7 +256,11 @@ pub struct Session {
     rng: SplitMix64,
     inbound: InboundQueue,
     outputs: VecDeque<Output>,
-    reported_timeout: Option<u64>,
+    reported_timeout: ReportedDeadline,
+    /// Refused operations already reported since the last resync. An ack
+    /// overtaken by a later one must still report its refusals, so whether
+    /// an operation is still in the outbox cannot be the test.
+    reported_refusals: BTreeSet<u64>,
 }
 
 impl Session {
@@ -278,7 +282,8 @@ impl Session {
             rng: SplitMix64::new(seed),
             inbound: InboundQueue::default(),
             outputs: VecDeque::new(),
-            reported_timeout: None,
+            reported_timeout: ReportedDeadline::default(),
+            reported_refusals: BTreeSet::new(),
         }
     }
 
@@ -488,16 +493,34 @@ impl Session {
     }
 
     fn on_frame(&mut self, now: u64, frame: &[u8]) {
+        if !matches!(self.link, Link::Handshaking { .. } | Link::Live(_)) {
+            return; // A straggler from a connection already given up.
+        }
         let message = match protocol::decode(frame, self.config.max_frame_bytes) {
             Ok(message) => message,
-            Err(e) => return self.fail(now, e.close_code(), e.error_code(), e.to_string()),
+            // A bad version byte from a relay that spoke our version moments
+            // ago is corruption, not a version mismatch: reconnect. A relay
+            // that really speaks another version says so in an `Error`.
+            Err(e) => {
+                let close = match e {
+                    protocol::FrameError::UnsupportedVersion { .. } => CloseCode::ProtocolError,
+                    _ => e.close_code(),
+                };
+                return self.fail(now, close, e.error_code(), e.to_string());
+            }
         };
         if let Link::Live(live) = &mut self.link {
             live.last_heard = now;
         }
         match (&self.link, message) {
             (Link::Handshaking { .. }, Message::Welcome(welcome)) => self.on_welcome(now, welcome),
-            (Link::Live(_), Message::Ack { through_seq }) => self.on_ack(now, through_seq),
+            (
+                Link::Live(_),
+                Message::Ack {
+                    through_seq,
+                    refused,
+                },
+            ) => self.on_ack(now, through_seq, refused),
             (Link::Live(_), Message::Deliver { from, cursor, ops }) => {
                 self.on_deliver(now, from, cursor, ops)
             }
@@ -538,7 +561,27 @@ impl Session {
     }
 
     fn on_welcome(&mut self, now: u64, welcome: Welcome) {
-        self.attempt = 0;
+        if welcome.accepted_seq >= self.replica.next_seq() {
+            // The relay settled numbers this store never handed out: it was
+            // restored from an older copy, and new writes would reuse them.
+            self.outputs
+                .push_back(Output::Event(Event::StoreBehindRelay {
+                    relay_seq: welcome.accepted_seq,
+                    local_next_seq: self.replica.next_seq(),
+                }));
+            let reason = "this replica's store is older than the relay's record of it".to_owned();
+            self.outputs.push_back(Output::Close {
+                code: CloseCode::Normal,
+                reason: reason.clone(),
+            });
+            self.link = Link::Offline;
+            self.outputs.push_back(Output::Event(Event::Disconnected {
+                code: CloseCode::Normal,
+                reason,
+                retry_at: None,
+            }));
+            return;
+        }
         let max_batch_ops = self
             .config
             .max_batch_ops
@@ -554,21 +597,12 @@ impl Session {
             .heartbeat_ms
             .min(u64::from(welcome.heartbeat_ms).max(1000));
         // Refused on an earlier connection: the client may never have heard.
-        let refused: Vec<u64> = welcome
+        let refused = welcome
             .refused
             .iter()
-            .copied()
-            .filter(|&seq| self.replica.outbox().any(|op| op.id.seq == seq))
+            .map(|&seq| (seq, ErrorCode::Stale))
             .collect();
-        if !refused.is_empty() {
-            self.sync.resync = true;
-            self.sync_dirty = true;
-            self.outputs.push_back(Output::Event(Event::OpsRejected {
-                seqs: refused,
-                code: ErrorCode::Stale,
-                message: "refused by the relay on an earlier connection".into(),
-            }));
-        }
+        self.note_refused(refused, "refused by the relay on an earlier connection");
         // The relay already settled these: their acknowledgement was lost.
         self.replica.acknowledge(welcome.accepted_seq);
         let acked_through = self
@@ -589,6 +623,7 @@ impl Session {
             received: welcome.cursor,
             assembling: None,
             reported_all_pushed: false,
+            joined_at: now,
             catch_up_target: Some(welcome.head),
         }));
         self.inbound.clear();
@@ -613,7 +648,8 @@ impl Session {
         self.flush_pushes(now);
     }
 
-    fn on_ack(&mut self, now: u64, through_seq: u64) {
+    fn on_ack(&mut self, now: u64, through_seq: u64, refused: Vec<(u64, ErrorCode)>) {
+        self.note_refused(refused, "refused by the relay");
         self.replica.acknowledge(through_seq);
         if let Link::Live(live) = &mut self.link {
             while live
@@ -654,7 +690,7 @@ impl Session {
         self.set_relay_head(cursor);
         self.inbound.push(Inbound::Ops { ops, cursor });
         self.drain_inbound(now);
-        self.confirm(now);
+        self.confirm(now, 1);
     }
 
     fn on_chunk(&mut self, now: u64, cursor: u64, total_len: u64, offset: u64, bytes: Vec<u8>) {
@@ -715,7 +751,7 @@ impl Session {
                 }
             }
         }
-        self.confirm(now);
+        self.confirm(now, 1);
     }
 
     /// Applies what the clock allows from the inbound queue, then stores the cursor.
@@ -747,10 +783,34 @@ impl Session {
         }
     }
 
-    /// Tells the relay one frame is consumed and what is stored.
-    fn confirm(&mut self, now: u64) {
+    /// Reports operations the relay refused for good, among those still in
+    /// the outbox, and schedules the resync that takes their effect back out.
+    fn note_refused(&mut self, refused: Vec<(u64, ErrorCode)>, message: &str) {
+        let mut by_code: Vec<(ErrorCode, Vec<u64>)> = Vec::new();
+        for (seq, code) in refused {
+            if seq >= self.replica.next_seq() || !self.reported_refusals.insert(seq) {
+                continue; // Not ours, or already reported.
+            }
+            match by_code.iter_mut().find(|(c, _)| *c == code) {
+                Some((_, seqs)) => seqs.push(seq),
+                None => by_code.push((code, vec![seq])),
+            }
+        }
+        for (code, seqs) in by_code {
+            self.sync.resync = true;
+            self.sync_dirty = true;
+            self.outputs.push_back(Output::Event(Event::OpsRejected {
+                seqs,
+                code,
+                message: message.to_owned(),
+            }));
+        }
+    }
+
+    /// Tells the relay how many frames are consumed and what is stored.
+    fn confirm(&mut self, now: u64, frames: u32) {
         let cursor = self.sync.cursor;
-        self.send(now, &Message::Applied { cursor });
+        self.send(now, &Message::Applied { cursor, frames });
     }
 
     fn on_rejected(
@@ -781,19 +841,7 @@ impl Session {
                 live.in_flight.clear();
                 live.read_only = true;
             }
-            ErrorCode::Stale | ErrorCode::InvalidOp => {
-                // Refused for good; the relay's Ack already settled it and
-                // the outbox dropped it. Resync once the other pushes are
-                // answered, which takes its effect back out of the local state.
-                self.sync.resync = true;
-                self.sync_dirty = true;
-                self.outputs.push_back(Output::Event(Event::OpsRejected {
-                    seqs: vec![seq],
-                    code,
-                    message,
-                }));
-                self.flush_persist();
-            }
+
             _ => {
                 let reason = format!("relay rejected the push: {code:?}: {message}");
                 return self.fail(now, CloseCode::ProtocolError, ErrorCode::Malformed, reason);
@@ -842,7 +890,8 @@ impl Session {
         if !self.inbound.is_empty() {
             self.drain_inbound(now);
             if matches!(self.link, Link::Live(_)) && self.inbound.is_empty() {
-                self.confirm(now);
+                // The cursor moved; the frames were confirmed on arrival.
+                self.confirm(now, 0);
             }
         }
         self.flush_pushes(now);
@@ -862,11 +911,7 @@ impl Session {
             return Some(Output::Event(event));
         }
         let next = self.next_timeout();
-        if next != self.reported_timeout {
-            self.reported_timeout = next;
-            return next.map(Output::Timeout);
-        }
-        None
+        self.reported_timeout.report(next).map(Output::Timeout)
     }
 
     /// When the session next needs `Input::Timeout`, if ever.
@@ -940,7 +985,7 @@ impl Session {
                 .outbox()
                 .filter(|op| op.id.seq > live.pushed_through)
             {
-                let size = op.payload_len();
+                let size = op.encoded_len_bound();
                 if !batch.is_empty()
                     && (batch.len() >= live.max_batch_ops || bytes + size > live.max_batch_bytes)
                 {
@@ -976,16 +1021,12 @@ impl Session {
     /// again: the only way to take a refused operation's effect back out of
     /// the local state. Local operations still pending are kept and re-applied.
     fn resync(&mut self, now: u64) {
-        let empty = Snapshot {
-            tombstone_horizon: Hlc::ZERO,
-            version: VersionVector::new(),
-            max_hlc: Hlc::ZERO,
-            state: State::new(),
-        };
+        let empty = Snapshot::empty();
         // The empty snapshot's clock reading is zero, which the clock always accepts.
-        let _ = self.replica.reset_to_snapshot(now, &empty);
+        let _ = self.replica.reset_to_snapshot(now, empty);
         self.sync.cursor = 0;
         self.sync.resync = false;
+        self.reported_refusals.clear();
         self.sync_dirty = true;
         self.flush_persist();
         self.lose_link(
@@ -1022,6 +1063,13 @@ impl Session {
             });
         }
         self.inbound.clear_unapplied();
+        // Only a connection that stayed up a while proves the relay healthy;
+        // one that fails right after its welcome keeps backing off.
+        if let Link::Live(live) = &self.link {
+            if now.saturating_sub(live.joined_at) >= self.config.backoff.max_ms {
+                self.attempt = 0;
+            }
+        }
         let retry_at = code.should_reconnect().then(|| {
             let delay = self.config.backoff.delay(self.attempt, &mut self.rng);
             self.attempt = self.attempt.saturating_add(1);
