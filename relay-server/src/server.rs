@@ -7,14 +7,12 @@
 //! writes and close its sessions with GoingAway (1001), close the listener,
 //! then stop the storage writer, all bounded by the shutdown timeout.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use axum::serve::ListenerExt as _;
 use ed25519_dalek::VerifyingKey;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -174,24 +172,18 @@ pub(crate) async fn run(config: Config) -> ExitCode {
         rooms: OnceLock::new(),
         health: AtomicU8::new(0),
     });
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     let router = crate::http::router(app.clone());
     // The listener stays open while the relay drains, so /healthz can say
     // 503 to load balancers; new WebSocket sessions are refused meanwhile.
-    let (stop_http_tx, mut stop_accepting) = watch::channel(false);
-    let http = tokio::spawn(async move {
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        let result = axum::serve(listener, service)
-            .with_graceful_shutdown(async move {
-                let _ = stop_accepting.wait_for(|stop| *stop).await;
-            })
-            .await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    });
+    let (stop_http_tx, stop_http) = watch::channel(false);
+    let http = tokio::spawn(accept_loop(
+        listener,
+        router,
+        stop_http,
+        config.max_connections,
+        config.handshake_timeout,
+        metrics.clone(),
+    ));
 
     let started = Instant::now();
     let dir = config.data.clone();
@@ -251,6 +243,74 @@ pub(crate) async fn run(config: Config) -> ExitCode {
     }
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// Accepts TCP connections and serves HTTP/1.1 (with upgrades) on each.
+///
+/// Hand-rolled rather than `axum::serve` for two bounds: connections that
+/// have not (yet) become WebSockets are limited to `limit` at once (more are
+/// dropped at accept), and a client must send its request headers within
+/// `header_timeout`, so idle or trickling connections cannot pile up.
+async fn accept_loop(
+    listener: TcpListener,
+    router: axum::Router,
+    mut stop: watch::Receiver<bool>,
+    limit: usize,
+    header_timeout: std::time::Duration,
+    metrics: Arc<Metrics>,
+) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(limit.max(1)));
+    loop {
+        let (tcp, addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, typically: back off briefly.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stopped(&mut stop) => break,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            metrics.error("HttpConnectionLimit");
+            tracing::debug!(peer = %addr, "too many pending HTTP connections; dropped");
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let router = router.clone();
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |mut request| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(addr));
+                tower_service::Service::call(&mut router.clone(), request)
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let connection = builder
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                .with_upgrades();
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = stopped(&mut stop) => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Returns once `stop` says `true` (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 /// Every connection is a file descriptor: raise the soft limit to the hard

@@ -145,6 +145,16 @@ async fn malformed_and_oversized_frames_are_refused_while_others_carry_on() {
     .unwrap();
     let mut junk = std::net::TcpStream::connect(relay.addr).unwrap();
     junk.write_all(&[0u8; 4096]).unwrap();
+    // A request whose headers never finish is dropped after the timeout.
+    let mut slow = std::net::TcpStream::connect(relay.addr).unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = std::time::Instant::now();
+    let mut sink = Vec::new();
+    let read = std::io::Read::read_to_end(&mut slow, &mut sink);
+    assert!(read.is_ok(), "not closed by the header timeout: {read:?}");
+    assert!(started.elapsed() < Duration::from_secs(4));
 
     // Everybody else is fine.
     a.put("docs", "after", "n", 2);
