@@ -608,9 +608,9 @@ impl Host {
                 self.drain().await;
             }
             Err(error) => {
-                // sync-core has no input for a failed job: this room does not
-                // compact again until it is reloaded.
+                // The room may try again later; the log keeps everything meanwhile.
                 tracing::error!(room = ?self.name, %error, "compaction failed");
+                self.room.handle(now_ms(), RoomInput::CompactionFailed);
                 self.rooms
                     .metrics
                     .compaction_failures

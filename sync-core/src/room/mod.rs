@@ -38,6 +38,9 @@ use crate::stamp::ReplicaId;
 use crate::version::{SeqSet, VersionVector};
 use log::{Entry, Log};
 
+/// How long the room waits after a failed compaction before handing out another job.
+const COMPACTION_RETRY_MS: u64 = 60_000;
+
 /// Identifies one connection to the room; the host picks it.
 pub type SessionId = u64;
 
@@ -137,6 +140,9 @@ pub enum RoomInput<'a> {
     Timeout,
     /// A compaction job finished.
     Compacted(Compacted),
+    /// A compaction job failed (or its host gave up on it). The log is
+    /// untouched; the room will hand out a new job when the policy says so.
+    CompactionFailed,
 }
 
 /// Something the host must do.
@@ -288,6 +294,8 @@ pub struct Room {
     refused: BTreeMap<ReplicaId, SeqSet>,
     members: BTreeMap<SessionId, Member>,
     compacting: bool,
+    /// No new compaction job before this, after one failed.
+    compaction_retry_at: Option<u64>,
     compactions: u64,
     last_compaction_at: Option<u64>,
     outputs: VecDeque<RoomOutput>,
@@ -307,6 +315,7 @@ impl Room {
             refused: BTreeMap::new(),
             members: BTreeMap::new(),
             compacting: false,
+            compaction_retry_at: None,
             compactions: 0,
             last_compaction_at: None,
             outputs: VecDeque::new(),
@@ -415,6 +424,12 @@ impl Room {
             }
             RoomInput::Timeout => self.on_timeout(now),
             RoomInput::Compacted(done) => self.install(now, done),
+            RoomInput::CompactionFailed => {
+                self.compacting = false;
+                // A job that failed once likely fails again (a corrupt entry):
+                // do not hand out another at once.
+                self.compaction_retry_at = Some(now.saturating_add(COMPACTION_RETRY_MS));
+            }
         }
         self.flush_persist();
         self.pump_all(now);
@@ -827,7 +842,7 @@ impl Room {
     }
 
     fn maybe_compact(&mut self, now: u64) {
-        if self.compacting {
+        if self.compacting || self.compaction_retry_at.is_some_and(|at| now < at) {
             return;
         }
         let policy = self.config.compaction;
