@@ -188,6 +188,15 @@ pub(crate) struct MetaRecord {
     pub(crate) version: VersionVector,
 }
 
+/// [`MetaRecord`] as written, borrowing the version vector instead of copying it.
+#[derive(Serialize)]
+pub(crate) struct MetaRecordRef<'a> {
+    pub(crate) replica: ReplicaId,
+    pub(crate) clock: Hlc,
+    pub(crate) next_seq: u64,
+    pub(crate) version: &'a VersionVector,
+}
+
 /// A collection's own stamps.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct CollectionRecord {
@@ -204,11 +213,15 @@ pub(crate) struct DocRecordRef<'a> {
 }
 
 /// A document's merge state as read back.
+///
+/// Field names borrow from the record's bytes: they are interned at once,
+/// so a `String` for each would be allocated only to be dropped.
 #[derive(Deserialize)]
-pub(crate) struct DocRecord {
+pub(crate) struct DocRecord<'a> {
     pub(crate) written: Option<Stamp>,
     pub(crate) deleted: Option<Stamp>,
-    pub(crate) fields: Vec<(String, Stamp, Option<Value>)>,
+    #[serde(borrow)]
+    pub(crate) fields: Vec<(&'a str, Stamp, Option<Value>)>,
 }
 
 impl<'a> DocRecordRef<'a> {
@@ -226,7 +239,9 @@ pub(crate) fn encode_record<T: Serialize + ?Sized>(record: &T) -> Vec<u8> {
     // Serialising into a Vec fails only for types postcard cannot express
     // (sequences of unknown length); ours never are. Were it to happen, the
     // empty record would be refused as corrupt on load rather than misread.
-    postcard::to_extend(record, vec![RECORD_VERSION]).unwrap_or_default()
+    let mut out = Vec::with_capacity(128);
+    out.push(RECORD_VERSION);
+    postcard::to_extend(record, out).unwrap_or_default()
 }
 
 /// Decodes a record written by [`encode_record`].

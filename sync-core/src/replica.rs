@@ -7,8 +7,8 @@ use crate::event::{Event, Origin};
 use crate::hlc::{Clock, ClockError, DEFAULT_MAX_DRIFT_MS, Hlc};
 use crate::op::{Change, InvalidOp, Op, OpId};
 use crate::persist::{
-    CollectionRecord, DocRecord, DocRecordRef, MetaRecord, PersistBatch, RecordError, StoreKey,
-    Write, decode_record, encode_record, outbox_record,
+    CollectionRecord, DocRecord, DocRecordRef, MetaRecord, MetaRecordRef, PersistBatch,
+    RecordError, StoreKey, Write, decode_record, encode_record, outbox_record,
 };
 use crate::revision::Revision;
 use crate::snapshot::Snapshot;
@@ -583,11 +583,11 @@ impl Replica {
         let dirty = std::mem::take(&mut self.dirty);
         let mut batch = PersistBatch::default();
         if dirty.meta {
-            let meta = MetaRecord {
+            let meta = MetaRecordRef {
                 replica: self.id,
                 clock: self.clock.last(),
                 next_seq: self.next_seq,
-                version: self.version.clone(),
+                version: &self.version,
             };
             batch.writes.push(Write::Put {
                 key: StoreKey::Meta,
@@ -667,14 +667,14 @@ impl Replica {
                     coll.dropped = record.dropped;
                 }
                 StoreKey::Document { collection, id } => {
-                    let record: DocRecord = decode_record(&key, &value)?;
+                    let record: DocRecord<'_> = decode_record(&key, &value)?;
                     let mut doc = DocState {
                         written: record.written,
                         deleted: record.deleted,
-                        fields: Vec::new(),
+                        fields: Vec::with_capacity(record.fields.len()),
                     };
                     for (name, stamp, value) in record.fields {
-                        let name = state.names.intern(&name);
+                        let name = state.names.intern(name);
                         doc.fields.push(FieldSlot { stamp, value, name });
                     }
                     doc.fields.sort_by_key(|slot| slot.name);

@@ -407,10 +407,12 @@ impl Body {
                     "collection {name:?} created before its drop"
                 )));
             }
-            let mut previous_doc: Option<String> = None;
+            // Documents arrive sorted: collect them and build the map in one
+            // pass, which packs its nodes full instead of splitting them.
+            let mut built: Vec<(String, DocState)> = Vec::with_capacity(docs.len());
             for DocBody(id, written, deleted, fields) in docs {
                 check(check_doc_id(&id))?;
-                if previous_doc.as_ref().is_some_and(|p| *p >= id) {
+                if built.last().is_some_and(|(p, _)| *p >= id) {
                     return Err(inconsistent(format!("document {id:?} out of order")));
                 }
                 let tombstone = coll.dropped.max(opt(deleted)?);
@@ -456,9 +458,9 @@ impl Body {
                         "document {id:?} breaks the tombstone rules"
                     )));
                 }
-                previous_doc = Some(id.clone());
-                coll.docs.insert(id, doc);
+                built.push((id, doc));
             }
+            coll.docs = built.into_iter().collect();
             previous_collection = Some(name.clone());
             state.collections.insert(name, coll);
         }

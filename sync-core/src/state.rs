@@ -107,7 +107,14 @@ impl DocState {
                 slot.stamp = stamp;
                 slot.value = value;
             }
-            Err(at) => self.fields.insert(at, FieldSlot { stamp, value, name }),
+            Err(at) => {
+                if self.fields.len() == self.fields.capacity() {
+                    // Grow by a little: documents gain fields one at a time
+                    // and rarely many, so doubling mostly wastes memory.
+                    self.fields.reserve_exact(1 + self.fields.len() / 4);
+                }
+                self.fields.insert(at, FieldSlot { stamp, value, name });
+            }
         }
         true
     }
@@ -246,6 +253,13 @@ impl State {
         if doc.written < Some(stamp) {
             doc.written = Some(stamp);
             changed = true;
+        }
+        let fields = fields.into_iter();
+        if doc.fields.is_empty() {
+            // A new document's fields arrive together: size the slots exactly
+            // rather than let insertion double the vector (a third of the
+            // memory per field otherwise).
+            doc.fields.reserve_exact(fields.size_hint().0);
         }
         for (name, value) in fields {
             let name = self.names.intern(name.as_ref());
