@@ -9,8 +9,10 @@
 //! - [`runner`] runs those steps, times them and prints the summary.
 //! - [`summary`] parses test counts and adds up the final tally.
 //! - [`guard`] checks `sync-core`'s dependency tree for crates that do IO.
+//! - [`bench`] runs every benchmark and the relay load generator.
 #![warn(clippy::missing_docs_in_private_items)]
 
+mod bench;
 mod guard;
 mod runner;
 mod setup;
@@ -34,7 +36,13 @@ COMMANDS:
              anything failed.
     setup    Install what the build needs (rustfmt, clippy, the
              wasm32-unknown-unknown target) when missing.
-    bench    Run sync-core's benchmarks (`cargo bench -p sync-core --locked`).
+    bench    Run every benchmark, in order: sync-core's criterion benches
+             (`cargo bench -p sync-core`), the comparison with yrs,
+             automerge and loro (`cargo bench` in benches/compare, its own
+             workspace), then `concord-loadgen` against freshly started
+             release relays on 127.0.0.1 with temporary data directories.
+             Takes several minutes; not part of `test`. Results belong in
+             docs/BENCHMARKS.md.
     help     Print this message.
 
 ENVIRONMENT:
@@ -63,7 +71,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        "bench" => runner::run_inherited(&steps::BENCH),
+        "bench" => bench::run(),
         "help" | "-h" | "--help" => {
             print!("{HELP}");
             ExitCode::SUCCESS

@@ -257,7 +257,7 @@ fn command(cmd: &Cmd) -> Command {
 }
 
 /// The workspace root: the parent of this crate's directory.
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     let xtask_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     match xtask_dir.parent() {
         Some(root) => root.to_path_buf(),

@@ -153,8 +153,29 @@ pub(crate) const TEST: &[Step] = &[
     },
 ];
 
-/// The command of `cargo xtask bench`.
-pub(crate) const BENCH: Cmd = cargo(&["bench", "-p", "sync-core", "--locked"]);
+/// What `cargo xtask bench` builds and runs before the relay load generator
+/// (see [`crate::bench`]), in order.
+pub(crate) const BENCH: &[Cmd] = &[
+    // sync-core's criterion benchmarks.
+    cargo(&["bench", "-p", "sync-core", "--locked"]),
+    // Side by side with yrs, automerge and loro: its own workspace and
+    // Cargo.lock, so the peers never enter this workspace.
+    Cmd {
+        program: Program::Cargo,
+        args: &["bench", "--locked"],
+        dir: Some("benches/compare"),
+    },
+    // The release relay and the load generator that drives it.
+    cargo(&[
+        "build",
+        "--release",
+        "--locked",
+        "-p",
+        "relay-server",
+        "-p",
+        "loadgen",
+    ]),
+];
 
 /// A cargo command run from the workspace root.
 const fn cargo(args: &'static [&'static str]) -> Cmd {

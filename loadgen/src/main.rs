@@ -1,0 +1,106 @@
+//! `concord-loadgen`: a load generator for `concord-relay`.
+//!
+//! It starts a fresh relay (the binary named by `--relay`) on `127.0.0.1`
+//! with a temporary data directory for each scenario, drives sync-core
+//! `Session`s against it over real WebSockets on loopback, and prints
+//! Markdown tables. Every scenario is bounded in sessions and in time, and
+//! the relay is killed (its data removed) when the scenario ends.
+//!
+//! ```sh
+//! cargo build --release -p relay-server -p loadgen
+//! target/release/concord-loadgen --relay target/release/concord-relay [--only fanout|scale|initial|durability] [--seconds 10] [--sessions 10000]
+//! ```
+//!
+//! `cargo xtask bench` runs it after the other benchmarks.
+
+mod client;
+mod relay;
+mod scenarios;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Command-line settings.
+pub(crate) struct Settings {
+    /// The relay binary to start.
+    pub(crate) relay: PathBuf,
+    /// Run only this scenario.
+    pub(crate) only: Option<String>,
+    /// Length of each measured window.
+    pub(crate) window: Duration,
+    /// Sessions for the scale scenario.
+    pub(crate) idle_sessions: usize,
+}
+
+/// Usage text.
+const USAGE: &str = "usage: concord-loadgen --relay PATH [--only fanout|scale|initial|durability] [--seconds N] [--sessions N]";
+
+fn parse() -> Result<Settings, String> {
+    let mut relay = None;
+    let mut only = None;
+    let mut window = Duration::from_secs(10);
+    let mut idle_sessions = 10_000;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().ok_or(format!("{arg} needs a value\n{USAGE}"));
+        match arg.as_str() {
+            "--relay" => relay = Some(PathBuf::from(value()?)),
+            "--only" => only = Some(value()?),
+            "--seconds" => {
+                let s: u64 = value()?.parse().map_err(|e| format!("--seconds: {e}"))?;
+                window = Duration::from_secs(s.clamp(1, 120));
+            }
+            "--sessions" => {
+                let n: usize = value()?.parse().map_err(|e| format!("--sessions: {e}"))?;
+                idle_sessions = n.clamp(1, 20_000);
+            }
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument {other}\n{USAGE}")),
+        }
+    }
+    Ok(Settings {
+        relay: relay.ok_or(USAGE)?,
+        only,
+        window,
+        idle_sessions,
+    })
+}
+
+fn main() -> ExitCode {
+    let settings = match parse() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    raise_fd_limit();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(scenarios::run(&settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("concord-loadgen: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Raises this process's open-file limit to its hard limit (one socket per
+/// session).
+fn raise_fd_limit() {
+    #[cfg(unix)]
+    if let Ok((_, hard)) = rlimit::Resource::NOFILE.get() {
+        let _ = rlimit::Resource::NOFILE.set(hard, hard);
+    }
+}

@@ -1,0 +1,489 @@
+//! The scenarios: fan-out, scale, initial sync, durability. Each starts its
+//! own relay, is bounded in time, and prints its rows.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Semaphore, watch};
+
+use crate::Settings;
+use crate::client::{Client, now_us};
+use crate::relay::{Relay, own_cpu_seconds};
+
+/// What the fan-out and durability clients are asked to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Keep the session alive, write nothing.
+    Idle,
+    /// Write as fast as the relay takes it (at most 500 unacknowledged).
+    Flood,
+    /// Write one operation every `interval` µs, stamped for latency.
+    Paced(u64),
+    /// Write one operation, wait for its acknowledgement, repeat.
+    AckEach,
+    /// Close and finish.
+    Stop,
+}
+
+/// Runs the scenarios `settings` selects.
+pub(crate) async fn run(settings: &Settings) -> Result<(), String> {
+    let want = |name: &str| settings.only.as_deref().is_none_or(|o| o == name);
+    println!("# concord-loadgen (loopback, release relay, fresh data dir per scenario)\n");
+    if want("fanout") {
+        fanout(settings).await?;
+    }
+    if want("scale") {
+        scale(settings).await?;
+    }
+    if want("initial") {
+        initial(settings).await?;
+    }
+    if want("durability") {
+        durability(settings).await?;
+    }
+    Ok(())
+}
+
+/// Per-client counters the scenario reads.
+#[derive(Default)]
+struct Shared {
+    live: AtomicUsize,
+    written: AtomicU64,
+}
+
+/// Spawns `n` clients in `room` that follow the phase channel; client 0
+/// collects latencies. Returns their handles (each yields its client).
+fn spawn_followers(
+    relay: &Relay,
+    room: &str,
+    n: usize,
+    phase: &watch::Receiver<Phase>,
+    shared: &Arc<Shared>,
+) -> Vec<tokio::task::JoinHandle<Client>> {
+    (0..n)
+        .map(|i| {
+            let mut client = Client::new(i as u64 + 1, room, &relay.url());
+            if i == 0 {
+                client.latencies = Some(Vec::new());
+            }
+            let mut phase = phase.clone();
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let mut was_live = false;
+                let mut n: u64 = 0;
+                let mut next_write = Instant::now();
+                loop {
+                    let now_phase = *phase.borrow_and_update();
+                    if client.is_live() != was_live {
+                        was_live = !was_live;
+                        if was_live {
+                            shared.live.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            shared.live.fetch_sub(1, Ordering::Relaxed);
+                        }
+                    }
+                    let mut wait = Duration::from_millis(5);
+                    match now_phase {
+                        Phase::Stop => break,
+                        Phase::Idle => {}
+                        Phase::Flood => {
+                            if client.is_live() && client.pending() < 500 {
+                                for _ in 0..50 {
+                                    let doc = format!("c{i}-{}", n % 64);
+                                    client.put("flood", &doc, &[("n", n as i64)]);
+                                    n += 1;
+                                }
+                                shared.written.fetch_add(50, Ordering::Relaxed);
+                            }
+                            wait = Duration::from_millis(1);
+                        }
+                        Phase::Paced(interval) => {
+                            let now = Instant::now();
+                            if now >= next_write {
+                                let doc = format!("c{i}-{}", n % 64);
+                                client.put("lat", &doc, &[("t", now_us() as i64)]);
+                                n += 1;
+                                shared.written.fetch_add(1, Ordering::Relaxed);
+                                next_write += Duration::from_micros(interval);
+                                if next_write < now {
+                                    next_write = now + Duration::from_micros(interval);
+                                }
+                            } else {
+                                next_write = next_write.max(now);
+                            }
+                            wait = next_write.saturating_duration_since(Instant::now());
+                        }
+                        Phase::AckEach => {
+                            if client.is_live() && client.pending() == 0 {
+                                let doc = format!("c{i}-{}", n % 64);
+                                client.put("durable", &doc, &[("n", n as i64)]);
+                                n += 1;
+                                shared.written.fetch_add(1, Ordering::Relaxed);
+                            }
+                            wait = Duration::from_millis(1);
+                        }
+                    }
+                    tokio::select! {
+                        _ = client.step(wait) => {}
+                        _ = phase.changed() => {}
+                    }
+                }
+                client.close().await;
+                client
+            })
+        })
+        .collect()
+}
+
+/// Waits until `shared.live` reaches `n` (bounded).
+async fn wait_live(shared: &Shared, n: usize, limit: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
+    while shared.live.load(Ordering::Relaxed) < n {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "only {} of {n} sessions live after {limit:?}",
+                shared.live.load(Ordering::Relaxed)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Stops followers and collects them (bounded).
+async fn stop(
+    tx: &watch::Sender<Phase>,
+    handles: Vec<tokio::task::JoinHandle<Client>>,
+) -> Vec<Client> {
+    let _ = tx.send(Phase::Stop);
+    let mut clients = Vec::new();
+    for h in handles {
+        if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_secs(10), h).await {
+            clients.push(c);
+        }
+    }
+    clients
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "PASS" } else { "MISS" }
+}
+
+/// Fan-out: 100 clients in one room, each writing.
+async fn fanout(settings: &Settings) -> Result<(), String> {
+    const CLIENTS: usize = 100;
+    eprintln!("fanout: starting relay and {CLIENTS} clients");
+    let relay = Relay::start(&settings.relay, &[])?;
+    let (tx, rx) = watch::channel(Phase::Idle);
+    let shared = Arc::new(Shared::default());
+    let handles = spawn_followers(&relay, "fanout", CLIENTS, &rx, &shared);
+    wait_live(&shared, CLIENTS, Duration::from_secs(30)).await?;
+
+    // Throughput: everyone writes as fast as the relay takes it.
+    eprintln!("fanout: flood for {:?}", settings.window);
+    let out0 = relay.metric("concord_ops_out_total");
+    let in0 = relay.metric("concord_ops_stored_total");
+    let cpu0 = relay.cpu_seconds();
+    let own0 = own_cpu_seconds();
+    let started = Instant::now();
+    let _ = tx.send(Phase::Flood);
+    tokio::time::sleep(settings.window).await;
+    let took = started.elapsed().as_secs_f64();
+    let out = relay.metric("concord_ops_out_total") - out0;
+    let stored = relay.metric("concord_ops_stored_total") - in0;
+    let cpu = relay.cpu_seconds() - cpu0;
+    let own = own_cpu_seconds() - own0;
+    let _ = tx.send(Phase::Idle);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Latency at a fixed offered load: 100 clients × 100 ops/s.
+    eprintln!("fanout: 10,000 ops/s for {:?}", settings.window);
+    let written0 = shared.written.load(Ordering::Relaxed);
+    let (pcpu0, pown0) = (relay.cpu_seconds(), own_cpu_seconds());
+    let paced_start = Instant::now();
+    let _ = tx.send(Phase::Paced(10_000));
+    tokio::time::sleep(settings.window).await;
+    let offered = (shared.written.load(Ordering::Relaxed) - written0) as f64
+        / paced_start.elapsed().as_secs_f64();
+    let paced_secs = paced_start.elapsed().as_secs_f64();
+    let (pcpu, pown) = (
+        (relay.cpu_seconds() - pcpu0) / paced_secs,
+        (own_cpu_seconds() - pown0) / paced_secs,
+    );
+    let _ = tx.send(Phase::Idle);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let clients = stop(&tx, handles).await;
+    let mut samples = clients
+        .iter()
+        .find_map(|c| c.latencies.clone())
+        .unwrap_or_default();
+    // The first second warms up (connections' windows, allocations).
+    let skip = samples.len() / settings.window.as_secs().max(1) as usize;
+    samples.drain(..skip.min(samples.len()));
+    samples.sort_unstable();
+    let (p50, p99, max) = (
+        percentile(&samples, 0.5),
+        percentile(&samples, 0.99),
+        percentile(&samples, 1.0),
+    );
+    let reconnects: u64 = clients.iter().map(|c| c.connects.saturating_sub(1)).sum();
+
+    let rate = out / took;
+    println!("## Fan-out: {CLIENTS} clients in one room, each writing\n");
+    println!("| measure | result | target |");
+    println!("| --- | ---: | --- |");
+    println!(
+        "| operations delivered per second (flood, {:.0} s) | {rate:.0} /s | ≥ 500,000 /s: {} |",
+        took,
+        verdict(rate >= 500_000.0)
+    );
+    println!(
+        "| operations stored per second (flood) | {:.0} /s | |",
+        stored / took
+    );
+    println!(
+        "| relay CPU during flood | {:.0}% of one core | |",
+        100.0 * cpu / took
+    );
+    println!(
+        "| load generator CPU during flood (100 sessions applying every delivery) | {:.0}% of one core | |",
+        100.0 * own / took
+    );
+    println!(
+        "| relay deliveries per relay CPU-second (flood) | {:.0} | |",
+        out / cpu.max(0.01)
+    );
+    println!("| offered load reached (paced phase) | {offered:.0} ops/s | 10,000 ops/s |");
+    println!(
+        "| CPU in paced phase: relay / load generator | {:.0}% / {:.0}% of one core | |",
+        100.0 * pcpu,
+        100.0 * pown
+    );
+    println!(
+        "| push-to-delivery latency p50 / p99 / max ({} samples at client 1) | {p50:.2} / {p99:.2} / {max:.1} ms | p99 ≤ 5 ms: {} |",
+        samples.len(),
+        verdict(p99 <= 5.0)
+    );
+    println!("| reconnects during the run | {reconnects} | |\n");
+    Ok(())
+}
+
+/// Scale: many mostly idle sessions over 1,000 rooms.
+async fn scale(settings: &Settings) -> Result<(), String> {
+    let n = settings.idle_sessions;
+    let rooms = 1_000.min(n);
+    eprintln!("scale: {n} sessions over {rooms} rooms");
+    let relay = Relay::start(&settings.relay, &["--max-connections", "20000"])?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss0 = relay.rss_kib();
+    let (tx, rx) = watch::channel(Phase::Idle);
+    let shared = Arc::new(Shared::default());
+    let gate = Arc::new(Semaphore::new(200));
+    let started = Instant::now();
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let url = relay.url();
+            let room = format!("room{}", i % rooms);
+            let mut phase = rx.clone();
+            let shared = shared.clone();
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                // At most 200 handshakes at once.
+                let permit = gate.acquire_owned().await.ok();
+                let mut client = Client::new(i as u64 + 1, &room, &url);
+                let live = client
+                    .run_until(Duration::from_secs(60), Client::is_live)
+                    .await;
+                drop(permit);
+                if live {
+                    shared.live.fetch_add(1, Ordering::Relaxed);
+                }
+                // Idle: only heartbeats until told to stop.
+                while *phase.borrow_and_update() != Phase::Stop {
+                    tokio::select! {
+                        _ = client.step(Duration::from_secs(1)) => {}
+                        _ = phase.changed() => {}
+                    }
+                }
+                client.close().await;
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while shared.live.load(Ordering::Relaxed) < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let connected = shared.live.load(Ordering::Relaxed);
+    let connect_time = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss1 = relay.rss_kib();
+    let cpu0 = relay.cpu_seconds();
+    let idle_start = Instant::now();
+    tokio::time::sleep(settings.window).await;
+    let idle_cpu = (relay.cpu_seconds() - cpu0) / idle_start.elapsed().as_secs_f64();
+    let sessions_metric = relay.metric("concord_sessions");
+    let _ = tx.send(Phase::Stop);
+    for h in handles {
+        let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
+    }
+    let per_session = (rss1.saturating_sub(rss0)) as f64 / connected.max(1) as f64;
+    println!("## Scale: {n} mostly idle sessions over {rooms} rooms\n");
+    println!("| measure | result | target |");
+    println!("| --- | ---: | --- |");
+    println!(
+        "| sessions live (relay's `concord_sessions`) | {connected} ({sessions_metric:.0}) in {:.1} s | {n} |",
+        connect_time.as_secs_f64()
+    );
+    println!("| relay RSS before / after | {rss0} KiB / {rss1} KiB | |");
+    println!(
+        "| relay RSS per session | {per_session:.1} KiB | ≤ 20 KiB: {} |",
+        verdict(per_session <= 20.0 && connected == n)
+    );
+    println!(
+        "| relay CPU while idle ({:.0} s, heartbeats only) | {:.1}% of one core | |\n",
+        settings.window.as_secs_f64(),
+        100.0 * idle_cpu
+    );
+    Ok(())
+}
+
+/// Initial sync of a 100,000 × 10 room, from the log and from a snapshot.
+async fn initial(settings: &Settings) -> Result<(), String> {
+    const DOCS: usize = 100_000;
+    println!("## Initial sync: a new client pulls 100,000 documents × 10 fields\n");
+    println!("| case | writer upload | new client to caught-up | target |");
+    println!("| --- | ---: | ---: | --- |");
+    let log_only: &[&str] = &[
+        "--ops-per-second",
+        "0",
+        "--keep-recent-ops",
+        "1000000",
+        "--max-log-ops",
+        "2000000",
+    ];
+    let compacting: &[&str] = &["--ops-per-second", "0"];
+    for (case, args, compact) in [
+        ("from the log (no compaction)", log_only, false),
+        ("after compaction (snapshot + tail)", compacting, true),
+    ] {
+        eprintln!("initial: {case}");
+        let relay = Relay::start(&settings.relay, args)?;
+        let mut writer = Client::new(1, "big", &relay.url());
+        let fields: Vec<String> = (0..10).map(|f| format!("f{f}")).collect();
+        for d in 0..DOCS {
+            let doc = format!("doc{d:06}");
+            let values: Vec<(&str, i64)> = fields
+                .iter()
+                .enumerate()
+                .map(|(f, name)| (name.as_str(), (d * 10 + f) as i64))
+                .collect();
+            writer.put("docs", &doc, &values);
+        }
+        let started = Instant::now();
+        if !writer
+            .run_until(Duration::from_secs(120), |c| {
+                c.is_live() && c.pending() == 0
+            })
+            .await
+        {
+            return Err(format!("{case}: writer did not finish uploading in 120 s"));
+        }
+        let upload = started.elapsed();
+        let head = writer.session().status().relay_head;
+        writer.close().await;
+        if compact {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while relay.metric("concord_compactions_total") < 1.0 {
+                if Instant::now() > deadline {
+                    return Err("no compaction within 60 s".into());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let compactions = relay.metric("concord_compactions_total");
+        let started = Instant::now();
+        let mut reader = Client::new(2, "big", &relay.url());
+        let caught_up = reader
+            .run_until(Duration::from_secs(60), |c| {
+                let s = c.session().status();
+                c.is_live() && s.cursor >= head
+            })
+            .await;
+        let took = started.elapsed();
+        let docs = reader.session().replica().list("docs").len();
+        reader.close().await;
+        let took_s = took.as_secs_f64();
+        println!(
+            "| {case}, {compactions:.0} compaction(s) | {:.2} s ({:.0} ops/s) | {} | ≤ 2 s: {} |",
+            upload.as_secs_f64(),
+            DOCS as f64 / upload.as_secs_f64(),
+            if caught_up && docs == DOCS {
+                format!("{took_s:.2} s")
+            } else {
+                format!("not caught up after {took_s:.1} s ({docs} docs)")
+            },
+            verdict(caught_up && docs == DOCS && took_s <= 2.0)
+        );
+    }
+    println!();
+    Ok(())
+}
+
+/// Durability: acknowledged ops/s with fsync before every ack, one room.
+async fn durability(settings: &Settings) -> Result<(), String> {
+    println!("## Durability: fsync before ack, one room, each session waits for its ack\n");
+    println!(
+        "| sessions | acknowledged ops/s | ops per fsync | room requests per fsync | mean commit | mean ack latency |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: |");
+    for sessions in [1, 10, 100] {
+        eprintln!("durability: {sessions} sessions");
+        let relay = Relay::start(&settings.relay, &[])?;
+        let (tx, rx) = watch::channel(Phase::Idle);
+        let shared = Arc::new(Shared::default());
+        let handles = spawn_followers(&relay, "durable", sessions, &rx, &shared);
+        wait_live(&shared, sessions, Duration::from_secs(30)).await?;
+        let m = |name: &str| relay.metric(name);
+        let before = [
+            m("concord_ops_stored_total"),
+            m("concord_store_commits_total"),
+            m("concord_store_commit_requests_total"),
+            m("concord_store_commit_seconds_sum"),
+            m("concord_ack_latency_seconds_sum"),
+            m("concord_ack_latency_seconds_count"),
+        ];
+        let started = Instant::now();
+        let _ = tx.send(Phase::AckEach);
+        tokio::time::sleep(settings.window).await;
+        let took = started.elapsed().as_secs_f64();
+        let after = [
+            m("concord_ops_stored_total"),
+            m("concord_store_commits_total"),
+            m("concord_store_commit_requests_total"),
+            m("concord_store_commit_seconds_sum"),
+            m("concord_ack_latency_seconds_sum"),
+            m("concord_ack_latency_seconds_count"),
+        ];
+        stop(&tx, handles).await;
+        let d: Vec<f64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+        println!(
+            "| {sessions} | {:.0} | {:.1} | {:.1} | {:.2} ms | {:.2} ms |",
+            d[0] / took,
+            d[0] / d[1].max(1.0),
+            d[2] / d[1].max(1.0),
+            1000.0 * d[3] / d[1].max(1.0),
+            1000.0 * d[4] / d[5].max(1.0),
+        );
+    }
+    println!();
+    Ok(())
+}
