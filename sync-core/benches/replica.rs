@@ -1,2 +1,184 @@
-//! Replica benchmarks (filled in below).
-fn main() {}
+//! Throughput of sync-core's replica: local writes, applying remote
+//! operations, snapshot encode/decode and restore from stored records.
+//!
+//! Every throughput is counted in *field* operations (`Throughput::Elements`),
+//! so a ten-field put counts ten. Run with `cargo bench -p sync-core`; the
+//! results and the targets they are measured against live in
+//! `docs/BENCHMARKS.md`.
+
+use std::cell::OnceCell;
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use sync_core::store::Record;
+use sync_core::{Replica, ReplicaConfig, Snapshot};
+
+mod common;
+use common::{
+    ACK_EVERY, COLLECTION, Docs, ack_all, apply_all, drain_events, load, new_replica, now_for,
+    records_of, remote_ops,
+};
+
+/// Documents the write benchmarks cycle through.
+const WRITE_DOCS: usize = 1_000;
+/// Passes over `WRITE_DOCS` documents in the remote-apply benchmark.
+const APPLY_ROUNDS: usize = 10;
+/// Documents in the snapshot and restore benchmarks (ten fields each).
+const BIG_DOCS: usize = 100_000;
+
+/// `Replica::put` of 1 or 10 fields into 1,000 documents round-robin, with
+/// and without taking the persist batch after every write. Events are
+/// drained after every write and the outbox acknowledged every
+/// `ACK_EVERY` writes in both variants, as a host would.
+fn local_write(c: &mut Criterion) {
+    let docs = Docs::new(WRITE_DOCS, 0);
+    let mut group = c.benchmark_group("local_write");
+    group
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    for fields in [1usize, 10] {
+        group.throughput(Throughput::Elements(fields as u64));
+        for drain in [false, true] {
+            let variant = if drain {
+                "take_persist_every_write"
+            } else {
+                "no_persist"
+            };
+            let id = BenchmarkId::new(format!("{fields}_field_put"), variant);
+            group.bench_function(id, |b| {
+                let mut replica = new_replica(1);
+                let mut i = 0usize;
+                b.iter(|| {
+                    let doc = i % WRITE_DOCS;
+                    let slots = &docs.fields[doc];
+                    let now = now_for(i);
+                    let id = &docs.ids[doc];
+                    let written = if fields == 1 {
+                        // Cycle through the ten fields (and so value kinds).
+                        let slot = &slots[(i / WRITE_DOCS) % slots.len()];
+                        replica.put(now, COLLECTION, id, [slot.clone()])
+                    } else {
+                        replica.put(now, COLLECTION, id, slots.iter().cloned())
+                    };
+                    black_box(written.expect("put"));
+                    if drain {
+                        black_box(replica.take_persist());
+                    }
+                    drain_events(&mut replica);
+                    i += 1;
+                    if i % ACK_EVERY == 0 {
+                        ack_all(&mut replica);
+                    }
+                });
+            });
+        }
+    }
+    group.finish();
+}
+
+/// Operations made on one replica (ten fields per put, 10 passes over 1,000
+/// documents) applied on a fresh replica, with a persist batch taken every
+/// 1,000 operations.
+fn remote_apply(c: &mut Criterion) {
+    let ops = remote_ops(WRITE_DOCS, APPLY_ROUNDS);
+    let field_ops = ops.len() * 10;
+    let mut group = c.benchmark_group("remote_apply");
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4))
+        .throughput(Throughput::Elements(field_ops as u64));
+    group.bench_function(
+        BenchmarkId::new(
+            "10_field_ops",
+            format!("{}_ops_over_{WRITE_DOCS}_docs", ops.len()),
+        ),
+        |b| {
+            b.iter_batched(
+                || new_replica(1),
+                |mut replica| {
+                    apply_all(&mut replica, &ops);
+                    replica
+                },
+                BatchSize::PerIteration,
+            );
+        },
+    );
+    group.finish();
+}
+
+/// The fixture of the snapshot and restore benchmarks: a replica holding
+/// 100,000 documents of ten fields, its snapshot and its store records.
+struct Big {
+    replica: Replica,
+    snapshot: Vec<u8>,
+    records: Vec<Record>,
+}
+
+impl Big {
+    /// Builds the fixture and prints its sizes.
+    fn new() -> Big {
+        let docs = Docs::new(BIG_DOCS, 0);
+        let mut replica = new_replica(1);
+        let records = records_of(&load(&mut replica, &docs));
+        let snapshot = replica.encode_snapshot();
+        let decoded = Snapshot::decode(&snapshot).expect("snapshot decodes");
+        assert!(decoded.state == *replica.state(), "snapshot round trip");
+        let fields = (BIG_DOCS * 10) as f64;
+        let store_bytes: usize = records.iter().map(|(k, v)| k.len() + v.len()).sum();
+        println!(
+            "sizes: value payload {:.1} B/field; snapshot of {BIG_DOCS} docs x 10 fields = {} \
+             bytes ({:.1} B/field); store records = {} records, {} bytes ({:.1} B/field)",
+            docs.payload_bytes() as f64 / fields,
+            snapshot.len(),
+            snapshot.len() as f64 / fields,
+            records.len(),
+            store_bytes,
+            store_bytes as f64 / fields,
+        );
+        Big {
+            replica,
+            snapshot,
+            records,
+        }
+    }
+}
+
+/// Snapshot encode and decode of 100,000 documents of ten fields, and
+/// restore from the records a `MemoryStore` holds for the same state.
+fn snapshot_and_restore(c: &mut Criterion) {
+    // Built on first use, so a filtered run that skips these pays nothing.
+    let big = OnceCell::new();
+    let mut group = c.benchmark_group("snapshot");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5))
+        .throughput(Throughput::Elements((BIG_DOCS * 10) as u64));
+    group.bench_function("encode_100k_docs_x10", |b| {
+        let replica = &big.get_or_init(Big::new).replica;
+        b.iter(|| black_box(replica.encode_snapshot()));
+    });
+    group.bench_function("decode_100k_docs_x10", |b| {
+        let bytes = &big.get_or_init(Big::new).snapshot;
+        // The decoded state is dropped outside the timed section.
+        b.iter_with_large_drop(|| Snapshot::decode(black_box(bytes)).expect("decode"));
+    });
+    group.bench_function("restore_100k_docs_x10", |b| {
+        let records = &big.get_or_init(Big::new).records;
+        b.iter_batched(
+            || records.clone(),
+            |records| {
+                Replica::restore(ReplicaConfig::default(), records)
+                    .expect("restore")
+                    .expect("stored")
+            },
+            BatchSize::PerIteration,
+        );
+    });
+    group.finish();
+}
+
+criterion_group!(benches, local_write, remote_apply, snapshot_and_restore);
+criterion_main!(benches);

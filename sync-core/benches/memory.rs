@@ -1,0 +1,142 @@
+//! Memory per stored field: loads 1,000,000 fields (100,000 documents × 10)
+//! into a replica along each path a replica gets its state (local puts,
+//! remote operations, restore from stored records, snapshot decode) and
+//! prints live heap bytes per field, value payload bytes per field and the
+//! overhead between them.
+//!
+//! A counting global allocator (the `counting-alloc` dev-dependency, which
+//! wraps `std::alloc::System`) measures the bytes the program requested. Run
+//! with `cargo bench -p sync-core --bench memory`; results are recorded in
+//! `docs/BENCHMARKS.md`.
+
+use std::hint::black_box;
+use std::mem::size_of;
+
+use counting_alloc::{Counting, Stats, reset_peak, stats};
+use sync_core::{Replica, ReplicaConfig, Snapshot, Stamp, Value};
+
+mod common;
+use common::{Docs, apply_all, load, new_replica, records_of, remote_ops};
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+const DOCS: usize = 100_000;
+const FIELDS: usize = DOCS * 10;
+/// Overhead per stored field the issue aims for, in bytes.
+const TARGET_OVERHEAD: f64 = 64.0;
+
+/// One measurement: what a freshly built structure holds live.
+struct Report {
+    path: &'static str,
+    heap: usize,
+    allocs: usize,
+    chunk_bytes: usize,
+    peak: usize,
+}
+
+/// Measures what `build` leaves alive, relative to before it ran, and drops
+/// it afterwards. `build` must free its temporaries before returning.
+fn measure<T>(path: &'static str, build: impl FnOnce() -> T) -> Report {
+    let before = stats();
+    reset_peak();
+    let built = build();
+    let after = stats();
+    let report = diff(path, before, after);
+    drop(black_box(built));
+    report
+}
+
+fn diff(path: &'static str, before: Stats, after: Stats) -> Report {
+    Report {
+        path,
+        heap: after.live_bytes.saturating_sub(before.live_bytes),
+        allocs: after.live_allocs.saturating_sub(before.live_allocs),
+        chunk_bytes: after
+            .live_chunk_bytes
+            .saturating_sub(before.live_chunk_bytes),
+        peak: after.peak_bytes.saturating_sub(before.live_bytes),
+    }
+}
+
+fn print(report: &Report, payload_per_field: f64) {
+    let per = |n: usize| n as f64 / FIELDS as f64;
+    let heap = per(report.heap);
+    let overhead = heap - payload_per_field;
+    let verdict = if overhead <= TARGET_OVERHEAD {
+        "PASS"
+    } else {
+        "MISS"
+    };
+    println!(
+        "memory[{}]: {FIELDS} fields: heap {heap:.1} B/field, payload {payload_per_field:.1} B/field, \
+         overhead {overhead:.1} B/field (target <= {TARGET_OVERHEAD:.0}: {verdict}); \
+         {:.2} allocations/field, est. malloc footprint {:.1} B/field, peak while building {:.1} B/field",
+        report.path,
+        per(report.allocs),
+        per(report.chunk_bytes),
+        per(report.peak),
+    );
+}
+
+fn main() {
+    // `cargo test --benches` runs bench targets with `--test`: keep it quick.
+    if std::env::args().any(|a| a == "--test" || a == "--list") {
+        println!("memory: skipped under --test");
+        return;
+    }
+    let docs = Docs::new(DOCS, 0);
+    let payload = docs.payload_bytes() as f64 / FIELDS as f64;
+    println!(
+        "memory: sizes: Value {} B, Option<Value> {} B, Stamp {} B, (Stamp, Option<Value>, u32) {} B",
+        size_of::<Value>(),
+        size_of::<Option<Value>>(),
+        size_of::<Stamp>(),
+        size_of::<(Stamp, Option<Value>, u32)>(),
+    );
+
+    // Local puts: the replica an app builds by writing. The outbox is
+    // acknowledged, events drained and the persist batch dropped, so what
+    // is left is the merged state (plus a tiny version vector).
+    let put = measure("local put", || {
+        let mut replica = new_replica(1);
+        drop(load(&mut replica, &docs));
+        replica
+    });
+    print(&put, payload);
+
+    // Restore from the records a store holds: the replica an app gets on start.
+    let records = {
+        let mut replica = new_replica(1);
+        records_of(&load(&mut replica, &docs))
+    };
+    let restore = measure("restore", || {
+        Replica::restore(ReplicaConfig::default(), records.clone())
+            .expect("restore")
+            .expect("stored")
+    });
+    print(&restore, payload);
+    drop(records);
+
+    // Snapshot decode: the state a client receives after compaction.
+    let bytes = {
+        let mut replica = new_replica(1);
+        load(&mut replica, &docs);
+        replica.encode_snapshot()
+    };
+    let decode = measure("snapshot decode", || {
+        Snapshot::decode(&bytes).expect("decode")
+    });
+    print(&decode, payload);
+    drop(bytes);
+
+    // Remote operations: one ten-field put per document, applied with a
+    // persist batch every 1,000 operations.
+    let ops = remote_ops(DOCS, 1);
+    let apply = measure("remote apply", || {
+        let mut replica = new_replica(1);
+        apply_all(&mut replica, &ops);
+        replica
+    });
+    print(&apply, payload);
+}
