@@ -16,8 +16,8 @@ use sync_core::{Replica, ReplicaConfig, Snapshot};
 
 mod common;
 use common::{
-    ACK_EVERY, COLLECTION, Docs, ack_all, apply_all, drain_events, load, new_replica, now_for,
-    records_of, remote_ops,
+    ACK_EVERY, COLLECTION, Docs, ack_all, apply_all, apply_all_owned, drain_events, load,
+    new_replica, now_for, records_of, remote_ops,
 };
 
 /// Documents the write benchmarks cycle through.
@@ -79,7 +79,8 @@ fn local_write(c: &mut Criterion) {
 
 /// Operations made on one replica (ten fields per put, 10 passes over 1,000
 /// documents) applied on a fresh replica, with a persist batch taken every
-/// 1,000 operations.
+/// 1,000 operations: by reference (`Replica::apply`) and by value
+/// (`Replica::apply_owned`).
 fn remote_apply(c: &mut Criterion) {
     let ops = remote_ops(WRITE_DOCS, APPLY_ROUNDS);
     let field_ops = ops.len() * 10;
@@ -89,22 +90,28 @@ fn remote_apply(c: &mut Criterion) {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4))
         .throughput(Throughput::Elements(field_ops as u64));
-    group.bench_function(
-        BenchmarkId::new(
-            "10_field_ops",
-            format!("{}_ops_over_{WRITE_DOCS}_docs", ops.len()),
-        ),
-        |b| {
-            b.iter_batched(
-                || new_replica(1),
-                |mut replica| {
-                    apply_all(&mut replica, &ops);
-                    replica
-                },
-                BatchSize::PerIteration,
-            );
-        },
-    );
+    let name = format!("{}_ops_over_{WRITE_DOCS}_docs", ops.len());
+    group.bench_function(BenchmarkId::new("10_field_ops_by_ref", &name), |b| {
+        b.iter_batched(
+            || new_replica(1),
+            |mut replica| {
+                apply_all(&mut replica, &ops);
+                replica
+            },
+            BatchSize::PerIteration,
+        );
+    });
+    // `Replica::apply_owned` moves the values in instead of cloning them.
+    group.bench_function(BenchmarkId::new("10_field_ops_owned", &name), |b| {
+        b.iter_batched(
+            || (new_replica(1), ops.clone()),
+            |(mut replica, ops)| {
+                apply_all_owned(&mut replica, ops);
+                replica
+            },
+            BatchSize::PerIteration,
+        );
+    });
     group.finish();
 }
 

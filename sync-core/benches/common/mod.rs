@@ -174,3 +174,18 @@ pub(crate) fn apply_all(replica: &mut Replica, ops: &[Op]) {
         black_box(replica.take_persist());
     }
 }
+
+/// Like [`apply_all`], but hands each operation over by value
+/// (`Replica::apply_owned`), as a host that decoded a batch can.
+#[allow(dead_code)] // the memory bench measures the by-reference path only
+pub(crate) fn apply_all_owned(replica: &mut Replica, ops: Vec<Op>) {
+    let now = now_for(ops.len());
+    let mut ops = ops.into_iter().peekable();
+    while ops.peek().is_some() {
+        for op in ops.by_ref().take(ACK_EVERY) {
+            replica.apply_owned(now, op).expect("apply");
+            drain_events(replica);
+        }
+        black_box(replica.take_persist());
+    }
+}
