@@ -235,10 +235,7 @@ impl State {
         stamp: Stamp,
         fields: impl IntoIterator<Item = (N, Option<Value>)>,
     ) -> Effect {
-        let coll = match entry_mut(&mut self.collections, collection) {
-            Some(coll) => coll,
-            None => return Effect::Unchanged,
-        };
+        let coll = self.collections.entry(collection.to_owned()).or_default();
         if coll
             .tombstone_for(coll.docs.get(id))
             .is_some_and(|t| stamp <= t)
@@ -246,9 +243,7 @@ impl State {
             cleanup_collection(&mut self.collections, collection);
             return Effect::Unchanged;
         }
-        let Some(doc) = entry_mut(&mut coll.docs, id) else {
-            return Effect::Unchanged;
-        };
+        let doc = coll.docs.entry(id.to_owned()).or_default();
         let mut changed = false;
         if doc.written < Some(stamp) {
             doc.written = Some(stamp);
@@ -270,10 +265,7 @@ impl State {
 
     /// A document delete at `stamp`.
     pub(crate) fn delete(&mut self, collection: &str, id: &str, stamp: Stamp) -> Effect {
-        let coll = match entry_mut(&mut self.collections, collection) {
-            Some(coll) => coll,
-            None => return Effect::Unchanged,
-        };
+        let coll = self.collections.entry(collection.to_owned()).or_default();
         let covered = coll
             .tombstone_for(coll.docs.get(id))
             .is_some_and(|t| stamp <= t);
@@ -281,9 +273,7 @@ impl State {
             cleanup_collection(&mut self.collections, collection);
             return Effect::Unchanged;
         }
-        let Some(doc) = entry_mut(&mut coll.docs, id) else {
-            return Effect::Unchanged;
-        };
+        let doc = coll.docs.entry(id.to_owned()).or_default();
         doc.prune(stamp);
         doc.deleted = Some(stamp);
         Effect::Document {
@@ -294,10 +284,7 @@ impl State {
 
     /// A collection create at `stamp`.
     pub(crate) fn create_collection(&mut self, collection: &str, stamp: Stamp) -> Effect {
-        let coll = match entry_mut(&mut self.collections, collection) {
-            Some(coll) => coll,
-            None => return Effect::Unchanged,
-        };
+        let coll = self.collections.entry(collection.to_owned()).or_default();
         if coll.dropped.is_some_and(|d| stamp <= d) || coll.created >= Some(stamp) {
             cleanup_collection(&mut self.collections, collection);
             return Effect::Unchanged;
@@ -311,10 +298,7 @@ impl State {
 
     /// A collection drop at `stamp`: prunes everything it covers.
     pub(crate) fn drop_collection(&mut self, collection: &str, stamp: Stamp) -> Effect {
-        let coll = match entry_mut(&mut self.collections, collection) {
-            Some(coll) => coll,
-            None => return Effect::Unchanged,
-        };
+        let coll = self.collections.entry(collection.to_owned()).or_default();
         if coll.dropped >= Some(stamp) {
             cleanup_collection(&mut self.collections, collection);
             return Effect::Unchanged;
@@ -351,14 +335,9 @@ impl State {
             let no_fields: [(&str, Option<Value>); 0] = [];
             changed |= self.put(collection, id, written, no_fields) != Effect::Unchanged;
         }
-        let coll = match entry_mut(&mut self.collections, collection) {
-            Some(coll) => coll,
-            None => return Effect::Unchanged,
-        };
+        let coll = self.collections.entry(collection.to_owned()).or_default();
         let tombstone = coll.tombstone_for(coll.docs.get(id));
-        let Some(doc) = entry_mut(&mut coll.docs, id) else {
-            return Effect::Unchanged;
-        };
+        let doc = coll.docs.entry(id.to_owned()).or_default();
         for (name, stamp, value) in other.fields {
             if tombstone.is_none_or(|t| stamp > t) {
                 let name = self.names.intern(name);
@@ -553,16 +532,6 @@ fn document_effect(changed: bool, collection: &str, id: &str) -> Effect {
     } else {
         Effect::Unchanged
     }
-}
-
-/// The map's entry for `key`, created empty if missing. Unlike
-/// `entry(key.to_owned())` it allocates the key only when it is new: the
-/// common case, writing to an existing document, allocates nothing.
-fn entry_mut<'m, V: Default>(map: &'m mut BTreeMap<String, V>, key: &str) -> Option<&'m mut V> {
-    if !map.contains_key(key) {
-        map.insert(key.to_owned(), V::default());
-    }
-    map.get_mut(key)
 }
 
 /// Removes a collection entry that an ignored write created and left empty.
