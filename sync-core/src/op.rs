@@ -45,29 +45,6 @@ impl Op {
         }
     }
 
-    /// Rough size in bytes of the operation's content, for batch limits.
-    pub fn payload_len(&self) -> usize {
-        let names = match &self.change {
-            Change::Put {
-                collection,
-                id,
-                fields,
-            } => {
-                collection.len()
-                    + id.len()
-                    + fields
-                        .iter()
-                        .map(|(n, v)| n.len() + v.as_ref().map_or(0, Value::payload_len))
-                        .sum::<usize>()
-            }
-            Change::Delete { collection, id } => collection.len() + id.len(),
-            Change::CreateCollection { collection } | Change::DropCollection { collection } => {
-                collection.len()
-            }
-        };
-        names + 24
-    }
-
     /// An upper bound on the operation's encoded size in bytes; batch limits
     /// are enforced with it on both sides.
     pub fn encoded_len_bound(&self) -> usize {

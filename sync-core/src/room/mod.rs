@@ -590,23 +590,23 @@ impl Room {
             if self.accepted.contains(op.id) {
                 continue;
             }
-            let refusal = if let Err(e) = op.validate() {
-                Some((ErrorCode::InvalidOp, e.to_string()))
-            } else if op.hlc <= self.tombstone_horizon
-                || self.settled_seqs(replica).contains(op.id.seq)
-            {
-                Some((
-                    ErrorCode::Stale,
-                    "operation is older than the relay's tombstone horizon".to_owned(),
-                ))
+            // Not stored (checked above), so a settled number is one refused
+            // or given up before: refuse it again.
+            let given_up = self
+                .refused
+                .get(&replica)
+                .is_some_and(|r| r.contains(op.id.seq));
+            let refusal = if op.validate().is_err() {
+                Some(ErrorCode::InvalidOp)
+            } else if op.hlc <= self.tombstone_horizon || given_up {
+                Some(ErrorCode::Stale)
             } else {
                 None
             };
-            if let Some((code, message)) = refusal {
+            if let Some(code) = refusal {
                 // Refused for good: settled, so acknowledgements can move past it.
                 self.refused.entry(replica).or_default().insert(op.id.seq);
                 refused.push((op.id.seq, code));
-                let _ = message;
                 continue;
             }
             if op.hlc.wall_ms() > limit {

@@ -59,11 +59,6 @@ impl InboundQueue {
         self.skew_reported = false;
     }
 
-    /// Same as [`InboundQueue::clear`]; named for the call site's intent.
-    pub(super) fn clear_unapplied(&mut self) {
-        self.clear();
-    }
-
     /// When the front item could pass the drift check.
     pub(super) fn retry_at(&self, max_drift_ms: u64) -> Option<u64> {
         self.items

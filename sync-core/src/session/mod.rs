@@ -1062,7 +1062,7 @@ impl Session {
                 reason: reason.clone(),
             });
         }
-        self.inbound.clear_unapplied();
+        self.inbound.clear();
         // Only a connection that stayed up a while proves the relay healthy;
         // one that fails right after its welcome keeps backing off.
         if let Link::Live(live) = &self.link {
