@@ -189,7 +189,7 @@ fn exercise(mut replica: Replica) {
 /// A random operation decoded from bytes is applied; nothing may panic.
 fn exercise_op(op: &Op) {
     let _ = op.validate();
-    let _ = op.payload_len();
+    let _ = op.encoded_len_bound();
     for id in [1, op.id.replica.0] {
         let mut r = Replica::new(ReplicaId(id), ReplicaConfig::default());
         r.put(NOW, "c", "d", [("f", 1)]).unwrap();
