@@ -236,10 +236,16 @@ impl<'a> DocRecordRef<'a> {
 
 /// Encodes a record: the version byte, then postcard.
 pub(crate) fn encode_record<T: Serialize + ?Sized>(record: &T) -> Vec<u8> {
+    encode_record_sized(record, 128)
+}
+
+/// Like [`encode_record`], into a buffer of `capacity` bytes to start with,
+/// so a record of known rough size is not grown by reallocation.
+pub(crate) fn encode_record_sized<T: Serialize + ?Sized>(record: &T, capacity: usize) -> Vec<u8> {
     // Serialising into a Vec fails only for types postcard cannot express
     // (sequences of unknown length); ours never are. Were it to happen, the
     // empty record would be refused as corrupt on load rather than misread.
-    let mut out = Vec::with_capacity(128);
+    let mut out = Vec::with_capacity(capacity);
     out.push(RECORD_VERSION);
     postcard::to_extend(record, out).unwrap_or_default()
 }

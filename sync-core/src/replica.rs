@@ -8,7 +8,7 @@ use crate::hlc::{Clock, ClockError, DEFAULT_MAX_DRIFT_MS, Hlc};
 use crate::op::{Change, InvalidOp, Op, OpId};
 use crate::persist::{
     CollectionRecord, DocRecord, DocRecordRef, MetaRecord, MetaRecordRef, PersistBatch,
-    RecordError, StoreKey, Write, decode_record, encode_record, outbox_record,
+    RecordError, StoreKey, Write, decode_record, encode_record, encode_record_sized, outbox_record,
 };
 use crate::revision::Revision;
 use crate::snapshot::Snapshot;
@@ -618,7 +618,9 @@ impl Replica {
                 .and_then(|c| c.docs.get(&id));
             let value = doc.map(|doc| {
                 let parts = self.state.doc_parts(doc);
-                encode_record(&DocRecordRef::from_parts(&parts))
+                // About 48 bytes a field: name, stamp and a short value.
+                let capacity = 32 + 48 * parts.fields.len();
+                encode_record_sized(&DocRecordRef::from_parts(&parts), capacity)
             });
             let key = StoreKey::Document { collection, id };
             batch.writes.push(match value {
