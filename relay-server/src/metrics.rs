@@ -10,14 +10,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use sync_core::protocol::{ErrorCode, PROTOCOL_VERSION};
-
-/// Wire tag of `Message::Ack` (its variant index), for the latency histogram.
-pub(crate) const TAG_ACK: u8 = 3;
-/// Wire tag of `Message::Deliver`, to count delivered operations.
-pub(crate) const TAG_DELIVER: u8 = 4;
-/// Wire tag of `Message::Error`, to count errors by kind.
-pub(crate) const TAG_ERROR: u8 = 10;
+use sync_core::protocol::{self, ErrorCode, MessageKind};
 
 /// Every metric the relay exposes.
 #[derive(Debug, Default)]
@@ -79,13 +72,13 @@ impl Metrics {
         self.frames_out.fetch_add(1, Ordering::Relaxed);
         self.bytes_out
             .fetch_add(frame.len() as u64, Ordering::Relaxed);
-        match frame_tag(frame) {
-            Some(TAG_DELIVER) => {
-                if let Some(ops) = deliver_op_count(frame) {
+        match protocol::peek_kind(frame) {
+            Some(MessageKind::Deliver) => {
+                if let Some(ops) = protocol::deliver_op_count(frame) {
                     self.ops_out.fetch_add(ops, Ordering::Relaxed);
                 }
             }
-            Some(TAG_ERROR) => {
+            Some(MessageKind::Error) => {
                 if let Ok(sync_core::protocol::Message::Error { code, .. }) =
                     sync_core::protocol::decode(frame, usize::MAX)
                 {
@@ -323,39 +316,6 @@ fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
     );
 }
 
-/// The message tag of a frame: its version byte, then the message's
-/// variant index as one varint byte (every tag is below 128).
-pub(crate) fn frame_tag(frame: &[u8]) -> Option<u8> {
-    match frame {
-        [PROTOCOL_VERSION, tag, ..] if *tag < 0x80 => Some(*tag),
-        _ => None,
-    }
-}
-
-/// The number of operations in a `Deliver` frame, read from its header
-/// (tag, `from`, `cursor`, then the length of `ops`, all varints).
-fn deliver_op_count(frame: &[u8]) -> Option<u64> {
-    let mut rest = frame.get(2..)?;
-    let mut value = 0;
-    for _ in 0..3 {
-        let (v, tail) = read_varint(rest)?;
-        value = v;
-        rest = tail;
-    }
-    Some(value)
-}
-
-fn read_varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
-    let mut value: u64 = 0;
-    for (i, &b) in bytes.iter().enumerate().take(10) {
-        value |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return Some((value, bytes.get(i + 1..)?));
-        }
-    }
-    None
-}
-
 /// A stable label for an error code.
 pub(crate) fn error_code_name(code: ErrorCode) -> &'static str {
     match code {
@@ -382,27 +342,6 @@ pub(crate) fn error_code_name(code: ErrorCode) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sync_core::protocol::{Message, encode, encode_deliver};
-
-    #[test]
-    fn tags_match_the_protocol() {
-        assert_eq!(
-            frame_tag(&encode(&Message::Ack {
-                through_seq: 9,
-                refused: Vec::new(),
-            })),
-            Some(TAG_ACK)
-        );
-        let error = Message::Error {
-            code: ErrorCode::Internal,
-            message: String::new(),
-        };
-        assert_eq!(frame_tag(&encode(&error)), Some(TAG_ERROR));
-        let ops: [&[u8]; 0] = [];
-        let deliver = encode_deliver(300, 70_000, ops.into_iter());
-        assert_eq!(frame_tag(&deliver), Some(TAG_DELIVER));
-        assert_eq!(deliver_op_count(&deliver), Some(0));
-    }
 
     #[test]
     fn histogram_renders_cumulative_buckets() {

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use sync_core::protocol::{ErrorCode, Hello};
+use sync_core::protocol::{self, ErrorCode, Hello};
 use sync_core::room::{
     Compacted, CompactionError, CompactionJob, Room, RoomInput, RoomOutput, RoomPersist, RoomStats,
     SessionId,
@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::metrics::{self, Metrics};
+use crate::metrics::Metrics;
 use crate::peer::Peer;
 use crate::store::{Durable, Store};
 
@@ -545,7 +545,7 @@ impl Host {
                 let Some(member) = self.sessions.get_mut(&session) else {
                     return;
                 };
-                if metrics::frame_tag(&frame) == Some(metrics::TAG_ACK) {
+                if protocol::peek_kind(&frame) == Some(protocol::MessageKind::Ack) {
                     if let Some(at) = member.pushes.pop_front() {
                         self.rooms.metrics.ack_latency.observe(at.elapsed());
                     }

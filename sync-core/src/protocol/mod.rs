@@ -120,6 +120,75 @@ pub fn encode_deliver<'a>(
     frame
 }
 
+/// Which message a frame carries, read from its header without decoding it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MessageKind {
+    /// `Message::Hello`.
+    Hello,
+    /// `Message::Welcome`.
+    Welcome,
+    /// `Message::Push`.
+    Push,
+    /// `Message::Ack`.
+    Ack,
+    /// `Message::Deliver`.
+    Deliver,
+    /// `Message::SnapshotChunk`.
+    SnapshotChunk,
+    /// `Message::Applied`.
+    Applied,
+    /// `Message::Rejected`.
+    Rejected,
+    /// `Message::Ping`.
+    Ping,
+    /// `Message::Pong`.
+    Pong,
+    /// `Message::Error`.
+    Error,
+}
+
+/// The kind of message a frame of this protocol version carries, for hosts
+/// that count or route frames without paying for a full decode. `None` for
+/// a frame that is empty, of another version, or of no known kind.
+pub fn peek_kind(frame: &[u8]) -> Option<MessageKind> {
+    let (version, rest) = frame.split_first()?;
+    if *version != PROTOCOL_VERSION {
+        return None;
+    }
+    let (tag, _) = read_varint(rest)?;
+    Some(match tag {
+        0 => MessageKind::Hello,
+        1 => MessageKind::Welcome,
+        2 => MessageKind::Push,
+        3 => MessageKind::Ack,
+        message::DELIVER_TAG => MessageKind::Deliver,
+        5 => MessageKind::SnapshotChunk,
+        6 => MessageKind::Applied,
+        7 => MessageKind::Rejected,
+        8 => MessageKind::Ping,
+        9 => MessageKind::Pong,
+        10 => MessageKind::Error,
+        _ => return None,
+    })
+}
+
+/// The number of operations a `Deliver` frame carries, read from its header
+/// (tag, `from`, `cursor`, then the length of `ops`), without decoding them.
+pub fn deliver_op_count(frame: &[u8]) -> Option<u64> {
+    if peek_kind(frame)? != MessageKind::Deliver {
+        return None;
+    }
+    let mut rest = frame.get(1..)?;
+    let mut value = 0;
+    for _ in 0..4 {
+        let (v, tail) = read_varint(rest)?;
+        value = v;
+        rest = tail;
+    }
+    Some(value)
+}
+
 /// Encodes one operation as it appears inside `Push` and `Deliver`.
 pub fn encode_op(op: &Op) -> Vec<u8> {
     postcard::to_allocvec(op).unwrap_or_default()
@@ -135,6 +204,18 @@ pub fn decode_op(bytes: &[u8]) -> Result<Op, FrameError> {
     Ok(op)
 }
 
+/// Reads one LEB128 varint; `None` when truncated or longer than 10 bytes.
+fn read_varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let mut value: u64 = 0;
+    for (i, &b) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((value, bytes.get(i + 1..)?));
+        }
+    }
+    None
+}
+
 /// LEB128 as postcard writes unsigned integers.
 fn push_varint(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
@@ -142,4 +223,116 @@ fn push_varint(out: &mut Vec<u8>, mut value: u64) {
         value >>= 7;
     }
     out.push(value as u8);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn every_message() -> Vec<(Message, MessageKind)> {
+        use crate::protocol::{Hello, Welcome};
+        use crate::stamp::ReplicaId;
+        let hello = Hello {
+            replica: ReplicaId(1),
+            room: "r".into(),
+            token: Vec::new(),
+            cursor: 0,
+            own_seq: 0,
+            settled_seq: 0,
+            agent: String::new(),
+        };
+        let welcome = Welcome {
+            head: 0,
+            accepted_seq: 0,
+            relay_time_ms: 0,
+            read_only: false,
+            heartbeat_ms: 0,
+            max_batch_ops: 0,
+            max_batch_bytes: 0,
+            refused: Vec::new(),
+            cursor: 0,
+        };
+        vec![
+            (Message::Hello(hello), MessageKind::Hello),
+            (Message::Welcome(welcome), MessageKind::Welcome),
+            (Message::Push { ops: Vec::new() }, MessageKind::Push),
+            (
+                Message::Ack {
+                    through_seq: 1,
+                    refused: Vec::new(),
+                },
+                MessageKind::Ack,
+            ),
+            (
+                Message::Deliver {
+                    from: 0,
+                    cursor: 0,
+                    ops: Vec::new(),
+                },
+                MessageKind::Deliver,
+            ),
+            (
+                Message::SnapshotChunk {
+                    cursor: 0,
+                    total_len: 0,
+                    offset: 0,
+                    bytes: Vec::new(),
+                },
+                MessageKind::SnapshotChunk,
+            ),
+            (
+                Message::Applied {
+                    cursor: 0,
+                    frames: 1,
+                },
+                MessageKind::Applied,
+            ),
+            (
+                Message::Rejected {
+                    seq: 1,
+                    code: ErrorCode::ReadOnly,
+                    retry_after_ms: 0,
+                    message: String::new(),
+                },
+                MessageKind::Rejected,
+            ),
+            (Message::Ping { nonce: 0 }, MessageKind::Ping),
+            (Message::Pong { nonce: 0 }, MessageKind::Pong),
+            (
+                Message::Error {
+                    code: ErrorCode::Internal,
+                    message: String::new(),
+                },
+                MessageKind::Error,
+            ),
+        ]
+    }
+
+    #[test]
+    fn peek_kind_names_every_message() {
+        for (message, kind) in every_message() {
+            assert_eq!(peek_kind(&encode(&message)), Some(kind), "{message:?}");
+        }
+        assert_eq!(peek_kind(&[]), None);
+        assert_eq!(peek_kind(&[PROTOCOL_VERSION + 1, 3]), None);
+        assert_eq!(peek_kind(&[PROTOCOL_VERSION, 99]), None);
+    }
+
+    #[test]
+    fn deliver_op_count_reads_the_header() {
+        let op = encode_op(&crate::op::Op {
+            id: crate::op::OpId {
+                replica: crate::stamp::ReplicaId(1),
+                seq: 1,
+            },
+            hlc: crate::hlc::Hlc::ZERO,
+            change: crate::op::Change::CreateCollection {
+                collection: "c".into(),
+            },
+        });
+        let frame = encode_deliver(300, 70_000, [op.as_slice(); 3].into_iter());
+        assert_eq!(deliver_op_count(&frame), Some(3));
+        assert_eq!(deliver_op_count(&encode(&Message::Ping { nonce: 3 })), None);
+        assert_eq!(deliver_op_count(&frame[..3]), None);
+    }
 }
