@@ -144,6 +144,7 @@ struct Run {
     agree: bool,
     encode: Duration,
     decode: Duration,
+    first_read: Duration,
     encoded_bytes: usize,
     mem_peak: usize,
     mem_live: usize,
@@ -158,8 +159,10 @@ trait Lib {
     fn local_writes(names: &Names, writes: usize) -> Self::Replica;
     /// 2: two replicas, `CONCURRENT` writes each, merge both ways (timed); agreement.
     fn concurrent(names: &Names) -> (Duration, bool);
-    /// 3: encode, decode into a fresh replica; (encode, decode, bytes).
-    fn encode_decode(replica: &mut Self::Replica) -> (Duration, Duration, usize);
+    /// 3: encode, decode into a fresh replica, then read every field of it
+    /// once (the first read pays for any work a lazy decode deferred);
+    /// (encode, decode, first read, bytes).
+    fn encode_decode(replica: &mut Self::Replica) -> (Duration, Duration, Duration, usize);
     /// 4: a replica holding `DOCS × MEMORY_FIELDS_PER_DOC` fields, one transaction per document.
     fn hold_fields(names: &Names) -> Self::Replica;
     /// 5: from two replicas in sync holding `replica`'s state, `INCREMENTAL`
@@ -173,7 +176,7 @@ fn run_lib<L: Lib>(names: &Names) -> Run {
     let mut replica = L::local_writes(names, WRITES);
     run.writes = started.elapsed();
     (run.merge, run.agree) = L::concurrent(names);
-    (run.encode, run.decode, run.encoded_bytes) = L::encode_decode(&mut replica);
+    (run.encode, run.decode, run.first_read, run.encoded_bytes) = L::encode_decode(&mut replica);
     (run.inc_time, run.inc_bytes) = L::incremental(names, &mut replica);
     drop(replica);
     let (held, peak, live) = measure_memory(|| L::hold_fields(names));
@@ -213,6 +216,22 @@ mod concord {
         )
         .expect("put");
         drain_events(r);
+    }
+
+    /// Reads every field through the public read API (`Replica::get`, which
+    /// hands the app an owned document); sums the integers.
+    fn read_all(r: &Replica) -> i64 {
+        let ids: Vec<&str> = r.state().ids(COLL).collect();
+        let mut sum = 0i64;
+        for id in ids {
+            let doc = r.get(COLL, id).expect("listed document");
+            for value in doc.fields.values() {
+                if let Value::Int(v) = value {
+                    sum = sum.wrapping_add(*v);
+                }
+            }
+        }
+        sum
     }
 
     /// The wire transfer of `ops`: one `Deliver` frame, decoded and applied.
@@ -259,7 +278,7 @@ mod concord {
             (took, a.state() == b.state())
         }
 
-        fn encode_decode(r: &mut Replica) -> (Duration, Duration, usize) {
+        fn encode_decode(r: &mut Replica) -> (Duration, Duration, Duration, usize) {
             let started = Instant::now();
             let bytes = r.encode_snapshot();
             let encode = started.elapsed();
@@ -268,8 +287,12 @@ mod concord {
             let snapshot = Snapshot::decode(&bytes).expect("decode");
             fresh.reset_to_snapshot(now_ms(), snapshot).expect("reset");
             let decode = started.elapsed();
+            let started = Instant::now();
+            let sum = read_all(&fresh);
+            let first_read = started.elapsed();
+            assert!(sum != 0 && sum == read_all(r), "read every field");
             assert!(fresh.state() == r.state());
-            (encode, decode, bytes.len())
+            (encode, decode, first_read, bytes.len())
         }
 
         fn hold_fields(names: &Names) -> Replica {
@@ -364,6 +387,20 @@ mod yrs_lib {
         sv.len() + update.len()
     }
 
+    /// Reads every field of every document map; sums the integers.
+    fn read_all(r: &Replica) -> i64 {
+        let txn = r.doc.transact();
+        let mut sum = 0i64;
+        for map in &r.maps {
+            for (_, value) in map.iter(&txn) {
+                if let yrs::Out::Any(yrs::Any::Number(yrs::Number::Int(v))) = value {
+                    sum = sum.wrapping_add(v);
+                }
+            }
+        }
+        sum
+    }
+
     fn content(r: &Replica) -> Vec<yrs::Any> {
         let txn = r.doc.transact();
         r.maps.iter().map(|m| m.to_json(&txn)).collect()
@@ -412,7 +449,7 @@ mod yrs_lib {
             (took, content(&a) == content(&b))
         }
 
-        fn encode_decode(r: &mut Replica) -> (Duration, Duration, usize) {
+        fn encode_decode(r: &mut Replica) -> (Duration, Duration, Duration, usize) {
             let started = Instant::now();
             let bytes = r
                 .doc
@@ -433,8 +470,12 @@ mod yrs_lib {
                 .map(|d| fresh.get_or_insert_map(format!("doc{d:04}")))
                 .collect();
             let fresh = Replica { doc: fresh, maps };
+            let started = Instant::now();
+            let sum = read_all(&fresh);
+            let first_read = started.elapsed();
+            assert!(sum != 0 && sum == read_all(r), "read every field");
             assert!(content(&fresh) == content(r));
-            (encode, decode, bytes.len())
+            (encode, decode, first_read, bytes.len())
         }
 
         fn hold_fields(names: &Names) -> Replica {
@@ -520,6 +561,19 @@ mod automerge_lib {
         heads.len() + changes.len()
     }
 
+    /// Reads every field of every document map; sums the integers.
+    fn read_all(r: &Replica) -> i64 {
+        let mut sum = 0i64;
+        for map in &r.maps {
+            for item in r.doc.map_range(map, ..) {
+                if let automerge::ValueRef::Scalar(automerge::ScalarValueRef::Int(v)) = item.value {
+                    sum = sum.wrapping_add(v);
+                }
+            }
+        }
+        sum
+    }
+
     fn content(r: &Replica) -> Vec<Vec<(String, String)>> {
         r.maps
             .iter()
@@ -581,7 +635,7 @@ mod automerge_lib {
             (took, content(&a) == content(&b))
         }
 
-        fn encode_decode(r: &mut Replica) -> (Duration, Duration, usize) {
+        fn encode_decode(r: &mut Replica) -> (Duration, Duration, Duration, usize) {
             let started = Instant::now();
             let bytes = r.doc.save();
             let encode = started.elapsed();
@@ -592,8 +646,12 @@ mod automerge_lib {
                 doc: fresh,
                 maps: r.maps.clone(),
             };
+            let started = Instant::now();
+            let sum = read_all(&fresh);
+            let first_read = started.elapsed();
+            assert!(sum != 0 && sum == read_all(r), "read every field");
             assert!(content(&fresh) == content(r));
-            (encode, decode, bytes.len())
+            (encode, decode, first_read, bytes.len())
         }
 
         fn hold_fields(names: &Names) -> Replica {
@@ -638,6 +696,19 @@ mod loro_lib {
     pub(crate) struct Replica {
         doc: LoroDoc,
         maps: Vec<LoroMap>,
+    }
+
+    /// Reads every field of every document map; sums the integers.
+    fn read_all(r: &Replica) -> i64 {
+        let mut sum = 0i64;
+        for map in &r.maps {
+            map.for_each(|_, value| {
+                if let loro::ValueOrContainer::Value(loro::LoroValue::I64(v)) = value {
+                    sum = sum.wrapping_add(v);
+                }
+            });
+        }
+        sum
     }
 
     fn replica(id: u64, names: &Names) -> Replica {
@@ -708,7 +779,7 @@ mod loro_lib {
             (took, a.doc.get_deep_value() == b.doc.get_deep_value())
         }
 
-        fn encode_decode(r: &mut Replica) -> (Duration, Duration, usize) {
+        fn encode_decode(r: &mut Replica) -> (Duration, Duration, Duration, usize) {
             let started = Instant::now();
             let bytes = r.doc.export(ExportMode::Snapshot).expect("export");
             let encode = started.elapsed();
@@ -716,8 +787,16 @@ mod loro_lib {
             let fresh = LoroDoc::new();
             fresh.import(&bytes).expect("import");
             let decode = started.elapsed();
-            assert!(fresh.get_deep_value() == r.doc.get_deep_value());
-            (encode, decode, bytes.len())
+            let maps: Vec<LoroMap> = (0..DOCS)
+                .map(|d| fresh.get_map(format!("doc{d:04}").as_str()))
+                .collect();
+            let fresh = Replica { doc: fresh, maps };
+            let started = Instant::now();
+            let sum = read_all(&fresh);
+            let first_read = started.elapsed();
+            assert!(sum != 0 && sum == read_all(r), "read every field");
+            assert!(fresh.doc.get_deep_value() == r.doc.get_deep_value());
+            (encode, decode, first_read, bytes.len())
         }
 
         fn hold_fields(names: &Names) -> Replica {
@@ -771,6 +850,7 @@ fn runs<L: Lib>(names: &Names, runs: usize) -> Run {
         agree: all.iter().all(|r| r.agree),
         encode: m(|r| r.encode),
         decode: m(|r| r.decode),
+        first_read: m(|r| r.first_read),
         encoded_bytes: b(|r| r.encoded_bytes),
         mem_peak: b(|r| r.mem_peak),
         mem_live: b(|r| r.mem_live),
@@ -887,6 +967,20 @@ fn main() {
         |r| r.encoded_bytes as f64,
         &|r| size(r.encoded_bytes),
         Some(1.0),
+    );
+    row(
+        "3d. then the first read of every field",
+        &results,
+        |r| r.first_read.as_secs_f64(),
+        &|r| ms(r.first_read),
+        None,
+    );
+    row(
+        "3e. decode + first read",
+        &results,
+        |r| (r.decode + r.first_read).as_secs_f64(),
+        &|r| ms(r.decode + r.first_read),
+        Some(5.0),
     );
     row(
         "4a. heap holding 1,000,000 fields",
