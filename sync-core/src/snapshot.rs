@@ -5,21 +5,24 @@
 //! | bytes | content |
 //! | --- | --- |
 //! | 4 | magic `CNSN` |
-//! | 1 | format version, currently 1 |
+//! | 1 | format version, currently 2 (version 1 is still read) |
 //! | 4 | payload length `n` |
 //! | 4 | CRC-32 (IEEE) of the payload |
 //! | n | payload: postcard-encoded body |
 //!
 //! The body interns field names and replica ids in tables, so a field costs
-//! two small integers of naming instead of two strings, and a field stamped
-//! like its document's latest write (the common case) stores no stamp. Decoding checks the
+//! two small integers of naming instead of two strings. A field stamped like
+//! its document's latest write (the common case) stores no stamp; any other
+//! field stamp is stored as a difference from the stamp before it in its
+//! document, usually a few bytes instead of a full clock reading (format 2;
+//! format 1 stored such stamps in full). Decoding checks the
 //! magic, version, length and checksum before it parses anything, bounds every
 //! allocation by the bytes present, and rebuilds a state that satisfies the
 //! merge invariants or refuses it.
 
 use std::collections::BTreeMap;
 
-use serde::ser::SerializeTuple;
+use serde::ser::{SerializeSeq, SerializeTuple};
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::hlc::Hlc;
@@ -30,8 +33,10 @@ use crate::value::Value;
 use crate::version::VersionVector;
 
 const MAGIC: &[u8; 4] = b"CNSN";
-/// Current snapshot format version.
-pub const SNAPSHOT_FORMAT: u8 = 1;
+/// The snapshot format version this build writes.
+pub const SNAPSHOT_FORMAT: u8 = 2;
+/// The oldest snapshot format version this build still reads.
+pub const OLDEST_SNAPSHOT_FORMAT: u8 = 1;
 const HEADER_LEN: usize = 13;
 
 /// A decoded snapshot: a merged state and the operations folded into it.
@@ -65,7 +70,7 @@ pub enum SnapshotError {
     BadMagic,
     /// A format this build cannot read.
     #[error(
-        "snapshot format version {0} is not supported; this build reads version {SNAPSHOT_FORMAT}"
+        "snapshot format version {0} is not supported; this build reads versions {OLDEST_SNAPSHOT_FORMAT} to {SNAPSHOT_FORMAT}"
     )]
     UnsupportedVersion(u8),
     /// More bytes than the header announces.
@@ -153,21 +158,33 @@ impl Snapshot {
 
     /// Decodes and verifies snapshot bytes.
     pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
-        let payload = verified_payload(bytes)?;
-        let (body, rest): (Body, _) = postcard::take_from_bytes(payload)
-            .map_err(|e| SnapshotError::Malformed(e.to_string()))?;
-        if !rest.is_empty() {
-            return Err(SnapshotError::Malformed(format!(
-                "{} bytes after the body",
-                rest.len()
-            )));
+        let (format, payload) = verified_payload(bytes)?;
+        if format == 1 {
+            decode_body::<Option<PackedStamp>>(payload)
+        } else {
+            decode_body::<FieldStamp>(payload)
         }
-        body.into_snapshot()
     }
 }
 
-/// Checks the header and checksum; returns the payload.
-fn verified_payload(bytes: &[u8]) -> Result<&[u8], SnapshotError> {
+/// Parses a body whose field stamps are encoded as `S`, and checks it.
+fn decode_body<S>(payload: &[u8]) -> Result<Snapshot, SnapshotError>
+where
+    S: FieldStampCode + for<'de> Deserialize<'de>,
+{
+    let (body, rest): (Body<S>, _) =
+        postcard::take_from_bytes(payload).map_err(|e| SnapshotError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(SnapshotError::Malformed(format!(
+            "{} bytes after the body",
+            rest.len()
+        )));
+    }
+    body.into_snapshot()
+}
+
+/// Checks the header and checksum; returns the format version and the payload.
+fn verified_payload(bytes: &[u8]) -> Result<(u8, &[u8]), SnapshotError> {
     let header = bytes.get(..HEADER_LEN).ok_or(SnapshotError::Truncated {
         have: bytes.len(),
         need: HEADER_LEN,
@@ -175,8 +192,9 @@ fn verified_payload(bytes: &[u8]) -> Result<&[u8], SnapshotError> {
     if &header[..4] != MAGIC {
         return Err(SnapshotError::BadMagic);
     }
-    if header[4] != SNAPSHOT_FORMAT {
-        return Err(SnapshotError::UnsupportedVersion(header[4]));
+    let format = header[4];
+    if !(OLDEST_SNAPSHOT_FORMAT..=SNAPSHOT_FORMAT).contains(&format) {
+        return Err(SnapshotError::UnsupportedVersion(format));
     }
     let le = |at: usize| {
         u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
@@ -196,7 +214,7 @@ fn verified_payload(bytes: &[u8]) -> Result<&[u8], SnapshotError> {
     if actual != expected {
         return Err(SnapshotError::ChecksumMismatch { expected, actual });
     }
-    Ok(payload)
+    Ok((format, payload))
 }
 
 /// Every replica that stamped something in the state, in order, for interning.
@@ -322,17 +340,25 @@ impl Serialize for DocRef<'_> {
         t.serialize_element(self.id)?;
         t.serialize_element(&ctx.opt(self.doc.written))?;
         t.serialize_element(&ctx.opt(self.doc.deleted))?;
-        let fields = self
-            .doc
-            .fields
-            .iter()
-            // Most fields carry their document's latest stamp: write it once.
-            .map(|f| {
-                let stamp = (Some(f.stamp) != self.doc.written).then(|| ctx.stamp(f.stamp));
-                (f.name, stamp, f.value.as_ref())
-            });
-        t.serialize_element(&Seq(fields))?;
+        t.serialize_element(&FieldsRef { ctx, doc: self.doc })?;
         t.end()
+    }
+}
+
+/// A document's fields, each stamp encoded against the one before it.
+struct FieldsRef<'a> {
+    ctx: Ctx<'a>,
+    doc: &'a DocState,
+}
+impl Serialize for FieldsRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.doc.fields.len()))?;
+        let mut previous = self.doc.written;
+        for f in &self.doc.fields {
+            let stamp = FieldStamp::encode(f.stamp, self.doc.written, &mut previous, &self.ctx);
+            seq.serialize_element(&(f.name, stamp, f.value.as_ref()))?;
+        }
+        seq.end()
     }
 }
 
@@ -340,36 +366,138 @@ impl Serialize for DocRef<'_> {
 #[derive(Clone, Copy, Serialize, Deserialize)]
 struct PackedStamp(u64, u32);
 
+/// How format 2 stores a field's stamp. Within a document, fields are
+/// stamped by few writers at nearby times, so a stamp is stored as the
+/// difference of its clock reading from the previous *explicit* field stamp
+/// of the document (the document's `written` stamp before the first one),
+/// wrapping, as a zigzag varint: a few bytes instead of nine.
+#[derive(Clone, Copy, Serialize, Deserialize)]
+enum FieldStamp {
+    /// The document's `written` stamp.
+    Written,
+    /// The previous stamp's replica; the clock reading moved by the delta.
+    SameReplica(i64),
+    /// Another replica (an index into the table); the reading moved by the delta.
+    OtherReplica(i64, u32),
+}
+
+impl FieldStamp {
+    /// Encodes `stamp`; `previous` is the stamp the next delta starts from.
+    fn encode(
+        stamp: Stamp,
+        written: Option<Stamp>,
+        previous: &mut Option<Stamp>,
+        ctx: &Ctx<'_>,
+    ) -> FieldStamp {
+        if Some(stamp) == written {
+            return FieldStamp::Written;
+        }
+        let same_replica = previous.is_some_and(|p| p.replica == stamp.replica);
+        let base = previous.map_or(0, |p| p.hlc.as_u64());
+        *previous = Some(stamp);
+        // Wrapping keeps every pair of readings representable; the reader
+        // wraps back the same way.
+        let delta = stamp.hlc.as_u64().wrapping_sub(base) as i64;
+        if same_replica {
+            FieldStamp::SameReplica(delta)
+        } else {
+            FieldStamp::OtherReplica(delta, ctx.stamp(stamp).1)
+        }
+    }
+}
+
+/// Turns a field's encoded stamp back into a stamp, in document order.
+trait FieldStampCode: Copy {
+    fn resolve(
+        self,
+        written: Option<Stamp>,
+        previous: &mut Option<Stamp>,
+        replicas: &[ReplicaId],
+    ) -> Result<Stamp, String>;
+}
+
+fn replica_at(replicas: &[ReplicaId], index: u32) -> Result<ReplicaId, String> {
+    replicas
+        .get(index as usize)
+        .copied()
+        .ok_or_else(|| format!("replica index {index} out of range"))
+}
+
+/// Format 1: `None` for the document's `written` stamp, else the full stamp.
+impl FieldStampCode for Option<PackedStamp> {
+    fn resolve(
+        self,
+        written: Option<Stamp>,
+        _: &mut Option<Stamp>,
+        replicas: &[ReplicaId],
+    ) -> Result<Stamp, String> {
+        match self {
+            None => written.ok_or_else(|| "a field of an unwritten document has no stamp".into()),
+            Some(PackedStamp(hlc, index)) => {
+                Ok(Stamp::new(Hlc::from_u64(hlc), replica_at(replicas, index)?))
+            }
+        }
+    }
+}
+
+impl FieldStampCode for FieldStamp {
+    fn resolve(
+        self,
+        written: Option<Stamp>,
+        previous: &mut Option<Stamp>,
+        replicas: &[ReplicaId],
+    ) -> Result<Stamp, String> {
+        let (delta, replica) = match self {
+            FieldStamp::Written => {
+                return written
+                    .ok_or_else(|| "a field of an unwritten document has no stamp".into());
+            }
+            FieldStamp::SameReplica(delta) => {
+                let replica = previous
+                    .map(|p| p.replica)
+                    .ok_or("a field repeats the replica of a stamp that does not exist")?;
+                (delta, replica)
+            }
+            FieldStamp::OtherReplica(delta, index) => (delta, replica_at(replicas, index)?),
+        };
+        let base = previous.map_or(0, |p| p.hlc.as_u64());
+        let stamp = Stamp::new(Hlc::from_u64(base.wrapping_add(delta as u64)), replica);
+        *previous = Some(stamp);
+        Ok(stamp)
+    }
+}
+
 // ---- decoding: owned mirror of the same layout ----
 
+/// The body of a snapshot whose field stamps are encoded as `S`.
 #[derive(Deserialize)]
-struct Body {
+struct Body<S> {
     version: VersionVector,
     max_hlc: Hlc,
     tombstone_horizon: Hlc,
     names: Vec<String>,
     replicas: Vec<ReplicaId>,
-    collections: Vec<CollectionBody>,
+    collections: Vec<CollectionBody<S>>,
 }
 
 #[derive(Deserialize)]
-struct CollectionBody(
+struct CollectionBody<S>(
     String,
     Option<PackedStamp>,
     Option<PackedStamp>,
-    Vec<DocBody>,
+    Vec<DocBody<S>>,
 );
 
 #[derive(Deserialize)]
-struct DocBody(
+struct DocBody<S>(
     String,
     Option<PackedStamp>,
     Option<PackedStamp>,
-    /// Fields: name index, stamp (`None`: the document's `written` stamp), value.
-    Vec<(u32, Option<PackedStamp>, Option<Value>)>,
+    /// Fields: name index, stamp, value (`None`: removed).
+    Vec<(u32, S, Option<Value>)>,
 );
 
-impl Body {
+impl<S: FieldStampCode> Body<S> {
     fn into_snapshot(self) -> Result<Snapshot, SnapshotError> {
         let inconsistent = |what: String| SnapshotError::Inconsistent(what);
         let replicas = self.replicas;
@@ -422,7 +550,8 @@ impl Body {
                     fields: Vec::new(),
                 };
                 doc.fields.reserve_exact(fields.len());
-                for (field, packed, value) in fields {
+                let mut previous = doc.written;
+                for (field, code, value) in fields {
                     if field as usize >= name_count {
                         return Err(inconsistent(format!("field index {field} out of range")));
                     }
@@ -431,12 +560,9 @@ impl Body {
                             "fields of document {id:?} out of order"
                         )));
                     }
-                    let field_stamp = match packed {
-                        Some(packed) => stamp(packed)?,
-                        None => doc.written.ok_or_else(|| {
-                            inconsistent(format!("field of unwritten document {id:?} has no stamp"))
-                        })?,
-                    };
+                    let field_stamp = code
+                        .resolve(doc.written, &mut previous, &replicas)
+                        .map_err(|e| inconsistent(format!("document {id:?}: {e}")))?;
                     doc.fields.push(FieldSlot {
                         stamp: field_stamp,
                         value,

@@ -101,7 +101,8 @@ fn nested(depth: usize, open: &[u8], leaf: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Wraps a snapshot payload in a header with a correct checksum.
+/// Wraps a format-1 snapshot payload (field stamps stored in full; still
+/// read) in a header with a correct checksum.
 fn snapshot(payload: &[u8]) -> Vec<u8> {
     let mut out = b"CNSN\x01".to_vec();
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -315,9 +316,9 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
         s[0] = b'X';
         s
     });
-    add("snapshot-format-2", {
+    add("snapshot-format-3", {
         let mut s = good.clone();
-        s[4] = 2;
+        s[4] = sync_core::snapshot::SNAPSHOT_FORMAT + 1;
         s
     });
     add(

@@ -545,12 +545,35 @@ fn golden_vectors() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// Snapshot blobs in an older format that readers must still accept. They
+/// are frozen: `UPDATE_VECTORS` never rewrites them.
+const LEGACY_SNAPSHOTS: &[&str] = &["snapshot-v1.hex"];
+
+/// `snapshot-v1.hex` is `snapshot.hex`'s content in format 1 (field stamps
+/// stored in full): it decodes to the same snapshot, and encodes to today's
+/// format.
+#[test]
+fn legacy_snapshot_v1_still_decodes() {
+    let read = |name: &str| {
+        let path = dir().join(name);
+        parse_hex(&std::fs::read_to_string(&path).expect("vector file"))
+    };
+    let legacy = read("snapshot-v1.hex");
+    assert_eq!(legacy[4], 1, "the legacy vector is in format 1");
+    let old = Snapshot::decode(&legacy).expect("format 1 still decodes");
+    let current = Snapshot::decode(&sample_snapshot()).expect("current format decodes");
+    assert_eq!(old, current);
+    let reencoded = Snapshot::encode(&old.state, &old.version, old.max_hlc, old.tombstone_horizon);
+    assert_eq!(reencoded, sample_snapshot());
+}
+
 /// Every `.hex` file in the folder is one this test knows: none is stale.
 #[test]
 fn no_stray_vector_files() {
     let known: Vec<String> = vectors()
         .iter()
         .map(|v| format!("{}.hex", v.name))
+        .chain(LEGACY_SNAPSHOTS.iter().map(|name| (*name).to_owned()))
         .collect();
     for entry in std::fs::read_dir(dir()).expect("vectors folder") {
         let name = entry
