@@ -538,6 +538,13 @@ impl Replica {
         Snapshot::encode(&self.state, &self.version, self.clock.last(), Hlc::ZERO)
     }
 
+    /// Like [`Replica::encode_snapshot`], deflated: about a quarter of the
+    /// bytes for several times the encoding time. For a snapshot to store or
+    /// send (a backup, a copy for another device).
+    pub fn encode_snapshot_compressed(&self) -> Vec<u8> {
+        Snapshot::encode_compressed(&self.state, &self.version, self.clock.last(), Hlc::ZERO)
+    }
+
     fn record_effect(&mut self, effect: Effect, origin: Origin) {
         match effect {
             Effect::Unchanged => {}

@@ -316,11 +316,31 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
         s[0] = b'X';
         s
     });
-    add("snapshot-format-3", {
+    add("snapshot-format-4", {
         let mut s = good.clone();
-        s[4] = sync_core::snapshot::SNAPSHOT_FORMAT + 1;
+        s[4] = sync_core::snapshot::NEWEST_SNAPSHOT_FORMAT + 1;
         s
     });
+    // Format 3: a 4-byte body length, then the body deflated.
+    let compressed = |claimed: u32, deflated: &[u8]| {
+        let mut payload = claimed.to_le_bytes().to_vec();
+        payload.extend_from_slice(deflated);
+        let mut s = snapshot(&payload);
+        s[4] = sync_core::snapshot::COMPRESSED_SNAPSHOT_FORMAT;
+        s
+    };
+    add(
+        "snapshot-len-compressed-claims-4gib",
+        compressed(u32::MAX, &[0x03, 0x00]),
+    );
+    add(
+        "snapshot-len-compressed-not-deflate",
+        compressed(16, &[0xff; 16]),
+    );
+    add(
+        "snapshot-len-compressed-short",
+        compressed(2, &[0x03, 0x00]),
+    );
     add(
         "snapshot-truncated-payload",
         good[..good.len() - 1].to_vec(),

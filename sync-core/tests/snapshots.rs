@@ -10,7 +10,7 @@ mod common;
 use common::{applied, ops, reader, snapshot_of};
 use proptest::prelude::*;
 use serde::Serialize;
-use sync_core::snapshot::SNAPSHOT_FORMAT;
+use sync_core::snapshot::{COMPRESSED_SNAPSHOT_FORMAT, NEWEST_SNAPSHOT_FORMAT};
 use sync_core::{
     Hlc, OpId, Replica, ReplicaConfig, ReplicaId, Snapshot, SnapshotError, Value, VersionVector,
 };
@@ -133,6 +133,19 @@ fn assert_inconsistent(body: &RawBody, what: &str) {
 proptest! {
     #![proptest_config(config())]
 
+    /// A compressed snapshot decodes to what the plain one does, and both
+    /// encodings are deterministic.
+    #[test]
+    fn compressed_snapshots_decode_like_plain_ones(ops in ops(20)) {
+        let replica = applied(&ops);
+        let compressed = replica.encode_snapshot_compressed();
+        prop_assert_eq!(compressed[4], COMPRESSED_SNAPSHOT_FORMAT);
+        let plain = Snapshot::decode(&replica.encode_snapshot()).expect("plain decodes");
+        let inflated = Snapshot::decode(&compressed).expect("compressed decodes");
+        prop_assert_eq!(&inflated, &plain);
+        prop_assert_eq!(replica.encode_snapshot_compressed(), compressed);
+    }
+
     /// decode(encode(state)) gives the same state, version and max_hlc, and
     /// encoding again gives the same bytes.
     #[test]
@@ -236,6 +249,10 @@ fn every_single_byte_change_is_refused_with_the_matching_error() {
             let result = Snapshot::decode(&bad);
             let ok = match i {
                 0..4 => result == Err(SnapshotError::BadMagic),
+                // Another readable format: the body does not parse as that format.
+                4 if (1..=NEWEST_SNAPSHOT_FORMAT).contains(&bad[4]) => {
+                    matches!(result, Err(SnapshotError::Malformed(_)))
+                }
                 4 => result == Err(SnapshotError::UnsupportedVersion(bad[4])),
                 5..9 => matches!(
                     result,
@@ -258,7 +275,7 @@ fn wrong_magic_version_and_trailing_bytes_are_named() {
         Snapshot::decode(b"not a snapshot at all"),
         Err(SnapshotError::BadMagic)
     );
-    for version in [0, SNAPSHOT_FORMAT + 1, 255] {
+    for version in [0, NEWEST_SNAPSHOT_FORMAT + 1, 255] {
         let mut other = bytes.clone();
         other[4] = version;
         assert_eq!(
@@ -512,4 +529,48 @@ fn v2_bodies_with_bad_field_stamps_are_inconsistent() {
         v2_body(Some((at(10), 0)), field(RawStamp::SameReplica(i64::MIN))),
         "a delta that wraps to a far-future stamp",
     );
+}
+
+/// Format 3 bodies whose deflated stream is wrong in each way a reader must
+/// catch, all named `Malformed`, none inflated beyond what they claim.
+#[test]
+fn damaged_compressed_bodies_are_malformed() {
+    let plain = small_snapshot();
+    let body = &plain[13..];
+    let compressed = |claimed: u32, deflated: &[u8]| {
+        let mut payload = claimed.to_le_bytes().to_vec();
+        payload.extend_from_slice(deflated);
+        with_format_header(COMPRESSED_SNAPSHOT_FORMAT, &payload)
+    };
+    let deflated = miniz_oxide::deflate::compress_to_vec(body, 2);
+    let len = body.len() as u32;
+    assert_eq!(
+        Snapshot::decode(&compressed(len, &deflated)).expect("well-formed"),
+        Snapshot::decode(&plain).expect("plain"),
+    );
+    let cases: [(&str, Vec<u8>); 5] = [
+        (
+            "no length",
+            with_format_header(COMPRESSED_SNAPSHOT_FORMAT, &[1, 0]),
+        ),
+        (
+            "claims more than deflate can hold",
+            compressed(u32::MAX, &deflated),
+        ),
+        (
+            "inflates to more than claimed",
+            compressed(len - 1, &deflated),
+        ),
+        (
+            "inflates to less than claimed",
+            compressed(len + 1, &deflated),
+        ),
+        ("not a deflate stream", compressed(len, &[0xff; 16])),
+    ];
+    for (what, bytes) in cases {
+        match Snapshot::decode(&bytes) {
+            Err(SnapshotError::Malformed(_)) => {}
+            other => panic!("{what}: expected Malformed, got {other:?}"),
+        }
+    }
 }

@@ -72,8 +72,10 @@ impl CompactionJob {
             }
         }
         let tombstones_collected = state.collect_tombstones(self.tombstone_horizon);
+        // Compressed: the snapshot is stored and sent to every new client,
+        // and compaction runs off the room's path.
         let snapshot: Arc<[u8]> =
-            Snapshot::encode(&state, &version, max_hlc, self.tombstone_horizon).into();
+            Snapshot::encode_compressed(&state, &version, max_hlc, self.tombstone_horizon).into();
         Ok(Compacted {
             through: self.through,
             snapshot,
