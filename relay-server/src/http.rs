@@ -58,6 +58,19 @@ async fn sync(
     }
 }
 
+/// tungstenite's read buffer per connection: allocated (and zero-filled)
+/// up front, so every idle session holds it; and the most one socket read
+/// takes. Idle sessions dominate a relay's connections, so it is one page.
+/// A larger frame still arrives whole: the buffer grows to the frame's
+/// length once its header is read (bounded by `max_frame_bytes`), it is
+/// just read in more, smaller reads.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+
+/// Outgoing frames are gathered up to this many bytes before a socket
+/// write (and always written when the queue runs empty). Not an allocation:
+/// tungstenite's write buffer grows to what is actually queued.
+const WRITE_BUFFER_BYTES: usize = 16 * 1024;
+
 fn accept(app: Arc<App>, addr: SocketAddr, upgrade: WebSocketUpgrade) -> Response {
     if app.health() != Health::Ready {
         return text(
@@ -69,8 +82,8 @@ fn accept(app: Arc<App>, addr: SocketAddr, upgrade: WebSocketUpgrade) -> Respons
     upgrade
         .max_message_size(max)
         .max_frame_size(max)
-        .read_buffer_size(16 * 1024)
-        .write_buffer_size(16 * 1024)
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
         .max_write_buffer_size(max.saturating_add(128 * 1024))
         .on_upgrade(move |socket| connection::serve(socket, app, addr))
 }

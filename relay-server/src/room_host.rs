@@ -53,8 +53,10 @@ pub(crate) enum RoomMsg {
     Join {
         /// The connection's id.
         session: SessionId,
-        /// Its hello.
-        hello: Hello,
+        /// Its hello, boxed: joins are rare, and every inbox slot is as
+        /// large as the largest message (a room's inbox allocates its
+        /// first 32 slots when it is created).
+        hello: Box<Hello>,
         /// Whether its token grants only reading.
         read_only: bool,
         /// Where to send its frames.
@@ -438,7 +440,7 @@ impl Host {
                     now,
                     RoomInput::Join {
                         session,
-                        hello,
+                        hello: *hello,
                         read_only,
                     },
                 );
