@@ -710,3 +710,17 @@ fn deadline(at: u64) -> tokio::time::Instant {
     now.checked_add(wait)
         .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inbox_messages_stay_small() {
+        // A room's inbox allocates its first 32 slots when the room loads,
+        // each as large as the largest message (152 bytes with the join's
+        // Hello inline): keep rare, large payloads boxed.
+        let size = std::mem::size_of::<RoomMsg>();
+        assert!(size <= 64, "RoomMsg is {size} bytes");
+    }
+}
