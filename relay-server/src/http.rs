@@ -58,17 +58,17 @@ async fn sync(
     }
 }
 
-/// tungstenite's read buffer per connection: allocated (and zero-filled)
-/// up front, so every idle session holds it; and the most one socket read
-/// takes. Idle sessions dominate a relay's connections, so it is one page.
-/// A larger frame still arrives whole: the buffer grows to the frame's
-/// length once its header is read (bounded by `max_frame_bytes`), it is
-/// just read in more, smaller reads.
+/// tungstenite's read buffer per connection, and the most one socket read
+/// takes. tungstenite allocates it at the upgrade and zero-fills it before
+/// each read, so every session keeps all of it resident, idle or not: one
+/// page keeps idle sessions cheap (docs/BENCHMARKS.md, "Scale"). A larger
+/// frame still arrives whole, in more reads: the buffer grows to the
+/// frame's length once its header is read (bounded by `max_frame_bytes`).
 const READ_BUFFER_BYTES: usize = 4 * 1024;
 
-/// Outgoing frames are gathered up to this many bytes before a socket
-/// write (and always written when the queue runs empty). Not an allocation:
-/// tungstenite's write buffer grows to what is actually queued.
+/// Outgoing frames are gathered up to this many bytes before tungstenite
+/// writes them to the socket (a flush writes whatever is gathered). A
+/// threshold, not an allocation: the write buffer grows to what is queued.
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 
 fn accept(app: Arc<App>, addr: SocketAddr, upgrade: WebSocketUpgrade) -> Response {
