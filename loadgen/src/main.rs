@@ -8,7 +8,7 @@
 //!
 //! ```sh
 //! cargo build --release -p relay-server -p loadgen
-//! target/release/concord-loadgen --relay target/release/concord-relay [--only fanout|scale|initial|durability] [--seconds 10] [--sessions 10000]
+//! target/release/concord-loadgen --relay target/release/concord-relay [--only fanout|scale|initial|durability|synced] [--seconds 10] [--sessions 10000]
 //! ```
 //!
 //! `cargo xtask bench` runs it after the other benchmarks.
@@ -34,7 +34,7 @@ pub(crate) struct Settings {
 }
 
 /// Usage text.
-const USAGE: &str = "usage: concord-loadgen --relay PATH [--only fanout|scale|initial|durability] [--seconds N] [--sessions N]";
+const USAGE: &str = "usage: concord-loadgen --relay PATH [--only fanout|scale|initial|durability|synced] [--seconds N] [--sessions N]";
 
 fn parse() -> Result<Settings, String> {
     let mut relay = None;

@@ -36,6 +36,10 @@ pub(crate) async fn run(settings: &Settings) -> Result<(), String> {
     if want("scale") {
         scale(settings).await?;
     }
+    // Opt-in: not part of the default run.
+    if settings.only.as_deref() == Some("synced") {
+        synced(settings).await?;
+    }
     if want("initial") {
         initial(settings).await?;
     }
@@ -485,5 +489,108 @@ async fn durability(settings: &Settings) -> Result<(), String> {
         );
     }
     println!();
+    Ok(())
+}
+
+/// Idle sessions after each pulled a backlog: 1,000 sessions over 100
+/// rooms; one writer per room pushes 256 operations of about 1 KiB, every
+/// session receives them, then all idle. Shows what a session keeps after
+/// it was active (opt-in: `--only synced`).
+async fn synced(settings: &Settings) -> Result<(), String> {
+    const SESSIONS: usize = 1_000;
+    const ROOMS: usize = 100;
+    const OPS: usize = 256;
+    eprintln!("synced: {SESSIONS} sessions over {ROOMS} rooms, {OPS} ops of ~1 KiB per room");
+    let relay = Relay::start(&settings.relay, &[])?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss0 = relay.rss_kib();
+    let (tx, rx) = watch::channel(Phase::Idle);
+    let shared = Arc::new(Shared::default());
+    let synced = Arc::new(AtomicUsize::new(0));
+    let (go_tx, go) = watch::channel(false);
+    let gate = Arc::new(Semaphore::new(200));
+    let handles: Vec<_> = (0..SESSIONS)
+        .map(|i| {
+            let url = relay.url();
+            let room = format!("room{}", i % ROOMS);
+            let mut phase = rx.clone();
+            let mut go = go.clone();
+            let (shared, synced, gate) = (shared.clone(), synced.clone(), gate.clone());
+            tokio::spawn(async move {
+                let permit = gate.acquire_owned().await.ok();
+                let mut client = Client::new(i as u64 + 1, &room, &url);
+                let live = client
+                    .run_until(Duration::from_secs(60), Client::is_live)
+                    .await;
+                drop(permit);
+                if live {
+                    shared.live.fetch_add(1, Ordering::Relaxed);
+                }
+                // Stay live until every session is, then write and pull.
+                tokio::select! {
+                    _ = go.wait_for(|go| *go) => {}
+                    _ = client.run_until(Duration::from_secs(120), |_| false) => {}
+                }
+                if i < ROOMS {
+                    for d in 0..OPS {
+                        // A 1,000-byte id makes each operation about 1 KiB.
+                        client.put("docs", &format!("{d:0>1000}"), &[("n", d as i64)]);
+                    }
+                }
+                let done = client
+                    .run_until(Duration::from_secs(60), |c| {
+                        c.pending() == 0 && c.session().replica().list("docs").len() == OPS
+                    })
+                    .await;
+                if done {
+                    synced.fetch_add(1, Ordering::Relaxed);
+                }
+                while *phase.borrow_and_update() != Phase::Stop {
+                    tokio::select! {
+                        _ = client.step(Duration::from_secs(1)) => {}
+                        _ = phase.changed() => {}
+                    }
+                }
+                client.close().await;
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while shared.live.load(Ordering::Relaxed) < SESSIONS && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss1 = relay.rss_kib();
+    let _ = go_tx.send(true);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(90);
+    while synced.load(Ordering::Relaxed) < SESSIONS && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss2 = relay.rss_kib();
+    let _ = tx.send(Phase::Stop);
+    for h in handles {
+        let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
+    }
+    let per = |kib: u64| kib.saturating_sub(rss0) as f64 / SESSIONS as f64;
+    println!(
+        "## Synced, then idle: {SESSIONS} sessions over {ROOMS} rooms, {OPS} ops of ~1 KiB per room\n"
+    );
+    println!("| measure | result |");
+    println!("| --- | ---: |");
+    println!(
+        "| sessions live / synced | {} / {} (sync took {:.1} s) |",
+        shared.live.load(Ordering::Relaxed),
+        synced.load(Ordering::Relaxed),
+        took.as_secs_f64()
+    );
+    println!("| relay RSS before / idle / after the sync | {rss0} / {rss1} / {rss2} KiB |");
+    println!(
+        "| relay RSS per session: idle / after the sync | {:.1} / {:.1} KiB |\n",
+        per(rss1),
+        per(rss2)
+    );
     Ok(())
 }

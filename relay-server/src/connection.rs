@@ -236,7 +236,7 @@ impl Conn {
             let (reply, answer) = oneshot::channel();
             let join = RoomMsg::Join {
                 session: self.session,
-                hello: hello.clone(),
+                hello: Box::new(hello.clone()),
                 read_only,
                 peer: self.peer.clone(),
                 reply,

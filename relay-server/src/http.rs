@@ -58,6 +58,19 @@ async fn sync(
     }
 }
 
+/// tungstenite's read buffer per connection, and the most one socket read
+/// takes. tungstenite allocates it at the upgrade and zero-fills it before
+/// each read, so every session keeps all of it resident, idle or not: one
+/// page keeps idle sessions cheap (docs/BENCHMARKS.md, "Scale"). A larger
+/// frame still arrives whole, in more reads: the buffer grows to the
+/// frame's length once its header is read (bounded by `max_frame_bytes`).
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+
+/// Outgoing frames are gathered up to this many bytes before tungstenite
+/// writes them to the socket (a flush writes whatever is gathered). A
+/// threshold, not an allocation: the write buffer grows to what is queued.
+const WRITE_BUFFER_BYTES: usize = 16 * 1024;
+
 fn accept(app: Arc<App>, addr: SocketAddr, upgrade: WebSocketUpgrade) -> Response {
     if app.health() != Health::Ready {
         return text(
@@ -69,8 +82,8 @@ fn accept(app: Arc<App>, addr: SocketAddr, upgrade: WebSocketUpgrade) -> Respons
     upgrade
         .max_message_size(max)
         .max_frame_size(max)
-        .read_buffer_size(16 * 1024)
-        .write_buffer_size(16 * 1024)
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
         .max_write_buffer_size(max.saturating_add(128 * 1024))
         .on_upgrade(move |socket| connection::serve(socket, app, addr))
 }

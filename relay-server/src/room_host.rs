@@ -53,8 +53,10 @@ pub(crate) enum RoomMsg {
     Join {
         /// The connection's id.
         session: SessionId,
-        /// Its hello.
-        hello: Hello,
+        /// Its hello, boxed: joins are rare, and every inbox slot is as
+        /// large as the largest message (a room's inbox allocates its
+        /// first 32 slots when it is created).
+        hello: Box<Hello>,
         /// Whether its token grants only reading.
         read_only: bool,
         /// Where to send its frames.
@@ -438,7 +440,7 @@ impl Host {
                     now,
                     RoomInput::Join {
                         session,
-                        hello,
+                        hello: *hello,
                         read_only,
                     },
                 );
@@ -707,4 +709,18 @@ fn deadline(at: u64) -> tokio::time::Instant {
     let now = tokio::time::Instant::now();
     now.checked_add(wait)
         .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inbox_messages_stay_small() {
+        // A room's inbox allocates its first 32 slots when the room loads,
+        // each as large as the largest message (152 bytes with the join's
+        // Hello inline): keep rare, large payloads boxed.
+        let size = std::mem::size_of::<RoomMsg>();
+        assert!(size <= 64, "RoomMsg is {size} bytes");
+    }
 }

@@ -131,3 +131,36 @@ async fn offline_client_catches_up_from_a_snapshot_after_compaction() {
     assert_eq!(c.session.replica().state(), a.session.replica().state());
     assert!(relay.metric("concord_compactions_total") >= 1.0);
 }
+
+/// Frames far larger than the relay's 4 KiB socket read buffer (pushes and
+/// deliveries of up to 1 MiB: operations of about 1 KiB) arrive whole both
+/// ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_much_larger_than_the_read_buffer_arrive_whole() {
+    let dir = tempdir();
+    let relay = Relay::start(dir.path(), &["--admin-token", ADMIN]);
+    let token = relay.token("big", "rw", "1h", None);
+    let mut a = Client::new(1, "big", &token, &relay.url());
+    let mut b = Client::new(2, "big", &token, &relay.url());
+    a.start();
+    b.start();
+    const DOCS: usize = 2_500;
+    for i in 0..DOCS {
+        // A 1,000-byte id makes each operation about 1 KiB.
+        let id = format!("{i:0>1000}");
+        a.put("big", &id, "n", i as i64);
+    }
+    let (ra, rb) = tokio::join!(
+        a.sync_to("big", DOCS, Duration::from_secs(60)),
+        b.sync_to("big", DOCS, Duration::from_secs(60))
+    );
+    ra.unwrap();
+    rb.unwrap();
+    assert_eq!(a.session.replica().state(), b.session.replica().state());
+    let stats = relay.stats("big", ADMIN);
+    assert_eq!(stats["head"], DOCS as u64);
+    // Every operation went through the relay's reader, in pushes of up to
+    // 1,000 operations or 1 MiB (the client's batch bounds).
+    assert!(relay.metric("concord_ops_in_total") >= DOCS as f64);
+    assert!(relay.metric("concord_bytes_in_total") > (DOCS * 1000) as f64);
+}
