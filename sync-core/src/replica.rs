@@ -120,9 +120,28 @@ pub enum RestoreError {
 struct Dirty {
     meta: bool,
     collections: BTreeSet<String>,
-    docs: BTreeSet<(String, String)>,
+    /// Documents by collection: a write looks up its collection, then its
+    /// id, and allocates a key only the first time a document turns dirty.
+    docs: BTreeMap<String, BTreeSet<String>>,
     /// Outbox sequence numbers to write (`true`) or remove (`false`).
     outbox: BTreeMap<u64, bool>,
+}
+
+impl Dirty {
+    /// Marks a document's record for rewriting.
+    fn mark_doc(&mut self, collection: &str, id: &str) {
+        match self.docs.get_mut(collection) {
+            Some(ids) => {
+                if !ids.contains(id) {
+                    ids.insert(id.to_owned());
+                }
+            }
+            None => {
+                self.docs
+                    .insert(collection.to_owned(), BTreeSet::from([id.to_owned()]));
+            }
+        }
+    }
 }
 
 /// One replica of a Concord database: the merged state plus everything
@@ -326,19 +345,18 @@ impl Replica {
             id: id.to_owned(),
             fields,
         };
-        self.commit_local(now, change)?;
         // The clock orders every local stamp after everything merged, so a
         // put always lands; `Superseded` would mean that invariant broke.
-        self.state
-            .revision(collection, id)
+        self.commit_local(now, change)?
             .ok_or_else(|| WriteError::Superseded {
                 collection: collection.to_owned(),
                 id: id.to_owned(),
             })
     }
 
-    /// Validates, stamps, applies and queues one local change.
-    fn commit_local(&mut self, now: u64, change: Change) -> Result<OpId, WriteError> {
+    /// Validates, stamps, applies and queues one local change. Returns the
+    /// revision of the document it changed, if it changed one that exists.
+    fn commit_local(&mut self, now: u64, change: Change) -> Result<Option<Revision>, WriteError> {
         let id = OpId {
             replica: self.id,
             seq: self.next_seq,
@@ -353,13 +371,16 @@ impl Replica {
         op.hlc = self.clock.tick(now)?;
         self.next_seq += 1;
         let effect = self.state.apply(&op);
+        let revision = match &effect {
+            Effect::Document { revision, .. } => *revision,
+            _ => None,
+        };
         self.version.insert(op.id);
         self.record_effect(effect, Origin::Local);
         self.dirty.meta = true;
         self.dirty.outbox.insert(op.id.seq, true);
-        let id = op.id;
         self.outbox.push_back(op);
-        Ok(id)
+        Ok(revision)
     }
 
     /// Merges an operation received from elsewhere.
@@ -491,22 +512,19 @@ impl Replica {
             self.next_seq = self.next_seq.max(next);
         }
         // Rewrite every record either state has, and announce every change.
-        for (name, coll) in &old.collections {
+        for (name, coll) in old.collections.iter().chain(&self.state.collections) {
             self.dirty.collections.insert(name.clone());
+            let dirty = self.dirty.docs.entry(name.clone()).or_default();
             for id in coll.docs.keys() {
-                self.dirty.docs.insert((name.clone(), id.clone()));
-            }
-        }
-        for (name, coll) in &self.state.collections {
-            self.dirty.collections.insert(name.clone());
-            for id in coll.docs.keys() {
-                self.dirty.docs.insert((name.clone(), id.clone()));
+                dirty.insert(id.clone());
             }
         }
         let mut touched: BTreeSet<(&str, &str)> = BTreeSet::new();
-        for (name, id) in &self.dirty.docs {
-            if old.revision(name, id) != self.state.revision(name, id) {
-                touched.insert((name, id));
+        for (name, ids) in &self.dirty.docs {
+            for id in ids {
+                if old.revision(name, id) != self.state.revision(name, id) {
+                    touched.insert((name, id));
+                }
             }
         }
         let touched: Vec<(String, String)> = touched
@@ -541,25 +559,26 @@ impl Replica {
     fn record_effect(&mut self, effect: Effect, origin: Origin) {
         match effect {
             Effect::Unchanged => {}
-            Effect::Document { collection, id } => {
+            Effect::Document { collection, id, .. } => {
+                self.dirty.mark_doc(&collection, &id);
+                // The effect's strings move into the event: no copies.
                 self.events.push_back(Event::DocumentChanged {
-                    collection: collection.clone(),
-                    id: id.clone(),
+                    collection,
+                    id,
                     origin,
                 });
-                self.dirty.docs.insert((collection, id));
             }
             Effect::Collection {
                 collection,
                 documents,
             } => {
                 for id in documents {
+                    self.dirty.mark_doc(&collection, &id);
                     self.events.push_back(Event::DocumentChanged {
                         collection: collection.clone(),
-                        id: id.clone(),
+                        id,
                         origin,
                     });
-                    self.dirty.docs.insert((collection.clone(), id));
                 }
                 self.events.push_back(Event::CollectionChanged {
                     collection: collection.clone(),
@@ -610,23 +629,24 @@ impl Replica {
                 _ => Write::Delete { key },
             });
         }
-        for (collection, id) in dirty.docs {
-            let doc = self
-                .state
-                .collections
-                .get(&collection)
-                .and_then(|c| c.docs.get(&id));
-            let value = doc.map(|doc| {
-                let parts = self.state.doc_parts(doc);
-                // About 48 bytes a field: name, stamp and a short value.
-                let capacity = 32 + 48 * parts.fields.len();
-                encode_record_sized(&DocRecordRef::from_parts(&parts), capacity)
-            });
-            let key = StoreKey::Document { collection, id };
-            batch.writes.push(match value {
-                Some(value) => Write::Put { key, value },
-                None => Write::Delete { key },
-            });
+        for (collection, ids) in dirty.docs {
+            let docs = self.state.collections.get(&collection).map(|c| &c.docs);
+            for id in ids {
+                let value = docs.and_then(|docs| docs.get(&id)).map(|doc| {
+                    let parts = self.state.doc_parts(doc);
+                    // About 48 bytes a field: name, stamp and a short value.
+                    let capacity = 32 + 48 * parts.fields.len();
+                    encode_record_sized(&DocRecordRef::from_parts(&parts), capacity)
+                });
+                let key = StoreKey::Document {
+                    collection: collection.clone(),
+                    id,
+                };
+                batch.writes.push(match value {
+                    Some(value) => Write::Put { key, value },
+                    None => Write::Delete { key },
+                });
+            }
         }
         for (seq, keep) in dirty.outbox {
             // Sorted by sequence, but not always gap-free: own operations
@@ -670,16 +690,13 @@ impl Replica {
                 }
                 StoreKey::Document { collection, id } => {
                     let record: DocRecord<'_> = decode_record(&key, &value)?;
-                    let mut doc = DocState {
-                        written: record.written,
-                        deleted: record.deleted,
-                        fields: Vec::with_capacity(record.fields.len()),
-                    };
+                    let mut fields = Vec::with_capacity(record.fields.len());
                     for (name, stamp, value) in record.fields {
                         let name = state.names.intern(name);
-                        doc.fields.push(FieldSlot { stamp, value, name });
+                        fields.push(FieldSlot { stamp, value, name });
                     }
-                    doc.fields.sort_by_key(|slot| slot.name);
+                    fields.sort_by_key(|slot| slot.name);
+                    let doc = DocState::new(record.written, record.deleted, fields, &state.names);
                     state
                         .collections
                         .entry(collection.clone())
@@ -767,4 +784,143 @@ fn dedup_keep_last(fields: &mut Vec<(String, Option<Value>)>) {
         .collect();
     kept.reverse();
     *fields = kept;
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::store::{MemoryStore, Store};
+
+    /// One step of a random history over three replicas, a tiny universe
+    /// (two collections, three documents, four fields) so that writes,
+    /// deletes, drops and tombstone collection keep colliding.
+    #[derive(Clone, Debug)]
+    enum Step {
+        Put(usize, usize, usize, Vec<(usize, Option<i64>)>),
+        Delete(usize, usize, usize),
+        Drop(usize, usize),
+        Create(usize, usize),
+        /// Every operation made so far, applied on one replica.
+        Sync(usize),
+        MergeSnapshot(usize, usize),
+        /// Replace a replica's state with another's snapshot after
+        /// collecting its tombstones, as a client does after compaction.
+        ResetToCompacted(usize, usize),
+        Restore(usize),
+        Tick,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        let r = 0..3usize;
+        let c = 0..2usize;
+        let d = 0..3usize;
+        prop_oneof![
+            6 => (r.clone(), c.clone(), d.clone(),
+                  prop::collection::vec((0..4usize, prop::option::weighted(0.8, 0..3i64)), 1..4))
+                .prop_map(|(r, c, d, f)| Step::Put(r, c, d, f)),
+            2 => (r.clone(), c.clone(), d).prop_map(|(r, c, d)| Step::Delete(r, c, d)),
+            1 => (r.clone(), c.clone()).prop_map(|(r, c)| Step::Drop(r, c)),
+            1 => (r.clone(), c).prop_map(|(r, c)| Step::Create(r, c)),
+            2 => r.clone().prop_map(Step::Sync),
+            1 => (r.clone(), r.clone()).prop_map(|(a, b)| Step::MergeSnapshot(a, b)),
+            1 => (r.clone(), r.clone()).prop_map(|(a, b)| Step::ResetToCompacted(a, b)),
+            1 => r.prop_map(Step::Restore),
+            1 => Just(Step::Tick),
+        ]
+    }
+
+    const COLLECTIONS: [&str; 2] = ["a", "b"];
+    const DOCS: [&str; 3] = ["x", "y", "z"];
+    const FIELDS: [&str; 4] = ["f0", "f1", "f2", "f3"];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// The revision digest each document keeps up to date equals the
+        /// one computed from its fields, after any history; and replicas
+        /// holding the same writes agree on every revision.
+        #[test]
+        fn maintained_revisions_equal_recomputed(steps in prop::collection::vec(step(), 1..40)) {
+            let mut replicas: Vec<Replica> = (1..=3)
+                .map(|i| Replica::new(ReplicaId(i), ReplicaConfig::default()))
+                .collect();
+            let mut stores: Vec<MemoryStore> = (0..3).map(|_| MemoryStore::new()).collect();
+            let mut ops: Vec<Op> = Vec::new();
+            let mut now = 1_000u64;
+            for step in steps {
+                match step {
+                    Step::Put(r, c, d, fields) => {
+                        let fields: Vec<(String, Option<Value>)> = fields
+                            .into_iter()
+                            .map(|(f, v)| (FIELDS[f].to_owned(), v.map(Value::Int)))
+                            .collect();
+                        let _ = replicas[r].write_fields(
+                            now, COLLECTIONS[c], DOCS[d], fields, Precondition::None);
+                    }
+                    Step::Delete(r, c, d) => {
+                        replicas[r].delete(now, COLLECTIONS[c], DOCS[d]).unwrap();
+                    }
+                    Step::Drop(r, c) => replicas[r].drop_collection(now, COLLECTIONS[c]).unwrap(),
+                    Step::Create(r, c) => {
+                        replicas[r].create_collection(now, COLLECTIONS[c]).unwrap();
+                    }
+                    Step::Sync(r) => {
+                        for op in &ops {
+                            replicas[r].apply(now, op).unwrap();
+                        }
+                    }
+                    Step::MergeSnapshot(from, to) => {
+                        let snapshot = Snapshot::decode(&replicas[from].encode_snapshot()).unwrap();
+                        replicas[to].merge_snapshot(now, &snapshot).unwrap();
+                    }
+                    Step::ResetToCompacted(from, to) => {
+                        let mut snapshot =
+                            Snapshot::decode(&replicas[from].encode_snapshot()).unwrap();
+                        snapshot.state.collect_tombstones(replicas[from].clock());
+                        snapshot.state.check_revisions().map_err(TestCaseError::fail)?;
+                        replicas[to].reset_to_snapshot(now, snapshot).unwrap();
+                    }
+                    Step::Restore(r) => {
+                        let id = replicas[r].id();
+                        let restored = Replica::restore(
+                            ReplicaConfig::default(), stores[r].read_all().unwrap()).unwrap();
+                        replicas[r] = restored
+                            .unwrap_or_else(|| Replica::new(id, ReplicaConfig::default()));
+                    }
+                    Step::Tick => now += 1,
+                }
+                for (replica, store) in replicas.iter_mut().zip(&mut stores) {
+                    for op in replica.outbox() {
+                        if !ops.contains(op) {
+                            ops.push(op.clone());
+                        }
+                    }
+                    if let Some(batch) = replica.take_persist() {
+                        store.write(&batch).unwrap();
+                    }
+                    replica.state().check_revisions().map_err(TestCaseError::fail)?;
+                }
+            }
+            // Bring everyone up to date (snapshots first: a reset may have
+            // dropped operations the others hold), then compare revisions.
+            for from in 0..3 {
+                let snapshot = Snapshot::decode(&replicas[from].encode_snapshot()).unwrap();
+                for replica in &mut replicas {
+                    replica.merge_snapshot(now, &snapshot).unwrap();
+                }
+            }
+            for replica in &replicas {
+                replica.state().check_revisions().map_err(TestCaseError::fail)?;
+            }
+            for c in COLLECTIONS {
+                for d in DOCS {
+                    let revision = replicas[0].revision(c, d);
+                    prop_assert_eq!(revision, replicas[1].revision(c, d));
+                    prop_assert_eq!(revision, replicas[2].revision(c, d));
+                }
+            }
+        }
+    }
 }

@@ -416,33 +416,31 @@ impl Body {
                     return Err(inconsistent(format!("document {id:?} out of order")));
                 }
                 let tombstone = coll.dropped.max(opt(deleted)?);
-                let mut doc = DocState {
-                    written: opt(written)?,
-                    deleted: opt(deleted)?,
-                    fields: Vec::new(),
-                };
-                doc.fields.reserve_exact(fields.len());
+                let written = opt(written)?;
+                let deleted = opt(deleted)?;
+                let mut slots: Vec<FieldSlot> = Vec::with_capacity(fields.len());
                 for (field, packed, value) in fields {
                     if field as usize >= name_count {
                         return Err(inconsistent(format!("field index {field} out of range")));
                     }
-                    if doc.fields.last().is_some_and(|f| f.name >= field) {
+                    if slots.last().is_some_and(|f| f.name >= field) {
                         return Err(inconsistent(format!(
                             "fields of document {id:?} out of order"
                         )));
                     }
                     let field_stamp = match packed {
                         Some(packed) => stamp(packed)?,
-                        None => doc.written.ok_or_else(|| {
+                        None => written.ok_or_else(|| {
                             inconsistent(format!("field of unwritten document {id:?} has no stamp"))
                         })?,
                     };
-                    doc.fields.push(FieldSlot {
+                    slots.push(FieldSlot {
                         stamp: field_stamp,
                         value,
                         name: field,
                     });
                 }
+                let doc = DocState::new(written, deleted, slots, &state.names);
                 let covered = |s: &Stamp| tombstone.is_some_and(|t| *s <= t);
                 if doc.written.as_ref().is_some_and(covered)
                     || doc

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use crate::hlc::Hlc;
 use crate::op::{Change, Op};
-use crate::revision::{Revision, RevisionDigest};
+use crate::revision::{Revision, field_term, name_hash, revision_from_sum};
 use crate::stamp::Stamp;
 use crate::value::Value;
 
@@ -36,6 +36,10 @@ pub(crate) type FieldId = u32;
 #[derive(Clone, Debug, Default)]
 pub(crate) struct FieldNames {
     names: Vec<Arc<str>>,
+    /// `revision::name_hash` of each name, by id: revision digests are kept
+    /// up to date on every write, and hashing the name each time would cost
+    /// as much as the rest of the update.
+    hashes: Vec<u64>,
     index: BTreeMap<Arc<str>, FieldId>,
 }
 
@@ -46,6 +50,7 @@ impl FieldNames {
         }
         let id = FieldId::try_from(self.names.len()).unwrap_or(FieldId::MAX);
         let name: Arc<str> = Arc::from(name);
+        self.hashes.push(name_hash(&name));
         self.names.push(name.clone());
         self.index.insert(name, id);
         id
@@ -61,6 +66,11 @@ impl FieldNames {
 
     pub(crate) fn len(&self) -> usize {
         self.names.len()
+    }
+
+    /// The cached `revision::name_hash` of an interned name.
+    fn hash(&self, id: FieldId) -> u64 {
+        self.hashes.get(id as usize).copied().unwrap_or(0)
     }
 }
 
@@ -82,27 +92,70 @@ pub(crate) struct DocState {
     pub(crate) deleted: Option<Stamp>,
     /// Winning writes after the tombstone, sorted by field id.
     pub(crate) fields: Vec<FieldSlot>,
+    /// Wrapping sum of `revision::field_term` over the fields that hold a
+    /// value, kept up to date by every change to `fields` so that a
+    /// revision costs O(1) rather than a pass over the document.
+    /// Removed-field markers stay out: compaction may collect them, and a
+    /// revision must not change when nothing visible did.
+    digest: u64,
 }
 
 impl DocState {
+    /// A document built from stored or received parts; computes the digest
+    /// sum from scratch.
+    pub(crate) fn new(
+        written: Option<Stamp>,
+        deleted: Option<Stamp>,
+        fields: Vec<FieldSlot>,
+        names: &FieldNames,
+    ) -> DocState {
+        let mut doc = DocState {
+            written,
+            deleted,
+            fields,
+            digest: 0,
+        };
+        doc.digest = doc.digest_from_scratch(names);
+        doc
+    }
+
     fn is_empty(&self) -> bool {
         self.written.is_none() && self.deleted.is_none() && self.fields.is_empty()
     }
 
     /// Forgets everything stamped at or before `tombstone`.
-    fn prune(&mut self, tombstone: Stamp) {
+    fn prune(&mut self, tombstone: Stamp, names: &FieldNames) {
         self.written = self.written.filter(|&s| s > tombstone);
         self.deleted = self.deleted.filter(|&s| s > tombstone);
-        self.fields.retain(|slot| slot.stamp > tombstone);
+        let digest = &mut self.digest;
+        self.fields.retain(|slot| {
+            let keep = slot.stamp > tombstone;
+            if !keep && slot.value.is_some() {
+                *digest = digest.wrapping_sub(field_term(names.hash(slot.name), slot.stamp));
+            }
+            keep
+        });
     }
 
     /// Writes one field if `stamp` wins; the caller has checked the tombstone.
-    fn write_field(&mut self, name: FieldId, stamp: Stamp, value: Option<Value>) -> bool {
+    /// `name_hash` is `names.hash(name)`.
+    fn write_field(
+        &mut self,
+        name: FieldId,
+        name_hash: u64,
+        stamp: Stamp,
+        value: Option<Value>,
+    ) -> bool {
+        let adds = value.is_some();
         match self.fields.binary_search_by_key(&name, |slot| slot.name) {
             Ok(at) => {
                 let slot = &mut self.fields[at];
                 if slot.stamp >= stamp {
                     return false;
+                }
+                if slot.value.is_some() {
+                    let old = field_term(name_hash, slot.stamp);
+                    self.digest = self.digest.wrapping_sub(old);
                 }
                 slot.stamp = stamp;
                 slot.value = value;
@@ -116,18 +169,37 @@ impl DocState {
                 self.fields.insert(at, FieldSlot { stamp, value, name });
             }
         }
+        if adds {
+            self.digest = self.digest.wrapping_add(field_term(name_hash, stamp));
+        }
         true
     }
 
-    fn revision(&self, names: &FieldNames) -> Option<Revision> {
-        let written = self.written?;
-        let mut digest = RevisionDigest::new(written);
-        // Removed-field markers stay out: compaction may collect them, and a
-        // revision must not change when nothing visible did.
-        for slot in self.fields.iter().filter(|slot| slot.value.is_some()) {
-            digest.add_field(names.name(slot.name), slot.stamp);
-        }
-        Some(digest.finish())
+    /// The document's revision; `None` when it does not exist.
+    fn revision(&self) -> Option<Revision> {
+        Some(revision_from_sum(self.written?, self.digest))
+    }
+
+    /// The digest sum by its definition: every visible field's term, with
+    /// its name hashed afresh rather than taken from the cache.
+    pub(crate) fn digest_from_scratch(&self, names: &FieldNames) -> u64 {
+        self.fields
+            .iter()
+            .filter(|slot| slot.value.is_some())
+            .fold(0u64, |sum, slot| {
+                let hash = name_hash(names.name(slot.name));
+                sum.wrapping_add(field_term(hash, slot.stamp))
+            })
+    }
+
+    /// Debug builds check after every change that the maintained digest
+    /// sum equals the one computed from scratch.
+    fn debug_check(&self, names: &FieldNames) {
+        debug_assert_eq!(
+            self.digest,
+            self.digest_from_scratch(names),
+            "maintained revision digest drifted from its definition"
+        );
     }
 }
 
@@ -147,10 +219,6 @@ impl CollectionState {
     fn is_visible(&self) -> bool {
         self.created.is_some() || self.docs.values().any(|doc| doc.written.is_some())
     }
-
-    fn tombstone_for(&self, doc: Option<&DocState>) -> Option<Stamp> {
-        self.dropped.max(doc.and_then(|d| d.deleted))
-    }
 }
 
 /// What applying a write changed, so the replica knows what to persist and announce.
@@ -159,13 +227,47 @@ pub(crate) enum Effect {
     /// Nothing: the write lost to existing state or was a duplicate.
     Unchanged,
     /// One document's state changed.
-    Document { collection: String, id: String },
+    Document {
+        collection: String,
+        id: String,
+        /// The document's revision after the change (`None`: it does not
+        /// exist), so a local write need not look the document up again.
+        revision: Option<Revision>,
+    },
     /// A collection's own state changed; `documents` lists the documents
     /// whose state changed with it (pruned by a drop).
     Collection {
         collection: String,
         documents: Vec<String>,
     },
+}
+
+/// What one write did to its document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DocChange {
+    /// Nothing: the write lost to existing state or repeated it.
+    Unchanged,
+    /// The document changed; this is its revision now (`None`: it does not exist).
+    Changed(Option<Revision>),
+}
+
+impl DocChange {
+    /// The effect of the change, naming the document only when it changed:
+    /// `names` gives the collection and id, so an operation's own strings
+    /// can be moved in rather than copied.
+    fn effect(self, names: impl FnOnce() -> (String, String)) -> Effect {
+        match self {
+            DocChange::Unchanged => Effect::Unchanged,
+            DocChange::Changed(revision) => {
+                let (collection, id) = names();
+                Effect::Document {
+                    collection,
+                    id,
+                    revision,
+                }
+            }
+        }
+    }
 }
 
 /// A document as applications see it.
@@ -200,19 +302,24 @@ impl State {
                 collection,
                 id,
                 fields,
-            } => self.put(
-                collection,
-                id,
-                stamp,
-                fields.iter().map(|(n, v)| (n.as_str(), v.clone())),
-            ),
-            Change::Delete { collection, id } => self.delete(collection, id, stamp),
+            } => self
+                .put(
+                    collection,
+                    id,
+                    stamp,
+                    fields.iter().map(|(n, v)| (n.as_str(), v.clone())),
+                )
+                .effect(|| (collection.clone(), id.clone())),
+            Change::Delete { collection, id } => self
+                .delete(collection, id, stamp)
+                .effect(|| (collection.clone(), id.clone())),
             Change::CreateCollection { collection } => self.create_collection(collection, stamp),
             Change::DropCollection { collection } => self.drop_collection(collection, stamp),
         }
     }
 
-    /// Applies one operation, moving its values into the state.
+    /// Applies one operation, moving its values, collection and id into the
+    /// state and the effect instead of copying them.
     pub(crate) fn apply_owned(&mut self, op: Op) -> Effect {
         let stamp = op.stamp();
         match op.change {
@@ -220,11 +327,40 @@ impl State {
                 collection,
                 id,
                 fields,
-            } => self.put(&collection, &id, stamp, fields),
-            Change::Delete { collection, id } => self.delete(&collection, &id, stamp),
+            } => self
+                .put(&collection, &id, stamp, fields)
+                .effect(|| (collection, id)),
+            Change::Delete { collection, id } => self
+                .delete(&collection, &id, stamp)
+                .effect(|| (collection, id)),
             Change::CreateCollection { collection } => self.create_collection(&collection, stamp),
             Change::DropCollection { collection } => self.drop_collection(&collection, stamp),
         }
+    }
+
+    /// Runs `f` on a collection's state, creating the collection only if `f`
+    /// leaves something in it and removing it if `f` empties it.
+    ///
+    /// One search on the common path, and no key allocated unless the
+    /// collection is new: a write that loses leaves no empty entry behind.
+    fn with_collection<R>(
+        &mut self,
+        collection: &str,
+        f: impl FnOnce(&mut CollectionState, &mut FieldNames) -> R,
+    ) -> R {
+        if let Some(coll) = self.collections.get_mut(collection) {
+            let result = f(coll, &mut self.names);
+            if coll.is_empty() {
+                self.collections.remove(collection);
+            }
+            return result;
+        }
+        let mut coll = CollectionState::default();
+        let result = f(&mut coll, &mut self.names);
+        if !coll.is_empty() {
+            self.collections.insert(collection.to_owned(), coll);
+        }
+        result
     }
 
     /// A put: marks the document written at `stamp` and writes each field.
@@ -234,90 +370,94 @@ impl State {
         id: &str,
         stamp: Stamp,
         fields: impl IntoIterator<Item = (N, Option<Value>)>,
-    ) -> Effect {
-        let coll = self.collections.entry(collection.to_owned()).or_default();
-        if coll
-            .tombstone_for(coll.docs.get(id))
-            .is_some_and(|t| stamp <= t)
-        {
-            cleanup_collection(&mut self.collections, collection);
-            return Effect::Unchanged;
-        }
-        let doc = coll.docs.entry(id.to_owned()).or_default();
-        let mut changed = false;
-        if doc.written < Some(stamp) {
-            doc.written = Some(stamp);
-            changed = true;
-        }
-        let fields = fields.into_iter();
-        if doc.fields.is_empty() {
-            // A new document's fields arrive together: size the slots exactly
-            // rather than let insertion double the vector (a third of the
-            // memory per field otherwise).
-            doc.fields.reserve_exact(fields.size_hint().0);
-        }
-        for (name, value) in fields {
-            let name = self.names.intern(name.as_ref());
-            changed |= doc.write_field(name, stamp, value);
-        }
-        document_effect(changed, collection, id)
+    ) -> DocChange {
+        self.with_collection(collection, |coll, names| {
+            let dropped = coll.dropped;
+            with_doc(&mut coll.docs, id, |doc| {
+                if dropped.max(doc.deleted).is_some_and(|t| stamp <= t) {
+                    return DocChange::Unchanged;
+                }
+                let mut changed = false;
+                if doc.written < Some(stamp) {
+                    doc.written = Some(stamp);
+                    changed = true;
+                }
+                let fields = fields.into_iter();
+                if doc.fields.is_empty() {
+                    // A new document's fields arrive together: size the slots
+                    // exactly rather than let insertion double the vector (a
+                    // third of the memory per field otherwise).
+                    doc.fields.reserve_exact(fields.size_hint().0);
+                }
+                for (name, value) in fields {
+                    let name = names.intern(name.as_ref());
+                    changed |= doc.write_field(name, names.hash(name), stamp, value);
+                }
+                doc.debug_check(names);
+                if changed {
+                    DocChange::Changed(doc.revision())
+                } else {
+                    DocChange::Unchanged
+                }
+            })
+        })
     }
 
     /// A document delete at `stamp`.
-    pub(crate) fn delete(&mut self, collection: &str, id: &str, stamp: Stamp) -> Effect {
-        let coll = self.collections.entry(collection.to_owned()).or_default();
-        let covered = coll
-            .tombstone_for(coll.docs.get(id))
-            .is_some_and(|t| stamp <= t);
-        if covered {
-            cleanup_collection(&mut self.collections, collection);
-            return Effect::Unchanged;
-        }
-        let doc = coll.docs.entry(id.to_owned()).or_default();
-        doc.prune(stamp);
-        doc.deleted = Some(stamp);
-        Effect::Document {
-            collection: collection.to_owned(),
-            id: id.to_owned(),
-        }
+    pub(crate) fn delete(&mut self, collection: &str, id: &str, stamp: Stamp) -> DocChange {
+        self.with_collection(collection, |coll, names| {
+            let dropped = coll.dropped;
+            with_doc(&mut coll.docs, id, |doc| {
+                if dropped.max(doc.deleted).is_some_and(|t| stamp <= t) {
+                    return DocChange::Unchanged;
+                }
+                doc.prune(stamp, names);
+                doc.deleted = Some(stamp);
+                doc.debug_check(names);
+                DocChange::Changed(doc.revision())
+            })
+        })
     }
 
     /// A collection create at `stamp`.
     pub(crate) fn create_collection(&mut self, collection: &str, stamp: Stamp) -> Effect {
-        let coll = self.collections.entry(collection.to_owned()).or_default();
-        if coll.dropped.is_some_and(|d| stamp <= d) || coll.created >= Some(stamp) {
-            cleanup_collection(&mut self.collections, collection);
-            return Effect::Unchanged;
-        }
-        coll.created = Some(stamp);
-        Effect::Collection {
-            collection: collection.to_owned(),
-            documents: Vec::new(),
-        }
+        self.with_collection(collection, |coll, _| {
+            if coll.dropped.is_some_and(|d| stamp <= d) || coll.created >= Some(stamp) {
+                return Effect::Unchanged;
+            }
+            coll.created = Some(stamp);
+            Effect::Collection {
+                collection: collection.to_owned(),
+                documents: Vec::new(),
+            }
+        })
     }
 
     /// A collection drop at `stamp`: prunes everything it covers.
     pub(crate) fn drop_collection(&mut self, collection: &str, stamp: Stamp) -> Effect {
-        let coll = self.collections.entry(collection.to_owned()).or_default();
-        if coll.dropped >= Some(stamp) {
-            cleanup_collection(&mut self.collections, collection);
-            return Effect::Unchanged;
-        }
-        coll.dropped = Some(stamp);
-        coll.created = coll.created.filter(|&c| c > stamp);
-        let mut documents = Vec::new();
-        coll.docs.retain(|id, doc| {
-            let before = doc.clone();
-            doc.prune(stamp);
-            if *doc != before {
-                documents.push(id.clone());
+        self.with_collection(collection, |coll, names| {
+            if coll.dropped >= Some(stamp) {
+                return Effect::Unchanged;
             }
-            !doc.is_empty()
-        });
-        Effect::Collection {
-            collection: collection.to_owned(),
-            documents,
-        }
+            coll.dropped = Some(stamp);
+            coll.created = coll.created.filter(|&c| c > stamp);
+            let mut documents = Vec::new();
+            coll.docs.retain(|id, doc| {
+                // Pruning only removes, so comparing what it can remove tells
+                // whether the document changed.
+                let before = (doc.written, doc.deleted, doc.fields.len());
+                doc.prune(stamp, names);
+                doc.debug_check(names);
+                if (doc.written, doc.deleted, doc.fields.len()) != before {
+                    documents.push(id.clone());
+                }
+                !doc.is_empty()
+            });
+            Effect::Collection {
+                collection: collection.to_owned(),
+                documents,
+            }
+        })
     }
 
     /// Joins a whole document's merge state from another replica (a snapshot).
@@ -329,26 +469,31 @@ impl State {
     ) -> Effect {
         let mut changed = false;
         if let Some(deleted) = other.deleted {
-            changed |= self.delete(collection, id, deleted) != Effect::Unchanged;
+            changed |= self.delete(collection, id, deleted) != DocChange::Unchanged;
         }
         if let Some(written) = other.written {
             let no_fields: [(&str, Option<Value>); 0] = [];
-            changed |= self.put(collection, id, written, no_fields) != Effect::Unchanged;
+            changed |= self.put(collection, id, written, no_fields) != DocChange::Unchanged;
         }
-        let coll = self.collections.entry(collection.to_owned()).or_default();
-        let tombstone = coll.tombstone_for(coll.docs.get(id));
-        let doc = coll.docs.entry(id.to_owned()).or_default();
-        for (name, stamp, value) in other.fields {
-            if tombstone.is_none_or(|t| stamp > t) {
-                let name = self.names.intern(name);
-                changed |= doc.write_field(name, stamp, value.cloned());
-            }
-        }
-        if doc.is_empty() {
-            coll.docs.remove(id);
-        }
-        cleanup_collection(&mut self.collections, collection);
-        document_effect(changed, collection, id)
+        self.with_collection(collection, |coll, names| {
+            let dropped = coll.dropped;
+            with_doc(&mut coll.docs, id, |doc| {
+                let tombstone = dropped.max(doc.deleted);
+                for (name, stamp, value) in other.fields {
+                    if tombstone.is_none_or(|t| stamp > t) {
+                        let name = names.intern(name);
+                        changed |= doc.write_field(name, names.hash(name), stamp, value.cloned());
+                    }
+                }
+                doc.debug_check(names);
+                if changed {
+                    DocChange::Changed(doc.revision())
+                } else {
+                    DocChange::Unchanged
+                }
+            })
+        })
+        .effect(|| (collection.to_owned(), id.to_owned()))
     }
 
     /// Joins a collection's own stamps from another replica (a snapshot).
@@ -372,6 +517,7 @@ impl State {
     pub fn collect_tombstones(&mut self, horizon: Hlc) -> usize {
         let old = |stamp: &Stamp| stamp.hlc <= horizon;
         let mut collected = 0;
+        let names = &self.names;
         for coll in self.collections.values_mut() {
             if coll.dropped.as_ref().is_some_and(old) {
                 coll.dropped = None;
@@ -383,9 +529,11 @@ impl State {
                     collected += 1;
                 }
                 let before = doc.fields.len();
+                // Removed-field markers are not in the digest sum: it stays.
                 doc.fields
                     .retain(|slot| slot.value.is_some() || !old(&slot.stamp));
                 collected += before - doc.fields.len();
+                doc.debug_check(names);
                 !doc.is_empty()
             });
         }
@@ -401,11 +549,7 @@ impl State {
 
     /// The document's revision, or `None` when it does not exist.
     pub fn revision(&self, collection: &str, id: &str) -> Option<Revision> {
-        self.collections
-            .get(collection)?
-            .docs
-            .get(id)?
-            .revision(&self.names)
+        self.collections.get(collection)?.docs.get(id)?.revision()
     }
 
     /// Every existing document of a collection, ordered by id.
@@ -458,7 +602,7 @@ impl State {
     }
 
     fn document(&self, id: &str, doc: &DocState) -> Option<Document> {
-        let revision = doc.revision(&self.names)?;
+        let revision = doc.revision()?;
         let fields = doc
             .fields
             .iter()
@@ -523,20 +667,44 @@ impl DocParts<'_> {
     }
 }
 
-fn document_effect(changed: bool, collection: &str, id: &str) -> Effect {
-    if changed {
-        Effect::Document {
-            collection: collection.to_owned(),
-            id: id.to_owned(),
+/// Runs `f` on a document's state, as [`State::with_collection`] does for
+/// collections: one search when the document exists, and no entry left
+/// behind (nor key allocated) for a write that changes nothing.
+fn with_doc<R>(
+    docs: &mut BTreeMap<String, DocState>,
+    id: &str,
+    f: impl FnOnce(&mut DocState) -> R,
+) -> R {
+    if let Some(doc) = docs.get_mut(id) {
+        let result = f(doc);
+        if doc.is_empty() {
+            docs.remove(id);
         }
-    } else {
-        Effect::Unchanged
+        return result;
     }
+    let mut doc = DocState::default();
+    let result = f(&mut doc);
+    if !doc.is_empty() {
+        docs.insert(id.to_owned(), doc);
+    }
+    result
 }
 
-/// Removes a collection entry that an ignored write created and left empty.
-fn cleanup_collection(collections: &mut BTreeMap<String, CollectionState>, name: &str) {
-    if collections.get(name).is_some_and(CollectionState::is_empty) {
-        collections.remove(name);
+#[cfg(test)]
+impl State {
+    /// Checks every document's maintained digest sum against its definition.
+    pub(crate) fn check_revisions(&self) -> Result<(), String> {
+        for (name, coll) in &self.collections {
+            for (id, doc) in &coll.docs {
+                let scratch = doc.digest_from_scratch(&self.names);
+                if doc.digest != scratch {
+                    return Err(format!(
+                        "{name}/{id}: maintained digest {:#x}, from scratch {scratch:#x}",
+                        doc.digest
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }
