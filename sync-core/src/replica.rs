@@ -1,7 +1,8 @@
 //! The replica: local writes, remote operations, the outbox, and the
 //! persistence and event queues a host drains.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::hash::{BuildHasherDefault, DefaultHasher};
 
 use crate::event::{Event, Origin};
 use crate::hlc::{Clock, ClockError, DEFAULT_MAX_DRIFT_MS, Hlc};
@@ -122,10 +123,22 @@ struct Dirty {
     collections: BTreeSet<String>,
     /// Documents by collection: a write looks up its collection, then its
     /// id, and allocates a key only the first time a document turns dirty.
-    docs: BTreeMap<String, BTreeSet<String>>,
-    /// Outbox sequence numbers to write (`true`) or remove (`false`).
-    outbox: BTreeMap<u64, bool>,
+    docs: BTreeMap<String, DirtyIds>,
+    /// Acknowledged operations whose outbox records were written, to
+    /// remove; ascending. (Operations to write need no entry: they are the
+    /// outbox's tail above `Replica::outbox_stored_through`.)
+    outbox_removed: Vec<u64>,
 }
+
+/// Ids of documents to rewrite in one collection.
+///
+/// Hashed, because every write marks its document and a tree of ids costs a
+/// string comparison per level. The hasher is std's SipHash with fixed keys:
+/// the core draws no randomness, and the order only decides the order of
+/// writes inside one batch, which does not matter. Colliding ids chosen by a
+/// peer could slow one batch down, never more: the set empties on every
+/// `take_persist`.
+type DirtyIds = HashSet<String, BuildHasherDefault<DefaultHasher>>;
 
 impl Dirty {
     /// Marks a document's record for rewriting.
@@ -137,8 +150,9 @@ impl Dirty {
                 }
             }
             None => {
-                self.docs
-                    .insert(collection.to_owned(), BTreeSet::from([id.to_owned()]));
+                let mut ids = DirtyIds::default();
+                ids.insert(id.to_owned());
+                self.docs.insert(collection.to_owned(), ids);
             }
         }
     }
@@ -158,6 +172,11 @@ pub struct Replica {
     state: State,
     version: VersionVector,
     outbox: VecDeque<Op>,
+    /// Every operation in the outbox numbered up to this has its record
+    /// written; those above it are new since the last persist batch. The
+    /// outbox is ordered by sequence number, so this replaces a set of
+    /// dirty sequence numbers that every local write would insert into.
+    outbox_stored_through: u64,
     dirty: Dirty,
     events: VecDeque<Event>,
 }
@@ -172,6 +191,7 @@ impl Replica {
             state: State::new(),
             version: VersionVector::new(),
             outbox: VecDeque::new(),
+            outbox_stored_through: 0,
             dirty: Dirty {
                 meta: true,
                 ..Dirty::default()
@@ -378,7 +398,6 @@ impl Replica {
         self.version.insert(op.id);
         self.record_effect(effect, Origin::Local);
         self.dirty.meta = true;
-        self.dirty.outbox.insert(op.id.seq, true);
         self.outbox.push_back(op);
         Ok(revision)
     }
@@ -449,8 +468,8 @@ impl Replica {
         {
             if let Some(op) = self.outbox.pop_front() {
                 // An op written and acknowledged before any persist needs no record at all.
-                if self.dirty.outbox.remove(&op.id.seq) != Some(true) {
-                    self.dirty.outbox.insert(op.id.seq, false);
+                if op.id.seq <= self.outbox_stored_through {
+                    self.dirty.outbox_removed.push(op.id.seq);
                 }
                 dropped += 1;
             }
@@ -648,20 +667,20 @@ impl Replica {
                 });
             }
         }
-        for (seq, keep) in dirty.outbox {
-            // Sorted by sequence, but not always gap-free: own operations
-            // coming back from elsewhere move `next_seq` forward.
-            let op = self
-                .outbox
-                .binary_search_by_key(&seq, |op| op.id.seq)
-                .ok()
-                .and_then(|i| self.outbox.get(i));
-            batch.writes.push(match op {
-                Some(op) if keep => outbox_record(op),
-                _ => Write::Delete {
-                    key: StoreKey::Outbox(seq),
-                },
+        // Removals are all at or below the stored mark and new records above
+        // it, so the writes come out in sequence order.
+        for seq in dirty.outbox_removed {
+            batch.writes.push(Write::Delete {
+                key: StoreKey::Outbox(seq),
             });
+        }
+        let stored = self.outbox_stored_through;
+        let new = self.outbox.partition_point(|op| op.id.seq <= stored);
+        batch
+            .writes
+            .extend(self.outbox.range(new..).map(outbox_record));
+        if let Some(last) = self.outbox.back() {
+            self.outbox_stored_through = stored.max(last.id.seq);
         }
         (!batch.is_empty()).then_some(batch)
     }
@@ -747,6 +766,7 @@ impl Replica {
             next_seq: meta.next_seq,
             state,
             version: meta.version,
+            outbox_stored_through: outbox.keys().next_back().copied().unwrap_or(0),
             outbox: outbox.into_values().collect(),
             dirty: Dirty::default(),
             events: VecDeque::new(),
