@@ -41,18 +41,41 @@ pub(crate) struct FieldNames {
     /// as much as the rest of the update.
     hashes: Vec<u64>,
     index: BTreeMap<Arc<str>, FieldId>,
+    /// A direct-mapped cache in front of `index`: slot `name_hash >> 56`
+    /// holds the id last interned there. A hit costs one hash of the name and
+    /// one comparison instead of a comparison per tree level; a miss, which is
+    /// all a peer choosing colliding names can cause, falls back to `index`.
+    /// Empty until the first name is interned.
+    recent: Vec<FieldId>,
 }
+
+/// Slots in [`FieldNames::recent`].
+const RECENT_SLOTS: usize = 256;
 
 impl FieldNames {
     pub(crate) fn intern(&mut self, name: &str) -> FieldId {
-        if let Some(&id) = self.index.get(name) {
-            return id;
+        let hash = name_hash(name);
+        // The top byte: the multiply in FNV-1a mixes every input byte into it.
+        let slot = (hash >> 56) as usize % RECENT_SLOTS;
+        if let Some(&id) = self.recent.get(slot) {
+            if self.names.get(id as usize).is_some_and(|n| **n == *name) {
+                return id;
+            }
+        } else {
+            self.recent = vec![FieldId::MAX; RECENT_SLOTS];
         }
-        let id = FieldId::try_from(self.names.len()).unwrap_or(FieldId::MAX);
-        let name: Arc<str> = Arc::from(name);
-        self.hashes.push(name_hash(&name));
-        self.names.push(name.clone());
-        self.index.insert(name, id);
+        let id = match self.index.get(name) {
+            Some(&id) => id,
+            None => {
+                let id = FieldId::try_from(self.names.len()).unwrap_or(FieldId::MAX);
+                let name: Arc<str> = Arc::from(name);
+                self.hashes.push(hash);
+                self.names.push(name.clone());
+                self.index.insert(name, id);
+                id
+            }
+        };
+        self.recent[slot] = id;
         id
     }
 
