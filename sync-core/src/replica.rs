@@ -8,8 +8,8 @@ use crate::event::{Event, Origin};
 use crate::hlc::{Clock, ClockError, DEFAULT_MAX_DRIFT_MS, Hlc};
 use crate::op::{Change, InvalidOp, Op, OpId};
 use crate::persist::{
-    CollectionRecord, DocRecord, DocRecordRef, MetaRecord, MetaRecordRef, PersistBatch,
-    RecordError, StoreKey, Write, decode_record, encode_record, encode_record_sized, outbox_record,
+    CollectionRecord, DocRecordRef, MetaRecord, MetaRecordRef, PersistBatch, RecordError, StoreKey,
+    Write, decode_doc_record, decode_record, encode_record, encode_record_sized, outbox_record,
 };
 use crate::revision::Revision;
 use crate::snapshot::Snapshot;
@@ -652,10 +652,10 @@ impl Replica {
             let docs = self.state.collections.get(&collection).map(|c| &c.docs);
             for id in ids {
                 let value = docs.and_then(|docs| docs.get(&id)).map(|doc| {
-                    let parts = self.state.doc_parts(doc);
-                    // About 48 bytes a field: name, stamp and a short value.
-                    let capacity = 32 + 48 * parts.fields.len();
-                    encode_record_sized(&DocRecordRef::from_parts(&parts), capacity)
+                    // At most about 48 bytes a field: name, stamp and a short
+                    // value (much less when the stamp is left out).
+                    let capacity = 32 + 48 * doc.fields.len();
+                    encode_record_sized(&DocRecordRef::new(doc, &self.state.names), capacity)
                 });
                 let key = StoreKey::Document {
                     collection: collection.clone(),
@@ -708,9 +708,14 @@ impl Replica {
                     coll.dropped = record.dropped;
                 }
                 StoreKey::Document { collection, id } => {
-                    let record: DocRecord<'_> = decode_record(&key, &value)?;
+                    let record = decode_doc_record(&key, &value)?;
                     let mut fields = Vec::with_capacity(record.fields.len());
                     for (name, stamp, value) in record.fields {
+                        let stamp = stamp.or(record.written).ok_or_else(|| {
+                            RestoreError::Inconsistent(format!(
+                                "a field of {key:?} has no stamp of its own and the document none"
+                            ))
+                        })?;
                         let name = state.names.intern(name);
                         fields.push(FieldSlot { stamp, value, name });
                     }
@@ -849,6 +854,58 @@ mod tests {
             1 => r.prop_map(Step::Restore),
             1 => Just(Step::Tick),
         ]
+    }
+
+    /// Restore reads document records of version 1 (every field with its
+    /// own stamp) as well as the version 2 records this build writes.
+    #[test]
+    fn restore_reads_version_1_document_records() {
+        #[derive(serde::Serialize)]
+        struct DocRecordV1<'a> {
+            written: Option<crate::stamp::Stamp>,
+            deleted: Option<crate::stamp::Stamp>,
+            fields: Vec<(&'a str, crate::stamp::Stamp, Option<&'a Value>)>,
+        }
+        let mut replica = Replica::new(ReplicaId(7), ReplicaConfig::default());
+        replica.put(1_000, "c", "a", [("x", 1), ("y", 2)]).unwrap();
+        replica.put(1_001, "c", "a", [("y", 3)]).unwrap();
+        replica.put(1_002, "c", "b", [("x", 4)]).unwrap();
+        replica.unset(1_003, "c", "b", ["z"]).unwrap();
+        let mut v2 = MemoryStore::new();
+        v2.write(&replica.take_persist().unwrap()).unwrap();
+        let records = v2.read_all().unwrap();
+        let v1: Vec<_> = records
+            .iter()
+            .map(|(key, value)| {
+                let parsed = StoreKey::from_bytes(key).unwrap();
+                if !matches!(parsed, StoreKey::Document { .. }) {
+                    return (key.clone(), value.clone());
+                }
+                assert_eq!(value[0], 2, "documents are written at version 2");
+                let record = decode_doc_record(&parsed, value).unwrap();
+                let fields = record
+                    .fields
+                    .iter()
+                    .map(|(n, s, v)| (*n, s.or(record.written).unwrap(), v.as_ref()))
+                    .collect();
+                let old = DocRecordV1 {
+                    written: record.written,
+                    deleted: record.deleted,
+                    fields,
+                };
+                let mut bytes = vec![1];
+                bytes.extend(postcard::to_allocvec(&old).unwrap());
+                assert!(bytes.len() > value.len(), "version 2 is the smaller");
+                (key.clone(), bytes)
+            })
+            .collect();
+        for records in [records, v1] {
+            let back = Replica::restore(ReplicaConfig::default(), records)
+                .unwrap()
+                .unwrap();
+            assert!(back.state() == replica.state());
+            assert_eq!(back.revision("c", "a"), replica.revision("c", "a"));
+        }
     }
 
     const COLLECTIONS: [&str; 2] = ["a", "b"];
