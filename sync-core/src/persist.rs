@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use crate::hlc::Hlc;
 use crate::op::Op;
 use crate::stamp::{ReplicaId, Stamp};
-use crate::state::{DocState, FieldNames};
+use crate::state::{DocState, Names};
 use crate::value::Value;
 use crate::version::VersionVector;
 
@@ -225,7 +225,7 @@ pub(crate) struct DocRecordRef<'a> {
 }
 
 impl<'a> DocRecordRef<'a> {
-    pub(crate) fn new(doc: &'a DocState, names: &'a FieldNames) -> Self {
+    pub(crate) fn new(doc: &'a DocState, names: &'a Names) -> Self {
         DocRecordRef {
             written: doc.written,
             deleted: doc.deleted,
@@ -237,14 +237,15 @@ impl<'a> DocRecordRef<'a> {
 /// A document's fields with their names resolved, without collecting them.
 struct FieldsRef<'a> {
     doc: &'a DocState,
-    names: &'a FieldNames,
+    names: &'a Names,
 }
 
 impl Serialize for FieldsRef<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut seq = s.serialize_seq(Some(self.doc.fields.len()))?;
         for slot in &self.doc.fields {
-            let stamp = (Some(slot.stamp) != self.doc.written).then_some(slot.stamp);
+            let stamp = slot.stamp(self.names);
+            let stamp = (Some(stamp) != self.doc.written).then_some(stamp);
             seq.serialize_element(&(self.names.name(slot.name), stamp, slot.value.as_ref()))?;
         }
         seq.end()

@@ -717,7 +717,7 @@ impl Replica {
                             ))
                         })?;
                         let name = state.names.intern(name);
-                        fields.push(FieldSlot { stamp, value, name });
+                        fields.push(FieldSlot::new(name, stamp, value, &mut state.names));
                     }
                     fields.sort_by_key(|slot| slot.name);
                     let doc = DocState::new(record.written, record.deleted, fields, &state.names);

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use crate::hlc::Hlc;
 use crate::op::{InvalidOp, check_collection, check_doc_id, check_field_name};
 use crate::stamp::{ReplicaId, Stamp};
-use crate::state::{CollectionState, DocState, FieldSlot, State};
+use crate::state::{CollectionState, DocState, FieldSlot, Names, State};
 use crate::value::Value;
 use crate::version::VersionVector;
 
@@ -99,12 +99,13 @@ impl Snapshot {
             .values()
             .flat_map(|coll| {
                 let docs = coll.docs.values().flat_map(|doc| {
-                    let fields = doc.fields.iter().map(|slot| slot.stamp);
-                    doc.written.into_iter().chain(doc.deleted).chain(fields)
+                    let fields = doc.fields.iter().map(|slot| slot.hlc);
+                    let stamps = doc.written.into_iter().chain(doc.deleted);
+                    stamps.map(|stamp| stamp.hlc).chain(fields)
                 });
-                coll.created.into_iter().chain(coll.dropped).chain(docs)
+                let stamps = coll.created.into_iter().chain(coll.dropped);
+                stamps.map(|stamp| stamp.hlc).chain(docs)
             })
-            .map(|stamp| stamp.hlc)
             .max()
             .unwrap_or(Hlc::ZERO)
             .max(self.max_hlc)
@@ -216,9 +217,9 @@ fn replica_table(state: &State) -> BTreeMap<ReplicaId, u32> {
             let mut last = None;
             for slot in &doc.fields {
                 // Most fields of a document share one writer: skip repeats cheaply.
-                if last != Some(slot.stamp.replica) {
-                    last = Some(slot.stamp.replica);
-                    note(&Some(slot.stamp));
+                if last != Some(slot.replica) {
+                    last = Some(slot.replica);
+                    note(&Some(slot.stamp(&state.names)));
                 }
             }
         }
@@ -243,6 +244,7 @@ impl Serialize for BodyRef<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let ctx = Ctx {
             replicas: self.replicas,
+            names: &self.state.names,
         };
         let names = (0..self.state.names.len()).map(|i| self.state.names.name(i as u32));
         let mut t = s.serialize_tuple(6)?;
@@ -263,6 +265,7 @@ impl Serialize for BodyRef<'_> {
 #[derive(Clone, Copy)]
 struct Ctx<'a> {
     replicas: &'a BTreeMap<ReplicaId, u32>,
+    names: &'a Names,
 }
 
 impl Ctx<'_> {
@@ -328,7 +331,8 @@ impl Serialize for DocRef<'_> {
             .iter()
             // Most fields carry their document's latest stamp: write it once.
             .map(|f| {
-                let stamp = (Some(f.stamp) != self.doc.written).then(|| ctx.stamp(f.stamp));
+                let stamp = f.stamp(ctx.names);
+                let stamp = (Some(stamp) != self.doc.written).then(|| ctx.stamp(stamp));
                 (f.name, stamp, f.value.as_ref())
             });
         t.serialize_element(&Seq(fields))?;
@@ -434,11 +438,7 @@ impl Body {
                             inconsistent(format!("field of unwritten document {id:?} has no stamp"))
                         })?,
                     };
-                    slots.push(FieldSlot {
-                        stamp: field_stamp,
-                        value,
-                        name: field,
-                    });
+                    slots.push(FieldSlot::new(field, field_stamp, value, &mut state.names));
                 }
                 let doc = DocState::new(written, deleted, slots, &state.names);
                 let covered = |s: &Stamp| tombstone.is_some_and(|t| *s <= t);
@@ -446,10 +446,10 @@ impl Body {
                     || doc
                         .deleted
                         .is_some_and(|d| coll.dropped.is_some_and(|t| d <= t))
-                    || doc
-                        .fields
-                        .iter()
-                        .any(|f| covered(&f.stamp) || Some(f.stamp) > doc.written)
+                    || doc.fields.iter().any(|f| {
+                        let stamp = f.stamp(&state.names);
+                        covered(&stamp) || Some(stamp) > doc.written
+                    })
                     || (doc.written.is_none() && doc.deleted.is_none())
                 {
                     return Err(inconsistent(format!(

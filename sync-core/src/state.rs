@@ -25,16 +25,21 @@ use std::sync::Arc;
 use crate::hlc::Hlc;
 use crate::op::{Change, Op};
 use crate::revision::{Revision, field_term, name_hash, revision_from_sum};
-use crate::stamp::Stamp;
+use crate::stamp::{ReplicaId, Stamp};
 use crate::value::Value;
 
 /// Index of an interned field name.
 pub(crate) type FieldId = u32;
 
-/// Field names, interned once per replica: documents of a collection share
-/// their field names, so each field costs four bytes of name instead of a string.
+/// Index of an interned replica id.
+pub(crate) type ReplicaIdx = u32;
+
+/// Field names and replica ids, interned once per replica: documents of a
+/// collection share their field names and most stamps come from a few
+/// replicas, so a field costs four bytes of name instead of a string and
+/// four bytes of replica instead of eight.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct FieldNames {
+pub(crate) struct Names {
     names: Vec<Arc<str>>,
     /// `revision::name_hash` of each name, by id: revision digests are kept
     /// up to date on every write, and hashing the name each time would cost
@@ -47,12 +52,14 @@ pub(crate) struct FieldNames {
     /// all a peer choosing colliding names can cause, falls back to `index`.
     /// Empty until the first name is interned.
     recent: Vec<FieldId>,
+    replicas: Vec<ReplicaId>,
+    replica_index: BTreeMap<ReplicaId, ReplicaIdx>,
 }
 
-/// Slots in [`FieldNames::recent`].
+/// Slots in [`Names::recent`].
 const RECENT_SLOTS: usize = 256;
 
-impl FieldNames {
+impl Names {
     pub(crate) fn intern(&mut self, name: &str) -> FieldId {
         let hash = name_hash(name);
         // The top byte: the multiply in FNV-1a mixes every input byte into it.
@@ -95,16 +102,66 @@ impl FieldNames {
     fn hash(&self, id: FieldId) -> u64 {
         self.hashes.get(id as usize).copied().unwrap_or(0)
     }
+
+    /// The index of a replica id, interning it if it is new.
+    pub(crate) fn intern_replica(&mut self, replica: ReplicaId) -> ReplicaIdx {
+        // Most operations come from the replica that wrote last.
+        if let Some(last) = self.replicas.len().checked_sub(1) {
+            if self.replicas[last] == replica {
+                return last as ReplicaIdx;
+            }
+        }
+        *self.replica_index.entry(replica).or_insert_with(|| {
+            self.replicas.push(replica);
+            ReplicaIdx::try_from(self.replicas.len() - 1).unwrap_or(ReplicaIdx::MAX)
+        })
+    }
+
+    /// The replica id interned at `index`.
+    pub(crate) fn replica(&self, index: ReplicaIdx) -> ReplicaId {
+        self.replicas
+            .get(index as usize)
+            .copied()
+            .unwrap_or(ReplicaId(u64::MAX))
+    }
 }
 
-/// One field of a document: its winning write.
+/// One field of a document: its winning write, in 48 bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct FieldSlot {
-    pub(crate) stamp: Stamp,
     /// `None` records that the winning write removed the field.
     pub(crate) value: Option<Value>,
+    /// The clock reading of the winning write's stamp.
+    pub(crate) hlc: Hlc,
+    /// The replica of the winning write's stamp, interned in [`Names`].
+    pub(crate) replica: ReplicaIdx,
     pub(crate) name: FieldId,
 }
+
+impl FieldSlot {
+    /// A slot for a write stamped `stamp`, interning its replica.
+    pub(crate) fn new(
+        name: FieldId,
+        stamp: Stamp,
+        value: Option<Value>,
+        names: &mut Names,
+    ) -> Self {
+        FieldSlot {
+            value,
+            hlc: stamp.hlc,
+            replica: names.intern_replica(stamp.replica),
+            name,
+        }
+    }
+
+    /// The winning write's stamp.
+    pub(crate) fn stamp(&self, names: &Names) -> Stamp {
+        Stamp::new(self.hlc, names.replica(self.replica))
+    }
+}
+
+// The slot is most of the memory a field costs: keep it from growing unnoticed.
+const _: () = assert!(size_of::<FieldSlot>() == 48);
 
 /// One document's merge state.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -125,12 +182,12 @@ pub(crate) struct DocState {
 
 impl DocState {
     /// A document built from stored or received parts; computes the digest
-    /// sum from scratch.
+    /// sum over its fields (with the cached name hashes).
     pub(crate) fn new(
         written: Option<Stamp>,
         deleted: Option<Stamp>,
         fields: Vec<FieldSlot>,
-        names: &FieldNames,
+        names: &Names,
     ) -> DocState {
         let mut doc = DocState {
             written,
@@ -138,7 +195,14 @@ impl DocState {
             fields,
             digest: 0,
         };
-        doc.digest = doc.digest_from_scratch(names);
+        doc.digest = doc
+            .fields
+            .iter()
+            .filter(|slot| slot.value.is_some())
+            .fold(0, |sum, slot| {
+                sum.wrapping_add(field_term(names.hash(slot.name), slot.stamp(names)))
+            });
+        doc.debug_check(names);
         doc
     }
 
@@ -147,40 +211,44 @@ impl DocState {
     }
 
     /// Forgets everything stamped at or before `tombstone`.
-    fn prune(&mut self, tombstone: Stamp, names: &FieldNames) {
+    fn prune(&mut self, tombstone: Stamp, names: &Names) {
         self.written = self.written.filter(|&s| s > tombstone);
         self.deleted = self.deleted.filter(|&s| s > tombstone);
         let digest = &mut self.digest;
         self.fields.retain(|slot| {
-            let keep = slot.stamp > tombstone;
+            let stamp = slot.stamp(names);
+            let keep = stamp > tombstone;
             if !keep && slot.value.is_some() {
-                *digest = digest.wrapping_sub(field_term(names.hash(slot.name), slot.stamp));
+                *digest = digest.wrapping_sub(field_term(names.hash(slot.name), stamp));
             }
             keep
         });
     }
 
     /// Writes one field if `stamp` wins; the caller has checked the tombstone.
-    /// `name_hash` is `names.hash(name)`.
+    /// `replica` is `stamp.replica` interned.
     fn write_field(
         &mut self,
         name: FieldId,
-        name_hash: u64,
         stamp: Stamp,
+        replica: ReplicaIdx,
         value: Option<Value>,
+        names: &Names,
     ) -> bool {
+        let name_hash = names.hash(name);
         let adds = value.is_some();
         match self.fields.binary_search_by_key(&name, |slot| slot.name) {
             Ok(at) => {
                 let slot = &mut self.fields[at];
-                if slot.stamp >= stamp {
+                let old = slot.stamp(names);
+                if old >= stamp {
                     return false;
                 }
                 if slot.value.is_some() {
-                    let old = field_term(name_hash, slot.stamp);
-                    self.digest = self.digest.wrapping_sub(old);
+                    self.digest = self.digest.wrapping_sub(field_term(name_hash, old));
                 }
-                slot.stamp = stamp;
+                slot.hlc = stamp.hlc;
+                slot.replica = replica;
                 slot.value = value;
             }
             Err(at) => {
@@ -189,7 +257,13 @@ impl DocState {
                     // and rarely many, so doubling mostly wastes memory.
                     self.fields.reserve_exact(1 + self.fields.len() / 4);
                 }
-                self.fields.insert(at, FieldSlot { stamp, value, name });
+                let slot = FieldSlot {
+                    value,
+                    hlc: stamp.hlc,
+                    replica,
+                    name,
+                };
+                self.fields.insert(at, slot);
             }
         }
         if adds {
@@ -205,19 +279,19 @@ impl DocState {
 
     /// The digest sum by its definition: every visible field's term, with
     /// its name hashed afresh rather than taken from the cache.
-    pub(crate) fn digest_from_scratch(&self, names: &FieldNames) -> u64 {
+    pub(crate) fn digest_from_scratch(&self, names: &Names) -> u64 {
         self.fields
             .iter()
             .filter(|slot| slot.value.is_some())
             .fold(0u64, |sum, slot| {
                 let hash = name_hash(names.name(slot.name));
-                sum.wrapping_add(field_term(hash, slot.stamp))
+                sum.wrapping_add(field_term(hash, slot.stamp(names)))
             })
     }
 
     /// Debug builds check after every change that the maintained digest
     /// sum equals the one computed from scratch.
-    fn debug_check(&self, names: &FieldNames) {
+    fn debug_check(&self, names: &Names) {
         debug_assert_eq!(
             self.digest,
             self.digest_from_scratch(names),
@@ -307,7 +381,7 @@ pub struct Document {
 /// All collections, documents and fields of a replica, merged.
 #[derive(Clone, Debug, Default)]
 pub struct State {
-    pub(crate) names: FieldNames,
+    pub(crate) names: Names,
     pub(crate) collections: BTreeMap<String, CollectionState>,
 }
 
@@ -369,7 +443,7 @@ impl State {
     fn with_collection<R>(
         &mut self,
         collection: &str,
-        f: impl FnOnce(&mut CollectionState, &mut FieldNames) -> R,
+        f: impl FnOnce(&mut CollectionState, &mut Names) -> R,
     ) -> R {
         if let Some(coll) = self.collections.get_mut(collection) {
             let result = f(coll, &mut self.names);
@@ -412,9 +486,10 @@ impl State {
                     // third of the memory per field otherwise).
                     doc.fields.reserve_exact(fields.size_hint().0);
                 }
+                let replica = names.intern_replica(stamp.replica);
                 for (name, value) in fields {
                     let name = names.intern(name.as_ref());
-                    changed |= doc.write_field(name, names.hash(name), stamp, value);
+                    changed |= doc.write_field(name, stamp, replica, value, names);
                 }
                 doc.debug_check(names);
                 if changed {
@@ -505,7 +580,8 @@ impl State {
                 for (name, stamp, value) in other.fields {
                     if tombstone.is_none_or(|t| stamp > t) {
                         let name = names.intern(name);
-                        changed |= doc.write_field(name, names.hash(name), stamp, value.cloned());
+                        let replica = names.intern_replica(stamp.replica);
+                        changed |= doc.write_field(name, stamp, replica, value.cloned(), names);
                     }
                 }
                 doc.debug_check(names);
@@ -554,7 +630,7 @@ impl State {
                 let before = doc.fields.len();
                 // Removed-field markers are not in the digest sum: it stays.
                 doc.fields
-                    .retain(|slot| slot.value.is_some() || !old(&slot.stamp));
+                    .retain(|slot| slot.value.is_some() || slot.hlc > horizon);
                 collected += before - doc.fields.len();
                 doc.debug_check(names);
                 !doc.is_empty()
@@ -646,7 +722,13 @@ impl State {
             fields: doc
                 .fields
                 .iter()
-                .map(|s| (self.names.name(s.name), s.stamp, s.value.as_ref()))
+                .map(|s| {
+                    (
+                        self.names.name(s.name),
+                        s.stamp(&self.names),
+                        s.value.as_ref(),
+                    )
+                })
                 .collect(),
         }
     }
