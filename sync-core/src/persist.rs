@@ -228,7 +228,7 @@ impl<'a> DocRecordRef<'a> {
     pub(crate) fn new(doc: &'a DocState, names: &'a Names) -> Self {
         DocRecordRef {
             written: doc.written,
-            deleted: doc.deleted,
+            deleted: doc.deleted(),
             fields: FieldsRef { doc, names },
         }
     }

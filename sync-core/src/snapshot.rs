@@ -100,7 +100,7 @@ impl Snapshot {
             .flat_map(|coll| {
                 let docs = coll.docs.values().flat_map(|doc| {
                     let fields = doc.fields.iter().map(|slot| slot.hlc);
-                    let stamps = doc.written.into_iter().chain(doc.deleted);
+                    let stamps = doc.written.into_iter().chain(doc.deleted());
                     stamps.map(|stamp| stamp.hlc).chain(fields)
                 });
                 let stamps = coll.created.into_iter().chain(coll.dropped);
@@ -213,7 +213,7 @@ fn replica_table(state: &State) -> BTreeMap<ReplicaId, u32> {
         note(&coll.dropped);
         for doc in coll.docs.values() {
             note(&doc.written);
-            note(&doc.deleted);
+            note(&doc.deleted());
             let mut last = None;
             for slot in &doc.fields {
                 // Most fields of a document share one writer: skip repeats cheaply.
@@ -324,7 +324,7 @@ impl Serialize for DocRef<'_> {
         let mut t = s.serialize_tuple(4)?;
         t.serialize_element(self.id)?;
         t.serialize_element(&ctx.opt(self.doc.written))?;
-        t.serialize_element(&ctx.opt(self.doc.deleted))?;
+        t.serialize_element(&ctx.opt(self.doc.deleted()))?;
         let fields = self
             .doc
             .fields
@@ -444,13 +444,13 @@ impl Body {
                 let covered = |s: &Stamp| tombstone.is_some_and(|t| *s <= t);
                 if doc.written.as_ref().is_some_and(covered)
                     || doc
-                        .deleted
+                        .deleted()
                         .is_some_and(|d| coll.dropped.is_some_and(|t| d <= t))
                     || doc.fields.iter().any(|f| {
                         let stamp = f.stamp(&state.names);
                         covered(&stamp) || Some(stamp) > doc.written
                     })
-                    || (doc.written.is_none() && doc.deleted.is_none())
+                    || (doc.written.is_none() && doc.deleted().is_none())
                 {
                     return Err(inconsistent(format!(
                         "document {id:?} breaks the tombstone rules"
