@@ -97,7 +97,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// The splitmix64 finaliser: a cheap bijective mix with good avalanche.
-fn mix(mut z: u64) -> u64 {
+pub(crate) fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
