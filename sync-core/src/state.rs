@@ -26,7 +26,7 @@ use crate::hlc::Hlc;
 use crate::op::{Change, Op};
 use crate::revision::{Revision, field_term, name_hash, revision_from_sum};
 use crate::stamp::{ReplicaId, Stamp};
-use crate::value::Value;
+use crate::value::{StoredValue, Value};
 
 /// Index of an interned field name.
 pub(crate) type FieldId = u32;
@@ -126,11 +126,11 @@ impl Names {
     }
 }
 
-/// One field of a document: its winning write, in 48 bytes.
+/// One field of a document: its winning write, in 40 bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct FieldSlot {
     /// `None` records that the winning write removed the field.
-    pub(crate) value: Option<Value>,
+    pub(crate) value: Option<StoredValue>,
     /// The clock reading of the winning write's stamp.
     pub(crate) hlc: Hlc,
     /// The replica of the winning write's stamp, interned in [`Names`].
@@ -147,7 +147,7 @@ impl FieldSlot {
         names: &mut Names,
     ) -> Self {
         FieldSlot {
-            value,
+            value: value.map(StoredValue::from),
             hlc: stamp.hlc,
             replica: names.intern_replica(stamp.replica),
             name,
@@ -162,7 +162,7 @@ impl FieldSlot {
 
 // The slot is most of the memory a field costs, and the document state a
 // large part of the rest: keep them from growing unnoticed.
-const _: () = assert!(size_of::<FieldSlot>() == 48);
+const _: () = assert!(size_of::<FieldSlot>() == 40);
 const _: () = assert!(size_of::<DocState>() == 64);
 
 /// One document's merge state.
@@ -241,7 +241,7 @@ impl DocState {
         name: FieldId,
         stamp: Stamp,
         replica: ReplicaIdx,
-        value: Option<Value>,
+        value: Option<StoredValue>,
         names: &Names,
     ) -> bool {
         let name_hash = names.hash(name);
@@ -498,6 +498,7 @@ impl State {
                 let replica = names.intern_replica(stamp.replica);
                 for (name, value) in fields {
                     let name = names.intern(name.as_ref());
+                    let value = value.map(StoredValue::from);
                     changed |= doc.write_field(name, stamp, replica, value, names);
                 }
                 doc.debug_check(names);
@@ -714,7 +715,10 @@ impl State {
         let fields = doc
             .fields
             .iter()
-            .filter_map(|slot| Some((self.names.name(slot.name).to_owned(), slot.value.clone()?)))
+            .filter_map(|slot| {
+                let value = slot.value.as_ref()?.to_value();
+                Some((self.names.name(slot.name).to_owned(), value))
+            })
             .collect();
         Some(Document {
             id: id.to_owned(),
@@ -771,7 +775,7 @@ impl Eq for State {}
 pub(crate) struct DocParts<'a> {
     pub(crate) written: Option<Stamp>,
     pub(crate) deleted: Option<Stamp>,
-    pub(crate) fields: Vec<(&'a str, Stamp, Option<&'a Value>)>,
+    pub(crate) fields: Vec<(&'a str, Stamp, Option<&'a StoredValue>)>,
 }
 
 impl DocParts<'_> {
