@@ -5,17 +5,25 @@
 //! postcard records. A replica can be rebuilt from the records alone
 //! ([`crate::Replica::restore`]).
 
-use serde::{Deserialize, Serialize};
+use serde::ser::SerializeSeq;
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::hlc::Hlc;
 use crate::op::Op;
 use crate::stamp::{ReplicaId, Stamp};
-use crate::state::DocParts;
+use crate::state::{DocState, Names};
 use crate::value::Value;
 use crate::version::VersionVector;
 
 /// Version byte that starts every stored record.
-const RECORD_VERSION: u8 = 1;
+///
+/// Version 2 changed only document records: a field's stamp is left out when
+/// it equals the document's `written` stamp. Every other record reads the
+/// same at both versions.
+const RECORD_VERSION: u8 = 2;
+
+/// The oldest record version this build still reads.
+const OLDEST_RECORD_VERSION: u8 = 1;
 
 /// What a stored record is about.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -161,7 +169,7 @@ pub enum RecordError {
     BadKey(Vec<u8>),
     /// The record starts with a format version this build does not know.
     #[error(
-        "record under {key:?} has format version {found}; this build reads version {RECORD_VERSION}"
+        "record under {key:?} has format version {found}; this build reads versions {OLDEST_RECORD_VERSION} to {RECORD_VERSION}"
     )]
     UnsupportedVersion {
         /// The key.
@@ -204,15 +212,47 @@ pub(crate) struct CollectionRecord {
     pub(crate) dropped: Option<Stamp>,
 }
 
-/// A document's merge state as stored.
+/// A document's merge state as stored, serialised straight from the state.
+///
+/// Fields are `(name, stamp, value)`; the stamp is `None` when it equals the
+/// document's `written` stamp, as it does for every field of the latest
+/// put (version 2; version 1 stored every stamp).
 #[derive(Serialize)]
 pub(crate) struct DocRecordRef<'a> {
-    pub(crate) written: Option<Stamp>,
-    pub(crate) deleted: Option<Stamp>,
-    pub(crate) fields: &'a [(&'a str, Stamp, Option<&'a Value>)],
+    written: Option<Stamp>,
+    deleted: Option<Stamp>,
+    fields: FieldsRef<'a>,
 }
 
-/// A document's merge state as read back.
+impl<'a> DocRecordRef<'a> {
+    pub(crate) fn new(doc: &'a DocState, names: &'a Names) -> Self {
+        DocRecordRef {
+            written: doc.written,
+            deleted: doc.deleted(),
+            fields: FieldsRef { doc, names },
+        }
+    }
+}
+
+/// A document's fields with their names resolved, without collecting them.
+struct FieldsRef<'a> {
+    doc: &'a DocState,
+    names: &'a Names,
+}
+
+impl Serialize for FieldsRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.doc.fields.len()))?;
+        for slot in &self.doc.fields {
+            let stamp = slot.stamp(self.names);
+            let stamp = (Some(stamp) != self.doc.written).then_some(stamp);
+            seq.serialize_element(&(self.names.name(slot.name), stamp, slot.value.as_ref()))?;
+        }
+        seq.end()
+    }
+}
+
+/// A document's merge state as read back, stamps still relative to `written`.
 ///
 /// Field names borrow from the record's bytes: they are interned at once,
 /// so a `String` for each would be allocated only to be dropped.
@@ -220,18 +260,39 @@ pub(crate) struct DocRecordRef<'a> {
 pub(crate) struct DocRecord<'a> {
     pub(crate) written: Option<Stamp>,
     pub(crate) deleted: Option<Stamp>,
+    /// `None`: the document's `written` stamp.
     #[serde(borrow)]
-    pub(crate) fields: Vec<(&'a str, Stamp, Option<Value>)>,
+    pub(crate) fields: Vec<(&'a str, Option<Stamp>, Option<Value>)>,
 }
 
-impl<'a> DocRecordRef<'a> {
-    pub(crate) fn from_parts(parts: &'a DocParts<'a>) -> Self {
-        DocRecordRef {
-            written: parts.written,
-            deleted: parts.deleted,
-            fields: &parts.fields,
-        }
+/// A document record of version 1, every field with its own stamp.
+#[derive(Deserialize)]
+struct DocRecordV1<'a> {
+    written: Option<Stamp>,
+    deleted: Option<Stamp>,
+    #[serde(borrow)]
+    fields: Vec<(&'a str, Stamp, Option<Value>)>,
+}
+
+/// Decodes a document record of either version.
+pub(crate) fn decode_doc_record<'de>(
+    key: &StoreKey,
+    bytes: &'de [u8],
+) -> Result<DocRecord<'de>, RecordError> {
+    let (version, body) = split_version(key, bytes)?;
+    if version == RECORD_VERSION {
+        return decode_body(key, body);
     }
+    let v1: DocRecordV1<'de> = decode_body(key, body)?;
+    Ok(DocRecord {
+        written: v1.written,
+        deleted: v1.deleted,
+        fields: v1
+            .fields
+            .into_iter()
+            .map(|(name, stamp, value)| (name, Some(stamp), value))
+            .collect(),
+    })
 }
 
 /// Encodes a record: the version byte, then postcard.
@@ -250,21 +311,35 @@ pub(crate) fn encode_record_sized<T: Serialize + ?Sized>(record: &T, capacity: u
     postcard::to_extend(record, out).unwrap_or_default()
 }
 
-/// Decodes a record written by [`encode_record`].
+/// Decodes a record written by [`encode_record`]. Document records have a
+/// decoder of their own, [`decode_doc_record`].
 pub(crate) fn decode_record<'de, T: Deserialize<'de>>(
     key: &StoreKey,
     bytes: &'de [u8],
 ) -> Result<T, RecordError> {
+    let (_, body) = split_version(key, bytes)?;
+    decode_body(key, body)
+}
+
+/// Checks the version byte; returns it and the body after it.
+fn split_version<'de>(key: &StoreKey, bytes: &'de [u8]) -> Result<(u8, &'de [u8]), RecordError> {
     let (&version, body) = bytes.split_first().ok_or_else(|| RecordError::Corrupt {
         key: key.clone(),
         reason: "empty record".into(),
     })?;
-    if version != RECORD_VERSION {
+    if !(OLDEST_RECORD_VERSION..=RECORD_VERSION).contains(&version) {
         return Err(RecordError::UnsupportedVersion {
             key: key.clone(),
             found: version,
         });
     }
+    Ok((version, body))
+}
+
+fn decode_body<'de, T: Deserialize<'de>>(
+    key: &StoreKey,
+    body: &'de [u8],
+) -> Result<T, RecordError> {
     let (record, rest) = postcard::take_from_bytes(body).map_err(|e| RecordError::Corrupt {
         key: key.clone(),
         reason: e.to_string(),

@@ -65,31 +65,28 @@ impl FromStr for Revision {
     }
 }
 
-/// Accumulates a revision digest. Field contributions are added, so the
-/// order fields are visited in does not matter.
-pub(crate) struct RevisionDigest {
-    written: Stamp,
-    sum: u64,
+// A document's digest is a wrapping sum of one term per visible field, so
+// fields can be visited in any order, and the state can keep the sum up to
+// date by subtracting a replaced field's term and adding the new one.
+
+/// The hash of a field name that goes into [`field_term`]; the state caches
+/// it per interned name.
+pub(crate) fn name_hash(name: &str) -> u64 {
+    fnv1a(name.as_bytes())
 }
 
-impl RevisionDigest {
-    pub(crate) fn new(written: Stamp) -> Self {
-        RevisionDigest { written, sum: 0 }
-    }
+/// One visible field's contribution to its document's digest sum.
+pub(crate) fn field_term(name_hash: u64, stamp: Stamp) -> u64 {
+    mix(mix(name_hash ^ stamp.hlc.as_u64()) ^ stamp.replica.0)
+}
 
-    pub(crate) fn add_field(&mut self, name: &str, stamp: Stamp) {
-        let mut h = fnv1a(name.as_bytes());
-        h = mix(h ^ stamp.hlc.as_u64());
-        h = mix(h ^ stamp.replica.0);
-        self.sum = self.sum.wrapping_add(h);
-    }
-
-    pub(crate) fn finish(self) -> Revision {
-        let digest = mix(self.sum ^ mix(self.written.hlc.as_u64() ^ mix(self.written.replica.0)));
-        Revision {
-            stamp: self.written,
-            digest,
-        }
+/// The revision of a document last written at `written` whose visible
+/// fields' terms add up to `sum` (wrapping).
+pub(crate) fn revision_from_sum(written: Stamp, sum: u64) -> Revision {
+    let digest = mix(sum ^ mix(written.hlc.as_u64() ^ mix(written.replica.0)));
+    Revision {
+        stamp: written,
+        digest,
     }
 }
 
@@ -100,7 +97,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// The splitmix64 finaliser: a cheap bijective mix with good avalanche.
-fn mix(mut z: u64) -> u64 {
+pub(crate) fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
@@ -124,12 +121,12 @@ mod tests {
     #[test]
     fn digest_ignores_visit_order() {
         let s = |n| Stamp::new(Hlc::new(n, 0).unwrap(), ReplicaId(1));
-        let mut a = RevisionDigest::new(s(9));
-        a.add_field("x", s(1));
-        a.add_field("y", s(2));
-        let mut b = RevisionDigest::new(s(9));
-        b.add_field("y", s(2));
-        b.add_field("x", s(1));
-        assert_eq!(a.finish(), b.finish());
+        let x = field_term(name_hash("x"), s(1));
+        let y = field_term(name_hash("y"), s(2));
+        assert_eq!(
+            revision_from_sum(s(9), x.wrapping_add(y)),
+            revision_from_sum(s(9), y.wrapping_add(x))
+        );
+        assert_ne!(revision_from_sum(s(9), x), revision_from_sum(s(9), y));
     }
 }

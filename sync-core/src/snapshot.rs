@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use crate::hlc::Hlc;
 use crate::op::{InvalidOp, check_collection, check_doc_id, check_field_name};
 use crate::stamp::{ReplicaId, Stamp};
-use crate::state::{CollectionState, DocState, FieldSlot, State};
+use crate::state::{CollectionState, DocState, FieldSlot, Names, State};
 use crate::value::Value;
 use crate::version::VersionVector;
 
@@ -120,12 +120,13 @@ impl Snapshot {
             .values()
             .flat_map(|coll| {
                 let docs = coll.docs.values().flat_map(|doc| {
-                    let fields = doc.fields.iter().map(|slot| slot.stamp);
-                    doc.written.into_iter().chain(doc.deleted).chain(fields)
+                    let fields = doc.fields.iter().map(|slot| slot.hlc);
+                    let stamps = doc.written.into_iter().chain(doc.deleted());
+                    stamps.map(|stamp| stamp.hlc).chain(fields)
                 });
-                coll.created.into_iter().chain(coll.dropped).chain(docs)
+                let stamps = coll.created.into_iter().chain(coll.dropped);
+                stamps.map(|stamp| stamp.hlc).chain(docs)
             })
-            .map(|stamp| stamp.hlc)
             .max()
             .unwrap_or(Hlc::ZERO)
             .max(self.max_hlc)
@@ -317,13 +318,13 @@ fn replica_table(state: &State) -> BTreeMap<ReplicaId, u32> {
         note(&coll.dropped);
         for doc in coll.docs.values() {
             note(&doc.written);
-            note(&doc.deleted);
+            note(&doc.deleted());
             let mut last = None;
             for slot in &doc.fields {
                 // Most fields of a document share one writer: skip repeats cheaply.
-                if last != Some(slot.stamp.replica) {
-                    last = Some(slot.stamp.replica);
-                    note(&Some(slot.stamp));
+                if last != Some(slot.replica) {
+                    last = Some(slot.replica);
+                    note(&Some(slot.stamp(&state.names)));
                 }
             }
         }
@@ -348,6 +349,7 @@ impl Serialize for BodyRef<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let ctx = Ctx {
             replicas: self.replicas,
+            names: &self.state.names,
         };
         let names = (0..self.state.names.len()).map(|i| self.state.names.name(i as u32));
         let mut t = s.serialize_tuple(6)?;
@@ -368,6 +370,7 @@ impl Serialize for BodyRef<'_> {
 #[derive(Clone, Copy)]
 struct Ctx<'a> {
     replicas: &'a BTreeMap<ReplicaId, u32>,
+    names: &'a Names,
 }
 
 impl Ctx<'_> {
@@ -426,7 +429,7 @@ impl Serialize for DocRef<'_> {
         let mut t = s.serialize_tuple(4)?;
         t.serialize_element(self.id)?;
         t.serialize_element(&ctx.opt(self.doc.written))?;
-        t.serialize_element(&ctx.opt(self.doc.deleted))?;
+        t.serialize_element(&ctx.opt(self.doc.deleted()))?;
         t.serialize_element(&FieldsRef { ctx, doc: self.doc })?;
         t.end()
     }
@@ -442,7 +445,8 @@ impl Serialize for FieldsRef<'_> {
         let mut seq = s.serialize_seq(Some(self.doc.fields.len()))?;
         let mut previous = self.doc.written;
         for f in &self.doc.fields {
-            let stamp = FieldStamp::encode(f.stamp, self.doc.written, &mut previous, &self.ctx);
+            let stamp = f.stamp(self.ctx.names);
+            let stamp = FieldStamp::encode(stamp, self.doc.written, &mut previous, &self.ctx);
             seq.serialize_element(&(f.name, stamp, f.value.as_ref()))?;
         }
         seq.end()
@@ -631,41 +635,35 @@ impl<S: FieldStampCode> Body<S> {
                     return Err(inconsistent(format!("document {id:?} out of order")));
                 }
                 let tombstone = coll.dropped.max(opt(deleted)?);
-                let mut doc = DocState {
-                    written: opt(written)?,
-                    deleted: opt(deleted)?,
-                    fields: Vec::new(),
-                };
-                doc.fields.reserve_exact(fields.len());
-                let mut previous = doc.written;
+                let written = opt(written)?;
+                let deleted = opt(deleted)?;
+                let mut slots: Vec<FieldSlot> = Vec::with_capacity(fields.len());
+                let mut previous = written;
                 for (field, code, value) in fields {
                     if field as usize >= name_count {
                         return Err(inconsistent(format!("field index {field} out of range")));
                     }
-                    if doc.fields.last().is_some_and(|f| f.name >= field) {
+                    if slots.last().is_some_and(|f| f.name >= field) {
                         return Err(inconsistent(format!(
                             "fields of document {id:?} out of order"
                         )));
                     }
                     let field_stamp = code
-                        .resolve(doc.written, &mut previous, &replicas)
+                        .resolve(written, &mut previous, &replicas)
                         .map_err(|e| inconsistent(format!("document {id:?}: {e}")))?;
-                    doc.fields.push(FieldSlot {
-                        stamp: field_stamp,
-                        value,
-                        name: field,
-                    });
+                    slots.push(FieldSlot::new(field, field_stamp, value, &mut state.names));
                 }
+                let doc = DocState::new(written, deleted, slots, &state.names);
                 let covered = |s: &Stamp| tombstone.is_some_and(|t| *s <= t);
                 if doc.written.as_ref().is_some_and(covered)
                     || doc
-                        .deleted
+                        .deleted()
                         .is_some_and(|d| coll.dropped.is_some_and(|t| d <= t))
-                    || doc
-                        .fields
-                        .iter()
-                        .any(|f| covered(&f.stamp) || Some(f.stamp) > doc.written)
-                    || (doc.written.is_none() && doc.deleted.is_none())
+                    || doc.fields.iter().any(|f| {
+                        let stamp = f.stamp(&state.names);
+                        covered(&stamp) || Some(stamp) > doc.written
+                    })
+                    || (doc.written.is_none() && doc.deleted().is_none())
                 {
                     return Err(inconsistent(format!(
                         "document {id:?} breaks the tombstone rules"

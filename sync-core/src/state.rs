@@ -24,30 +24,65 @@ use std::sync::Arc;
 
 use crate::hlc::Hlc;
 use crate::op::{Change, Op};
-use crate::revision::{Revision, RevisionDigest};
-use crate::stamp::Stamp;
-use crate::value::Value;
+use crate::revision::{Revision, field_term, name_hash, revision_from_sum};
+use crate::stamp::{ReplicaId, Stamp};
+use crate::value::{StoredValue, Value};
 
 /// Index of an interned field name.
 pub(crate) type FieldId = u32;
 
-/// Field names, interned once per replica: documents of a collection share
-/// their field names, so each field costs four bytes of name instead of a string.
+/// Index of an interned replica id.
+pub(crate) type ReplicaIdx = u32;
+
+/// Field names and replica ids, interned once per replica: documents of a
+/// collection share their field names and most stamps come from a few
+/// replicas, so a field costs four bytes of name instead of a string and
+/// four bytes of replica instead of eight.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct FieldNames {
+pub(crate) struct Names {
     names: Vec<Arc<str>>,
+    /// `revision::name_hash` of each name, by id: revision digests are kept
+    /// up to date on every write, and hashing the name each time would cost
+    /// as much as the rest of the update.
+    hashes: Vec<u64>,
     index: BTreeMap<Arc<str>, FieldId>,
+    /// A direct-mapped cache in front of `index`: slot `name_hash >> 56`
+    /// holds the id last interned there. A hit costs one hash of the name and
+    /// one comparison instead of a comparison per tree level; a miss, which is
+    /// all a peer choosing colliding names can cause, falls back to `index`.
+    /// Empty until the first name is interned.
+    recent: Vec<FieldId>,
+    replicas: Vec<ReplicaId>,
+    replica_index: BTreeMap<ReplicaId, ReplicaIdx>,
 }
 
-impl FieldNames {
+/// Slots in [`Names::recent`].
+const RECENT_SLOTS: usize = 256;
+
+impl Names {
     pub(crate) fn intern(&mut self, name: &str) -> FieldId {
-        if let Some(&id) = self.index.get(name) {
-            return id;
+        let hash = name_hash(name);
+        // The top byte: the multiply in FNV-1a mixes every input byte into it.
+        let slot = (hash >> 56) as usize % RECENT_SLOTS;
+        if let Some(&id) = self.recent.get(slot) {
+            if self.names.get(id as usize).is_some_and(|n| **n == *name) {
+                return id;
+            }
+        } else {
+            self.recent = vec![FieldId::MAX; RECENT_SLOTS];
         }
-        let id = FieldId::try_from(self.names.len()).unwrap_or(FieldId::MAX);
-        let name: Arc<str> = Arc::from(name);
-        self.names.push(name.clone());
-        self.index.insert(name, id);
+        let id = match self.index.get(name) {
+            Some(&id) => id,
+            None => {
+                let id = FieldId::try_from(self.names.len()).unwrap_or(FieldId::MAX);
+                let name: Arc<str> = Arc::from(name);
+                self.hashes.push(hash);
+                self.names.push(name.clone());
+                self.index.insert(name, id);
+                id
+            }
+        };
+        self.recent[slot] = id;
         id
     }
 
@@ -62,16 +97,73 @@ impl FieldNames {
     pub(crate) fn len(&self) -> usize {
         self.names.len()
     }
+
+    /// The cached `revision::name_hash` of an interned name.
+    fn hash(&self, id: FieldId) -> u64 {
+        self.hashes.get(id as usize).copied().unwrap_or(0)
+    }
+
+    /// The index of a replica id, interning it if it is new.
+    pub(crate) fn intern_replica(&mut self, replica: ReplicaId) -> ReplicaIdx {
+        // Most operations come from the replica that wrote last.
+        if let Some(last) = self.replicas.len().checked_sub(1) {
+            if self.replicas[last] == replica {
+                return last as ReplicaIdx;
+            }
+        }
+        *self.replica_index.entry(replica).or_insert_with(|| {
+            self.replicas.push(replica);
+            ReplicaIdx::try_from(self.replicas.len() - 1).unwrap_or(ReplicaIdx::MAX)
+        })
+    }
+
+    /// The replica id interned at `index`.
+    pub(crate) fn replica(&self, index: ReplicaIdx) -> ReplicaId {
+        self.replicas
+            .get(index as usize)
+            .copied()
+            .unwrap_or(ReplicaId(u64::MAX))
+    }
 }
 
-/// One field of a document: its winning write.
+/// One field of a document: its winning write, in 40 bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct FieldSlot {
-    pub(crate) stamp: Stamp,
     /// `None` records that the winning write removed the field.
-    pub(crate) value: Option<Value>,
+    pub(crate) value: Option<StoredValue>,
+    /// The clock reading of the winning write's stamp.
+    pub(crate) hlc: Hlc,
+    /// The replica of the winning write's stamp, interned in [`Names`].
+    pub(crate) replica: ReplicaIdx,
     pub(crate) name: FieldId,
 }
+
+impl FieldSlot {
+    /// A slot for a write stamped `stamp`, interning its replica.
+    pub(crate) fn new(
+        name: FieldId,
+        stamp: Stamp,
+        value: Option<Value>,
+        names: &mut Names,
+    ) -> Self {
+        FieldSlot {
+            value: value.map(StoredValue::from),
+            hlc: stamp.hlc,
+            replica: names.intern_replica(stamp.replica),
+            name,
+        }
+    }
+
+    /// The winning write's stamp.
+    pub(crate) fn stamp(&self, names: &Names) -> Stamp {
+        Stamp::new(self.hlc, names.replica(self.replica))
+    }
+}
+
+// The slot is most of the memory a field costs, and the document state a
+// large part of the rest: keep them from growing unnoticed.
+const _: () = assert!(size_of::<FieldSlot>() == 40);
+const _: () = assert!(size_of::<DocState>() == 64);
 
 /// One document's merge state.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -79,32 +171,93 @@ pub(crate) struct DocState {
     /// Highest put stamp after the tombstone; `Some` exactly when the document exists.
     pub(crate) written: Option<Stamp>,
     /// Highest delete stamp, kept while it is after the collection's drop.
-    pub(crate) deleted: Option<Stamp>,
+    /// Boxed: few documents carry one, and inline it would cost 16 bytes
+    /// more in every document.
+    deleted: Option<Box<Stamp>>,
     /// Winning writes after the tombstone, sorted by field id.
     pub(crate) fields: Vec<FieldSlot>,
+    /// Wrapping sum of `revision::field_term` over the fields that hold a
+    /// value, kept up to date by every change to `fields` so that a
+    /// revision costs O(1) rather than a pass over the document.
+    /// Removed-field markers stay out: compaction may collect them, and a
+    /// revision must not change when nothing visible did.
+    digest: u64,
 }
 
 impl DocState {
+    /// A document built from stored or received parts; computes the digest
+    /// sum over its fields (with the cached name hashes).
+    pub(crate) fn new(
+        written: Option<Stamp>,
+        deleted: Option<Stamp>,
+        fields: Vec<FieldSlot>,
+        names: &Names,
+    ) -> DocState {
+        let mut doc = DocState {
+            written,
+            deleted: deleted.map(Box::new),
+            fields,
+            digest: 0,
+        };
+        doc.digest = doc
+            .fields
+            .iter()
+            .filter(|slot| slot.value.is_some())
+            .fold(0, |sum, slot| {
+                sum.wrapping_add(field_term(names.hash(slot.name), slot.stamp(names)))
+            });
+        doc.debug_check(names);
+        doc
+    }
+
+    /// The highest delete stamp, kept while it is after the collection's drop.
+    pub(crate) fn deleted(&self) -> Option<Stamp> {
+        self.deleted.as_deref().copied()
+    }
+
     fn is_empty(&self) -> bool {
         self.written.is_none() && self.deleted.is_none() && self.fields.is_empty()
     }
 
     /// Forgets everything stamped at or before `tombstone`.
-    fn prune(&mut self, tombstone: Stamp) {
+    fn prune(&mut self, tombstone: Stamp, names: &Names) {
         self.written = self.written.filter(|&s| s > tombstone);
-        self.deleted = self.deleted.filter(|&s| s > tombstone);
-        self.fields.retain(|slot| slot.stamp > tombstone);
+        self.deleted = self.deleted.take().filter(|s| **s > tombstone);
+        let digest = &mut self.digest;
+        self.fields.retain(|slot| {
+            let stamp = slot.stamp(names);
+            let keep = stamp > tombstone;
+            if !keep && slot.value.is_some() {
+                *digest = digest.wrapping_sub(field_term(names.hash(slot.name), stamp));
+            }
+            keep
+        });
     }
 
     /// Writes one field if `stamp` wins; the caller has checked the tombstone.
-    fn write_field(&mut self, name: FieldId, stamp: Stamp, value: Option<Value>) -> bool {
+    /// `replica` is `stamp.replica` interned.
+    fn write_field(
+        &mut self,
+        name: FieldId,
+        stamp: Stamp,
+        replica: ReplicaIdx,
+        value: Option<StoredValue>,
+        names: &Names,
+    ) -> bool {
+        let name_hash = names.hash(name);
+        let adds = value.is_some();
         match self.fields.binary_search_by_key(&name, |slot| slot.name) {
             Ok(at) => {
                 let slot = &mut self.fields[at];
-                if slot.stamp >= stamp {
+                let old = slot.stamp(names);
+                if old >= stamp {
                     return false;
                 }
-                slot.stamp = stamp;
+                if slot.value.is_some() {
+                    self.digest = self.digest.wrapping_sub(field_term(name_hash, old));
+                }
+                slot.hlc = stamp.hlc;
+                slot.replica = replica;
                 slot.value = value;
             }
             Err(at) => {
@@ -113,21 +266,46 @@ impl DocState {
                     // and rarely many, so doubling mostly wastes memory.
                     self.fields.reserve_exact(1 + self.fields.len() / 4);
                 }
-                self.fields.insert(at, FieldSlot { stamp, value, name });
+                let slot = FieldSlot {
+                    value,
+                    hlc: stamp.hlc,
+                    replica,
+                    name,
+                };
+                self.fields.insert(at, slot);
             }
+        }
+        if adds {
+            self.digest = self.digest.wrapping_add(field_term(name_hash, stamp));
         }
         true
     }
 
-    fn revision(&self, names: &FieldNames) -> Option<Revision> {
-        let written = self.written?;
-        let mut digest = RevisionDigest::new(written);
-        // Removed-field markers stay out: compaction may collect them, and a
-        // revision must not change when nothing visible did.
-        for slot in self.fields.iter().filter(|slot| slot.value.is_some()) {
-            digest.add_field(names.name(slot.name), slot.stamp);
-        }
-        Some(digest.finish())
+    /// The document's revision; `None` when it does not exist.
+    fn revision(&self) -> Option<Revision> {
+        Some(revision_from_sum(self.written?, self.digest))
+    }
+
+    /// The digest sum by its definition: every visible field's term, with
+    /// its name hashed afresh rather than taken from the cache.
+    pub(crate) fn digest_from_scratch(&self, names: &Names) -> u64 {
+        self.fields
+            .iter()
+            .filter(|slot| slot.value.is_some())
+            .fold(0u64, |sum, slot| {
+                let hash = name_hash(names.name(slot.name));
+                sum.wrapping_add(field_term(hash, slot.stamp(names)))
+            })
+    }
+
+    /// Debug builds check after every change that the maintained digest
+    /// sum equals the one computed from scratch.
+    fn debug_check(&self, names: &Names) {
+        debug_assert_eq!(
+            self.digest,
+            self.digest_from_scratch(names),
+            "maintained revision digest drifted from its definition"
+        );
     }
 }
 
@@ -147,10 +325,6 @@ impl CollectionState {
     fn is_visible(&self) -> bool {
         self.created.is_some() || self.docs.values().any(|doc| doc.written.is_some())
     }
-
-    fn tombstone_for(&self, doc: Option<&DocState>) -> Option<Stamp> {
-        self.dropped.max(doc.and_then(|d| d.deleted))
-    }
 }
 
 /// What applying a write changed, so the replica knows what to persist and announce.
@@ -159,13 +333,47 @@ pub(crate) enum Effect {
     /// Nothing: the write lost to existing state or was a duplicate.
     Unchanged,
     /// One document's state changed.
-    Document { collection: String, id: String },
+    Document {
+        collection: String,
+        id: String,
+        /// The document's revision after the change (`None`: it does not
+        /// exist), so a local write need not look the document up again.
+        revision: Option<Revision>,
+    },
     /// A collection's own state changed; `documents` lists the documents
     /// whose state changed with it (pruned by a drop).
     Collection {
         collection: String,
         documents: Vec<String>,
     },
+}
+
+/// What one write did to its document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DocChange {
+    /// Nothing: the write lost to existing state or repeated it.
+    Unchanged,
+    /// The document changed; this is its revision now (`None`: it does not exist).
+    Changed(Option<Revision>),
+}
+
+impl DocChange {
+    /// The effect of the change, naming the document only when it changed:
+    /// `names` gives the collection and id, so an operation's own strings
+    /// can be moved in rather than copied.
+    fn effect(self, names: impl FnOnce() -> (String, String)) -> Effect {
+        match self {
+            DocChange::Unchanged => Effect::Unchanged,
+            DocChange::Changed(revision) => {
+                let (collection, id) = names();
+                Effect::Document {
+                    collection,
+                    id,
+                    revision,
+                }
+            }
+        }
+    }
 }
 
 /// A document as applications see it.
@@ -182,7 +390,7 @@ pub struct Document {
 /// All collections, documents and fields of a replica, merged.
 #[derive(Clone, Debug, Default)]
 pub struct State {
-    pub(crate) names: FieldNames,
+    pub(crate) names: Names,
     pub(crate) collections: BTreeMap<String, CollectionState>,
 }
 
@@ -200,19 +408,24 @@ impl State {
                 collection,
                 id,
                 fields,
-            } => self.put(
-                collection,
-                id,
-                stamp,
-                fields.iter().map(|(n, v)| (n.as_str(), v.clone())),
-            ),
-            Change::Delete { collection, id } => self.delete(collection, id, stamp),
+            } => self
+                .put(
+                    collection,
+                    id,
+                    stamp,
+                    fields.iter().map(|(n, v)| (n.as_str(), v.clone())),
+                )
+                .effect(|| (collection.clone(), id.clone())),
+            Change::Delete { collection, id } => self
+                .delete(collection, id, stamp)
+                .effect(|| (collection.clone(), id.clone())),
             Change::CreateCollection { collection } => self.create_collection(collection, stamp),
             Change::DropCollection { collection } => self.drop_collection(collection, stamp),
         }
     }
 
-    /// Applies one operation, moving its values into the state.
+    /// Applies one operation, moving its values, collection and id into the
+    /// state and the effect instead of copying them.
     pub(crate) fn apply_owned(&mut self, op: Op) -> Effect {
         let stamp = op.stamp();
         match op.change {
@@ -220,11 +433,40 @@ impl State {
                 collection,
                 id,
                 fields,
-            } => self.put(&collection, &id, stamp, fields),
-            Change::Delete { collection, id } => self.delete(&collection, &id, stamp),
+            } => self
+                .put(&collection, &id, stamp, fields)
+                .effect(|| (collection, id)),
+            Change::Delete { collection, id } => self
+                .delete(&collection, &id, stamp)
+                .effect(|| (collection, id)),
             Change::CreateCollection { collection } => self.create_collection(&collection, stamp),
             Change::DropCollection { collection } => self.drop_collection(&collection, stamp),
         }
+    }
+
+    /// Runs `f` on a collection's state, creating the collection only if `f`
+    /// leaves something in it and removing it if `f` empties it.
+    ///
+    /// One search on the common path, and no key allocated unless the
+    /// collection is new: a write that loses leaves no empty entry behind.
+    fn with_collection<R>(
+        &mut self,
+        collection: &str,
+        f: impl FnOnce(&mut CollectionState, &mut Names) -> R,
+    ) -> R {
+        if let Some(coll) = self.collections.get_mut(collection) {
+            let result = f(coll, &mut self.names);
+            if coll.is_empty() {
+                self.collections.remove(collection);
+            }
+            return result;
+        }
+        let mut coll = CollectionState::default();
+        let result = f(&mut coll, &mut self.names);
+        if !coll.is_empty() {
+            self.collections.insert(collection.to_owned(), coll);
+        }
+        result
     }
 
     /// A put: marks the document written at `stamp` and writes each field.
@@ -234,90 +476,96 @@ impl State {
         id: &str,
         stamp: Stamp,
         fields: impl IntoIterator<Item = (N, Option<Value>)>,
-    ) -> Effect {
-        let coll = self.collections.entry(collection.to_owned()).or_default();
-        if coll
-            .tombstone_for(coll.docs.get(id))
-            .is_some_and(|t| stamp <= t)
-        {
-            cleanup_collection(&mut self.collections, collection);
-            return Effect::Unchanged;
-        }
-        let doc = coll.docs.entry(id.to_owned()).or_default();
-        let mut changed = false;
-        if doc.written < Some(stamp) {
-            doc.written = Some(stamp);
-            changed = true;
-        }
-        let fields = fields.into_iter();
-        if doc.fields.is_empty() {
-            // A new document's fields arrive together: size the slots exactly
-            // rather than let insertion double the vector (a third of the
-            // memory per field otherwise).
-            doc.fields.reserve_exact(fields.size_hint().0);
-        }
-        for (name, value) in fields {
-            let name = self.names.intern(name.as_ref());
-            changed |= doc.write_field(name, stamp, value);
-        }
-        document_effect(changed, collection, id)
+    ) -> DocChange {
+        self.with_collection(collection, |coll, names| {
+            let dropped = coll.dropped;
+            with_doc(&mut coll.docs, id, |doc| {
+                if dropped.max(doc.deleted()).is_some_and(|t| stamp <= t) {
+                    return DocChange::Unchanged;
+                }
+                let mut changed = false;
+                if doc.written < Some(stamp) {
+                    doc.written = Some(stamp);
+                    changed = true;
+                }
+                let fields = fields.into_iter();
+                if doc.fields.is_empty() {
+                    // A new document's fields arrive together: size the slots
+                    // exactly rather than let insertion double the vector (a
+                    // third of the memory per field otherwise).
+                    doc.fields.reserve_exact(fields.size_hint().0);
+                }
+                let replica = names.intern_replica(stamp.replica);
+                for (name, value) in fields {
+                    let name = names.intern(name.as_ref());
+                    let value = value.map(StoredValue::from);
+                    changed |= doc.write_field(name, stamp, replica, value, names);
+                }
+                doc.debug_check(names);
+                if changed {
+                    DocChange::Changed(doc.revision())
+                } else {
+                    DocChange::Unchanged
+                }
+            })
+        })
     }
 
     /// A document delete at `stamp`.
-    pub(crate) fn delete(&mut self, collection: &str, id: &str, stamp: Stamp) -> Effect {
-        let coll = self.collections.entry(collection.to_owned()).or_default();
-        let covered = coll
-            .tombstone_for(coll.docs.get(id))
-            .is_some_and(|t| stamp <= t);
-        if covered {
-            cleanup_collection(&mut self.collections, collection);
-            return Effect::Unchanged;
-        }
-        let doc = coll.docs.entry(id.to_owned()).or_default();
-        doc.prune(stamp);
-        doc.deleted = Some(stamp);
-        Effect::Document {
-            collection: collection.to_owned(),
-            id: id.to_owned(),
-        }
+    pub(crate) fn delete(&mut self, collection: &str, id: &str, stamp: Stamp) -> DocChange {
+        self.with_collection(collection, |coll, names| {
+            let dropped = coll.dropped;
+            with_doc(&mut coll.docs, id, |doc| {
+                if dropped.max(doc.deleted()).is_some_and(|t| stamp <= t) {
+                    return DocChange::Unchanged;
+                }
+                doc.prune(stamp, names);
+                doc.deleted = Some(Box::new(stamp));
+                doc.debug_check(names);
+                DocChange::Changed(doc.revision())
+            })
+        })
     }
 
     /// A collection create at `stamp`.
     pub(crate) fn create_collection(&mut self, collection: &str, stamp: Stamp) -> Effect {
-        let coll = self.collections.entry(collection.to_owned()).or_default();
-        if coll.dropped.is_some_and(|d| stamp <= d) || coll.created >= Some(stamp) {
-            cleanup_collection(&mut self.collections, collection);
-            return Effect::Unchanged;
-        }
-        coll.created = Some(stamp);
-        Effect::Collection {
-            collection: collection.to_owned(),
-            documents: Vec::new(),
-        }
+        self.with_collection(collection, |coll, _| {
+            if coll.dropped.is_some_and(|d| stamp <= d) || coll.created >= Some(stamp) {
+                return Effect::Unchanged;
+            }
+            coll.created = Some(stamp);
+            Effect::Collection {
+                collection: collection.to_owned(),
+                documents: Vec::new(),
+            }
+        })
     }
 
     /// A collection drop at `stamp`: prunes everything it covers.
     pub(crate) fn drop_collection(&mut self, collection: &str, stamp: Stamp) -> Effect {
-        let coll = self.collections.entry(collection.to_owned()).or_default();
-        if coll.dropped >= Some(stamp) {
-            cleanup_collection(&mut self.collections, collection);
-            return Effect::Unchanged;
-        }
-        coll.dropped = Some(stamp);
-        coll.created = coll.created.filter(|&c| c > stamp);
-        let mut documents = Vec::new();
-        coll.docs.retain(|id, doc| {
-            let before = doc.clone();
-            doc.prune(stamp);
-            if *doc != before {
-                documents.push(id.clone());
+        self.with_collection(collection, |coll, names| {
+            if coll.dropped >= Some(stamp) {
+                return Effect::Unchanged;
             }
-            !doc.is_empty()
-        });
-        Effect::Collection {
-            collection: collection.to_owned(),
-            documents,
-        }
+            coll.dropped = Some(stamp);
+            coll.created = coll.created.filter(|&c| c > stamp);
+            let mut documents = Vec::new();
+            coll.docs.retain(|id, doc| {
+                // Pruning only removes, so comparing what it can remove tells
+                // whether the document changed.
+                let before = (doc.written, doc.deleted(), doc.fields.len());
+                doc.prune(stamp, names);
+                doc.debug_check(names);
+                if (doc.written, doc.deleted(), doc.fields.len()) != before {
+                    documents.push(id.clone());
+                }
+                !doc.is_empty()
+            });
+            Effect::Collection {
+                collection: collection.to_owned(),
+                documents,
+            }
+        })
     }
 
     /// Joins a whole document's merge state from another replica (a snapshot).
@@ -329,26 +577,32 @@ impl State {
     ) -> Effect {
         let mut changed = false;
         if let Some(deleted) = other.deleted {
-            changed |= self.delete(collection, id, deleted) != Effect::Unchanged;
+            changed |= self.delete(collection, id, deleted) != DocChange::Unchanged;
         }
         if let Some(written) = other.written {
             let no_fields: [(&str, Option<Value>); 0] = [];
-            changed |= self.put(collection, id, written, no_fields) != Effect::Unchanged;
+            changed |= self.put(collection, id, written, no_fields) != DocChange::Unchanged;
         }
-        let coll = self.collections.entry(collection.to_owned()).or_default();
-        let tombstone = coll.tombstone_for(coll.docs.get(id));
-        let doc = coll.docs.entry(id.to_owned()).or_default();
-        for (name, stamp, value) in other.fields {
-            if tombstone.is_none_or(|t| stamp > t) {
-                let name = self.names.intern(name);
-                changed |= doc.write_field(name, stamp, value.cloned());
-            }
-        }
-        if doc.is_empty() {
-            coll.docs.remove(id);
-        }
-        cleanup_collection(&mut self.collections, collection);
-        document_effect(changed, collection, id)
+        self.with_collection(collection, |coll, names| {
+            let dropped = coll.dropped;
+            with_doc(&mut coll.docs, id, |doc| {
+                let tombstone = dropped.max(doc.deleted());
+                for (name, stamp, value) in other.fields {
+                    if tombstone.is_none_or(|t| stamp > t) {
+                        let name = names.intern(name);
+                        let replica = names.intern_replica(stamp.replica);
+                        changed |= doc.write_field(name, stamp, replica, value.cloned(), names);
+                    }
+                }
+                doc.debug_check(names);
+                if changed {
+                    DocChange::Changed(doc.revision())
+                } else {
+                    DocChange::Unchanged
+                }
+            })
+        })
+        .effect(|| (collection.to_owned(), id.to_owned()))
     }
 
     /// Joins a collection's own stamps from another replica (a snapshot).
@@ -372,20 +626,23 @@ impl State {
     pub fn collect_tombstones(&mut self, horizon: Hlc) -> usize {
         let old = |stamp: &Stamp| stamp.hlc <= horizon;
         let mut collected = 0;
+        let names = &self.names;
         for coll in self.collections.values_mut() {
             if coll.dropped.as_ref().is_some_and(old) {
                 coll.dropped = None;
                 collected += 1;
             }
             coll.docs.retain(|_, doc| {
-                if doc.deleted.as_ref().is_some_and(old) {
+                if doc.deleted.as_deref().is_some_and(old) {
                     doc.deleted = None;
                     collected += 1;
                 }
                 let before = doc.fields.len();
+                // Removed-field markers are not in the digest sum: it stays.
                 doc.fields
-                    .retain(|slot| slot.value.is_some() || !old(&slot.stamp));
+                    .retain(|slot| slot.value.is_some() || slot.hlc > horizon);
                 collected += before - doc.fields.len();
+                doc.debug_check(names);
                 !doc.is_empty()
             });
         }
@@ -401,11 +658,7 @@ impl State {
 
     /// The document's revision, or `None` when it does not exist.
     pub fn revision(&self, collection: &str, id: &str) -> Option<Revision> {
-        self.collections
-            .get(collection)?
-            .docs
-            .get(id)?
-            .revision(&self.names)
+        self.collections.get(collection)?.docs.get(id)?.revision()
     }
 
     /// Every existing document of a collection, ordered by id.
@@ -458,11 +711,14 @@ impl State {
     }
 
     fn document(&self, id: &str, doc: &DocState) -> Option<Document> {
-        let revision = doc.revision(&self.names)?;
+        let revision = doc.revision()?;
         let fields = doc
             .fields
             .iter()
-            .filter_map(|slot| Some((self.names.name(slot.name).to_owned(), slot.value.clone()?)))
+            .filter_map(|slot| {
+                let value = slot.value.as_ref()?.to_value();
+                Some((self.names.name(slot.name).to_owned(), value))
+            })
             .collect();
         Some(Document {
             id: id.to_owned(),
@@ -475,11 +731,17 @@ impl State {
     pub(crate) fn doc_parts<'a>(&'a self, doc: &'a DocState) -> DocParts<'a> {
         DocParts {
             written: doc.written,
-            deleted: doc.deleted,
+            deleted: doc.deleted(),
             fields: doc
                 .fields
                 .iter()
-                .map(|s| (self.names.name(s.name), s.stamp, s.value.as_ref()))
+                .map(|s| {
+                    (
+                        self.names.name(s.name),
+                        s.stamp(&self.names),
+                        s.value.as_ref(),
+                    )
+                })
                 .collect(),
         }
     }
@@ -513,7 +775,7 @@ impl Eq for State {}
 pub(crate) struct DocParts<'a> {
     pub(crate) written: Option<Stamp>,
     pub(crate) deleted: Option<Stamp>,
-    pub(crate) fields: Vec<(&'a str, Stamp, Option<&'a Value>)>,
+    pub(crate) fields: Vec<(&'a str, Stamp, Option<&'a StoredValue>)>,
 }
 
 impl DocParts<'_> {
@@ -523,20 +785,44 @@ impl DocParts<'_> {
     }
 }
 
-fn document_effect(changed: bool, collection: &str, id: &str) -> Effect {
-    if changed {
-        Effect::Document {
-            collection: collection.to_owned(),
-            id: id.to_owned(),
+/// Runs `f` on a document's state, as [`State::with_collection`] does for
+/// collections: one search when the document exists, and no entry left
+/// behind (nor key allocated) for a write that changes nothing.
+fn with_doc<R>(
+    docs: &mut BTreeMap<String, DocState>,
+    id: &str,
+    f: impl FnOnce(&mut DocState) -> R,
+) -> R {
+    if let Some(doc) = docs.get_mut(id) {
+        let result = f(doc);
+        if doc.is_empty() {
+            docs.remove(id);
         }
-    } else {
-        Effect::Unchanged
+        return result;
     }
+    let mut doc = DocState::default();
+    let result = f(&mut doc);
+    if !doc.is_empty() {
+        docs.insert(id.to_owned(), doc);
+    }
+    result
 }
 
-/// Removes a collection entry that an ignored write created and left empty.
-fn cleanup_collection(collections: &mut BTreeMap<String, CollectionState>, name: &str) {
-    if collections.get(name).is_some_and(CollectionState::is_empty) {
-        collections.remove(name);
+#[cfg(test)]
+impl State {
+    /// Checks every document's maintained digest sum against its definition.
+    pub(crate) fn check_revisions(&self) -> Result<(), String> {
+        for (name, coll) in &self.collections {
+            for (id, doc) in &coll.docs {
+                let scratch = doc.digest_from_scratch(&self.names);
+                if doc.digest != scratch {
+                    return Err(format!(
+                        "{name}/{id}: maintained digest {:#x}, from scratch {scratch:#x}",
+                        doc.digest
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }

@@ -296,6 +296,94 @@ impl Serialize for Value {
     }
 }
 
+/// A field value as the state stores it: a [`Value`] in 24 bytes instead of
+/// 32 (boxed slices and a boxed map instead of growable vectors and an
+/// inline map), since every stored field carries one. It compares and
+/// encodes exactly as the `Value` it was made from; the public API converts
+/// at its edges.
+#[derive(Clone, Debug)]
+pub(crate) enum StoredValue {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    String(Box<str>),
+    Bytes(Box<[u8]>),
+    List(Box<[Value]>),
+    // An inline map is 24 bytes, which would make every stored value 32;
+    // maps are rare enough that the extra allocation is the cheaper side.
+    #[allow(clippy::box_collection)]
+    Map(Box<BTreeMap<String, Value>>),
+}
+
+const _: () = assert!(size_of::<Option<StoredValue>>() == 24);
+
+impl From<Value> for StoredValue {
+    fn from(value: Value) -> StoredValue {
+        match value {
+            Value::Null => StoredValue::Null,
+            Value::Bool(v) => StoredValue::Bool(v),
+            Value::Int(v) => StoredValue::Int(v),
+            Value::Float(v) => StoredValue::Float(v),
+            Value::String(v) => StoredValue::String(v.into_boxed_str()),
+            Value::Bytes(v) => StoredValue::Bytes(v.into_boxed_slice()),
+            Value::List(v) => StoredValue::List(v.into_boxed_slice()),
+            Value::Map(v) => StoredValue::Map(Box::new(v)),
+        }
+    }
+}
+
+impl StoredValue {
+    /// A copy as the public type.
+    pub(crate) fn to_value(&self) -> Value {
+        match self {
+            StoredValue::Null => Value::Null,
+            StoredValue::Bool(v) => Value::Bool(*v),
+            StoredValue::Int(v) => Value::Int(*v),
+            StoredValue::Float(v) => Value::Float(*v),
+            StoredValue::String(v) => Value::String(v.to_string()),
+            StoredValue::Bytes(v) => Value::Bytes(v.to_vec()),
+            StoredValue::List(v) => Value::List(v.to_vec()),
+            StoredValue::Map(v) => Value::Map((**v).clone()),
+        }
+    }
+}
+
+impl PartialEq for StoredValue {
+    /// As [`Value`]'s: floats by bit pattern.
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (StoredValue::Null, StoredValue::Null) => true,
+            (StoredValue::Bool(a), StoredValue::Bool(b)) => a == b,
+            (StoredValue::Int(a), StoredValue::Int(b)) => a == b,
+            (StoredValue::Float(a), StoredValue::Float(b)) => a.to_bits() == b.to_bits(),
+            (StoredValue::String(a), StoredValue::String(b)) => a == b,
+            (StoredValue::Bytes(a), StoredValue::Bytes(b)) => a == b,
+            (StoredValue::List(a), StoredValue::List(b)) => a == b,
+            (StoredValue::Map(a), StoredValue::Map(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for StoredValue {}
+
+impl Serialize for StoredValue {
+    /// Byte for byte as [`Value`]'s encoding of the same value.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            StoredValue::Null => s.serialize_unit_variant("Value", 0, "Null"),
+            StoredValue::Bool(v) => s.serialize_newtype_variant("Value", 1, "Bool", v),
+            StoredValue::Int(v) => s.serialize_newtype_variant("Value", 2, "Int", v),
+            StoredValue::Float(v) => s.serialize_newtype_variant("Value", 3, "Float", v),
+            StoredValue::String(v) => s.serialize_newtype_variant("Value", 4, "String", &**v),
+            StoredValue::Bytes(v) => s.serialize_newtype_variant("Value", 5, "Bytes", &RawBytes(v)),
+            StoredValue::List(v) => s.serialize_newtype_variant("Value", 6, "List", &ListRef(v)),
+            StoredValue::Map(v) => s.serialize_newtype_variant("Value", 7, "Map", &MapRef(v)),
+        }
+    }
+}
+
 struct RawBytes<'a>(&'a [u8]);
 impl Serialize for RawBytes<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -492,6 +580,41 @@ mod tests {
 
     fn nested_list(depth: usize) -> Value {
         (0..depth).fold(Value::Int(1), |v, _| Value::List(vec![v]))
+    }
+
+    /// The state's compact form encodes, compares and converts back exactly
+    /// as the value it was made from, for every kind.
+    #[test]
+    fn stored_values_encode_and_compare_as_values() {
+        let mut map = BTreeMap::new();
+        map.insert("k".to_string(), Value::Float(-0.0));
+        let values = [
+            Value::Null,
+            Value::Bool(true),
+            Value::Int(-7),
+            Value::Float(f64::NAN),
+            Value::Float(0.0),
+            Value::String("héllo".into()),
+            Value::Bytes(vec![0, 255]),
+            Value::List(vec![Value::Int(1), "x".into(), nested_list(3)]),
+            Value::Map(map),
+        ];
+        for value in &values {
+            let stored = StoredValue::from(value.clone());
+            assert_eq!(
+                postcard::to_allocvec(&stored).unwrap(),
+                postcard::to_allocvec(value).unwrap()
+            );
+            assert_eq!(stored.to_value(), *value);
+            for other in &values {
+                let other_stored = StoredValue::from(other.clone());
+                assert_eq!(
+                    stored == other_stored,
+                    value == other,
+                    "{value:?} vs {other:?}"
+                );
+            }
+        }
     }
 
     #[test]
