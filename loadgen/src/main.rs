@@ -14,6 +14,7 @@
 //! `cargo xtask bench` runs it after the other benchmarks.
 
 mod client;
+mod light;
 mod relay;
 mod scenarios;
 

@@ -16,6 +16,8 @@ mod harness;
 
 #[path = "session_room/clock.rs"]
 mod clock;
+#[path = "session_room/coalesce.rs"]
+mod coalesce;
 #[path = "session_room/fanout.rs"]
 mod fanout;
 #[path = "session_room/flow.rs"]
