@@ -296,7 +296,7 @@ fn verdict(ok: bool) -> &'static str {
 async fn fanout(settings: &Settings) -> Result<(), String> {
     const CLIENTS: usize = 100;
     eprintln!("fanout: starting relay and {CLIENTS} clients");
-    let relay = Relay::start(&settings.relay, &[])?;
+    let relay = Relay::start(&settings.relay, &[], &settings.relay_args)?;
     let (tx, rx) = watch::channel(Phase::Idle);
     let shared = Arc::new(Shared::default());
     let handles = spawn_followers(&relay, "fanout", CLIENTS, &rx, &shared);
@@ -419,7 +419,11 @@ async fn scale(settings: &Settings) -> Result<(), String> {
     let n = settings.idle_sessions;
     let rooms = 1_000.min(n);
     eprintln!("scale: {n} sessions over {rooms} rooms");
-    let relay = Relay::start(&settings.relay, &["--max-connections", "20000"])?;
+    let relay = Relay::start(
+        &settings.relay,
+        &["--max-connections", "20000"],
+        &settings.relay_args,
+    )?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss0 = relay.rss_kib();
     let (tx, rx) = watch::channel(Phase::Idle);
@@ -513,7 +517,7 @@ async fn initial(settings: &Settings) -> Result<(), String> {
         ("after compaction (snapshot + tail)", compacting, true),
     ] {
         eprintln!("initial: {case}");
-        let relay = Relay::start(&settings.relay, args)?;
+        let relay = Relay::start(&settings.relay, args, &settings.relay_args)?;
         let mut writer = Client::new(1, "big", &relay.url());
         let fields: Vec<String> = (0..10).map(|f| format!("f{f}")).collect();
         for d in 0..DOCS {
@@ -584,7 +588,7 @@ async fn durability(settings: &Settings) -> Result<(), String> {
     println!("| ---: | ---: | ---: | ---: | ---: | ---: |");
     for sessions in [1, 10, 100] {
         eprintln!("durability: {sessions} sessions");
-        let relay = Relay::start(&settings.relay, &[])?;
+        let relay = Relay::start(&settings.relay, &[], &settings.relay_args)?;
         let (tx, rx) = watch::channel(Phase::Idle);
         let shared = Arc::new(Shared::default());
         let handles = spawn_followers(&relay, "durable", sessions, &rx, &shared);
