@@ -13,7 +13,8 @@
 //!
 //! Each `--relay-arg` passes one more argument to every relay started, after
 //! the scenario's own (so `--relay-arg --compaction-min-ops --relay-arg 100000`
-//! overrides a default).
+//! overrides a default). With `LOADGEN_TRACE=1` the fan-out scenario also
+//! prints its latency in 20 slices of the paced phase (to see queues build).
 //!
 //! `cargo xtask bench` runs it after the other benchmarks.
 
