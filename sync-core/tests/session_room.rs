@@ -36,5 +36,7 @@ mod read_only;
 mod restore;
 #[path = "session_room/resume.rs"]
 mod resume;
+#[path = "session_room/retention.rs"]
+mod retention;
 #[path = "session_room/stale.rs"]
 mod stale;

@@ -64,6 +64,14 @@ pub struct CompactionPolicy {
     /// Tombstones (deletes, drops) older than this are collected, and
     /// operations stamped older than that are refused as stale.
     pub tombstone_grace_ms: u64,
+    /// Once a snapshot exists, wait until the entries to fold hold at least
+    /// this percentage of its size in bytes. Every compaction rewrites the
+    /// whole snapshot; without this bound a room taking thousands of small
+    /// operations a second compacted every `min_ops` operations and wrote
+    /// its snapshot many times over per second. 100 keeps the snapshot bytes
+    /// written at most equal to the log bytes folded. 0 turns it off;
+    /// `max_log_ops` overrides it.
+    pub min_fold_percent: u64,
 }
 
 impl Default for CompactionPolicy {
@@ -73,6 +81,7 @@ impl Default for CompactionPolicy {
             keep_recent_ops: 10_000,
             max_log_ops: 1_000_000,
             tombstone_grace_ms: 30 * 24 * 3600 * 1000,
+            min_fold_percent: 100,
         }
     }
 }
@@ -885,6 +894,14 @@ impl Room {
         let from = self.log.compacted_through();
         if through <= from || through - from < policy.min_ops.max(1) {
             return;
+        }
+        let forced = by_size > from;
+        if !forced && policy.min_fold_percent > 0 {
+            let snapshot = self.snapshot.as_ref().map_or(0, |s| s.len() as u64);
+            let fold = self.log.bytes_through(through);
+            if fold.saturating_mul(100) < snapshot.saturating_mul(policy.min_fold_percent) {
+                return;
+            }
         }
         let job = self.start_compaction(now, through);
         self.outputs.push_back(RoomOutput::Compact(job));
