@@ -2,18 +2,24 @@
 //!
 //! It starts a fresh relay (the binary named by `--relay`) on `127.0.0.1`
 //! with a temporary data directory for each scenario, drives sync-core
-//! `Session`s against it over real WebSockets on loopback, and prints
+//! clients against it over real WebSockets on loopback, and prints
 //! Markdown tables. Every scenario is bounded in sessions and in time, and
 //! the relay is killed (its data removed) when the scenario ends.
 //!
 //! ```sh
 //! cargo build --release -p relay-server -p loadgen
-//! target/release/concord-loadgen --relay target/release/concord-relay [--only fanout|scale|initial|durability|synced] [--seconds 10] [--sessions 10000]
+//! target/release/concord-loadgen --relay target/release/concord-relay [--only fanout|scale|initial|durability|synced] [--seconds 10] [--sessions 10000] [--relay-arg FLAG]...
 //! ```
+//!
+//! Each `--relay-arg` passes one more argument to every relay started, after
+//! the scenario's own (so `--relay-arg --compaction-min-ops --relay-arg 100000`
+//! overrides a default). With `LOADGEN_TRACE=1` the fan-out scenario also
+//! prints its latency in 20 slices of the paced phase (to see queues build).
 //!
 //! `cargo xtask bench` runs it after the other benchmarks.
 
 mod client;
+mod light;
 mod relay;
 mod scenarios;
 
@@ -31,16 +37,19 @@ pub(crate) struct Settings {
     pub(crate) window: Duration,
     /// Sessions for the scale scenario.
     pub(crate) idle_sessions: usize,
+    /// Extra flags for every relay started (`--relay-arg`, repeatable).
+    pub(crate) relay_args: Vec<String>,
 }
 
 /// Usage text.
-const USAGE: &str = "usage: concord-loadgen --relay PATH [--only fanout|scale|initial|durability|synced] [--seconds N] [--sessions N]";
+const USAGE: &str = "usage: concord-loadgen --relay PATH [--only fanout|scale|initial|durability|synced] [--seconds N] [--sessions N] [--relay-arg FLAG]...";
 
 fn parse() -> Result<Settings, String> {
     let mut relay = None;
     let mut only = None;
     let mut window = Duration::from_secs(10);
     let mut idle_sessions = 10_000;
+    let mut relay_args = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value\n{USAGE}"));
@@ -55,6 +64,7 @@ fn parse() -> Result<Settings, String> {
                 let n: usize = value()?.parse().map_err(|e| format!("--sessions: {e}"))?;
                 idle_sessions = n.clamp(1, 20_000);
             }
+            "--relay-arg" => relay_args.push(value()?),
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
@@ -64,6 +74,7 @@ fn parse() -> Result<Settings, String> {
         only,
         window,
         idle_sessions,
+        relay_args,
     })
 }
 

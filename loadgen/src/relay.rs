@@ -18,9 +18,10 @@ pub(crate) struct Relay {
 }
 
 impl Relay {
-    /// Starts `bin` on `127.0.0.1:0` with anonymous access and `args`, and
-    /// waits (at most 30 s) until `/healthz` answers 200.
-    pub(crate) fn start(bin: &Path, args: &[&str]) -> Result<Relay, String> {
+    /// Starts `bin` on `127.0.0.1:0` with anonymous access, `args` (the
+    /// scenario's) and `extra` (the user's, last, so they win), and waits
+    /// (at most 30 s) until `/healthz` answers 200.
+    pub(crate) fn start(bin: &Path, args: &[&str], extra: &[String]) -> Result<Relay, String> {
         let stamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
@@ -40,6 +41,7 @@ impl Relay {
             .arg("--data")
             .arg(&data)
             .args(args)
+            .args(extra)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -9,6 +9,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::Settings;
 use crate::client::{Client, now_us};
+use crate::light::LightClient;
 use crate::relay::{Relay, own_cpu_seconds};
 
 /// What the fan-out and durability clients are asked to do.
@@ -16,7 +17,9 @@ use crate::relay::{Relay, own_cpu_seconds};
 enum Phase {
     /// Keep the session alive, write nothing.
     Idle,
-    /// Write as fast as the relay takes it (at most 500 unacknowledged).
+    /// Write as fast as the relay takes it (at most 500 unacknowledged;
+    /// lightweight clients also stay under the relay's default per-session
+    /// rate limit of 2,000 ops/s, which would otherwise cut them off).
     Flood,
     /// Write one operation every `interval` µs, stamped for latency.
     Paced(u64),
@@ -54,23 +57,40 @@ pub(crate) async fn run(settings: &Settings) -> Result<(), String> {
 struct Shared {
     live: AtomicUsize,
     written: AtomicU64,
+    /// Lightweight clients whose connection failed (they do not reconnect).
+    lost: AtomicUsize,
+    /// The full client's stored cursor (room offset it has applied).
+    cursor: AtomicU64,
 }
 
-/// Spawns `n` clients in `room` that follow the phase channel; client 0
-/// collects latencies. Returns their handles (each yields its client).
+/// A follower task; the full client (client 0) hands itself back.
+type Follower = tokio::task::JoinHandle<Option<Client>>;
+
+/// Spawns `n` clients in `room` that follow the phase channel. Client 0 is
+/// a full sync-core `Session` + `Replica` and collects latencies; the other
+/// `n - 1` are [`LightClient`]s (the real protocol, no replica), so the
+/// load generator's CPU goes to offering load rather than to 99 replicas
+/// applying every delivery.
 fn spawn_followers(
     relay: &Relay,
     room: &str,
     n: usize,
     phase: &watch::Receiver<Phase>,
     shared: &Arc<Shared>,
-) -> Vec<tokio::task::JoinHandle<Client>> {
+) -> Vec<Follower> {
     (0..n)
         .map(|i| {
-            let mut client = Client::new(i as u64 + 1, room, &relay.url());
-            if i == 0 {
-                client.latencies = Some(Vec::new());
+            if i > 0 {
+                let url = relay.url();
+                let room = room.to_owned();
+                let (phase, shared) = (phase.clone(), shared.clone());
+                return tokio::spawn(async move {
+                    light_follower(i, n, &url, &room, phase, &shared).await;
+                    None
+                });
             }
+            let mut client = Client::new(i as u64 + 1, room, &relay.url());
+            client.latencies = Some(Vec::new());
             let mut phase = phase.clone();
             let shared = shared.clone();
             tokio::spawn(async move {
@@ -79,6 +99,9 @@ fn spawn_followers(
                 let mut next_write = Instant::now();
                 loop {
                     let now_phase = *phase.borrow_and_update();
+                    shared
+                        .cursor
+                        .store(client.session().status().cursor, Ordering::Relaxed);
                     if client.is_live() != was_live {
                         was_live = !was_live;
                         if was_live {
@@ -134,10 +157,110 @@ fn spawn_followers(
                     }
                 }
                 client.close().await;
-                client
+                Some(client)
             })
         })
         .collect()
+}
+
+/// How often a lightweight client pushes 50 operations in the flood.
+const FLOOD_EVERY: Duration = Duration::from_millis(30);
+
+/// Lightweight client `i` of `n` following the phase channel until `Stop`
+/// (or until its connection fails: it is counted in `shared.lost`).
+async fn light_follower(
+    i: usize,
+    n: usize,
+    url: &str,
+    room: &str,
+    mut phase: watch::Receiver<Phase>,
+    shared: &Shared,
+) {
+    let mut client = match LightClient::connect(i as u64 + 1, room, url).await {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("concord-loadgen: light client {i}: {e}");
+            shared.lost.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    let mut current = *phase.borrow_and_update();
+    let mut ticker = tokio::time::interval(Duration::from_millis(1));
+    // The relay closes sessions silent for its idle timeout (60 s).
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(5));
+    let mut was_live = false;
+    let mut n_written: u64 = 0;
+    let failed = loop {
+        if client.live && !was_live {
+            was_live = true;
+            shared.live.fetch_add(1, Ordering::Relaxed);
+        }
+        let ack_each = current == Phase::AckEach && client.live && client.acked == client.pushed;
+        if ack_each {
+            let doc = format!("c{i}-{}", n_written % 64);
+            client.push(1, "durable", &doc, "n", n_written as i64);
+            n_written += 1;
+            shared.written.fetch_add(1, Ordering::Relaxed);
+        }
+        let writing = client.live && matches!(current, Phase::Flood | Phase::Paced(_));
+        tokio::select! {
+            biased;
+            changed = phase.changed() => {
+                if changed.is_err() {
+                    break None;
+                }
+                current = *phase.borrow_and_update();
+                match current {
+                    Phase::Stop => break None,
+                    // Writers start spread evenly over one interval, as
+                    // independent clients would, not in lockstep. Late
+                    // ticks fire at once (tokio's default `Burst`), so the
+                    // offered load stays at the target on average.
+                    Phase::Paced(interval) => {
+                        let offset = interval * i as u64 / n as u64;
+                        ticker = tokio::time::interval_at(
+                            tokio::time::Instant::now() + Duration::from_micros(offset),
+                            Duration::from_micros(interval),
+                        );
+                    }
+                    // 50 operations every 30 ms: 1,667 ops/s per client.
+                    _ => ticker = tokio::time::interval(FLOOD_EVERY),
+                }
+            }
+            read = client.read() => {
+                if let Err(e) = read {
+                    break Some(e);
+                }
+            }
+            _ = ticker.tick(), if writing => match current {
+                Phase::Paced(_) => {
+                    let doc = format!("c{i}-{}", n_written % 64);
+                    client.push(1, "lat", &doc, "t", now_us() as i64);
+                    n_written += 1;
+                    shared.written.fetch_add(1, Ordering::Relaxed);
+                }
+                Phase::Flood if client.pushed - client.acked < 500 => {
+                    let doc = format!("c{i}-{}", n_written % 64);
+                    client.push(50, "flood", &doc, "n", n_written as i64);
+                    n_written += 50;
+                    shared.written.fetch_add(50, Ordering::Relaxed);
+                }
+                _ => {}
+            },
+            _ = heartbeat.tick() => client.ping(),
+        }
+        if let Err(e) = client.flush().await {
+            break Some(e);
+        }
+    };
+    if let Some(e) = failed {
+        eprintln!("concord-loadgen: light client {i} lost: {e}");
+        shared.lost.fetch_add(1, Ordering::Relaxed);
+    }
+    if was_live {
+        shared.live.fetch_sub(1, Ordering::Relaxed);
+    }
+    client.close().await;
 }
 
 /// Waits until `shared.live` reaches `n` (bounded).
@@ -156,14 +279,11 @@ async fn wait_live(shared: &Shared, n: usize, limit: Duration) -> Result<(), Str
 }
 
 /// Stops followers and collects them (bounded).
-async fn stop(
-    tx: &watch::Sender<Phase>,
-    handles: Vec<tokio::task::JoinHandle<Client>>,
-) -> Vec<Client> {
+async fn stop(tx: &watch::Sender<Phase>, handles: Vec<Follower>) -> Vec<Client> {
     let _ = tx.send(Phase::Stop);
     let mut clients = Vec::new();
     for h in handles {
-        if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_secs(10), h).await {
+        if let Ok(Ok(Some(c))) = tokio::time::timeout(Duration::from_secs(10), h).await {
             clients.push(c);
         }
     }
@@ -186,7 +306,7 @@ fn verdict(ok: bool) -> &'static str {
 async fn fanout(settings: &Settings) -> Result<(), String> {
     const CLIENTS: usize = 100;
     eprintln!("fanout: starting relay and {CLIENTS} clients");
-    let relay = Relay::start(&settings.relay, &[])?;
+    let relay = Relay::start(&settings.relay, &[], &settings.relay_args)?;
     let (tx, rx) = watch::channel(Phase::Idle);
     let shared = Arc::new(Shared::default());
     let handles = spawn_followers(&relay, "fanout", CLIENTS, &rx, &shared);
@@ -207,7 +327,16 @@ async fn fanout(settings: &Settings) -> Result<(), String> {
     let cpu = relay.cpu_seconds() - cpu0;
     let own = own_cpu_seconds() - own0;
     let _ = tx.send(Phase::Idle);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The full client must have applied the flood's backlog, or the paced
+    // phase would measure that backlog instead of the relay.
+    let head = relay.metric("concord_ops_stored_total") as u64;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while shared.cursor.load(Ordering::Relaxed) < head && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let caught_up = started.elapsed().as_secs_f64() - took;
+    eprintln!("fanout: full client caught up {caught_up:.1} s after the flood");
+    tokio::time::sleep(Duration::from_secs(1)).await;
 
     // Latency at a fixed offered load: 100 clients × 100 ops/s.
     eprintln!("fanout: 10,000 ops/s for {:?}", settings.window);
@@ -233,6 +362,17 @@ async fn fanout(settings: &Settings) -> Result<(), String> {
     // The first second warms up (connections' windows, allocations).
     let skip = samples.len() / settings.window.as_secs().max(1) as usize;
     samples.drain(..skip.min(samples.len()));
+    if std::env::var_os("LOADGEN_TRACE").is_some() {
+        for (k, chunk) in samples.chunks(samples.len().max(20) / 20).enumerate() {
+            let mut c = chunk.to_vec();
+            c.sort_unstable();
+            eprintln!(
+                "chunk {k}: p50 {:.1} ms max {:.1} ms",
+                percentile(&c, 0.5),
+                percentile(&c, 1.0)
+            );
+        }
+    }
     samples.sort_unstable();
     let (p50, p99, max) = (
         percentile(&samples, 0.5),
@@ -259,7 +399,7 @@ async fn fanout(settings: &Settings) -> Result<(), String> {
         100.0 * cpu / took
     );
     println!(
-        "| load generator CPU during flood (100 sessions applying every delivery) | {:.0}% of one core | |",
+        "| load generator CPU during flood (1 full session + 99 light clients) | {:.0}% of one core | |",
         100.0 * own / took
     );
     println!(
@@ -277,7 +417,10 @@ async fn fanout(settings: &Settings) -> Result<(), String> {
         samples.len(),
         verdict(p99 <= 5.0)
     );
-    println!("| reconnects during the run | {reconnects} | |\n");
+    println!(
+        "| reconnects of the full client / light clients lost | {reconnects} / {} | |\n",
+        shared.lost.load(Ordering::Relaxed)
+    );
     Ok(())
 }
 
@@ -286,7 +429,11 @@ async fn scale(settings: &Settings) -> Result<(), String> {
     let n = settings.idle_sessions;
     let rooms = 1_000.min(n);
     eprintln!("scale: {n} sessions over {rooms} rooms");
-    let relay = Relay::start(&settings.relay, &["--max-connections", "20000"])?;
+    let relay = Relay::start(
+        &settings.relay,
+        &["--max-connections", "20000"],
+        &settings.relay_args,
+    )?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss0 = relay.rss_kib();
     let (tx, rx) = watch::channel(Phase::Idle);
@@ -380,7 +527,7 @@ async fn initial(settings: &Settings) -> Result<(), String> {
         ("after compaction (snapshot + tail)", compacting, true),
     ] {
         eprintln!("initial: {case}");
-        let relay = Relay::start(&settings.relay, args)?;
+        let relay = Relay::start(&settings.relay, args, &settings.relay_args)?;
         let mut writer = Client::new(1, "big", &relay.url());
         let fields: Vec<String> = (0..10).map(|f| format!("f{f}")).collect();
         for d in 0..DOCS {
@@ -451,7 +598,7 @@ async fn durability(settings: &Settings) -> Result<(), String> {
     println!("| ---: | ---: | ---: | ---: | ---: | ---: |");
     for sessions in [1, 10, 100] {
         eprintln!("durability: {sessions} sessions");
-        let relay = Relay::start(&settings.relay, &[])?;
+        let relay = Relay::start(&settings.relay, &[], &settings.relay_args)?;
         let (tx, rx) = watch::channel(Phase::Idle);
         let shared = Arc::new(Shared::default());
         let handles = spawn_followers(&relay, "durable", sessions, &rx, &shared);
@@ -501,7 +648,7 @@ async fn synced(settings: &Settings) -> Result<(), String> {
     const ROOMS: usize = 100;
     const OPS: usize = 256;
     eprintln!("synced: {SESSIONS} sessions over {ROOMS} rooms, {OPS} ops of ~1 KiB per room");
-    let relay = Relay::start(&settings.relay, &[])?;
+    let relay = Relay::start(&settings.relay, &[], &settings.relay_args)?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss0 = relay.rss_kib();
     let (tx, rx) = watch::channel(Phase::Idle);

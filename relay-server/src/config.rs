@@ -334,6 +334,7 @@ impl Config {
                 tombstone_grace_ms: o
                     .tombstone_grace
                     .map_or(defaults.compaction.tombstone_grace_ms, |g| ms(g.0)),
+                min_fold_percent: defaults.compaction.min_fold_percent,
             },
         };
         Ok(Config {

@@ -1,15 +1,24 @@
 //! One tokio task per loaded room, owning its [`Room`] state machine, and
 //! the registry that finds or starts them.
 //!
-//! The task drains its bounded inbox, feeds each message to the room, and
-//! then processes the room's outputs in order. The rule it enforces: a frame
-//! never leaves before every `Persist` queued ahead of it is durable. All
-//! persists of one drain go to the store as one request (the store merges
-//! requests from every room into one transaction); a barrier in the `held`
-//! queue stands for that request, and the frames behind it are released when
-//! it commits. Meanwhile the room keeps handling input, so the next request
-//! is ready for the next group commit (at most [`MAX_COMMITS_IN_FLIGHT`]
-//! outstanding, then the inbox waits, and readers feel the backpressure).
+//! The task drains its bounded inbox and feeds each message to the room;
+//! then, if it may submit another write, it processes the room's outputs in
+//! order. The rule it enforces: a frame never leaves before every `Persist`
+//! queued ahead of it is durable. All persists of one drain go to the store
+//! as one request (the store merges requests from every room into one
+//! transaction); a barrier in the `held` queue stands for that request, and
+//! the frames behind it are released when it commits.
+//!
+//! At most [`MAX_COMMITS_IN_FLIGHT`] requests are outstanding. While that
+//! many are, the task keeps *handling* input but does not poll the room: the
+//! room queues acknowledgements and appends, and builds deliveries only when
+//! polled, so everything that arrived during a commit becomes one request and
+//! one `Deliver` per session as soon as a commit completes. Reading never
+//! waits for the disk (a slow fsync would otherwise cap the messages a room
+//! takes per commit at its inbox size), and frames per session follow
+//! commits, not arrivals. Input handled but not yet polled is bounded
+//! ([`MAX_UNPOLLED`], [`MAX_UNPOLLED_BYTES`]); beyond it the inbox waits and
+//! readers feel the backpressure.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,8 +39,13 @@ use crate::metrics::Metrics;
 use crate::peer::Peer;
 use crate::store::{Durable, Store};
 
-/// Persist requests a room may have outstanding before it stops reading.
+/// Persist requests a room may have outstanding before it stops polling
+/// the room (it still handles input, up to [`MAX_UNPOLLED`]).
 pub(crate) const MAX_COMMITS_IN_FLIGHT: usize = 2;
+/// Inbox messages handled without polling the room before it stops reading.
+const MAX_UNPOLLED: usize = 1024;
+/// Frame bytes handled without polling the room before it stops reading.
+const MAX_UNPOLLED_BYTES: usize = 8 * 1024 * 1024;
 /// Capacity of a room's inbox.
 const INBOX: usize = 64;
 /// Most inbox messages handled before the outputs are processed.
@@ -229,6 +243,9 @@ struct Host {
     /// Sessions cut off by the host, for which the room must hear `Leave`.
     leaves: Vec<SessionId>,
     stopping: bool,
+    /// Messages handled since the room was last polled, and their frame bytes.
+    unpolled: usize,
+    unpolled_bytes: usize,
 }
 
 /// The room task: load, then serve until unloaded or shut down.
@@ -272,6 +289,8 @@ async fn run(
                 idle_since: Some(Instant::now()),
                 leaves: Vec::new(),
                 stopping: false,
+                unpolled: 0,
+                unpolled_bytes: 0,
             };
             host.serve().await;
         }
@@ -335,12 +354,20 @@ impl Host {
         let unload_after = self.rooms.config.room_unload_after;
         loop {
             if self.stopping && self.commits.is_empty() {
+                if self.unpolled > 0 {
+                    // Input handled while commits were in flight still
+                    // owes its writes and acknowledgements.
+                    self.drain().await;
+                    continue;
+                }
                 return self.finish_shutdown().await;
             }
             if self.sessions.is_empty() {
                 self.idle_since.get_or_insert_with(Instant::now);
             }
-            let reading = !self.stopping && self.commits.len() < MAX_COMMITS_IN_FLIGHT;
+            let reading = !self.stopping
+                && self.unpolled < MAX_UNPOLLED
+                && self.unpolled_bytes < MAX_UNPOLLED_BYTES;
             let idle_deadline = self
                 .idle_since
                 .filter(|_| self.sessions.is_empty() && !self.stopping)
@@ -352,6 +379,10 @@ impl Host {
                     match result {
                         Ok(()) => self.on_durable().await,
                         Err(error) => return self.fail(error).await,
+                    }
+                    // What arrived during the commit becomes the next request.
+                    if self.unpolled > 0 {
+                        self.drain().await;
                     }
                 }
                 result = join_compaction(&mut self.compaction), if self.compaction.is_some() => {
@@ -370,16 +401,18 @@ impl Host {
                             Err(_) => break,
                         }
                     }
-                    self.drain().await;
+                    self.drain_if_allowed().await;
                 }
                 () = sleep_until(self.timer), if self.timer.is_some() => {
                     self.timer = None;
                     self.room.handle(now_ms(), RoomInput::Timeout);
-                    self.drain().await;
+                    self.unpolled += 1;
+                    self.drain_if_allowed().await;
                 }
                 () = sleep_until(idle_deadline), if idle_deadline.is_some() => {
                     if self.sessions.is_empty()
                         && self.commits.is_empty()
+                        && self.unpolled == 0
                         && self.held.is_empty()
                         && self.compaction.is_none()
                     {
@@ -395,6 +428,10 @@ impl Host {
 
     fn on_msg(&mut self, msg: RoomMsg) {
         let now = now_ms();
+        self.unpolled += 1;
+        if let RoomMsg::Frame { frame, .. } = &msg {
+            self.unpolled_bytes += frame.len();
+        }
         match msg {
             RoomMsg::Join {
                 session,
@@ -484,9 +521,19 @@ impl Host {
         }
     }
 
+    /// Polls the room unless [`MAX_COMMITS_IN_FLIGHT`] requests are
+    /// outstanding; then the input waits for the next commit to complete.
+    async fn drain_if_allowed(&mut self) {
+        if self.commits.len() < MAX_COMMITS_IN_FLIGHT {
+            self.drain().await;
+        }
+    }
+
     /// Processes the room's outputs: frames go out unless a persist is
     /// pending ahead of them; persists are sent to the store as one request.
     async fn drain(&mut self) {
+        self.unpolled = 0;
+        self.unpolled_bytes = 0;
         loop {
             let mut persists: Vec<RoomPersist> = Vec::new();
             while let Some(out) = self.room.poll() {

@@ -16,6 +16,8 @@ mod harness;
 
 #[path = "session_room/clock.rs"]
 mod clock;
+#[path = "session_room/coalesce.rs"]
+mod coalesce;
 #[path = "session_room/fanout.rs"]
 mod fanout;
 #[path = "session_room/flow.rs"]
@@ -34,5 +36,7 @@ mod read_only;
 mod restore;
 #[path = "session_room/resume.rs"]
 mod resume;
+#[path = "session_room/retention.rs"]
+mod retention;
 #[path = "session_room/stale.rs"]
 mod stale;

@@ -173,20 +173,41 @@ pub fn peek_kind(frame: &[u8]) -> Option<MessageKind> {
     })
 }
 
-/// The number of operations a `Deliver` frame carries, read from its header
-/// (tag, `from`, `cursor`, then the length of `ops`), without decoding them.
-pub fn deliver_op_count(frame: &[u8]) -> Option<u64> {
+/// The header of a `Deliver` frame: its `from` and `cursor` offsets and
+/// how many operations it carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeliverHeader {
+    /// The offset the batch continues from.
+    pub from: u64,
+    /// The offset to store once the batch is applied.
+    pub cursor: u64,
+    /// The length of its `ops`.
+    pub op_count: u64,
+}
+
+/// Reads a `Deliver` frame's header (tag, `from`, `cursor`, then the length
+/// of `ops`) without decoding its operations, for hosts that route, count
+/// or confirm deliveries without applying them. `None` for any other frame
+/// or a truncated header; the operations themselves are not checked.
+pub fn deliver_header(frame: &[u8]) -> Option<DeliverHeader> {
     if peek_kind(frame)? != MessageKind::Deliver {
         return None;
     }
-    let mut rest = frame.get(1..)?;
-    let mut value = 0;
-    for _ in 0..4 {
-        let (v, tail) = read_varint(rest)?;
-        value = v;
-        rest = tail;
-    }
-    Some(value)
+    let (_tag, rest) = read_varint(frame.get(1..)?)?;
+    let (from, rest) = read_varint(rest)?;
+    let (cursor, rest) = read_varint(rest)?;
+    let (op_count, _) = read_varint(rest)?;
+    Some(DeliverHeader {
+        from,
+        cursor,
+        op_count,
+    })
+}
+
+/// The number of operations a `Deliver` frame carries, read from its header
+/// (tag, `from`, `cursor`, then the length of `ops`), without decoding them.
+pub fn deliver_op_count(frame: &[u8]) -> Option<u64> {
+    deliver_header(frame).map(|h| h.op_count)
 }
 
 /// Encodes one operation as it appears inside `Push` and `Deliver`.
@@ -332,6 +353,15 @@ mod tests {
         });
         let frame = encode_deliver(300, 70_000, [op.as_slice(); 3].into_iter());
         assert_eq!(deliver_op_count(&frame), Some(3));
+        let header = deliver_header(&frame).expect("a deliver");
+        assert_eq!(
+            header,
+            DeliverHeader {
+                from: 300,
+                cursor: 70_000,
+                op_count: 3
+            }
+        );
         assert_eq!(deliver_op_count(&encode(&Message::Ping { nonce: 3 })), None);
         assert_eq!(deliver_op_count(&frame[..3]), None);
     }

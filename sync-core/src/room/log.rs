@@ -21,14 +21,16 @@ pub(crate) struct Entry {
 pub(crate) struct Log {
     base: u64,
     entries: VecDeque<Entry>,
+    /// For each entry, the encoded bytes appended up to and including it
+    /// (a running total), so the size of any prefix is one subtraction.
+    ends: VecDeque<u64>,
+    /// The running total just before `base`.
+    base_bytes: u64,
 }
 
 impl Default for Log {
     fn default() -> Self {
-        Log {
-            base: 1,
-            entries: VecDeque::new(),
-        }
+        Log::after(0)
     }
 }
 
@@ -38,6 +40,8 @@ impl Log {
         Log {
             base: through + 1,
             entries: VecDeque::new(),
+            ends: VecDeque::new(),
+            base_bytes: 0,
         }
     }
 
@@ -57,8 +61,22 @@ impl Log {
 
     /// Appends an entry; returns its offset.
     pub(crate) fn push(&mut self, entry: Entry) -> u64 {
+        let end = self.ends.back().copied().unwrap_or(self.base_bytes);
+        self.ends.push_back(end + entry.encoded.len() as u64);
         self.entries.push_back(entry);
         self.head()
+    }
+
+    /// Encoded bytes of the entries in memory up to and including `offset`.
+    pub(crate) fn bytes_through(&self, offset: u64) -> u64 {
+        let Some(index) = offset.checked_sub(self.base) else {
+            return 0;
+        };
+        let last = usize::try_from(index)
+            .ok()
+            .and_then(|i| self.ends.get(i))
+            .or(self.ends.back());
+        last.map_or(0, |end| end - self.base_bytes)
     }
 
     /// The entry at `offset`, if it is in memory.
@@ -81,6 +99,9 @@ impl Log {
     pub(crate) fn truncate_through(&mut self, through: u64) {
         while self.base <= through && self.entries.pop_front().is_some() {
             self.base += 1;
+            if let Some(end) = self.ends.pop_front() {
+                self.base_bytes = end;
+            }
         }
         if self.entries.is_empty() && self.base <= through {
             self.base = through + 1;

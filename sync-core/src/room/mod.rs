@@ -20,6 +20,13 @@
 //! Outputs are ordered, and a `Transmit` must not leave before every
 //! `Persist` queued ahead of it is durable: acknowledgements and deliveries
 //! then only ever describe stored operations.
+//!
+//! Deliveries are built lazily, when the host polls and nothing else is
+//! queued, not in `handle`. A host that feeds several inputs before polling
+//! (the relay drains its whole inbox first) therefore sends each session one
+//! `Deliver` for everything those inputs appended, within the session's send
+//! window and the batch limits, instead of one frame per push: under fan-out
+//! that divides the frames (and socket writes) by the pushes per drain.
 
 mod compaction;
 mod log;
@@ -57,6 +64,14 @@ pub struct CompactionPolicy {
     /// Tombstones (deletes, drops) older than this are collected, and
     /// operations stamped older than that are refused as stale.
     pub tombstone_grace_ms: u64,
+    /// Once a snapshot exists, wait until the entries to fold hold at least
+    /// this percentage of its size in bytes. Every compaction rewrites the
+    /// whole snapshot; without this bound a room taking thousands of small
+    /// operations a second compacted every `min_ops` operations and wrote
+    /// its snapshot many times over per second. 100 keeps the snapshot bytes
+    /// written at most equal to the log bytes folded. 0 turns it off;
+    /// `max_log_ops` overrides it.
+    pub min_fold_percent: u64,
 }
 
 impl Default for CompactionPolicy {
@@ -66,6 +81,7 @@ impl Default for CompactionPolicy {
             keep_recent_ops: 10_000,
             max_log_ops: 1_000_000,
             tombstone_grace_ms: 30 * 24 * 3600 * 1000,
+            min_fold_percent: 100,
         }
     }
 }
@@ -301,6 +317,9 @@ pub struct Room {
     outputs: VecDeque<RoomOutput>,
     pending_persist: RoomPersist,
     reported_timeout: ReportedDeadline,
+    /// Host time of the latest input whose deliveries are not built yet:
+    /// `poll` builds them once the outputs queued ahead are taken.
+    pump_due: Option<u64>,
 }
 
 impl Room {
@@ -321,6 +340,7 @@ impl Room {
             outputs: VecDeque::new(),
             pending_persist: RoomPersist::default(),
             reported_timeout: ReportedDeadline::default(),
+            pump_due: None,
         }
     }
 
@@ -432,20 +452,35 @@ impl Room {
             }
         }
         self.flush_persist();
-        self.pump_all(now);
+        // Deliveries wait for `poll`, so inputs handled back to back share
+        // one frame per session (see the module doc). Every persist of this
+        // input is queued above, so those frames follow it.
+        self.pump_due = Some(now);
         self.maybe_compact(now);
     }
 
     /// The next thing the host must do.
+    ///
+    /// Deliveries for the inputs handled since the last `poll` are built
+    /// when the outputs queued before them are taken, one frame per session
+    /// for all of them.
     pub fn poll(&mut self) -> Option<RoomOutput> {
         if let Some(out) = self.outputs.pop_front() {
             return Some(out);
+        }
+        if let Some(now) = self.pump_due.take() {
+            self.pump_all(now);
+            if let Some(out) = self.outputs.pop_front() {
+                return Some(out);
+            }
         }
         let next = self.next_timeout();
         self.reported_timeout.report(next).map(RoomOutput::Timeout)
     }
 
-    /// When the room next needs `RoomInput::Timeout`.
+    /// When the room next needs `RoomInput::Timeout`. Up to date once
+    /// `poll` has returned `None` (deliveries built in `poll` can start a
+    /// slow-consumer clock).
     pub fn next_timeout(&self) -> Option<u64> {
         self.members
             .values()
@@ -859,6 +894,14 @@ impl Room {
         let from = self.log.compacted_through();
         if through <= from || through - from < policy.min_ops.max(1) {
             return;
+        }
+        let forced = by_size > from;
+        if !forced && policy.min_fold_percent > 0 {
+            let snapshot = self.snapshot.as_ref().map_or(0, |s| s.len() as u64);
+            let fold = self.log.bytes_through(through);
+            if fold.saturating_mul(100) < snapshot.saturating_mul(policy.min_fold_percent) {
+                return;
+            }
         }
         let job = self.start_compaction(now, through);
         self.outputs.push_back(RoomOutput::Compact(job));

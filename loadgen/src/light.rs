@@ -1,0 +1,202 @@
+//! A lightweight writer: the real protocol over a real socket, without a
+//! replica.
+//!
+//! A full `Session` applies every operation the room delivers, so 100 of
+//! them on the relay's own 2 cores would measure the load generator, not
+//! the relay. This client does what the relay can observe of a client, and
+//! nothing more: `Hello` with its replica id, `Push` frames holding real
+//! encoded operations (stamped by a real HLC), `Applied` confirming every
+//! `Deliver` (so the relay's send window and cursors behave as with a real
+//! client), `Pong` for `Ping`, and a `Ping` when otherwise silent. It reads
+//! each delivery's header only (`protocol::deliver_header`), never its
+//! operations, and confirms every frame that arrived together in one
+//! `Applied`, written with the pushes due in one flush.
+
+use std::time::Duration;
+
+use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
+use sync_core::protocol::{self, Hello, Message, MessageKind};
+use sync_core::{Change, Clock, Op, OpId, ReplicaId, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::client::{now_ms, ws_config};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Frames handled per wakeup before the `Applied` for them goes out.
+const READ_BATCH: usize = 256;
+
+/// A connected lightweight writer.
+pub(crate) struct LightClient {
+    ws: Ws,
+    replica: ReplicaId,
+    clock: Clock,
+    /// Last sequence number written (and pushed).
+    pub(crate) pushed: u64,
+    /// Highest sequence number acknowledged.
+    pub(crate) acked: u64,
+    /// Cursor of the last frame received.
+    cursor: u64,
+    /// Whether the `Welcome` arrived.
+    pub(crate) live: bool,
+    /// Frames queued for the next flush.
+    out: Vec<Vec<u8>>,
+}
+
+impl LightClient {
+    /// Connects (with `TCP_NODELAY`) and sends `Hello` for replica `id` in
+    /// `room`; the session is live once [`LightClient::read`] sees `Welcome`.
+    pub(crate) async fn connect(id: u64, room: &str, url: &str) -> Result<LightClient, String> {
+        let connect = tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), true);
+        let (ws, _) = tokio::time::timeout(Duration::from_secs(10), connect)
+            .await
+            .map_err(|_| "connect timed out".to_owned())?
+            .map_err(|e| format!("connect: {e}"))?;
+        let mut client = LightClient {
+            ws,
+            replica: ReplicaId(id),
+            clock: Clock::new(sync_core::hlc::DEFAULT_MAX_DRIFT_MS),
+            pushed: 0,
+            acked: 0,
+            cursor: 0,
+            live: false,
+            out: Vec::new(),
+        };
+        client.out.push(protocol::encode(&Message::Hello(Hello {
+            replica: client.replica,
+            room: room.to_owned(),
+            token: Vec::new(),
+            cursor: 0,
+            own_seq: 0,
+            settled_seq: 0,
+            agent: "concord-loadgen light".into(),
+        })));
+        client.flush().await?;
+        Ok(client)
+    }
+
+    /// Queues a push of `count` puts of document `doc` in `collection`,
+    /// each setting integer field `field` to `value`.
+    pub(crate) fn push(
+        &mut self,
+        count: usize,
+        collection: &str,
+        doc: &str,
+        field: &str,
+        value: i64,
+    ) {
+        let now = now_ms();
+        let ops = (0..count)
+            .filter_map(|_| {
+                let hlc = self.clock.tick(now).ok()?;
+                self.pushed += 1;
+                Some(Op {
+                    id: OpId {
+                        replica: self.replica,
+                        seq: self.pushed,
+                    },
+                    hlc,
+                    change: Change::Put {
+                        collection: collection.to_owned(),
+                        id: doc.to_owned(),
+                        fields: vec![(field.to_owned(), Some(Value::Int(value)))],
+                    },
+                })
+            })
+            .collect();
+        self.out.push(protocol::encode(&Message::Push { ops }));
+    }
+
+    /// Queues a `Ping` (keeps an otherwise silent session alive).
+    pub(crate) fn ping(&mut self) {
+        self.out
+            .push(protocol::encode(&Message::Ping { nonce: self.pushed }));
+    }
+
+    /// Waits for the next frame, handles it and every frame already
+    /// buffered behind it, and queues one `Applied` for the deliveries.
+    /// `Err` once the connection is gone.
+    pub(crate) async fn read(&mut self) -> Result<(), String> {
+        let first = self.ws.next().await;
+        let mut delivered: u32 = 0;
+        self.handle(first, &mut delivered)?;
+        for _ in 1..READ_BATCH {
+            match self.ws.next().now_or_never() {
+                Some(next) => self.handle(next, &mut delivered)?,
+                None => break,
+            }
+        }
+        if delivered > 0 {
+            self.out.push(protocol::encode(&Message::Applied {
+                cursor: self.cursor,
+                frames: delivered,
+            }));
+        }
+        Ok(())
+    }
+
+    fn handle(
+        &mut self,
+        next: Option<Result<WsMessage, tokio_tungstenite::tungstenite::Error>>,
+        delivered: &mut u32,
+    ) -> Result<(), String> {
+        let frame = match next {
+            Some(Ok(WsMessage::Binary(frame))) => frame,
+            Some(Ok(WsMessage::Close(close))) => return Err(format!("closed: {close:?}")),
+            Some(Ok(_)) => return Ok(()),
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("connection ended".into()),
+        };
+        match protocol::peek_kind(&frame) {
+            Some(MessageKind::Deliver) => {
+                let header = protocol::deliver_header(&frame).ok_or("Deliver with a bad header")?;
+                self.cursor = header.cursor;
+                *delivered += 1;
+            }
+            // Small and rare: decoded in full.
+            _ => match protocol::decode(&frame, usize::MAX).map_err(|e| e.to_string())? {
+                Message::Welcome(welcome) => {
+                    self.cursor = welcome.cursor;
+                    self.live = true;
+                }
+                Message::Ack { through_seq, .. } => self.acked = self.acked.max(through_seq),
+                Message::Ping { nonce } => {
+                    self.out.push(protocol::encode(&Message::Pong { nonce }))
+                }
+                Message::SnapshotChunk { cursor, .. } => {
+                    self.cursor = cursor;
+                    *delivered += 1;
+                }
+                Message::Error { code, message } => {
+                    return Err(format!("relay error {code:?}: {message}"));
+                }
+                Message::Rejected { code, message, .. } => {
+                    return Err(format!("push rejected ({code:?}): {message}"));
+                }
+                _ => {}
+            },
+        }
+        Ok(())
+    }
+
+    /// Writes every queued frame with one flush. `Err` if the socket failed.
+    pub(crate) async fn flush(&mut self) -> Result<(), String> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        for frame in self.out.drain(..) {
+            self.ws
+                .feed(WsMessage::Binary(frame.into()))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        self.ws.flush().await.map_err(|e| e.to_string())
+    }
+
+    /// Closes the socket (bounded).
+    pub(crate) async fn close(mut self) {
+        let _ = tokio::time::timeout(Duration::from_millis(500), self.ws.close(None)).await;
+    }
+}
