@@ -316,6 +316,8 @@ pub(crate) enum StoredValue {
     Map(Box<BTreeMap<String, Value>>),
 }
 
+// On 64-bit targets; wasm32's pointers are half as wide.
+#[cfg(target_pointer_width = "64")]
 const _: () = assert!(size_of::<Option<StoredValue>>() == 24);
 
 impl From<Value> for StoredValue {

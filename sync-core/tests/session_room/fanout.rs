@@ -57,11 +57,13 @@ fn pusher_does_not_get_its_own_operations_back() {
 
 #[test]
 fn session_sent_a_snapshot_gets_its_own_acked_operations_back_in_the_tail() {
-    // Fold everything but the last two entries once nobody holds compaction back.
+    // Fold everything but the last two entries once nobody holds compaction
+    // back, however small the fold is next to the snapshot.
     let mut w = World::new(RoomConfig {
         compaction: CompactionPolicy {
             min_ops: 1,
             keep_recent_ops: 2,
+            min_fold_percent: 0,
             ..CompactionPolicy::default()
         },
         ..RoomConfig::default()
