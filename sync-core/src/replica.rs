@@ -132,13 +132,56 @@ struct Dirty {
 
 /// Ids of documents to rewrite in one collection.
 ///
-/// Hashed, because every write marks its document and a tree of ids costs a
-/// string comparison per level. The core draws no randomness, so the hash
-/// has no secret key: ids chosen by a peer to collide could slow down the
-/// batch they arrive in, never more, since the set empties on every
-/// `take_persist`. The order only decides the order of writes inside one
-/// batch, which does not matter.
-type DirtyIds = HashSet<String, BuildHasherDefault<IdHasher>>;
+/// Hashed while there are few, because every write marks its document and
+/// a tree of ids costs a string comparison per level. The core draws no
+/// randomness, so the hash has no secret key, and ids a peer chose to
+/// collide cost a probe per colliding id already in the set. Past
+/// [`DirtyIds::MAX_HASHED`] ids (a snapshot reset marks every document) the
+/// ids move to an ordered set, so colliding ids cost at most
+/// `MAX_HASHED² / 2` probes per batch, whatever a peer sends. The order only
+/// decides the order of writes inside one batch, which does not matter.
+#[derive(Debug, Default)]
+struct DirtyIds {
+    hashed: HashSet<String, BuildHasherDefault<IdHasher>>,
+    ordered: BTreeSet<String>,
+}
+
+impl DirtyIds {
+    /// Most ids kept in the hashed set.
+    const MAX_HASHED: usize = 1024;
+
+    fn insert(&mut self, id: &str) {
+        if self.ordered.is_empty() {
+            if self.hashed.len() < Self::MAX_HASHED {
+                // Look up first: allocate the key only for a new id.
+                if !self.hashed.contains(id) {
+                    self.hashed.insert(id.to_owned());
+                }
+                return;
+            }
+            self.ordered.extend(self.hashed.drain());
+        }
+        if !self.ordered.contains(id) {
+            self.ordered.insert(id.to_owned());
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &String> {
+        self.hashed.iter().chain(&self.ordered)
+    }
+}
+
+impl IntoIterator for DirtyIds {
+    type Item = String;
+    type IntoIter = std::iter::Chain<
+        std::collections::hash_set::IntoIter<String>,
+        std::collections::btree_set::IntoIter<String>,
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.hashed.into_iter().chain(self.ordered)
+    }
+}
 
 /// FNV-1a over the bytes, finished with the `revision` mixer so that every
 /// output bit depends on every input byte (the hash table takes its bucket
@@ -148,15 +191,13 @@ struct IdHasher(u64);
 
 impl Default for IdHasher {
     fn default() -> Self {
-        IdHasher(FNV_OFFSET)
+        IdHasher(crate::revision::FNV_OFFSET)
     }
 }
 
 impl Hasher for IdHasher {
     fn write(&mut self, bytes: &[u8]) {
-        self.0 = bytes.iter().fold(self.0, |h, &b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
+        self.0 = crate::revision::fnv1a_extend(self.0, bytes);
     }
 
     fn finish(&self) -> u64 {
@@ -164,20 +205,14 @@ impl Hasher for IdHasher {
     }
 }
 
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-
 impl Dirty {
     /// Marks a document's record for rewriting.
     fn mark_doc(&mut self, collection: &str, id: &str) {
         match self.docs.get_mut(collection) {
-            Some(ids) => {
-                if !ids.contains(id) {
-                    ids.insert(id.to_owned());
-                }
-            }
+            Some(ids) => ids.insert(id),
             None => {
                 let mut ids = DirtyIds::default();
-                ids.insert(id.to_owned());
+                ids.insert(id);
                 self.docs.insert(collection.to_owned(), ids);
             }
         }
@@ -561,12 +596,12 @@ impl Replica {
             self.dirty.collections.insert(name.clone());
             let dirty = self.dirty.docs.entry(name.clone()).or_default();
             for id in coll.docs.keys() {
-                dirty.insert(id.clone());
+                dirty.insert(id);
             }
         }
         let mut touched: BTreeSet<(&str, &str)> = BTreeSet::new();
         for (name, ids) in &self.dirty.docs {
-            for id in ids {
+            for id in ids.iter() {
                 if old.revision(name, id) != self.state.revision(name, id) {
                     touched.insert((name, id));
                 }
@@ -850,6 +885,31 @@ mod tests {
 
     use super::*;
     use crate::store::{MemoryStore, Store};
+
+    /// Past `DirtyIds::MAX_HASHED` documents a batch keeps working (the ids
+    /// move to the ordered set): every document is written exactly once.
+    #[test]
+    fn a_batch_of_many_dirty_documents_writes_each_once() {
+        let mut r = Replica::new(ReplicaId(1), ReplicaConfig::default());
+        let count = DirtyIds::MAX_HASHED * 3 / 2;
+        for round in 0..2 {
+            for d in 0..count {
+                let id = format!("d{d}");
+                r.put(1_000, "c", &id, [("f", Value::Int(round))]).unwrap();
+            }
+        }
+        let batch = r.take_persist().expect("a batch");
+        let mut docs: Vec<&StoreKey> = batch
+            .writes
+            .iter()
+            .map(Write::key)
+            .filter(|key| matches!(key, StoreKey::Document { .. }))
+            .collect();
+        assert_eq!(docs.len(), count);
+        docs.sort();
+        docs.dedup();
+        assert_eq!(docs.len(), count, "each document once");
+    }
 
     /// One step of a random history over three replicas, a tiny universe
     /// (two collections, three documents, four fields) so that writes,

@@ -18,10 +18,13 @@
 //! format 1 stored such stamps in full). Format 3 is format 2 with the body
 //! deflated (RFC 1951): the body's columns of similar small numbers compress
 //! about fourfold, worth its encoding time wherever a snapshot is stored or
-//! sent rather than used at once. Decoding checks the
-//! magic, version, length and checksum before it parses anything, bounds every
-//! allocation by the bytes present, and rebuilds a state that satisfies the
-//! merge invariants or refuses it.
+//! sent rather than used at once.
+//!
+//! Decoding checks the magic, version, length and checksum before it parses
+//! anything, bounds every allocation by the bytes present (a compressed body
+//! by its claimed length, which must be within the caller's limit and what
+//! deflate can produce from the bytes present), and rebuilds a state that
+//! satisfies the merge invariants or refuses it.
 
 use std::collections::BTreeMap;
 
@@ -105,6 +108,14 @@ pub enum SnapshotError {
     /// The payload passed its checksum but does not decode.
     #[error("snapshot payload is malformed: {0}")]
     Malformed(String),
+    /// A compressed body longer than the decoder's limit.
+    #[error("snapshot body of {size} bytes exceeds the limit of {limit}")]
+    TooLarge {
+        /// The body's length, as its header claims.
+        size: u64,
+        /// The limit it was decoded under.
+        limit: u64,
+    },
     /// The payload decodes but breaks the data model's invariants.
     #[error("snapshot content is inconsistent: {0}")]
     Inconsistent(String),
@@ -176,8 +187,12 @@ impl Snapshot {
             max_hlc,
             tombstone_horizon,
         );
+        let Ok(body_len) = u32::try_from(body.len()) else {
+            // The length field cannot hold it: fall back to the plain format,
+            // whose own limit is the header's payload length.
+            return Snapshot::encode(state, version, max_hlc, tombstone_horizon);
+        };
         let deflated = miniz_oxide::deflate::compress_to_vec(&body, DEFLATE_LEVEL);
-        let body_len = u32::try_from(body.len()).unwrap_or(u32::MAX);
         let mut out = Vec::with_capacity(HEADER_LEN + 4 + deflated.len());
         out.extend_from_slice(MAGIC);
         out.push(COMPRESSED_SNAPSHOT_FORMAT);
@@ -188,13 +203,26 @@ impl Snapshot {
         out
     }
 
-    /// Decodes and verifies snapshot bytes.
+    /// Decodes and verifies snapshot bytes. A compressed body may inflate to
+    /// up to 1032 times its size (4 GiB at most); for bytes from elsewhere,
+    /// [`Snapshot::decode_with_limit`] bounds that.
     pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
+        Snapshot::decode_with_limit(bytes, usize::MAX)
+    }
+
+    /// Decodes and verifies snapshot bytes whose body (inflated, if the
+    /// snapshot is compressed) is at most `max_body_bytes` long: a
+    /// compressed body claiming more is refused before anything is
+    /// inflated, so the limit bounds what decoding allocates.
+    pub fn decode_with_limit(
+        bytes: &[u8],
+        max_body_bytes: usize,
+    ) -> Result<Snapshot, SnapshotError> {
         let (format, payload) = verified_payload(bytes)?;
         match format {
             1 => decode_body::<Option<PackedStamp>>(payload),
-            COMPRESSED_SNAPSHOT_FORMAT => decode_body::<FieldStamp>(&inflate(payload)?),
-            _ => decode_body::<FieldStamp>(payload),
+            SNAPSHOT_FORMAT => decode_body::<FieldStamp>(payload),
+            _ => decode_body::<FieldStamp>(&inflate(payload, max_body_bytes)?),
         }
     }
 }
@@ -230,26 +258,43 @@ fn seal(out: &mut [u8]) {
 }
 
 /// Inflates a format-3 payload: the body's length, then the deflated body.
-/// The claimed length is checked against what deflate can produce from the
-/// bytes present before anything is inflated, and inflating stops there.
-fn inflate(payload: &[u8]) -> Result<Vec<u8>, SnapshotError> {
+/// The claimed length is checked against the caller's limit and against
+/// what deflate can produce from the bytes present before anything is
+/// allocated; the stream must then fill exactly that length, end, and
+/// consume every byte.
+fn inflate(payload: &[u8], max_body_bytes: usize) -> Result<Vec<u8>, SnapshotError> {
+    use miniz_oxide::inflate::stream::{InflateState, inflate};
+    use miniz_oxide::{DataFormat, MZFlush, MZStatus};
+
     let malformed = |what: String| SnapshotError::Malformed(what);
     let (len, deflated) = payload
         .split_first_chunk::<4>()
         .ok_or_else(|| malformed("compressed payload is shorter than its length".into()))?;
     let body_len = u32::from_le_bytes(*len) as usize;
+    if body_len > max_body_bytes {
+        return Err(SnapshotError::TooLarge {
+            size: body_len as u64,
+            limit: max_body_bytes as u64,
+        });
+    }
     if body_len > deflated.len().saturating_mul(MAX_DEFLATE_RATIO) {
         return Err(malformed(format!(
             "compressed body claims {body_len} bytes, more than {} deflated bytes can hold",
             deflated.len()
         )));
     }
-    let body = miniz_oxide::inflate::decompress_to_vec_with_limit(deflated, body_len)
-        .map_err(|e| malformed(format!("compressed body does not inflate: {e}")))?;
-    if body.len() != body_len {
+    let mut body = vec![0; body_len];
+    let mut state = InflateState::new_boxed(DataFormat::Raw);
+    let result = inflate(&mut state, deflated, &mut body, MZFlush::Finish);
+    let ended = matches!(result.status, Ok(MZStatus::StreamEnd));
+    if !ended || result.bytes_written != body_len || result.bytes_consumed != deflated.len() {
         return Err(malformed(format!(
-            "compressed body inflates to {} bytes, its header says {body_len}",
-            body.len()
+            "compressed body does not inflate to exactly {body_len} bytes from its {} deflated \
+             bytes (wrote {}, read {}, {:?})",
+            deflated.len(),
+            result.bytes_written,
+            result.bytes_consumed,
+            result.status
         )));
     }
     Ok(body)

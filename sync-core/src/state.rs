@@ -126,8 +126,10 @@ impl Names {
     }
 }
 
-/// One field of a document: its winning write, in 40 bytes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One field of a document: its winning write, in 40 bytes. Not comparable:
+/// its name and replica are indices into its own state's tables (compare
+/// states, which resolve them).
+#[derive(Clone, Debug)]
 pub(crate) struct FieldSlot {
     /// `None` records that the winning write removed the field.
     pub(crate) value: Option<StoredValue>,
@@ -168,8 +170,9 @@ const _: () = assert!(size_of::<FieldSlot>() == 40);
 #[cfg(target_pointer_width = "64")]
 const _: () = assert!(size_of::<DocState>() == 64);
 
-/// One document's merge state.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// One document's merge state. Not comparable, for the reason
+/// [`FieldSlot`] is not.
+#[derive(Clone, Debug, Default)]
 pub(crate) struct DocState {
     /// Highest put stamp after the tombstone; `Some` exactly when the document exists.
     pub(crate) written: Option<Stamp>,

@@ -341,6 +341,11 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
         "snapshot-len-compressed-short",
         compressed(2, &[0x03, 0x00]),
     );
+    // An empty final block, then a byte that belongs to nothing.
+    add(
+        "snapshot-len-compressed-trailing",
+        compressed(0, &[0x03, 0x00, 0x00]),
+    );
     add(
         "snapshot-truncated-payload",
         good[..good.len() - 1].to_vec(),

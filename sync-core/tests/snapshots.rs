@@ -548,7 +548,10 @@ fn damaged_compressed_bodies_are_malformed() {
         Snapshot::decode(&compressed(len, &deflated)).expect("well-formed"),
         Snapshot::decode(&plain).expect("plain"),
     );
-    let cases: [(&str, Vec<u8>); 5] = [
+    let mut trailing = deflated.clone();
+    trailing.push(0);
+    let cases: [(&str, Vec<u8>); 6] = [
+        ("bytes after the final block", compressed(len, &trailing)),
         (
             "no length",
             with_format_header(COMPRESSED_SNAPSHOT_FORMAT, &[1, 0]),
@@ -573,4 +576,21 @@ fn damaged_compressed_bodies_are_malformed() {
             other => panic!("{what}: expected Malformed, got {other:?}"),
         }
     }
+}
+
+/// `decode_with_limit` bounds the inflated body: a compressed snapshot whose
+/// body claims more than the limit is refused before anything is inflated.
+#[test]
+fn compressed_bodies_over_the_limit_are_too_large() {
+    let replica = small_replica();
+    let compressed = replica.encode_snapshot_compressed();
+    let body_len = u32::from_le_bytes(compressed[13..17].try_into().unwrap()) as usize;
+    assert!(Snapshot::decode_with_limit(&compressed, body_len).is_ok());
+    assert_eq!(
+        Snapshot::decode_with_limit(&compressed, body_len - 1),
+        Err(SnapshotError::TooLarge {
+            size: body_len as u64,
+            limit: body_len as u64 - 1,
+        })
+    );
 }

@@ -72,7 +72,8 @@ pub struct SessionConfig {
     pub push_window: usize,
     /// Largest frame accepted from the relay.
     pub max_frame_bytes: usize,
-    /// Largest snapshot accepted from the relay.
+    /// Largest snapshot accepted from the relay: its bytes on the wire, and
+    /// its body once inflated, if it is compressed.
     pub max_snapshot_bytes: u64,
 }
 
@@ -735,7 +736,9 @@ impl Session {
             let Some(done) = live.assembling.take() else {
                 return;
             };
-            match Snapshot::decode(&done.bytes) {
+            // The limit bounds the body too, should the snapshot be compressed.
+            let max_body = usize::try_from(max).unwrap_or(usize::MAX);
+            match Snapshot::decode_with_limit(&done.bytes, max_body) {
                 Ok(snapshot) => {
                     live.received = done.cursor;
                     self.set_relay_head(done.cursor);
