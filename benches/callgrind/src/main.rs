@@ -147,37 +147,12 @@ fn compare_5(names: &Names, consolidate: bool) {
 
 // ---- sync-core/benches/replica.rs's workloads ----------------------------
 
-const FIELD_NAMES: [&str; 10] = [
-    "title",
-    "owner",
-    "status",
-    "tag",
-    "priority",
-    "created_at",
-    "estimate",
-    "progress",
-    "done",
-    "pinned",
-];
-
-/// The same values as sync-core/benches/common.
-fn field_value(doc: usize, field: usize, round: usize) -> Value {
-    const STATUS: [&str; 4] = ["todo", "doing", "done", "blocked"];
-    const TAGS: [&str; 5] = ["work", "home", "urgent", "later", "errand"];
-    let n = doc.wrapping_mul(31).wrapping_add(round);
-    match field {
-        0 => Value::String(format!("Call back customer {}", n % 10_000)),
-        1 => Value::String(format!("user{:03}", n % 997)),
-        2 => Value::from(STATUS[n % STATUS.len()]),
-        3 => Value::from(TAGS[n % TAGS.len()]),
-        4 => Value::Int((n % 5) as i64),
-        5 => Value::Int(1_700_000_000_000 + n as i64),
-        6 => Value::Float((n % 97) as f64 * 0.25),
-        7 => Value::Float((n % 101) as f64 / 100.0),
-        8 => Value::Bool(n.is_multiple_of(2)),
-        _ => Value::Bool(n.is_multiple_of(7)),
-    }
-}
+// The documents of sync-core's own benchmarks (`sync-core/benches/common`),
+// so instruction counts here and times there measure the same workload.
+#[path = "../../../sync-core/benches/common/mod.rs"]
+#[allow(dead_code)]
+mod common;
+use common::{FIELD_NAMES, doc_id, field_value};
 
 type Fields = [(&'static str, Value); 10];
 
@@ -186,7 +161,7 @@ fn docs(count: usize, round: usize) -> Vec<(String, Fields)> {
     (0..count)
         .map(|d| {
             let fields = std::array::from_fn(|f| (FIELD_NAMES[f], field_value(d, f, round)));
-            (format!("task-{d:06}"), fields)
+            (doc_id(d), fields)
         })
         .collect()
 }
