@@ -55,6 +55,7 @@
 
 mod base64;
 mod deadline;
+mod delta_stamp;
 pub mod event;
 pub mod hlc;
 pub mod limits;

@@ -31,6 +31,7 @@ use std::collections::BTreeMap;
 use serde::ser::{SerializeSeq, SerializeTuple};
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::delta_stamp::{DeltaCursor, DeltaStamp};
 use crate::hlc::Hlc;
 use crate::op::{InvalidOp, check_collection, check_doc_id, check_field_name};
 use crate::stamp::{ReplicaId, Stamp};
@@ -419,11 +420,11 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    fn replica_index(&self, replica: ReplicaId) -> u32 {
+        self.replicas.get(&replica).copied().unwrap_or(u32::MAX)
+    }
     fn stamp(&self, s: Stamp) -> PackedStamp {
-        PackedStamp(
-            s.hlc.as_u64(),
-            self.replicas.get(&s.replica).copied().unwrap_or(u32::MAX),
-        )
+        PackedStamp(s.hlc.as_u64(), self.replica_index(s.replica))
     }
     fn opt(&self, s: Option<Stamp>) -> Option<PackedStamp> {
         s.map(|s| self.stamp(s))
@@ -488,10 +489,10 @@ struct FieldsRef<'a> {
 impl Serialize for FieldsRef<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut seq = s.serialize_seq(Some(self.doc.fields.len()))?;
-        let mut previous = self.doc.written;
+        let mut cursor = DeltaCursor::new(self.doc.written);
         for f in &self.doc.fields {
             let stamp = f.stamp(self.ctx.names);
-            let stamp = FieldStamp::encode(stamp, self.doc.written, &mut previous, &self.ctx);
+            let stamp = cursor.encode(stamp, |replica| self.ctx.replica_index(replica));
             seq.serialize_element(&(f.name, stamp, f.value.as_ref()))?;
         }
         seq.end()
@@ -502,52 +503,16 @@ impl Serialize for FieldsRef<'_> {
 #[derive(Clone, Copy, Serialize, Deserialize)]
 struct PackedStamp(u64, u32);
 
-/// How format 2 stores a field's stamp. Within a document, fields are
-/// stamped by few writers at nearby times, so a stamp is stored as the
-/// difference of its clock reading from the previous *explicit* field stamp
-/// of the document (the document's `written` stamp before the first one),
-/// wrapping, as a zigzag varint: a few bytes instead of nine.
-#[derive(Clone, Copy, Serialize, Deserialize)]
-enum FieldStamp {
-    /// The document's `written` stamp.
-    Written,
-    /// The previous stamp's replica; the clock reading moved by the delta.
-    SameReplica(i64),
-    /// Another replica (an index into the table); the reading moved by the delta.
-    OtherReplica(i64, u32),
-}
-
-impl FieldStamp {
-    /// Encodes `stamp`; `previous` is the stamp the next delta starts from.
-    fn encode(
-        stamp: Stamp,
-        written: Option<Stamp>,
-        previous: &mut Option<Stamp>,
-        ctx: &Ctx<'_>,
-    ) -> FieldStamp {
-        if Some(stamp) == written {
-            return FieldStamp::Written;
-        }
-        let same_replica = previous.is_some_and(|p| p.replica == stamp.replica);
-        let base = previous.map_or(0, |p| p.hlc.as_u64());
-        *previous = Some(stamp);
-        // Wrapping keeps every pair of readings representable; the reader
-        // wraps back the same way.
-        let delta = stamp.hlc.as_u64().wrapping_sub(base) as i64;
-        if same_replica {
-            FieldStamp::SameReplica(delta)
-        } else {
-            FieldStamp::OtherReplica(delta, ctx.stamp(stamp).1)
-        }
-    }
-}
+/// How format 2 stores a field's stamp: relative to the stamp before it
+/// (see [`crate::delta_stamp`]), another replica as an index into the table.
+type FieldStamp = DeltaStamp<u32>;
 
 /// Turns a field's encoded stamp back into a stamp, in document order.
 trait FieldStampCode: Copy {
     fn resolve(
         self,
+        cursor: &mut DeltaCursor,
         written: Option<Stamp>,
-        previous: &mut Option<Stamp>,
         replicas: &[ReplicaId],
     ) -> Result<Stamp, String>;
 }
@@ -563,8 +528,8 @@ fn replica_at(replicas: &[ReplicaId], index: u32) -> Result<ReplicaId, String> {
 impl FieldStampCode for Option<PackedStamp> {
     fn resolve(
         self,
+        _: &mut DeltaCursor,
         written: Option<Stamp>,
-        _: &mut Option<Stamp>,
         replicas: &[ReplicaId],
     ) -> Result<Stamp, String> {
         match self {
@@ -579,27 +544,11 @@ impl FieldStampCode for Option<PackedStamp> {
 impl FieldStampCode for FieldStamp {
     fn resolve(
         self,
-        written: Option<Stamp>,
-        previous: &mut Option<Stamp>,
+        cursor: &mut DeltaCursor,
+        _: Option<Stamp>,
         replicas: &[ReplicaId],
     ) -> Result<Stamp, String> {
-        let (delta, replica) = match self {
-            FieldStamp::Written => {
-                return written
-                    .ok_or_else(|| "a field of an unwritten document has no stamp".into());
-            }
-            FieldStamp::SameReplica(delta) => {
-                let replica = previous
-                    .map(|p| p.replica)
-                    .ok_or("a field repeats the replica of a stamp that does not exist")?;
-                (delta, replica)
-            }
-            FieldStamp::OtherReplica(delta, index) => (delta, replica_at(replicas, index)?),
-        };
-        let base = previous.map_or(0, |p| p.hlc.as_u64());
-        let stamp = Stamp::new(Hlc::from_u64(base.wrapping_add(delta as u64)), replica);
-        *previous = Some(stamp);
-        Ok(stamp)
+        cursor.decode(self, |index| replica_at(replicas, index))
     }
 }
 
@@ -683,7 +632,7 @@ impl<S: FieldStampCode> Body<S> {
                 let written = opt(written)?;
                 let deleted = opt(deleted)?;
                 let mut slots: Vec<FieldSlot> = Vec::with_capacity(fields.len());
-                let mut previous = written;
+                let mut cursor = DeltaCursor::new(written);
                 for (field, code, value) in fields {
                     if field as usize >= name_count {
                         return Err(inconsistent(format!("field index {field} out of range")));
@@ -694,7 +643,7 @@ impl<S: FieldStampCode> Body<S> {
                         )));
                     }
                     let field_stamp = code
-                        .resolve(written, &mut previous, &replicas)
+                        .resolve(&mut cursor, written, &replicas)
                         .map_err(|e| inconsistent(format!("document {id:?}: {e}")))?;
                     slots.push(FieldSlot::new(field, field_stamp, value, &mut state.names));
                 }
