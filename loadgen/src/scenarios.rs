@@ -302,6 +302,45 @@ fn verdict(ok: bool) -> &'static str {
     if ok { "PASS" } else { "MISS" }
 }
 
+/// The relay's storage and acknowledgement counters, to report what a
+/// phase cost in commits.
+#[derive(Clone, Copy, Debug, Default)]
+struct StoreFigures {
+    commits: f64,
+    requests: f64,
+    commit_secs: f64,
+    ack_secs: f64,
+    acks: f64,
+    /// Follow-up requests the relay's writer gave up waiting for (0 for a
+    /// relay without the handshake).
+    missed: f64,
+}
+
+impl StoreFigures {
+    fn read(relay: &Relay) -> StoreFigures {
+        StoreFigures {
+            commits: relay.metric("concord_store_commits_total"),
+            requests: relay.metric("concord_store_commit_requests_total"),
+            commit_secs: relay.metric("concord_store_commit_seconds_sum"),
+            ack_secs: relay.metric("concord_ack_latency_seconds_sum"),
+            acks: relay.metric("concord_ack_latency_seconds_count"),
+            missed: relay.metric("concord_store_follow_ups_missed_total"),
+        }
+    }
+
+    /// The difference from an earlier reading.
+    fn since(&self, before: &StoreFigures) -> StoreFigures {
+        StoreFigures {
+            commits: self.commits - before.commits,
+            requests: self.requests - before.requests,
+            commit_secs: self.commit_secs - before.commit_secs,
+            ack_secs: self.ack_secs - before.ack_secs,
+            acks: self.acks - before.acks,
+            missed: self.missed - before.missed,
+        }
+    }
+}
+
 /// Fan-out: 100 clients in one room, each writing.
 async fn fanout(settings: &Settings) -> Result<(), String> {
     const CLIENTS: usize = 100;
@@ -342,9 +381,11 @@ async fn fanout(settings: &Settings) -> Result<(), String> {
     eprintln!("fanout: 10,000 ops/s for {:?}", settings.window);
     let written0 = shared.written.load(Ordering::Relaxed);
     let (pcpu0, pown0) = (relay.cpu_seconds(), own_cpu_seconds());
+    let store0 = StoreFigures::read(&relay);
     let paced_start = Instant::now();
     let _ = tx.send(Phase::Paced(10_000));
     tokio::time::sleep(settings.window).await;
+    let store = StoreFigures::read(&relay).since(&store0);
     let offered = (shared.written.load(Ordering::Relaxed) - written0) as f64
         / paced_start.elapsed().as_secs_f64();
     let paced_secs = paced_start.elapsed().as_secs_f64();
@@ -411,6 +452,14 @@ async fn fanout(settings: &Settings) -> Result<(), String> {
         "| CPU in paced phase: relay / load generator | {:.0}% / {:.0}% of one core | |",
         100.0 * pcpu,
         100.0 * pown
+    );
+    println!(
+        "| relay in paced phase: commits/s, room requests per commit, mean commit, mean ack latency, follow-ups missed | {:.0}/s, {:.2}, {:.2} ms, {:.2} ms, {:.0} | |",
+        store.commits / paced_secs,
+        store.requests / store.commits.max(1.0),
+        1000.0 * store.commit_secs / store.commits.max(1.0),
+        1000.0 * store.ack_secs / store.acks.max(1.0),
+        store.missed,
     );
     println!(
         "| push-to-delivery latency p50 / p99 / max ({} samples at client 1) | {p50:.2} / {p99:.2} / {max:.1} ms | p99 ≤ 5 ms: {} |",

@@ -6,6 +6,8 @@
 //! - [`config`]: settings from defaults, a TOML file, `CONCORD_*` variables and flags.
 //! - [`auth`]: Ed25519-signed tokens: claims, minting, verification, key files.
 //! - [`store`]: SQLite (WAL, `synchronous=FULL`) with a group-committing writer thread.
+//! - [`write_queue`]: the rooms' queue to that writer, and the handshake that lets a room's
+//!   next write join the next group.
 //! - [`room_host`]: one task per room driving `Room`, releasing frames only after durability.
 //! - [`peer`]: a connection's bounded outbound queue.
 //! - [`connection`]: WebSocket handshake, token check, reader and writer.
@@ -29,6 +31,7 @@ mod peer;
 mod room_host;
 mod server;
 mod store;
+mod write_queue;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -41,6 +41,8 @@ pub(crate) struct Metrics {
     pub(crate) commits: AtomicU64,
     /// Room persist requests made durable (several per commit under load).
     pub(crate) commit_requests: AtomicU64,
+    /// Promised follow-up requests the writer stopped waiting for.
+    pub(crate) follow_ups_missed: AtomicU64,
     /// Compactions installed.
     pub(crate) compactions: AtomicU64,
     /// Compactions that failed.
@@ -170,6 +172,12 @@ impl Metrics {
             "concord_store_commit_requests_total",
             "Room persist requests made durable; divided by commits it gives the group-commit factor.",
             load(&self.commit_requests),
+        );
+        counter(
+            &mut out,
+            "concord_store_follow_ups_missed_total",
+            "Follow-up requests rooms promised that the writer gave up waiting for (they joined a later group).",
+            load(&self.follow_ups_missed),
         );
         counter(
             &mut out,

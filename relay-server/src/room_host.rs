@@ -9,16 +9,21 @@
 //! transaction); a barrier in the `held` queue stands for that request, and
 //! the frames behind it are released when it commits.
 //!
-//! At most [`MAX_COMMITS_IN_FLIGHT`] requests are outstanding. While that
-//! many are, the task keeps *handling* input but does not poll the room: the
-//! room queues acknowledgements and appends, and builds deliveries only when
+//! At most [`MAX_COMMITS_IN_FLIGHT`] request is outstanding. While it is,
+//! the task keeps *handling* input but does not poll the room: the room
+//! queues acknowledgements and appends, and builds deliveries only when
 //! polled, so everything that arrived during a commit becomes one request and
-//! one `Deliver` per session as soon as a commit completes. Reading never
+//! one `Deliver` per session as soon as the commit completes. Reading never
 //! waits for the disk (a slow fsync would otherwise cap the messages a room
 //! takes per commit at its inbox size), and frames per session follow
 //! commits, not arrivals. Input handled but not yet polled is bounded
 //! ([`MAX_UNPOLLED`], [`MAX_UNPOLLED_BYTES`]); beyond it the inbox waits and
 //! readers feel the backpressure.
+//!
+//! A push handled during a commit makes the task promise the writer a
+//! follow-up request ([`crate::write_queue`]): the writer then waits for it
+//! before starting its next group, so those operations are durable one
+//! commit after the one under way, not two.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,11 +42,15 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::peer::Peer;
-use crate::store::{Durable, Store};
+use crate::store::{Commit, Store};
+use crate::write_queue::FollowUp;
 
 /// Persist requests a room may have outstanding before it stops polling
-/// the room (it still handles input, up to [`MAX_UNPOLLED`]).
-pub(crate) const MAX_COMMITS_IN_FLIGHT: usize = 2;
+/// the room (it still handles input, up to [`MAX_UNPOLLED`]). One: a second
+/// request queued behind the first would be built a commit before the
+/// writer takes it, while a follow-up promised to the writer is built at the
+/// last moment (see [`crate::write_queue`]).
+pub(crate) const MAX_COMMITS_IN_FLIGHT: usize = 1;
 /// Inbox messages handled without polling the room before it stops reading.
 const MAX_UNPOLLED: usize = 1024;
 /// Frame bytes handled without polling the room before it stops reading.
@@ -236,7 +245,7 @@ struct Host {
     rooms: Arc<Rooms>,
     sessions: HashMap<SessionId, Member>,
     held: VecDeque<Held>,
-    commits: VecDeque<Durable>,
+    commits: VecDeque<Commit>,
     timer: Option<tokio::time::Instant>,
     compaction: Option<JoinHandle<Result<Compacted, CompactionError>>>,
     idle_since: Option<Instant>,
@@ -246,6 +255,8 @@ struct Host {
     /// Messages handled since the room was last polled, and their frame bytes.
     unpolled: usize,
     unpolled_bytes: usize,
+    /// Whether a push was among them (it owes the store a write).
+    unpolled_pushes: bool,
 }
 
 /// The room task: load, then serve until unloaded or shut down.
@@ -291,6 +302,7 @@ async fn run(
                 stopping: false,
                 unpolled: 0,
                 unpolled_bytes: 0,
+                unpolled_pushes: false,
             };
             host.serve().await;
         }
@@ -357,7 +369,7 @@ impl Host {
                 if self.unpolled > 0 {
                     // Input handled while commits were in flight still
                     // owes its writes and acknowledgements.
-                    self.drain().await;
+                    self.drain(None);
                     continue;
                 }
                 return self.finish_shutdown().await;
@@ -375,19 +387,27 @@ impl Host {
             tokio::select! {
                 biased;
                 result = next_commit(&mut self.commits), if !self.commits.is_empty() => {
-                    self.commits.pop_front();
-                    match result {
-                        Ok(()) => self.on_durable().await,
-                        Err(error) => return self.fail(error).await,
+                    let follow_up = self.commits.pop_front().map(|c| c.follow_up);
+                    if let Err(error) = result {
+                        return self.fail(error).await;
                     }
-                    // What arrived during the commit becomes the next request.
+                    // What arrived during the commit becomes the next
+                    // request, which the writer may be waiting for: submit
+                    // it before releasing the frames the commit freed. The
+                    // barrier of the completed commit is still at the front
+                    // of `held`, so whatever this poll yields queues behind
+                    // those frames and order is kept.
                     if self.unpolled > 0 {
-                        self.drain().await;
+                        self.drain(follow_up.as_ref());
                     }
+                    if let Some(follow_up) = follow_up {
+                        self.rooms.store.settle(&follow_up);
+                    }
+                    self.on_durable();
                 }
                 result = join_compaction(&mut self.compaction), if self.compaction.is_some() => {
                     self.compaction = None;
-                    self.on_compacted(result).await;
+                    self.on_compacted(result);
                 }
                 msg = self.inbox.recv(), if reading => {
                     let Some(msg) = msg else {
@@ -401,13 +421,13 @@ impl Host {
                             Err(_) => break,
                         }
                     }
-                    self.drain_if_allowed().await;
+                    self.drain_if_allowed();
                 }
                 () = sleep_until(self.timer), if self.timer.is_some() => {
                     self.timer = None;
                     self.room.handle(now_ms(), RoomInput::Timeout);
                     self.unpolled += 1;
-                    self.drain_if_allowed().await;
+                    self.drain_if_allowed();
                 }
                 () = sleep_until(idle_deadline), if idle_deadline.is_some() => {
                     if self.sessions.is_empty()
@@ -429,8 +449,9 @@ impl Host {
     fn on_msg(&mut self, msg: RoomMsg) {
         let now = now_ms();
         self.unpolled += 1;
-        if let RoomMsg::Frame { frame, .. } = &msg {
+        if let RoomMsg::Frame { frame, push, .. } = &msg {
             self.unpolled_bytes += frame.len();
+            self.unpolled_pushes |= *push;
         }
         match msg {
             RoomMsg::Join {
@@ -522,18 +543,25 @@ impl Host {
     }
 
     /// Polls the room unless [`MAX_COMMITS_IN_FLIGHT`] requests are
-    /// outstanding; then the input waits for the next commit to complete.
-    async fn drain_if_allowed(&mut self) {
+    /// outstanding; then the input waits for the next commit to complete,
+    /// and if it holds pushes the writer is told a follow-up is coming.
+    fn drain_if_allowed(&mut self) {
         if self.commits.len() < MAX_COMMITS_IN_FLIGHT {
-            self.drain().await;
+            self.drain(None);
+        } else if self.unpolled_pushes {
+            if let Some(commit) = self.commits.front() {
+                commit.follow_up.promise();
+            }
         }
     }
 
     /// Processes the room's outputs: frames go out unless a persist is
-    /// pending ahead of them; persists are sent to the store as one request.
-    async fn drain(&mut self) {
+    /// pending ahead of them; persists are sent to the store as one request,
+    /// which settles `follow_up` (the completed request it follows) if given.
+    fn drain(&mut self, mut follow_up: Option<&FollowUp>) {
         self.unpolled = 0;
         self.unpolled_bytes = 0;
+        self.unpolled_pushes = false;
         loop {
             let mut persists: Vec<RoomPersist> = Vec::new();
             while let Some(out) = self.room.poll() {
@@ -556,8 +584,11 @@ impl Host {
                 }
             }
             if !persists.is_empty() {
-                let durable = self.rooms.store.submit(self.name.clone(), persists).await;
-                self.commits.push_back(durable);
+                let commit = self
+                    .rooms
+                    .store
+                    .submit(self.name.clone(), persists, follow_up.take());
+                self.commits.push_back(commit);
             }
             // The room reports a timeout only when it changes; asking keeps
             // the timer armed even if a wakeup found nothing due (the wall
@@ -574,7 +605,7 @@ impl Host {
     }
 
     /// The oldest outstanding commit is durable: release what waited for it.
-    async fn on_durable(&mut self) {
+    fn on_durable(&mut self) {
         if matches!(self.held.front(), Some(Held::Barrier)) {
             self.held.pop_front();
         }
@@ -584,7 +615,7 @@ impl Host {
             }
         }
         if !self.leaves.is_empty() {
-            self.drain().await;
+            self.drain(None);
         }
     }
 
@@ -639,7 +670,7 @@ impl Host {
         self.compaction = Some(tokio::task::spawn_blocking(move || job.run()));
     }
 
-    async fn on_compacted(&mut self, result: Result<Compacted, String>) {
+    fn on_compacted(&mut self, result: Result<Compacted, String>) {
         match result {
             Ok(done) => {
                 tracing::info!(
@@ -654,7 +685,7 @@ impl Host {
                     .compactions
                     .fetch_add(1, Ordering::Relaxed);
                 self.room.handle(now_ms(), RoomInput::Compacted(done));
-                self.drain().await;
+                self.drain(None);
             }
             Err(error) => {
                 // The room may try again later; the log keeps everything meanwhile.
@@ -686,8 +717,8 @@ impl Host {
             );
         }
         self.held.clear();
-        for durable in self.commits.drain(..) {
-            let _ = durable.await;
+        for commit in self.commits.drain(..) {
+            let _ = commit.durable.await;
         }
         let Host {
             name,
@@ -720,9 +751,9 @@ impl Host {
 }
 
 /// Waits for the oldest outstanding commit.
-async fn next_commit(commits: &mut VecDeque<Durable>) -> Result<(), String> {
+async fn next_commit(commits: &mut VecDeque<Commit>) -> Result<(), String> {
     match commits.front_mut() {
-        Some(durable) => match durable.await {
+        Some(commit) => match (&mut commit.durable).await {
             Ok(result) => result,
             Err(_) => Err("the storage writer stopped".into()),
         },

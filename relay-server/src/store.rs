@@ -6,19 +6,23 @@
 //! takes every persist request queued from every room, writes them all in one
 //! transaction (one fsync), then completes each request. Under load many
 //! rooms' and sessions' writes share one fsync; with no load a request is
-//! committed at once. Room loads read through a separate connection, which
-//! WAL lets run alongside the writer.
+//! committed at once. Before starting a group the writer waits briefly for
+//! rooms that promised another request the moment their last one completed
+//! (the handshake in [`crate::write_queue`]), so those writes join this
+//! group rather than the next. Room loads read through a separate
+//! connection, which WAL lets run alongside the writer.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _, params};
 use sync_core::room::RoomPersist;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
+use crate::write_queue::{FollowUp, WriteQueue};
 
 /// File name of the database inside the data directory.
 pub(crate) const DB_FILE: &str = "relay.sqlite3";
@@ -28,6 +32,13 @@ const SCHEMA_VERSION: i64 = 1;
 
 /// Most persist requests merged into one transaction.
 const MAX_GROUP: usize = 4096;
+
+/// Longest the writer waits, after a commit, for rooms that promised their
+/// next request before it starts the next group without them. A room task
+/// woken by its completion normally submits within tens of microseconds;
+/// the bound keeps a descheduled room from idling the disk for everyone
+/// (it then only misses one group).
+const MAX_FOLLOW_UP_WAIT: Duration = Duration::from_millis(1);
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -98,14 +109,27 @@ struct WriteRequest {
     room: Arc<str>,
     batches: Vec<RoomPersist>,
     done: oneshot::Sender<Result<(), String>>,
+    follow_up: FollowUp,
 }
 
 /// Handle to the database; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Store {
-    writer: mpsc::Sender<Job>,
+    writer: Arc<Writer>,
     reader: Arc<Mutex<Connection>>,
-    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+/// The writer thread and its queue. Dropping the last handle stops the
+/// thread once everything queued is committed.
+struct Writer {
+    queue: Arc<WriteQueue<Job>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let _ = self.queue.push(Job::Stop, None);
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -116,6 +140,16 @@ impl std::fmt::Debug for Store {
 
 /// A pending durable write: resolves once committed (or failed).
 pub(crate) type Durable = oneshot::Receiver<Result<(), String>>;
+
+/// A submitted request: when it is durable, and its handshake cell
+/// ([`FollowUp::promise`] while it is in flight, settle once it completed).
+#[derive(Debug)]
+pub(crate) struct Commit {
+    /// Resolves once committed (or failed).
+    pub(crate) durable: Durable,
+    /// Tells the writer whether another request follows this one.
+    pub(crate) follow_up: FollowUp,
+}
 
 impl Store {
     /// Opens (creating if needed) the database in `dir`, checks its
@@ -147,36 +181,55 @@ impl Store {
             .pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(sql("setting the schema version"))?;
         let reader = open_connection(&path)?;
-        let (tx, rx) = mpsc::channel(1024);
-        let thread = std::thread::Builder::new()
-            .name("concord-store-writer".into())
-            .spawn(move || write_loop(writer, rx, &metrics))
-            .map_err(|source| StoreError::Dir {
-                path: dir.to_owned(),
-                source,
-            })?;
+        let queue = Arc::new(WriteQueue::default());
+        let thread = {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name("concord-store-writer".into())
+                .spawn(move || write_loop(writer, &queue, &metrics))
+                .map_err(|source| StoreError::Dir {
+                    path: dir.to_owned(),
+                    source,
+                })?
+        };
         Ok(Store {
-            writer: tx,
+            writer: Arc::new(Writer {
+                queue,
+                thread: Mutex::new(Some(thread)),
+            }),
             reader: Arc::new(Mutex::new(reader)),
-            thread: Arc::new(Mutex::new(Some(thread))),
         })
     }
 
-    /// Queues a room's persists; the receiver resolves once they are durable.
-    /// Waits while the writer's queue is full (backpressure).
-    pub(crate) async fn submit(&self, room: Arc<str>, batches: Vec<RoomPersist>) -> Durable {
+    /// Queues a room's persists; the returned commit resolves once they are
+    /// durable. `settles` is the room's previous request, whose completion
+    /// this request follows up (see [`crate::write_queue`]). Never waits:
+    /// each room keeps a bounded number of requests outstanding, which
+    /// bounds the queue.
+    pub(crate) fn submit(
+        &self,
+        room: Arc<str>,
+        batches: Vec<RoomPersist>,
+        settles: Option<&FollowUp>,
+    ) -> Commit {
         let (done, durable) = oneshot::channel();
+        let follow_up = FollowUp::default();
         let request = WriteRequest {
             room,
             batches,
             done,
+            follow_up: follow_up.clone(),
         };
-        if let Err(mpsc::error::SendError(Job::Write(request))) =
-            self.writer.send(Job::Write(request)).await
-        {
+        if let Err(Job::Write(request)) = self.writer.queue.push(Job::Write(request), settles) {
             let _ = request.done.send(Err(StoreError::Closed.to_string()));
         }
-        durable
+        Commit { durable, follow_up }
+    }
+
+    /// Tells the writer that the request behind `follow_up` completed and
+    /// nothing follows it (yet), so it need not wait.
+    pub(crate) fn settle(&self, follow_up: &FollowUp) {
+        follow_up.settle(&self.writer.queue);
     }
 
     /// Reads a room's snapshot and log entries.
@@ -193,8 +246,8 @@ impl Store {
     /// Stops the writer once everything queued before this call is
     /// committed, and checkpoints the WAL. Requests made afterwards fail.
     pub(crate) async fn close(&self) {
-        let _ = self.writer.send(Job::Stop).await;
-        let handle = self.thread.lock().ok().and_then(|mut t| t.take());
+        let _ = self.writer.queue.push(Job::Stop, None);
+        let handle = self.writer.thread.lock().ok().and_then(|mut t| t.take());
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
@@ -295,20 +348,30 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// The writer thread: group commit until every sender is gone.
-fn write_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, metrics: &Metrics) {
+/// The writer thread: group commit until told to stop.
+fn write_loop(mut conn: Connection, queue: &WriteQueue<Job>, metrics: &Metrics) {
+    let mut jobs = Vec::new();
     let mut group = Vec::new();
+    // Requests of the last group whose rooms promised to follow up.
+    let mut awaited = Vec::new();
+    let mut committed_at = Instant::now();
     let mut stop = false;
     while !stop {
-        match rx.blocking_recv() {
-            Some(Job::Write(request)) => group.push(request),
-            Some(Job::Stop) | None => stop = true,
-        }
-        while !stop && group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(Job::Write(request)) => group.push(request),
-                Ok(Job::Stop) => stop = true,
-                Err(_) => break,
+        let missed = queue.take(
+            &mut awaited,
+            committed_at + MAX_FOLLOW_UP_WAIT,
+            MAX_GROUP,
+            &mut jobs,
+        );
+        metrics
+            .follow_ups_missed
+            .fetch_add(missed as u64, std::sync::atomic::Ordering::Relaxed);
+        for job in jobs.drain(..) {
+            match job {
+                Job::Write(request) if !stop => group.push(request),
+                // Queued after the stop: dropping it reports "stopped".
+                Job::Write(_) => {}
+                Job::Stop => stop = true,
             }
         }
         if group.is_empty() {
@@ -330,9 +393,16 @@ fn write_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, metrics: &Metri
                     .ops_stored
                     .fetch_add(ops as u64, std::sync::atomic::Ordering::Relaxed);
             }
+            // Only a room whose write succeeded goes on; one that failed
+            // closes instead.
+            if request.follow_up.seal() && result.is_ok() {
+                awaited.push(request.follow_up.clone());
+            }
             let _ = request.done.send(result);
         }
+        committed_at = Instant::now();
     }
+    drop(queue.close());
     // Fold the WAL back into the database so the next start reads less.
     let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
     tracing::debug!("storage writer stopped");
@@ -403,11 +473,11 @@ mod tests {
         let store = Store::open(dir.path(), metrics.clone()).unwrap();
         let room: Arc<str> = "r".into();
         let a = store
-            .submit(room.clone(), vec![persist(&[(1, b"a"), (2, b"b")])])
-            .await;
+            .submit(room.clone(), vec![persist(&[(1, b"a"), (2, b"b")])], None)
+            .durable;
         let b = store
-            .submit(room.clone(), vec![persist(&[(3, b"c")])])
-            .await;
+            .submit(room.clone(), vec![persist(&[(3, b"c")])], None)
+            .durable;
         a.await.unwrap().unwrap();
         b.await.unwrap().unwrap();
         let compact = RoomPersist {
@@ -416,16 +486,18 @@ mod tests {
             ..RoomPersist::default()
         };
         store
-            .submit(room.clone(), vec![compact])
-            .await
+            .submit(room.clone(), vec![compact], None)
+            .durable
             .await
             .unwrap()
             .unwrap();
         // A duplicate offset fails that request only.
         let dup = store
-            .submit(room.clone(), vec![persist(&[(3, b"x")])])
-            .await;
-        let other = store.submit("s".into(), vec![persist(&[(1, b"z")])]).await;
+            .submit(room.clone(), vec![persist(&[(3, b"x")])], None)
+            .durable;
+        let other = store
+            .submit("s".into(), vec![persist(&[(1, b"z")])], None)
+            .durable;
         assert!(dup.await.unwrap().is_err());
         other.await.unwrap().unwrap();
         store.close().await;
