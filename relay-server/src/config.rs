@@ -42,7 +42,9 @@ pub(crate) struct ServeOptions {
         long = "public-key",
         env = "CONCORD_PUBLIC_KEYS",
         value_name = "KEY",
-        value_delimiter = ','
+        value_delimiter = ',',
+        // base64url keys start with `-` one time in 64.
+        allow_hyphen_values = true
     )]
     pub(crate) public_keys: Option<Vec<String>>,
 
@@ -53,7 +55,12 @@ pub(crate) struct ServeOptions {
 
     /// Bearer token for the admin endpoints (`/v1/rooms/{room}/stats`).
     /// Without it those endpoints answer 401.
-    #[arg(long, env = "CONCORD_ADMIN_TOKEN", value_name = "TOKEN")]
+    #[arg(
+        long,
+        env = "CONCORD_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        allow_hyphen_values = true
+    )]
     pub(crate) admin_token: Option<String>,
 
     /// Log filter, e.g. `info` or `relay_server=debug` (RUST_LOG syntax).
@@ -510,6 +517,27 @@ mod tests {
         assert_eq!(config.room.idle_timeout_ms, 120_000);
         assert_eq!(config.max_frame_bytes, 8 << 20);
         assert_eq!(config.data, PathBuf::from("./concord-data"));
+    }
+
+    /// A base64url key or a token may start with `-`; it is still a value.
+    #[test]
+    fn values_may_start_with_a_hyphen() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeOptions,
+        }
+        let key = "-JbBqKz3Zr0yR5f1y8s7u6v5w4x3y2z1a0b9c8d7e6f";
+        let cli = <Cli as clap::Parser>::try_parse_from([
+            "concord-relay",
+            "--public-key",
+            key,
+            "--admin-token",
+            "-secret",
+        ])
+        .unwrap();
+        assert_eq!(cli.serve.public_keys, Some(vec![key.to_owned()]));
+        assert_eq!(cli.serve.admin_token.as_deref(), Some("-secret"));
     }
 
     #[test]

@@ -377,9 +377,7 @@ impl Host {
             if self.sessions.is_empty() {
                 self.idle_since.get_or_insert_with(Instant::now);
             }
-            let reading = !self.stopping
-                && self.unpolled < MAX_UNPOLLED
-                && self.unpolled_bytes < MAX_UNPOLLED_BYTES;
+            let reading = self.may_take_input();
             let idle_deadline = self
                 .idle_since
                 .filter(|_| self.sessions.is_empty() && !self.stopping)
@@ -415,7 +413,12 @@ impl Host {
                         return self.finish_shutdown().await;
                     };
                     self.on_msg(msg);
+                    // The bounds on unpolled input hold per message, not
+                    // per batch: a batch of large frames stops early.
                     for _ in 1..DRAIN_BATCH {
+                        if !self.may_take_input() {
+                            break;
+                        }
                         match self.inbox.try_recv() {
                             Ok(msg) => self.on_msg(msg),
                             Err(_) => break,
@@ -444,6 +447,12 @@ impl Host {
                 }
             }
         }
+    }
+
+    /// Whether the room takes more input now: not while stopping, nor while
+    /// the input not yet polled is at its bound.
+    fn may_take_input(&self) -> bool {
+        !self.stopping && self.unpolled < MAX_UNPOLLED && self.unpolled_bytes < MAX_UNPOLLED_BYTES
     }
 
     fn on_msg(&mut self, msg: RoomMsg) {
@@ -685,7 +694,10 @@ impl Host {
                     .compactions
                     .fetch_add(1, Ordering::Relaxed);
                 self.room.handle(now_ms(), RoomInput::Compacted(done));
-                self.drain(None);
+                // Like any input: polled now only if a commit slot is free,
+                // so the bound on requests in flight holds.
+                self.unpolled += 1;
+                self.drain_if_allowed();
             }
             Err(error) => {
                 // The room may try again later; the log keeps everything meanwhile.
