@@ -8,7 +8,6 @@
 use serde::ser::SerializeSeq;
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::delta_stamp::{DeltaCursor, DeltaStamp};
 use crate::hlc::Hlc;
 use crate::op::Op;
 use crate::stamp::{ReplicaId, Stamp};
@@ -19,9 +18,8 @@ use crate::version::VersionVector;
 /// Version byte that starts every stored record.
 ///
 /// Version 2 changed only document records: a field's stamp is left out when
-/// it equals the document's `written` stamp, and otherwise stored relative
-/// to the stamp before it (`crate::delta_stamp`). Every other record reads
-/// the same at both versions.
+/// it equals the document's `written` stamp. Every other record reads the
+/// same at both versions.
 const RECORD_VERSION: u8 = 2;
 
 /// The oldest record version this build still reads.
@@ -216,9 +214,9 @@ pub(crate) struct CollectionRecord {
 
 /// A document's merge state as stored, serialised straight from the state.
 ///
-/// Fields are `(name, stamp, value)`; the stamp is a [`DeltaStamp`]:
-/// `Written` for every field of the latest put, else a difference from the
-/// stamp before it (version 2; version 1 stored every stamp in full).
+/// Fields are `(name, stamp, value)`; the stamp is `None` when it equals the
+/// document's `written` stamp, as it does for every field of the latest
+/// put (version 2; version 1 stored every stamp).
 #[derive(Serialize)]
 pub(crate) struct DocRecordRef<'a> {
     written: Option<Stamp>,
@@ -245,70 +243,26 @@ struct FieldsRef<'a> {
 impl Serialize for FieldsRef<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut seq = s.serialize_seq(Some(self.doc.fields.len()))?;
-        let mut cursor = DeltaCursor::new(self.doc.written);
         for slot in &self.doc.fields {
-            let stamp = cursor.encode(slot.stamp(self.names), |replica| replica);
+            let stamp = slot.stamp(self.names);
+            let stamp = (Some(stamp) != self.doc.written).then_some(stamp);
             seq.serialize_element(&(self.names.name(slot.name), stamp, slot.value.as_ref()))?;
         }
         seq.end()
     }
 }
 
-/// A document's merge state as read back.
+/// A document's merge state as read back, stamps still relative to `written`.
 ///
 /// Field names borrow from the record's bytes: they are interned at once,
 /// so a `String` for each would be allocated only to be dropped.
+#[derive(Deserialize)]
 pub(crate) struct DocRecord<'a> {
     pub(crate) written: Option<Stamp>,
     pub(crate) deleted: Option<Stamp>,
-    fields: StoredFields<'a>,
-}
-
-/// A document record's fields, stamps as the record's version stores them.
-enum StoredFields<'a> {
-    V1(Vec<(&'a str, Stamp, Option<Value>)>),
-    V2(Vec<(&'a str, DeltaStamp<ReplicaId>, Option<Value>)>),
-}
-
-/// A field read back: name, stamp, value (`None`: removed).
-pub(crate) type StoredField<'a> = (&'a str, Stamp, Option<Value>);
-
-impl<'a> DocRecord<'a> {
-    /// How many fields the record holds.
-    pub(crate) fn field_count(&self) -> usize {
-        match &self.fields {
-            StoredFields::V1(fields) => fields.len(),
-            StoredFields::V2(fields) => fields.len(),
-        }
-    }
-
-    /// Hands `visit` the fields in stored order, each stamp resolved; stops
-    /// at the first error, `visit`'s or a stamp that refers to nothing.
-    pub(crate) fn visit_fields<E: From<String>>(
-        self,
-        mut visit: impl FnMut(StoredField<'a>) -> Result<(), E>,
-    ) -> Result<(), E> {
-        match self.fields {
-            StoredFields::V1(fields) => fields.into_iter().try_for_each(visit),
-            StoredFields::V2(fields) => {
-                let mut cursor = DeltaCursor::new(self.written);
-                for (name, code, value) in fields {
-                    let stamp = cursor.decode(code, Ok)?;
-                    visit((name, stamp, value))?;
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
-/// A document record of version 2, as stored.
-#[derive(Deserialize)]
-struct DocRecordV2<'a> {
-    written: Option<Stamp>,
-    deleted: Option<Stamp>,
+    /// `None`: the document's `written` stamp.
     #[serde(borrow)]
-    fields: Vec<(&'a str, DeltaStamp<ReplicaId>, Option<Value>)>,
+    pub(crate) fields: Vec<(&'a str, Option<Stamp>, Option<Value>)>,
 }
 
 /// A document record of version 1, every field with its own stamp.
@@ -326,19 +280,18 @@ pub(crate) fn decode_doc_record<'de>(
     bytes: &'de [u8],
 ) -> Result<DocRecord<'de>, RecordError> {
     let (version, body) = split_version(key, bytes)?;
-    if version == 1 {
-        let v1: DocRecordV1<'de> = decode_body(key, body)?;
-        return Ok(DocRecord {
-            written: v1.written,
-            deleted: v1.deleted,
-            fields: StoredFields::V1(v1.fields),
-        });
+    if version == RECORD_VERSION {
+        return decode_body(key, body);
     }
-    let v2: DocRecordV2<'de> = decode_body(key, body)?;
+    let v1: DocRecordV1<'de> = decode_body(key, body)?;
     Ok(DocRecord {
-        written: v2.written,
-        deleted: v2.deleted,
-        fields: StoredFields::V2(v2.fields),
+        written: v1.written,
+        deleted: v1.deleted,
+        fields: v1
+            .fields
+            .into_iter()
+            .map(|(name, stamp, value)| (name, Some(stamp), value))
+            .collect(),
     })
 }
 

@@ -777,19 +777,18 @@ impl Replica {
                 }
                 StoreKey::Document { collection, id } => {
                     let record = decode_doc_record(&key, &value)?;
-                    let (written, deleted) = (record.written, record.deleted);
-                    let mut fields = Vec::with_capacity(record.field_count());
-                    record
-                        .visit_fields(|(name, stamp, value)| {
-                            let name = state.names.intern(name);
-                            fields.push(FieldSlot::new(name, stamp, value, &mut state.names));
-                            Ok::<(), String>(())
-                        })
-                        .map_err(|reason| {
-                            RestoreError::Inconsistent(format!("{key:?}: {reason}"))
+                    let mut fields = Vec::with_capacity(record.fields.len());
+                    for (name, stamp, value) in record.fields {
+                        let stamp = stamp.or(record.written).ok_or_else(|| {
+                            RestoreError::Inconsistent(format!(
+                                "a field of {key:?} has no stamp of its own and the document none"
+                            ))
                         })?;
+                        let name = state.names.intern(name);
+                        fields.push(FieldSlot::new(name, stamp, value, &mut state.names));
+                    }
                     fields.sort_by_key(|slot| slot.name);
-                    let doc = DocState::new(written, deleted, fields, &state.names);
+                    let doc = DocState::new(record.written, record.deleted, fields, &state.names);
                     state
                         .collections
                         .entry(collection.clone())
@@ -977,21 +976,14 @@ mod tests {
                 }
                 assert_eq!(value[0], 2, "documents are written at version 2");
                 let record = decode_doc_record(&parsed, value).unwrap();
-                let (written, deleted) = (record.written, record.deleted);
-                let mut fields = Vec::new();
-                record
-                    .visit_fields(|field| {
-                        fields.push(field);
-                        Ok::<(), String>(())
-                    })
-                    .unwrap();
-                let fields = fields
+                let fields = record
+                    .fields
                     .iter()
-                    .map(|(n, s, v)| (*n, *s, v.as_ref()))
+                    .map(|(n, s, v)| (*n, s.or(record.written).unwrap(), v.as_ref()))
                     .collect();
                 let old = DocRecordV1 {
-                    written,
-                    deleted,
+                    written: record.written,
+                    deleted: record.deleted,
                     fields,
                 };
                 let mut bytes = vec![1];
