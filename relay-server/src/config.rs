@@ -147,6 +147,17 @@ pub(crate) struct ServeOptions {
     #[arg(long, env = "CONCORD_KEEP_RECENT_OPS", value_name = "N")]
     pub(crate) keep_recent_ops: Option<u64>,
 
+    /// Retention: once a room has a snapshot, compact only when the log
+    /// entries to fold hold at least this percentage of the snapshot's bytes,
+    /// so a busy room does not rewrite its snapshot many times a second; 0
+    /// compacts whenever `compaction_min_ops` allows. [default: 100]
+    #[arg(
+        long,
+        env = "CONCORD_COMPACTION_MIN_FOLD_PERCENT",
+        value_name = "PERCENT"
+    )]
+    pub(crate) compaction_min_fold_percent: Option<u64>,
+
     /// Retention: compact log entries beyond this many even if a connected
     /// client still needs them. [default: 1000000]
     #[arg(long, env = "CONCORD_MAX_LOG_OPS", value_name = "N")]
@@ -189,7 +200,8 @@ impl ServeOptions {
             max_frame_bytes, max_connections, max_connections_per_room, ops_per_second,
             ops_burst, handshake_timeout, idle_timeout, heartbeat, send_window,
             slow_consumer_timeout, outbound_queue_frames, outbound_queue_bytes, write_timeout,
-            max_batch_ops, max_batch_bytes, compaction_min_ops, keep_recent_ops, max_log_ops,
+            max_batch_ops, max_batch_bytes, compaction_min_ops, compaction_min_fold_percent,
+            keep_recent_ops, max_log_ops,
             tombstone_grace, max_drift, room_unload_after, shutdown_timeout);
         self
     }
@@ -341,7 +353,9 @@ impl Config {
                 tombstone_grace_ms: o
                     .tombstone_grace
                     .map_or(defaults.compaction.tombstone_grace_ms, |g| ms(g.0)),
-                min_fold_percent: defaults.compaction.min_fold_percent,
+                min_fold_percent: o
+                    .compaction_min_fold_percent
+                    .unwrap_or(defaults.compaction.min_fold_percent),
             },
         };
         Ok(Config {
@@ -503,7 +517,7 @@ mod tests {
         let path = dir.path().join("relay.toml");
         std::fs::write(
             &path,
-            "listen = \"127.0.0.1:9000\"\nmax_connections = 5\nidle_timeout = \"2m\"\nmax_frame_bytes = \"8MiB\"\n",
+            "listen = \"127.0.0.1:9000\"\nmax_connections = 5\nidle_timeout = \"2m\"\nmax_frame_bytes = \"8MiB\"\ncompaction_min_fold_percent = 250\n",
         )
         .unwrap();
         let cli = ServeOptions {
@@ -516,6 +530,7 @@ mod tests {
         assert_eq!(config.max_connections, 7);
         assert_eq!(config.room.idle_timeout_ms, 120_000);
         assert_eq!(config.max_frame_bytes, 8 << 20);
+        assert_eq!(config.room.compaction.min_fold_percent, 250);
         assert_eq!(config.data, PathBuf::from("./concord-data"));
     }
 

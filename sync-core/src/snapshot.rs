@@ -204,6 +204,20 @@ impl Snapshot {
         out
     }
 
+    /// The length of the snapshot's body before compression (what a
+    /// compaction decodes and encodes again): for a compressed snapshot the
+    /// length its payload announces, otherwise the bytes after the header.
+    /// Reads only the header; bytes that are not a snapshot give their length.
+    pub fn body_len(bytes: &[u8]) -> usize {
+        let compressed = bytes.len() >= HEADER_LEN + 4
+            && bytes.starts_with(MAGIC)
+            && bytes[4] == COMPRESSED_SNAPSHOT_FORMAT;
+        match bytes.get(HEADER_LEN..HEADER_LEN + 4) {
+            Some(&[a, b, c, d]) if compressed => u32::from_le_bytes([a, b, c, d]) as usize,
+            _ => bytes.len().saturating_sub(HEADER_LEN),
+        }
+    }
+
     /// Decodes and verifies snapshot bytes. A compressed body may inflate to
     /// up to 1032 times its size (4 GiB at most); for bytes from elsewhere,
     /// [`Snapshot::decode_with_limit`] bounds that.

@@ -594,3 +594,15 @@ fn compressed_bodies_over_the_limit_are_too_large() {
         })
     );
 }
+
+/// `body_len` is the state's encoded size whether or not the snapshot is
+/// compressed: what a compaction re-encodes.
+#[test]
+fn body_len_is_the_same_for_plain_and_compressed() {
+    let replica = small_replica();
+    let plain = replica.encode_snapshot();
+    let compressed = replica.encode_snapshot_compressed();
+    assert_eq!(Snapshot::body_len(&plain), plain.len() - 13);
+    assert_eq!(Snapshot::body_len(&compressed), Snapshot::body_len(&plain));
+    assert_eq!(Snapshot::body_len(b"short"), 0);
+}

@@ -65,12 +65,13 @@ pub struct CompactionPolicy {
     /// operations stamped older than that are refused as stale.
     pub tombstone_grace_ms: u64,
     /// Once a snapshot exists, wait until the entries to fold hold at least
-    /// this percentage of its size in bytes. Every compaction rewrites the
-    /// whole snapshot; without this bound a room taking thousands of small
-    /// operations a second compacted every `min_ops` operations and wrote
-    /// its snapshot many times over per second. 100 keeps the snapshot bytes
-    /// written at most equal to the log bytes folded. 0 turns it off;
-    /// `max_log_ops` overrides it.
+    /// this percentage of the snapshot's state in bytes (its body before
+    /// compression, [`Snapshot::body_len`]). Every compaction re-encodes the
+    /// whole state; without this bound a room taking thousands of small
+    /// operations a second compacted every `min_ops` operations and rewrote
+    /// its snapshot many times over per second. At 100 the state encoded
+    /// is at most the log bytes folded. 0 turns it off; `max_log_ops`
+    /// overrides it.
     pub min_fold_percent: u64,
 }
 
@@ -897,7 +898,12 @@ impl Room {
         }
         let forced = by_size > from;
         if !forced && policy.min_fold_percent > 0 {
-            let snapshot = self.snapshot.as_ref().map_or(0, |s| s.len() as u64);
+            // The state's size, not the compressed bytes: compaction's cost
+            // is decoding and re-encoding the whole state.
+            let snapshot = self
+                .snapshot
+                .as_ref()
+                .map_or(0, |s| Snapshot::body_len(s) as u64);
             let fold = self.log.bytes_through(through);
             if fold.saturating_mul(100) < snapshot.saturating_mul(policy.min_fold_percent) {
                 return;
