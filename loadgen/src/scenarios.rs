@@ -264,6 +264,18 @@ async fn light_follower(
 }
 
 /// Waits until `shared.live` reaches `n` (bounded).
+/// Keeps a live client idle (heartbeats only) until the phase is `Stop`,
+/// then closes it.
+async fn idle_until_stopped(mut client: Client, phase: &mut watch::Receiver<Phase>) {
+    while *phase.borrow_and_update() != Phase::Stop {
+        tokio::select! {
+            _ = client.step(Duration::from_secs(1)) => {}
+            _ = phase.changed() => {}
+        }
+    }
+    client.close().await;
+}
+
 async fn wait_live(shared: &Shared, n: usize, limit: Duration) -> Result<(), String> {
     let deadline = Instant::now() + limit;
     while shared.live.load(Ordering::Relaxed) < n {
@@ -507,14 +519,7 @@ async fn scale(settings: &Settings) -> Result<(), String> {
                 if live {
                     shared.live.fetch_add(1, Ordering::Relaxed);
                 }
-                // Idle: only heartbeats until told to stop.
-                while *phase.borrow_and_update() != Phase::Stop {
-                    tokio::select! {
-                        _ = client.step(Duration::from_secs(1)) => {}
-                        _ = phase.changed() => {}
-                    }
-                }
-                client.close().await;
+                idle_until_stopped(client, &mut phase).await;
             })
         })
         .collect();
@@ -741,13 +746,7 @@ async fn synced(settings: &Settings) -> Result<(), String> {
                 if done {
                     synced.fetch_add(1, Ordering::Relaxed);
                 }
-                while *phase.borrow_and_update() != Phase::Stop {
-                    tokio::select! {
-                        _ = client.step(Duration::from_secs(1)) => {}
-                        _ = phase.changed() => {}
-                    }
-                }
-                client.close().await;
+                idle_until_stopped(client, &mut phase).await;
             })
         })
         .collect();
