@@ -255,17 +255,7 @@ fn base64(bytes: &[u8]) -> String {
 
 /// Wraps a payload in a snapshot header with a correct length and checksum.
 fn with_header(payload: &[u8]) -> Vec<u8> {
-    with_format_header(SNAPSHOT_FORMAT, payload)
-}
-
-/// Wraps a payload in a header of the given format version.
-fn with_format_header(format: u8, payload: &[u8]) -> Vec<u8> {
-    let mut out = b"CNSN".to_vec();
-    out.push(format);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-    out.extend_from_slice(payload);
-    out
+    common::snapshot_blob(SNAPSHOT_FORMAT, payload)
 }
 
 /// A revision-like string: three groups of hex-ish characters.
@@ -302,7 +292,7 @@ proptest! {
             payload.extend_from_slice(&miniz_oxide::deflate::compress_to_vec(&data, 1));
         }
         let format = sync_core::snapshot::COMPRESSED_SNAPSHOT_FORMAT;
-        if let Ok(snapshot) = Snapshot::decode(&with_format_header(format, &payload)) {
+        if let Ok(snapshot) = Snapshot::decode(&common::snapshot_blob(format, &payload)) {
             let mut r = Replica::new(ReplicaId(1), ReplicaConfig::default());
             let _ = r.merge_snapshot(u64::MAX / 2, &snapshot);
             exercise(r);

@@ -59,16 +59,7 @@ fn small_snapshot() -> Vec<u8> {
 /// in full), which readers still accept; format 2 bodies are covered by the
 /// round trips and by `v2_*` tests.
 fn with_header(payload: &[u8]) -> Vec<u8> {
-    with_format_header(1, payload)
-}
-
-fn with_format_header(format: u8, payload: &[u8]) -> Vec<u8> {
-    let mut out = b"CNSN".to_vec();
-    out.push(format);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-    out.extend_from_slice(payload);
-    out
+    common::snapshot_blob(1, payload)
 }
 
 // Hand-built snapshot bodies, in the layout `snapshot.rs` documents: stamps
@@ -467,7 +458,7 @@ fn v2_body(written: Option<Packed>, fields: Vec<RawFieldV2>) -> Vec<u8> {
             vec![("d".into(), written, None, fields)],
         )],
     };
-    with_format_header(2, &postcard::to_allocvec(&body).expect("serialises"))
+    common::snapshot_blob(2, &postcard::to_allocvec(&body).expect("serialises"))
 }
 
 #[test]
@@ -540,7 +531,7 @@ fn damaged_compressed_bodies_are_malformed() {
     let compressed = |claimed: u32, deflated: &[u8]| {
         let mut payload = claimed.to_le_bytes().to_vec();
         payload.extend_from_slice(deflated);
-        with_format_header(COMPRESSED_SNAPSHOT_FORMAT, &payload)
+        common::snapshot_blob(COMPRESSED_SNAPSHOT_FORMAT, &payload)
     };
     let deflated = miniz_oxide::deflate::compress_to_vec(body, 2);
     let len = body.len() as u32;
@@ -554,7 +545,7 @@ fn damaged_compressed_bodies_are_malformed() {
         ("bytes after the final block", compressed(len, &trailing)),
         (
             "no length",
-            with_format_header(COMPRESSED_SNAPSHOT_FORMAT, &[1, 0]),
+            common::snapshot_blob(COMPRESSED_SNAPSHOT_FORMAT, &[1, 0]),
         ),
         (
             "claims more than deflate can hold",

@@ -239,3 +239,15 @@ pub(crate) fn assert_same_replica(a: &Replica, b: &Replica, what: &str) {
     assert_same_state(a, b, what);
     assert_eq!(a.version(), b.version(), "{what}: version vectors differ");
 }
+
+/// A snapshot blob of the given format around `payload`: magic, format
+/// byte, payload length and CRC-32 all correct, so a decoder reaches the
+/// payload (for hand-built and random bodies).
+pub(crate) fn snapshot_blob(format: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = b"CNSN".to_vec();
+    out.push(format);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
