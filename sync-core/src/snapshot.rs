@@ -162,10 +162,7 @@ impl Snapshot {
         max_hlc: Hlc,
         tombstone_horizon: Hlc,
     ) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER_LEN + state.field_count() * 24);
-        out.extend_from_slice(MAGIC);
-        out.push(SNAPSHOT_FORMAT);
-        out.extend_from_slice(&[0; 8]);
+        let out = header(SNAPSHOT_FORMAT, state.field_count() * 24);
         let mut out = encode_body(out, state, version, max_hlc, tombstone_horizon);
         seal(&mut out);
         out
@@ -194,10 +191,7 @@ impl Snapshot {
             return Snapshot::encode(state, version, max_hlc, tombstone_horizon);
         };
         let deflated = miniz_oxide::deflate::compress_to_vec(&body, DEFLATE_LEVEL);
-        let mut out = Vec::with_capacity(HEADER_LEN + 4 + deflated.len());
-        out.extend_from_slice(MAGIC);
-        out.push(COMPRESSED_SNAPSHOT_FORMAT);
-        out.extend_from_slice(&[0; 8]);
+        let mut out = header(COMPRESSED_SNAPSHOT_FORMAT, 4 + deflated.len());
         out.extend_from_slice(&body_len.to_le_bytes());
         out.extend_from_slice(&deflated);
         seal(&mut out);
@@ -260,6 +254,16 @@ fn encode_body(
     };
     // Serialising into a Vec cannot fail for these types (all lengths known).
     postcard::to_extend(&body, out).unwrap_or_default()
+}
+
+/// A blob's header with room for a payload of about `payload` bytes; its
+/// length and checksum are zero until [`seal`] fills them in.
+fn header(format: u8, payload: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + payload);
+    out.extend_from_slice(MAGIC);
+    out.push(format);
+    out.extend_from_slice(&[0; 8]);
+    out
 }
 
 /// Fills in the header's payload length and checksum.
