@@ -264,6 +264,31 @@ async fn light_follower(
 }
 
 /// Waits until `shared.live` reaches `n` (bounded).
+/// Handshakes the many-session scenarios keep under way at once.
+const HANDSHAKES_AT_ONCE: usize = 200;
+
+/// Connects client `i` to `room`, holding a permit of `gate` (which bounds
+/// the handshakes under way) until it is live or gives up, and counts it in
+/// `shared.live` if it made it.
+async fn connect_counted(
+    i: usize,
+    room: &str,
+    url: &str,
+    gate: Arc<Semaphore>,
+    shared: &Shared,
+) -> Client {
+    let permit = gate.acquire_owned().await.ok();
+    let mut client = Client::new(i as u64 + 1, room, url);
+    let live = client
+        .run_until(Duration::from_secs(60), Client::is_live)
+        .await;
+    drop(permit);
+    if live {
+        shared.live.fetch_add(1, Ordering::Relaxed);
+    }
+    client
+}
+
 /// Keeps a live client idle (heartbeats only) until the phase is `Stop`,
 /// then closes it.
 async fn idle_until_stopped(mut client: Client, phase: &mut watch::Receiver<Phase>) {
@@ -499,7 +524,7 @@ async fn scale(settings: &Settings) -> Result<(), String> {
     let rss0 = relay.rss_kib();
     let (tx, rx) = watch::channel(Phase::Idle);
     let shared = Arc::new(Shared::default());
-    let gate = Arc::new(Semaphore::new(200));
+    let gate = Arc::new(Semaphore::new(HANDSHAKES_AT_ONCE));
     let started = Instant::now();
     let handles: Vec<_> = (0..n)
         .map(|i| {
@@ -509,16 +534,7 @@ async fn scale(settings: &Settings) -> Result<(), String> {
             let shared = shared.clone();
             let gate = gate.clone();
             tokio::spawn(async move {
-                // At most 200 handshakes at once.
-                let permit = gate.acquire_owned().await.ok();
-                let mut client = Client::new(i as u64 + 1, &room, &url);
-                let live = client
-                    .run_until(Duration::from_secs(60), Client::is_live)
-                    .await;
-                drop(permit);
-                if live {
-                    shared.live.fetch_add(1, Ordering::Relaxed);
-                }
+                let client = connect_counted(i, &room, &url, gate, &shared).await;
                 idle_until_stopped(client, &mut phase).await;
             })
         })
@@ -709,7 +725,7 @@ async fn synced(settings: &Settings) -> Result<(), String> {
     let shared = Arc::new(Shared::default());
     let synced = Arc::new(AtomicUsize::new(0));
     let (go_tx, go) = watch::channel(false);
-    let gate = Arc::new(Semaphore::new(200));
+    let gate = Arc::new(Semaphore::new(HANDSHAKES_AT_ONCE));
     let handles: Vec<_> = (0..SESSIONS)
         .map(|i| {
             let url = relay.url();
@@ -718,15 +734,7 @@ async fn synced(settings: &Settings) -> Result<(), String> {
             let mut go = go.clone();
             let (shared, synced, gate) = (shared.clone(), synced.clone(), gate.clone());
             tokio::spawn(async move {
-                let permit = gate.acquire_owned().await.ok();
-                let mut client = Client::new(i as u64 + 1, &room, &url);
-                let live = client
-                    .run_until(Duration::from_secs(60), Client::is_live)
-                    .await;
-                drop(permit);
-                if live {
-                    shared.live.fetch_add(1, Ordering::Relaxed);
-                }
+                let mut client = connect_counted(i, &room, &url, gate, &shared).await;
                 // Stay live until every session is, then write and pull.
                 tokio::select! {
                     _ = go.wait_for(|go| *go) => {}
