@@ -1,0 +1,4 @@
+//! Concord's client SDK, written once for every platform.
+#![forbid(unsafe_code)]
+
+pub mod platform;

@@ -1,0 +1,142 @@
+//! What a platform supplies: a transport, a store and a timer.
+//!
+//! The host loop ([`crate::host`]) is written once against these three
+//! traits. The browser adapter implements them with a WebSocket, IndexedDB
+//! and `setTimeout`; the native adapter with tokio-tungstenite, SQLite and
+//! tokio's timer; tests with in-memory fakes and virtual time.
+//!
+//! Every future here is `'static` and need not be `Send`: the loop runs on
+//! one thread (a browser's event loop, or a thread of its own natively).
+
+use futures::future::LocalBoxFuture;
+use futures::stream::LocalBoxStream;
+use sync_core::PersistBatch;
+use sync_core::store::Record;
+
+/// Something that arrived on a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Incoming {
+    /// A binary frame.
+    Frame(Vec<u8>),
+    /// The connection closed or failed; nothing follows. `code` is the
+    /// WebSocket close code the peer sent, if it sent one.
+    Closed {
+        /// The close code, if any.
+        code: Option<u16>,
+        /// The close reason or the failure, for logs and status.
+        reason: String,
+    },
+}
+
+/// Why a transport could not connect or send.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct TransportError {
+    /// What went wrong, for status displays and logs.
+    pub message: String,
+}
+
+impl TransportError {
+    /// An error with this message.
+    pub fn new(message: impl Into<String>) -> TransportError {
+        TransportError {
+            message: message.into(),
+        }
+    }
+}
+
+/// The sending half of an open connection.
+pub trait LinkSender {
+    /// Sends one binary frame. Resolves once the transport took it (not
+    /// once the peer received it); frames leave in the order sent.
+    fn send(&mut self, frame: Vec<u8>) -> LocalBoxFuture<'_, Result<(), TransportError>>;
+
+    /// Closes the connection with a WebSocket close code and reason.
+    fn close(&mut self, code: u16, reason: String) -> LocalBoxFuture<'_, ()>;
+}
+
+/// An open connection: a sender, and the stream of what arrives. The
+/// stream ends after [`Incoming::Closed`] (or without it, which counts the
+/// same).
+pub struct Link {
+    /// Sends frames and closes.
+    pub sender: Box<dyn LinkSender>,
+    /// What arrives, in order.
+    pub incoming: LocalBoxStream<'static, Incoming>,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link").finish_non_exhaustive()
+    }
+}
+
+/// Opens connections to a relay.
+pub trait Transport {
+    /// Opens a WebSocket to `url` (`ws://` or `wss://`). The loop applies its
+    /// own handshake timeout; a transport may fail sooner.
+    fn connect(&self, url: &str) -> LocalBoxFuture<'static, Result<Link, TransportError>>;
+}
+
+/// Why a store could not read or write.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct StoreError {
+    /// What kind of failure.
+    pub kind: StoreErrorKind,
+    /// Details, for people.
+    pub message: String,
+}
+
+impl StoreError {
+    /// An error of `kind` with details.
+    pub fn new(kind: StoreErrorKind, message: impl Into<String>) -> StoreError {
+        StoreError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// The kinds of store failure an application may want to tell apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreErrorKind {
+    /// Another process (or tab) holds the database: close it there first.
+    #[error("the database is locked by another process")]
+    Locked,
+    /// The stored data does not decode: restore a backup or start a new database.
+    #[error("the stored data is corrupt")]
+    Corrupt,
+    /// The device is out of space or quota: free some and retry.
+    #[error("no space left for the database")]
+    Full,
+    /// Any other IO failure.
+    #[error("the store failed")]
+    Io,
+    /// The store was closed.
+    #[error("the store is closed")]
+    Closed,
+}
+
+/// Durable storage for one database: the asynchronous form of
+/// [`sync_core::store::Store`].
+pub trait ClientStore {
+    /// Applies every write of `batch` or none of them. When the future
+    /// resolves `Ok`, the writes survive a crash of the process (and, where
+    /// the platform allows, of the machine). The loop awaits each write
+    /// before starting the next, so writes land in the order given.
+    fn write(&self, batch: PersistBatch) -> LocalBoxFuture<'static, Result<(), StoreError>>;
+
+    /// Every stored record, in key order.
+    fn read_all(&self) -> LocalBoxFuture<'static, Result<Vec<Record>, StoreError>>;
+}
+
+/// Wall-clock time and sleeping.
+pub trait Timer {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+
+    /// Resolves at `at_ms` (milliseconds since the Unix epoch) or soon after.
+    fn sleep_until(&self, at_ms: u64) -> LocalBoxFuture<'static, ()>;
+}
