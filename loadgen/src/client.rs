@@ -137,7 +137,7 @@ impl Client {
                     }
                 }
                 // Clients keep their state in memory only: the relay is what is measured.
-                Output::Persist(_) => {}
+                Output::Persist { id, .. } => self.session.handle(now_ms(), Input::Persisted(id)),
                 Output::Event(event) => self.observe(event),
                 Output::Timeout(at) => self.timeout = Some(at),
             }

@@ -2,12 +2,13 @@
 //! the registry that finds or starts them.
 //!
 //! The task drains its bounded inbox and feeds each message to the room;
-//! then, if it may submit another write, it processes the room's outputs in
-//! order. The rule it enforces: a frame never leaves before every `Persist`
-//! queued ahead of it is durable. All persists of one drain go to the store
-//! as one request (the store merges requests from every room into one
-//! transaction); a barrier in the `held` queue stands for that request, and
-//! the frames behind it are released when it commits.
+//! then, if it may submit another write, it processes the room's outputs.
+//! The room itself holds back every frame queued behind a persist until the
+//! task reports that persist durable (`RoomInput::Persisted`), so the task
+//! only sends what the room releases. All persists of one drain go to the
+//! store as one request (the store merges requests from every room into
+//! one transaction); when it commits, the task reports each of its persists
+//! and polls again, which releases the frames that waited for them.
 //!
 //! At most [`MAX_COMMITS_IN_FLIGHT`] request is outstanding. While it is,
 //! the task keeps *handling* input but does not poll the room: the room
@@ -31,6 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
+use sync_core::PersistId;
 use sync_core::protocol::{self, ErrorCode, Hello};
 use sync_core::room::{
     Compacted, CompactionError, CompactionJob, Room, RoomInput, RoomOutput, RoomPersist, RoomStats,
@@ -228,12 +230,10 @@ struct Member {
     pushes: VecDeque<Instant>,
 }
 
-/// An output waiting for durability, or the point where it is awaited.
-#[derive(Debug)]
-enum Held {
-    /// Everything after this waits for the next outstanding commit.
-    Barrier,
-    Out(RoomOutput),
+/// A store request in flight and the room's persists it carries.
+struct InFlight {
+    commit: Commit,
+    ids: Vec<PersistId>,
 }
 
 /// The state of one room task.
@@ -244,8 +244,7 @@ struct Host {
     inbox: mpsc::Receiver<RoomMsg>,
     rooms: Arc<Rooms>,
     sessions: HashMap<SessionId, Member>,
-    held: VecDeque<Held>,
-    commits: VecDeque<Commit>,
+    commits: VecDeque<InFlight>,
     timer: Option<tokio::time::Instant>,
     compaction: Option<JoinHandle<Result<Compacted, CompactionError>>>,
     idle_since: Option<Instant>,
@@ -293,7 +292,6 @@ async fn run(
                 inbox,
                 rooms,
                 sessions: HashMap::new(),
-                held: VecDeque::new(),
                 commits: VecDeque::new(),
                 timer: None,
                 compaction: None,
@@ -385,23 +383,23 @@ impl Host {
             tokio::select! {
                 biased;
                 result = next_commit(&mut self.commits), if !self.commits.is_empty() => {
-                    let follow_up = self.commits.pop_front().map(|c| c.follow_up);
+                    let Some(done) = self.commits.pop_front() else {
+                        continue;
+                    };
                     if let Err(error) = result {
-                        return self.fail(error).await;
+                        return self.fail(error, done.ids).await;
+                    }
+                    let now = now_ms();
+                    for id in done.ids {
+                        self.room.handle(now, RoomInput::Persisted(id));
                     }
                     // What arrived during the commit becomes the next
-                    // request, which the writer may be waiting for: submit
-                    // it before releasing the frames the commit freed. The
-                    // barrier of the completed commit is still at the front
-                    // of `held`, so whatever this poll yields queues behind
-                    // those frames and order is kept.
-                    if self.unpolled > 0 {
-                        self.drain(follow_up.as_ref());
-                    }
-                    if let Some(follow_up) = follow_up {
-                        self.rooms.store.settle(&follow_up);
-                    }
-                    self.on_durable();
+                    // request, which the writer may be waiting for; the
+                    // drain submits it before releasing the frames the
+                    // commit freed.
+                    let follow_up = done.commit.follow_up;
+                    self.drain(Some(&follow_up));
+                    self.rooms.store.settle(&follow_up);
                 }
                 result = join_compaction(&mut self.compaction), if self.compaction.is_some() => {
                     self.compaction = None;
@@ -436,7 +434,6 @@ impl Host {
                     if self.sessions.is_empty()
                         && self.commits.is_empty()
                         && self.unpolled == 0
-                        && self.held.is_empty()
                         && self.compaction.is_none()
                     {
                         tracing::debug!(room = ?self.name, "unloading idle room");
@@ -558,38 +555,32 @@ impl Host {
         if self.commits.len() < MAX_COMMITS_IN_FLIGHT {
             self.drain(None);
         } else if self.unpolled_pushes {
-            if let Some(commit) = self.commits.front() {
-                commit.follow_up.promise();
+            if let Some(in_flight) = self.commits.front() {
+                in_flight.commit.follow_up.promise();
             }
         }
     }
 
-    /// Processes the room's outputs: frames go out unless a persist is
-    /// pending ahead of them; persists are sent to the store as one request,
-    /// which settles `follow_up` (the completed request it follows) if given.
+    /// Processes the room's outputs: its persists go to the store as one
+    /// request, which settles `follow_up` (the completed request it
+    /// follows) if given; then the frames the room released go out.
     fn drain(&mut self, mut follow_up: Option<&FollowUp>) {
         self.unpolled = 0;
         self.unpolled_bytes = 0;
         self.unpolled_pushes = false;
         loop {
             let mut persists: Vec<RoomPersist> = Vec::new();
+            let mut ids: Vec<PersistId> = Vec::new();
+            let mut released: Vec<RoomOutput> = Vec::new();
             while let Some(out) = self.room.poll() {
                 match out {
                     RoomOutput::Timeout(_) => {} // re-read below
                     RoomOutput::Compact(job) => self.start_compaction(job),
-                    RoomOutput::Persist(batch) => {
-                        if persists.is_empty() {
-                            self.held.push_back(Held::Barrier);
-                        }
+                    RoomOutput::Persist { id, batch } => {
+                        ids.push(id);
                         persists.push(batch);
                     }
-                    out => {
-                        if self.held.is_empty() {
-                            self.release(out);
-                        } else {
-                            self.held.push_back(Held::Out(out));
-                        }
-                    }
+                    out => released.push(out),
                 }
             }
             if !persists.is_empty() {
@@ -597,7 +588,10 @@ impl Host {
                     .rooms
                     .store
                     .submit(self.name.clone(), persists, follow_up.take());
-                self.commits.push_back(commit);
+                self.commits.push_back(InFlight { commit, ids });
+            }
+            for out in released {
+                self.release(out);
             }
             // The room reports a timeout only when it changes; asking keeps
             // the timer armed even if a wakeup found nothing due (the wall
@@ -610,21 +604,6 @@ impl Host {
             for session in std::mem::take(&mut self.leaves) {
                 self.room.handle(now, RoomInput::Leave { session });
             }
-        }
-    }
-
-    /// The oldest outstanding commit is durable: release what waited for it.
-    fn on_durable(&mut self) {
-        if matches!(self.held.front(), Some(Held::Barrier)) {
-            self.held.pop_front();
-        }
-        while let Some(Held::Out(_)) = self.held.front() {
-            if let Some(Held::Out(out)) = self.held.pop_front() {
-                self.release(out);
-            }
-        }
-        if !self.leaves.is_empty() {
-            self.drain(None);
         }
     }
 
@@ -665,7 +644,7 @@ impl Host {
                     member.peer.close(code, reason);
                 }
             }
-            RoomOutput::Persist(_) | RoomOutput::Compact(_) | RoomOutput::Timeout(_) => {}
+            RoomOutput::Persist { .. } | RoomOutput::Compact(_) | RoomOutput::Timeout(_) => {}
         }
     }
 
@@ -714,13 +693,19 @@ impl Host {
 
     /// A write failed: the room's memory is ahead of its storage. Close
     /// every session and unload, so the next use reloads from disk.
-    async fn fail(mut self, error: String) {
+    async fn fail(mut self, error: String, ids: Vec<PersistId>) {
         tracing::error!(
             room = ?self.name,
             %error,
             "storage write failed; closing the room's sessions, it reloads from disk on next use"
         );
         self.rooms.metrics.error("StoreFailure");
+        // The room drops whatever waited for the failed writes; the task
+        // unloads it below, so the next use reloads from disk.
+        let now = now_ms();
+        for id in ids {
+            self.room.handle(now, RoomInput::PersistFailed(id));
+        }
         for (_, member) in self.sessions.drain() {
             self.rooms.metrics.sessions_joined.dec();
             member.peer.kill(
@@ -728,9 +713,8 @@ impl Host {
                 "the relay could not store data; reconnect later".into(),
             );
         }
-        self.held.clear();
-        for commit in self.commits.drain(..) {
-            let _ = commit.durable.await;
+        for in_flight in self.commits.drain(..) {
+            let _ = in_flight.commit.durable.await;
         }
         let Host {
             name,
@@ -763,9 +747,9 @@ impl Host {
 }
 
 /// Waits for the oldest outstanding commit.
-async fn next_commit(commits: &mut VecDeque<Commit>) -> Result<(), String> {
+async fn next_commit(commits: &mut VecDeque<InFlight>) -> Result<(), String> {
     match commits.front_mut() {
-        Some(commit) => match (&mut commit.durable).await {
+        Some(in_flight) => match (&mut in_flight.commit.durable).await {
             Ok(result) => result,
             Err(_) => Err("the storage writer stopped".into()),
         },

@@ -80,11 +80,20 @@ fn populated_room(docs: u64) -> Room {
                 frame: &frame,
             },
         );
-        while room.poll().is_some() {}
+        settle(&mut room);
     }
     room.handle(NOW, RoomInput::Leave { session: 1 });
-    while room.poll().is_some() {}
+    settle(&mut room);
     room
+}
+
+/// Takes every output of `room`, reporting its persists durable at once.
+fn settle(room: &mut Room) {
+    while let Some(out) = room.poll() {
+        if let RoomOutput::Persist { id, .. } = out {
+            room.handle(NOW, RoomInput::Persisted(id));
+        }
+    }
 }
 
 fn hello(replica: ReplicaId, cursor: u64, own_seq: u64) -> sync_core::protocol::Hello {
@@ -112,7 +121,10 @@ fn sync(room: &mut Room, session: &mut Session, store: &mut MemoryStore, sid: u6
             match out {
                 Output::Connect => session.handle(NOW, Input::Connected),
                 Output::Transmit(frame) => to_room.push(frame),
-                Output::Persist(batch) => store.write(&batch).expect("memory"),
+                Output::Persist { id, batch } => {
+                    store.write(&batch).expect("memory");
+                    session.handle(NOW, Input::Persisted(id));
+                }
                 _ => {}
             }
         }
@@ -138,9 +150,13 @@ fn sync(room: &mut Room, session: &mut Session, store: &mut MemoryStore, sid: u6
             }
         }
         while let Some(out) = room.poll() {
-            if let RoomOutput::Transmit { frame, .. } = out {
-                bytes += frame.len();
-                to_client.push(frame);
+            match out {
+                RoomOutput::Transmit { frame, .. } => {
+                    bytes += frame.len();
+                    to_client.push(frame);
+                }
+                RoomOutput::Persist { id, .. } => room.handle(NOW, RoomInput::Persisted(id)),
+                _ => {}
             }
         }
         if to_client.is_empty() {
@@ -168,7 +184,7 @@ fn initial_sync(c: &mut Criterion) {
         .compact_now(NOW)
         .expect("something to compact");
     snapshot_room.handle(NOW, RoomInput::Compacted(job.run().expect("compaction")));
-    while snapshot_room.poll().is_some() {}
+    settle(&mut snapshot_room);
 
     for (name, room) in [("log", &log_room), ("snapshot", &snapshot_room)] {
         let mut room = clone_room(room);
@@ -210,7 +226,7 @@ fn resume(c: &mut Criterion) {
     let mut store = MemoryStore::new();
     sync(&mut room, &mut client, &mut store, 9);
     room.handle(NOW, RoomInput::Leave { session: 9 });
-    while room.poll().is_some() {}
+    settle(&mut room);
     let mut writer = Replica::new(ReplicaId(3), ReplicaConfig::default());
     room.handle(
         NOW,
@@ -239,7 +255,7 @@ fn resume(c: &mut Criterion) {
             frame: &push,
         },
     );
-    while room.poll().is_some() {}
+    settle(&mut room);
     let per_op = ops
         .iter()
         .map(|op| protocol::encode_op(op).len())

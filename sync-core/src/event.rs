@@ -80,6 +80,13 @@ pub enum Event {
         /// The next sequence number this store would hand out.
         local_next_seq: u64,
     },
+    /// A write to the local store failed. The session stopped syncing and
+    /// refuses writes: memory is ahead of the store. Reopen the database;
+    /// it reloads the last state stored.
+    StoreFailed {
+        /// The store's error.
+        message: String,
+    },
     /// The peer sent something it should not have; the core dropped it.
     PeerMisbehaved {
         /// What was wrong.

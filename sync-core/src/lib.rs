@@ -57,6 +57,7 @@ mod base64;
 mod deadline;
 mod delta_stamp;
 pub mod event;
+mod gate;
 pub mod hlc;
 pub mod limits;
 pub mod op;
@@ -75,6 +76,7 @@ pub mod value;
 pub mod version;
 
 pub use event::{Event, Origin};
+pub use gate::PersistId;
 pub use hlc::{Clock, ClockError, Hlc};
 pub use op::{Change, InvalidOp, Op, OpId};
 pub use persist::{PersistBatch, StoreKey, Write};

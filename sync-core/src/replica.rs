@@ -69,6 +69,13 @@ pub enum WriteError {
         /// The document id.
         id: String,
     },
+    /// An earlier write could not be stored, so this replica's memory is
+    /// ahead of its store: reopen the database (it reloads what is stored).
+    #[error("the local store failed ({message}); reopen the database")]
+    StoreFailed {
+        /// The store's error.
+        message: String,
+    },
 }
 
 fn display_revision(revision: &Option<Revision>) -> String {

@@ -85,7 +85,11 @@ impl Link {
                     }
                     Output::Close { .. } => self.drop_connection(),
                     Output::Event(event) => self.events.push(event),
-                    Output::Persist(_) | Output::Timeout(_) => {}
+                    Output::Persist { id, .. } => {
+                        let now = self.client_now();
+                        self.session.handle(now, Input::Persisted(id));
+                    }
+                    Output::Timeout(_) => {}
                 }
             }
             while let Some(frame) = self.to_room.pop_front() {
@@ -135,6 +139,9 @@ impl Link {
                     RoomOutput::Compact(job) => {
                         let done = job.run().expect("compaction");
                         self.room.handle(self.now, RoomInput::Compacted(done));
+                    }
+                    RoomOutput::Persist { id, .. } => {
+                        self.room.handle(self.now, RoomInput::Persisted(id));
                     }
                     _ => {}
                 }

@@ -19,7 +19,7 @@ use sync_core::room::{
 };
 use sync_core::session::{Backoff, Input, LinkState, Output, Session, SessionConfig};
 use sync_core::store::{MemoryStore, Store};
-use sync_core::{Op, Replica, ReplicaConfig, ReplicaId, Value};
+use sync_core::{Op, PersistId, Replica, ReplicaConfig, ReplicaId, Value};
 
 const START: u64 = 1_700_000_000_000;
 const MAX_DRIFT: u64 = 60_000;
@@ -205,7 +205,7 @@ struct RoomHost {
     room: Room,
     store: RoomStore,
     /// Outputs waiting for the group commit that makes their persists durable.
-    pending: VecDeque<RoomOutput>,
+    pending: VecDeque<(PersistId, RoomPersist)>,
     commit_at: Option<u64>,
     timeout: Option<u64>,
     jobs: Vec<(u64, CompactionJob)>,
@@ -403,8 +403,12 @@ impl Sim {
                         );
                     }
                 }
-                Output::Persist(batch) => {
+                Output::Persist { id, batch } => {
                     let _ = self.clients[i].store.write(&batch);
+                    let now = self.clients[i].local(self.now);
+                    if let Some(s) = self.clients[i].session.as_mut() {
+                        s.handle(now, Input::Persisted(id));
+                    }
                 }
                 Output::Event(sync_core::Event::OpsRejected { seqs, .. }) => {
                     let replica = self.clients[i].replica.0;
@@ -523,29 +527,14 @@ impl Sim {
                     let at = self.now + self.rng.below(500);
                     self.room.jobs.push((at, job));
                 }
-                other => self.room.pending.push_back(other),
-            }
-        }
-        if self
-            .room
-            .pending
-            .iter()
-            .any(|o| matches!(o, RoomOutput::Persist(_)))
-        {
-            // Group commit: durable a little later; everything behind it waits.
-            if self.room.commit_at.is_none() {
-                self.room.commit_at = Some(self.now + self.rng.below(20));
-            }
-        } else {
-            self.commit_room();
-        }
-    }
-
-    fn commit_room(&mut self) {
-        self.room.commit_at = None;
-        while let Some(out) = self.room.pending.pop_front() {
-            match out {
-                RoomOutput::Persist(batch) => self.room.store.write(&batch),
+                RoomOutput::Persist { id, batch } => {
+                    // Group commit: durable a little later. The room holds
+                    // back whatever depends on it; this host does not.
+                    self.room.pending.push_back((id, batch));
+                    if self.room.commit_at.is_none() {
+                        self.room.commit_at = Some(self.now + self.rng.below(20));
+                    }
+                }
                 RoomOutput::Transmit { session, frame } => {
                     let faults = self.faults.as_ref();
                     self.net.send(
@@ -570,11 +559,18 @@ impl Sim {
                         c.joined = false;
                     }
                 }
-                RoomOutput::Timeout(_) | RoomOutput::Compact(_) => {
-                    unreachable!("handled in drain_room")
-                }
             }
         }
+    }
+
+    fn commit_room(&mut self) {
+        self.room.commit_at = None;
+        let done: Vec<_> = self.room.pending.drain(..).collect();
+        for (id, batch) in done {
+            self.room.store.write(&batch);
+            self.room.room.handle(self.now, RoomInput::Persisted(id));
+        }
+        self.drain_room();
     }
 
     fn room_input(&mut self, input: RoomInput<'_>) {
@@ -584,7 +580,7 @@ impl Sim {
 
     fn crash_room(&mut self) {
         self.note(format!(
-            "room crashes with {} outputs not yet durable",
+            "room crashes with {} persists not yet durable",
             self.room.pending.len()
         ));
         let store = &self.room.store;

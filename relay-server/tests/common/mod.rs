@@ -399,8 +399,9 @@ impl Client {
                         .await;
                     }
                 }
-                Output::Persist(batch) => {
+                Output::Persist { id, batch } => {
                     self.store.write(&batch).expect("memory store");
+                    self.session.handle(now_ms(), Input::Persisted(id));
                 }
                 Output::Event(event) => self.events.push(event),
                 Output::Timeout(at) => self.timeout = Some(at),

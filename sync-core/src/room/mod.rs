@@ -8,8 +8,9 @@
 //! room.handle(now, RoomInput::Frame { session, frame: &bytes });
 //! while let Some(out) = room.poll() {
 //!     match out {
-//!         RoomOutput::Persist(batch)            => append/replace atomically, durably
-//!         RoomOutput::Transmit { session, frame } => send (only after earlier Persists are durable)
+//!         RoomOutput::Persist { id, batch }     => append/replace atomically, durably,
+//!                                                  then RoomInput::Persisted(id)
+//!         RoomOutput::Transmit { session, frame } => send it
 //!         RoomOutput::Close { session, code, .. } => close that socket
 //!         RoomOutput::Compact(job)             => run job.run() off-thread, feed RoomInput::Compacted
 //!         RoomOutput::Timeout(at)              => call handle(at, RoomInput::Timeout) then
@@ -17,9 +18,15 @@
 //! }
 //! ```
 //!
-//! Outputs are ordered, and a `Transmit` must not leave before every
-//! `Persist` queued ahead of it is durable: acknowledgements and deliveries
-//! then only ever describe stored operations.
+//! The room enforces the ordering rule itself: a `Persist` is handed out at
+//! once, but every frame queued after it is held back until the host
+//! reports it durable with [`RoomInput::Persisted`]. Acknowledgements and
+//! deliveries then only ever describe stored operations, however late the
+//! host's writes complete. The host applies batches in the order it got
+//! them, and may merge consecutive ones into one transaction. A failed
+//! write ([`RoomInput::PersistFailed`]) leaves memory ahead of storage: the
+//! room closes every session and refuses new ones, and the host reloads it
+//! from storage ([`Room::restore`]).
 //!
 //! Deliveries are built lazily, when the host polls and nothing else is
 //! queued, not in `handle`. A host that feeds several inputs before polling
@@ -33,10 +40,11 @@ mod log;
 
 pub use compaction::{Compacted, CompactionError, CompactionJob};
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::deadline::ReportedDeadline;
+use crate::gate::{Gate, PersistId};
 use crate::hlc::{DEFAULT_MAX_DRIFT_MS, Hlc};
 use crate::op::Op;
 use crate::protocol::{self, CloseCode, ErrorCode, Hello, Message, Welcome};
@@ -160,6 +168,10 @@ pub enum RoomInput<'a> {
     /// A compaction job failed (or its host gave up on it). The log is
     /// untouched; the room will hand out a new job when the policy says so.
     CompactionFailed,
+    /// The batch of [`RoomOutput::Persist`] with this id is durable.
+    Persisted(PersistId),
+    /// The batch of [`RoomOutput::Persist`] with this id could not be stored.
+    PersistFailed(PersistId),
 }
 
 /// Something the host must do.
@@ -181,8 +193,15 @@ pub enum RoomOutput {
         /// Why.
         reason: String,
     },
-    /// Store this atomically and durably before sending any later frame.
-    Persist(RoomPersist),
+    /// Store this atomically and durably, after the batches handed out
+    /// before it, then report [`RoomInput::Persisted`]. The room holds back
+    /// the frames that depend on it.
+    Persist {
+        /// Identifies the batch in the report.
+        id: PersistId,
+        /// The changes.
+        batch: RoomPersist,
+    },
     /// Run this compaction and hand back the result.
     Compact(CompactionJob),
     /// Call `handle(RoomInput::Timeout)` at this time (replaces earlier ones).
@@ -315,7 +334,10 @@ pub struct Room {
     compaction_retry_at: Option<u64>,
     compactions: u64,
     last_compaction_at: Option<u64>,
-    outputs: VecDeque<RoomOutput>,
+    outputs: Gate<RoomOutput>,
+    /// A persist failed: memory is ahead of storage, and the room serves
+    /// nobody until the host reloads it.
+    failed: bool,
     pending_persist: RoomPersist,
     reported_timeout: ReportedDeadline,
     /// Host time of the latest input whose deliveries are not built yet:
@@ -338,7 +360,8 @@ impl Room {
             compaction_retry_at: None,
             compactions: 0,
             last_compaction_at: None,
-            outputs: VecDeque::new(),
+            outputs: Gate::default(),
+            failed: false,
             pending_persist: RoomPersist::default(),
             reported_timeout: ReportedDeadline::default(),
             pump_due: None,
@@ -433,7 +456,28 @@ impl Room {
 
     /// Feeds one input at host time `now`.
     pub fn handle(&mut self, now: u64, input: RoomInput<'_>) {
+        if self.failed {
+            if let RoomInput::Join { session, .. } = input {
+                self.close(
+                    session,
+                    ErrorCode::Internal,
+                    "the relay could not store this room's data; reconnect later".into(),
+                );
+            }
+            return;
+        }
         match input {
+            RoomInput::Persisted(id) => {
+                // Nothing else changes: polling releases what waited for it.
+                self.outputs.persisted(id);
+                return;
+            }
+            RoomInput::PersistFailed(id) => {
+                if self.outputs.is_pending(id) {
+                    self.on_persist_failed();
+                }
+                return;
+            }
             RoomInput::Join {
                 session,
                 hello,
@@ -466,12 +510,12 @@ impl Room {
     /// when the outputs queued before them are taken, one frame per session
     /// for all of them.
     pub fn poll(&mut self) -> Option<RoomOutput> {
-        if let Some(out) = self.outputs.pop_front() {
+        if let Some(out) = self.outputs.pop() {
             return Some(out);
         }
         if let Some(now) = self.pump_due.take() {
             self.pump_all(now);
-            if let Some(out) = self.outputs.pop_front() {
+            if let Some(out) = self.outputs.pop() {
                 return Some(out);
             }
         }
@@ -575,7 +619,7 @@ impl Room {
             Message::Pong { .. } => {}
             Message::Error { code, message } => {
                 self.members.remove(&session);
-                self.outputs.push_back(RoomOutput::Close {
+                self.outputs.push(RoomOutput::Close {
                     session,
                     code: CloseCode::Normal,
                     reason: format!("client reported {code:?}: {message}"),
@@ -767,7 +811,7 @@ impl Room {
             },
         );
         self.members.remove(&session);
-        self.outputs.push_back(RoomOutput::Close {
+        self.outputs.push(RoomOutput::Close {
             session,
             code: code.close_code(),
             reason,
@@ -775,7 +819,7 @@ impl Room {
     }
 
     fn transmit(&mut self, session: SessionId, message: &Message) {
-        self.outputs.push_back(RoomOutput::Transmit {
+        self.outputs.push(RoomOutput::Transmit {
             session,
             frame: protocol::encode(message),
         });
@@ -785,7 +829,29 @@ impl Room {
         let batch = std::mem::take(&mut self.pending_persist);
         if !batch.append.is_empty() || batch.snapshot.is_some() || batch.truncate_through.is_some()
         {
-            self.outputs.push_back(RoomOutput::Persist(batch));
+            self.outputs
+                .push_persist(|id| RoomOutput::Persist { id, batch });
+        }
+    }
+
+    /// Whether a persist failed, so the room must be reloaded from storage.
+    pub fn has_failed(&self) -> bool {
+        self.failed
+    }
+
+    /// Memory is ahead of storage: whatever waited for the failed batch
+    /// must never leave, and no session may be served from this state.
+    fn on_persist_failed(&mut self) {
+        self.outputs.clear();
+        self.failed = true;
+        self.pump_due = None;
+        let sessions: Vec<SessionId> = self.members.keys().copied().collect();
+        for session in sessions {
+            self.close(
+                session,
+                ErrorCode::Internal,
+                "the relay could not store data; reconnect later".into(),
+            );
         }
     }
 
@@ -807,8 +873,7 @@ impl Room {
                 break;
             };
             member.in_flight += 1;
-            self.outputs
-                .push_back(RoomOutput::Transmit { session, frame });
+            self.outputs.push(RoomOutput::Transmit { session, frame });
         }
         let behind = member.snapshot.is_some() || member.sent < self.head();
         member.stalled_since = match (behind && member.in_flight >= window, member.stalled_since) {
@@ -910,7 +975,7 @@ impl Room {
             }
         }
         let job = self.start_compaction(now, through);
-        self.outputs.push_back(RoomOutput::Compact(job));
+        self.outputs.push(RoomOutput::Compact(job));
     }
 
     /// Forces a compaction of everything up to the head now, whatever the

@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 
 use super::Output;
 use crate::event::Event;
+use crate::gate::Gate;
 use crate::op::Op;
 use crate::replica::Replica;
 use crate::snapshot::Snapshot;
@@ -73,7 +74,7 @@ impl InboundQueue {
         &mut self,
         now: u64,
         replica: &mut Replica,
-        outputs: &mut VecDeque<Output>,
+        outputs: &mut Gate<Output>,
     ) -> Option<u64> {
         let mut applied_through = None;
         while let Some(front) = self.items.front_mut() {
@@ -85,7 +86,7 @@ impl InboundQueue {
                             ahead = ahead.max(op.hlc.wall_ms().saturating_sub(now));
                             ops.push(op);
                         } else if let Err(e) = replica.apply_owned(now, op) {
-                            outputs.push_back(Output::Event(Event::PeerMisbehaved {
+                            outputs.push(Output::Event(Event::PeerMisbehaved {
                                 reason: e.to_string(),
                             }));
                         }
@@ -100,7 +101,7 @@ impl InboundQueue {
                         let cursor = *cursor;
                         let snapshot = std::mem::replace(snapshot, Box::new(Snapshot::empty()));
                         if let Err(e) = replica.reset_to_snapshot(now, *snapshot) {
-                            outputs.push_back(Output::Event(Event::PeerMisbehaved {
+                            outputs.push(Output::Event(Event::PeerMisbehaved {
                                 reason: e.to_string(),
                             }));
                         }
@@ -112,7 +113,7 @@ impl InboundQueue {
                 if !self.skew_reported {
                     self.skew_reported = true;
                     let ahead_ms = i64::try_from(ahead).unwrap_or(i64::MAX);
-                    outputs.push_back(Output::Event(Event::ClockSkew { ahead_ms }));
+                    outputs.push(Output::Event(Event::ClockSkew { ahead_ms }));
                 }
                 break;
             }

@@ -8,19 +8,26 @@
 //! session.handle(now, Input::Received(&frame));
 //! while let Some(out) = session.poll() {
 //!     match out {
-//!         Output::Connect            => open the socket, then Input::Connected
-//!         Output::Transmit(frame)    => send it
-//!         Output::Close { .. }       => close the socket, then Input::Disconnected
-//!         Output::Persist(batch)     => write it atomically, before sending later frames
-//!         Output::Event(event)       => tell the app
-//!         Output::Timeout(at)        => call handle(at, Input::Timeout) then
+//!         Output::Connect               => open the socket, then Input::Connected
+//!         Output::Transmit(frame)       => send it
+//!         Output::Close { .. }          => close the socket, then Input::Disconnected
+//!         Output::Persist { id, batch } => write it atomically, then Input::Persisted(id)
+//!         Output::Event(event)          => tell the app
+//!         Output::Timeout(at)           => call handle(at, Input::Timeout) then
 //!     }
 //! }
 //! ```
 //!
-//! Outputs are ordered: a `Transmit` that follows a `Persist` must not be
-//! sent before that batch is durable. That is what makes "acknowledged" mean
-//! "stored" on both sides.
+//! The session enforces the one ordering rule itself: it hands out a
+//! `Persist` at once, but holds back every frame and event queued after it
+//! until the host reports it durable with [`Input::Persisted`]. Writes may
+//! complete later and on another thread (IndexedDB, SQLite on a writer
+//! thread); the host only has to apply batches in the order it got them
+//! (it may merge consecutive ones into one transaction). That is what makes
+//! "acknowledged" mean "stored" on both sides. A write that fails is
+//! reported with [`Input::PersistFailed`]: the session's memory is then
+//! ahead of its store, so it stops syncing and refuses writes until the
+//! host rebuilds it from the store ([`Session::restore`]).
 
 mod backoff;
 mod inbound;
@@ -33,6 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::deadline::ReportedDeadline;
 use crate::event::Event;
+use crate::gate::{Gate, PersistId};
 use crate::op::Op;
 use crate::persist::{PersistBatch, RecordError, StoreKey, Write, decode_record, encode_record};
 use crate::protocol::{self, CloseCode, ErrorCode, Hello, Message, Welcome};
@@ -111,6 +119,15 @@ pub enum Input<'a> {
     },
     /// A timeout the session asked for has passed.
     Timeout,
+    /// The batch of [`Output::Persist`] with this id is durable.
+    Persisted(PersistId),
+    /// The batch of [`Output::Persist`] with this id could not be written.
+    PersistFailed {
+        /// The batch.
+        id: PersistId,
+        /// What went wrong, for the application.
+        error: &'a str,
+    },
 }
 
 /// Something the host must do.
@@ -128,8 +145,15 @@ pub enum Output {
         /// Why, for the close frame.
         reason: String,
     },
-    /// Write this batch atomically before sending any later frame.
-    Persist(PersistBatch),
+    /// Write this batch atomically and durably, after the batches handed
+    /// out before it, then report [`Input::Persisted`] (or
+    /// [`Input::PersistFailed`]). The session holds back what depends on it.
+    Persist {
+        /// Identifies the batch in the report.
+        id: PersistId,
+        /// The writes.
+        batch: PersistBatch,
+    },
     /// Tell the application.
     Event(Event),
     /// Call `handle(Input::Timeout)` at this time (replaces earlier timeouts).
@@ -256,7 +280,12 @@ pub struct Session {
     attempt: u32,
     rng: SplitMix64,
     inbound: InboundQueue,
-    outputs: VecDeque<Output>,
+    outputs: Gate<Output>,
+    /// A persist failed: memory is ahead of the store. Nothing more is
+    /// sent or written; the host rebuilds the session from its store.
+    store_failed: Option<String>,
+    /// Persists from this id on were given up when the store failed.
+    failed_from: Option<PersistId>,
     reported_timeout: ReportedDeadline,
     /// Refused operations already reported since the last resync. An ack
     /// overtaken by a later one must still report its refusals, so whether
@@ -282,7 +311,9 @@ impl Session {
             attempt: 0,
             rng: SplitMix64::new(seed),
             inbound: InboundQueue::default(),
-            outputs: VecDeque::new(),
+            outputs: Gate::default(),
+            store_failed: None,
+            failed_from: None,
             reported_timeout: ReportedDeadline::default(),
             reported_refusals: BTreeSet::new(),
         }
@@ -354,10 +385,11 @@ impl Session {
 
     /// Starts connecting (now) and keeps reconnecting until [`Session::stop`].
     pub fn start(&mut self, now: u64) {
-        if matches!(self.link, Link::Offline | Link::Waiting { .. }) {
+        if self.store_failed.is_none() && matches!(self.link, Link::Offline | Link::Waiting { .. })
+        {
             self.attempt = 0;
             self.link = Link::Connecting { since: now };
-            self.outputs.push_back(Output::Connect);
+            self.outputs.push(Output::Connect);
         }
     }
 
@@ -367,11 +399,11 @@ impl Session {
             self.link,
             Link::Connecting { .. } | Link::Handshaking { .. } | Link::Live(_)
         ) {
-            self.outputs.push_back(Output::Close {
+            self.outputs.push(Output::Close {
                 code: CloseCode::Normal,
                 reason: "client stopped".into(),
             });
-            self.outputs.push_back(Output::Event(Event::Disconnected {
+            self.outputs.push(Output::Event(Event::Disconnected {
                 code: CloseCode::Normal,
                 reason: "client stopped".into(),
                 retry_at: None,
@@ -390,6 +422,7 @@ impl Session {
         id: &str,
         fields: impl IntoIterator<Item = (K, V)>,
     ) -> Result<Revision, WriteError> {
+        self.check_store()?;
         let result = self.replica.put(now, collection, id, fields);
         self.after_local_write(now);
         result
@@ -404,6 +437,7 @@ impl Session {
         fields: impl IntoIterator<Item = (K, V)>,
         expected: Option<Revision>,
     ) -> Result<Revision, WriteError> {
+        self.check_store()?;
         let result = self.replica.put_if(now, collection, id, fields, expected);
         self.after_local_write(now);
         result
@@ -417,6 +451,7 @@ impl Session {
         id: &str,
         names: impl IntoIterator<Item = K>,
     ) -> Result<Revision, WriteError> {
+        self.check_store()?;
         let result = self.replica.unset(now, collection, id, names);
         self.after_local_write(now);
         result
@@ -424,6 +459,7 @@ impl Session {
 
     /// Deletes a document (see [`Replica::delete`]).
     pub fn delete(&mut self, now: u64, collection: &str, id: &str) -> Result<(), WriteError> {
+        self.check_store()?;
         let result = self.replica.delete(now, collection, id);
         self.after_local_write(now);
         result
@@ -431,6 +467,7 @@ impl Session {
 
     /// Creates a collection (see [`Replica::create_collection`]).
     pub fn create_collection(&mut self, now: u64, collection: &str) -> Result<(), WriteError> {
+        self.check_store()?;
         let result = self.replica.create_collection(now, collection);
         self.after_local_write(now);
         result
@@ -438,6 +475,7 @@ impl Session {
 
     /// Drops a collection (see [`Replica::drop_collection`]).
     pub fn drop_collection(&mut self, now: u64, collection: &str) -> Result<(), WriteError> {
+        self.check_store()?;
         let result = self.replica.drop_collection(now, collection);
         self.after_local_write(now);
         result
@@ -452,6 +490,9 @@ impl Session {
 
     /// Feeds one input at host time `now`.
     pub fn handle(&mut self, now: u64, input: Input<'_>) {
+        if self.store_failed.is_some() {
+            return; // Stopped for good; see `on_store_failed`.
+        }
         match input {
             Input::Connected => self.on_connected(now),
             Input::Received(frame) => self.on_frame(now, frame),
@@ -462,8 +503,73 @@ impl Session {
                 self.lose_link(now, code, "transport closed".into(), false);
             }
             Input::Timeout => self.on_timeout(now),
+            Input::Persisted(id) => {
+                // Nothing else changes: polling releases what waited for it.
+                self.outputs.persisted(id);
+                return;
+            }
+            Input::PersistFailed { id, error } => {
+                if self.outputs.is_pending(id) {
+                    self.on_store_failed(error);
+                }
+                return;
+            }
         }
         self.flush_persist();
+    }
+
+    /// A batch could not be stored: everything queued after it depended on
+    /// it, and memory is ahead of the store from here on.
+    fn on_store_failed(&mut self, error: &str) {
+        let message = error.to_owned();
+        self.failed_from = Some(self.outputs.durable_below());
+        self.outputs.clear();
+        self.store_failed = Some(message.clone());
+        let reason = format!("the local store failed: {message}");
+        if matches!(
+            self.link,
+            Link::Connecting { .. } | Link::Handshaking { .. } | Link::Live(_)
+        ) {
+            self.outputs.push(Output::Close {
+                code: CloseCode::Normal,
+                reason: reason.clone(),
+            });
+        }
+        self.link = Link::Offline;
+        self.inbound.clear();
+        self.outputs
+            .push(Output::Event(Event::StoreFailed { message }));
+        self.outputs.push(Output::Event(Event::Disconnected {
+            code: CloseCode::Normal,
+            reason,
+            retry_at: None,
+        }));
+    }
+
+    /// The store's error, once a persist failed (see [`Input::PersistFailed`]).
+    pub fn store_failed(&self) -> Option<&str> {
+        self.store_failed.as_deref()
+    }
+
+    /// The id of the latest persist queued, if any: a local write made just
+    /// before this call is durable once this id is (see [`Session::is_durable`]).
+    pub fn latest_persist(&self) -> Option<PersistId> {
+        let next = self.outputs.next_id().0;
+        (next > 1).then(|| PersistId(next - 1))
+    }
+
+    /// Whether the persist `id`, and every one before it, is durable.
+    pub fn is_durable(&self, id: PersistId) -> bool {
+        id < self.outputs.durable_below() && self.failed_from.is_none_or(|failed| id < failed)
+    }
+
+    fn check_store(&self) -> Result<(), WriteError> {
+        match &self.store_failed {
+            Some(message) => Err(WriteError::StoreFailed {
+                message: message.clone(),
+            }),
+            None => Ok(()),
+        }
     }
 
     fn on_connected(&mut self, now: u64) {
@@ -489,7 +595,7 @@ impl Session {
             agent: self.config.agent.clone(),
         };
         self.outputs
-            .push_back(Output::Transmit(protocol::encode(&Message::Hello(hello))));
+            .push(Output::Transmit(protocol::encode(&Message::Hello(hello))));
         self.link = Link::Handshaking { since: now };
     }
 
@@ -565,18 +671,17 @@ impl Session {
         if welcome.accepted_seq >= self.replica.next_seq() {
             // The relay settled numbers this store never handed out: it was
             // restored from an older copy, and new writes would reuse them.
-            self.outputs
-                .push_back(Output::Event(Event::StoreBehindRelay {
-                    relay_seq: welcome.accepted_seq,
-                    local_next_seq: self.replica.next_seq(),
-                }));
+            self.outputs.push(Output::Event(Event::StoreBehindRelay {
+                relay_seq: welcome.accepted_seq,
+                local_next_seq: self.replica.next_seq(),
+            }));
             let reason = "this replica's store is older than the relay's record of it".to_owned();
-            self.outputs.push_back(Output::Close {
+            self.outputs.push(Output::Close {
                 code: CloseCode::Normal,
                 reason: reason.clone(),
             });
             self.link = Link::Offline;
-            self.outputs.push_back(Output::Event(Event::Disconnected {
+            self.outputs.push(Output::Event(Event::Disconnected {
                 code: CloseCode::Normal,
                 reason,
                 retry_at: None,
@@ -640,9 +745,9 @@ impl Session {
             let ahead_ms =
                 i64::try_from(skew).unwrap_or(if skew > 0 { i64::MAX } else { i64::MIN });
             self.outputs
-                .push_back(Output::Event(Event::ClockSkew { ahead_ms }));
+                .push(Output::Event(Event::ClockSkew { ahead_ms }));
         }
-        self.outputs.push_back(Output::Event(Event::Connected {
+        self.outputs.push(Output::Event(Event::Connected {
             read_only: welcome.read_only,
         }));
         self.check_caught_up();
@@ -780,8 +885,7 @@ impl Session {
                 && self.inbound.is_empty()
             {
                 live.catch_up_target = None;
-                self.outputs
-                    .push_back(Output::Event(Event::CaughtUp { cursor }));
+                self.outputs.push(Output::Event(Event::CaughtUp { cursor }));
             }
         }
     }
@@ -802,7 +906,7 @@ impl Session {
         for (code, seqs) in by_code {
             self.sync.resync = true;
             self.sync_dirty = true;
-            self.outputs.push_back(Output::Event(Event::OpsRejected {
+            self.outputs.push(Output::Event(Event::OpsRejected {
                 seqs,
                 code,
                 message: message.to_owned(),
@@ -837,7 +941,7 @@ impl Session {
                     .unwrap_or(i64::MAX)
                     .saturating_neg();
                 self.outputs
-                    .push_back(Output::Event(Event::ClockSkew { ahead_ms }));
+                    .push(Output::Event(Event::ClockSkew { ahead_ms }));
             }
             ErrorCode::ReadOnly => {
                 live.pushed_through = live.pushed_through.min(seq.saturating_sub(1));
@@ -859,7 +963,7 @@ impl Session {
             Link::Waiting { retry_at } => {
                 if now >= *retry_at {
                     self.link = Link::Connecting { since: now };
-                    self.outputs.push_back(Output::Connect);
+                    self.outputs.push(Output::Connect);
                 }
             }
             Link::Connecting { since } | Link::Handshaking { since } => {
@@ -907,7 +1011,7 @@ impl Session {
     /// When nothing else is pending, reports the next timeout once each time
     /// it changes.
     pub fn poll(&mut self) -> Option<Output> {
-        if let Some(out) = self.outputs.pop_front() {
+        if let Some(out) = self.outputs.pop() {
             return Some(out);
         }
         if let Some(event) = self.replica.poll_event() {
@@ -945,7 +1049,7 @@ impl Session {
             live.last_sent = now;
         }
         self.outputs
-            .push_back(Output::Transmit(protocol::encode(message)));
+            .push(Output::Transmit(protocol::encode(message)));
     }
 
     fn set_relay_head(&mut self, head: u64) {
@@ -966,7 +1070,8 @@ impl Session {
             });
         }
         if !batch.is_empty() {
-            self.outputs.push_back(Output::Persist(batch));
+            self.outputs
+                .push_persist(|id| Output::Persist { id, batch });
         }
     }
 
@@ -1014,10 +1119,11 @@ impl Session {
             && !live.reported_all_pushed
         {
             live.reported_all_pushed = true;
-            self.outputs.push_back(Output::Event(Event::AllPushed));
+            self.outputs.push(Output::Event(Event::AllPushed));
         }
-        self.outputs
-            .extend(frames.into_iter().map(Output::Transmit));
+        for frame in frames {
+            self.outputs.push(Output::Transmit(frame));
+        }
     }
 
     /// Forgets everything received from the relay and downloads the room
@@ -1042,11 +1148,11 @@ impl Session {
 
     /// Ends the connection because the relay broke the protocol.
     fn fail(&mut self, now: u64, close: CloseCode, code: ErrorCode, reason: String) {
-        self.outputs.push_back(Output::Event(Event::PeerMisbehaved {
+        self.outputs.push(Output::Event(Event::PeerMisbehaved {
             reason: reason.clone(),
         }));
         self.outputs
-            .push_back(Output::Transmit(protocol::encode(&Message::Error {
+            .push(Output::Transmit(protocol::encode(&Message::Error {
                 code,
                 message: reason.clone(),
             })));
@@ -1060,7 +1166,7 @@ impl Session {
             return;
         }
         if we_close {
-            self.outputs.push_back(Output::Close {
+            self.outputs.push(Output::Close {
                 code,
                 reason: reason.clone(),
             });
@@ -1082,7 +1188,7 @@ impl Session {
             Some(retry_at) => Link::Waiting { retry_at },
             None => Link::Offline,
         };
-        self.outputs.push_back(Output::Event(Event::Disconnected {
+        self.outputs.push(Output::Event(Event::Disconnected {
             code,
             reason,
             retry_at,

@@ -54,13 +54,21 @@ fn room_with(config: RoomConfig, n: u64) -> Room {
             },
         );
     }
-    while room.poll().is_some() {}
+    outputs(&mut room);
     room
 }
 
-/// Everything the room wants done, in order.
+/// Everything the room wants done, in order, its persists reported
+/// durable as soon as they are handed out.
 fn outputs(room: &mut Room) -> Vec<RoomOutput> {
-    std::iter::from_fn(|| room.poll()).collect()
+    std::iter::from_fn(|| {
+        let out = room.poll()?;
+        if let RoomOutput::Persist { id, .. } = &out {
+            room.handle(NOW, RoomInput::Persisted(*id));
+        }
+        Some(out)
+    })
+    .collect()
 }
 
 /// `(from, cursor, op count)` of each `Deliver` to `session`, in order.
@@ -121,7 +129,7 @@ fn pushes_handled_back_to_back_reach_each_session_as_one_deliver() {
     // Every delivery comes after the last persist: it only names stored ops.
     let last_persist = outs
         .iter()
-        .rposition(|o| matches!(o, RoomOutput::Persist(_)))
+        .rposition(|o| matches!(o, RoomOutput::Persist { .. }))
         .expect("persists");
     let first_deliver = outs
         .iter()

@@ -697,8 +697,16 @@ impl World {
                         }
                     }
                 }
-                Output::Persist(batch) => {
-                    let _ = self.clients[i].store.write(&batch);
+                Output::Persist { id, batch } => {
+                    let now = self.clients[i].local(self.now);
+                    let input = match self.clients[i].store.write(&batch) {
+                        Ok(()) => Input::Persisted(id),
+                        Err(_) => Input::PersistFailed {
+                            id,
+                            error: "memory store failed",
+                        },
+                    };
+                    self.clients[i].session.handle(now, input);
                 }
                 Output::Event(_) => {}
                 Output::Timeout(at) => {
@@ -716,7 +724,10 @@ impl World {
             progress = true;
             self.room_trace.push(out.clone());
             match out {
-                RoomOutput::Persist(batch) => self.room_store.write(&batch),
+                RoomOutput::Persist { id, batch } => {
+                    self.room_store.write(&batch);
+                    self.room.handle(self.now, RoomInput::Persisted(id));
+                }
                 RoomOutput::Transmit { session, frame } => {
                     if let Some(c) = self.conns.get_mut(&session) {
                         c.to_client.push_back(Packet::Frame(frame));

@@ -96,7 +96,7 @@ fn room_persists_operations_before_it_acks_or_delivers_them() {
     let (mut acks, mut delivers) = (0, 0);
     for out in &w.room_trace {
         match out {
-            RoomOutput::Persist(batch) => {
+            RoomOutput::Persist { batch, .. } => {
                 for (offset, bytes) in &batch.append {
                     assert_eq!(*offset, durable_through + 1, "appends are contiguous");
                     durable_through = *offset;
@@ -154,9 +154,9 @@ fn session_persists_its_outbox_before_pushing_it() {
         };
         for op in ops {
             pushed += 1;
-            let stored_before = outputs[..k]
-                .iter()
-                .any(|o| matches!(o, Output::Persist(batch) if persists_outbox(batch, op.id.seq)));
+            let stored_before = outputs[..k].iter().any(
+                |o| matches!(o, Output::Persist { batch, .. } if persists_outbox(batch, op.id.seq)),
+            );
             assert!(
                 stored_before,
                 "op {} pushed before it was stored",
@@ -191,7 +191,7 @@ fn duplicate_push_is_deduplicated_and_still_acked() {
     assert!(
         !w.room_trace
             .iter()
-            .any(|o| matches!(o, RoomOutput::Persist(_))),
+            .any(|o| matches!(o, RoomOutput::Persist { .. })),
         "nothing new to persist"
     );
     let sent = w.room_sent_to(w.conn(a));

@@ -63,7 +63,7 @@ fn room_rejects_a_push_from_a_read_only_session_and_keeps_it_open() {
     assert!(
         !w.room_trace
             .iter()
-            .any(|o| matches!(o, RoomOutput::Persist(_) | RoomOutput::Close { .. }))
+            .any(|o| matches!(o, RoomOutput::Persist { .. } | RoomOutput::Close { .. }))
     );
     assert_eq!(w.room.head(), 0);
     assert_eq!(w.room.member_count(), 2);

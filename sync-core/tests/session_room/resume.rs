@@ -201,7 +201,7 @@ fn session_stores_its_cursor_before_confirming_it() {
     let mut confirmed = 0;
     for out in &w.c(a).outputs {
         match out {
-            Output::Persist(batch) => {
+            Output::Persist { batch, .. } => {
                 for write in &batch.writes {
                     if let Write::Put {
                         key: StoreKey::Extension(name),

@@ -66,10 +66,14 @@ fn write_one(room: &mut Room, seq: u64) -> usize {
     room.handle(NOW, RoomInput::Leave { session: seq });
     let mut compactions = 0;
     while let Some(out) = room.poll() {
-        if let RoomOutput::Compact(job) = out {
-            compactions += 1;
-            let done = job.run().expect("compaction");
-            room.handle(NOW, RoomInput::Compacted(done));
+        match out {
+            RoomOutput::Compact(job) => {
+                compactions += 1;
+                let done = job.run().expect("compaction");
+                room.handle(NOW, RoomInput::Compacted(done));
+            }
+            RoomOutput::Persist { id, .. } => room.handle(NOW, RoomInput::Persisted(id)),
+            _ => {}
         }
     }
     compactions

@@ -1,0 +1,318 @@
+//! The ordering contract both state machines enforce for their hosts: a
+//! `Persist` is handed out at once, and nothing queued after it leaves
+//! before the host reports it durable; a failed persist stops the machine.
+//!
+//! The hosts here complete writes only when a test says so, the way
+//! IndexedDB or a SQLite writer thread completes them later.
+
+use sync_core::protocol::{self, CloseCode, ErrorCode, Message};
+use sync_core::room::{Room, RoomConfig, RoomInput, RoomOutput, SessionId};
+use sync_core::session::{Input, LinkState, Output, Session, SessionConfig};
+use sync_core::{Event, PersistId, Replica, ReplicaConfig, ReplicaId, WriteError};
+
+const NOW: u64 = 1_700_000_000_000;
+
+fn session(id: u64) -> Session {
+    let replica = Replica::new(ReplicaId(id), ReplicaConfig::default());
+    Session::new(replica, SessionConfig::new("room", Vec::new()), id)
+}
+
+fn drain_session(s: &mut Session) -> Vec<Output> {
+    std::iter::from_fn(|| s.poll())
+        .filter(|o| !matches!(o, Output::Timeout(_)))
+        .collect()
+}
+
+fn drain_room(r: &mut Room) -> Vec<RoomOutput> {
+    std::iter::from_fn(|| r.poll())
+        .filter(|o| !matches!(o, RoomOutput::Timeout(_)))
+        .collect()
+}
+
+fn persist_ids(outs: &[Output]) -> Vec<PersistId> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Persist { id, .. } => Some(*id),
+            _ => None,
+        })
+        .collect()
+}
+
+fn frames(outs: &[Output]) -> Vec<Message> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Transmit(f) => Some(protocol::decode(f, usize::MAX).expect("decodes")),
+            _ => None,
+        })
+        .collect()
+}
+
+fn room_frames(outs: &[RoomOutput], to: SessionId) -> Vec<Message> {
+    outs.iter()
+        .filter_map(|o| match o {
+            RoomOutput::Transmit { session, frame } if *session == to => {
+                Some(protocol::decode(frame, usize::MAX).expect("decodes"))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn room_persists(outs: &[RoomOutput]) -> Vec<PersistId> {
+    outs.iter()
+        .filter_map(|o| match o {
+            RoomOutput::Persist { id, .. } => Some(*id),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Everything the session wants done, its persists reported durable at once.
+fn settle_session(s: &mut Session) -> Vec<Output> {
+    let mut all = Vec::new();
+    loop {
+        let outs = drain_session(s);
+        if outs.is_empty() {
+            return all;
+        }
+        for pid in persist_ids(&outs) {
+            s.handle(NOW, Input::Persisted(pid));
+        }
+        all.extend(outs);
+    }
+}
+
+/// A session joined to `room` as session `sid`, every write so far durable.
+fn joined(room: &mut Room, id: u64, sid: SessionId) -> Session {
+    let mut s = session(id);
+    s.start(NOW);
+    settle_session(&mut s);
+    s.handle(NOW, Input::Connected);
+    let hello = settle_session(&mut s)
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Transmit(f) => match protocol::decode(&f, usize::MAX).expect("hello") {
+                Message::Hello(h) => Some(h),
+                _ => None,
+            },
+            _ => None,
+        })
+        .expect("a hello");
+    room.handle(
+        NOW,
+        RoomInput::Join {
+            session: sid,
+            hello,
+            read_only: false,
+        },
+    );
+    for out in drain_room(room) {
+        if let RoomOutput::Transmit { session, frame } = out {
+            if session == sid {
+                s.handle(NOW, Input::Received(&frame));
+            }
+        }
+    }
+    assert_eq!(s.status().link, LinkState::Live);
+    settle_session(&mut s);
+    s
+}
+
+#[test]
+fn a_push_waits_until_its_write_is_durable() {
+    let mut room = Room::new(RoomConfig::default());
+    let mut s = joined(&mut room, 1, 1);
+    s.put(NOW, "todos", "a", [("title", "milk")]).expect("put");
+    let ticket = s.latest_persist().expect("a persist was queued");
+    assert!(!s.is_durable(ticket));
+
+    let outs = drain_session(&mut s);
+    assert_eq!(persist_ids(&outs), vec![ticket]);
+    assert!(
+        frames(&outs).is_empty(),
+        "nothing leaves before the write is durable"
+    );
+    // A second write meanwhile: its persist is handed out at once (the store
+    // applies batches in order), its push waits too.
+    s.put(NOW, "todos", "b", [("title", "eggs")]).expect("put");
+    let second = drain_session(&mut s);
+    assert_eq!(persist_ids(&second).len(), 1);
+    assert!(frames(&second).is_empty());
+
+    s.handle(NOW, Input::Persisted(ticket));
+    assert!(s.is_durable(ticket));
+    let released = frames(&drain_session(&mut s));
+    assert!(
+        matches!(&released[..], [Message::Push { ops }] if ops.len() == 1),
+        "only the first write's push is released: {released:?}"
+    );
+    s.handle(NOW, Input::Persisted(persist_ids(&second)[0]));
+    let released = frames(&drain_session(&mut s));
+    assert!(
+        matches!(&released[..], [Message::Push { .. }]),
+        "{released:?}"
+    );
+}
+
+#[test]
+fn a_report_for_a_batch_not_handed_out_is_ignored() {
+    let mut s = session(1);
+    s.put(NOW, "todos", "a", [("n", 1)]).expect("put");
+    let ticket = s.latest_persist().expect("queued");
+    // Reported before the host polled it: the host cannot have written it.
+    s.handle(NOW, Input::Persisted(ticket));
+    assert!(!s.is_durable(ticket));
+    let outs = drain_session(&mut s);
+    assert_eq!(persist_ids(&outs), vec![ticket]);
+    s.handle(NOW, Input::Persisted(ticket));
+    assert!(s.is_durable(ticket));
+}
+
+#[test]
+fn a_failed_write_stops_the_session_and_refuses_writes() {
+    let mut room = Room::new(RoomConfig::default());
+    let mut s = joined(&mut room, 1, 1);
+    s.put(NOW, "todos", "a", [("n", 1)]).expect("put");
+    let ticket = s.latest_persist().expect("queued");
+    drain_session(&mut s);
+    s.handle(
+        NOW,
+        Input::PersistFailed {
+            id: ticket,
+            error: "disk full",
+        },
+    );
+    let outs = drain_session(&mut s);
+    assert!(
+        frames(&outs).is_empty(),
+        "the held push is never sent: {outs:?}"
+    );
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Event(Event::StoreFailed { message }) if message == "disk full"
+    )));
+    assert!(outs.iter().any(|o| matches!(o, Output::Close { .. })));
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, Output::Event(Event::Disconnected { retry_at: None, .. })))
+    );
+    assert_eq!(s.status().link, LinkState::Offline);
+    assert_eq!(s.store_failed(), Some("disk full"));
+    assert!(!s.is_durable(ticket));
+    // A late success report changes nothing; writes stay refused.
+    s.handle(NOW, Input::Persisted(ticket));
+    assert!(!s.is_durable(ticket));
+    assert!(matches!(
+        s.put(NOW, "todos", "b", [("n", 2)]),
+        Err(WriteError::StoreFailed { .. })
+    ));
+    s.start(NOW);
+    assert!(drain_session(&mut s).is_empty(), "it does not reconnect");
+}
+
+#[test]
+fn the_room_acknowledges_and_delivers_only_what_is_durable() {
+    let mut room = Room::new(RoomConfig::default());
+    let mut a = joined(&mut room, 1, 1);
+    let _b = joined(&mut room, 2, 2);
+    a.put(NOW, "todos", "x", [("n", 1)]).expect("put");
+    let outs = drain_session(&mut a);
+    a.handle(NOW, Input::Persisted(persist_ids(&outs)[0]));
+    let push = drain_session(&mut a)
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Transmit(f) => Some(f),
+            _ => None,
+        })
+        .expect("push");
+    room.handle(
+        NOW,
+        RoomInput::Frame {
+            session: 1,
+            frame: &push,
+        },
+    );
+    let outs = drain_room(&mut room);
+    let ids = room_persists(&outs);
+    assert_eq!(ids.len(), 1);
+    assert!(room_frames(&outs, 1).is_empty(), "no ack before durable");
+    assert!(
+        room_frames(&outs, 2).is_empty(),
+        "no delivery before durable"
+    );
+
+    room.handle(NOW, RoomInput::Persisted(ids[0]));
+    let outs = drain_room(&mut room);
+    // The writer gets its ack (and a cursor-only delivery without its own op).
+    assert!(matches!(
+        &room_frames(&outs, 1)[..],
+        [Message::Ack { through_seq: 1, .. }, Message::Deliver { ops, .. }] if ops.is_empty()
+    ));
+    assert!(matches!(
+        &room_frames(&outs, 2)[..],
+        [Message::Deliver { ops, .. }] if ops.len() == 1
+    ));
+}
+
+#[test]
+fn a_failed_room_write_closes_every_session_and_refuses_joins() {
+    let mut room = Room::new(RoomConfig::default());
+    let mut a = joined(&mut room, 1, 1);
+    let _b = joined(&mut room, 2, 2);
+    a.put(NOW, "todos", "x", [("n", 1)]).expect("put");
+    let outs = drain_session(&mut a);
+    a.handle(NOW, Input::Persisted(persist_ids(&outs)[0]));
+    let push = frames(&drain_session(&mut a));
+    let push = protocol::encode(&push[0]);
+    room.handle(
+        NOW,
+        RoomInput::Frame {
+            session: 1,
+            frame: &push,
+        },
+    );
+    let ids = room_persists(&drain_room(&mut room));
+    room.handle(NOW, RoomInput::PersistFailed(ids[0]));
+    assert!(room.has_failed());
+    let outs = drain_room(&mut room);
+    for sid in [1, 2] {
+        assert!(
+            !room_frames(&outs, sid)
+                .iter()
+                .any(|m| matches!(m, Message::Ack { .. } | Message::Deliver { .. })),
+            "nothing that depended on the failed write leaves"
+        );
+        assert!(outs.iter().any(|o| matches!(
+            o,
+            RoomOutput::Close { session, code: CloseCode::Internal, .. } if *session == sid
+        )));
+    }
+    assert_eq!(room.member_count(), 0);
+    let mut c = session(3);
+    c.start(NOW);
+    drain_session(&mut c);
+    c.handle(NOW, Input::Connected);
+    let hello = frames(&drain_session(&mut c))
+        .into_iter()
+        .find_map(|m| match m {
+            Message::Hello(h) => Some(h),
+            _ => None,
+        })
+        .expect("hello");
+    room.handle(
+        NOW,
+        RoomInput::Join {
+            session: 3,
+            hello,
+            read_only: false,
+        },
+    );
+    let outs = drain_room(&mut room);
+    assert!(matches!(
+        &room_frames(&outs, 3)[..],
+        [Message::Error {
+            code: ErrorCode::Internal,
+            ..
+        }]
+    ));
+}
