@@ -72,6 +72,7 @@ pub mod snapshot;
 pub mod stamp;
 pub mod state;
 pub mod store;
+pub mod token;
 pub mod value;
 pub mod version;
 

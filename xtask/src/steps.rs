@@ -126,6 +126,8 @@ pub(crate) const TEST: &[Step] = &[
             "build",
             "-p",
             "sync-core",
+            "-p",
+            "sync-client",
             "--target",
             "wasm32-unknown-unknown",
             "--locked",

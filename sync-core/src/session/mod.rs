@@ -383,6 +383,12 @@ impl Session {
         }
     }
 
+    /// Replaces the access token; the next connection presents it (a live
+    /// connection keeps the one it joined with).
+    pub fn set_token(&mut self, token: impl Into<Vec<u8>>) {
+        self.config.token = token.into();
+    }
+
     /// Starts connecting (now) and keeps reconnecting until [`Session::stop`].
     pub fn start(&mut self, now: u64) {
         if self.store_failed.is_none() && matches!(self.link, Link::Offline | Link::Waiting { .. })

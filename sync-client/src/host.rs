@@ -1,0 +1,633 @@
+//! The host loop: the one place that turns a [`Session`]'s outputs into IO,
+//! written once for every platform.
+//!
+//! It opens and closes the transport, hands persist batches to the store
+//! one write at a time (merging the batches queued meanwhile into that one
+//! write: group commit), reports each batch durable, sends the frames the
+//! session releases, arms the session's timer, refreshes tokens, delivers
+//! change events to subscribers and answers the futures of writes and
+//! flushes. The session itself holds back frames until the persists they
+//! depend on are durable, so this loop cannot send anything too early.
+//!
+//! After a failed store write, memory is ahead of the store: the loop
+//! rejects every write waiting for durability, reads the store back and
+//! rebuilds the session from it, then carries on (syncing again if it was).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
+
+use futures::channel::mpsc;
+use futures::future::{LocalBoxFuture, poll_fn};
+use futures::stream::{FuturesUnordered, LocalBoxStream};
+use futures::{FutureExt, StreamExt};
+use sync_core::protocol::CloseCode;
+use sync_core::session::{Input, Output, Session, SessionConfig};
+use sync_core::store::Record;
+use sync_core::token::TokenClaims;
+use sync_core::{Event, PersistBatch, PersistId, Replica, ReplicaConfig, ReplicaId, StoreKey};
+
+use crate::changes::{Change, Subscribers, lock};
+use crate::database::{Core, Database, Inner, Options, Relay};
+use crate::error::Error;
+use crate::platform::{
+    ClientStore, Incoming, Link, LinkSender, StoreError, Timer, Transport, TransportError,
+};
+use crate::status::StatusWatchers;
+
+/// Refresh a token this long before it expires.
+const REFRESH_BEFORE_EXPIRY_MS: u64 = 60_000;
+
+/// The loop of one database, to be driven by the platform (spawned on a
+/// local executor). It ends once the database is closed and its last
+/// writes are stored.
+pub type HostLoop = LocalBoxFuture<'static, ()>;
+
+/// What a platform hands to [`open`].
+pub struct Platform<T, S> {
+    /// Opens connections to the relay.
+    pub transport: T,
+    /// Stores the database durably.
+    pub store: S,
+    /// Wall-clock time and sleeping.
+    pub timer: Arc<dyn Timer + Send + Sync>,
+    /// Fresh randomness: the replica id of a new database and reconnect
+    /// jitter derive from it. Never reuse a value.
+    pub seed: u64,
+}
+
+impl<T, S> std::fmt::Debug for Platform<T, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Platform").finish_non_exhaustive()
+    }
+}
+
+/// Opens a database stored in `platform.store`: loads what is stored (or
+/// starts an empty database with a new random replica id), then returns the
+/// database and the loop the platform must drive for it to store and sync.
+pub async fn open<T, S>(
+    platform: Platform<T, S>,
+    options: Options,
+) -> Result<(Database, HostLoop), Error>
+where
+    T: Transport + 'static,
+    S: ClientStore + 'static,
+{
+    let Platform {
+        transport,
+        store,
+        timer,
+        seed,
+    } = platform;
+    let records = store.read_all().await?;
+    let replica_config = ReplicaConfig::default();
+    let (room, token) = match &options.relay {
+        Some(relay) => (relay.room.clone(), relay.token.clone()),
+        None => (String::new(), String::new()),
+    };
+    let mut session_config = SessionConfig::new(room, token.into_bytes());
+    session_config.agent = options
+        .agent
+        .clone()
+        .unwrap_or_else(|| concat!("concord-sync-client/", env!("CARGO_PKG_VERSION")).to_owned());
+    let jitter_seed = mix(seed ^ 0x5eed);
+    let session =
+        match Session::restore(replica_config, session_config.clone(), jitter_seed, records)
+            .map_err(|e| Error::Load(e.to_string()))?
+        {
+            Some(session) => session,
+            None => {
+                let id = ReplicaId(mix(seed).max(1));
+                Session::new(
+                    Replica::new(id, replica_config),
+                    session_config.clone(),
+                    jitter_seed,
+                )
+            }
+        };
+    let relay = options.relay.as_ref().map(|r| Relay {
+        url: r.url.clone(),
+        token_source: r.token_source.clone(),
+    });
+    let online = options.relay.as_ref().is_some_and(|r| r.connect);
+    let mut core = Core {
+        session,
+        replica_config,
+        session_config,
+        seed: jitter_seed,
+        relay,
+        online,
+        closed: false,
+        durable_waiters: Vec::new(),
+        flush_waiters: Vec::new(),
+        subscribers: Subscribers::default(),
+        status: StatusWatchers::default(),
+        last_error: None,
+        stopped: None,
+        refusals: Vec::new(),
+        store_failed: None,
+        refresh_requested: false,
+    };
+    if online {
+        let now = timer.now_ms();
+        core.session.start(now);
+    }
+    let inner = Arc::new(Inner {
+        core: std::sync::Mutex::new(core),
+        waker: futures::task::AtomicWaker::new(),
+        woken: AtomicBool::new(true),
+        timer: timer.clone(),
+    });
+    let db = Database::new(inner.clone());
+    let host = Host {
+        inner,
+        transport,
+        store: Box::new(store),
+        timer,
+        link: None,
+        connecting: None,
+        closing: FuturesUnordered::new(),
+        writing: None,
+        queued: Vec::new(),
+        sleep: None,
+        refresh_at: None,
+        refreshing: None,
+        reloading: None,
+    };
+    Ok((db, host.run().boxed_local()))
+}
+
+/// SplitMix64's finaliser: spreads a seed over 64 bits.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+enum Outgoing {
+    Frame(Vec<u8>),
+    Close(u16, String),
+}
+
+/// An open connection: frames go through a channel to the pump, which
+/// sends them in order while the loop goes on.
+struct LiveLink {
+    tx: mpsc::UnboundedSender<Outgoing>,
+    incoming: LocalBoxStream<'static, Incoming>,
+    pump: LocalBoxFuture<'static, ()>,
+}
+
+impl LiveLink {
+    fn new(link: Link) -> LiveLink {
+        let (tx, rx) = mpsc::unbounded();
+        LiveLink {
+            tx,
+            incoming: link.incoming,
+            pump: pump(link.sender, rx).boxed_local(),
+        }
+    }
+}
+
+async fn pump(mut sender: Box<dyn LinkSender>, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
+    while let Some(out) = rx.next().await {
+        match out {
+            Outgoing::Frame(frame) => {
+                if sender.send(frame).await.is_err() {
+                    return;
+                }
+            }
+            Outgoing::Close(code, reason) => {
+                sender.close(code, reason).await;
+                return;
+            }
+        }
+    }
+}
+
+/// A store write in flight.
+type StoreWrite = LocalBoxFuture<'static, Result<(), StoreError>>;
+
+/// What woke the loop.
+enum Wake {
+    Woken,
+    Connected(Result<Link, TransportError>),
+    Incoming(Option<Incoming>),
+    LinkBroken,
+    Written(Result<(), StoreError>),
+    Reloaded(Result<Vec<Record>, StoreError>),
+    Timer,
+    RefreshDue,
+    Refreshed(Result<String, String>),
+}
+
+struct Host<T> {
+    inner: Arc<Inner>,
+    transport: T,
+    store: Box<dyn ClientStore>,
+    timer: Arc<dyn Timer + Send + Sync>,
+    link: Option<LiveLink>,
+    connecting: Option<LocalBoxFuture<'static, Result<Link, TransportError>>>,
+    /// Connections being closed politely.
+    closing: FuturesUnordered<LocalBoxFuture<'static, ()>>,
+    /// The store write in flight and the persists it carries.
+    writing: Option<(Vec<PersistId>, StoreWrite)>,
+    /// Persists waiting for the write in flight.
+    queued: Vec<(PersistId, PersistBatch)>,
+    sleep: Option<(u64, LocalBoxFuture<'static, ()>)>,
+    refresh_at: Option<(u64, LocalBoxFuture<'static, ()>)>,
+    refreshing: Option<LocalBoxFuture<'static, Result<String, String>>>,
+    reloading: Option<LocalBoxFuture<'static, Result<Vec<Record>, StoreError>>>,
+}
+
+impl<T: Transport> Host<T> {
+    async fn run(mut self) {
+        loop {
+            let closed = self.drain();
+            if closed && self.writing.is_none() && self.queued.is_empty() {
+                return self.shut_down();
+            }
+            self.start_write();
+            let wake = self.next_wake().await;
+            self.on_wake(wake);
+        }
+    }
+
+    /// Takes everything the session has for the host, under the lock; acts
+    /// on what needs no IO at once. Returns whether the database is closed.
+    fn drain(&mut self) -> bool {
+        let mut actions = Vec::new();
+        let closed;
+        {
+            let inner = self.inner.clone();
+            let mut core = lock(&inner.core);
+            if core.closed {
+                core.session.stop();
+            }
+            while let Some(out) = core.session.poll() {
+                match out {
+                    Output::Event(event) => on_event(&mut core, event),
+                    other => actions.push(other),
+                }
+            }
+            core.settle_waiters();
+            let status = core.status();
+            core.status.publish(status);
+            closed = core.closed;
+            let refresh_now = std::mem::take(&mut core.refresh_requested);
+            if self.refresh_at.is_none() && self.refreshing.is_none() {
+                self.schedule_refresh(&core);
+            }
+            drop(core);
+            if refresh_now && self.refreshing.is_none() {
+                self.start_refresh();
+            }
+        }
+        for action in actions {
+            match action {
+                Output::Connect => self.connect(),
+                Output::Transmit(frame) => {
+                    if let Some(link) = &self.link {
+                        let _ = link.tx.unbounded_send(Outgoing::Frame(frame));
+                    }
+                }
+                Output::Close { code, reason } => {
+                    self.connecting = None;
+                    if let Some(link) = self.link.take() {
+                        let _ = link
+                            .tx
+                            .unbounded_send(Outgoing::Close(code.as_u16(), reason));
+                        self.closing.push(link.pump);
+                    }
+                }
+                Output::Persist { id, batch } => self.queued.push((id, batch)),
+                Output::Timeout(at) => self.sleep = Some((at, self.timer.sleep_until(at))),
+                Output::Event(_) => {}
+            }
+        }
+        closed
+    }
+
+    fn connect(&mut self) {
+        self.link = None;
+        let url = lock(&self.inner.core).relay.as_ref().map(|r| r.url.clone());
+        self.connecting = url.map(|url| self.transport.connect(&url));
+    }
+
+    /// Starts one store write for every persist queued (group commit).
+    fn start_write(&mut self) {
+        if self.writing.is_some() || self.queued.is_empty() || self.reloading.is_some() {
+            return;
+        }
+        let (ids, batch) = merge(std::mem::take(&mut self.queued));
+        self.writing = Some((ids, self.store.write(batch)));
+    }
+
+    /// Arms the refresh of a token that expires, if there is a way to refresh it.
+    fn schedule_refresh(&mut self, core: &Core) {
+        let has_source = core
+            .relay
+            .as_ref()
+            .is_some_and(|r| r.token_source.is_some());
+        if !has_source || !core.online {
+            return;
+        }
+        let token = String::from_utf8_lossy(&core.session.config().token).into_owned();
+        if let Some(claims) = TokenClaims::read(&token) {
+            let at = claims
+                .expires_at
+                .saturating_mul(1000)
+                .saturating_sub(REFRESH_BEFORE_EXPIRY_MS);
+            self.refresh_at = Some((at, self.timer.sleep_until(at)));
+        }
+    }
+
+    fn start_refresh(&mut self) {
+        let source = lock(&self.inner.core)
+            .relay
+            .as_ref()
+            .and_then(|r| r.token_source.clone());
+        self.refreshing = source.map(|source| source());
+    }
+
+    async fn next_wake(&mut self) -> Wake {
+        let inner = self.inner.clone();
+        poll_fn(|cx| {
+            inner.waker.register(cx.waker());
+            if inner.woken.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(Wake::Woken);
+            }
+            if let Some((_, write)) = &mut self.writing {
+                if let Poll::Ready(result) = write.poll_unpin(cx) {
+                    return Poll::Ready(Wake::Written(result));
+                }
+            }
+            if let Some(reload) = &mut self.reloading {
+                if let Poll::Ready(result) = reload.poll_unpin(cx) {
+                    self.reloading = None;
+                    return Poll::Ready(Wake::Reloaded(result));
+                }
+            }
+            if let Some(connecting) = &mut self.connecting {
+                if let Poll::Ready(result) = connecting.poll_unpin(cx) {
+                    self.connecting = None;
+                    return Poll::Ready(Wake::Connected(result));
+                }
+            }
+            if let Some(link) = &mut self.link {
+                if let Poll::Ready(incoming) = link.incoming.poll_next_unpin(cx) {
+                    return Poll::Ready(Wake::Incoming(incoming));
+                }
+                if link.pump.poll_unpin(cx).is_ready() {
+                    return Poll::Ready(Wake::LinkBroken);
+                }
+            }
+            while let Poll::Ready(Some(())) = self.closing.poll_next_unpin(cx) {}
+            if let Some((_, sleep)) = &mut self.sleep {
+                if sleep.poll_unpin(cx).is_ready() {
+                    self.sleep = None;
+                    return Poll::Ready(Wake::Timer);
+                }
+            }
+            if let Some((_, sleep)) = &mut self.refresh_at {
+                if sleep.poll_unpin(cx).is_ready() {
+                    return Poll::Ready(Wake::RefreshDue);
+                }
+            }
+            if let Some(refresh) = &mut self.refreshing {
+                if let Poll::Ready(result) = refresh.poll_unpin(cx) {
+                    self.refreshing = None;
+                    return Poll::Ready(Wake::Refreshed(result));
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    fn on_wake(&mut self, wake: Wake) {
+        let now = self.timer.now_ms();
+        let inner = self.inner.clone();
+        let mut core = lock(&inner.core);
+        match wake {
+            Wake::Woken => {}
+            Wake::Connected(Ok(link)) => {
+                self.link = Some(LiveLink::new(link));
+                core.session.handle(now, Input::Connected);
+            }
+            Wake::Connected(Err(e)) => {
+                core.last_error = Some(format!("cannot reach the relay: {e}"));
+                core.session.handle(now, Input::Disconnected { code: None });
+            }
+            Wake::Incoming(Some(Incoming::Frame(frame))) => {
+                core.session.handle(now, Input::Received(&frame));
+            }
+            Wake::Incoming(Some(Incoming::Closed { code, reason })) => {
+                self.link = None;
+                if !reason.is_empty() {
+                    core.last_error = Some(format!("connection closed: {reason}"));
+                }
+                core.session.handle(now, Input::Disconnected { code });
+            }
+            Wake::Incoming(None) | Wake::LinkBroken => {
+                self.link = None;
+                core.session.handle(now, Input::Disconnected { code: None });
+            }
+            Wake::Written(result) => {
+                let Some((ids, _)) = self.writing.take() else {
+                    return;
+                };
+                match result {
+                    Ok(()) => {
+                        for id in ids {
+                            core.session.handle(now, Input::Persisted(id));
+                        }
+                    }
+                    Err(e) => {
+                        let error = e.to_string();
+                        if let Some(first) = ids.first() {
+                            core.session.handle(
+                                now,
+                                Input::PersistFailed {
+                                    id: *first,
+                                    error: &error,
+                                },
+                            );
+                        }
+                        // Everything queued behind it depended on it too.
+                        self.queued.clear();
+                        core.store_failed = Some(error.clone());
+                        core.last_error = Some(format!("the local store failed: {error}"));
+                        core.settle_waiters();
+                        self.reloading = Some(self.store.read_all());
+                    }
+                }
+            }
+            Wake::Reloaded(Ok(records)) => {
+                let id = core.session.replica().id();
+                let restored = Session::restore(
+                    core.replica_config,
+                    core.session_config.clone(),
+                    core.seed,
+                    records,
+                );
+                match restored {
+                    Ok(restored) => {
+                        let mut session = restored.unwrap_or_else(|| {
+                            Session::new(
+                                Replica::new(id, core.replica_config),
+                                core.session_config.clone(),
+                                core.seed,
+                            )
+                        });
+                        session.set_token(core.session.config().token.clone());
+                        core.session = session;
+                        core.store_failed = None;
+                        if core.online && !core.closed {
+                            core.session.start(now);
+                        }
+                    }
+                    Err(e) => {
+                        core.last_error =
+                            Some(format!("the stored database cannot be loaded: {e}"));
+                    }
+                }
+            }
+            Wake::Reloaded(Err(e)) => {
+                core.last_error = Some(format!("the local store failed: {e}"));
+            }
+            Wake::Timer => core.session.handle(now, Input::Timeout),
+            Wake::RefreshDue => {
+                self.refresh_at = None;
+                drop(core);
+                self.start_refresh();
+            }
+            Wake::Refreshed(Ok(token)) => {
+                core.session.set_token(token.into_bytes());
+                if core.online && core.stopped.take().is_some() {
+                    core.session.start(now);
+                }
+            }
+            Wake::Refreshed(Err(message)) => {
+                core.last_error = Some(format!("the token could not be refreshed: {message}"));
+            }
+        }
+    }
+
+    /// Stops for good: everything written is stored, the link is closed,
+    /// streams end and futures still waiting fail with [`Error::Closed`].
+    fn shut_down(mut self) {
+        if let Some(link) = self.link.take() {
+            let _ = link.tx.unbounded_send(Outgoing::Close(
+                CloseCode::Normal.as_u16(),
+                "database closed".into(),
+            ));
+        }
+        let mut core = lock(&self.inner.core);
+        core.settle_waiters();
+        for waiter in core.durable_waiters.drain(..) {
+            let _ = waiter.tx.send(Err(Error::Closed));
+        }
+        for waiter in core.flush_waiters.drain(..) {
+            let _ = waiter.tx.send(Err(Error::Closed));
+        }
+        core.subscribers.end_all();
+        core.status.end_all();
+    }
+}
+
+/// Applies a session event to the database's state and subscribers.
+fn on_event(core: &mut Core, event: Event) {
+    match event {
+        Event::DocumentChanged {
+            collection,
+            id,
+            origin,
+        } => core.subscribers.publish(&Change::Document {
+            collection,
+            id,
+            origin,
+        }),
+        Event::CollectionChanged { collection, origin } => core
+            .subscribers
+            .publish(&Change::Collection { collection, origin }),
+        Event::Connected { .. } => core.last_error = None,
+        Event::Disconnected {
+            code,
+            reason,
+            retry_at,
+        } => {
+            if code != CloseCode::Normal {
+                core.last_error = Some(reason.clone());
+            }
+            if retry_at.is_none() && core.online && code != CloseCode::Normal {
+                let refreshable = code == CloseCode::Unauthorized
+                    && core
+                        .relay
+                        .as_ref()
+                        .is_some_and(|r| r.token_source.is_some());
+                core.stopped = Some((code, reason));
+                if refreshable {
+                    core.refresh_requested = true;
+                }
+            }
+        }
+        Event::OpsRejected { seqs, message, .. } => {
+            core.last_error = Some(format!("the relay refused writes: {message}"));
+            core.refusals
+                .extend(seqs.into_iter().map(|seq| (seq, message.clone())));
+        }
+        Event::StoreFailed { message } => {
+            core.last_error = Some(format!("the local store failed: {message}"));
+        }
+        Event::StoreBehindRelay { .. } => {
+            let reason = "this database's store is older than the relay's record of it (restored from a backup?); open it under a new replica".to_owned();
+            core.last_error = Some(reason.clone());
+            core.stopped = Some((CloseCode::Normal, reason));
+        }
+        Event::ClockSkew { ahead_ms } => {
+            core.last_error = Some(format!(
+                "this device's clock is off by {} ms from the relay's; fix the clock",
+                -ahead_ms
+            ));
+        }
+        Event::PeerMisbehaved { reason } => {
+            core.last_error = Some(format!("the relay broke the protocol: {reason}"));
+        }
+        _ => {}
+    }
+}
+
+/// One batch for many: later writes to a key replace earlier ones.
+fn merge(persists: Vec<(PersistId, PersistBatch)>) -> (Vec<PersistId>, PersistBatch) {
+    let mut ids = Vec::with_capacity(persists.len());
+    let mut iter = persists.into_iter();
+    let Some((first_id, mut merged)) = iter.next() else {
+        return (ids, PersistBatch::default());
+    };
+    ids.push(first_id);
+    let rest: Vec<_> = iter.collect();
+    if rest.is_empty() {
+        return (ids, merged);
+    }
+    let mut index: HashMap<StoreKey, usize> = merged
+        .writes
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w.key().clone(), i))
+        .collect();
+    for (id, batch) in rest {
+        ids.push(id);
+        for write in batch.writes {
+            match index.get(write.key()) {
+                Some(&i) => merged.writes[i] = write,
+                None => {
+                    index.insert(write.key().clone(), merged.writes.len());
+                    merged.writes.push(write);
+                }
+            }
+        }
+    }
+    (ids, merged)
+}

@@ -1,0 +1,427 @@
+//! The host loop and the Database API, deterministically: in-memory stores
+//! (some completing writes only when the test says so), an in-process relay
+//! running the real `Room`, and a manual clock.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use futures::channel::oneshot;
+use futures::executor::LocalPool;
+use futures::future::LocalBoxFuture;
+use futures::task::LocalSpawnExt;
+use futures::{FutureExt, StreamExt};
+use sync_client::memory::{ManualClock, ManualTimer, MemoryRelay, MemoryStore};
+use sync_client::platform::{ClientStore, StoreError, Timer};
+use sync_client::{
+    Change, Connection, Database, Error, ListOptions, Options, Origin, Platform, RelayOptions,
+    Value, open,
+};
+use sync_core::PersistBatch;
+use sync_core::store::Record;
+
+const T0: u64 = 1_700_000_000_000;
+
+struct World {
+    pool: LocalPool,
+    clock: Arc<ManualClock>,
+    relay: MemoryRelay,
+    seed: u64,
+}
+
+impl World {
+    fn new() -> World {
+        World {
+            pool: LocalPool::new(),
+            clock: ManualClock::new(T0),
+            relay: MemoryRelay::new(),
+            seed: 1,
+        }
+    }
+
+    fn timer(&self) -> Arc<dyn Timer + Send + Sync> {
+        Arc::new(ManualTimer(self.clock.clone()))
+    }
+
+    fn open_with<S: ClientStore + 'static>(&mut self, store: S, relay: bool) -> Database {
+        self.seed += 1;
+        let platform = Platform {
+            transport: self.relay.transport(self.timer()),
+            store,
+            timer: self.timer(),
+            seed: self.seed,
+        };
+        let options = if relay {
+            Options::with_relay(RelayOptions::new("mem://relay", "room", "token"))
+        } else {
+            Options::local()
+        };
+        let (db, host) = self.pool.run_until(open(platform, options)).expect("opens");
+        self.pool.spawner().spawn_local(host).expect("spawn");
+        self.settle();
+        db
+    }
+
+    fn open(&mut self, store: &MemoryStore) -> Database {
+        self.open_with(store.clone(), true)
+    }
+
+    /// Runs every loop until none can make progress without time passing.
+    fn settle(&mut self) {
+        self.pool.run_until_stalled();
+    }
+
+    /// Lets `ms` of time pass, in steps, running the loops at each wakeup.
+    fn advance(&mut self, ms: u64) {
+        let end = self.clock_now() + ms;
+        loop {
+            self.settle();
+            let next = self.clock.next_wakeup().filter(|&at| at <= end);
+            let now = self.clock_now();
+            match next {
+                Some(at) if at > now => self.clock.advance(at - now),
+                Some(_) => self.clock.advance(1),
+                None => {
+                    self.clock.advance(end - now);
+                    self.settle();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn clock_now(&self) -> u64 {
+        ManualTimer(self.clock.clone()).now_ms()
+    }
+
+    fn block<F: std::future::Future>(&mut self, fut: F) -> F::Output {
+        self.pool.run_until(fut)
+    }
+}
+
+fn title(db: &Database, id: &str) -> Option<Value> {
+    db.collection("todos")
+        .get(id)
+        .and_then(|d| d.fields.get("title").cloned())
+}
+
+#[test]
+fn a_write_is_visible_at_once_and_durable_when_its_future_resolves() {
+    let mut w = World::new();
+    let store = MemoryStore::new();
+    let db = w.open_with(store.clone(), false);
+    let todos = db.collection("todos");
+    let write = todos.put("a", [("title", "milk")]);
+    assert_eq!(title(&db, "a"), Some(Value::from("milk")));
+    w.block(write).expect("durable");
+    drop(todos);
+    drop(db);
+    w.settle();
+
+    // Reopening the same store finds the write.
+    let again = w.open_with(store, false);
+    assert_eq!(title(&again, "a"), Some(Value::from("milk")));
+}
+
+/// A write the test has not released yet.
+type HeldWrite = (PersistBatch, oneshot::Sender<()>);
+
+/// A store whose writes complete only when the test releases them, in order.
+#[derive(Clone, Default)]
+struct GatedStore {
+    inner: MemoryStore,
+    held: Rc<RefCell<VecDeque<HeldWrite>>>,
+}
+
+impl GatedStore {
+    fn release_one(&self) -> bool {
+        let Some((batch, done)) = self.held.borrow_mut().pop_front() else {
+            return false;
+        };
+        let inner = self.inner.clone();
+        futures::executor::block_on(inner.write(batch)).expect("memory");
+        let _ = done.send(());
+        true
+    }
+
+    fn waiting(&self) -> usize {
+        self.held.borrow().len()
+    }
+}
+
+impl ClientStore for GatedStore {
+    fn write(&self, batch: PersistBatch) -> LocalBoxFuture<'static, Result<(), StoreError>> {
+        let (tx, rx) = oneshot::channel();
+        self.held.borrow_mut().push_back((batch, tx));
+        async move {
+            rx.await
+                .map_err(|_| StoreError::new(sync_client::platform::StoreErrorKind::Closed, "gone"))
+        }
+        .boxed_local()
+    }
+
+    fn read_all(&self) -> LocalBoxFuture<'static, Result<Vec<Record>, StoreError>> {
+        self.inner.read_all()
+    }
+}
+
+#[test]
+fn nothing_reaches_the_relay_before_the_write_is_stored() {
+    let mut w = World::new();
+    let store = GatedStore::default();
+    let db = w.open_with(store.clone(), true);
+    // Opening stores the session's state before it joins.
+    while store.release_one() {
+        w.settle();
+    }
+    assert_eq!(db.status().connection, Connection::Online);
+    let frames_before = w.relay.frames_received();
+
+    let mut write = db.collection("todos").put("a", [("title", "milk")]);
+    w.settle();
+    assert_eq!(store.waiting(), 1, "one store write in flight");
+    assert_eq!(
+        w.relay.frames_received(),
+        frames_before,
+        "the push waits for the store"
+    );
+    assert!((&mut write).now_or_never().is_none(), "not durable yet");
+    assert_eq!(w.relay.head("room"), 0);
+
+    store.release_one();
+    w.settle();
+    assert_eq!(w.relay.head("room"), 1, "pushed once stored");
+    assert!(write.now_or_never().expect("resolved").is_ok());
+}
+
+#[test]
+fn writes_made_while_a_store_write_runs_share_the_next_write() {
+    let mut w = World::new();
+    let store = GatedStore::default();
+    let db = w.open_with(store.clone(), false);
+    while store.release_one() {
+        w.settle();
+    }
+    let todos = db.collection("todos");
+    let first = todos.put("a", [("n", 1)]);
+    w.settle();
+    assert_eq!(store.waiting(), 1);
+    let rest: Vec<_> = (0..50)
+        .map(|i| todos.put(&format!("b{i}"), [("n", i)]))
+        .collect();
+    w.settle();
+    assert_eq!(store.waiting(), 1, "the 50 writes wait behind the first");
+    store.release_one();
+    w.settle();
+    assert_eq!(store.waiting(), 1, "and go to the store as one write");
+    store.release_one();
+    w.settle();
+    assert!(first.now_or_never().expect("done").is_ok());
+    for write in rest {
+        assert!(write.now_or_never().expect("done").is_ok());
+    }
+}
+
+#[test]
+fn two_databases_converge_and_subscribers_see_remote_changes() {
+    let mut w = World::new();
+    let a = w.open(&MemoryStore::new());
+    let b = w.open(&MemoryStore::new());
+    let mut changes = b.collection("todos").subscribe();
+
+    let write = a.collection("todos").put("x", [("title", "milk")]);
+    w.block(write).expect("durable");
+    w.settle();
+    assert_eq!(title(&b, "x"), Some(Value::from("milk")));
+    let change = changes.next().now_or_never().flatten().expect("a change");
+    assert_eq!(
+        change,
+        Change::Document {
+            collection: "todos".into(),
+            id: "x".into(),
+            origin: Origin::Remote,
+        }
+    );
+
+    // Concurrent edits of different fields both survive.
+    let w1 = a.collection("todos").put("x", [("title", "oat milk")]);
+    let w2 = b.collection("todos").put("x", [("done", true)]);
+    w.block(async { (w1.await, w2.await) }).0.expect("stored");
+    w.settle();
+    for db in [&a, &b] {
+        let doc = db.collection("todos").get("x").expect("exists");
+        assert_eq!(doc.fields["title"], Value::from("oat milk"));
+        assert_eq!(doc.fields["done"], Value::from(true));
+    }
+}
+
+#[test]
+fn writes_made_while_the_relay_is_down_sync_when_it_returns() {
+    let mut w = World::new();
+    let a = w.open(&MemoryStore::new());
+    let b = w.open(&MemoryStore::new());
+    w.relay.set_down(true);
+    w.settle();
+    assert!(matches!(
+        a.status().connection,
+        Connection::Reconnecting { .. }
+    ));
+    let write = a.collection("todos").put("offline", [("title", "kept")]);
+    w.block(write).expect("durable locally");
+    assert_eq!(a.status().pending_writes, 1);
+    let mut flushed = Box::pin(a.flush());
+    w.advance(5_000);
+    assert!((&mut flushed).now_or_never().is_none(), "relay still down");
+
+    w.relay.set_down(false);
+    w.advance(60_000);
+    assert!(flushed.now_or_never().expect("flushed").is_ok());
+    assert_eq!(a.status().pending_writes, 0);
+    assert_eq!(title(&b, "offline"), Some(Value::from("kept")));
+}
+
+#[test]
+fn a_failed_store_write_fails_its_future_and_the_database_recovers() {
+    let mut w = World::new();
+    let store = MemoryStore::new();
+    let db = w.open_with(store.clone(), false);
+    let todos = db.collection("todos");
+    w.block(todos.put("kept", [("n", 1)])).expect("stored");
+
+    store.set_failing(true);
+    let failed = todos.put("lost", [("n", 2)]);
+    assert!(todos.get("lost").is_some(), "visible until the store fails");
+    let err = w.block(failed).expect_err("the store failed");
+    assert!(matches!(err, Error::Store(_)), "{err}");
+    w.settle();
+    // Memory went back to what is stored.
+    assert!(todos.get("lost").is_none());
+    assert!(todos.get("kept").is_some());
+    assert!(db.status().last_error.is_some());
+
+    store.set_failing(false);
+    w.block(todos.put("later", [("n", 3)]))
+        .expect("works again");
+    assert!(todos.get("later").is_some());
+}
+
+#[test]
+fn conditional_writes_refuse_a_stale_revision() {
+    let mut w = World::new();
+    let db = w.open_with(MemoryStore::new(), false);
+    let todos = db.collection("todos");
+    let rev = w.block(todos.put("a", [("n", 1)])).expect("stored");
+    w.block(todos.put("a", [("n", 2)])).expect("stored");
+    let err = w
+        .block(todos.put_if("a", [("n", 3)], Some(rev)))
+        .expect_err("stale");
+    assert!(matches!(err, Error::Conflict { .. }), "{err}");
+    let current = todos.get("a").expect("exists").revision;
+    w.block(todos.put_if("a", [("n", 3)], Some(current)))
+        .expect("current revision");
+    assert_eq!(todos.get("a").expect("exists").fields["n"], Value::from(3));
+    let err = w
+        .block(todos.put_if("new", [("n", 1)], Some(current)))
+        .expect_err("absent");
+    assert!(matches!(err, Error::Conflict { .. }));
+}
+
+#[test]
+fn list_pages_in_id_order() {
+    let mut w = World::new();
+    let db = w.open_with(MemoryStore::new(), false);
+    let todos = db.collection("todos");
+    for id in ["b2", "a1", "b1", "c1", "b3"] {
+        drop(todos.put(id, [("n", 1)]));
+    }
+    drop(todos.delete("b2"));
+    let ids =
+        |o: ListOptions| -> Vec<String> { todos.list(&o).into_iter().map(|d| d.id).collect() };
+    assert_eq!(ids(ListOptions::default()), ["a1", "b1", "b3", "c1"]);
+    let page = ListOptions {
+        prefix: Some("b".into()),
+        limit: Some(1),
+        ..Default::default()
+    };
+    assert_eq!(ids(page.clone()), ["b1"]);
+    assert_eq!(
+        ids(ListOptions {
+            after: Some("b1".into()),
+            ..page
+        }),
+        ["b3"]
+    );
+}
+
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Todo {
+    title: String,
+    done: bool,
+    tags: Vec<String>,
+}
+
+#[test]
+fn typed_documents_round_trip() {
+    let mut w = World::new();
+    let db = w.open_with(MemoryStore::new(), false);
+    let todos = db.typed_collection::<Todo>("todos");
+    let todo = Todo {
+        title: "milk".into(),
+        done: false,
+        tags: vec!["shop".into()],
+    };
+    w.block(todos.put("a", &todo)).expect("stored");
+    assert_eq!(todos.get("a").expect("decodes"), Some(todo));
+    // A document of another shape is a typed error, not a panic.
+    drop(db.collection("todos").put("bad", [("title", 5)]));
+    assert!(matches!(todos.get("bad"), Err(Error::Decode { .. })));
+}
+
+#[test]
+fn transactions_become_durable_as_one_write() {
+    let mut w = World::new();
+    let store = GatedStore::default();
+    let db = w.open_with(store.clone(), false);
+    while store.release_one() {
+        w.settle();
+    }
+    let tx = db.transaction(|tx| {
+        for i in 0..10 {
+            tx.put("todos", &format!("t{i}"), [("n", i)])?;
+        }
+        tx.delete("todos", "t3")?;
+        Ok(())
+    });
+    w.settle();
+    assert_eq!(store.waiting(), 1, "one store write");
+    assert_eq!(
+        db.collection("todos").list(&ListOptions::default()).len(),
+        9
+    );
+    store.release_one();
+    w.settle();
+    assert!(tx.now_or_never().expect("done").is_ok());
+}
+
+#[test]
+fn closing_ends_the_loop_subscriptions_and_later_writes() {
+    let mut w = World::new();
+    let db = w.open(&MemoryStore::new());
+    let mut changes = db.subscribe();
+    let mut status = db.status_changes();
+    let write = db.collection("todos").put("a", [("n", 1)]);
+    db.close();
+    w.settle();
+    assert!(
+        w.block(write).is_ok(),
+        "a write made before close is stored"
+    );
+    let err = w
+        .block(db.collection("todos").put("b", [("n", 1)]))
+        .expect_err("closed");
+    assert_eq!(err, Error::Closed);
+    let rest: Vec<Change> = w.block(changes.by_ref().collect());
+    assert_eq!(rest.len(), 1, "the change made before close, then the end");
+    let _ = w.block(status.by_ref().collect::<Vec<_>>());
+}
