@@ -210,6 +210,7 @@ impl Core {
         self.durable_waiters = still;
 
         let first_pending = session.replica().outbox().next().map(|op| op.id.seq);
+        let read_only = session.status().read_only;
         let mut still = Vec::new();
         for waiter in self.flush_waiters.drain(..) {
             let refused: Vec<&(u64, String)> = self.refusals[waiter.refusals_before..]
@@ -225,6 +226,8 @@ impl Core {
                 let _ = waiter.tx.send(Ok(()));
             } else if self.closed {
                 let _ = waiter.tx.send(Err(Error::Closed));
+            } else if read_only {
+                let _ = waiter.tx.send(Err(Error::ReadOnly));
             } else if let Some((code, message)) = &self.stopped {
                 let _ = waiter.tx.send(Err(Error::Offline {
                     code: *code,

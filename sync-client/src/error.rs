@@ -72,6 +72,10 @@ pub enum Error {
         /// Why.
         message: String,
     },
+    /// The token only allows reading: local writes stay on this device
+    /// until a token with write rights is set.
+    #[error("the token only allows reading; local writes stay on this device")]
+    ReadOnly,
     /// The database has no relay to sync with; pass one when opening it.
     #[error("no relay configured for this database")]
     NoRelay,
