@@ -1,0 +1,12 @@
+//! Concord's native client SDK: the platform pieces that the shared
+//! `sync-client` host loop runs on outside the browser.
+//!
+//! - [`SqliteStore`]: the durable store, one SQLite file per database, with a
+//!   group-committing writer thread.
+//!
+//! Each implements one of the traits in [`sync_client::platform`].
+#![forbid(unsafe_code)]
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
