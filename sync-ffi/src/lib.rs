@@ -2,11 +2,15 @@
 //! `sync-client` host loop runs on outside the browser.
 //!
 //! - [`SqliteStore`]: the durable store, one SQLite file per database, with a
-//!   group-committing writer thread.
+//!   group-committing writer thread;
+//! - [`WsTransport`] (with [`WsOptions`]): WebSocket connections to a relay,
+//!   `ws://` and `wss://` (rustls with ring).
 //!
 //! Each implements one of the traits in [`sync_client::platform`].
 #![forbid(unsafe_code)]
 
 mod sqlite;
+mod ws;
 
 pub use sqlite::SqliteStore;
+pub use ws::{WsOptions, WsTransport};
