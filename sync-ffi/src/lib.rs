@@ -4,13 +4,16 @@
 //! - [`SqliteStore`]: the durable store, one SQLite file per database, with a
 //!   group-committing writer thread;
 //! - [`WsTransport`] (with [`WsOptions`]): WebSocket connections to a relay,
-//!   `ws://` and `wss://` (rustls with ring).
+//!   `ws://` and `wss://` (rustls with ring);
+//! - [`TokioTimer`]: wall-clock time and tokio sleeps.
 //!
 //! Each implements one of the traits in [`sync_client::platform`].
 #![forbid(unsafe_code)]
 
 mod sqlite;
+mod timer;
 mod ws;
 
 pub use sqlite::SqliteStore;
+pub use timer::TokioTimer;
 pub use ws::{WsOptions, WsTransport};
