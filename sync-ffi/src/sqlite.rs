@@ -1,0 +1,650 @@
+//! [`SqliteStore`]: one client database in one SQLite file.
+//!
+//! # Durability
+//!
+//! The file is in WAL mode with `synchronous=FULL` (and `fullfsync` on
+//! Apple platforms, where a plain `fsync` does not reach the disk), so a
+//! commit returns only after its WAL frames are on stable storage: a write
+//! whose call returned survives a crash of the process and a power loss.
+//! Each persist batch is applied in a transaction of its own (a savepoint
+//! inside the group transaction below), so it lands whole or not at all.
+//!
+//! # Group commit
+//!
+//! One writer thread owns the connection. Callers on any thread queue their
+//! batches to it; it takes every batch that is queued, writes them all in one
+//! transaction — one fsync for many puts — and then answers each caller.
+//! Batches that arrive while a commit is running wait for it and go together
+//! into the next one. With no load a batch is committed at once. A batch
+//! that fails is rolled back alone (its savepoint) and reported to its
+//! caller; the others of its group still commit.
+//!
+//! Reads (`read_all`, used when a database opens) go through the same
+//! queue, so they see every write queued before them.
+//!
+//! # Exclusive access
+//!
+//! See [`SqliteStore::open`] for how a second opener is refused.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use futures::channel::oneshot;
+use futures::future::LocalBoxFuture;
+use rusqlite::{Connection, ErrorCode, OpenFlags, params};
+use sync_client::platform::{ClientStore, StoreError, StoreErrorKind};
+use sync_core::persist::{PersistBatch, Write};
+use sync_core::store::{Record, Store};
+
+/// Schema version kept in `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+
+/// Most batches merged into one transaction.
+const MAX_GROUP: usize = 1024;
+
+/// How long SQLite waits for a lock held by a connection that ignores the
+/// lock file (another tool opening the file by hand) before giving up with
+/// `Locked`.
+const BUSY_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Suffix of the lock file next to the database file.
+const LOCK_SUFFIX: &str = "-lock";
+
+/// A durable key/value store for one client database, in one SQLite file.
+///
+/// Implements both [`ClientStore`] (the asynchronous form the host loop
+/// uses: its futures resolve when the writer thread has committed) and the
+/// blocking [`Store`] of `sync-core`. Cheap to clone: clones share one
+/// connection and one writer thread. When the last clone is dropped, the
+/// writer commits everything still queued, closes the file and releases the
+/// lock; the drop waits for that, so the same path can be opened again as
+/// soon as it returns.
+#[derive(Clone)]
+pub struct SqliteStore {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.shared.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What clones share: the queue to the writer thread.
+struct Shared {
+    path: PathBuf,
+    /// `None` once closing.
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    stats: Arc<Stats>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer finish what is queued and stop.
+        self.jobs = None;
+        let thread = self.thread.get_mut().ok().and_then(Option::take);
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Counters for tests and benchmarks.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    /// Transactions committed (each one fsync).
+    pub(crate) commits: AtomicU64,
+    /// Batches written.
+    pub(crate) batches: AtomicU64,
+}
+
+/// A batch as the writer applies it: encoded keys, and a value or a delete.
+type Rows = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+/// What the writer thread is asked to do.
+enum Job {
+    Write {
+        rows: Rows,
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Read {
+        done: oneshot::Sender<Result<Vec<Record>, StoreError>>,
+    },
+    #[cfg(test)]
+    Inspect(Box<dyn FnOnce(&Connection) + Send>),
+}
+
+impl SqliteStore {
+    /// Opens the database at `path`, creating the file if needed (its
+    /// directory must exist), and starts its writer thread. Blocking.
+    ///
+    /// Errors: [`StoreErrorKind::Locked`] when the database is open
+    /// elsewhere — in another process, or already in this one;
+    /// [`StoreErrorKind::Corrupt`] when the file is not a database of ours;
+    /// [`StoreErrorKind::Full`] when the disk is full; otherwise
+    /// [`StoreErrorKind::Io`].
+    ///
+    /// # Locking
+    ///
+    /// Next to the database, a lock file `<path>-lock` is opened and locked
+    /// exclusively with std's [`File::try_lock`] (`flock` on Unix,
+    /// `LockFileEx` on Windows), and held until the store closes. Why this
+    /// and not only SQLite's own locks:
+    ///
+    /// - It refuses a second opener at once, before it touches the database,
+    ///   with a typed `Locked` error, instead of letting it start and fail
+    ///   (or wait) at its first read or write.
+    /// - `flock` locks belong to an open file, not to a process, so a second
+    ///   open inside the same process is refused too. SQLite's POSIX
+    ///   advisory locks are per process, and a second process-local
+    ///   connection would share our writes' WAL index instead.
+    /// - The OS drops the lock when the holder dies (even by `kill -9`), so
+    ///   a crash never leaves a database locked. The file itself stays (it
+    ///   is empty); deleting it on close would race with the next opener.
+    /// - It needs no dependency: the std API (Rust 1.89) is a thin wrapper
+    ///   over the system call.
+    ///
+    /// The connection also runs in SQLite's `EXCLUSIVE` locking mode, for
+    /// tools that open the file directly and know nothing of the lock file:
+    /// after our first transaction they get `SQLITE_BUSY` instead of
+    /// reading or writing under us. (As a bonus the WAL index then lives in
+    /// memory, not in a `-shm` file.)
+    pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
+        let path = path.as_ref().to_owned();
+        let lock = lock(&path)?;
+        let conn = open_connection(&path)?;
+        let stats = Arc::new(Stats::default());
+        let (jobs, queue) = mpsc::channel();
+        let thread = {
+            let stats = stats.clone();
+            std::thread::Builder::new()
+                .name("concord-sqlite-writer".into())
+                .spawn(move || {
+                    write_loop(conn, &queue, &stats);
+                    // Released only once the connection is closed.
+                    drop(lock);
+                })
+                .map_err(|e| io_error(format!("starting the writer thread: {e}"), &e))?
+        };
+        Ok(SqliteStore {
+            shared: Arc::new(Shared {
+                path,
+                jobs: Some(jobs),
+                thread: Mutex::new(Some(thread)),
+                stats,
+            }),
+        })
+    }
+
+    /// The database file's path.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// Commit counters, for tests and benchmarks.
+    #[allow(dead_code)] // Used by the unit tests and the `bench` module.
+    pub(crate) fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    fn submit(&self, job: Job) -> Result<(), StoreError> {
+        let jobs = self.shared.jobs.as_ref().ok_or_else(closed)?;
+        jobs.send(job).map_err(|_| closed())
+    }
+
+    /// Queues a write; the receiver answers once it is committed.
+    fn queue_write(&self, rows: Rows) -> oneshot::Receiver<Result<(), StoreError>> {
+        let (done, answer) = oneshot::channel();
+        // A failed send drops `done`, which the receiver reports as closed.
+        let _ = self.submit(Job::Write { rows, done });
+        answer
+    }
+
+    fn queue_read(&self) -> oneshot::Receiver<Result<Vec<Record>, StoreError>> {
+        let (done, answer) = oneshot::channel();
+        let _ = self.submit(Job::Read { done });
+        answer
+    }
+
+    /// Runs `f` on the writer's connection, after everything queued before.
+    #[cfg(test)]
+    pub(crate) fn inspect<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> T + Send + 'static,
+    ) -> T {
+        let (done, answer) = std::sync::mpsc::channel();
+        let job = Job::Inspect(Box::new(move |conn| {
+            let _ = done.send(f(conn));
+        }));
+        assert!(self.submit(job).is_ok(), "writer stopped");
+        answer.recv().expect("writer answers")
+    }
+}
+
+fn closed() -> StoreError {
+    StoreError::new(StoreErrorKind::Closed, "the store's writer has stopped")
+}
+
+/// Waits for the writer's answer; a dropped answer means it stopped.
+async fn answer<T>(rx: oneshot::Receiver<Result<T, StoreError>>) -> Result<T, StoreError> {
+    rx.await.unwrap_or_else(|_| Err(closed()))
+}
+
+impl ClientStore for SqliteStore {
+    fn write(&self, batch: PersistBatch) -> LocalBoxFuture<'static, Result<(), StoreError>> {
+        let rx = self.queue_write(rows_owned(batch));
+        Box::pin(answer(rx))
+    }
+
+    fn read_all(&self) -> LocalBoxFuture<'static, Result<Vec<Record>, StoreError>> {
+        let rx = self.queue_read();
+        Box::pin(answer(rx))
+    }
+}
+
+impl Store for SqliteStore {
+    type Error = StoreError;
+
+    fn write(&mut self, batch: &PersistBatch) -> Result<(), StoreError> {
+        futures::executor::block_on(answer(self.queue_write(rows_borrowed(batch))))
+    }
+
+    fn read_all(&self) -> Result<Vec<Record>, StoreError> {
+        futures::executor::block_on(answer(self.queue_read()))
+    }
+}
+
+fn rows_owned(batch: PersistBatch) -> Rows {
+    batch
+        .writes
+        .into_iter()
+        .map(|write| match write {
+            Write::Put { key, value } => (key.to_bytes(), Some(value)),
+            Write::Delete { key } => (key.to_bytes(), None),
+        })
+        .collect()
+}
+
+fn rows_borrowed(batch: &PersistBatch) -> Rows {
+    batch
+        .writes
+        .iter()
+        .map(|write| match write {
+            Write::Put { key, value } => (key.to_bytes(), Some(value.clone())),
+            Write::Delete { key } => (key.to_bytes(), None),
+        })
+        .collect()
+}
+
+/// The kind of a SQLite failure.
+fn kind_of(e: &rusqlite::Error) -> StoreErrorKind {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreErrorKind::Locked,
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => StoreErrorKind::Corrupt,
+        Some(ErrorCode::DiskFull) => StoreErrorKind::Full,
+        _ => StoreErrorKind::Io,
+    }
+}
+
+/// A SQLite failure while doing `what`, with advice by kind.
+fn sql_error(what: &str, path: &Path, e: &rusqlite::Error) -> StoreError {
+    let kind = kind_of(e);
+    let advice = match kind {
+        StoreErrorKind::Locked => "; another program holds the database: close it there first",
+        StoreErrorKind::Corrupt => {
+            "; restore it from a backup, or move it away to start empty (the data then resyncs from the relay)"
+        }
+        StoreErrorKind::Full => "; free some space and retry",
+        _ => "",
+    };
+    StoreError::new(kind, format!("{what} {}: {e}{advice}", path.display()))
+}
+
+fn io_error(message: String, e: &std::io::Error) -> StoreError {
+    let kind = match e.kind() {
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => StoreErrorKind::Full,
+        _ => StoreErrorKind::Io,
+    };
+    StoreError::new(kind, message)
+}
+
+/// Takes the OS lock on `<path>-lock` (see [`SqliteStore::open`]).
+fn lock(path: &Path) -> Result<File, StoreError> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(LOCK_SUFFIX);
+    let lock_path = PathBuf::from(lock_path);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(|e| {
+            io_error(
+                format!("opening lock file {}: {e}", lock_path.display()),
+                &e,
+            )
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(StoreError::new(
+            StoreErrorKind::Locked,
+            format!(
+                "database {} is already open (in another process, or elsewhere in this one): \
+                 close it there first",
+                path.display()
+            ),
+        )),
+        Err(TryLockError::Error(e)) => Err(io_error(
+            format!("locking {}: {e}", lock_path.display()),
+            &e,
+        )),
+    }
+}
+
+/// Opens the connection and prepares the schema.
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let opening = |e: rusqlite::Error| sql_error("opening", path, &e);
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(opening)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(opening)?;
+    // Before WAL mode, so the WAL index lives in memory (see `open`).
+    conn.pragma_update(None, "locking_mode", "EXCLUSIVE")
+        .map_err(opening)?;
+    // The first statement that reads the file: a garbage header fails here
+    // with "file is not a database".
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))
+        .map_err(opening)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::new(
+            StoreErrorKind::Io,
+            format!(
+                "opening {}: cannot switch to WAL journal mode (got {mode})",
+                path.display()
+            ),
+        ));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(opening)?;
+    // Apple's fsync does not flush the drive's cache; F_FULLFSYNC does.
+    // Elsewhere these are no-ops.
+    conn.pragma_update(None, "fullfsync", true)
+        .map_err(opening)?;
+    conn.pragma_update(None, "checkpoint_fullfsync", true)
+        .map_err(opening)?;
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(opening)?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::new(
+            StoreErrorKind::Io,
+            format!(
+                "database {} has schema version {version}, written by a newer Concord; \
+                 this build reads version {SCHEMA_VERSION}: update the app",
+                path.display()
+            ),
+        ));
+    }
+    // BLOB keys compare with memcmp, shorter first on a tie: byte order.
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS records (
+             key BLOB PRIMARY KEY NOT NULL,
+             value BLOB NOT NULL
+         ) STRICT, WITHOUT ROWID;",
+    )
+    .map_err(|e| sql_error("creating the schema in", path, &e))?;
+    if version < SCHEMA_VERSION {
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(|e| sql_error("setting the schema version of", path, &e))?;
+    }
+    Ok(conn)
+}
+
+/// The writer thread: group commit until every handle is gone.
+fn write_loop(mut conn: Connection, queue: &mpsc::Receiver<Job>, stats: &Stats) {
+    let path = conn.path().map(PathBuf::from).unwrap_or_default();
+    let mut jobs = Vec::new();
+    let mut group: Vec<(Rows, oneshot::Sender<Result<(), StoreError>>)> = Vec::new();
+    while let Ok(first) = queue.recv() {
+        jobs.push(first);
+        // Everything that queued up while the last commit ran.
+        while jobs.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        for job in jobs.drain(..) {
+            match job {
+                Job::Write { rows, done } => group.push((rows, done)),
+                Job::Read { done } => {
+                    // Writes queued before the read are committed first.
+                    commit_group(&mut conn, &path, &mut group, stats);
+                    let _ = done.send(read_all(&conn, &path));
+                }
+                #[cfg(test)]
+                Job::Inspect(f) => {
+                    commit_group(&mut conn, &path, &mut group, stats);
+                    f(&conn);
+                }
+            }
+        }
+        commit_group(&mut conn, &path, &mut group, stats);
+    }
+    // Fold the WAL back into the database so the next open reads less.
+    let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
+}
+
+/// Writes every batch of the group in one transaction, each batch in a
+/// savepoint of its own, and answers each caller once the commit is done.
+fn commit_group(
+    conn: &mut Connection,
+    path: &Path,
+    group: &mut Vec<(Rows, oneshot::Sender<Result<(), StoreError>>)>,
+    stats: &Stats,
+) {
+    if group.is_empty() {
+        return;
+    }
+    let results = write_group(conn, path, group);
+    stats.commits.fetch_add(1, Ordering::Relaxed);
+    stats
+        .batches
+        .fetch_add(group.len() as u64, Ordering::Relaxed);
+    for ((_, done), result) in group.drain(..).zip(results) {
+        let _ = done.send(result);
+    }
+}
+
+fn write_group(
+    conn: &mut Connection,
+    path: &Path,
+    group: &[(Rows, oneshot::Sender<Result<(), StoreError>>)],
+) -> Vec<Result<(), StoreError>> {
+    let all = |e: StoreError| vec![Err(e); group.len()];
+    let mut tx = match conn.transaction() {
+        Ok(tx) => tx,
+        Err(e) => return all(sql_error("beginning a transaction on", path, &e)),
+    };
+    let mut results = Vec::with_capacity(group.len());
+    for (rows, _) in group {
+        let result = (|| -> rusqlite::Result<()> {
+            let sp = tx.savepoint()?;
+            apply(&sp, rows)?;
+            sp.commit()
+        })();
+        results.push(result.map_err(|e| sql_error("writing to", path, &e)));
+    }
+    if let Err(e) = tx.commit() {
+        return all(sql_error("committing to", path, &e));
+    }
+    results
+}
+
+fn apply(conn: &Connection, rows: &Rows) -> rusqlite::Result<()> {
+    for (key, value) in rows {
+        match value {
+            Some(value) => conn
+                .prepare_cached("INSERT OR REPLACE INTO records (key, value) VALUES (?1, ?2)")?
+                .execute(params![key, value])?,
+            None => conn
+                .prepare_cached("DELETE FROM records WHERE key = ?1")?
+                .execute(params![key])?,
+        };
+    }
+    Ok(())
+}
+
+fn read_all(conn: &Connection, path: &Path) -> Result<Vec<Record>, StoreError> {
+    let reading = |e: rusqlite::Error| sql_error("reading", path, &e);
+    let mut stmt = conn
+        .prepare_cached("SELECT key, value FROM records ORDER BY key")
+        .map_err(reading)?;
+    let rows = stmt
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .map_err(reading)?;
+    rows.collect::<Result<Vec<Record>, _>>().map_err(reading)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sync_core::persist::StoreKey;
+
+    fn doc(id: &str) -> StoreKey {
+        StoreKey::Document {
+            collection: "c".into(),
+            id: id.into(),
+        }
+    }
+
+    fn put(id: &str, value: &[u8]) -> Write {
+        Write::Put {
+            key: doc(id),
+            value: value.to_vec(),
+        }
+    }
+
+    fn open(dir: &tempfile::TempDir) -> SqliteStore {
+        SqliteStore::open(dir.path().join("db.sqlite3")).unwrap()
+    }
+
+    #[test]
+    fn durable_settings_are_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let (journal, synchronous, locking) = store.inspect(|conn| {
+            let text = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, String>(0)).unwrap();
+            (
+                text("PRAGMA journal_mode"),
+                conn.query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0))
+                    .unwrap(),
+                text("PRAGMA locking_mode"),
+            )
+        });
+        assert_eq!(journal, "wal");
+        assert_eq!(synchronous, 2, "synchronous must be FULL (2)");
+        assert_eq!(locking, "exclusive");
+    }
+
+    #[test]
+    fn concurrent_writers_share_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let threads = 8;
+        let per_thread = 40;
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let mut store = store.clone();
+                s.spawn(move || {
+                    for i in 0..per_thread {
+                        let batch = PersistBatch {
+                            writes: vec![put(&format!("{t}-{i}"), b"v")],
+                        };
+                        Store::write(&mut store, &batch).unwrap();
+                    }
+                });
+            }
+        });
+        let batches = store.stats().batches.load(Ordering::Relaxed);
+        let commits = store.stats().commits.load(Ordering::Relaxed);
+        assert_eq!(batches, threads * per_thread);
+        assert!(
+            commits * 2 <= batches,
+            "group commit: {batches} batches took {commits} commits"
+        );
+        assert_eq!(
+            Store::read_all(&store).unwrap().len() as u64,
+            threads * per_thread
+        );
+    }
+
+    #[test]
+    fn a_failing_batch_is_rolled_back_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        // Values longer than this fail.
+        store.inspect(|conn| {
+            conn.execute_batch(
+                "CREATE TEMP TRIGGER refuse_big BEFORE INSERT ON main.records \
+                 WHEN length(NEW.value) > 1000 BEGIN SELECT RAISE(ABORT, 'too big'); END;",
+            )
+            .unwrap();
+        });
+        let good = ClientStore::write(
+            &store,
+            PersistBatch {
+                writes: vec![put("ok", b"1")],
+            },
+        );
+        let bad = ClientStore::write(
+            &store,
+            PersistBatch {
+                writes: vec![put("a", b"small"), put("b", &[7; 5000])],
+            },
+        );
+        let also_good = ClientStore::write(
+            &store,
+            PersistBatch {
+                writes: vec![put("ok2", b"2")],
+            },
+        );
+        futures::executor::block_on(async {
+            good.await.unwrap();
+            let err = bad.await.unwrap_err();
+            assert_eq!(err.kind, StoreErrorKind::Io, "{err}");
+            also_good.await.unwrap();
+        });
+        let keys: Vec<Vec<u8>> = Store::read_all(&store)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, vec![doc("ok").to_bytes(), doc("ok2").to_bytes()]);
+    }
+
+    #[test]
+    fn writes_after_close_report_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        // A receiver whose writer is gone answers "closed".
+        let (done, rx) = oneshot::channel::<Result<(), StoreError>>();
+        drop(done);
+        let err = futures::executor::block_on(answer(rx)).unwrap_err();
+        assert_eq!(err.kind, StoreErrorKind::Closed);
+        drop(store);
+    }
+}
