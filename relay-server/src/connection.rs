@@ -124,6 +124,12 @@ impl Conn {
                 ),
             );
         }
+        if let Err(error) = protocol::negotiate(&hello) {
+            tracing::info!(peer = %self.addr, room = ?hello.room, %error, "refused: nothing in common");
+            return self
+                .peer
+                .error_and_close(error.error_code(), error.to_string());
+        }
         let now_secs = crate::room_host::now_ms() / 1000;
         let grant =
             match self
@@ -207,6 +213,23 @@ impl Conn {
                             ErrorCode::Malformed,
                             "the first message must be a Hello".to_owned(),
                         ),
+                        Err(protocol::FrameError::UnsupportedVersion { found }) => {
+                            // Answered in the client's own version, which
+                            // lays `Error` out as every version does.
+                            let reason = format!(
+                                "this relay speaks protocol versions {:?}, not {found}; upgrade the client",
+                                protocol::SUPPORTED_VERSIONS
+                            );
+                            tracing::info!(peer = %self.addr, version = found, "handshake refused: protocol version");
+                            self.app.metrics.error("UnsupportedVersion");
+                            let frame = protocol::encode_version_refusal(found, &reason);
+                            if self.peer.send(frame).is_ok() {
+                                self.peer.close(CloseCode::UnsupportedVersion, reason);
+                            } else {
+                                self.peer.kill(ErrorCode::UnsupportedVersion, reason);
+                            }
+                            return None;
+                        }
                         Err(e) => (e.error_code(), e.to_string()),
                     };
                     tracing::info!(peer = %self.addr, code = ?code, %reason, "handshake refused");

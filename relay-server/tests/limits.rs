@@ -47,7 +47,9 @@ async fn malformed_and_oversized_frames_are_refused_while_others_carry_on() {
     let cases: Vec<(&str, WsMessage, Vec<ErrorCode>, Option<u16>)> = vec![
         (
             "garbage",
-            WsMessage::Binary(vec![1, 0xff, 0xff, 0xff, 0x07, 3, 3].into()),
+            WsMessage::Binary(
+                vec![protocol::PROTOCOL_VERSION, 0xff, 0xff, 0xff, 0x07, 3, 3].into(),
+            ),
             vec![ErrorCode::Malformed],
             Some(4000),
         ),
@@ -69,6 +71,32 @@ async fn malformed_and_oversized_frames_are_refused_while_others_carry_on() {
                 let mut frame = hello_frame(9, "r", &token);
                 frame[0] = 99;
                 frame.into()
+            }),
+            vec![ErrorCode::UnsupportedVersion],
+            Some(4001),
+        ),
+        (
+            // A client of protocol version 1 (no negotiation) is answered
+            // in version 1, which it reads, and told not to retry.
+            "version 1 hello",
+            WsMessage::Binary({
+                let mut frame = hello_frame(9, "r", &token);
+                frame[0] = 1;
+                frame.into()
+            }),
+            vec![ErrorCode::UnsupportedVersion],
+            Some(4001),
+        ),
+        (
+            "no snapshot format in common",
+            WsMessage::Binary({
+                let Ok(Message::Hello(mut hello)) =
+                    protocol::decode(&hello_frame(9, "r", &token), usize::MAX)
+                else {
+                    unreachable!("a hello")
+                };
+                hello.snapshot_formats = vec![7];
+                protocol::encode(&Message::Hello(hello)).into()
             }),
             vec![ErrorCode::UnsupportedVersion],
             Some(4001),
@@ -98,6 +126,9 @@ async fn malformed_and_oversized_frames_are_refused_while_others_carry_on() {
         let ending = read_until_close(&mut ws, Duration::from_secs(5)).await;
         assert_eq!(ending.errors, errors, "{what}");
         assert_eq!(ending.close, close, "{what}");
+        if what == "version 1 hello" {
+            assert_eq!(ending.versions, vec![1], "answered in the client's version");
+        }
         // Others carry on in between.
         a.put("docs", what, "n", 1);
         a.step(Duration::from_millis(1)).await;
@@ -109,9 +140,11 @@ async fn malformed_and_oversized_frames_are_refused_while_others_carry_on() {
     ws.send(WsMessage::Binary(hello_frame(9, "r", &token).into()))
         .await
         .unwrap();
-    ws.send(WsMessage::Binary(vec![1, 0x7f, 0x7f].into()))
-        .await
-        .unwrap();
+    ws.send(WsMessage::Binary(
+        vec![protocol::PROTOCOL_VERSION, 0x7f, 0x7f].into(),
+    ))
+    .await
+    .unwrap();
     let ending = read_until_close(&mut ws, Duration::from_secs(5)).await;
     assert_eq!(ending.errors, vec![ErrorCode::Malformed]);
     assert_eq!(ending.close, Some(4000));
@@ -158,7 +191,7 @@ async fn malformed_and_oversized_frames_are_refused_while_others_carry_on() {
 
     // Everybody else is fine.
     a.put("docs", "after", "n", 2);
-    let (ra, rb) = tokio::join!(a.sync_to("docs", 9, LIMIT), b.sync_to("docs", 9, LIMIT));
+    let (ra, rb) = tokio::join!(a.sync_to("docs", 11, LIMIT), b.sync_to("docs", 11, LIMIT));
     ra.unwrap();
     rb.unwrap();
     assert_eq!(a.closes, Vec::<Option<u16>>::new());

@@ -28,6 +28,8 @@ mod handshake;
 mod liveness;
 #[path = "session_room/malformed.rs"]
 mod malformed;
+#[path = "session_room/negotiation.rs"]
+mod negotiation;
 #[path = "session_room/push.rs"]
 mod push;
 #[path = "session_room/read_only.rs"]

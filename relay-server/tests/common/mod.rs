@@ -557,6 +557,8 @@ pub fn hello_frame(replica: u64, room: &str, token: &str) -> Vec<u8> {
         own_seq: 0,
         settled_seq: 0,
         agent: "raw-test".into(),
+        versions: vec![sync_core::protocol::PROTOCOL_VERSION],
+        snapshot_formats: vec![1, 2, 3],
     }))
 }
 
@@ -565,6 +567,8 @@ pub fn hello_frame(replica: u64, room: &str, token: &str) -> Vec<u8> {
 #[derive(Debug, Default)]
 pub struct Ending {
     pub errors: Vec<ErrorCode>,
+    /// The version byte of every binary frame received.
+    pub versions: Vec<u8>,
     pub messages: Vec<Message>,
     pub close: Option<u16>,
     pub closed: bool,
@@ -578,11 +582,15 @@ pub async fn read_until_close(ws: &mut Ws, limit: Duration) -> Ending {
         match tokio::time::timeout_at(deadline, ws.next()).await {
             Err(_) => return ending,
             Ok(Some(Ok(WsMessage::Binary(frame)))) => {
+                ending.versions.extend(frame.first());
                 if let Ok(message) = protocol::decode(&frame, usize::MAX) {
                     if let Message::Error { code, .. } = &message {
                         ending.errors.push(*code);
                     }
                     ending.messages.push(message);
+                } else if let Some((_, code, _)) = protocol::decode_any_error(&frame) {
+                    // A refusal written in another protocol version.
+                    ending.errors.push(code);
                 }
             }
             Ok(Some(Ok(WsMessage::Close(frame)))) => {

@@ -75,6 +75,10 @@ pub struct SessionConfig {
     /// Largest snapshot accepted from the relay: its bytes on the wire, and
     /// its body once inflated, if it is compressed.
     pub max_snapshot_bytes: u64,
+    /// The snapshot formats this client reads, announced in `Hello`; a
+    /// snapshot in any other format is refused. Defaults to every format
+    /// this build reads.
+    pub snapshot_formats: Vec<u8>,
 }
 
 impl SessionConfig {
@@ -93,6 +97,9 @@ impl SessionConfig {
             push_window: 4,
             max_frame_bytes: protocol::DEFAULT_MAX_FRAME_BYTES,
             max_snapshot_bytes: 1 << 30,
+            snapshot_formats: (crate::snapshot::OLDEST_SNAPSHOT_FORMAT
+                ..=crate::snapshot::NEWEST_SNAPSHOT_FORMAT)
+                .collect(),
         }
     }
 }
@@ -487,6 +494,8 @@ impl Session {
                 .map_or(self.replica.next_seq(), |op| op.id.seq)
                 - 1,
             agent: self.config.agent.clone(),
+            versions: protocol::SUPPORTED_VERSIONS.to_vec(),
+            snapshot_formats: self.config.snapshot_formats.clone(),
         };
         self.outputs
             .push_back(Output::Transmit(protocol::encode(&Message::Hello(hello))));
@@ -503,6 +512,17 @@ impl Session {
             // ago is corruption, not a version mismatch: reconnect. A relay
             // that really speaks another version says so in an `Error`.
             Err(e) => {
+                // A relay that does not speak our version refuses the
+                // `Hello` with an `Error` in its own version; every
+                // version lays `Error` out alike.
+                if let (Link::Handshaking { .. }, protocol::FrameError::UnsupportedVersion { .. }) =
+                    (&self.link, &e)
+                {
+                    if let Some((version, code, message)) = protocol::decode_any_error(frame) {
+                        let reason = format!("relay error {code:?} (version {version}): {message}");
+                        return self.lose_link(now, code.close_code(), reason, true);
+                    }
+                }
                 let close = match e {
                     protocol::FrameError::UnsupportedVersion { .. } => CloseCode::ProtocolError,
                     _ => e.close_code(),
@@ -562,6 +582,19 @@ impl Session {
     }
 
     fn on_welcome(&mut self, now: u64, welcome: Welcome) {
+        if !protocol::SUPPORTED_VERSIONS.contains(&welcome.version)
+            || !self
+                .config
+                .snapshot_formats
+                .contains(&welcome.snapshot_format)
+        {
+            let reason = format!(
+                "relay chose protocol version {} and snapshot format {}, which this client did \
+                 not offer",
+                welcome.version, welcome.snapshot_format
+            );
+            return self.fail(now, CloseCode::ProtocolError, ErrorCode::Malformed, reason);
+        }
         if welcome.accepted_seq >= self.replica.next_seq() {
             // The relay settled numbers this store never handed out: it was
             // restored from an older copy, and new writes would reuse them.
@@ -736,6 +769,14 @@ impl Session {
             let Some(done) = live.assembling.take() else {
                 return;
             };
+            let format = Snapshot::format_of(&done.bytes);
+            if !format.is_some_and(|f| self.config.snapshot_formats.contains(&f)) {
+                let reason = format!(
+                    "relay sent a snapshot in format {format:?}; this client reads {:?}",
+                    self.config.snapshot_formats
+                );
+                return self.fail(now, CloseCode::ProtocolError, ErrorCode::Malformed, reason);
+            }
             // The limit bounds the body too, should the snapshot be compressed.
             let max_body = usize::try_from(max).unwrap_or(usize::MAX);
             match Snapshot::decode_with_limit(&done.bytes, max_body) {
