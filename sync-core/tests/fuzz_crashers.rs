@@ -192,8 +192,10 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
         "value-variant-256",
         push_with_field(&some(&[0x80, 0x02, 0])),
     );
-    add("error-code-17", vec![V, 10, 17, 0]);
-    add("rejected-code-200", vec![V, 7, 1, 0xc8, 0x01, 0, 0]);
+    add(
+        "error-code-u32-overflow",
+        vec![V, 10, 0xff, 0xff, 0xff, 0xff, 0x10, 0],
+    );
     add("bool-2", {
         let mut f = protocol::encode(&Message::Welcome(Welcome {
             head: 1,

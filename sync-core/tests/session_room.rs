@@ -22,6 +22,8 @@ mod coalesce;
 mod fanout;
 #[path = "session_room/flow.rs"]
 mod flow;
+#[path = "session_room/forward_compat.rs"]
+mod forward_compat;
 #[path = "session_room/handshake.rs"]
 mod handshake;
 #[path = "session_room/liveness.rs"]

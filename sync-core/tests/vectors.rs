@@ -337,6 +337,14 @@ fn vectors() -> Vec<Vector> {
             }),
         },
         Vector {
+            name: "ack-unknown-code",
+            about: "Message::Ack refusing seq 6 with error code 99, unknown to this build".into(),
+            kind: Kind::Frame(Message::Ack {
+                through_seq: 7,
+                refused: vec![(6, ErrorCode::Unknown(99))],
+            }),
+        },
+        Vector {
             name: "deliver",
             about: "Message::Deliver of offsets 301..=303 carrying two operations of other replicas"
                 .into(),
@@ -431,6 +439,17 @@ fn vectors() -> Vec<Vector> {
             }),
         },
         Vector {
+            name: "rejected-unknown-code",
+            about: "Message::Rejected with error code 300 (two-byte varint), unknown to this build"
+                .into(),
+            kind: Kind::Frame(Message::Rejected {
+                seq: 9,
+                code: ErrorCode::Unknown(300),
+                retry_after_ms: 2000,
+                message: "later".into(),
+            }),
+        },
+        Vector {
             name: "ping",
             about: "Message::Ping with nonce 0x0102030405060708".into(),
             kind: Kind::Frame(Message::Ping {
@@ -450,6 +469,14 @@ fn vectors() -> Vec<Vector> {
             kind: Kind::Frame(Message::Error {
                 code: ErrorCode::Unauthorized,
                 message: "token expired".into(),
+            }),
+        },
+        Vector {
+            name: "error-unknown-code",
+            about: "Message::Error with error code 200, unknown to this build".into(),
+            kind: Kind::Frame(Message::Error {
+                code: ErrorCode::Unknown(200),
+                message: "from a newer relay".into(),
             }),
         },
         Vector {
@@ -786,6 +813,8 @@ fn error_codes_and_close_codes_match_the_spec() {
         (ErrorCode::Internal, 16, 4011),
     ];
     for (code, index, close) in codes {
+        assert_eq!(ErrorCode::from_index(u32::from(index)), code);
+        assert_eq!(code.index(), u32::from(index));
         let frame = protocol::encode(&Message::Error {
             code,
             message: String::new(),
@@ -814,11 +843,19 @@ fn error_codes_and_close_codes_match_the_spec() {
         (4011, true),
     ];
     for (number, reconnect) in closes {
-        let code = CloseCode::from_u16(number).expect("known close code");
+        let code = CloseCode::from_u16(number);
+        assert!(code.is_known(), "{number}");
         assert_eq!(code.as_u16(), number);
         assert_eq!(code.should_reconnect(), reconnect, "{number}");
     }
-    assert_eq!(CloseCode::from_u16(1006), None);
+    // Numbers of no known code: kept, and the client reconnects.
+    for number in [1006, 4099, 4999] {
+        let code = CloseCode::from_u16(number);
+        assert_eq!(code, CloseCode::Other(number));
+        assert!(!code.is_known());
+        assert_eq!(code.as_u16(), number);
+        assert!(code.should_reconnect(), "{number}");
+    }
 }
 
 /// The small snapshot decodes to what was encoded.

@@ -12,6 +12,7 @@ pub(super) const DELIVER_TAG: u64 = 4;
 /// Every message of the protocol. The variant index is the wire tag, so
 /// variants are only ever appended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Message {
     /// Client → relay, first frame: who is asking for what.
     Hello(Hello),

@@ -44,6 +44,9 @@ use crate::store::Record;
 use crate::value::Value;
 use inbound::{Inbound, InboundQueue};
 
+/// Least pause after a `Rejected` with a code this build does not know.
+const UNKNOWN_REJECTION_PAUSE_MS: u64 = 1000;
+
 /// Name of the store record that holds the session's sync state.
 const SESSION_RECORD: &str = "session";
 
@@ -463,9 +466,7 @@ impl Session {
             Input::Connected => self.on_connected(now),
             Input::Received(frame) => self.on_frame(now, frame),
             Input::Disconnected { code } => {
-                let code = code
-                    .and_then(CloseCode::from_u16)
-                    .unwrap_or(CloseCode::GoingAway);
+                let code = code.map_or(CloseCode::GoingAway, CloseCode::from_u16);
                 self.lose_link(now, code, "transport closed".into(), false);
             }
             Input::Timeout => self.on_timeout(now),
@@ -884,6 +885,14 @@ impl Session {
                 live.pushed_through = live.pushed_through.min(seq.saturating_sub(1));
                 live.in_flight.clear();
                 live.read_only = true;
+            }
+            ErrorCode::Unknown(_) => {
+                // A newer relay's "not now": push this and the rest again
+                // later, at least a second from now.
+                live.pushed_through = live.pushed_through.min(seq.saturating_sub(1));
+                live.in_flight.retain(|&last| last < seq);
+                let wait = retry_after_ms.max(UNKNOWN_REJECTION_PAUSE_MS);
+                live.push_paused_until = Some(now.saturating_add(wait));
             }
 
             _ => {
