@@ -23,17 +23,14 @@ use crate::peer::{Control, Kill, Outbound, Peer};
 use crate::room_host::{JoinReply, RoomHandle, RoomMsg};
 use crate::server::App;
 
-/// Longest room name accepted, in bytes.
-pub(crate) const MAX_ROOM_NAME_BYTES: usize = 256;
-
 /// How long to keep reading (and discarding) after our close frame, so the
 /// client reads our last frames before the socket closes.
 const LINGER: Duration = Duration::from_secs(2);
 
 /// Whether `name` is an acceptable room name: 1 to 256 bytes, no control
-/// characters.
+/// characters (`protocol::valid_room_name`).
 pub(crate) fn valid_room_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= MAX_ROOM_NAME_BYTES && !name.chars().any(char::is_control)
+    protocol::valid_room_name(name)
 }
 
 /// Serves one upgraded WebSocket until it closes.
@@ -118,9 +115,10 @@ impl Conn {
         if !valid_room_name(&hello.room) {
             tracing::info!(peer = %self.addr, room = ?hello.room, "refused: invalid room name");
             return self.peer.error_and_close(
-                ErrorCode::Malformed,
+                ErrorCode::InvalidRoom,
                 format!(
-                    "room names are 1 to {MAX_ROOM_NAME_BYTES} bytes without control characters"
+                    "room names are 1 to {} bytes without control characters",
+                    sync_core::limits::MAX_ROOM_NAME_LEN
                 ),
             );
         }

@@ -102,6 +102,20 @@ async fn malformed_and_oversized_frames_are_refused_while_others_carry_on() {
             Some(4001),
         ),
         (
+            // A room name the relay refuses, for good: its own code, after
+            // which clients stop reconnecting.
+            "room name with a control character",
+            WsMessage::Binary(hello_frame(9, "a\u{7}b", &token).into()),
+            vec![ErrorCode::InvalidRoom],
+            Some(4012),
+        ),
+        (
+            "room name of 257 bytes",
+            WsMessage::Binary(hello_frame(9, &"r".repeat(257), &token).into()),
+            vec![ErrorCode::InvalidRoom],
+            Some(4012),
+        ),
+        (
             "truncated hello",
             WsMessage::Binary(garbage_then_hello.into()),
             vec![ErrorCode::Malformed],
@@ -191,7 +205,7 @@ async fn malformed_and_oversized_frames_are_refused_while_others_carry_on() {
 
     // Everybody else is fine.
     a.put("docs", "after", "n", 2);
-    let (ra, rb) = tokio::join!(a.sync_to("docs", 11, LIMIT), b.sync_to("docs", 11, LIMIT));
+    let (ra, rb) = tokio::join!(a.sync_to("docs", 13, LIMIT), b.sync_to("docs", 13, LIMIT));
     ra.unwrap();
     rb.unwrap();
     assert_eq!(a.closes, Vec::<Option<u16>>::new());

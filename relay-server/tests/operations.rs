@@ -67,6 +67,16 @@ async fn health_metrics_and_admin_stats() {
     assert!(metric_value(&metrics, "concord_ack_latency_seconds_count") >= 1.0);
     assert!(metrics.contains("# TYPE concord_ack_latency_seconds histogram"));
     assert!(metrics.contains("concord_ack_latency_seconds_bucket{le=\"+Inf\"}"));
+
+    // A room nothing was ever stored in, and nobody is in, is not found.
+    let (status, body) = http_get(relay.addr, "/v1/rooms/never-used/stats", Some(ADMIN)).unwrap();
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(
+        http_get(relay.addr, "/v1/rooms/bad%07room/stats", Some(ADMIN))
+            .unwrap()
+            .0,
+        400
+    );
 }
 
 #[test]

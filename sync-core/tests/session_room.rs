@@ -20,6 +20,8 @@ mod clock;
 mod coalesce;
 #[path = "session_room/fanout.rs"]
 mod fanout;
+#[path = "session_room/findings.rs"]
+mod findings;
 #[path = "session_room/flow.rs"]
 mod flow;
 #[path = "session_room/forward_compat.rs"]

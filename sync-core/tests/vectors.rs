@@ -811,6 +811,7 @@ fn error_codes_and_close_codes_match_the_spec() {
         (ErrorCode::Superseded, 14, 4010),
         (ErrorCode::GoingAway, 15, 1001),
         (ErrorCode::Internal, 16, 4011),
+        (ErrorCode::InvalidRoom, 17, 4012),
     ];
     for (code, index, close) in codes {
         assert_eq!(ErrorCode::from_index(u32::from(index)), code);
@@ -841,6 +842,7 @@ fn error_codes_and_close_codes_match_the_spec() {
         (4009, true),
         (4010, true),
         (4011, true),
+        (4012, false),
     ];
     for (number, reconnect) in closes {
         let code = CloseCode::from_u16(number);

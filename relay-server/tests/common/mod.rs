@@ -76,13 +76,21 @@ impl Relay {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(20);
+        let mut earlier_lines = Vec::new();
         let addr = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
                     if let Some(addr) = line.strip_prefix("concord-relay listening on ") {
+                        // docs/RELAY.md: it is always the first line on
+                        // stdout, even on a first start that creates a key.
+                        assert!(
+                            earlier_lines.is_empty(),
+                            "stdout lines before the listening line: {earlier_lines:?}"
+                        );
                         break addr.trim().parse().expect("address");
                     }
+                    earlier_lines.push(line);
                 }
                 Err(_) => {
                     let _ = child.kill();

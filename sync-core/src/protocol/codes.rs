@@ -46,6 +46,9 @@ pub enum ErrorCode {
     GoingAway,
     /// The relay failed internally; reconnect later.
     Internal,
+    /// The room name is not valid (see `protocol::valid_room_name`);
+    /// retrying with the same name cannot help.
+    InvalidRoom,
     /// A code this build does not know, by its index: a newer peer's.
     /// An `Error` with it closes with 4000 (and the client reconnects); a
     /// `Rejected` with it means "push again later"; in `Ack.refused` the
@@ -72,6 +75,7 @@ const KNOWN_ERROR_CODES: &[ErrorCode] = &[
     ErrorCode::Superseded,
     ErrorCode::GoingAway,
     ErrorCode::Internal,
+    ErrorCode::InvalidRoom,
 ];
 
 impl ErrorCode {
@@ -114,6 +118,7 @@ impl ErrorCode {
             ErrorCode::Superseded => CloseCode::Superseded,
             ErrorCode::GoingAway => CloseCode::GoingAway,
             ErrorCode::Internal => CloseCode::Internal,
+            ErrorCode::InvalidRoom => CloseCode::InvalidRoom,
             ErrorCode::Unknown(_) => CloseCode::ProtocolError,
         }
     }
@@ -168,6 +173,8 @@ pub enum CloseCode {
     Superseded,
     /// 4011: internal failure.
     Internal,
+    /// 4012: the room name is not valid; retrying will not help.
+    InvalidRoom,
     /// Any other number; the client reconnects, as after 1001.
     Other(u16),
 }
@@ -190,6 +197,7 @@ impl CloseCode {
             CloseCode::TooManyConnections => 4009,
             CloseCode::Superseded => 4010,
             CloseCode::Internal => 4011,
+            CloseCode::InvalidRoom => 4012,
             CloseCode::Other(code) => code,
         }
     }
@@ -219,7 +227,10 @@ impl CloseCode {
     pub fn should_reconnect(self) -> bool {
         !matches!(
             self,
-            CloseCode::UnsupportedVersion | CloseCode::Unauthorized | CloseCode::Forbidden
+            CloseCode::UnsupportedVersion
+                | CloseCode::Unauthorized
+                | CloseCode::Forbidden
+                | CloseCode::InvalidRoom
         )
     }
 }
@@ -239,4 +250,5 @@ const ALL_CLOSE_CODES: &[CloseCode] = &[
     CloseCode::TooManyConnections,
     CloseCode::Superseded,
     CloseCode::Internal,
+    CloseCode::InvalidRoom,
 ];

@@ -52,6 +52,16 @@ impl NegotiationError {
     }
 }
 
+/// Whether `name` is a valid room name: 1 to 256 UTF-8 bytes
+/// ([`crate::limits::MAX_ROOM_NAME_LEN`]), none of them a control
+/// character (Unicode category Cc: U+0000–U+001F and U+007F–U+009F). A
+/// relay refuses any other name with `Error { InvalidRoom }` and close 4012.
+pub fn valid_room_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= crate::limits::MAX_ROOM_NAME_LEN
+        && !name.chars().any(char::is_control)
+}
+
 /// What a relay of this build agrees to for `hello`: the newest protocol
 /// version and the newest snapshot format both sides know.
 pub fn negotiate(hello: &Hello) -> Result<Agreement, NegotiationError> {

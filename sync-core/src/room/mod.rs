@@ -502,6 +502,13 @@ impl Room {
     }
 
     fn join(&mut self, now: u64, session: SessionId, hello: Hello, read_only: bool) {
+        if !protocol::valid_room_name(&hello.room) {
+            let reason = format!(
+                "room names are 1 to {} bytes without control characters",
+                crate::limits::MAX_ROOM_NAME_LEN
+            );
+            return self.close(session, ErrorCode::InvalidRoom, reason);
+        }
         let agreed = match protocol::negotiate(&hello) {
             Ok(agreed) => agreed,
             Err(e) => {
@@ -648,9 +655,12 @@ impl Room {
                 .refused
                 .get(&replica)
                 .is_some_and(|r| r.contains(op.id.seq));
+            // Horizon 0 means none: nothing is collected, an op stamped 0 is not stale.
+            let behind_horizon =
+                self.tombstone_horizon > Hlc::ZERO && op.hlc <= self.tombstone_horizon;
             let refusal = if op.validate().is_err() {
                 Some(ErrorCode::InvalidOp)
-            } else if op.hlc <= self.tombstone_horizon || given_up {
+            } else if behind_horizon || given_up {
                 Some(ErrorCode::Stale)
             } else {
                 None

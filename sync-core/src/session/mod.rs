@@ -363,7 +363,20 @@ impl Session {
     }
 
     /// Starts connecting (now) and keeps reconnecting until [`Session::stop`].
+    ///
+    /// A room name the relay would refuse (see
+    /// [`protocol::valid_room_name`]) never connects: the session reports
+    /// `Disconnected { code: InvalidRoom }` and stays offline.
     pub fn start(&mut self, now: u64) {
+        if !protocol::valid_room_name(&self.config.room) {
+            self.link = Link::Offline;
+            self.outputs.push_back(Output::Event(Event::Disconnected {
+                code: CloseCode::InvalidRoom,
+                reason: format!("invalid room name {:?}", self.config.room),
+                retry_at: None,
+            }));
+            return;
+        }
         if matches!(self.link, Link::Offline | Link::Waiting { .. }) {
             self.attempt = 0;
             self.link = Link::Connecting { since: now };
