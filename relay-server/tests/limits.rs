@@ -1,6 +1,6 @@
 //! Misbehaving clients get an error and a close while every other session
 //! carries on: garbage, text frames, wrong versions, truncated handshakes,
-//! oversized frames, pushing too fast, reading too slowly, too many
+//! oversized frames, ignoring the push window, reading too slowly, too many
 //! connections.
 
 mod common;
@@ -230,18 +230,21 @@ async fn malformed_and_oversized_frames_are_refused_while_others_carry_on() {
     drop(junk);
 }
 
+/// A writer that keeps to the push window is slowed down to the rate limit
+/// (its acks wait for tokens), never cut off; nothing is lost, and other
+/// sessions carry on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pushing_too_fast_is_cut_off_and_nothing_is_lost() {
+async fn a_writer_over_the_rate_is_slowed_by_backpressure_not_cut_off() {
     let dir = tempdir();
     let relay = Relay::start(
         dir.path(),
         &[
             "--ops-per-second",
-            "20",
+            "400",
             "--ops-burst",
-            "50",
+            "400",
             "--max-batch-ops",
-            "50",
+            "100",
         ],
     );
     let token = relay.token("r", "rw", "1h", None);
@@ -249,21 +252,76 @@ async fn pushing_too_fast_is_cut_off_and_nothing_is_lost() {
     let mut other = Client::new(2, "r", &token, &relay.url());
     fast.start();
     other.start();
-    for i in 0..300 {
+    fast.run_until(LIMIT, Client::is_live).await.unwrap();
+    let started = std::time::Instant::now();
+    for i in 0..1_600 {
         fast.put("docs", &format!("d{i}"), "n", i);
     }
-    fast.run_until(LIMIT, |c| c.closes.contains(&Some(4008)))
-        .await
-        .unwrap();
-    assert!(fast.errors.contains(&ErrorCode::RateLimited));
-    // It reconnects by itself and, bucket by bucket, gets everything in.
     let (rf, ro) = tokio::join!(
-        fast.sync_to("docs", 300, Duration::from_secs(40)),
-        other.sync_to("docs", 300, Duration::from_secs(40))
+        fast.sync_to("docs", 1_600, Duration::from_secs(40)),
+        other.sync_to("docs", 1_600, Duration::from_secs(40))
     );
     rf.unwrap();
     ro.unwrap();
+    fast.run_until(LIMIT, |c| c.pending() == 0).await.unwrap();
+    // 1,200 operations beyond the burst at 400 per second.
+    assert!(
+        started.elapsed() >= Duration::from_millis(2_500),
+        "throttled: {:?}",
+        started.elapsed()
+    );
+    assert!(fast.closes.is_empty(), "never cut off: {:?}", fast.closes);
+    assert!(fast.errors.is_empty(), "{:?}", fast.errors);
     assert!(other.closes.is_empty(), "{:?}", other.closes);
+}
+
+/// A client that ignores the push window while it is being throttled is
+/// cut off with `RateLimited` (4008).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_ignores_the_push_window_is_cut_off() {
+    let dir = tempdir();
+    let relay = Relay::start(
+        dir.path(),
+        &[
+            "--ops-per-second",
+            "1",
+            "--ops-burst",
+            "1",
+            "--max-batch-ops",
+            "1",
+        ],
+    );
+    let token = relay.token("r", "rw", "1h", None);
+    let mut ws = raw_connect(&relay.url()).await;
+    ws.send(WsMessage::Binary(hello_frame(9, "r", &token).into()))
+        .await
+        .unwrap();
+    let now = common::now_ms();
+    for seq in 1..=3 * protocol::MAX_PUSH_WINDOW as u64 {
+        let op = sync_core::Op {
+            id: sync_core::OpId {
+                replica: sync_core::ReplicaId(9),
+                seq,
+            },
+            hlc: sync_core::Hlc::new(now, seq as u16).unwrap(),
+            change: sync_core::Change::CreateCollection {
+                collection: format!("c{seq}"),
+            },
+        };
+        let push = protocol::encode(&Message::Push { ops: vec![op] });
+        if ws.send(WsMessage::Binary(push.into())).await.is_err() {
+            break;
+        }
+    }
+    let ending = read_until_close(&mut ws, Duration::from_secs(10)).await;
+    assert_eq!(ending.errors, vec![ErrorCode::RateLimited]);
+    assert_eq!(ending.close, Some(4008));
+    let acks = ending
+        .messages
+        .iter()
+        .filter(|m| matches!(m, Message::Ack { .. }))
+        .count();
+    assert!(acks < protocol::MAX_PUSH_WINDOW, "{acks} acks");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -111,6 +111,11 @@ pub const HELLO_VERSION: u8 = 2;
 pub const SENDABLE_SNAPSHOT_FORMATS: std::ops::RangeInclusive<u8> =
     crate::snapshot::OLDEST_SNAPSHOT_FORMAT..=crate::snapshot::NEWEST_SNAPSHOT_FORMAT;
 
+/// Most pushes a client may have awaiting their answer (`Ack` or
+/// `Rejected`) at once. A relay that rate-limits holds pushes back, and
+/// cuts off a session that has more than this many awaiting.
+pub const MAX_PUSH_WINDOW: usize = 8;
+
 /// Largest frame either side accepts by default (4 MiB).
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 

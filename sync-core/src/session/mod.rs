@@ -71,7 +71,8 @@ pub struct SessionConfig {
     pub max_batch_ops: usize,
     /// Most bytes of operations per push (the relay may lower it).
     pub max_batch_bytes: usize,
-    /// Most pushes awaiting acknowledgement at once.
+    /// Most pushes awaiting acknowledgement at once (1 to
+    /// [`protocol::MAX_PUSH_WINDOW`]; values outside are clamped).
     pub push_window: usize,
     /// Largest frame accepted from the relay.
     pub max_frame_bytes: usize,
@@ -1043,7 +1044,8 @@ impl Session {
             return;
         }
         let mut frames = Vec::new();
-        while live.in_flight.len() < self.config.push_window.max(1) {
+        let window = self.config.push_window.clamp(1, protocol::MAX_PUSH_WINDOW);
+        while live.in_flight.len() < window {
             let mut batch = Vec::new();
             let mut bytes = 0;
             for op in self

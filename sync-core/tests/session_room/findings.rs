@@ -192,3 +192,22 @@ fn values_the_decoder_refuses_cannot_be_written_and_fail_the_frame() {
     ));
     assert_eq!(w.room_closes(100), vec![CloseCode::ProtocolError]);
 }
+
+/// A client never has more than `MAX_PUSH_WINDOW` pushes awaiting their
+/// answer, whatever its configuration: a relay cuts off one that has.
+#[test]
+fn the_push_window_is_clamped_to_the_protocol_maximum() {
+    let mut w = World::new(RoomConfig::default());
+    let mut config = session_config();
+    config.push_window = 100;
+    config.max_batch_ops = 1;
+    let a = w.add_client_with(1, config);
+    w.start(a);
+    // The relay's answers do not reach the client.
+    w.cm(a).hold_inbound = true;
+    w.write_many(a, "d", 30);
+    assert_eq!(w.c(a).pushes().len(), protocol::MAX_PUSH_WINDOW);
+    w.cm(a).hold_inbound = false;
+    w.settle();
+    assert_eq!(w.c(a).pending(), 0);
+}
