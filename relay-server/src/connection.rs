@@ -3,10 +3,11 @@
 //! outbound queue.
 //!
 //! The first binary frame must be a `Hello` within the handshake timeout.
-//! Its token is verified before the session joins anything; a refusal is an
-//! `Error` frame and a close code, and is logged. After joining, the reader
-//! rate-limits pushed operations and forwards every binary frame to the room
-//! task, which alone decides what the session receives.
+//! Its protocol version, negotiation, room name and token are checked
+//! before the session joins anything; a refusal is an `Error` frame and a
+//! close code, and is logged. After joining, the reader forwards every
+//! binary frame to the room task, which alone decides what the session
+//! receives, holding back pushes the rate limit does not cover yet.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
