@@ -72,6 +72,8 @@ impl LightClient {
             own_seq: 0,
             settled_seq: 0,
             agent: "concord-loadgen light".into(),
+            versions: vec![sync_core::protocol::PROTOCOL_VERSION],
+            snapshot_formats: vec![1, 2, 3],
         })));
         client.flush().await?;
         Ok(client)

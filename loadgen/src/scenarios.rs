@@ -17,7 +17,8 @@ use crate::relay::{Relay, own_cpu_seconds};
 enum Phase {
     /// Keep the session alive, write nothing.
     Idle,
-    /// Write as fast as the relay takes it (at most 500 unacknowledged;
+    /// Write as fast as the relay takes it (pushes of 50, at most
+    /// `MAX_PUSH_WINDOW` of them unacknowledged, 400 operations;
     /// lightweight clients also stay under the relay's default per-session
     /// rate limit of 2,000 ops/s, which would otherwise cut them off).
     Flood,
@@ -165,6 +166,9 @@ fn spawn_followers(
 
 /// How often a lightweight client pushes 50 operations in the flood.
 const FLOOD_EVERY: Duration = Duration::from_millis(30);
+/// Operations a flooding lightweight client leaves unacknowledged at most:
+/// its pushes of 50 stay within the protocol's push window.
+const FLOOD_UNACKED: u64 = 50 * sync_core::protocol::MAX_PUSH_WINDOW as u64;
 
 /// Lightweight client `i` of `n` following the phase channel until `Stop`
 /// (or until its connection fails: it is counted in `shared.lost`).
@@ -239,7 +243,7 @@ async fn light_follower(
                     n_written += 1;
                     shared.written.fetch_add(1, Ordering::Relaxed);
                 }
-                Phase::Flood if client.pushed - client.acked < 500 => {
+                Phase::Flood if client.pushed - client.acked < FLOOD_UNACKED => {
                     let doc = format!("c{i}-{}", n_written % 64);
                     client.push(50, "flood", &doc, "n", n_written as i64);
                     n_written += 50;

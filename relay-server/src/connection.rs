@@ -3,15 +3,18 @@
 //! outbound queue.
 //!
 //! The first binary frame must be a `Hello` within the handshake timeout.
-//! Its token is verified before the session joins anything; a refusal is an
-//! `Error` frame and a close code, and is logged. After joining, the reader
-//! rate-limits pushed operations and forwards every binary frame to the room
-//! task, which alone decides what the session receives.
+//! Its protocol version, negotiation, room name and token are checked
+//! before the session joins anything; a refusal is an `Error` frame and a
+//! close code, and is logged. After joining, the reader forwards every
+//! binary frame to the room task, which alone decides what the session
+//! receives, holding back pushes the rate limit does not cover yet.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -23,17 +26,14 @@ use crate::peer::{Control, Kill, Outbound, Peer};
 use crate::room_host::{JoinReply, RoomHandle, RoomMsg};
 use crate::server::App;
 
-/// Longest room name accepted, in bytes.
-pub(crate) const MAX_ROOM_NAME_BYTES: usize = 256;
-
 /// How long to keep reading (and discarding) after our close frame, so the
 /// client reads our last frames before the socket closes.
 const LINGER: Duration = Duration::from_secs(2);
 
 /// Whether `name` is an acceptable room name: 1 to 256 bytes, no control
-/// characters.
+/// characters (`protocol::valid_room_name`).
 pub(crate) fn valid_room_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= MAX_ROOM_NAME_BYTES && !name.chars().any(char::is_control)
+    protocol::valid_room_name(name)
 }
 
 /// Serves one upgraded WebSocket until it closes.
@@ -118,11 +118,18 @@ impl Conn {
         if !valid_room_name(&hello.room) {
             tracing::info!(peer = %self.addr, room = ?hello.room, "refused: invalid room name");
             return self.peer.error_and_close(
-                ErrorCode::Malformed,
+                ErrorCode::InvalidRoom,
                 format!(
-                    "room names are 1 to {MAX_ROOM_NAME_BYTES} bytes without control characters"
+                    "room names are 1 to {} bytes without control characters",
+                    sync_core::limits::MAX_ROOM_NAME_LEN
                 ),
             );
+        }
+        if let Err(error) = protocol::negotiate(&hello) {
+            tracing::info!(peer = %self.addr, room = ?hello.room, %error, "refused: nothing in common");
+            return self
+                .peer
+                .error_and_close(error.error_code(), error.to_string());
         }
         let now_secs = crate::room_host::now_ms() / 1000;
         let grant =
@@ -207,6 +214,23 @@ impl Conn {
                             ErrorCode::Malformed,
                             "the first message must be a Hello".to_owned(),
                         ),
+                        Err(protocol::FrameError::UnsupportedVersion { found }) => {
+                            // Answered in the client's own version, which
+                            // lays `Error` out as every version does.
+                            let reason = format!(
+                                "this relay speaks protocol versions {:?}, not {found}; upgrade the client",
+                                protocol::SUPPORTED_VERSIONS
+                            );
+                            tracing::info!(peer = %self.addr, version = found, "handshake refused: protocol version");
+                            self.app.metrics.error("UnsupportedVersion");
+                            let frame = protocol::encode_version_refusal(found, &reason);
+                            if self.peer.send(frame).is_ok() {
+                                self.peer.close(CloseCode::UnsupportedVersion, reason);
+                            } else {
+                                self.peer.kill(ErrorCode::UnsupportedVersion, reason);
+                            }
+                            return None;
+                        }
                         Err(e) => (e.error_code(), e.to_string()),
                     };
                     tracing::info!(peer = %self.addr, code = ?code, %reason, "handshake refused");
@@ -262,14 +286,37 @@ impl Conn {
     }
 
     /// Forwards the session's frames to its room until either side ends.
+    ///
+    /// Pushes are rate-limited by backpressure: a push the token bucket
+    /// cannot pay for yet is held (so its `Ack` waits) while other frames
+    /// go on to the room. A client that keeps to the push window is only
+    /// slowed down; one with more than [`protocol::MAX_PUSH_WINDOW`] pushes
+    /// awaiting their answer ignores the protocol and is cut off.
     async fn read_loop(&mut self, room: &RoomHandle) {
-        let config = &self.app.config;
+        let config = self.app.config.clone();
         let max = config.max_frame_bytes;
+        let control = self.peer.control();
         let mut bucket = TokenBucket::new(config.ops_per_second, config.ops_burst);
+        // Pushes waiting for tokens, oldest first, with their operation count.
+        let mut held: VecDeque<(Bytes, usize)> = VecDeque::new();
         loop {
+            // Hand on the held pushes the bucket can pay for now.
+            while let Some((_, ops)) = held.front() {
+                if !bucket.take(*ops) {
+                    break;
+                }
+                let Some((frame, _)) = held.pop_front() else {
+                    break;
+                };
+                if !self.forward(room, frame, true).await {
+                    return;
+                }
+            }
+            let refill = held.front().map(|(_, ops)| bucket.wait_for(*ops));
             let next = tokio::select! {
                 next = self.stream.next() => next,
                 _ = self.writer_done.wait_for(|done| *done) => return,
+                () = tokio::time::sleep(refill.unwrap_or_default()), if refill.is_some() => continue,
             };
             let message = match next {
                 None => return,
@@ -280,42 +327,44 @@ impl Conn {
                 WsMessage::Binary(frame) => {
                     self.count_in(frame.len());
                     let pushed = match protocol::decode(&frame, max) {
-                        Ok(Message::Push { ops }) => Some(ops.len()),
+                        Ok(Message::Push { ops }) if !ops.is_empty() => Some(ops.len()),
                         _ => None,
                     };
-                    if let Some(ops) = pushed {
-                        self.app
-                            .metrics
-                            .ops_in
-                            .fetch_add(ops as u64, std::sync::atomic::Ordering::Relaxed);
-                        if !bucket.take(ops) {
-                            tracing::warn!(
-                                peer = %self.addr,
-                                session = self.session,
-                                rate = config.ops_per_second,
-                                burst = config.ops_burst,
-                                "session over its operation rate limit; cut off"
-                            );
-                            return self.peer.error_and_close(
-                                ErrorCode::RateLimited,
-                                format!(
-                                    "more than {} operations per second (burst {}); slow down",
-                                    config.ops_per_second, config.ops_burst
-                                ),
-                            );
+                    let Some(ops) = pushed else {
+                        if !self.forward(room, frame, false).await {
+                            return;
                         }
-                    }
-                    let msg = RoomMsg::Frame {
-                        session: self.session,
-                        frame,
-                        push: pushed.is_some(),
-                        at: Instant::now(),
+                        continue;
                     };
-                    if room.tx.send(msg).await.is_err() {
-                        return self.peer.error_and_close(
-                            ErrorCode::Internal,
-                            "the room stopped; reconnect".into(),
+                    self.app
+                        .metrics
+                        .ops_in
+                        .fetch_add(ops as u64, std::sync::atomic::Ordering::Relaxed);
+                    let awaiting = held.len() + control.unanswered_pushes();
+                    if awaiting >= protocol::MAX_PUSH_WINDOW {
+                        tracing::warn!(
+                            peer = %self.addr,
+                            session = self.session,
+                            awaiting,
+                            "session ignores the push window while rate-limited; cut off"
                         );
+                        return self.peer.error_and_close(
+                            ErrorCode::RateLimited,
+                            format!(
+                                "more than {} pushes awaiting their answer; wait for acks \
+                                 (limit {} operations per second, burst {})",
+                                protocol::MAX_PUSH_WINDOW,
+                                config.ops_per_second,
+                                config.ops_burst
+                            ),
+                        );
+                    }
+                    if held.is_empty() && bucket.take(ops) {
+                        if !self.forward(room, frame, true).await {
+                            return;
+                        }
+                    } else {
+                        held.push_back((frame, ops));
                     }
                 }
                 WsMessage::Text(_) => return self.refuse_text(),
@@ -323,6 +372,26 @@ impl Conn {
                 WsMessage::Ping(_) | WsMessage::Pong(_) => {}
             }
         }
+    }
+
+    /// Hands a frame to the room; `false` if the room is gone (the session
+    /// is then closed).
+    async fn forward(&self, room: &RoomHandle, frame: Bytes, push: bool) -> bool {
+        if push {
+            self.peer.control().pushed();
+        }
+        let msg = RoomMsg::Frame {
+            session: self.session,
+            frame,
+            push,
+            at: Instant::now(),
+        };
+        if room.tx.send(msg).await.is_err() {
+            self.peer
+                .error_and_close(ErrorCode::Internal, "the room stopped; reconnect".into());
+            return false;
+        }
+        true
     }
 
     fn count_in(&self, len: usize) {
@@ -390,6 +459,7 @@ async fn write_loop(
             }
             Some(Some(Outbound::Frame(frame))) => {
                 control.dequeued(frame.len());
+                control.sending(&frame);
                 metrics.frame_out(&frame);
                 let flush = queue.is_empty();
                 // A kill (the queue overflowed behind a stalled socket)
@@ -496,21 +566,41 @@ impl TokenBucket {
         }
     }
 
+    /// Takes `n` tokens if there are that many (a push larger than the
+    /// bucket costs the whole bucket, so it is never held for ever).
     fn take(&mut self, n: usize) -> bool {
         if self.rate <= 0.0 {
             return true;
         }
-        let now = Instant::now();
-        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + refill).min(self.burst);
-        self.last = now;
-        let n = n as f64;
+        self.refill();
+        let n = (n as f64).min(self.burst);
         if self.tokens >= n {
             self.tokens -= n;
             true
         } else {
             false
         }
+    }
+
+    /// How long until [`TokenBucket::take`] of `n` tokens succeeds.
+    fn wait_for(&mut self, n: usize) -> Duration {
+        if self.rate <= 0.0 {
+            return Duration::ZERO;
+        }
+        self.refill();
+        let missing = (n as f64).min(self.burst) - self.tokens;
+        if missing <= 0.0 {
+            return Duration::ZERO;
+        }
+        // Round up to a whole millisecond so the wake-up finds enough.
+        Duration::from_millis((missing / self.rate * 1000.0).ceil() as u64 + 1)
+    }
+
+    fn refill(&mut self) {
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.last = now;
     }
 }
 
@@ -523,6 +613,10 @@ mod tests {
         let mut bucket = TokenBucket::new(10, 100);
         assert!(bucket.take(100));
         assert!(!bucket.take(5));
+        let wait = bucket.wait_for(5);
+        assert!(wait > Duration::from_millis(400) && wait <= Duration::from_millis(502));
+        // More than the bucket holds costs the whole bucket.
+        assert!(bucket.wait_for(1_000) <= Duration::from_millis(10_002));
         let mut off = TokenBucket::new(0, 1);
         assert!(off.take(1_000_000));
     }

@@ -169,6 +169,14 @@ async fn stats(
             "the room is unavailable (see the relay's log)\n",
         );
     };
+    // Rooms exist from first use: one with nothing stored and nobody
+    // connected is no room at all (a typo, most likely).
+    if stats.head == 0 && stats.snapshot_bytes == 0 && stats.members.is_empty() {
+        return text(
+            StatusCode::NOT_FOUND,
+            "no such room: nothing stored and nobody connected\n",
+        );
+    }
     let body = StatsJson {
         room: &room,
         head: stats.head,

@@ -344,6 +344,8 @@ pub(crate) fn error_code_name(code: ErrorCode) -> &'static str {
         ErrorCode::Superseded => "Superseded",
         ErrorCode::GoingAway => "GoingAway",
         ErrorCode::Internal => "Internal",
+        ErrorCode::InvalidRoom => "InvalidRoom",
+        _ => "Unknown",
     }
 }
 

@@ -41,6 +41,9 @@ pub(crate) struct Kill {
 #[derive(Debug, Default)]
 pub(crate) struct Control {
     queued_bytes: AtomicUsize,
+    /// Pushes handed to the room and not yet answered by an `Ack` or a
+    /// `Rejected` the writer took off the queue.
+    unanswered_pushes: AtomicUsize,
     kill: Mutex<Option<Kill>>,
     /// Wakes the writer for a kill.
     pub(crate) wake: Notify,
@@ -55,6 +58,32 @@ impl Control {
     /// The writer took a frame of `len` bytes off the queue.
     pub(crate) fn dequeued(&self, len: usize) {
         self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+    }
+
+    /// A push was handed to the room.
+    pub(crate) fn pushed(&self) {
+        self.unanswered_pushes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The writer is sending a frame: if it answers a push (`Ack` or
+    /// `Rejected`), one push fewer awaits its answer. A push answered by
+    /// both (`ClockAhead`) counts twice; the count only errs low.
+    pub(crate) fn sending(&self, frame: &[u8]) {
+        if matches!(
+            protocol::peek_kind(frame),
+            Some(protocol::MessageKind::Ack | protocol::MessageKind::Rejected)
+        ) {
+            let _ =
+                self.unanswered_pushes
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                        Some(n.saturating_sub(1))
+                    });
+        }
+    }
+
+    /// Pushes handed to the room and not answered yet.
+    pub(crate) fn unanswered_pushes(&self) -> usize {
+        self.unanswered_pushes.load(Ordering::Relaxed)
     }
 }
 

@@ -101,7 +101,8 @@ pub(crate) fn token_keys(config: &Config) -> Result<Vec<VerifyingKey>, KeyError>
     let key = auth::generate()?;
     let (secret, public) = auth::write_key_pair(dir, &key, false)?;
     tracing::info!(secret = %secret.display(), public = %public.display(), "created the token signing key pair");
-    println!(
+    // Stderr: the first line on stdout is always the listening address.
+    eprintln!(
         "concord-relay: no token key was configured, so a new key pair was created:\n\
          \x20 secret key: {}  (keep it private: it mints tokens)\n\
          \x20 public key: {}\n\

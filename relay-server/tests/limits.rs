@@ -1,6 +1,6 @@
 //! Misbehaving clients get an error and a close while every other session
 //! carries on: garbage, text frames, wrong versions, truncated handshakes,
-//! oversized frames, pushing too fast, reading too slowly, too many
+//! oversized frames, ignoring the push window, reading too slowly, too many
 //! connections.
 
 mod common;
@@ -47,7 +47,9 @@ async fn malformed_and_oversized_frames_are_refused_while_others_carry_on() {
     let cases: Vec<(&str, WsMessage, Vec<ErrorCode>, Option<u16>)> = vec![
         (
             "garbage",
-            WsMessage::Binary(vec![1, 0xff, 0xff, 0xff, 0x07, 3, 3].into()),
+            WsMessage::Binary(
+                vec![protocol::PROTOCOL_VERSION, 0xff, 0xff, 0xff, 0x07, 3, 3].into(),
+            ),
             vec![ErrorCode::Malformed],
             Some(4000),
         ),
@@ -74,6 +76,46 @@ async fn malformed_and_oversized_frames_are_refused_while_others_carry_on() {
             Some(4001),
         ),
         (
+            // A client of protocol version 1 (no negotiation) is answered
+            // in version 1, which it reads, and told not to retry.
+            "version 1 hello",
+            WsMessage::Binary({
+                let mut frame = hello_frame(9, "r", &token);
+                frame[0] = 1;
+                frame.into()
+            }),
+            vec![ErrorCode::UnsupportedVersion],
+            Some(4001),
+        ),
+        (
+            "no snapshot format in common",
+            WsMessage::Binary({
+                let Ok(Message::Hello(mut hello)) =
+                    protocol::decode(&hello_frame(9, "r", &token), usize::MAX)
+                else {
+                    unreachable!("a hello")
+                };
+                hello.snapshot_formats = vec![7];
+                protocol::encode(&Message::Hello(hello)).into()
+            }),
+            vec![ErrorCode::UnsupportedVersion],
+            Some(4001),
+        ),
+        (
+            // A room name the relay refuses, for good: its own code, after
+            // which clients stop reconnecting.
+            "room name with a control character",
+            WsMessage::Binary(hello_frame(9, "a\u{7}b", &token).into()),
+            vec![ErrorCode::InvalidRoom],
+            Some(4012),
+        ),
+        (
+            "room name of 257 bytes",
+            WsMessage::Binary(hello_frame(9, &"r".repeat(257), &token).into()),
+            vec![ErrorCode::InvalidRoom],
+            Some(4012),
+        ),
+        (
             "truncated hello",
             WsMessage::Binary(garbage_then_hello.into()),
             vec![ErrorCode::Malformed],
@@ -98,6 +140,9 @@ async fn malformed_and_oversized_frames_are_refused_while_others_carry_on() {
         let ending = read_until_close(&mut ws, Duration::from_secs(5)).await;
         assert_eq!(ending.errors, errors, "{what}");
         assert_eq!(ending.close, close, "{what}");
+        if what == "version 1 hello" {
+            assert_eq!(ending.versions, vec![1], "answered in the client's version");
+        }
         // Others carry on in between.
         a.put("docs", what, "n", 1);
         a.step(Duration::from_millis(1)).await;
@@ -109,9 +154,11 @@ async fn malformed_and_oversized_frames_are_refused_while_others_carry_on() {
     ws.send(WsMessage::Binary(hello_frame(9, "r", &token).into()))
         .await
         .unwrap();
-    ws.send(WsMessage::Binary(vec![1, 0x7f, 0x7f].into()))
-        .await
-        .unwrap();
+    ws.send(WsMessage::Binary(
+        vec![protocol::PROTOCOL_VERSION, 0x7f, 0x7f].into(),
+    ))
+    .await
+    .unwrap();
     let ending = read_until_close(&mut ws, Duration::from_secs(5)).await;
     assert_eq!(ending.errors, vec![ErrorCode::Malformed]);
     assert_eq!(ending.close, Some(4000));
@@ -158,7 +205,7 @@ async fn malformed_and_oversized_frames_are_refused_while_others_carry_on() {
 
     // Everybody else is fine.
     a.put("docs", "after", "n", 2);
-    let (ra, rb) = tokio::join!(a.sync_to("docs", 9, LIMIT), b.sync_to("docs", 9, LIMIT));
+    let (ra, rb) = tokio::join!(a.sync_to("docs", 13, LIMIT), b.sync_to("docs", 13, LIMIT));
     ra.unwrap();
     rb.unwrap();
     assert_eq!(a.closes, Vec::<Option<u16>>::new());
@@ -183,18 +230,21 @@ async fn malformed_and_oversized_frames_are_refused_while_others_carry_on() {
     drop(junk);
 }
 
+/// A writer that keeps to the push window is slowed down to the rate limit
+/// (its acks wait for tokens), never cut off; nothing is lost, and other
+/// sessions carry on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pushing_too_fast_is_cut_off_and_nothing_is_lost() {
+async fn a_writer_over_the_rate_is_slowed_by_backpressure_not_cut_off() {
     let dir = tempdir();
     let relay = Relay::start(
         dir.path(),
         &[
             "--ops-per-second",
-            "20",
+            "400",
             "--ops-burst",
-            "50",
+            "400",
             "--max-batch-ops",
-            "50",
+            "100",
         ],
     );
     let token = relay.token("r", "rw", "1h", None);
@@ -202,21 +252,76 @@ async fn pushing_too_fast_is_cut_off_and_nothing_is_lost() {
     let mut other = Client::new(2, "r", &token, &relay.url());
     fast.start();
     other.start();
-    for i in 0..300 {
+    fast.run_until(LIMIT, Client::is_live).await.unwrap();
+    let started = std::time::Instant::now();
+    for i in 0..1_600 {
         fast.put("docs", &format!("d{i}"), "n", i);
     }
-    fast.run_until(LIMIT, |c| c.closes.contains(&Some(4008)))
-        .await
-        .unwrap();
-    assert!(fast.errors.contains(&ErrorCode::RateLimited));
-    // It reconnects by itself and, bucket by bucket, gets everything in.
     let (rf, ro) = tokio::join!(
-        fast.sync_to("docs", 300, Duration::from_secs(40)),
-        other.sync_to("docs", 300, Duration::from_secs(40))
+        fast.sync_to("docs", 1_600, Duration::from_secs(40)),
+        other.sync_to("docs", 1_600, Duration::from_secs(40))
     );
     rf.unwrap();
     ro.unwrap();
+    fast.run_until(LIMIT, |c| c.pending() == 0).await.unwrap();
+    // 1,200 operations beyond the burst at 400 per second.
+    assert!(
+        started.elapsed() >= Duration::from_millis(2_500),
+        "throttled: {:?}",
+        started.elapsed()
+    );
+    assert!(fast.closes.is_empty(), "never cut off: {:?}", fast.closes);
+    assert!(fast.errors.is_empty(), "{:?}", fast.errors);
     assert!(other.closes.is_empty(), "{:?}", other.closes);
+}
+
+/// A client that ignores the push window while it is being throttled is
+/// cut off with `RateLimited` (4008).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_ignores_the_push_window_is_cut_off() {
+    let dir = tempdir();
+    let relay = Relay::start(
+        dir.path(),
+        &[
+            "--ops-per-second",
+            "1",
+            "--ops-burst",
+            "1",
+            "--max-batch-ops",
+            "1",
+        ],
+    );
+    let token = relay.token("r", "rw", "1h", None);
+    let mut ws = raw_connect(&relay.url()).await;
+    ws.send(WsMessage::Binary(hello_frame(9, "r", &token).into()))
+        .await
+        .unwrap();
+    let now = common::now_ms();
+    for seq in 1..=3 * protocol::MAX_PUSH_WINDOW as u64 {
+        let op = sync_core::Op {
+            id: sync_core::OpId {
+                replica: sync_core::ReplicaId(9),
+                seq,
+            },
+            hlc: sync_core::Hlc::new(now, seq as u16).unwrap(),
+            change: sync_core::Change::CreateCollection {
+                collection: format!("c{seq}"),
+            },
+        };
+        let push = protocol::encode(&Message::Push { ops: vec![op] });
+        if ws.send(WsMessage::Binary(push.into())).await.is_err() {
+            break;
+        }
+    }
+    let ending = read_until_close(&mut ws, Duration::from_secs(10)).await;
+    assert_eq!(ending.errors, vec![ErrorCode::RateLimited]);
+    assert_eq!(ending.close, Some(4008));
+    let acks = ending
+        .messages
+        .iter()
+        .filter(|m| matches!(m, Message::Ack { .. }))
+        .count();
+    assert!(acks < protocol::MAX_PUSH_WINDOW, "{acks} acks");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -89,6 +89,5 @@ async fn a_thousand_sessions_connect_and_sync() {
         common::metric_value(&metrics, "concord_sessions"),
         SESSIONS as f64
     );
-    assert!(took < Duration::from_secs(60), "took {took:?}");
     drop(clients);
 }

@@ -67,6 +67,16 @@ async fn health_metrics_and_admin_stats() {
     assert!(metric_value(&metrics, "concord_ack_latency_seconds_count") >= 1.0);
     assert!(metrics.contains("# TYPE concord_ack_latency_seconds histogram"));
     assert!(metrics.contains("concord_ack_latency_seconds_bucket{le=\"+Inf\"}"));
+
+    // A room nothing was ever stored in, and nobody is in, is not found.
+    let (status, body) = http_get(relay.addr, "/v1/rooms/never-used/stats", Some(ADMIN)).unwrap();
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(
+        http_get(relay.addr, "/v1/rooms/bad%07room/stats", Some(ADMIN))
+            .unwrap()
+            .0,
+        400
+    );
 }
 
 #[test]
@@ -251,7 +261,9 @@ async fn settings_come_from_a_toml_file() {
     )
     .unwrap();
     let relay = Relay::start(dir.path(), &["--config", config.to_str().unwrap()]);
-    assert_eq!(relay.stats("r", ADMIN)["head"], 0);
+    // The admin token from the file is accepted (an unused room is 404, not 401).
+    let (status, _) = http_get(relay.addr, "/v1/rooms/r/stats", Some(ADMIN)).unwrap();
+    assert_eq!(status, 404);
     let token = relay.token("r", "rw", "1h", None);
     let mut a = Client::new(1, "r", &token, &relay.url());
     let mut b = Client::new(2, "r", &token, &relay.url());

@@ -81,6 +81,17 @@ async fn offline_client_catches_up_from_its_cursor() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_client_catches_up_from_a_snapshot_after_compaction() {
+    catch_up_from_a_snapshot(None).await;
+}
+
+/// A client that reads only snapshot format 1 is sent the relay's stored
+/// format-3 snapshot re-encoded in format 1, and catches up the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_only_snapshot_format_1_catches_up() {
+    catch_up_from_a_snapshot(Some(vec![1])).await;
+}
+
+async fn catch_up_from_a_snapshot(snapshot_formats: Option<Vec<u8>>) {
     let dir = tempdir();
     let relay = Relay::start(
         dir.path(),
@@ -97,7 +108,19 @@ async fn offline_client_catches_up_from_a_snapshot_after_compaction() {
     );
     let token = relay.token("r", "rw", "1h", None);
     let mut a = Client::new(1, "r", &token, &relay.url());
-    let mut c = Client::new(3, "r", &token, &relay.url());
+    let mut c = match &snapshot_formats {
+        None => Client::new(3, "r", &token, &relay.url()),
+        Some(formats) => {
+            let mut config = common::session_config("r", &token);
+            config.snapshot_formats = formats.clone();
+            let replica = sync_core::Replica::new(
+                sync_core::ReplicaId(3),
+                sync_core::ReplicaConfig::default(),
+            );
+            let session = sync_core::session::Session::new(replica, config, 3);
+            Client::from_session(session, &relay.url())
+        }
+    };
     c.start();
     c.run_until(LIMIT, Client::is_live).await.unwrap();
     c.stop();
@@ -129,6 +152,15 @@ async fn offline_client_catches_up_from_a_snapshot_after_compaction() {
     c.start();
     c.sync_to("docs", 59, LIMIT).await.unwrap();
     assert_eq!(c.session.replica().state(), a.session.replica().state());
+    let refused: Vec<_> = c
+        .events
+        .iter()
+        .filter(|e| matches!(e, sync_core::Event::PeerMisbehaved { .. }))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "the client refused nothing: {refused:?}"
+    );
     assert!(relay.metric("concord_compactions_total") >= 1.0);
 }
 

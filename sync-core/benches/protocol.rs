@@ -105,6 +105,8 @@ fn hello(replica: ReplicaId, cursor: u64, own_seq: u64) -> sync_core::protocol::
         own_seq,
         settled_seq: own_seq,
         agent: "bench".into(),
+        versions: vec![sync_core::protocol::PROTOCOL_VERSION],
+        snapshot_formats: vec![1, 2, 3],
     }
 }
 

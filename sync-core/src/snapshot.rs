@@ -45,8 +45,10 @@ pub const SNAPSHOT_FORMAT: u8 = 2;
 /// The snapshot format version [`Snapshot::encode_compressed`] writes:
 /// format 2's body, deflated.
 pub const COMPRESSED_SNAPSHOT_FORMAT: u8 = 3;
-/// The oldest snapshot format version this build still reads.
-pub const OLDEST_SNAPSHOT_FORMAT: u8 = 1;
+/// The oldest snapshot format version this build still reads (and writes,
+/// with [`Snapshot::encode_in_format`]): field stamps stored in full.
+pub const OLDEST_SNAPSHOT_FORMAT: u8 = FORMAT_1;
+const FORMAT_1: u8 = 1;
 /// The newest snapshot format version this build reads.
 pub const NEWEST_SNAPSHOT_FORMAT: u8 = COMPRESSED_SNAPSHOT_FORMAT;
 /// Deflate level for compressed snapshots. Measured on a 100,000-field
@@ -198,6 +200,73 @@ impl Snapshot {
         out
     }
 
+    /// Encodes in snapshot format `format`: 1, 2 ([`Snapshot::encode`]) or
+    /// 3 ([`Snapshot::encode_compressed`]). Format 1 stores field stamps
+    /// in full; a relay writes it for clients that read nothing newer.
+    pub fn encode_in_format(
+        format: u8,
+        state: &State,
+        version: &VersionVector,
+        max_hlc: Hlc,
+        tombstone_horizon: Hlc,
+    ) -> Result<Vec<u8>, SnapshotError> {
+        match format {
+            FORMAT_1 => {
+                let out = header(FORMAT_1, state.field_count() * 24);
+                let replicas = replica_table(state);
+                let body = BodyRef {
+                    version,
+                    max_hlc,
+                    tombstone_horizon,
+                    state,
+                    replicas: &replicas,
+                    full_stamps: true,
+                };
+                let mut out = postcard::to_extend(&body, out).unwrap_or_default();
+                seal(&mut out);
+                Ok(out)
+            }
+            SNAPSHOT_FORMAT => Ok(Snapshot::encode(state, version, max_hlc, tombstone_horizon)),
+            COMPRESSED_SNAPSHOT_FORMAT => Ok(Snapshot::encode_compressed(
+                state,
+                version,
+                max_hlc,
+                tombstone_horizon,
+            )),
+            other => Err(SnapshotError::UnsupportedVersion(other)),
+        }
+    }
+
+    /// The format version of snapshot bytes, read from their header without
+    /// checking anything else; `None` when they do not start like a snapshot.
+    pub fn format_of(bytes: &[u8]) -> Option<u8> {
+        match bytes.get(..5) {
+            Some([m0, m1, m2, m3, format]) if [*m0, *m1, *m2, *m3] == *MAGIC => Some(*format),
+            _ => None,
+        }
+    }
+
+    /// Snapshot bytes re-encoded in snapshot format `format`, for a reader
+    /// that does not read the format they are in. Bytes already in that
+    /// format are returned as they are (verified all the same); anything
+    /// else is decoded, verified and encoded again.
+    pub fn transcode(bytes: &[u8], format: u8) -> Result<Vec<u8>, SnapshotError> {
+        if !(OLDEST_SNAPSHOT_FORMAT..=NEWEST_SNAPSHOT_FORMAT).contains(&format) {
+            return Err(SnapshotError::UnsupportedVersion(format));
+        }
+        let snapshot = Snapshot::decode(bytes)?;
+        if Snapshot::format_of(bytes) == Some(format) {
+            return Ok(bytes.to_vec());
+        }
+        Snapshot::encode_in_format(
+            format,
+            &snapshot.state,
+            &snapshot.version,
+            snapshot.max_hlc,
+            snapshot.tombstone_horizon,
+        )
+    }
+
     /// The length of the snapshot's body before compression (what a
     /// compaction decodes and encodes again): for a compressed snapshot the
     /// length its payload announces, otherwise the bytes after the header.
@@ -229,7 +298,7 @@ impl Snapshot {
     ) -> Result<Snapshot, SnapshotError> {
         let (format, payload) = verified_payload(bytes)?;
         match format {
-            1 => decode_body::<Option<PackedStamp>>(payload),
+            FORMAT_1 => decode_body::<Option<PackedStamp>>(payload),
             SNAPSHOT_FORMAT => decode_body::<FieldStamp>(payload),
             _ => decode_body::<FieldStamp>(&inflate(payload, max_body_bytes)?),
         }
@@ -251,6 +320,7 @@ fn encode_body(
         tombstone_horizon,
         state,
         replicas: &replicas,
+        full_stamps: false,
     };
     // Serialising into a Vec cannot fail for these types (all lengths known).
     postcard::to_extend(&body, out).unwrap_or_default()
@@ -407,6 +477,8 @@ struct BodyRef<'a> {
     tombstone_horizon: Hlc,
     state: &'a State,
     replicas: &'a BTreeMap<ReplicaId, u32>,
+    /// Format 1: field stamps stored in full, not as deltas.
+    full_stamps: bool,
 }
 
 impl Serialize for BodyRef<'_> {
@@ -414,6 +486,7 @@ impl Serialize for BodyRef<'_> {
         let ctx = Ctx {
             replicas: self.replicas,
             names: &self.state.names,
+            full_stamps: self.full_stamps,
         };
         let names = (0..self.state.names.len()).map(|i| self.state.names.name(i as u32));
         let mut t = s.serialize_tuple(6)?;
@@ -435,6 +508,7 @@ impl Serialize for BodyRef<'_> {
 struct Ctx<'a> {
     replicas: &'a BTreeMap<ReplicaId, u32>,
     names: &'a Names,
+    full_stamps: bool,
 }
 
 impl Ctx<'_> {
@@ -507,6 +581,15 @@ struct FieldsRef<'a> {
 impl Serialize for FieldsRef<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut seq = s.serialize_seq(Some(self.doc.fields.len()))?;
+        if self.ctx.full_stamps {
+            // Format 1: `None` for the document's `written` stamp, else in full.
+            for f in &self.doc.fields {
+                let stamp = f.stamp(self.ctx.names);
+                let code = (Some(stamp) != self.doc.written).then(|| self.ctx.stamp(stamp));
+                seq.serialize_element(&(f.name, code, f.value.as_ref()))?;
+            }
+            return seq.end();
+        }
         let mut cursor = DeltaCursor::new(self.doc.written);
         for f in &self.doc.fields {
             let stamp = f.stamp(self.ctx.names);

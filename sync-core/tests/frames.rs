@@ -109,6 +109,8 @@ fn message() -> impl Strategy<Value = Message> {
                     own_seq,
                     settled_seq: own_seq / 2,
                     agent,
+                    versions: vec![protocol::PROTOCOL_VERSION, (own_seq % 256) as u8],
+                    snapshot_formats: vec![(cursor % 5) as u8],
                 })
             }),
         (
@@ -130,6 +132,8 @@ fn message() -> impl Strategy<Value = Message> {
                         max_batch_bytes,
                         refused: vec![accepted_seq / 2],
                         cursor,
+                        version: (head % 256) as u8,
+                        snapshot_format: (cursor % 256) as u8,
                     })
                 }
             ),
@@ -308,10 +312,13 @@ fn map_keys_are_sorted_on_the_wire() {
 /// every encoder emits the shortest form; see `docs/PROTOCOL.md`.
 #[test]
 fn padded_varints_decode_but_are_never_produced() {
-    let padded = [1, 8, 0x87, 0x80, 0x00];
+    let padded = [protocol::PROTOCOL_VERSION, 8, 0x87, 0x80, 0x00];
     assert_eq!(
         protocol::decode(&padded, MAX),
         Ok(Message::Ping { nonce: 7 })
     );
-    assert_eq!(protocol::encode(&Message::Ping { nonce: 7 }), vec![1, 8, 7]);
+    assert_eq!(
+        protocol::encode(&Message::Ping { nonce: 7 }),
+        vec![protocol::PROTOCOL_VERSION, 8, 7]
+    );
 }

@@ -37,6 +37,9 @@ const BYTES_PER_INPUT_BYTE: usize = 512;
 /// Allocation allowed regardless of input (error messages and the like).
 const ALLOC_SLACK: usize = 64 * 1024;
 
+/// The protocol version byte of valid frames.
+const V: u8 = protocol::PROTOCOL_VERSION;
+
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz-crashers")
 }
@@ -62,13 +65,15 @@ fn hello() -> Vec<u8> {
         own_seq: 7,
         settled_seq: 6,
         agent: "concord/0.1".into(),
+        versions: vec![sync_core::protocol::PROTOCOL_VERSION],
+        snapshot_formats: vec![1, 2, 3],
     }))
 }
 
 /// A frame: version, `Push` tag, one op of replica 1 seq 1 at hlc 1,
 /// followed by `change` (already encoded, tag first).
 fn push_with_change(change: &[u8]) -> Vec<u8> {
-    let mut frame = vec![1, 2, 1, 1, 1, 1];
+    let mut frame = vec![V, 2, 1, 1, 1, 1];
     frame.extend_from_slice(change);
     frame
 }
@@ -139,15 +144,15 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
     // Envelope.
     add("empty", vec![]);
     add("version-0", vec![0, 8, 0]);
-    add("version-2", vec![2, 8, 0]);
+    add("version-1", vec![1, 8, 0]);
     add("version-255-hello", {
         let mut f = hello();
         f[0] = 255;
         f
     });
-    add("version-only", vec![1]);
-    add("trailing-byte-ping", vec![1, 8, 7, 0]);
-    add("trailing-second-message", vec![1, 8, 7, 8, 7]);
+    add("version-only", vec![V]);
+    add("trailing-byte-ping", vec![V, 8, 7, 0]);
+    add("trailing-second-message", vec![V, 8, 7, 8, 7]);
     add("too-large.max-32", hello());
 
     // Truncations of a valid Hello at several points.
@@ -165,21 +170,21 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
         push_with_field(&some(&[7, 2, 1, b'a', 2])),
     );
     add("truncated-chunk-bytes", {
-        let mut f = vec![1, 5, 1, 10, 0, 10];
+        let mut f = vec![V, 5, 1, 10, 0, 10];
         f.extend_from_slice(&[0xaa; 9]);
         f
     });
-    add("truncated-varint", vec![1, 8, 0x80]);
+    add("truncated-varint", vec![V, 8, 0x80]);
 
     // Tags out of range.
-    add("message-variant-11", vec![1, 11]);
+    add("message-variant-11", vec![V, 11]);
     add(
         "message-variant-u32-max",
-        vec![1, 0xff, 0xff, 0xff, 0xff, 0x0f],
+        vec![V, 0xff, 0xff, 0xff, 0xff, 0x0f],
     );
     add(
         "message-variant-overlong",
-        vec![1, 0x80, 0x80, 0x80, 0x80, 0x80, 0],
+        vec![V, 0x80, 0x80, 0x80, 0x80, 0x80, 0],
     );
     add("change-variant-4", push_with_change(&[4, 1, b'c']));
     add("value-variant-8", push_with_field(&some(&[8, 0])));
@@ -187,8 +192,10 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
         "value-variant-256",
         push_with_field(&some(&[0x80, 0x02, 0])),
     );
-    add("error-code-17", vec![1, 10, 17, 0]);
-    add("rejected-code-200", vec![1, 7, 1, 0xc8, 0x01, 0, 0]);
+    add(
+        "error-code-u32-overflow",
+        vec![V, 10, 0xff, 0xff, 0xff, 0xff, 0x10, 0],
+    );
     add("bool-2", {
         let mut f = protocol::encode(&Message::Welcome(Welcome {
             head: 1,
@@ -200,6 +207,8 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
             max_batch_bytes: 1,
             refused: Vec::new(),
             cursor: 1,
+            version: sync_core::protocol::PROTOCOL_VERSION,
+            snapshot_format: 3,
         }));
         f[5] = 2;
         f
@@ -210,18 +219,18 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
     add(
         "varint-u64-11-bytes",
         vec![
-            1, 8, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0,
+            V, 8, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0,
         ],
     );
     add(
         "varint-u64-overflow",
         vec![
-            1, 8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02,
+            V, 8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02,
         ],
     );
     add("varint-u32-overflow", {
         // Welcome with heartbeat_ms = 2^32 (5 bytes, last byte 0x10).
-        vec![1, 1, 1, 1, 1, 0, 0x80, 0x80, 0x80, 0x80, 0x10, 1, 1, 1]
+        vec![V, 1, 1, 1, 1, 0, 0x80, 0x80, 0x80, 0x80, 0x10, 1, 1, 1]
     });
 
     // Length prefixes far beyond the frame.
@@ -233,23 +242,23 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
     };
     add(
         "len-2p60-push-ops",
-        with(&[1, 2], &two_60, &[1, 1, 1, 2, 1, b'c']),
+        with(&[V, 2], &two_60, &[1, 1, 1, 2, 1, b'c']),
     );
     add(
         "len-u64-max-push-ops",
-        with(&[1, 2], &varint(u64::MAX), &[]),
+        with(&[V, 2], &varint(u64::MAX), &[]),
     );
-    add("len-2p60-deliver-ops", with(&[1, 4, 0, 1], &two_60, &[]));
-    add("len-2p60-hello-room", with(&[1, 0, 1], &two_60, b"room"));
+    add("len-2p60-deliver-ops", with(&[V, 4, 0, 1], &two_60, &[]));
+    add("len-2p60-hello-room", with(&[V, 0, 1], &two_60, b"room"));
     add(
         "len-2p60-hello-token",
-        with(&[1, 0, 1, 1, b'r'], &two_60, &[0; 8]),
+        with(&[V, 0, 1, 1, b'r'], &two_60, &[0; 8]),
     );
     add(
         "len-2p60-chunk-bytes",
-        with(&[1, 5, 1, 10, 0], &two_60, &[0; 10]),
+        with(&[V, 5, 1, 10, 0], &two_60, &[0; 10]),
     );
-    add("len-2p60-error-message", with(&[1, 10, 0], &two_60, b"x"));
+    add("len-2p60-error-message", with(&[V, 10, 0], &two_60, b"x"));
     add(
         "len-2p60-put-fields",
         push_with_change(&with(&[0, 1, b'c', 1, b'd'], &two_60, &[])),
@@ -274,7 +283,7 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
     // Strings that are not UTF-8.
     add(
         "utf8-invalid-room",
-        with(&[1, 0, 1, 2], &[0xff, 0xfe], &[0, 0, 0, 0]),
+        with(&[V, 0, 1, 2], &[0xff, 0xfe], &[0, 0, 0, 0]),
     );
     add(
         "utf8-surrogate-field-name",
@@ -569,7 +578,7 @@ fn the_frames_the_crashers_are_cut_from_are_valid() {
         protocol::decode(&hello(), 32).is_err(),
         "too-large needs a frame over 32 bytes"
     );
-    assert!(protocol::decode(&[1, 8, 7], max).is_ok());
+    assert!(protocol::decode(&[V, 8, 7], max).is_ok());
     assert!(protocol::decode(&push_with_field(&some(&[0])), max).is_ok());
     assert!(protocol::decode(&push_with_field(&[0]), max).is_ok());
     assert!(protocol::decode(&push_with_field(&some(&nested(64, &[6, 1], &[0]))), max).is_ok());
@@ -582,7 +591,7 @@ fn the_frames_the_crashers_are_cut_from_are_valid() {
         .is_ok()
     );
     assert!(protocol::decode(&push_with_change(&[3, 1, b'c']), max).is_ok());
-    assert!(protocol::decode(&[1, 10, 16, 0], max).is_ok());
+    assert!(protocol::decode(&[V, 10, 16, 0], max).is_ok());
     assert!(Snapshot::decode(&valid_snapshot()).is_ok());
     let mut depth_64 = vec![
         0, 0, 0, 1, 1, b'f', 1, 9, 1, 1, b'c', 0, 0, 1, 1, b'd', 1, 5, 0, 0, 1,
@@ -604,7 +613,7 @@ fn the_frames_the_crashers_are_cut_from_are_valid() {
 fn huge_length_claims_allocate_nothing() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     for claim in [1u64 << 32, 1 << 60, u64::MAX >> 1, u64::MAX] {
-        let mut frame = vec![1, 2];
+        let mut frame = vec![V, 2];
         frame.extend_from_slice(&varint(claim));
         frame.extend_from_slice(&[1; 64]);
         let started = Instant::now();

@@ -203,6 +203,8 @@ impl Link {
                     own_seq: seq - 1,
                     settled_seq: seq - 1,
                     agent: "other".into(),
+                    versions: vec![sync_core::protocol::PROTOCOL_VERSION],
+                    snapshot_formats: vec![1, 2, 3],
                 },
                 read_only: false,
             },

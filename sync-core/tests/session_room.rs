@@ -20,14 +20,20 @@ mod clock;
 mod coalesce;
 #[path = "session_room/fanout.rs"]
 mod fanout;
+#[path = "session_room/findings.rs"]
+mod findings;
 #[path = "session_room/flow.rs"]
 mod flow;
+#[path = "session_room/forward_compat.rs"]
+mod forward_compat;
 #[path = "session_room/handshake.rs"]
 mod handshake;
 #[path = "session_room/liveness.rs"]
 mod liveness;
 #[path = "session_room/malformed.rs"]
 mod malformed;
+#[path = "session_room/negotiation.rs"]
+mod negotiation;
 #[path = "session_room/push.rs"]
 mod push;
 #[path = "session_room/read_only.rs"]

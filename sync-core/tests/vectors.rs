@@ -40,6 +40,9 @@ struct Vector {
 enum Kind {
     /// A whole frame: version byte + message.
     Frame(Message),
+    /// The refusal of a frame of protocol version `.0`, written in that
+    /// version: `Error { UnsupportedVersion, .1 }`.
+    VersionRefusal(u8, &'static str),
     /// A snapshot blob, as carried inside `SnapshotChunk`.
     Snapshot(Vec<u8>),
 }
@@ -131,6 +134,8 @@ fn vectors() -> Vec<Vector> {
                 own_seq: 7,
                 settled_seq: 6,
                 agent: "concord/0.1".into(),
+                versions: vec![2],
+                snapshot_formats: vec![1, 2, 3],
             })),
         },
         Vector {
@@ -146,11 +151,14 @@ fn vectors() -> Vec<Vector> {
                 max_batch_bytes: 1 << 20,
                 refused: vec![5],
                 cursor: 300,
+                version: 2,
+                snapshot_format: 3,
             })),
         },
         Vector {
             name: "welcome-read-only",
-            about: "Message::Welcome for a read-only token, cursor reset to 0".into(),
+            about: "Message::Welcome for a read-only token, cursor reset to 0, snapshots in format 1"
+                .into(),
             kind: Kind::Frame(Message::Welcome(Welcome {
                 head: 5,
                 accepted_seq: 0,
@@ -161,6 +169,8 @@ fn vectors() -> Vec<Vector> {
                 max_batch_bytes: 128,
                 refused: Vec::new(),
                 cursor: 0,
+                version: 2,
+                snapshot_format: 1,
             })),
         },
         Vector {
@@ -327,6 +337,14 @@ fn vectors() -> Vec<Vector> {
             }),
         },
         Vector {
+            name: "ack-unknown-code",
+            about: "Message::Ack refusing seq 6 with error code 99, unknown to this build".into(),
+            kind: Kind::Frame(Message::Ack {
+                through_seq: 7,
+                refused: vec![(6, ErrorCode::Unknown(99))],
+            }),
+        },
+        Vector {
             name: "deliver",
             about: "Message::Deliver of offsets 301..=303 carrying two operations of other replicas"
                 .into(),
@@ -421,6 +439,17 @@ fn vectors() -> Vec<Vector> {
             }),
         },
         Vector {
+            name: "rejected-unknown-code",
+            about: "Message::Rejected with error code 300 (two-byte varint), unknown to this build"
+                .into(),
+            kind: Kind::Frame(Message::Rejected {
+                seq: 9,
+                code: ErrorCode::Unknown(300),
+                retry_after_ms: 2000,
+                message: "later".into(),
+            }),
+        },
+        Vector {
             name: "ping",
             about: "Message::Ping with nonce 0x0102030405060708".into(),
             kind: Kind::Frame(Message::Ping {
@@ -441,6 +470,20 @@ fn vectors() -> Vec<Vector> {
                 code: ErrorCode::Unauthorized,
                 message: "token expired".into(),
             }),
+        },
+        Vector {
+            name: "error-unknown-code",
+            about: "Message::Error with error code 200, unknown to this build".into(),
+            kind: Kind::Frame(Message::Error {
+                code: ErrorCode::Unknown(200),
+                message: "from a newer relay".into(),
+            }),
+        },
+        Vector {
+            name: "refusal-v1",
+            about: "Error { UnsupportedVersion } refusing a version-1 Hello, as a version-1 frame"
+                .into(),
+            kind: Kind::VersionRefusal(1, "protocol version 2 only"),
         },
         Vector {
             name: "snapshot",
@@ -488,6 +531,9 @@ fn format_hex(about: &str, bytes: &[u8]) -> String {
 fn encode(kind: &Kind) -> Vec<u8> {
     match kind {
         Kind::Frame(message) => protocol::encode(message),
+        Kind::VersionRefusal(version, message) => {
+            protocol::encode_version_refusal(*version, message)
+        }
         Kind::Snapshot(bytes) => bytes.clone(),
     }
 }
@@ -525,6 +571,18 @@ fn golden_vectors() {
                     vector.name
                 );
             }
+            Kind::VersionRefusal(version, message) => {
+                assert_eq!(
+                    protocol::decode_any_error(&golden),
+                    Some((
+                        *version,
+                        ErrorCode::UnsupportedVersion,
+                        (*message).to_owned()
+                    )),
+                    "{}",
+                    vector.name
+                );
+            }
             Kind::Snapshot(_) => {
                 let snapshot =
                     Snapshot::decode(&golden).unwrap_or_else(|e| panic!("{}: {e}", vector.name));
@@ -549,7 +607,50 @@ fn golden_vectors() {
 /// an older format readers must still accept, and a compressed one (another
 /// deflate encoder may choose other bytes for the same body). They are
 /// frozen: `UPDATE_VECTORS` writes the compressed one only when it is missing.
-const FROZEN_SNAPSHOTS: &[&str] = &["snapshot-v1.hex", "snapshot-compressed.hex"];
+const FROZEN_SNAPSHOTS: &[&str] = &["snapshot-v1.hex", "snapshot-compressed.hex", "hello-v1.hex"];
+
+/// `hello-v1.hex` is a `Hello` of protocol version 1 (no negotiation),
+/// frozen: this build refuses it for its version byte alone, and answers
+/// with `refusal-v1.hex`, which a version-1 client reads.
+#[test]
+fn version_1_hello_is_refused_by_its_version_byte() {
+    let hello = parse_hex(&std::fs::read_to_string(dir().join("hello-v1.hex")).expect("file"));
+    assert_eq!(hello[0], 1);
+    assert_eq!(
+        protocol::decode(&hello, protocol::DEFAULT_MAX_FRAME_BYTES),
+        Err(protocol::FrameError::UnsupportedVersion { found: 1 })
+    );
+    let refusal = parse_hex(&std::fs::read_to_string(dir().join("refusal-v1.hex")).expect("file"));
+    // A version-1 reader: version byte 1, then the `Error` message.
+    assert_eq!(&refusal[..3], &[1, 10, 1]);
+    assert_eq!(ErrorCode::UnsupportedVersion.close_code().as_u16(), 4001);
+}
+
+/// A relay re-encodes its snapshot in format 1 for a client that reads
+/// nothing newer: the bytes are exactly the frozen `snapshot-v1.hex`.
+#[test]
+fn format_1_encoding_matches_the_frozen_vector() {
+    let legacy = parse_hex(&std::fs::read_to_string(dir().join("snapshot-v1.hex")).expect("file"));
+    assert_eq!(
+        Snapshot::transcode(&sample_snapshot(), 1).expect("transcodes"),
+        legacy
+    );
+    let compressed =
+        parse_hex(&std::fs::read_to_string(dir().join("snapshot-compressed.hex")).expect("file"));
+    assert_eq!(
+        Snapshot::transcode(&compressed, 1).expect("transcodes"),
+        legacy
+    );
+    assert_eq!(
+        Snapshot::transcode(&compressed, 2).expect("transcodes"),
+        sample_snapshot()
+    );
+    assert_eq!(
+        Snapshot::transcode(&compressed, 3).expect("as is"),
+        compressed
+    );
+    assert!(Snapshot::transcode(&compressed, 4).is_err());
+}
 
 /// `snapshot-compressed.hex` is `snapshot.hex`'s body deflated (format 3):
 /// it decodes to the same snapshot.
@@ -710,13 +811,20 @@ fn error_codes_and_close_codes_match_the_spec() {
         (ErrorCode::Superseded, 14, 4010),
         (ErrorCode::GoingAway, 15, 1001),
         (ErrorCode::Internal, 16, 4011),
+        (ErrorCode::InvalidRoom, 17, 4012),
     ];
     for (code, index, close) in codes {
+        assert_eq!(ErrorCode::from_index(u32::from(index)), code);
+        assert_eq!(code.index(), u32::from(index));
         let frame = protocol::encode(&Message::Error {
             code,
             message: String::new(),
         });
-        assert_eq!(frame, vec![1, 10, index, 0], "{code:?}");
+        assert_eq!(
+            frame,
+            vec![protocol::PROTOCOL_VERSION, 10, index, 0],
+            "{code:?}"
+        );
         assert_eq!(code.close_code().as_u16(), close, "{code:?}");
     }
     let closes = [
@@ -734,13 +842,22 @@ fn error_codes_and_close_codes_match_the_spec() {
         (4009, true),
         (4010, true),
         (4011, true),
+        (4012, false),
     ];
     for (number, reconnect) in closes {
-        let code = CloseCode::from_u16(number).expect("known close code");
+        let code = CloseCode::from_u16(number);
+        assert!(code.is_known(), "{number}");
         assert_eq!(code.as_u16(), number);
         assert_eq!(code.should_reconnect(), reconnect, "{number}");
     }
-    assert_eq!(CloseCode::from_u16(1006), None);
+    // Numbers of no known code: kept, and the client reconnects.
+    for number in [1006, 4099, 4999] {
+        let code = CloseCode::from_u16(number);
+        assert_eq!(code, CloseCode::Other(number));
+        assert!(!code.is_known());
+        assert_eq!(code.as_u16(), number);
+        assert!(code.should_reconnect(), "{number}");
+    }
 }
 
 /// The small snapshot decodes to what was encoded.

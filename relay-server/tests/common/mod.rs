@@ -76,13 +76,21 @@ impl Relay {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(20);
+        let mut earlier_lines = Vec::new();
         let addr = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
                     if let Some(addr) = line.strip_prefix("concord-relay listening on ") {
+                        // docs/RELAY.md: it is always the first line on
+                        // stdout, even on a first start that creates a key.
+                        assert!(
+                            earlier_lines.is_empty(),
+                            "stdout lines before the listening line: {earlier_lines:?}"
+                        );
                         break addr.trim().parse().expect("address");
                     }
+                    earlier_lines.push(line);
                 }
                 Err(_) => {
                     let _ = child.kill();
@@ -558,6 +566,8 @@ pub fn hello_frame(replica: u64, room: &str, token: &str) -> Vec<u8> {
         own_seq: 0,
         settled_seq: 0,
         agent: "raw-test".into(),
+        versions: vec![sync_core::protocol::PROTOCOL_VERSION],
+        snapshot_formats: vec![1, 2, 3],
     }))
 }
 
@@ -566,6 +576,8 @@ pub fn hello_frame(replica: u64, room: &str, token: &str) -> Vec<u8> {
 #[derive(Debug, Default)]
 pub struct Ending {
     pub errors: Vec<ErrorCode>,
+    /// The version byte of every binary frame received.
+    pub versions: Vec<u8>,
     pub messages: Vec<Message>,
     pub close: Option<u16>,
     pub closed: bool,
@@ -579,11 +591,15 @@ pub async fn read_until_close(ws: &mut Ws, limit: Duration) -> Ending {
         match tokio::time::timeout_at(deadline, ws.next()).await {
             Err(_) => return ending,
             Ok(Some(Ok(WsMessage::Binary(frame)))) => {
+                ending.versions.extend(frame.first());
                 if let Ok(message) = protocol::decode(&frame, usize::MAX) {
                     if let Message::Error { code, .. } = &message {
                         ending.errors.push(*code);
                     }
                     ending.messages.push(message);
+                } else if let Some((_, code, _)) = protocol::decode_any_error(&frame) {
+                    // A refusal written in another protocol version.
+                    ending.errors.push(code);
                 }
             }
             Ok(Some(Ok(WsMessage::Close(frame)))) => {

@@ -1,11 +1,14 @@
 //! Error codes carried in messages and WebSocket close codes.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// What went wrong, in an `Error` or `Rejected` message.
+/// What went wrong, in an `Error`, `Rejected` or `Ack` message.
 ///
-/// Encoded as its variant index; new codes are only ever appended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// Encoded as its index, a `u32` varint; new codes are only ever appended.
+/// A code this build does not know (sent by a newer peer) decodes as
+/// [`ErrorCode::Unknown`] instead of failing the frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ErrorCode {
     /// The frame does not decode, or a message arrived out of turn.
     Malformed,
@@ -43,9 +46,60 @@ pub enum ErrorCode {
     GoingAway,
     /// The relay failed internally; reconnect later.
     Internal,
+    /// The room name is not valid (see `protocol::valid_room_name`);
+    /// retrying with the same name cannot help.
+    InvalidRoom,
+    /// A code this build does not know, by its index: a newer peer's.
+    /// An `Error` with it closes with 4000 (and the client reconnects); a
+    /// `Rejected` with it means "push again later"; in `Ack.refused` the
+    /// operation is refused for good all the same.
+    Unknown(u32),
 }
 
+/// Every known code, in index order.
+const KNOWN_ERROR_CODES: &[ErrorCode] = &[
+    ErrorCode::Malformed,
+    ErrorCode::UnsupportedVersion,
+    ErrorCode::Unauthorized,
+    ErrorCode::Forbidden,
+    ErrorCode::ReadOnly,
+    ErrorCode::ClockAhead,
+    ErrorCode::Stale,
+    ErrorCode::InvalidOp,
+    ErrorCode::BatchTooLarge,
+    ErrorCode::FrameTooLarge,
+    ErrorCode::RateLimited,
+    ErrorCode::TooManyConnections,
+    ErrorCode::SlowConsumer,
+    ErrorCode::IdleTimeout,
+    ErrorCode::Superseded,
+    ErrorCode::GoingAway,
+    ErrorCode::Internal,
+    ErrorCode::InvalidRoom,
+];
+
 impl ErrorCode {
+    /// The code's index on the wire.
+    pub fn index(self) -> u32 {
+        match self {
+            ErrorCode::Unknown(index) => index,
+            known => KNOWN_ERROR_CODES
+                .iter()
+                .position(|c| *c == known)
+                .and_then(|i| u32::try_from(i).ok())
+                .unwrap_or(u32::MAX),
+        }
+    }
+
+    /// The code with this index: a known one, or [`ErrorCode::Unknown`].
+    pub fn from_index(index: u32) -> ErrorCode {
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| KNOWN_ERROR_CODES.get(i))
+            .copied()
+            .unwrap_or(ErrorCode::Unknown(index))
+    }
+
     /// The close code that follows an `Error` message with this code.
     pub fn close_code(self) -> CloseCode {
         match self {
@@ -64,11 +118,30 @@ impl ErrorCode {
             ErrorCode::Superseded => CloseCode::Superseded,
             ErrorCode::GoingAway => CloseCode::GoingAway,
             ErrorCode::Internal => CloseCode::Internal,
+            ErrorCode::InvalidRoom => CloseCode::InvalidRoom,
+            ErrorCode::Unknown(_) => CloseCode::ProtocolError,
         }
     }
 }
 
+impl Serialize for ErrorCode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // Postcard writes a `u32` exactly as it writes an enum's variant
+        // index: the encoding of the known codes is unchanged.
+        s.serialize_u32(self.index())
+    }
+}
+
+impl<'de> Deserialize<'de> for ErrorCode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ErrorCode, D::Error> {
+        u32::deserialize(d).map(ErrorCode::from_index)
+    }
+}
+
 /// WebSocket close codes the relay and clients use.
+///
+/// A number this build does not know is [`CloseCode::Other`]: a newer
+/// relay's code, or one from the WebSocket layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum CloseCode {
@@ -100,6 +173,10 @@ pub enum CloseCode {
     Superseded,
     /// 4011: internal failure.
     Internal,
+    /// 4012: the room name is not valid; retrying will not help.
+    InvalidRoom,
+    /// Any other number; the client reconnects, as after 1001.
+    Other(u16),
 }
 
 impl CloseCode {
@@ -120,12 +197,24 @@ impl CloseCode {
             CloseCode::TooManyConnections => 4009,
             CloseCode::Superseded => 4010,
             CloseCode::Internal => 4011,
+            CloseCode::InvalidRoom => 4012,
+            CloseCode::Other(code) => code,
         }
     }
 
-    /// The close code for a number, if it is one of ours.
-    pub fn from_u16(code: u16) -> Option<CloseCode> {
-        ALL_CLOSE_CODES.iter().copied().find(|c| c.as_u16() == code)
+    /// The close code for a number: one of ours, or [`CloseCode::Other`]
+    /// (never for a number one of ours has).
+    pub fn from_u16(code: u16) -> CloseCode {
+        ALL_CLOSE_CODES
+            .iter()
+            .copied()
+            .find(|c| c.as_u16() == code)
+            .unwrap_or(CloseCode::Other(code))
+    }
+
+    /// Whether this is one of the codes this build knows.
+    pub fn is_known(self) -> bool {
+        !matches!(self, CloseCode::Other(_))
     }
 
     /// Whether a client should reconnect after this close. Only codes that
@@ -138,7 +227,10 @@ impl CloseCode {
     pub fn should_reconnect(self) -> bool {
         !matches!(
             self,
-            CloseCode::UnsupportedVersion | CloseCode::Unauthorized | CloseCode::Forbidden
+            CloseCode::UnsupportedVersion
+                | CloseCode::Unauthorized
+                | CloseCode::Forbidden
+                | CloseCode::InvalidRoom
         )
     }
 }
@@ -158,4 +250,5 @@ const ALL_CLOSE_CODES: &[CloseCode] = &[
     CloseCode::TooManyConnections,
     CloseCode::Superseded,
     CloseCode::Internal,
+    CloseCode::InvalidRoom,
 ];

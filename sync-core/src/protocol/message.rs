@@ -12,6 +12,7 @@ pub(super) const DELIVER_TAG: u64 = 4;
 /// Every message of the protocol. The variant index is the wire tag, so
 /// variants are only ever appended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Message {
     /// Client → relay, first frame: who is asking for what.
     Hello(Hello),
@@ -121,6 +122,13 @@ pub struct Hello {
     pub settled_seq: u64,
     /// Free-form client name and version, for logs.
     pub agent: String,
+    /// Every protocol version the client speaks, in any order. The relay
+    /// picks one and names it in `Welcome::version`.
+    pub versions: Vec<u8>,
+    /// Every snapshot format the client reads, in any order. The relay
+    /// sends snapshots in one of them and names it in
+    /// `Welcome::snapshot_format`.
+    pub snapshot_formats: Vec<u8>,
 }
 
 /// The relay's answer to `Hello`.
@@ -148,4 +156,10 @@ pub struct Welcome {
     /// The offset deliveries continue from: the client's cursor, or 0 when
     /// the relay does not know that cursor (then the client starts over).
     pub cursor: u64,
+    /// The protocol version the session speaks from now on, one of
+    /// `Hello::versions`: every later frame carries it as its version byte.
+    pub version: u8,
+    /// The snapshot format the relay sends snapshots in on this connection,
+    /// one of `Hello::snapshot_formats`.
+    pub snapshot_format: u8,
 }

@@ -11,10 +11,110 @@ mod message;
 pub use codes::{CloseCode, ErrorCode};
 pub use message::{Hello, Message, Welcome};
 
+/// What a relay of this build and a client agree on at the handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Agreement {
+    /// The protocol version of every later frame.
+    pub version: u8,
+    /// The snapshot format snapshots are sent in.
+    pub snapshot_format: u8,
+}
+
+/// Why a relay of this build cannot serve a `Hello`: nothing in common.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NegotiationError {
+    /// No protocol version in common.
+    #[error(
+        "the client speaks protocol versions {offered:?}; this relay speaks {SUPPORTED_VERSIONS:?}"
+    )]
+    NoVersion {
+        /// The versions the client listed.
+        offered: Vec<u8>,
+    },
+    /// No snapshot format in common.
+    #[error(
+        "the client reads snapshot formats {offered:?}; this relay sends formats {}..={}",
+        SENDABLE_SNAPSHOT_FORMATS.start(),
+        SENDABLE_SNAPSHOT_FORMATS.end()
+    )]
+    NoSnapshotFormat {
+        /// The formats the client listed.
+        offered: Vec<u8>,
+    },
+}
+
+impl NegotiationError {
+    /// The error code of the `Error` the relay answers with; it closes with
+    /// that code's close code (4001: retrying cannot help).
+    pub fn error_code(&self) -> ErrorCode {
+        ErrorCode::UnsupportedVersion
+    }
+}
+
+/// Whether `name` is a valid room name: 1 to 256 UTF-8 bytes
+/// ([`crate::limits::MAX_ROOM_NAME_LEN`]), none of them a control
+/// character (Unicode category Cc: U+0000–U+001F and U+007F–U+009F). A
+/// relay refuses any other name with `Error { InvalidRoom }` and close 4012.
+pub fn valid_room_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= crate::limits::MAX_ROOM_NAME_LEN
+        && !name.chars().any(char::is_control)
+}
+
+/// What a relay of this build agrees to for `hello`: the newest protocol
+/// version and the newest snapshot format both sides know.
+pub fn negotiate(hello: &Hello) -> Result<Agreement, NegotiationError> {
+    let version = hello
+        .versions
+        .iter()
+        .copied()
+        .filter(|v| SUPPORTED_VERSIONS.contains(v))
+        .max()
+        .ok_or_else(|| NegotiationError::NoVersion {
+            offered: hello.versions.clone(),
+        })?;
+    let snapshot_format = hello
+        .snapshot_formats
+        .iter()
+        .copied()
+        .filter(|f| SENDABLE_SNAPSHOT_FORMATS.contains(f))
+        .max()
+        .ok_or_else(|| NegotiationError::NoSnapshotFormat {
+            offered: hello.snapshot_formats.clone(),
+        })?;
+    Ok(Agreement {
+        version,
+        snapshot_format,
+    })
+}
+
 use crate::op::Op;
 
 /// The protocol version this build speaks; the first byte of every frame.
-pub const PROTOCOL_VERSION: u8 = 1;
+///
+/// Version 1 had no negotiation; its frames are refused with an `Error`
+/// that a version 1 peer can read ([`encode_version_refusal`]).
+pub const PROTOCOL_VERSION: u8 = 2;
+
+/// The protocol versions this build speaks, oldest first.
+pub const SUPPORTED_VERSIONS: &[u8] = &[PROTOCOL_VERSION];
+
+/// The protocol version whose layout `Hello` has in every version from it
+/// on: a `Hello` frame always carries this version byte, so a relay can
+/// read what the client speaks before anything is agreed.
+pub const HELLO_VERSION: u8 = 2;
+
+/// The snapshot formats a relay of this build can send, oldest first: it
+/// re-encodes its stored snapshot for a client that reads none of the
+/// newer ones.
+pub const SENDABLE_SNAPSHOT_FORMATS: std::ops::RangeInclusive<u8> =
+    crate::snapshot::OLDEST_SNAPSHOT_FORMAT..=crate::snapshot::NEWEST_SNAPSHOT_FORMAT;
+
+/// Most pushes a client may have awaiting their answer (`Ack` or
+/// `Rejected`) at once. A relay that rate-limits holds pushes back, and
+/// cuts off a session that has more than this many awaiting.
+pub const MAX_PUSH_WINDOW: usize = 8;
 
 /// Largest frame either side accepts by default (4 MiB).
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
@@ -74,6 +174,43 @@ pub fn encode(message: &Message) -> Vec<u8> {
     // were it to, the empty frame is refused by the peer as `Empty`.
     postcard::to_extend(message, vec![PROTOCOL_VERSION]).unwrap_or_default()
 }
+
+/// The `Error { UnsupportedVersion, message }` frame that refuses a frame
+/// of protocol version `version`, written with that same version byte so
+/// that its sender can read it. `Error` (message index 10: an `ErrorCode`
+/// varint, then a string) is laid out alike in every protocol version.
+pub fn encode_version_refusal(version: u8, message: &str) -> Vec<u8> {
+    let mut frame = vec![version];
+    push_varint(&mut frame, ERROR_TAG);
+    push_varint(&mut frame, ERROR_CODE_UNSUPPORTED_VERSION);
+    push_varint(&mut frame, message.len() as u64);
+    frame.extend_from_slice(message.as_bytes());
+    frame
+}
+
+/// Reads an `Error` message from a frame of any protocol version (its
+/// layout is the same in all of them): the version byte, the code and the
+/// message. `None` for anything else. A client uses it to understand a
+/// relay that refuses its `Hello` in another version.
+pub fn decode_any_error(frame: &[u8]) -> Option<(u8, ErrorCode, String)> {
+    let (&version, body) = frame.split_first()?;
+    let (tag, body) = read_varint(body)?;
+    if tag != ERROR_TAG {
+        return None;
+    }
+    let mut patched = vec![PROTOCOL_VERSION];
+    push_varint(&mut patched, ERROR_TAG);
+    patched.extend_from_slice(body);
+    match decode(&patched, patched.len()) {
+        Ok(Message::Error { code, message }) => Some((version, code, message)),
+        _ => None,
+    }
+}
+
+/// Variant index of `Message::Error`.
+const ERROR_TAG: u64 = 10;
+/// Variant index of `ErrorCode::UnsupportedVersion`.
+const ERROR_CODE_UNSUPPORTED_VERSION: u64 = 1;
 
 /// Decodes a frame no larger than `max_len` bytes.
 ///
@@ -168,7 +305,7 @@ pub fn peek_kind(frame: &[u8]) -> Option<MessageKind> {
         7 => MessageKind::Rejected,
         8 => MessageKind::Ping,
         9 => MessageKind::Pong,
-        10 => MessageKind::Error,
+        ERROR_TAG => MessageKind::Error,
         _ => return None,
     })
 }
@@ -261,6 +398,8 @@ mod tests {
             own_seq: 0,
             settled_seq: 0,
             agent: String::new(),
+            versions: vec![PROTOCOL_VERSION],
+            snapshot_formats: vec![1],
         };
         let welcome = Welcome {
             head: 0,
@@ -272,6 +411,8 @@ mod tests {
             max_batch_bytes: 0,
             refused: Vec::new(),
             cursor: 0,
+            version: PROTOCOL_VERSION,
+            snapshot_format: 1,
         };
         vec![
             (Message::Hello(hello), MessageKind::Hello),

@@ -311,6 +311,8 @@ struct Member {
     last_heard: u64,
     /// Since when the window has been full with more to send.
     stalled_since: Option<u64>,
+    /// The snapshot format agreed in `Welcome`.
+    snapshot_format: u8,
 }
 
 /// One room of the relay.
@@ -321,6 +323,9 @@ pub struct Room {
     config: RoomConfig,
     log: Log,
     snapshot: Option<Arc<[u8]>>,
+    /// The snapshot re-encoded for sessions that read another format
+    /// than the stored one's, by format; emptied when the snapshot changes.
+    snapshot_in_format: BTreeMap<u8, Arc<[u8]>>,
     accepted: VersionVector,
     /// Operations stamped at or before this are refused as stale.
     tombstone_horizon: Hlc,
@@ -352,6 +357,7 @@ impl Room {
             config,
             log: Log::default(),
             snapshot: None,
+            snapshot_in_format: BTreeMap::new(),
             accepted: VersionVector::new(),
             tombstone_horizon: Hlc::ZERO,
             refused: BTreeMap::new(),
@@ -540,6 +546,20 @@ impl Room {
     }
 
     fn join(&mut self, now: u64, session: SessionId, hello: Hello, read_only: bool) {
+        if !protocol::valid_room_name(&hello.room) {
+            let reason = format!(
+                "room names are 1 to {} bytes without control characters",
+                crate::limits::MAX_ROOM_NAME_LEN
+            );
+            return self.close(session, ErrorCode::InvalidRoom, reason);
+        }
+        let agreed = match protocol::negotiate(&hello) {
+            Ok(agreed) => agreed,
+            Err(e) => {
+                // Not a member: the error and the close go out all the same.
+                return self.close(session, e.error_code(), e.to_string());
+            }
+        };
         let superseded: Vec<SessionId> = self
             .members
             .iter()
@@ -575,6 +595,8 @@ impl Room {
             max_batch_ops: u32::try_from(self.config.max_batch_ops).unwrap_or(u32::MAX),
             max_batch_bytes: u32::try_from(self.config.max_batch_bytes).unwrap_or(u32::MAX),
             cursor,
+            version: agreed.version,
+            snapshot_format: agreed.snapshot_format,
         };
         self.transmit(session, &Message::Welcome(welcome));
         self.members.insert(
@@ -590,6 +612,7 @@ impl Room {
                 include_own: false,
                 last_heard: now,
                 stalled_since: None,
+                snapshot_format: agreed.snapshot_format,
             },
         );
     }
@@ -676,9 +699,12 @@ impl Room {
                 .refused
                 .get(&replica)
                 .is_some_and(|r| r.contains(op.id.seq));
+            // Horizon 0 means none: nothing is collected, an op stamped 0 is not stale.
+            let behind_horizon =
+                self.tombstone_horizon > Hlc::ZERO && op.hlc <= self.tombstone_horizon;
             let refusal = if op.validate().is_err() {
                 Some(ErrorCode::InvalidOp)
-            } else if op.hlc <= self.tombstone_horizon || given_up {
+            } else if behind_horizon || given_up {
                 Some(ErrorCode::Stale)
             } else {
                 None
@@ -868,6 +894,14 @@ impl Room {
             return;
         };
         let window = self.config.send_window.max(1);
+        if member.snapshot.is_none()
+            && member.sent < self.log.compacted_through()
+            && !self.prepare_snapshot(member.snapshot_format)
+        {
+            let reason = "the room's snapshot cannot be re-encoded for this client".to_owned();
+            self.members.insert(session, member);
+            return self.close(session, ErrorCode::Internal, reason);
+        }
         while member.in_flight < window {
             let Some(frame) = self.next_frame(&mut member) else {
                 break;
@@ -884,10 +918,39 @@ impl Room {
         self.members.insert(session, member);
     }
 
+    /// Makes the snapshot available in `format` (re-encoding the stored
+    /// one if it is in another); `false` if that fails.
+    fn prepare_snapshot(&mut self, format: u8) -> bool {
+        let Some(stored) = &self.snapshot else {
+            return true;
+        };
+        if Snapshot::format_of(stored) == Some(format)
+            || self.snapshot_in_format.contains_key(&format)
+        {
+            return true;
+        }
+        match Snapshot::transcode(stored, format) {
+            Ok(bytes) => {
+                self.snapshot_in_format.insert(format, bytes.into());
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The snapshot in `format`, once [`Room::prepare_snapshot`] made it.
+    fn snapshot_for(&self, format: u8) -> Option<Arc<[u8]>> {
+        let stored = self.snapshot.as_ref()?;
+        if Snapshot::format_of(stored) == Some(format) {
+            return Some(stored.clone());
+        }
+        self.snapshot_in_format.get(&format).cloned()
+    }
+
     /// The next frame a session needs: a snapshot chunk or a batch of the log.
     fn next_frame(&self, member: &mut Member) -> Option<Vec<u8>> {
         if member.snapshot.is_none() && member.sent < self.log.compacted_through() {
-            let bytes = self.snapshot.clone()?;
+            let bytes = self.snapshot_for(member.snapshot_format)?;
             member.snapshot = Some(SnapshotSend {
                 bytes,
                 cursor: self.log.compacted_through(),
@@ -1023,6 +1086,7 @@ impl Room {
             return;
         }
         self.snapshot = Some(done.snapshot.clone());
+        self.snapshot_in_format.clear();
         self.log.truncate_through(done.through);
         self.tombstone_horizon = self.tombstone_horizon.max(done.tombstone_horizon);
         self.compactions += 1;

@@ -52,6 +52,9 @@ use crate::store::Record;
 use crate::value::Value;
 use inbound::{Inbound, InboundQueue};
 
+/// Least pause after a `Rejected` with a code this build does not know.
+const UNKNOWN_REJECTION_PAUSE_MS: u64 = 1000;
+
 /// Name of the store record that holds the session's sync state.
 const SESSION_RECORD: &str = "session";
 
@@ -76,13 +79,18 @@ pub struct SessionConfig {
     pub max_batch_ops: usize,
     /// Most bytes of operations per push (the relay may lower it).
     pub max_batch_bytes: usize,
-    /// Most pushes awaiting acknowledgement at once.
+    /// Most pushes awaiting acknowledgement at once (1 to
+    /// [`protocol::MAX_PUSH_WINDOW`]; values outside are clamped).
     pub push_window: usize,
     /// Largest frame accepted from the relay.
     pub max_frame_bytes: usize,
     /// Largest snapshot accepted from the relay: its bytes on the wire, and
     /// its body once inflated, if it is compressed.
     pub max_snapshot_bytes: u64,
+    /// The snapshot formats this client reads, announced in `Hello`; a
+    /// snapshot in any other format is refused. Defaults to every format
+    /// this build reads.
+    pub snapshot_formats: Vec<u8>,
 }
 
 impl SessionConfig {
@@ -101,6 +109,9 @@ impl SessionConfig {
             push_window: 4,
             max_frame_bytes: protocol::DEFAULT_MAX_FRAME_BYTES,
             max_snapshot_bytes: 1 << 30,
+            snapshot_formats: (crate::snapshot::OLDEST_SNAPSHOT_FORMAT
+                ..=crate::snapshot::NEWEST_SNAPSHOT_FORMAT)
+                .collect(),
         }
     }
 }
@@ -390,9 +401,24 @@ impl Session {
     }
 
     /// Starts connecting (now) and keeps reconnecting until [`Session::stop`].
+    ///
+    /// A room name the relay would refuse (see
+    /// [`protocol::valid_room_name`]) never connects: the session reports
+    /// `Disconnected { code: InvalidRoom }` and stays offline.
     pub fn start(&mut self, now: u64) {
-        if self.store_failed.is_none() && matches!(self.link, Link::Offline | Link::Waiting { .. })
-        {
+        if self.store_failed.is_some() {
+            return;
+        }
+        if !protocol::valid_room_name(&self.config.room) {
+            self.link = Link::Offline;
+            self.outputs.push(Output::Event(Event::Disconnected {
+                code: CloseCode::InvalidRoom,
+                reason: format!("invalid room name {:?}", self.config.room),
+                retry_at: None,
+            }));
+            return;
+        }
+        if matches!(self.link, Link::Offline | Link::Waiting { .. }) {
             self.attempt = 0;
             self.link = Link::Connecting { since: now };
             self.outputs.push(Output::Connect);
@@ -503,9 +529,7 @@ impl Session {
             Input::Connected => self.on_connected(now),
             Input::Received(frame) => self.on_frame(now, frame),
             Input::Disconnected { code } => {
-                let code = code
-                    .and_then(CloseCode::from_u16)
-                    .unwrap_or(CloseCode::GoingAway);
+                let code = code.map_or(CloseCode::GoingAway, CloseCode::from_u16);
                 self.lose_link(now, code, "transport closed".into(), false);
             }
             Input::Timeout => self.on_timeout(now),
@@ -599,6 +623,8 @@ impl Session {
                 .map_or(self.replica.next_seq(), |op| op.id.seq)
                 - 1,
             agent: self.config.agent.clone(),
+            versions: protocol::SUPPORTED_VERSIONS.to_vec(),
+            snapshot_formats: self.config.snapshot_formats.clone(),
         };
         self.outputs
             .push(Output::Transmit(protocol::encode(&Message::Hello(hello))));
@@ -615,6 +641,17 @@ impl Session {
             // ago is corruption, not a version mismatch: reconnect. A relay
             // that really speaks another version says so in an `Error`.
             Err(e) => {
+                // A relay that does not speak our version refuses the
+                // `Hello` with an `Error` in its own version; every
+                // version lays `Error` out alike.
+                if let (Link::Handshaking { .. }, protocol::FrameError::UnsupportedVersion { .. }) =
+                    (&self.link, &e)
+                {
+                    if let Some((version, code, message)) = protocol::decode_any_error(frame) {
+                        let reason = format!("relay error {code:?} (version {version}): {message}");
+                        return self.lose_link(now, code.close_code(), reason, true);
+                    }
+                }
                 let close = match e {
                     protocol::FrameError::UnsupportedVersion { .. } => CloseCode::ProtocolError,
                     _ => e.close_code(),
@@ -674,6 +711,19 @@ impl Session {
     }
 
     fn on_welcome(&mut self, now: u64, welcome: Welcome) {
+        if !protocol::SUPPORTED_VERSIONS.contains(&welcome.version)
+            || !self
+                .config
+                .snapshot_formats
+                .contains(&welcome.snapshot_format)
+        {
+            let reason = format!(
+                "relay chose protocol version {} and snapshot format {}, which this client did \
+                 not offer",
+                welcome.version, welcome.snapshot_format
+            );
+            return self.fail(now, CloseCode::ProtocolError, ErrorCode::Malformed, reason);
+        }
         if welcome.accepted_seq >= self.replica.next_seq() {
             // The relay settled numbers this store never handed out: it was
             // restored from an older copy, and new writes would reuse them.
@@ -847,6 +897,14 @@ impl Session {
             let Some(done) = live.assembling.take() else {
                 return;
             };
+            let format = Snapshot::format_of(&done.bytes);
+            if !format.is_some_and(|f| self.config.snapshot_formats.contains(&f)) {
+                let reason = format!(
+                    "relay sent a snapshot in format {format:?}; this client reads {:?}",
+                    self.config.snapshot_formats
+                );
+                return self.fail(now, CloseCode::ProtocolError, ErrorCode::Malformed, reason);
+            }
             // The limit bounds the body too, should the snapshot be compressed.
             let max_body = usize::try_from(max).unwrap_or(usize::MAX);
             match Snapshot::decode_with_limit(&done.bytes, max_body) {
@@ -953,6 +1011,14 @@ impl Session {
                 live.pushed_through = live.pushed_through.min(seq.saturating_sub(1));
                 live.in_flight.clear();
                 live.read_only = true;
+            }
+            ErrorCode::Unknown(_) => {
+                // A newer relay's "not now": push this and the rest again
+                // later, at least a second from now.
+                live.pushed_through = live.pushed_through.min(seq.saturating_sub(1));
+                live.in_flight.retain(|&last| last < seq);
+                let wait = retry_after_ms.max(UNKNOWN_REJECTION_PAUSE_MS);
+                live.push_paused_until = Some(now.saturating_add(wait));
             }
 
             _ => {
@@ -1091,7 +1157,8 @@ impl Session {
             return;
         }
         let mut frames = Vec::new();
-        while live.in_flight.len() < self.config.push_window.max(1) {
+        let window = self.config.push_window.clamp(1, protocol::MAX_PUSH_WINDOW);
+        while live.in_flight.len() < window {
             let mut batch = Vec::new();
             let mut bytes = 0;
             for op in self

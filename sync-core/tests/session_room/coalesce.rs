@@ -21,6 +21,8 @@ fn hello(replica: u64) -> Hello {
         own_seq: 0,
         settled_seq: 0,
         agent: "test".into(),
+        versions: vec![sync_core::protocol::PROTOCOL_VERSION],
+        snapshot_formats: vec![1, 2, 3],
     }
 }
 

@@ -553,6 +553,8 @@ impl World {
             own_seq: 0,
             settled_seq: 0,
             agent: "raw".into(),
+            versions: vec![sync_core::protocol::PROTOCOL_VERSION],
+            snapshot_formats: vec![1, 2, 3],
         };
         self.room.handle(
             self.now,

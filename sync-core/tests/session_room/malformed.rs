@@ -92,6 +92,8 @@ fn room_closes_a_session_sending_hello_after_joining() {
         own_seq: 0,
         settled_seq: 0,
         agent: "again".into(),
+        versions: vec![sync_core::protocol::PROTOCOL_VERSION],
+        snapshot_formats: vec![1, 2, 3],
     }));
     room_refuses(&hello, ErrorCode::Malformed, CloseCode::ProtocolError);
 }
@@ -195,6 +197,8 @@ fn session_receiving_other_bad_frames_closes_with_the_matching_code() {
         max_batch_bytes: 1,
         refused: Vec::new(),
         cursor: 0,
+        version: sync_core::protocol::PROTOCOL_VERSION,
+        snapshot_format: 3,
     }));
     let cases: [(&[u8], CloseCode); 4] = [
         (&[], CloseCode::ProtocolError),

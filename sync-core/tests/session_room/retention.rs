@@ -39,6 +39,8 @@ fn write_one(room: &mut Room, seq: u64) -> usize {
                 own_seq: seq - 1,
                 settled_seq: seq - 1,
                 agent: "test".into(),
+                versions: vec![sync_core::protocol::PROTOCOL_VERSION],
+                snapshot_formats: vec![1, 2, 3],
             },
             read_only: false,
         },
