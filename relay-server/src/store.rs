@@ -274,9 +274,33 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
             detail: format!("cannot switch to WAL journal mode (got {mode})"),
         });
     }
-    conn.pragma_update(None, "synchronous", "FULL")
-        .map_err(sql("setting synchronous=FULL"))?;
+    let synchronous = if test_unsafe_synchronous_off() {
+        "OFF"
+    } else {
+        "FULL"
+    };
+    conn.pragma_update(None, "synchronous", synchronous)
+        .map_err(sql(format!("setting synchronous={synchronous}")))?;
     Ok(conn)
+}
+
+/// TEST ONLY, never a setting: the environment variable that makes the relay
+/// acknowledge writes SQLite never fsyncs (`PRAGMA synchronous=OFF`).
+/// `tests/power_loss.rs` sets it to prove that its power-cut simulation
+/// catches a relay that acknowledges unsynced writes. Deliberately absent
+/// from `--help` and docs/RELAY.md; the relay logs a warning when it is set.
+const TEST_UNSAFE_SYNCHRONOUS_OFF: &str = "CONCORD_TEST_UNSAFE_SYNCHRONOUS_OFF";
+
+/// Whether [`TEST_UNSAFE_SYNCHRONOUS_OFF`] is set to `1`.
+fn test_unsafe_synchronous_off() -> bool {
+    let off = std::env::var_os(TEST_UNSAFE_SYNCHRONOUS_OFF).is_some_and(|v| v == "1");
+    if off {
+        tracing::warn!(
+            "{TEST_UNSAFE_SYNCHRONOUS_OFF}=1: TEST ONLY, writes are acknowledged without fsync \
+             and are lost on power failure"
+        );
+    }
+    off
 }
 
 /// `PRAGMA quick_check` and the schema version.
