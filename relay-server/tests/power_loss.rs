@@ -1,7 +1,10 @@
 //! Power loss, not only process death: every operation the relay
 //! acknowledged survives a cut that also loses the OS page cache, and the
 //! same cut does lose acknowledged operations when the relay is made to
-//! acknowledge writes it never fsyncs.
+//! acknowledge writes it has not fsynced (the test-only environment variable
+//! `CONCORD_TEST_UNSAFE_SYNCHRONOUS=NORMAL` or `OFF`, read in `src/store.rs`).
+//! With `NORMAL` a kill without the power cut loses nothing: that is what
+//! `tests/durability.rs` alone cannot see.
 //!
 //! What it simulates. The relay runs under an `LD_PRELOAD` shim
 //! (`tests/fixtures/lazy_fsync.c`, compiled here with the system `cc`) that
@@ -10,10 +13,12 @@
 //! range's old bytes and the old file size, and after each successful
 //! `fsync`/`fdatasync` of a file it records "synced through write N", N being
 //! the last write issued *before* that fsync began. The test writes from
-//! four clients into two rooms and sends the relay SIGKILL at a random moment
-//! under load. The clients then read until their sockets die (an ack already
-//! on the wire counts), and the test rewinds each file to a state a power cut
-//! could have left:
+//! four clients into two rooms and sends the relay SIGKILL under load, a
+//! random number of acknowledged operations into the run (in two of the
+//! three runs, after SQLite's first WAL checkpoint, so that writes to the
+//! database file are cut too). The clients then read until their sockets
+//! die (an ack already on the wire counts), and the test rewinds each file
+//! to a state a power cut could have left:
 //!
 //! - `drop-all`: every write after the file's last sync is undone, newest
 //!   first, and the file is cut back to its size at that sync. This is the
