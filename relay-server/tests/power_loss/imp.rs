@@ -428,6 +428,38 @@ pub(crate) async fn unsynced_relay_loses_acknowledged_ops() {
     assert!(outcome.acked_lost > 0, "{outcome:?}");
 }
 
+/// The shim and the rewind alone, on shell commands (several processes
+/// sharing one log): what was fsynced stays, what was written after it is
+/// undone, a file never synced is emptied.
+pub(crate) fn rewind_keeps_exactly_what_was_synced() {
+    let dir = tempdir();
+    let Some(shim) = build_shim(dir.path()) else {
+        return;
+    };
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).expect("data dir");
+    let data = data.canonicalize().expect("data dir");
+    let log = dir.path().join("undo.log");
+    // `>` truncates, `1<>` overwrites in place, `>>` appends; dd only
+    // fsyncs.
+    let script = "printf hello > f && dd if=/dev/null of=f conv=notrunc,fsync status=none \
+                  && printf XY 1<> f && printf tail >> f && printf new > g";
+    let status = Command::new("sh")
+        .args(["-c", script])
+        .current_dir(&data)
+        .env("LD_PRELOAD", &shim)
+        .env("LAZY_FSYNC_DIR", &data)
+        .env("LAZY_FSYNC_LOG", &log)
+        .status()
+        .expect("sh");
+    assert!(status.success());
+    let read = |name: &str| std::fs::read(data.join(name)).expect("file");
+    assert_eq!(read("f"), b"XYllotail");
+    let report = cut_power(&log, Cut::DropAll, &mut Rng(0));
+    assert_eq!(read("f"), b"hello", "{report:?}");
+    assert_eq!(read("g"), b"", "{report:?}");
+}
+
 fn summary(o: &Outcome) -> String {
     let files: Vec<String> = o
         .cut
@@ -463,6 +495,8 @@ fn summary(o: &Outcome) -> String {
 
 /// One record of the shim's log (layout in `tests/fixtures/lazy_fsync.c`).
 struct Record {
+    /// Where it starts in the log.
+    at: u64,
     kind: u8,
     file: u32,
     seq: u64,
@@ -479,6 +513,7 @@ fn parse(bytes: &[u8]) -> Vec<Record> {
     };
     let mut records = Vec::new();
     let mut rest = bytes;
+    let mut at = 0;
     // A record cut short by the kill is one whose write never ran.
     while rest.len() >= 48 {
         let len = usize::try_from(u64_at(rest, 40)).expect("record length");
@@ -488,6 +523,7 @@ fn parse(bytes: &[u8]) -> Vec<Record> {
         let mut file = [0u8; 4];
         file.copy_from_slice(&rest[4..8]);
         records.push(Record {
+            at,
             kind: rest[0],
             file: u32::from_le_bytes(file),
             seq: u64_at(rest, 8),
@@ -496,6 +532,7 @@ fn parse(bytes: &[u8]) -> Vec<Record> {
             payload: rest[48..48 + len].to_vec(),
         });
         rest = &rest[48 + len..];
+        at += 48 + len as u64;
     }
     records
 }
@@ -525,7 +562,10 @@ fn cut_power(log: &Path, cut: Cut, rng: &mut Rng) -> CutReport {
     for r in &records {
         match r.kind {
             b'F' => {
-                paths.insert(r.file, PathBuf::from(OsStr::from_bytes(&r.payload)));
+                let path = PathBuf::from(OsStr::from_bytes(&r.payload));
+                if let Some(known) = paths.insert(r.file, path.clone()) {
+                    assert_eq!(known, path, "two files share an id in the undo log");
+                }
             }
             b'S' => {
                 let through = synced.entry(r.file).or_default();
@@ -544,7 +584,8 @@ fn cut_power(log: &Path, cut: Cut, rng: &mut Rng) -> CutReport {
             .iter()
             .filter(|r| r.file == file && matches!(r.kind, b'W' | b'T'))
             .collect();
-        let undo: Vec<&&Record> = writes.iter().filter(|r| r.seq > through).collect();
+        // `through` is the log's length when the last fsync began.
+        let undo: Vec<&&Record> = writes.iter().filter(|r| r.at >= through).collect();
         let last = std::fs::read(&path).expect("a file the relay wrote");
         let mut image = last.clone();
         for r in undo.iter().rev() {
