@@ -28,8 +28,9 @@ const CHECKPOINT_OR_ACKED: u64 = 12_000;
 /// Compact often, so snapshots and log truncations are among the writes cut.
 const RELAY_ARGS: [&str; 4] = ["--compaction-min-ops", "500", "--keep-recent-ops", "500"];
 const PAGE: usize = 4096;
-/// Padding (twice this, 1.2 KB) in every operation, so the WAL fills up and SQLite checkpoints
-/// it into the database file during a run (its threshold is 1,000 pages).
+/// Padding (twice this, 1.2 KB) in every operation, so the WAL fills up and
+/// SQLite checkpoints it into the database file during a run (its threshold
+/// is 1,000 pages).
 const PAD: &str = concat!(
     "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor ",
     "incididunt ut labore et dolore magna aliqua. Ut enim ad minim veniam, quis nostrud ",
@@ -128,7 +129,8 @@ fn acked_through(client: &Client) -> u64 {
 }
 
 /// One writer: writes until the relay is killed, then reads until its
-/// socket dies. Returns how many operations it wrote.
+/// socket dies. Returns its highest sequence number (operations written,
+/// counting the collection's creation).
 async fn write_until_killed(client: &mut Client, acked: &Cell<u64>, killed: &Cell<bool>) -> u64 {
     let id = client.session.replica().id().0;
     let mut written = 0u64;
@@ -163,7 +165,7 @@ async fn write_until_killed(client: &mut Client, acked: &Cell<u64>, killed: &Cel
             client.errors
         );
     }
-    written
+    client.session.replica().next_seq() - 1
 }
 
 /// What one run found.
@@ -171,8 +173,8 @@ async fn write_until_killed(client: &mut Client, acked: &Cell<u64>, killed: &Cel
 struct Outcome {
     written: u64,
     acked: u64,
-    /// Per writer.
-    acked_each: Vec<u64>,
+    /// Per writer: (replica, acknowledged).
+    acked_each: Vec<(u64, u64)>,
     acked_lost: u64,
     unacked_kept: u64,
     unacked_lost: u64,
@@ -309,7 +311,7 @@ async fn scenario(
             let (acked, written) = (acked[w].get(), written[w]);
             outcome.written += written;
             outcome.acked += acked;
-            outcome.acked_each.push(acked);
+            outcome.acked_each.push((id.0, acked));
             outcome.acked_lost += (1..=acked).filter(|&s| !has(s)).count() as u64;
             let kept = (acked + 1..=written).filter(|&s| has(s)).count() as u64;
             outcome.unacked_kept += kept;
@@ -478,7 +480,7 @@ fn summary(o: &Outcome) -> String {
         })
         .collect();
     format!(
-        "written {}, acknowledged {} {:?}, acknowledged lost {}, unacknowledged kept {}, \
+        "written {}, acknowledged {} (writer, acked: {:?}), acknowledged lost {}, unacknowledged kept {}, \
          unacknowledged lost {}; files: {}; {}",
         o.written,
         o.acked,
