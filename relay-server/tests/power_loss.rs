@@ -13,8 +13,8 @@
 //! range's old bytes and the old file size, and after each successful
 //! `fsync`/`fdatasync` of a file it records "synced through log position
 //! N", N being the log's length *before* that fsync began. The test writes from
-//! four clients into two rooms and sends the relay SIGKILL under load, a
-//! random number of acknowledged operations into the run (in two of the
+//! four clients into two rooms and sends the relay SIGKILL under load, at a
+//! random moment after some operations were acknowledged (in two of the
 //! three runs, after SQLite's first WAL checkpoint, so that writes to the
 //! database file are cut too). The clients then read until their sockets
 //! die (an ack already on the wire counts), and the test rewinds each file
