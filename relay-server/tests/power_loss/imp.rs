@@ -48,7 +48,7 @@ enum KillAt {
     /// Within KILL_DELAY_MS after SQLite first checkpointed the WAL into the
     /// database file (or after CHECKPOINT_OR_ACKED acknowledgements).
     AfterCheckpoint,
-    /// As soon as MIN_ACKED are acknowledged, long before any checkpoint.
+    /// As soon as anything is acknowledged, long before any checkpoint.
     BeforeCheckpoint,
 }
 
@@ -236,8 +236,17 @@ async fn scenario(
             Client::new(id, ROOMS[room], &tokens[room], &url)
         })
         .collect();
+    // One at a time. When the four connected at once, one to three of them
+    // sometimes stalled for the whole run (no Welcome, or a Welcome and a
+    // first push never acknowledged), with or without the shim, on a loaded
+    // machine; connected one by one they never did. Not what this test is
+    // about, and not yet explained.
     for writer in &mut writers {
         writer.start();
+        writer
+            .run_until(LIMIT, Client::is_live)
+            .await
+            .expect("writer connects");
     }
     let acked: Vec<Cell<u64>> = (0..WRITERS).map(|_| Cell::new(0)).collect();
     let killed = Cell::new(false);
@@ -260,7 +269,10 @@ async fn scenario(
             let checkpointed = std::fs::metadata(&db).map_or(0, |m| m.len()) > template_size;
             let ready = match kill {
                 KillAt::AfterCheckpoint => checkpointed || total >= CHECKPOINT_OR_ACKED,
-                KillAt::Early | KillAt::BeforeCheckpoint => total >= MIN_ACKED,
+                KillAt::Early => total >= MIN_ACKED,
+                // At the first acknowledgement: SQLite checkpoints at 1,000
+                // WAL pages, and the first push is a few.
+                KillAt::BeforeCheckpoint => total > 0,
             };
             if ready {
                 break;
