@@ -274,9 +274,36 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
             detail: format!("cannot switch to WAL journal mode (got {mode})"),
         });
     }
-    conn.pragma_update(None, "synchronous", "FULL")
-        .map_err(sql("setting synchronous=FULL"))?;
+    let synchronous = test_unsafe_synchronous().unwrap_or("FULL");
+    conn.pragma_update(None, "synchronous", synchronous)
+        .map_err(sql(format!("setting synchronous={synchronous}")))?;
     Ok(conn)
+}
+
+/// TEST ONLY, never a setting: the environment variable that makes the relay
+/// acknowledge writes it has not fsynced. `OFF` (`PRAGMA synchronous=OFF`):
+/// SQLite never fsyncs; `NORMAL`: in WAL mode it fsyncs only at
+/// checkpoints, which survives a killed process but not a power cut.
+/// `tests/power_loss.rs` sets it to prove that its power-cut simulation
+/// catches such a relay. Deliberately absent from `--help` and
+/// docs/RELAY.md's settings; the relay logs a warning when it is set.
+const TEST_UNSAFE_SYNCHRONOUS: &str = "CONCORD_TEST_UNSAFE_SYNCHRONOUS";
+
+/// The `synchronous` mode [`TEST_UNSAFE_SYNCHRONOUS`] asks for, if any.
+fn test_unsafe_synchronous() -> Option<&'static str> {
+    let mode = match std::env::var(TEST_UNSAFE_SYNCHRONOUS).ok()?.as_str() {
+        "OFF" => "OFF",
+        "NORMAL" => "NORMAL",
+        other => {
+            tracing::warn!("{TEST_UNSAFE_SYNCHRONOUS}={other:?} ignored (OFF or NORMAL)");
+            return None;
+        }
+    };
+    tracing::warn!(
+        "{TEST_UNSAFE_SYNCHRONOUS}={mode}: TEST ONLY, writes are acknowledged before they are \
+         fsynced and are lost on power failure"
+    );
+    Some(mode)
 }
 
 /// `PRAGMA quick_check` and the schema version.

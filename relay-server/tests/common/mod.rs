@@ -48,6 +48,18 @@ impl Relay {
 
     /// Starts the binary listening on `listen`.
     pub fn start_at(data: &Path, listen: &str, args: &[&str]) -> Relay {
+        Relay::start_with_env(data, listen, args, &[])
+    }
+
+    /// Starts the binary listening on `listen` with extra environment
+    /// variables (set after the test's own `CONCORD_*` ones are removed).
+    /// `restart` does not repeat them.
+    pub fn start_with_env(
+        data: &Path,
+        listen: &str,
+        args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Relay {
         let log = data.join(format!("relay-{}.log", now_ms()));
         std::fs::create_dir_all(data).expect("data dir");
         let log_file = std::fs::File::create(&log).expect("log file");
@@ -65,6 +77,9 @@ impl Relay {
             if key.starts_with("CONCORD_") && key != "CONCORD_LOG" {
                 command.env_remove(key);
             }
+        }
+        for (key, value) in env {
+            command.env(key, value);
         }
         let mut child = command.spawn().expect("spawn concord-relay");
         let stdout = child.stdout.take().expect("stdout");
