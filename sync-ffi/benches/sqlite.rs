@@ -47,30 +47,45 @@ fn open(dir: &tempfile::TempDir) -> SqliteStore {
     SqliteStore::open(dir.path().join("bench.sqlite3")).unwrap()
 }
 
-/// p50/p99 of one durable write with nothing else going on.
+/// p50/p99 of one durable write with nothing else going on: first on a
+/// fresh file, whose WAL grows with every commit (each fsync also commits
+/// file-size metadata), then once the WAL has been checkpointed and is
+/// being rewritten in place, as it is in a database in use.
 fn latency_percentiles() {
-    let samples: usize = std::env::var("CONCORD_BENCH_LATENCY_SAMPLES")
+    let samples: u64 = std::env::var("CONCORD_BENCH_LATENCY_SAMPLES")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(500);
     let dir = tempfile::tempdir().unwrap();
     let mut store = open(&dir);
-    let mut times: Vec<Duration> = (0..samples as u64)
-        .map(|n| {
-            let batch = batch(0, n);
-            let started = Instant::now();
-            Store::write(&mut store, &batch).unwrap();
-            started.elapsed()
-        })
-        .collect();
-    times.sort();
-    let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
-    println!(
-        "sqlite/durable_write latency over {samples} writes: p50 {:?}, p99 {:?}, max {:?}",
-        at(0.50),
-        at(0.99),
-        at(1.0)
-    );
+    let measure = |store: &mut SqliteStore, label: &str, from: u64| {
+        let mut times: Vec<Duration> = (from..from + samples)
+            .map(|n| {
+                let batch = batch(0, n);
+                let started = Instant::now();
+                Store::write(store, &batch).unwrap();
+                started.elapsed()
+            })
+            .collect();
+        times.sort();
+        let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
+        println!(
+            "sqlite/durable_write latency, {label}, {samples} writes: p50 {:?}, p99 {:?}, max {:?}",
+            at(0.50),
+            at(0.99),
+            at(1.0)
+        );
+    };
+    measure(&mut store, "fresh file", 0);
+    // SQLite checkpoints the WAL every 1000 pages; after that it rewrites
+    // the WAL from its start.
+    measure(&mut store, "warming up", samples);
+    let mut n = 2 * samples;
+    while n < 3000 {
+        Store::write(&mut store, &batch(1, n)).unwrap();
+        n += 1;
+    }
+    measure(&mut store, "steady state", n);
 }
 
 /// `threads` writers each making `per_thread` blocking durable writes.
