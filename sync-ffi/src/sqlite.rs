@@ -515,7 +515,14 @@ fn write_group(
             apply(&sp, rows)?;
             sp.commit()
         })();
-        results.push(result.map_err(|e| sql_error("writing to", path, &e)));
+        match result {
+            Ok(()) => results.push(Ok(())),
+            // On some errors (a full disk, an IO error) SQLite rolls back the
+            // whole transaction, not just the savepoint: nothing of the group
+            // was written, and every batch reports this error.
+            Err(e) if tx.is_autocommit() => return all(sql_error("writing to", path, &e)),
+            Err(e) => results.push(Err(sql_error("writing to", path, &e))),
+        }
     }
     if let Err(e) = tx.commit() {
         return all(sql_error("committing to", path, &e));
@@ -663,6 +670,59 @@ mod tests {
             .map(|(k, _)| k)
             .collect();
         assert_eq!(keys, vec![doc("ok").to_bytes(), doc("ok2").to_bytes()]);
+    }
+
+    #[test]
+    fn a_full_database_is_full_and_keeps_working() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(&dir);
+        // SQLite answers SQLITE_FULL once the file would pass this size,
+        // as it does when the disk is full.
+        store.inspect(|conn| {
+            let pages: i64 = conn
+                .query_row("PRAGMA page_count", [], |r| r.get(0))
+                .unwrap();
+            conn.pragma_update(None, "max_page_count", pages + 4)
+                .unwrap();
+        });
+        let big = PersistBatch {
+            writes: vec![put("big", &[1; 200_000])],
+        };
+        let err = Store::write(&mut store, &big).unwrap_err();
+        assert_eq!(err.kind, StoreErrorKind::Full, "{err}");
+        assert!(err.message.contains("free some space"), "{err}");
+        // Small writes still fit, and nothing of the failed batch is there.
+        let small = PersistBatch {
+            writes: vec![put("small", b"1")],
+        };
+        Store::write(&mut store, &small).unwrap();
+        assert_eq!(Store::read_all(&store).unwrap().len(), 1);
+        // Grouped with a batch that fills the disk, a batch may be rolled
+        // back with it; what it is told must match what is stored.
+        let x = ClientStore::write(
+            &store,
+            PersistBatch {
+                writes: vec![put("x", b"1")],
+            },
+        );
+        let big = ClientStore::write(&store, big);
+        let y = ClientStore::write(
+            &store,
+            PersistBatch {
+                writes: vec![put("y", b"1")],
+            },
+        );
+        let (x, big, y) = futures::executor::block_on(async { (x.await, big.await, y.await) });
+        assert_eq!(big.unwrap_err().kind, StoreErrorKind::Full);
+        let stored = Store::read_all(&store).unwrap();
+        for (id, told) in [("x", x), ("y", y)] {
+            let present = stored.iter().any(|(k, _)| *k == doc(id).to_bytes());
+            assert_eq!(
+                told.is_ok(),
+                present,
+                "{id}: told {told:?}, stored: {present}"
+            );
+        }
     }
 
     #[test]
