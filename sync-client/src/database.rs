@@ -164,6 +164,10 @@ pub(crate) struct Core {
     pub(crate) store_failed: Option<String>,
     /// The relay refused the token and a token source can replace it.
     pub(crate) refresh_requested: bool,
+    /// Waiting for the loop to finish after `close`.
+    pub(crate) close_waiters: Vec<oneshot::Sender<()>>,
+    /// The loop has finished: everything written is stored.
+    pub(crate) finished: bool,
 }
 
 impl Core {
@@ -424,10 +428,25 @@ impl Database {
 
     /// Closes the database: stops syncing, finishes the writes already
     /// made, ends subscriptions. Other handles then fail with
-    /// [`Error::Closed`].
-    pub fn close(&self) {
-        lock(&self.inner.core).closed = true;
+    /// [`Error::Closed`]. The future resolves once everything applied
+    /// before the close (remote changes included) is stored; dropping it
+    /// does not stop the close.
+    pub fn close(&self) -> impl Future<Output = ()> + use<> {
+        let rx = {
+            let mut core = lock(&self.inner.core);
+            core.closed = true;
+            let (tx, rx) = oneshot::channel();
+            if core.finished {
+                let _ = tx.send(());
+            } else {
+                core.close_waiters.push(tx);
+            }
+            rx
+        };
         self.inner.wake();
+        async move {
+            let _ = rx.await;
+        }
     }
 
     /// Applies a write now; the returned future resolves when it is durable.

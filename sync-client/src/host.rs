@@ -128,6 +128,8 @@ where
         refusals: Vec::new(),
         store_failed: None,
         refresh_requested: false,
+        close_waiters: Vec::new(),
+        finished: false,
     };
     if online {
         let now = timer.now_ms();
@@ -517,14 +519,20 @@ impl<T: Transport> Host<T> {
 
     /// Stops for good: everything written is stored, the link is closed,
     /// streams end and futures still waiting fail with [`Error::Closed`].
-    fn shut_down(mut self) {
-        if let Some(link) = self.link.take() {
+    fn shut_down(self) {
+        let Host {
+            inner, link, store, ..
+        } = self;
+        if let Some(link) = link {
             let _ = link.tx.unbounded_send(Outgoing::Close(
                 CloseCode::Normal.as_u16(),
                 "database closed".into(),
             ));
         }
-        let mut core = lock(&self.inner.core);
+        // Released before anyone hears the database closed, so it can be
+        // opened again at once (a file store holds an OS lock).
+        drop(store);
+        let mut core = lock(&inner.core);
         core.settle_waiters();
         for waiter in core.durable_waiters.drain(..) {
             let _ = waiter.tx.send(Err(Error::Closed));
@@ -534,6 +542,10 @@ impl<T: Transport> Host<T> {
         }
         core.subscribers.end_all();
         core.status.end_all();
+        core.finished = true;
+        for waiter in core.close_waiters.drain(..) {
+            let _ = waiter.send(());
+        }
     }
 }
 

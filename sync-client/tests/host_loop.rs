@@ -411,7 +411,7 @@ fn closing_ends_the_loop_subscriptions_and_later_writes() {
     let mut changes = db.subscribe();
     let mut status = db.status_changes();
     let write = db.collection("todos").put("a", [("n", 1)]);
-    db.close();
+    drop(db.close());
     w.settle();
     assert!(
         w.block(write).is_ok(),
