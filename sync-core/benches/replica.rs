@@ -16,8 +16,8 @@ use sync_core::{Replica, ReplicaConfig, Snapshot};
 
 mod common;
 use common::{
-    ACK_EVERY, COLLECTION, Docs, ack_all, apply_all, apply_all_owned, drain_events, load,
-    new_replica, now_for, records_of, remote_ops,
+    ACK_EVERY, COLLECTION, Docs, FIELD_NAMES, ack_all, apply_all, apply_all_owned, drain_events,
+    load, new_replica, now_for, records_of, remote_ops,
 };
 
 /// Documents the write benchmarks cycle through.
@@ -187,5 +187,72 @@ fn snapshot_and_restore(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, local_write, remote_apply, snapshot_and_restore);
+/// Reading every field of 100,000 documents of ten fields (1M fields) from
+/// a live replica: the borrowed API scanning the collection
+/// (`documents` then `fields`), the same scan reading each field by name
+/// (`DocumentRef::get`), one `get_field` call per field (a lookup of the
+/// document each time), and the copying `get` per document it replaces.
+fn reads(c: &mut Criterion) {
+    let big = OnceCell::new();
+    let mut group = c.benchmark_group("read");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .throughput(Throughput::Elements((BIG_DOCS * 10) as u64));
+    group.bench_function("scan_fields_1M", |b| {
+        let replica = &big.get_or_init(Big::new).replica;
+        b.iter(|| {
+            let mut n = 0usize;
+            for doc in replica.documents(COLLECTION) {
+                for (name, value) in doc.fields() {
+                    black_box((name, value));
+                    n += 1;
+                }
+            }
+            assert_eq!(n, BIG_DOCS * 10);
+        });
+    });
+    group.bench_function("scan_get_by_name_1M", |b| {
+        let replica = &big.get_or_init(Big::new).replica;
+        b.iter(|| {
+            for doc in replica.documents(COLLECTION) {
+                for name in FIELD_NAMES {
+                    black_box(doc.get(name).expect("field"));
+                }
+            }
+        });
+    });
+    group.bench_function("get_field_1M", |b| {
+        let replica = &big.get_or_init(Big::new).replica;
+        let ids: Vec<String> = (0..BIG_DOCS).map(common::doc_id).collect();
+        b.iter(|| {
+            for id in &ids {
+                for name in FIELD_NAMES {
+                    black_box(replica.get_field(COLLECTION, id, name).expect("field"));
+                }
+            }
+        });
+    });
+    group.bench_function("get_cloned_1M", |b| {
+        let replica = &big.get_or_init(Big::new).replica;
+        b.iter(|| {
+            for id in replica.state().ids(COLLECTION) {
+                let doc = replica.get(COLLECTION, id).expect("document");
+                for value in doc.fields.values() {
+                    black_box(value);
+                }
+            }
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    local_write,
+    remote_apply,
+    snapshot_and_restore,
+    reads
+);
 criterion_main!(benches);

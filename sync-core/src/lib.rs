@@ -82,6 +82,6 @@ pub use replica::{Applied, ApplyError, Replica, ReplicaConfig, RestoreError, Wri
 pub use revision::Revision;
 pub use snapshot::{Snapshot, SnapshotError};
 pub use stamp::{ReplicaId, Stamp};
-pub use state::{Document, State};
-pub use value::Value;
+pub use state::{Document, DocumentRef, Documents, State};
+pub use value::{Value, ValueRef};
 pub use version::VersionVector;

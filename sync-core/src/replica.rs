@@ -14,8 +14,8 @@ use crate::persist::{
 use crate::revision::Revision;
 use crate::snapshot::Snapshot;
 use crate::stamp::ReplicaId;
-use crate::state::{DocState, Document, Effect, FieldSlot, State};
-use crate::value::Value;
+use crate::state::{DocState, Document, DocumentRef, Documents, Effect, FieldSlot, State};
+use crate::value::{Value, ValueRef};
 use crate::version::VersionVector;
 
 /// Settings of a replica.
@@ -271,14 +271,39 @@ impl Replica {
         &self.state
     }
 
-    /// A document, if it exists.
+    /// A document, if it exists, copied out of the state.
+    ///
+    /// [`Replica::document`] and [`Replica::get_field`] read without copying.
     pub fn get(&self, collection: &str, id: &str) -> Option<Document> {
         self.state.get(collection, id)
     }
 
     /// Every document of a collection, ordered by id.
+    ///
+    /// This copies every document; [`Replica::documents`] reads them in place.
     pub fn list(&self, collection: &str) -> Vec<Document> {
         self.state.list(collection)
+    }
+
+    /// A document, borrowed (see [`State::document`]).
+    pub fn document<'a>(&'a self, collection: &str, id: &str) -> Option<DocumentRef<'a>> {
+        self.state.document(collection, id)
+    }
+
+    /// One field of a document, borrowed (see [`State::get_field`]).
+    pub fn get_field<'a>(
+        &'a self,
+        collection: &str,
+        id: &str,
+        field: &str,
+    ) -> Option<ValueRef<'a>> {
+        self.state.get_field(collection, id, field)
+    }
+
+    /// A collection's existing documents, borrowed, in id order (see
+    /// [`State::documents`]).
+    pub fn documents<'a>(&'a self, collection: &str) -> Documents<'a> {
+        self.state.documents(collection)
     }
 
     /// A document's revision, `None` when it does not exist.

@@ -40,8 +40,9 @@ use crate::replica::{Replica, ReplicaConfig, RestoreError, WriteError};
 use crate::revision::Revision;
 use crate::rng::SplitMix64;
 use crate::snapshot::Snapshot;
+use crate::state::{DocumentRef, Documents};
 use crate::store::Record;
-use crate::value::Value;
+use crate::value::{Value, ValueRef};
 use inbound::{Inbound, InboundQueue};
 
 /// Name of the store record that holds the session's sync state.
@@ -317,6 +318,27 @@ impl Session {
     /// The replica, for reads.
     pub fn replica(&self) -> &Replica {
         &self.replica
+    }
+
+    /// A document, borrowed (see [`Replica::document`]).
+    pub fn document<'a>(&'a self, collection: &str, id: &str) -> Option<DocumentRef<'a>> {
+        self.replica.document(collection, id)
+    }
+
+    /// One field of a document, borrowed (see [`Replica::get_field`]).
+    pub fn get_field<'a>(
+        &'a self,
+        collection: &str,
+        id: &str,
+        field: &str,
+    ) -> Option<ValueRef<'a>> {
+        self.replica.get_field(collection, id, field)
+    }
+
+    /// A collection's existing documents, borrowed, in id order (see
+    /// [`Replica::documents`]).
+    pub fn documents<'a>(&'a self, collection: &str) -> Documents<'a> {
+        self.replica.documents(collection)
     }
 
     /// The sync state as it will be stored.
