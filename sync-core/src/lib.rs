@@ -78,7 +78,9 @@ pub use event::{Event, Origin};
 pub use hlc::{Clock, ClockError, Hlc};
 pub use op::{Change, InvalidOp, Op, OpId};
 pub use persist::{PersistBatch, StoreKey, Write};
-pub use replica::{Applied, ApplyError, Replica, ReplicaConfig, RestoreError, WriteError};
+pub use replica::{
+    Applied, ApplyError, Replica, ReplicaConfig, RestoreError, Transaction, WriteError,
+};
 pub use revision::Revision;
 pub use snapshot::{Snapshot, SnapshotError};
 pub use stamp::{ReplicaId, Stamp};

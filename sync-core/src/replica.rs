@@ -463,18 +463,25 @@ impl Replica {
     /// Validates, stamps, applies and queues one local change. Returns the
     /// revision of the document it changed, if it changed one that exists.
     fn commit_local(&mut self, now: u64, change: Change) -> Result<Option<Revision>, WriteError> {
-        let id = OpId {
-            replica: self.id,
-            seq: self.next_seq,
-        };
         // Validate before ticking, so a refused write leaves the clock alone.
-        let mut op = Op {
-            id,
-            hlc: Hlc::ZERO,
+        let change = validate_local(self.id, change)?;
+        let hlc = self.clock.tick(now)?;
+        let revision = self.push_local(hlc, change);
+        self.dirty.meta = true;
+        Ok(revision)
+    }
+
+    /// Numbers, applies and queues one validated local change stamped `hlc`.
+    /// Returns the revision of the document it changed, if it exists.
+    fn push_local(&mut self, hlc: Hlc, change: Change) -> Option<Revision> {
+        let op = Op {
+            id: OpId {
+                replica: self.id,
+                seq: self.next_seq,
+            },
+            hlc,
             change,
         };
-        op.validate()?;
-        op.hlc = self.clock.tick(now)?;
         self.next_seq += 1;
         let effect = self.state.apply(&op);
         let revision = match &effect {
@@ -483,9 +490,90 @@ impl Replica {
         };
         self.version.insert(op.id);
         self.record_effect(effect, Origin::Local);
-        self.dirty.meta = true;
         self.outbox.push_back(op);
-        Ok(revision)
+        revision
+    }
+
+    /// Runs `build` to collect many writes, then applies them as one unit.
+    ///
+    /// The writes are stamped in the order they were made, one clock tick
+    /// each, and the state, events and outbox end up exactly as if they had
+    /// been made one by one; but they are all-or-nothing: if `build`
+    /// returns an error (a write it made was refused, or its own), or the
+    /// clock cannot stamp them all, nothing changes. Every change lands in
+    /// the next [`Replica::take_persist`] batch together, so a store makes
+    /// the whole transaction durable at once.
+    ///
+    /// Inside `build`, reads and the conditions of [`Transaction::put_if`]
+    /// see the state as it was before the transaction: its own writes are
+    /// applied only when `build` returns.
+    ///
+    /// ```
+    /// use sync_core::{Replica, ReplicaConfig, ReplicaId, Value, WriteError};
+    ///
+    /// let mut replica = Replica::new(ReplicaId(1), ReplicaConfig::default());
+    /// replica.transaction(1_000, |tx| {
+    ///     tx.put("lists", "groceries", [("title", Value::from("Groceries"))])?;
+    ///     tx.put("todos", "milk", [("list", Value::from("groceries")), ("done", false.into())])?;
+    ///     tx.delete("todos", "old")?;
+    ///     Ok::<_, WriteError>(())
+    /// })?;
+    /// assert_eq!(replica.outbox().len(), 3);
+    /// let batch = replica.take_persist().expect("one batch for the whole transaction");
+    ///
+    /// // A refused write in the middle leaves everything as it was.
+    /// let refused = replica.transaction(1_001, |tx| {
+    ///     tx.put("todos", "bread", [("done", false)])?;
+    ///     tx.put("todos", "", [("done", false)])?; // an empty id is invalid
+    ///     Ok::<_, WriteError>(())
+    /// });
+    /// assert!(refused.is_err());
+    /// assert!(replica.document("todos", "bread").is_none());
+    /// assert!(replica.take_persist().is_none());
+    /// # let _ = batch;
+    /// # Ok::<(), WriteError>(())
+    /// ```
+    pub fn transaction<T, E>(
+        &mut self,
+        now: u64,
+        build: impl FnOnce(&mut Transaction<'_>) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<WriteError>,
+    {
+        let mut tx = Transaction {
+            state: &self.state,
+            replica: self.id,
+            changes: Vec::new(),
+        };
+        let output = build(&mut tx)?;
+        let changes = tx.changes;
+        self.commit_transaction(now, changes)?;
+        Ok(output)
+    }
+
+    /// Stamps every change first (so a clock that runs out changes
+    /// nothing), then applies and queues them in order.
+    fn commit_transaction(&mut self, now: u64, changes: Vec<Change>) -> Result<(), WriteError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let saved = self.clock.clone();
+        let mut hlcs = Vec::with_capacity(changes.len());
+        for _ in 0..changes.len() {
+            match self.clock.tick(now) {
+                Ok(hlc) => hlcs.push(hlc),
+                Err(e) => {
+                    self.clock = saved;
+                    return Err(e.into());
+                }
+            }
+        }
+        for (change, hlc) in changes.into_iter().zip(hlcs) {
+            self.push_local(hlc, change);
+        }
+        self.dirty.meta = true;
+        Ok(())
     }
 
     /// Merges an operation received from elsewhere.
@@ -872,7 +960,141 @@ impl Replica {
     }
 }
 
-/// The latest clock reading of any stamp in `state` (`ZERO` when empty).
+/// Checks a local change as an operation of `replica` would be checked,
+/// before it is stamped; hands it back on success.
+fn validate_local(replica: ReplicaId, change: Change) -> Result<Change, WriteError> {
+    let op = Op {
+        id: OpId { replica, seq: 1 },
+        hlc: Hlc::ZERO,
+        change,
+    };
+    op.validate()?;
+    Ok(op.change)
+}
+
+/// Writes collected by [`Replica::transaction`] (or
+/// [`crate::session::Session::transaction`]), applied together when the
+/// closure returns `Ok`.
+///
+/// Each method checks its write at once and returns the error
+/// [`Replica`]'s method of the same name would; pass it on with `?` to
+/// abandon the transaction, or ignore it to go on without that write.
+#[derive(Debug)]
+pub struct Transaction<'r> {
+    state: &'r State,
+    replica: ReplicaId,
+    changes: Vec<Change>,
+}
+
+impl<'r> Transaction<'r> {
+    /// The state as it was before the transaction, for reads.
+    pub fn state(&self) -> &'r State {
+        self.state
+    }
+
+    /// Writes made so far in this transaction.
+    pub fn len(&self) -> usize {
+        self.changes.len()
+    }
+
+    /// Whether no write was made yet.
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    fn push(&mut self, change: Change) -> Result<(), WriteError> {
+        let change = validate_local(self.replica, change)?;
+        self.changes.push(change);
+        Ok(())
+    }
+
+    fn push_fields(
+        &mut self,
+        collection: &str,
+        id: &str,
+        mut fields: Vec<(String, Option<Value>)>,
+    ) -> Result<(), WriteError> {
+        dedup_keep_last(&mut fields);
+        self.push(Change::Put {
+            collection: collection.to_owned(),
+            id: id.to_owned(),
+            fields,
+        })
+    }
+
+    /// Writes fields of a document (see [`Replica::put`]).
+    pub fn put<K, V>(
+        &mut self,
+        collection: &str,
+        id: &str,
+        fields: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<(), WriteError>
+    where
+        K: Into<String>,
+        V: Into<Value>,
+    {
+        self.push_fields(collection, id, collect_fields(fields))
+    }
+
+    /// Writes fields if the document is at `expected` before the
+    /// transaction (`None`: if it does not exist); see [`Replica::put_if`].
+    pub fn put_if<K, V>(
+        &mut self,
+        collection: &str,
+        id: &str,
+        fields: impl IntoIterator<Item = (K, V)>,
+        expected: Option<Revision>,
+    ) -> Result<(), WriteError>
+    where
+        K: Into<String>,
+        V: Into<Value>,
+    {
+        let actual = self.state.revision(collection, id);
+        if actual != expected {
+            return Err(WriteError::RevisionMismatch {
+                collection: collection.to_owned(),
+                id: id.to_owned(),
+                expected,
+                actual,
+            });
+        }
+        self.push_fields(collection, id, collect_fields(fields))
+    }
+
+    /// Removes fields of a document (see [`Replica::unset`]).
+    pub fn unset<K: Into<String>>(
+        &mut self,
+        collection: &str,
+        id: &str,
+        names: impl IntoIterator<Item = K>,
+    ) -> Result<(), WriteError> {
+        let fields = names.into_iter().map(|n| (n.into(), None)).collect();
+        self.push_fields(collection, id, fields)
+    }
+
+    /// Deletes a document (see [`Replica::delete`]).
+    pub fn delete(&mut self, collection: &str, id: &str) -> Result<(), WriteError> {
+        self.push(Change::Delete {
+            collection: collection.to_owned(),
+            id: id.to_owned(),
+        })
+    }
+
+    /// Creates a collection (see [`Replica::create_collection`]).
+    pub fn create_collection(&mut self, collection: &str) -> Result<(), WriteError> {
+        self.push(Change::CreateCollection {
+            collection: collection.to_owned(),
+        })
+    }
+
+    /// Drops a collection (see [`Replica::drop_collection`]).
+    pub fn drop_collection(&mut self, collection: &str) -> Result<(), WriteError> {
+        self.push(Change::DropCollection {
+            collection: collection.to_owned(),
+        })
+    }
+}
+
 /// What must hold for a write to go ahead.
 #[derive(Clone, Copy)]
 enum Precondition {

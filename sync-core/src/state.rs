@@ -268,7 +268,15 @@ impl DocState {
     ) -> bool {
         let name_hash = names.hash(name);
         let adds = value.is_some();
-        match self.fields.binary_search_by_key(&name, |slot| slot.name) {
+        // A name newer than every name the document has goes last: the
+        // common case when a document gains fields (names are numbered in
+        // the order this replica first saw them), found without a search
+        // whose every probe would miss the cache.
+        let found = match self.fields.last() {
+            Some(last) if last.name < name => Err(self.fields.len()),
+            _ => self.fields.binary_search_by_key(&name, |slot| slot.name),
+        };
+        match found {
             Ok(at) => {
                 let slot = &mut self.fields[at];
                 let old = slot.stamp(names);

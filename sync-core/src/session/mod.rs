@@ -36,7 +36,7 @@ use crate::event::Event;
 use crate::op::Op;
 use crate::persist::{PersistBatch, RecordError, StoreKey, Write, decode_record, encode_record};
 use crate::protocol::{self, CloseCode, ErrorCode, Hello, Message, Welcome};
-use crate::replica::{Replica, ReplicaConfig, RestoreError, WriteError};
+use crate::replica::{Replica, ReplicaConfig, RestoreError, Transaction, WriteError};
 use crate::revision::Revision;
 use crate::rng::SplitMix64;
 use crate::snapshot::Snapshot;
@@ -461,6 +461,21 @@ impl Session {
     /// Drops a collection (see [`Replica::drop_collection`]).
     pub fn drop_collection(&mut self, now: u64, collection: &str) -> Result<(), WriteError> {
         let result = self.replica.drop_collection(now, collection);
+        self.after_local_write(now);
+        result
+    }
+
+    /// Applies many writes as one unit (see [`Replica::transaction`]): all
+    /// or nothing, then one persist batch for all of them, then pushes.
+    pub fn transaction<T, E>(
+        &mut self,
+        now: u64,
+        build: impl FnOnce(&mut Transaction<'_>) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<WriteError>,
+    {
+        let result = self.replica.transaction(now, build);
         self.after_local_write(now);
         result
     }
