@@ -9,7 +9,8 @@ use crate::hlc::{Clock, ClockError, DEFAULT_MAX_DRIFT_MS, Hlc};
 use crate::op::{Change, InvalidOp, Op, OpId};
 use crate::persist::{
     CollectionRecord, DocRecordRef, MetaRecord, MetaRecordRef, PersistBatch, RecordError, StoreKey,
-    Write, decode_doc_record, decode_record, encode_record, encode_record_sized, outbox_record,
+    Write, decode_doc_record, decode_record, encode_record, encode_record_into,
+    encode_record_sized,
 };
 use crate::revision::Revision;
 use crate::snapshot::Snapshot;
@@ -232,7 +233,12 @@ pub struct Replica {
     next_seq: u64,
     state: State,
     version: VersionVector,
-    outbox: VecDeque<Op>,
+    /// Unacknowledged local operations as their encoded outbox records:
+    /// a tenth of the memory of the operations themselves, which would
+    /// repeat every value the state already holds.
+    outbox: VecDeque<Pending>,
+    /// Reused buffer for encoding operations.
+    scratch: Vec<u8>,
     /// Every operation in the outbox numbered up to this has its record
     /// written; those above it are new since the last persist batch. The
     /// outbox is ordered by sequence number, so this replaces a set of
@@ -252,6 +258,7 @@ impl Replica {
             state: State::new(),
             version: VersionVector::new(),
             outbox: VecDeque::new(),
+            scratch: Vec::new(),
             outbox_stored_through: 0,
             dirty: Dirty {
                 meta: true,
@@ -332,8 +339,16 @@ impl Replica {
     }
 
     /// Local operations not yet acknowledged, oldest first.
-    pub fn outbox(&self) -> impl ExactSizeIterator<Item = &Op> + '_ {
-        self.outbox.iter()
+    ///
+    /// The outbox keeps operations encoded, so this decodes each as it
+    /// goes; [`Outbox::after`] skips the ones already sent without decoding
+    /// them.
+    pub fn outbox(&self) -> Outbox<'_> {
+        Outbox {
+            pending: &self.outbox,
+            front: 0,
+            back: self.outbox.len(),
+        }
     }
 
     /// Writes fields of a document, creating it if needed.
@@ -483,14 +498,24 @@ impl Replica {
             change,
         };
         self.next_seq += 1;
-        let effect = self.state.apply(&op);
+        let id = op.id;
+        // Encoded into the reused buffer and copied out at its exact size.
+        // Encoding into a vector cannot fail; were it to, the record would
+        // be empty and the outbox would skip it.
+        let scratch = std::mem::take(&mut self.scratch);
+        let scratch = encode_record_into(&op, scratch);
+        self.outbox.push_back(Pending {
+            seq: id.seq,
+            record: Box::from(scratch.as_slice()),
+        });
+        self.scratch = scratch;
+        let effect = self.state.apply_owned(op);
         let revision = match &effect {
             Effect::Document { revision, .. } => *revision,
             _ => None,
         };
-        self.version.insert(op.id);
+        self.version.insert(id);
         self.record_effect(effect, Origin::Local);
-        self.outbox.push_back(op);
         revision
     }
 
@@ -638,12 +663,12 @@ impl Replica {
         while self
             .outbox
             .front()
-            .is_some_and(|op| op.id.seq <= through_seq)
+            .is_some_and(|pending| pending.seq <= through_seq)
         {
-            if let Some(op) = self.outbox.pop_front() {
+            if let Some(pending) = self.outbox.pop_front() {
                 // An op written and acknowledged before any persist needs no record at all.
-                if op.id.seq <= self.outbox_stored_through {
-                    self.dirty.outbox_removed.push(op.id.seq);
+                if pending.seq <= self.outbox_stored_through {
+                    self.dirty.outbox_removed.push(pending.seq);
                 }
                 dropped += 1;
             }
@@ -696,9 +721,11 @@ impl Replica {
         self.clock.observe(snapshot.newest_hlc(), now)?;
         let old = std::mem::replace(&mut self.state, snapshot.state);
         self.version = snapshot.version;
-        for op in &self.outbox {
-            self.state.apply(op);
-            self.version.insert(op.id);
+        for pending in &self.outbox {
+            if let Some(op) = pending.decode() {
+                self.version.insert(op.id);
+                self.state.apply_owned(op);
+            }
         }
         // As in `apply`: never reuse the number of an own operation it holds.
         if let Some(next) = self.version.highest(self.id).checked_add(1) {
@@ -856,12 +883,15 @@ impl Replica {
             });
         }
         let stored = self.outbox_stored_through;
-        let new = self.outbox.partition_point(|op| op.id.seq <= stored);
+        let new = self.outbox.partition_point(|pending| pending.seq <= stored);
         batch
             .writes
-            .extend(self.outbox.range(new..).map(outbox_record));
+            .extend(self.outbox.range(new..).map(|pending| Write::Put {
+                key: StoreKey::Outbox(pending.seq),
+                value: pending.record.to_vec(),
+            }));
         if let Some(last) = self.outbox.back() {
-            self.outbox_stored_through = stored.max(last.id.seq);
+            self.outbox_stored_through = stored.max(last.seq);
         }
         (!batch.is_empty()).then_some(batch)
     }
@@ -917,7 +947,16 @@ impl Replica {
                             op.id.seq
                         )));
                     }
-                    outbox.insert(*seq, op);
+                    outbox.insert(
+                        *seq,
+                        (
+                            op.id,
+                            Pending {
+                                seq: *seq,
+                                record: value.into_boxed_slice(),
+                            },
+                        ),
+                    );
                 }
                 StoreKey::Extension(_) => continue,
             }
@@ -937,13 +976,12 @@ impl Replica {
                 meta.next_seq
             )));
         }
-        if let Some(op) = outbox
+        if let Some((id, _)) = outbox
             .values()
-            .find(|op| op.id.replica != meta.replica || op.id.seq >= meta.next_seq)
+            .find(|(id, _)| id.replica != meta.replica || id.seq >= meta.next_seq)
         {
             return Err(RestoreError::Inconsistent(format!(
-                "outbox holds foreign or future operation {:?}",
-                op.id
+                "outbox holds foreign or future operation {id:?}"
             )));
         }
         Ok(Some(Replica {
@@ -953,12 +991,113 @@ impl Replica {
             state,
             version: meta.version,
             outbox_stored_through: outbox.keys().next_back().copied().unwrap_or(0),
-            outbox: outbox.into_values().collect(),
+            outbox: outbox.into_values().map(|(_, pending)| pending).collect(),
+            scratch: Vec::new(),
             dirty: Dirty::default(),
             events: VecDeque::new(),
         }))
     }
 }
+
+/// One unacknowledged local operation: its sequence number and its outbox
+/// record (version byte, then the encoded operation), exactly the bytes
+/// the store gets. Made only by encoding an operation, or from a stored
+/// record that decoded, so it always decodes.
+#[derive(Debug)]
+struct Pending {
+    seq: u64,
+    record: Box<[u8]>,
+}
+
+impl Pending {
+    fn decode(&self) -> Option<Op> {
+        let op = decode_record(&StoreKey::Outbox(self.seq), &self.record).ok();
+        debug_assert!(op.is_some(), "outbox record {} does not decode", self.seq);
+        op
+    }
+}
+
+/// The local operations not yet acknowledged, oldest first, decoded as
+/// they are read: see [`Replica::outbox`].
+///
+/// ```
+/// use sync_core::{Replica, ReplicaConfig, ReplicaId};
+///
+/// let mut replica = Replica::new(ReplicaId(1), ReplicaConfig::default());
+/// for n in 0..3 {
+///     replica.put(1_000, "todos", "milk", [("count", n)])?;
+/// }
+/// assert_eq!(replica.outbox().len(), 3);
+/// assert_eq!(replica.outbox().first_seq(), Some(1));
+/// let unsent: Vec<u64> = replica.outbox().after(1).map(|op| op.id.seq).collect();
+/// assert_eq!(unsent, [2, 3]);
+/// assert_eq!(replica.outbox().next_back().map(|op| op.id.seq), Some(3));
+/// # Ok::<(), sync_core::WriteError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Outbox<'a> {
+    pending: &'a VecDeque<Pending>,
+    /// Entries `front..back` are still to be read.
+    front: usize,
+    back: usize,
+}
+
+impl Outbox<'_> {
+    /// Skips the operations numbered up to `seq` (without decoding them).
+    pub fn after(mut self, seq: u64) -> Self {
+        let at = self.pending.partition_point(|pending| pending.seq <= seq);
+        self.front = self.front.max(at).min(self.back);
+        self
+    }
+
+    /// The sequence number of the next operation, without decoding it.
+    pub fn first_seq(&self) -> Option<u64> {
+        (self.front < self.back)
+            .then(|| self.pending.get(self.front).map(|p| p.seq))
+            .flatten()
+    }
+}
+
+impl Iterator for Outbox<'_> {
+    type Item = Op;
+
+    fn next(&mut self) -> Option<Op> {
+        while self.front < self.back {
+            let pending = self.pending.get(self.front)?;
+            self.front += 1;
+            if let Some(op) = pending.decode() {
+                return Some(op);
+            }
+        }
+        None
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let len = self.back - self.front;
+        (len, Some(len))
+    }
+
+    fn last(mut self) -> Option<Op> {
+        self.next_back()
+    }
+}
+
+impl DoubleEndedIterator for Outbox<'_> {
+    fn next_back(&mut self) -> Option<Op> {
+        while self.front < self.back {
+            self.back -= 1;
+            if let Some(op) = self.pending.get(self.back).and_then(Pending::decode) {
+                return Some(op);
+            }
+        }
+        None
+    }
+}
+
+/// Exact: every entry decodes (see [`Pending`]).
+impl ExactSizeIterator for Outbox<'_> {}
+
+impl std::iter::FusedIterator for Outbox<'_> {}
 
 /// Checks a local change as an operation of `replica` would be checked,
 /// before it is stamped; hands it back on success.
@@ -1158,6 +1297,54 @@ mod tests {
         assert_eq!(docs.len(), count, "each document once");
     }
 
+    /// The outbox holds each local operation's record bytes: it reads back
+    /// the operations made, skips by sequence number, persists exactly
+    /// those bytes, and replays them after a reset to a snapshot.
+    #[test]
+    fn the_encoded_outbox_reads_persists_and_replays_its_operations() {
+        let mut r = Replica::new(ReplicaId(3), ReplicaConfig::default());
+        r.put(1_000, "c", "a", [("x", Value::from("long enough text"))])
+            .unwrap();
+        r.unset(1_001, "c", "a", ["y"]).unwrap();
+        r.delete(1_002, "c", "b").unwrap();
+        r.create_collection(1_003, "d").unwrap();
+        let ops: Vec<Op> = r.outbox().collect();
+        assert_eq!(
+            ops.iter().map(|op| op.id.seq).collect::<Vec<_>>(),
+            [1, 2, 3, 4]
+        );
+        assert!(matches!(&ops[1].change, Change::Put { fields, .. } if fields[0].1.is_none()));
+        assert_eq!(r.outbox().after(2).collect::<Vec<_>>(), ops[2..]);
+        assert_eq!(r.outbox().after(9).len(), 0);
+        assert_eq!(
+            r.outbox().rev().collect::<Vec<_>>(),
+            ops.iter().rev().cloned().collect::<Vec<_>>()
+        );
+        let batch = r.take_persist().unwrap();
+        for op in &ops {
+            let stored = batch
+                .writes
+                .iter()
+                .find(|w| *w.key() == StoreKey::Outbox(op.id.seq));
+            assert_eq!(
+                stored,
+                Some(&Write::Put {
+                    key: StoreKey::Outbox(op.id.seq),
+                    value: encode_record(op)
+                })
+            );
+        }
+        // The state forgets everything; the outbox brings the writes back.
+        r.reset_to_snapshot(1_004, Snapshot::empty()).unwrap();
+        assert_eq!(
+            r.get_field("c", "a", "x"),
+            Some(crate::ValueRef::String("long enough text"))
+        );
+        assert!(r.state().collections().any(|c| c == "d"));
+        assert_eq!(r.acknowledge(3), 3);
+        assert_eq!(r.outbox().collect::<Vec<_>>(), ops[3..]);
+    }
+
     /// One step of a random history over three replicas, a tiny universe
     /// (two collections, three documents, four fields) so that writes,
     /// deletes, drops and tombstone collection keep colliding.
@@ -1310,8 +1497,8 @@ mod tests {
                 }
                 for (replica, store) in replicas.iter_mut().zip(&mut stores) {
                     for op in replica.outbox() {
-                        if !ops.contains(op) {
-                            ops.push(op.clone());
+                        if !ops.contains(&op) {
+                            ops.push(op);
                         }
                     }
                     if let Some(batch) = replica.take_persist() {

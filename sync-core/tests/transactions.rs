@@ -86,7 +86,7 @@ fn observe(replica: &mut Replica, store: &mut MemoryStore) -> impl PartialEq + s
     (
         replica.state().clone(),
         revisions,
-        replica.outbox().cloned().collect::<Vec<_>>(),
+        replica.outbox().collect::<Vec<_>>(),
         replica.next_seq(),
         replica.clock(),
         events(replica),

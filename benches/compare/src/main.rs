@@ -293,8 +293,8 @@ mod concord {
                 write(&mut a, names, i, i as i64);
                 write(&mut b, names, i, -(i as i64));
             }
-            let from_a: Vec<_> = a.outbox().cloned().collect();
-            let from_b: Vec<_> = b.outbox().cloned().collect();
+            let from_a: Vec<_> = a.outbox().collect();
+            let from_b: Vec<_> = b.outbox().collect();
             let started = start_clock();
             transfer(&from_a, &mut b);
             transfer(&from_b, &mut a);
@@ -363,7 +363,7 @@ mod concord {
             // What the relay delivers: the operations B has not seen. B's
             // side of the exchange is its cursor, in an `Applied` frame.
             let started = start_clock();
-            let pending: Vec<_> = a.outbox().cloned().collect();
+            let pending: Vec<_> = a.outbox().collect();
             let delivered = transfer(&pending, &mut b);
             let applied = protocol::encode(&Message::Applied {
                 cursor: pending.len() as u64,

@@ -1020,11 +1020,7 @@ impl Session {
         while live.in_flight.len() < self.config.push_window.max(1) {
             let mut batch = Vec::new();
             let mut bytes = 0;
-            for op in self
-                .replica
-                .outbox()
-                .filter(|op| op.id.seq > live.pushed_through)
-            {
+            for op in self.replica.outbox().after(live.pushed_through) {
                 let size = op.encoded_len_bound();
                 if !batch.is_empty()
                     && (batch.len() >= live.max_batch_ops || bytes + size > live.max_batch_bytes)
@@ -1032,7 +1028,7 @@ impl Session {
                     break;
                 }
                 bytes += size;
-                batch.push(op.clone());
+                batch.push(op);
             }
             let Some(last) = batch.last().map(|op| op.id.seq) else {
                 break;
