@@ -3,10 +3,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::ops::Range;
 
 use crate::event::{Event, Origin};
 use crate::hlc::{Clock, ClockError, DEFAULT_MAX_DRIFT_MS, Hlc};
-use crate::op::{Change, InvalidOp, Op, OpId};
+use crate::op::{Change, ChangeRef, InvalidOp, Op, OpId, OpRef};
 use crate::persist::{
     CollectionRecord, DocRecordRef, MetaRecord, MetaRecordRef, PersistBatch, RecordError, StoreKey,
     Write, decode_doc_record, decode_record, encode_record, encode_record_into,
@@ -15,7 +16,9 @@ use crate::persist::{
 use crate::revision::Revision;
 use crate::snapshot::Snapshot;
 use crate::stamp::ReplicaId;
-use crate::state::{DocState, Document, DocumentRef, Documents, Effect, FieldSlot, State};
+use crate::state::{
+    DocChange, DocState, Document, DocumentRef, Documents, Effect, FieldSlot, State,
+};
 use crate::value::{Value, ValueRef};
 use crate::version::VersionVector;
 
@@ -151,20 +154,16 @@ impl DirtyIds {
     /// Most ids kept in the hashed set.
     const MAX_HASHED: usize = 1024;
 
-    fn insert(&mut self, id: &str) {
+    /// Adds `id`; whether it was new.
+    fn insert(&mut self, id: &str) -> bool {
         if self.ordered.is_empty() {
             if self.hashed.len() < Self::MAX_HASHED {
                 // Look up first: allocate the key only for a new id.
-                if !self.hashed.contains(id) {
-                    self.hashed.insert(id.to_owned());
-                }
-                return;
+                return !self.hashed.contains(id) && self.hashed.insert(id.to_owned());
             }
             self.ordered.extend(self.hashed.drain());
         }
-        if !self.ordered.contains(id) {
-            self.ordered.insert(id.to_owned());
-        }
+        !self.ordered.contains(id) && self.ordered.insert(id.to_owned())
     }
 
     fn iter(&self) -> impl Iterator<Item = &String> {
@@ -208,13 +207,15 @@ impl Hasher for IdHasher {
 
 impl Dirty {
     /// Marks a document's record for rewriting.
-    fn mark_doc(&mut self, collection: &str, id: &str) {
+    /// Marks a document's record for rewriting; whether it was not yet.
+    fn mark_doc(&mut self, collection: &str, id: &str) -> bool {
         match self.docs.get_mut(collection) {
             Some(ids) => ids.insert(id),
             None => {
                 let mut ids = DirtyIds::default();
                 ids.insert(id);
                 self.docs.insert(collection.to_owned(), ids);
+                true
             }
         }
     }
@@ -522,8 +523,9 @@ impl Replica {
     /// Runs `build` to collect many writes, then applies them as one unit.
     ///
     /// The writes are stamped in the order they were made, one clock tick
-    /// each, and the state, events and outbox end up exactly as if they had
-    /// been made one by one; but they are all-or-nothing: if `build`
+    /// each, and the state and outbox end up exactly as if they had been
+    /// made one by one, but each document and collection changed is announced
+    /// once (in the order of first change); and they are all-or-nothing: if `build`
     /// returns an error (a write it made was refused, or its own), or the
     /// clock cannot stamp them all, nothing changes. Every change lands in
     /// the next [`Replica::take_persist`] batch together, so a store makes
@@ -568,24 +570,25 @@ impl Replica {
     {
         let mut tx = Transaction {
             state: &self.state,
-            replica: self.id,
-            changes: Vec::new(),
+            writes: TxWrites::default(),
         };
         let output = build(&mut tx)?;
-        let changes = tx.changes;
-        self.commit_transaction(now, changes)?;
+        let writes = tx.writes;
+        self.commit_transaction(now, writes)?;
         Ok(output)
     }
 
-    /// Stamps every change first (so a clock that runs out changes
-    /// nothing), then applies and queues them in order.
-    fn commit_transaction(&mut self, now: u64, changes: Vec<Change>) -> Result<(), WriteError> {
-        if changes.is_empty() {
+    /// Stamps every write first (so a clock that runs out changes
+    /// nothing), then encodes, applies and queues them in order, straight
+    /// from the transaction's buffer: no operation is built, and each
+    /// document changed is announced once.
+    fn commit_transaction(&mut self, now: u64, mut tx: TxWrites) -> Result<(), WriteError> {
+        if tx.writes.is_empty() {
             return Ok(());
         }
         let saved = self.clock.clone();
-        let mut hlcs = Vec::with_capacity(changes.len());
-        for _ in 0..changes.len() {
+        let mut hlcs = Vec::with_capacity(tx.writes.len());
+        for _ in 0..tx.writes.len() {
             match self.clock.tick(now) {
                 Ok(hlc) => hlcs.push(hlc),
                 Err(e) => {
@@ -594,11 +597,111 @@ impl Replica {
                 }
             }
         }
-        for (change, hlc) in changes.into_iter().zip(hlcs) {
-            self.push_local(hlc, change);
+        // With no document dirty before, a document first changed by the
+        // transaction is one it newly marks dirty: no second set needed.
+        let mut announced = (!self.dirty.docs.is_empty()).then(BTreeMap::<String, DirtyIds>::new);
+        let mut announced_collections = BTreeSet::new();
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let text = tx.text.as_str();
+        for (write, hlc) in tx.writes.iter().zip(hlcs) {
+            let id = OpId {
+                replica: self.id,
+                seq: self.next_seq,
+            };
+            self.next_seq += 1;
+            let stamp = crate::stamp::Stamp::new(hlc, self.id);
+            let collection = &text[write.collection.clone()];
+            let doc_id = &text[write.id.clone()];
+            let fields = &mut tx.fields[write.fields.clone()];
+            let change = match write.kind {
+                TxKind::Put => ChangeRef::Put {
+                    collection,
+                    id: doc_id,
+                    fields: TxFieldsRef { text, fields },
+                },
+                TxKind::Delete => ChangeRef::Delete {
+                    collection,
+                    id: doc_id,
+                },
+                TxKind::CreateCollection => ChangeRef::CreateCollection { collection },
+                TxKind::DropCollection => ChangeRef::DropCollection { collection },
+            };
+            scratch = encode_record_into(&OpRef { id, hlc, change }, scratch);
+            self.outbox.push_back(Pending {
+                seq: id.seq,
+                record: Box::from(scratch.as_slice()),
+            });
+            self.version.insert(id);
+            let changed = match write.kind {
+                TxKind::Put => {
+                    let fields = fields
+                        .iter_mut()
+                        .map(|field| (&text[field.name.clone()], field.value.take()));
+                    self.state.put(collection, doc_id, stamp, fields)
+                }
+                TxKind::Delete => self.state.delete(collection, doc_id, stamp),
+                TxKind::CreateCollection | TxKind::DropCollection => {
+                    let effect = if write.kind == TxKind::CreateCollection {
+                        self.state.create_collection(collection, stamp)
+                    } else {
+                        self.state.drop_collection(collection, stamp)
+                    };
+                    if let Effect::Collection {
+                        collection,
+                        documents,
+                    } = effect
+                    {
+                        for id in &documents {
+                            self.tx_doc_changed(&mut announced, &collection, id);
+                        }
+                        if announced_collections.insert(collection.clone()) {
+                            self.events.push_back(Event::CollectionChanged {
+                                collection: collection.clone(),
+                                origin: Origin::Local,
+                            });
+                        }
+                        self.dirty.collections.insert(collection);
+                    }
+                    DocChange::Unchanged
+                }
+            };
+            if changed != DocChange::Unchanged {
+                self.tx_doc_changed(&mut announced, collection, doc_id);
+            }
         }
+        self.scratch = scratch;
         self.dirty.meta = true;
         Ok(())
+    }
+
+    /// Marks a document a transaction changed for rewriting, and announces
+    /// it unless `announced` shows it was already.
+    /// `announced` is `None` when no document was dirty before the
+    /// transaction: then those it newly marks dirty are those it changes first.
+    fn tx_doc_changed(
+        &mut self,
+        announced: &mut Option<BTreeMap<String, DirtyIds>>,
+        collection: &str,
+        id: &str,
+    ) {
+        let newly_dirty = self.dirty.mark_doc(collection, id);
+        let new = match announced {
+            None => newly_dirty,
+            Some(announced) => match announced.get_mut(collection) {
+                Some(ids) => ids.insert(id),
+                None => announced
+                    .entry(collection.to_owned())
+                    .or_default()
+                    .insert(id),
+            },
+        };
+        if new {
+            self.events.push_back(Event::DocumentChanged {
+                collection: collection.to_owned(),
+                id: id.to_owned(),
+                origin: Origin::Local,
+            });
+        }
     }
 
     /// Merges an operation received from elsewhere.
@@ -1121,8 +1224,164 @@ fn validate_local(replica: ReplicaId, change: Change) -> Result<Change, WriteErr
 #[derive(Debug)]
 pub struct Transaction<'r> {
     state: &'r State,
-    replica: ReplicaId,
-    changes: Vec<Change>,
+    writes: TxWrites,
+}
+
+/// A transaction's writes, buffered without an allocation per write:
+/// names, collections and ids in one string, fields in one vector.
+#[derive(Debug, Default)]
+struct TxWrites {
+    text: String,
+    writes: Vec<TxWrite>,
+    fields: Vec<TxField>,
+}
+
+#[derive(Debug)]
+struct TxWrite {
+    kind: TxKind,
+    collection: Range<usize>,
+    /// Empty for collection writes.
+    id: Range<usize>,
+    /// Empty except for puts.
+    fields: Range<usize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TxKind {
+    Put,
+    Delete,
+    CreateCollection,
+    DropCollection,
+}
+
+#[derive(Debug)]
+struct TxField {
+    name: Range<usize>,
+    /// `None` removes the field.
+    value: Option<Value>,
+}
+
+/// A buffered put's fields, encoded as an operation's
+/// `Vec<(String, Option<Value>)>`.
+struct TxFieldsRef<'a> {
+    text: &'a str,
+    fields: &'a [TxField],
+}
+
+impl serde::Serialize for TxFieldsRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.fields.len()))?;
+        for field in self.fields {
+            seq.serialize_element(&(&self.text[field.name.clone()], field.value.as_ref()))?;
+        }
+        seq.end()
+    }
+}
+
+impl TxWrites {
+    fn push_text(&mut self, text: &str) -> Range<usize> {
+        let start = self.text.len();
+        self.text.push_str(text);
+        start..self.text.len()
+    }
+
+    /// Buffers a write of `kind`; for a put, `fields` are its fields.
+    /// Checks it first, as [`Op::validate`] would, and buffers nothing if
+    /// it is refused.
+    fn push(
+        &mut self,
+        kind: TxKind,
+        collection: &str,
+        id: &str,
+        fields: impl IntoIterator<Item = (String, Option<Value>)>,
+    ) -> Result<(), WriteError> {
+        let (text_len, fields_len) = (self.text.len(), self.fields.len());
+        let result = self.push_unchecked(kind, collection, id, fields);
+        if result.is_err() {
+            self.text.truncate(text_len);
+            self.fields.truncate(fields_len);
+        }
+        result
+    }
+
+    fn push_unchecked(
+        &mut self,
+        kind: TxKind,
+        collection: &str,
+        id: &str,
+        fields: impl IntoIterator<Item = (String, Option<Value>)>,
+    ) -> Result<(), WriteError> {
+        match kind {
+            TxKind::Put => {}
+            TxKind::Delete => {
+                crate::op::check_collection(collection)?;
+                crate::op::check_doc_id(id)?;
+            }
+            TxKind::CreateCollection | TxKind::DropCollection => {
+                crate::op::check_collection(collection)?;
+            }
+        }
+        let collection = self.push_text(collection);
+        let id = self.push_text(id);
+        let start = self.fields.len();
+        if kind == TxKind::Put {
+            for (name, value) in fields {
+                let name = self.push_text(&name);
+                self.fields.push(TxField { name, value });
+            }
+            self.drop_repeated_names(start);
+            let text = self.text.as_str();
+            let parts = self.fields[start..]
+                .iter()
+                .map(|f| (&text[f.name.clone()], f.value.as_ref()));
+            crate::op::check_distinct_put(&text[collection.clone()], &text[id.clone()], parts)?;
+        }
+        self.writes.push(TxWrite {
+            kind,
+            collection,
+            id,
+            fields: start..self.fields.len(),
+        });
+        Ok(())
+    }
+
+    /// Of fields named more than once since `start`, keeps the last, as
+    /// a single put does (`dedup_keep_last`), in the same order.
+    fn drop_repeated_names(&mut self, start: usize) {
+        let count = self.fields.len() - start;
+        if count < 2 {
+            return;
+        }
+        let text = self.text.as_str();
+        let name = |field: &TxField| &text[field.name.clone()];
+        let keep: Vec<bool> = if count <= 32 {
+            let tail = &self.fields[start..];
+            (0..count)
+                .map(|i| {
+                    !tail[i + 1..]
+                        .iter()
+                        .any(|later| name(later) == name(&tail[i]))
+                })
+                .collect()
+        } else {
+            let mut seen = BTreeSet::new();
+            let mut keep: Vec<bool> = self.fields[start..]
+                .iter()
+                .rev()
+                .map(|field| seen.insert(name(field)))
+                .collect();
+            keep.reverse();
+            keep
+        };
+        let mut index = 0;
+        let mut tail = self.fields.split_off(start);
+        tail.retain(|_| {
+            index += 1;
+            keep[index - 1]
+        });
+        self.fields.append(&mut tail);
+    }
 }
 
 impl<'r> Transaction<'r> {
@@ -1133,32 +1392,12 @@ impl<'r> Transaction<'r> {
 
     /// Writes made so far in this transaction.
     pub fn len(&self) -> usize {
-        self.changes.len()
+        self.writes.writes.len()
     }
 
     /// Whether no write was made yet.
     pub fn is_empty(&self) -> bool {
-        self.changes.is_empty()
-    }
-
-    fn push(&mut self, change: Change) -> Result<(), WriteError> {
-        let change = validate_local(self.replica, change)?;
-        self.changes.push(change);
-        Ok(())
-    }
-
-    fn push_fields(
-        &mut self,
-        collection: &str,
-        id: &str,
-        mut fields: Vec<(String, Option<Value>)>,
-    ) -> Result<(), WriteError> {
-        dedup_keep_last(&mut fields);
-        self.push(Change::Put {
-            collection: collection.to_owned(),
-            id: id.to_owned(),
-            fields,
-        })
+        self.writes.writes.is_empty()
     }
 
     /// Writes fields of a document (see [`Replica::put`]).
@@ -1172,7 +1411,8 @@ impl<'r> Transaction<'r> {
         K: Into<String>,
         V: Into<Value>,
     {
-        self.push_fields(collection, id, collect_fields(fields))
+        let fields = fields.into_iter().map(|(k, v)| (k.into(), Some(v.into())));
+        self.writes.push(TxKind::Put, collection, id, fields)
     }
 
     /// Writes fields if the document is at `expected` before the
@@ -1197,7 +1437,7 @@ impl<'r> Transaction<'r> {
                 actual,
             });
         }
-        self.push_fields(collection, id, collect_fields(fields))
+        self.put(collection, id, fields)
     }
 
     /// Removes fields of a document (see [`Replica::unset`]).
@@ -1207,30 +1447,24 @@ impl<'r> Transaction<'r> {
         id: &str,
         names: impl IntoIterator<Item = K>,
     ) -> Result<(), WriteError> {
-        let fields = names.into_iter().map(|n| (n.into(), None)).collect();
-        self.push_fields(collection, id, fields)
+        let fields = names.into_iter().map(|n| (n.into(), None));
+        self.writes.push(TxKind::Put, collection, id, fields)
     }
 
     /// Deletes a document (see [`Replica::delete`]).
     pub fn delete(&mut self, collection: &str, id: &str) -> Result<(), WriteError> {
-        self.push(Change::Delete {
-            collection: collection.to_owned(),
-            id: id.to_owned(),
-        })
+        self.writes.push(TxKind::Delete, collection, id, [])
     }
 
     /// Creates a collection (see [`Replica::create_collection`]).
     pub fn create_collection(&mut self, collection: &str) -> Result<(), WriteError> {
-        self.push(Change::CreateCollection {
-            collection: collection.to_owned(),
-        })
+        self.writes
+            .push(TxKind::CreateCollection, collection, "", [])
     }
 
     /// Drops a collection (see [`Replica::drop_collection`]).
     pub fn drop_collection(&mut self, collection: &str) -> Result<(), WriteError> {
-        self.push(Change::DropCollection {
-            collection: collection.to_owned(),
-        })
+        self.writes.push(TxKind::DropCollection, collection, "", [])
     }
 }
 

@@ -1,6 +1,7 @@
 //! Multi-document transactions: a transaction equals the same writes made
 //! one by one (state, revisions, events, outbox, stored records), lands in
-//! one persist batch, and is all-or-nothing when a write is refused or the
+//! one persist batch, announces each document and collection it changed once, and is
+//! all-or-nothing when a write is refused or the
 //! closure fails.
 
 mod common;
@@ -94,16 +95,19 @@ fn observe(replica: &mut Replica, store: &mut MemoryStore) -> impl PartialEq + s
     )
 }
 
-/// A replica that already holds some writes, persisted and drained.
-fn prepared(before: &[Write]) -> (Replica, MemoryStore) {
+/// A replica that already holds some writes, drained of events, and of
+/// its persist batch if `persisted`.
+fn prepared(before: &[Write], persisted: bool) -> (Replica, MemoryStore) {
     let mut replica = Replica::new(ReplicaId(7), ReplicaConfig::default());
     let mut store = MemoryStore::new();
     for (i, write) in before.iter().enumerate() {
         let _ = one_by_one(&mut replica, 1_000 + i as u64, write);
     }
-    store
-        .write(&replica.take_persist().expect("meta at least"))
-        .expect("write");
+    if persisted {
+        store
+            .write(&replica.take_persist().expect("meta at least"))
+            .expect("write");
+    }
     events(&mut replica);
     (replica, store)
 }
@@ -111,20 +115,21 @@ fn prepared(before: &[Write]) -> (Replica, MemoryStore) {
 proptest! {
     #![proptest_config(config())]
 
-    /// Valid writes in one transaction leave the replica, its events and
-    /// its stored records exactly as the same writes made one by one at the
-    /// same time; the transaction's changes come in one persist batch.
+    /// Valid writes in one transaction leave the replica and its stored
+    /// records exactly as the same writes made one by one at the same time,
+    /// and announce the same documents once each; the transaction's changes come in one persist batch.
     #[test]
     fn transaction_equals_writes_one_by_one(
         before in prop::collection::vec(write(0.0), 0..8),
+        persisted in any::<bool>(),
         writes in prop::collection::vec(write(0.0), 0..12),
     ) {
         let now = 2_000;
-        let (mut serial, mut serial_store) = prepared(&before);
+        let (mut serial, mut serial_store) = prepared(&before, persisted);
         for write in &writes {
             one_by_one(&mut serial, now, write).expect("valid write");
         }
-        let (mut batched, mut batched_store) = prepared(&before);
+        let (mut batched, mut batched_store) = prepared(&before, persisted);
         batched
             .transaction(now, |tx| {
                 for write in &writes {
@@ -134,11 +139,20 @@ proptest! {
                 Ok::<_, TestCaseError>(())
             })?;
         let batch = batched.take_persist();
-        prop_assert_eq!(batch.is_some(), !writes.is_empty());
+        prop_assert_eq!(batch.is_some(), !writes.is_empty() || !persisted);
         if let Some(batch) = batch {
             batched_store.write(&batch).expect("write");
         }
         prop_assert!(batched.take_persist().is_none(), "one batch for the transaction");
+        // Made one by one, a document changed twice is announced twice; a
+        // transaction announces it once, where it first changed.
+        let mut expected_events = Vec::new();
+        for event in events(&mut serial) {
+            if !expected_events.contains(&event) {
+                expected_events.push(event);
+            }
+        }
+        prop_assert_eq!(events(&mut batched), expected_events);
         prop_assert_eq!(
             observe(&mut batched, &mut batched_store),
             observe(&mut serial, &mut serial_store)
@@ -155,12 +169,12 @@ proptest! {
     ) {
         let now = 2_000;
         let invalid = writes.iter().any(|w| {
-            let mut probe = prepared(&before).0;
+            let mut probe = prepared(&before, true).0;
             one_by_one(&mut probe, now, w).is_err()
         });
         prop_assume!(invalid);
-        let (mut replica, mut store) = prepared(&before);
-        let (mut untouched, mut untouched_store) = prepared(&before);
+        let (mut replica, mut store) = prepared(&before, true);
+        let (mut untouched, mut untouched_store) = prepared(&before, true);
         let result = replica.transaction(now, |tx| {
             for write in &writes {
                 in_transaction(tx, write)?;
