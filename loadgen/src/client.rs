@@ -153,14 +153,13 @@ impl Client {
         {
             self.remote_changes += 1;
             if let Some(samples) = self.latencies.as_mut() {
+                // Read in place: copying the document for one field would
+                // cost the load generator CPU the relay competes for.
                 let sent = self
                     .session
-                    .replica()
-                    .get(&collection, &id)
-                    .and_then(|doc| match doc.fields.get("t") {
-                        Some(Value::Int(t)) => Some(*t as u64),
-                        _ => None,
-                    });
+                    .get_field(&collection, &id, "t")
+                    .and_then(|t| t.as_i64())
+                    .map(|t| t as u64);
                 if let Some(sent) = sent {
                     samples.push(now_us().saturating_sub(sent));
                 }

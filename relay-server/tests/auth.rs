@@ -160,7 +160,7 @@ async fn read_only_tokens_cannot_push() {
     replica
         .put(common::now_ms(), "docs", "raw", [("n", 1)])
         .unwrap();
-    let ops: Vec<Op> = replica.outbox().cloned().collect();
+    let ops: Vec<Op> = replica.outbox().collect();
     assert_eq!(
         ops[0].id,
         OpId {

@@ -140,4 +140,46 @@ fn main() {
         replica
     });
     print(&apply, payload);
+
+    // The peer comparison's memory workload: 1,000 documents of 1,000
+    // integer fields, one put per document, each batch persisted; with the
+    // outbox acknowledged after every put (steady state with a relay) and
+    // never (offline, or before the relay answers), where the outbox holds
+    // every operation.
+    let names: Vec<String> = (0..1_000).map(|f| format!("f{f}")).collect();
+    let ids: Vec<String> = (0..1_000).map(|d| format!("doc{d:04}")).collect();
+    for acknowledged in [true, false] {
+        let report = measure("1k docs x 1k int fields", || {
+            let mut replica = new_replica(1);
+            for (d, id) in ids.iter().enumerate() {
+                let fields = names
+                    .iter()
+                    .enumerate()
+                    .map(|(f, name)| (name.as_str(), Value::Int((d * f) as i64)));
+                replica
+                    .put(common::T0, common::COLLECTION, id, fields)
+                    .expect("put");
+                while replica.poll_event().is_some() {}
+                drop(replica.take_persist());
+                if acknowledged {
+                    replica.acknowledge(replica.next_seq() - 1);
+                }
+            }
+            replica
+        });
+        println!(
+            "memory[{}, outbox {}]: 1000000 fields: heap {:.1} MiB ({:.1} B/field), \
+             est. malloc footprint {:.1} MiB, {:.2} allocations/field",
+            report.path,
+            if acknowledged {
+                "acknowledged"
+            } else {
+                "unacknowledged"
+            },
+            report.heap as f64 / (1 << 20) as f64,
+            report.heap as f64 / 1e6,
+            report.chunk_bytes as f64 / (1 << 20) as f64,
+            report.allocs as f64 / 1e6,
+        );
+    }
 }

@@ -68,7 +68,7 @@ fn populated_room(docs: u64) -> Room {
             .put(NOW + i / 1000, "tasks", &format!("task-{i:06}"), fields(i))
             .expect("put");
     }
-    let ops: Vec<_> = writer.outbox().cloned().collect();
+    let ops: Vec<_> = writer.outbox().collect();
     for batch in ops.chunks(1000) {
         let frame = protocol::encode(&Message::Push {
             ops: batch.to_vec(),
@@ -248,7 +248,7 @@ fn resume(c: &mut Criterion) {
             )
             .expect("put");
     }
-    let ops: Vec<_> = writer.outbox().cloned().collect();
+    let ops: Vec<_> = writer.outbox().collect();
     let push = protocol::encode(&Message::Push { ops: ops.clone() });
     room.handle(
         NOW,
@@ -269,7 +269,7 @@ fn resume(c: &mut Criterion) {
     let ten = protocol::encode_op(&{
         let mut r = Replica::new(ReplicaId(0x1234_5678_9abc_def0), ReplicaConfig::default());
         r.put(NOW, "tasks", "task-000001", fields(1)).expect("put");
-        r.outbox().next().cloned().expect("op")
+        r.outbox().next().expect("op")
     });
     println!(
         "ten-field put on the wire: {} bytes per operation",

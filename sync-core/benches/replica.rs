@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use sync_core::store::Record;
-use sync_core::{Replica, ReplicaConfig, Snapshot};
+use sync_core::{Replica, ReplicaConfig, Snapshot, Value, WriteError};
 
 mod common;
 use common::{
-    ACK_EVERY, COLLECTION, Docs, ack_all, apply_all, apply_all_owned, drain_events, load,
-    new_replica, now_for, records_of, remote_ops,
+    ACK_EVERY, COLLECTION, Docs, FIELD_NAMES, ack_all, apply_all, apply_all_owned, drain_events,
+    load, new_replica, now_for, records_of, remote_ops,
 };
 
 /// Documents the write benchmarks cycle through.
@@ -187,5 +187,152 @@ fn snapshot_and_restore(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, local_write, remote_apply, snapshot_and_restore);
+/// Writes in one transaction (`Replica::transaction`, one persist batch
+/// taken at the end, events drained) against the same writes made one by
+/// one (also with one persist batch at the end): 100,000 one-field puts
+/// round-robin over 1,000 documents with 100 field names, as the peer
+/// comparison's batched writes, and 10,000 ten-field puts.
+fn transaction(c: &mut Criterion) {
+    const WRITES: usize = 100_000;
+    let ids: Vec<String> = (0..WRITE_DOCS).map(common::doc_id).collect();
+    let names: Vec<String> = (0..WRITES / WRITE_DOCS).map(|f| format!("f{f}")).collect();
+    let docs = Docs::new(WRITES / 10, 0);
+    let mut group = c.benchmark_group("transaction");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .throughput(Throughput::Elements(WRITES as u64));
+    let one_field = |i: usize| {
+        let (d, f) = (i % WRITE_DOCS, i / WRITE_DOCS);
+        (&ids[d], [(names[f].as_str(), Value::Int(i as i64))])
+    };
+    group.bench_function("1_field_puts_100k/transaction", |b| {
+        b.iter_batched(
+            || new_replica(1),
+            |mut replica| {
+                replica
+                    .transaction(now_for(0), |tx| {
+                        for i in 0..WRITES {
+                            let (id, fields) = one_field(i);
+                            tx.put(COLLECTION, id, fields)?;
+                        }
+                        Ok::<_, WriteError>(())
+                    })
+                    .expect("transaction");
+                black_box(replica.take_persist());
+                drain_events(&mut replica);
+                replica
+            },
+            BatchSize::PerIteration,
+        );
+    });
+    group.bench_function("1_field_puts_100k/one_by_one", |b| {
+        b.iter_batched(
+            || new_replica(1),
+            |mut replica| {
+                for i in 0..WRITES {
+                    let (id, fields) = one_field(i);
+                    replica
+                        .put(now_for(0), COLLECTION, id, fields)
+                        .expect("put");
+                }
+                black_box(replica.take_persist());
+                drain_events(&mut replica);
+                replica
+            },
+            BatchSize::PerIteration,
+        );
+    });
+    group.bench_function("10_field_puts_10k/transaction", |b| {
+        b.iter_batched(
+            || new_replica(1),
+            |mut replica| {
+                replica
+                    .transaction(now_for(0), |tx| {
+                        for (id, fields) in docs.ids.iter().zip(&docs.fields) {
+                            tx.put(COLLECTION, id, fields.iter().cloned())?;
+                        }
+                        Ok::<_, WriteError>(())
+                    })
+                    .expect("transaction");
+                black_box(replica.take_persist());
+                drain_events(&mut replica);
+                replica
+            },
+            BatchSize::PerIteration,
+        );
+    });
+    group.finish();
+}
+
+/// Reading every field of 100,000 documents of ten fields (1M fields) from
+/// a live replica: the borrowed API scanning the collection
+/// (`documents` then `fields`), the same scan reading each field by name
+/// (`DocumentRef::get`), one `get_field` call per field (a lookup of the
+/// document each time), and the copying `get` per document it replaces.
+fn reads(c: &mut Criterion) {
+    let big = OnceCell::new();
+    let mut group = c.benchmark_group("read");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .throughput(Throughput::Elements((BIG_DOCS * 10) as u64));
+    group.bench_function("scan_fields_1M", |b| {
+        let replica = &big.get_or_init(Big::new).replica;
+        b.iter(|| {
+            let mut n = 0usize;
+            for doc in replica.documents(COLLECTION) {
+                for (name, value) in doc.fields() {
+                    black_box((name, value));
+                    n += 1;
+                }
+            }
+            assert_eq!(n, BIG_DOCS * 10);
+        });
+    });
+    group.bench_function("scan_get_by_name_1M", |b| {
+        let replica = &big.get_or_init(Big::new).replica;
+        b.iter(|| {
+            for doc in replica.documents(COLLECTION) {
+                for name in FIELD_NAMES {
+                    black_box(doc.get(name).expect("field"));
+                }
+            }
+        });
+    });
+    group.bench_function("get_field_1M", |b| {
+        let replica = &big.get_or_init(Big::new).replica;
+        let ids: Vec<String> = (0..BIG_DOCS).map(common::doc_id).collect();
+        b.iter(|| {
+            for id in &ids {
+                for name in FIELD_NAMES {
+                    black_box(replica.get_field(COLLECTION, id, name).expect("field"));
+                }
+            }
+        });
+    });
+    group.bench_function("get_cloned_1M", |b| {
+        let replica = &big.get_or_init(Big::new).replica;
+        b.iter(|| {
+            for id in replica.state().ids(COLLECTION) {
+                let doc = replica.get(COLLECTION, id).expect("document");
+                for value in doc.fields.values() {
+                    black_box(value);
+                }
+            }
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    local_write,
+    remote_apply,
+    snapshot_and_restore,
+    transaction,
+    reads
+);
 criterion_main!(benches);

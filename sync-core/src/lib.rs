@@ -22,8 +22,8 @@
 //! }
 //!
 //! // Exchange operations (a relay does this in production), in any order.
-//! for op in alice.outbox().cloned().collect::<Vec<_>>() { bob.apply(now, &op)?; }
-//! for op in bob.outbox().cloned().collect::<Vec<_>>() { alice.apply(now, &op)?; }
+//! for op in alice.outbox() { bob.apply(now, &op)?; }
+//! for op in bob.outbox() { alice.apply(now, &op)?; }
 //! assert_eq!(alice.state(), bob.state());
 //!
 //! let doc = alice.get("todos", "milk").expect("exists");
@@ -33,7 +33,7 @@
 //! // Optimistic concurrency: a write conditional on the revision we read.
 //! let stale = doc.revision;
 //! bob.put(now + 1, "todos", "milk", [("title", "Buy oat milk")])?;
-//! let op = bob.outbox().last().cloned().expect("queued");
+//! let op = bob.outbox().next_back().expect("queued");
 //! alice.apply(now + 1, &op)?;
 //! assert!(alice.put_if(now + 2, "todos", "milk", [("title", "Buy soy milk")], Some(stale)).is_err());
 //!
@@ -81,10 +81,12 @@ pub use gate::PersistId;
 pub use hlc::{Clock, ClockError, Hlc};
 pub use op::{Change, InvalidOp, Op, OpId};
 pub use persist::{PersistBatch, StoreKey, Write};
-pub use replica::{Applied, ApplyError, Replica, ReplicaConfig, RestoreError, WriteError};
+pub use replica::{
+    Applied, ApplyError, Outbox, Replica, ReplicaConfig, RestoreError, Transaction, WriteError,
+};
 pub use revision::Revision;
 pub use snapshot::{Snapshot, SnapshotError};
 pub use stamp::{ReplicaId, Stamp};
-pub use state::{Document, State};
-pub use value::Value;
+pub use state::{Document, DocumentRef, Documents, State};
+pub use value::{Value, ValueRef};
 pub use version::VersionVector;

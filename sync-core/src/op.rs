@@ -48,27 +48,21 @@ impl Op {
     /// An upper bound on the operation's encoded size in bytes; batch limits
     /// are enforced with it on both sides.
     pub fn encoded_len_bound(&self) -> usize {
-        // OpId and Hlc: three varints of at most 10 bytes, plus the change tag.
-        const HEADER: usize = 32;
-        let body = match &self.change {
+        match &self.change {
             Change::Put {
                 collection,
                 id,
                 fields,
-            } => {
-                20 + collection.len()
-                    + id.len()
-                    + fields
-                        .iter()
-                        .map(|(n, v)| 11 + n.len() + v.as_ref().map_or(0, Value::encoded_len_bound))
-                        .sum::<usize>()
-            }
-            Change::Delete { collection, id } => 20 + collection.len() + id.len(),
+            } => put_len_bound(
+                collection,
+                id,
+                fields.iter().map(|(n, v)| (n.as_str(), v.as_ref())),
+            ),
+            Change::Delete { collection, id } => OP_HEADER_BOUND + 20 + collection.len() + id.len(),
             Change::CreateCollection { collection } | Change::DropCollection { collection } => {
-                10 + collection.len()
+                OP_HEADER_BOUND + 10 + collection.len()
             }
-        };
-        HEADER + body
+        }
     }
 
     /// Checks the operation against the data model's limits.
@@ -165,6 +159,80 @@ impl Change {
             }
         }
     }
+}
+
+/// OpId and Hlc: three varints of at most 10 bytes, plus the change tag.
+const OP_HEADER_BOUND: usize = 32;
+
+/// [`Op::encoded_len_bound`] of a put of `fields` to `collection`/`id`.
+pub(crate) fn put_len_bound<'a>(
+    collection: &str,
+    id: &str,
+    fields: impl Iterator<Item = (&'a str, Option<&'a Value>)>,
+) -> usize {
+    OP_HEADER_BOUND
+        + 20
+        + collection.len()
+        + id.len()
+        + fields
+            .map(|(n, v)| 11 + n.len() + v.map_or(0, Value::encoded_len_bound))
+            .sum::<usize>()
+}
+
+/// What [`Op::validate`] checks of a put whose field names are known to be
+/// distinct (a local write that dropped repeats), on borrowed parts.
+pub(crate) fn check_distinct_put<'a>(
+    collection: &str,
+    id: &str,
+    fields: impl Iterator<Item = (&'a str, Option<&'a Value>)> + Clone,
+) -> Result<(), InvalidOp> {
+    check_collection(collection)?;
+    check_doc_id(id)?;
+    let count = fields.clone().count();
+    if count > limits::MAX_FIELDS_PER_PUT {
+        return Err(InvalidOp::TooManyFields(count));
+    }
+    for (name, value) in fields.clone() {
+        check_field_name(name)?;
+        if value.is_some_and(|v| v.depth() > MAX_VALUE_DEPTH) {
+            return Err(InvalidOp::ValueTooDeep(name.to_owned()));
+        }
+    }
+    let size = put_len_bound(collection, id, fields);
+    if size > limits::MAX_OP_BYTES {
+        return Err(InvalidOp::TooLarge(size));
+    }
+    Ok(())
+}
+
+/// An operation to encode, borrowing its parts: encodes byte for byte as
+/// the [`Op`] with the same parts (the same field order and variant order).
+#[derive(Serialize)]
+pub(crate) struct OpRef<'a, F: Serialize> {
+    pub(crate) id: OpId,
+    pub(crate) hlc: Hlc,
+    pub(crate) change: ChangeRef<'a, F>,
+}
+
+/// [`Change`], borrowed; `F` serialises as a put's
+/// `Vec<(String, Option<Value>)>` does.
+#[derive(Serialize)]
+pub(crate) enum ChangeRef<'a, F: Serialize> {
+    Put {
+        collection: &'a str,
+        id: &'a str,
+        fields: F,
+    },
+    Delete {
+        collection: &'a str,
+        id: &'a str,
+    },
+    CreateCollection {
+        collection: &'a str,
+    },
+    DropCollection {
+        collection: &'a str,
+    },
 }
 
 /// Up to this many fields, a put's names are checked for repeats pairwise.

@@ -9,7 +9,6 @@ use serde::ser::SerializeSeq;
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::hlc::Hlc;
-use crate::op::Op;
 use crate::stamp::{ReplicaId, Stamp};
 use crate::state::{DocState, Names};
 use crate::value::Value;
@@ -353,12 +352,14 @@ fn decode_body<'de, T: Deserialize<'de>>(
     Ok(record)
 }
 
-/// Encodes one outbox operation.
-pub(crate) fn outbox_record(op: &Op) -> Write {
-    Write::Put {
-        key: StoreKey::Outbox(op.id.seq),
-        value: encode_record(op),
-    }
+/// Encodes a record as [`encode_record`] does, into `out` (cleared first),
+/// so a caller encoding many records reuses one buffer.
+pub(crate) fn encode_record_into<T: Serialize + ?Sized>(record: &T, mut out: Vec<u8>) -> Vec<u8> {
+    out.clear();
+    out.push(RECORD_VERSION);
+    // As in `encode_record_sized`: cannot fail for a vector; an empty
+    // record would be refused on load rather than misread.
+    postcard::to_extend(record, out).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -3,19 +3,23 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::ops::Range;
 
 use crate::event::{Event, Origin};
 use crate::hlc::{Clock, ClockError, DEFAULT_MAX_DRIFT_MS, Hlc};
-use crate::op::{Change, InvalidOp, Op, OpId};
+use crate::op::{Change, ChangeRef, InvalidOp, Op, OpId, OpRef};
 use crate::persist::{
     CollectionRecord, DocRecordRef, MetaRecord, MetaRecordRef, PersistBatch, RecordError, StoreKey,
-    Write, decode_doc_record, decode_record, encode_record, encode_record_sized, outbox_record,
+    Write, decode_doc_record, decode_record, encode_record, encode_record_into,
+    encode_record_sized,
 };
 use crate::revision::Revision;
 use crate::snapshot::Snapshot;
 use crate::stamp::ReplicaId;
-use crate::state::{DocState, Document, Effect, FieldSlot, State};
-use crate::value::Value;
+use crate::state::{
+    DocChange, DocState, Document, DocumentRef, Documents, Effect, FieldSlot, State,
+};
+use crate::value::{Value, ValueRef};
 use crate::version::VersionVector;
 
 /// Settings of a replica.
@@ -157,20 +161,16 @@ impl DirtyIds {
     /// Most ids kept in the hashed set.
     const MAX_HASHED: usize = 1024;
 
-    fn insert(&mut self, id: &str) {
+    /// Adds `id`; whether it was new.
+    fn insert(&mut self, id: &str) -> bool {
         if self.ordered.is_empty() {
             if self.hashed.len() < Self::MAX_HASHED {
                 // Look up first: allocate the key only for a new id.
-                if !self.hashed.contains(id) {
-                    self.hashed.insert(id.to_owned());
-                }
-                return;
+                return !self.hashed.contains(id) && self.hashed.insert(id.to_owned());
             }
             self.ordered.extend(self.hashed.drain());
         }
-        if !self.ordered.contains(id) {
-            self.ordered.insert(id.to_owned());
-        }
+        !self.ordered.contains(id) && self.ordered.insert(id.to_owned())
     }
 
     fn iter(&self) -> impl Iterator<Item = &String> {
@@ -214,13 +214,15 @@ impl Hasher for IdHasher {
 
 impl Dirty {
     /// Marks a document's record for rewriting.
-    fn mark_doc(&mut self, collection: &str, id: &str) {
+    /// Marks a document's record for rewriting; whether it was not yet.
+    fn mark_doc(&mut self, collection: &str, id: &str) -> bool {
         match self.docs.get_mut(collection) {
             Some(ids) => ids.insert(id),
             None => {
                 let mut ids = DirtyIds::default();
                 ids.insert(id);
                 self.docs.insert(collection.to_owned(), ids);
+                true
             }
         }
     }
@@ -239,7 +241,12 @@ pub struct Replica {
     next_seq: u64,
     state: State,
     version: VersionVector,
-    outbox: VecDeque<Op>,
+    /// Unacknowledged local operations as their encoded outbox records:
+    /// a tenth of the memory of the operations themselves, which would
+    /// repeat every value the state already holds.
+    outbox: VecDeque<Pending>,
+    /// Reused buffer for encoding operations.
+    scratch: Vec<u8>,
     /// Every operation in the outbox numbered up to this has its record
     /// written; those above it are new since the last persist batch. The
     /// outbox is ordered by sequence number, so this replaces a set of
@@ -259,6 +266,7 @@ impl Replica {
             state: State::new(),
             version: VersionVector::new(),
             outbox: VecDeque::new(),
+            scratch: Vec::new(),
             outbox_stored_through: 0,
             dirty: Dirty {
                 meta: true,
@@ -278,14 +286,39 @@ impl Replica {
         &self.state
     }
 
-    /// A document, if it exists.
+    /// A document, if it exists, copied out of the state.
+    ///
+    /// [`Replica::document`] and [`Replica::get_field`] read without copying.
     pub fn get(&self, collection: &str, id: &str) -> Option<Document> {
         self.state.get(collection, id)
     }
 
     /// Every document of a collection, ordered by id.
+    ///
+    /// This copies every document; [`Replica::documents`] reads them in place.
     pub fn list(&self, collection: &str) -> Vec<Document> {
         self.state.list(collection)
+    }
+
+    /// A document, borrowed (see [`State::document`]).
+    pub fn document<'a>(&'a self, collection: &str, id: &str) -> Option<DocumentRef<'a>> {
+        self.state.document(collection, id)
+    }
+
+    /// One field of a document, borrowed (see [`State::get_field`]).
+    pub fn get_field<'a>(
+        &'a self,
+        collection: &str,
+        id: &str,
+        field: &str,
+    ) -> Option<ValueRef<'a>> {
+        self.state.get_field(collection, id, field)
+    }
+
+    /// A collection's existing documents, borrowed, in id order (see
+    /// [`State::documents`]).
+    pub fn documents<'a>(&'a self, collection: &str) -> Documents<'a> {
+        self.state.documents(collection)
     }
 
     /// A document's revision, `None` when it does not exist.
@@ -314,8 +347,16 @@ impl Replica {
     }
 
     /// Local operations not yet acknowledged, oldest first.
-    pub fn outbox(&self) -> impl ExactSizeIterator<Item = &Op> + '_ {
-        self.outbox.iter()
+    ///
+    /// The outbox keeps operations encoded, so this decodes each as it
+    /// goes; [`Outbox::after`] skips the ones already sent without decoding
+    /// them.
+    pub fn outbox(&self) -> Outbox<'_> {
+        Outbox {
+            pending: &self.outbox,
+            front: 0,
+            back: self.outbox.len(),
+        }
     }
 
     /// Writes fields of a document, creating it if needed.
@@ -445,29 +486,229 @@ impl Replica {
     /// Validates, stamps, applies and queues one local change. Returns the
     /// revision of the document it changed, if it changed one that exists.
     fn commit_local(&mut self, now: u64, change: Change) -> Result<Option<Revision>, WriteError> {
-        let id = OpId {
-            replica: self.id,
-            seq: self.next_seq,
-        };
         // Validate before ticking, so a refused write leaves the clock alone.
-        let mut op = Op {
-            id,
-            hlc: Hlc::ZERO,
+        let change = validate_local(self.id, change)?;
+        let hlc = self.clock.tick(now)?;
+        let revision = self.push_local(hlc, change);
+        self.dirty.meta = true;
+        Ok(revision)
+    }
+
+    /// Numbers, applies and queues one validated local change stamped `hlc`.
+    /// Returns the revision of the document it changed, if it exists.
+    fn push_local(&mut self, hlc: Hlc, change: Change) -> Option<Revision> {
+        let op = Op {
+            id: OpId {
+                replica: self.id,
+                seq: self.next_seq,
+            },
+            hlc,
             change,
         };
-        op.validate()?;
-        op.hlc = self.clock.tick(now)?;
         self.next_seq += 1;
-        let effect = self.state.apply(&op);
+        let id = op.id;
+        // Encoded into the reused buffer and copied out at its exact size.
+        // Encoding into a vector cannot fail; were it to, the record would
+        // be empty and the outbox would skip it.
+        let scratch = std::mem::take(&mut self.scratch);
+        let scratch = encode_record_into(&op, scratch);
+        self.outbox.push_back(Pending {
+            seq: id.seq,
+            record: Box::from(scratch.as_slice()),
+        });
+        self.scratch = scratch;
+        let effect = self.state.apply_owned(op);
         let revision = match &effect {
             Effect::Document { revision, .. } => *revision,
             _ => None,
         };
-        self.version.insert(op.id);
+        self.version.insert(id);
         self.record_effect(effect, Origin::Local);
+        revision
+    }
+
+    /// Runs `build` to collect many writes, then applies them as one unit.
+    ///
+    /// The writes are stamped in the order they were made, one clock tick
+    /// each, and the state and outbox end up exactly as if they had been
+    /// made one by one, but each document and collection changed is announced
+    /// once (in the order of first change); and they are all-or-nothing: if `build`
+    /// returns an error (a write it made was refused, or its own), or the
+    /// clock cannot stamp them all, nothing changes. Every change lands in
+    /// the next [`Replica::take_persist`] batch together, so a store makes
+    /// the whole transaction durable at once.
+    ///
+    /// Inside `build`, reads and the conditions of [`Transaction::put_if`]
+    /// see the state as it was before the transaction: its own writes are
+    /// applied only when `build` returns.
+    ///
+    /// ```
+    /// use sync_core::{Replica, ReplicaConfig, ReplicaId, Value, WriteError};
+    ///
+    /// let mut replica = Replica::new(ReplicaId(1), ReplicaConfig::default());
+    /// replica.transaction(1_000, |tx| {
+    ///     tx.put("lists", "groceries", [("title", Value::from("Groceries"))])?;
+    ///     tx.put("todos", "milk", [("list", Value::from("groceries")), ("done", false.into())])?;
+    ///     tx.delete("todos", "old")?;
+    ///     Ok::<_, WriteError>(())
+    /// })?;
+    /// assert_eq!(replica.outbox().len(), 3);
+    /// let batch = replica.take_persist().expect("one batch for the whole transaction");
+    ///
+    /// // A refused write in the middle leaves everything as it was.
+    /// let refused = replica.transaction(1_001, |tx| {
+    ///     tx.put("todos", "bread", [("done", false)])?;
+    ///     tx.put("todos", "", [("done", false)])?; // an empty id is invalid
+    ///     Ok::<_, WriteError>(())
+    /// });
+    /// assert!(refused.is_err());
+    /// assert!(replica.document("todos", "bread").is_none());
+    /// assert!(replica.take_persist().is_none());
+    /// # let _ = batch;
+    /// # Ok::<(), WriteError>(())
+    /// ```
+    pub fn transaction<T, E>(
+        &mut self,
+        now: u64,
+        build: impl FnOnce(&mut Transaction<'_>) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<WriteError>,
+    {
+        let mut tx = Transaction {
+            state: &self.state,
+            writes: TxWrites::default(),
+        };
+        let output = build(&mut tx)?;
+        let writes = tx.writes;
+        self.commit_transaction(now, writes)?;
+        Ok(output)
+    }
+
+    /// Stamps every write first (so a clock that runs out changes
+    /// nothing), then encodes, applies and queues them in order, straight
+    /// from the transaction's buffer: no operation is built, and each
+    /// document changed is announced once.
+    fn commit_transaction(&mut self, now: u64, mut tx: TxWrites) -> Result<(), WriteError> {
+        if tx.writes.is_empty() {
+            return Ok(());
+        }
+        let saved = self.clock.clone();
+        let mut hlcs = Vec::with_capacity(tx.writes.len());
+        for _ in 0..tx.writes.len() {
+            match self.clock.tick(now) {
+                Ok(hlc) => hlcs.push(hlc),
+                Err(e) => {
+                    self.clock = saved;
+                    return Err(e.into());
+                }
+            }
+        }
+        // With no document dirty before, a document first changed by the
+        // transaction is one it newly marks dirty: no second set needed.
+        let mut announced = (!self.dirty.docs.is_empty()).then(BTreeMap::<String, DirtyIds>::new);
+        let mut announced_collections = BTreeSet::new();
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let text = tx.text.as_str();
+        for (write, hlc) in tx.writes.iter().zip(hlcs) {
+            let id = OpId {
+                replica: self.id,
+                seq: self.next_seq,
+            };
+            self.next_seq += 1;
+            let stamp = crate::stamp::Stamp::new(hlc, self.id);
+            let collection = &text[write.collection.clone()];
+            let doc_id = &text[write.id.clone()];
+            let fields = &mut tx.fields[write.fields.clone()];
+            let change = match write.kind {
+                TxKind::Put => ChangeRef::Put {
+                    collection,
+                    id: doc_id,
+                    fields: TxFieldsRef { text, fields },
+                },
+                TxKind::Delete => ChangeRef::Delete {
+                    collection,
+                    id: doc_id,
+                },
+                TxKind::CreateCollection => ChangeRef::CreateCollection { collection },
+                TxKind::DropCollection => ChangeRef::DropCollection { collection },
+            };
+            scratch = encode_record_into(&OpRef { id, hlc, change }, scratch);
+            self.outbox.push_back(Pending {
+                seq: id.seq,
+                record: Box::from(scratch.as_slice()),
+            });
+            self.version.insert(id);
+            let changed = match write.kind {
+                TxKind::Put => {
+                    let fields = fields
+                        .iter_mut()
+                        .map(|field| (&text[field.name.clone()], field.value.take()));
+                    self.state.put(collection, doc_id, stamp, fields)
+                }
+                TxKind::Delete => self.state.delete(collection, doc_id, stamp),
+                TxKind::CreateCollection | TxKind::DropCollection => {
+                    let effect = if write.kind == TxKind::CreateCollection {
+                        self.state.create_collection(collection, stamp)
+                    } else {
+                        self.state.drop_collection(collection, stamp)
+                    };
+                    if let Effect::Collection {
+                        collection,
+                        documents,
+                    } = effect
+                    {
+                        for id in &documents {
+                            self.tx_doc_changed(&mut announced, &collection, id);
+                        }
+                        if announced_collections.insert(collection.clone()) {
+                            self.events.push_back(Event::CollectionChanged {
+                                collection: collection.clone(),
+                                origin: Origin::Local,
+                            });
+                        }
+                        self.dirty.collections.insert(collection);
+                    }
+                    DocChange::Unchanged
+                }
+            };
+            if changed != DocChange::Unchanged {
+                self.tx_doc_changed(&mut announced, collection, doc_id);
+            }
+        }
+        self.scratch = scratch;
         self.dirty.meta = true;
-        self.outbox.push_back(op);
-        Ok(revision)
+        Ok(())
+    }
+
+    /// Marks a document a transaction changed for rewriting, and announces
+    /// it unless `announced` shows it was already.
+    /// `announced` is `None` when no document was dirty before the
+    /// transaction: then those it newly marks dirty are those it changes first.
+    fn tx_doc_changed(
+        &mut self,
+        announced: &mut Option<BTreeMap<String, DirtyIds>>,
+        collection: &str,
+        id: &str,
+    ) {
+        let newly_dirty = self.dirty.mark_doc(collection, id);
+        let new = match announced {
+            None => newly_dirty,
+            Some(announced) => match announced.get_mut(collection) {
+                Some(ids) => ids.insert(id),
+                None => announced
+                    .entry(collection.to_owned())
+                    .or_default()
+                    .insert(id),
+            },
+        };
+        if new {
+            self.events.push_back(Event::DocumentChanged {
+                collection: collection.to_owned(),
+                id: id.to_owned(),
+                origin: Origin::Local,
+            });
+        }
     }
 
     /// Merges an operation received from elsewhere.
@@ -532,12 +773,12 @@ impl Replica {
         while self
             .outbox
             .front()
-            .is_some_and(|op| op.id.seq <= through_seq)
+            .is_some_and(|pending| pending.seq <= through_seq)
         {
-            if let Some(op) = self.outbox.pop_front() {
+            if let Some(pending) = self.outbox.pop_front() {
                 // An op written and acknowledged before any persist needs no record at all.
-                if op.id.seq <= self.outbox_stored_through {
-                    self.dirty.outbox_removed.push(op.id.seq);
+                if pending.seq <= self.outbox_stored_through {
+                    self.dirty.outbox_removed.push(pending.seq);
                 }
                 dropped += 1;
             }
@@ -590,9 +831,11 @@ impl Replica {
         self.clock.observe(snapshot.newest_hlc(), now)?;
         let old = std::mem::replace(&mut self.state, snapshot.state);
         self.version = snapshot.version;
-        for op in &self.outbox {
-            self.state.apply(op);
-            self.version.insert(op.id);
+        for pending in &self.outbox {
+            if let Some(op) = pending.decode() {
+                self.version.insert(op.id);
+                self.state.apply_owned(op);
+            }
         }
         // As in `apply`: never reuse the number of an own operation it holds.
         if let Some(next) = self.version.highest(self.id).checked_add(1) {
@@ -750,12 +993,15 @@ impl Replica {
             });
         }
         let stored = self.outbox_stored_through;
-        let new = self.outbox.partition_point(|op| op.id.seq <= stored);
+        let new = self.outbox.partition_point(|pending| pending.seq <= stored);
         batch
             .writes
-            .extend(self.outbox.range(new..).map(outbox_record));
+            .extend(self.outbox.range(new..).map(|pending| Write::Put {
+                key: StoreKey::Outbox(pending.seq),
+                value: pending.record.to_vec(),
+            }));
         if let Some(last) = self.outbox.back() {
-            self.outbox_stored_through = stored.max(last.id.seq);
+            self.outbox_stored_through = stored.max(last.seq);
         }
         (!batch.is_empty()).then_some(batch)
     }
@@ -811,7 +1057,16 @@ impl Replica {
                             op.id.seq
                         )));
                     }
-                    outbox.insert(*seq, op);
+                    outbox.insert(
+                        *seq,
+                        (
+                            op.id,
+                            Pending {
+                                seq: *seq,
+                                record: value.into_boxed_slice(),
+                            },
+                        ),
+                    );
                 }
                 StoreKey::Extension(_) => continue,
             }
@@ -831,13 +1086,12 @@ impl Replica {
                 meta.next_seq
             )));
         }
-        if let Some(op) = outbox
+        if let Some((id, _)) = outbox
             .values()
-            .find(|op| op.id.replica != meta.replica || op.id.seq >= meta.next_seq)
+            .find(|(id, _)| id.replica != meta.replica || id.seq >= meta.next_seq)
         {
             return Err(RestoreError::Inconsistent(format!(
-                "outbox holds foreign or future operation {:?}",
-                op.id
+                "outbox holds foreign or future operation {id:?}"
             )));
         }
         Ok(Some(Replica {
@@ -847,14 +1101,380 @@ impl Replica {
             state,
             version: meta.version,
             outbox_stored_through: outbox.keys().next_back().copied().unwrap_or(0),
-            outbox: outbox.into_values().collect(),
+            outbox: outbox.into_values().map(|(_, pending)| pending).collect(),
+            scratch: Vec::new(),
             dirty: Dirty::default(),
             events: VecDeque::new(),
         }))
     }
 }
 
-/// The latest clock reading of any stamp in `state` (`ZERO` when empty).
+/// One unacknowledged local operation: its sequence number and its outbox
+/// record (version byte, then the encoded operation), exactly the bytes
+/// the store gets. Made only by encoding an operation, or from a stored
+/// record that decoded, so it always decodes.
+#[derive(Debug)]
+struct Pending {
+    seq: u64,
+    record: Box<[u8]>,
+}
+
+impl Pending {
+    fn decode(&self) -> Option<Op> {
+        let op = decode_record(&StoreKey::Outbox(self.seq), &self.record).ok();
+        debug_assert!(op.is_some(), "outbox record {} does not decode", self.seq);
+        op
+    }
+}
+
+/// The local operations not yet acknowledged, oldest first, decoded as
+/// they are read: see [`Replica::outbox`].
+///
+/// ```
+/// use sync_core::{Replica, ReplicaConfig, ReplicaId};
+///
+/// let mut replica = Replica::new(ReplicaId(1), ReplicaConfig::default());
+/// for n in 0..3 {
+///     replica.put(1_000, "todos", "milk", [("count", n)])?;
+/// }
+/// assert_eq!(replica.outbox().len(), 3);
+/// assert_eq!(replica.outbox().first_seq(), Some(1));
+/// let unsent: Vec<u64> = replica.outbox().after(1).map(|op| op.id.seq).collect();
+/// assert_eq!(unsent, [2, 3]);
+/// assert_eq!(replica.outbox().next_back().map(|op| op.id.seq), Some(3));
+/// # Ok::<(), sync_core::WriteError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Outbox<'a> {
+    pending: &'a VecDeque<Pending>,
+    /// Entries `front..back` are still to be read.
+    front: usize,
+    back: usize,
+}
+
+impl Outbox<'_> {
+    /// Skips the operations numbered up to `seq` (without decoding them).
+    pub fn after(mut self, seq: u64) -> Self {
+        let at = self.pending.partition_point(|pending| pending.seq <= seq);
+        self.front = self.front.max(at).min(self.back);
+        self
+    }
+
+    /// The sequence number of the next operation, without decoding it.
+    pub fn first_seq(&self) -> Option<u64> {
+        (self.front < self.back)
+            .then(|| self.pending.get(self.front).map(|p| p.seq))
+            .flatten()
+    }
+}
+
+impl Iterator for Outbox<'_> {
+    type Item = Op;
+
+    fn next(&mut self) -> Option<Op> {
+        while self.front < self.back {
+            let pending = self.pending.get(self.front)?;
+            self.front += 1;
+            if let Some(op) = pending.decode() {
+                return Some(op);
+            }
+        }
+        None
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let len = self.back - self.front;
+        (len, Some(len))
+    }
+
+    fn last(mut self) -> Option<Op> {
+        self.next_back()
+    }
+}
+
+impl DoubleEndedIterator for Outbox<'_> {
+    fn next_back(&mut self) -> Option<Op> {
+        while self.front < self.back {
+            self.back -= 1;
+            if let Some(op) = self.pending.get(self.back).and_then(Pending::decode) {
+                return Some(op);
+            }
+        }
+        None
+    }
+}
+
+/// Exact: every entry decodes (see [`Pending`]).
+impl ExactSizeIterator for Outbox<'_> {}
+
+impl std::iter::FusedIterator for Outbox<'_> {}
+
+/// Checks a local change as an operation of `replica` would be checked,
+/// before it is stamped; hands it back on success.
+fn validate_local(replica: ReplicaId, change: Change) -> Result<Change, WriteError> {
+    let op = Op {
+        id: OpId { replica, seq: 1 },
+        hlc: Hlc::ZERO,
+        change,
+    };
+    op.validate()?;
+    Ok(op.change)
+}
+
+/// Writes collected by [`Replica::transaction`] (or
+/// [`crate::session::Session::transaction`]), applied together when the
+/// closure returns `Ok`.
+///
+/// Each method checks its write at once and returns the error
+/// [`Replica`]'s method of the same name would; pass it on with `?` to
+/// abandon the transaction, or ignore it to go on without that write.
+#[derive(Debug)]
+pub struct Transaction<'r> {
+    state: &'r State,
+    writes: TxWrites,
+}
+
+/// A transaction's writes, buffered without an allocation per write:
+/// names, collections and ids in one string, fields in one vector.
+#[derive(Debug, Default)]
+struct TxWrites {
+    text: String,
+    writes: Vec<TxWrite>,
+    fields: Vec<TxField>,
+}
+
+#[derive(Debug)]
+struct TxWrite {
+    kind: TxKind,
+    collection: Range<usize>,
+    /// Empty for collection writes.
+    id: Range<usize>,
+    /// Empty except for puts.
+    fields: Range<usize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TxKind {
+    Put,
+    Delete,
+    CreateCollection,
+    DropCollection,
+}
+
+#[derive(Debug)]
+struct TxField {
+    name: Range<usize>,
+    /// `None` removes the field.
+    value: Option<Value>,
+}
+
+/// A buffered put's fields, encoded as an operation's
+/// `Vec<(String, Option<Value>)>`.
+struct TxFieldsRef<'a> {
+    text: &'a str,
+    fields: &'a [TxField],
+}
+
+impl serde::Serialize for TxFieldsRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.fields.len()))?;
+        for field in self.fields {
+            seq.serialize_element(&(&self.text[field.name.clone()], field.value.as_ref()))?;
+        }
+        seq.end()
+    }
+}
+
+impl TxWrites {
+    fn push_text(&mut self, text: &str) -> Range<usize> {
+        let start = self.text.len();
+        self.text.push_str(text);
+        start..self.text.len()
+    }
+
+    /// Buffers a write of `kind`; for a put, `fields` are its fields.
+    /// Checks it first, as [`Op::validate`] would, and buffers nothing if
+    /// it is refused.
+    fn push(
+        &mut self,
+        kind: TxKind,
+        collection: &str,
+        id: &str,
+        fields: impl IntoIterator<Item = (String, Option<Value>)>,
+    ) -> Result<(), WriteError> {
+        let (text_len, fields_len) = (self.text.len(), self.fields.len());
+        let result = self.push_unchecked(kind, collection, id, fields);
+        if result.is_err() {
+            self.text.truncate(text_len);
+            self.fields.truncate(fields_len);
+        }
+        result
+    }
+
+    fn push_unchecked(
+        &mut self,
+        kind: TxKind,
+        collection: &str,
+        id: &str,
+        fields: impl IntoIterator<Item = (String, Option<Value>)>,
+    ) -> Result<(), WriteError> {
+        match kind {
+            TxKind::Put => {}
+            TxKind::Delete => {
+                crate::op::check_collection(collection)?;
+                crate::op::check_doc_id(id)?;
+            }
+            TxKind::CreateCollection | TxKind::DropCollection => {
+                crate::op::check_collection(collection)?;
+            }
+        }
+        let collection = self.push_text(collection);
+        let id = self.push_text(id);
+        let start = self.fields.len();
+        if kind == TxKind::Put {
+            for (name, value) in fields {
+                let name = self.push_text(&name);
+                self.fields.push(TxField { name, value });
+            }
+            self.drop_repeated_names(start);
+            let text = self.text.as_str();
+            let parts = self.fields[start..]
+                .iter()
+                .map(|f| (&text[f.name.clone()], f.value.as_ref()));
+            crate::op::check_distinct_put(&text[collection.clone()], &text[id.clone()], parts)?;
+        }
+        self.writes.push(TxWrite {
+            kind,
+            collection,
+            id,
+            fields: start..self.fields.len(),
+        });
+        Ok(())
+    }
+
+    /// Of fields named more than once since `start`, keeps the last, as
+    /// a single put does (`dedup_keep_last`), in the same order.
+    fn drop_repeated_names(&mut self, start: usize) {
+        let count = self.fields.len() - start;
+        if count < 2 {
+            return;
+        }
+        let text = self.text.as_str();
+        let name = |field: &TxField| &text[field.name.clone()];
+        let keep: Vec<bool> = if count <= 32 {
+            let tail = &self.fields[start..];
+            (0..count)
+                .map(|i| {
+                    !tail[i + 1..]
+                        .iter()
+                        .any(|later| name(later) == name(&tail[i]))
+                })
+                .collect()
+        } else {
+            let mut seen = BTreeSet::new();
+            let mut keep: Vec<bool> = self.fields[start..]
+                .iter()
+                .rev()
+                .map(|field| seen.insert(name(field)))
+                .collect();
+            keep.reverse();
+            keep
+        };
+        let mut index = 0;
+        let mut tail = self.fields.split_off(start);
+        tail.retain(|_| {
+            index += 1;
+            keep[index - 1]
+        });
+        self.fields.append(&mut tail);
+    }
+}
+
+impl<'r> Transaction<'r> {
+    /// The state as it was before the transaction, for reads.
+    pub fn state(&self) -> &'r State {
+        self.state
+    }
+
+    /// Writes made so far in this transaction.
+    pub fn len(&self) -> usize {
+        self.writes.writes.len()
+    }
+
+    /// Whether no write was made yet.
+    pub fn is_empty(&self) -> bool {
+        self.writes.writes.is_empty()
+    }
+
+    /// Writes fields of a document (see [`Replica::put`]).
+    pub fn put<K, V>(
+        &mut self,
+        collection: &str,
+        id: &str,
+        fields: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<(), WriteError>
+    where
+        K: Into<String>,
+        V: Into<Value>,
+    {
+        let fields = fields.into_iter().map(|(k, v)| (k.into(), Some(v.into())));
+        self.writes.push(TxKind::Put, collection, id, fields)
+    }
+
+    /// Writes fields if the document is at `expected` before the
+    /// transaction (`None`: if it does not exist); see [`Replica::put_if`].
+    pub fn put_if<K, V>(
+        &mut self,
+        collection: &str,
+        id: &str,
+        fields: impl IntoIterator<Item = (K, V)>,
+        expected: Option<Revision>,
+    ) -> Result<(), WriteError>
+    where
+        K: Into<String>,
+        V: Into<Value>,
+    {
+        let actual = self.state.revision(collection, id);
+        if actual != expected {
+            return Err(WriteError::RevisionMismatch {
+                collection: collection.to_owned(),
+                id: id.to_owned(),
+                expected,
+                actual,
+            });
+        }
+        self.put(collection, id, fields)
+    }
+
+    /// Removes fields of a document (see [`Replica::unset`]).
+    pub fn unset<K: Into<String>>(
+        &mut self,
+        collection: &str,
+        id: &str,
+        names: impl IntoIterator<Item = K>,
+    ) -> Result<(), WriteError> {
+        let fields = names.into_iter().map(|n| (n.into(), None));
+        self.writes.push(TxKind::Put, collection, id, fields)
+    }
+
+    /// Deletes a document (see [`Replica::delete`]).
+    pub fn delete(&mut self, collection: &str, id: &str) -> Result<(), WriteError> {
+        self.writes.push(TxKind::Delete, collection, id, [])
+    }
+
+    /// Creates a collection (see [`Replica::create_collection`]).
+    pub fn create_collection(&mut self, collection: &str) -> Result<(), WriteError> {
+        self.writes
+            .push(TxKind::CreateCollection, collection, "", [])
+    }
+
+    /// Drops a collection (see [`Replica::drop_collection`]).
+    pub fn drop_collection(&mut self, collection: &str) -> Result<(), WriteError> {
+        self.writes.push(TxKind::DropCollection, collection, "", [])
+    }
+}
+
 /// What must hold for a write to go ahead.
 #[derive(Clone, Copy)]
 enum Precondition {
@@ -916,6 +1536,54 @@ mod tests {
         docs.sort();
         docs.dedup();
         assert_eq!(docs.len(), count, "each document once");
+    }
+
+    /// The outbox holds each local operation's record bytes: it reads back
+    /// the operations made, skips by sequence number, persists exactly
+    /// those bytes, and replays them after a reset to a snapshot.
+    #[test]
+    fn the_encoded_outbox_reads_persists_and_replays_its_operations() {
+        let mut r = Replica::new(ReplicaId(3), ReplicaConfig::default());
+        r.put(1_000, "c", "a", [("x", Value::from("long enough text"))])
+            .unwrap();
+        r.unset(1_001, "c", "a", ["y"]).unwrap();
+        r.delete(1_002, "c", "b").unwrap();
+        r.create_collection(1_003, "d").unwrap();
+        let ops: Vec<Op> = r.outbox().collect();
+        assert_eq!(
+            ops.iter().map(|op| op.id.seq).collect::<Vec<_>>(),
+            [1, 2, 3, 4]
+        );
+        assert!(matches!(&ops[1].change, Change::Put { fields, .. } if fields[0].1.is_none()));
+        assert_eq!(r.outbox().after(2).collect::<Vec<_>>(), ops[2..]);
+        assert_eq!(r.outbox().after(9).len(), 0);
+        assert_eq!(
+            r.outbox().rev().collect::<Vec<_>>(),
+            ops.iter().rev().cloned().collect::<Vec<_>>()
+        );
+        let batch = r.take_persist().unwrap();
+        for op in &ops {
+            let stored = batch
+                .writes
+                .iter()
+                .find(|w| *w.key() == StoreKey::Outbox(op.id.seq));
+            assert_eq!(
+                stored,
+                Some(&Write::Put {
+                    key: StoreKey::Outbox(op.id.seq),
+                    value: encode_record(op)
+                })
+            );
+        }
+        // The state forgets everything; the outbox brings the writes back.
+        r.reset_to_snapshot(1_004, Snapshot::empty()).unwrap();
+        assert_eq!(
+            r.get_field("c", "a", "x"),
+            Some(crate::ValueRef::String("long enough text"))
+        );
+        assert!(r.state().collections().any(|c| c == "d"));
+        assert_eq!(r.acknowledge(3), 3);
+        assert_eq!(r.outbox().collect::<Vec<_>>(), ops[3..]);
     }
 
     /// One step of a random history over three replicas, a tiny universe
@@ -1070,8 +1738,8 @@ mod tests {
                 }
                 for (replica, store) in replicas.iter_mut().zip(&mut stores) {
                     for op in replica.outbox() {
-                        if !ops.contains(op) {
-                            ops.push(op.clone());
+                        if !ops.contains(&op) {
+                            ops.push(op);
                         }
                     }
                     if let Some(batch) = replica.take_persist() {

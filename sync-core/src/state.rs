@@ -20,13 +20,16 @@
 //! data from costing memory.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map;
+use std::iter::FusedIterator;
+use std::ops::Bound;
 use std::sync::Arc;
 
 use crate::hlc::Hlc;
 use crate::op::{Change, Op};
 use crate::revision::{Revision, field_term, name_hash, revision_from_sum};
 use crate::stamp::{ReplicaId, Stamp};
-use crate::value::{StoredValue, Value};
+use crate::value::{StoredValue, Value, ValueRef};
 
 /// Index of an interned field name.
 pub(crate) type FieldId = u32;
@@ -88,6 +91,19 @@ impl Names {
 
     pub(crate) fn lookup(&self, name: &str) -> Option<FieldId> {
         self.index.get(name).copied()
+    }
+
+    /// Like [`Names::lookup`], trying the cache of recent names first: a
+    /// read of a field by name costs one hash and one comparison when the
+    /// name was interned or looked up lately.
+    fn find(&self, name: &str) -> Option<FieldId> {
+        let slot = (name_hash(name) >> 56) as usize % RECENT_SLOTS;
+        if let Some(&id) = self.recent.get(slot) {
+            if self.names.get(id as usize).is_some_and(|n| **n == *name) {
+                return Some(id);
+            }
+        }
+        self.lookup(name)
     }
 
     pub(crate) fn name(&self, id: FieldId) -> &str {
@@ -252,7 +268,15 @@ impl DocState {
     ) -> bool {
         let name_hash = names.hash(name);
         let adds = value.is_some();
-        match self.fields.binary_search_by_key(&name, |slot| slot.name) {
+        // A name newer than every name the document has goes last: the
+        // common case when a document gains fields (names are numbered in
+        // the order this replica first saw them), found without a search
+        // whose every probe would miss the cache.
+        let found = match self.fields.last() {
+            Some(last) if last.name < name => Err(self.fields.len()),
+            _ => self.fields.binary_search_by_key(&name, |slot| slot.name),
+        };
+        match found {
             Ok(at) => {
                 let slot = &mut self.fields[at];
                 let old = slot.stamp(names);
@@ -392,6 +416,194 @@ pub struct Document {
     /// Its revision, for conditional writes.
     pub revision: Revision,
 }
+
+/// The field named `field` of `doc`, if it holds a value.
+fn field_of<'a>(doc: &'a DocState, names: &'a Names, field: &str) -> Option<ValueRef<'a>> {
+    let name = names.find(field)?;
+    let at = doc
+        .fields
+        .binary_search_by_key(&name, |slot| slot.name)
+        .ok()?;
+    doc.fields[at].value.as_ref().map(StoredValue::view)
+}
+
+/// A document borrowed from the state: its id, revision and fields, read
+/// in place. Nothing is copied or allocated; [`DocumentRef::to_document`]
+/// makes an owned [`Document`].
+///
+/// ```
+/// use sync_core::{Replica, ReplicaConfig, ReplicaId, Value};
+///
+/// let mut replica = Replica::new(ReplicaId(1), ReplicaConfig::default());
+/// let revision = replica.put(1_000, "todos", "milk", [("title", Value::from("Buy milk")), ("done", false.into())])?;
+/// let doc = replica.document("todos", "milk").expect("exists");
+/// assert_eq!(doc.id(), "milk");
+/// assert_eq!(doc.revision(), revision);
+/// assert_eq!(doc.get("title").and_then(|v| v.as_str()), Some("Buy milk"));
+/// assert_eq!(doc.fields().count(), 2);
+/// # Ok::<(), sync_core::WriteError>(())
+/// ```
+#[derive(Clone, Copy)]
+pub struct DocumentRef<'a> {
+    id: &'a str,
+    doc: &'a DocState,
+    names: &'a Names,
+    /// The document's highest put stamp (it exists, so there is one).
+    written: Stamp,
+}
+
+impl<'a> DocumentRef<'a> {
+    /// A view of `doc`, `None` when it does not exist.
+    fn new(id: &'a str, doc: &'a DocState, names: &'a Names) -> Option<DocumentRef<'a>> {
+        Some(DocumentRef {
+            id,
+            doc,
+            names,
+            written: doc.written?,
+        })
+    }
+
+    /// The document id.
+    pub fn id(&self) -> &'a str {
+        self.id
+    }
+
+    /// Its revision, for conditional writes.
+    pub fn revision(&self) -> Revision {
+        revision_from_sum(self.written, self.doc.digest)
+    }
+
+    /// The value of one field, if the document has it.
+    pub fn get(&self, field: &str) -> Option<ValueRef<'a>> {
+        field_of(self.doc, self.names, field)
+    }
+
+    /// Its fields that hold a value, as `(name, value)` pairs.
+    ///
+    /// The order is unspecified (it is the order in which this replica
+    /// first saw each name), but the same on every call; collect into a
+    /// `BTreeMap` for name order.
+    pub fn fields(&self) -> Fields<'a> {
+        Fields {
+            slots: self.doc.fields.iter(),
+            names: self.names,
+        }
+    }
+
+    /// An owned copy, as [`State::get`] returns it.
+    pub fn to_document(&self) -> Document {
+        Document {
+            id: self.id.to_owned(),
+            fields: self
+                .fields()
+                .map(|(name, value)| (name.to_owned(), value.to_value()))
+                .collect(),
+            revision: self.revision(),
+        }
+    }
+}
+
+impl core::fmt::Debug for DocumentRef<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("DocumentRef")
+            .field("id", &self.id)
+            .field("revision", &self.revision())
+            .field("fields", &DebugFields(*self))
+            .finish()
+    }
+}
+
+struct DebugFields<'a>(DocumentRef<'a>);
+
+impl core::fmt::Debug for DebugFields<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_map().entries(self.0.fields()).finish()
+    }
+}
+
+/// The fields of a [`DocumentRef`] that hold a value, as `(name, value)`.
+#[derive(Clone, Debug)]
+pub struct Fields<'a> {
+    slots: std::slice::Iter<'a, FieldSlot>,
+    names: &'a Names,
+}
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = (&'a str, ValueRef<'a>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.slots.find_map(|slot| {
+            let value = slot.value.as_ref()?;
+            Some((self.names.name(slot.name), value.view()))
+        })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (0, Some(self.slots.len()))
+    }
+}
+
+impl FusedIterator for Fields<'_> {}
+
+/// The existing documents of a collection, borrowed, in id order: see
+/// [`State::documents`].
+#[derive(Clone, Debug)]
+pub struct Documents<'a> {
+    docs: Option<&'a BTreeMap<String, DocState>>,
+    names: &'a Names,
+    range: Option<btree_map::Range<'a, String, DocState>>,
+    after: Option<&'a str>,
+    prefix: &'a str,
+}
+
+impl<'a> Documents<'a> {
+    /// Only documents whose id sorts after `id` (not `id` itself): the
+    /// start of the next page when `id` ended the last one.
+    pub fn after(mut self, id: &'a str) -> Documents<'a> {
+        self.after = Some(id);
+        self.restart();
+        self
+    }
+
+    /// Only documents whose id starts with `prefix`.
+    pub fn prefix(mut self, prefix: &'a str) -> Documents<'a> {
+        self.prefix = prefix;
+        self.restart();
+        self
+    }
+
+    /// Positions the range at the first id both bounds allow.
+    fn restart(&mut self) {
+        let start = match self.after {
+            Some(after) if after >= self.prefix => Bound::Excluded(after),
+            _ => Bound::Included(self.prefix),
+        };
+        self.range = self
+            .docs
+            .map(|docs| docs.range::<str, _>((start, Bound::Unbounded)));
+    }
+}
+
+impl<'a> Iterator for Documents<'a> {
+    type Item = DocumentRef<'a>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let range = self.range.as_mut()?;
+        for (id, doc) in range.by_ref() {
+            if !id.starts_with(self.prefix) {
+                // Ids with the prefix are contiguous: past them, none follow.
+                self.range = None;
+                return None;
+            }
+            if let Some(doc) = DocumentRef::new(id, doc, self.names) {
+                return Some(doc);
+            }
+        }
+        None
+    }
+}
+
+impl FusedIterator for Documents<'_> {}
 
 /// All collections, documents and fields of a replica, merged.
 #[derive(Clone, Debug, Default)]
@@ -659,7 +871,75 @@ impl State {
     /// The document, if it exists.
     pub fn get(&self, collection: &str, id: &str) -> Option<Document> {
         let doc = self.collections.get(collection)?.docs.get(id)?;
-        self.document(id, doc)
+        self.owned_document(id, doc)
+    }
+
+    /// A document, borrowed: reading it allocates nothing.
+    ///
+    /// `None` when it does not exist. See [`DocumentRef`].
+    pub fn document<'a>(&'a self, collection: &str, id: &str) -> Option<DocumentRef<'a>> {
+        let (id, doc) = self.collections.get(collection)?.docs.get_key_value(id)?;
+        DocumentRef::new(id, doc, &self.names)
+    }
+
+    /// One field of a document, borrowed; `None` when the document does not
+    /// exist or has no such field.
+    ///
+    /// ```
+    /// use sync_core::{Replica, ReplicaConfig, ReplicaId, Value};
+    ///
+    /// let mut replica = Replica::new(ReplicaId(1), ReplicaConfig::default());
+    /// replica.put(1_000, "todos", "milk", [("done", Value::from(false))])?;
+    /// let state = replica.state();
+    /// assert_eq!(state.get_field("todos", "milk", "done").and_then(|v| v.as_bool()), Some(false));
+    /// assert_eq!(state.get_field("todos", "milk", "title"), None);
+    /// # Ok::<(), sync_core::WriteError>(())
+    /// ```
+    pub fn get_field<'a>(
+        &'a self,
+        collection: &str,
+        id: &str,
+        field: &str,
+    ) -> Option<ValueRef<'a>> {
+        let doc = self.collections.get(collection)?.docs.get(id)?;
+        doc.written?;
+        field_of(doc, &self.names, field)
+    }
+
+    /// The existing documents of a collection, borrowed, in id order.
+    ///
+    /// Narrow the range with [`Documents::after`] and [`Documents::prefix`],
+    /// and page with [`Iterator::take`]: a `list({prefix, limit, after})`
+    /// is `documents(c).prefix(p).after(a).take(limit)`, and the next page
+    /// starts after the last id of this one. Iterating allocates nothing.
+    ///
+    /// ```
+    /// use sync_core::{Replica, ReplicaConfig, ReplicaId, Value};
+    ///
+    /// let mut replica = Replica::new(ReplicaId(1), ReplicaConfig::default());
+    /// for id in ["a1", "a2", "a3", "b1"] {
+    ///     replica.put(1_000, "todos", id, [("title", Value::from(id))])?;
+    /// }
+    /// let page: Vec<&str> = replica.documents("todos").prefix("a").after("a1").take(10)
+    ///     .map(|doc| doc.id())
+    ///     .collect();
+    /// assert_eq!(page, ["a2", "a3"]);
+    /// for doc in replica.documents("todos") {
+    ///     for (name, value) in doc.fields() {
+    ///         println!("{}.{name} = {value}", doc.id());
+    ///     }
+    /// }
+    /// # Ok::<(), sync_core::WriteError>(())
+    /// ```
+    pub fn documents<'a>(&'a self, collection: &str) -> Documents<'a> {
+        let docs = self.collections.get(collection).map(|c| &c.docs);
+        Documents {
+            docs,
+            names: &self.names,
+            range: docs.map(|d| d.range::<str, _>((Bound::Unbounded, Bound::Unbounded))),
+            after: None,
+            prefix: "",
+        }
     }
 
     /// The document's revision, or `None` when it does not exist.
@@ -674,7 +954,7 @@ impl State {
             .map(|coll| {
                 coll.docs
                     .iter()
-                    .filter_map(|(id, doc)| self.document(id, doc))
+                    .filter_map(|(id, doc)| self.owned_document(id, doc))
                     .collect()
             })
             .unwrap_or_default()
@@ -716,7 +996,7 @@ impl State {
             .sum()
     }
 
-    fn document(&self, id: &str, doc: &DocState) -> Option<Document> {
+    fn owned_document(&self, id: &str, doc: &DocState) -> Option<Document> {
         let revision = doc.revision()?;
         let fields = doc
             .fields

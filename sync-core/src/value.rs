@@ -351,6 +351,198 @@ impl StoredValue {
     }
 }
 
+/// A field value borrowed from the state: what the read API
+/// ([`crate::State::get_field`], [`crate::state::DocumentRef`]) hands out
+/// without copying. Scalars are copied out, strings, bytes, lists and maps
+/// are borrowed; [`ValueRef::to_value`] makes an owned [`Value`].
+///
+/// It compares as [`Value`] does (floats by bit pattern), with other
+/// `ValueRef`s and with `Value`s.
+///
+/// ```
+/// use sync_core::{Replica, ReplicaConfig, ReplicaId, Value, value::ValueRef};
+///
+/// let mut replica = Replica::new(ReplicaId(1), ReplicaConfig::default());
+/// replica.put(1_000, "todos", "milk", [("title", Value::from("Buy milk"))])?;
+/// let title = replica.get_field("todos", "milk", "title");
+/// assert_eq!(title, Some(ValueRef::String("Buy milk")));
+/// assert_eq!(title.and_then(|v| v.as_str()), Some("Buy milk"));
+/// assert_eq!(title.unwrap(), Value::from("Buy milk"));
+/// # Ok::<(), sync_core::WriteError>(())
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub enum ValueRef<'a> {
+    /// No value.
+    Null,
+    /// A boolean.
+    Bool(bool),
+    /// A signed 64-bit integer.
+    Int(i64),
+    /// A 64-bit float.
+    Float(f64),
+    /// A UTF-8 string.
+    String(&'a str),
+    /// Raw bytes.
+    Bytes(&'a [u8]),
+    /// A list of values.
+    List(&'a [Value]),
+    /// A map from string keys to values.
+    Map(&'a BTreeMap<String, Value>),
+}
+
+impl<'a> ValueRef<'a> {
+    /// An owned copy.
+    pub fn to_value(self) -> Value {
+        match self {
+            ValueRef::Null => Value::Null,
+            ValueRef::Bool(v) => Value::Bool(v),
+            ValueRef::Int(v) => Value::Int(v),
+            ValueRef::Float(v) => Value::Float(v),
+            ValueRef::String(v) => Value::String(v.to_owned()),
+            ValueRef::Bytes(v) => Value::Bytes(v.to_vec()),
+            ValueRef::List(v) => Value::List(v.to_vec()),
+            ValueRef::Map(v) => Value::Map(v.clone()),
+        }
+    }
+
+    /// Whether it is [`ValueRef::Null`].
+    pub fn is_null(self) -> bool {
+        matches!(self, ValueRef::Null)
+    }
+
+    /// The boolean, if it is one.
+    pub fn as_bool(self) -> Option<bool> {
+        match self {
+            ValueRef::Bool(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The integer, if it is one.
+    pub fn as_i64(self) -> Option<i64> {
+        match self {
+            ValueRef::Int(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The number as a float, if it is a float or an integer.
+    pub fn as_f64(self) -> Option<f64> {
+        match self {
+            ValueRef::Float(v) => Some(v),
+            ValueRef::Int(v) => Some(v as f64),
+            _ => None,
+        }
+    }
+
+    /// The string, if it is one.
+    pub fn as_str(self) -> Option<&'a str> {
+        match self {
+            ValueRef::String(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The bytes, if it is a byte string.
+    pub fn as_bytes(self) -> Option<&'a [u8]> {
+        match self {
+            ValueRef::Bytes(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The items, if it is a list.
+    pub fn as_list(self) -> Option<&'a [Value]> {
+        match self {
+            ValueRef::List(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The entries, if it is a map.
+    pub fn as_map(self) -> Option<&'a BTreeMap<String, Value>> {
+        match self {
+            ValueRef::Map(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+impl<'a> From<&'a Value> for ValueRef<'a> {
+    fn from(value: &'a Value) -> ValueRef<'a> {
+        match value {
+            Value::Null => ValueRef::Null,
+            Value::Bool(v) => ValueRef::Bool(*v),
+            Value::Int(v) => ValueRef::Int(*v),
+            Value::Float(v) => ValueRef::Float(*v),
+            Value::String(v) => ValueRef::String(v),
+            Value::Bytes(v) => ValueRef::Bytes(v),
+            Value::List(v) => ValueRef::List(v),
+            Value::Map(v) => ValueRef::Map(v),
+        }
+    }
+}
+
+impl From<ValueRef<'_>> for Value {
+    fn from(value: ValueRef<'_>) -> Value {
+        value.to_value()
+    }
+}
+
+impl PartialEq for ValueRef<'_> {
+    /// As [`Value`]'s: floats by bit pattern.
+    fn eq(&self, other: &Self) -> bool {
+        match (*self, *other) {
+            (ValueRef::Null, ValueRef::Null) => true,
+            (ValueRef::Bool(a), ValueRef::Bool(b)) => a == b,
+            (ValueRef::Int(a), ValueRef::Int(b)) => a == b,
+            (ValueRef::Float(a), ValueRef::Float(b)) => a.to_bits() == b.to_bits(),
+            (ValueRef::String(a), ValueRef::String(b)) => a == b,
+            (ValueRef::Bytes(a), ValueRef::Bytes(b)) => a == b,
+            (ValueRef::List(a), ValueRef::List(b)) => a == b,
+            (ValueRef::Map(a), ValueRef::Map(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for ValueRef<'_> {}
+
+impl PartialEq<Value> for ValueRef<'_> {
+    fn eq(&self, other: &Value) -> bool {
+        *self == ValueRef::from(other)
+    }
+}
+
+impl PartialEq<ValueRef<'_>> for Value {
+    fn eq(&self, other: &ValueRef<'_>) -> bool {
+        ValueRef::from(self) == *other
+    }
+}
+
+impl fmt::Display for ValueRef<'_> {
+    /// As [`Value`]'s: the JSON form (this copies the value).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.to_value(), f)
+    }
+}
+
+impl StoredValue {
+    /// The value borrowed, as the read API hands it out.
+    pub(crate) fn view(&self) -> ValueRef<'_> {
+        match self {
+            StoredValue::Null => ValueRef::Null,
+            StoredValue::Bool(v) => ValueRef::Bool(*v),
+            StoredValue::Int(v) => ValueRef::Int(*v),
+            StoredValue::Float(v) => ValueRef::Float(*v),
+            StoredValue::String(v) => ValueRef::String(v),
+            StoredValue::Bytes(v) => ValueRef::Bytes(v),
+            StoredValue::List(v) => ValueRef::List(v),
+            StoredValue::Map(v) => ValueRef::Map(v),
+        }
+    }
+}
+
 impl PartialEq for StoredValue {
     /// As [`Value`]'s: floats by bit pattern.
     fn eq(&self, other: &Self) -> bool {

@@ -240,14 +240,14 @@ impl World {
                 let seq = node.replica.next_seq();
                 write_locally(node, collection, id, write);
                 if node.replica.next_seq() != seq {
-                    let op = node.replica.outbox().last().expect("queued");
+                    let op = node.replica.outbox().next_back().expect("queued");
                     assert_eq!(op.id.seq, seq, "a local write took an unexpected number");
-                    self.made.push(op.clone());
+                    self.made.push(op);
                 }
                 node.settle(Origin::Local);
             }
             Action::Deliver { from, to, op } => {
-                let outbox: Vec<Op> = from.get(&self.nodes).replica.outbox().cloned().collect();
+                let outbox: Vec<Op> = from.get(&self.nodes).replica.outbox().collect();
                 if outbox.is_empty() {
                     return;
                 }
@@ -256,7 +256,7 @@ impl World {
             }
             Action::Push { node, count } => {
                 let node = node.get_mut(&mut self.nodes);
-                let outbox: Vec<Op> = node.replica.outbox().cloned().collect();
+                let outbox: Vec<Op> = node.replica.outbox().collect();
                 if outbox.is_empty() {
                     return;
                 }
@@ -307,7 +307,7 @@ impl World {
     /// log and every operation ever made, each in a different order.
     fn final_exchange(&mut self) {
         for node in &mut self.nodes {
-            let outbox: Vec<Op> = node.replica.outbox().cloned().collect();
+            let outbox: Vec<Op> = node.replica.outbox().collect();
             self.relay.extend(outbox);
         }
         let everything: Vec<Op> = self.relay.iter().chain(&self.made).cloned().collect();

@@ -378,7 +378,7 @@ proptest! {
         edits in prop::collection::vec((any::<Index>(), any::<u8>()), 1..4),
     ) {
         for op in sample_replica().outbox() {
-            let mut data = postcard::to_allocvec(op).unwrap();
+            let mut data = postcard::to_allocvec(&op).unwrap();
             for (at, value) in &edits {
                 *at.get_mut(&mut data) = *value;
             }

@@ -120,7 +120,7 @@ fn map(entries: &[(&str, Value)]) -> Option<BTreeMap<String, Value>> {
 /// Sends every outbox operation of `from` to `to`.
 fn sync(from: &Replica, to: &mut Replica, now: u64) {
     for op in from.outbox() {
-        to.apply(now, op).expect("valid operation");
+        to.apply(now, &op).expect("valid operation");
     }
 }
 
@@ -157,7 +157,7 @@ fn observable(replica: &Replica) -> Observable {
         replica.version().clone(),
         replica.clock(),
         replica.next_seq(),
-        replica.outbox().cloned().collect::<Vec<_>>(),
+        replica.outbox().collect::<Vec<_>>(),
     )
 }
 
@@ -1022,7 +1022,7 @@ fn outbox_with_a_gap_persists_and_restores() {
     let mut old = restore(&backup);
     assert_eq!(old.next_seq(), 2);
     for seq in [2, 3] {
-        let own = alice.outbox().find(|op| op.id.seq == seq).unwrap().clone();
+        let own = alice.outbox().find(|op| op.id.seq == seq).unwrap();
         assert_eq!(old.apply(NOW + 3, &own), Ok(Applied::New));
     }
     assert_eq!(old.next_seq(), 4, "own operations are never renumbered");
@@ -1034,8 +1034,8 @@ fn outbox_with_a_gap_persists_and_restores() {
 
     let again = restore(&backup);
     assert_eq!(
-        again.outbox().cloned().collect::<Vec<_>>(),
-        old.outbox().cloned().collect::<Vec<_>>(),
+        again.outbox().collect::<Vec<_>>(),
+        old.outbox().collect::<Vec<_>>(),
         "unacknowledged operations were lost from the store"
     );
 }
@@ -1058,7 +1058,7 @@ fn own_operations_in_a_merged_snapshot_are_never_renumbered() {
     old.merge_snapshot(NOW + 3, &snapshot_of(&relay)).unwrap();
     assert_eq!(fields(&old), map(&[("a", 3.into())]));
     old.put(NOW + 3, "c", "d", [("a", 4)]).unwrap();
-    let new_op = old.outbox().last().unwrap().clone();
+    let new_op = old.outbox().next_back().unwrap();
     assert!(
         new_op.id.seq > 3,
         "sequence number {} reused",
@@ -1115,7 +1115,7 @@ fn own_operations_in_a_reset_snapshot_are_never_renumbered() {
     old.reset_to_snapshot(NOW + 3, snapshot_of(&relay)).unwrap();
     assert_eq!(fields(&old), map(&[("a", 3.into())]));
     old.put(NOW + 3, "c", "d", [("a", 4)]).unwrap();
-    let new_op = old.outbox().last().unwrap().clone();
+    let new_op = old.outbox().next_back().unwrap();
     assert!(
         new_op.id.seq > 3,
         "sequence number {} reused",

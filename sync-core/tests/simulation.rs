@@ -473,8 +473,7 @@ impl Sim {
             let op = session
                 .replica()
                 .outbox()
-                .last()
-                .cloned()
+                .next_back()
                 .expect("a local write queues its op");
             self.written.push(op);
         }

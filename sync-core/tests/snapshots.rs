@@ -45,7 +45,7 @@ fn small_replica() -> Replica {
         .unwrap();
     bob.drop_collection(NOW + 1, "old").unwrap();
     for op in bob.outbox() {
-        alice.apply(NOW + 3, op).unwrap();
+        alice.apply(NOW + 3, &op).unwrap();
     }
     alice
 }
@@ -400,7 +400,7 @@ fn a_snapshot_version_vector_is_merged() {
         seq: 3
     }));
     // Applying an operation the snapshot included is a duplicate.
-    let op = replica.outbox().next().unwrap().clone();
+    let op = replica.outbox().next().unwrap();
     assert_eq!(
         other.apply(NOW + 10, &op),
         Ok(sync_core::Applied::Duplicate)

@@ -111,7 +111,7 @@ fn sample_snapshot() -> Vec<u8> {
         .expect("unset");
     bob.put(T + 5, "todos", "milk", [("done", true)])
         .expect("put");
-    for op in bob.outbox().cloned().collect::<Vec<_>>() {
+    for op in bob.outbox().collect::<Vec<_>>() {
         alice.apply(T + 5, &op).expect("apply");
     }
     alice.encode_snapshot()

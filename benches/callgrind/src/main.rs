@@ -105,8 +105,8 @@ fn compare_2(names: &Names) {
         names.write(&mut a, i, i as i64, now_for(i));
         names.write(&mut b, i, -(i as i64), now_for(i));
     }
-    let from_a: Vec<Op> = a.outbox().cloned().collect();
-    let from_b: Vec<Op> = b.outbox().cloned().collect();
+    let from_a: Vec<Op> = a.outbox().collect();
+    let from_b: Vec<Op> = b.outbox().collect();
     timed(|| {
         transfer(&from_a, &mut b, now_for(60_000));
         transfer(&from_b, &mut a, now_for(60_000));
@@ -136,7 +136,7 @@ fn compare_5(names: &Names, consolidate: bool) {
         drop(black_box(vec![0u8; 64 << 10]));
     }
     let bytes = timed(|| {
-        let pending: Vec<Op> = a.outbox().cloned().collect();
+        let pending: Vec<Op> = a.outbox().collect();
         let delivered = transfer(&pending, &mut b, now_for(102_000));
         let cursor = pending.len() as u64;
         delivered + protocol::encode(&Message::Applied { cursor, frames: 1 }).len()
@@ -216,7 +216,7 @@ fn remote_ops() -> Vec<Op> {
             i += 1;
             drain_events(&mut source);
         }
-        ops.extend(source.outbox().cloned());
+        ops.extend(source.outbox());
         ack_all(&mut source);
         source.take_persist();
     }

@@ -25,7 +25,10 @@
 //!
 //! One local write is one transaction in every library (a Concord `put`, a
 //! yrs `transact_mut`, an automerge `commit`, a loro `commit`), because each
-//! is a separate user action that must be able to sync on its own. Field
+//! is a separate user action that must be able to sync on its own; workload
+//! 1b makes the same writes in one transaction (Concord's
+//! `Replica::transaction`). Reads (3d, 6a) go through each library's
+//! cheapest read of every field; 6b repeats 6a with Concord's copying `get`. Field
 //! values are 64-bit integers; names and ids are formatted before the clock
 //! starts. Transfers are serialized and parsed in every library (a wire
 //! exchange, not an in-process merge).
@@ -151,6 +154,12 @@ fn now_ms() -> u64 {
 #[derive(Clone, Copy, Default)]
 struct Run {
     writes: Duration,
+    /// Workload 1 again, every write in one transaction.
+    batched: Duration,
+    /// Every field of workload 1's live replica read once.
+    read: Duration,
+    /// The same with Concord's copying `get` (the peers repeat `read`).
+    read_copied: Duration,
     merge: Duration,
     agree: bool,
     encode: Duration,
@@ -165,6 +174,8 @@ struct Run {
     z_bytes: usize,
     mem_peak: usize,
     mem_live: usize,
+    /// Workload 4 with nothing acknowledged (the peers repeat `mem_live`).
+    mem_pending: usize,
     inc_time: Duration,
     inc_bytes: usize,
 }
@@ -174,6 +185,15 @@ trait Lib {
     /// 1: `WRITES` local writes; returns the replica for workload 3 and 5.
     type Replica;
     fn local_writes(names: &Names, writes: usize) -> Self::Replica;
+    /// 1b: the same writes as one transaction (one commit).
+    fn batched_writes(names: &Names, writes: usize) -> Self::Replica;
+    /// 6: reads every field of a live replica once; sums the integers.
+    fn read_live(replica: &Self::Replica) -> i64;
+    /// 6, the way an app read before a borrowed API existed (Concord's
+    /// copying `get`); the peers have one way.
+    fn read_live_copied(replica: &Self::Replica) -> i64 {
+        Self::read_live(replica)
+    }
     /// 2: two replicas, `CONCURRENT` writes each, merge both ways (timed); agreement.
     fn concurrent(names: &Names) -> (Duration, bool);
     /// 3: encode, decode into a fresh replica, then read every field of it
@@ -187,6 +207,10 @@ trait Lib {
     }
     /// 4: a replica holding `DOCS × MEMORY_FIELDS_PER_DOC` fields, one transaction per document.
     fn hold_fields(names: &Names) -> Self::Replica;
+    /// 4 before any of it is acknowledged by a relay, where that differs.
+    fn hold_fields_unacknowledged(names: &Names) -> Self::Replica {
+        Self::hold_fields(names)
+    }
     /// 5: from two replicas in sync holding `replica`'s state, `INCREMENTAL`
     /// more writes on one; (time, bytes) to bring the other up to date.
     fn incremental(names: &Names, replica: &mut Self::Replica) -> (Duration, usize);
@@ -197,6 +221,22 @@ fn run_lib<L: Lib>(names: &Names) -> Run {
     let started = start_clock();
     let mut replica = L::local_writes(names, WRITES);
     run.writes = started.elapsed();
+    let started = start_clock();
+    let sum = L::read_live(&replica);
+    run.read = started.elapsed();
+    let started = start_clock();
+    let copied = L::read_live_copied(&replica);
+    run.read_copied = started.elapsed();
+    assert!(sum != 0 && sum == copied, "both reads see every field");
+    let started = start_clock();
+    let batched = L::batched_writes(names, WRITES);
+    run.batched = started.elapsed();
+    assert_eq!(
+        L::read_live(&batched),
+        sum,
+        "batched writes hold the same fields"
+    );
+    drop(batched);
     (run.merge, run.agree) = L::concurrent(names);
     (run.encode, run.decode, run.first_read, run.encoded_bytes) = L::encode_decode(&mut replica);
     (run.z_encode, run.z_decode_read, run.z_bytes) = L::encode_decode_compressed(&mut replica)
@@ -207,6 +247,9 @@ fn run_lib<L: Lib>(names: &Names) -> Run {
     drop(held);
     run.mem_peak = peak;
     run.mem_live = live;
+    let (held, _, pending) = measure_memory(|| L::hold_fields_unacknowledged(names));
+    drop(held);
+    run.mem_pending = pending;
     run
 }
 
@@ -215,7 +258,7 @@ fn run_lib<L: Lib>(names: &Names) -> Run {
 mod concord {
     use super::*;
     use sync_core::protocol::{self, Message};
-    use sync_core::{Replica, ReplicaConfig, ReplicaId, Snapshot, Value};
+    use sync_core::{Replica, ReplicaConfig, ReplicaId, Snapshot, Value, WriteError};
 
     pub(crate) struct Concord;
 
@@ -242,9 +285,23 @@ mod concord {
         drain_events(r);
     }
 
-    /// Reads every field through the public read API (`Replica::get`, which
-    /// hands the app an owned document); sums the integers.
+    /// Reads every field in place (`Replica::documents`, then each
+    /// document's `fields`); sums the integers.
     fn read_all(r: &Replica) -> i64 {
+        let mut sum = 0i64;
+        for doc in r.documents(COLL) {
+            for (_, value) in doc.fields() {
+                if let Some(v) = value.as_i64() {
+                    sum = sum.wrapping_add(v);
+                }
+            }
+        }
+        sum
+    }
+
+    /// Reads every field through `Replica::get`, which hands the app an
+    /// owned copy of each document; sums the integers.
+    fn read_all_copied(r: &Replica) -> i64 {
         let ids: Vec<&str> = r.state().ids(COLL).collect();
         let mut sum = 0i64;
         for id in ids {
@@ -286,6 +343,29 @@ mod concord {
             r
         }
 
+        fn batched_writes(names: &Names, writes: usize) -> Replica {
+            let mut r = replica(1);
+            r.transaction(now_ms(), |tx| {
+                for i in 0..writes {
+                    let (d, f) = Names::slot(i);
+                    let field = [(names.fields[f].as_str(), Value::Int(i as i64))];
+                    tx.put(COLL, &names.docs[d], field)?;
+                }
+                Ok::<_, WriteError>(())
+            })
+            .expect("transaction");
+            drain_events(&mut r);
+            r
+        }
+
+        fn read_live(r: &Replica) -> i64 {
+            read_all(r)
+        }
+
+        fn read_live_copied(r: &Replica) -> i64 {
+            read_all_copied(r)
+        }
+
         fn concurrent(names: &Names) -> (Duration, bool) {
             let mut a = replica(1);
             let mut b = replica(2);
@@ -293,8 +373,8 @@ mod concord {
                 write(&mut a, names, i, i as i64);
                 write(&mut b, names, i, -(i as i64));
             }
-            let from_a: Vec<_> = a.outbox().cloned().collect();
-            let from_b: Vec<_> = b.outbox().cloned().collect();
+            let from_a: Vec<_> = a.outbox().collect();
+            let from_b: Vec<_> = b.outbox().collect();
             let started = start_clock();
             transfer(&from_a, &mut b);
             transfer(&from_b, &mut a);
@@ -348,6 +428,20 @@ mod concord {
             r
         }
 
+        fn hold_fields_unacknowledged(names: &Names) -> Replica {
+            // Offline, or before the relay answers: every write persisted
+            // and still in the outbox.
+            let mut r = replica(1);
+            for d in 0..DOCS {
+                let fields = (0..MEMORY_FIELDS_PER_DOC)
+                    .map(|f| (names.fields[f].as_str(), Value::Int((d * f) as i64)));
+                r.put(now_ms(), COLL, &names.docs[d], fields).expect("put");
+                drain_events(&mut r);
+                let _ = r.take_persist();
+            }
+            r
+        }
+
         fn incremental(names: &Names, a: &mut Replica) -> (Duration, usize) {
             // B starts in sync (from A's snapshot); A's earlier writes are acknowledged.
             let mut b = replica(2);
@@ -363,7 +457,7 @@ mod concord {
             // What the relay delivers: the operations B has not seen. B's
             // side of the exchange is its cursor, in an `Applied` frame.
             let started = start_clock();
-            let pending: Vec<_> = a.outbox().cloned().collect();
+            let pending: Vec<_> = a.outbox().collect();
             let delivered = transfer(&pending, &mut b);
             let applied = protocol::encode(&Message::Applied {
                 cursor: pending.len() as u64,
@@ -454,6 +548,22 @@ mod yrs_lib {
                 write(&r, names, i, i as i64);
             }
             r
+        }
+
+        fn batched_writes(names: &Names, writes: usize) -> Replica {
+            let r = replica(1, names);
+            {
+                let mut txn = r.doc.transact_mut();
+                for i in 0..writes {
+                    let (d, f) = Names::slot(i);
+                    r.maps[d].insert(&mut txn, names.fields[f].as_str(), i as i64);
+                }
+            }
+            r
+        }
+
+        fn read_live(r: &Replica) -> i64 {
+            read_all(r)
         }
 
         fn concurrent(names: &Names) -> (Duration, bool) {
@@ -652,6 +762,33 @@ mod automerge_lib {
             Replica { doc, maps }
         }
 
+        fn batched_writes(names: &Names, writes: usize) -> Replica {
+            let mut doc = AutoCommit::new().with_actor(actor(1));
+            let mut maps: Vec<Option<ObjId>> = vec![None; DOCS];
+            for i in 0..writes {
+                let (d, f) = Names::slot(i);
+                let map = match &maps[d] {
+                    Some(m) => m.clone(),
+                    None => {
+                        let m = doc
+                            .put_object(ROOT, names.docs[d].as_str(), ObjType::Map)
+                            .expect("map");
+                        maps[d] = Some(m.clone());
+                        m
+                    }
+                };
+                doc.put(&map, names.fields[f].as_str(), i as i64)
+                    .expect("put");
+            }
+            doc.commit();
+            let maps = maps.into_iter().map(|m| m.expect("written")).collect();
+            Replica { doc, maps }
+        }
+
+        fn read_live(r: &Replica) -> i64 {
+            read_all(r)
+        }
+
         fn concurrent(names: &Names) -> (Duration, bool) {
             let mut a = base(names);
             let mut b = Replica {
@@ -789,6 +926,22 @@ mod loro_lib {
             r
         }
 
+        fn batched_writes(names: &Names, writes: usize) -> Replica {
+            let r = replica(1, names);
+            for i in 0..writes {
+                let (d, f) = Names::slot(i);
+                r.maps[d]
+                    .insert(names.fields[f].as_str(), i as i64)
+                    .expect("insert");
+            }
+            r.doc.commit();
+            r
+        }
+
+        fn read_live(r: &Replica) -> i64 {
+            read_all(r)
+        }
+
         fn concurrent(names: &Names) -> (Duration, bool) {
             let a = replica(1, names);
             let b = replica(2, names);
@@ -884,6 +1037,9 @@ fn runs<L: Lib>(names: &Names, runs: usize) -> Run {
     let b = |f: fn(&Run) -> usize| median(all.iter().map(f).collect());
     Run {
         writes: m(|r| r.writes),
+        batched: m(|r| r.batched),
+        read: m(|r| r.read),
+        read_copied: m(|r| r.read_copied),
         merge: m(|r| r.merge),
         agree: all.iter().all(|r| r.agree),
         encode: m(|r| r.encode),
@@ -895,6 +1051,7 @@ fn runs<L: Lib>(names: &Names, runs: usize) -> Run {
         encoded_bytes: b(|r| r.encoded_bytes),
         mem_peak: b(|r| r.mem_peak),
         mem_live: b(|r| r.mem_live),
+        mem_pending: b(|r| r.mem_pending),
         inc_time: m(|r| r.inc_time),
         inc_bytes: b(|r| r.inc_bytes),
     }
@@ -982,6 +1139,13 @@ fn main() {
         Some(5.0),
     );
     row(
+        "1b. the same writes in one transaction",
+        &results,
+        |r| r.batched.as_secs_f64(),
+        &|r| ms(r.batched),
+        Some(2.0),
+    );
+    row(
         "2. 2 × 50,000 concurrent writes: merge both ways",
         &results,
         |r| r.merge.as_secs_f64(),
@@ -1052,6 +1216,13 @@ fn main() {
         None,
     );
     row(
+        "4a'. the same, nothing acknowledged yet²",
+        &results,
+        |r| r.mem_pending as f64,
+        &|r| size(r.mem_pending),
+        Some(1.0),
+    );
+    row(
         "4b. peak heap while building it",
         &results,
         |r| r.mem_peak as f64,
@@ -1072,6 +1243,20 @@ fn main() {
         &|r| size(r.inc_bytes),
         Some(1.0),
     );
+    row(
+        "6a. read every field of workload 1's live state",
+        &results,
+        |r| r.read.as_secs_f64(),
+        &|r| ms(r.read),
+        Some(5.0),
+    );
+    row(
+        "6b. the same through copying reads³",
+        &results,
+        |r| r.read_copied.as_secs_f64(),
+        &|r| ms(r.read_copied),
+        None,
+    );
     let agree: Vec<String> = results
         .iter()
         .map(|(n, r)| format!("{n}: {}", if r.agree { "yes" } else { "NO" }))
@@ -1084,5 +1269,14 @@ fn main() {
         "\n¹ Concord's format 3 (`encode_snapshot_compressed`, the body deflated); \
          the peers' figures repeat 3a, 3e and 3c (their one snapshot format; \
          automerge's is already compressed)."
+    );
+    println!(
+        "² Concord's outbox holds every write until the relay acknowledges it \
+         (4a acknowledges each write at once); the peers keep their history \
+         either way and repeat 4a."
+    );
+    println!(
+        "³ Concord's `get`, which copies each document out (the only read before \
+         `documents`/`get_field`); the peers repeat 6a."
     );
 }

@@ -155,7 +155,7 @@ pub(crate) fn remote_ops(doc_count: usize, rounds: usize) -> Vec<Op> {
             i += 1;
             drain_events(&mut source);
         }
-        ops.extend(source.outbox().cloned());
+        ops.extend(source.outbox());
         ack_all(&mut source);
         source.take_persist();
     }

@@ -44,12 +44,13 @@ use crate::gate::{Gate, PersistId};
 use crate::op::Op;
 use crate::persist::{PersistBatch, RecordError, StoreKey, Write, decode_record, encode_record};
 use crate::protocol::{self, CloseCode, ErrorCode, Hello, Message, Welcome};
-use crate::replica::{Replica, ReplicaConfig, RestoreError, WriteError};
+use crate::replica::{Replica, ReplicaConfig, RestoreError, Transaction, WriteError};
 use crate::revision::Revision;
 use crate::rng::SplitMix64;
 use crate::snapshot::Snapshot;
+use crate::state::{DocumentRef, Documents};
 use crate::store::Record;
-use crate::value::Value;
+use crate::value::{Value, ValueRef};
 use inbound::{Inbound, InboundQueue};
 
 /// Least pause after a `Rejected` with a code this build does not know.
@@ -361,6 +362,27 @@ impl Session {
         &self.replica
     }
 
+    /// A document, borrowed (see [`Replica::document`]).
+    pub fn document<'a>(&'a self, collection: &str, id: &str) -> Option<DocumentRef<'a>> {
+        self.replica.document(collection, id)
+    }
+
+    /// One field of a document, borrowed (see [`Replica::get_field`]).
+    pub fn get_field<'a>(
+        &'a self,
+        collection: &str,
+        id: &str,
+        field: &str,
+    ) -> Option<ValueRef<'a>> {
+        self.replica.get_field(collection, id, field)
+    }
+
+    /// A collection's existing documents, borrowed, in id order (see
+    /// [`Replica::documents`]).
+    pub fn documents<'a>(&'a self, collection: &str) -> Documents<'a> {
+        self.replica.documents(collection)
+    }
+
     /// The sync state as it will be stored.
     pub fn sync_state(&self) -> &SyncState {
         &self.sync
@@ -509,6 +531,21 @@ impl Session {
     pub fn drop_collection(&mut self, now: u64, collection: &str) -> Result<(), WriteError> {
         self.check_store()?;
         let result = self.replica.drop_collection(now, collection);
+        self.after_local_write(now);
+        result
+    }
+
+    /// Applies many writes as one unit (see [`Replica::transaction`]): all
+    /// or nothing, then one persist batch for all of them, then pushes.
+    pub fn transaction<T, E>(
+        &mut self,
+        now: u64,
+        build: impl FnOnce(&mut Transaction<'_>) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<WriteError>,
+    {
+        let result = self.replica.transaction(now, build);
         self.after_local_write(now);
         result
     }
@@ -1161,11 +1198,7 @@ impl Session {
         while live.in_flight.len() < window {
             let mut batch = Vec::new();
             let mut bytes = 0;
-            for op in self
-                .replica
-                .outbox()
-                .filter(|op| op.id.seq > live.pushed_through)
-            {
+            for op in self.replica.outbox().after(live.pushed_through) {
                 let size = op.encoded_len_bound();
                 if !batch.is_empty()
                     && (batch.len() >= live.max_batch_ops || bytes + size > live.max_batch_bytes)
@@ -1173,7 +1206,7 @@ impl Session {
                     break;
                 }
                 bytes += size;
-                batch.push(op.clone());
+                batch.push(op);
             }
             let Some(last) = batch.last().map(|op| op.id.seq) else {
                 break;

@@ -310,8 +310,8 @@ fn replica_round_trips_through_store(s: &mut dyn Session) {
     assert_eq!(restored.next_seq(), replica.next_seq());
     assert_eq!(restored.clock(), replica.clock());
     assert_eq!(
-        restored.outbox().cloned().collect::<Vec<_>>(),
-        replica.outbox().cloned().collect::<Vec<_>>()
+        restored.outbox().collect::<Vec<_>>(),
+        replica.outbox().collect::<Vec<_>>()
     );
 }
 

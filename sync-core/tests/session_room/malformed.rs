@@ -129,7 +129,7 @@ fn room_closes_a_session_pushing_more_than_a_batch() {
     let mut w = World::new(RoomConfig::default());
     let a = w.add_client(1);
     w.write_many(a, "doc", 1_001);
-    let ops: Vec<Op> = w.c(a).session.replica().outbox().cloned().collect();
+    let ops: Vec<Op> = w.c(a).session.replica().outbox().collect();
     let push = protocol::encode(&Message::Push { ops });
     room_refuses(&push, ErrorCode::BatchTooLarge, CloseCode::ProtocolError);
 }

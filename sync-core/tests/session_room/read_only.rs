@@ -44,7 +44,7 @@ fn read_only_session_keeps_its_writes_and_still_receives() {
 #[test]
 fn room_rejects_a_push_from_a_read_only_session_and_keeps_it_open() {
     let (mut w, r, writer) = read_only_world();
-    let ops: Vec<Op> = w.c(r).session.replica().outbox().cloned().collect();
+    let ops: Vec<Op> = w.c(r).session.replica().outbox().collect();
     w.room_trace.clear();
 
     w.inject_to_room(r, &protocol::encode(&Message::Push { ops }));
