@@ -15,7 +15,9 @@ use futures::task::AtomicWaker;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sync_core::session::{LinkState, Session, SessionConfig};
-use sync_core::{Document, PersistId, ReplicaConfig, ReplicaId, Revision, Value};
+use sync_core::{
+    Document, DocumentRef, PersistId, ReplicaConfig, ReplicaId, Revision, Transaction, Value,
+};
 
 use crate::changes::{Filter, Subscribers, Subscription, lock};
 use crate::error::Error;
@@ -213,7 +215,7 @@ impl Core {
         }
         self.durable_waiters = still;
 
-        let first_pending = session.replica().outbox().next().map(|op| op.id.seq);
+        let first_pending = session.replica().outbox().first_seq();
         let read_only = session.status().read_only;
         let mut still = Vec::new();
         for waiter in self.flush_waiters.drain(..) {
@@ -324,20 +326,31 @@ impl Database {
         }
     }
 
-    /// Many writes as one: applied together now, stored in one atomic
-    /// batch. The future resolves when that batch is durable.
+    /// Many writes as one, across documents and collections: all applied
+    /// when the closure returns `Ok`, none if it returns an error (a write
+    /// refused with `?`, or an error of its own), stored in one atomic
+    /// batch. The future resolves when that batch is durable. Reads inside
+    /// the closure ([`Transaction::state`]) see the state from before it.
     ///
-    /// If a write inside fails validation, the error is returned and the
-    /// writes before it in the closure stay applied; validate first where
-    /// that matters.
+    /// ```
+    /// # use sync_client::{Options, Value, memory};
+    /// # futures::executor::block_on(async {
+    /// # let (db, host) = memory::open_local(memory::MemoryStore::new(), Options::local()).await?;
+    /// # let mut driver = memory::Driver::new(host);
+    /// let moved = db.transaction(|tx| {
+    ///     tx.put("done", "milk", [("title", Value::from("Buy milk"))])?;
+    ///     tx.delete("todos", "milk")?;
+    ///     Ok(())
+    /// });
+    /// driver.run_until(moved).await?;
+    /// # Ok::<(), sync_client::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub fn transaction<R>(
         &self,
         f: impl FnOnce(&mut Transaction<'_>) -> Result<R, Error>,
     ) -> Pending<R> {
-        self.write(|session, now| {
-            let mut tx = Transaction { session, now };
-            f(&mut tx)
-        })
+        self.write(|session, now| session.transaction(now, f))
     }
 
     /// Resolves once the relay has acknowledged every local write made so
@@ -485,50 +498,6 @@ impl Database {
     }
 }
 
-/// Writes inside [`Database::transaction`].
-pub struct Transaction<'a> {
-    session: &'a mut Session,
-    now: u64,
-}
-
-impl std::fmt::Debug for Transaction<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Transaction").finish_non_exhaustive()
-    }
-}
-
-impl Transaction<'_> {
-    /// Writes fields of a document (see [`Collection::put`]).
-    pub fn put<K: Into<String>, V: Into<Value>>(
-        &mut self,
-        collection: &str,
-        id: &str,
-        fields: impl IntoIterator<Item = (K, V)>,
-    ) -> Result<Revision, Error> {
-        Ok(self.session.put(self.now, collection, id, fields)?)
-    }
-
-    /// Deletes a document (see [`Collection::delete`]).
-    pub fn delete(&mut self, collection: &str, id: &str) -> Result<(), Error> {
-        Ok(self.session.delete(self.now, collection, id)?)
-    }
-
-    /// Removes fields of a document (see [`Collection::unset`]).
-    pub fn unset<K: Into<String>>(
-        &mut self,
-        collection: &str,
-        id: &str,
-        names: impl IntoIterator<Item = K>,
-    ) -> Result<Revision, Error> {
-        Ok(self.session.unset(self.now, collection, id, names)?)
-    }
-
-    /// Reads a document as the transaction left it so far.
-    pub fn get(&self, collection: &str, id: &str) -> Option<Document> {
-        self.session.replica().get(collection, id)
-    }
-}
-
 /// A collection of documents, each a map of fields to [`Value`]s.
 #[derive(Clone, Debug)]
 pub struct Collection {
@@ -593,24 +562,33 @@ impl Collection {
     /// Documents in id order, filtered and paged by `options`.
     pub fn list(&self, options: &ListOptions) -> Vec<Document> {
         self.db.read(|s| {
-            let mut docs: Vec<Document> = s
-                .replica()
-                .list(&self.name)
-                .into_iter()
-                .filter(|d| {
-                    options
-                        .prefix
-                        .as_deref()
-                        .is_none_or(|p| d.id.starts_with(p))
-                        && options.after.as_deref().is_none_or(|a| d.id.as_str() > a)
-                })
-                .collect();
-            docs.sort_by(|a, b| a.id.cmp(&b.id));
-            if let Some(limit) = options.limit {
-                docs.truncate(limit);
+            let mut docs = s.replica().documents(&self.name);
+            if let Some(prefix) = &options.prefix {
+                docs = docs.prefix(prefix);
             }
-            docs
+            if let Some(after) = &options.after {
+                docs = docs.after(after);
+            }
+            docs.take(options.limit.unwrap_or(usize::MAX))
+                .map(|d| d.to_document())
+                .collect()
         })
+    }
+
+    /// One field of document `id`, read without copying the document.
+    pub fn get_field(&self, id: &str, field: &str) -> Option<Value> {
+        self.db.read(|s| {
+            s.replica()
+                .get_field(&self.name, id, field)
+                .map(|v| v.to_value())
+        })
+    }
+
+    /// Reads document `id` in place, without copying it: `read` gets a
+    /// borrowed view (its fields, its revision) while the database is
+    /// locked, so keep it short and do not write to the database inside.
+    pub fn read<R>(&self, id: &str, read: impl FnOnce(Option<DocumentRef<'_>>) -> R) -> R {
+        self.db.read(|s| read(s.replica().document(&self.name, id)))
     }
 
     /// Changes to this collection's documents, local or remote.

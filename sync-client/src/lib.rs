@@ -38,9 +38,9 @@ mod status;
 pub use changes::{Change, Origin, Subscription};
 pub use database::{
     Collection, Database, Fields, ListOptions, Options, Pending, RelayOptions, TokenSource,
-    Transaction, TypedCollection, to_fields,
+    TypedCollection, to_fields,
 };
 pub use error::Error;
 pub use host::{HostLoop, Platform, open};
 pub use status::{Connection, Status, StatusStream};
-pub use sync_core::{Document, ReplicaId, Revision, Value};
+pub use sync_core::{Document, DocumentRef, ReplicaId, Revision, Transaction, Value, ValueRef};

@@ -268,7 +268,7 @@ fn a_session_persists_a_transaction_once() {
     let persists: Vec<_> = outputs
         .iter()
         .filter_map(|o| match o {
-            Output::Persist(batch) => Some(batch),
+            Output::Persist { batch, .. } => Some(batch),
             _ => None,
         })
         .collect();

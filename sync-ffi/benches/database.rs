@@ -138,12 +138,11 @@ impl Relay {
             .ok()?;
         let stdout = child.stdout.take()?;
         let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
-        let addr = lines
-            .find_map(|l| {
-                l.ok()?
-                    .strip_prefix("concord-relay listening on ")
-                    .map(str::to_owned)
-            })?;
+        let addr = lines.find_map(|l| {
+            l.ok()?
+                .strip_prefix("concord-relay listening on ")
+                .map(str::to_owned)
+        })?;
         std::thread::spawn(move || for _ in lines {});
         Some(Relay {
             child,
@@ -155,11 +154,16 @@ impl Relay {
 
     fn token(&self, room: &str) -> String {
         let out = Command::new(&self.bin)
-            .args(["token", "--room", room, "--rights", "rw", "--ttl", "1h", "--data"])
+            .args([
+                "token", "--room", room, "--rights", "rw", "--ttl", "1h", "--data",
+            ])
             .arg(&self.data)
             .output()
             .expect("token");
-        String::from_utf8(out.stdout).expect("utf8").trim().to_owned()
+        String::from_utf8(out.stdout)
+            .expect("utf8")
+            .trim()
+            .to_owned()
     }
 }
 

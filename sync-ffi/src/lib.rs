@@ -35,9 +35,9 @@ mod ws;
 pub use native::{Wait, open, open_with};
 pub use sqlite::SqliteStore;
 pub use sync_client::{
-    Change, Collection, Connection, Database, Document, Error, Fields, ListOptions, Options,
-    Origin, Pending, RelayOptions, ReplicaId, Revision, Status, StatusStream, Subscription,
-    TokenSource, Transaction, TypedCollection, Value,
+    Change, Collection, Connection, Database, Document, DocumentRef, Error, Fields, ListOptions,
+    Options, Origin, Pending, RelayOptions, ReplicaId, Revision, Status, StatusStream,
+    Subscription, TokenSource, Transaction, TypedCollection, Value, ValueRef,
 };
 pub use timer::TokioTimer;
 pub use ws::{WsOptions, WsTransport};

@@ -545,6 +545,7 @@ impl Session {
     where
         E: From<WriteError>,
     {
+        self.check_store()?;
         let result = self.replica.transaction(now, build);
         self.after_local_write(now);
         result
