@@ -177,6 +177,9 @@ pub(crate) const BENCH: &[Cmd] = &[
         "-p",
         "loadgen",
     ]),
+    // The native client through its public API (SQLite; the relay figures
+    // use the release relay built above).
+    cargo(&["bench", "-p", "sync-ffi", "--locked"]),
 ];
 
 /// A cargo command run from the workspace root.
