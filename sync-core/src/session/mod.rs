@@ -38,6 +38,7 @@ use std::collections::{BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use crate::buggify::{self, Switch};
 use crate::deadline::ReportedDeadline;
 use crate::event::Event;
 use crate::gate::{Gate, PersistId};
@@ -482,6 +483,9 @@ impl Session {
     }
 
     fn after_local_write(&mut self, now: u64) {
+        if buggify::on(Switch::PushBeforePersist) {
+            self.flush_pushes(now);
+        }
         self.flush_persist();
         self.flush_pushes(now);
     }
@@ -1062,6 +1066,16 @@ impl Session {
     /// Queues the replica's changes and the sync state as one atomic batch.
     fn flush_persist(&mut self) {
         let mut batch = self.replica.take_persist().unwrap_or_default();
+        if buggify::on(Switch::CursorBeforeState) && self.sync_dirty && !batch.is_empty() {
+            self.sync_dirty = false;
+            let mut cursor = PersistBatch::default();
+            cursor.push(Write::Put {
+                key: StoreKey::Extension(SESSION_RECORD.into()),
+                value: self.sync.encode(),
+            });
+            self.outputs
+                .push_persist(|id| Output::Persist { id, batch: cursor });
+        }
         if self.sync_dirty {
             self.sync_dirty = false;
             batch.push(Write::Put {
