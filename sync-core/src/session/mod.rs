@@ -292,6 +292,10 @@ pub struct Session {
     /// overtaken by a later one must still report its refusals, so whether
     /// an operation is still in the outbox cannot be the test.
     reported_refusals: BTreeSet<u64>,
+    /// `OpsRejected` events waiting for the persist that drops their
+    /// operations from the outbox: an app told "refused for good" must not
+    /// see the operation come back after a crash.
+    refusal_events: Vec<Event>,
 }
 
 impl Session {
@@ -317,6 +321,7 @@ impl Session {
             failed_from: None,
             reported_timeout: ReportedDeadline::default(),
             reported_refusals: BTreeSet::new(),
+            refusal_events: Vec::new(),
         }
     }
 
@@ -528,6 +533,7 @@ impl Session {
         let message = error.to_owned();
         self.failed_from = Some(self.outputs.durable_below());
         self.outputs.clear();
+        self.refusal_events.clear();
         self.store_failed = Some(message.clone());
         let reason = format!("the local store failed: {message}");
         if matches!(
@@ -910,11 +916,11 @@ impl Session {
         for (code, seqs) in by_code {
             self.sync.resync = true;
             self.sync_dirty = true;
-            self.outputs.push(Output::Event(Event::OpsRejected {
+            self.refusal_events.push(Event::OpsRejected {
                 seqs,
                 code,
                 message: message.to_owned(),
-            }));
+            });
         }
     }
 
@@ -1086,6 +1092,11 @@ impl Session {
         if !batch.is_empty() {
             self.outputs
                 .push_persist(|id| Output::Persist { id, batch });
+        }
+        // Behind the batch that records the refusal (`note_refused` marks
+        // the sync state dirty, so there is one).
+        for event in self.refusal_events.drain(..) {
+            self.outputs.push(Output::Event(event));
         }
     }
 
