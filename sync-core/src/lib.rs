@@ -54,6 +54,16 @@
 )]
 
 mod base64;
+#[cfg(feature = "buggify")]
+#[doc(hidden)]
+pub mod buggify;
+#[cfg(not(feature = "buggify"))]
+#[allow(
+    dead_code,
+    unreachable_pub,
+    reason = "only the buggify feature uses the switches outside their hooks"
+)]
+mod buggify;
 mod deadline;
 mod delta_stamp;
 pub mod event;

@@ -25,6 +25,7 @@ use std::iter::FusedIterator;
 use std::ops::Bound;
 use std::sync::Arc;
 
+use crate::buggify::{self, Switch};
 use crate::hlc::Hlc;
 use crate::op::{Change, Op};
 use crate::revision::{Revision, field_term, name_hash, revision_from_sum};
@@ -715,6 +716,9 @@ impl State {
                 }
                 let replica = names.intern_replica(stamp.replica);
                 for (name, value) in fields {
+                    if value.is_none() && buggify::on(Switch::IgnoreUnsets) {
+                        continue;
+                    }
                     let name = names.intern(name.as_ref());
                     let value = value.map(StoredValue::from);
                     changed |= doc.write_field(name, stamp, replica, value, names);

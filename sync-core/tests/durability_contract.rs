@@ -316,3 +316,42 @@ fn a_failed_room_write_closes_every_session_and_refuses_joins() {
         }]
     ));
 }
+
+/// An app told "refused for good" must never see the operation come back:
+/// `OpsRejected` waits until the outbox without the operation is durable.
+/// Released earlier, a crash before that write completed brings the
+/// operation back into the outbox; if the room crashed too (forgetting the
+/// refusal and the tombstone horizon it had not stored yet) the push is
+/// accepted after the app was told it never would be.
+#[test]
+fn a_refusal_is_reported_only_once_the_dropped_operation_is_durable() {
+    let mut room = Room::new(RoomConfig::default());
+    let mut s = joined(&mut room, 1, 1);
+    s.put(NOW, "todos", "a", [("title", "milk")]).expect("put");
+    let pushed = settle_session(&mut s);
+    assert!(
+        matches!(&frames(&pushed)[..], [Message::Push { ops }] if ops.len() == 1),
+        "{pushed:?}"
+    );
+    let ack = protocol::encode(&Message::Ack {
+        through_seq: 1,
+        refused: vec![(1, ErrorCode::Stale)],
+    });
+    s.handle(NOW, Input::Received(&ack));
+    let outs = drain_session(&mut s);
+    // The outbox without the op (then the resync it starts) is persisted.
+    let drop = persist_ids(&outs);
+    assert!(!drop.is_empty(), "{outs:?}");
+    let rejected = |outs: &[Output]| {
+        outs.iter()
+            .any(|o| matches!(o, Output::Event(Event::OpsRejected { .. })))
+    };
+    assert!(
+        !rejected(&outs),
+        "OpsRejected released before the refusal is durable: {outs:?}"
+    );
+    s.handle(NOW, Input::Persisted(drop[0]));
+    let outs = drain_session(&mut s);
+    assert!(rejected(&outs), "{outs:?}");
+    assert!(drop[1..].iter().all(|&id| !s.is_durable(id)));
+}

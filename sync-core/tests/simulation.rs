@@ -1,17 +1,36 @@
 //! Deterministic simulation of one room and several clients over a hostile
-//! network, in virtual time, driven by a seed.
+//! network, in virtual time, driven by a seed, checked against an oracle
+//! that shares no code with what it checks.
 //!
-//! Every seed runs a chaos phase (random writes, deletes, drops; frames
-//! lost, duplicated, delayed and reordered; partitions; clients and the
-//! room crashing and restarting from what they had persisted; clock skew
-//! within and beyond the drift bound; compaction at random moments), then a
-//! healing phase with a reliable network. After healing every client must
-//! hold exactly the state of a reference replica that applied every
-//! operation ever written, and the room must hold every one of them.
+//! Every seed runs a chaos phase, then a healing phase with a reliable
+//! network, then a fresh replica joins. The hosts are as loose as the
+//! contract allows: they act on every output the core releases at once,
+//! and their stores (client and room) complete writes later in virtual time,
+//! in order, or fail them (the host then rebuilds the machine from its
+//! store). Frames are lost, duplicated, delayed and reordered; partitions
+//! come and go; clients and the room crash between issuing a write and its
+//! completion (a random prefix of the writes in flight survives, as with a
+//! power cut), the room sometimes right after handling a push; clocks are
+//! skewed within and beyond the drift bound; compaction runs at random
+//! moments, one seed in four with tombstone collection after a few seconds.
 //!
-//! `SIM_SEEDS=N` sets how many seeds run (default 2000); `SIM_SEED=S` replays one.
+//! The oracle ([`Model`]) is a plain last-writer-wins map over every write
+//! the clients issued that reached their store, minus the refusals it
+//! allows: only of operations stamped at or before a tombstone horizon the
+//! room had handed out. Along the way the hosts check that the relay only
+//! acknowledges writes the client has stored, and that refusals and
+//! compaction horizons stay within what the rules allow. At the end every replica, and a fresh one,
+//! must show exactly the model's state, and every acknowledged write must be
+//! in it unless a later stamp overwrote it.
+//!
+//! `SIM_SEEDS=N` sets how many seeds run (default 2000) on `SIM_THREADS`
+//! threads (default 2); `SIM_SEED=S` replays one, and `SIM_TRACE=1` prints
+//! its timeline. With `--features buggify`, `fault_switches_are_caught`
+//! turns on each of the core's fault switches and requires a failure.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use sync_core::protocol::{self, Message};
 use sync_core::room::{
@@ -19,7 +38,10 @@ use sync_core::room::{
 };
 use sync_core::session::{Backoff, Input, LinkState, Output, Session, SessionConfig};
 use sync_core::store::{MemoryStore, Store};
-use sync_core::{Op, PersistId, Replica, ReplicaConfig, ReplicaId, Value};
+use sync_core::{
+    Change, Event, Hlc, Op, PersistBatch, PersistId, Replica, ReplicaConfig, ReplicaId, Stamp,
+    Value, WriteError,
+};
 
 const START: u64 = 1_700_000_000_000;
 const MAX_DRIFT: u64 = 60_000;
@@ -42,6 +64,249 @@ impl Rng {
     }
     fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         &items[self.below(items.len() as u64) as usize]
+    }
+}
+
+// ---- the oracle ----
+
+/// What applications can see: collections, their documents, their fields.
+type Visible = Vec<(String, Vec<(String, BTreeMap<String, Value>)>)>;
+
+/// Last-writer-wins, written from the design brief's rules and nothing
+/// else: a field keeps its highest-stamped write; a document's delete and
+/// its collection's drop are tombstones that hide every write stamped at or
+/// before them; a document exists while a put is stamped after its
+/// tombstone; a collection exists while created after its last drop or
+/// while it holds a document.
+#[derive(Default)]
+struct Model {
+    fields: BTreeMap<(String, String, String), (Stamp, Option<Value>)>,
+    written: BTreeMap<(String, String), Stamp>,
+    deleted: BTreeMap<(String, String), Stamp>,
+    created: BTreeMap<String, Stamp>,
+    dropped: BTreeMap<String, Stamp>,
+}
+
+fn raise<K: Ord>(map: &mut BTreeMap<K, Stamp>, key: K, stamp: Stamp) {
+    let slot = map.entry(key).or_insert(stamp);
+    *slot = (*slot).max(stamp);
+}
+
+impl Model {
+    fn apply(&mut self, op: &Op) {
+        let stamp = Stamp::new(op.hlc, op.id.replica);
+        match &op.change {
+            Change::Put {
+                collection,
+                id,
+                fields,
+            } => {
+                raise(&mut self.written, (collection.clone(), id.clone()), stamp);
+                for (name, value) in fields {
+                    let key = (collection.clone(), id.clone(), name.clone());
+                    if self.fields.get(&key).is_none_or(|(s, _)| *s < stamp) {
+                        self.fields.insert(key, (stamp, value.clone()));
+                    }
+                }
+            }
+            Change::Delete { collection, id } => {
+                raise(&mut self.deleted, (collection.clone(), id.clone()), stamp)
+            }
+            Change::CreateCollection { collection } => {
+                raise(&mut self.created, collection.clone(), stamp)
+            }
+            Change::DropCollection { collection } => {
+                raise(&mut self.dropped, collection.clone(), stamp)
+            }
+        }
+    }
+
+    fn tombstone(&self, collection: &str, id: &str) -> Option<Stamp> {
+        let deleted = self.deleted.get(&(collection.into(), id.into())).copied();
+        deleted.max(self.dropped.get(collection).copied())
+    }
+
+    /// The field as the model has it: `(stamp of its winning write, value
+    /// if it is visible)`.
+    fn field(&self, collection: &str, id: &str, name: &str) -> Option<(Stamp, Option<Value>)> {
+        let (stamp, value) = self
+            .fields
+            .get(&(collection.into(), id.into(), name.into()))?
+            .clone();
+        let live = Some(stamp) > self.tombstone(collection, id);
+        Some((stamp, value.filter(|_| live)))
+    }
+
+    fn visible(&self) -> Visible {
+        let names: BTreeSet<&String> = self
+            .created
+            .keys()
+            .chain(self.written.keys().map(|(c, _)| c))
+            .collect();
+        let mut out = Vec::new();
+        for coll in names {
+            let mut docs = Vec::new();
+            for ((c, id), written) in &self.written {
+                if c != coll || Some(*written) <= self.tombstone(c, id) {
+                    continue;
+                }
+                let mut fields = BTreeMap::new();
+                for ((fc, fid, name), _) in
+                    self.fields.range((c.clone(), id.clone(), String::new())..)
+                {
+                    if fc != c || fid != id {
+                        break;
+                    }
+                    if let Some((_, Some(value))) = self.field(c, id, name) {
+                        fields.insert(name.clone(), value);
+                    }
+                }
+                docs.push((id.clone(), fields));
+            }
+            let created = self.created.get(coll).copied();
+            let exists =
+                created.is_some() && created > self.dropped.get(coll).copied() || !docs.is_empty();
+            if exists {
+                out.push((coll.clone(), docs));
+            }
+        }
+        out
+    }
+}
+
+/// Everything an application can read from a replica.
+fn visible(r: &Replica) -> Visible {
+    r.state()
+        .collections()
+        .map(|c| {
+            let docs = r.list(c).into_iter().map(|d| (d.id, d.fields)).collect();
+            (c.to_owned(), docs)
+        })
+        .collect()
+}
+
+/// Where two visible states differ.
+fn diff(got: &Visible, want: &Visible) -> String {
+    let got: BTreeMap<_, _> = got.iter().cloned().collect();
+    let want: BTreeMap<_, _> = want.iter().cloned().collect();
+    let names: BTreeSet<&String> = got.keys().chain(want.keys()).collect();
+    let mut out = String::new();
+    for name in names {
+        let (a, b) = (got.get(name), want.get(name));
+        if a != b {
+            out += &format!("collection {name}:\n  replica {a:?}\n  model   {b:?}\n");
+        }
+    }
+    out
+}
+
+// ---- the hosts ----
+
+/// What became of a write a client issued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stored {
+    /// Its batch is with the store, not yet durable.
+    Pending,
+    Durable,
+    /// Its batch failed, or a crash lost it before it was durable.
+    Lost,
+}
+
+struct Write {
+    client: usize,
+    op: Op,
+    stored: Stored,
+    acked: bool,
+    refused: bool,
+}
+
+/// Counts of what a run did, so a run that exercised nothing fails.
+#[derive(Clone, Copy, Debug, Default)]
+struct Coverage {
+    seeds: u64,
+    writes_issued: u64,
+    writes_acked: u64,
+    writes_lost_before_durable: u64,
+    writes_refused_store_failed: u64,
+    client_crashes: u64,
+    client_crashes_with_unstored_writes: u64,
+    client_crashes_with_unacked_writes: u64,
+    room_crashes: u64,
+    room_crashes_with_unstored_persists: u64,
+    room_crashes_with_acks_in_flight: u64,
+    client_persists_failed: u64,
+    room_persists_failed: u64,
+    snapshots_installed: u64,
+    resyncs: u64,
+    refusals: u64,
+    compactions: u64,
+    fresh_replicas: u64,
+}
+
+impl Coverage {
+    fn fields(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("seeds", self.seeds),
+            ("writes issued", self.writes_issued),
+            ("writes acknowledged", self.writes_acked),
+            (
+                "writes lost before durable",
+                self.writes_lost_before_durable,
+            ),
+            (
+                "writes refused: store failed",
+                self.writes_refused_store_failed,
+            ),
+            ("client crashes", self.client_crashes),
+            (
+                "client crashes with unstored writes",
+                self.client_crashes_with_unstored_writes,
+            ),
+            (
+                "client crashes with unacked writes",
+                self.client_crashes_with_unacked_writes,
+            ),
+            ("room crashes", self.room_crashes),
+            (
+                "room crashes with unstored persists",
+                self.room_crashes_with_unstored_persists,
+            ),
+            (
+                "room crashes with acks in flight",
+                self.room_crashes_with_acks_in_flight,
+            ),
+            ("client persists failed", self.client_persists_failed),
+            ("room persists failed", self.room_persists_failed),
+            ("snapshots installed", self.snapshots_installed),
+            ("resyncs", self.resyncs),
+            ("refusals", self.refusals),
+            ("compactions", self.compactions),
+            ("fresh replicas joined", self.fresh_replicas),
+        ]
+    }
+
+    fn add(&mut self, o: &Coverage) {
+        macro_rules! sum { ($($f:ident),*) => { $(self.$f += o.$f;)* } }
+        sum!(
+            seeds,
+            writes_issued,
+            writes_acked,
+            writes_lost_before_durable,
+            writes_refused_store_failed,
+            client_crashes,
+            client_crashes_with_unstored_writes,
+            client_crashes_with_unacked_writes,
+            room_crashes,
+            room_crashes_with_unstored_persists,
+            room_crashes_with_acks_in_flight,
+            client_persists_failed,
+            room_persists_failed,
+            snapshots_installed,
+            resyncs,
+            refusals,
+            compactions,
+            fresh_replicas
+        );
     }
 }
 
@@ -162,15 +427,30 @@ impl Network {
     }
 }
 
+/// A batch the client's store is writing; durable at `at`.
+struct StoreWrite {
+    id: PersistId,
+    batch: PersistBatch,
+    at: u64,
+    /// Indices into `Sim::writes` of the writes it carries.
+    writes: Vec<usize>,
+}
+
 struct ClientHost {
     replica: ReplicaId,
     session: Option<Session>,
     store: MemoryStore,
+    /// Batches handed to the store, completing in order.
+    writing: VecDeque<StoreWrite>,
+    /// Writes by the persist that will carry them, until it is handed out.
+    awaiting: BTreeMap<PersistId, Vec<usize>>,
     conn: Option<u64>,
     timeout: Option<u64>,
     skew: i64,
     partitioned_until: u64,
     crashed_until: Option<u64>,
+    /// The store failed: the host rebuilds the session from it then.
+    rebuild_at: Option<u64>,
     /// A connection attempt failing later (while partitioned).
     connect_fails_at: Option<u64>,
 }
@@ -204,12 +484,24 @@ impl RoomStore {
 struct RoomHost {
     room: Room,
     store: RoomStore,
-    /// Outputs waiting for the group commit that makes their persists durable.
+    /// Persists handed out, not yet durable: the next group commit writes them.
     pending: VecDeque<(PersistId, RoomPersist)>,
     commit_at: Option<u64>,
     timeout: Option<u64>,
     jobs: Vec<(u64, CompactionJob)>,
     config: RoomConfig,
+}
+
+/// Store behaviour of one seed (kept through healing; only failures stop).
+struct Storage {
+    /// Longest a client write takes, ms.
+    client_latency: u64,
+    /// Longest a room group commit waits, ms.
+    room_latency: u64,
+    client_fail: u64,
+    room_fail: u64,
+    /// Chance of a room crash right after it handled a push with a persist outstanding.
+    crash_after_push: u64,
 }
 
 struct Sim {
@@ -220,12 +512,16 @@ struct Sim {
     clients: Vec<ClientHost>,
     room: RoomHost,
     faults: Option<Faults>,
-    /// Every operation any client ever wrote.
-    written: Vec<Op>,
-    /// Operations the room refused for good (stale), by (replica, seq).
-    refused: std::collections::BTreeSet<(u64, u64)>,
-    gc: bool,
+    storage: Storage,
+    /// Every write any client issued, whatever became of it.
+    writes: Vec<Write>,
+    /// The highest tombstone horizon the room handed out in a compaction job.
+    horizon: Hlc,
+    trace: bool,
     log: Vec<String>,
+    cov: Coverage,
+    /// The first rule seen broken.
+    failure: Option<String>,
 }
 
 fn session_config() -> SessionConfig {
@@ -248,6 +544,27 @@ fn replica_config() -> ReplicaConfig {
     }
 }
 
+fn new_client(replica: ReplicaId, skew: i64, seed: u64) -> ClientHost {
+    ClientHost {
+        replica,
+        session: Some(Session::new(
+            Replica::new(replica, replica_config()),
+            session_config(),
+            seed,
+        )),
+        store: MemoryStore::new(),
+        writing: VecDeque::new(),
+        awaiting: BTreeMap::new(),
+        conn: None,
+        timeout: None,
+        skew,
+        partitioned_until: 0,
+        crashed_until: None,
+        rebuild_at: None,
+        connect_fails_at: None,
+    }
+}
+
 impl Sim {
     fn new(seed: u64) -> Sim {
         let mut rng = Rng(seed);
@@ -263,23 +580,7 @@ impl Sim {
                     1 if !gc => -90_000,
                     _ => rng.below(4_000) as i64 - 2_000,
                 };
-                let replica = ReplicaId(100 + i as u64);
-                let session = Session::new(
-                    Replica::new(replica, replica_config()),
-                    session_config(),
-                    rng.next(),
-                );
-                ClientHost {
-                    replica,
-                    session: Some(session),
-                    store: MemoryStore::new(),
-                    conn: None,
-                    timeout: None,
-                    skew,
-                    partitioned_until: 0,
-                    crashed_until: None,
-                    connect_fails_at: None,
-                }
+                new_client(ReplicaId(100 + i as u64), skew, rng.next())
             })
             .collect();
         let config = RoomConfig {
@@ -294,8 +595,6 @@ impl Sim {
                 min_ops: 1 + rng.below(10),
                 keep_recent_ops: rng.below(20),
                 max_log_ops: 30 + rng.below(50),
-                // Odd seeds compact whenever the op counts allow; the rule
-                // does not draw from `rng`, so every seed's run stays as it was.
                 min_fold_percent: if seed % 2 == 1 { 0 } else { 100 },
                 tombstone_grace_ms: if gc {
                     3_000 + rng.below(7_000)
@@ -310,6 +609,21 @@ impl Sim {
             dup: rng.below(30),
             reorder: rng.below(30),
             latency: 2 + rng.below(200),
+        };
+        let storage = Storage {
+            client_latency: *rng.pick(&[0, 5, 40, 150, 400]),
+            room_latency: *rng.pick(&[0, 10, 60, 200]),
+            client_fail: if rng.chance(500) {
+                1 + rng.below(15)
+            } else {
+                0
+            },
+            room_fail: if rng.chance(500) {
+                1 + rng.below(10)
+            } else {
+                0
+            },
+            crash_after_push: rng.below(40),
         };
         let mut sim = Sim {
             seed,
@@ -327,10 +641,16 @@ impl Sim {
                 config,
             },
             faults: Some(faults),
-            written: Vec::new(),
-            refused: Default::default(),
-            gc,
+            storage,
+            writes: Vec::new(),
+            horizon: Hlc::ZERO,
+            trace: std::env::var("SIM_TRACE").is_ok(),
             log: Vec::new(),
+            cov: Coverage {
+                seeds: 1,
+                ..Coverage::default()
+            },
+            failure: None,
         };
         for i in 0..sim.clients.len() {
             let now = sim.clients[i].local(sim.now);
@@ -344,6 +664,14 @@ impl Sim {
 
     fn note(&mut self, what: String) {
         self.log.push(format!("{:>8} {what}", self.now - START));
+    }
+
+    /// Records a broken rule (the first one is reported).
+    fn fail(&mut self, what: String) {
+        if self.failure.is_none() {
+            self.note(format!("FAILED: {what}"));
+            self.failure = Some(format!("seed {}: {what}\n{}", self.seed, self.describe()));
+        }
     }
 
     // ---- client side ----
@@ -404,20 +732,31 @@ impl Sim {
                     }
                 }
                 Output::Persist { id, batch } => {
-                    let _ = self.clients[i].store.write(&batch);
-                    let now = self.clients[i].local(self.now);
-                    if let Some(s) = self.clients[i].session.as_mut() {
-                        s.handle(now, Input::Persisted(id));
+                    // The store completes writes in order, some time later.
+                    let latency = self.rng.below(self.storage.client_latency + 1);
+                    let c = &mut self.clients[i];
+                    let at = c.writing.back().map_or(0, |w| w.at).max(self.now + latency);
+                    let writes = c.awaiting.remove(&id).unwrap_or_default();
+                    c.writing.push_back(StoreWrite {
+                        id,
+                        batch,
+                        at,
+                        writes,
+                    });
+                }
+                Output::Event(Event::OpsRejected { seqs, .. }) => {
+                    self.note(format!("client {i}: ops {seqs:?} refused"));
+                    for seq in seqs {
+                        self.refusal(i, seq, true);
                     }
                 }
-                Output::Event(sync_core::Event::OpsRejected { seqs, .. }) => {
-                    let replica = self.clients[i].replica.0;
-                    self.note(format!("client {i}: ops {seqs:?} refused"));
-                    self.refused
-                        .extend(seqs.into_iter().map(|seq| (replica, seq)));
-                }
                 Output::Event(event) => {
-                    if std::env::var("SIM_TRACE").is_ok() {
+                    if let Event::Disconnected { reason, .. } = &event {
+                        if reason.contains("resync") {
+                            self.cov.resyncs += 1;
+                        }
+                    }
+                    if self.trace {
                         self.note(format!("client {i}: {event:?}"));
                     }
                 }
@@ -429,12 +768,101 @@ impl Sim {
         }
     }
 
+    /// The relay refused one of client `i`'s writes: allowed only for an
+    /// operation stamped at or before a horizon the room handed out. `event`:
+    /// the client reported it to the app (else: the relay's frame said so).
+    fn refusal(&mut self, i: usize, seq: u64, event: bool) {
+        let found = self
+            .writes
+            .iter()
+            .rposition(|w| w.client == i && w.op.id.seq == seq && w.stored != Stored::Lost);
+        let Some(w) = found else {
+            return self.fail(format!("client {i}: refusal of seq {seq}, never stored"));
+        };
+        let hlc = self.writes[w].op.hlc;
+        if hlc > self.horizon {
+            let horizon = self.horizon;
+            return self.fail(format!(
+                "client {i}: op {seq} stamped {hlc:?} refused, but the room's horizon is {horizon:?}"
+            ));
+        }
+        if event && !self.writes[w].refused {
+            self.cov.refusals += 1;
+            self.writes[w].refused = true;
+        }
+    }
+
+    /// The relay settled client `i`'s operations through `through` (stored
+    /// or refused): it must have had each of them, so the client must have
+    /// stored each. A settled write never refused is acknowledged.
+    fn acknowledged(&mut self, i: usize, through: u64) {
+        for w in 0..self.writes.len() {
+            let write = &self.writes[w];
+            if write.client != i
+                || write.op.id.seq > through
+                || write.stored == Stored::Lost
+                || write.acked
+            {
+                continue;
+            }
+            if write.stored != Stored::Durable {
+                let seq = write.op.id.seq;
+                return self.fail(format!(
+                    "client {i}: the relay acknowledged op {seq} before the client stored it"
+                ));
+            }
+            self.writes[w].acked = true;
+        }
+    }
+
     fn client_input(&mut self, i: usize, input: Input<'_>) {
         let now = self.clients[i].local(self.now);
         if let Some(s) = self.clients[i].session.as_mut() {
             s.handle(now, input);
         }
         self.drain_client(i);
+    }
+
+    /// The client's store finishes its oldest write: durable, or failed.
+    fn complete_client_write(&mut self, i: usize) {
+        let Some(w) = self.clients[i].writing.pop_front() else {
+            return;
+        };
+        if self.faults.is_some() && self.rng.chance(self.storage.client_fail) {
+            self.note(format!("client {i}: persist {:?} fails", w.id));
+            self.cov.client_persists_failed += 1;
+            // Later batches depended on it: the host drops them too.
+            let mut lost = w.writes;
+            for later in self.clients[i].writing.drain(..) {
+                lost.extend(later.writes);
+            }
+            self.lose(lost);
+            self.client_input(
+                i,
+                Input::PersistFailed {
+                    id: w.id,
+                    error: "disk full",
+                },
+            );
+            // The session refuses writes until the host rebuilds it.
+            self.clients[i].rebuild_at = Some(self.now + self.rng.below(1_000));
+            return;
+        }
+        self.clients[i]
+            .store
+            .write(&w.batch)
+            .expect("memory store writes");
+        for &x in &w.writes {
+            self.writes[x].stored = Stored::Durable;
+        }
+        self.client_input(i, Input::Persisted(w.id));
+    }
+
+    fn lose(&mut self, lost: Vec<usize>) {
+        for x in lost {
+            self.writes[x].stored = Stored::Lost;
+            self.cov.writes_lost_before_durable += 1;
+        }
     }
 
     fn random_write(&mut self, i: usize) {
@@ -456,7 +884,7 @@ impl Sim {
             return;
         };
         let before = session.replica().next_seq();
-        let _ = match kind {
+        let result = match kind {
             0..=59 => session.put(now, coll, id, [(field, value)]).map(|_| ()),
             60..=69 => {
                 let rev = session.replica().revision(coll, id);
@@ -469,33 +897,93 @@ impl Sim {
             92..=95 => session.create_collection(now, coll),
             _ => session.drop_collection(now, coll),
         };
+        if let Err(WriteError::StoreFailed { .. }) = result {
+            self.cov.writes_refused_store_failed += 1;
+        }
         if session.replica().next_seq() > before {
             let op = session
                 .replica()
                 .outbox()
                 .next_back()
                 .expect("a local write queues its op");
-            self.written.push(op);
+            let persist = session.latest_persist().expect("a local write persists");
+            let w = self.writes.len();
+            self.writes.push(Write {
+                client: i,
+                op,
+                stored: Stored::Pending,
+                acked: false,
+                refused: false,
+            });
+            self.cov.writes_issued += 1;
+            self.clients[i].awaiting.entry(persist).or_default().push(w);
         }
         self.drain_client(i);
     }
 
     fn crash_client(&mut self, i: usize) {
         self.note(format!("client {i} crashes"));
+        self.cov.client_crashes += 1;
+        if self.clients[i]
+            .session
+            .as_ref()
+            .is_some_and(|s| s.replica().outbox().len() > 0)
+        {
+            self.cov.client_crashes_with_unacked_writes += 1;
+        }
+        // A power cut: the store kept some prefix of the writes in flight.
+        let writing: Vec<StoreWrite> = self.clients[i].writing.drain(..).collect();
+        if writing.iter().any(|w| !w.writes.is_empty()) {
+            self.cov.client_crashes_with_unstored_writes += 1;
+        }
+        let kept = self.rng.below(writing.len() as u64 + 1) as usize;
+        let mut lost = Vec::new();
+        for (k, w) in writing.into_iter().enumerate() {
+            if k < kept {
+                self.clients[i]
+                    .store
+                    .write(&w.batch)
+                    .expect("memory store writes");
+                for x in w.writes {
+                    self.writes[x].stored = Stored::Durable;
+                }
+            } else {
+                lost.extend(w.writes);
+            }
+        }
+        // Writes whose persist was not even handed out are gone too.
+        let awaiting = std::mem::take(&mut self.clients[i].awaiting);
+        lost.extend(awaiting.into_values().flatten());
+        self.lose(lost);
         let c = &mut self.clients[i];
         c.session = None;
         c.timeout = None;
         c.connect_fails_at = None;
+        c.rebuild_at = None;
         c.crashed_until = Some(self.now + 100 + self.rng.below(3_000));
         if let Some(conn) = c.conn.take() {
             self.net.breaks.push((self.now + self.rng.below(50), conn));
         }
     }
 
+    /// Rebuilds the session from what its store holds (after a crash or a
+    /// failed write), as the contract says.
     fn restart_client(&mut self, i: usize) {
-        self.note(format!("client {i} restarts"));
+        self.note(format!("client {i} restarts from its store"));
+        // Whatever was in flight on a failed session is given up.
+        let writing: Vec<StoreWrite> = self.clients[i].writing.drain(..).collect();
+        let mut lost: Vec<usize> = writing.into_iter().flat_map(|w| w.writes).collect();
+        let awaiting = std::mem::take(&mut self.clients[i].awaiting);
+        lost.extend(awaiting.into_values().flatten());
+        self.lose(lost);
         let c = &mut self.clients[i];
         c.crashed_until = None;
+        c.rebuild_at = None;
+        c.timeout = None;
+        c.connect_fails_at = None;
+        if let Some(conn) = c.conn.take() {
+            self.net.breaks.push((self.now + self.rng.below(50), conn));
+        }
         let records = c.store.read_all().expect("memory store");
         let seed = self.rng.next();
         let session = match Session::restore(replica_config(), session_config(), seed, records) {
@@ -505,7 +993,7 @@ impl Sim {
                 session_config(),
                 seed,
             ),
-            Err(e) => panic!("seed {}: client {i} cannot restore: {e}", self.seed),
+            Err(e) => return self.fail(format!("client {i} cannot restore: {e}")),
         };
         assert_eq!(session.replica().id(), c.replica);
         c.session = Some(session);
@@ -523,6 +1011,7 @@ impl Sim {
             match out {
                 RoomOutput::Timeout(at) => self.room.timeout = Some(at),
                 RoomOutput::Compact(job) => {
+                    self.compaction_started(&job);
                     let at = self.now + self.rng.below(500);
                     self.room.jobs.push((at, job));
                 }
@@ -531,7 +1020,8 @@ impl Sim {
                     // back whatever depends on it; this host does not.
                     self.room.pending.push_back((id, batch));
                     if self.room.commit_at.is_none() {
-                        self.room.commit_at = Some(self.now + self.rng.below(20));
+                        let latency = self.rng.below(self.storage.room_latency + 1);
+                        self.room.commit_at = Some(self.now + latency);
                     }
                 }
                 RoomOutput::Transmit { session, frame } => {
@@ -562,10 +1052,34 @@ impl Sim {
         }
     }
 
+    /// The room handed out a compaction job: from now on it refuses
+    /// operations stamped at or before the job's horizon, which may not be
+    /// later than the grace period allows.
+    fn compaction_started(&mut self, job: &CompactionJob) {
+        self.cov.compactions += 1;
+        let grace = self.room.config.compaction.tombstone_grace_ms;
+        let limit = Hlc::new(self.now.saturating_sub(grace), u16::MAX).unwrap_or(Hlc::ZERO);
+        let horizon = job.tombstone_horizon();
+        if horizon > limit {
+            return self.fail(format!(
+                "compaction horizon {horizon:?} is later than the grace period allows ({limit:?})"
+            ));
+        }
+        self.horizon = self.horizon.max(horizon);
+    }
+
     fn commit_room(&mut self) {
         self.room.commit_at = None;
-        let done: Vec<_> = self.room.pending.drain(..).collect();
-        for (id, batch) in done {
+        while let Some((id, batch)) = self.room.pending.pop_front() {
+            if self.faults.is_some() && self.rng.chance(self.storage.room_fail) {
+                self.note(format!("room persist {id:?} fails"));
+                self.cov.room_persists_failed += 1;
+                // Later batches depended on it: the host drops them.
+                self.room.pending.clear();
+                self.room_input(RoomInput::PersistFailed(id));
+                // The room closed its sessions; the host reloads it from storage.
+                return self.reload_room();
+            }
             self.room.store.write(&batch);
             self.room.room.handle(self.now, RoomInput::Persisted(id));
         }
@@ -578,14 +1092,38 @@ impl Sim {
     }
 
     fn crash_room(&mut self) {
+        self.cov.room_crashes += 1;
+        let pending = self.room.pending.len();
+        if pending > 0 {
+            self.cov.room_crashes_with_unstored_persists += 1;
+        }
+        let acks_in_flight = self.net.packets.iter().any(|p| {
+            p.to == Side::Client
+                && matches!(&p.payload, Payload::Frame(f)
+                    if matches!(protocol::decode(f, usize::MAX), Ok(Message::Ack { .. })))
+        });
+        if acks_in_flight {
+            self.cov.room_crashes_with_acks_in_flight += 1;
+        }
+        // A power cut: a prefix of the batches not yet durable survives.
+        let kept = self.rng.below(pending as u64 + 1) as usize;
         self.note(format!(
-            "room crashes with {} persists not yet durable",
-            self.room.pending.len()
+            "room crashes with {pending} persists not yet durable, {kept} kept"
         ));
+        for (_, batch) in self.room.pending.drain(..).take(kept) {
+            self.room.store.write(&batch);
+        }
+        self.reload_room();
+    }
+
+    /// The room comes back from what its store holds; every connection breaks.
+    fn reload_room(&mut self) {
         let store = &self.room.store;
         let entries = store.entries.iter().map(|(o, b)| (*o, b.clone())).collect();
-        self.room.room = Room::restore(self.room.config, store.snapshot.clone(), entries)
-            .unwrap_or_else(|e| panic!("seed {}: room cannot restore: {e}", self.seed));
+        match Room::restore(self.room.config, store.snapshot.clone(), entries) {
+            Ok(room) => self.room.room = room,
+            Err(e) => return self.fail(format!("room cannot restore: {e}")),
+        }
         self.room.pending.clear();
         self.room.commit_at = None;
         self.room.timeout = None;
@@ -609,8 +1147,12 @@ impl Sim {
         let (client, joined) = (conn.client, conn.joined);
         match (packet.to, packet.payload) {
             (Side::Client, Payload::Frame(frame)) => {
-                if std::env::var("SIM_TRACE").is_ok() {
-                    let summary = match protocol::decode(&frame, usize::MAX) {
+                if self.clients[client].conn != Some(packet.conn) {
+                    return;
+                }
+                let message = protocol::decode(&frame, usize::MAX);
+                if self.trace {
+                    let summary = match &message {
                         Ok(Message::Deliver { from, cursor, ops }) => {
                             format!(
                                 "Deliver {from}..{cursor} {:?}",
@@ -633,9 +1175,42 @@ impl Sim {
                         packet.conn
                     ));
                 }
-                if self.clients[client].conn == Some(packet.conn) {
-                    self.client_input(client, Input::Received(&frame));
+                let link = self.clients[client]
+                    .session
+                    .as_ref()
+                    .map(|s| s.status().link);
+                let link = link.unwrap_or(LinkState::Offline);
+                let settled = match message {
+                    Ok(Message::Ack {
+                        through_seq,
+                        refused,
+                    }) if link == LinkState::Live => {
+                        for (seq, _) in refused {
+                            self.refusal(client, seq, false);
+                        }
+                        Some(through_seq)
+                    }
+                    Ok(Message::Welcome(welcome)) if link == LinkState::Handshaking => {
+                        for seq in welcome.refused {
+                            self.refusal(client, seq, false);
+                        }
+                        Some(welcome.accepted_seq)
+                    }
+                    Ok(Message::SnapshotChunk {
+                        offset,
+                        total_len,
+                        bytes,
+                        ..
+                    }) if link == LinkState::Live && offset + bytes.len() as u64 == total_len => {
+                        self.cov.snapshots_installed += 1;
+                        None
+                    }
+                    _ => None,
+                };
+                if let Some(through) = settled {
+                    self.acknowledged(client, through);
                 }
+                self.client_input(client, Input::Received(&frame));
             }
             (Side::Client, Payload::Fin(code)) => {
                 self.net.conns.remove(&packet.conn);
@@ -645,7 +1220,7 @@ impl Sim {
                 }
             }
             (Side::Room, Payload::Frame(frame)) => {
-                if std::env::var("SIM_TRACE").is_ok() {
+                if self.trace {
                     let summary = match protocol::decode(&frame, usize::MAX) {
                         Ok(Message::Push { ops }) => format!(
                             "Push {:?}",
@@ -668,6 +1243,14 @@ impl Sim {
                         session: packet.conn,
                         frame: &frame,
                     });
+                    // A crash right after a push, with its persist maybe not
+                    // durable and its ack maybe on the way.
+                    if self.faults.is_some()
+                        && !self.room.pending.is_empty()
+                        && self.rng.chance(self.storage.crash_after_push)
+                    {
+                        self.crash_room();
+                    }
                 } else {
                     // The relay host's handshake: the first frame must be a Hello.
                     match protocol::decode(&frame, protocol::DEFAULT_MAX_FRAME_BYTES) {
@@ -716,9 +1299,16 @@ impl Sim {
     fn next_event(&self) -> u64 {
         let mut next = self.net.next_at().unwrap_or(u64::MAX);
         for c in &self.clients {
-            for t in [c.timeout, c.crashed_until, c.connect_fails_at]
-                .into_iter()
-                .flatten()
+            let store = c.writing.front().map(|w| w.at);
+            for t in [
+                c.timeout,
+                c.crashed_until,
+                c.rebuild_at,
+                c.connect_fails_at,
+                store,
+            ]
+            .into_iter()
+            .flatten()
             {
                 next = next.min(t);
             }
@@ -737,7 +1327,7 @@ impl Sim {
 
     /// Runs everything due at or before `until`.
     fn run_until(&mut self, until: u64) {
-        loop {
+        while self.failure.is_none() {
             let next = self.next_event();
             if next > until {
                 self.now = until;
@@ -767,29 +1357,32 @@ impl Sim {
             return self.deliver(packet);
         }
         if self.room.commit_at.is_some_and(|t| t <= now) {
-            self.commit_room();
-            return self.drain_room();
+            return self.commit_room();
         }
         if let Some(index) = self.room.jobs.iter().position(|(at, _)| *at <= now) {
             let (_, job) = self.room.jobs.swap_remove(index);
-            let done = job
-                .run()
-                .unwrap_or_else(|e| panic!("seed {}: compaction failed: {e}", self.seed));
-            return self.room_input(RoomInput::Compacted(done));
+            return match job.run() {
+                Ok(done) => self.room_input(RoomInput::Compacted(done)),
+                Err(e) => self.fail(format!("compaction failed: {e}")),
+            };
         }
         if self.room.timeout.is_some_and(|t| t <= now) {
             self.room.timeout = None;
             return self.room_input(RoomInput::Timeout);
         }
         for i in 0..self.clients.len() {
-            if self.clients[i].crashed_until.is_some_and(|t| t <= now) {
+            let c = &self.clients[i];
+            if c.writing.front().is_some_and(|w| w.at <= now) {
+                return self.complete_client_write(i);
+            }
+            if c.crashed_until.is_some_and(|t| t <= now) || c.rebuild_at.is_some_and(|t| t <= now) {
                 return self.restart_client(i);
             }
-            if self.clients[i].connect_fails_at.is_some_and(|t| t <= now) {
+            if c.connect_fails_at.is_some_and(|t| t <= now) {
                 self.clients[i].connect_fails_at = None;
                 return self.client_input(i, Input::Disconnected { code: None });
             }
-            if self.clients[i].timeout.is_some_and(|t| t <= now) {
+            if c.timeout.is_some_and(|t| t <= now) {
                 self.clients[i].timeout = None;
                 return self.client_input(i, Input::Timeout);
             }
@@ -800,7 +1393,7 @@ impl Sim {
 
     fn chaos(&mut self, duration: u64) {
         let end = self.now + duration;
-        while self.now < end {
+        while self.now < end && self.failure.is_none() {
             let step = 1 + self.rng.below(400);
             let until = (self.now + step).min(end);
             self.run_until(until);
@@ -820,6 +1413,7 @@ impl Sim {
                 725..=734 => {
                     if let Some(job) = self.room.room.compact_now(self.now) {
                         self.note(format!("forced compaction through {}", job.through()));
+                        self.compaction_started(&job);
                         let at = self.now + self.rng.below(300);
                         self.room.jobs.push((at, job));
                     }
@@ -834,37 +1428,51 @@ impl Sim {
         self.faults = None;
         for i in 0..self.clients.len() {
             self.clients[i].partitioned_until = 0;
-            if self.clients[i].crashed_until.is_some() {
+            if self.clients[i].crashed_until.is_some() || self.clients[i].rebuild_at.is_some() {
                 self.restart_client(i);
             }
         }
         // Enough virtual time for backoff, clock skew beyond the drift bound
         // (90 s against 60 s) and compaction to all resolve.
         let deadline = self.now + 10 * 60_000;
-        while self.now < deadline {
+        while self.now < deadline && self.failure.is_none() {
             self.run_until(self.now + 1_000);
             if self.settled() {
                 return;
             }
         }
-        panic!(
-            "seed {}: did not settle within ten virtual minutes\n{}",
-            self.seed,
-            self.describe()
-        );
+        self.fail("did not settle within ten virtual minutes".into());
     }
 
     fn settled(&self) -> bool {
         let head = self.room.room.head();
         self.room.pending.is_empty()
             && self.clients.iter().all(|c| {
-                c.session.as_ref().is_some_and(|s| {
-                    let status = s.status();
-                    status.link == LinkState::Live
-                        && status.pending_ops == 0
-                        && status.cursor == head
-                })
+                c.writing.is_empty()
+                    && c.session.as_ref().is_some_and(|s| {
+                        let status = s.status();
+                        status.link == LinkState::Live
+                            && status.pending_ops == 0
+                            && status.cursor == head
+                    })
             })
+    }
+
+    /// A replica that never wrote joins with an empty store and must catch
+    /// up to exactly the same state (through the snapshot and the log).
+    fn join_fresh(&mut self) {
+        let i = self.clients.len();
+        self.note(format!("fresh client {i} joins"));
+        self.cov.fresh_replicas += 1;
+        let seed = self.rng.next();
+        self.clients
+            .push(new_client(ReplicaId(100 + i as u64), 0, seed));
+        let now = self.now;
+        if let Some(s) = self.clients[i].session.as_mut() {
+            s.start(now);
+        }
+        self.drain_client(i);
+        self.heal();
     }
 
     fn describe(&self) -> String {
@@ -880,11 +1488,7 @@ impl Sim {
                 c.session.as_ref().map(|s| s.status())
             );
         }
-        let keep = if std::env::var("SIM_TRACE").is_ok() {
-            usize::MAX
-        } else {
-            30
-        };
+        let keep = if self.trace { usize::MAX } else { 40 };
         let tail: Vec<&String> = self.log.iter().rev().take(keep).collect();
         for line in tail.into_iter().rev() {
             out += line;
@@ -893,119 +1497,202 @@ impl Sim {
         out
     }
 
-    fn check(&self) {
-        let mut reference = Replica::new(ReplicaId(1), replica_config());
-        let far_future = START + 100 * 24 * 3600 * 1000;
-        let kept: Vec<&Op> = self
-            .written
-            .iter()
-            .filter(|op| !self.refused.contains(&(op.id.replica.0, op.id.seq)))
-            .collect();
-        for op in &kept {
-            reference
-                .apply(far_future, op)
-                .expect("reference accepts every op");
+    /// The oracle: the model over every stored, unrefused write.
+    fn check(&mut self) {
+        self.cov.writes_acked = self.writes.iter().filter(|w| w.acked && !w.refused).count() as u64;
+        let mut model = Model::default();
+        for w in &self.writes {
+            if w.stored == Stored::Pending {
+                let (i, seq) = (w.client, w.op.id.seq);
+                return self.fail(format!("client {i}: op {seq} never settled in its store"));
+            }
+            if w.stored == Stored::Durable && !w.refused {
+                model.apply(&w.op);
+            }
         }
-        for op in kept {
-            assert!(
-                self.room.room.accepted().contains(op.id),
-                "seed {}: the room lost operation {:?}\n{}",
-                self.seed,
-                op.id,
-                self.describe()
-            );
-        }
-        for (i, c) in self.clients.iter().enumerate() {
-            let replica = c.session.as_ref().expect("settled").replica();
-            // With tombstones collected, internal states legitimately differ
-            // in the tombstones they still carry; what applications see may not.
-            let same = if self.gc {
-                visible(replica) == visible(&reference)
-            } else {
-                replica.state() == reference.state()
+        let want = model.visible();
+        for i in 0..self.clients.len() {
+            let Some(session) = self.clients[i].session.as_ref() else {
+                return self.fail(format!("client {i} is down at the end"));
             };
-            assert!(
-                same,
-                "seed {}: client {i} diverged from the reference merge\n{}\n{}",
-                self.seed,
-                diff(replica, &reference),
-                self.describe()
-            );
-            assert!(
-                replica.version() == reference.version(),
-                "seed {}: client {i} version differs\n{}\n{}",
-                self.seed,
-                diff(replica, &reference),
-                self.describe()
-            );
+            let replica = session.replica();
+            // Every acknowledged write is there, unless a later stamp overwrote it.
+            for w in &self.writes {
+                let Change::Put {
+                    collection,
+                    id,
+                    fields,
+                } = &w.op.change
+                else {
+                    continue;
+                };
+                if !w.acked || w.refused {
+                    continue;
+                }
+                for (name, value) in fields {
+                    let Some((stamp, now)) = model.field(collection, id, name) else {
+                        continue;
+                    };
+                    let mine = Stamp::new(w.op.hlc, w.op.id.replica);
+                    let shown = replica
+                        .get(collection, id)
+                        .and_then(|d| d.fields.get(name).cloned());
+                    if stamp == mine && (now.is_some() || value.is_none()) && shown != now {
+                        let (c, seq) = (w.client, w.op.id.seq);
+                        return self.fail(format!(
+                            "client {i} lost acknowledged write {seq} of client {c}: \
+                             {collection}/{id}.{name} shows {shown:?}, not {now:?}"
+                        ));
+                    }
+                }
+            }
+            let got = visible(replica);
+            if got != want {
+                let d = diff(&got, &want);
+                return self.fail(format!("client {i} differs from the model\n{d}"));
+            }
+        }
+        for w in &self.writes {
+            if w.stored == Stored::Durable
+                && !w.refused
+                && !self.room.room.accepted().contains(w.op.id)
+            {
+                let id = w.op.id;
+                return self.fail(format!("the room lost operation {id:?}"));
+            }
         }
     }
 }
 
-/// Everything an application can read from a replica.
-fn visible(r: &Replica) -> Vec<(String, Vec<sync_core::Document>)> {
-    r.state()
-        .collections()
-        .map(|c| (c.to_owned(), r.list(c)))
-        .collect()
-}
-
-/// Where two replicas' visible states differ.
-fn diff(a: &Replica, b: &Replica) -> String {
-    let mut out = String::new();
-    let mut names: Vec<&str> = a
-        .state()
-        .collections()
-        .chain(b.state().collections())
-        .collect();
-    names.sort();
-    names.dedup();
-    for name in names {
-        let (la, lb) = (a.list(name), b.list(name));
-        if la != lb {
-            out += &format!("collection {name}:\n  client    {la:?}\n  reference {lb:?}\n");
-        }
-    }
-    if a.version() != b.version() {
-        out += &format!(
-            "versions differ:\n  client    {:?}\n  reference {:?}\n",
-            a.version(),
-            b.version()
-        );
-    }
-    if out.is_empty() {
-        out = format!(
-            "visible states agree; internal states differ:\n  client    {:?}\n  reference {:?}",
-            a.state(),
-            b.state()
-        );
-    }
-    out
-}
-
-fn run_seed(seed: u64) {
+/// Runs one seed: chaos, healing, the oracle, a fresh replica, the oracle.
+fn run_seed(seed: u64) -> Result<Coverage, String> {
     let mut sim = Sim::new(seed);
     let duration = 20_000 + sim.rng.below(40_000);
     sim.chaos(duration);
     sim.heal();
     sim.check();
+    if sim.failure.is_none() {
+        sim.join_fresh();
+        sim.check();
+    }
+    if sim.failure.is_none() && sim.cov.writes_acked == 0 {
+        sim.fail("the run acknowledged no write".into());
+    }
+    match sim.failure {
+        Some(failure) => Err(failure),
+        None => Ok(sim.cov),
+    }
+}
+
+/// Runs `seeds` on `SIM_THREADS` threads (default 2). `setup` runs on each
+/// thread before each seed. Stops taking new seeds at the first failure;
+/// returns the coverage and every failure found, lowest seed first.
+fn run_seeds(
+    seeds: std::ops::Range<u64>,
+    setup: &(dyn Fn() + Sync),
+) -> (Coverage, Vec<(u64, String)>) {
+    let threads: usize = std::env::var("SIM_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    let next = AtomicU64::new(seeds.start);
+    let stop = AtomicBool::new(false);
+    let total = Mutex::new(Coverage::default());
+    let failures = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..threads.max(1) {
+            scope.spawn(|| {
+                loop {
+                    let seed = next.fetch_add(1, Ordering::SeqCst);
+                    if seed >= seeds.end || stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        setup();
+                        run_seed(seed)
+                    }))
+                    .unwrap_or_else(|panic| {
+                        let what = panic
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_default();
+                        Err(format!("seed {seed}: panicked: {what}"))
+                    });
+                    match result {
+                        Ok(cov) => total.lock().expect("not poisoned").add(&cov),
+                        Err(failure) => {
+                            stop.store(true, Ordering::SeqCst);
+                            failures.lock().expect("not poisoned").push((seed, failure));
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let mut failures = failures.into_inner().expect("not poisoned");
+    failures.sort_by_key(|(seed, _)| *seed);
+    (total.into_inner().expect("not poisoned"), failures)
+}
+
+fn seed_count(default: u64) -> u64 {
+    std::env::var("SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
 }
 
 #[test]
 fn simulated_rooms_converge() {
+    #[cfg(feature = "buggify")]
+    sync_core::buggify::set(&[]);
     if let Ok(seed) = std::env::var("SIM_SEED") {
-        run_seed(seed.parse().expect("SIM_SEED is a number"));
+        let seed = seed.parse().expect("SIM_SEED is a number");
+        let cov = run_seed(seed).unwrap_or_else(|failure| panic!("{failure}"));
+        eprintln!("{cov:?}");
         return;
     }
-    let seeds: u64 = std::env::var("SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2000);
-    for seed in 0..seeds {
-        let result = std::panic::catch_unwind(|| run_seed(seed));
-        if let Err(panic) = result {
-            eprintln!("simulation failed for seed {seed}; replay with SIM_SEED={seed}");
-            std::panic::resume_unwind(panic);
+    let seeds = seed_count(2000);
+    let started = std::time::Instant::now();
+    let (cov, failures) = run_seeds(0..seeds, &|| {
+        #[cfg(feature = "buggify")]
+        sync_core::buggify::set(&[]);
+    });
+    if let Some((seed, failure)) = failures.first() {
+        panic!("simulation failed; replay with SIM_SEED={seed}\n{failure}");
+    }
+    eprintln!("{seeds} seeds in {:.1?}:", started.elapsed());
+    for (name, count) in cov.fields() {
+        eprintln!("  {name:<40} {count}");
+    }
+    // Every kind of trouble the simulation exists for happened somewhere.
+    if seeds >= 500 {
+        for (name, count) in cov.fields() {
+            assert!(count > 0, "over {seeds} seeds, no {name}: coverage lost");
         }
+    }
+}
+
+/// Each fault switch breaks one rule of the core; the simulation must
+/// notice each within a bounded number of seeds (and, in the test above,
+/// pass every seed with all of them off).
+#[cfg(feature = "buggify")]
+#[test]
+fn fault_switches_are_caught() {
+    use sync_core::buggify::{self, Switch};
+    // Fixed, not SIM_SEEDS: each switch needs its own seeds to be caught.
+    let limit = 200;
+    let mut report = Vec::new();
+    for switch in Switch::ALL {
+        let (_, failures) = run_seeds(0..limit, &|| buggify::set(&[switch]));
+        buggify::set(&[]);
+        let Some((seed, failure)) = failures.first() else {
+            panic!("{switch:?}: the simulation passed {limit} seeds with the rule broken");
+        };
+        let first_line = failure.lines().next().unwrap_or_default().to_owned();
+        report.push(format!("{switch:?}: caught at seed {seed}: {first_line}"));
+    }
+    for line in report {
+        eprintln!("{line}");
     }
 }

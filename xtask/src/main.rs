@@ -29,8 +29,10 @@ USAGE:
     cargo xtask <COMMAND>
 
 COMMANDS:
-    test     Set up, then run every check: fmt, clippy, tests (with doctests),
-             the wasm32 build of sync-core and its no-IO dependency guard.
+    test     Set up, then run every check: fmt, clippy (also sync-core with
+             its test-only `buggify` feature), tests (with doctests), the
+             simulation's fault switches (each must be caught), the wasm32
+             build of sync-core and its no-IO dependency guard.
              Every step runs even if an earlier one failed. The last line of
              output is `N passed, N failed`; the exit code is non-zero if
              anything failed.

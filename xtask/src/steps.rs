@@ -113,10 +113,47 @@ pub(crate) const TEST: &[Step] = &[
         ])),
     },
     Step {
+        name: "clippy buggify",
+        // sync-core's fault-switch hooks only compile with the feature.
+        check: Check::ExitStatus(cargo(&[
+            "clippy",
+            "-p",
+            "sync-core",
+            "--features",
+            "buggify",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ])),
+    },
+    Step {
         name: "test",
         // --no-fail-fast: a failing test binary does not hide the others.
         check: Check::Tests(
             cargo(&["test", "--workspace", "--locked", "--no-fail-fast"]),
+            summary::cargo_test,
+        ),
+    },
+    Step {
+        name: "fault switches",
+        // The simulation must catch each rule of the core broken on purpose
+        // (sync-core's test-only `buggify` feature; see tests/simulation.rs).
+        // Every seed passing with the switches off is the "test" step's job.
+        check: Check::Tests(
+            cargo(&[
+                "test",
+                "-p",
+                "sync-core",
+                "--features",
+                "buggify",
+                "--test",
+                "simulation",
+                "--locked",
+                "--",
+                "fault_switches_are_caught",
+            ]),
             summary::cargo_test,
         ),
     },

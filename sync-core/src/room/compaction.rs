@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use crate::buggify::{self, Switch};
 use crate::hlc::Hlc;
 use crate::protocol;
 use crate::snapshot::{Snapshot, SnapshotError};
@@ -49,6 +50,12 @@ impl CompactionJob {
         self.through
     }
 
+    /// Tombstones stamped at or before this are collected, and operations
+    /// stamped at or before it are refused from the moment the job was handed out.
+    pub fn tombstone_horizon(&self) -> Hlc {
+        self.tombstone_horizon
+    }
+
     /// Number of log entries being folded.
     pub fn entry_count(&self) -> usize {
         self.entries.len()
@@ -66,7 +73,9 @@ impl CompactionJob {
         for bytes in &self.entries {
             let op =
                 protocol::decode_op(bytes).map_err(|e| CompactionError::Entry(e.to_string()))?;
-            if version.insert(op.id) {
+            let dropped = buggify::on(Switch::CompactionDropsOps)
+                && buggify::one_in(5, op.id.replica.0 ^ op.id.seq.rotate_left(32));
+            if version.insert(op.id) && !dropped {
                 state.apply(&op);
                 max_hlc = max_hlc.max(op.hlc);
             }

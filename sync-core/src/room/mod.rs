@@ -40,6 +40,7 @@ mod log;
 
 pub use compaction::{Compacted, CompactionError, CompactionJob};
 
+use crate::buggify::{self, Switch};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -704,7 +705,11 @@ impl Room {
                 self.tombstone_horizon > Hlc::ZERO && op.hlc <= self.tombstone_horizon;
             let refusal = if op.validate().is_err() {
                 Some(ErrorCode::InvalidOp)
-            } else if behind_horizon || given_up {
+            } else if behind_horizon
+                || given_up
+                || (buggify::on(Switch::SpuriousRefusals)
+                    && buggify::one_in(7, op.id.replica.0 ^ op.id.seq.rotate_left(32)))
+            {
                 Some(ErrorCode::Stale)
             } else {
                 None
@@ -747,7 +752,10 @@ impl Room {
         // The ack must follow the append to storage. It names the operations
         // it settles by refusing them, so no other frame has to arrive for the
         // client to know (Welcome repeats them if the ack is lost).
-        self.flush_persist();
+        let ack_first = buggify::on(Switch::AckBeforePersist);
+        if !ack_first {
+            self.flush_persist();
+        }
         let through_seq = self.settled_seqs(replica).contiguous();
         self.transmit(
             session,
@@ -756,6 +764,9 @@ impl Room {
                 refused,
             },
         );
+        if ack_first {
+            self.flush_persist();
+        }
     }
 
     /// Sequence numbers of `replica` above `seq` that were refused for good

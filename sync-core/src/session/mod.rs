@@ -38,6 +38,7 @@ use std::collections::{BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use crate::buggify::{self, Switch};
 use crate::deadline::ReportedDeadline;
 use crate::event::Event;
 use crate::gate::{Gate, PersistId};
@@ -303,6 +304,10 @@ pub struct Session {
     /// overtaken by a later one must still report its refusals, so whether
     /// an operation is still in the outbox cannot be the test.
     reported_refusals: BTreeSet<u64>,
+    /// `OpsRejected` events waiting for the persist that drops their
+    /// operations from the outbox: an app told "refused for good" must not
+    /// see the operation come back after a crash.
+    refusal_events: Vec<Event>,
 }
 
 impl Session {
@@ -328,6 +333,7 @@ impl Session {
             failed_from: None,
             reported_timeout: ReportedDeadline::default(),
             reported_refusals: BTreeSet::new(),
+            refusal_events: Vec::new(),
         }
     }
 
@@ -552,6 +558,9 @@ impl Session {
     }
 
     fn after_local_write(&mut self, now: u64) {
+        if buggify::on(Switch::PushBeforePersist) {
+            self.flush_pushes(now);
+        }
         self.flush_persist();
         self.flush_pushes(now);
     }
@@ -592,6 +601,7 @@ impl Session {
         let message = error.to_owned();
         self.failed_from = Some(self.outputs.durable_below());
         self.outputs.clear();
+        self.refusal_events.clear();
         self.store_failed = Some(message.clone());
         let reason = format!("the local store failed: {message}");
         if matches!(
@@ -1008,11 +1018,11 @@ impl Session {
         for (code, seqs) in by_code {
             self.sync.resync = true;
             self.sync_dirty = true;
-            self.outputs.push(Output::Event(Event::OpsRejected {
+            self.refusal_events.push(Event::OpsRejected {
                 seqs,
                 code,
                 message: message.to_owned(),
-            }));
+            });
         }
     }
 
@@ -1172,6 +1182,16 @@ impl Session {
     /// Queues the replica's changes and the sync state as one atomic batch.
     fn flush_persist(&mut self) {
         let mut batch = self.replica.take_persist().unwrap_or_default();
+        if buggify::on(Switch::CursorBeforeState) && self.sync_dirty && !batch.is_empty() {
+            self.sync_dirty = false;
+            let mut cursor = PersistBatch::default();
+            cursor.push(Write::Put {
+                key: StoreKey::Extension(SESSION_RECORD.into()),
+                value: self.sync.encode(),
+            });
+            self.outputs
+                .push_persist(|id| Output::Persist { id, batch: cursor });
+        }
         if self.sync_dirty {
             self.sync_dirty = false;
             batch.push(Write::Put {
@@ -1182,6 +1202,11 @@ impl Session {
         if !batch.is_empty() {
             self.outputs
                 .push_persist(|id| Output::Persist { id, batch });
+        }
+        // Behind the batch that records the refusal (`note_refused` marks
+        // the sync state dirty, so there is one).
+        for event in self.refusal_events.drain(..) {
+            self.outputs.push(Output::Event(event));
         }
     }
 
