@@ -8,6 +8,7 @@
 //! wraps `std::alloc::System`) measures the bytes the program requested. Run
 //! with `cargo bench -p sync-core --bench memory`; results are recorded in
 //! `docs/BENCHMARKS.md`.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests may read clocks and the environment
 
 use std::hint::black_box;
 use std::mem::size_of;

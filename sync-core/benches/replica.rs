@@ -5,6 +5,7 @@
 //! so a ten-field put counts ten. Run with `cargo bench -p sync-core`; the
 //! results and the targets they are measured against live in
 //! `docs/BENCHMARKS.md`.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests may read clocks and the environment
 
 use std::cell::OnceCell;
 use std::hint::black_box;

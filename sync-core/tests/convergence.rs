@@ -10,6 +10,7 @@
 //! writing again. After a final full exchange every replica holds the same
 //! state and version vector, equal to a reference replica that applied the
 //! union of all operations.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests may read clocks and the environment
 
 mod common;
 

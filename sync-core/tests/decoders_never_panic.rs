@@ -6,6 +6,7 @@
 //! damage. What a decoder accepts must also be usable: an accepted
 //! operation can be applied, an accepted snapshot merged, a restored replica
 //! read, written to and snapshotted, all without panicking.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests may read clocks and the environment
 
 mod common;
 

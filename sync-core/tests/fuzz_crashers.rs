@@ -15,6 +15,7 @@
 //! ```sh
 //! UPDATE_VECTORS=1 cargo test -p sync-core --test fuzz_crashers
 //! ```
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests may read clocks and the environment
 
 use std::alloc::System;
 use std::path::{Path, PathBuf};

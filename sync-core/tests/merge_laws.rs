@@ -8,6 +8,7 @@
 //! in four milliseconds — so that writes, tombstones and equal clock readings
 //! collide all the time. States are compared with `==` and through every read
 //! (`get`, `list`, revisions, counts).
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests may read clocks and the environment
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! `prefix` and `after`) reads exactly what the copying one (`get`, `list`)
 //! returns, after any history of puts, unsets, deletes, drops and snapshot
 //! merges over the tests' tiny universe.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests may read clocks and the environment
 
 mod common;
 

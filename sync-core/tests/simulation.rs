@@ -27,6 +27,7 @@
 //! threads (default 2); `SIM_SEED=S` replays one, and `SIM_TRACE=1` prints
 //! its timeline. With `--features buggify`, `fault_switches_are_caught`
 //! turns on each of the core's fault switches and requires a failure.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests may read clocks and the environment
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Mutex;

@@ -4,6 +4,7 @@
 //! snapshot is refused with the matching `SnapshotError`, never a panic; and
 //! payloads that pass the checksum but break the data model are refused as
 //! inconsistent.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests may read clocks and the environment
 
 mod common;
 

@@ -3,6 +3,7 @@
 //! one persist batch, announces each document and collection it changed once, and is
 //! all-or-nothing when a write is refused or the
 //! closure fails.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests may read clocks and the environment
 
 mod common;
 
