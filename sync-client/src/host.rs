@@ -38,6 +38,9 @@ use crate::status::StatusWatchers;
 
 /// Refresh a token this long before it expires.
 const REFRESH_BEFORE_EXPIRY_MS: u64 = 60_000;
+/// Ask the token source at most this often: a source that keeps returning
+/// an expired or refused token must not be called in a tight loop.
+const MIN_REFRESH_INTERVAL_MS: u64 = 10_000;
 
 /// The loop of one database, to be driven by the platform (spawned on a
 /// local executor). It ends once the database is closed and its last
@@ -155,6 +158,7 @@ where
         sleep: None,
         refresh_at: None,
         refreshing: None,
+        last_refresh: None,
         reloading: None,
     };
     Ok((db, host.run().boxed_local()))
@@ -240,6 +244,8 @@ struct Host<T> {
     sleep: Option<(u64, LocalBoxFuture<'static, ()>)>,
     refresh_at: Option<(u64, LocalBoxFuture<'static, ()>)>,
     refreshing: Option<LocalBoxFuture<'static, Result<String, String>>>,
+    /// When the token source was last asked.
+    last_refresh: Option<u64>,
     reloading: Option<LocalBoxFuture<'static, Result<Vec<Record>, StoreError>>>,
 }
 
@@ -283,7 +289,13 @@ impl<T: Transport> Host<T> {
             }
             drop(core);
             if refresh_now && self.refreshing.is_none() {
-                self.start_refresh();
+                let now = self.timer.now_ms();
+                match self.earliest_refresh() {
+                    Some(at) if at > now => {
+                        self.refresh_at = Some((at, self.timer.sleep_until(at)));
+                    }
+                    _ => self.start_refresh(),
+                }
             }
         }
         for action in actions {
@@ -340,12 +352,20 @@ impl<T: Transport> Host<T> {
             let at = claims
                 .expires_at
                 .saturating_mul(1000)
-                .saturating_sub(REFRESH_BEFORE_EXPIRY_MS);
+                .saturating_sub(REFRESH_BEFORE_EXPIRY_MS)
+                .max(self.earliest_refresh().unwrap_or(0));
             self.refresh_at = Some((at, self.timer.sleep_until(at)));
         }
     }
 
+    /// The earliest time the token source may be asked again.
+    fn earliest_refresh(&self) -> Option<u64> {
+        self.last_refresh
+            .map(|last| last.saturating_add(MIN_REFRESH_INTERVAL_MS))
+    }
+
     fn start_refresh(&mut self) {
+        self.last_refresh = Some(self.timer.now_ms());
         let source = lock(&self.inner.core)
             .relay
             .as_ref()

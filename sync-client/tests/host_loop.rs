@@ -425,3 +425,73 @@ fn closing_ends_the_loop_subscriptions_and_later_writes() {
     assert_eq!(rest.len(), 1, "the change made before close, then the end");
     let _ = w.block(status.by_ref().collect::<Vec<_>>());
 }
+
+/// A token in the relay's format (unsigned: the in-process relay does not
+/// check it) for room "room", expiring at `expires_at` (Unix seconds).
+fn token_expiring_at(expires_at: u64) -> String {
+    let mut claims = vec![4, b'r', b'o', b'o', b'm', 1];
+    let mut n = expires_at;
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            claims.push(byte);
+            break;
+        }
+        claims.push(byte | 0x80);
+    }
+    claims.push(0); // no replica
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut text = String::new();
+    for chunk in claims.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            text.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+        }
+    }
+    format!("{text}.c2ln")
+}
+
+#[test]
+fn a_token_source_is_asked_before_expiry_and_never_in_a_tight_loop() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let mut w = World::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    // Expires in two minutes; the source keeps handing back an expired one.
+    let fresh = token_expiring_at(T0 / 1000 + 120);
+    let stale = token_expiring_at(T0 / 1000 - 10);
+    let source: sync_client::TokenSource = Arc::new(move || {
+        counted.fetch_add(1, Ordering::SeqCst);
+        let token = stale.clone();
+        async move { Ok(token) }.boxed_local()
+    });
+    w.seed += 1;
+    let platform = Platform {
+        transport: w.relay.transport(w.timer()),
+        store: MemoryStore::new(),
+        timer: w.timer(),
+        seed: w.seed,
+    };
+    let options =
+        Options::with_relay(RelayOptions::new("mem://relay", "room", fresh).token_source(source));
+    let (_db, host) = w.pool.run_until(open(platform, options)).expect("opens");
+    w.pool.spawner().spawn_local(host).expect("spawn");
+    w.advance(30_000);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        0,
+        "not yet: expiry is 90 s away"
+    );
+    w.advance(35_000);
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "a minute before expiry");
+    // The source returned an expired token: asked again, but at most every 10 s.
+    w.advance(60_000);
+    let asked = calls.load(Ordering::SeqCst);
+    assert!((6..=8).contains(&asked), "asked {asked} times");
+}
