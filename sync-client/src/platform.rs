@@ -137,6 +137,10 @@ pub trait Timer {
     /// Milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64;
 
-    /// Resolves at `at_ms` (milliseconds since the Unix epoch) or soon after.
+    /// Resolves at `at_ms` (milliseconds since the Unix epoch) or soon
+    /// after, and never before [`Timer::now_ms`] reads at least `at_ms`:
+    /// the session reports each deadline once, so a wakeup that finds
+    /// nothing due yet is not re-armed. Timers that sleep on a monotonic
+    /// clock re-check the wall clock before resolving.
     fn sleep_until(&self, at_ms: u64) -> LocalBoxFuture<'static, ()>;
 }
