@@ -13,7 +13,6 @@
 //! rejects every write waiting for durability, reads the store back and
 //! rebuilds the session from it, then carries on (syncing again if it was).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
@@ -26,7 +25,7 @@ use sync_core::protocol::CloseCode;
 use sync_core::session::{Input, Output, Session, SessionConfig};
 use sync_core::store::Record;
 use sync_core::token::TokenClaims;
-use sync_core::{Event, PersistBatch, PersistId, Replica, ReplicaConfig, ReplicaId, StoreKey};
+use sync_core::{Event, PersistBatch, PersistId, Replica, ReplicaConfig, ReplicaId};
 
 use crate::changes::{Change, Subscribers, lock};
 use crate::database::{Core, Database, Inner, Options, Relay};
@@ -634,32 +633,10 @@ fn on_event(core: &mut Core, event: Event) {
 /// One batch for many: later writes to a key replace earlier ones.
 fn merge(persists: Vec<(PersistId, PersistBatch)>) -> (Vec<PersistId>, PersistBatch) {
     let mut ids = Vec::with_capacity(persists.len());
-    let mut iter = persists.into_iter();
-    let Some((first_id, mut merged)) = iter.next() else {
-        return (ids, PersistBatch::default());
-    };
-    ids.push(first_id);
-    let rest: Vec<_> = iter.collect();
-    if rest.is_empty() {
-        return (ids, merged);
-    }
-    let mut index: HashMap<StoreKey, usize> = merged
-        .writes
-        .iter()
-        .enumerate()
-        .map(|(i, w)| (w.key().clone(), i))
-        .collect();
-    for (id, batch) in rest {
+    let mut merged = PersistBatch::default();
+    for (id, batch) in persists {
         ids.push(id);
-        for write in batch.writes {
-            match index.get(write.key()) {
-                Some(&i) => merged.writes[i] = write,
-                None => {
-                    index.insert(write.key().clone(), merged.writes.len());
-                    merged.writes.push(write);
-                }
-            }
-        }
+        merged.extend(batch);
     }
     (ids, merged)
 }

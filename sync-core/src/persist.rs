@@ -151,10 +151,28 @@ impl PersistBatch {
         self.writes.push(write);
     }
 
-    /// Adds every write of `other` after this batch's writes.
+    /// Adds every write of `other` after this batch's writes, each
+    /// replacing an earlier one to the same key, as [`PersistBatch::push`]
+    /// one by one would, in time linear in both batches (a host merging
+    /// the batches queued during a store write into one transaction).
     pub fn extend(&mut self, other: PersistBatch) {
+        let mut index: std::collections::HashMap<StoreKey, usize> = self
+            .writes
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w.key().clone(), i))
+            .collect();
+        let mut replaced = vec![false; self.writes.len()];
         for write in other.writes {
-            self.push(write);
+            if let Some(earlier) = index.insert(write.key().clone(), self.writes.len()) {
+                replaced[earlier] = true;
+            }
+            replaced.push(false);
+            self.writes.push(write);
+        }
+        if replaced.contains(&true) {
+            let mut keep = replaced.into_iter().map(|r| !r);
+            self.writes.retain(|_| keep.next().unwrap_or(true));
         }
     }
 }
@@ -365,6 +383,35 @@ pub(crate) fn encode_record_into<T: Serialize + ?Sized>(record: &T, mut out: Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extend_equals_pushing_one_by_one() {
+        let put = |key: u64, value: u8| Write::Put {
+            key: StoreKey::Outbox(key),
+            value: vec![value],
+        };
+        let first = [put(1, 1), put(2, 1), put(3, 1)];
+        let second = [
+            put(2, 2),
+            Write::Delete {
+                key: StoreKey::Outbox(4),
+            },
+            put(1, 2),
+            put(5, 2),
+        ];
+        let mut pushed = PersistBatch::default();
+        for write in first.iter().chain(&second) {
+            pushed.push(write.clone());
+        }
+        let mut extended = PersistBatch {
+            writes: first.to_vec(),
+        };
+        extended.extend(PersistBatch {
+            writes: second.to_vec(),
+        });
+        assert_eq!(extended, pushed);
+        assert_eq!(extended.writes.len(), 5);
+    }
 
     #[test]
     fn keys_round_trip() {
