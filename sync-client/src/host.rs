@@ -94,20 +94,14 @@ where
         .clone()
         .unwrap_or_else(|| concat!("concord-sync-client/", env!("CARGO_PKG_VERSION")).to_owned());
     let jitter_seed = mix(seed ^ 0x5eed);
-    let session =
-        match Session::restore(replica_config, session_config.clone(), jitter_seed, records)
-            .map_err(|e| Error::Load(e.to_string()))?
-        {
-            Some(session) => session,
-            None => {
-                let id = ReplicaId(mix(seed).max(1));
-                Session::new(
-                    Replica::new(id, replica_config),
-                    session_config.clone(),
-                    jitter_seed,
-                )
-            }
-        };
+    let session = load_session(
+        replica_config,
+        &session_config,
+        jitter_seed,
+        records,
+        ReplicaId(mix(seed).max(1)),
+    )
+    .map_err(|e| Error::Load(e.to_string()))?;
     let relay = options.relay.as_ref().map(|r| Relay {
         url: r.url.clone(),
         token_source: r.token_source.clone(),
@@ -161,6 +155,28 @@ where
         reloading: None,
     };
     Ok((db, host.run().boxed_local()))
+}
+
+/// The session stored in `records`, or a new one as replica `new_id` when
+/// the store is empty.
+fn load_session(
+    replica_config: ReplicaConfig,
+    session_config: &SessionConfig,
+    seed: u64,
+    records: Vec<Record>,
+    new_id: ReplicaId,
+) -> Result<Session, sync_core::RestoreError> {
+    Ok(
+        Session::restore(replica_config, session_config.clone(), seed, records)?.unwrap_or_else(
+            || {
+                Session::new(
+                    Replica::new(new_id, replica_config),
+                    session_config.clone(),
+                    seed,
+                )
+            },
+        ),
+    )
 }
 
 /// SplitMix64's finaliser: spreads a seed over 64 bits.
@@ -486,22 +502,17 @@ impl<T: Transport> Host<T> {
                 }
             }
             Wake::Reloaded(Ok(records)) => {
-                let id = core.session.replica().id();
-                let restored = Session::restore(
+                // An empty store (the first write failed) keeps the replica
+                // id: nothing of it was ever pushed.
+                let restored = load_session(
                     core.replica_config,
-                    core.session_config.clone(),
+                    &core.session_config,
                     core.seed,
                     records,
+                    core.session.replica().id(),
                 );
                 match restored {
-                    Ok(restored) => {
-                        let mut session = restored.unwrap_or_else(|| {
-                            Session::new(
-                                Replica::new(id, core.replica_config),
-                                core.session_config.clone(),
-                                core.seed,
-                            )
-                        });
+                    Ok(mut session) => {
                         session.set_token(core.session.config().token.clone());
                         core.session = session;
                         core.store_failed = None;
