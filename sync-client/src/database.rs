@@ -196,10 +196,9 @@ impl Core {
     /// Answers every waiter whose answer is known.
     pub(crate) fn settle_waiters(&mut self) {
         if let Some(message) = &self.store_failed {
-            let error = Error::Store(crate::platform::StoreError::new(
-                crate::platform::StoreErrorKind::Io,
-                message.clone(),
-            ));
+            let error = Error::from(sync_core::WriteError::StoreFailed {
+                message: message.clone(),
+            });
             for waiter in self.durable_waiters.drain(..) {
                 let _ = waiter.tx.send(Err(error.clone()));
             }
