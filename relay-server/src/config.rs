@@ -334,30 +334,33 @@ impl Config {
                 d(o.idle_timeout, 60)
             )));
         }
-        let room = RoomConfig {
-            max_drift_ms: ms(d(o.max_drift, 60)),
-            max_batch_ops,
-            max_batch_bytes,
-            send_window,
-            snapshot_chunk_bytes: defaults.snapshot_chunk_bytes.min(max_frame_bytes / 4),
-            heartbeat_ms: ms(d(o.heartbeat, 15)),
-            idle_timeout_ms: ms(d(o.idle_timeout, 60)),
-            slow_consumer_ms: ms(d(o.slow_consumer_timeout, 30)),
-            max_frame_bytes,
-            compaction: CompactionPolicy {
-                min_ops: o.compaction_min_ops.unwrap_or(defaults.compaction.min_ops),
-                keep_recent_ops: o
-                    .keep_recent_ops
-                    .unwrap_or(defaults.compaction.keep_recent_ops),
-                max_log_ops: o.max_log_ops.unwrap_or(defaults.compaction.max_log_ops),
-                tombstone_grace_ms: o
-                    .tombstone_grace
-                    .map_or(defaults.compaction.tombstone_grace_ms, |g| ms(g.0)),
-                min_fold_percent: o
-                    .compaction_min_fold_percent
-                    .unwrap_or(defaults.compaction.min_fold_percent),
-            },
-        };
+        let room = RoomConfig::default()
+            .with_max_drift_ms(ms(d(o.max_drift, 60)))
+            .with_max_batch_ops(max_batch_ops)
+            .with_max_batch_bytes(max_batch_bytes)
+            .with_send_window(send_window)
+            .with_snapshot_chunk_bytes(defaults.snapshot_chunk_bytes.min(max_frame_bytes / 4))
+            .with_heartbeat_ms(ms(d(o.heartbeat, 15)))
+            .with_idle_timeout_ms(ms(d(o.idle_timeout, 60)))
+            .with_slow_consumer_ms(ms(d(o.slow_consumer_timeout, 30)))
+            .with_max_frame_bytes(max_frame_bytes)
+            .with_compaction(
+                CompactionPolicy::default()
+                    .with_min_ops(o.compaction_min_ops.unwrap_or(defaults.compaction.min_ops))
+                    .with_keep_recent_ops(
+                        o.keep_recent_ops
+                            .unwrap_or(defaults.compaction.keep_recent_ops),
+                    )
+                    .with_max_log_ops(o.max_log_ops.unwrap_or(defaults.compaction.max_log_ops))
+                    .with_tombstone_grace_ms(
+                        o.tombstone_grace
+                            .map_or(defaults.compaction.tombstone_grace_ms, |g| ms(g.0)),
+                    )
+                    .with_min_fold_percent(
+                        o.compaction_min_fold_percent
+                            .unwrap_or(defaults.compaction.min_fold_percent),
+                    ),
+            );
         Ok(Config {
             listen: o.listen.unwrap_or_else(|| "127.0.0.1:8787".into()),
             data: o.data.unwrap_or_else(|| PathBuf::from("./concord-data")),

@@ -189,7 +189,7 @@ async fn stats(
             .members
             .iter()
             .map(|m| ClientJson {
-                session: m.session,
+                session: m.connection,
                 replica: m.replica.to_string(),
                 cursor: m.cursor,
                 lag_ops: m.lag_ops,

@@ -35,8 +35,8 @@ use axum::body::Bytes;
 use sync_core::PersistId;
 use sync_core::protocol::{self, ErrorCode, Hello};
 use sync_core::room::{
-    Compacted, CompactionError, CompactionJob, Room, RoomInput, RoomOutput, RoomPersist, RoomStats,
-    SessionId,
+    Compacted, CompactionError, CompactionJob, ConnectionId, Room, RoomInput, RoomOutput,
+    RoomPersist, RoomStats,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -77,7 +77,7 @@ pub(crate) enum RoomMsg {
     /// A verified session joins.
     Join {
         /// The connection's id.
-        session: SessionId,
+        session: ConnectionId,
         /// Its hello, boxed: joins are rare, and every inbox slot is as
         /// large as the largest message (a room's inbox allocates its
         /// first 32 slots when it is created).
@@ -92,7 +92,7 @@ pub(crate) enum RoomMsg {
     /// A frame from a joined session.
     Frame {
         /// The connection.
-        session: SessionId,
+        session: ConnectionId,
         /// The frame.
         frame: Bytes,
         /// Whether it is a push (for the ack latency metric).
@@ -103,7 +103,7 @@ pub(crate) enum RoomMsg {
     /// The connection is gone.
     Leave {
         /// The connection.
-        session: SessionId,
+        session: ConnectionId,
     },
     /// Report the room's statistics.
     Stats {
@@ -243,13 +243,13 @@ struct Host {
     room: Room,
     inbox: mpsc::Receiver<RoomMsg>,
     rooms: Arc<Rooms>,
-    sessions: HashMap<SessionId, Member>,
+    sessions: HashMap<ConnectionId, Member>,
     commits: VecDeque<InFlight>,
     timer: Option<tokio::time::Instant>,
     compaction: Option<JoinHandle<Result<Compacted, CompactionError>>>,
     idle_since: Option<Instant>,
     /// Sessions cut off by the host, for which the room must hear `Leave`.
-    leaves: Vec<SessionId>,
+    leaves: Vec<ConnectionId>,
     stopping: bool,
     /// Messages handled since the room was last polled, and their frame bytes.
     unpolled: usize,
@@ -503,7 +503,7 @@ impl Host {
                 self.room.handle(
                     now,
                     RoomInput::Join {
-                        session,
+                        connection: session,
                         hello: *hello,
                         read_only,
                     },
@@ -528,7 +528,7 @@ impl Host {
                 self.room.handle(
                     now,
                     RoomInput::Frame {
-                        session,
+                        connection: session,
                         frame: &frame,
                     },
                 );
@@ -541,10 +541,15 @@ impl Host {
         }
     }
 
-    fn leave(&mut self, now: u64, session: SessionId) {
+    fn leave(&mut self, now: u64, session: ConnectionId) {
         if self.sessions.remove(&session).is_some() {
             self.rooms.metrics.sessions_joined.dec();
-            self.room.handle(now, RoomInput::Leave { session });
+            self.room.handle(
+                now,
+                RoomInput::Leave {
+                    connection: session,
+                },
+            );
         }
     }
 
@@ -602,14 +607,22 @@ impl Host {
             }
             let now = now_ms();
             for session in std::mem::take(&mut self.leaves) {
-                self.room.handle(now, RoomInput::Leave { session });
+                self.room.handle(
+                    now,
+                    RoomInput::Leave {
+                        connection: session,
+                    },
+                );
             }
         }
     }
 
     fn release(&mut self, out: RoomOutput) {
         match out {
-            RoomOutput::Transmit { session, frame } => {
+            RoomOutput::Transmit {
+                connection: session,
+                frame,
+            } => {
                 let Some(member) = self.sessions.get_mut(&session) else {
                     return;
                 };
@@ -634,7 +647,7 @@ impl Host {
                 }
             }
             RoomOutput::Close {
-                session,
+                connection: session,
                 code,
                 reason,
             } => {

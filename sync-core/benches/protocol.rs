@@ -21,14 +21,8 @@ use sync_core::{Replica, ReplicaConfig, ReplicaId, Value};
 const NOW: u64 = 1_700_000_000_000;
 
 fn room_config() -> RoomConfig {
-    RoomConfig {
-        // Never compact on its own: the benchmarks decide.
-        compaction: CompactionPolicy {
-            min_ops: u64::MAX,
-            ..CompactionPolicy::default()
-        },
-        ..RoomConfig::default()
-    }
+    // Never compact on its own: the benchmarks decide.
+    RoomConfig::default().with_compaction(CompactionPolicy::default().with_min_ops(u64::MAX))
 }
 
 /// Ten fields of the kinds apps store: short strings, numbers, flags.
@@ -58,7 +52,7 @@ fn populated_room(docs: u64) -> Room {
     room.handle(
         NOW,
         RoomInput::Join {
-            session: 1,
+            connection: 1,
             hello,
             read_only: false,
         },
@@ -76,13 +70,13 @@ fn populated_room(docs: u64) -> Room {
         room.handle(
             NOW,
             RoomInput::Frame {
-                session: 1,
+                connection: 1,
                 frame: &frame,
             },
         );
         settle(&mut room);
     }
-    room.handle(NOW, RoomInput::Leave { session: 1 });
+    room.handle(NOW, RoomInput::Leave { connection: 1 });
     settle(&mut room);
     room
 }
@@ -135,7 +129,7 @@ fn sync(room: &mut Room, session: &mut Session, store: &mut MemoryStore, sid: u6
                 room.handle(
                     NOW,
                     RoomInput::Frame {
-                        session: sid,
+                        connection: sid,
                         frame: &frame,
                     },
                 );
@@ -144,7 +138,7 @@ fn sync(room: &mut Room, session: &mut Session, store: &mut MemoryStore, sid: u6
                 room.handle(
                     NOW,
                     RoomInput::Join {
-                        session: sid,
+                        connection: sid,
                         hello,
                         read_only: false,
                     },
@@ -227,13 +221,13 @@ fn resume(c: &mut Criterion) {
     let mut client = new_client(2);
     let mut store = MemoryStore::new();
     sync(&mut room, &mut client, &mut store, 9);
-    room.handle(NOW, RoomInput::Leave { session: 9 });
+    room.handle(NOW, RoomInput::Leave { connection: 9 });
     settle(&mut room);
     let mut writer = Replica::new(ReplicaId(3), ReplicaConfig::default());
     room.handle(
         NOW,
         RoomInput::Join {
-            session: 5,
+            connection: 5,
             hello: hello(ReplicaId(3), room.head(), 0),
             read_only: false,
         },
@@ -253,7 +247,7 @@ fn resume(c: &mut Criterion) {
     room.handle(
         NOW,
         RoomInput::Frame {
-            session: 5,
+            connection: 5,
             frame: &push,
         },
     );

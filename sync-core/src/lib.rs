@@ -76,8 +76,10 @@ pub mod protocol;
 mod replica;
 pub mod revision;
 mod rng;
+#[cfg(feature = "relay")]
 pub mod room;
 pub mod session;
+mod setters;
 pub mod snapshot;
 pub mod stamp;
 pub mod state;

@@ -24,10 +24,15 @@ use crate::version::VersionVector;
 
 /// Settings of a replica.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ReplicaConfig {
     /// Remote stamps further ahead of the local wall clock than this are refused.
     pub max_drift_ms: u64,
 }
+
+crate::setters::with_setters!(ReplicaConfig {
+    with_max_drift_ms => max_drift_ms: u64,
+});
 
 impl Default for ReplicaConfig {
     fn default() -> Self {

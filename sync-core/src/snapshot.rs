@@ -203,7 +203,7 @@ impl Snapshot {
     /// Encodes in snapshot format `format`: 1, 2 ([`Snapshot::encode`]) or
     /// 3 ([`Snapshot::encode_compressed`]). Format 1 stores field stamps
     /// in full; a relay writes it for clients that read nothing newer.
-    pub fn encode_in_format(
+    pub(crate) fn encode_in_format(
         format: u8,
         state: &State,
         version: &VersionVector,

@@ -845,7 +845,8 @@ impl State {
     ///
     /// Only safe once no write stamped at or before `horizon` can still
     /// arrive; the room decides that from its clients' acknowledgements.
-    pub fn collect_tombstones(&mut self, horizon: Hlc) -> usize {
+    #[cfg(feature = "relay")]
+    pub(crate) fn collect_tombstones(&mut self, horizon: Hlc) -> usize {
         let old = |stamp: &Stamp| stamp.hlc <= horizon;
         let mut collected = 0;
         let names = &self.names;

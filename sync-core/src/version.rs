@@ -70,7 +70,8 @@ impl SeqSet {
     }
 
     /// Members above the contiguous prefix, in order.
-    pub fn iter_ahead(&self) -> impl Iterator<Item = u64> + '_ {
+    #[cfg(feature = "relay")]
+    pub(crate) fn iter_ahead(&self) -> impl Iterator<Item = u64> + '_ {
         self.ahead.iter().copied()
     }
 

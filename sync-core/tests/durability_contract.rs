@@ -6,7 +6,7 @@
 //! IndexedDB or a SQLite writer thread completes them later.
 
 use sync_core::protocol::{self, CloseCode, ErrorCode, Message};
-use sync_core::room::{Room, RoomConfig, RoomInput, RoomOutput, SessionId};
+use sync_core::room::{ConnectionId, Room, RoomConfig, RoomInput, RoomOutput};
 use sync_core::session::{Input, LinkState, Output, Session, SessionConfig};
 use sync_core::{Event, PersistId, Replica, ReplicaConfig, ReplicaId, WriteError};
 
@@ -47,12 +47,13 @@ fn frames(outs: &[Output]) -> Vec<Message> {
         .collect()
 }
 
-fn room_frames(outs: &[RoomOutput], to: SessionId) -> Vec<Message> {
+fn room_frames(outs: &[RoomOutput], to: ConnectionId) -> Vec<Message> {
     outs.iter()
         .filter_map(|o| match o {
-            RoomOutput::Transmit { session, frame } if *session == to => {
-                Some(protocol::decode(frame, usize::MAX).expect("decodes"))
-            }
+            RoomOutput::Transmit {
+                connection: session,
+                frame,
+            } if *session == to => Some(protocol::decode(frame, usize::MAX).expect("decodes")),
             _ => None,
         })
         .collect()
@@ -83,7 +84,7 @@ fn settle_session(s: &mut Session) -> Vec<Output> {
 }
 
 /// A session joined to `room` as session `sid`, every write so far durable.
-fn joined(room: &mut Room, id: u64, sid: SessionId) -> Session {
+fn joined(room: &mut Room, id: u64, sid: ConnectionId) -> Session {
     let mut s = session(id);
     s.start(NOW);
     settle_session(&mut s);
@@ -101,13 +102,17 @@ fn joined(room: &mut Room, id: u64, sid: SessionId) -> Session {
     room.handle(
         NOW,
         RoomInput::Join {
-            session: sid,
+            connection: sid,
             hello,
             read_only: false,
         },
     );
     for out in drain_room(room) {
-        if let RoomOutput::Transmit { session, frame } = out {
+        if let RoomOutput::Transmit {
+            connection: session,
+            frame,
+        } = out
+        {
             if session == sid {
                 s.handle(NOW, Input::Received(&frame));
             }
@@ -228,7 +233,7 @@ fn the_room_acknowledges_and_delivers_only_what_is_durable() {
     room.handle(
         NOW,
         RoomInput::Frame {
-            session: 1,
+            connection: 1,
             frame: &push,
         },
     );
@@ -267,7 +272,7 @@ fn a_failed_room_write_closes_every_session_and_refuses_joins() {
     room.handle(
         NOW,
         RoomInput::Frame {
-            session: 1,
+            connection: 1,
             frame: &push,
         },
     );
@@ -284,7 +289,7 @@ fn a_failed_room_write_closes_every_session_and_refuses_joins() {
         );
         assert!(outs.iter().any(|o| matches!(
             o,
-            RoomOutput::Close { session, code: CloseCode::Internal, .. } if *session == sid
+            RoomOutput::Close { connection: session, code: CloseCode::Internal, .. } if *session == sid
         )));
     }
     assert_eq!(room.member_count(), 0);
@@ -302,7 +307,7 @@ fn a_failed_room_write_closes_every_session_and_refuses_joins() {
     room.handle(
         NOW,
         RoomInput::Join {
-            session: 3,
+            connection: 3,
             hello,
             read_only: false,
         },

@@ -98,7 +98,7 @@ impl Link {
                     self.room.handle(
                         self.now,
                         RoomInput::Frame {
-                            session: self.conn,
+                            connection: self.conn,
                             frame: &frame,
                         },
                     );
@@ -109,7 +109,7 @@ impl Link {
                     self.room.handle(
                         self.now,
                         RoomInput::Join {
-                            session: self.conn,
+                            connection: self.conn,
                             hello,
                             read_only: false,
                         },
@@ -119,12 +119,19 @@ impl Link {
             while let Some(out) = self.room.poll() {
                 busy = true;
                 match out {
-                    RoomOutput::Transmit { session, frame } if session == self.conn => {
+                    RoomOutput::Transmit {
+                        connection: session,
+                        frame,
+                    } if session == self.conn => {
                         self.room_sent
                             .push(protocol::decode(&frame, usize::MAX).expect("decodes"));
                         self.to_client.push_back(frame);
                     }
-                    RoomOutput::Close { session, code, .. } if session == self.conn => {
+                    RoomOutput::Close {
+                        connection: session,
+                        code,
+                        ..
+                    } if session == self.conn => {
                         self.deliver_to_client();
                         let now = self.client_now();
                         self.session.handle(
@@ -167,8 +174,12 @@ impl Link {
 
     fn drop_connection(&mut self) {
         if self.joined {
-            self.room
-                .handle(self.now, RoomInput::Leave { session: self.conn });
+            self.room.handle(
+                self.now,
+                RoomInput::Leave {
+                    connection: self.conn,
+                },
+            );
         }
         self.connected = false;
         self.joined = false;
@@ -194,7 +205,7 @@ impl Link {
         self.room.handle(
             self.now,
             RoomInput::Join {
-                session,
+                connection: session,
                 hello: Hello {
                     replica: OTHER,
                     room: "room".into(),
@@ -226,11 +237,16 @@ impl Link {
         self.room.handle(
             self.now,
             RoomInput::Frame {
-                session,
+                connection: session,
                 frame: &protocol::encode(&push),
             },
         );
-        self.room.handle(self.now, RoomInput::Leave { session });
+        self.room.handle(
+            self.now,
+            RoomInput::Leave {
+                connection: session,
+            },
+        );
         self.settle();
     }
 }
@@ -243,13 +259,9 @@ impl Link {
 /// new writes at all, and every reconnect re-pushes the whole outbox.
 #[test]
 fn ops_after_a_stale_rejection_are_acknowledged() {
-    let config = RoomConfig {
-        compaction: sync_core::room::CompactionPolicy {
-            tombstone_grace_ms: 1_000,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let config = RoomConfig::default().with_compaction(
+        sync_core::room::CompactionPolicy::default().with_tombstone_grace_ms(1_000),
+    );
     let mut link = Link::new(config, T);
     // The client writes while offline...
     link.session

@@ -515,9 +515,7 @@ fn out_of_order_sequence_numbers_are_tracked_exactly() {
 
 #[test]
 fn operation_beyond_the_drift_bound_is_refused_and_changes_nothing() {
-    let config = ReplicaConfig {
-        max_drift_ms: 1_000,
-    };
+    let config = ReplicaConfig::default().with_max_drift_ms(1_000);
     let mut r = Replica::new(ReplicaId(100), config);
     r.put(10_000, "c", "other", [("x", 1)]).unwrap();
     let _ = r.take_persist();

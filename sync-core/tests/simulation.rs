@@ -540,9 +540,7 @@ fn session_config() -> SessionConfig {
 }
 
 fn replica_config() -> ReplicaConfig {
-    ReplicaConfig {
-        max_drift_ms: MAX_DRIFT,
-    }
+    ReplicaConfig::default().with_max_drift_ms(MAX_DRIFT)
 }
 
 fn new_client(replica: ReplicaId, skew: i64, seed: u64) -> ClientHost {
@@ -584,27 +582,26 @@ impl Sim {
                 new_client(ReplicaId(100 + i as u64), skew, rng.next())
             })
             .collect();
-        let config = RoomConfig {
-            max_drift_ms: MAX_DRIFT,
-            max_batch_ops: 5,
-            send_window: 1 + rng.below(3) as usize,
-            snapshot_chunk_bytes: 64 + rng.below(512) as usize,
-            heartbeat_ms: 2_000,
-            idle_timeout_ms: 8_000,
-            slow_consumer_ms: 5_000,
-            compaction: CompactionPolicy {
-                min_ops: 1 + rng.below(10),
-                keep_recent_ops: rng.below(20),
-                max_log_ops: 30 + rng.below(50),
-                min_fold_percent: if seed % 2 == 1 { 0 } else { 100 },
-                tombstone_grace_ms: if gc {
-                    3_000 + rng.below(7_000)
-                } else {
-                    365 * 24 * 3600 * 1000
-                },
-            },
-            ..RoomConfig::default()
-        };
+        let config = RoomConfig::default()
+            .with_max_drift_ms(MAX_DRIFT)
+            .with_max_batch_ops(5)
+            .with_send_window(1 + rng.below(3) as usize)
+            .with_snapshot_chunk_bytes(64 + rng.below(512) as usize)
+            .with_heartbeat_ms(2_000)
+            .with_idle_timeout_ms(8_000)
+            .with_slow_consumer_ms(5_000)
+            .with_compaction(
+                CompactionPolicy::default()
+                    .with_min_ops(1 + rng.below(10))
+                    .with_keep_recent_ops(rng.below(20))
+                    .with_max_log_ops(30 + rng.below(50))
+                    .with_min_fold_percent(if seed % 2 == 1 { 0 } else { 100 })
+                    .with_tombstone_grace_ms(if gc {
+                        3_000 + rng.below(7_000)
+                    } else {
+                        365 * 24 * 3600 * 1000
+                    }),
+            );
         let faults = Faults {
             loss: rng.below(30),
             dup: rng.below(30),
@@ -1025,7 +1022,10 @@ impl Sim {
                         self.room.commit_at = Some(self.now + latency);
                     }
                 }
-                RoomOutput::Transmit { session, frame } => {
+                RoomOutput::Transmit {
+                    connection: session,
+                    frame,
+                } => {
                     let faults = self.faults.as_ref();
                     self.net.send(
                         &mut self.rng,
@@ -1036,7 +1036,11 @@ impl Sim {
                         Payload::Frame(frame),
                     );
                 }
-                RoomOutput::Close { session, code, .. } => {
+                RoomOutput::Close {
+                    connection: session,
+                    code,
+                    ..
+                } => {
                     self.net.send(
                         &mut self.rng,
                         None,
@@ -1241,7 +1245,7 @@ impl Sim {
                 }
                 if joined {
                     self.room_input(RoomInput::Frame {
-                        session: packet.conn,
+                        connection: packet.conn,
                         frame: &frame,
                     });
                     // A crash right after a push, with its persist maybe not
@@ -1260,7 +1264,7 @@ impl Sim {
                                 c.joined = true;
                             }
                             self.room_input(RoomInput::Join {
-                                session: packet.conn,
+                                connection: packet.conn,
                                 hello,
                                 read_only: false,
                             });
@@ -1273,7 +1277,7 @@ impl Sim {
                 self.net.conns.remove(&packet.conn);
                 if joined {
                     self.room_input(RoomInput::Leave {
-                        session: packet.conn,
+                        connection: packet.conn,
                     });
                 }
             }
@@ -1287,7 +1291,7 @@ impl Sim {
         };
         self.net.packets.retain(|p| p.conn != conn);
         if c.joined {
-            self.room_input(RoomInput::Leave { session: conn });
+            self.room_input(RoomInput::Leave { connection: conn });
         }
         if self.clients[c.client].conn == Some(conn) {
             self.clients[c.client].conn = None;

@@ -7,50 +7,17 @@
 
 mod codes;
 mod message;
+#[cfg(feature = "relay")]
+mod relay;
 
 pub use codes::{CloseCode, ErrorCode};
 pub use message::{Hello, Message, Welcome};
-
-/// What a relay of this build and a client agree on at the handshake.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Agreement {
-    /// The protocol version of every later frame.
-    pub version: u8,
-    /// The snapshot format snapshots are sent in.
-    pub snapshot_format: u8,
-}
-
-/// Why a relay of this build cannot serve a `Hello`: nothing in common.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum NegotiationError {
-    /// No protocol version in common.
-    #[error(
-        "the client speaks protocol versions {offered:?}; this relay speaks {SUPPORTED_VERSIONS:?}"
-    )]
-    NoVersion {
-        /// The versions the client listed.
-        offered: Vec<u8>,
-    },
-    /// No snapshot format in common.
-    #[error(
-        "the client reads snapshot formats {offered:?}; this relay sends formats {}..={}",
-        SENDABLE_SNAPSHOT_FORMATS.start(),
-        SENDABLE_SNAPSHOT_FORMATS.end()
-    )]
-    NoSnapshotFormat {
-        /// The formats the client listed.
-        offered: Vec<u8>,
-    },
-}
-
-impl NegotiationError {
-    /// The error code of the `Error` the relay answers with; it closes with
-    /// that code's close code (4001: retrying cannot help).
-    pub fn error_code(&self) -> ErrorCode {
-        ErrorCode::UnsupportedVersion
-    }
-}
+#[cfg(feature = "relay")]
+pub use relay::{
+    Agreement, DeliverHeader, MessageKind, NegotiationError, SENDABLE_SNAPSHOT_FORMATS, decode_op,
+    deliver_header, deliver_op_count, encode_deliver, encode_op, encode_version_refusal, negotiate,
+    peek_kind,
+};
 
 /// Whether `name` is a valid room name: 1 to 256 UTF-8 bytes
 /// ([`crate::limits::MAX_ROOM_NAME_LEN`]), none of them a control
@@ -61,35 +28,6 @@ pub fn valid_room_name(name: &str) -> bool {
         && name.len() <= crate::limits::MAX_ROOM_NAME_LEN
         && !name.chars().any(char::is_control)
 }
-
-/// What a relay of this build agrees to for `hello`: the newest protocol
-/// version and the newest snapshot format both sides know.
-pub fn negotiate(hello: &Hello) -> Result<Agreement, NegotiationError> {
-    let version = hello
-        .versions
-        .iter()
-        .copied()
-        .filter(|v| SUPPORTED_VERSIONS.contains(v))
-        .max()
-        .ok_or_else(|| NegotiationError::NoVersion {
-            offered: hello.versions.clone(),
-        })?;
-    let snapshot_format = hello
-        .snapshot_formats
-        .iter()
-        .copied()
-        .filter(|f| SENDABLE_SNAPSHOT_FORMATS.contains(f))
-        .max()
-        .ok_or_else(|| NegotiationError::NoSnapshotFormat {
-            offered: hello.snapshot_formats.clone(),
-        })?;
-    Ok(Agreement {
-        version,
-        snapshot_format,
-    })
-}
-
-use crate::op::Op;
 
 /// The protocol version this build speaks; the first byte of every frame.
 ///
@@ -104,12 +42,6 @@ pub const SUPPORTED_VERSIONS: &[u8] = &[PROTOCOL_VERSION];
 /// on: a `Hello` frame always carries this version byte, so a relay can
 /// read what the client speaks before anything is agreed.
 pub const HELLO_VERSION: u8 = 2;
-
-/// The snapshot formats a relay of this build can send, oldest first: it
-/// re-encodes its stored snapshot for a client that reads none of the
-/// newer ones.
-pub const SENDABLE_SNAPSHOT_FORMATS: std::ops::RangeInclusive<u8> =
-    crate::snapshot::OLDEST_SNAPSHOT_FORMAT..=crate::snapshot::NEWEST_SNAPSHOT_FORMAT;
 
 /// Most pushes a client may have awaiting their answer (`Ack` or
 /// `Rejected`) at once. A relay that rate-limits holds pushes back, and
@@ -175,19 +107,6 @@ pub fn encode(message: &Message) -> Vec<u8> {
     postcard::to_extend(message, vec![PROTOCOL_VERSION]).unwrap_or_default()
 }
 
-/// The `Error { UnsupportedVersion, message }` frame that refuses a frame
-/// of protocol version `version`, written with that same version byte so
-/// that its sender can read it. `Error` (message index 10: an `ErrorCode`
-/// varint, then a string) is laid out alike in every protocol version.
-pub fn encode_version_refusal(version: u8, message: &str) -> Vec<u8> {
-    let mut frame = vec![version];
-    push_varint(&mut frame, ERROR_TAG);
-    push_varint(&mut frame, ERROR_CODE_UNSUPPORTED_VERSION);
-    push_varint(&mut frame, message.len() as u64);
-    frame.extend_from_slice(message.as_bytes());
-    frame
-}
-
 /// Reads an `Error` message from a frame of any protocol version (its
 /// layout is the same in all of them): the version byte, the code and the
 /// message. `None` for anything else. A client uses it to understand a
@@ -208,9 +127,7 @@ pub fn decode_any_error(frame: &[u8]) -> Option<(u8, ErrorCode, String)> {
 }
 
 /// Variant index of `Message::Error`.
-const ERROR_TAG: u64 = 10;
-/// Variant index of `ErrorCode::UnsupportedVersion`.
-const ERROR_CODE_UNSUPPORTED_VERSION: u64 = 1;
+pub(crate) const ERROR_TAG: u64 = 10;
 
 /// Decodes a frame no larger than `max_len` bytes.
 ///
@@ -235,135 +152,8 @@ pub fn decode(frame: &[u8], max_len: usize) -> Result<Message, FrameError> {
     Ok(message)
 }
 
-/// Builds a `Deliver` frame from operations already encoded one by one.
-///
-/// The relay encodes each operation once when it enters the room log and
-/// fans the same bytes out to every session; this splices them into the
-/// exact bytes [`encode`] would produce for
-/// `Message::Deliver { from, cursor, ops }`.
-pub fn encode_deliver<'a>(
-    from: u64,
-    cursor: u64,
-    encoded_ops: impl ExactSizeIterator<Item = &'a [u8]>,
-) -> Vec<u8> {
-    let mut frame = vec![PROTOCOL_VERSION];
-    push_varint(&mut frame, message::DELIVER_TAG);
-    push_varint(&mut frame, from);
-    push_varint(&mut frame, cursor);
-    push_varint(&mut frame, encoded_ops.len() as u64);
-    for op in encoded_ops {
-        frame.extend_from_slice(op);
-    }
-    frame
-}
-
-/// Which message a frame carries, read from its header without decoding it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum MessageKind {
-    /// `Message::Hello`.
-    Hello,
-    /// `Message::Welcome`.
-    Welcome,
-    /// `Message::Push`.
-    Push,
-    /// `Message::Ack`.
-    Ack,
-    /// `Message::Deliver`.
-    Deliver,
-    /// `Message::SnapshotChunk`.
-    SnapshotChunk,
-    /// `Message::Applied`.
-    Applied,
-    /// `Message::Rejected`.
-    Rejected,
-    /// `Message::Ping`.
-    Ping,
-    /// `Message::Pong`.
-    Pong,
-    /// `Message::Error`.
-    Error,
-}
-
-/// The kind of message a frame of this protocol version carries, for hosts
-/// that count or route frames without paying for a full decode. `None` for
-/// a frame that is empty, of another version, or of no known kind.
-pub fn peek_kind(frame: &[u8]) -> Option<MessageKind> {
-    let (version, rest) = frame.split_first()?;
-    if *version != PROTOCOL_VERSION {
-        return None;
-    }
-    let (tag, _) = read_varint(rest)?;
-    Some(match tag {
-        0 => MessageKind::Hello,
-        1 => MessageKind::Welcome,
-        2 => MessageKind::Push,
-        3 => MessageKind::Ack,
-        message::DELIVER_TAG => MessageKind::Deliver,
-        5 => MessageKind::SnapshotChunk,
-        6 => MessageKind::Applied,
-        7 => MessageKind::Rejected,
-        8 => MessageKind::Ping,
-        9 => MessageKind::Pong,
-        ERROR_TAG => MessageKind::Error,
-        _ => return None,
-    })
-}
-
-/// The header of a `Deliver` frame: its `from` and `cursor` offsets and
-/// how many operations it carries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DeliverHeader {
-    /// The offset the batch continues from.
-    pub from: u64,
-    /// The offset to store once the batch is applied.
-    pub cursor: u64,
-    /// The length of its `ops`.
-    pub op_count: u64,
-}
-
-/// Reads a `Deliver` frame's header (tag, `from`, `cursor`, then the length
-/// of `ops`) without decoding its operations, for hosts that route, count
-/// or confirm deliveries without applying them. `None` for any other frame
-/// or a truncated header; the operations themselves are not checked.
-pub fn deliver_header(frame: &[u8]) -> Option<DeliverHeader> {
-    if peek_kind(frame)? != MessageKind::Deliver {
-        return None;
-    }
-    let (_tag, rest) = read_varint(frame.get(1..)?)?;
-    let (from, rest) = read_varint(rest)?;
-    let (cursor, rest) = read_varint(rest)?;
-    let (op_count, _) = read_varint(rest)?;
-    Some(DeliverHeader {
-        from,
-        cursor,
-        op_count,
-    })
-}
-
-/// The number of operations a `Deliver` frame carries, read from its header
-/// (tag, `from`, `cursor`, then the length of `ops`), without decoding them.
-pub fn deliver_op_count(frame: &[u8]) -> Option<u64> {
-    deliver_header(frame).map(|h| h.op_count)
-}
-
-/// Encodes one operation as it appears inside `Push` and `Deliver`.
-pub fn encode_op(op: &Op) -> Vec<u8> {
-    postcard::to_allocvec(op).unwrap_or_default()
-}
-
-/// Decodes one operation encoded by [`encode_op`].
-pub fn decode_op(bytes: &[u8]) -> Result<Op, FrameError> {
-    let (op, rest) =
-        postcard::take_from_bytes(bytes).map_err(|e| FrameError::Malformed(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(FrameError::TrailingBytes(rest.len()));
-    }
-    Ok(op)
-}
-
 /// Reads one LEB128 varint; `None` when truncated or longer than 10 bytes.
-fn read_varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
+pub(crate) fn read_varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
     let mut value: u64 = 0;
     for (i, &b) in bytes.iter().enumerate().take(10) {
         value |= u64::from(b & 0x7f) << (7 * i);
@@ -375,7 +165,7 @@ fn read_varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
 }
 
 /// LEB128 as postcard writes unsigned integers.
-fn push_varint(out: &mut Vec<u8>, mut value: u64) {
+pub(crate) fn push_varint(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
         out.push((value as u8) | 0x80);
         value >>= 7;

@@ -2,7 +2,7 @@
 //!
 //! The room hands out a [`CompactionJob`]: plain data that owns everything
 //! it needs. The host runs [`CompactionJob::run`] wherever it likes (a
-//! worker thread, so sessions are never blocked) and hands the
+//! worker thread, so connections are never blocked) and hands the
 //! [`Compacted`] result back to the room.
 
 use std::sync::Arc;

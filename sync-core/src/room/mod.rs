@@ -1,17 +1,17 @@
-//! The relay side of the sync protocol: one room's log, its sessions, and
+//! The relay side of the sync protocol: one room's log, its connections, and
 //! the decisions the relay makes for them, as a no-IO state machine.
 //!
 //! The relay binary verifies tokens, owns sockets and storage, and drives
 //! one [`Room`] per room:
 //!
 //! ```text
-//! room.handle(now, RoomInput::Frame { session, frame: &bytes });
+//! room.handle(now, RoomInput::Frame { connection, frame: &bytes });
 //! while let Some(out) = room.poll() {
 //!     match out {
 //!         RoomOutput::Persist { id, batch }     => append/replace atomically, durably,
 //!                                                  then RoomInput::Persisted(id)
-//!         RoomOutput::Transmit { session, frame } => send it
-//!         RoomOutput::Close { session, code, .. } => close that socket
+//!         RoomOutput::Transmit { connection, frame } => send it
+//!         RoomOutput::Close { connection, code, .. } => close that socket
 //!         RoomOutput::Compact(job)             => run job.run() off-thread, feed RoomInput::Compacted
 //!         RoomOutput::Timeout(at)              => call handle(at, RoomInput::Timeout) then
 //!     }
@@ -25,13 +25,13 @@
 //! host's writes complete. The host applies batches in the order it got
 //! them, and may merge consecutive ones into one transaction. A failed
 //! write ([`RoomInput::PersistFailed`]) leaves memory ahead of storage: the
-//! room closes every session and refuses new ones, and the host reloads it
+//! room closes every connection and refuses new ones, and the host reloads it
 //! from storage ([`Room::restore`]).
 //!
 //! Deliveries are built lazily, when the host polls and nothing else is
 //! queued, not in `handle`. A host that feeds several inputs before polling
-//! (the relay drains its whole inbox first) therefore sends each session one
-//! `Deliver` for everything those inputs appended, within the session's send
+//! (the relay drains its whole inbox first) therefore sends each connection one
+//! `Deliver` for everything those inputs appended, within the connection's send
 //! window and the batch limits, instead of one frame per push: under fan-out
 //! that divides the frames (and socket writes) by the pushes per drain.
 
@@ -57,11 +57,14 @@ use log::{Entry, Log};
 /// How long the room waits after a failed compaction before handing out another job.
 const COMPACTION_RETRY_MS: u64 = 60_000;
 
-/// Identifies one connection to the room; the host picks it.
-pub type SessionId = u64;
+/// Identifies one client connection to the room; the host picks it (the
+/// relay numbers its WebSocket connections). Not to be confused with the
+/// client-side [`crate::session::Session`].
+pub type ConnectionId = u64;
 
 /// When to fold the log into the snapshot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CompactionPolicy {
     /// Never compact fewer entries than this at once.
     pub min_ops: u64,
@@ -84,6 +87,14 @@ pub struct CompactionPolicy {
     pub min_fold_percent: u64,
 }
 
+crate::setters::with_setters!(CompactionPolicy {
+    with_min_ops => min_ops: u64,
+    with_keep_recent_ops => keep_recent_ops: u64,
+    with_max_log_ops => max_log_ops: u64,
+    with_tombstone_grace_ms => tombstone_grace_ms: u64,
+    with_min_fold_percent => min_fold_percent: u64,
+});
+
 impl Default for CompactionPolicy {
     fn default() -> Self {
         CompactionPolicy {
@@ -98,6 +109,7 @@ impl Default for CompactionPolicy {
 
 /// Settings of a room.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RoomConfig {
     /// Operations stamped further ahead of the relay's clock are refused for now.
     pub max_drift_ms: u64,
@@ -105,21 +117,34 @@ pub struct RoomConfig {
     pub max_batch_ops: usize,
     /// Most bytes of operations per `Push` and per `Deliver`.
     pub max_batch_bytes: usize,
-    /// Frames sent to a session before it must confirm with `Applied`.
+    /// Frames sent to a connection before it must confirm with `Applied`.
     pub send_window: usize,
     /// Bytes per snapshot chunk.
     pub snapshot_chunk_bytes: usize,
     /// Heartbeat interval announced to clients.
     pub heartbeat_ms: u64,
-    /// Close sessions silent for this long.
+    /// Close connections silent for this long.
     pub idle_timeout_ms: u64,
-    /// Close sessions that leave their window full for this long.
+    /// Close connections that leave their window full for this long.
     pub slow_consumer_ms: u64,
     /// Largest frame accepted.
     pub max_frame_bytes: usize,
     /// When to compact.
     pub compaction: CompactionPolicy,
 }
+
+crate::setters::with_setters!(RoomConfig {
+    with_max_drift_ms => max_drift_ms: u64,
+    with_max_batch_ops => max_batch_ops: usize,
+    with_max_batch_bytes => max_batch_bytes: usize,
+    with_send_window => send_window: usize,
+    with_snapshot_chunk_bytes => snapshot_chunk_bytes: usize,
+    with_heartbeat_ms => heartbeat_ms: u64,
+    with_idle_timeout_ms => idle_timeout_ms: u64,
+    with_slow_consumer_ms => slow_consumer_ms: u64,
+    with_max_frame_bytes => max_frame_bytes: usize,
+    with_compaction => compaction: CompactionPolicy,
+});
 
 impl Default for RoomConfig {
     fn default() -> Self {
@@ -144,23 +169,23 @@ pub enum RoomInput<'a> {
     /// A connection whose `Hello` the host decoded and whose token it verified.
     Join {
         /// The connection.
-        session: SessionId,
+        connection: ConnectionId,
         /// Its hello.
         hello: Hello,
         /// Whether the token grants only reading.
         read_only: bool,
     },
-    /// A frame from a joined session.
+    /// A frame from a joined connection.
     Frame {
         /// The connection.
-        session: SessionId,
+        connection: ConnectionId,
         /// The frame.
         frame: &'a [u8],
     },
     /// The connection closed.
     Leave {
         /// The connection.
-        session: SessionId,
+        connection: ConnectionId,
     },
     /// A requested timeout passed.
     Timeout,
@@ -178,17 +203,17 @@ pub enum RoomInput<'a> {
 /// Something the host must do.
 #[derive(Clone, Debug)]
 pub enum RoomOutput {
-    /// Send a frame to a session.
+    /// Send a frame to a connection.
     Transmit {
         /// The connection.
-        session: SessionId,
+        connection: ConnectionId,
         /// The frame.
         frame: Vec<u8>,
     },
-    /// Close a session's connection; the room has already forgotten it.
+    /// Close a connection; the room has already forgotten it.
     Close {
         /// The connection.
-        session: SessionId,
+        connection: ConnectionId,
         /// The close code.
         code: CloseCode,
         /// Why.
@@ -245,11 +270,11 @@ pub enum RoomRestoreError {
     },
 }
 
-/// What the stats endpoint shows about one session.
+/// What the stats endpoint shows about one connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemberStats {
     /// The connection.
-    pub session: SessionId,
+    pub connection: ConnectionId,
     /// Its replica.
     pub replica: ReplicaId,
     /// Offset the client confirmed as stored.
@@ -277,11 +302,11 @@ pub struct RoomStats {
     pub compactions: u64,
     /// When the last one was installed (host ms).
     pub last_compaction_at: Option<u64>,
-    /// Every connected session.
+    /// Every connected connection.
     pub members: Vec<MemberStats>,
 }
 
-/// A snapshot being streamed to one session.
+/// A snapshot being streamed to one connection.
 #[derive(Clone, Debug)]
 struct SnapshotSend {
     bytes: Arc<[u8]>,
@@ -289,7 +314,7 @@ struct SnapshotSend {
     offset: usize,
 }
 
-/// One joined session.
+/// One joined connection.
 #[derive(Clone, Debug)]
 struct Member {
     replica: ReplicaId,
@@ -305,7 +330,7 @@ struct Member {
     /// `own_seq`, plus what it pushed and what was delivered back), so
     /// deliveries leave those out.
     own_held: SeqSet,
-    /// Deliver the session's own operations regardless. Set once it has been
+    /// Deliver the connection's own operations regardless. Set once it has been
     /// sent a snapshot: the client replaces its state with it, so operations
     /// it pushed that are newer than the snapshot must come back to it.
     include_own: bool,
@@ -324,7 +349,7 @@ pub struct Room {
     config: RoomConfig,
     log: Log,
     snapshot: Option<Arc<[u8]>>,
-    /// The snapshot re-encoded for sessions that read another format
+    /// The snapshot re-encoded for connections that read another format
     /// than the stored one's, by format; emptied when the snapshot changes.
     snapshot_in_format: BTreeMap<u8, Arc<[u8]>>,
     accepted: VersionVector,
@@ -334,7 +359,7 @@ pub struct Room {
     /// client. Kept in memory only: after a restart a client's `Hello`
     /// re-establishes what it gave up.
     refused: BTreeMap<ReplicaId, SeqSet>,
-    members: BTreeMap<SessionId, Member>,
+    members: BTreeMap<ConnectionId, Member>,
     compacting: bool,
     /// No new compaction job before this, after one failed.
     compaction_retry_at: Option<u64>,
@@ -428,7 +453,7 @@ impl Room {
         &self.accepted
     }
 
-    /// Number of joined sessions.
+    /// Number of joined connections.
     pub fn member_count(&self) -> usize {
         self.members.len()
     }
@@ -438,10 +463,10 @@ impl Room {
         let members = self
             .members
             .iter()
-            .map(|(&session, m)| {
+            .map(|(&connection, m)| {
                 let oldest = self.log.get(m.confirmed + 1).map(|e| e.hlc.wall_ms());
                 MemberStats {
-                    session,
+                    connection,
                     replica: m.replica,
                     cursor: m.confirmed,
                     lag_ops: self.head().saturating_sub(m.confirmed),
@@ -464,9 +489,9 @@ impl Room {
     /// Feeds one input at host time `now`.
     pub fn handle(&mut self, now: u64, input: RoomInput<'_>) {
         if self.failed {
-            if let RoomInput::Join { session, .. } = input {
+            if let RoomInput::Join { connection, .. } = input {
                 self.close(
-                    session,
+                    connection,
                     ErrorCode::Internal,
                     "the relay could not store this room's data; reconnect later".into(),
                 );
@@ -486,13 +511,13 @@ impl Room {
                 return;
             }
             RoomInput::Join {
-                session,
+                connection,
                 hello,
                 read_only,
-            } => self.join(now, session, hello, read_only),
-            RoomInput::Frame { session, frame } => self.on_frame(now, session, frame),
-            RoomInput::Leave { session } => {
-                self.members.remove(&session);
+            } => self.join(now, connection, hello, read_only),
+            RoomInput::Frame { connection, frame } => self.on_frame(now, connection, frame),
+            RoomInput::Leave { connection } => {
+                self.members.remove(&connection);
             }
             RoomInput::Timeout => self.on_timeout(now),
             RoomInput::Compacted(done) => self.install(now, done),
@@ -505,7 +530,7 @@ impl Room {
         }
         self.flush_persist();
         // Deliveries wait for `poll`, so inputs handled back to back share
-        // one frame per session (see the module doc). Every persist of this
+        // one frame per connection (see the module doc). Every persist of this
         // input is queued above, so those frames follow it.
         self.pump_due = Some(now);
         self.maybe_compact(now);
@@ -514,7 +539,7 @@ impl Room {
     /// The next thing the host must do.
     ///
     /// Deliveries for the inputs handled since the last `poll` are built
-    /// when the outputs queued before them are taken, one frame per session
+    /// when the outputs queued before them are taken, one frame per connection
     /// for all of them.
     pub fn poll(&mut self) -> Option<RoomOutput> {
         if let Some(out) = self.outputs.pop() {
@@ -546,22 +571,22 @@ impl Room {
             .min()
     }
 
-    fn join(&mut self, now: u64, session: SessionId, hello: Hello, read_only: bool) {
+    fn join(&mut self, now: u64, connection: ConnectionId, hello: Hello, read_only: bool) {
         if !protocol::valid_room_name(&hello.room) {
             let reason = format!(
                 "room names are 1 to {} bytes without control characters",
                 crate::limits::MAX_ROOM_NAME_LEN
             );
-            return self.close(session, ErrorCode::InvalidRoom, reason);
+            return self.close(connection, ErrorCode::InvalidRoom, reason);
         }
         let agreed = match protocol::negotiate(&hello) {
             Ok(agreed) => agreed,
             Err(e) => {
                 // Not a member: the error and the close go out all the same.
-                return self.close(session, e.error_code(), e.to_string());
+                return self.close(connection, e.error_code(), e.to_string());
             }
         };
-        let superseded: Vec<SessionId> = self
+        let superseded: Vec<ConnectionId> = self
             .members
             .iter()
             .filter(|(_, m)| m.replica == hello.replica)
@@ -571,7 +596,7 @@ impl Room {
             self.close(
                 old,
                 ErrorCode::Superseded,
-                "a newer session of this replica joined".into(),
+                "a newer connection of this replica joined".into(),
             );
         }
         // A cursor from the future (the relay lost data it once had) restarts the client from scratch.
@@ -599,9 +624,9 @@ impl Room {
             version: agreed.version,
             snapshot_format: agreed.snapshot_format,
         };
-        self.transmit(session, &Message::Welcome(welcome));
+        self.transmit(connection, &Message::Welcome(welcome));
         self.members.insert(
-            session,
+            connection,
             Member {
                 replica: hello.replica,
                 read_only,
@@ -618,19 +643,19 @@ impl Room {
         );
     }
 
-    fn on_frame(&mut self, now: u64, session: SessionId, frame: &[u8]) {
-        let Some(member) = self.members.get_mut(&session) else {
+    fn on_frame(&mut self, now: u64, connection: ConnectionId, frame: &[u8]) {
+        let Some(member) = self.members.get_mut(&connection) else {
             return;
         };
         member.last_heard = now;
         let message = match protocol::decode(frame, self.config.max_frame_bytes) {
             Ok(message) => message,
-            Err(e) => return self.close(session, e.error_code(), e.to_string()),
+            Err(e) => return self.close(connection, e.error_code(), e.to_string()),
         };
         match message {
-            Message::Push { ops } => self.on_push(now, session, ops),
+            Message::Push { ops } => self.on_push(now, connection, ops),
             Message::Applied { cursor, frames } => {
-                if let Some(m) = self.members.get_mut(&session) {
+                if let Some(m) = self.members.get_mut(&connection) {
                     m.in_flight = m.in_flight.saturating_sub(frames as usize);
                     // Progress: the slow-consumer clock starts again.
                     if frames > 0 {
@@ -639,25 +664,25 @@ impl Room {
                     m.confirmed = m.confirmed.max(cursor.min(m.sent));
                 }
             }
-            Message::Ping { nonce } => self.transmit(session, &Message::Pong { nonce }),
+            Message::Ping { nonce } => self.transmit(connection, &Message::Pong { nonce }),
             Message::Pong { .. } => {}
             Message::Error { code, message } => {
-                self.members.remove(&session);
+                self.members.remove(&connection);
                 self.outputs.push(RoomOutput::Close {
-                    session,
+                    connection,
                     code: CloseCode::Normal,
                     reason: format!("client reported {code:?}: {message}"),
                 });
             }
             other => {
                 let reason = format!("a client may not send {other:?} after joining");
-                self.close(session, ErrorCode::Malformed, reason);
+                self.close(connection, ErrorCode::Malformed, reason);
             }
         }
     }
 
-    fn on_push(&mut self, now: u64, session: SessionId, ops: Vec<Op>) {
-        let Some(member) = self.members.get(&session) else {
+    fn on_push(&mut self, now: u64, connection: ConnectionId, ops: Vec<Op>) {
+        let Some(member) = self.members.get(&connection) else {
             return;
         };
         let (replica, read_only) = (member.replica, member.read_only);
@@ -665,8 +690,8 @@ impl Room {
             return;
         };
         if read_only {
-            let reason = "this session's token grants read only".to_owned();
-            return self.reject(session, first, ErrorCode::ReadOnly, 0, reason);
+            let reason = "this connection's token grants read only".to_owned();
+            return self.reject(connection, first, ErrorCode::ReadOnly, 0, reason);
         }
         let bytes: usize = ops.iter().map(Op::encoded_len_bound).sum();
         // One operation is always allowed (validation bounds its size), so a
@@ -678,14 +703,14 @@ impl Room {
                 "push of {} operations / {bytes} bytes exceeds the batch limit",
                 ops.len()
             );
-            return self.close(session, ErrorCode::BatchTooLarge, reason);
+            return self.close(connection, ErrorCode::BatchTooLarge, reason);
         }
         if let Some(op) = ops.iter().find(|op| op.id.replica != replica) {
             let reason = format!(
-                "operation {:?} belongs to another replica than the session's",
+                "operation {:?} belongs to another replica than the connection's",
                 op.id
             );
-            return self.close(session, ErrorCode::Forbidden, reason);
+            return self.close(connection, ErrorCode::Forbidden, reason);
         }
         let limit = now.saturating_add(self.config.max_drift_ms);
         let mut refused = Vec::new();
@@ -741,13 +766,13 @@ impl Room {
         }
         // The client holds whatever it pushes (accepted or not), so
         // deliveries need not carry it back.
-        if let Some(m) = self.members.get_mut(&session) {
+        if let Some(m) = self.members.get_mut(&connection) {
             for op in &ops {
                 m.own_held.insert(op.id.seq);
             }
         }
         if let Some((seq, wait, reason)) = clock_ahead {
-            self.reject(session, seq, ErrorCode::ClockAhead, wait, reason);
+            self.reject(connection, seq, ErrorCode::ClockAhead, wait, reason);
         }
         // The ack must follow the append to storage. It names the operations
         // it settles by refusing them, so no other frame has to arrive for the
@@ -758,7 +783,7 @@ impl Room {
         }
         let through_seq = self.settled_seqs(replica).contiguous();
         self.transmit(
-            session,
+            connection,
             &Message::Ack {
                 through_seq,
                 refused,
@@ -796,14 +821,14 @@ impl Room {
 
     fn reject(
         &mut self,
-        session: SessionId,
+        connection: ConnectionId,
         seq: u64,
         code: ErrorCode,
         retry_after_ms: u64,
         message: String,
     ) {
         self.transmit(
-            session,
+            connection,
             &Message::Rejected {
                 seq,
                 code,
@@ -838,26 +863,26 @@ impl Room {
         }
     }
 
-    /// Sends an error and closes the session.
-    fn close(&mut self, session: SessionId, code: ErrorCode, reason: String) {
+    /// Sends an error and closes the connection.
+    fn close(&mut self, connection: ConnectionId, code: ErrorCode, reason: String) {
         self.transmit(
-            session,
+            connection,
             &Message::Error {
                 code,
                 message: reason.clone(),
             },
         );
-        self.members.remove(&session);
+        self.members.remove(&connection);
         self.outputs.push(RoomOutput::Close {
-            session,
+            connection,
             code: code.close_code(),
             reason,
         });
     }
 
-    fn transmit(&mut self, session: SessionId, message: &Message) {
+    fn transmit(&mut self, connection: ConnectionId, message: &Message) {
         self.outputs.push(RoomOutput::Transmit {
-            session,
+            connection,
             frame: protocol::encode(message),
         });
     }
@@ -877,15 +902,15 @@ impl Room {
     }
 
     /// Memory is ahead of storage: whatever waited for the failed batch
-    /// must never leave, and no session may be served from this state.
+    /// must never leave, and no connection may be served from this state.
     fn on_persist_failed(&mut self) {
         self.outputs.clear();
         self.failed = true;
         self.pump_due = None;
-        let sessions: Vec<SessionId> = self.members.keys().copied().collect();
-        for session in sessions {
+        let connections: Vec<ConnectionId> = self.members.keys().copied().collect();
+        for connection in connections {
             self.close(
-                session,
+                connection,
                 ErrorCode::Internal,
                 "the relay could not store data; reconnect later".into(),
             );
@@ -893,15 +918,15 @@ impl Room {
     }
 
     fn pump_all(&mut self, now: u64) {
-        let ids: Vec<SessionId> = self.members.keys().copied().collect();
+        let ids: Vec<ConnectionId> = self.members.keys().copied().collect();
         for id in ids {
             self.pump(now, id);
         }
     }
 
-    /// Sends a session what it lacks, while its window has room.
-    fn pump(&mut self, now: u64, session: SessionId) {
-        let Some(mut member) = self.members.remove(&session) else {
+    /// Sends a connection what it lacks, while its window has room.
+    fn pump(&mut self, now: u64, connection: ConnectionId) {
+        let Some(mut member) = self.members.remove(&connection) else {
             return;
         };
         let window = self.config.send_window.max(1);
@@ -910,15 +935,16 @@ impl Room {
             && !self.prepare_snapshot(member.snapshot_format)
         {
             let reason = "the room's snapshot cannot be re-encoded for this client".to_owned();
-            self.members.insert(session, member);
-            return self.close(session, ErrorCode::Internal, reason);
+            self.members.insert(connection, member);
+            return self.close(connection, ErrorCode::Internal, reason);
         }
         while member.in_flight < window {
             let Some(frame) = self.next_frame(&mut member) else {
                 break;
             };
             member.in_flight += 1;
-            self.outputs.push(RoomOutput::Transmit { session, frame });
+            self.outputs
+                .push(RoomOutput::Transmit { connection, frame });
         }
         let behind = member.snapshot.is_some() || member.sent < self.head();
         member.stalled_since = match (behind && member.in_flight >= window, member.stalled_since) {
@@ -926,7 +952,7 @@ impl Room {
             (true, None) => Some(now),
             (false, _) => None,
         };
-        self.members.insert(session, member);
+        self.members.insert(connection, member);
     }
 
     /// Makes the snapshot available in `format` (re-encoding the stored
@@ -958,7 +984,7 @@ impl Room {
         self.snapshot_in_format.get(&format).cloned()
     }
 
-    /// The next frame a session needs: a snapshot chunk or a batch of the log.
+    /// The next frame a connection needs: a snapshot chunk or a batch of the log.
     fn next_frame(&self, member: &mut Member) -> Option<Vec<u8>> {
         if member.snapshot.is_none() && member.sent < self.log.compacted_through() {
             let bytes = self.snapshot_for(member.snapshot_format)?;

@@ -62,6 +62,7 @@ const SESSION_RECORD: &str = "session";
 
 /// Settings of a client session.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SessionConfig {
     /// The room to sync with.
     pub room: String,
@@ -94,6 +95,22 @@ pub struct SessionConfig {
     /// this build reads.
     pub snapshot_formats: Vec<u8>,
 }
+
+crate::setters::with_setters!(SessionConfig {
+    with_room => room: String,
+    with_token => token: Vec<u8>,
+    with_agent => agent: String,
+    with_heartbeat_ms => heartbeat_ms: u64,
+    with_dead_after_ms => dead_after_ms: u64,
+    with_handshake_timeout_ms => handshake_timeout_ms: u64,
+    with_backoff => backoff: Backoff,
+    with_max_batch_ops => max_batch_ops: usize,
+    with_max_batch_bytes => max_batch_bytes: usize,
+    with_push_window => push_window: usize,
+    with_max_frame_bytes => max_frame_bytes: usize,
+    with_max_snapshot_bytes => max_snapshot_bytes: u64,
+    with_snapshot_formats => snapshot_formats: Vec<u8>,
+});
 
 impl SessionConfig {
     /// Defaults for a room and token.
@@ -216,20 +233,32 @@ impl Status {
 /// The sync state saved with the replica, so a session resumes across restarts.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncState {
-    /// The room this replica syncs with.
-    pub room: String,
-    /// The room offset applied and stored here.
-    pub cursor: u64,
-    /// The room's latest offset as last reported.
-    pub relay_head: u64,
+    pub(crate) room: String,
+    pub(crate) cursor: u64,
+    pub(crate) relay_head: u64,
     /// The relay refused a local operation for good: download the room
     /// again once every other pending push is answered.
-    pub resync: bool,
+    pub(crate) resync: bool,
 }
 
 impl SyncState {
+    /// The room this replica syncs with.
+    pub fn room(&self) -> &str {
+        &self.room
+    }
+
+    /// The room offset applied and stored here.
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    /// The room's latest offset as last reported by the relay.
+    pub fn relay_head(&self) -> u64 {
+        self.relay_head
+    }
+
     /// Encodes the state as stored.
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         encode_record(self)
     }
 
@@ -1341,5 +1370,32 @@ fn message_name(message: &Message) -> &'static str {
         Message::Ping { .. } => "Ping",
         Message::Pong { .. } => "Pong",
         Message::Error { .. } => "Error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SyncState;
+
+    #[test]
+    fn sync_state_encodes_and_decodes() {
+        let state = SyncState {
+            room: "team/42".into(),
+            cursor: 1_234_567,
+            relay_head: 2_000_000,
+            resync: true,
+        };
+        assert_eq!(SyncState::decode(&state.encode()), Ok(state.clone()));
+        assert_eq!(
+            SyncState::decode(&SyncState::default().encode()),
+            Ok(SyncState::default())
+        );
+        let bytes = state.encode();
+        assert!(SyncState::decode(&[]).is_err());
+        assert!(SyncState::decode(&bytes[..bytes.len() - 1]).is_err());
+        assert!(SyncState::decode(&[bytes.as_slice(), &[0]].concat()).is_err());
+        let mut wrong_version = bytes.clone();
+        wrong_version[0] = 99;
+        assert!(SyncState::decode(&wrong_version).is_err());
     }
 }

@@ -42,7 +42,7 @@ pub trait Harness {
 }
 
 /// One conformance check.
-pub type Check = fn(&mut dyn Session);
+pub type Check = fn(&mut dyn OpenStore);
 
 /// Every check, by name, for [`run_all`], [`run_one`] and the test macro.
 pub const CHECKS: &[(&str, Check)] = &[
@@ -84,11 +84,11 @@ where
         panic!("no conformance check named {name:?}");
     };
     let store = harness.open_fresh();
-    let mut session = Open {
+    let mut open = Open {
         harness,
         store: Some(store),
     };
-    check(&mut session);
+    check(&mut open);
 }
 
 /// Expands to one `#[test]` per conformance check, each run against stores
@@ -112,7 +112,7 @@ macro_rules! store_conformance_tests {
 }
 
 /// One open store as the checks see it: plain functions over a trait object.
-pub trait Session {
+pub trait OpenStore {
     /// Writes a batch, panicking on error.
     fn write(&mut self, batch: &PersistBatch);
     /// Reads every record, panicking on error.
@@ -133,7 +133,7 @@ impl<H: Harness> Open<'_, H> {
     }
 }
 
-impl<H: Harness> Session for Open<'_, H>
+impl<H: Harness> OpenStore for Open<'_, H>
 where
     <H::Store as Store>::Error: Debug,
 {
@@ -175,14 +175,14 @@ fn doc_key(id: &str) -> StoreKey {
     }
 }
 
-fn empty_store_reads_nothing(s: &mut dyn Session) {
+fn empty_store_reads_nothing(s: &mut dyn OpenStore) {
     assert!(
         s.read_all().is_empty(),
         "a fresh store must hold no records"
     );
 }
 
-fn batch_writes_are_read_back(s: &mut dyn Session) {
+fn batch_writes_are_read_back(s: &mut dyn OpenStore) {
     s.write(&batch(vec![
         put(StoreKey::Meta, b"m"),
         put(doc_key("a"), b"1"),
@@ -193,7 +193,7 @@ fn batch_writes_are_read_back(s: &mut dyn Session) {
     assert!(records.contains(&(doc_key("a").to_bytes(), b"1".to_vec())));
 }
 
-fn overwrite_and_delete(s: &mut dyn Session) {
+fn overwrite_and_delete(s: &mut dyn OpenStore) {
     s.write(&batch(vec![
         put(doc_key("a"), b"1"),
         put(doc_key("b"), b"2"),
@@ -212,7 +212,7 @@ fn overwrite_and_delete(s: &mut dyn Session) {
     );
 }
 
-fn records_come_back_in_key_order(s: &mut dyn Session) {
+fn records_come_back_in_key_order(s: &mut dyn OpenStore) {
     let keys = [
         StoreKey::Outbox(300),
         StoreKey::Outbox(2),
@@ -230,7 +230,7 @@ fn records_come_back_in_key_order(s: &mut dyn Session) {
     );
 }
 
-fn binary_keys_and_large_values(s: &mut dyn Session) {
+fn binary_keys_and_large_values(s: &mut dyn OpenStore) {
     let id: String = (1..=255u8).map(char::from).collect();
     let big: Vec<u8> = (0..4 * 1024 * 1024).map(|i: u32| (i % 251) as u8).collect();
     s.write(&batch(vec![
@@ -248,7 +248,7 @@ fn binary_keys_and_large_values(s: &mut dyn Session) {
     );
 }
 
-fn writes_survive_reopen(s: &mut dyn Session) {
+fn writes_survive_reopen(s: &mut dyn OpenStore) {
     s.write(&batch(vec![
         put(StoreKey::Meta, b"m"),
         put(doc_key("a"), b"1"),
@@ -268,16 +268,16 @@ fn writes_survive_reopen(s: &mut dyn Session) {
     );
 }
 
-fn drain(replica: &mut Replica, s: &mut dyn Session) {
+fn drain(replica: &mut Replica, s: &mut dyn OpenStore) {
     if let Some(batch) = replica.take_persist() {
         s.write(&batch);
     }
 }
 
-fn replica_round_trips_through_store(s: &mut dyn Session) {
+fn replica_round_trips_through_store(s: &mut dyn OpenStore) {
     let mut replica = Replica::new(ReplicaId(7), ReplicaConfig::default());
     let now = 1_700_000_000_000;
-    let step = |r: &mut Replica, s: &mut dyn Session, result: Result<(), crate::WriteError>| {
+    let step = |r: &mut Replica, s: &mut dyn OpenStore, result: Result<(), crate::WriteError>| {
         assert!(result.is_ok(), "local write failed: {result:?}");
         drain(r, s);
     };
@@ -315,7 +315,7 @@ fn replica_round_trips_through_store(s: &mut dyn Session) {
     );
 }
 
-fn acknowledged_ops_leave_the_store(s: &mut dyn Session) {
+fn acknowledged_ops_leave_the_store(s: &mut dyn OpenStore) {
     let mut replica = Replica::new(ReplicaId(8), ReplicaConfig::default());
     for i in 0..10u64 {
         let result = replica.put(

@@ -5,6 +5,7 @@
 //! from the core and hands each to [`Store::write`], and on start feeds
 //! [`Store::read_all`] to [`crate::Replica::restore`].
 
+#[cfg(feature = "conformance")]
 pub mod conformance;
 mod memory;
 

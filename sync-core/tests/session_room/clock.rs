@@ -88,7 +88,7 @@ fn session_with_a_clock_behind_holds_deliveries_until_its_clock_catches_up() {
             .stats(w.now)
             .members
             .into_iter()
-            .find(|m| m.session == slow_conn)
+            .find(|m| m.connection == slow_conn)
             .map(|m| m.cursor)
     };
     assert_eq!(room_cursor(&w), Some(0));
@@ -101,7 +101,7 @@ fn session_with_a_clock_behind_holds_deliveries_until_its_clock_catches_up() {
     w.run_until(catch_up);
     assert!(w.c(slow).session.replica().get(TODOS, "doc").is_some());
     assert_eq!(w.c(slow).cursor(), 1);
-    assert_eq!(w.c(slow).stored_sync_state().map(|s| s.cursor), Some(1));
+    assert_eq!(w.c(slow).stored_sync_state().map(|s| s.cursor()), Some(1));
     assert!(
         w.c(slow)
             .sent()
@@ -114,11 +114,11 @@ fn session_with_a_clock_behind_holds_deliveries_until_its_clock_catches_up() {
 
 #[test]
 fn clock_blocked_session_gets_no_more_than_send_window_frames_in_flight() {
-    let mut w = World::new(RoomConfig {
-        send_window: 1,
-        slow_consumer_ms: 600_000,
-        ..RoomConfig::default()
-    });
+    let mut w = World::new(
+        RoomConfig::default()
+            .with_send_window(1)
+            .with_slow_consumer_ms(600_000),
+    );
     let slow = w.add_client(1);
     let writer = w.add_client(2);
     w.cm(slow).skew = -(SKEW as i64);

@@ -7,7 +7,7 @@
 //! then one poll loop.
 
 use sync_core::protocol::{self, Hello, Message};
-use sync_core::room::{Room, RoomConfig, RoomInput, RoomOutput, SessionId};
+use sync_core::room::{ConnectionId, Room, RoomConfig, RoomInput, RoomOutput};
 use sync_core::{Change, Hlc, Op, OpId, ReplicaId, Value};
 
 const NOW: u64 = 1_700_000_000_000;
@@ -50,7 +50,7 @@ fn room_with(config: RoomConfig, n: u64) -> Room {
         room.handle(
             NOW,
             RoomInput::Join {
-                session: s,
+                connection: s,
                 hello: hello(s),
                 read_only: false,
             },
@@ -74,26 +74,27 @@ fn outputs(room: &mut Room) -> Vec<RoomOutput> {
 }
 
 /// `(from, cursor, op count)` of each `Deliver` to `session`, in order.
-fn delivers_to(outs: &[RoomOutput], session: SessionId) -> Vec<(u64, u64, usize)> {
+fn delivers_to(outs: &[RoomOutput], session: ConnectionId) -> Vec<(u64, u64, usize)> {
     outs.iter()
         .filter_map(|out| match out {
-            RoomOutput::Transmit { session: s, frame } if *s == session => {
-                match protocol::decode(frame, usize::MAX).ok()? {
-                    Message::Deliver { from, cursor, ops } => Some((from, cursor, ops.len())),
-                    _ => None,
-                }
-            }
+            RoomOutput::Transmit {
+                connection: s,
+                frame,
+            } if *s == session => match protocol::decode(frame, usize::MAX).ok()? {
+                Message::Deliver { from, cursor, ops } => Some((from, cursor, ops.len())),
+                _ => None,
+            },
             _ => None,
         })
         .collect()
 }
 
-fn applied(room: &mut Room, session: SessionId, cursor: u64, frames: u32) {
+fn applied(room: &mut Room, session: ConnectionId, cursor: u64, frames: u32) {
     let frame = protocol::encode(&Message::Applied { cursor, frames });
     room.handle(
         NOW,
         RoomInput::Frame {
-            session,
+            connection: session,
             frame: &frame,
         },
     );
@@ -109,7 +110,7 @@ fn pushes_handled_back_to_back_reach_each_session_as_one_deliver() {
             room.handle(
                 NOW,
                 RoomInput::Frame {
-                    session: writer,
+                    connection: writer,
                     frame: &frame,
                 },
             );
@@ -145,11 +146,9 @@ fn pushes_handled_back_to_back_reach_each_session_as_one_deliver() {
 
 #[test]
 fn coalescing_respects_the_send_window_and_the_batch_limit() {
-    let config = RoomConfig {
-        send_window: 2,
-        max_batch_ops: 3,
-        ..RoomConfig::default()
-    };
+    let config = RoomConfig::default()
+        .with_send_window(2)
+        .with_max_batch_ops(3);
     let mut room = room_with(config, 2);
     // The reader (session 2) has a full window after two rounds.
     for seq in 1..=2 {
@@ -157,7 +156,7 @@ fn coalescing_respects_the_send_window_and_the_batch_limit() {
         room.handle(
             NOW,
             RoomInput::Frame {
-                session: 1,
+                connection: 1,
                 frame: &frame,
             },
         );
@@ -170,7 +169,7 @@ fn coalescing_respects_the_send_window_and_the_batch_limit() {
         room.handle(
             NOW,
             RoomInput::Frame {
-                session: 1,
+                connection: 1,
                 frame: &frame,
             },
         );

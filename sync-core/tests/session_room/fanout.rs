@@ -59,15 +59,14 @@ fn pusher_does_not_get_its_own_operations_back() {
 fn session_sent_a_snapshot_gets_its_own_acked_operations_back_in_the_tail() {
     // Fold everything but the last two entries once nobody holds compaction
     // back, however small the fold is next to the snapshot.
-    let mut w = World::new(RoomConfig {
-        compaction: CompactionPolicy {
-            min_ops: 1,
-            keep_recent_ops: 2,
-            min_fold_percent: 0,
-            ..CompactionPolicy::default()
-        },
-        ..RoomConfig::default()
-    });
+    let mut w = World::new(
+        RoomConfig::default().with_compaction(
+            CompactionPolicy::default()
+                .with_min_ops(1)
+                .with_keep_recent_ops(2)
+                .with_min_fold_percent(0),
+        ),
+    );
     let a = w.add_client(1);
     let b = w.add_client(2);
     w.start(b);
@@ -112,11 +111,11 @@ fn session_sent_a_snapshot_gets_its_own_acked_operations_back_in_the_tail() {
 
 #[test]
 fn many_sessions_writing_the_same_fields_converge() {
-    let mut w = World::new(RoomConfig {
-        max_batch_ops: 7,
-        send_window: 3,
-        ..RoomConfig::default()
-    });
+    let mut w = World::new(
+        RoomConfig::default()
+            .with_max_batch_ops(7)
+            .with_send_window(3),
+    );
     let clients: Vec<usize> = (1..=5).map(|id| w.add_client(id)).collect();
     for &c in &clients {
         w.start(c);

@@ -14,7 +14,7 @@ fn join(w: &mut World, session: u64, replica: u64, room: &str) {
     w.room.handle(
         w.now,
         RoomInput::Join {
-            session,
+            connection: session,
             hello: Hello {
                 replica: ReplicaId(replica),
                 room: room.into(),
@@ -37,7 +37,7 @@ fn push(w: &mut World, session: u64, ops: Vec<Op>) {
     w.room.handle(
         w.now,
         RoomInput::Frame {
-            session,
+            connection: session,
             frame: &frame,
         },
     );
@@ -128,11 +128,11 @@ fn an_operation_stamped_0_is_not_stale_without_a_horizon() {
 /// all and no more: the window never opens past `send_window`.
 #[test]
 fn over_confirming_frames_does_not_widen_the_window() {
-    let mut w = World::new(RoomConfig {
-        send_window: 2,
-        max_batch_ops: 1,
-        ..RoomConfig::default()
-    });
+    let mut w = World::new(
+        RoomConfig::default()
+            .with_send_window(2)
+            .with_max_batch_ops(1),
+    );
     let writer = w.add_client(2);
     w.start(writer);
     join(&mut w, 100, 7, "room");
@@ -151,7 +151,7 @@ fn over_confirming_frames_does_not_widen_the_window() {
     w.room.handle(
         w.now,
         RoomInput::Frame {
-            session: 100,
+            connection: 100,
             frame: &applied,
         },
     );

@@ -1,24 +1,22 @@
 //! Flow control: the send window and the slow-consumer cut-off.
 
 use sync_core::protocol::{CloseCode, ErrorCode, Message};
-use sync_core::room::{RoomConfig, SessionId};
+use sync_core::room::{ConnectionId, RoomConfig};
 use sync_core::session::LinkState;
 
 use crate::harness::World;
 
 fn windowed() -> RoomConfig {
-    RoomConfig {
-        send_window: 2,
-        max_batch_ops: 10,
-        snapshot_chunk_bytes: 64,
-        slow_consumer_ms: 5_000,
-        ..RoomConfig::default()
-    }
+    RoomConfig::default()
+        .with_send_window(2)
+        .with_max_batch_ops(10)
+        .with_snapshot_chunk_bytes(64)
+        .with_slow_consumer_ms(5_000)
 }
 
 /// Deliver and SnapshotChunk frames the room sent to `session` that it has
 /// not yet received an `Applied` for.
-fn unconfirmed(w: &World, session: SessionId) -> usize {
+fn unconfirmed(w: &World, session: ConnectionId) -> usize {
     let sent = w
         .room_sent_to(session)
         .iter()

@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use sync_core::protocol::{self, CloseCode, Hello, Message, Welcome};
-use sync_core::room::{Room, RoomConfig, RoomInput, RoomOutput, RoomPersist, SessionId};
+use sync_core::room::{ConnectionId, Room, RoomConfig, RoomInput, RoomOutput, RoomPersist};
 use sync_core::session::{Input, LinkState, Output, Session, SessionConfig, SyncState};
 use sync_core::store::{MemoryStore, Store};
 use sync_core::{Event, Op, PersistBatch, Replica, ReplicaConfig, ReplicaId, StoreKey, Value};
@@ -89,7 +89,7 @@ pub(crate) struct Client {
     /// What the relay host's token check grants.
     pub(crate) read_only_token: bool,
     /// The current connection, if any.
-    pub(crate) conn: Option<SessionId>,
+    pub(crate) conn: Option<ConnectionId>,
     /// When the session wants `Input::Timeout` (true time).
     pub(crate) timeout: Option<u64>,
     /// Every output of the session, in order.
@@ -285,11 +285,11 @@ pub(crate) struct World {
     /// Every output of the room, in order.
     pub(crate) room_trace: Vec<RoomOutput>,
     /// Every frame the room was handed, in order.
-    pub(crate) room_received: Vec<(SessionId, Vec<u8>)>,
+    pub(crate) room_received: Vec<(ConnectionId, Vec<u8>)>,
     pub(crate) room_timeout: Option<u64>,
     pub(crate) clients: Vec<Client>,
-    conns: BTreeMap<SessionId, Conn>,
-    next_conn: SessionId,
+    conns: BTreeMap<ConnectionId, Conn>,
+    next_conn: ConnectionId,
 }
 
 impl World {
@@ -349,7 +349,7 @@ impl World {
     }
 
     /// The client's current connection id.
-    pub(crate) fn conn(&self, i: usize) -> SessionId {
+    pub(crate) fn conn(&self, i: usize) -> ConnectionId {
         self.clients[i].conn.expect("client is connected")
     }
 
@@ -422,7 +422,7 @@ impl World {
             if let Some(c) = self.conns.remove(&conn) {
                 if c.joined && !c.room_closed {
                     self.room
-                        .handle(self.now, RoomInput::Leave { session: conn });
+                        .handle(self.now, RoomInput::Leave { connection: conn });
                 }
             }
             let now = self.clients[i].local(self.now);
@@ -451,7 +451,7 @@ impl World {
             if let Some(c) = self.conns.remove(&conn) {
                 if c.joined && !c.room_closed {
                     self.room
-                        .handle(self.now, RoomInput::Leave { session: conn });
+                        .handle(self.now, RoomInput::Leave { connection: conn });
                 }
             }
         }
@@ -544,7 +544,7 @@ impl World {
     }
 
     /// Joins a session straight into the room with no client behind it.
-    pub(crate) fn join_raw(&mut self, session: SessionId, replica: u64) {
+    pub(crate) fn join_raw(&mut self, session: ConnectionId, replica: u64) {
         let hello = Hello {
             replica: ReplicaId(replica),
             room: ROOM.into(),
@@ -559,7 +559,7 @@ impl World {
         self.room.handle(
             self.now,
             RoomInput::Join {
-                session,
+                connection: session,
                 hello,
                 read_only: false,
             },
@@ -622,7 +622,7 @@ impl World {
                 progress |= self.drain_client(i);
             }
             progress |= self.drain_room();
-            let conns: Vec<SessionId> = self.conns.keys().copied().collect();
+            let conns: Vec<ConnectionId> = self.conns.keys().copied().collect();
             for conn in conns {
                 if let Some(packet) = self
                     .conns
@@ -730,12 +730,19 @@ impl World {
                     self.room_store.write(&batch);
                     self.room.handle(self.now, RoomInput::Persisted(id));
                 }
-                RoomOutput::Transmit { session, frame } => {
+                RoomOutput::Transmit {
+                    connection: session,
+                    frame,
+                } => {
                     if let Some(c) = self.conns.get_mut(&session) {
                         c.to_client.push_back(Packet::Frame(frame));
                     }
                 }
-                RoomOutput::Close { session, code, .. } => {
+                RoomOutput::Close {
+                    connection: session,
+                    code,
+                    ..
+                } => {
                     if let Some(c) = self.conns.get_mut(&session) {
                         c.room_closed = true;
                         c.to_client.push_back(Packet::Fin(Some(code.as_u16())));
@@ -752,7 +759,7 @@ impl World {
         progress
     }
 
-    fn arrive_at_room(&mut self, conn: SessionId, packet: Packet) {
+    fn arrive_at_room(&mut self, conn: ConnectionId, packet: Packet) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -765,14 +772,14 @@ impl World {
                 c.room_closed = true;
                 if c.joined {
                     self.room
-                        .handle(self.now, RoomInput::Leave { session: conn });
+                        .handle(self.now, RoomInput::Leave { connection: conn });
                 }
             }
         }
     }
 
     /// What the relay host does with a frame from a connection.
-    fn room_frame(&mut self, conn: SessionId, frame: Vec<u8>) {
+    fn room_frame(&mut self, conn: ConnectionId, frame: Vec<u8>) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -781,7 +788,7 @@ impl World {
             self.room.handle(
                 self.now,
                 RoomInput::Frame {
-                    session: conn,
+                    connection: conn,
                     frame: &frame,
                 },
             );
@@ -794,7 +801,7 @@ impl World {
                 self.room.handle(
                     self.now,
                     RoomInput::Join {
-                        session: conn,
+                        connection: conn,
                         hello,
                         read_only,
                     },
@@ -808,7 +815,7 @@ impl World {
         }
     }
 
-    fn arrive_at_client(&mut self, conn: SessionId, packet: Packet) {
+    fn arrive_at_client(&mut self, conn: ConnectionId, packet: Packet) {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
@@ -838,23 +845,28 @@ impl World {
     // ---- looking at the room ----
 
     /// Messages the room sent to a session, in order.
-    pub(crate) fn room_sent_to(&self, session: SessionId) -> Vec<Message> {
+    pub(crate) fn room_sent_to(&self, session: ConnectionId) -> Vec<Message> {
         self.room_trace
             .iter()
             .filter_map(|o| match o {
-                RoomOutput::Transmit { session: s, frame } if *s == session => Some(msg(frame)),
+                RoomOutput::Transmit {
+                    connection: s,
+                    frame,
+                } if *s == session => Some(msg(frame)),
                 _ => None,
             })
             .collect()
     }
 
     /// Close codes the room closed a session with.
-    pub(crate) fn room_closes(&self, session: SessionId) -> Vec<CloseCode> {
+    pub(crate) fn room_closes(&self, session: ConnectionId) -> Vec<CloseCode> {
         self.room_trace
             .iter()
             .filter_map(|o| match o {
                 RoomOutput::Close {
-                    session: s, code, ..
+                    connection: s,
+                    code,
+                    ..
                 } if *s == session => Some(*code),
                 _ => None,
             })
@@ -862,7 +874,7 @@ impl World {
     }
 
     /// Messages the room received from a session, in order.
-    pub(crate) fn room_got_from(&self, session: SessionId) -> Vec<Message> {
+    pub(crate) fn room_got_from(&self, session: ConnectionId) -> Vec<Message> {
         self.room_received
             .iter()
             .filter(|(s, _)| *s == session)

@@ -110,10 +110,7 @@ fn room_closes_a_session_sending_a_relay_only_message() {
 
 #[test]
 fn room_closes_a_session_sending_an_oversized_frame() {
-    let config = RoomConfig {
-        max_frame_bytes: MAX_FRAME,
-        ..RoomConfig::default()
-    };
+    let config = RoomConfig::default().with_max_frame_bytes(MAX_FRAME);
     let mut frame = ping();
     frame.resize(MAX_FRAME + 1, 0);
     room_with_config_refuses(

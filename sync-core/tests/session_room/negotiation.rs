@@ -127,7 +127,7 @@ fn nothing_in_common_is_refused_with_4001() {
         w.room.handle(
             w.now,
             RoomInput::Join {
-                session,
+                connection: session,
                 hello: Hello {
                     replica: sync_core::ReplicaId(50 + n as u64),
                     room: ROOM.into(),

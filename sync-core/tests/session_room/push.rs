@@ -40,10 +40,7 @@ fn offline_writes_are_pushed_in_batches_bounded_by_max_batch_ops() {
 
 #[test]
 fn the_room_can_lower_the_batch_limit_in_its_welcome() {
-    let mut w = World::new(RoomConfig {
-        max_batch_ops: 300,
-        ..RoomConfig::default()
-    });
+    let mut w = World::new(RoomConfig::default().with_max_batch_ops(300));
     let a = w.add_client(1);
     w.write_many(a, "doc", 1_000);
     w.start(a);
@@ -103,7 +100,10 @@ fn room_persists_operations_before_it_acks_or_delivers_them() {
                     durable_ops.insert(protocol::decode_op(bytes).expect("entry").id);
                 }
             }
-            RoomOutput::Transmit { session, frame } => match msg(frame) {
+            RoomOutput::Transmit {
+                connection: session,
+                frame,
+            } => match msg(frame) {
                 Message::Ack { through_seq, .. } => {
                     acks += 1;
                     let replica = if *session == w.conn(a) {
@@ -230,10 +230,7 @@ fn lost_ack_is_recovered_from_the_welcome_without_pushing_again() {
 
 #[test]
 fn one_oversized_write_does_not_wedge_the_outbox() {
-    let mut w = World::new(RoomConfig {
-        max_batch_bytes: 64 * 1024,
-        ..RoomConfig::default()
-    });
+    let mut w = World::new(RoomConfig::default().with_max_batch_bytes(64 * 1024));
     let a = w.add_client(1);
     let b = w.add_client(2);
     w.start(a);

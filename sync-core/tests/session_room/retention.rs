@@ -13,15 +13,14 @@ use sync_core::{Change, Hlc, Op, OpId, ReplicaId, Value};
 const NOW: u64 = 1_700_000_000_000;
 
 fn room(min_fold_percent: u64) -> Room {
-    Room::new(RoomConfig {
-        compaction: CompactionPolicy {
-            min_ops: 1,
-            keep_recent_ops: 0,
-            min_fold_percent,
-            ..CompactionPolicy::default()
-        },
-        ..RoomConfig::default()
-    })
+    Room::new(
+        RoomConfig::default().with_compaction(
+            CompactionPolicy::default()
+                .with_min_ops(1)
+                .with_keep_recent_ops(0)
+                .with_min_fold_percent(min_fold_percent),
+        ),
+    )
 }
 
 /// Replica 1 writes operation `seq` (a put of a document of its own), then
@@ -30,7 +29,7 @@ fn write_one(room: &mut Room, seq: u64) -> usize {
     room.handle(
         NOW,
         RoomInput::Join {
-            session: seq,
+            connection: seq,
             hello: Hello {
                 replica: ReplicaId(1),
                 room: "r".into(),
@@ -61,11 +60,11 @@ fn write_one(room: &mut Room, seq: u64) -> usize {
     room.handle(
         NOW,
         RoomInput::Frame {
-            session: seq,
+            connection: seq,
             frame: &frame,
         },
     );
-    room.handle(NOW, RoomInput::Leave { session: seq });
+    room.handle(NOW, RoomInput::Leave { connection: seq });
     let mut compactions = 0;
     while let Some(out) = room.poll() {
         match out {

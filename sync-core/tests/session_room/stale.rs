@@ -9,13 +9,8 @@ use crate::harness::{TODOS, World};
 
 /// Tombstones older than a second are collected at compaction.
 fn short_grace() -> RoomConfig {
-    RoomConfig {
-        compaction: CompactionPolicy {
-            tombstone_grace_ms: 1_000,
-            ..CompactionPolicy::default()
-        },
-        ..RoomConfig::default()
-    }
+    RoomConfig::default()
+        .with_compaction(CompactionPolicy::default().with_tombstone_grace_ms(1_000))
 }
 
 fn rejections(w: &World, i: usize) -> Vec<(u64, ErrorCode)> {
