@@ -166,6 +166,8 @@ pub(crate) struct Core {
     pub(crate) store_failed: Option<String>,
     /// The relay refused the token and a token source can replace it.
     pub(crate) refresh_requested: bool,
+    /// The relay showed the store is an older copy: go on as a new replica.
+    pub(crate) fork_requested: bool,
     /// Waiting for the loop to finish after `close`.
     pub(crate) close_waiters: Vec<oneshot::Sender<()>>,
     /// The loop has finished: everything written is stored.

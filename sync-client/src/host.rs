@@ -100,6 +100,7 @@ where
         jitter_seed,
         records,
         ReplicaId(mix(seed).max(1)),
+        store.copied(),
     )
     .map_err(|e| Error::Load(e.to_string()))?;
     let relay = options.relay.as_ref().map(|r| Relay {
@@ -124,6 +125,7 @@ where
         refusals: Vec::new(),
         store_failed: None,
         refresh_requested: false,
+        fork_requested: false,
         close_waiters: Vec::new(),
         finished: false,
     };
@@ -158,25 +160,40 @@ where
 }
 
 /// The session stored in `records`, or a new one as replica `new_id` when
-/// the store is empty.
+/// the store is empty. A store that is a copy of another database's
+/// ([`ClientStore::copied`]) continues as replica `new_id` (see
+/// `Session::fork`), so the copy and the original never share an id.
 fn load_session(
     replica_config: ReplicaConfig,
     session_config: &SessionConfig,
     seed: u64,
     records: Vec<Record>,
     new_id: ReplicaId,
+    copied: bool,
 ) -> Result<Session, sync_core::RestoreError> {
-    Ok(
-        Session::restore(replica_config, session_config.clone(), seed, records)?.unwrap_or_else(
-            || {
-                Session::new(
-                    Replica::new(new_id, replica_config),
-                    session_config.clone(),
-                    seed,
-                )
-            },
-        ),
-    )
+    match Session::restore(replica_config, session_config.clone(), seed, records)? {
+        Some(mut session) => {
+            if copied {
+                session.fork(new_id);
+            }
+            Ok(session)
+        }
+        None => Ok(Session::new(
+            Replica::new(new_id, replica_config),
+            session_config.clone(),
+            seed,
+        )),
+    }
+}
+
+/// A replica id for a database going on under a new identity: random (from
+/// the platform's seed), never 0, never `old`.
+fn fresh_replica_id(seed: u64, old: ReplicaId) -> ReplicaId {
+    let mut candidate = mix(seed ^ old.0);
+    while candidate == 0 || candidate == old.0 {
+        candidate = mix(candidate);
+    }
+    ReplicaId(candidate)
 }
 
 /// SplitMix64's finaliser: spreads a seed over 64 bits.
@@ -288,10 +305,23 @@ impl<T: Transport> Host<T> {
             if core.closed {
                 core.session.stop();
             }
-            while let Some(out) = core.session.poll() {
-                match out {
-                    Output::Event(event) => on_event(&mut core, event),
-                    other => actions.push(other),
+            loop {
+                while let Some(out) = core.session.poll() {
+                    match out {
+                        Output::Event(event) => on_event(&mut core, event),
+                        other => actions.push(other),
+                    }
+                }
+                if !std::mem::take(&mut core.fork_requested) {
+                    break;
+                }
+                // The relay holds more of this replica than its store: the
+                // store was restored from an older copy. Go on as a new
+                // replica (its first persist records that) and reconnect.
+                let new_id = fresh_replica_id(core.seed, core.session.replica().id());
+                core.session.fork(new_id);
+                if core.online && !core.closed {
+                    core.session.start(self.timer.now_ms());
                 }
             }
             core.settle_waiters();
@@ -510,6 +540,7 @@ impl<T: Transport> Host<T> {
                     core.seed,
                     records,
                     core.session.replica().id(),
+                    self.store.copied(),
                 );
                 match restored {
                     Ok(mut session) => {
@@ -624,9 +655,12 @@ fn on_event(core: &mut Core, event: Event) {
             core.last_error = Some(format!("the local store failed: {message}"));
         }
         Event::StoreBehindRelay { .. } => {
-            let reason = "this database's store is older than the relay's record of it (restored from a backup?); open it under a new replica".to_owned();
-            core.last_error = Some(reason.clone());
-            core.stopped = Some((CloseCode::Normal, reason));
+            core.last_error = Some(
+                "this database's store is older than the relay's record of it (restored from \
+                 a backup?); it continues as a new replica"
+                    .to_owned(),
+            );
+            core.fork_requested = true;
         }
         Event::ClockSkew { ahead_ms } => {
             core.last_error = Some(format!(

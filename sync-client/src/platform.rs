@@ -130,6 +130,23 @@ pub trait ClientStore {
 
     /// Every stored record, in key order.
     fn read_all(&self) -> LocalBoxFuture<'static, Result<Vec<Record>, StoreError>>;
+
+    /// Whether these records were copied from another database's storage
+    /// (a restored backup, a copied file or data directory) and have not
+    /// been written here since. The loop then continues the database under
+    /// a new replica id, so the copy and the original never write under
+    /// one id, and its first write records that.
+    ///
+    /// A store that can tell (SQLite compares the file's identity with the
+    /// one it recorded) answers `true` from opening until a write succeeds,
+    /// and records its new identity in that write's transaction. Stores
+    /// whose data cannot be copied behind the app's back (IndexedDB, memory)
+    /// keep this default. Copies a store cannot see are still caught when
+    /// the relay holds more of the replica than the store does (see
+    /// `Event::StoreBehindRelay`).
+    fn copied(&self) -> bool {
+        false
+    }
 }
 
 /// Wall-clock time and sleeping.

@@ -495,3 +495,93 @@ fn a_token_source_is_asked_before_expiry_and_never_in_a_tight_loop() {
     let asked = calls.load(Ordering::SeqCst);
     assert!((6..=8).contains(&asked), "asked {asked} times");
 }
+
+/// A copied store (a copied data directory, a restored backup) that knows
+/// it is a copy goes on under a new replica id, and nothing is lost or
+/// revived: the write it held unsent reaches the relay from both, the
+/// original's later rename of it wins, and each side's new writes arrive.
+#[test]
+fn a_copied_store_continues_as_a_new_replica() {
+    let mut w = World::new();
+    let store = MemoryStore::new();
+    let original = w.open(&store);
+    let todos = original.collection("todos");
+    w.block(todos.put("a", [("title", "synced")]))
+        .expect("durable");
+    w.settle();
+    original.disconnect();
+    w.block(todos.put("b", [("title", "unsent at copy time")]))
+        .expect("durable");
+    let original_id = original.replica_id();
+
+    let copy_store = store.copy();
+    let copy = w.open(&copy_store);
+    assert_ne!(copy.replica_id(), original_id, "the copy has its own id");
+    w.settle();
+    // What the copy stored says so too: reopening keeps the new id.
+    let copy_id = copy.replica_id();
+    drop(copy);
+    w.settle();
+    let copy = w.open(&copy_store);
+    assert_eq!(copy.replica_id(), copy_id);
+
+    w.block(
+        copy.collection("todos")
+            .put("c", [("title", "from the copy")]),
+    )
+    .expect("durable");
+    w.advance(1);
+    w.block(todos.put("b", [("title", "renamed later")]))
+        .expect("durable");
+    original.connect().expect("connects");
+    w.advance(1_000);
+    w.block(original.flush()).expect("flushed");
+    w.block(copy.flush()).expect("flushed");
+    w.advance(1_000);
+
+    for db in [&original, &copy] {
+        assert_eq!(title(db, "a"), Some(Value::from("synced")));
+        assert_eq!(title(db, "b"), Some(Value::from("renamed later")));
+        assert_eq!(title(db, "c"), Some(Value::from("from the copy")));
+    }
+}
+
+/// A copy the store cannot detect is caught by the relay, which holds more
+/// of the replica than the copy does: the copy then goes on as a new
+/// replica by itself and keeps syncing.
+#[test]
+fn a_store_behind_the_relay_continues_as_a_new_replica() {
+    let mut w = World::new();
+    let store = MemoryStore::new();
+    let original = w.open(&store);
+    let todos = original.collection("todos");
+    w.block(todos.put("a", [("title", "before the backup")]))
+        .expect("durable");
+    w.block(original.flush()).expect("flushed");
+    let backup = store.records();
+    w.block(todos.put("b", [("title", "after the backup")]))
+        .expect("durable");
+    w.block(original.flush()).expect("flushed");
+    let original_id = original.replica_id();
+    drop(todos);
+    drop(original);
+    w.settle();
+
+    // The device is restored from the backup by means the store cannot see.
+    let restored = w.open(&MemoryStore::from_records(backup));
+    w.advance(1_000);
+    assert_ne!(restored.replica_id(), original_id);
+    assert_eq!(title(&restored, "b"), Some(Value::from("after the backup")));
+    w.block(
+        restored
+            .collection("todos")
+            .put("c", [("title", "after restore")]),
+    )
+    .expect("durable");
+    w.block(restored.flush())
+        .expect("the relay takes the new replica's writes");
+
+    let reopened = w.open(&store);
+    w.advance(1_000);
+    assert_eq!(title(&reopened, "c"), Some(Value::from("after restore")));
+}

@@ -791,6 +791,60 @@ impl Replica {
         dropped
     }
 
+    /// Continues this replica under a new id: for a database whose files
+    /// were copied (a restored backup, a copied data directory), so that
+    /// the copy and the original never write under one id.
+    ///
+    /// Two replicas writing under one id would number different operations
+    /// alike, and every peer would keep whichever arrived first and drop
+    /// the other as already seen. After `fork`, new writes are numbered
+    /// from 1 under `new_id`. The operations still waiting in the outbox
+    /// were the original's too (it may push them as well, or may be gone):
+    /// each is queued again under `new_id`, with its original clock value,
+    /// so the copy delivers them without letting them win over anything
+    /// written later. Where both versions arrive, they hold the same values
+    /// at the same clock value, so peers converge on them either way.
+    ///
+    /// The state, clock and version vector are kept; the next
+    /// [`Replica::take_persist`] batch rewrites the outbox and the replica
+    /// record, and must be stored before the new id is used anywhere.
+    ///
+    /// ```
+    /// use sync_core::{Replica, ReplicaConfig, ReplicaId, Value, store::{MemoryStore, Store}};
+    ///
+    /// let mut original = Replica::new(ReplicaId(1), ReplicaConfig::default());
+    /// original.put(1_000, "todos", "milk", [("title", Value::from("Buy milk"))])?;
+    /// let mut disk = MemoryStore::new();
+    /// disk.write(&original.take_persist().expect("a write"))?;
+    ///
+    /// // A backup of the disk is restored elsewhere: it must not go on as replica 1.
+    /// let mut copy = Replica::restore(ReplicaConfig::default(), disk.read_all()?)?.expect("stored");
+    /// copy.fork(ReplicaId(2));
+    /// let pending = copy.outbox().next().expect("the unsent write, queued again");
+    /// assert_eq!(pending.id.replica, ReplicaId(2));
+    /// assert_eq!(pending.hlc, original.outbox().next().expect("queued").hlc);
+    /// assert_eq!(copy.get("todos", "milk").unwrap().fields, original.get("todos", "milk").unwrap().fields);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn fork(&mut self, new_id: ReplicaId) {
+        if new_id == self.id {
+            return;
+        }
+        let pending: Vec<Op> = self.outbox.iter().filter_map(Pending::decode).collect();
+        for old in std::mem::take(&mut self.outbox) {
+            if old.seq <= self.outbox_stored_through {
+                self.dirty.outbox_removed.push(old.seq);
+            }
+        }
+        self.id = new_id;
+        self.next_seq = 1;
+        self.outbox_stored_through = 0;
+        self.dirty.meta = true;
+        for op in pending {
+            self.push_local(op.hlc, op.change);
+        }
+    }
+
     /// Merges a snapshot (for example from the relay after compaction).
     ///
     /// Local writes not in the snapshot survive: merging is the same join as
@@ -991,7 +1045,9 @@ impl Replica {
             }
         }
         // Removals are all at or below the stored mark and new records above
-        // it, so the writes come out in sequence order.
+        // it, so the writes come out in sequence order (after a fork the new
+        // numbering restarts at 1: a removal and a put may share a key, and
+        // the put, written later, wins).
         for seq in dirty.outbox_removed {
             batch.writes.push(Write::Delete {
                 key: StoreKey::Outbox(seq),

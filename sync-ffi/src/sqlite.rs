@@ -25,6 +25,19 @@
 //! # Exclusive access
 //!
 //! See [`SqliteStore::open`] for how a second opener is refused.
+//!
+//! # Copies
+//!
+//! The file records its own identity (device and inode number, on Unix).
+//! A file opened under another identity — copied, restored from a backup,
+//! moved to another file system — reports itself as
+//! [`copied`](ClientStore::copied), so the database continues under a new
+//! replica id instead of impersonating the original. The new identity is
+//! recorded in the transaction of the first successful write (the one that
+//! stores the new replica id), so a crash before it is detected again on
+//! the next open. Moving or renaming the file within one file system keeps
+//! its identity. Elsewhere than Unix the identity is not checked, and a
+//! copy is caught only by the relay (`Event::StoreBehindRelay`).
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
@@ -83,6 +96,8 @@ impl std::fmt::Debug for SqliteStore {
 /// What clones share: the queue to the writer thread.
 struct Shared {
     path: PathBuf,
+    /// The file's identity, while it differs from the one recorded in it.
+    unrecorded_identity: PendingIdentity,
     /// `None` once closing.
     jobs: Option<mpsc::Sender<Job>>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -108,6 +123,17 @@ pub(crate) struct Stats {
     /// Batches written.
     pub(crate) batches: AtomicU64,
 }
+
+/// Where the database file is: what a copy of it does not share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileIdentity {
+    device: i64,
+    inode: i64,
+}
+
+/// The file's identity while it is not recorded in the file yet: set when
+/// a copy is opened, recorded and cleared by the first successful write.
+type PendingIdentity = Arc<Mutex<Option<FileIdentity>>>;
 
 /// A batch as the writer applies it: encoded keys, and a value or a delete.
 type Rows = Vec<(Vec<u8>, Option<Vec<u8>>)>;
@@ -164,14 +190,16 @@ impl SqliteStore {
         let path = path.as_ref().to_owned();
         let lock = lock(&path)?;
         let conn = open_connection(&path)?;
+        let unrecorded_identity = Arc::new(Mutex::new(check_identity(&conn, &path)?));
         let stats = Arc::new(Stats::default());
         let (jobs, queue) = mpsc::channel();
         let thread = {
             let stats = stats.clone();
+            let identity = unrecorded_identity.clone();
             std::thread::Builder::new()
                 .name("concord-sqlite-writer".into())
                 .spawn(move || {
-                    write_loop(conn, &queue, &stats);
+                    write_loop(conn, &queue, &stats, &identity);
                     // Released only once the connection is closed.
                     drop(lock);
                 })
@@ -180,6 +208,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             shared: Arc::new(Shared {
                 path,
+                unrecorded_identity,
                 jobs: Some(jobs),
                 thread: Mutex::new(Some(thread)),
                 stats,
@@ -250,6 +279,13 @@ impl ClientStore for SqliteStore {
     fn read_all(&self) -> LocalBoxFuture<'static, Result<Vec<Record>, StoreError>> {
         let rx = self.queue_read();
         Box::pin(answer(rx))
+    }
+
+    fn copied(&self) -> bool {
+        self.shared
+            .unrecorded_identity
+            .lock()
+            .map_or(true, |pending| pending.is_some())
     }
 }
 
@@ -407,7 +443,12 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
         "CREATE TABLE IF NOT EXISTS records (
              key BLOB PRIMARY KEY NOT NULL,
              value BLOB NOT NULL
-         ) STRICT, WITHOUT ROWID;",
+         ) STRICT, WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS identity (
+             id INTEGER PRIMARY KEY CHECK (id = 0),
+             device INTEGER NOT NULL,
+             inode INTEGER NOT NULL
+         ) STRICT;",
     )
     .map_err(|e| sql_error("creating the schema in", path, &e))?;
     if version < SCHEMA_VERSION {
@@ -427,7 +468,12 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
 /// writer waits for the rest, at most half the last commit's duration and
 /// at most [`MAX_GATHER_WAIT`]: on a slow disk that buys whole groups, on a
 /// fast one it costs next to nothing, and a single writer never waits.
-fn write_loop(mut conn: Connection, queue: &mpsc::Receiver<Job>, stats: &Stats) {
+fn write_loop(
+    mut conn: Connection,
+    queue: &mpsc::Receiver<Job>,
+    stats: &Stats,
+    identity: &PendingIdentity,
+) {
     let path = conn.path().map(PathBuf::from).unwrap_or_default();
     let mut jobs = Vec::new();
     let mut group: Vec<(Rows, oneshot::Sender<Result<(), StoreError>>)> = Vec::new();
@@ -459,18 +505,18 @@ fn write_loop(mut conn: Connection, queue: &mpsc::Receiver<Job>, stats: &Stats) 
                 Job::Write { rows, done } => group.push((rows, done)),
                 Job::Read { done } => {
                     // Writes queued before the read are committed first.
-                    commit_group(&mut conn, &path, &mut group, stats);
+                    commit_group(&mut conn, &path, &mut group, stats, identity);
                     let _ = done.send(read_all(&conn, &path));
                 }
                 #[cfg(test)]
                 Job::Inspect(f) => {
-                    commit_group(&mut conn, &path, &mut group, stats);
+                    commit_group(&mut conn, &path, &mut group, stats, identity);
                     f(&conn);
                 }
             }
         }
         last_group = group.len();
-        commit_group(&mut conn, &path, &mut group, stats);
+        commit_group(&mut conn, &path, &mut group, stats, identity);
         last_commit = started.elapsed();
     }
     // Fold the WAL back into the database so the next open reads less.
@@ -484,11 +530,16 @@ fn commit_group(
     path: &Path,
     group: &mut Vec<(Rows, oneshot::Sender<Result<(), StoreError>>)>,
     stats: &Stats,
+    identity: &PendingIdentity,
 ) {
     if group.is_empty() {
         return;
     }
-    let results = write_group(conn, path, group);
+    let unrecorded = identity.lock().ok().and_then(|pending| *pending);
+    let (results, recorded) = write_group(conn, path, group, unrecorded);
+    if recorded && let Ok(mut pending) = identity.lock() {
+        *pending = None;
+    }
     stats.commits.fetch_add(1, Ordering::Relaxed);
     stats
         .batches
@@ -498,12 +549,16 @@ fn commit_group(
     }
 }
 
+/// Also records `unrecorded` (the file's new identity) with the first batch
+/// that succeeds, and says whether it was committed.
 fn write_group(
     conn: &mut Connection,
     path: &Path,
     group: &[(Rows, oneshot::Sender<Result<(), StoreError>>)],
-) -> Vec<Result<(), StoreError>> {
-    let all = |e: StoreError| vec![Err(e); group.len()];
+    mut unrecorded: Option<FileIdentity>,
+) -> (Vec<Result<(), StoreError>>, bool) {
+    let all = |e: StoreError| (vec![Err(e); group.len()], false);
+    let mut recorded = false;
     let mut tx = match conn.transaction() {
         Ok(tx) => tx,
         Err(e) => return all(sql_error("beginning a transaction on", path, &e)),
@@ -513,10 +568,16 @@ fn write_group(
         let result = (|| -> rusqlite::Result<()> {
             let sp = tx.savepoint()?;
             apply(&sp, rows)?;
+            if let Some(identity) = unrecorded {
+                record_identity(&sp, identity)?;
+            }
             sp.commit()
         })();
         match result {
-            Ok(()) => results.push(Ok(())),
+            Ok(()) => {
+                recorded |= unrecorded.take().is_some();
+                results.push(Ok(()));
+            }
             // On some errors (a full disk, an IO error) SQLite rolls back the
             // whole transaction, not just the savepoint: nothing of the group
             // was written, and every batch reports this error.
@@ -527,7 +588,65 @@ fn write_group(
     if let Err(e) = tx.commit() {
         return all(sql_error("committing to", path, &e));
     }
-    results
+    (results, recorded)
+}
+
+/// The identity of the file at `path`, where the platform has one.
+#[cfg(unix)]
+fn file_identity(path: &Path) -> Option<FileIdentity> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).ok()?;
+    // Stored as SQLite integers; the bits matter, not the sign.
+    Some(FileIdentity {
+        device: meta.dev() as i64,
+        inode: meta.ino() as i64,
+    })
+}
+
+/// The identity of the file at `path`, where the platform has one.
+#[cfg(not(unix))]
+fn file_identity(_path: &Path) -> Option<FileIdentity> {
+    None
+}
+
+/// Compares the file's identity with the one recorded in it. Returns the
+/// identity to record when they differ (the file is a copy); records it at
+/// once in a file that has none yet (new, or written by an older build).
+fn check_identity(conn: &Connection, path: &Path) -> Result<Option<FileIdentity>, StoreError> {
+    let Some(current) = file_identity(path) else {
+        return Ok(None);
+    };
+    let failed = |e: rusqlite::Error| sql_error("checking the identity of", path, &e);
+    let stored = conn
+        .query_row(
+            "SELECT device, inode FROM identity WHERE id = 0",
+            [],
+            |row| {
+                Ok(FileIdentity {
+                    device: row.get(0)?,
+                    inode: row.get(1)?,
+                })
+            },
+        )
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(failed(e)),
+        })?;
+    match stored {
+        Some(stored) if stored == current => Ok(None),
+        Some(_) => Ok(Some(current)),
+        None => {
+            record_identity(conn, current).map_err(failed)?;
+            Ok(None)
+        }
+    }
+}
+
+fn record_identity(conn: &Connection, identity: FileIdentity) -> rusqlite::Result<()> {
+    conn.prepare_cached("INSERT OR REPLACE INTO identity (id, device, inode) VALUES (0, ?1, ?2)")?
+        .execute(params![identity.device, identity.inode])?;
+    Ok(())
 }
 
 fn apply(conn: &Connection, rows: &Rows) -> rusqlite::Result<()> {

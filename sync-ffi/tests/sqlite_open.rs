@@ -206,3 +206,56 @@ fn client_store_futures_resolve_on_commit() {
     let store = SqliteStore::open(&path).unwrap();
     assert_eq!(Store::read_all(&store).unwrap()[0].1, vec![99]);
 }
+
+/// A copied database file (a copied data directory, a restored backup)
+/// continues under a replica id of its own, with everything it held; the
+/// original, and a file renamed in place, keep theirs.
+#[test]
+fn a_copied_database_file_gets_a_replica_id_of_its_own() {
+    use sync_ffi::{Options, Wait as _};
+
+    let dir = tempfile::tempdir().unwrap();
+    let original_path = dir.path().join("original.db");
+    let original_id = {
+        let db = sync_ffi::open(&original_path, Options::local()).unwrap();
+        db.collection("todos")
+            .put("a", [("title", "unsent")])
+            .wait()
+            .unwrap();
+        let id = db.replica_id();
+        futures::executor::block_on(db.close());
+        id
+    };
+    let copy_path = dir.path().join("copy.db");
+    std::fs::copy(&original_path, &copy_path).unwrap();
+
+    let copy = sync_ffi::open(&copy_path, Options::local()).unwrap();
+    let copy_id = copy.replica_id();
+    assert_ne!(
+        copy_id, original_id,
+        "the copy must not write as the original"
+    );
+    let doc = copy
+        .collection("todos")
+        .get("a")
+        .expect("the copy keeps the data");
+    assert_eq!(doc.fields["title"], sync_ffi::Value::from("unsent"));
+    assert_eq!(
+        copy.status().pending_writes,
+        1,
+        "the unsent write is still queued"
+    );
+    futures::executor::block_on(copy.close());
+    let copy = sync_ffi::open(&copy_path, Options::local()).unwrap();
+    assert_eq!(copy.replica_id(), copy_id, "the new id is stored");
+    futures::executor::block_on(copy.close());
+
+    let original = sync_ffi::open(&original_path, Options::local()).unwrap();
+    assert_eq!(original.replica_id(), original_id);
+    futures::executor::block_on(original.close());
+    let renamed_path = dir.path().join("renamed.db");
+    std::fs::rename(&original_path, &renamed_path).unwrap();
+    let renamed = sync_ffi::open(&renamed_path, Options::local()).unwrap();
+    assert_eq!(renamed.replica_id(), original_id, "a rename is not a copy");
+    futures::executor::block_on(renamed.close());
+}

@@ -38,6 +38,7 @@ use crate::platform::{
 pub struct MemoryStore {
     records: Arc<Mutex<sync_core::store::MemoryStore>>,
     failing: Arc<AtomicBool>,
+    copied: Arc<AtomicBool>,
 }
 
 impl MemoryStore {
@@ -55,6 +56,34 @@ impl MemoryStore {
     pub fn records(&self) -> Vec<Record> {
         lock(&self.records).read_all().unwrap_or_default()
     }
+
+    /// A store holding `records`, as if restored from a backup by means
+    /// the store cannot notice: it does not report itself as
+    /// [`copied`](ClientStore::copied).
+    pub fn from_records(records: Vec<Record>) -> MemoryStore {
+        let mut inner = sync_core::store::MemoryStore::new();
+        let mut batch = PersistBatch::default();
+        for (key, value) in records {
+            if let Ok(key) = sync_core::StoreKey::from_bytes(&key) {
+                batch.push(sync_core::Write::Put { key, value });
+            }
+        }
+        // Writing to memory cannot fail.
+        let _ = inner.write(&batch);
+        MemoryStore {
+            records: Arc::new(Mutex::new(inner)),
+            ..MemoryStore::default()
+        }
+    }
+
+    /// An independent copy of the records as they are now, like a copied
+    /// data directory: it reports itself as
+    /// [`copied`](ClientStore::copied) until its first successful write.
+    pub fn copy(&self) -> MemoryStore {
+        let copy = MemoryStore::from_records(self.records());
+        copy.copied.store(true, Ordering::SeqCst);
+        copy
+    }
 }
 
 impl ClientStore for MemoryStore {
@@ -69,6 +98,9 @@ impl ClientStore for MemoryStore {
                 .write(&batch)
                 .map_err(|e| StoreError::new(StoreErrorKind::Io, e.to_string()))
         };
+        if result.is_ok() {
+            self.copied.store(false, Ordering::SeqCst);
+        }
         futures::future::ready(result).boxed_local()
     }
 
@@ -77,6 +109,10 @@ impl ClientStore for MemoryStore {
             .read_all()
             .map_err(|e| StoreError::new(StoreErrorKind::Io, e.to_string()));
         futures::future::ready(result).boxed_local()
+    }
+
+    fn copied(&self) -> bool {
+        self.copied.load(Ordering::SeqCst)
     }
 }
 

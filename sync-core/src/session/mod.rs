@@ -501,6 +501,20 @@ impl Session {
         self.link = Link::Offline;
     }
 
+    /// Continues under a new replica id (see [`Replica::fork`]): for a
+    /// store that turned out to be a copy of another database's. The
+    /// session disconnects first if it was connected; call
+    /// [`Session::start`] again to sync as the new replica.
+    pub fn fork(&mut self, new_id: crate::ReplicaId) {
+        self.stop();
+        self.replica.fork(new_id);
+        // Refusals were reported by sequence number, which the fork reuses.
+        self.reported_refusals.clear();
+        // Stored before anything is sent under the new id (the gate holds
+        // every later frame behind this persist).
+        self.flush_persist();
+    }
+
     // ---- local writes: the replica's API, followed by persist and push ----
 
     /// Writes fields of a document (see [`Replica::put`]).

@@ -1,0 +1,137 @@
+//! A copied store continues under a new replica id (`Replica::fork`,
+//! `Session::fork`): the copy never reuses the original's operation ids,
+//! loses none of the writes it holds, and cannot override what the
+//! original writes later.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+use sync_core::store::{MemoryStore, Store};
+use sync_core::{Op, Replica, ReplicaConfig, ReplicaId, Value};
+
+const NOW: u64 = 1_700_000_000_000;
+
+fn restore(disk: &MemoryStore) -> Replica {
+    Replica::restore(ReplicaConfig::default(), disk.read_all().expect("read"))
+        .expect("restores")
+        .expect("not empty")
+}
+
+fn persist(replica: &mut Replica, disk: &mut MemoryStore) {
+    if let Some(batch) = replica.take_persist() {
+        disk.write(&batch).expect("write");
+    }
+}
+
+fn title(replica: &Replica, id: &str) -> Option<Value> {
+    replica
+        .get_field("todos", id, "title")
+        .map(|v| v.to_value())
+}
+
+/// The original writes, a copy of its disk is taken with writes still
+/// unsent, both go on writing, and a third replica receives everything
+/// both ever queued, in both orders.
+#[test]
+fn a_forked_copy_and_its_original_converge_without_losing_or_reviving_writes() {
+    for copy_first in [false, true] {
+        let mut original = Replica::new(ReplicaId(1), ReplicaConfig::default());
+        let mut disk = MemoryStore::new();
+        original
+            .put(NOW, "todos", "a", [("title", "first")])
+            .expect("put");
+        original
+            .put(NOW + 1, "todos", "b", [("title", "unsent at copy time")])
+            .expect("put");
+        persist(&mut original, &mut disk);
+        let mut copy = restore(&disk.clone());
+        copy.fork(ReplicaId(2));
+
+        // After the copy: the original renames "b"; the copy writes "c".
+        original
+            .put(NOW + 10, "todos", "b", [("title", "renamed later")])
+            .expect("put");
+        copy.put(NOW + 5, "todos", "c", [("title", "written on the copy")])
+            .expect("put");
+
+        let from_original: Vec<Op> = original.outbox().collect();
+        let from_copy: Vec<Op> = copy.outbox().collect();
+        // The copy never uses the original's ids.
+        assert!(from_copy.iter().all(|op| op.id.replica == ReplicaId(2)));
+        assert_eq!(
+            from_copy.iter().map(|op| op.id.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3],
+            "the copy numbers its operations afresh"
+        );
+
+        let mut peer = Replica::new(ReplicaId(3), ReplicaConfig::default());
+        let (first, second) = if copy_first {
+            (&from_copy, &from_original)
+        } else {
+            (&from_original, &from_copy)
+        };
+        for op in first.iter().chain(second) {
+            peer.apply(NOW + 20, op).expect("applies");
+        }
+        assert_eq!(title(&peer, "a"), Some(Value::from("first")));
+        assert_eq!(
+            title(&peer, "b"),
+            Some(Value::from("renamed later")),
+            "the copy's replay of an old write must not win over a later one"
+        );
+        assert_eq!(title(&peer, "c"), Some(Value::from("written on the copy")));
+
+        // The copy and the original converge with the peer once they see
+        // each other's operations.
+        for op in &from_copy {
+            original.apply(NOW + 20, op).expect("applies");
+        }
+        for op in &from_original {
+            copy.apply(NOW + 20, op).expect("applies");
+        }
+        for replica in [&original, &copy] {
+            for id in ["a", "b", "c"] {
+                assert_eq!(title(replica, id), title(&peer, id), "document {id}");
+            }
+        }
+    }
+}
+
+/// The fork is stored: the copy reopens as the new replica with its
+/// re-queued outbox, and reopening does not fork again by itself.
+#[test]
+fn a_fork_survives_reopening() {
+    let mut original = Replica::new(ReplicaId(1), ReplicaConfig::default());
+    let mut disk = MemoryStore::new();
+    for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
+        original
+            .put(NOW + i as u64, "todos", id, [("title", id)])
+            .expect("put");
+    }
+    persist(&mut original, &mut disk);
+    // The original's first write was acknowledged before the copy.
+    original.acknowledge(1);
+    persist(&mut original, &mut disk);
+
+    let mut copy_disk = disk.clone();
+    let mut copy = restore(&copy_disk);
+    copy.fork(ReplicaId(9));
+    persist(&mut copy, &mut copy_disk);
+    let reopened = restore(&copy_disk);
+    assert_eq!(reopened.id(), ReplicaId(9));
+    assert_eq!(reopened.next_seq(), 3);
+    let pending: Vec<Op> = reopened.outbox().collect();
+    assert_eq!(
+        pending
+            .iter()
+            .map(|op| (op.id.replica, op.id.seq))
+            .collect::<Vec<_>>(),
+        vec![(ReplicaId(9), 1), (ReplicaId(9), 2)],
+        "exactly the two unacknowledged writes, renumbered"
+    );
+    let original_pending: Vec<Op> = original.outbox().collect();
+    for (forked, was) in pending.iter().zip(&original_pending) {
+        assert_eq!(forked.hlc, was.hlc);
+        assert_eq!(forked.change, was.change);
+    }
+    // The original's disk is untouched by the copy's.
+    assert_eq!(restore(&disk).id(), ReplicaId(1));
+}
