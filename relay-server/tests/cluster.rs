@@ -189,6 +189,15 @@ fn log_shape(pg: &Postgres) -> (u64, u64, u64, u64) {
     (v[0], v[1], v[2], v[3])
 }
 
+/// The room's lease's fence: how many times it was claimed.
+fn fence(pg: &Postgres) -> u64 {
+    pg.psql(&format!(
+        "SELECT fence FROM concord_leases WHERE room = '{ROOM}'"
+    ))
+    .parse()
+    .expect("fence")
+}
+
 /// Which instance holds the room's lease now.
 fn owner(pg: &Postgres, relays: &[Relay]) -> usize {
     let address = pg.psql(&format!(
@@ -221,6 +230,9 @@ fn three_instances_converge_and_a_killed_owner_loses_nothing_acknowledged() {
     eventually(Duration::from_secs(60), "90 documents everywhere", || {
         dbs.iter().all(|db| count(db) == 90)
     });
+    // One instance claimed the room, once; the other two relayed their
+    // sessions to it rather than serving the room themselves.
+    assert_eq!(fence(&pg), 1);
 
     // Kill -9 the owner while every client writes.
     let victim = owner(&pg, &relays);
