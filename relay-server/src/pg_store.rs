@@ -302,6 +302,7 @@ impl Backend for PgStore {
                          address = excluded.address, fence = l.fence + 1, \
                          expires_at = excluded.expires_at \
                      WHERE l.expires_at <= now() OR l.owner = excluded.owner \
+                         OR l.address = excluded.address \
                      RETURNING fence",
                     &[
                         &&*room,

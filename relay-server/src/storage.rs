@@ -66,7 +66,10 @@ pub(crate) trait Backend {
     fn load(&self, room: Arc<str>) -> impl Future<Output = Result<StoredRoom, StoreError>> + Send;
 
     /// Takes the room's lease if nobody else holds a live one (a new fence
-    /// each time), or says who does.
+    /// each time), or says who does. A lease held under this instance's
+    /// own address is taken over at once: its holder was an earlier process
+    /// at this address, now gone (forwarding to it would reach this very
+    /// instance).
     fn claim(&self, room: Arc<str>) -> impl Future<Output = Result<Claim, StoreError>> + Send;
 
     /// Extends the lease; `Ok(false)` once it belongs to someone else.

@@ -161,6 +161,7 @@ async fn postgres_passes_the_shared_suite_and_the_lease_checks() {
     shared_suite(&fixture).await;
     one_owner_at_a_time(&fixture).await;
     a_stale_owner_is_fenced(&fixture).await;
+    a_restart_at_the_same_address_takes_over_at_once(&fixture).await;
     writer_survives_a_postgres_restart(&fixture).await;
 }
 
@@ -222,6 +223,27 @@ async fn a_stale_owner_is_fenced(fixture: &Fixture) {
     assert_eq!(entries, vec![(1, b"one".to_vec()), (2, b"two".to_vec())]);
     a.close().await;
     b.close().await;
+}
+
+/// An instance started again at its old address (the old process died)
+/// gets that process's rooms at once, not after the lease expires, and the
+/// old process, were it alive, is fenced.
+async fn a_restart_at_the_same_address_takes_over_at_once(fixture: &Fixture) {
+    let before = fixture.open("same", Duration::from_secs(60)).await;
+    let old = owned(&before, "moved").await;
+    let after = fixture.open("same", Duration::from_secs(60)).await;
+    let new = owned(&after, "moved").await;
+    assert!(new > old);
+    assert!(
+        durable(&before, "moved", old, persist(&[(1, b"old")]))
+            .await
+            .is_err()
+    );
+    durable(&after, "moved", new, persist(&[(1, b"new")]))
+        .await
+        .unwrap();
+    before.close().await;
+    after.close().await;
 }
 
 /// After PostgreSQL restarts, the same store writes and reads again

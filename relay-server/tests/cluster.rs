@@ -213,7 +213,7 @@ fn owner(pg: &Postgres, relays: &[Relay]) -> usize {
 fn three_instances_converge_and_a_killed_owner_loses_nothing_acknowledged() {
     let dir = tempdir();
     let pg = Postgres::start();
-    let mut relays = start_cluster(dir.path(), &pg, 3, &[]);
+    let mut relays = start_cluster(dir.path(), &pg, 3, &["--admin-token", "admin"]);
     let token = relays[0].token(ROOM, "rw", "1h", None);
     let lbs = balancers(&relays, 3);
     let dbs: Vec<Database> = (0..3)
@@ -233,6 +233,10 @@ fn three_instances_converge_and_a_killed_owner_loses_nothing_acknowledged() {
     // One instance claimed the room, once; the other two relayed their
     // sessions to it rather than serving the room themselves.
     assert_eq!(fence(&pg), 1);
+    // The admin endpoint answers on every instance, owner or not.
+    for relay in &relays {
+        assert_eq!(relay.stats(ROOM, "admin")["head"], 90);
+    }
 
     // Kill -9 the owner while every client writes.
     let victim = owner(&pg, &relays);

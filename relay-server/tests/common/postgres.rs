@@ -19,6 +19,7 @@ pub struct Postgres {
     bin: PathBuf,
     port: u16,
     as_postgres: bool,
+    fsync: bool,
 }
 
 fn sh(command: &mut Command) -> std::process::Output {
@@ -66,8 +67,19 @@ fn free_port() -> u16 {
 }
 
 impl Postgres {
-    /// Installs if needed, initialises a data directory, starts the server.
+    /// Installs if needed, initialises a data directory, starts the server
+    /// with `fsync=off` (tests kill processes, not machines).
     pub fn start() -> Postgres {
+        Postgres::start_with(false)
+    }
+
+    /// [`Postgres::start`] with PostgreSQL's default `fsync=on`, as a
+    /// production server runs (for benchmarks).
+    pub fn start_durable() -> Postgres {
+        Postgres::start_with(true)
+    }
+
+    fn start_with(fsync: bool) -> Postgres {
         let bin = server_bin();
         let dir = tempfile::tempdir().expect("temp dir");
         let as_postgres = sh(Command::new("id").arg("-u")).stdout.trim_ascii() == b"0";
@@ -83,6 +95,7 @@ impl Postgres {
             bin,
             port: free_port(),
             as_postgres,
+            fsync,
         };
         let data = pg.data();
         let out = sh(pg
@@ -130,9 +143,10 @@ impl Postgres {
     /// Starts the (stopped) server again on the same port.
     pub fn start_again(&self) {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync={} -c max_connections=200",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            if self.fsync { "on" } else { "off" }
         );
         let out = sh(self
             .tool("pg_ctl")
