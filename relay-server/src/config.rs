@@ -568,6 +568,41 @@ mod tests {
         assert_eq!(config.data, PathBuf::from("./concord-data"));
     }
 
+    /// Shared storage comes from the file like any setting; a lease
+    /// shorter than the minimum is refused.
+    #[test]
+    fn postgres_settings_come_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(
+            &path,
+            "postgres = \"postgres://u@db/concord\"\nadvertise = \"ws://10.0.0.5:8787/v1/sync\"\nlease_ttl = \"3s\"\n",
+        )
+        .unwrap();
+        let config = Config::resolve(ServeOptions {
+            config: Some(path),
+            ..ServeOptions::default()
+        })
+        .unwrap();
+        assert_eq!(config.postgres.as_deref(), Some("postgres://u@db/concord"));
+        assert_eq!(
+            config.advertise.as_deref(),
+            Some("ws://10.0.0.5:8787/v1/sync")
+        );
+        assert_eq!(config.lease_ttl, Duration::from_secs(3));
+        assert!(
+            Config::resolve(ServeOptions {
+                lease_ttl: Some(Dur(Duration::from_millis(100))),
+                ..ServeOptions::default()
+            })
+            .is_err()
+        );
+        assert_eq!(
+            Config::resolve(ServeOptions::default()).unwrap().lease_ttl,
+            Duration::from_secs(5)
+        );
+    }
+
     /// A base64url key or a token may start with `-`; it is still a value.
     #[test]
     fn values_may_start_with_a_hyphen() {
