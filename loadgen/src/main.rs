@@ -8,7 +8,7 @@
 //!
 //! ```sh
 //! cargo build --release -p relay-server -p loadgen
-//! target/release/concord-loadgen --relay target/release/concord-relay [--only fanout|scale|initial|durability|synced] [--seconds 10] [--sessions 10000] [--relay-arg FLAG]...
+//! target/release/concord-loadgen --relay target/release/concord-relay [--only fanout|scale|cluster|initial|durability|synced] [--seconds 10] [--sessions 10000] [--relay-arg FLAG]...
 //! ```
 //!
 //! Each `--relay-arg` passes one more argument to every relay started, after
@@ -19,6 +19,7 @@
 //! `cargo xtask bench` runs it after the other benchmarks.
 
 mod client;
+mod cluster;
 mod light;
 mod relay;
 mod scenarios;
@@ -42,7 +43,7 @@ pub(crate) struct Settings {
 }
 
 /// Usage text.
-const USAGE: &str = "usage: concord-loadgen --relay PATH [--only fanout|scale|initial|durability|synced] [--seconds N] [--sessions N] [--relay-arg FLAG]...";
+const USAGE: &str = "usage: concord-loadgen --relay PATH [--only fanout|scale|cluster|initial|durability|synced] [--seconds N] [--sessions N] [--relay-arg FLAG]...";
 
 fn parse() -> Result<Settings, String> {
     let mut relay = None;

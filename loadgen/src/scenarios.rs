@@ -14,7 +14,7 @@ use crate::relay::{Relay, own_cpu_seconds};
 
 /// What the fan-out and durability clients are asked to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
+pub(crate) enum Phase {
     /// Keep the session alive, write nothing.
     Idle,
     /// Write as fast as the relay takes it (pushes of 50, at most
@@ -44,6 +44,9 @@ pub(crate) async fn run(settings: &Settings) -> Result<(), String> {
     if settings.only.as_deref() == Some("synced") {
         synced(settings).await?;
     }
+    if want("cluster") {
+        crate::cluster::cluster(settings).await?;
+    }
     if want("initial") {
         initial(settings).await?;
     }
@@ -55,25 +58,25 @@ pub(crate) async fn run(settings: &Settings) -> Result<(), String> {
 
 /// Per-client counters the scenario reads.
 #[derive(Default)]
-struct Shared {
-    live: AtomicUsize,
-    written: AtomicU64,
+pub(crate) struct Shared {
+    pub(crate) live: AtomicUsize,
+    pub(crate) written: AtomicU64,
     /// Lightweight clients whose connection failed (they do not reconnect).
     lost: AtomicUsize,
     /// The full client's stored cursor (room offset it has applied).
-    cursor: AtomicU64,
+    pub(crate) cursor: AtomicU64,
 }
 
 /// A follower task; the full client (client 0) hands itself back.
-type Follower = tokio::task::JoinHandle<Option<Client>>;
+pub(crate) type Follower = tokio::task::JoinHandle<Option<Client>>;
 
 /// Spawns `n` clients in `room` that follow the phase channel. Client 0 is
 /// a full sync-core `Session` + `Replica` and collects latencies; the other
 /// `n - 1` are [`LightClient`]s (the real protocol, no replica), so the
 /// load generator's CPU goes to offering load rather than to 99 replicas
 /// applying every delivery.
-fn spawn_followers(
-    relay: &Relay,
+pub(crate) fn spawn_followers(
+    urls: &[String],
     room: &str,
     n: usize,
     phase: &watch::Receiver<Phase>,
@@ -82,7 +85,7 @@ fn spawn_followers(
     (0..n)
         .map(|i| {
             if i > 0 {
-                let url = relay.url();
+                let url = urls[i % urls.len()].clone();
                 let room = room.to_owned();
                 let (phase, shared) = (phase.clone(), shared.clone());
                 return tokio::spawn(async move {
@@ -90,7 +93,7 @@ fn spawn_followers(
                     None
                 });
             }
-            let mut client = Client::new(i as u64 + 1, room, &relay.url());
+            let mut client = Client::new(i as u64 + 1, room, &urls[0]);
             client.latencies = Some(Vec::new());
             let mut phase = phase.clone();
             let shared = shared.clone();
@@ -237,7 +240,13 @@ async fn light_follower(
                 }
             }
             _ = ticker.tick(), if writing => match current {
-                Phase::Paced(_) => {
+                // Within the protocol's push window, as a real client
+                // stays: a tick that finds it full is skipped (the offered
+                // load then falls short, and the table says so).
+                Phase::Paced(_)
+                    if client.pushed - client.acked
+                        < sync_core::protocol::MAX_PUSH_WINDOW as u64 =>
+                {
                     let doc = format!("c{i}-{}", n_written % 64);
                     client.push(1, "lat", &doc, "t", now_us() as i64);
                     n_written += 1;
@@ -305,7 +314,7 @@ async fn idle_until_stopped(mut client: Client, phase: &mut watch::Receiver<Phas
     client.close().await;
 }
 
-async fn wait_live(shared: &Shared, n: usize, limit: Duration) -> Result<(), String> {
+pub(crate) async fn wait_live(shared: &Shared, n: usize, limit: Duration) -> Result<(), String> {
     let deadline = Instant::now() + limit;
     while shared.live.load(Ordering::Relaxed) < n {
         if Instant::now() > deadline {
@@ -320,7 +329,7 @@ async fn wait_live(shared: &Shared, n: usize, limit: Duration) -> Result<(), Str
 }
 
 /// Stops followers and collects them (bounded).
-async fn stop(tx: &watch::Sender<Phase>, handles: Vec<Follower>) -> Vec<Client> {
+pub(crate) async fn stop(tx: &watch::Sender<Phase>, handles: Vec<Follower>) -> Vec<Client> {
     let _ = tx.send(Phase::Stop);
     let mut clients = Vec::new();
     for h in handles {
@@ -331,7 +340,7 @@ async fn stop(tx: &watch::Sender<Phase>, handles: Vec<Follower>) -> Vec<Client> 
     clients
 }
 
-fn percentile(sorted: &[u64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -389,7 +398,7 @@ async fn fanout(settings: &Settings) -> Result<(), String> {
     let relay = Relay::start(&settings.relay, &[], &settings.relay_args)?;
     let (tx, rx) = watch::channel(Phase::Idle);
     let shared = Arc::new(Shared::default());
-    let handles = spawn_followers(&relay, "fanout", CLIENTS, &rx, &shared);
+    let handles = spawn_followers(&[relay.url()], "fanout", CLIENTS, &rx, &shared);
     wait_live(&shared, CLIENTS, Duration::from_secs(30)).await?;
 
     // Throughput: everyone writes as fast as the relay takes it.
@@ -675,7 +684,7 @@ async fn durability(settings: &Settings) -> Result<(), String> {
         let relay = Relay::start(&settings.relay, &[], &settings.relay_args)?;
         let (tx, rx) = watch::channel(Phase::Idle);
         let shared = Arc::new(Shared::default());
-        let handles = spawn_followers(&relay, "durable", sessions, &rx, &shared);
+        let handles = spawn_followers(&[relay.url()], "durable", sessions, &rx, &shared);
         wait_live(&shared, sessions, Duration::from_secs(30)).await?;
         let m = |name: &str| relay.metric(name);
         let before = [

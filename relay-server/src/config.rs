@@ -29,6 +29,25 @@ pub(crate) struct ServeOptions {
     #[arg(long, env = "CONCORD_DATA", value_name = "DIR")]
     pub(crate) data: Option<PathBuf>,
 
+    /// Store rooms in this PostgreSQL database instead of the data
+    /// directory's SQLite file, shared with other relay instances
+    /// (`postgres://user:password@host:port/db`). Each room is served by one
+    /// instance at a time; see docs/RELAY.md, "Several instances".
+    #[arg(long, env = "CONCORD_POSTGRES", value_name = "URL")]
+    pub(crate) postgres: Option<String>,
+
+    /// With --postgres: the WebSocket URL at which the other instances reach
+    /// this one (`ws://10.0.0.5:8787/v1/sync`). [default: ws://LISTEN/v1/sync,
+    /// which needs a concrete listen address]
+    #[arg(long, env = "CONCORD_ADVERTISE", value_name = "URL")]
+    pub(crate) advertise: Option<String>,
+
+    /// With --postgres: how long an instance's claim on a room lasts without
+    /// renewal (renewed every third of it). A dead instance's rooms move to
+    /// others within about this long. [default: 5s]
+    #[arg(long, env = "CONCORD_LEASE_TTL", value_name = "DURATION")]
+    pub(crate) lease_ttl: Option<Dur>,
+
     /// TOML file with any of these settings (keys are the flag names with
     /// `_` for `-`). Flags and environment variables override it.
     #[arg(long, env = "CONCORD_CONFIG", value_name = "FILE")]
@@ -196,7 +215,7 @@ impl ServeOptions {
     fn over(mut self, lower: ServeOptions) -> ServeOptions {
         let s = &mut self;
         let l = lower;
-        fill!(s, l; listen, data, config, public_keys, allow_anonymous, admin_token, log,
+        fill!(s, l; listen, data, postgres, advertise, lease_ttl, config, public_keys, allow_anonymous, admin_token, log,
             max_frame_bytes, max_connections, max_connections_per_room, ops_per_second,
             ops_burst, handshake_timeout, idle_timeout, heartbeat, send_window,
             slow_consumer_timeout, outbound_queue_frames, outbound_queue_bytes, write_timeout,
@@ -214,6 +233,12 @@ pub(crate) struct Config {
     pub(crate) listen: String,
     /// Data directory.
     pub(crate) data: PathBuf,
+    /// Shared PostgreSQL storage, if any.
+    pub(crate) postgres: Option<String>,
+    /// This instance's URL for the others (PostgreSQL only).
+    pub(crate) advertise: Option<String>,
+    /// Lifetime of a room lease (PostgreSQL only).
+    pub(crate) lease_ttl: Duration,
     /// Configured token public keys (base64url); empty: use the data dir's.
     pub(crate) public_keys: Vec<String>,
     /// Anonymous access allowed.
@@ -334,6 +359,12 @@ impl Config {
                 d(o.idle_timeout, 60)
             )));
         }
+        let lease_ttl = d(o.lease_ttl, 5);
+        if lease_ttl < Duration::from_millis(300) {
+            return Err(ConfigError::Invalid(format!(
+                "lease_ttl = {lease_ttl:?} is below the 300ms minimum"
+            )));
+        }
         let room = RoomConfig::default()
             .with_max_drift_ms(ms(d(o.max_drift, 60)))
             .with_max_batch_ops(max_batch_ops)
@@ -364,6 +395,9 @@ impl Config {
         Ok(Config {
             listen: o.listen.unwrap_or_else(|| "127.0.0.1:8787".into()),
             data: o.data.unwrap_or_else(|| PathBuf::from("./concord-data")),
+            postgres: o.postgres.filter(|u| !u.is_empty()),
+            advertise: o.advertise.filter(|u| !u.is_empty()),
+            lease_ttl,
             public_keys: o.public_keys.unwrap_or_default(),
             allow_anonymous: o.allow_anonymous.unwrap_or(false),
             admin_token: o.admin_token.filter(|t| !t.is_empty()),
@@ -535,6 +569,41 @@ mod tests {
         assert_eq!(config.max_frame_bytes, 8 << 20);
         assert_eq!(config.room.compaction.min_fold_percent, 250);
         assert_eq!(config.data, PathBuf::from("./concord-data"));
+    }
+
+    /// Shared storage comes from the file like any setting; a lease
+    /// shorter than the minimum is refused.
+    #[test]
+    fn postgres_settings_come_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(
+            &path,
+            "postgres = \"postgres://u@db/concord\"\nadvertise = \"ws://10.0.0.5:8787/v1/sync\"\nlease_ttl = \"3s\"\n",
+        )
+        .unwrap();
+        let config = Config::resolve(ServeOptions {
+            config: Some(path),
+            ..ServeOptions::default()
+        })
+        .unwrap();
+        assert_eq!(config.postgres.as_deref(), Some("postgres://u@db/concord"));
+        assert_eq!(
+            config.advertise.as_deref(),
+            Some("ws://10.0.0.5:8787/v1/sync")
+        );
+        assert_eq!(config.lease_ttl, Duration::from_secs(3));
+        assert!(
+            Config::resolve(ServeOptions {
+                lease_ttl: Some(Dur(Duration::from_millis(100))),
+                ..ServeOptions::default()
+            })
+            .is_err()
+        );
+        assert_eq!(
+            Config::resolve(ServeOptions::default()).unwrap().lease_ttl,
+            Duration::from_secs(5)
+        );
     }
 
     /// A base64url key or a token may start with `-`; it is still a value.

@@ -5,7 +5,10 @@
 //!
 //! - [`config`]: settings from defaults, a TOML file, `CONCORD_*` variables and flags.
 //! - [`auth`]: Ed25519-signed tokens: claims, minting, verification, key files.
+//! - [`storage`]: the one storage interface ([`storage::Backend`]) and its two backends:
 //! - [`store`]: SQLite (WAL, `synchronous=FULL`) with a group-committing writer thread.
+//! - [`pg_store`]: PostgreSQL shared by several instances: room leases with fencing tokens.
+//! - [`forward`]: sessions of a room another instance owns, relayed to the owner.
 //! - [`write_queue`]: the rooms' queue to that writer, and the handshake that lets a room's
 //!   next write join the next group.
 //! - [`room_host`]: one task per room driving `Room`, releasing frames only after durability.
@@ -25,11 +28,16 @@
 mod auth;
 mod config;
 mod connection;
+mod forward;
 mod http;
 mod metrics;
 mod peer;
+mod pg_store;
 mod room_host;
 mod server;
+mod storage;
+#[cfg(test)]
+mod storage_conformance;
 mod store;
 mod write_queue;
 

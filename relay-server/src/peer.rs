@@ -140,10 +140,13 @@ impl Peer {
     /// Queues a close frame after what is queued; if the queue is full,
     /// closes at once instead.
     pub(crate) fn close(&self, code: CloseCode, reason: String) {
-        let close = Outbound::Close {
-            code: code.as_u16(),
-            reason,
-        };
+        self.close_with(code.as_u16(), reason);
+    }
+
+    /// [`Peer::close`] with a raw WebSocket close code (one relayed from
+    /// the relay instance that owns the room).
+    pub(crate) fn close_with(&self, code: u16, reason: String) {
+        let close = Outbound::Close { code, reason };
         if let Err(mpsc::error::TrySendError::Full(Outbound::Close { code, reason })) =
             self.tx.try_send(close)
         {

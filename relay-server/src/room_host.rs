@@ -44,7 +44,8 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::peer::Peer;
-use crate::store::{Commit, Store};
+use crate::storage::{Backend, Claim, Fence, Storage};
+use crate::store::Commit;
 use crate::write_queue::FollowUp;
 
 /// Persist requests a room may have outstanding before it stops polling
@@ -147,14 +148,14 @@ pub(crate) struct Rooms {
     /// Every room task holds a clone; shutdown waits until all are gone.
     alive: Mutex<Option<mpsc::Sender<()>>>,
     all_stopped: tokio::sync::Mutex<mpsc::Receiver<()>>,
-    store: Store,
-    metrics: Arc<Metrics>,
-    config: Arc<Config>,
+    pub(crate) store: Storage,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) config: Arc<Config>,
 }
 
 impl Rooms {
     /// An empty registry.
-    pub(crate) fn new(store: Store, metrics: Arc<Metrics>, config: Arc<Config>) -> Arc<Rooms> {
+    pub(crate) fn new(store: Storage, metrics: Arc<Metrics>, config: Arc<Config>) -> Arc<Rooms> {
         let (alive, all_stopped) = mpsc::channel(1);
         Arc::new(Rooms {
             map: Mutex::new(HashMap::new()),
@@ -194,7 +195,7 @@ impl Rooms {
     }
 
     /// Forgets a room task, unless a newer one took its name.
-    fn remove(&self, name: &str, generation: u64) {
+    pub(crate) fn remove(&self, name: &str, generation: u64) {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if map.get(name).is_some_and(|h| h.generation == generation) {
             map.remove(name);
@@ -240,6 +241,10 @@ struct InFlight {
 struct Host {
     name: Arc<str>,
     generation: u64,
+    /// The fence of this instance's lease on the room.
+    fence: Fence,
+    /// Renews the lease (shared storage only); says why once it is lost.
+    lease: Option<LeaseKeeper>,
     room: Room,
     inbox: mpsc::Receiver<RoomMsg>,
     rooms: Arc<Rooms>,
@@ -267,6 +272,23 @@ async fn run(
     _alive: mpsc::Sender<()>,
 ) {
     let started = Instant::now();
+    let fence = match rooms.store.claim(name.clone()).await {
+        Ok(Claim::Owned(fence)) => fence,
+        Ok(Claim::Elsewhere { address }) => {
+            tracing::debug!(room = ?name, %address, "room owned by another instance; forwarding");
+            return crate::forward::serve(name, generation, inbox, rooms, address).await;
+        }
+        Err(e) => {
+            let error = e.to_string();
+            tracing::warn!(room = ?name, %error, "cannot claim the room; its sessions are refused for now");
+            rooms.metrics.error("RoomClaimFailure");
+            return serve_unavailable(&name, generation, &mut inbox, &rooms, &error).await;
+        }
+    };
+    let lease = rooms
+        .store
+        .lease_ttl()
+        .map(|ttl| LeaseKeeper::start(rooms.store.clone(), name.clone(), fence, ttl));
     let loaded = match rooms.store.load(name.clone()).await {
         Ok((snapshot, entries)) => {
             let count = entries.len();
@@ -288,6 +310,8 @@ async fn run(
             let host = Host {
                 name,
                 generation,
+                fence,
+                lease,
                 room,
                 inbox,
                 rooms,
@@ -311,6 +335,12 @@ async fn run(
                 "room cannot be loaded; its sessions are refused (other rooms are unaffected)"
             );
             rooms.metrics.error("RoomLoadFailure");
+            if rooms.store.lease_ttl().is_some() {
+                // Shared storage: most likely unreachable for a moment.
+                drop(lease);
+                rooms.store.release(name.clone(), fence).await;
+                return serve_unavailable(&name, generation, &mut inbox, &rooms, &error).await;
+            }
             serve_failed(&name, generation, &mut inbox, &rooms, &error).await;
         }
     }
@@ -342,8 +372,88 @@ async fn serve_failed(
     unregister(name, generation, inbox, rooms).await;
 }
 
+/// Shared storage could not be reached: refuse joins for a second (the
+/// clients retry), then unload so the next join claims again.
+async fn serve_unavailable(
+    name: &Arc<str>,
+    generation: u64,
+    inbox: &mut mpsc::Receiver<RoomMsg>,
+    rooms: &Arc<Rooms>,
+    error: &str,
+) {
+    let until = tokio::time::Instant::now() + Duration::from_secs(1);
+    while let Ok(Some(msg)) = tokio::time::timeout_at(until, inbox.recv()).await {
+        match msg {
+            RoomMsg::Join { reply, .. } => {
+                let _ = reply.send(JoinReply::Refused {
+                    code: ErrorCode::Internal,
+                    message: format!("the relay cannot reach this room's storage: {error}"),
+                });
+            }
+            RoomMsg::Shutdown => break,
+            _ => {}
+        }
+    }
+    unregister(name, generation, inbox, rooms).await;
+}
+
+/// Renews a room's lease in the background (every third of its lifetime)
+/// and reports once it is lost: taken by another instance, or not renewed
+/// for a whole lifetime (storage unreachable). Stops when dropped.
+struct LeaseKeeper {
+    task: JoinHandle<()>,
+    lost: oneshot::Receiver<String>,
+}
+
+impl Drop for LeaseKeeper {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl LeaseKeeper {
+    fn start(store: Storage, room: Arc<str>, fence: Fence, ttl: Duration) -> LeaseKeeper {
+        let (tx, lost) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut renewed = Instant::now();
+            loop {
+                tokio::time::sleep(ttl / 3).await;
+                let asked = Instant::now();
+                match store.renew(room.clone(), fence).await {
+                    Ok(true) => renewed = asked,
+                    Ok(false) => {
+                        let _ = tx.send("another relay instance took over the room".to_owned());
+                        return;
+                    }
+                    Err(error) if renewed.elapsed() >= ttl => {
+                        let _ = tx.send(format!(
+                            "the room's lease could not be renewed for {ttl:?}: {error}"
+                        ));
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(room = ?room, %error, "lease renewal failed; retrying")
+                    }
+                }
+            }
+        });
+        LeaseKeeper { task, lost }
+    }
+}
+
+/// Waits until the lease is lost (for ever without one).
+async fn lease_lost(lease: &mut Option<LeaseKeeper>) -> String {
+    match lease {
+        Some(keeper) => match (&mut keeper.lost).await {
+            Ok(reason) => reason,
+            Err(_) => "the lease keeper stopped".to_owned(),
+        },
+        None => std::future::pending().await,
+    }
+}
+
 /// Removes the room from the registry and answers what is still queued.
-async fn unregister(
+pub(crate) async fn unregister(
     name: &str,
     generation: u64,
     inbox: &mut mpsc::Receiver<RoomMsg>,
@@ -399,7 +509,10 @@ impl Host {
                     // commit freed.
                     let follow_up = done.commit.follow_up;
                     self.drain(Some(&follow_up));
-                    self.rooms.store.settle(&follow_up);
+                    Backend::settle(&self.rooms.store, &follow_up);
+                }
+                reason = lease_lost(&mut self.lease), if self.lease.is_some() => {
+                    return self.lose(reason).await;
                 }
                 result = join_compaction(&mut self.compaction), if self.compaction.is_some() => {
                     self.compaction = None;
@@ -437,8 +550,7 @@ impl Host {
                         && self.compaction.is_none()
                     {
                         tracing::debug!(room = ?self.name, "unloading idle room");
-                        let Host { name, generation, mut inbox, rooms, .. } = self;
-                        return unregister(&name, generation, &mut inbox, &rooms).await;
+                        return self.unload().await;
                     }
                     self.idle_since = Some(Instant::now());
                 }
@@ -589,10 +701,12 @@ impl Host {
                 }
             }
             if !persists.is_empty() {
-                let commit = self
-                    .rooms
-                    .store
-                    .submit(self.name.clone(), persists, follow_up.take());
+                let commit = self.rooms.store.submit(
+                    self.name.clone(),
+                    self.fence,
+                    persists,
+                    follow_up.take(),
+                );
                 self.commits.push_back(InFlight { commit, ids });
             }
             for out in released {
@@ -729,14 +843,46 @@ impl Host {
         for in_flight in self.commits.drain(..) {
             let _ = in_flight.commit.durable.await;
         }
+        self.unload().await;
+    }
+
+    /// The lease is gone: another instance serves the room now (or will).
+    /// Whatever this one still writes is refused by the fence, so its
+    /// sessions must go, and reconnect to the new owner.
+    async fn lose(mut self, reason: String) {
+        tracing::warn!(room = ?self.name, %reason, "lost the room's lease; closing its sessions here");
+        self.rooms.metrics.error("LeaseLost");
+        for (_, member) in self.sessions.drain() {
+            self.rooms.metrics.sessions_joined.dec();
+            member.peer.kill(
+                ErrorCode::Internal,
+                "this room moved to another relay instance; reconnect".into(),
+            );
+        }
+        for in_flight in self.commits.drain(..) {
+            let _ = in_flight.commit.durable.await;
+        }
+        self.lease = None;
+        self.unload().await;
+    }
+
+    /// Leaves the registry and gives the lease up, so any instance may
+    /// claim the room at once.
+    async fn unload(mut self) {
+        let lease = self.lease.take();
         let Host {
             name,
             generation,
+            fence,
             mut inbox,
             rooms,
             ..
         } = self;
         unregister(&name, generation, &mut inbox, &rooms).await;
+        if lease.is_some() {
+            drop(lease);
+            rooms.store.release(name, fence).await;
+        }
     }
 
     /// Everything durable is sent; say goodbye to every session.
@@ -748,14 +894,7 @@ impl Host {
                 "the relay is shutting down; reconnect later".into(),
             );
         }
-        let Host {
-            name,
-            generation,
-            mut inbox,
-            rooms,
-            ..
-        } = self;
-        unregister(&name, generation, &mut inbox, &rooms).await;
+        self.unload().await;
     }
 }
 

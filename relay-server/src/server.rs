@@ -20,7 +20,9 @@ use tokio::sync::watch;
 use crate::auth::{self, KeyError, Verifier};
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::pg_store::PgStore;
 use crate::room_host::Rooms;
+use crate::storage::{Backend as _, Storage};
 use crate::store::Store;
 
 /// Exit code for bad settings, unreadable keys and a corrupt database.
@@ -187,23 +189,15 @@ pub(crate) async fn run(config: Config) -> ExitCode {
     ));
 
     let started = Instant::now();
-    let dir = config.data.clone();
-    let opened = {
-        let metrics = metrics.clone();
-        tokio::task::spawn_blocking(move || Store::open(&dir, metrics)).await
-    };
+    let opened = open_storage(&config, addr, metrics.clone()).await;
     let store = match opened {
-        Ok(Ok(store)) => store,
-        Ok(Err(e)) => {
+        Ok(store) => store,
+        Err(e) => {
             eprintln!("error: {e}");
             tracing::error!(error = %e, "cannot open storage");
             let _ = stop_http_tx.send(true);
             let _ = http.await;
             return ExitCode::from(EXIT_CONFIG);
-        }
-        Err(e) => {
-            eprintln!("error: opening storage failed: {e}");
-            return ExitCode::FAILURE;
         }
     };
     let rooms = Rooms::new(store.clone(), metrics.clone(), config.clone());
@@ -211,7 +205,7 @@ pub(crate) async fn run(config: Config) -> ExitCode {
     app.set_health(Health::Ready);
     tracing::info!(
         %addr,
-        data = %config.data.display(),
+        storage = if config.postgres.is_some() { "postgres" } else { "sqlite" },
         took_ms = started.elapsed().as_millis() as u64,
         "relay ready: WebSocket at ws://{addr}/v1/sync, health at /healthz, metrics at /metrics"
     );
@@ -244,6 +238,38 @@ pub(crate) async fn run(config: Config) -> ExitCode {
     }
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// Opens the configured storage: PostgreSQL with `--postgres`, else SQLite
+/// in the data directory.
+async fn open_storage(
+    config: &Config,
+    addr: std::net::SocketAddr,
+    metrics: Arc<Metrics>,
+) -> Result<Storage, String> {
+    let Some(url) = &config.postgres else {
+        let dir = config.data.clone();
+        return match tokio::task::spawn_blocking(move || Store::open(&dir, metrics)).await {
+            Ok(Ok(store)) => Ok(Storage::Sqlite(store)),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("opening storage failed: {e}")),
+        };
+    };
+    let address = match &config.advertise {
+        Some(address) => address.clone(),
+        None if addr.ip().is_unspecified() => {
+            return Err(format!(
+                "with --postgres, other instances must reach this one: listening on {addr}, \
+                 set --advertise ws://HOST:{}/v1/sync",
+                addr.port()
+            ));
+        }
+        None => format!("ws://{addr}/v1/sync"),
+    };
+    PgStore::open(url, address, config.lease_ttl, metrics)
+        .await
+        .map(Storage::Postgres)
+        .map_err(|e| format!("PostgreSQL: {e}"))
 }
 
 /// Accepts TCP connections and serves HTTP/1.1 (with upgrades) on each.

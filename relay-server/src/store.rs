@@ -22,6 +22,7 @@ use sync_core::room::RoomPersist;
 use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
+use crate::storage::{Backend, Claim, Fence};
 use crate::write_queue::{FollowUp, WriteQueue};
 
 /// File name of the database inside the data directory.
@@ -31,14 +32,14 @@ pub(crate) const DB_FILE: &str = "relay.sqlite3";
 const SCHEMA_VERSION: i64 = 1;
 
 /// Most persist requests merged into one transaction.
-const MAX_GROUP: usize = 4096;
+pub(crate) const MAX_GROUP: usize = 4096;
 
 /// Longest the writer waits, after a commit, for rooms that promised their
 /// next request before it starts the next group without them. A room task
 /// woken by its completion normally submits within tens of microseconds;
 /// the bound keeps a descheduled room from idling the disk for everyone
 /// (it then only misses one group).
-const MAX_FOLLOW_UP_WAIT: Duration = Duration::from_millis(1);
+pub(crate) const MAX_FOLLOW_UP_WAIT: Duration = Duration::from_millis(1);
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +87,23 @@ pub(crate) enum StoreError {
     /// A stored offset does not fit.
     #[error("stored offset {0} is out of range")]
     Offset(i64),
+    /// PostgreSQL reported an error (or could not be reached).
+    #[error("{context}: {source}")]
+    Postgres {
+        /// What was being done.
+        context: String,
+        /// The error.
+        source: tokio_postgres::Error,
+    },
+    /// The PostgreSQL database was written by a newer relay.
+    #[error("the PostgreSQL schema has version {found}; this relay reads version 1")]
+    NewerPgSchema {
+        /// Its version.
+        found: i64,
+    },
+    /// PostgreSQL did not answer in time.
+    #[error("{0}: PostgreSQL did not answer in time")]
+    Timeout(String),
 }
 
 fn sql(context: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> StoreError {
@@ -97,7 +115,7 @@ fn sql(context: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> StoreError
 pub(crate) type StoredRoom = (Option<(u64, Vec<u8>)>, Vec<(u64, Vec<u8>)>);
 
 /// What the writer thread is asked to do.
-enum Job {
+pub(crate) enum Job {
     /// Make a room's persists durable.
     Write(WriteRequest),
     /// Commit what is queued ahead of this, then stop.
@@ -105,9 +123,13 @@ enum Job {
 }
 
 /// One room's persists, to be made durable together.
-struct WriteRequest {
-    room: Arc<str>,
-    batches: Vec<RoomPersist>,
+pub(crate) struct WriteRequest {
+    /// The room.
+    pub(crate) room: Arc<str>,
+    /// The fence of the lease it is written under.
+    pub(crate) fence: Fence,
+    /// Its persists, in order.
+    pub(crate) batches: Vec<RoomPersist>,
     done: oneshot::Sender<Result<(), String>>,
     follow_up: FollowUp,
 }
@@ -121,9 +143,67 @@ pub(crate) struct Store {
 
 /// The writer thread and its queue. Dropping the last handle stops the
 /// thread once everything queued is committed.
-struct Writer {
+pub(crate) struct Writer {
     queue: Arc<WriteQueue<Job>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Writer {
+    /// Starts a writer thread running `body` on the queue.
+    pub(crate) fn start(
+        name: &str,
+        body: impl FnOnce(Arc<WriteQueue<Job>>) + Send + 'static,
+    ) -> std::io::Result<Writer> {
+        let queue = Arc::new(WriteQueue::default());
+        let thread = {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || body(queue))?
+        };
+        Ok(Writer {
+            queue,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Queues a room's persists; see [`Backend::submit`].
+    pub(crate) fn submit(
+        &self,
+        room: Arc<str>,
+        fence: Fence,
+        batches: Vec<RoomPersist>,
+        settles: Option<&FollowUp>,
+    ) -> Commit {
+        let (done, durable) = oneshot::channel();
+        let follow_up = FollowUp::default();
+        let request = WriteRequest {
+            room,
+            fence,
+            batches,
+            done,
+            follow_up: follow_up.clone(),
+        };
+        if let Err(Job::Write(request)) = self.queue.push(Job::Write(request), settles) {
+            let _ = request.done.send(Err(StoreError::Closed.to_string()));
+        }
+        Commit { durable, follow_up }
+    }
+
+    /// See [`Backend::settle`].
+    pub(crate) fn settle(&self, follow_up: &FollowUp) {
+        follow_up.settle(&self.queue);
+    }
+
+    /// Stops the thread once everything queued before this call is
+    /// committed. Requests made afterwards fail.
+    pub(crate) async fn close(&self) {
+        let _ = self.queue.push(Job::Stop, None);
+        let handle = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
 }
 
 impl Drop for Writer {
@@ -181,59 +261,43 @@ impl Store {
             .pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(sql("setting the schema version"))?;
         let reader = open_connection(&path)?;
-        let queue = Arc::new(WriteQueue::default());
-        let thread = {
-            let queue = queue.clone();
-            std::thread::Builder::new()
-                .name("concord-store-writer".into())
-                .spawn(move || write_loop(writer, &queue, &metrics))
-                .map_err(|source| StoreError::Dir {
-                    path: dir.to_owned(),
-                    source,
-                })?
-        };
+        let writer = Writer::start("concord-store-writer", move |queue| {
+            let mut conn = writer;
+            write_loop(&queue, &metrics, |group| commit_group(&mut conn, group));
+            // Fold the WAL back into the database so the next start reads less.
+            let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
+        })
+        .map_err(|source| StoreError::Dir {
+            path: dir.to_owned(),
+            source,
+        })?;
         Ok(Store {
-            writer: Arc::new(Writer {
-                queue,
-                thread: Mutex::new(Some(thread)),
-            }),
+            writer: Arc::new(writer),
             reader: Arc::new(Mutex::new(reader)),
         })
     }
+}
 
+impl Backend for Store {
     /// Queues a room's persists; the returned commit resolves once they are
-    /// durable. `settles` is the room's previous request, whose completion
-    /// this request follows up (see [`crate::write_queue`]). Never waits:
-    /// each room keeps a bounded number of requests outstanding, which
-    /// bounds the queue.
-    pub(crate) fn submit(
+    /// durable. The fence is not checked: one process owns the file and
+    /// every room in it. Never waits: each room keeps a bounded number of
+    /// requests outstanding, which bounds the queue.
+    fn submit(
         &self,
         room: Arc<str>,
+        fence: Fence,
         batches: Vec<RoomPersist>,
         settles: Option<&FollowUp>,
     ) -> Commit {
-        let (done, durable) = oneshot::channel();
-        let follow_up = FollowUp::default();
-        let request = WriteRequest {
-            room,
-            batches,
-            done,
-            follow_up: follow_up.clone(),
-        };
-        if let Err(Job::Write(request)) = self.writer.queue.push(Job::Write(request), settles) {
-            let _ = request.done.send(Err(StoreError::Closed.to_string()));
-        }
-        Commit { durable, follow_up }
+        self.writer.submit(room, fence, batches, settles)
     }
 
-    /// Tells the writer that the request behind `follow_up` completed and
-    /// nothing follows it (yet), so it need not wait.
-    pub(crate) fn settle(&self, follow_up: &FollowUp) {
-        follow_up.settle(&self.writer.queue);
+    fn settle(&self, follow_up: &FollowUp) {
+        self.writer.settle(follow_up);
     }
 
-    /// Reads a room's snapshot and log entries.
-    pub(crate) async fn load(&self, room: Arc<str>) -> Result<StoredRoom, StoreError> {
+    async fn load(&self, room: Arc<str>) -> Result<StoredRoom, StoreError> {
         let reader = self.reader.clone();
         tokio::task::spawn_blocking(move || {
             let conn = reader.lock().map_err(|_| StoreError::Closed)?;
@@ -243,14 +307,21 @@ impl Store {
         .map_err(|_| StoreError::Closed)?
     }
 
+    /// Always granted: the process that opened the file owns every room.
+    async fn claim(&self, _room: Arc<str>) -> Result<Claim, StoreError> {
+        Ok(Claim::Owned(Fence(0)))
+    }
+
+    async fn renew(&self, _room: Arc<str>, _fence: Fence) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    async fn release(&self, _room: Arc<str>, _fence: Fence) {}
+
     /// Stops the writer once everything queued before this call is
     /// committed, and checkpoints the WAL. Requests made afterwards fail.
-    pub(crate) async fn close(&self) {
-        let _ = self.writer.queue.push(Job::Stop, None);
-        let handle = self.writer.thread.lock().ok().and_then(|mut t| t.take());
-        if let Some(handle) = handle {
-            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
-        }
+    async fn close(&self) {
+        self.writer.close().await;
     }
 }
 
@@ -375,8 +446,14 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// The writer thread: group commit until told to stop.
-fn write_loop(mut conn: Connection, queue: &WriteQueue<Job>, metrics: &Metrics) {
+/// A writer thread's loop, for either backend: takes groups of requests
+/// (waiting for promised follow-ups), has `commit` write each group in one
+/// transaction, completes the requests, until told to stop.
+pub(crate) fn write_loop(
+    queue: &WriteQueue<Job>,
+    metrics: &Metrics,
+    mut commit: impl FnMut(&[WriteRequest]) -> Vec<Result<(), String>>,
+) {
     let mut jobs = Vec::new();
     let mut group = Vec::new();
     // Requests of the last group whose rooms promised to follow up.
@@ -405,7 +482,7 @@ fn write_loop(mut conn: Connection, queue: &WriteQueue<Job>, metrics: &Metrics) 
             continue;
         }
         let started = Instant::now();
-        let results = commit_group(&mut conn, &group);
+        let results = commit(&group);
         metrics.commit_latency.observe(started.elapsed());
         metrics
             .commits
@@ -430,8 +507,6 @@ fn write_loop(mut conn: Connection, queue: &WriteQueue<Job>, metrics: &Metrics) 
         committed_at = Instant::now();
     }
     drop(queue.close());
-    // Fold the WAL back into the database so the next start reads less.
-    let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
     tracing::debug!("storage writer stopped");
 }
 
@@ -485,56 +560,6 @@ fn apply(conn: &Connection, room: &str, batch: &RoomPersist) -> rusqlite::Result
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn persist(append: &[(u64, &[u8])]) -> RoomPersist {
-        RoomPersist {
-            append: append.iter().map(|(o, b)| (*o, (*b).into())).collect(),
-            ..RoomPersist::default()
-        }
-    }
-
-    #[tokio::test]
-    async fn writes_survive_reopen_and_truncate() {
-        let dir = tempfile::tempdir().unwrap();
-        let metrics = Arc::new(Metrics::default());
-        let store = Store::open(dir.path(), metrics.clone()).unwrap();
-        let room: Arc<str> = "r".into();
-        let a = store
-            .submit(room.clone(), vec![persist(&[(1, b"a"), (2, b"b")])], None)
-            .durable;
-        let b = store
-            .submit(room.clone(), vec![persist(&[(3, b"c")])], None)
-            .durable;
-        a.await.unwrap().unwrap();
-        b.await.unwrap().unwrap();
-        let compact = RoomPersist {
-            snapshot: Some((2, b"snap".to_vec().into())),
-            truncate_through: Some(2),
-            ..RoomPersist::default()
-        };
-        store
-            .submit(room.clone(), vec![compact], None)
-            .durable
-            .await
-            .unwrap()
-            .unwrap();
-        // A duplicate offset fails that request only.
-        let dup = store
-            .submit(room.clone(), vec![persist(&[(3, b"x")])], None)
-            .durable;
-        let other = store
-            .submit("s".into(), vec![persist(&[(1, b"z")])], None)
-            .durable;
-        assert!(dup.await.unwrap().is_err());
-        other.await.unwrap().unwrap();
-        store.close().await;
-        let store = Store::open(dir.path(), metrics).unwrap();
-        let (snapshot, entries) = store.load(room).await.unwrap();
-        assert_eq!(snapshot, Some((2, b"snap".to_vec())));
-        assert_eq!(entries, vec![(3, b"c".to_vec())]);
-        let (_, entries) = store.load("s".into()).await.unwrap();
-        assert_eq!(entries, vec![(1, b"z".to_vec())]);
-    }
 
     #[test]
     fn garbage_file_is_a_clear_error() {

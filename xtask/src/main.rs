@@ -14,6 +14,7 @@
 
 mod bench;
 mod guard;
+mod postgres;
 mod runner;
 mod setup;
 mod steps;

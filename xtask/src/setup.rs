@@ -23,6 +23,7 @@ pub(crate) fn run() -> Result<(), String> {
     let targets = installed("target").map_err(RustupError::into_message)?;
     ensure("component", COMPONENTS, &components)?;
     ensure("target", TARGETS, &targets)?;
+    crate::postgres::ensure()?;
     Ok(())
 }
 

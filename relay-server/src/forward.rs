@@ -1,0 +1,182 @@
+//! Sessions of a room that another relay instance owns (shared PostgreSQL
+//! storage): each is relayed, frame for frame, over a WebSocket of its own
+//! to the owner, which serves it like any client (it checks the token
+//! again). The owner's fan-out therefore reaches every instance's sessions,
+//! and the room keeps one writer.
+//!
+//! The room's task here is a hub: it starts one link per joining session
+//! and routes the session's frames to it. If the owner cannot be reached,
+//! the hub unloads, so the next join claims the room again: once the dead
+//! owner's lease has expired this instance (or another) takes it over.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use futures_util::{SinkExt as _, StreamExt as _};
+use sync_core::protocol::{self, ErrorCode, Hello, Message};
+use sync_core::room::{ConnectionId, Room};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use crate::peer::Peer;
+use crate::room_host::{JoinReply, RoomMsg, Rooms, now_ms, unregister};
+use crate::storage::Backend;
+
+/// Longest wait for the owner to accept a link.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Frames from one session queued for its link. A session keeps at most
+/// `MAX_PUSH_WINDOW` pushes unanswered; beyond this bound the owner does
+/// not keep up, and the session is closed (it reconnects).
+const LINK_QUEUE: usize = 256;
+
+/// Serves the room's sessions through the owner at `address` until idle,
+/// shut down, or the owner is unreachable.
+pub(crate) async fn serve(
+    name: Arc<str>,
+    generation: u64,
+    mut inbox: mpsc::Receiver<RoomMsg>,
+    rooms: Arc<Rooms>,
+    address: String,
+) {
+    let (dead_tx, mut dead) = mpsc::channel::<()>(1);
+    let mut links: HashMap<ConnectionId, mpsc::Sender<Bytes>> = HashMap::new();
+    let unload_after = rooms.config.room_unload_after;
+    let mut idle_since = Some(Instant::now());
+    loop {
+        links.retain(|_, tx| !tx.is_closed());
+        if links.is_empty() {
+            idle_since.get_or_insert_with(Instant::now);
+        } else {
+            idle_since = None;
+        }
+        let idle = idle_since.map(|since| tokio::time::Instant::from_std(since + unload_after));
+        tokio::select! {
+            _ = dead.recv() => {
+                tracing::info!(room = ?name, %address, "the room's owner is unreachable; claiming again on next join");
+                break;
+            }
+            () = sleep_until(idle), if idle.is_some() => {
+                if links.is_empty() {
+                    break;
+                }
+            }
+            msg = inbox.recv() => match msg {
+                None | Some(RoomMsg::Shutdown) => break,
+                Some(RoomMsg::Join { session, hello, peer, reply, .. }) => {
+                    let (tx, frames) = mpsc::channel(LINK_QUEUE);
+                    links.insert(session, tx);
+                    tokio::spawn(link(address.clone(), hello, peer, reply, frames, dead_tx.clone()));
+                }
+                Some(RoomMsg::Frame { session, frame, .. }) => {
+                    let full = links.get(&session).is_some_and(|tx| tx.try_send(frame).is_err());
+                    if full {
+                        // Dropping the sender closes the session.
+                        links.remove(&session);
+                    }
+                }
+                Some(RoomMsg::Leave { session }) => {
+                    links.remove(&session);
+                }
+                Some(RoomMsg::Stats { reply }) => {
+                    // From the shared storage; the sessions are the owner's.
+                    let (store, config, room) = (rooms.store.clone(), rooms.config.room, name.clone());
+                    tokio::spawn(async move {
+                        if let Ok((snapshot, entries)) = store.load(room).await {
+                            if let Ok(room) = Room::restore(config, snapshot, entries) {
+                                let _ = reply.send(room.stats(now_ms()));
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    }
+    drop(links);
+    unregister(&name, generation, &mut inbox, &rooms).await;
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+const LOST: &str = "lost the connection to the relay instance serving this room; reconnect";
+
+/// One session's link to the owner: sends the `Hello`, then relays frames
+/// both ways until either side ends.
+async fn link(
+    address: String,
+    hello: Box<Hello>,
+    peer: Peer,
+    reply: oneshot::Sender<JoinReply>,
+    mut frames: mpsc::Receiver<Bytes>,
+    dead: mpsc::Sender<()>,
+) {
+    let hello = protocol::encode(&Message::Hello(*hello));
+    let connected = tokio::time::timeout(CONNECT_TIMEOUT, async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(address.as_str()).await?;
+        ws.send(WsMessage::Binary(hello.into())).await?;
+        Ok::<_, tokio_tungstenite::tungstenite::Error>(ws)
+    })
+    .await;
+    let ws = match connected {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(error)) => {
+            tracing::info!(%address, %error, "cannot reach the room's owner");
+            let _ = dead.try_send(());
+            let _ = reply.send(JoinReply::Retry);
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%address, "the room's owner did not answer in time");
+            let _ = dead.try_send(());
+            let _ = reply.send(JoinReply::Retry);
+            return;
+        }
+    };
+    if reply.send(JoinReply::Joined).is_err() {
+        return;
+    }
+    let (mut sink, mut stream) = ws.split();
+    loop {
+        tokio::select! {
+            frame = frames.recv() => match frame {
+                Some(frame) => {
+                    if sink.send(WsMessage::Binary(frame)).await.is_err() {
+                        return peer.kill(ErrorCode::Internal, LOST.into());
+                    }
+                }
+                None => {
+                    // The session ended, or this instance stops forwarding.
+                    let _ = tokio::time::timeout(CONNECT_TIMEOUT, sink.close()).await;
+                    return peer.error_and_close(
+                        ErrorCode::GoingAway,
+                        "this relay instance stopped serving the room; reconnect".into(),
+                    );
+                }
+            },
+            msg = stream.next() => match msg {
+                Some(Ok(WsMessage::Binary(bytes))) => {
+                    if peer.send(bytes.to_vec()).is_err() {
+                        let _ = tokio::time::timeout(CONNECT_TIMEOUT, sink.close()).await;
+                        return peer.kill(
+                            ErrorCode::SlowConsumer,
+                            "the client did not keep up; resume from the cursor".into(),
+                        );
+                    }
+                }
+                Some(Ok(WsMessage::Close(frame))) => {
+                    let (code, reason) = frame
+                        .map_or((1000, String::new()), |f| (u16::from(f.code), f.reason.to_string()));
+                    return peer.close_with(code, reason);
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return peer.kill(ErrorCode::Internal, LOST.into()),
+            },
+        }
+    }
+}
