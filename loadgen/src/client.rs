@@ -84,7 +84,10 @@ impl Hosts {
 /// relay under test competes for them too).
 fn hosts() -> Result<&'static Hosts, String> {
     static HOSTS: OnceLock<Result<Hosts, String>> = OnceLock::new();
-    HOSTS.get_or_init(|| Hosts::new(2)).as_ref().map_err(Clone::clone)
+    HOSTS
+        .get_or_init(|| Hosts::new(2))
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 /// sync-ffi's transport, counting the connections it opens.
@@ -115,11 +118,7 @@ impl Client {
     /// A new database syncing `room` through `url` (anonymous access),
     /// connecting at once. With `latencies`, it records the delay from each
     /// remote write's stamp to its arrival here.
-    pub(crate) async fn new(
-        room: &str,
-        url: &str,
-        latencies: bool,
-    ) -> Result<Client, String> {
+    pub(crate) async fn new(room: &str, url: &str, latencies: bool) -> Result<Client, String> {
         static SEED: AtomicU64 = AtomicU64::new(0);
         let connects = Arc::new(AtomicU64::new(0));
         let remote_changes = Arc::new(AtomicU64::new(0));
@@ -131,11 +130,8 @@ impl Client {
                 .fetch_add(1, Ordering::Relaxed)
                 .wrapping_mul(0xd1b5_4a32_d192_ed03);
         let (opened_tx, opened_rx) = tokio::sync::oneshot::channel();
-        let (counter, changes, samples) = (
-            connects.clone(),
-            remote_changes.clone(),
-            latencies.clone(),
-        );
+        let (counter, changes, samples) =
+            (connects.clone(), remote_changes.clone(), latencies.clone());
         hosts()?.spawn(Box::new(move || {
             Box::pin(async move {
                 let transport = match WsTransport::new(WsOptions::default().native_roots(false)) {
@@ -275,7 +271,10 @@ async fn observe(db: Database, changes: Arc<AtomicU64>, samples: Option<Arc<Mute
             let sent = db.collection(collection).get_field(&id, "t");
             if let Some(Value::Int(sent)) = sent {
                 let delay = now_us().saturating_sub(sent as u64);
-                samples.lock().unwrap_or_else(|e| e.into_inner()).push(delay);
+                samples
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(delay);
             }
         }
     }
