@@ -155,10 +155,7 @@ async fn measure(
     tokio::time::sleep(Duration::from_secs(1)).await;
     let done = stop(&tx, handles).await;
     first.close().await;
-    let mut samples = done
-        .iter()
-        .find_map(|c| c.latencies.clone())
-        .unwrap_or_default();
+    let mut samples = done.iter().find_map(|c| c.latencies()).unwrap_or_default();
     // Deliveries of the flood's last operations and the first second of
     // the paced phase are warm-up.
     let skip = samples.len() / settings.window.as_secs().max(1) as usize;

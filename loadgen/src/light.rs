@@ -1,9 +1,14 @@
 //! A lightweight writer: the real protocol over a real socket, without a
 //! replica.
 //!
-//! A full `Session` applies every operation the room delivers, so 100 of
-//! them on the relay's own 2 cores would measure the load generator, not
-//! the relay. This client does what the relay can observe of a client, and
+//! Every other client of the load generator (and of the relay's tests) is
+//! the SDK's own `Database` on sync-client's host loop ([`crate::client`]).
+//! This one deliberately is not, and drives no `Session`: a full client
+//! applies every operation the room delivers, so 100 of them on the relay's
+//! own 2 cores would measure the load generator, not the relay. It is a
+//! load source that speaks the wire protocol, not a second client: it has
+//! no state to sync, never reconnects, and is used only to offer load to
+//! the relay alongside one full client that measures. This client does what the relay can observe of a client, and
 //! nothing more: `Hello` with its replica id, `Push` frames holding real
 //! encoded operations (stamped by a real HLC), `Applied` confirming every
 //! `Deliver` (so the relay's send window and cursors behave as with a real
@@ -21,7 +26,23 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::client::{now_ms, ws_config};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::client::now_us;
+
+/// Wall clock in milliseconds, for the HLC.
+fn now_ms() -> u64 {
+    now_us() / 1000
+}
+
+/// The light clients' WebSocket settings. tungstenite zero-fills its whole
+/// read buffer before every socket read (128 KiB by default): with 100
+/// clients reading thousands of small frames a second that memset was a
+/// third of the load generator's CPU. 8 KiB holds the frames of these
+/// scenarios.
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(8 * 1024)
+}
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 

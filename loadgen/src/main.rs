@@ -1,8 +1,10 @@
 //! `concord-loadgen`: a load generator for `concord-relay`.
 //!
 //! It starts a fresh relay (the binary named by `--relay`) on `127.0.0.1`
-//! with a temporary data directory for each scenario, drives sync-core
-//! clients against it over real WebSockets on loopback, and prints
+//! with a temporary data directory for each scenario, drives clients against
+//! it over real WebSockets on loopback — the SDK's `Database` on
+//! sync-client's host loop ([`client`]), and protocol-only writers that
+//! offer load without a replica ([`light`]) — and prints
 //! Markdown tables. Every scenario is bounded in sessions and in time, and
 //! the relay is killed (its data removed) when the scenario ends.
 //!

@@ -71,7 +71,7 @@ pub(crate) struct Shared {
 pub(crate) type Follower = tokio::task::JoinHandle<Option<Client>>;
 
 /// Spawns `n` clients in `room` that follow the phase channel. Client 0 is
-/// a full sync-core `Session` + `Replica` and collects latencies; the other
+/// a full client (the SDK's `Database`) and collects latencies; the other
 /// `n - 1` are [`LightClient`]s (the real protocol, no replica), so the
 /// load generator's CPU goes to offering load rather than to 99 replicas
 /// applying every delivery.
@@ -93,11 +93,17 @@ pub(crate) fn spawn_followers(
                     None
                 });
             }
-            let mut client = Client::new(i as u64 + 1, room, &urls[0]);
-            client.latencies = Some(Vec::new());
+            let (room, url) = (room.to_owned(), urls[0].clone());
             let mut phase = phase.clone();
             let shared = shared.clone();
             tokio::spawn(async move {
+                let client = match Client::new(&room, &url, true).await {
+                    Ok(client) => client,
+                    Err(e) => {
+                        eprintln!("concord-loadgen: full client: {e}");
+                        return None;
+                    }
+                };
                 let mut was_live = false;
                 let mut n: u64 = 0;
                 let mut next_write = Instant::now();
@@ -105,7 +111,7 @@ pub(crate) fn spawn_followers(
                     let now_phase = *phase.borrow_and_update();
                     shared
                         .cursor
-                        .store(client.session().status().cursor, Ordering::Relaxed);
+                        .store(client.status().cursor, Ordering::Relaxed);
                     if client.is_live() != was_live {
                         was_live = !was_live;
                         if was_live {
@@ -155,8 +161,10 @@ pub(crate) fn spawn_followers(
                             wait = Duration::from_millis(1);
                         }
                     }
+                    // The client syncs on its host thread; this task only
+                    // writes and watches.
                     tokio::select! {
-                        _ = client.step(wait) => {}
+                        () = tokio::time::sleep(wait) => {}
                         _ = phase.changed() => {}
                     }
                 }
@@ -289,29 +297,35 @@ async fn connect_counted(
     url: &str,
     gate: Arc<Semaphore>,
     shared: &Shared,
-) -> Client {
+) -> Option<Client> {
     let permit = gate.acquire_owned().await.ok();
-    let mut client = Client::new(i as u64 + 1, room, url);
-    let live = client
-        .run_until(Duration::from_secs(60), Client::is_live)
-        .await;
+    let client = Client::new(room, url, false).await;
+    let live = match &client {
+        Ok(client) => {
+            client
+                .run_until(Duration::from_secs(60), Client::is_live)
+                .await
+        }
+        Err(e) => {
+            eprintln!("concord-loadgen: client {i}: {e}");
+            false
+        }
+    };
     drop(permit);
     if live {
         shared.live.fetch_add(1, Ordering::Relaxed);
     }
-    client
+    client.ok()
 }
 
 /// Keeps a live client idle (heartbeats only) until the phase is `Stop`,
 /// then closes it.
-async fn idle_until_stopped(mut client: Client, phase: &mut watch::Receiver<Phase>) {
-    while *phase.borrow_and_update() != Phase::Stop {
-        tokio::select! {
-            _ = client.step(Duration::from_secs(1)) => {}
-            _ = phase.changed() => {}
-        }
+async fn idle_until_stopped(client: Option<Client>, phase: &mut watch::Receiver<Phase>) {
+    // The client answers heartbeats on its host thread meanwhile.
+    let _ = phase.wait_for(|p| *p == Phase::Stop).await;
+    if let Some(client) = client {
+        client.close().await;
     }
-    client.close().await;
 }
 
 pub(crate) async fn wait_live(shared: &Shared, n: usize, limit: Duration) -> Result<(), String> {
@@ -448,7 +462,7 @@ async fn fanout(settings: &Settings) -> Result<(), String> {
     let clients = stop(&tx, handles).await;
     let mut samples = clients
         .iter()
-        .find_map(|c| c.latencies.clone())
+        .find_map(Client::latencies)
         .unwrap_or_default();
     // The first second warms up (connections' windows, allocations).
     let skip = samples.len() / settings.window.as_secs().max(1) as usize;
@@ -470,7 +484,7 @@ async fn fanout(settings: &Settings) -> Result<(), String> {
         percentile(&samples, 0.99),
         percentile(&samples, 1.0),
     );
-    let reconnects: u64 = clients.iter().map(|c| c.connects.saturating_sub(1)).sum();
+    let reconnects: u64 = clients.iter().map(|c| c.connects().saturating_sub(1)).sum();
 
     let rate = out / took;
     println!("## Fan-out: {CLIENTS} clients in one room, each writing\n");
@@ -611,7 +625,7 @@ async fn initial(settings: &Settings) -> Result<(), String> {
     ] {
         eprintln!("initial: {case}");
         let relay = Relay::start(&settings.relay, args, &settings.relay_args)?;
-        let mut writer = Client::new(1, "big", &relay.url());
+        let writer = Client::new("big", &relay.url(), false).await?;
         let fields: Vec<String> = (0..10).map(|f| format!("f{f}")).collect();
         for d in 0..DOCS {
             let doc = format!("doc{d:06}");
@@ -632,7 +646,10 @@ async fn initial(settings: &Settings) -> Result<(), String> {
             return Err(format!("{case}: writer did not finish uploading in 120 s"));
         }
         let upload = started.elapsed();
-        let head = writer.session().status().relay_head;
+        let head = {
+            let status = writer.status();
+            status.cursor + status.lag
+        };
         writer.close().await;
         if compact {
             let deadline = Instant::now() + Duration::from_secs(60);
@@ -645,15 +662,14 @@ async fn initial(settings: &Settings) -> Result<(), String> {
         }
         let compactions = relay.metric("concord_compactions_total");
         let started = Instant::now();
-        let mut reader = Client::new(2, "big", &relay.url());
+        let reader = Client::new("big", &relay.url(), false).await?;
         let caught_up = reader
             .run_until(Duration::from_secs(60), |c| {
-                let s = c.session().status();
-                c.is_live() && s.cursor >= head
+                c.is_live() && c.status().cursor >= head
             })
             .await;
         let took = started.elapsed();
-        let docs = reader.session().replica().list("docs").len();
+        let docs = reader.doc_count("docs");
         reader.close().await;
         let took_s = took.as_secs_f64();
         println!(
@@ -747,23 +763,28 @@ async fn synced(settings: &Settings) -> Result<(), String> {
             let mut go = go.clone();
             let (shared, synced, gate) = (shared.clone(), synced.clone(), gate.clone());
             tokio::spawn(async move {
-                let mut client = connect_counted(i, &room, &url, gate, &shared).await;
-                // Stay live until every session is, then write and pull.
-                tokio::select! {
-                    _ = go.wait_for(|go| *go) => {}
-                    _ = client.run_until(Duration::from_secs(120), |_| false) => {}
-                }
-                if i < ROOMS {
-                    for d in 0..OPS {
-                        // A 1,000-byte id makes each operation about 1 KiB.
-                        client.put("docs", &format!("{d:0>1000}"), &[("n", d as i64)]);
+                let client = connect_counted(i, &room, &url, gate, &shared).await;
+                // Stay live until every session is (the client answers
+                // heartbeats on its host thread), then write and pull.
+                let _ = tokio::time::timeout(Duration::from_secs(120), go.wait_for(|go| *go)).await;
+                let mut done = false;
+                if let Some(client) = &client {
+                    if i < ROOMS {
+                        for d in 0..OPS {
+                            // A 1,000-byte id makes each operation about 1 KiB.
+                            client.put("docs", &format!("{d:0>1000}"), &[("n", d as i64)]);
+                        }
                     }
+                    done = client
+                        .run_until(Duration::from_secs(60), |c| {
+                            // Counting documents copies them: only once
+                            // the changes say they may all be here.
+                            c.pending() == 0
+                                && (i < ROOMS || c.remote_changes() >= OPS as u64)
+                                && c.doc_count("docs") == OPS
+                        })
+                        .await;
                 }
-                let done = client
-                    .run_until(Duration::from_secs(60), |c| {
-                        c.pending() == 0 && c.session().replica().list("docs").len() == OPS
-                    })
-                    .await;
                 if done {
                     synced.fetch_add(1, Ordering::Relaxed);
                 }

@@ -70,23 +70,28 @@ async fn bad_tokens_are_refused_before_joining() {
         assert_eq!(errors, vec![code], "{what}");
         assert_eq!(got_close, Some(close), "{what}");
     }
-    // The pinned token works for its own replica.
-    let mut ok = Client::new(5, "r", &pinned, &relay.url());
+    // A token pinned to a client's own replica works. (The SDK picks the
+    // replica id, so the token is minted once it is known.)
+    let mut ok = Client::new(5, "r", "", &relay.url());
+    ok.set_token(&relay.token("r", "rw", "1h", Some(ok.replica().0)));
     ok.start();
     ok.run_until(LIMIT, Client::is_live).await.unwrap();
 
-    // A Session-driven client with a bad token gets the typed error and
-    // stops reconnecting (retrying cannot help).
+    // An SDK client with a bad token gets the typed error and stops
+    // reconnecting (retrying cannot help).
     let mut refused = Client::new(7, "r", &other_room, &relay.url());
     refused.start();
     refused
         .run_until(LIMIT, |c| {
-            c.session.status().link == sync_core::session::LinkState::Offline
+            c.status().connection == sync_client::Connection::Offline
         })
         .await
         .unwrap();
-    assert_eq!(refused.errors, vec![ErrorCode::Forbidden]);
-    assert_eq!(refused.connects, 1);
+    assert_eq!(refused.errors(), vec![ErrorCode::Forbidden]);
+    assert_eq!(refused.connects(), 1);
+    // ... and says why.
+    let why = refused.status().last_error.unwrap_or_default();
+    assert!(!why.is_empty(), "{:?}", refused.status());
 
     // The room the token names is untouched by refused sessions, and the
     // other room was never created.
@@ -137,8 +142,8 @@ async fn read_only_tokens_cannot_push() {
     let (rw, rr) = tokio::join!(
         writer.run_until(LIMIT, |c| c.pending() == 0 && c.is_live()),
         reader.run_until(LIMIT, |c| c.is_live()
-            && c.session.status().read_only
-            && c.session.replica().get("docs", "w").is_some())
+            && c.status().read_only
+            && c.get("docs", "w").is_some())
     );
     rw.unwrap();
     rr.unwrap();
@@ -149,7 +154,7 @@ async fn read_only_tokens_cannot_push() {
         1,
         "the read-only client's op stays unacknowledged"
     );
-    assert!(writer.session.replica().get("docs", "r").is_none());
+    assert!(writer.get("docs", "r").is_none());
 
     // A raw read-only session pushing gets a typed rejection.
     let mut ws = raw_connect(&relay.url()).await;

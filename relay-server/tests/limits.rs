@@ -143,10 +143,8 @@ async fn malformed_and_oversized_frames_are_refused_while_others_carry_on() {
         if what == "version 1 hello" {
             assert_eq!(ending.versions, vec![1], "answered in the client's version");
         }
-        // Others carry on in between.
+        // Others carry on in between (syncing on their own threads).
         a.put("docs", what, "n", 1);
-        a.step(Duration::from_millis(1)).await;
-        b.step(Duration::from_millis(1)).await;
     }
 
     // Garbage after a valid handshake: the room closes the session.
@@ -208,8 +206,9 @@ async fn malformed_and_oversized_frames_are_refused_while_others_carry_on() {
     let (ra, rb) = tokio::join!(a.sync_to("docs", 13, LIMIT), b.sync_to("docs", 13, LIMIT));
     ra.unwrap();
     rb.unwrap();
-    assert_eq!(a.closes, Vec::<Option<u16>>::new());
-    assert_eq!(b.closes, Vec::<Option<u16>>::new());
+    assert_eq!(a.closes(), Vec::<Option<u16>>::new());
+    assert_eq!(b.closes(), Vec::<Option<u16>>::new());
+    assert_eq!((a.connects(), b.connects()), (1, 1), "never reconnected");
     assert_eq!(
         common::http_get(relay.addr, "/healthz", None).unwrap().0,
         200
@@ -270,9 +269,13 @@ async fn a_writer_over_the_rate_is_slowed_by_backpressure_not_cut_off() {
         "throttled: {:?}",
         started.elapsed()
     );
-    assert!(fast.closes.is_empty(), "never cut off: {:?}", fast.closes);
-    assert!(fast.errors.is_empty(), "{:?}", fast.errors);
-    assert!(other.closes.is_empty(), "{:?}", other.closes);
+    assert!(
+        fast.closes().is_empty(),
+        "never cut off: {:?}",
+        fast.closes()
+    );
+    assert!(fast.errors().is_empty(), "{:?}", fast.errors());
+    assert!(other.closes().is_empty(), "{:?}", other.closes());
 }
 
 /// A client that ignores the push window while it is being throttled is
@@ -345,6 +348,7 @@ async fn a_slow_consumer_is_cut_off_and_resumes() {
     slow.start();
     slow.run_until(LIMIT, Client::is_live).await.unwrap();
     // The slow client stops reading while the writer writes a lot.
+    slow.pause_reading(true);
     for i in 0..200 {
         writer.put("docs", &format!("d{i}"), "n", i);
     }
@@ -352,16 +356,14 @@ async fn a_slow_consumer_is_cut_off_and_resumes() {
     writer.run_for(Duration::from_millis(1500)).await;
     // It reads again: it was cut off as a slow consumer, and it resumes
     // from its cursor.
-    slow.run_until(LIMIT, |c| c.closes.contains(&Some(4005)))
+    slow.pause_reading(false);
+    slow.run_until(LIMIT, |c| c.closes().contains(&Some(4005)))
         .await
         .unwrap();
-    assert!(slow.errors.contains(&ErrorCode::SlowConsumer));
+    assert!(slow.errors().contains(&ErrorCode::SlowConsumer));
     slow.sync_to("docs", 200, LIMIT).await.unwrap();
-    assert_eq!(
-        slow.session.replica().state(),
-        writer.session.replica().state()
-    );
-    assert!(writer.closes.is_empty());
+    assert_eq!(slow.docs("docs"), writer.docs("docs"));
+    assert!(writer.closes().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -407,10 +409,10 @@ async fn a_client_that_confirms_without_reading_hits_the_outbound_bound() {
     'outer: for round in 0..200 {
         for i in 0..50 {
             let id = format!("d{round}-{i}");
-            writer
-                .session
-                .put(common::now_ms(), "docs", &id, [("v", value.as_str())])
-                .unwrap();
+            let _durable = writer
+                .db
+                .collection("docs")
+                .put(&id, [("v", value.as_str())]);
         }
         writer.run_until(LIMIT, |c| c.pending() == 0).await.unwrap();
         for _ in 0..20 {
@@ -434,7 +436,7 @@ async fn a_client_that_confirms_without_reading_hits_the_outbound_bound() {
     }
     assert!(cut_off, "the non-reading client was never cut off");
     // The writer was not affected.
-    assert!(writer.closes.is_empty());
+    assert!(writer.closes().is_empty());
     assert!(relay.log_text().contains("slow consumer"));
     // Reading now shows the cut-off (once the buffered frames are through).
     let ending = read_until_close(&mut ws, Duration::from_secs(10)).await;
@@ -501,12 +503,13 @@ async fn silent_sessions_hit_the_idle_timeout_and_replicas_supersede() {
     assert!(matches!(ending.messages.first(), Some(Message::Welcome(_))));
     assert_eq!(ending.errors, vec![ErrorCode::IdleTimeout]);
     assert_eq!(ending.close, Some(4006));
-    // A Session-driven client pings in time and stays.
+    // An SDK client pings in time and stays.
     let mut client = Client::new(6, "r", &token, &relay.url());
     client.start();
     client.run_until(LIMIT, Client::is_live).await.unwrap();
     client.run_for(Duration::from_millis(4500)).await;
-    assert!(client.closes.is_empty(), "{:?}", client.closes);
+    assert!(client.closes().is_empty(), "{:?}", client.closes());
+    assert_eq!(client.connects(), 1);
     // The same replica joining again supersedes the older session.
     let mut first = raw_connect(&relay.url()).await;
     first

@@ -32,7 +32,7 @@ async fn health_metrics_and_admin_stats() {
     let (ra, rb) = tokio::join!(a.sync_to("docs", 20, LIMIT), b.sync_to("docs", 20, LIMIT));
     ra.unwrap();
     rb.unwrap();
-    b.run_until(LIMIT, |c| c.session.status().cursor == 20)
+    b.run_until(LIMIT, |c| c.status().cursor == 20)
         .await
         .unwrap();
     // Let B's confirmation reach the relay.
@@ -49,7 +49,7 @@ async fn health_metrics_and_admin_stats() {
     assert_eq!(clients.len(), 2);
     let b_stats = clients
         .iter()
-        .find(|c| c["replica"] == "0000000000000002")
+        .find(|c| c["replica"] == b.replica().to_string())
         .unwrap();
     assert_eq!(b_stats["cursor"], 20);
     assert_eq!(b_stats["lag_ops"], 0);
@@ -186,10 +186,12 @@ async fn a_corrupt_room_is_refused_and_the_others_keep_working() {
     let bad = relay.token("bad", "rw", "1h", None);
     let mut c = Client::new(2, "bad", &bad, &relay.url());
     c.start();
-    c.run_until(LIMIT, |c| c.errors.contains(&ErrorCode::Internal))
+    c.run_until(LIMIT, |c| c.errors().contains(&ErrorCode::Internal))
         .await
         .unwrap();
-    assert!(c.closes.contains(&Some(4011)), "{:?}", c.closes);
+    c.run_until(LIMIT, |c| c.closes().contains(&Some(4011)))
+        .await
+        .unwrap();
     assert!(relay.log_text().contains("room cannot be loaded"));
     assert!(relay.log_text().contains("checksum"));
     let good = relay.token("good", "rw", "1h", None);
@@ -270,7 +272,9 @@ async fn settings_come_from_a_toml_file() {
     a.start();
     a.run_until(LIMIT, Client::is_live).await.unwrap();
     b.start();
-    b.run_until(LIMIT, |c| c.errors.contains(&ErrorCode::TooManyConnections))
-        .await
-        .unwrap();
+    b.run_until(LIMIT, |c| {
+        c.errors().contains(&ErrorCode::TooManyConnections)
+    })
+    .await
+    .unwrap();
 }

@@ -1,6 +1,7 @@
 //! Test harness: the real `concord-relay` binary on a loopback port with a
-//! temporary data directory, a client that drives sync-core's `Session`
-//! over tokio-tungstenite, raw WebSocket helpers, and a tiny HTTP GET.
+//! temporary data directory, a client that is the SDK's own `Database`
+//! ([`client`]), raw WebSocket helpers for tests that need to speak the
+//! protocol by hand (malformed input, misbehaving peers), and a tiny HTTP GET.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
@@ -10,15 +11,16 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures_util::{SinkExt as _, StreamExt as _};
+use futures_util::StreamExt as _;
+use sync_core::ReplicaId;
 use sync_core::protocol::{self, ErrorCode, Hello, Message};
-use sync_core::session::{Backoff, Input, LinkState, Output, Session, SessionConfig};
-use sync_core::store::{MemoryStore, Store as _};
-use sync_core::{Event, Replica, ReplicaConfig, ReplicaId};
 use tokio::net::TcpStream as TokioTcp;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+mod client;
+#[allow(unused_imports)]
+pub use client::Client;
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TokioTcp>>;
 
@@ -291,272 +293,6 @@ fn dechunk(body: &str) -> String {
         rest = tail[n..].trim_start_matches("\r\n");
     }
     out
-}
-
-/// A client replica syncing through the relay: sync-core's `Session`,
-/// an in-memory store, and a tokio-tungstenite socket.
-pub struct Client {
-    pub session: Session,
-    pub store: MemoryStore,
-    pub url: String,
-    ws: Option<Ws>,
-    timeout: Option<u64>,
-    pub events: Vec<Event>,
-    /// Close codes received from the relay.
-    pub closes: Vec<Option<u16>>,
-    /// Error codes received in `Error` frames.
-    pub errors: Vec<ErrorCode>,
-    /// Connections opened.
-    pub connects: usize,
-}
-
-pub fn session_config(room: &str, token: &str) -> SessionConfig {
-    let mut config = SessionConfig::new(room, token.as_bytes().to_vec());
-    config.agent = "relay-server-tests".into();
-    config.backoff = Backoff {
-        initial_ms: 50,
-        max_ms: 500,
-    };
-    config
-}
-
-impl Client {
-    pub fn new(replica: u64, room: &str, token: &str, url: &str) -> Client {
-        let seed = replica_seed(ReplicaId(replica));
-        let replica = Replica::new(ReplicaId(replica), ReplicaConfig::default());
-        let session = Session::new(replica, session_config(room, token), seed);
-        Client::from_session(session, url)
-    }
-
-    pub fn from_session(session: Session, url: &str) -> Client {
-        Client {
-            session,
-            store: MemoryStore::new(),
-            url: url.to_owned(),
-            ws: None,
-            timeout: None,
-            events: Vec::new(),
-            closes: Vec::new(),
-            errors: Vec::new(),
-            connects: 0,
-        }
-    }
-
-    pub fn start(&mut self) {
-        self.session.start(now_ms());
-    }
-
-    pub fn stop(&mut self) {
-        self.session.stop();
-    }
-
-    /// Writes a document with one field.
-    pub fn put(&mut self, collection: &str, id: &str, field: &str, value: i64) {
-        self.session
-            .put(now_ms(), collection, id, [(field, value)])
-            .expect("put");
-    }
-
-    pub fn doc_count(&self, collection: &str) -> usize {
-        self.session.replica().list(collection).len()
-    }
-
-    pub fn is_live(&self) -> bool {
-        self.session.status().link == LinkState::Live
-    }
-
-    pub fn pending(&self) -> usize {
-        self.session.status().pending_ops
-    }
-
-    /// Does what the session asks until nothing is left.
-    pub async fn drain(&mut self) {
-        while let Some(out) = self.session.poll() {
-            match out {
-                Output::Connect => {
-                    self.connects += 1;
-                    let connect = tokio_tungstenite::connect_async_with_config(
-                        self.url.as_str(),
-                        None,
-                        true, // TCP_NODELAY, as a real client should
-                    );
-                    match tokio::time::timeout(Duration::from_secs(5), connect).await {
-                        Ok(Ok((ws, _))) => {
-                            self.ws = Some(ws);
-                            self.session.handle(now_ms(), Input::Connected);
-                        }
-                        _ => self
-                            .session
-                            .handle(now_ms(), Input::Disconnected { code: None }),
-                    }
-                }
-                Output::Transmit(frame) => {
-                    let failed = match self.ws.as_mut() {
-                        Some(ws) => ws.send(WsMessage::Binary(frame.into())).await.is_err(),
-                        None => false,
-                    };
-                    if failed {
-                        self.ws = None;
-                        self.session
-                            .handle(now_ms(), Input::Disconnected { code: None });
-                    }
-                }
-                Output::Close { code, reason } => {
-                    if let Some(mut ws) = self.ws.take() {
-                        let frame = CloseFrame {
-                            code: code.as_u16().into(),
-                            reason: reason.chars().take(60).collect::<String>().into(),
-                        };
-                        // Send our close, then read the relay's last frames
-                        // to learn its close code.
-                        let closes = &mut self.closes;
-                        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                            let _ = ws.close(Some(frame)).await;
-                            while let Some(Ok(msg)) = ws.next().await {
-                                if let WsMessage::Close(frame) = msg {
-                                    closes.push(frame.map(|f| u16::from(f.code)));
-                                    break;
-                                }
-                            }
-                        })
-                        .await;
-                    }
-                }
-                Output::Persist { id, batch } => {
-                    self.store.write(&batch).expect("memory store");
-                    self.session.handle(now_ms(), Input::Persisted(id));
-                }
-                Output::Event(event) => self.events.push(event),
-                Output::Timeout(at) => self.timeout = Some(at),
-            }
-        }
-    }
-
-    /// Drains, then waits up to `max` for one thing to happen.
-    pub async fn step(&mut self, max: Duration) {
-        self.drain().await;
-        let timeout_in = self
-            .timeout
-            .map(|at| Duration::from_millis(at.saturating_sub(now_ms())))
-            .unwrap_or(max)
-            .min(max);
-        let next = match self.ws.as_mut() {
-            Some(ws) => tokio::time::timeout(timeout_in, ws.next()).await.ok(),
-            None => {
-                tokio::time::sleep(timeout_in).await;
-                None
-            }
-        };
-        match next {
-            Some(Some(Ok(WsMessage::Binary(frame)))) => {
-                if let Ok(Message::Error { code, .. }) = protocol::decode(&frame, usize::MAX) {
-                    self.errors.push(code);
-                }
-                self.session.handle(now_ms(), Input::Received(&frame));
-            }
-            Some(Some(Ok(WsMessage::Close(frame)))) => {
-                let code = frame.map(|f| u16::from(f.code));
-                self.closes.push(code);
-                self.ws = None;
-                self.session.handle(now_ms(), Input::Disconnected { code });
-            }
-            Some(Some(Ok(_))) => {}
-            Some(Some(Err(_))) | Some(None) => {
-                self.closes.push(None);
-                self.ws = None;
-                self.session
-                    .handle(now_ms(), Input::Disconnected { code: None });
-            }
-            None => {
-                if self.timeout.is_some_and(|at| at <= now_ms()) {
-                    self.timeout = None;
-                    self.session.handle(now_ms(), Input::Timeout);
-                }
-            }
-        }
-        self.drain().await;
-    }
-
-    /// Runs until `done` holds, or fails after `limit`.
-    pub async fn run_until(
-        &mut self,
-        limit: Duration,
-        mut done: impl FnMut(&Client) -> bool,
-    ) -> Result<(), String> {
-        let deadline = Instant::now() + limit;
-        loop {
-            self.drain().await;
-            if done(self) {
-                return Ok(());
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                let events: Vec<String> = self
-                    .events
-                    .iter()
-                    .filter(|e| !matches!(e, Event::DocumentChanged { .. }))
-                    .rev()
-                    .take(8)
-                    .map(|e| format!("{e:?}"))
-                    .collect();
-                return Err(format!(
-                    "client {} not done after {limit:?}: status {:?}, closes {:?}, errors {:?}, \
-                     last events {events:?}",
-                    self.session.replica().id(),
-                    self.session.status(),
-                    self.closes,
-                    self.errors
-                ));
-            }
-            self.step(left.min(Duration::from_millis(200))).await;
-        }
-    }
-
-    /// Runs for a while regardless.
-    pub async fn run_for(&mut self, time: Duration) {
-        let _ = self.run_until(time, |_| false).await;
-    }
-
-    /// Runs until every local write is acknowledged and the replica holds
-    /// `docs` documents in `collection`.
-    pub async fn sync_to(
-        &mut self,
-        collection: &str,
-        docs: usize,
-        limit: Duration,
-    ) -> Result<(), String> {
-        let collection = collection.to_owned();
-        self.run_until(limit, move |c| {
-            c.is_live() && c.pending() == 0 && c.doc_count(&collection) == docs
-        })
-        .await
-    }
-
-    /// Drops the socket without a close handshake, as a crash would.
-    pub fn drop_socket(&mut self) {
-        self.ws = None;
-    }
-}
-
-fn replica_seed(id: ReplicaId) -> u64 {
-    id.0.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ now_ms()
-}
-
-/// Runs several clients until each satisfies `done`.
-pub async fn run_all(
-    clients: &mut [Client],
-    limit: Duration,
-    done: impl Fn(&Client) -> bool + Clone,
-) -> Result<(), String> {
-    let futures = clients.iter_mut().map(|c| {
-        let done = done.clone();
-        async move { c.run_until(limit, done).await }
-    });
-    let results = futures_util::future::join_all(futures).await;
-    results
-        .into_iter()
-        .collect::<Result<Vec<()>, String>>()
-        .map(|_| ())
 }
 
 // ---- raw WebSocket helpers ----

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use sync_core::{ReplicaId, Value};
+use sync_core::Value;
 
-use crate::common::{Client, Relay, now_ms, tempdir};
+use crate::common::{Client, Relay, tempdir};
 
 const LIMIT: Duration = Duration::from_secs(20);
 const ROOMS: [&str; 2] = ["a", "b"];
@@ -130,59 +130,57 @@ fn build_shim(dir: &Path) -> Option<PathBuf> {
     }
 }
 
-/// Highest sequence number of the client's own operations the relay has
-/// acknowledged: everything below the first operation still in its outbox.
-fn acked_through(client: &Client) -> u64 {
-    let replica = client.session.replica();
-    replica
-        .outbox()
-        .next()
-        .map_or(replica.next_seq() - 1, |op| op.id.seq - 1)
+/// The document a writer's `n`th operation writes (`n` from 1, like the
+/// operation's sequence number): each operation writes one new document,
+/// so a reader holds operation `n` of writer `label` exactly when it holds
+/// this document.
+fn doc_id(label: u64, n: u64) -> String {
+    format!("w{label}-{n}")
 }
 
-/// One writer: writes until the relay is killed, then reads until its
-/// socket dies. Returns its highest sequence number (operations written,
-/// counting the collection's creation).
+/// One writer: writes until the relay is killed, then waits until its
+/// socket dies. Returns how many operations it wrote.
 async fn write_until_killed(
+    label: u64,
     client: &mut Client,
     acked: &Cell<u64>,
     killed: &Cell<bool>,
     cap: u64,
 ) -> u64 {
-    let id = client.session.replica().id().0;
     let mut written = 0u64;
     while !killed.get() {
         if client.pending() < 400 && written < cap {
             for _ in 0..20 {
+                written += 1;
                 let fields = [
                     ("n", Value::from(written as i64)),
                     ("pad", Value::from(PAD.repeat(2))),
                 ];
-                client
-                    .session
-                    .put(now_ms(), "docs", &format!("w{id}-{written}"), fields)
-                    .expect("put");
-                written += 1;
+                let _durable = client
+                    .db
+                    .collection("docs")
+                    .put(&doc_id(label, written), fields);
             }
         }
-        client.step(Duration::from_millis(2)).await;
-        acked.set(acked_through(client));
+        // The client syncs on its own thread; this only paces the writes.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        acked.set(written - client.pending() as u64);
     }
     // Acknowledgements already on the wire count.
     let _ = client
         .run_until(Duration::from_secs(5), |c| !c.is_live())
         .await;
-    acked.set(acked_through(client));
+    acked.set(written - client.pending() as u64);
     if acked.get() == 0 {
         eprintln!(
-            "writer {id}: nothing acknowledged of {written}; status {:?}, connects {}, closes {:?}, errors {:?}",
-            client.session.status(),
-            client.connects,
-            client.closes,
-            client.errors
+            "writer {label}: nothing acknowledged of {written}; status {:?}, connects {}, closes {:?}, errors {:?}",
+            client.status(),
+            client.connects(),
+            client.closes(),
+            client.errors()
         );
     }
-    client.session.replica().next_seq() - 1
+    written
 }
 
 /// What one run found.
@@ -190,7 +188,7 @@ async fn write_until_killed(
 struct Outcome {
     written: u64,
     acked: u64,
-    /// Per writer: (replica, acknowledged).
+    /// Per writer: (label, acknowledged).
     acked_each: Vec<(u64, u64)>,
     acked_lost: u64,
     unacked_kept: u64,
@@ -304,7 +302,8 @@ async fn scenario(
         writers
             .iter_mut()
             .zip(&acked)
-            .map(|(w, a)| write_until_killed(w, a, &killed, cap)),
+            .enumerate()
+            .map(|(i, (w, a))| write_until_killed(i as u64 + 1, w, a, &killed, cap)),
     );
     let (written, ()) = tokio::join!(writing, killer);
 
@@ -331,26 +330,27 @@ async fn scenario(
         let mut reader = Client::new(100 + index as u64, room, &token, &relay.url());
         reader.start();
         reader
-            .run_until(LIMIT, |c| c.is_live() && c.session.status().lag() == 0)
+            .run_until(LIMIT, |c| c.is_live() && c.status().lag == 0)
             .await
             .unwrap();
-        let version = reader.session.replica().version();
-        for (w, writer) in writers.iter().enumerate() {
-            let id = writer.session.replica().id();
-            if id.0 % 2 != index as u64 {
+        let docs = reader.db.collection("docs");
+        for w in 0..writers.len() {
+            let label = w as u64 + 1;
+            if label % 2 != index as u64 {
                 continue;
             }
-            let held = version.get(ReplicaId(id.0));
-            let has = |seq: u64| held.is_some_and(|h| h.contains(seq));
             let (acked, written) = (acked[w].get(), written[w]);
+            let has = |n: u64| docs.get(&doc_id(label, n)).is_some();
             outcome.written += written;
             outcome.acked += acked;
-            outcome.acked_each.push((id.0, acked));
-            outcome.acked_lost += (1..=acked).filter(|&s| !has(s)).count() as u64;
-            let kept = (acked + 1..=written).filter(|&s| has(s)).count() as u64;
+            outcome.acked_each.push((label, acked));
+            outcome.acked_lost += (1..=acked).filter(|&n| !has(n)).count() as u64;
+            let kept = (acked + 1..=written).filter(|&n| has(n)).count() as u64;
             outcome.unacked_kept += kept;
             outcome.unacked_lost += written - acked - kept;
-            if held.is_some_and(|h| h.contiguous() != h.highest()) {
+            // Held operations must be a prefix: nothing after a gap.
+            let held: Vec<u64> = (1..=written).filter(|&n| has(n)).collect();
+            if held.last().is_some_and(|&last| last != held.len() as u64) {
                 outcome.holes += 1;
             }
         }
