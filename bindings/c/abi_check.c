@@ -7,7 +7,7 @@
  *    bindings expect (checks.inc, extracted from them by `cargo xtask c-abi-test`);
  *  - RustBuffer allocation round-trips;
  *  - open_database opens a real database, replica_id returns 16 hex digits,
- *    close_blocking and the object's free succeed;
+ *    shutdown_blocking and the object's free succeed;
  *  - a failing open reports a typed error (status code 1, ConcordError.Store)
  *    instead of crashing.
  *
@@ -99,9 +99,9 @@ int main(void) {
         check(store_error, "a second open is ConcordError.Store, not a crash");
         release(second.errorBuf);
 
-        uniffi_concord_ffi_fn_method_database_close_blocking(
+        uniffi_concord_ffi_fn_method_database_shutdown_blocking(
             uniffi_concord_ffi_fn_clone_database(db, &status), &status);
-        check(status.code == 0, "close_blocking");
+        check(status.code == 0, "shutdown_blocking");
         uniffi_concord_ffi_fn_free_database(db, &status);
         check(status.code == 0, "free_database");
     }

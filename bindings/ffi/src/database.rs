@@ -198,12 +198,13 @@ impl Database {
 
     /// Closes the database: finishes the writes made, ends subscriptions,
     /// releases the file. Resolves once everything applied is stored.
-    pub async fn close(&self) {
+    /// (Not `close`: Kotlin's `AutoCloseable.close` frees the handle.)
+    pub async fn shutdown(&self) {
         self.db.close().await;
     }
 
-    /// [`Database::close`], blocking.
-    pub fn close_blocking(&self) {
+    /// [`Database::shutdown`], blocking.
+    pub fn shutdown_blocking(&self) {
         futures::executor::block_on(self.db.close());
     }
 }

@@ -29,7 +29,7 @@
 //! todos.put_blocking("milk".into(), fields)?;
 //! let doc = todos.get("milk".into()).expect("written");
 //! assert_eq!(doc.fields["title"], Value::StringValue { value: "milk".into() });
-//! db.close_blocking();
+//! db.shutdown_blocking();
 //! # std::fs::remove_dir_all(&dir).unwrap();
 //! # Ok::<(), concord_ffi::ConcordError>(())
 //! ```

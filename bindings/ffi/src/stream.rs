@@ -213,7 +213,7 @@ impl Subscription {
 
 #[uniffi::export]
 impl Subscription {
-    /// The next change; `None` once the database closed or this was closed.
+    /// The next change; `None` once the database closed or this was cancelled.
     pub async fn next(&self) -> Option<Change> {
         self.0.next().await.map(Into::into)
     }
@@ -231,8 +231,9 @@ impl Subscription {
         self.0.is_ended()
     }
 
-    /// Stops the subscription; a waiting `next` returns `None`.
-    pub fn close(&self) {
+    /// Stops the subscription; a waiting `next` returns `None`. (Not
+    /// `close`: Kotlin's `AutoCloseable.close` frees the handle.)
+    pub fn cancel(&self) {
         self.0.close();
     }
 }
@@ -250,7 +251,7 @@ impl StatusStream {
 
 #[uniffi::export]
 impl StatusStream {
-    /// The next status; `None` once the database closed or this was closed.
+    /// The next status; `None` once the database closed or this was cancelled.
     pub async fn next(&self) -> Option<Status> {
         self.0.next().await.map(Into::into)
     }
@@ -268,7 +269,7 @@ impl StatusStream {
     }
 
     /// Stops the stream; a waiting `next` returns `None`.
-    pub fn close(&self) {
+    pub fn cancel(&self) {
         self.0.close();
     }
 }

@@ -307,7 +307,7 @@ class Database:
 
     def close(self) -> None:
         """Closes the database, returning once everything applied is stored."""
-        self._db.close_blocking()
+        self._db.shutdown_blocking()
 
 
 class Transaction:
@@ -447,7 +447,7 @@ class _Pull:
 
     def close(self) -> None:
         """Stops; iteration ends."""
-        self._inner.close()
+        self._inner.cancel()
 
 
 class Subscription(_Pull):

@@ -211,7 +211,7 @@ public final class ConcordDatabase: @unchecked Sendable {
     /// Every change, local or remote, from now on.
     public func changes() -> AsyncStream<Change> {
         let sub = db.subscribe()
-        return stream({ await sub.next() }, close: { sub.close() })
+        return stream({ await sub.next() }, close: { sub.cancel() })
     }
 
     /// Where syncing stands now.
@@ -220,7 +220,7 @@ public final class ConcordDatabase: @unchecked Sendable {
     /// The current status, then each change of it.
     public func statusUpdates() -> AsyncStream<Status> {
         let s = db.statusChanges()
-        return stream({ await s.next() }, close: { s.close() })
+        return stream({ await s.next() }, close: { s.cancel() })
     }
 
     public func connect() throws { try db.connect() }
@@ -228,7 +228,7 @@ public final class ConcordDatabase: @unchecked Sendable {
     public func setToken(_ token: String) { db.setToken(token: token) }
 
     /// Closes the database, returning once everything applied is stored.
-    public func close() async { await db.close() }
+    public func close() async { await db.shutdown() }
 }
 
 extension WriteOp {
@@ -289,12 +289,12 @@ public final class ConcordCollection: @unchecked Sendable {
     /// Changes to this collection, from now on.
     public func changes() -> AsyncStream<Change> {
         let sub = inner.subscribe()
-        return stream({ await sub.next() }, close: { sub.close() })
+        return stream({ await sub.next() }, close: { sub.cancel() })
     }
 
     /// Changes to document `id`, from now on.
     public func changes(of id: String) -> AsyncStream<Change> {
         let sub = inner.subscribeDocument(id: id)
-        return stream({ await sub.next() }, close: { sub.close() })
+        return stream({ await sub.next() }, close: { sub.cancel() })
     }
 }

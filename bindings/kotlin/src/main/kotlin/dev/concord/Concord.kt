@@ -182,7 +182,7 @@ class ConcordDatabase internal constructor(private val db: FfiDatabase) : Closea
         try {
             while (true) emit((stream.next() ?: break).toKotlin())
         } finally {
-            stream.close()
+            stream.cancel()
             stream.destroy()
         }
     }
@@ -198,13 +198,13 @@ class ConcordDatabase internal constructor(private val db: FfiDatabase) : Closea
 
     /** Closes the database, returning once everything applied is stored. */
     suspend fun closeAndWait() {
-        db.close()
+        db.shutdown()
         db.destroy()
     }
 
     /** Closes the database, blocking until everything applied is stored. */
     override fun close() {
-        db.closeBlocking()
+        db.shutdownBlocking()
         db.destroy()
     }
 }
@@ -290,7 +290,7 @@ class ChangeSubscription internal constructor(private val sub: FfiSubscription) 
 
     /** Stops the subscription; a collecting flow completes. */
     override fun close() {
-        sub.close()
+        sub.cancel()
         sub.destroy()
     }
 }

@@ -58,7 +58,7 @@ class ConcordTest {
     }
 
     @Test
-    fun twoDatabasesConverge() = runBlocking {
+    fun twoDatabasesConverge(): Unit = runBlocking {
         val a = db("a", relay.relay("converge"))
         val b = db("b", relay.relay("converge"))
         a.collection("todos").put("milk", mapOf("title" to "Buy milk", "done" to false))
@@ -81,7 +81,7 @@ class ConcordTest {
     }
 
     @Test
-    fun offlineWritesSyncAfterReconnect() = runBlocking {
+    fun offlineWritesSyncAfterReconnect(): Unit = runBlocking {
         val a = db("a", relay.relay("offline", connect = false))
         val b = db("b", relay.relay("offline"))
         val notes = a.collection("notes")
@@ -98,7 +98,7 @@ class ConcordTest {
     }
 
     @Test
-    fun aFlowCollectsARemoteChange() = runBlocking {
+    fun aFlowCollectsARemoteChange(): Unit = runBlocking {
         val a = db("a", relay.relay("flow"))
         val b = db("b", relay.relay("flow"))
         b.collection("chat").subscribe().use { sub ->
@@ -113,7 +113,7 @@ class ConcordTest {
     }
 
     @Test
-    fun aPutIfConflictIsATypedException() = runBlocking {
+    fun aPutIfConflictIsATypedException(): Unit = runBlocking {
         val a = db("a", null)
         val todos = a.collection("todos")
         val first = todos.put("milk", mapOf("title" to "Buy milk"))
@@ -143,7 +143,7 @@ class ConcordTest {
     }
 
     @Test
-    fun valuesRoundTripAsKotlinTypes() = runBlocking {
+    fun valuesRoundTripAsKotlinTypes(): Unit = runBlocking {
         val a = db("a", null)
         val things = a.collection("things")
         val fields = mapOf(
@@ -172,7 +172,7 @@ class ConcordTest {
     }
 
     @Test
-    fun closeAndReopenKeepsEverything() = runBlocking {
+    fun closeAndReopenKeepsEverything(): Unit = runBlocking {
         val path = File(dir, "kept.db").path
         val first = Concord.open(path, relay.relay("reopen", connect = false))
         val replica = first.replicaId
@@ -196,14 +196,14 @@ class ConcordTest {
     }
 
     @Test
-    fun aSecondOpenOfTheSameFileIsAStoreError() = runBlocking {
+    fun aSecondOpenOfTheSameFileIsAStoreError(): Unit = runBlocking {
         db("locked", null)
         val e = assertThrows<StoreException> { runBlocking { db("locked", null) } }
         assertTrue(e.message!!.contains("locked"), e.message)
     }
 
     @Test
-    fun aRefusedTokenIsRefreshedThroughTheProvider() = runBlocking {
+    fun aRefusedTokenIsRefreshedThroughTheProvider(): Unit = runBlocking {
         val fresh = relay.token("refresh")
         val asked = AtomicInteger()
         val a = db("a", Relay(relay.url, "refresh", "not-a-token")) { asked.incrementAndGet(); fresh }
@@ -216,7 +216,7 @@ class ConcordTest {
     }
 
     @Test
-    fun aThrowingTokenProviderIsContained() = runBlocking {
+    fun aThrowingTokenProviderIsContained(): Unit = runBlocking {
         val a = db("a", Relay(relay.url, "contained", "not-a-token")) { throw IllegalStateException("backend down") }
         val stopped = withTimeout(GUARD_MS) {
             a.statusFlow().first { it.lastError?.contains("backend down") == true }
@@ -231,7 +231,7 @@ class ConcordTest {
     }
 
     @Test
-    fun aBlockingTokenProviderDoesNotStallTheDatabase() = runBlocking {
+    fun aBlockingTokenProviderDoesNotStallTheDatabase(): Unit = runBlocking {
         val release = CountDownLatch(1)
         val entered = CountDownLatch(1)
         try {
