@@ -236,6 +236,7 @@ final class ConcordTests: XCTestCase {
         XCTAssertNotNil(stopped)
         try await a.collection("todos").put("milk", ["title": "Buy milk"])
         a.setToken(try relay.token("contained"))
-        XCTAssertNotNil(try await awaitStatus(a, isSynced))
+        let synced = try await awaitStatus(a, isSynced)
+        XCTAssertNotNil(synced)
     }
 }
