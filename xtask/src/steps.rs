@@ -205,6 +205,11 @@ pub(crate) const TEST: &[Step] = &[
         name: "python",
         check: Check::Tests(cargo(&["xtask", "python-test"]), summary::pytest),
     },
+    Step {
+        name: "swift",
+        // `swift test` in a Debian trixie chroot under target/ (set up on first use).
+        check: Check::Tests(cargo(&["xtask", "swift-test"]), summary::passed_failed),
+    },
 ];
 
 /// What `cargo xtask bench` builds and runs before the relay load generator

@@ -128,12 +128,8 @@ fn pytest_line(line: &str) -> Option<Counts> {
     let mut counts = Counts::default();
     let mut seen = false;
     for part in tally.split(',') {
-        let Some((number, label)) = part.trim().split_once(' ') else {
-            return None;
-        };
-        let Ok(number) = number.parse::<u64>() else {
-            return None;
-        };
+        let (number, label) = part.trim().split_once(' ')?;
+        let number = number.parse::<u64>().ok()?;
         match label {
             "passed" => counts.passed += number,
             "failed" | "error" | "errors" => counts.failed += number,

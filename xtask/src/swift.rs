@@ -10,7 +10,7 @@
 //! host builds the library and the relay; the chroot shares the host's
 //! network, so the tests' relay listens on the host's loopback.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use crate::bindings::{self, Paths, apt_install, has, run};
@@ -23,12 +23,11 @@ pub(crate) fn test() -> Result<(), String> {
     let paths = bindings::build()?;
     let root = paths.root.join("target/swift-root");
     set_up(&root)?;
-    let pkg = stage(&paths, &root)?;
-    let output = in_chroot(&root, "cd /pkg && swift test 2>&1")?;
-    let _ = pkg;
-    let (passed, failed) = xctest_counts(&output.1);
+    stage(&paths, &root)?;
+    let (ok, output) = in_chroot(&root, "cd /pkg && swift test 2>&1")?;
+    let (passed, failed) = xctest_counts(&output);
     println!("{passed} passed, {failed} failed");
-    if output.0 && failed == 0 && passed > 0 {
+    if ok && failed == 0 && passed > 0 {
         Ok(())
     } else {
         Err("`swift test` failed in the chroot".to_owned())
@@ -72,7 +71,7 @@ fn set_up(root: &Path) -> Result<(), String> {
 
 /// Copies the Swift package, the generated code, the library and the relay
 /// to `/pkg` in the chroot (keeping its `.build` cache).
-fn stage(paths: &Paths, root: &Path) -> Result<PathBuf, String> {
+fn stage(paths: &Paths, root: &Path) -> Result<(), String> {
     let pkg = root.join("pkg");
     let src = paths.root.join("bindings/swift");
     for dir in ["Sources", "Tests", "lib", "bin"] {
@@ -102,7 +101,7 @@ fn stage(paths: &Paths, root: &Path) -> Result<PathBuf, String> {
     .map_err(|e| format!("cannot write the module map: {e}"))?;
     copy(&paths.lib(), &pkg.join("lib/libconcord_ffi.so"))?;
     copy(&paths.relay(), &pkg.join("bin/concord-relay"))?;
-    Ok(pkg)
+    Ok(())
 }
 
 /// Runs `script` with `sh -c` in the chroot with `/proc` mounted (Swift
@@ -127,7 +126,7 @@ fn in_chroot(root: &Path, script: &str) -> Result<(bool, String), String> {
         .args(["sh", "-c", script])
         .stdout(Stdio::piped())
         .spawn()
-        .and_then(|child| stream(child));
+        .and_then(stream);
     unmount_proc(root);
     result.map_err(|e| format!("cannot run chroot: {e}"))
 }
@@ -177,10 +176,12 @@ fn xctest_counts(output: &str) -> (u64, u64) {
         .unwrap_or((0, 0))
 }
 
+/// Marks a setup stage done.
 fn touch(path: &Path) -> Result<(), String> {
     std::fs::write(path, b"").map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
+/// Copies a file, creating the target's folder.
 fn copy(from: &Path, to: &Path) -> Result<(), String> {
     if let Some(parent) = to.parent() {
         std::fs::create_dir_all(parent)
@@ -191,6 +192,7 @@ fn copy(from: &Path, to: &Path) -> Result<(), String> {
         .map_err(|e| format!("cannot copy {} to {}: {e}", from.display(), to.display()))
 }
 
+/// Copies a folder recursively.
 fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
     let entries =
         std::fs::read_dir(from).map_err(|e| format!("cannot read {}: {e}", from.display()))?;

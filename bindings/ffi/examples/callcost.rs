@@ -54,9 +54,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let start = Instant::now();
     for i in 0..PUTS {
         let fields = HashMap::from([
-            ("title".to_owned(), Value::StringValue { value: "Buy milk".into() }),
+            (
+                "title".to_owned(),
+                Value::StringValue {
+                    value: "Buy milk".into(),
+                },
+            ),
             ("done".to_owned(), Value::BoolValue { value: false }),
-            ("n".to_owned(), Value::IntValue { value: i64::from(i) }),
+            (
+                "n".to_owned(),
+                Value::IntValue {
+                    value: i64::from(i),
+                },
+            ),
         ]);
         c.put_blocking(format!("d{}", i % 10), fields)?;
     }
