@@ -120,7 +120,11 @@ def test_values_round_trip_as_python_types(tmp, opened):
         "map": {"nested": {"deep": True}},
     }
     things.put("t", fields)
-    assert things["t"].fields == fields
+    got = things["t"].fields
+    assert got == fields
+    # 1 == 1.0 in Python: check the types too, integers must stay integers.
+    assert {k: type(v) for k, v in got.items()} == {k: type(v) for k, v in fields.items()}
+    assert [type(v) for v in got["list"]] == [int, str, list]
     assert isinstance(things.get_field("t", "float"), float)
     things.unset("t", "int", "float")
     assert set(things["t"].fields) == {"null", "big", "text", "bytes", "list", "map"}
