@@ -36,7 +36,9 @@ COMMANDS:
     test     Set up, then run every check: fmt, clippy (also sync-core with
              its test-only `buggify` feature), tests (with doctests), the
              simulation's fault switches (each must be caught), the wasm32
-             build of sync-core and its no-IO dependency guard.
+             build of sync-core and its no-IO dependency guard, then the
+             bindings' suites (c-abi-test, kotlin-test, python-test,
+             swift-test; see below) against one release build.
              Every step runs even if an earlier one failed. The last line of
              output is `N passed, N failed`; the exit code is non-zero if
              anything failed.

@@ -11,6 +11,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use futures::Stream;
+use futures::task::AtomicWaker;
 
 /// Where a change came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Enum)]
@@ -131,21 +132,31 @@ impl From<sync_ffi::Status> for Status {
     }
 }
 
-/// A stream shared between foreign calls: `None` once it ended or was closed.
-struct Pull<S>(Mutex<Option<S>>);
+/// A stream shared between foreign calls: `None` once it ended or was
+/// cancelled. The waker of the last poll is kept so that `cancel` from
+/// another thread wakes a reader waiting in `next` (else it would wait
+/// forever: the stream that would have woken it is gone).
+struct Pull<S> {
+    stream: Mutex<Option<S>>,
+    waker: AtomicWaker,
+}
 
 impl<S: Stream + Unpin> Pull<S> {
     fn new(stream: S) -> Pull<S> {
-        Pull(Mutex::new(Some(stream)))
+        Pull {
+            stream: Mutex::new(Some(stream)),
+            waker: AtomicWaker::new(),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Option<S>> {
         // A panic cannot happen while the lock is held (polling only), but
         // a poisoned lock must not turn into a panic across the FFI.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.stream.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn poll(&self, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        self.waker.register(cx.waker());
         let mut guard = self.lock();
         let Some(stream) = guard.as_mut() else {
             return Poll::Ready(None);
@@ -184,6 +195,7 @@ impl<S: Stream + Unpin> Pull<S> {
 
     fn close(&self) {
         self.lock().take();
+        self.waker.wake();
     }
 }
 

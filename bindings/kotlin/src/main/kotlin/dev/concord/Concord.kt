@@ -288,10 +288,13 @@ class ChangeSubscription internal constructor(private val sub: FfiSubscription) 
         while (true) emit((sub.next() ?: break).toKotlin())
     }
 
-    /** Stops the subscription; a collecting flow completes. */
+    /**
+     * Stops the subscription; a collecting flow completes. (The native
+     * handle is freed when this object is collected, so a collector still
+     * running elsewhere never calls into a freed handle.)
+     */
     override fun close() {
         sub.cancel()
-        sub.destroy()
     }
 }
 

@@ -6,6 +6,9 @@ import java.nio.file.Files
 import java.util.concurrent.CountDownLatch
 import java.util.concurrent.TimeUnit
 import java.util.concurrent.atomic.AtomicInteger
+import kotlinx.coroutines.CompletableDeferred
+import kotlinx.coroutines.Dispatchers
+import kotlinx.coroutines.async
 import kotlinx.coroutines.delay
 import kotlinx.coroutines.flow.first
 import kotlinx.coroutines.runBlocking
@@ -250,5 +253,18 @@ class ConcordTest {
         } finally {
             release.countDown()
         }
+    }
+
+    @Test
+    fun closingASubscriptionEndsAFlowWaitingOnIt(): Unit = runBlocking {
+        val a = db("a", null)
+        val sub = a.collection("c").subscribe()
+        val first = CompletableDeferred<Change>()
+        val collector = async(Dispatchers.Default) { sub.changes.collect { first.complete(it) } }
+        a.collection("c").put("x", mapOf("n" to 1))
+        withTimeout(GUARD_MS) { first.await() }
+        // The collector now waits for a next change; closing must end it.
+        sub.close()
+        withTimeout(GUARD_MS) { collector.await() }
     }
 }
