@@ -205,6 +205,7 @@ pub(crate) fn kotlin_test() -> Result<(), String> {
         apt_install(&["maven", "default-jdk-headless"])?;
     }
     run(Command::new("mvn")
+        .env_remove("LD_LIBRARY_PATH")
         .current_dir(paths.root.join("bindings/kotlin"))
         .args(["-B", "--no-transfer-progress", "test"]))
 }
@@ -258,6 +259,7 @@ pub(crate) fn python_test() -> Result<(), String> {
             "no:cacheprovider",
             "bindings/python/tests",
         ])
+        .env_remove("LD_LIBRARY_PATH")
         .env("CONCORD_TEST_INSTALLED", "1")
         .env("CONCORD_RELAY", paths.relay()))
 }
@@ -313,7 +315,9 @@ pub(crate) fn c_abi_test() -> Result<(), String> {
         .arg(&paths.release)
         .arg("-lconcord_ffi")
         .arg(format!("-Wl,-rpath,{}", paths.release.display())))?;
-    run(&mut Command::new(&exe))
+    // `cargo run` puts target/debug on LD_LIBRARY_PATH, which outranks the
+    // rpath: a debug build of the library would be loaded instead.
+    run(Command::new(&exe).env_remove("LD_LIBRARY_PATH"))
 }
 
 /// The contract version and the `CHECKSUM(fn, value)` lines the generated
