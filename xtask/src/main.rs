@@ -10,15 +10,19 @@
 //! - [`summary`] parses test counts and adds up the final tally.
 //! - [`guard`] checks `sync-core`'s dependency tree for crates that do IO.
 //! - [`bench`] runs every benchmark and the relay load generator.
+//! - [`bindings`] builds the uniffi bindings and runs their suites;
+//!   [`swift`] runs the Swift one in a Debian trixie chroot.
 #![warn(clippy::missing_docs_in_private_items)]
 
 mod bench;
+mod bindings;
 mod guard;
 mod postgres;
 mod runner;
 mod setup;
 mod steps;
 mod summary;
+mod swift;
 
 use std::process::ExitCode;
 
@@ -33,7 +37,9 @@ COMMANDS:
     test     Set up, then run every check: fmt, clippy (also sync-core with
              its test-only `buggify` feature), tests (with doctests), the
              simulation's fault switches (each must be caught), the wasm32
-             build of sync-core and its no-IO dependency guard.
+             build of sync-core and its no-IO dependency guard, then the
+             bindings' suites (c-abi-test, kotlin-test, python-test,
+             swift-test; see below) against one release build.
              Every step runs even if an earlier one failed. The last line of
              output is `N passed, N failed`; the exit code is non-zero if
              anything failed.
@@ -46,6 +52,14 @@ COMMANDS:
              release relays on 127.0.0.1 with temporary data directories.
              Takes several minutes; not part of `test`. Results belong in
              docs/BENCHMARKS.md.
+    bindings Build the native library (release) and concord-relay, generate
+             the Kotlin, Swift and Python code with uniffi into
+             bindings/generated/, stage the Python package, build its wheel.
+    kotlin-test  `bindings`, then the JUnit suite (Maven) against a real relay.
+    python-test  `bindings`, then the pytest suite on the installed wheel.
+    swift-test   `bindings`, then `swift test` in a Debian trixie chroot
+                 (set up under target/swift-root on first use).
+    c-abi-test   `bindings`, then a C program built on the generated header.
     help     Print this message.
 
 ENVIRONMENT:
@@ -75,6 +89,11 @@ fn main() -> ExitCode {
             }
         },
         "bench" => bench::run(),
+        "bindings" => exit(bindings::bindings()),
+        "kotlin-test" => exit(bindings::kotlin_test()),
+        "python-test" => exit(bindings::python_test()),
+        "swift-test" => exit(swift::test()),
+        "c-abi-test" => exit(bindings::c_abi_test()),
         "help" | "-h" | "--help" => {
             print!("{HELP}");
             ExitCode::SUCCESS
@@ -83,6 +102,17 @@ fn main() -> ExitCode {
             eprintln!("error: unknown command `{other}`\n");
             eprint!("{HELP}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// The exit code for a command's result, printing its error.
+fn exit(result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -190,6 +190,26 @@ pub(crate) const TEST: &[Step] = &[
             forbidden: NO_IO_FORBIDDEN,
         },
     },
+    // The bindings: each `cargo xtask *-test` builds (or finds fresh) the one
+    // release library and relay, generates the code, then runs its suite
+    // (see xtask/src/bindings.rs).
+    Step {
+        name: "c-abi",
+        check: Check::Tests(cargo(&["xtask", "c-abi-test"]), summary::passed_failed),
+    },
+    Step {
+        name: "kotlin",
+        check: Check::Tests(cargo(&["xtask", "kotlin-test"]), summary::surefire),
+    },
+    Step {
+        name: "python",
+        check: Check::Tests(cargo(&["xtask", "python-test"]), summary::pytest),
+    },
+    Step {
+        name: "swift",
+        // `swift test` in a Debian trixie chroot under target/ (set up on first use).
+        check: Check::Tests(cargo(&["xtask", "swift-test"]), summary::passed_failed),
+    },
 ];
 
 /// What `cargo xtask bench` builds and runs before the relay load generator
