@@ -10,10 +10,12 @@
 //! - [`summary`] parses test counts and adds up the final tally.
 //! - [`guard`] checks `sync-core`'s dependency tree for crates that do IO.
 //! - [`bench`] runs every benchmark and the relay load generator.
+//! - [`npm`] builds the npm package `concord-sync` (`cargo xtask npm`).
 #![warn(clippy::missing_docs_in_private_items)]
 
 mod bench;
 mod guard;
+mod npm;
 mod runner;
 mod setup;
 mod steps;
@@ -45,6 +47,11 @@ COMMANDS:
              release relays on 127.0.0.1 with temporary data directories.
              Takes several minutes; not part of `test`. Results belong in
              docs/BENCHMARKS.md.
+    npm      Build the npm package concord-sync in bindings/npm: the
+             release wasm32 build of sync-wasm, wasm-bindgen (installed at
+             Cargo.lock's version when missing), npm ci, wasm-opt -Oz (npm
+             binaryen), tsc. Also installs Debian's chromium for the
+             browser tests when missing. Then `npm pack` there.
     help     Print this message.
 
 ENVIRONMENT:
@@ -74,6 +81,13 @@ fn main() -> ExitCode {
             }
         },
         "bench" => bench::run(),
+        "npm" => match npm::build().and_then(|()| npm::ensure_chromium()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("error: {message}");
+                ExitCode::FAILURE
+            }
+        },
         "help" | "-h" | "--help" => {
             print!("{HELP}");
             ExitCode::SUCCESS
