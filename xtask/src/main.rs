@@ -11,9 +11,11 @@
 //! - [`guard`] checks `sync-core`'s dependency tree for crates that do IO.
 //! - [`bench`] runs every benchmark and the relay load generator.
 //! - [`npm`] builds the npm package `concord-sync` (`cargo xtask npm`).
+//! - [`demo`] builds and runs the todo demo (`cargo xtask demo`).
 #![warn(clippy::missing_docs_in_private_items)]
 
 mod bench;
+mod demo;
 mod guard;
 mod npm;
 mod runner;
@@ -52,6 +54,13 @@ COMMANDS:
              Cargo.lock's version when missing), npm ci, wasm-opt -Oz (npm
              binaryen), tsc. Also installs Debian's chromium for the
              browser tests when missing. Then `npm pack` there.
+    demo     Build and run the collaborative todo demo (examples/web-todo):
+             the release relay on 127.0.0.1:8787 (data in target/demo),
+             the npm package and the Vite build (each only when out of
+             date), then print the URL to open in two windows. `--port N`
+             serves it on port N (default 5173); `--build-only` only builds
+             (also the debug `concord` CLI its end-to-end test drives).
+             Ctrl-C stops everything it started.
     help     Print this message.
 
 ENVIRONMENT:
@@ -64,6 +73,9 @@ fn main() -> ExitCode {
         print!("{HELP}");
         return ExitCode::SUCCESS;
     };
+    if command == "demo" {
+        return demo::run(&args[1..]);
+    }
     if args.len() > 1 {
         eprintln!(
             "error: `{command}` takes no arguments, got: {}",
