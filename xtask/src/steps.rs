@@ -204,6 +204,23 @@ pub(crate) const TEST: &[Step] = &[
         check: Check::Tests(node(&["test/browser.test.mjs"]), npm::passed_failed),
     },
     Step {
+        name: "web-todo build",
+        // Reuses the relay and npm builds above; builds the demo (Vite)
+        // and the debug `concord` CLI its end-to-end test drives.
+        check: Check::ExitStatus(cargo(&["xtask", "demo", "--build-only"])),
+    },
+    Step {
+        name: "web-todo e2e",
+        check: Check::Tests(
+            Cmd {
+                program: Program::Tool("node"),
+                args: &["e2e/e2e.test.mjs"],
+                dir: Some("examples/web-todo"),
+            },
+            npm::passed_failed,
+        ),
+    },
+    Step {
         name: "no-IO guard",
         check: Check::ForbidDeps {
             cmd: cargo(&[
