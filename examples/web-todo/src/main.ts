@@ -34,7 +34,11 @@ function identity(): { name: string; dbName: string } {
   const saved = sessionStorage.getItem("concord-demo-identity");
   if (saved) return JSON.parse(saved);
   const suffix = crypto.getRandomValues(new Uint32Array(1))[0].toString(36);
-  const fresh = { name: NAMES[Math.floor(Math.random() * NAMES.length)], dbName: `concord-todos-${suffix}` };
+  // Tabs of one browser share localStorage: taking turns through the
+  // names gives two windows opened side by side different ones.
+  const next = Number(localStorage.getItem("concord-demo-next-name") ?? Math.floor(Math.random() * NAMES.length));
+  localStorage.setItem("concord-demo-next-name", String((next + 1) % NAMES.length));
+  const fresh = { name: NAMES[next % NAMES.length], dbName: `concord-todos-${suffix}` };
   sessionStorage.setItem("concord-demo-identity", JSON.stringify(fresh));
   return fresh;
 }
