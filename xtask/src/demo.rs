@@ -73,8 +73,15 @@ fn parse(args: &[String]) -> Result<Args, String> {
 
 /// Runs `cargo xtask demo` with the arguments after `demo`.
 pub(crate) fn run(args: &[String]) -> ExitCode {
-    let result = parse(args).and_then(|args| {
-        build(args.build_only)?;
+    let args = match parse(args) {
+        Ok(args) => args,
+        Err(message) => {
+            // Bad usage, like the other commands: exit code 2.
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = build(args.build_only).and_then(|()| {
         if args.build_only {
             Ok(ExitCode::SUCCESS)
         } else {
