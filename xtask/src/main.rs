@@ -12,11 +12,15 @@
 //! - [`bench`] runs every benchmark and the relay load generator.
 //! - [`bindings`] builds the uniffi bindings and runs their suites;
 //!   [`swift`] runs the Swift one in a Debian trixie chroot.
+//! - [`npm`] builds the npm package `concord-sync` (`cargo xtask npm`).
+//! - [`demo`] builds and runs the todo demo (`cargo xtask demo`).
 #![warn(clippy::missing_docs_in_private_items)]
 
 mod bench;
 mod bindings;
+mod demo;
 mod guard;
+mod npm;
 mod postgres;
 mod runner;
 mod setup;
@@ -60,6 +64,18 @@ COMMANDS:
     swift-test   `bindings`, then `swift test` in a Debian trixie chroot
                  (set up under target/swift-root on first use).
     c-abi-test   `bindings`, then a C program built on the generated header.
+    npm      Build the npm package concord-sync in bindings/npm: the
+             release wasm32 build of sync-wasm, wasm-bindgen (installed at
+             Cargo.lock's version when missing), npm ci, wasm-opt -Oz (npm
+             binaryen), tsc. Also installs Debian's chromium for the
+             browser tests when missing. Then `npm pack` there.
+    demo     Build and run the collaborative todo demo (examples/web-todo):
+             the release relay on 127.0.0.1:8787 (data in target/demo),
+             the npm package and the Vite build (each only when out of
+             date), then print the URL to open in two windows. `--port N`
+             serves it on port N (default 5173); `--build-only` only builds
+             (also the debug `concord` CLI its end-to-end test drives).
+             Ctrl-C stops everything it started.
     help     Print this message.
 
 ENVIRONMENT:
@@ -72,6 +88,9 @@ fn main() -> ExitCode {
         print!("{HELP}");
         return ExitCode::SUCCESS;
     };
+    if command == "demo" {
+        return demo::run(&args[1..]);
+    }
     if args.len() > 1 {
         eprintln!(
             "error: `{command}` takes no arguments, got: {}",
@@ -94,6 +113,13 @@ fn main() -> ExitCode {
         "python-test" => exit(bindings::python_test()),
         "swift-test" => exit(swift::test()),
         "c-abi-test" => exit(bindings::c_abi_test()),
+        "npm" => match npm::build().and_then(|()| npm::ensure_chromium()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("error: {message}");
+                ExitCode::FAILURE
+            }
+        },
         "help" | "-h" | "--help" => {
             print!("{HELP}");
             ExitCode::SUCCESS

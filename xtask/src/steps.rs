@@ -5,6 +5,7 @@
 //! [`Check::Tests`] with a parser from [`crate::summary`]; any other command
 //! uses [`Check::ExitStatus`] and counts as one pass or one failure.
 
+use crate::npm;
 use crate::summary::{self, Counts};
 
 /// One step of a run: a name for the report and what to do.
@@ -172,6 +173,54 @@ pub(crate) const TEST: &[Step] = &[
         ])),
     },
     Step {
+        name: "npm package",
+        // Builds bindings/npm (see crate::npm); the npm steps below use it.
+        check: Check::ExitStatus(cargo(&["xtask", "npm"])),
+    },
+    Step {
+        name: "npm node tests",
+        check: Check::Tests(
+            node(&["--test", "--test-reporter=tap", "test/node.test.mjs"]),
+            npm::node_tap,
+        ),
+    },
+    Step {
+        name: "npm pack test",
+        check: Check::Tests(node(&["test/pack.test.mjs"]), npm::passed_failed),
+    },
+    Step {
+        name: "relay release build",
+        // The browser tests sync through the real relay binary.
+        check: Check::ExitStatus(cargo(&[
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "relay-server",
+        ])),
+    },
+    Step {
+        name: "npm browser tests",
+        check: Check::Tests(node(&["test/browser.test.mjs"]), npm::passed_failed),
+    },
+    Step {
+        name: "web-todo build",
+        // Reuses the relay and npm builds above; builds the demo (Vite)
+        // and the debug `concord` CLI its end-to-end test drives.
+        check: Check::ExitStatus(cargo(&["xtask", "demo", "--build-only"])),
+    },
+    Step {
+        name: "web-todo e2e",
+        check: Check::Tests(
+            Cmd {
+                program: Program::Tool("node"),
+                args: &["e2e/e2e.test.mjs"],
+                dir: Some("examples/web-todo"),
+            },
+            npm::passed_failed,
+        ),
+    },
+    Step {
         name: "no-IO guard",
         check: Check::ForbidDeps {
             cmd: cargo(&[
@@ -238,6 +287,15 @@ pub(crate) const BENCH: &[Cmd] = &[
     // use the release relay built above).
     cargo(&["bench", "-p", "sync-ffi", "--locked"]),
 ];
+
+/// A Node script run in the npm package's folder.
+const fn node(args: &'static [&'static str]) -> Cmd {
+    Cmd {
+        program: Program::Tool("node"),
+        args,
+        dir: Some("bindings/npm"),
+    }
+}
 
 /// A cargo command run from the workspace root.
 const fn cargo(args: &'static [&'static str]) -> Cmd {

@@ -1,0 +1,209 @@
+// concord-sync in headless Chromium against a real concord-relay on
+// loopback: IndexedDB durability, convergence, remote subscriptions,
+// offline writes, and tokens minted by concord-sync/server.
+// Run after `cargo xtask npm` and `cargo build --release -p relay-server`:
+//   node test/browser.test.mjs
+import assert from "node:assert/strict";
+import { mintToken } from "../dist/server.js";
+import { startRelay, startServer, launchChromium, runTests } from "./harness.mjs";
+
+const relay = await startRelay();
+const server = await startServer();
+const browser = await launchChromium();
+const context = await browser.newContext();
+const token = (room, rights = "rw") => mintToken(relay.key, { room, rights, ttlSeconds: 3600 });
+
+async function newPage() {
+  const page = await context.newPage();
+  page.on("pageerror", (e) => console.log(`  page error: ${e}`));
+  await page.goto(`${server.origin}/test/browser/page.html`);
+  await page.waitForFunction(() => window.concord);
+  return page;
+}
+
+/** Opens database `name` in `page` as `window.dbs[name]`, syncing `room` (or local when room is null). */
+async function openIn(page, name, room, extra = {}) {
+  await page.evaluate(
+    async ({ name, url, room, token, extra }) => {
+      const options = room === null ? { ...extra } : { relayUrl: url, room, token, ...extra };
+      window.dbs[name] = await window.concord.open(name, options);
+    },
+    { name, url: relay.url, room, token: room === null ? undefined : token(room), extra },
+  );
+}
+
+const a = await newPage();
+const b = await newPage();
+
+const failed = await runTests([
+  [
+    "IndexedDB keeps every write across close, reopen and page reload",
+    async () => {
+      const page = await newPage();
+      await openIn(page, "durable", null);
+      const first = await page.evaluate(async () => {
+        const db = window.dbs.durable;
+        const notes = db.collection("notes");
+        // Issued together, awaited together.
+        await Promise.all(Array.from({ length: 200 }, (_, i) => notes.put(`n${String(i).padStart(3, "0")}`, { i, text: `note ${i}` })));
+        await notes.delete("n000");
+        await db.close();
+        const names = (await indexedDB.databases()).map((d) => d.name);
+        const again = await window.concord.open("durable");
+        const docs = again.collection("notes").list();
+        const result = { names, count: docs.length, first: docs[0], replica: again.replicaId, before: db.replicaId };
+        await again.close();
+        return result;
+      });
+      assert.ok(first.names.includes("durable"), "stored in IndexedDB");
+      assert.equal(first.count, 199);
+      assert.deepEqual(first.first.data, { i: 1, text: "note 1" });
+      assert.equal(first.replica, first.before, "the replica id is stored too");
+      await page.reload();
+      await page.waitForFunction(() => window.concord);
+      await openIn(page, "durable", null);
+      const after = await page.evaluate(() => {
+        const notes = window.dbs.durable.collection("notes");
+        return { count: notes.list().length, last: notes.get("n199"), gone: notes.get("n000") ?? null };
+      });
+      assert.deepEqual(after, { count: 199, last: { i: 199, text: "note 199" }, gone: null });
+      await page.close();
+    },
+  ],
+  [
+    "a token minted by concord-sync/server is accepted and two databases converge",
+    async () => {
+      // A fetches its token through a function, as an app asking its backend would.
+      await page_open_with_token_function(a, "a", "converge");
+      await openIn(b, "b", "converge");
+      await a.evaluate(() => window.dbs.a.collection("todos").put("t1", { title: "from a" }));
+      await b.evaluate(() => window.dbs.b.collection("todos").put("t1", { done: true }));
+      await Promise.all([a.evaluate(() => window.dbs.a.flush()), b.evaluate(() => window.dbs.b.flush())]);
+      const check = (page, name) =>
+        page.evaluate(
+          async ({ name }) => {
+            const db = window.dbs[name];
+            const todos = db.collection("todos");
+            await window.until(db, () => todos.get("t1")?.title === "from a" && todos.get("t1")?.done === true);
+            return { doc: todos.get("t1"), status: db.status.value.connection };
+          },
+          { name },
+        );
+      const [fromA, fromB] = await Promise.all([check(a, "a"), check(b, "b")]);
+      assert.deepEqual(fromA.doc, { done: true, title: "from a" });
+      assert.deepEqual(fromB.doc, fromA.doc);
+      assert.equal(fromA.status, "online");
+    },
+  ],
+  [
+    "subscriptions fire on remote changes",
+    async () => {
+      const seen = b.evaluate(
+        () =>
+          new Promise((resolve) => {
+            const stop = window.dbs.b.collection("todos").subscribe((change) => {
+              if (change.id === "t2") {
+                stop();
+                resolve({ change, doc: window.dbs.b.collection("todos").get("t2") });
+              }
+            });
+            window.subscribed = true;
+          }),
+      );
+      await b.waitForFunction(() => window.subscribed);
+      await a.evaluate(() => window.dbs.a.collection("todos").put("t2", { title: "remote" }));
+      const { change, doc } = await seen;
+      assert.deepEqual(change, { type: "document", collection: "todos", id: "t2", origin: "remote" });
+      assert.deepEqual(doc, { title: "remote" });
+    },
+  ],
+  [
+    "writes made offline sync after reconnecting",
+    async () => {
+      const pending = await a.evaluate(async () => {
+        const db = window.dbs.a;
+        db.disconnect();
+        await window.untilStatus(db, (s) => s.connection === "offline");
+        await db.collection("todos").put("offline", { made: "offline" });
+        return db.status.value.pendingWrites;
+      });
+      assert.ok(pending >= 1, `pending writes while offline: ${pending}`);
+      await a.evaluate(async () => {
+        const db = window.dbs.a;
+        db.connect();
+        await db.flush();
+      });
+      const doc = await b.evaluate(async () => {
+        const todos = window.dbs.b.collection("todos");
+        await window.until(window.dbs.b, () => todos.get("offline") !== undefined);
+        return todos.get("offline");
+      });
+      assert.deepEqual(doc, { made: "offline" });
+      const status = await a.evaluate(() => window.dbs.a.status.value);
+      assert.equal(status.pendingWrites, 0);
+    },
+  ],
+  [
+    "a write made offline survives a reload and syncs when the page comes back",
+    async () => {
+      const page = await newPage();
+      await openIn(page, "outbox", "converge", { connect: false });
+      await page.evaluate(() => window.dbs.outbox.collection("todos").put("kept", { by: "outbox" }));
+      await page.reload(); // no close(): the tab just goes away
+      await page.waitForFunction(() => window.concord);
+      await openIn(page, "outbox", "converge");
+      await page.evaluate(() => window.dbs.outbox.flush());
+      const doc = await b.evaluate(async () => {
+        const todos = window.dbs.b.collection("todos");
+        await window.until(window.dbs.b, () => todos.get("kept") !== undefined);
+        return todos.get("kept");
+      });
+      assert.deepEqual(doc, { by: "outbox" });
+      await page.close();
+    },
+  ],
+  [
+    "a token for another room is refused with OfflineError",
+    async () => {
+      const page = await newPage();
+      const result = await page.evaluate(
+        async ({ url, wrong }) => {
+          const db = await window.concord.open("wrong-room", url, "mine", wrong);
+          await db.collection("c").put("x", { v: 1 });
+          try {
+            await db.flush();
+            return "flushed";
+          } catch (e) {
+            return { name: e.name, isConcord: e instanceof window.concord.ConcordError, code: e.code, lastError: db.status.value.lastError };
+          }
+        },
+        { url: relay.url, wrong: token("theirs") },
+      );
+      assert.equal(result.name, "OfflineError");
+      assert.equal(result.isConcord, true);
+      assert.equal(result.code, "Forbidden");
+      await page.close();
+    },
+  ],
+]);
+
+/** Opens `name` in `page` with a token-fetching function (which the test counts). */
+async function page_open_with_token_function(page, name, room) {
+  await page.evaluate(
+    async ({ name, url, room, token }) => {
+      window.tokenCalls = 0;
+      const fetchToken = async () => {
+        window.tokenCalls++;
+        return token;
+      };
+      window.dbs[name] = await window.concord.open(name, url, room, fetchToken);
+    },
+    { name, url: relay.url, room, token: token(room) },
+  );
+  assert.equal(await page.evaluate(() => window.tokenCalls), 1);
+}
+
+await browser.close();
+await server.close();
+await relay.stop();
+process.exit(failed ? 1 : 0);

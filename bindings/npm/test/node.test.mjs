@@ -1,0 +1,191 @@
+// The package's API in Node, against the in-memory store.
+// Run after `cargo xtask npm`: node --test --test-reporter=tap test/node.test.mjs
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import {
+  open,
+  ConcordError,
+  ConflictError,
+  EncodeError,
+  NoRelayError,
+  ClosedError,
+} from "../dist/index.js";
+
+let n = 0;
+const fresh = () => open(`node-test-${n++}`);
+
+/** Resolves with the next `count` values `subscribe` hands to its listener. */
+function collect(subscribe, count) {
+  return new Promise((resolve) => {
+    const seen = [];
+    const stop = subscribe((item) => {
+      seen.push(item);
+      if (seen.length === count) {
+        stop();
+        resolve(seen);
+      }
+    });
+  });
+}
+
+test("every kind of value round-trips", async () => {
+  const db = await fresh();
+  const things = db.collection("things");
+  const doc = {
+    nothing: null,
+    yes: true,
+    count: 42,
+    negative: -7,
+    ratio: 0.25,
+    big: 2n ** 60n,
+    name: "héllo",
+    bytes: new Uint8Array([0, 1, 255]),
+    list: [1, "two", [3]],
+    map: { a: 1, nested: { b: false } },
+  };
+  const revision = await things.put("x", doc);
+  assert.equal(typeof revision, "string");
+  assert.deepEqual(things.get("x"), doc);
+  assert.equal(things.getDoc("x").revision, revision);
+  await db.close();
+});
+
+test("put merges fields, unset removes them, delete removes the document", async () => {
+  const db = await fresh();
+  const todos = db.collection("todos");
+  await todos.put("milk", { title: "Buy milk", done: false });
+  await todos.put("milk", { done: true });
+  assert.deepEqual(todos.get("milk"), { title: "Buy milk", done: true });
+  await todos.unset("milk", ["done"]);
+  assert.deepEqual(todos.get("milk"), { title: "Buy milk" });
+  await todos.delete("milk");
+  assert.equal(todos.get("milk"), undefined);
+  await db.close();
+});
+
+test("reads see a write before its promise resolves", async () => {
+  const db = await fresh();
+  const todos = db.collection("todos");
+  const durable = todos.put("a", { v: 1 });
+  assert.deepEqual(todos.get("a"), { v: 1 });
+  await durable;
+  await db.close();
+});
+
+test("list pages in id order with prefix, after and limit", async () => {
+  const db = await fresh();
+  const c = db.collection("c");
+  await Promise.all(["b2", "a1", "b1", "b3", "c1"].map((id) => c.put(id, { id })));
+  assert.deepEqual(c.list().map((d) => d.id), ["a1", "b1", "b2", "b3", "c1"]);
+  assert.deepEqual(c.list({ prefix: "b" }).map((d) => d.id), ["b1", "b2", "b3"]);
+  assert.deepEqual(c.list({ prefix: "b", after: "b1", limit: 1 }).map((d) => d.id), ["b2"]);
+  assert.deepEqual(c.list({ limit: 2 })[1].data, { id: "b1" });
+  await db.close();
+});
+
+test("putIf succeeds at the expected revision and conflicts otherwise", async () => {
+  const db = await fresh();
+  const c = db.collection("c");
+  const first = await c.putIf("k", { v: 1 }, null);
+  await assert.rejects(c.putIf("k", { v: 2 }, null), (e) => {
+    assert.ok(e instanceof ConflictError);
+    assert.ok(e instanceof ConcordError);
+    assert.equal(e.kind, "Conflict");
+    assert.equal(e.collection, "c");
+    assert.equal(e.id, "k");
+    assert.equal(e.expected, null);
+    assert.equal(e.actual, first);
+    return true;
+  });
+  assert.deepEqual(c.get("k"), { v: 1 });
+  const second = await c.putIf("k", { v: 3 }, first);
+  assert.notEqual(second, first);
+  assert.deepEqual(c.get("k"), { v: 3 });
+  await db.close();
+});
+
+test("a transaction applies all of its writes or none", async () => {
+  const db = await fresh();
+  await db.transaction((tx) => {
+    tx.put("todo", "a", { t: 1 }).put("done", "b", { t: 2 });
+  });
+  assert.deepEqual(db.collection("todo").get("a"), { t: 1 });
+  assert.deepEqual(db.collection("done").get("b"), { t: 2 });
+  await assert.rejects(
+    db.transaction((tx) => {
+      tx.delete("todo", "a");
+      tx.putIf("done", "b", { t: 3 }, null); // b exists: conflict
+    }),
+    ConflictError,
+  );
+  assert.deepEqual(db.collection("todo").get("a"), { t: 1 }, "the delete was rolled back");
+  assert.deepEqual(db.collection("done").get("b"), { t: 2 });
+  await db.close();
+});
+
+test("subscriptions see their changes and stop when unsubscribed", async () => {
+  const db = await fresh();
+  const todos = db.collection("todos");
+  const all = collect((f) => db.subscribe(f), 2);
+  const one = collect((f) => todos.subscribeDoc("b", f), 1);
+  const mine = collect((f) => todos.subscribe(f), 2);
+  await db.collection("other").put("x", { v: 1 });
+  await todos.put("a", { v: 1 });
+  await todos.put("b", { v: 2 });
+  assert.deepEqual((await all).map((c) => [c.collection, c.id, c.origin]), [
+    ["other", "x", "local"],
+    ["todos", "a", "local"],
+  ]);
+  assert.deepEqual(await one, [{ type: "document", collection: "todos", id: "b", origin: "local" }]);
+  assert.deepEqual((await mine).map((c) => c.id), ["a", "b"]);
+
+  let calls = 0;
+  const stop = todos.subscribe(() => calls++);
+  stop();
+  stop(); // a second call does nothing
+  await todos.put("c", { v: 3 });
+  await new Promise((r) => setTimeout(r, 0));
+  assert.equal(calls, 0);
+  await db.close();
+});
+
+test("values that cannot be stored are refused with EncodeError", async () => {
+  const db = await fresh();
+  const c = db.collection("c");
+  await assert.rejects(c.put("d", { when: new Date() }), (e) => e instanceof EncodeError && /when/.test(e.message));
+  await assert.rejects(c.put("f", { f: () => 1 }), EncodeError);
+  await assert.rejects(c.put("n", "not an object"), EncodeError);
+  assert.equal(c.get("d"), undefined);
+  await db.close();
+});
+
+test("a local database reports offline and has no relay", async () => {
+  const db = await fresh();
+  assert.equal(db.status.value.connection, "offline");
+  assert.equal(db.status.value.pendingWrites, 0);
+  assert.throws(() => db.connect(), NoRelayError);
+  await db.collection("c").put("a", { v: 1 });
+  await assert.rejects(db.flush(), NoRelayError);
+  assert.match(db.replicaId, /\S+/);
+  await db.close();
+});
+
+test("a database waiting to connect counts pending writes in its status", async () => {
+  let asked = 0;
+  const db = await open("pending", "ws://127.0.0.1:9/v1/sync", "room", () => {
+    asked++;
+    return "token";
+  }, { connect: false });
+  const seen = collect((f) => db.status.subscribe(f), 1);
+  await db.collection("c").put("a", { v: 1 });
+  assert.equal((await seen)[0].pendingWrites, 1);
+  assert.equal(db.status.value.connection, "offline");
+  assert.equal(asked, 0, "the token function is not called before connecting");
+  await db.close();
+});
+
+test("a closed database refuses writes with ClosedError", async () => {
+  const db = await fresh();
+  await db.close();
+  await assert.rejects(db.collection("c").put("a", { v: 1 }), ClosedError);
+});

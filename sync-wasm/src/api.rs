@@ -1,0 +1,542 @@
+//! The JavaScript-facing API: `openDatabase` and the `WasmDatabase` class.
+//! The npm package's TypeScript layer wraps these in its idiomatic API;
+//! everything here forwards to `sync_client::Database`.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use futures::future::{AbortHandle, Abortable};
+use sync_client::{
+    Change, Connection, Database, Document, Error, ListOptions, Options, Origin, Platform,
+    RelayOptions, Revision, Status, TokenSource,
+};
+use wasm_bindgen::JsCast;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::{JsFuture, future_to_promise, spawn_local};
+
+use crate::convert::{from_value, object, to_fields};
+use crate::store::{AnyStore, IdbStore};
+use crate::timer::JsTimer;
+use crate::transport::{WebSocketTransport, js_message};
+
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(js_namespace = crypto, js_name = getRandomValues)]
+    fn get_random_values(buf: &mut [u8]);
+}
+
+thread_local! {
+    /// Token-fetching functions by id. `TokenSource` must be `Send +
+    /// Sync` (the native client calls it from its own thread); a
+    /// JavaScript function is neither, so the source captures only an id
+    /// and looks the function up on the one thread wasm runs on.
+    static TOKEN_FUNCTIONS: RefCell<HashMap<u32, js_sys::Function>> = RefCell::new(HashMap::new());
+    static NEXT_TOKEN_FUNCTION: RefCell<u32> = const { RefCell::new(0) };
+}
+
+/// A thrown error: a JavaScript `Error` with `kind` (the variant of
+/// `sync_client::Error`) and the variant's details as properties, which
+/// the TypeScript layer turns into typed error classes.
+fn js_error(error: &Error) -> JsValue {
+    let e = js_sys::Error::new(&error.to_string());
+    let mut props: Vec<(&str, JsValue)> = Vec::new();
+    let kind = match error {
+        Error::Conflict {
+            collection,
+            id,
+            expected,
+            actual,
+        } => {
+            props.push(("collection", collection.as_str().into()));
+            props.push(("id", id.as_str().into()));
+            props.push(("expected", revision_js(expected.as_ref())));
+            props.push(("actual", revision_js(actual.as_ref())));
+            "Conflict"
+        }
+        Error::InvalidWrite(_) => "InvalidWrite",
+        Error::Store(store) => {
+            props.push(("storeKind", format!("{:?}", store.kind).into()));
+            "Store"
+        }
+        Error::Load(_) => "Load",
+        Error::Decode { .. } => "Decode",
+        Error::Encode(_) => "Encode",
+        Error::Rejected { count, .. } => {
+            props.push(("count", (*count as f64).into()));
+            "Rejected"
+        }
+        Error::Offline { code, .. } => {
+            props.push(("code", format!("{code:?}").into()));
+            "Offline"
+        }
+        Error::ReadOnly => "ReadOnly",
+        Error::NoRelay => "NoRelay",
+        Error::Closed => "Closed",
+        _ => "Unknown",
+    };
+    props.push(("kind", kind.into()));
+    for (key, value) in props {
+        let _ = js_sys::Reflect::set(&e, &key.into(), &value);
+    }
+    e.into()
+}
+
+/// An `Encode` error for a value JavaScript handed in.
+fn encode_error(message: String) -> JsValue {
+    js_error(&Error::Encode(message))
+}
+
+fn revision_js(revision: Option<&Revision>) -> JsValue {
+    revision.map_or(JsValue::NULL, |r| r.to_string().into())
+}
+
+fn document_js(doc: &Document) -> JsValue {
+    let fields = object(doc.fields.iter().map(|(k, v)| (k.as_str(), from_value(v))));
+    object([
+        ("id", doc.id.as_str().into()),
+        ("revision", doc.revision.to_string().into()),
+        ("fields", fields),
+    ])
+}
+
+fn change_js(change: &Change) -> JsValue {
+    let origin = |o: &Origin| {
+        JsValue::from_str(if *o == Origin::Local {
+            "local"
+        } else {
+            "remote"
+        })
+    };
+    match change {
+        Change::Document {
+            collection,
+            id,
+            origin: o,
+        } => object([
+            ("type", "document".into()),
+            ("collection", collection.as_str().into()),
+            ("id", id.as_str().into()),
+            ("origin", origin(o)),
+        ]),
+        Change::Collection {
+            collection,
+            origin: o,
+        } => object([
+            ("type", "collection".into()),
+            ("collection", collection.as_str().into()),
+            ("origin", origin(o)),
+        ]),
+        _ => object([("type", "lagged".into())]),
+    }
+}
+
+fn status_js(status: &Status) -> JsValue {
+    let (connection, retry_at) = match status.connection {
+        Connection::Offline => ("offline", JsValue::NULL),
+        Connection::Connecting => ("connecting", JsValue::NULL),
+        Connection::Online => ("online", JsValue::NULL),
+        Connection::Reconnecting { retry_at_ms } => ("reconnecting", (retry_at_ms as f64).into()),
+        _ => ("offline", JsValue::NULL),
+    };
+    object([
+        ("connection", connection.into()),
+        ("retryAt", retry_at),
+        ("pendingWrites", (status.pending_writes as f64).into()),
+        ("cursor", (status.cursor as f64).into()),
+        ("lag", (status.lag as f64).into()),
+        ("readOnly", status.read_only.into()),
+        (
+            "lastError",
+            status
+                .last_error
+                .as_deref()
+                .map_or(JsValue::NULL, JsValue::from_str),
+        ),
+    ])
+}
+
+fn get(options: &JsValue, key: &str) -> JsValue {
+    js_sys::Reflect::get(options, &key.into()).unwrap_or(JsValue::UNDEFINED)
+}
+
+fn get_string(options: &JsValue, key: &str) -> Result<Option<String>, JsValue> {
+    let value = get(options, key);
+    if value.is_undefined() || value.is_null() {
+        return Ok(None);
+    }
+    value
+        .as_string()
+        .map(Some)
+        .ok_or_else(|| js_sys::TypeError::new(&format!("option {key} must be a string")).into())
+}
+
+fn seed() -> u64 {
+    let mut buf = [0u8; 8];
+    get_random_values(&mut buf);
+    u64::from_le_bytes(buf)
+}
+
+/// A token source calling the JavaScript function registered as `id`,
+/// which returns a token or a Promise of one.
+fn token_source(id: u32) -> TokenSource {
+    Arc::new(move || {
+        let function = TOKEN_FUNCTIONS.with(|f| f.borrow().get(&id).cloned());
+        Box::pin(async move {
+            let function = function.ok_or("the database was closed")?;
+            let result = function
+                .call0(&JsValue::UNDEFINED)
+                .map_err(|e| js_message(&e))?;
+            let token = JsFuture::from(js_sys::Promise::resolve(&result))
+                .await
+                .map_err(|e| js_message(&e))?;
+            token
+                .as_string()
+                .ok_or_else(|| "the token function must return a string".to_owned())
+        })
+    })
+}
+
+/// Opens a database. `options`: `name` (string), `storage` (`"indexeddb"`,
+/// `"memory"`; default IndexedDB where it exists, else memory), and for
+/// syncing `relayUrl`, `room`, `token`, `tokenSource` (a function returning
+/// a token or a Promise of one), `connect` (default true), `agent`.
+#[wasm_bindgen(js_name = openDatabase)]
+pub async fn open_database(options: JsValue) -> Result<WasmDatabase, JsValue> {
+    let name = get_string(&options, "name")?
+        .ok_or_else(|| JsValue::from(js_sys::TypeError::new("option name is required")))?;
+    let has_idb = js_sys::Reflect::has(&js_sys::global(), &"indexedDB".into()).unwrap_or(false)
+        && !get(&js_sys::global(), "indexedDB").is_undefined();
+    let store = match get_string(&options, "storage")?.as_deref() {
+        Some("memory") => AnyStore::Memory(Default::default()),
+        Some("indexeddb") | None if has_idb => AnyStore::IndexedDb(
+            IdbStore::open(&name)
+                .await
+                .map_err(|e| js_error(&Error::Store(e)))?,
+        ),
+        None => AnyStore::Memory(Default::default()),
+        Some(other) => {
+            return Err(js_sys::TypeError::new(&format!(
+                "storage {other:?} is not available here (use \"indexeddb\" in a browser or \"memory\")"
+            ))
+            .into());
+        }
+    };
+    let mut opts = Options::local();
+    let mut token_id = None;
+    if let Some(url) = get_string(&options, "relayUrl")? {
+        let room = get_string(&options, "room")?.ok_or_else(|| {
+            JsValue::from(js_sys::TypeError::new(
+                "option room is required with relayUrl",
+            ))
+        })?;
+        let token = get_string(&options, "token")?.unwrap_or_default();
+        let mut relay = RelayOptions::new(url, room, token);
+        let source = get(&options, "tokenSource");
+        if let Some(function) = source.dyn_ref::<js_sys::Function>() {
+            let id = NEXT_TOKEN_FUNCTION.with(|n| {
+                let mut n = n.borrow_mut();
+                *n += 1;
+                *n
+            });
+            TOKEN_FUNCTIONS.with(|f| f.borrow_mut().insert(id, function.clone()));
+            relay = relay.token_source(token_source(id));
+            token_id = Some(id);
+        }
+        if get(&options, "connect").as_bool() == Some(false) {
+            relay = relay.start_offline();
+        }
+        opts = Options::with_relay(relay);
+    }
+    opts.agent = get_string(&options, "agent")?;
+    let platform = Platform {
+        transport: WebSocketTransport,
+        store: store.clone(),
+        timer: Arc::new(JsTimer),
+        seed: seed(),
+    };
+    let (db, host) = sync_client::open(platform, opts)
+        .await
+        .map_err(|e| js_error(&e))?;
+    spawn_local(host);
+    Ok(WasmDatabase {
+        db,
+        store,
+        token_id,
+    })
+}
+
+/// An open database (the TypeScript layer's `Database` wraps it).
+#[wasm_bindgen]
+pub struct WasmDatabase {
+    db: Database,
+    store: AnyStore,
+    token_id: Option<u32>,
+}
+
+/// A running subscription; `cancel` ends it.
+#[wasm_bindgen]
+pub struct WasmSubscription {
+    handle: AbortHandle,
+}
+
+#[wasm_bindgen]
+impl WasmSubscription {
+    /// Stops calling the callback.
+    pub fn cancel(&self) {
+        self.handle.abort();
+    }
+}
+
+/// Runs `callback` for each item of `stream` until cancelled.
+fn run_subscription<S, T>(
+    stream: S,
+    callback: js_sys::Function,
+    to_js: fn(&T) -> JsValue,
+) -> WasmSubscription
+where
+    S: futures::Stream<Item = T> + 'static,
+    T: 'static,
+{
+    let (handle, registration) = AbortHandle::new_pair();
+    let task = async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(item) = stream.next().await {
+            // A throwing callback must not end the subscription.
+            if let Err(e) = callback.call1(&JsValue::UNDEFINED, &to_js(&item)) {
+                web_sys::console::error_2(&"concord-sync: a subscriber threw".into(), &e);
+            }
+        }
+    };
+    spawn_local(async move {
+        let _ = Abortable::new(task, registration).await;
+    });
+    WasmSubscription { handle }
+}
+
+fn parse_revision(expected: Option<String>) -> Result<Option<Revision>, JsValue> {
+    expected
+        .map(|r| {
+            r.parse::<Revision>()
+                .map_err(|_| encode_error(format!("{r:?} is not a revision")))
+        })
+        .transpose()
+}
+
+fn promise_of<T: Unpin + 'static>(
+    pending: sync_client::Pending<T>,
+    to_js: fn(T) -> JsValue,
+) -> js_sys::Promise {
+    future_to_promise(async move { pending.await.map(to_js).map_err(|e| js_error(&e)) })
+}
+
+#[wasm_bindgen]
+impl WasmDatabase {
+    /// This database's replica id.
+    #[wasm_bindgen(js_name = replicaId)]
+    pub fn replica_id(&self) -> String {
+        self.db.replica_id().to_string()
+    }
+
+    /// Writes fields of a document; resolves to its revision once durable.
+    pub fn put(
+        &self,
+        collection: &str,
+        id: &str,
+        fields: JsValue,
+    ) -> Result<js_sys::Promise, JsValue> {
+        let fields = to_fields(&fields).map_err(encode_error)?;
+        let pending = self.db.collection(collection).put(id, fields);
+        Ok(promise_of(pending, |r| r.to_string().into()))
+    }
+
+    /// Writes fields only if the document is at `expected` (null: absent).
+    #[wasm_bindgen(js_name = putIf)]
+    pub fn put_if(
+        &self,
+        collection: &str,
+        id: &str,
+        fields: JsValue,
+        expected: Option<String>,
+    ) -> Result<js_sys::Promise, JsValue> {
+        let fields = to_fields(&fields).map_err(encode_error)?;
+        let expected = parse_revision(expected)?;
+        let pending = self.db.collection(collection).put_if(id, fields, expected);
+        Ok(promise_of(pending, |r| r.to_string().into()))
+    }
+
+    /// Removes fields of a document.
+    pub fn unset(&self, collection: &str, id: &str, names: Vec<String>) -> js_sys::Promise {
+        let pending = self.db.collection(collection).unset(id, names);
+        promise_of(pending, |r| r.to_string().into())
+    }
+
+    /// Deletes a document.
+    pub fn delete(&self, collection: &str, id: &str) -> js_sys::Promise {
+        promise_of(self.db.collection(collection).delete(id), |()| {
+            JsValue::UNDEFINED
+        })
+    }
+
+    /// `{ id, revision, fields }` of a document, or undefined.
+    pub fn get(&self, collection: &str, id: &str) -> JsValue {
+        self.db
+            .collection(collection)
+            .get(id)
+            .map_or(JsValue::UNDEFINED, |d| document_js(&d))
+    }
+
+    /// Documents in id order, filtered and paged.
+    pub fn list(
+        &self,
+        collection: &str,
+        prefix: Option<String>,
+        after: Option<String>,
+        limit: Option<u32>,
+    ) -> js_sys::Array {
+        let options = ListOptions {
+            prefix,
+            after,
+            limit: limit.map(|l| l as usize),
+        };
+        self.db
+            .collection(collection)
+            .list(&options)
+            .iter()
+            .map(document_js)
+            .collect()
+    }
+
+    /// Applies `ops` (`{ op: "put" | "putIf" | "unset" | "delete", collection,
+    /// id, fields?, names?, expected? }`) all together or not at all.
+    pub fn transaction(&self, ops: js_sys::Array) -> Result<js_sys::Promise, JsValue> {
+        enum Op {
+            Put(
+                String,
+                String,
+                Vec<(String, sync_client::Value)>,
+                Option<Option<Revision>>,
+            ),
+            Unset(String, String, Vec<String>),
+            Delete(String, String),
+        }
+        let mut parsed = Vec::new();
+        for op in ops.iter() {
+            let kind = get_string(&op, "op")?.unwrap_or_default();
+            let collection = get_string(&op, "collection")?.unwrap_or_default();
+            let id = get_string(&op, "id")?.unwrap_or_default();
+            parsed.push(match kind.as_str() {
+                "put" | "putIf" => {
+                    let fields = to_fields(&get(&op, "fields")).map_err(encode_error)?;
+                    let expected = if kind == "putIf" {
+                        Some(parse_revision(get_string(&op, "expected")?)?)
+                    } else {
+                        None
+                    };
+                    Op::Put(collection, id, fields, expected)
+                }
+                "unset" => {
+                    let names = get(&op, "names");
+                    let names: Vec<String> = js_sys::Array::from(&names)
+                        .iter()
+                        .filter_map(|n| n.as_string())
+                        .collect();
+                    Op::Unset(collection, id, names)
+                }
+                "delete" => Op::Delete(collection, id),
+                other => {
+                    return Err(js_sys::TypeError::new(&format!(
+                        "unknown transaction operation {other:?}"
+                    ))
+                    .into());
+                }
+            });
+        }
+        let pending = self.db.transaction(move |tx| {
+            for op in parsed {
+                match op {
+                    Op::Put(c, id, fields, None) => tx.put(&c, &id, fields)?,
+                    Op::Put(c, id, fields, Some(expected)) => {
+                        tx.put_if(&c, &id, fields, expected)?
+                    }
+                    Op::Unset(c, id, names) => tx.unset(&c, &id, names)?,
+                    Op::Delete(c, id) => tx.delete(&c, &id)?,
+                }
+            }
+            Ok(())
+        });
+        Ok(promise_of(pending, |()| JsValue::UNDEFINED))
+    }
+
+    /// Calls `callback(change)` for every change, to one collection, or
+    /// to one document (`collection` and `id` both given).
+    pub fn subscribe(
+        &self,
+        collection: Option<String>,
+        id: Option<String>,
+        callback: js_sys::Function,
+    ) -> WasmSubscription {
+        let stream = match (collection, id) {
+            (Some(c), Some(id)) => self.db.collection(c).subscribe_document(&id),
+            (Some(c), None) => self.db.collection(c).subscribe(),
+            _ => self.db.subscribe(),
+        };
+        run_subscription(stream, callback, change_js)
+    }
+
+    /// Where syncing stands.
+    pub fn status(&self) -> JsValue {
+        status_js(&self.db.status())
+    }
+
+    /// Calls `callback(status)` now and on every status change.
+    #[wasm_bindgen(js_name = watchStatus)]
+    pub fn watch_status(&self, callback: js_sys::Function) -> WasmSubscription {
+        run_subscription(self.db.status_changes(), callback, status_js)
+    }
+
+    /// Starts syncing (again).
+    pub fn connect(&self) -> Result<(), JsValue> {
+        self.db.connect().map_err(|e| js_error(&e))
+    }
+
+    /// Stops syncing; everything keeps working locally.
+    pub fn disconnect(&self) {
+        self.db.disconnect();
+    }
+
+    /// Replaces the access token.
+    #[wasm_bindgen(js_name = setToken)]
+    pub fn set_token(&self, token: String) {
+        self.db.set_token(token);
+    }
+
+    /// Resolves once the relay has acknowledged every local write so far.
+    pub fn flush(&self) -> js_sys::Promise {
+        let flush = self.db.flush();
+        future_to_promise(async move {
+            flush
+                .await
+                .map(|()| JsValue::UNDEFINED)
+                .map_err(|e| js_error(&e))
+        })
+    }
+
+    /// Closes the database once everything applied is stored.
+    pub fn close(&self) -> js_sys::Promise {
+        let close = self.db.close();
+        let store = self.store.clone();
+        let token_id = self.token_id;
+        future_to_promise(async move {
+            close.await;
+            if let Some(id) = token_id {
+                TOKEN_FUNCTIONS.with(|f| f.borrow_mut().remove(&id));
+            }
+            if let AnyStore::IndexedDb(idb) = store {
+                idb.close();
+            }
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+}

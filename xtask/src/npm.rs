@@ -1,0 +1,199 @@
+//! `cargo xtask npm`: builds the npm package `concord-sync` in
+//! `bindings/npm` from the `sync-wasm` crate, ready for `npm pack`; and the
+//! idempotent installs its tests need.
+//!
+//! The pipeline: the wasm32 build of `sync-wasm` in the workspace's
+//! `wasm-release` profile (release, tuned for size); `wasm-bindgen`
+//! (the CLI of exactly the version in Cargo.lock, installed with
+//! `cargo install` when missing); `npm ci` for the package's dev tools;
+//! `wasm-opt -Oz` from npm's `binaryen` (Debian's is too old: its output
+//! fails to load); `tsc` for the TypeScript layer.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::runner::workspace_root;
+use crate::summary::Counts;
+
+/// The package's folder, relative to the workspace root.
+const PACKAGE_DIR: &str = "bindings/npm";
+/// The wasm build wasm-bindgen reads.
+const WASM: &str = "target/wasm32-unknown-unknown/wasm-release/sync_wasm.wasm";
+
+/// Builds the package; the error says which stage failed.
+pub(crate) fn build() -> Result<(), String> {
+    crate::setup::run()?;
+    let root = workspace_root();
+    let pkg = root.join(PACKAGE_DIR);
+    ensure_wasm_bindgen(&root)?;
+    ensure_node_modules(&pkg)?;
+    run(cargo(&root).args([
+        "build",
+        "--profile",
+        "wasm-release",
+        "--locked",
+        "-p",
+        "sync-wasm",
+        "--target",
+        "wasm32-unknown-unknown",
+    ]))?;
+    let out = pkg.join("wasm");
+    run(Command::new("wasm-bindgen")
+        .current_dir(&root)
+        .args(["--target", "web", "--out-name", "sync_wasm", "--out-dir"])
+        .arg(&out)
+        .arg(WASM))?;
+    let wasm = out.join("sync_wasm_bg.wasm");
+    // The feature flags are the ones rustc's wasm32 target emits.
+    run(Command::new(pkg.join("node_modules/.bin/wasm-opt"))
+        .current_dir(&pkg)
+        .args([
+            "-Oz",
+            "--enable-bulk-memory",
+            "--enable-nontrapping-float-to-int",
+            "--enable-sign-ext",
+            "--enable-mutable-globals",
+            "--enable-reference-types",
+            "--enable-multivalue",
+        ])
+        .arg(&wasm)
+        .arg("-o")
+        .arg(&wasm))?;
+    run(Command::new(pkg.join("node_modules/.bin/tsc"))
+        .current_dir(&pkg)
+        .args(["-p", "tsconfig.json"]))?;
+    println!("concord-sync built in {PACKAGE_DIR} (npm pack there makes the tarball)");
+    Ok(())
+}
+
+/// Installs what the browser tests need: Debian's Chromium (Playwright
+/// drives it; `npx playwright install` cannot download here).
+pub(crate) fn ensure_chromium() -> Result<(), String> {
+    if Path::new("/usr/bin/chromium").exists() {
+        return Ok(());
+    }
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-qq", "chromium"]))
+}
+
+/// Cargo (`$CARGO` when set), run from `root`.
+fn cargo(root: &Path) -> Command {
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command.current_dir(root);
+    command
+}
+
+/// Runs `command` with inherited output; an error names it and its exit status.
+fn run(command: &mut Command) -> Result<(), String> {
+    let line = format!("{command:?}");
+    let status = command
+        .status()
+        .map_err(|e| format!("could not run {line}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{line} failed ({status})"))
+    }
+}
+
+/// The version of `name` in Cargo.lock.
+fn locked_version(lock: &str, name: &str) -> Option<String> {
+    let needle = format!("name = \"{name}\"\n");
+    let at = lock.find(&needle)? + needle.len();
+    let line = lock[at..].lines().next()?;
+    let version = line.strip_prefix("version = \"")?.strip_suffix('"')?;
+    Some(version.to_owned())
+}
+
+/// Installs the wasm-bindgen CLI of the version the crate links, unless
+/// it is already on PATH (the two must match exactly).
+fn ensure_wasm_bindgen(root: &Path) -> Result<(), String> {
+    let lock = std::fs::read_to_string(root.join("Cargo.lock"))
+        .map_err(|e| format!("cannot read Cargo.lock: {e}"))?;
+    let version =
+        locked_version(&lock, "wasm-bindgen").ok_or("Cargo.lock has no wasm-bindgen entry")?;
+    let present = Command::new("wasm-bindgen")
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if present.split_whitespace().nth(1) == Some(version.as_str()) {
+        return Ok(());
+    }
+    // Not --locked: the CLI's own lock file pins a crate the registry no
+    // longer has (see ../shared/TOOLCHAIN.md).
+    run(cargo(root).args(["install", "wasm-bindgen-cli", "--version", &version]))
+}
+
+/// `npm ci` unless node_modules already matches package-lock.json.
+fn ensure_node_modules(pkg: &Path) -> Result<(), String> {
+    let lock = std::fs::read(pkg.join("package-lock.json"))
+        .map_err(|e| format!("cannot read {PACKAGE_DIR}/package-lock.json: {e}"))?;
+    let stamp = pkg.join("node_modules/.concord-lock");
+    if std::fs::read(&stamp).ok().as_deref() == Some(&lock[..]) {
+        return Ok(());
+    }
+    run(Command::new("npm")
+        .current_dir(pkg)
+        .args(["ci", "--no-audit", "--no-fund"]))?;
+    std::fs::write(&stamp, &lock).map_err(|e| format!("cannot write {stamp:?}: {e}"))
+}
+
+/// Counts from a runner that ends with a line `N passed, N failed` (the
+/// package's test scripts print one).
+pub(crate) fn passed_failed(output: &str) -> Option<Counts> {
+    output.lines().rev().find_map(|line| {
+        let (passed, failed) = line.trim().split_once(" passed, ")?;
+        let failed = failed.strip_suffix(" failed")?;
+        Some(Counts {
+            passed: passed.trim().parse().ok()?,
+            failed: failed.trim().parse().ok()?,
+        })
+    })
+}
+
+/// Counts from `node --test --test-reporter=tap`: its `# pass N` and
+/// `# fail N` lines.
+pub(crate) fn node_tap(output: &str) -> Option<Counts> {
+    let count = |prefix: &str| {
+        output
+            .lines()
+            .find_map(|line| line.trim().strip_prefix(prefix)?.trim().parse().ok())
+    };
+    Some(Counts {
+        passed: count("# pass ")?,
+        failed: count("# fail ")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_locked_versions() {
+        let lock = "[[package]]\nname = \"wasm-bindgen\"\nversion = \"0.2.130\"\n";
+        assert_eq!(
+            locked_version(lock, "wasm-bindgen").as_deref(),
+            Some("0.2.130")
+        );
+        assert_eq!(locked_version(lock, "wasm-bindgen-cli"), None);
+    }
+
+    #[test]
+    fn parses_the_closing_line() {
+        let counts = passed_failed("ok 1\nnot ok 2\n7 passed, 1 failed\n").unwrap();
+        assert_eq!((counts.passed, counts.failed), (7, 1));
+        assert!(passed_failed("no summary").is_none());
+    }
+
+    #[test]
+    fn parses_node_tap() {
+        let counts = node_tap("ok 1 - a\n1..3\n# tests 3\n# pass 2\n# fail 1\n").unwrap();
+        assert_eq!((counts.passed, counts.failed), (2, 1));
+        assert!(node_tap("# pass 2").is_none());
+    }
+}
