@@ -204,6 +204,13 @@ pub(crate) const TEST: &[Step] = &[
         ),
     },
     Step {
+        name: "npm react tests",
+        check: Check::Tests(
+            node(&["--test", "--test-reporter=tap", "test/react.test.mjs"]),
+            npm::node_tap,
+        ),
+    },
+    Step {
         name: "npm pack test",
         check: Check::Tests(node(&["test/pack.test.mjs"]), npm::passed_failed),
     },

@@ -237,6 +237,7 @@ export class Database {
   #inner: WasmDatabase;
   #statusWatch: WasmSubscription;
   #release: () => void;
+  #collections = new Map<string, Collection<any>>();
   /** Where syncing stands, as an observable value. */
   readonly status: Observable<Status>;
 
@@ -255,7 +256,14 @@ export class Database {
 
   /** The collection `name`, its documents typed as `T`. */
   collection<T extends object = Fields>(name: string): Collection<T> {
-    return new Collection<T>(this.#inner, name);
+    // The same object for the same name, so React hooks and memoized code
+    // see a stable collection.
+    let collection = this.#collections.get(name);
+    if (collection === undefined) {
+      collection = new Collection<T>(this.#inner, name);
+      this.#collections.set(name, collection);
+    }
+    return collection as Collection<T>;
   }
 
   /**
