@@ -67,8 +67,9 @@ COMMANDS:
     npm      Build the npm package concord-sync in bindings/npm: the
              release wasm32 build of sync-wasm, wasm-bindgen (installed at
              Cargo.lock's version when missing), npm ci, wasm-opt -Oz (npm
-             binaryen), tsc. Also installs Debian's chromium for the
-             browser tests when missing. Then `npm pack` there.
+             binaryen), tsc. Also installs Debian's chromium and
+             chromium-driver for the browser tests when missing. Then
+             `npm pack` there.
     demo     Build and run the collaborative todo demo (examples/web-todo):
              the release relay on 127.0.0.1:8787 (data in target/demo),
              the npm package and the Vite build (each only when out of

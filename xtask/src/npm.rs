@@ -67,15 +67,16 @@ pub(crate) fn build() -> Result<(), String> {
 }
 
 /// Installs what the browser tests need: Debian's Chromium (Playwright
-/// drives it; `npx playwright install` cannot download here).
+/// drives it; `npx playwright install` cannot download here) and its
+/// chromedriver (for wasm-bindgen-test-runner).
 pub(crate) fn ensure_chromium() -> Result<(), String> {
-    if Path::new("/usr/bin/chromium").exists() {
+    if Path::new("/usr/bin/chromium").exists() && Path::new("/usr/bin/chromedriver").exists() {
         return Ok(());
     }
     run(Command::new("apt-get").args(["update", "-qq"]))?;
     run(Command::new("apt-get")
         .env("DEBIAN_FRONTEND", "noninteractive")
-        .args(["install", "-y", "-qq", "chromium"]))
+        .args(["install", "-y", "-qq", "chromium", "chromium-driver"]))
 }
 
 /// Cargo (`$CARGO` when set), run from `root`.

@@ -178,9 +178,35 @@ pub(crate) const TEST: &[Step] = &[
         check: Check::ExitStatus(cargo(&["xtask", "npm"])),
     },
     Step {
+        name: "IndexedDB store conformance",
+        // sync-core's store conformance suite against sync-wasm's IndexedDB
+        // store in headless Chromium (wasm-bindgen-test-runner, the runner
+        // .cargo/config.toml names; chromedriver from `cargo xtask npm`).
+        check: Check::Tests(
+            cargo(&[
+                "test",
+                "-p",
+                "sync-wasm",
+                "--target",
+                "wasm32-unknown-unknown",
+                "--locked",
+                "--test",
+                "idb_conformance",
+            ]),
+            summary::cargo_test,
+        ),
+    },
+    Step {
         name: "npm node tests",
         check: Check::Tests(
             node(&["--test", "--test-reporter=tap", "test/node.test.mjs"]),
+            npm::node_tap,
+        ),
+    },
+    Step {
+        name: "npm react tests",
+        check: Check::Tests(
+            node(&["--test", "--test-reporter=tap", "test/react.test.mjs"]),
             npm::node_tap,
         ),
     },

@@ -16,7 +16,7 @@
  * @module
  */
 import init, { openDatabase, type WasmDatabase, type WasmSubscription } from "../wasm/sync_wasm.js";
-import { typed, typedAsync, typedCall } from "./errors.js";
+import { StoreError, typed, typedAsync, typedCall } from "./errors.js";
 
 export * from "./errors.js";
 
@@ -129,6 +129,9 @@ export async function open(
   const options: OpenOptions =
     typeof urlOrOptions === "string" ? { ...more, relayUrl: urlOrOptions, room, token } : { ...urlOrOptions };
   await load();
+  // One open copy per IndexedDB database per origin: two copies in two tabs
+  // would write diverging states under one replica id into one store.
+  const release = await lockDatabase(name, options.storage);
   let first: string | undefined;
   let tokenSource: (() => string | Promise<string>) | undefined;
   if (typeof options.token === "function") {
@@ -149,8 +152,34 @@ export async function open(
       connect: options.connect,
       agent: options.agent,
     }),
-  );
-  return new Database(inner);
+  ).catch((e: unknown) => {
+    release();
+    throw e;
+  });
+  return new Database(inner, release);
+}
+
+/**
+ * Takes the origin-wide Web Lock for database `name` (browsers, IndexedDB
+ * storage); returns the function that releases it. A database another tab
+ * has open fails with `StoreError` of kind `Locked`.
+ */
+async function lockDatabase(name: string, storage: OpenOptions["storage"]): Promise<() => void> {
+  const locks = (globalThis as { navigator?: { locks?: LockManager } }).navigator?.locks;
+  const indexedDb = storage === "indexeddb" || (storage === undefined && "indexedDB" in globalThis);
+  if (!indexedDb || locks === undefined) return () => {};
+  let release = () => {};
+  const held = new Promise<void>((resolve) => (release = resolve));
+  const acquired = await new Promise<boolean>((resolve) => {
+    void locks.request(`concord-sync:${name}`, { ifAvailable: true }, (lock) => {
+      resolve(lock !== null);
+      return lock === null ? undefined : held;
+    });
+  });
+  if (!acquired) {
+    throw new StoreError(`the database ${JSON.stringify(name)} is open in another tab or window; close it there first`, "Locked");
+  }
+  return release;
 }
 
 /**
@@ -207,12 +236,15 @@ function unsubscriber(sub: WasmSubscription): Unsubscribe {
 export class Database {
   #inner: WasmDatabase;
   #statusWatch: WasmSubscription;
+  #release: () => void;
+  #collections = new Map<string, Collection<any>>();
   /** Where syncing stands, as an observable value. */
   readonly status: Observable<Status>;
 
   /** @internal Use {@link open}. */
-  constructor(inner: WasmDatabase) {
+  constructor(inner: WasmDatabase, release: () => void) {
     this.#inner = inner;
+    this.#release = release;
     this.status = new Observable<Status>(inner.status());
     this.#statusWatch = inner.watchStatus((s: Status) => this.status.set(s));
   }
@@ -224,7 +256,14 @@ export class Database {
 
   /** The collection `name`, its documents typed as `T`. */
   collection<T extends object = Fields>(name: string): Collection<T> {
-    return new Collection<T>(this.#inner, name);
+    // The same object for the same name, so React hooks and memoized code
+    // see a stable collection.
+    let collection = this.#collections.get(name);
+    if (collection === undefined) {
+      collection = new Collection<T>(this.#inner, name);
+      this.#collections.set(name, collection);
+    }
+    return collection as Collection<T>;
   }
 
   /**
@@ -269,6 +308,7 @@ export class Database {
   async close(): Promise<void> {
     await this.#inner.close();
     this.#statusWatch.cancel();
+    this.#release();
   }
 }
 

@@ -73,7 +73,7 @@ const failed = await runTests([
       const [info] = JSON.parse(run("npm", ["pack", "--json", "--pack-destination", scratch], PACKAGE_DIR));
       tarball = join(scratch, info.filename);
       const files = info.files.map((f) => f.path).sort();
-      for (const needed of ["package.json", "README.md", "dist/index.js", "dist/index.d.ts", "dist/server.js", "dist/server.d.ts", "dist/errors.js", "wasm/sync_wasm.js", "wasm/sync_wasm.d.ts", "wasm/sync_wasm_bg.wasm"]) {
+      for (const needed of ["package.json", "README.md", "dist/index.js", "dist/index.d.ts", "dist/server.js", "dist/server.d.ts", "dist/react.js", "dist/react.d.ts", "dist/errors.js", "wasm/sync_wasm.js", "wasm/sync_wasm.d.ts", "wasm/sync_wasm_bg.wasm"]) {
         assert.ok(files.includes(needed), `${needed} is in the tarball`);
       }
       assert.deepEqual(files.filter((f) => /^(src|test|node_modules)\//.test(f)), []);

@@ -5,6 +5,11 @@
 //! tests, which expands to one `#[test]` per check below. The checks panic
 //! with a message on failure, as tests do.
 //!
+//! The checks are written against [`OpenStore`], whose methods return
+//! futures, so that asynchronous stores (IndexedDB in a browser) run the
+//! very same checks through [`run_check`]; synchronous stores go through
+//! [`Harness`], whose futures are always ready and are driven here.
+//!
 //! ```
 //! use sync_core::store::{MemoryStore, conformance::Harness};
 //!
@@ -24,6 +29,9 @@
 #![allow(clippy::panic)]
 
 use std::fmt::Debug;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 
 use super::{Record, Store};
 use crate::persist::{PersistBatch, StoreKey, Write};
@@ -41,28 +49,38 @@ pub trait Harness {
     fn reopen(&mut self, store: Self::Store) -> Self::Store;
 }
 
+/// What an [`OpenStore`] method returns: a future borrowing the store.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
+
 /// One conformance check.
-pub type Check = fn(&mut dyn OpenStore);
+pub type Check = for<'a> fn(&'a mut dyn OpenStore) -> StoreFuture<'a, ()>;
 
 /// Every check, by name, for [`run_all`], [`run_one`] and the test macro.
 pub const CHECKS: &[(&str, Check)] = &[
-    ("empty_store_reads_nothing", empty_store_reads_nothing),
-    ("batch_writes_are_read_back", batch_writes_are_read_back),
-    ("overwrite_and_delete", overwrite_and_delete),
-    (
-        "records_come_back_in_key_order",
-        records_come_back_in_key_order,
-    ),
-    ("binary_keys_and_large_values", binary_keys_and_large_values),
-    ("writes_survive_reopen", writes_survive_reopen),
-    (
-        "replica_round_trips_through_store",
-        replica_round_trips_through_store,
-    ),
-    (
-        "acknowledged_ops_leave_the_store",
-        acknowledged_ops_leave_the_store,
-    ),
+    ("empty_store_reads_nothing", |s| {
+        Box::pin(empty_store_reads_nothing(s))
+    }),
+    ("batch_writes_are_read_back", |s| {
+        Box::pin(batch_writes_are_read_back(s))
+    }),
+    ("overwrite_and_delete", |s| {
+        Box::pin(overwrite_and_delete(s))
+    }),
+    ("records_come_back_in_key_order", |s| {
+        Box::pin(records_come_back_in_key_order(s))
+    }),
+    ("binary_keys_and_large_values", |s| {
+        Box::pin(binary_keys_and_large_values(s))
+    }),
+    ("writes_survive_reopen", |s| {
+        Box::pin(writes_survive_reopen(s))
+    }),
+    ("replica_round_trips_through_store", |s| {
+        Box::pin(replica_round_trips_through_store(s))
+    }),
+    ("acknowledged_ops_leave_the_store", |s| {
+        Box::pin(acknowledged_ops_leave_the_store(s))
+    }),
 ];
 
 /// Runs every check against stores from `harness`.
@@ -88,7 +106,21 @@ where
         harness,
         store: Some(store),
     };
-    check(&mut open);
+    // A synchronous store's futures are ready at once: one poll finishes.
+    let mut check = check(&mut open);
+    match check.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(()) => {}
+        Poll::Pending => panic!("a synchronous store's check did not finish"),
+    }
+}
+
+/// Runs the check called `name` against `store`, a fresh, empty store
+/// (for asynchronous stores, which implement [`OpenStore`] themselves).
+pub async fn run_check(store: &mut dyn OpenStore, name: &str) {
+    let Some((_, check)) = CHECKS.iter().find(|(n, _)| *n == name) else {
+        panic!("no conformance check named {name:?}");
+    };
+    check(store).await;
 }
 
 /// Expands to one `#[test]` per conformance check, each run against stores
@@ -111,14 +143,15 @@ macro_rules! store_conformance_tests {
     };
 }
 
-/// One open store as the checks see it: plain functions over a trait object.
+/// One open store as the checks see it: methods over a trait object,
+/// each returning a future (ready at once for synchronous stores).
 pub trait OpenStore {
     /// Writes a batch, panicking on error.
-    fn write(&mut self, batch: &PersistBatch);
+    fn write<'a>(&'a mut self, batch: &'a PersistBatch) -> StoreFuture<'a, ()>;
     /// Reads every record, panicking on error.
-    fn read_all(&mut self) -> Vec<Record>;
+    fn read_all(&mut self) -> StoreFuture<'_, Vec<Record>>;
     /// Closes and reopens the store.
-    fn reopen(&mut self);
+    fn reopen(&mut self) -> StoreFuture<'_, ()>;
 }
 
 struct Open<'h, H: Harness> {
@@ -137,23 +170,26 @@ impl<H: Harness> OpenStore for Open<'_, H>
 where
     <H::Store as Store>::Error: Debug,
 {
-    fn write(&mut self, batch: &PersistBatch) {
+    fn write<'a>(&'a mut self, batch: &'a PersistBatch) -> StoreFuture<'a, ()> {
         if let Err(e) = self.store().write(batch) {
             panic!("store write failed: {e:?}");
         }
+        Box::pin(std::future::ready(()))
     }
-    fn read_all(&mut self) -> Vec<Record> {
-        match self.store().read_all() {
+    fn read_all(&mut self) -> StoreFuture<'_, Vec<Record>> {
+        let records = match self.store().read_all() {
             Ok(records) => records,
             Err(e) => panic!("store read failed: {e:?}"),
-        }
+        };
+        Box::pin(std::future::ready(records))
     }
-    fn reopen(&mut self) {
+    fn reopen(&mut self) -> StoreFuture<'_, ()> {
         let store = self
             .store
             .take()
             .unwrap_or_else(|| self.harness.open_fresh());
         self.store = Some(self.harness.reopen(store));
+        Box::pin(std::future::ready(()))
     }
 }
 
@@ -175,44 +211,48 @@ fn doc_key(id: &str) -> StoreKey {
     }
 }
 
-fn empty_store_reads_nothing(s: &mut dyn OpenStore) {
+async fn empty_store_reads_nothing(s: &mut dyn OpenStore) {
     assert!(
-        s.read_all().is_empty(),
+        s.read_all().await.is_empty(),
         "a fresh store must hold no records"
     );
 }
 
-fn batch_writes_are_read_back(s: &mut dyn OpenStore) {
+async fn batch_writes_are_read_back(s: &mut dyn OpenStore) {
     s.write(&batch(vec![
         put(StoreKey::Meta, b"m"),
         put(doc_key("a"), b"1"),
         put(StoreKey::Outbox(1), b"o"),
-    ]));
-    let records = s.read_all();
+    ]))
+    .await;
+    let records = s.read_all().await;
     assert_eq!(records.len(), 3, "every write of a batch must be stored");
     assert!(records.contains(&(doc_key("a").to_bytes(), b"1".to_vec())));
 }
 
-fn overwrite_and_delete(s: &mut dyn OpenStore) {
+async fn overwrite_and_delete(s: &mut dyn OpenStore) {
     s.write(&batch(vec![
         put(doc_key("a"), b"1"),
         put(doc_key("b"), b"2"),
-    ]));
+    ]))
+    .await;
     s.write(&batch(vec![
         put(doc_key("a"), b"3"),
         Write::Delete { key: doc_key("b") },
-    ]));
+    ]))
+    .await;
     s.write(&batch(vec![Write::Delete {
         key: doc_key("never-written"),
-    }]));
+    }]))
+    .await;
     assert_eq!(
-        s.read_all(),
+        s.read_all().await,
         vec![(doc_key("a").to_bytes(), b"3".to_vec())],
         "put replaces, delete removes"
     );
 }
 
-fn records_come_back_in_key_order(s: &mut dyn OpenStore) {
+async fn records_come_back_in_key_order(s: &mut dyn OpenStore) {
     let keys = [
         StoreKey::Outbox(300),
         StoreKey::Outbox(2),
@@ -220,8 +260,9 @@ fn records_come_back_in_key_order(s: &mut dyn OpenStore) {
         doc_key("z"),
         doc_key("a"),
     ];
-    s.write(&batch(keys.iter().map(|k| put(k.clone(), b"v")).collect()));
-    let read: Vec<Vec<u8>> = s.read_all().into_iter().map(|(k, _)| k).collect();
+    s.write(&batch(keys.iter().map(|k| put(k.clone(), b"v")).collect()))
+        .await;
+    let read: Vec<Vec<u8>> = s.read_all().await.into_iter().map(|(k, _)| k).collect();
     let mut sorted = read.clone();
     sorted.sort();
     assert_eq!(
@@ -230,14 +271,15 @@ fn records_come_back_in_key_order(s: &mut dyn OpenStore) {
     );
 }
 
-fn binary_keys_and_large_values(s: &mut dyn OpenStore) {
+async fn binary_keys_and_large_values(s: &mut dyn OpenStore) {
     let id: String = (1..=255u8).map(char::from).collect();
     let big: Vec<u8> = (0..4 * 1024 * 1024).map(|i: u32| (i % 251) as u8).collect();
     s.write(&batch(vec![
         put(doc_key(&id), &big),
         put(doc_key("\u{0}nul"), b""),
-    ]));
-    let records = s.read_all();
+    ]))
+    .await;
+    let records = s.read_all().await;
     assert!(
         records.contains(&(doc_key(&id).to_bytes(), big)),
         "a 4 MiB value with any key bytes must survive"
@@ -248,18 +290,20 @@ fn binary_keys_and_large_values(s: &mut dyn OpenStore) {
     );
 }
 
-fn writes_survive_reopen(s: &mut dyn OpenStore) {
+async fn writes_survive_reopen(s: &mut dyn OpenStore) {
     s.write(&batch(vec![
         put(StoreKey::Meta, b"m"),
         put(doc_key("a"), b"1"),
-    ]));
+    ]))
+    .await;
     s.write(&batch(vec![
         Write::Delete { key: doc_key("a") },
         put(doc_key("b"), b"2"),
-    ]));
-    s.reopen();
+    ]))
+    .await;
+    s.reopen().await;
     assert_eq!(
-        s.read_all(),
+        s.read_all().await,
         vec![
             (doc_key("b").to_bytes(), b"2".to_vec()),
             (StoreKey::Meta.to_bytes(), b"m".to_vec())
@@ -268,19 +312,21 @@ fn writes_survive_reopen(s: &mut dyn OpenStore) {
     );
 }
 
-fn drain(replica: &mut Replica, s: &mut dyn OpenStore) {
+async fn drain(replica: &mut Replica, s: &mut dyn OpenStore) {
     if let Some(batch) = replica.take_persist() {
-        s.write(&batch);
+        s.write(&batch).await;
     }
 }
 
-fn replica_round_trips_through_store(s: &mut dyn OpenStore) {
+/// Checks a local write succeeded and stores what it produced.
+async fn step(r: &mut Replica, s: &mut dyn OpenStore, result: Result<(), crate::WriteError>) {
+    assert!(result.is_ok(), "local write failed: {result:?}");
+    drain(r, s).await;
+}
+
+async fn replica_round_trips_through_store(s: &mut dyn OpenStore) {
     let mut replica = Replica::new(ReplicaId(7), ReplicaConfig::default());
     let now = 1_700_000_000_000;
-    let step = |r: &mut Replica, s: &mut dyn OpenStore, result: Result<(), crate::WriteError>| {
-        assert!(result.is_ok(), "local write failed: {result:?}");
-        drain(r, s);
-    };
     let r = replica
         .put(
             now,
@@ -289,19 +335,19 @@ fn replica_round_trips_through_store(s: &mut dyn OpenStore) {
             [("title", Value::from("milk")), ("done", false.into())],
         )
         .map(|_| ());
-    step(&mut replica, s, r);
+    step(&mut replica, s, r).await;
     let r = replica
         .put(now + 1, "todos", "b", [("title", "eggs")])
         .map(|_| ());
-    step(&mut replica, s, r);
+    step(&mut replica, s, r).await;
     let r = replica.delete(now + 2, "todos", "b");
-    step(&mut replica, s, r);
+    step(&mut replica, s, r).await;
     let r = replica.create_collection(now + 3, "notes");
-    step(&mut replica, s, r);
+    step(&mut replica, s, r).await;
     let r = replica.unset(now + 4, "todos", "a", ["done"]).map(|_| ());
-    step(&mut replica, s, r);
-    s.reopen();
-    let restored = match Replica::restore(ReplicaConfig::default(), s.read_all()) {
+    step(&mut replica, s, r).await;
+    s.reopen().await;
+    let restored = match Replica::restore(ReplicaConfig::default(), s.read_all().await) {
         Ok(Some(r)) => r,
         other => panic!("restore failed: {other:?}"),
     };
@@ -315,7 +361,7 @@ fn replica_round_trips_through_store(s: &mut dyn OpenStore) {
     );
 }
 
-fn acknowledged_ops_leave_the_store(s: &mut dyn OpenStore) {
+async fn acknowledged_ops_leave_the_store(s: &mut dyn OpenStore) {
     let mut replica = Replica::new(ReplicaId(8), ReplicaConfig::default());
     for i in 0..10u64 {
         let result = replica.put(
@@ -325,12 +371,12 @@ fn acknowledged_ops_leave_the_store(s: &mut dyn OpenStore) {
             [("n", Value::Int(i as i64))],
         );
         assert!(result.is_ok());
-        drain(&mut replica, s);
+        drain(&mut replica, s).await;
     }
     replica.acknowledge(6);
-    drain(&mut replica, s);
-    s.reopen();
-    let restored = match Replica::restore(ReplicaConfig::default(), s.read_all()) {
+    drain(&mut replica, s).await;
+    s.reopen().await;
+    let restored = match Replica::restore(ReplicaConfig::default(), s.read_all().await) {
         Ok(Some(r)) => r,
         other => panic!("restore failed: {other:?}"),
     };
