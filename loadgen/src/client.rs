@@ -223,6 +223,23 @@ impl Client {
         let _stored = self.db.collection(collection).put(id, fields);
     }
 
+    /// Writes many documents in one transaction (one store write), the way
+    /// an app bulk-loads: `docs` are (id, integer fields).
+    pub(crate) fn put_batch(&self, collection: &str, docs: &[(String, Vec<(&str, i64)>)]) {
+        let written = self.db.transaction(|tx| {
+            for (id, fields) in docs {
+                tx.put(
+                    collection,
+                    id,
+                    fields.iter().map(|&(n, v)| (n, Value::Int(v))),
+                )?;
+            }
+            Ok(())
+        });
+        // Dropping the durability future neither undoes nor cancels the writes.
+        drop(written);
+    }
+
     /// Waits until `done` holds; `false` if `limit` passed first. The
     /// client syncs on its host thread meanwhile; this only watches (woken
     /// by status changes, and every 50 ms for anything else).
