@@ -153,7 +153,8 @@ pub(crate) struct Core {
     /// The application wants to be online (connect called or implied).
     pub(crate) online: bool,
     pub(crate) closed: bool,
-    pub(crate) durable_waiters: Vec<DurableWaiter>,
+    /// In persist order (see `settle_waiters`).
+    pub(crate) durable_waiters: std::collections::VecDeque<DurableWaiter>,
     pub(crate) flush_waiters: Vec<FlushWaiter>,
     pub(crate) subscribers: Subscribers,
     pub(crate) status: StatusWatchers,
@@ -206,15 +207,17 @@ impl Core {
             }
         }
         let session = &self.session;
-        let mut still = Vec::new();
-        for waiter in self.durable_waiters.drain(..) {
-            if session.is_durable(waiter.id) {
+        // Waiters are queued in persist order and persists become durable
+        // in that order, so the durable ones are a prefix: settling stops
+        // at the first that is not, and costs nothing per waiting write.
+        while let Some(waiter) = self.durable_waiters.front() {
+            if !session.is_durable(waiter.id) {
+                break;
+            }
+            if let Some(waiter) = self.durable_waiters.pop_front() {
                 let _ = waiter.tx.send(Ok(()));
-            } else {
-                still.push(waiter);
             }
         }
-        self.durable_waiters = still;
 
         let first_pending = session.replica().outbox().first_seq();
         let read_only = session.status().read_only;
@@ -477,7 +480,7 @@ impl Database {
             (Err(e), _) => Pending::ready(Err(e)),
             (Ok(value), Some(id)) if after != before => {
                 let (tx, rx) = oneshot::channel();
-                core.durable_waiters.push(DurableWaiter { id, tx });
+                core.durable_waiters.push_back(DurableWaiter { id, tx });
                 Pending {
                     state: State::Waiting {
                         value: Some(value),

@@ -116,7 +116,7 @@ where
         relay,
         online,
         closed: false,
-        durable_waiters: Vec::new(),
+        durable_waiters: std::collections::VecDeque::new(),
         flush_waiters: Vec::new(),
         subscribers: Subscribers::default(),
         status: StatusWatchers::default(),
@@ -677,11 +677,8 @@ fn on_event(core: &mut Core, event: Event) {
 
 /// One batch for many: later writes to a key replace earlier ones.
 fn merge(persists: Vec<(PersistId, PersistBatch)>) -> (Vec<PersistId>, PersistBatch) {
-    let mut ids = Vec::with_capacity(persists.len());
+    let ids = persists.iter().map(|(id, _)| *id).collect();
     let mut merged = PersistBatch::default();
-    for (id, batch) in persists {
-        ids.push(id);
-        merged.extend(batch);
-    }
+    merged.extend_all(persists.into_iter().map(|(_, batch)| batch));
     (ids, merged)
 }

@@ -153,9 +153,17 @@ impl PersistBatch {
 
     /// Adds every write of `other` after this batch's writes, each
     /// replacing an earlier one to the same key, as [`PersistBatch::push`]
-    /// one by one would, in time linear in both batches (a host merging
-    /// the batches queued during a store write into one transaction).
+    /// one by one would, in time linear in both batches.
     pub fn extend(&mut self, other: PersistBatch) {
+        self.extend_all([other]);
+    }
+
+    /// Adds the writes of every batch of `others`, in order, as
+    /// [`PersistBatch::extend`] with each would, in time linear in all the
+    /// writes together: for a host merging the many batches queued during
+    /// one store write into one transaction (extending with each in turn
+    /// would index the growing batch again every time).
+    pub fn extend_all(&mut self, others: impl IntoIterator<Item = PersistBatch>) {
         let mut index: std::collections::HashMap<StoreKey, usize> = self
             .writes
             .iter()
@@ -163,12 +171,14 @@ impl PersistBatch {
             .map(|(i, w)| (w.key().clone(), i))
             .collect();
         let mut replaced = vec![false; self.writes.len()];
-        for write in other.writes {
-            if let Some(earlier) = index.insert(write.key().clone(), self.writes.len()) {
-                replaced[earlier] = true;
+        for other in others {
+            for write in other.writes {
+                if let Some(earlier) = index.insert(write.key().clone(), self.writes.len()) {
+                    replaced[earlier] = true;
+                }
+                replaced.push(false);
+                self.writes.push(write);
             }
-            replaced.push(false);
-            self.writes.push(write);
         }
         if replaced.contains(&true) {
             let mut keep = replaced.into_iter().map(|r| !r);
@@ -411,6 +421,17 @@ mod tests {
         });
         assert_eq!(extended, pushed);
         assert_eq!(extended.writes.len(), 5);
+
+        // Many batches at once: the same as pushing every write in turn.
+        let batches: Vec<PersistBatch> = [&first[..2], &first[2..], &second[..1], &second[1..]]
+            .into_iter()
+            .map(|writes| PersistBatch {
+                writes: writes.to_vec(),
+            })
+            .collect();
+        let mut merged = PersistBatch::default();
+        merged.extend_all(batches);
+        assert_eq!(merged, pushed);
     }
 
     #[test]

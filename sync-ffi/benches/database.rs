@@ -1,6 +1,6 @@
 //! The native Database through its public API, on SQLite files in a temp
 //! dir: durable put latency, durable puts per second with 1 and 8 writer
-//! threads, a 100k-document transaction, reopening it, and, when a release
+//! threads, 100k puts issued together, a 100k-document transaction, reopening it, and, when a release
 //! `concord-relay` is built (`cargo build --release -p relay-server`),
 //! end-to-end latency through the relay and an initial sync.
 //!
@@ -45,6 +45,25 @@ fn durable_put_latency(dir: &Path) {
         "durable put, one writer waiting on each: p50 {} p99 {}",
         ms(percentile(&times, 0.5)),
         ms(percentile(&times, 0.99))
+    );
+    futures::executor::block_on(db.close());
+}
+
+/// Puts issued all at once without waiting on each (an import, a UI
+/// applying a batch of edits one by one), until every one is durable.
+fn puts_issued_together(dir: &Path, count: usize) {
+    let db = open_local(&dir.join(format!("together-{count}.db")));
+    let todos = db.collection("todos");
+    let started = Instant::now();
+    let pending: Vec<_> = (0..count)
+        .map(|i| todos.put(&format!("t{i}"), [("n", Value::from(i as i64))]))
+        .collect();
+    for write in pending {
+        write.wait().expect("durable");
+    }
+    println!(
+        "{count} puts issued together, until all are durable: {}",
+        ms(started.elapsed())
     );
     futures::executor::block_on(db.close());
 }
@@ -286,6 +305,7 @@ fn main() {
     durable_put_latency(dir.path());
     durable_puts_per_second(dir.path(), 1);
     durable_puts_per_second(dir.path(), 8);
+    puts_issued_together(dir.path(), 100_000);
     big_transaction_and_reopen(dir.path());
     match Relay::start(dir.path()) {
         Some(relay) => {
