@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::SystemTime;
 
+use crate::process::{self, cargo, npm_ci};
 use crate::runner::workspace_root;
 
 /// The demo's folder, relative to the workspace root.
@@ -102,9 +103,9 @@ fn build(for_tests: bool) -> Result<(), String> {
     if for_tests {
         // Built in its own command: unifying features with the release
         // relay's build would change (and rebuild) the relay.
-        exec(cargo(&root).args(["build", "--locked", "-p", "concord-cli"]))?;
+        process::run(cargo(&root).args(["build", "--locked", "-p", "concord-cli"]))?;
     }
-    exec(&mut relay)?;
+    process::run(&mut relay)?;
 
     let npm_inputs = [
         "Cargo.lock",
@@ -130,7 +131,7 @@ fn build(for_tests: bool) -> Result<(), String> {
     }
 
     let demo = root.join(DEMO_DIR);
-    ensure_node_modules(&demo)?;
+    npm_ci(&demo)?;
     let demo_inputs = [
         "bindings/npm/dist",
         "bindings/npm/wasm",
@@ -140,7 +141,7 @@ fn build(for_tests: bool) -> Result<(), String> {
         "examples/web-todo/package-lock.json",
     ];
     if stale(&root, &demo_inputs, &["examples/web-todo/dist/index.html"]) {
-        exec(
+        process::run(
             Command::new("npm")
                 .current_dir(&demo)
                 .args(["run", "--silent", "build"]),
@@ -222,42 +223,6 @@ fn newest(path: &Path) -> Option<SystemTime> {
         }
     }
     latest
-}
-
-/// `npm ci` in `dir` unless node_modules already matches package-lock.json.
-fn ensure_node_modules(dir: &Path) -> Result<(), String> {
-    let lock = std::fs::read(dir.join("package-lock.json"))
-        .map_err(|e| format!("cannot read {DEMO_DIR}/package-lock.json: {e}"))?;
-    let stamp = dir.join("node_modules/.concord-lock");
-    if std::fs::read(&stamp).ok().as_deref() == Some(&lock[..]) {
-        return Ok(());
-    }
-    exec(
-        Command::new("npm")
-            .current_dir(dir)
-            .args(["ci", "--no-audit", "--no-fund"]),
-    )?;
-    std::fs::write(&stamp, &lock).map_err(|e| format!("cannot write {stamp:?}: {e}"))
-}
-
-/// Cargo (`$CARGO` when set), run from `root`.
-fn cargo(root: &Path) -> Command {
-    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    command.current_dir(root);
-    command
-}
-
-/// Runs `command` with inherited output; an error names it and its exit status.
-fn exec(command: &mut Command) -> Result<(), String> {
-    let line = format!("{command:?}");
-    let status = command
-        .status()
-        .map_err(|e| format!("could not run {line}: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{line} failed ({status})"))
-    }
 }
 
 #[cfg(test)]

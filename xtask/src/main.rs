@@ -22,6 +22,7 @@ mod demo;
 mod guard;
 mod npm;
 mod postgres;
+mod process;
 mod runner;
 mod setup;
 mod steps;

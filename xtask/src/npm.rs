@@ -12,6 +12,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use crate::process::{apt_install, cargo, npm_ci, run};
 use crate::runner::workspace_root;
 use crate::summary::Counts;
 
@@ -26,7 +27,7 @@ pub(crate) fn build() -> Result<(), String> {
     let root = workspace_root();
     let pkg = root.join(PACKAGE_DIR);
     ensure_wasm_bindgen(&root)?;
-    ensure_node_modules(&pkg)?;
+    npm_ci(&pkg)?;
     run(cargo(&root).args([
         "build",
         "--profile",
@@ -73,30 +74,7 @@ pub(crate) fn ensure_chromium() -> Result<(), String> {
     if Path::new("/usr/bin/chromium").exists() && Path::new("/usr/bin/chromedriver").exists() {
         return Ok(());
     }
-    run(Command::new("apt-get").args(["update", "-qq"]))?;
-    run(Command::new("apt-get")
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .args(["install", "-y", "-qq", "chromium", "chromium-driver"]))
-}
-
-/// Cargo (`$CARGO` when set), run from `root`.
-fn cargo(root: &Path) -> Command {
-    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    command.current_dir(root);
-    command
-}
-
-/// Runs `command` with inherited output; an error names it and its exit status.
-fn run(command: &mut Command) -> Result<(), String> {
-    let line = format!("{command:?}");
-    let status = command
-        .status()
-        .map_err(|e| format!("could not run {line}: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{line} failed ({status})"))
-    }
+    apt_install(&["chromium", "chromium-driver"])
 }
 
 /// The version of `name` in Cargo.lock.
@@ -129,33 +107,6 @@ fn ensure_wasm_bindgen(root: &Path) -> Result<(), String> {
     run(cargo(root).args(["install", "wasm-bindgen-cli", "--version", &version]))
 }
 
-/// `npm ci` unless node_modules already matches package-lock.json.
-fn ensure_node_modules(pkg: &Path) -> Result<(), String> {
-    let lock = std::fs::read(pkg.join("package-lock.json"))
-        .map_err(|e| format!("cannot read {PACKAGE_DIR}/package-lock.json: {e}"))?;
-    let stamp = pkg.join("node_modules/.concord-lock");
-    if std::fs::read(&stamp).ok().as_deref() == Some(&lock[..]) {
-        return Ok(());
-    }
-    run(Command::new("npm")
-        .current_dir(pkg)
-        .args(["ci", "--no-audit", "--no-fund"]))?;
-    std::fs::write(&stamp, &lock).map_err(|e| format!("cannot write {stamp:?}: {e}"))
-}
-
-/// Counts from a runner that ends with a line `N passed, N failed` (the
-/// package's test scripts print one).
-pub(crate) fn passed_failed(output: &str) -> Option<Counts> {
-    output.lines().rev().find_map(|line| {
-        let (passed, failed) = line.trim().split_once(" passed, ")?;
-        let failed = failed.strip_suffix(" failed")?;
-        Some(Counts {
-            passed: passed.trim().parse().ok()?,
-            failed: failed.trim().parse().ok()?,
-        })
-    })
-}
-
 /// Counts from `node --test --test-reporter=tap`: its `# pass N` and
 /// `# fail N` lines.
 pub(crate) fn node_tap(output: &str) -> Option<Counts> {
@@ -182,13 +133,6 @@ mod tests {
             Some("0.2.130")
         );
         assert_eq!(locked_version(lock, "wasm-bindgen-cli"), None);
-    }
-
-    #[test]
-    fn parses_the_closing_line() {
-        let counts = passed_failed("ok 1\nnot ok 2\n7 passed, 1 failed\n").unwrap();
-        assert_eq!((counts.passed, counts.failed), (7, 1));
-        assert!(passed_failed("no summary").is_none());
     }
 
     #[test]

@@ -212,7 +212,7 @@ pub(crate) const TEST: &[Step] = &[
     },
     Step {
         name: "npm pack test",
-        check: Check::Tests(node(&["test/pack.test.mjs"]), npm::passed_failed),
+        check: Check::Tests(node(&["test/pack.test.mjs"]), summary::passed_failed),
     },
     Step {
         name: "relay release build",
@@ -227,7 +227,7 @@ pub(crate) const TEST: &[Step] = &[
     },
     Step {
         name: "npm browser tests",
-        check: Check::Tests(node(&["test/browser.test.mjs"]), npm::passed_failed),
+        check: Check::Tests(node(&["test/browser.test.mjs"]), summary::passed_failed),
     },
     Step {
         name: "web-todo build",
@@ -243,7 +243,7 @@ pub(crate) const TEST: &[Step] = &[
                 args: &["e2e/e2e.test.mjs"],
                 dir: Some("examples/web-todo"),
             },
-            npm::passed_failed,
+            summary::passed_failed,
         ),
     },
     Step {

@@ -13,7 +13,8 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::bindings::{self, Paths, apt_install, has, run};
+use crate::bindings::{self, Paths};
+use crate::process::{apt_install, has, run};
 
 /// Packages the chroot needs for `swift build` and `swift test`.
 const CHROOT_PACKAGES: &[&str] = &["swiftlang", "libc6-dev", "libstdc++-14-dev"];
