@@ -20,6 +20,7 @@
 use std::time::Duration;
 
 use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
+use sync_core::Timestamp;
 use sync_core::protocol::{self, Hello, Message, MessageKind};
 use sync_core::{Change, Clock, Op, OpId, ReplicaId, Value};
 use tokio::net::TcpStream;
@@ -113,7 +114,7 @@ impl LightClient {
         let now = now_ms();
         let ops = (0..count)
             .filter_map(|_| {
-                let hlc = self.clock.tick(now).ok()?;
+                let hlc = self.clock.tick(Timestamp::from_unix_ms(now)).ok()?;
                 self.pushed += 1;
                 Some(Op {
                     id: OpId {

@@ -131,7 +131,7 @@ impl Conn {
                 .peer
                 .error_and_close(error.error_code(), error.to_string());
         }
-        let now_secs = crate::room_host::now_ms() / 1000;
+        let now_secs = crate::room_host::wall_clock().unix_ms() / 1000;
         let grant =
             match self
                 .app

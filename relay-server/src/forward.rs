@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::peer::Peer;
-use crate::room_host::{JoinReply, RoomMsg, Rooms, now_ms, unregister};
+use crate::room_host::{JoinReply, RoomMsg, Rooms, unregister, wall_clock};
 use crate::storage::Backend;
 
 /// Longest wait for the owner to accept a link.
@@ -85,7 +85,7 @@ pub(crate) async fn serve(
                     tokio::spawn(async move {
                         if let Ok((snapshot, entries)) = store.load(room).await {
                             if let Ok(room) = Room::restore(config, snapshot, entries) {
-                                let _ = reply.send(room.stats(now_ms()));
+                                let _ = reply.send(room.stats(wall_clock()));
                             }
                         }
                     });

@@ -227,7 +227,7 @@ fn token(
             return ExitCode::from(server::EXIT_CONFIG);
         }
     };
-    let expires_at = (room_host::now_ms() / 1000).saturating_add(ttl.as_secs());
+    let expires_at = (room_host::wall_clock().unix_ms() / 1000).saturating_add(ttl.as_secs());
     let claims = Claims {
         room,
         rights,

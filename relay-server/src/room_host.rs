@@ -32,12 +32,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use sync_core::PersistId;
 use sync_core::protocol::{self, ErrorCode, Hello};
 use sync_core::room::{
     Compacted, CompactionError, CompactionJob, ConnectionId, Room, RoomInput, RoomOutput,
     RoomPersist, RoomStats,
 };
+use sync_core::{PersistId, Timestamp};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -65,11 +65,13 @@ const DRAIN_BATCH: usize = 256;
 /// Push arrival times remembered per session, for the ack latency metric.
 const MAX_PUSH_TIMES: usize = 64;
 
-/// The wall clock in milliseconds since the Unix epoch: `now` for the room.
-pub(crate) fn now_ms() -> u64 {
+/// The wall clock: `now` for the room.
+pub(crate) fn wall_clock() -> Timestamp {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .map_or(Timestamp::EPOCH, |d| {
+            Timestamp::from_unix_ms(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        })
 }
 
 /// What connections and the HTTP API ask of a room.
@@ -499,7 +501,7 @@ impl Host {
                     if let Err(error) = result {
                         return self.fail(error, done.ids).await;
                     }
-                    let now = now_ms();
+                    let now = wall_clock();
                     for id in done.ids {
                         self.room.handle(now, RoomInput::Persisted(id));
                     }
@@ -539,7 +541,7 @@ impl Host {
                 }
                 () = sleep_until(self.timer), if self.timer.is_some() => {
                     self.timer = None;
-                    self.room.handle(now_ms(), RoomInput::Timeout);
+                    self.room.handle(wall_clock(), RoomInput::Timeout);
                     self.unpolled += 1;
                     self.drain_if_allowed();
                 }
@@ -565,7 +567,7 @@ impl Host {
     }
 
     fn on_msg(&mut self, msg: RoomMsg) {
-        let now = now_ms();
+        let now = wall_clock();
         self.unpolled += 1;
         if let RoomMsg::Frame { frame, push, .. } = &msg {
             self.unpolled_bytes += frame.len();
@@ -653,7 +655,7 @@ impl Host {
         }
     }
 
-    fn leave(&mut self, now: u64, session: ConnectionId) {
+    fn leave(&mut self, now: Timestamp, session: ConnectionId) {
         if self.sessions.remove(&session).is_some() {
             self.rooms.metrics.sessions_joined.dec();
             self.room.handle(
@@ -719,7 +721,7 @@ impl Host {
             if self.leaves.is_empty() {
                 return;
             }
-            let now = now_ms();
+            let now = wall_clock();
             for session in std::mem::take(&mut self.leaves) {
                 self.room.handle(
                     now,
@@ -799,7 +801,7 @@ impl Host {
                     .metrics
                     .compactions
                     .fetch_add(1, Ordering::Relaxed);
-                self.room.handle(now_ms(), RoomInput::Compacted(done));
+                self.room.handle(wall_clock(), RoomInput::Compacted(done));
                 // Like any input: polled now only if a commit slot is free,
                 // so the bound on requests in flight holds.
                 self.unpolled += 1;
@@ -808,7 +810,7 @@ impl Host {
             Err(error) => {
                 // The room may try again later; the log keeps everything meanwhile.
                 tracing::error!(room = ?self.name, %error, "compaction failed");
-                self.room.handle(now_ms(), RoomInput::CompactionFailed);
+                self.room.handle(wall_clock(), RoomInput::CompactionFailed);
                 self.rooms
                     .metrics
                     .compaction_failures
@@ -829,7 +831,7 @@ impl Host {
         self.rooms.metrics.error("StoreFailure");
         // The room drops whatever waited for the failed writes; the task
         // unloads it below, so the next use reloads from disk.
-        let now = now_ms();
+        let now = wall_clock();
         for id in ids {
             self.room.handle(now, RoomInput::PersistFailed(id));
         }
@@ -929,9 +931,9 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// The instant of room time `at` (ms since the epoch).
-fn deadline(at: u64) -> tokio::time::Instant {
-    let wait = Duration::from_millis(at.saturating_sub(now_ms()));
+/// The instant of room time `at`.
+fn deadline(at: Timestamp) -> tokio::time::Instant {
+    let wait = at.saturating_duration_since(wall_clock());
     let now = tokio::time::Instant::now();
     now.checked_add(wait)
         .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365))

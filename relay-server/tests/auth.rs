@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::{BIN, Client, Relay, hello_frame, raw_connect, read_until_close, tempdir};
 use futures_util::SinkExt as _;
+use sync_core::Timestamp;
 use sync_core::protocol::{self, ErrorCode, Message};
 use sync_core::{Op, OpId, ReplicaId};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -163,7 +164,12 @@ async fn read_only_tokens_cannot_push() {
         .unwrap();
     let mut replica = sync_core::Replica::new(ReplicaId(3), Default::default());
     replica
-        .put(common::now_ms(), "docs", "raw", [("n", 1)])
+        .put(
+            Timestamp::from_unix_ms(common::now_ms()),
+            "docs",
+            "raw",
+            [("n", 1)],
+        )
         .unwrap();
     let ops: Vec<Op> = replica.outbox().collect();
     assert_eq!(

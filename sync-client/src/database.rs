@@ -16,7 +16,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sync_core::session::{LinkState, Session, SessionConfig};
 use sync_core::{
-    Document, DocumentRef, PersistId, ReplicaConfig, ReplicaId, Revision, Transaction, Value,
+    Document, DocumentRef, PersistId, ReplicaConfig, ReplicaId, Revision, Timestamp, Transaction,
+    Value,
 };
 
 use crate::changes::{Filter, Subscribers, Subscription, lock};
@@ -266,8 +267,8 @@ impl Inner {
         self.waker.wake();
     }
 
-    pub(crate) fn now(&self) -> u64 {
-        self.timer.now_ms()
+    pub(crate) fn now(&self) -> Timestamp {
+        self.timer.now()
     }
 }
 
@@ -467,7 +468,7 @@ impl Database {
     }
 
     /// Applies a write now; the returned future resolves when it is durable.
-    fn write<R>(&self, f: impl FnOnce(&mut Session, u64) -> Result<R, Error>) -> Pending<R> {
+    fn write<R>(&self, f: impl FnOnce(&mut Session, Timestamp) -> Result<R, Error>) -> Pending<R> {
         let mut core = lock(&self.inner.core);
         if core.closed {
             return Pending::ready(Err(Error::Closed));

@@ -16,6 +16,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
+use std::time::Duration;
 
 use futures::channel::mpsc;
 use futures::future::{LocalBoxFuture, poll_fn};
@@ -25,7 +26,7 @@ use sync_core::protocol::CloseCode;
 use sync_core::session::{Input, Output, Session, SessionConfig};
 use sync_core::store::Record;
 use sync_core::token::TokenClaims;
-use sync_core::{Event, PersistBatch, PersistId, Replica, ReplicaConfig, ReplicaId};
+use sync_core::{Event, PersistBatch, PersistId, Replica, ReplicaConfig, ReplicaId, Timestamp};
 
 use crate::changes::{Change, Subscribers, lock};
 use crate::database::{Core, Database, Inner, Options, Relay};
@@ -36,10 +37,10 @@ use crate::platform::{
 use crate::status::StatusWatchers;
 
 /// Refresh a token this long before it expires.
-const REFRESH_BEFORE_EXPIRY_MS: u64 = 60_000;
+const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(60);
 /// Ask the token source at most this often: a source that keeps returning
 /// an expired or refused token must not be called in a tight loop.
-const MIN_REFRESH_INTERVAL_MS: u64 = 10_000;
+const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The loop of one database, to be driven by the platform (spawned on a
 /// local executor). It ends once the database is closed and its last
@@ -130,7 +131,7 @@ where
         finished: false,
     };
     if online {
-        let now = timer.now_ms();
+        let now = timer.now();
         core.session.start(now);
     }
     let inner = Arc::new(Inner {
@@ -273,11 +274,11 @@ struct Host<T> {
     writing: Option<(Vec<PersistId>, StoreWrite)>,
     /// Persists waiting for the write in flight.
     queued: Vec<(PersistId, PersistBatch)>,
-    sleep: Option<(u64, LocalBoxFuture<'static, ()>)>,
-    refresh_at: Option<(u64, LocalBoxFuture<'static, ()>)>,
+    sleep: Option<(Timestamp, LocalBoxFuture<'static, ()>)>,
+    refresh_at: Option<(Timestamp, LocalBoxFuture<'static, ()>)>,
     refreshing: Option<LocalBoxFuture<'static, Result<String, String>>>,
     /// When the token source was last asked.
-    last_refresh: Option<u64>,
+    last_refresh: Option<Timestamp>,
     reloading: Option<LocalBoxFuture<'static, Result<Vec<Record>, StoreError>>>,
 }
 
@@ -321,7 +322,7 @@ impl<T: Transport> Host<T> {
                 let new_id = fresh_replica_id(core.seed, core.session.replica().id());
                 core.session.fork(new_id);
                 if core.online && !core.closed {
-                    core.session.start(self.timer.now_ms());
+                    core.session.start(self.timer.now());
                 }
             }
             core.settle_waiters();
@@ -334,7 +335,7 @@ impl<T: Transport> Host<T> {
             }
             drop(core);
             if refresh_now && self.refreshing.is_none() {
-                let now = self.timer.now_ms();
+                let now = self.timer.now();
                 match self.earliest_refresh() {
                     Some(at) if at > now => {
                         self.refresh_at = Some((at, self.timer.sleep_until(at)));
@@ -394,23 +395,22 @@ impl<T: Transport> Host<T> {
         }
         let token = String::from_utf8_lossy(&core.session.config().token).into_owned();
         if let Some(claims) = TokenClaims::read(&token) {
-            let at = claims
-                .expires_at
-                .saturating_mul(1000)
-                .saturating_sub(REFRESH_BEFORE_EXPIRY_MS)
-                .max(self.earliest_refresh().unwrap_or(0));
+            let expires = Timestamp::from_unix_ms(claims.expires_at.saturating_mul(1000));
+            let at = expires
+                .saturating_sub(REFRESH_BEFORE_EXPIRY)
+                .max(self.earliest_refresh().unwrap_or(Timestamp::EPOCH));
             self.refresh_at = Some((at, self.timer.sleep_until(at)));
         }
     }
 
     /// The earliest time the token source may be asked again.
-    fn earliest_refresh(&self) -> Option<u64> {
+    fn earliest_refresh(&self) -> Option<Timestamp> {
         self.last_refresh
-            .map(|last| last.saturating_add(MIN_REFRESH_INTERVAL_MS))
+            .map(|last| last.saturating_add(MIN_REFRESH_INTERVAL))
     }
 
     fn start_refresh(&mut self) {
-        self.last_refresh = Some(self.timer.now_ms());
+        self.last_refresh = Some(self.timer.now());
         let source = lock(&self.inner.core)
             .relay
             .as_ref()
@@ -474,7 +474,7 @@ impl<T: Transport> Host<T> {
     }
 
     fn on_wake(&mut self, wake: Wake) {
-        let now = self.timer.now_ms();
+        let now = self.timer.now();
         let inner = self.inner.clone();
         let mut core = lock(&inner.core);
         match wake {

@@ -43,4 +43,6 @@ pub use database::{
 pub use error::Error;
 pub use host::{HostLoop, Platform, open};
 pub use status::{Connection, Status, StatusStream};
-pub use sync_core::{Document, DocumentRef, ReplicaId, Revision, Transaction, Value, ValueRef};
+pub use sync_core::{
+    Document, DocumentRef, ReplicaId, Revision, Timestamp, Transaction, Value, ValueRef,
+};

@@ -10,8 +10,8 @@
 
 use futures::future::LocalBoxFuture;
 use futures::stream::LocalBoxStream;
-use sync_core::PersistBatch;
 use sync_core::store::Record;
+use sync_core::{PersistBatch, Timestamp};
 
 /// Something that arrived on a connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -151,13 +151,12 @@ pub trait ClientStore {
 
 /// Wall-clock time and sleeping.
 pub trait Timer {
-    /// Milliseconds since the Unix epoch.
-    fn now_ms(&self) -> u64;
+    /// The wall clock now.
+    fn now(&self) -> Timestamp;
 
-    /// Resolves at `at_ms` (milliseconds since the Unix epoch) or soon
-    /// after, and never before [`Timer::now_ms`] reads at least `at_ms`:
-    /// the session reports each deadline once, so a wakeup that finds
-    /// nothing due yet is not re-armed. Timers that sleep on a monotonic
-    /// clock re-check the wall clock before resolving.
-    fn sleep_until(&self, at_ms: u64) -> LocalBoxFuture<'static, ()>;
+    /// Resolves at `at` or soon after, and never before [`Timer::now`]
+    /// reads at least `at`: the session reports each deadline once, so a
+    /// wakeup that finds nothing due yet is not re-armed. Timers that sleep
+    /// on a monotonic clock re-check the wall clock before resolving.
+    fn sleep_until(&self, at: Timestamp) -> LocalBoxFuture<'static, ()>;
 }

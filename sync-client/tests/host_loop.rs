@@ -6,6 +6,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::channel::oneshot;
 use futures::executor::LocalPool;
@@ -19,6 +20,7 @@ use sync_client::{
     Value, open,
 };
 use sync_core::PersistBatch;
+use sync_core::Timestamp;
 use sync_core::store::Record;
 
 const T0: u64 = 1_700_000_000_000;
@@ -34,7 +36,7 @@ impl World {
     fn new() -> World {
         World {
             pool: LocalPool::new(),
-            clock: ManualClock::new(T0),
+            clock: ManualClock::new(Timestamp::from_unix_ms(T0)),
             relay: MemoryRelay::new(),
             seed: 1,
         }
@@ -74,16 +76,16 @@ impl World {
 
     /// Lets `ms` of time pass, in steps, running the loops at each wakeup.
     fn advance(&mut self, ms: u64) {
-        let end = self.clock_now() + ms;
+        let end = self.clock_now() + Duration::from_millis(ms);
         loop {
             self.settle();
             let next = self.clock.next_wakeup().filter(|&at| at <= end);
             let now = self.clock_now();
             match next {
-                Some(at) if at > now => self.clock.advance(at - now),
-                Some(_) => self.clock.advance(1),
+                Some(at) if at > now => self.clock.advance(at.saturating_duration_since(now)),
+                Some(_) => self.clock.advance(Duration::from_millis(1)),
                 None => {
-                    self.clock.advance(end - now);
+                    self.clock.advance(end.saturating_duration_since(now));
                     self.settle();
                     return;
                 }
@@ -91,8 +93,8 @@ impl World {
         }
     }
 
-    fn clock_now(&self) -> u64 {
-        ManualTimer(self.clock.clone()).now_ms()
+    fn clock_now(&self) -> Timestamp {
+        ManualTimer(self.clock.clone()).now()
     }
 
     fn block<F: std::future::Future>(&mut self, fut: F) -> F::Output {

@@ -14,7 +14,7 @@ use std::hint::black_box;
 use std::mem::size_of;
 
 use counting_alloc::{Counting, Stats, reset_peak, stats};
-use sync_core::{Replica, ReplicaConfig, Snapshot, Stamp, Value};
+use sync_core::{Replica, ReplicaConfig, Snapshot, Stamp, Timestamp, Value};
 
 mod common;
 use common::{Docs, apply_all, load, new_replica, records_of, remote_ops};
@@ -158,7 +158,12 @@ fn main() {
                     .enumerate()
                     .map(|(f, name)| (name.as_str(), Value::Int((d * f) as i64)));
                 replica
-                    .put(common::T0, common::COLLECTION, id, fields)
+                    .put(
+                        Timestamp::from_unix_ms(common::T0),
+                        common::COLLECTION,
+                        id,
+                        fields,
+                    )
                     .expect("put");
                 while replica.poll_event().is_some() {}
                 drop(replica.take_persist());

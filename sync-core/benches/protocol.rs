@@ -12,6 +12,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use sync_core::Timestamp;
 use sync_core::protocol::{self, Message};
 use sync_core::room::{CompactionPolicy, Room, RoomConfig, RoomInput, RoomOutput};
 use sync_core::session::{Input, Output, Session, SessionConfig};
@@ -50,7 +51,7 @@ fn populated_room(docs: u64) -> Room {
     let mut room = Room::new(room_config());
     let hello = hello(ReplicaId(1), 0, 0);
     room.handle(
-        NOW,
+        Timestamp::from_unix_ms(NOW),
         RoomInput::Join {
             connection: 1,
             hello,
@@ -59,7 +60,12 @@ fn populated_room(docs: u64) -> Room {
     );
     for i in 0..docs {
         writer
-            .put(NOW + i / 1000, "tasks", &format!("task-{i:06}"), fields(i))
+            .put(
+                Timestamp::from_unix_ms(NOW + i / 1000),
+                "tasks",
+                &format!("task-{i:06}"),
+                fields(i),
+            )
             .expect("put");
     }
     let ops: Vec<_> = writer.outbox().collect();
@@ -68,7 +74,7 @@ fn populated_room(docs: u64) -> Room {
             ops: batch.to_vec(),
         });
         room.handle(
-            NOW,
+            Timestamp::from_unix_ms(NOW),
             RoomInput::Frame {
                 connection: 1,
                 frame: &frame,
@@ -76,7 +82,10 @@ fn populated_room(docs: u64) -> Room {
         );
         settle(&mut room);
     }
-    room.handle(NOW, RoomInput::Leave { connection: 1 });
+    room.handle(
+        Timestamp::from_unix_ms(NOW),
+        RoomInput::Leave { connection: 1 },
+    );
     settle(&mut room);
     room
 }
@@ -85,7 +94,7 @@ fn populated_room(docs: u64) -> Room {
 fn settle(room: &mut Room) {
     while let Some(out) = room.poll() {
         if let RoomOutput::Persist { id, .. } = out {
-            room.handle(NOW, RoomInput::Persisted(id));
+            room.handle(Timestamp::from_unix_ms(NOW), RoomInput::Persisted(id));
         }
     }
 }
@@ -107,7 +116,7 @@ fn hello(replica: ReplicaId, cursor: u64, own_seq: u64) -> sync_core::protocol::
 /// Connects `session` to `room` and pumps frames both ways until nothing
 /// moves. Returns the bytes the room sent.
 fn sync(room: &mut Room, session: &mut Session, store: &mut MemoryStore, sid: u64) -> usize {
-    session.start(NOW);
+    session.start(Timestamp::from_unix_ms(NOW));
     let mut to_room: Vec<Vec<u8>> = Vec::new();
     let mut to_client: Vec<Vec<u8>> = Vec::new();
     let mut joined = false;
@@ -115,11 +124,11 @@ fn sync(room: &mut Room, session: &mut Session, store: &mut MemoryStore, sid: u6
     loop {
         while let Some(out) = session.poll() {
             match out {
-                Output::Connect => session.handle(NOW, Input::Connected),
+                Output::Connect => session.handle(Timestamp::from_unix_ms(NOW), Input::Connected),
                 Output::Transmit(frame) => to_room.push(frame),
                 Output::Persist { id, batch } => {
                     store.write(&batch).expect("memory");
-                    session.handle(NOW, Input::Persisted(id));
+                    session.handle(Timestamp::from_unix_ms(NOW), Input::Persisted(id));
                 }
                 _ => {}
             }
@@ -127,7 +136,7 @@ fn sync(room: &mut Room, session: &mut Session, store: &mut MemoryStore, sid: u6
         for frame in to_room.drain(..) {
             if joined {
                 room.handle(
-                    NOW,
+                    Timestamp::from_unix_ms(NOW),
                     RoomInput::Frame {
                         connection: sid,
                         frame: &frame,
@@ -136,7 +145,7 @@ fn sync(room: &mut Room, session: &mut Session, store: &mut MemoryStore, sid: u6
             } else if let Ok(Message::Hello(hello)) = protocol::decode(&frame, usize::MAX) {
                 joined = true;
                 room.handle(
-                    NOW,
+                    Timestamp::from_unix_ms(NOW),
                     RoomInput::Join {
                         connection: sid,
                         hello,
@@ -151,7 +160,9 @@ fn sync(room: &mut Room, session: &mut Session, store: &mut MemoryStore, sid: u6
                     bytes += frame.len();
                     to_client.push(frame);
                 }
-                RoomOutput::Persist { id, .. } => room.handle(NOW, RoomInput::Persisted(id)),
+                RoomOutput::Persist { id, .. } => {
+                    room.handle(Timestamp::from_unix_ms(NOW), RoomInput::Persisted(id))
+                }
                 _ => {}
             }
         }
@@ -159,7 +170,7 @@ fn sync(room: &mut Room, session: &mut Session, store: &mut MemoryStore, sid: u6
             return bytes;
         }
         for frame in to_client.drain(..) {
-            session.handle(NOW, Input::Received(&frame));
+            session.handle(Timestamp::from_unix_ms(NOW), Input::Received(&frame));
         }
     }
 }
@@ -177,9 +188,12 @@ fn initial_sync(c: &mut Criterion) {
     let log_room = populated_room(DOCS);
     let mut snapshot_room = populated_room(DOCS);
     let job = snapshot_room
-        .compact_now(NOW)
+        .compact_now(Timestamp::from_unix_ms(NOW))
         .expect("something to compact");
-    snapshot_room.handle(NOW, RoomInput::Compacted(job.run().expect("compaction")));
+    snapshot_room.handle(
+        Timestamp::from_unix_ms(NOW),
+        RoomInput::Compacted(job.run().expect("compaction")),
+    );
     settle(&mut snapshot_room);
 
     for (name, room) in [("log", &log_room), ("snapshot", &snapshot_room)] {
@@ -221,11 +235,14 @@ fn resume(c: &mut Criterion) {
     let mut client = new_client(2);
     let mut store = MemoryStore::new();
     sync(&mut room, &mut client, &mut store, 9);
-    room.handle(NOW, RoomInput::Leave { connection: 9 });
+    room.handle(
+        Timestamp::from_unix_ms(NOW),
+        RoomInput::Leave { connection: 9 },
+    );
     settle(&mut room);
     let mut writer = Replica::new(ReplicaId(3), ReplicaConfig::default());
     room.handle(
-        NOW,
+        Timestamp::from_unix_ms(NOW),
         RoomInput::Join {
             connection: 5,
             hello: hello(ReplicaId(3), room.head(), 0),
@@ -235,7 +252,7 @@ fn resume(c: &mut Criterion) {
     for i in 0..1_000u64 {
         writer
             .put(
-                NOW,
+                Timestamp::from_unix_ms(NOW),
                 "tasks",
                 &format!("task-{:06}", i * 7),
                 [("status", Value::from("done"))],
@@ -245,7 +262,7 @@ fn resume(c: &mut Criterion) {
     let ops: Vec<_> = writer.outbox().collect();
     let push = protocol::encode(&Message::Push { ops: ops.clone() });
     room.handle(
-        NOW,
+        Timestamp::from_unix_ms(NOW),
         RoomInput::Frame {
             connection: 5,
             frame: &push,
@@ -262,7 +279,13 @@ fn resume(c: &mut Criterion) {
     );
     let ten = protocol::encode_op(&{
         let mut r = Replica::new(ReplicaId(0x1234_5678_9abc_def0), ReplicaConfig::default());
-        r.put(NOW, "tasks", "task-000001", fields(1)).expect("put");
+        r.put(
+            Timestamp::from_unix_ms(NOW),
+            "tasks",
+            "task-000001",
+            fields(1),
+        )
+        .expect("put");
         r.outbox().next().expect("op")
     });
     println!(

@@ -2,11 +2,13 @@
 //!
 //! The upper 48 bits hold wall-clock milliseconds, the lower 16 a logical
 //! counter that orders events within one millisecond. The core never reads a
-//! clock: every call takes the host's `now` in milliseconds since the Unix epoch.
+//! clock: every call takes the host's `now` as a [`Timestamp`].
 
 use core::fmt;
 
 use serde::{Deserialize, Serialize};
+
+use crate::time::Timestamp;
 
 /// Number of bits of the logical counter.
 const COUNTER_BITS: u32 = 16;
@@ -131,8 +133,8 @@ impl Clock {
     /// When the wall clock stands still or goes backwards the counter
     /// advances; when the counter is full the clock moves to the next
     /// millisecond instead of wrapping.
-    pub fn tick(&mut self, now_ms: u64) -> Result<Hlc, ClockError> {
-        let wall = now_ms.min(MAX_WALL_MS);
+    pub fn tick(&mut self, now: Timestamp) -> Result<Hlc, ClockError> {
+        let wall = now.unix_ms().min(MAX_WALL_MS);
         let next = if wall > self.last.wall_ms() {
             Hlc(wall << COUNTER_BITS)
         } else {
@@ -145,15 +147,16 @@ impl Clock {
     /// Takes a remote reading into account so later ticks order after it.
     ///
     /// Refuses (and leaves the clock untouched) a reading whose wall time is
-    /// more than the drift bound ahead of `now_ms`.
-    pub fn observe(&mut self, remote: Hlc, now_ms: u64) -> Result<(), ClockError> {
-        self.check_drift(remote, now_ms)?;
+    /// more than the drift bound ahead of `now`.
+    pub fn observe(&mut self, remote: Hlc, now: Timestamp) -> Result<(), ClockError> {
+        self.check_drift(remote, now)?;
         self.last = self.last.max(remote);
         Ok(())
     }
 
     /// Checks a remote reading against the drift bound without observing it.
-    pub fn check_drift(&self, remote: Hlc, now_ms: u64) -> Result<(), ClockError> {
+    pub fn check_drift(&self, remote: Hlc, now: Timestamp) -> Result<(), ClockError> {
+        let now_ms = now.unix_ms();
         let limit = now_ms.saturating_add(self.max_drift_ms);
         if remote.wall_ms() > limit {
             return Err(ClockError::DriftExceeded {
@@ -185,16 +188,25 @@ mod tests {
     #[test]
     fn tick_follows_wall_clock() {
         let mut clock = Clock::default();
-        assert_eq!(clock.tick(1_000).unwrap(), Hlc::new(1_000, 0).unwrap());
-        assert_eq!(clock.tick(1_000).unwrap(), Hlc::new(1_000, 1).unwrap());
-        assert_eq!(clock.tick(2_000).unwrap(), Hlc::new(2_000, 0).unwrap());
+        assert_eq!(
+            clock.tick(Timestamp::from_unix_ms(1_000)).unwrap(),
+            Hlc::new(1_000, 0).unwrap()
+        );
+        assert_eq!(
+            clock.tick(Timestamp::from_unix_ms(1_000)).unwrap(),
+            Hlc::new(1_000, 1).unwrap()
+        );
+        assert_eq!(
+            clock.tick(Timestamp::from_unix_ms(2_000)).unwrap(),
+            Hlc::new(2_000, 0).unwrap()
+        );
     }
 
     #[test]
     fn tick_is_monotonic_when_wall_clock_goes_back() {
         let mut clock = Clock::default();
-        let a = clock.tick(5_000).unwrap();
-        let b = clock.tick(4_000).unwrap();
+        let a = clock.tick(Timestamp::from_unix_ms(5_000)).unwrap();
+        let b = clock.tick(Timestamp::from_unix_ms(4_000)).unwrap();
         assert!(b > a);
         assert_eq!(b, Hlc::new(5_000, 1).unwrap());
     }
@@ -202,25 +214,31 @@ mod tests {
     #[test]
     fn counter_overflow_borrows_next_millisecond() {
         let mut clock = Clock::resume(Hlc::new(7, u16::MAX).unwrap(), DEFAULT_MAX_DRIFT_MS);
-        assert_eq!(clock.tick(7).unwrap(), Hlc::new(8, 0).unwrap());
+        assert_eq!(
+            clock.tick(Timestamp::from_unix_ms(7)).unwrap(),
+            Hlc::new(8, 0).unwrap()
+        );
     }
 
     #[test]
     fn exhausted_range_is_an_error_not_a_wrap() {
         let top = Hlc::new(MAX_WALL_MS, u16::MAX).unwrap();
         let mut clock = Clock::resume(top, DEFAULT_MAX_DRIFT_MS);
-        assert_eq!(clock.tick(0), Err(ClockError::Exhausted));
+        assert_eq!(
+            clock.tick(Timestamp::from_unix_ms(0)),
+            Err(ClockError::Exhausted)
+        );
         assert_eq!(clock.last(), top);
     }
 
     #[test]
     fn observe_refuses_far_future_and_keeps_state() {
         let mut clock = Clock::new(1_000);
-        clock.tick(10_000).unwrap();
+        clock.tick(Timestamp::from_unix_ms(10_000)).unwrap();
         let before = clock.clone();
         let far = Hlc::new(11_001, 0).unwrap();
         assert!(matches!(
-            clock.observe(far, 10_000),
+            clock.observe(far, Timestamp::from_unix_ms(10_000)),
             Err(ClockError::DriftExceeded {
                 ahead_ms: 1_001,
                 ..
@@ -228,8 +246,10 @@ mod tests {
         ));
         assert_eq!(clock, before);
         let near = Hlc::new(11_000, 3).unwrap();
-        clock.observe(near, 10_000).unwrap();
-        assert!(clock.tick(10_000).unwrap() > near);
+        clock
+            .observe(near, Timestamp::from_unix_ms(10_000))
+            .unwrap();
+        assert!(clock.tick(Timestamp::from_unix_ms(10_000)).unwrap() > near);
     }
 
     #[test]

@@ -2,14 +2,15 @@
 //! hybrid logical clock, with no IO of its own.
 //!
 //! The core never reads a clock, touches a file or opens a socket. The host
-//! passes the wall clock (`now`, milliseconds since the Unix epoch) into
-//! every call that needs it, writes the [`PersistBatch`]es the core hands
+//! passes the wall clock (`now`, a [`Timestamp`]) into every call that
+//! needs it, writes the [`PersistBatch`]es the core hands
 //! out, and forwards operations between replicas.
 //!
 //! ```
-//! use sync_core::{Replica, ReplicaConfig, ReplicaId, Value, store::{MemoryStore, Store}};
+//! use std::time::Duration;
+//! use sync_core::{Replica, ReplicaConfig, ReplicaId, Timestamp, Value, store::{MemoryStore, Store}};
 //!
-//! let now = 1_700_000_000_000; // the host's wall clock, in ms
+//! let now = Timestamp::from_unix_ms(1_700_000_000_000); // the host's wall clock
 //! let mut alice = Replica::new(ReplicaId(1), ReplicaConfig::default());
 //! let mut bob = Replica::new(ReplicaId(2), ReplicaConfig::default());
 //! let mut alice_disk = MemoryStore::new();
@@ -32,10 +33,11 @@
 //!
 //! // Optimistic concurrency: a write conditional on the revision we read.
 //! let stale = doc.revision;
-//! bob.put(now + 1, "todos", "milk", [("title", "Buy oat milk")])?;
+//! let later = now + Duration::from_millis(1);
+//! bob.put(later, "todos", "milk", [("title", "Buy oat milk")])?;
 //! let op = bob.outbox().next_back().expect("queued");
-//! alice.apply(now + 1, &op)?;
-//! assert!(alice.put_if(now + 2, "todos", "milk", [("title", "Buy soy milk")], Some(stale)).is_err());
+//! alice.apply(later, &op)?;
+//! assert!(alice.put_if(later + Duration::from_millis(1), "todos", "milk", [("title", "Buy soy milk")], Some(stale)).is_err());
 //!
 //! // Crash and restart: the replica comes back from what was persisted.
 //! let restored = Replica::restore(ReplicaConfig::default(), alice_disk.read_all()?)?.expect("stored");
@@ -84,6 +86,7 @@ pub mod snapshot;
 pub mod stamp;
 pub mod state;
 pub mod store;
+mod time;
 pub mod token;
 pub mod value;
 pub mod version;
@@ -100,5 +103,6 @@ pub use revision::Revision;
 pub use snapshot::{Snapshot, SnapshotError};
 pub use stamp::{ReplicaId, Stamp};
 pub use state::{Document, DocumentRef, Documents, State};
+pub use time::Timestamp;
 pub use value::{Value, ValueRef};
 pub use version::VersionVector;

@@ -19,6 +19,7 @@ use crate::stamp::ReplicaId;
 use crate::state::{
     DocChange, DocState, Document, DocumentRef, Documents, Effect, FieldSlot, State,
 };
+use crate::time::Timestamp;
 use crate::value::{Value, ValueRef};
 use crate::version::VersionVector;
 
@@ -370,7 +371,7 @@ impl Replica {
     /// returns the document's new revision.
     pub fn put<K, V>(
         &mut self,
-        now: u64,
+        now: Timestamp,
         collection: &str,
         id: &str,
         fields: impl IntoIterator<Item = (K, V)>,
@@ -392,7 +393,7 @@ impl Replica {
     /// (`None`: only if it does not exist).
     pub fn put_if<K, V>(
         &mut self,
-        now: u64,
+        now: Timestamp,
         collection: &str,
         id: &str,
         fields: impl IntoIterator<Item = (K, V)>,
@@ -414,7 +415,7 @@ impl Replica {
     /// Removes fields of an existing or new document.
     pub fn unset<K: Into<String>>(
         &mut self,
-        now: u64,
+        now: Timestamp,
         collection: &str,
         id: &str,
         names: impl IntoIterator<Item = K>,
@@ -424,7 +425,7 @@ impl Replica {
     }
 
     /// Deletes a document: every field written at or before now is gone.
-    pub fn delete(&mut self, now: u64, collection: &str, id: &str) -> Result<(), WriteError> {
+    pub fn delete(&mut self, now: Timestamp, collection: &str, id: &str) -> Result<(), WriteError> {
         let change = Change::Delete {
             collection: collection.to_owned(),
             id: id.to_owned(),
@@ -433,7 +434,11 @@ impl Replica {
     }
 
     /// Creates a collection (writing into one creates it too).
-    pub fn create_collection(&mut self, now: u64, collection: &str) -> Result<(), WriteError> {
+    pub fn create_collection(
+        &mut self,
+        now: Timestamp,
+        collection: &str,
+    ) -> Result<(), WriteError> {
         self.commit_local(
             now,
             Change::CreateCollection {
@@ -444,7 +449,7 @@ impl Replica {
     }
 
     /// Drops a collection and everything written to it at or before now.
-    pub fn drop_collection(&mut self, now: u64, collection: &str) -> Result<(), WriteError> {
+    pub fn drop_collection(&mut self, now: Timestamp, collection: &str) -> Result<(), WriteError> {
         self.commit_local(
             now,
             Change::DropCollection {
@@ -456,7 +461,7 @@ impl Replica {
 
     fn write_fields(
         &mut self,
-        now: u64,
+        now: Timestamp,
         collection: &str,
         id: &str,
         mut fields: Vec<(String, Option<Value>)>,
@@ -490,7 +495,11 @@ impl Replica {
 
     /// Validates, stamps, applies and queues one local change. Returns the
     /// revision of the document it changed, if it changed one that exists.
-    fn commit_local(&mut self, now: u64, change: Change) -> Result<Option<Revision>, WriteError> {
+    fn commit_local(
+        &mut self,
+        now: Timestamp,
+        change: Change,
+    ) -> Result<Option<Revision>, WriteError> {
         // Validate before ticking, so a refused write leaves the clock alone.
         let change = validate_local(self.id, change)?;
         let hlc = self.clock.tick(now)?;
@@ -548,10 +557,10 @@ impl Replica {
     /// applied only when `build` returns.
     ///
     /// ```
-    /// use sync_core::{Replica, ReplicaConfig, ReplicaId, Value, WriteError};
+    /// use sync_core::{Timestamp, Replica, ReplicaConfig, ReplicaId, Value, WriteError};
     ///
     /// let mut replica = Replica::new(ReplicaId(1), ReplicaConfig::default());
-    /// replica.transaction(1_000, |tx| {
+    /// replica.transaction(Timestamp::from_unix_ms(1_000), |tx| {
     ///     tx.put("lists", "groceries", [("title", Value::from("Groceries"))])?;
     ///     tx.put("todos", "milk", [("list", Value::from("groceries")), ("done", false.into())])?;
     ///     tx.delete("todos", "old")?;
@@ -561,7 +570,7 @@ impl Replica {
     /// let batch = replica.take_persist().expect("one batch for the whole transaction");
     ///
     /// // A refused write in the middle leaves everything as it was.
-    /// let refused = replica.transaction(1_001, |tx| {
+    /// let refused = replica.transaction(Timestamp::from_unix_ms(1_001), |tx| {
     ///     tx.put("todos", "bread", [("done", false)])?;
     ///     tx.put("todos", "", [("done", false)])?; // an empty id is invalid
     ///     Ok::<_, WriteError>(())
@@ -574,7 +583,7 @@ impl Replica {
     /// ```
     pub fn transaction<T, E>(
         &mut self,
-        now: u64,
+        now: Timestamp,
         build: impl FnOnce(&mut Transaction<'_>) -> Result<T, E>,
     ) -> Result<T, E>
     where
@@ -594,7 +603,7 @@ impl Replica {
     /// nothing), then encodes, applies and queues them in order, straight
     /// from the transaction's buffer: no operation is built, and each
     /// document changed is announced once.
-    fn commit_transaction(&mut self, now: u64, mut tx: TxWrites) -> Result<(), WriteError> {
+    fn commit_transaction(&mut self, now: Timestamp, mut tx: TxWrites) -> Result<(), WriteError> {
         if tx.writes.is_empty() {
             return Ok(());
         }
@@ -721,7 +730,7 @@ impl Replica {
     /// Idempotent: an operation applied before is reported as a duplicate
     /// and changes nothing. An invalid operation, or one stamped further in
     /// the future than the drift bound allows, is refused and changes nothing.
-    pub fn apply(&mut self, now: u64, op: &Op) -> Result<Applied, ApplyError> {
+    pub fn apply(&mut self, now: Timestamp, op: &Op) -> Result<Applied, ApplyError> {
         if !self.admit(now, op)? {
             return Ok(Applied::Duplicate);
         }
@@ -732,7 +741,7 @@ impl Replica {
 
     /// Like [`Replica::apply`], but moves the operation's values into the
     /// state instead of copying them: the fast path for received batches.
-    pub fn apply_owned(&mut self, now: u64, op: Op) -> Result<Applied, ApplyError> {
+    pub fn apply_owned(&mut self, now: Timestamp, op: Op) -> Result<Applied, ApplyError> {
         if !self.admit(now, &op)? {
             return Ok(Applied::Duplicate);
         }
@@ -743,12 +752,12 @@ impl Replica {
     }
 
     /// Checks a remote stamp against the drift bound, changing nothing.
-    pub fn check_drift(&self, hlc: Hlc, now: u64) -> Result<(), ClockError> {
+    pub fn check_drift(&self, hlc: Hlc, now: Timestamp) -> Result<(), ClockError> {
         self.clock.check_drift(hlc, now)
     }
 
     /// Validates a remote operation and observes its clock; `false` for a duplicate.
-    fn admit(&mut self, now: u64, op: &Op) -> Result<bool, ApplyError> {
+    fn admit(&mut self, now: Timestamp, op: &Op) -> Result<bool, ApplyError> {
         op.validate()
             .map_err(|reason| ApplyError::Invalid { op: op.id, reason })?;
         if self.version.contains(op.id) {
@@ -810,10 +819,10 @@ impl Replica {
     /// record, and must be stored before the new id is used anywhere.
     ///
     /// ```
-    /// use sync_core::{Replica, ReplicaConfig, ReplicaId, Value, store::{MemoryStore, Store}};
+    /// use sync_core::{Timestamp, Replica, ReplicaConfig, ReplicaId, Value, store::{MemoryStore, Store}};
     ///
     /// let mut original = Replica::new(ReplicaId(1), ReplicaConfig::default());
-    /// original.put(1_000, "todos", "milk", [("title", Value::from("Buy milk"))])?;
+    /// original.put(Timestamp::from_unix_ms(1_000), "todos", "milk", [("title", Value::from("Buy milk"))])?;
     /// let mut disk = MemoryStore::new();
     /// disk.write(&original.take_persist().expect("a write"))?;
     ///
@@ -849,7 +858,11 @@ impl Replica {
     ///
     /// Local writes not in the snapshot survive: merging is the same join as
     /// applying operations.
-    pub fn merge_snapshot(&mut self, now: u64, snapshot: &Snapshot) -> Result<(), ApplyError> {
+    pub fn merge_snapshot(
+        &mut self,
+        now: Timestamp,
+        snapshot: &Snapshot,
+    ) -> Result<(), ApplyError> {
         // `max_hlc` is the sender's claim: the drift bound applies to the
         // stamps themselves, as it does to operations.
         self.clock.observe(snapshot.newest_hlc(), now)?;
@@ -885,7 +898,11 @@ impl Replica {
     /// cursor: the relay's snapshot holds everything the client had received
     /// and acknowledged, and may have collected tombstones the client's state
     /// still needs removed, so merging would be wrong where replacing is right.
-    pub fn reset_to_snapshot(&mut self, now: u64, snapshot: Snapshot) -> Result<(), ApplyError> {
+    pub fn reset_to_snapshot(
+        &mut self,
+        now: Timestamp,
+        snapshot: Snapshot,
+    ) -> Result<(), ApplyError> {
         // As in `merge_snapshot`: check the stamps, not only the claim.
         self.clock.observe(snapshot.newest_hlc(), now)?;
         let old = std::mem::replace(&mut self.state, snapshot.state);
@@ -1192,11 +1209,11 @@ impl Pending {
 /// they are read: see [`Replica::outbox`].
 ///
 /// ```
-/// use sync_core::{Replica, ReplicaConfig, ReplicaId};
+/// use sync_core::{Timestamp, Replica, ReplicaConfig, ReplicaId};
 ///
 /// let mut replica = Replica::new(ReplicaId(1), ReplicaConfig::default());
 /// for n in 0..3 {
-///     replica.put(1_000, "todos", "milk", [("count", n)])?;
+///     replica.put(Timestamp::from_unix_ms(1_000), "todos", "milk", [("count", n)])?;
 /// }
 /// assert_eq!(replica.outbox().len(), 3);
 /// assert_eq!(replica.outbox().first_seq(), Some(1));
@@ -1583,7 +1600,13 @@ mod tests {
         for round in 0..2 {
             for d in 0..count {
                 let id = format!("d{d}");
-                r.put(1_000, "c", &id, [("f", Value::Int(round))]).unwrap();
+                r.put(
+                    Timestamp::from_unix_ms(1_000),
+                    "c",
+                    &id,
+                    [("f", Value::Int(round))],
+                )
+                .unwrap();
             }
         }
         let batch = r.take_persist().expect("a batch");
@@ -1605,11 +1628,18 @@ mod tests {
     #[test]
     fn the_encoded_outbox_reads_persists_and_replays_its_operations() {
         let mut r = Replica::new(ReplicaId(3), ReplicaConfig::default());
-        r.put(1_000, "c", "a", [("x", Value::from("long enough text"))])
+        r.put(
+            Timestamp::from_unix_ms(1_000),
+            "c",
+            "a",
+            [("x", Value::from("long enough text"))],
+        )
+        .unwrap();
+        r.unset(Timestamp::from_unix_ms(1_001), "c", "a", ["y"])
             .unwrap();
-        r.unset(1_001, "c", "a", ["y"]).unwrap();
-        r.delete(1_002, "c", "b").unwrap();
-        r.create_collection(1_003, "d").unwrap();
+        r.delete(Timestamp::from_unix_ms(1_002), "c", "b").unwrap();
+        r.create_collection(Timestamp::from_unix_ms(1_003), "d")
+            .unwrap();
         let ops: Vec<Op> = r.outbox().collect();
         assert_eq!(
             ops.iter().map(|op| op.id.seq).collect::<Vec<_>>(),
@@ -1637,7 +1667,8 @@ mod tests {
             );
         }
         // The state forgets everything; the outbox brings the writes back.
-        r.reset_to_snapshot(1_004, Snapshot::empty()).unwrap();
+        r.reset_to_snapshot(Timestamp::from_unix_ms(1_004), Snapshot::empty())
+            .unwrap();
         assert_eq!(
             r.get_field("c", "a", "x"),
             Some(crate::ValueRef::String("long enough text"))
@@ -1696,10 +1727,23 @@ mod tests {
             fields: Vec<(&'a str, crate::stamp::Stamp, Option<&'a Value>)>,
         }
         let mut replica = Replica::new(ReplicaId(7), ReplicaConfig::default());
-        replica.put(1_000, "c", "a", [("x", 1), ("y", 2)]).unwrap();
-        replica.put(1_001, "c", "a", [("y", 3)]).unwrap();
-        replica.put(1_002, "c", "b", [("x", 4)]).unwrap();
-        replica.unset(1_003, "c", "b", ["z"]).unwrap();
+        replica
+            .put(
+                Timestamp::from_unix_ms(1_000),
+                "c",
+                "a",
+                [("x", 1), ("y", 2)],
+            )
+            .unwrap();
+        replica
+            .put(Timestamp::from_unix_ms(1_001), "c", "a", [("y", 3)])
+            .unwrap();
+        replica
+            .put(Timestamp::from_unix_ms(1_002), "c", "b", [("x", 4)])
+            .unwrap();
+        replica
+            .unset(Timestamp::from_unix_ms(1_003), "c", "b", ["z"])
+            .unwrap();
         let mut v2 = MemoryStore::new();
         v2.write(&replica.take_persist().unwrap()).unwrap();
         let records = v2.read_all().unwrap();
@@ -1763,30 +1807,30 @@ mod tests {
                             .map(|(f, v)| (FIELDS[f].to_owned(), v.map(Value::Int)))
                             .collect();
                         let _ = replicas[r].write_fields(
-                            now, COLLECTIONS[c], DOCS[d], fields, Precondition::None);
+                            Timestamp::from_unix_ms(now), COLLECTIONS[c], DOCS[d], fields, Precondition::None);
                     }
                     Step::Delete(r, c, d) => {
-                        replicas[r].delete(now, COLLECTIONS[c], DOCS[d]).unwrap();
+                        replicas[r].delete(Timestamp::from_unix_ms(now), COLLECTIONS[c], DOCS[d]).unwrap();
                     }
-                    Step::Drop(r, c) => replicas[r].drop_collection(now, COLLECTIONS[c]).unwrap(),
+                    Step::Drop(r, c) => replicas[r].drop_collection(Timestamp::from_unix_ms(now), COLLECTIONS[c]).unwrap(),
                     Step::Create(r, c) => {
-                        replicas[r].create_collection(now, COLLECTIONS[c]).unwrap();
+                        replicas[r].create_collection(Timestamp::from_unix_ms(now), COLLECTIONS[c]).unwrap();
                     }
                     Step::Sync(r) => {
                         for op in &ops {
-                            replicas[r].apply(now, op).unwrap();
+                            replicas[r].apply(Timestamp::from_unix_ms(now), op).unwrap();
                         }
                     }
                     Step::MergeSnapshot(from, to) => {
                         let snapshot = Snapshot::decode(&replicas[from].encode_snapshot()).unwrap();
-                        replicas[to].merge_snapshot(now, &snapshot).unwrap();
+                        replicas[to].merge_snapshot(Timestamp::from_unix_ms(now), &snapshot).unwrap();
                     }
                     Step::ResetToCompacted(from, to) => {
                         let mut snapshot =
                             Snapshot::decode(&replicas[from].encode_snapshot()).unwrap();
                         snapshot.state.collect_tombstones(replicas[from].clock());
                         snapshot.state.check_revisions().map_err(TestCaseError::fail)?;
-                        replicas[to].reset_to_snapshot(now, snapshot).unwrap();
+                        replicas[to].reset_to_snapshot(Timestamp::from_unix_ms(now), snapshot).unwrap();
                     }
                     Step::Restore(r) => {
                         let id = replicas[r].id();
@@ -1814,7 +1858,7 @@ mod tests {
             for from in 0..3 {
                 let snapshot = Snapshot::decode(&replicas[from].encode_snapshot()).unwrap();
                 for replica in &mut replicas {
-                    replica.merge_snapshot(now, &snapshot).unwrap();
+                    replica.merge_snapshot(Timestamp::from_unix_ms(now), &snapshot).unwrap();
                 }
             }
             for replica in &replicas {

@@ -433,10 +433,10 @@ fn field_of<'a>(doc: &'a DocState, names: &'a Names, field: &str) -> Option<Valu
 /// makes an owned [`Document`].
 ///
 /// ```
-/// use sync_core::{Replica, ReplicaConfig, ReplicaId, Value};
+/// use sync_core::{Timestamp, Replica, ReplicaConfig, ReplicaId, Value};
 ///
 /// let mut replica = Replica::new(ReplicaId(1), ReplicaConfig::default());
-/// let revision = replica.put(1_000, "todos", "milk", [("title", Value::from("Buy milk")), ("done", false.into())])?;
+/// let revision = replica.put(Timestamp::from_unix_ms(1_000), "todos", "milk", [("title", Value::from("Buy milk")), ("done", false.into())])?;
 /// let doc = replica.document("todos", "milk").expect("exists");
 /// assert_eq!(doc.id(), "milk");
 /// assert_eq!(doc.revision(), revision);
@@ -891,10 +891,10 @@ impl State {
     /// exist or has no such field.
     ///
     /// ```
-    /// use sync_core::{Replica, ReplicaConfig, ReplicaId, Value};
+    /// use sync_core::{Timestamp, Replica, ReplicaConfig, ReplicaId, Value};
     ///
     /// let mut replica = Replica::new(ReplicaId(1), ReplicaConfig::default());
-    /// replica.put(1_000, "todos", "milk", [("done", Value::from(false))])?;
+    /// replica.put(Timestamp::from_unix_ms(1_000), "todos", "milk", [("done", Value::from(false))])?;
     /// let state = replica.state();
     /// assert_eq!(state.get_field("todos", "milk", "done").and_then(|v| v.as_bool()), Some(false));
     /// assert_eq!(state.get_field("todos", "milk", "title"), None);
@@ -919,11 +919,11 @@ impl State {
     /// starts after the last id of this one. Iterating allocates nothing.
     ///
     /// ```
-    /// use sync_core::{Replica, ReplicaConfig, ReplicaId, Value};
+    /// use sync_core::{Timestamp, Replica, ReplicaConfig, ReplicaId, Value};
     ///
     /// let mut replica = Replica::new(ReplicaId(1), ReplicaConfig::default());
     /// for id in ["a1", "a2", "a3", "b1"] {
-    ///     replica.put(1_000, "todos", id, [("title", Value::from(id))])?;
+    ///     replica.put(Timestamp::from_unix_ms(1_000), "todos", id, [("title", Value::from(id))])?;
     /// }
     /// let page: Vec<&str> = replica.documents("todos").prefix("a").after("a1").take(10)
     ///     .map(|doc| doc.id())

@@ -360,10 +360,10 @@ impl StoredValue {
 /// `ValueRef`s and with `Value`s.
 ///
 /// ```
-/// use sync_core::{Replica, ReplicaConfig, ReplicaId, Value, value::ValueRef};
+/// use sync_core::{Timestamp, Replica, ReplicaConfig, ReplicaId, Value, value::ValueRef};
 ///
 /// let mut replica = Replica::new(ReplicaId(1), ReplicaConfig::default());
-/// replica.put(1_000, "todos", "milk", [("title", Value::from("Buy milk"))])?;
+/// replica.put(Timestamp::from_unix_ms(1_000), "todos", "milk", [("title", Value::from("Buy milk"))])?;
 /// let title = replica.get_field("todos", "milk", "title");
 /// assert_eq!(title, Some(ValueRef::String("Buy milk")));
 /// assert_eq!(title.and_then(|v| v.as_str()), Some("Buy milk"));

@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use common::{COLLECTIONS, DOC_IDS, FIELDS, assert_same_replica, collection, doc_id, reader};
 use proptest::prelude::*;
 use proptest::sample::Index;
+use sync_core::Timestamp;
 use sync_core::store::{MemoryStore, Store};
 use sync_core::{
     Applied, Document, Event, Op, Origin, Replica, ReplicaConfig, ReplicaId, Snapshot, Value,
@@ -279,7 +280,7 @@ impl World {
                 let snapshot = Snapshot::decode(&bytes).expect("own snapshot decodes");
                 let to = to.get_mut(&mut self.nodes);
                 to.replica
-                    .merge_snapshot(to.now, &snapshot)
+                    .merge_snapshot(Timestamp::from_unix_ms(to.now), &snapshot)
                     .expect("snapshot within drift");
                 to.settle(Origin::Remote);
             }
@@ -288,7 +289,7 @@ impl World {
                 let snapshot = Snapshot::decode(&bytes).expect("own snapshot decodes");
                 let to = to.get_mut(&mut self.nodes);
                 to.replica
-                    .reset_to_snapshot(to.now, snapshot.clone())
+                    .reset_to_snapshot(Timestamp::from_unix_ms(to.now), snapshot.clone())
                     .expect("snapshot within drift");
                 to.settle(Origin::Remote);
             }
@@ -339,7 +340,7 @@ fn documents(replica: &Replica) -> BTreeMap<(String, String), Option<Document>> 
 /// A remote operation arrives; it is never refused in this world.
 fn receive(node: &mut Node, op: &Op) {
     let known = node.replica.version().contains(op.id);
-    let result = node.replica.apply(node.now, op);
+    let result = node.replica.apply(Timestamp::from_unix_ms(node.now), op);
     let expected = if known {
         Applied::Duplicate
     } else {
@@ -366,19 +367,31 @@ fn write_locally(node: &mut Node, collection: &str, id: &str, write: &LocalWrite
     };
     match write {
         LocalWrite::Put(fields) => {
-            let rev = replica.put(now, collection, id, fields.clone());
+            let rev = replica.put(Timestamp::from_unix_ms(now), collection, id, fields.clone());
             check_put(replica, fields, rev.ok());
         }
         LocalWrite::PutIfCurrent(fields) => {
             let current = replica.revision(collection, id);
-            let rev = replica.put_if(now, collection, id, fields.clone(), current);
+            let rev = replica.put_if(
+                Timestamp::from_unix_ms(now),
+                collection,
+                id,
+                fields.clone(),
+                current,
+            );
             check_put(replica, fields, rev.ok());
         }
         LocalWrite::PutIfOther(fields, other_collection, other_id) => {
             let given = replica.revision(other_collection, other_id);
             let current = replica.revision(collection, id);
             let before = replica.state().clone();
-            match replica.put_if(now, collection, id, fields.clone(), given) {
+            match replica.put_if(
+                Timestamp::from_unix_ms(now),
+                collection,
+                id,
+                fields.clone(),
+                given,
+            ) {
                 Ok(rev) => {
                     assert_eq!(given, current, "put_if succeeded on a stale revision");
                     check_put(replica, fields, Some(rev));
@@ -394,7 +407,12 @@ fn write_locally(node: &mut Node, collection: &str, id: &str, write: &LocalWrite
             }
         }
         LocalWrite::Unset(names) => {
-            let rev = replica.unset(now, collection, id, names.iter().cloned());
+            let rev = replica.unset(
+                Timestamp::from_unix_ms(now),
+                collection,
+                id,
+                names.iter().cloned(),
+            );
             let doc = replica
                 .get(collection, id)
                 .expect("unset leaves the document");
@@ -404,15 +422,21 @@ fn write_locally(node: &mut Node, collection: &str, id: &str, write: &LocalWrite
             }
         }
         LocalWrite::Delete => {
-            replica.delete(now, collection, id).expect("delete");
+            replica
+                .delete(Timestamp::from_unix_ms(now), collection, id)
+                .expect("delete");
             assert_eq!(replica.get(collection, id), None);
         }
         LocalWrite::Create => {
-            replica.create_collection(now, collection).expect("create");
+            replica
+                .create_collection(Timestamp::from_unix_ms(now), collection)
+                .expect("create");
             assert!(replica.state().collections().any(|c| c == collection));
         }
         LocalWrite::Drop => {
-            replica.drop_collection(now, collection).expect("drop");
+            replica
+                .drop_collection(Timestamp::from_unix_ms(now), collection)
+                .expect("drop");
             assert!(replica.list(collection).is_empty());
             assert!(!replica.state().collections().any(|c| c == collection));
         }
@@ -466,13 +490,13 @@ fn restore_backup(node: &mut Node, made: &[Op], catch_up: CatchUp) {
         }
         CatchUp::Merge => {
             node.replica
-                .merge_snapshot(node.now, &relay_snapshot())
+                .merge_snapshot(Timestamp::from_unix_ms(node.now), &relay_snapshot())
                 .expect("stamps are within drift");
             node.settle(Origin::Remote);
         }
         CatchUp::Reset => {
             node.replica
-                .reset_to_snapshot(node.now, relay_snapshot())
+                .reset_to_snapshot(Timestamp::from_unix_ms(node.now), relay_snapshot())
                 .expect("stamps are within drift");
             node.settle(Origin::Remote);
         }

@@ -12,6 +12,7 @@ mod common;
 
 use proptest::prelude::*;
 use proptest::sample::Index;
+use sync_core::Timestamp;
 use sync_core::snapshot::SNAPSHOT_FORMAT;
 use sync_core::store::{MemoryStore, Store};
 use sync_core::{
@@ -34,25 +35,25 @@ fn bytes() -> impl Strategy<Value = Vec<u8>> {
 fn sample_replica() -> Replica {
     let mut r = Replica::new(ReplicaId(1), ReplicaConfig::default());
     r.put(
-        NOW,
+        at(NOW),
         "todos",
         "a",
         [("title", Value::from("milk")), ("n", 1.into())],
     )
     .unwrap();
-    r.unset(NOW + 1, "todos", "a", ["n"]).unwrap();
+    r.unset(at(NOW + 1), "todos", "a", ["n"]).unwrap();
     r.put(
-        NOW + 1,
+        at(NOW + 1),
         "todos",
         "b",
         [("list", Value::List(vec![1.into(), "x".into()]))],
     )
     .unwrap();
-    r.delete(NOW + 2, "todos", "b").unwrap();
-    r.create_collection(NOW + 2, "notes").unwrap();
-    r.put(NOW + 3, "old", "x", [("y", Value::Bytes(vec![1, 2]))])
+    r.delete(at(NOW + 2), "todos", "b").unwrap();
+    r.create_collection(at(NOW + 2), "notes").unwrap();
+    r.put(at(NOW + 3), "old", "x", [("y", Value::Bytes(vec![1, 2]))])
         .unwrap();
-    r.drop_collection(NOW + 4, "old").unwrap();
+    r.drop_collection(at(NOW + 4), "old").unwrap();
     let remote = Op {
         id: sync_core::OpId {
             replica: ReplicaId(2),
@@ -65,7 +66,7 @@ fn sample_replica() -> Replica {
             fields: vec![("by".into(), Some(Value::Float(0.5)))],
         },
     };
-    r.apply(NOW + 5, &remote).unwrap();
+    r.apply(at(NOW + 5), &remote).unwrap();
     r.acknowledge(2);
     r
 }
@@ -176,12 +177,12 @@ fn exercise(mut replica: Replica) {
     let _ = replica.take_persist();
     if let Ok(snapshot) = Snapshot::decode(&replica.encode_snapshot()) {
         let mut other = Replica::new(ReplicaId(99), ReplicaConfig::default());
-        let _ = other.merge_snapshot(u64::MAX / 2, &snapshot);
+        let _ = other.merge_snapshot(at(u64::MAX / 2), &snapshot);
     }
     let now = replica.clock().wall_ms() + 1;
-    let _ = replica.put(now, "todos", "a", [("title", "again")]);
-    let _ = replica.delete(now, "todos", "b");
-    let _ = replica.drop_collection(now, "notes");
+    let _ = replica.put(at(now), "todos", "a", [("title", "again")]);
+    let _ = replica.delete(at(now), "todos", "b");
+    let _ = replica.drop_collection(at(now), "notes");
     let _ = replica.acknowledge(u64::MAX);
     let _ = replica.take_persist();
     while replica.poll_event().is_some() {}
@@ -193,10 +194,10 @@ fn exercise_op(op: &Op) {
     let _ = op.encoded_len_bound();
     for id in [1, op.id.replica.0] {
         let mut r = Replica::new(ReplicaId(id), ReplicaConfig::default());
-        r.put(NOW, "c", "d", [("f", 1)]).unwrap();
-        let _ = r.apply(NOW, op);
-        let _ = r.apply(u64::MAX, op);
-        let _ = r.put(NOW, "c", "d", [("f", 2)]);
+        r.put(at(NOW), "c", "d", [("f", 1)]).unwrap();
+        let _ = r.apply(at(NOW), op);
+        let _ = r.apply(at(u64::MAX), op);
+        let _ = r.put(at(NOW), "c", "d", [("f", 2)]);
         let _ = r.take_persist();
         let _ = Snapshot::decode(&r.encode_snapshot());
     }
@@ -277,7 +278,7 @@ proptest! {
         // And with a valid header in front, so the payload parser runs.
         if let Ok(snapshot) = Snapshot::decode(&with_header(&data)) {
             let mut r = Replica::new(ReplicaId(1), ReplicaConfig::default());
-            let _ = r.merge_snapshot(u64::MAX / 2, &snapshot);
+            let _ = r.merge_snapshot(at(u64::MAX / 2), &snapshot);
             exercise(r);
         }
     }
@@ -295,7 +296,7 @@ proptest! {
         let format = sync_core::snapshot::COMPRESSED_SNAPSHOT_FORMAT;
         if let Ok(snapshot) = Snapshot::decode(&common::snapshot_blob(format, &payload)) {
             let mut r = Replica::new(ReplicaId(1), ReplicaConfig::default());
-            let _ = r.merge_snapshot(u64::MAX / 2, &snapshot);
+            let _ = r.merge_snapshot(at(u64::MAX / 2), &snapshot);
             exercise(r);
         }
     }
@@ -313,7 +314,7 @@ proptest! {
         payload.truncate(cut.index(payload.len() + 1).max(payload.len() / 2));
         if let Ok(snapshot) = Snapshot::decode(&with_header(&payload)) {
             let mut r = Replica::new(ReplicaId(1), ReplicaConfig::default());
-            let _ = r.merge_snapshot(u64::MAX / 2, &snapshot);
+            let _ = r.merge_snapshot(at(u64::MAX / 2), &snapshot);
             exercise(r);
         }
     }
@@ -477,4 +478,9 @@ fn json_round_trip_at_the_maximum_depth() {
     assert_eq!(deepest.depth(), sync_core::value::MAX_VALUE_DEPTH);
     let json = deepest.to_json().expect("has a JSON form");
     assert_eq!(Value::from_json(&json), Ok(deepest));
+}
+
+/// The host clock reading `ms` milliseconds after the epoch.
+fn at(ms: u64) -> Timestamp {
+    Timestamp::from_unix_ms(ms)
 }

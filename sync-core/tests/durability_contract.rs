@@ -5,6 +5,7 @@
 //! The hosts here complete writes only when a test says so, the way
 //! IndexedDB or a SQLite writer thread completes them later.
 
+use sync_core::Timestamp;
 use sync_core::protocol::{self, CloseCode, ErrorCode, Message};
 use sync_core::room::{ConnectionId, Room, RoomConfig, RoomInput, RoomOutput};
 use sync_core::session::{Input, LinkState, Output, Session, SessionConfig};
@@ -77,7 +78,7 @@ fn settle_session(s: &mut Session) -> Vec<Output> {
             return all;
         }
         for pid in persist_ids(&outs) {
-            s.handle(NOW, Input::Persisted(pid));
+            s.handle(at(NOW), Input::Persisted(pid));
         }
         all.extend(outs);
     }
@@ -86,9 +87,9 @@ fn settle_session(s: &mut Session) -> Vec<Output> {
 /// A session joined to `room` as session `sid`, every write so far durable.
 fn joined(room: &mut Room, id: u64, sid: ConnectionId) -> Session {
     let mut s = session(id);
-    s.start(NOW);
+    s.start(at(NOW));
     settle_session(&mut s);
-    s.handle(NOW, Input::Connected);
+    s.handle(at(NOW), Input::Connected);
     let hello = settle_session(&mut s)
         .into_iter()
         .find_map(|o| match o {
@@ -100,7 +101,7 @@ fn joined(room: &mut Room, id: u64, sid: ConnectionId) -> Session {
         })
         .expect("a hello");
     room.handle(
-        NOW,
+        at(NOW),
         RoomInput::Join {
             connection: sid,
             hello,
@@ -114,7 +115,7 @@ fn joined(room: &mut Room, id: u64, sid: ConnectionId) -> Session {
         } = out
         {
             if session == sid {
-                s.handle(NOW, Input::Received(&frame));
+                s.handle(at(NOW), Input::Received(&frame));
             }
         }
     }
@@ -127,7 +128,8 @@ fn joined(room: &mut Room, id: u64, sid: ConnectionId) -> Session {
 fn a_push_waits_until_its_write_is_durable() {
     let mut room = Room::new(RoomConfig::default());
     let mut s = joined(&mut room, 1, 1);
-    s.put(NOW, "todos", "a", [("title", "milk")]).expect("put");
+    s.put(at(NOW), "todos", "a", [("title", "milk")])
+        .expect("put");
     let ticket = s.latest_persist().expect("a persist was queued");
     assert!(!s.is_durable(ticket));
 
@@ -139,19 +141,20 @@ fn a_push_waits_until_its_write_is_durable() {
     );
     // A second write meanwhile: its persist is handed out at once (the store
     // applies batches in order), its push waits too.
-    s.put(NOW, "todos", "b", [("title", "eggs")]).expect("put");
+    s.put(at(NOW), "todos", "b", [("title", "eggs")])
+        .expect("put");
     let second = drain_session(&mut s);
     assert_eq!(persist_ids(&second).len(), 1);
     assert!(frames(&second).is_empty());
 
-    s.handle(NOW, Input::Persisted(ticket));
+    s.handle(at(NOW), Input::Persisted(ticket));
     assert!(s.is_durable(ticket));
     let released = frames(&drain_session(&mut s));
     assert!(
         matches!(&released[..], [Message::Push { ops }] if ops.len() == 1),
         "only the first write's push is released: {released:?}"
     );
-    s.handle(NOW, Input::Persisted(persist_ids(&second)[0]));
+    s.handle(at(NOW), Input::Persisted(persist_ids(&second)[0]));
     let released = frames(&drain_session(&mut s));
     assert!(
         matches!(&released[..], [Message::Push { .. }]),
@@ -162,14 +165,14 @@ fn a_push_waits_until_its_write_is_durable() {
 #[test]
 fn a_report_for_a_batch_not_handed_out_is_ignored() {
     let mut s = session(1);
-    s.put(NOW, "todos", "a", [("n", 1)]).expect("put");
+    s.put(at(NOW), "todos", "a", [("n", 1)]).expect("put");
     let ticket = s.latest_persist().expect("queued");
     // Reported before the host polled it: the host cannot have written it.
-    s.handle(NOW, Input::Persisted(ticket));
+    s.handle(at(NOW), Input::Persisted(ticket));
     assert!(!s.is_durable(ticket));
     let outs = drain_session(&mut s);
     assert_eq!(persist_ids(&outs), vec![ticket]);
-    s.handle(NOW, Input::Persisted(ticket));
+    s.handle(at(NOW), Input::Persisted(ticket));
     assert!(s.is_durable(ticket));
 }
 
@@ -177,11 +180,11 @@ fn a_report_for_a_batch_not_handed_out_is_ignored() {
 fn a_failed_write_stops_the_session_and_refuses_writes() {
     let mut room = Room::new(RoomConfig::default());
     let mut s = joined(&mut room, 1, 1);
-    s.put(NOW, "todos", "a", [("n", 1)]).expect("put");
+    s.put(at(NOW), "todos", "a", [("n", 1)]).expect("put");
     let ticket = s.latest_persist().expect("queued");
     drain_session(&mut s);
     s.handle(
-        NOW,
+        at(NOW),
         Input::PersistFailed {
             id: ticket,
             error: "disk full",
@@ -205,13 +208,13 @@ fn a_failed_write_stops_the_session_and_refuses_writes() {
     assert_eq!(s.store_failed(), Some("disk full"));
     assert!(!s.is_durable(ticket));
     // A late success report changes nothing; writes stay refused.
-    s.handle(NOW, Input::Persisted(ticket));
+    s.handle(at(NOW), Input::Persisted(ticket));
     assert!(!s.is_durable(ticket));
     assert!(matches!(
-        s.put(NOW, "todos", "b", [("n", 2)]),
+        s.put(at(NOW), "todos", "b", [("n", 2)]),
         Err(WriteError::StoreFailed { .. })
     ));
-    s.start(NOW);
+    s.start(at(NOW));
     assert!(drain_session(&mut s).is_empty(), "it does not reconnect");
 }
 
@@ -220,9 +223,9 @@ fn the_room_acknowledges_and_delivers_only_what_is_durable() {
     let mut room = Room::new(RoomConfig::default());
     let mut a = joined(&mut room, 1, 1);
     let _b = joined(&mut room, 2, 2);
-    a.put(NOW, "todos", "x", [("n", 1)]).expect("put");
+    a.put(at(NOW), "todos", "x", [("n", 1)]).expect("put");
     let outs = drain_session(&mut a);
-    a.handle(NOW, Input::Persisted(persist_ids(&outs)[0]));
+    a.handle(at(NOW), Input::Persisted(persist_ids(&outs)[0]));
     let push = drain_session(&mut a)
         .into_iter()
         .find_map(|o| match o {
@@ -231,7 +234,7 @@ fn the_room_acknowledges_and_delivers_only_what_is_durable() {
         })
         .expect("push");
     room.handle(
-        NOW,
+        at(NOW),
         RoomInput::Frame {
             connection: 1,
             frame: &push,
@@ -246,7 +249,7 @@ fn the_room_acknowledges_and_delivers_only_what_is_durable() {
         "no delivery before durable"
     );
 
-    room.handle(NOW, RoomInput::Persisted(ids[0]));
+    room.handle(at(NOW), RoomInput::Persisted(ids[0]));
     let outs = drain_room(&mut room);
     // The writer gets its ack (and a cursor-only delivery without its own op).
     assert!(matches!(
@@ -264,20 +267,20 @@ fn a_failed_room_write_closes_every_session_and_refuses_joins() {
     let mut room = Room::new(RoomConfig::default());
     let mut a = joined(&mut room, 1, 1);
     let _b = joined(&mut room, 2, 2);
-    a.put(NOW, "todos", "x", [("n", 1)]).expect("put");
+    a.put(at(NOW), "todos", "x", [("n", 1)]).expect("put");
     let outs = drain_session(&mut a);
-    a.handle(NOW, Input::Persisted(persist_ids(&outs)[0]));
+    a.handle(at(NOW), Input::Persisted(persist_ids(&outs)[0]));
     let push = frames(&drain_session(&mut a));
     let push = protocol::encode(&push[0]);
     room.handle(
-        NOW,
+        at(NOW),
         RoomInput::Frame {
             connection: 1,
             frame: &push,
         },
     );
     let ids = room_persists(&drain_room(&mut room));
-    room.handle(NOW, RoomInput::PersistFailed(ids[0]));
+    room.handle(at(NOW), RoomInput::PersistFailed(ids[0]));
     assert!(room.has_failed());
     let outs = drain_room(&mut room);
     for sid in [1, 2] {
@@ -294,9 +297,9 @@ fn a_failed_room_write_closes_every_session_and_refuses_joins() {
     }
     assert_eq!(room.member_count(), 0);
     let mut c = session(3);
-    c.start(NOW);
+    c.start(at(NOW));
     drain_session(&mut c);
-    c.handle(NOW, Input::Connected);
+    c.handle(at(NOW), Input::Connected);
     let hello = frames(&drain_session(&mut c))
         .into_iter()
         .find_map(|m| match m {
@@ -305,7 +308,7 @@ fn a_failed_room_write_closes_every_session_and_refuses_joins() {
         })
         .expect("hello");
     room.handle(
-        NOW,
+        at(NOW),
         RoomInput::Join {
             connection: 3,
             hello,
@@ -332,7 +335,8 @@ fn a_failed_room_write_closes_every_session_and_refuses_joins() {
 fn a_refusal_is_reported_only_once_the_dropped_operation_is_durable() {
     let mut room = Room::new(RoomConfig::default());
     let mut s = joined(&mut room, 1, 1);
-    s.put(NOW, "todos", "a", [("title", "milk")]).expect("put");
+    s.put(at(NOW), "todos", "a", [("title", "milk")])
+        .expect("put");
     let pushed = settle_session(&mut s);
     assert!(
         matches!(&frames(&pushed)[..], [Message::Push { ops }] if ops.len() == 1),
@@ -342,7 +346,7 @@ fn a_refusal_is_reported_only_once_the_dropped_operation_is_durable() {
         through_seq: 1,
         refused: vec![(1, ErrorCode::Stale)],
     });
-    s.handle(NOW, Input::Received(&ack));
+    s.handle(at(NOW), Input::Received(&ack));
     let outs = drain_session(&mut s);
     // The outbox without the op (then the resync it starts) is persisted.
     let drop = persist_ids(&outs);
@@ -355,8 +359,13 @@ fn a_refusal_is_reported_only_once_the_dropped_operation_is_durable() {
         !rejected(&outs),
         "OpsRejected released before the refusal is durable: {outs:?}"
     );
-    s.handle(NOW, Input::Persisted(drop[0]));
+    s.handle(at(NOW), Input::Persisted(drop[0]));
     let outs = drain_session(&mut s);
     assert!(rejected(&outs), "{outs:?}");
     assert!(drop[1..].iter().all(|&id| !s.is_durable(id)));
+}
+
+/// The host clock reading `ms` milliseconds after the epoch.
+fn at(ms: u64) -> Timestamp {
+    Timestamp::from_unix_ms(ms)
 }

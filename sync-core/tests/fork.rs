@@ -4,6 +4,7 @@
 //! original writes later.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
+use sync_core::Timestamp;
 use sync_core::store::{MemoryStore, Store};
 use sync_core::{Op, Replica, ReplicaConfig, ReplicaId, Value};
 
@@ -36,10 +37,20 @@ fn a_forked_copy_and_its_original_converge_without_losing_or_reviving_writes() {
         let mut original = Replica::new(ReplicaId(1), ReplicaConfig::default());
         let mut disk = MemoryStore::new();
         original
-            .put(NOW, "todos", "a", [("title", "first")])
+            .put(
+                Timestamp::from_unix_ms(NOW),
+                "todos",
+                "a",
+                [("title", "first")],
+            )
             .expect("put");
         original
-            .put(NOW + 1, "todos", "b", [("title", "unsent at copy time")])
+            .put(
+                Timestamp::from_unix_ms(NOW + 1),
+                "todos",
+                "b",
+                [("title", "unsent at copy time")],
+            )
             .expect("put");
         persist(&mut original, &mut disk);
         let mut copy = restore(&disk.clone());
@@ -47,10 +58,20 @@ fn a_forked_copy_and_its_original_converge_without_losing_or_reviving_writes() {
 
         // After the copy: the original renames "b"; the copy writes "c".
         original
-            .put(NOW + 10, "todos", "b", [("title", "renamed later")])
+            .put(
+                Timestamp::from_unix_ms(NOW + 10),
+                "todos",
+                "b",
+                [("title", "renamed later")],
+            )
             .expect("put");
-        copy.put(NOW + 5, "todos", "c", [("title", "written on the copy")])
-            .expect("put");
+        copy.put(
+            Timestamp::from_unix_ms(NOW + 5),
+            "todos",
+            "c",
+            [("title", "written on the copy")],
+        )
+        .expect("put");
 
         let from_original: Vec<Op> = original.outbox().collect();
         let from_copy: Vec<Op> = copy.outbox().collect();
@@ -69,7 +90,8 @@ fn a_forked_copy_and_its_original_converge_without_losing_or_reviving_writes() {
             (&from_original, &from_copy)
         };
         for op in first.iter().chain(second) {
-            peer.apply(NOW + 20, op).expect("applies");
+            peer.apply(Timestamp::from_unix_ms(NOW + 20), op)
+                .expect("applies");
         }
         assert_eq!(title(&peer, "a"), Some(Value::from("first")));
         assert_eq!(
@@ -82,10 +104,13 @@ fn a_forked_copy_and_its_original_converge_without_losing_or_reviving_writes() {
         // The copy and the original converge with the peer once they see
         // each other's operations.
         for op in &from_copy {
-            original.apply(NOW + 20, op).expect("applies");
+            original
+                .apply(Timestamp::from_unix_ms(NOW + 20), op)
+                .expect("applies");
         }
         for op in &from_original {
-            copy.apply(NOW + 20, op).expect("applies");
+            copy.apply(Timestamp::from_unix_ms(NOW + 20), op)
+                .expect("applies");
         }
         for replica in [&original, &copy] {
             for id in ["a", "b", "c"] {
@@ -103,7 +128,12 @@ fn a_fork_survives_reopening() {
     let mut disk = MemoryStore::new();
     for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
         original
-            .put(NOW + i as u64, "todos", id, [("title", id)])
+            .put(
+                Timestamp::from_unix_ms(NOW + i as u64),
+                "todos",
+                id,
+                [("title", id)],
+            )
             .expect("put");
     }
     persist(&mut original, &mut disk);

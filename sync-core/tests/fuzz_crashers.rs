@@ -23,6 +23,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use stats_alloc::{Region, StatsAlloc};
+use sync_core::Timestamp;
 use sync_core::protocol::{self, FrameError, Hello, Message, Welcome};
 use sync_core::{Change, Hlc, Op, OpId, ReplicaId, Snapshot, SnapshotError, Value};
 
@@ -132,7 +133,9 @@ fn valid_snapshot() -> Vec<u8> {
         },
     };
     let mut replica = sync_core::Replica::new(ReplicaId(9), Default::default());
-    replica.apply(1_000, &op).expect("apply");
+    replica
+        .apply(Timestamp::from_unix_ms(1_000), &op)
+        .expect("apply");
     replica.encode_snapshot()
 }
 

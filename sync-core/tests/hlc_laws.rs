@@ -13,6 +13,7 @@
 mod common;
 
 use proptest::prelude::*;
+use sync_core::Timestamp;
 use sync_core::hlc::MAX_WALL_MS;
 use sync_core::{Clock, ClockError, Hlc};
 
@@ -86,7 +87,7 @@ proptest! {
         let mut last = start;
         for now in nows {
             let before = clock.clone();
-            match clock.tick(now) {
+            match clock.tick(at(now)) {
                 Ok(hlc) => {
                     prop_assert!(hlc > last, "tick({now}) gave {hlc} after {last}");
                     prop_assert_eq!(clock.last(), hlc);
@@ -114,7 +115,7 @@ proptest! {
                 None if wall > last => Ok(wall),
                 None => Err(ClockError::Exhausted),
             };
-            prop_assert_eq!(clock.tick(now), expected, "from {} at {}", last, now);
+            prop_assert_eq!(clock.tick(at(now)), expected, "from {} at {}", last, now);
         }
     }
 
@@ -122,7 +123,7 @@ proptest! {
     #[test]
     fn tick_is_never_behind_the_wall_clock(start in start(), now in 0..=MAX_WALL_MS) {
         let mut clock = Clock::resume(start, 60_000);
-        if let Ok(hlc) = clock.tick(now) {
+        if let Ok(hlc) = clock.tick(at(now)) {
             prop_assert!(hlc.wall_ms() >= now);
         } else {
             prop_assert_eq!(start, top());
@@ -138,7 +139,7 @@ proptest! {
         drift in drift(),
     ) {
         let mut clock = Clock::resume(start, drift);
-        if clock.observe(remote, now).is_ok() {
+        if clock.observe(remote, at(now)).is_ok() {
             prop_assert_eq!(clock.last(), start.max(remote));
         } else {
             prop_assert_eq!(clock.last(), start);
@@ -158,8 +159,8 @@ proptest! {
         let mut clock = Clock::resume(start, drift);
         let before = clock.clone();
         let beyond = u128::from(remote.wall_ms()) > u128::from(now) + u128::from(drift);
-        let checked = clock.check_drift(remote, now);
-        match clock.observe(remote, now) {
+        let checked = clock.check_drift(remote, at(now));
+        match clock.observe(remote, at(now)) {
             Ok(()) => prop_assert!(!beyond, "accepted {} at {} with drift {}", remote, now, drift),
             Err(e) => {
                 prop_assert!(beyond, "refused {} at {} with drift {}", remote, now, drift);
@@ -188,8 +189,8 @@ proptest! {
         later in now(),
     ) {
         let mut clock = Clock::resume(start, u64::MAX);
-        clock.observe(remote, now).expect("no drift bound");
-        match clock.tick(later) {
+        clock.observe(remote, at(now)).expect("no drift bound");
+        match clock.tick(at(later)) {
             Ok(hlc) => {
                 prop_assert!(hlc > remote);
                 prop_assert!(hlc > start);
@@ -212,10 +213,10 @@ proptest! {
         let mut floor = Hlc::ZERO;
         for (now, remote) in steps {
             if let Some(remote) = remote {
-                if clock.observe(remote, now).is_ok() {
+                if clock.observe(remote, at(now)).is_ok() {
                     floor = floor.max(remote);
                 }
-            } else if let Ok(hlc) = clock.tick(now) {
+            } else if let Ok(hlc) = clock.tick(at(now)) {
                 prop_assert!(hlc > floor);
                 floor = hlc;
             }
@@ -240,17 +241,17 @@ proptest! {
 fn counter_overflow_moves_to_the_next_millisecond() {
     let full = Hlc::new(1_000, MAX_COUNTER).unwrap();
     let mut clock = Clock::resume(full, 60_000);
-    assert_eq!(clock.tick(1_000), Ok(Hlc::new(1_001, 0).unwrap()));
-    assert_eq!(clock.tick(0), Ok(Hlc::new(1_001, 1).unwrap()));
+    assert_eq!(clock.tick(at(1_000)), Ok(Hlc::new(1_001, 0).unwrap()));
+    assert_eq!(clock.tick(at(0)), Ok(Hlc::new(1_001, 1).unwrap()));
 }
 
 #[test]
 fn the_top_of_the_range_is_exhausted_not_wrapped() {
     let almost = Hlc::new(MAX_WALL_MS, MAX_COUNTER - 1).unwrap();
     let mut clock = Clock::resume(almost, 60_000);
-    assert_eq!(clock.tick(u64::MAX), Ok(top()));
+    assert_eq!(clock.tick(at(u64::MAX)), Ok(top()));
     for now in [0, MAX_WALL_MS, u64::MAX] {
-        assert_eq!(clock.tick(now), Err(ClockError::Exhausted));
+        assert_eq!(clock.tick(at(now)), Err(ClockError::Exhausted));
         assert_eq!(clock.last(), top());
     }
 }
@@ -258,8 +259,14 @@ fn the_top_of_the_range_is_exhausted_not_wrapped() {
 #[test]
 fn wall_clock_past_the_range_is_clamped() {
     let mut clock = Clock::default();
-    assert_eq!(clock.tick(u64::MAX), Ok(Hlc::new(MAX_WALL_MS, 0).unwrap()));
-    assert_eq!(clock.tick(u64::MAX), Ok(Hlc::new(MAX_WALL_MS, 1).unwrap()));
+    assert_eq!(
+        clock.tick(at(u64::MAX)),
+        Ok(Hlc::new(MAX_WALL_MS, 0).unwrap())
+    );
+    assert_eq!(
+        clock.tick(at(u64::MAX)),
+        Ok(Hlc::new(MAX_WALL_MS, 1).unwrap())
+    );
     assert!(Hlc::new(MAX_WALL_MS + 1, 0).is_none());
 }
 
@@ -268,9 +275,9 @@ fn drift_bound_edges() {
     let mut clock = Clock::new(1_000);
     let at_bound = Hlc::new(11_000, MAX_COUNTER).unwrap();
     let past_bound = Hlc::new(11_001, 0).unwrap();
-    assert_eq!(clock.observe(at_bound, 10_000), Ok(()));
+    assert_eq!(clock.observe(at_bound, at(10_000)), Ok(()));
     assert!(matches!(
-        clock.observe(past_bound, 10_000),
+        clock.observe(past_bound, at(10_000)),
         Err(ClockError::DriftExceeded {
             ahead_ms: 1_001,
             ..
@@ -279,8 +286,13 @@ fn drift_bound_edges() {
     assert_eq!(clock.last(), at_bound);
     // A zero bound still accepts the present.
     let mut strict = Clock::new(0);
-    assert_eq!(strict.observe(Hlc::new(5, 9).unwrap(), 5), Ok(()));
-    assert!(strict.observe(Hlc::new(6, 0).unwrap(), 5).is_err());
+    assert_eq!(strict.observe(Hlc::new(5, 9).unwrap(), at(5)), Ok(()));
+    assert!(strict.observe(Hlc::new(6, 0).unwrap(), at(5)).is_err());
     // A wall clock at the end of u64 does not overflow the bound.
-    assert_eq!(Clock::new(u64::MAX).observe(top(), u64::MAX), Ok(()));
+    assert_eq!(Clock::new(u64::MAX).observe(top(), at(u64::MAX)), Ok(()));
+}
+
+/// The host clock reading `ms` milliseconds after the epoch.
+fn at(ms: u64) -> Timestamp {
+    Timestamp::from_unix_ms(ms)
 }

@@ -18,6 +18,7 @@ use common::{
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
+use sync_core::Timestamp;
 use sync_core::{Applied, Op};
 
 /// Enough cases to hit the interesting collisions, few enough to stay fast.
@@ -68,7 +69,7 @@ proptest! {
         let once = applied(&ops);
         let mut twice = applied(&ops);
         for op in &ops {
-            prop_assert_eq!(twice.apply(common::LATE_NOW, op), Ok(Applied::Duplicate));
+            prop_assert_eq!(twice.apply(Timestamp::from_unix_ms(common::LATE_NOW), op), Ok(Applied::Duplicate));
         }
         assert_same_replica(&once, &twice, "applied twice");
     }

@@ -12,6 +12,7 @@
 
 use std::collections::VecDeque;
 
+use sync_core::Timestamp;
 use sync_core::protocol::{self, ErrorCode, Hello, Message};
 use sync_core::room::{Room, RoomConfig, RoomInput, RoomOutput};
 use sync_core::session::{Input, Output, Session, SessionConfig};
@@ -74,7 +75,8 @@ impl Link {
                         self.connected = true;
                         self.joined = false;
                         let now = self.client_now();
-                        self.session.handle(now, Input::Connected);
+                        self.session
+                            .handle(Timestamp::from_unix_ms(now), Input::Connected);
                     }
                     Output::Transmit(frame) => {
                         if self.connected {
@@ -87,7 +89,8 @@ impl Link {
                     Output::Event(event) => self.events.push(event),
                     Output::Persist { id, .. } => {
                         let now = self.client_now();
-                        self.session.handle(now, Input::Persisted(id));
+                        self.session
+                            .handle(Timestamp::from_unix_ms(now), Input::Persisted(id));
                     }
                     Output::Timeout(_) => {}
                 }
@@ -96,7 +99,7 @@ impl Link {
                 busy = true;
                 if self.joined {
                     self.room.handle(
-                        self.now,
+                        Timestamp::from_unix_ms(self.now),
                         RoomInput::Frame {
                             connection: self.conn,
                             frame: &frame,
@@ -107,7 +110,7 @@ impl Link {
                 {
                     self.joined = true;
                     self.room.handle(
-                        self.now,
+                        Timestamp::from_unix_ms(self.now),
                         RoomInput::Join {
                             connection: self.conn,
                             hello,
@@ -135,7 +138,7 @@ impl Link {
                         self.deliver_to_client();
                         let now = self.client_now();
                         self.session.handle(
-                            now,
+                            Timestamp::from_unix_ms(now),
                             Input::Disconnected {
                                 code: Some(code.as_u16()),
                             },
@@ -145,10 +148,14 @@ impl Link {
                     }
                     RoomOutput::Compact(job) => {
                         let done = job.run().expect("compaction");
-                        self.room.handle(self.now, RoomInput::Compacted(done));
+                        self.room.handle(
+                            Timestamp::from_unix_ms(self.now),
+                            RoomInput::Compacted(done),
+                        );
                     }
                     RoomOutput::Persist { id, .. } => {
-                        self.room.handle(self.now, RoomInput::Persisted(id));
+                        self.room
+                            .handle(Timestamp::from_unix_ms(self.now), RoomInput::Persisted(id));
                     }
                     _ => {}
                 }
@@ -166,7 +173,8 @@ impl Link {
             any = true;
             if self.connected {
                 let now = self.client_now();
-                self.session.handle(now, Input::Received(&frame));
+                self.session
+                    .handle(Timestamp::from_unix_ms(now), Input::Received(&frame));
             }
         }
         any
@@ -175,7 +183,7 @@ impl Link {
     fn drop_connection(&mut self) {
         if self.joined {
             self.room.handle(
-                self.now,
+                Timestamp::from_unix_ms(self.now),
                 RoomInput::Leave {
                     connection: self.conn,
                 },
@@ -193,8 +201,10 @@ impl Link {
         while self.now < end {
             self.now += step;
             let now = self.client_now();
-            self.session.handle(now, Input::Timeout);
-            self.room.handle(self.now, RoomInput::Timeout);
+            self.session
+                .handle(Timestamp::from_unix_ms(now), Input::Timeout);
+            self.room
+                .handle(Timestamp::from_unix_ms(self.now), RoomInput::Timeout);
             self.settle();
         }
     }
@@ -203,7 +213,7 @@ impl Link {
     fn other_writes(&mut self, seq: u64, at: u64) {
         let session = 1_000 + seq;
         self.room.handle(
-            self.now,
+            Timestamp::from_unix_ms(self.now),
             RoomInput::Join {
                 connection: session,
                 hello: Hello {
@@ -235,14 +245,14 @@ impl Link {
             }],
         };
         self.room.handle(
-            self.now,
+            Timestamp::from_unix_ms(self.now),
             RoomInput::Frame {
                 connection: session,
                 frame: &protocol::encode(&push),
             },
         );
         self.room.handle(
-            self.now,
+            Timestamp::from_unix_ms(self.now),
             RoomInput::Leave {
                 connection: session,
             },
@@ -265,7 +275,12 @@ fn ops_after_a_stale_rejection_are_acknowledged() {
     let mut link = Link::new(config, T);
     // The client writes while offline...
     link.session
-        .put(T, "todos", "old", [("n", Value::Int(0))])
+        .put(
+            Timestamp::from_unix_ms(T),
+            "todos",
+            "old",
+            [("n", Value::Int(0))],
+        )
         .expect("put");
     // ...while the room moves on and compacts, so that write is now older
     // than the room's tombstone horizon.
@@ -273,13 +288,15 @@ fn ops_after_a_stale_rejection_are_acknowledged() {
     link.other_writes(1, link.now);
     let job = link
         .room
-        .compact_now(link.now)
+        .compact_now(Timestamp::from_unix_ms(link.now))
         .expect("something to compact");
-    link.room
-        .handle(link.now, RoomInput::Compacted(job.run().expect("runs")));
+    link.room.handle(
+        Timestamp::from_unix_ms(link.now),
+        RoomInput::Compacted(job.run().expect("runs")),
+    );
     link.settle();
 
-    link.session.start(link.now);
+    link.session.start(Timestamp::from_unix_ms(link.now));
     link.settle();
     assert!(
         link.room_sent.iter().any(|m| matches!(
@@ -296,7 +313,12 @@ fn ops_after_a_stale_rejection_are_acknowledged() {
         link.now += 10;
         let now = link.client_now();
         link.session
-            .put(now, "todos", &format!("new-{i}"), [("n", Value::Int(i))])
+            .put(
+                Timestamp::from_unix_ms(now),
+                "todos",
+                &format!("new-{i}"),
+                [("n", Value::Int(i))],
+            )
             .expect("put");
         link.settle();
     }
@@ -331,11 +353,16 @@ fn ops_after_a_stale_rejection_are_acknowledged() {
 #[test]
 fn an_oversized_write_does_not_wedge_the_session() {
     let mut link = Link::new(RoomConfig::default(), T);
-    link.session.start(link.now);
+    link.session.start(Timestamp::from_unix_ms(link.now));
     link.settle();
     // 3 MiB: under the 4 MiB frame limit, over twice the 1 MiB batch limit.
     let big = Value::String("x".repeat(3 << 20));
-    let _ = link.session.put(link.now, "todos", "big", [("blob", big)]);
+    let _ = link.session.put(
+        Timestamp::from_unix_ms(link.now),
+        "todos",
+        "big",
+        [("blob", big)],
+    );
     link.settle();
     link.run_for(120_000, 1_000);
     let refusals = link
@@ -368,7 +395,8 @@ fn one_applied_per_delivered_frame() {
     let mut link = Link::new(RoomConfig::default(), T);
     // The client's clock runs 90 s behind the relay's, beyond the 60 s bound.
     link.client_skew = -90_000;
-    link.session.start(link.client_now());
+    link.session
+        .start(Timestamp::from_unix_ms(link.client_now()));
     link.settle();
     link.other_writes(1, link.now);
     assert!(

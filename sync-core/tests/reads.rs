@@ -8,6 +8,7 @@ mod common;
 
 use common::{COLLECTIONS, DOC_IDS, FIELDS, applied, ops, snapshot_of};
 use proptest::prelude::*;
+use sync_core::Timestamp;
 use sync_core::{Document, Replica, Value, ValueRef};
 
 fn config() -> ProptestConfig {
@@ -87,7 +88,7 @@ proptest! {
         let mut backward = applied(ops.iter().rev());
         check_reads(&backward)?;
         backward
-            .merge_snapshot(common::LATE_NOW, &snapshot_of(&forward))
+            .merge_snapshot(Timestamp::from_unix_ms(common::LATE_NOW), &snapshot_of(&forward))
             .expect("merge");
         check_reads(&backward)?;
     }
@@ -111,7 +112,12 @@ fn every_kind_of_value_reads_back_borrowed() {
     ];
     let mut replica = common::reader();
     replica
-        .put(common::LATE_NOW, "c", "d", values.iter().cloned())
+        .put(
+            Timestamp::from_unix_ms(common::LATE_NOW),
+            "c",
+            "d",
+            values.iter().cloned(),
+        )
         .expect("put");
     for (name, value) in &values {
         let got = replica.get_field("c", "d", name).expect("present");
@@ -144,11 +150,17 @@ fn removed_data_is_not_read() {
     let mut replica = common::reader();
     let now = common::LATE_NOW;
     replica
-        .put(now, "c", "a", [("x", 1), ("y", 2)])
+        .put(Timestamp::from_unix_ms(now), "c", "a", [("x", 1), ("y", 2)])
         .expect("put");
-    replica.put(now, "c", "b", [("x", 3)]).expect("put");
-    replica.unset(now + 1, "c", "a", ["y"]).expect("unset");
-    replica.delete(now + 1, "c", "b").expect("delete");
+    replica
+        .put(Timestamp::from_unix_ms(now), "c", "b", [("x", 3)])
+        .expect("put");
+    replica
+        .unset(Timestamp::from_unix_ms(now + 1), "c", "a", ["y"])
+        .expect("unset");
+    replica
+        .delete(Timestamp::from_unix_ms(now + 1), "c", "b")
+        .expect("delete");
     assert_eq!(replica.get_field("c", "a", "y"), None);
     assert_eq!(replica.get_field("c", "b", "x"), None);
     assert!(replica.document("c", "b").is_none());
@@ -160,7 +172,9 @@ fn removed_data_is_not_read() {
         .fields()
         .collect();
     assert_eq!(fields, [("x", ValueRef::Int(1))]);
-    replica.drop_collection(now + 2, "c").expect("drop");
+    replica
+        .drop_collection(Timestamp::from_unix_ms(now + 2), "c")
+        .expect("drop");
     assert_eq!(replica.documents("c").count(), 0);
     assert_eq!(
         replica.documents("nothing").prefix("a").after("b").count(),

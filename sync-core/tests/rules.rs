@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use sync_core::Timestamp;
 use sync_core::store::conformance::Harness;
 use sync_core::store::{MemoryStore, Store};
 use sync_core::version::SeqSet;
@@ -86,7 +87,11 @@ fn drop_c() -> Change {
 /// Applies operations in order; each must be accepted as new.
 fn apply(replica: &mut Replica, ops: &[&Op]) {
     for op in ops {
-        assert_eq!(replica.apply(NOW, op), Ok(Applied::New), "applying {op:?}");
+        assert_eq!(
+            replica.apply(at(NOW), op),
+            Ok(Applied::New),
+            "applying {op:?}"
+        );
     }
 }
 
@@ -120,7 +125,7 @@ fn map(entries: &[(&str, Value)]) -> Option<BTreeMap<String, Value>> {
 /// Sends every outbox operation of `from` to `to`.
 fn sync(from: &Replica, to: &mut Replica, now: u64) {
     for op in from.outbox() {
-        to.apply(now, &op).expect("valid operation");
+        to.apply(at(now), &op).expect("valid operation");
     }
 }
 
@@ -359,8 +364,8 @@ fn unset_loses_to_a_later_write_of_the_field() {
 #[test]
 fn local_unset_removes_the_field() {
     let mut r = replica(1);
-    r.put(NOW, "c", "d", [("a", 1), ("b", 2)]).unwrap();
-    let rev = r.unset(NOW, "c", "d", ["a"]).unwrap();
+    r.put(at(NOW), "c", "d", [("a", 1), ("b", 2)]).unwrap();
+    let rev = r.unset(at(NOW), "c", "d", ["a"]).unwrap();
     assert_eq!(fields(&r), map(&[("b", 2.into())]));
     assert_eq!(r.revision("c", "d"), Some(rev));
 }
@@ -370,11 +375,11 @@ fn local_unset_removes_the_field() {
 #[test]
 fn put_if_with_a_stale_revision_fails_and_changes_nothing() {
     let mut r = replica(1);
-    let stale = r.put(NOW, "c", "d", [("a", 1)]).unwrap();
-    let current = r.put(NOW + 1, "c", "d", [("a", 2)]).unwrap();
+    let stale = r.put(at(NOW), "c", "d", [("a", 1)]).unwrap();
+    let current = r.put(at(NOW + 1), "c", "d", [("a", 2)]).unwrap();
     drain_events(&mut r);
     let before = observable(&r);
-    let err = r.put_if(NOW + 2, "c", "d", [("a", 3)], Some(stale));
+    let err = r.put_if(at(NOW + 2), "c", "d", [("a", 3)], Some(stale));
     assert_eq!(
         err,
         Err(WriteError::RevisionMismatch {
@@ -391,8 +396,10 @@ fn put_if_with_a_stale_revision_fails_and_changes_nothing() {
 #[test]
 fn put_if_with_the_current_revision_succeeds() {
     let mut r = replica(1);
-    let current = r.put(NOW, "c", "d", [("a", 1)]).unwrap();
-    let next = r.put_if(NOW, "c", "d", [("a", 2)], Some(current)).unwrap();
+    let current = r.put(at(NOW), "c", "d", [("a", 1)]).unwrap();
+    let next = r
+        .put_if(at(NOW), "c", "d", [("a", 2)], Some(current))
+        .unwrap();
     assert_ne!(next, current);
     assert_eq!(fields(&r), map(&[("a", 2.into())]));
     assert_eq!(r.revision("c", "d"), Some(next));
@@ -401,16 +408,16 @@ fn put_if_with_the_current_revision_succeeds() {
 #[test]
 fn put_if_none_creates_only_if_absent() {
     let mut r = replica(1);
-    r.put_if(NOW, "c", "d", [("a", 1)], None).unwrap();
+    r.put_if(at(NOW), "c", "d", [("a", 1)], None).unwrap();
     let existing = r.revision("c", "d");
     assert!(matches!(
-        r.put_if(NOW, "c", "d", [("a", 2)], None),
+        r.put_if(at(NOW), "c", "d", [("a", 2)], None),
         Err(WriteError::RevisionMismatch { expected: None, actual, .. }) if actual == existing
     ));
     // After a delete it is absent again.
-    r.delete(NOW, "c", "d").unwrap();
+    r.delete(at(NOW), "c", "d").unwrap();
     assert_eq!(r.revision("c", "d"), None);
-    r.put_if(NOW, "c", "d", [("a", 3)], None).unwrap();
+    r.put_if(at(NOW), "c", "d", [("a", 3)], None).unwrap();
     assert_eq!(fields(&r), map(&[("a", 3.into())]));
 }
 
@@ -419,9 +426,9 @@ fn late_older_write_that_adds_a_field_changes_the_revision() {
     // Bob writes first by the clock, but his write reaches Alice late.
     let mut alice = replica(1);
     let mut bob = replica(2);
-    bob.put(NOW, "c", "d", [("done", true)]).unwrap();
+    bob.put(at(NOW), "c", "d", [("done", true)]).unwrap();
     let read = alice
-        .put(NOW + 5_000, "c", "d", [("title", "milk")])
+        .put(at(NOW + 5_000), "c", "d", [("title", "milk")])
         .unwrap();
     sync(&bob, &mut alice, NOW + 5_000);
     let after = alice.revision("c", "d").expect("exists");
@@ -429,11 +436,23 @@ fn late_older_write_that_adds_a_field_changes_the_revision() {
     assert_eq!(after.stamp, read.stamp);
     assert_ne!(after, read, "the revision must see the late field");
     assert!(matches!(
-        alice.put_if(NOW + 5_001, "c", "d", [("title", "oat milk")], Some(read)),
+        alice.put_if(
+            at(NOW + 5_001),
+            "c",
+            "d",
+            [("title", "oat milk")],
+            Some(read)
+        ),
         Err(WriteError::RevisionMismatch { .. })
     ));
     alice
-        .put_if(NOW + 5_001, "c", "d", [("title", "oat milk")], Some(after))
+        .put_if(
+            at(NOW + 5_001),
+            "c",
+            "d",
+            [("title", "oat milk")],
+            Some(after),
+        )
         .unwrap();
 }
 
@@ -453,9 +472,9 @@ fn late_older_delete_that_prunes_a_field_changes_the_revision() {
 fn revisions_are_equal_on_replicas_holding_the_same_writes() {
     let mut alice = replica(1);
     let mut bob = replica(2);
-    alice.put(NOW, "c", "d", [("a", 1)]).unwrap();
-    bob.put(NOW, "c", "d", [("b", 1)]).unwrap();
-    bob.unset(NOW + 1, "c", "d", ["zzz"]).unwrap();
+    alice.put(at(NOW), "c", "d", [("a", 1)]).unwrap();
+    bob.put(at(NOW), "c", "d", [("b", 1)]).unwrap();
+    bob.unset(at(NOW + 1), "c", "d", ["zzz"]).unwrap();
     sync(&alice, &mut bob, NOW + 2);
     sync(&bob, &mut alice, NOW + 2);
     let rev = alice.revision("c", "d");
@@ -483,10 +502,10 @@ fn a_losing_write_does_not_change_the_revision() {
 fn applying_the_same_operation_twice_is_a_duplicate() {
     let write = op(1, 1, 10, put(&[set("a", 1)]));
     let mut r = reader();
-    assert_eq!(r.apply(NOW, &write), Ok(Applied::New));
+    assert_eq!(r.apply(at(NOW), &write), Ok(Applied::New));
     drain_events(&mut r);
     let before = observable(&r);
-    assert_eq!(r.apply(NOW, &write), Ok(Applied::Duplicate));
+    assert_eq!(r.apply(at(NOW), &write), Ok(Applied::Duplicate));
     assert_eq!(observable(&r), before);
     assert!(drain_events(&mut r).is_empty());
 }
@@ -506,8 +525,8 @@ fn out_of_order_sequence_numbers_are_tracked_exactly() {
     assert!(r.version().contains(id(3)));
     assert_eq!(r.version().highest(ALICE), 3);
     let second = op(1, 2, 11, put(&[set("a", 2)]));
-    assert_eq!(r.apply(NOW, &second), Ok(Applied::New));
-    assert_eq!(r.apply(NOW, &third), Ok(Applied::Duplicate));
+    assert_eq!(r.apply(at(NOW), &second), Ok(Applied::New));
+    assert_eq!(r.apply(at(NOW), &third), Ok(Applied::Duplicate));
     assert_eq!(fields(&r), map(&[("a", 3.into())]));
 }
 
@@ -517,14 +536,14 @@ fn out_of_order_sequence_numbers_are_tracked_exactly() {
 fn operation_beyond_the_drift_bound_is_refused_and_changes_nothing() {
     let config = ReplicaConfig::default().with_max_drift_ms(1_000);
     let mut r = Replica::new(ReplicaId(100), config);
-    r.put(10_000, "c", "other", [("x", 1)]).unwrap();
+    r.put(at(10_000), "c", "other", [("x", 1)]).unwrap();
     let _ = r.take_persist();
     drain_events(&mut r);
     let before = observable(&r);
 
     let far = op(1, 1, 11_001, put(&[set("a", 1)]));
     assert!(matches!(
-        r.apply(10_000, &far),
+        r.apply(at(10_000), &far),
         Err(ApplyError::Clock(ClockError::DriftExceeded {
             ahead_ms: 1_001,
             max_drift_ms: 1_000,
@@ -538,20 +557,20 @@ fn operation_beyond_the_drift_bound_is_refused_and_changes_nothing() {
         "a refused op left something to persist"
     );
     // Refused, not recorded: it is accepted once the wall clock catches up.
-    assert_eq!(r.apply(10_001, &far), Ok(Applied::New));
+    assert_eq!(r.apply(at(10_001), &far), Ok(Applied::New));
 
     // Exactly at the bound is fine.
     let edge = op(2, 1, 11_000, put(&[set("b", 1)]));
-    assert_eq!(r.apply(10_000, &edge), Ok(Applied::New));
+    assert_eq!(r.apply(at(10_000), &edge), Ok(Applied::New));
 }
 
 #[test]
 fn local_writes_after_a_remote_op_from_the_future_order_after_it() {
     let mut r = replica(1);
     let ahead = op(2, 1, 50_000, put(&[set("a", "remote")]));
-    r.apply(20_000, &ahead).unwrap();
+    r.apply(at(20_000), &ahead).unwrap();
     // The local wall clock is behind the remote stamp, yet the local write wins.
-    r.put(20_000, "c", "d", [("a", "local")]).unwrap();
+    r.put(at(20_000), "c", "d", [("a", "local")]).unwrap();
     assert_eq!(fields(&r), map(&[("a", "local".into())]));
     assert!(r.clock() > ahead.hlc);
 }
@@ -567,7 +586,7 @@ fn assert_refused(change: Change) -> InvalidOp {
     drain_events(&mut r);
     let before = observable(&r);
     let bad = op(2, 1, 11, change);
-    let reason = match r.apply(NOW, &bad) {
+    let reason = match r.apply(at(NOW), &bad) {
         Err(ApplyError::Invalid { op, reason }) => {
             assert_eq!(op, bad.id);
             reason
@@ -628,7 +647,7 @@ fn remote_op_with_a_value_nested_too_deep_is_refused() {
         10,
         put(&[("a", Some(nested(sync_core::value::MAX_VALUE_DEPTH)))]),
     );
-    assert_eq!(r.apply(NOW, &ok), Ok(Applied::New));
+    assert_eq!(r.apply(at(NOW), &ok), Ok(Applied::New));
 }
 
 #[test]
@@ -636,7 +655,7 @@ fn remote_op_with_sequence_zero_or_long_names_is_refused() {
     let mut r = reader();
     let zero = op(1, 0, 10, put(&[set("a", 1)]));
     assert!(matches!(
-        r.apply(NOW, &zero),
+        r.apply(at(NOW), &zero),
         Err(ApplyError::Invalid {
             reason: InvalidOp::ZeroSequence,
             ..
@@ -659,25 +678,25 @@ fn invalid<T: std::fmt::Debug>(result: Result<T, WriteError>) {
 #[test]
 fn invalid_local_writes_are_refused_and_change_nothing() {
     let mut r = replica(1);
-    r.put(NOW, "c", "d", [("a", 1)]).unwrap();
+    r.put(at(NOW), "c", "d", [("a", 1)]).unwrap();
     let _ = r.take_persist();
     drain_events(&mut r);
     let before = observable(&r);
-    invalid(r.put(NOW, "", "d", [("a", 1)]));
-    invalid(r.put(NOW, "c", "", [("a", 1)]));
-    invalid(r.put(NOW, "c", "d", [("", 1)]));
+    invalid(r.put(at(NOW), "", "d", [("a", 1)]));
+    invalid(r.put(at(NOW), "c", "", [("a", 1)]));
+    invalid(r.put(at(NOW), "c", "d", [("", 1)]));
     invalid(r.put(
-        NOW,
+        at(NOW),
         "c",
         "d",
         [("a", nested(sync_core::value::MAX_VALUE_DEPTH + 1))],
     ));
-    invalid(r.put_if(NOW, "", "d", [("a", 1)], None));
-    invalid(r.unset(NOW, "c", "d", [""]));
-    invalid(r.delete(NOW, "c", ""));
-    invalid(r.create_collection(NOW, ""));
+    invalid(r.put_if(at(NOW), "", "d", [("a", 1)], None));
+    invalid(r.unset(at(NOW), "c", "d", [""]));
+    invalid(r.delete(at(NOW), "c", ""));
+    invalid(r.create_collection(at(NOW), ""));
     invalid(r.drop_collection(
-        NOW,
+        at(NOW),
         &"c".repeat(sync_core::limits::MAX_COLLECTION_NAME_LEN + 1),
     ));
     assert_eq!(observable(&r), before);
@@ -688,7 +707,7 @@ fn invalid_local_writes_are_refused_and_change_nothing() {
 #[test]
 fn a_local_write_naming_a_field_twice_keeps_the_last_value() {
     let mut r = replica(1);
-    r.put(NOW, "c", "d", [("a", 1), ("a", 2)]).unwrap();
+    r.put(at(NOW), "c", "d", [("a", 1), ("a", 2)]).unwrap();
     assert_eq!(fields(&r), map(&[("a", 2.into())]));
     // And the queued operation is valid for other replicas.
     let mut other = reader();
@@ -701,10 +720,11 @@ fn a_local_write_naming_a_field_twice_keeps_the_last_value() {
 #[test]
 fn local_writes_queue_in_the_outbox_and_acknowledge_drops_them() {
     let mut r = replica(1);
-    r.put(NOW, "c", "d", [("a", 1)]).unwrap();
-    r.delete(NOW, "c", "e").unwrap();
-    r.create_collection(NOW, "k").unwrap();
-    r.apply(NOW, &op(2, 1, 10, put(&[set("b", 1)]))).unwrap();
+    r.put(at(NOW), "c", "d", [("a", 1)]).unwrap();
+    r.delete(at(NOW), "c", "e").unwrap();
+    r.create_collection(at(NOW), "k").unwrap();
+    r.apply(at(NOW), &op(2, 1, 10, put(&[set("b", 1)])))
+        .unwrap();
     let seqs = |r: &Replica| r.outbox().map(|op| op.id.seq).collect::<Vec<_>>();
     assert_eq!(
         seqs(&r),
@@ -728,9 +748,9 @@ fn local_writes_queue_in_the_outbox_and_acknowledge_drops_them() {
 #[test]
 fn outbox_operations_carry_increasing_stamps() {
     let mut r = replica(1);
-    r.put(NOW, "c", "d", [("a", 1)]).unwrap();
-    r.put(NOW - 10, "c", "d", [("a", 2)]).unwrap(); // the wall clock went back
-    r.put(NOW, "c", "d", [("a", 3)]).unwrap();
+    r.put(at(NOW), "c", "d", [("a", 1)]).unwrap();
+    r.put(at(NOW - 10), "c", "d", [("a", 2)]).unwrap(); // the wall clock went back
+    r.put(at(NOW), "c", "d", [("a", 3)]).unwrap();
     let hlcs: Vec<Hlc> = r.outbox().map(|op| op.hlc).collect();
     assert!(hlcs.windows(2).all(|w| w[0] < w[1]), "{hlcs:?}");
     assert_eq!(fields(&r), map(&[("a", 3.into())]));
@@ -757,21 +777,21 @@ fn coll_changed(collection: &str, origin: Origin) -> Event {
 fn local_changes_raise_local_events() {
     let mut r = replica(1);
     drain_events(&mut r);
-    r.put(NOW, "c", "d", [("a", 1)]).unwrap();
+    r.put(at(NOW), "c", "d", [("a", 1)]).unwrap();
     assert_eq!(
         drain_events(&mut r),
         vec![doc_changed("c", "d", Origin::Local)]
     );
-    r.delete(NOW, "c", "d").unwrap();
+    r.delete(at(NOW), "c", "d").unwrap();
     assert_eq!(
         drain_events(&mut r),
         vec![doc_changed("c", "d", Origin::Local)]
     );
-    r.create_collection(NOW, "k").unwrap();
+    r.create_collection(at(NOW), "k").unwrap();
     assert_eq!(drain_events(&mut r), vec![coll_changed("k", Origin::Local)]);
-    r.put(NOW, "k", "x", [("a", 1)]).unwrap();
+    r.put(at(NOW), "k", "x", [("a", 1)]).unwrap();
     drain_events(&mut r);
-    r.drop_collection(NOW, "k").unwrap();
+    r.drop_collection(at(NOW), "k").unwrap();
     let events = drain_events(&mut r);
     assert!(
         events.contains(&doc_changed("k", "x", Origin::Local)),
@@ -811,10 +831,10 @@ fn remote_changes_raise_remote_events_and_lost_writes_none() {
 #[test]
 fn snapshot_merge_raises_remote_events_for_documents_it_changes() {
     let mut source = replica(1);
-    source.put(NOW, "c", "new", [("a", 1)]).unwrap();
+    source.put(at(NOW), "c", "new", [("a", 1)]).unwrap();
     let mut r = reader();
     drain_events(&mut r);
-    r.merge_snapshot(NOW, &snapshot_of(&source)).unwrap();
+    r.merge_snapshot(at(NOW), &snapshot_of(&source)).unwrap();
     assert_eq!(
         drain_events(&mut r),
         vec![doc_changed("c", "new", Origin::Remote)]
@@ -827,11 +847,12 @@ fn snapshot_merge_raises_remote_events_for_documents_it_changes() {
 fn snapshot_drop_announces_the_documents_it_removes() {
     let mut alice = replica(1);
     let mut bob = replica(2);
-    alice.put(NOW, "c", "d", [("a", 1)]).unwrap();
+    alice.put(at(NOW), "c", "d", [("a", 1)]).unwrap();
     sync(&alice, &mut bob, NOW);
-    alice.drop_collection(NOW + 1, "c").unwrap();
+    alice.drop_collection(at(NOW + 1), "c").unwrap();
     drain_events(&mut bob);
-    bob.merge_snapshot(NOW + 1, &snapshot_of(&alice)).unwrap();
+    bob.merge_snapshot(at(NOW + 1), &snapshot_of(&alice))
+        .unwrap();
     assert_eq!(fields(&bob), None);
     let events = drain_events(&mut bob);
     assert!(
@@ -847,19 +868,25 @@ fn replica_restores_exactly_after_writes_and_acknowledgements() {
     let mut store = MemoryStore::new();
     let mut r = replica(1);
     persist(&mut r, &mut store);
-    r.put(NOW, "c", "d", [("a", Value::from(1)), ("b", "x".into())])
+    r.put(
+        at(NOW),
+        "c",
+        "d",
+        [("a", Value::from(1)), ("b", "x".into())],
+    )
+    .unwrap();
+    persist(&mut r, &mut store);
+    r.put(at(NOW + 1), "c", "e", [("a", 2)]).unwrap();
+    r.unset(at(NOW + 2), "c", "d", ["b"]).unwrap();
+    persist(&mut r, &mut store);
+    r.apply(at(NOW), &op(2, 1, 10, put(&[set("z", true)])))
         .unwrap();
-    persist(&mut r, &mut store);
-    r.put(NOW + 1, "c", "e", [("a", 2)]).unwrap();
-    r.unset(NOW + 2, "c", "d", ["b"]).unwrap();
-    persist(&mut r, &mut store);
-    r.apply(NOW, &op(2, 1, 10, put(&[set("z", true)]))).unwrap();
-    r.delete(NOW + 3, "c", "e").unwrap();
+    r.delete(at(NOW + 3), "c", "e").unwrap();
     r.acknowledge(2);
     persist(&mut r, &mut store);
-    r.create_collection(NOW + 4, "k").unwrap();
-    r.put(NOW + 5, "k", "x", [("a", 1)]).unwrap();
-    r.drop_collection(NOW + 6, "k").unwrap();
+    r.create_collection(at(NOW + 4), "k").unwrap();
+    r.put(at(NOW + 5), "k", "x", [("a", 1)]).unwrap();
+    r.drop_collection(at(NOW + 6), "k").unwrap();
     r.acknowledge(5);
     persist(&mut r, &mut store);
 
@@ -897,8 +924,8 @@ fn restore_from_an_empty_store_is_none() {
 fn stored_records() -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut store = MemoryStore::new();
     let mut r = replica(1);
-    r.put(NOW, "c", "d", [("a", 1)]).unwrap();
-    r.create_collection(NOW, "c").unwrap();
+    r.put(at(NOW), "c", "d", [("a", 1)]).unwrap();
+    r.create_collection(at(NOW), "c").unwrap();
     persist(&mut r, &mut store);
     let Ok(records) = store.read_all();
     records
@@ -989,11 +1016,12 @@ fn documents_removed_by_a_snapshot_drop_stay_removed_after_restore() {
     let mut alice = replica(1);
     let mut bob = replica(2);
     let mut bob_store = MemoryStore::new();
-    alice.put(NOW, "c", "d", [("a", 1)]).unwrap();
+    alice.put(at(NOW), "c", "d", [("a", 1)]).unwrap();
     sync(&alice, &mut bob, NOW);
     persist(&mut bob, &mut bob_store);
-    alice.drop_collection(NOW + 1, "c").unwrap();
-    bob.merge_snapshot(NOW + 1, &snapshot_of(&alice)).unwrap();
+    alice.drop_collection(at(NOW + 1), "c").unwrap();
+    bob.merge_snapshot(at(NOW + 1), &snapshot_of(&alice))
+        .unwrap();
     persist(&mut bob, &mut bob_store);
     assert_eq!(fields(&bob), None);
 
@@ -1010,22 +1038,22 @@ fn outbox_with_a_gap_persists_and_restores() {
     let mut store = MemoryStore::new();
     let mut alice = replica(1);
     let mut relay = reader();
-    alice.put(NOW, "c", "d", [("a", 1)]).unwrap();
+    alice.put(at(NOW), "c", "d", [("a", 1)]).unwrap();
     persist(&mut alice, &mut store);
     let mut backup = store.clone();
-    alice.put(NOW + 1, "c", "d", [("a", 2)]).unwrap();
-    alice.put(NOW + 2, "c", "d", [("a", 3)]).unwrap();
+    alice.put(at(NOW + 1), "c", "d", [("a", 2)]).unwrap();
+    alice.put(at(NOW + 2), "c", "d", [("a", 3)]).unwrap();
     sync(&alice, &mut relay, NOW + 2);
 
     let mut old = restore(&backup);
     assert_eq!(old.next_seq(), 2);
     for seq in [2, 3] {
         let own = alice.outbox().find(|op| op.id.seq == seq).unwrap();
-        assert_eq!(old.apply(NOW + 3, &own), Ok(Applied::New));
+        assert_eq!(old.apply(at(NOW + 3), &own), Ok(Applied::New));
     }
     assert_eq!(old.next_seq(), 4, "own operations are never renumbered");
-    old.put(NOW + 3, "c", "d", [("a", 4)]).unwrap();
-    old.put(NOW + 4, "c", "e", [("a", 5)]).unwrap();
+    old.put(at(NOW + 3), "c", "d", [("a", 4)]).unwrap();
+    old.put(at(NOW + 4), "c", "e", [("a", 5)]).unwrap();
     let outbox: Vec<u64> = old.outbox().map(|op| op.id.seq).collect();
     assert_eq!(outbox, vec![1, 4, 5]);
     persist(&mut old, &mut backup);
@@ -1045,24 +1073,25 @@ fn own_operations_in_a_merged_snapshot_are_never_renumbered() {
     let mut store = MemoryStore::new();
     let mut alice = replica(1);
     let mut relay = reader();
-    alice.put(NOW, "c", "d", [("a", 1)]).unwrap();
+    alice.put(at(NOW), "c", "d", [("a", 1)]).unwrap();
     persist(&mut alice, &mut store);
-    alice.put(NOW + 1, "c", "d", [("a", 2)]).unwrap();
-    alice.put(NOW + 2, "c", "d", [("a", 3)]).unwrap();
+    alice.put(at(NOW + 1), "c", "d", [("a", 2)]).unwrap();
+    alice.put(at(NOW + 2), "c", "d", [("a", 3)]).unwrap();
     sync(&alice, &mut relay, NOW + 2);
 
     // Alice's device is restored from the backup taken after her first write.
     let mut old = restore(&store);
-    old.merge_snapshot(NOW + 3, &snapshot_of(&relay)).unwrap();
+    old.merge_snapshot(at(NOW + 3), &snapshot_of(&relay))
+        .unwrap();
     assert_eq!(fields(&old), map(&[("a", 3.into())]));
-    old.put(NOW + 3, "c", "d", [("a", 4)]).unwrap();
+    old.put(at(NOW + 3), "c", "d", [("a", 4)]).unwrap();
     let new_op = old.outbox().next_back().unwrap();
     assert!(
         new_op.id.seq > 3,
         "sequence number {} reused",
         new_op.id.seq
     );
-    assert_eq!(relay.apply(NOW + 3, &new_op), Ok(Applied::New));
+    assert_eq!(relay.apply(at(NOW + 3), &new_op), Ok(Applied::New));
     assert_eq!(fields(&relay), map(&[("a", 4.into())]));
 }
 
@@ -1072,7 +1101,7 @@ fn own_operations_in_a_merged_snapshot_are_never_renumbered() {
 fn snapshot_with_stamps_beyond_the_drift_bound_is_refused() {
     let mut ahead = replica(1);
     ahead
-        .put(NOW + 3_600_000, "c", "d", [("a", "from the future")])
+        .put(at(NOW + 3_600_000), "c", "d", [("a", "from the future")])
         .unwrap();
     let honest = snapshot_of(&ahead);
     let understated = Snapshot::encode(&honest.state, &honest.version, Hlc::ZERO, Hlc::ZERO);
@@ -1080,12 +1109,12 @@ fn snapshot_with_stamps_beyond_the_drift_bound_is_refused() {
 
     for snapshot in [&honest, &understated] {
         let mut r = replica(2);
-        r.put(NOW, "c", "d", [("a", "now")]).unwrap();
+        r.put(at(NOW), "c", "d", [("a", "now")]).unwrap();
         drain_events(&mut r);
         let before = observable(&r);
         assert!(
             matches!(
-                r.merge_snapshot(NOW, snapshot),
+                r.merge_snapshot(at(NOW), snapshot),
                 Err(ApplyError::Clock(ClockError::DriftExceeded { .. }))
             ),
             "max_hlc {}",
@@ -1103,23 +1132,24 @@ fn own_operations_in_a_reset_snapshot_are_never_renumbered() {
     let mut store = MemoryStore::new();
     let mut alice = replica(1);
     let mut relay = reader();
-    alice.put(NOW, "c", "d", [("a", 1)]).unwrap();
+    alice.put(at(NOW), "c", "d", [("a", 1)]).unwrap();
     persist(&mut alice, &mut store);
-    alice.put(NOW + 1, "c", "d", [("a", 2)]).unwrap();
-    alice.put(NOW + 2, "c", "d", [("a", 3)]).unwrap();
+    alice.put(at(NOW + 1), "c", "d", [("a", 2)]).unwrap();
+    alice.put(at(NOW + 2), "c", "d", [("a", 3)]).unwrap();
     sync(&alice, &mut relay, NOW + 2);
 
     let mut old = restore(&store);
-    old.reset_to_snapshot(NOW + 3, snapshot_of(&relay)).unwrap();
+    old.reset_to_snapshot(at(NOW + 3), snapshot_of(&relay))
+        .unwrap();
     assert_eq!(fields(&old), map(&[("a", 3.into())]));
-    old.put(NOW + 3, "c", "d", [("a", 4)]).unwrap();
+    old.put(at(NOW + 3), "c", "d", [("a", 4)]).unwrap();
     let new_op = old.outbox().next_back().unwrap();
     assert!(
         new_op.id.seq > 3,
         "sequence number {} reused",
         new_op.id.seq
     );
-    assert_eq!(relay.apply(NOW + 3, &new_op), Ok(Applied::New));
+    assert_eq!(relay.apply(at(NOW + 3), &new_op), Ok(Applied::New));
 }
 
 /// Replacing the state with a snapshot checks its stamps against the drift
@@ -1128,16 +1158,16 @@ fn own_operations_in_a_reset_snapshot_are_never_renumbered() {
 fn reset_to_a_snapshot_with_stamps_beyond_the_drift_bound_is_refused() {
     let mut ahead = replica(1);
     ahead
-        .put(NOW + 3_600_000, "c", "d", [("a", "from the future")])
+        .put(at(NOW + 3_600_000), "c", "d", [("a", "from the future")])
         .unwrap();
     let honest = snapshot_of(&ahead);
     let understated = Snapshot::encode(&honest.state, &honest.version, Hlc::ZERO, Hlc::ZERO);
     let understated = Snapshot::decode(&understated).expect("well-formed");
     let mut r = replica(2);
-    r.put(NOW, "c", "d", [("a", "now")]).unwrap();
+    r.put(at(NOW), "c", "d", [("a", "now")]).unwrap();
     let before = observable(&r);
     assert!(matches!(
-        r.reset_to_snapshot(NOW, understated.clone()),
+        r.reset_to_snapshot(at(NOW), understated.clone()),
         Err(ApplyError::Clock(ClockError::DriftExceeded { .. }))
     ));
     assert_eq!(observable(&r), before);
@@ -1149,8 +1179,8 @@ fn reset_to_a_snapshot_with_stamps_beyond_the_drift_bound_is_refused() {
 fn own_operation_with_the_largest_sequence_number_is_handled() {
     let mut r = replica(1);
     let last = op(1, u64::MAX, 10, put(&[set("a", 1)]));
-    assert_eq!(r.apply(NOW, &last), Ok(Applied::New));
-    assert_eq!(r.apply(NOW, &last), Ok(Applied::Duplicate));
+    assert_eq!(r.apply(at(NOW), &last), Ok(Applied::New));
+    assert_eq!(r.apply(at(NOW), &last), Ok(Applied::Duplicate));
     assert_eq!(fields(&r), map(&[("a", 1.into())]));
 }
 
@@ -1177,14 +1207,15 @@ fn version_vectors_at_the_end_of_the_sequence_range_do_not_overflow() {
     let snapshot = Snapshot::encode(&State::new(), &version, Hlc::ZERO, Hlc::ZERO);
     let snapshot = Snapshot::decode(&snapshot).expect("decodes");
     let mut r = reader();
-    r.apply(NOW, &op(2, 3, 10, put(&[set("a", 1)]))).unwrap();
-    r.merge_snapshot(NOW, &snapshot).unwrap();
+    r.apply(at(NOW), &op(2, 3, 10, put(&[set("a", 1)])))
+        .unwrap();
+    r.merge_snapshot(at(NOW), &snapshot).unwrap();
     assert!(r.version().contains(OpId {
         replica: BOB,
         seq: 5
     }));
     assert_eq!(
-        r.apply(NOW, &op(2, 9, 10, delete())),
+        r.apply(at(NOW), &op(2, 9, 10, delete())),
         Ok(Applied::Duplicate)
     );
 }
@@ -1212,9 +1243,9 @@ mod memory_store_conformance {
 #[test]
 fn persist_batches_never_name_a_key_twice() {
     let mut r = replica(1);
-    r.put(NOW, "c", "d", [("a", 1)]).unwrap();
-    r.put(NOW, "c", "d", [("b", 1)]).unwrap();
-    r.drop_collection(NOW, "c").unwrap();
+    r.put(at(NOW), "c", "d", [("a", 1)]).unwrap();
+    r.put(at(NOW), "c", "d", [("b", 1)]).unwrap();
+    r.drop_collection(at(NOW), "c").unwrap();
     r.acknowledge(1);
     let batch = r.take_persist().expect("something to persist");
     let mut keys: Vec<&StoreKey> = batch.writes.iter().map(Write::key).collect();
@@ -1222,4 +1253,9 @@ fn persist_batches_never_name_a_key_twice() {
     keys.sort();
     keys.dedup();
     assert_eq!(keys.len(), all, "{batch:?}");
+}
+
+/// The host clock reading `ms` milliseconds after the epoch.
+fn at(ms: u64) -> Timestamp {
+    Timestamp::from_unix_ms(ms)
 }

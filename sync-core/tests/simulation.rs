@@ -33,6 +33,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use sync_core::Timestamp;
 use sync_core::protocol::{self, Message};
 use sync_core::room::{
     CompactionJob, CompactionPolicy, Room, RoomConfig, RoomInput, RoomOutput, RoomPersist,
@@ -653,7 +654,7 @@ impl Sim {
         for i in 0..sim.clients.len() {
             let now = sim.clients[i].local(sim.now);
             if let Some(s) = sim.clients[i].session.as_mut() {
-                s.start(now);
+                s.start(Timestamp::from_unix_ms(now));
             }
             sim.drain_client(i);
         }
@@ -700,7 +701,7 @@ impl Sim {
                         self.clients[i].conn = Some(conn);
                         let now = self.clients[i].local(self.now);
                         if let Some(s) = self.clients[i].session.as_mut() {
-                            s.handle(now, Input::Connected);
+                            s.handle(Timestamp::from_unix_ms(now), Input::Connected);
                         }
                     }
                 }
@@ -760,7 +761,7 @@ impl Sim {
                 }
                 Output::Timeout(at) => {
                     let skew = self.clients[i].skew;
-                    self.clients[i].timeout = Some(at.saturating_add_signed(-skew));
+                    self.clients[i].timeout = Some(at.unix_ms().saturating_add_signed(-skew));
                 }
             }
         }
@@ -816,7 +817,7 @@ impl Sim {
     fn client_input(&mut self, i: usize, input: Input<'_>) {
         let now = self.clients[i].local(self.now);
         if let Some(s) = self.clients[i].session.as_mut() {
-            s.handle(now, input);
+            s.handle(Timestamp::from_unix_ms(now), input);
         }
         self.drain_client(i);
     }
@@ -883,17 +884,27 @@ impl Sim {
         };
         let before = session.replica().next_seq();
         let result = match kind {
-            0..=59 => session.put(now, coll, id, [(field, value)]).map(|_| ()),
+            0..=59 => session
+                .put(Timestamp::from_unix_ms(now), coll, id, [(field, value)])
+                .map(|_| ()),
             60..=69 => {
                 let rev = session.replica().revision(coll, id);
                 session
-                    .put_if(now, coll, id, [(field, value)], rev)
+                    .put_if(
+                        Timestamp::from_unix_ms(now),
+                        coll,
+                        id,
+                        [(field, value)],
+                        rev,
+                    )
                     .map(|_| ())
             }
-            70..=79 => session.unset(now, coll, id, [field]).map(|_| ()),
-            80..=91 => session.delete(now, coll, id),
-            92..=95 => session.create_collection(now, coll),
-            _ => session.drop_collection(now, coll),
+            70..=79 => session
+                .unset(Timestamp::from_unix_ms(now), coll, id, [field])
+                .map(|_| ()),
+            80..=91 => session.delete(Timestamp::from_unix_ms(now), coll, id),
+            92..=95 => session.create_collection(Timestamp::from_unix_ms(now), coll),
+            _ => session.drop_collection(Timestamp::from_unix_ms(now), coll),
         };
         if let Err(WriteError::StoreFailed { .. }) = result {
             self.cov.writes_refused_store_failed += 1;
@@ -997,7 +1008,7 @@ impl Sim {
         c.session = Some(session);
         let now = c.local(self.now);
         if let Some(s) = c.session.as_mut() {
-            s.start(now);
+            s.start(Timestamp::from_unix_ms(now));
         }
         self.drain_client(i);
     }
@@ -1007,7 +1018,7 @@ impl Sim {
     fn drain_room(&mut self) {
         while let Some(out) = self.room.room.poll() {
             match out {
-                RoomOutput::Timeout(at) => self.room.timeout = Some(at),
+                RoomOutput::Timeout(at) => self.room.timeout = Some(at.unix_ms()),
                 RoomOutput::Compact(job) => {
                     self.compaction_started(&job);
                     let at = self.now + self.rng.below(500);
@@ -1086,13 +1097,17 @@ impl Sim {
                 return self.reload_room();
             }
             self.room.store.write(&batch);
-            self.room.room.handle(self.now, RoomInput::Persisted(id));
+            self.room
+                .room
+                .handle(Timestamp::from_unix_ms(self.now), RoomInput::Persisted(id));
         }
         self.drain_room();
     }
 
     fn room_input(&mut self, input: RoomInput<'_>) {
-        self.room.room.handle(self.now, input);
+        self.room
+            .room
+            .handle(Timestamp::from_unix_ms(self.now), input);
         self.drain_room();
     }
 
@@ -1416,7 +1431,11 @@ impl Sim {
                     }
                 }
                 725..=734 => {
-                    if let Some(job) = self.room.room.compact_now(self.now) {
+                    if let Some(job) = self
+                        .room
+                        .room
+                        .compact_now(Timestamp::from_unix_ms(self.now))
+                    {
                         self.note(format!("forced compaction through {}", job.through()));
                         self.compaction_started(&job);
                         let at = self.now + self.rng.below(300);
@@ -1474,7 +1493,7 @@ impl Sim {
             .push(new_client(ReplicaId(100 + i as u64), 0, seed));
         let now = self.now;
         if let Some(s) = self.clients[i].session.as_mut() {
-            s.start(now);
+            s.start(Timestamp::from_unix_ms(now));
         }
         self.drain_client(i);
         self.heal();
@@ -1484,7 +1503,7 @@ impl Sim {
         let mut out = format!(
             "room head {} stats {:?}\n",
             self.room.room.head(),
-            self.room.room.stats(self.now)
+            self.room.room.stats(Timestamp::from_unix_ms(self.now))
         );
         for (i, c) in self.clients.iter().enumerate() {
             out += &format!(

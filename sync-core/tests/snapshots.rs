@@ -11,6 +11,7 @@ mod common;
 use common::{applied, ops, reader, snapshot_of};
 use proptest::prelude::*;
 use serde::Serialize;
+use sync_core::Timestamp;
 use sync_core::snapshot::{COMPRESSED_SNAPSHOT_FORMAT, NEWEST_SNAPSHOT_FORMAT};
 use sync_core::{
     Hlc, OpId, Replica, ReplicaConfig, ReplicaId, Snapshot, SnapshotError, Value, VersionVector,
@@ -30,23 +31,39 @@ fn small_replica() -> Replica {
     let mut bob = Replica::new(ReplicaId(2), ReplicaConfig::default());
     alice
         .put(
-            NOW,
+            Timestamp::from_unix_ms(NOW),
             "todos",
             "a",
             [("title", Value::from("milk")), ("n", 1.into())],
         )
         .unwrap();
-    alice.unset(NOW + 1, "todos", "a", ["n"]).unwrap();
     alice
-        .put(NOW + 1, "todos", "b", [("title", "eggs")])
+        .unset(Timestamp::from_unix_ms(NOW + 1), "todos", "a", ["n"])
         .unwrap();
-    alice.delete(NOW + 2, "todos", "b").unwrap();
-    bob.create_collection(NOW, "notes").unwrap();
-    bob.put(NOW, "old", "x", [("y", Value::Bytes(vec![1, 2]))])
+    alice
+        .put(
+            Timestamp::from_unix_ms(NOW + 1),
+            "todos",
+            "b",
+            [("title", "eggs")],
+        )
         .unwrap();
-    bob.drop_collection(NOW + 1, "old").unwrap();
+    alice
+        .delete(Timestamp::from_unix_ms(NOW + 2), "todos", "b")
+        .unwrap();
+    bob.create_collection(Timestamp::from_unix_ms(NOW), "notes")
+        .unwrap();
+    bob.put(
+        Timestamp::from_unix_ms(NOW),
+        "old",
+        "x",
+        [("y", Value::Bytes(vec![1, 2]))],
+    )
+    .unwrap();
+    bob.drop_collection(Timestamp::from_unix_ms(NOW + 1), "old")
+        .unwrap();
     for op in bob.outbox() {
-        alice.apply(NOW + 3, &op).unwrap();
+        alice.apply(Timestamp::from_unix_ms(NOW + 3), &op).unwrap();
     }
     alice
 }
@@ -393,7 +410,7 @@ fn a_snapshot_version_vector_is_merged() {
     let replica = small_replica();
     let mut other = reader();
     other
-        .merge_snapshot(NOW + 10, &snapshot_of(&replica))
+        .merge_snapshot(Timestamp::from_unix_ms(NOW + 10), &snapshot_of(&replica))
         .unwrap();
     assert!(other.version().includes(replica.version()));
     assert!(other.version().contains(OpId {
@@ -403,7 +420,7 @@ fn a_snapshot_version_vector_is_merged() {
     // Applying an operation the snapshot included is a duplicate.
     let op = replica.outbox().next().unwrap();
     assert_eq!(
-        other.apply(NOW + 10, &op),
+        other.apply(Timestamp::from_unix_ms(NOW + 10), &op),
         Ok(sync_core::Applied::Duplicate)
     );
 }

@@ -9,6 +9,7 @@ mod common;
 
 use common::{COLLECTIONS, DOC_IDS, FIELDS, value};
 use proptest::prelude::*;
+use sync_core::Timestamp;
 use sync_core::session::{Output, Session, SessionConfig};
 use sync_core::store::{MemoryStore, Store};
 use sync_core::{
@@ -53,11 +54,15 @@ fn write(invalid: f64) -> impl Strategy<Value = Write> {
 
 fn one_by_one(replica: &mut Replica, now: u64, write: &Write) -> Result<(), WriteError> {
     match write.clone() {
-        Write::Put(c, d, f) => replica.put(now, &c, &d, f).map(drop),
-        Write::Unset(c, d, f) => replica.unset(now, &c, &d, f).map(drop),
-        Write::Delete(c, d) => replica.delete(now, &c, &d),
-        Write::Create(c) => replica.create_collection(now, &c),
-        Write::Drop(c) => replica.drop_collection(now, &c),
+        Write::Put(c, d, f) => replica
+            .put(Timestamp::from_unix_ms(now), &c, &d, f)
+            .map(drop),
+        Write::Unset(c, d, f) => replica
+            .unset(Timestamp::from_unix_ms(now), &c, &d, f)
+            .map(drop),
+        Write::Delete(c, d) => replica.delete(Timestamp::from_unix_ms(now), &c, &d),
+        Write::Create(c) => replica.create_collection(Timestamp::from_unix_ms(now), &c),
+        Write::Drop(c) => replica.drop_collection(Timestamp::from_unix_ms(now), &c),
     }
 }
 
@@ -132,7 +137,7 @@ proptest! {
         }
         let (mut batched, mut batched_store) = prepared(&before, persisted);
         batched
-            .transaction(now, |tx| {
+            .transaction(Timestamp::from_unix_ms(now), |tx| {
                 for write in &writes {
                     in_transaction(tx, write)?;
                 }
@@ -176,7 +181,7 @@ proptest! {
         prop_assume!(invalid);
         let (mut replica, mut store) = prepared(&before, true);
         let (mut untouched, mut untouched_store) = prepared(&before, true);
-        let result = replica.transaction(now, |tx| {
+        let result = replica.transaction(Timestamp::from_unix_ms(now), |tx| {
             for write in &writes {
                 in_transaction(tx, write)?;
             }
@@ -206,7 +211,7 @@ fn the_closures_own_error_abandons_the_transaction() {
     }
     let mut replica = Replica::new(ReplicaId(7), ReplicaConfig::default());
     replica.take_persist();
-    let result = replica.transaction(1_000, |tx| {
+    let result = replica.transaction(Timestamp::from_unix_ms(1_000), |tx| {
         tx.put("c", "a", [("x", 1)])?;
         tx.delete("c", "b")?;
         Err::<(), _>(AppError::Cancelled)
@@ -224,8 +229,10 @@ fn the_closures_own_error_abandons_the_transaction() {
 #[test]
 fn conditions_see_the_state_before_the_transaction() {
     let mut replica = Replica::new(ReplicaId(7), ReplicaConfig::default());
-    let rev = replica.put(1_000, "c", "a", [("x", 1)]).expect("put");
-    let out = replica.transaction(1_001, |tx| {
+    let rev = replica
+        .put(Timestamp::from_unix_ms(1_000), "c", "a", [("x", 1)])
+        .expect("put");
+    let out = replica.transaction(Timestamp::from_unix_ms(1_001), |tx| {
         tx.put("c", "a", [("x", 2)])?;
         // Still the revision from before the transaction.
         assert_eq!(tx.state().revision("c", "a"), Some(rev));
@@ -242,7 +249,7 @@ fn conditions_see_the_state_before_the_transaction() {
     assert!(replica.document("c", "b").is_none());
 
     let before = replica.state().clone();
-    let failed = replica.transaction(1_002, |tx| {
+    let failed = replica.transaction(Timestamp::from_unix_ms(1_002), |tx| {
         tx.put("c", "z", [("x", 1)])?;
         tx.put_if("c", "a", [("x", 9)], Some(rev))?;
         Ok::<_, WriteError>(())
@@ -258,7 +265,7 @@ fn a_session_persists_a_transaction_once() {
     let mut session = Session::new(replica, SessionConfig::new("room", "token"), 1);
     while session.poll().is_some() {}
     session
-        .transaction(1_000, |tx| {
+        .transaction(Timestamp::from_unix_ms(1_000), |tx| {
             for d in 0..50 {
                 tx.put("c", &format!("d{d}"), [("x", d)])?;
             }

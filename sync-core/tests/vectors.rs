@@ -19,6 +19,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use sync_core::Timestamp;
 use sync_core::protocol::{self, CloseCode, ErrorCode, Hello, Message, Welcome};
 use sync_core::{
     Change, Hlc, Op, OpId, Replica, ReplicaConfig, ReplicaId, Snapshot, Value, VersionVector,
@@ -93,7 +94,7 @@ fn sample_snapshot() -> Vec<u8> {
     let mut bob = Replica::new(BOB, config);
     alice
         .put(
-            T,
+            Timestamp::from_unix_ms(T),
             "todos",
             "milk",
             [
@@ -102,18 +103,34 @@ fn sample_snapshot() -> Vec<u8> {
             ],
         )
         .expect("put");
-    alice.create_collection(T + 1, "notes").expect("create");
     alice
-        .put(T + 2, "todos", "eggs", [("title", "Eggs")])
+        .create_collection(Timestamp::from_unix_ms(T + 1), "notes")
+        .expect("create");
+    alice
+        .put(
+            Timestamp::from_unix_ms(T + 2),
+            "todos",
+            "eggs",
+            [("title", "Eggs")],
+        )
         .expect("put");
-    alice.delete(T + 3, "todos", "eggs").expect("delete");
     alice
-        .unset(T + 4, "todos", "milk", ["title"])
+        .delete(Timestamp::from_unix_ms(T + 3), "todos", "eggs")
+        .expect("delete");
+    alice
+        .unset(Timestamp::from_unix_ms(T + 4), "todos", "milk", ["title"])
         .expect("unset");
-    bob.put(T + 5, "todos", "milk", [("done", true)])
-        .expect("put");
+    bob.put(
+        Timestamp::from_unix_ms(T + 5),
+        "todos",
+        "milk",
+        [("done", true)],
+    )
+    .expect("put");
     for op in bob.outbox().collect::<Vec<_>>() {
-        alice.apply(T + 5, &op).expect("apply");
+        alice
+            .apply(Timestamp::from_unix_ms(T + 5), &op)
+            .expect("apply");
     }
     alice.encode_snapshot()
 }

@@ -3,6 +3,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::LocalBoxFuture;
+use sync_client::Timestamp;
 use sync_client::platform::Timer;
 
 /// Longest single tokio sleep. A far-off deadline is slept towards in
@@ -28,26 +29,28 @@ impl TokioTimer {
     }
 }
 
-/// Milliseconds since the Unix epoch; 0 if the clock is before 1970.
-fn now_ms() -> u64 {
+/// The system's wall clock; the epoch if the clock is before 1970.
+fn wall_clock() -> Timestamp {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .map_or(Timestamp::EPOCH, |d| {
+            Timestamp::from_unix_ms(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        })
 }
 
 impl Timer for TokioTimer {
-    fn now_ms(&self) -> u64 {
-        now_ms()
+    fn now(&self) -> Timestamp {
+        wall_clock()
     }
 
-    fn sleep_until(&self, at_ms: u64) -> LocalBoxFuture<'static, ()> {
+    fn sleep_until(&self, at: Timestamp) -> LocalBoxFuture<'static, ()> {
         Box::pin(async move {
             loop {
-                let left = at_ms.saturating_sub(now_ms());
-                if left == 0 {
+                let left = at.saturating_duration_since(wall_clock());
+                if left.is_zero() {
                     return;
                 }
-                let step = Duration::from_millis(left).min(MAX_STEP);
+                let step = left.min(MAX_STEP);
                 tokio::time::sleep(step).await;
             }
         })
@@ -67,7 +70,7 @@ mod tests {
 
     #[test]
     fn now_is_wall_clock_milliseconds() {
-        let now = TokioTimer.now_ms();
+        let now = TokioTimer.now().unix_ms();
         // After 2020-01-01 and before 2200.
         assert!(now > 1_577_836_800_000 && now < 7_258_118_400_000, "{now}");
     }
@@ -76,9 +79,9 @@ mod tests {
     fn sleeps_until_the_deadline() {
         let timer = TokioTimer::new();
         let start = std::time::Instant::now();
-        let at = timer.now_ms() + 50;
+        let at = timer.now() + Duration::from_millis(50);
         runtime().block_on(timer.sleep_until(at));
-        assert!(timer.now_ms() >= at);
+        assert!(timer.now() >= at);
         assert!(start.elapsed() >= Duration::from_millis(45));
         assert!(start.elapsed() < Duration::from_secs(5));
     }
@@ -87,8 +90,8 @@ mod tests {
     fn past_deadlines_resolve_at_once() {
         let timer = TokioTimer::new();
         // No runtime needed for a deadline already past.
-        futures::executor::block_on(timer.sleep_until(0));
-        futures::executor::block_on(timer.sleep_until(timer.now_ms()));
+        futures::executor::block_on(timer.sleep_until(Timestamp::EPOCH));
+        futures::executor::block_on(timer.sleep_until(timer.now()));
     }
 
     #[test]
@@ -96,7 +99,7 @@ mod tests {
         let timer = TokioTimer::new();
         let rt = runtime();
         rt.block_on(async {
-            let far = timer.sleep_until(u64::MAX);
+            let far = timer.sleep_until(Timestamp::from_unix_ms(u64::MAX));
             let result = tokio::time::timeout(Duration::from_millis(20), far).await;
             assert!(result.is_err(), "u64::MAX is not reached");
         });
@@ -107,13 +110,13 @@ mod tests {
         let timer = TokioTimer::new();
         let rt = runtime();
         let local = tokio::task::LocalSet::new();
-        let at = timer.now_ms() + 10;
+        let at = timer.now() + Duration::from_millis(10);
         let fired = local.block_on(&rt, async move {
             tokio::task::spawn_local(timer.sleep_until(at))
                 .await
                 .is_ok()
         });
         assert!(fired);
-        assert!(timer.now_ms() >= at);
+        assert!(timer.now() >= at);
     }
 }

@@ -2,6 +2,7 @@
 
 use futures::FutureExt;
 use futures::future::LocalBoxFuture;
+use sync_client::Timestamp;
 use sync_client::platform::Timer;
 use wasm_bindgen::prelude::*;
 
@@ -17,20 +18,20 @@ extern "C" {
 pub struct JsTimer;
 
 impl Timer for JsTimer {
-    fn now_ms(&self) -> u64 {
-        js_sys::Date::now() as u64
+    fn now(&self) -> Timestamp {
+        Timestamp::from_unix_ms(js_sys::Date::now() as u64)
     }
 
-    fn sleep_until(&self, at_ms: u64) -> LocalBoxFuture<'static, ()> {
+    fn sleep_until(&self, at: Timestamp) -> LocalBoxFuture<'static, ()> {
         async move {
             // Timers may fire early (clamping, clock adjustments): the loop
-            // needs `now_ms() >= at_ms` when this resolves, so check again.
+            // needs `now() >= at` when this resolves, so check again.
             loop {
-                let now = js_sys::Date::now() as u64;
-                if now >= at_ms {
+                let now = JsTimer.now();
+                if now >= at {
                     return;
                 }
-                sleep_ms((at_ms - now) as f64).await;
+                sleep_ms(at.saturating_duration_since(now).as_millis() as f64).await;
             }
         }
         .boxed_local()

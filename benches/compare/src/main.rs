@@ -143,11 +143,12 @@ fn start_clock() -> Instant {
     Instant::now()
 }
 
-/// The wall clock in ms, as a Concord host passes it in.
-fn now_ms() -> u64 {
-    SystemTime::now()
+/// The wall clock, as a Concord host passes it in.
+fn wall_clock() -> sync_core::Timestamp {
+    let ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, |d| d.as_millis() as u64);
+    sync_core::Timestamp::from_unix_ms(ms)
 }
 
 /// Everything one library reports for one run.
@@ -276,7 +277,7 @@ mod concord {
     fn write(r: &mut Replica, names: &Names, i: usize, value: i64) {
         let (d, f) = Names::slot(i);
         r.put(
-            now_ms(),
+            wall_clock(),
             COLL,
             &names.docs[d],
             [(names.fields[f].as_str(), Value::Int(value))],
@@ -323,7 +324,7 @@ mod concord {
         let Ok(Message::Deliver { ops, .. }) = protocol::decode(&frame, usize::MAX) else {
             panic!("deliver frame does not decode");
         };
-        let now = now_ms();
+        let now = wall_clock();
         for op in ops {
             to.apply_owned(now, op).expect("apply");
         }
@@ -345,7 +346,7 @@ mod concord {
 
         fn batched_writes(names: &Names, writes: usize) -> Replica {
             let mut r = replica(1);
-            r.transaction(now_ms(), |tx| {
+            r.transaction(wall_clock(), |tx| {
                 for i in 0..writes {
                     let (d, f) = Names::slot(i);
                     let field = [(names.fields[f].as_str(), Value::Int(i as i64))];
@@ -389,7 +390,9 @@ mod concord {
             let started = start_clock();
             let mut fresh = replica(9);
             let snapshot = Snapshot::decode(&bytes).expect("decode");
-            fresh.reset_to_snapshot(now_ms(), snapshot).expect("reset");
+            fresh
+                .reset_to_snapshot(wall_clock(), snapshot)
+                .expect("reset");
             let decode = started.elapsed();
             let started = start_clock();
             let sum = read_all(&fresh);
@@ -406,7 +409,9 @@ mod concord {
             let started = start_clock();
             let mut fresh = replica(9);
             let snapshot = Snapshot::decode(&bytes).expect("decode");
-            fresh.reset_to_snapshot(now_ms(), snapshot).expect("reset");
+            fresh
+                .reset_to_snapshot(wall_clock(), snapshot)
+                .expect("reset");
             let sum = read_all(&fresh);
             let decode_read = started.elapsed();
             assert!(sum != 0 && sum == read_all(r), "read every field");
@@ -418,7 +423,8 @@ mod concord {
             for d in 0..DOCS {
                 let fields = (0..MEMORY_FIELDS_PER_DOC)
                     .map(|f| (names.fields[f].as_str(), Value::Int((d * f) as i64)));
-                r.put(now_ms(), COLL, &names.docs[d], fields).expect("put");
+                r.put(wall_clock(), COLL, &names.docs[d], fields)
+                    .expect("put");
                 drain_events(&mut r);
                 // Steady state: the host persisted the write and the relay
                 // acknowledged it, so the outbox does not hold a second copy.
@@ -435,7 +441,8 @@ mod concord {
             for d in 0..DOCS {
                 let fields = (0..MEMORY_FIELDS_PER_DOC)
                     .map(|f| (names.fields[f].as_str(), Value::Int((d * f) as i64)));
-                r.put(now_ms(), COLL, &names.docs[d], fields).expect("put");
+                r.put(wall_clock(), COLL, &names.docs[d], fields)
+                    .expect("put");
                 drain_events(&mut r);
                 let _ = r.take_persist();
             }
@@ -446,7 +453,7 @@ mod concord {
             // B starts in sync (from A's snapshot); A's earlier writes are acknowledged.
             let mut b = replica(2);
             b.reset_to_snapshot(
-                now_ms(),
+                wall_clock(),
                 Snapshot::decode(&a.encode_snapshot()).expect("decode"),
             )
             .expect("reset");

@@ -18,11 +18,12 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::{Either, LocalBoxFuture, select};
-use sync_core::PersistBatch;
 use sync_core::store::{Record, Store};
+use sync_core::{PersistBatch, Timestamp};
 
 use crate::changes::lock;
 use crate::database::{Database, Options};
@@ -124,17 +125,19 @@ pub struct ManualClock {
 }
 
 impl ManualClock {
-    /// A clock reading `now_ms`.
-    pub fn new(now_ms: u64) -> Arc<ManualClock> {
+    /// A clock reading `start`.
+    pub fn new(start: Timestamp) -> Arc<ManualClock> {
         Arc::new(ManualClock {
-            now: AtomicU64::new(now_ms),
+            now: AtomicU64::new(start.unix_ms()),
             sleepers: Mutex::new(Vec::new()),
         })
     }
 
-    /// Moves the clock forward by `ms`, waking the sleeps that end.
-    pub fn advance(&self, ms: u64) {
-        let now = self.now.fetch_add(ms, Ordering::SeqCst) + ms;
+    /// Moves the clock forward by `by` (whole milliseconds), waking the
+    /// sleeps that end.
+    pub fn advance(&self, by: Duration) {
+        let ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+        let now = self.now.fetch_add(ms, Ordering::SeqCst).saturating_add(ms);
         let mut sleepers = lock(&self.sleepers);
         sleepers.retain(|(at, waker)| {
             if *at <= now {
@@ -147,8 +150,12 @@ impl ManualClock {
     }
 
     /// The earliest time a sleep waits for, if any.
-    pub fn next_wakeup(&self) -> Option<u64> {
-        lock(&self.sleepers).iter().map(|(at, _)| *at).min()
+    pub fn next_wakeup(&self) -> Option<Timestamp> {
+        lock(&self.sleepers)
+            .iter()
+            .map(|(at, _)| *at)
+            .min()
+            .map(Timestamp::from_unix_ms)
     }
 }
 
@@ -173,14 +180,14 @@ impl Future for Sleep {
 pub struct ManualTimer(pub Arc<ManualClock>);
 
 impl Timer for ManualTimer {
-    fn now_ms(&self) -> u64 {
-        self.0.now.load(Ordering::SeqCst)
+    fn now(&self) -> Timestamp {
+        Timestamp::from_unix_ms(self.0.now.load(Ordering::SeqCst))
     }
 
-    fn sleep_until(&self, at_ms: u64) -> LocalBoxFuture<'static, ()> {
+    fn sleep_until(&self, at: Timestamp) -> LocalBoxFuture<'static, ()> {
         Sleep {
             clock: self.0.clone(),
-            at: at_ms,
+            at: at.unix_ms(),
         }
         .boxed_local()
     }
@@ -253,7 +260,7 @@ pub async fn open_local(
     store: MemoryStore,
     options: Options,
 ) -> Result<(Database, HostLoop), Error> {
-    let clock = ManualClock::new(1_700_000_000_000);
+    let clock = ManualClock::new(Timestamp::from_unix_ms(1_700_000_000_000));
     open(
         Platform {
             transport: NoTransport,

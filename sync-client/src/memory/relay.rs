@@ -8,6 +8,7 @@ use std::sync::Arc;
 use futures::channel::mpsc;
 use futures::future::LocalBoxFuture;
 use futures::{FutureExt, StreamExt};
+use sync_core::Timestamp;
 use sync_core::protocol::{self, Message};
 use sync_core::room::{ConnectionId, Room, RoomConfig, RoomInput, RoomOutput};
 
@@ -71,7 +72,7 @@ impl MemoryRelay {
                     reason: "relay down".into(),
                 });
                 if let Some(room) = conn.room.and_then(|r| state.rooms.get_mut(&r)) {
-                    room.handle(0, RoomInput::Leave { connection });
+                    room.handle(Timestamp::EPOCH, RoomInput::Leave { connection });
                 }
             }
         }
@@ -87,7 +88,7 @@ impl MemoryRelay {
         self.shared.borrow().rooms.get(room).map_or(0, Room::head)
     }
 
-    fn on_client_frame(&self, now: u64, connection: ConnectionId, frame: Vec<u8>) {
+    fn on_client_frame(&self, now: Timestamp, connection: ConnectionId, frame: Vec<u8>) {
         let mut state = self.shared.borrow_mut();
         state.frames_from_clients += 1;
         let joined = state.conns.get(&connection).and_then(|c| c.room.clone());
@@ -130,7 +131,7 @@ impl MemoryRelay {
         drain_room(&mut state, &room_name, now);
     }
 
-    fn client_closed(&self, now: u64, connection: ConnectionId) {
+    fn client_closed(&self, now: Timestamp, connection: ConnectionId) {
         let mut state = self.shared.borrow_mut();
         if let Some(conn) = state.conns.remove(&connection) {
             if let Some(name) = conn.room {
@@ -145,7 +146,7 @@ impl MemoryRelay {
 
 /// Runs a room's outputs: persists are durable at once (memory), frames go
 /// to their connection.
-fn drain_room(state: &mut RelayState, name: &str, now: u64) {
+fn drain_room(state: &mut RelayState, name: &str, now: Timestamp) {
     let RelayState { rooms, conns, .. } = state;
     let Some(room) = rooms.get_mut(name) else {
         return;
@@ -241,13 +242,12 @@ impl LinkSender for MemorySender {
                 .boxed_local();
         }
         self.relay
-            .on_client_frame(self.timer.now_ms(), self.connection, frame);
+            .on_client_frame(self.timer.now(), self.connection, frame);
         futures::future::ready(Ok(())).boxed_local()
     }
 
     fn close(&mut self, _code: u16, _reason: String) -> LocalBoxFuture<'_, ()> {
-        self.relay
-            .client_closed(self.timer.now_ms(), self.connection);
+        self.relay.client_closed(self.timer.now(), self.connection);
         futures::future::ready(()).boxed_local()
     }
 }

@@ -5,7 +5,7 @@
 use std::hint::black_box;
 
 use sync_core::store::{MemoryStore, Record, Store};
-use sync_core::{Op, PersistBatch, Replica, ReplicaConfig, ReplicaId, Value};
+use sync_core::{Op, PersistBatch, Replica, ReplicaConfig, ReplicaId, Timestamp, Value};
 
 /// The collection every benchmark writes to.
 pub(crate) const COLLECTION: &str = "tasks";
@@ -94,8 +94,8 @@ impl Docs {
 
 /// The wall clock a host would pass for the `i`th operation: about a
 /// thousand operations per millisecond.
-pub(crate) fn now_for(i: usize) -> u64 {
-    T0 + (i / 1_000) as u64
+pub(crate) fn now_for(i: usize) -> Timestamp {
+    Timestamp::from_unix_ms(T0 + (i / 1_000) as u64)
 }
 
 /// A replica with a random-looking 64-bit id (hosts pick ids at random, so

@@ -51,6 +51,7 @@ use crate::op::Op;
 use crate::protocol::{self, CloseCode, ErrorCode, Hello, Message, Welcome};
 use crate::snapshot::{Snapshot, SnapshotError};
 use crate::stamp::ReplicaId;
+use crate::time::Timestamp;
 use crate::version::{SeqSet, VersionVector};
 use log::{Entry, Log};
 
@@ -231,7 +232,7 @@ pub enum RoomOutput {
     /// Run this compaction and hand back the result.
     Compact(CompactionJob),
     /// Call `handle(RoomInput::Timeout)` at this time (replaces earlier ones).
-    Timeout(u64),
+    Timeout(Timestamp),
 }
 
 /// Changes to a room's stored log, applied atomically.
@@ -459,7 +460,7 @@ impl Room {
     }
 
     /// A summary for the stats endpoint.
-    pub fn stats(&self, now: u64) -> RoomStats {
+    pub fn stats(&self, now: Timestamp) -> RoomStats {
         let members = self
             .members
             .iter()
@@ -470,7 +471,7 @@ impl Room {
                     replica: m.replica,
                     cursor: m.confirmed,
                     lag_ops: self.head().saturating_sub(m.confirmed),
-                    lag_ms: oldest.map_or(0, |wall| now.saturating_sub(wall)),
+                    lag_ms: oldest.map_or(0, |wall| now.unix_ms().saturating_sub(wall)),
                     read_only: m.read_only,
                 }
             })
@@ -487,7 +488,9 @@ impl Room {
     }
 
     /// Feeds one input at host time `now`.
-    pub fn handle(&mut self, now: u64, input: RoomInput<'_>) {
+    pub fn handle(&mut self, now: Timestamp, input: RoomInput<'_>) {
+        // Timing arithmetic inside the state machine is in plain milliseconds.
+        let now = now.unix_ms();
         if self.failed {
             if let RoomInput::Join { connection, .. } = input {
                 self.close(
@@ -551,14 +554,20 @@ impl Room {
                 return Some(out);
             }
         }
-        let next = self.next_timeout();
-        self.reported_timeout.report(next).map(RoomOutput::Timeout)
+        let next = self.next_timeout_ms();
+        self.reported_timeout
+            .report(next)
+            .map(|at| RoomOutput::Timeout(Timestamp::from_unix_ms(at)))
     }
 
     /// When the room next needs `RoomInput::Timeout`. Up to date once
     /// `poll` has returned `None` (deliveries built in `poll` can start a
     /// slow-consumer clock).
-    pub fn next_timeout(&self) -> Option<u64> {
+    pub fn next_timeout(&self) -> Option<Timestamp> {
+        self.next_timeout_ms().map(Timestamp::from_unix_ms)
+    }
+
+    fn next_timeout_ms(&self) -> Option<u64> {
         self.members
             .values()
             .flat_map(|m| {
@@ -1081,11 +1090,11 @@ impl Room {
     /// Forces a compaction of everything up to the head now, whatever the
     /// policy says (for tests and admin tools). Returns the job, or `None`
     /// when one is already running or there is nothing to fold.
-    pub fn compact_now(&mut self, now: u64) -> Option<CompactionJob> {
+    pub fn compact_now(&mut self, now: Timestamp) -> Option<CompactionJob> {
         if self.compacting || self.head() == self.log.compacted_through() {
             return None;
         }
-        Some(self.start_compaction(now, self.head()))
+        Some(self.start_compaction(now.unix_ms(), self.head()))
     }
 
     /// A job folding the log up to `through` into the snapshot.

@@ -6,6 +6,7 @@
 //! until local time catches up, and everything received after it waits
 //! behind it, so the stored cursor never skips an unapplied operation.
 
+use crate::Timestamp;
 use std::collections::VecDeque;
 
 use super::Output;
@@ -76,16 +77,17 @@ impl InboundQueue {
         replica: &mut Replica,
         outputs: &mut Gate<Output>,
     ) -> Option<u64> {
+        let at = Timestamp::from_unix_ms(now);
         let mut applied_through = None;
         while let Some(front) = self.items.front_mut() {
             let (blocked, cursor, ahead) = match front {
                 Inbound::Ops { ops, cursor } => {
                     let mut ahead = 0;
                     for op in std::mem::take(ops) {
-                        if replica.check_drift(op.hlc, now).is_err() {
+                        if replica.check_drift(op.hlc, at).is_err() {
                             ahead = ahead.max(op.hlc.wall_ms().saturating_sub(now));
                             ops.push(op);
-                        } else if let Err(e) = replica.apply_owned(now, op) {
+                        } else if let Err(e) = replica.apply_owned(at, op) {
                             outputs.push(Output::Event(Event::PeerMisbehaved {
                                 reason: e.to_string(),
                             }));
@@ -95,12 +97,12 @@ impl InboundQueue {
                 }
                 Inbound::Snapshot { snapshot, cursor } => {
                     let newest = snapshot.newest_hlc();
-                    if replica.check_drift(newest, now).is_err() {
+                    if replica.check_drift(newest, at).is_err() {
                         (true, *cursor, newest.wall_ms().saturating_sub(now))
                     } else {
                         let cursor = *cursor;
                         let snapshot = std::mem::replace(snapshot, Box::new(Snapshot::empty()));
-                        if let Err(e) = replica.reset_to_snapshot(now, *snapshot) {
+                        if let Err(e) = replica.reset_to_snapshot(at, *snapshot) {
                             outputs.push(Output::Event(Event::PeerMisbehaved {
                                 reason: e.to_string(),
                             }));

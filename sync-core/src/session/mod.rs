@@ -51,6 +51,7 @@ use crate::rng::SplitMix64;
 use crate::snapshot::Snapshot;
 use crate::state::{DocumentRef, Documents};
 use crate::store::Record;
+use crate::time::Timestamp;
 use crate::value::{Value, ValueRef};
 use inbound::{Inbound, InboundQueue};
 
@@ -187,7 +188,7 @@ pub enum Output {
     /// Tell the application.
     Event(Event),
     /// Call `handle(Input::Timeout)` at this time (replaces earlier timeouts).
-    Timeout(u64),
+    Timeout(Timestamp),
 }
 
 /// Where the connection stands.
@@ -462,7 +463,7 @@ impl Session {
     /// A room name the relay would refuse (see
     /// [`protocol::valid_room_name`]) never connects: the session reports
     /// `Disconnected { code: InvalidRoom }` and stays offline.
-    pub fn start(&mut self, now: u64) {
+    pub fn start(&mut self, now: Timestamp) {
         if self.store_failed.is_some() {
             return;
         }
@@ -477,7 +478,9 @@ impl Session {
         }
         if matches!(self.link, Link::Offline | Link::Waiting { .. }) {
             self.attempt = 0;
-            self.link = Link::Connecting { since: now };
+            self.link = Link::Connecting {
+                since: now.unix_ms(),
+            };
             self.outputs.push(Output::Connect);
         }
     }
@@ -520,21 +523,21 @@ impl Session {
     /// Writes fields of a document (see [`Replica::put`]).
     pub fn put<K: Into<String>, V: Into<Value>>(
         &mut self,
-        now: u64,
+        now: Timestamp,
         collection: &str,
         id: &str,
         fields: impl IntoIterator<Item = (K, V)>,
     ) -> Result<Revision, WriteError> {
         self.check_store()?;
         let result = self.replica.put(now, collection, id, fields);
-        self.after_local_write(now);
+        self.after_local_write(now.unix_ms());
         result
     }
 
     /// Writes fields if the document is still at `expected` (see [`Replica::put_if`]).
     pub fn put_if<K: Into<String>, V: Into<Value>>(
         &mut self,
-        now: u64,
+        now: Timestamp,
         collection: &str,
         id: &str,
         fields: impl IntoIterator<Item = (K, V)>,
@@ -542,45 +545,49 @@ impl Session {
     ) -> Result<Revision, WriteError> {
         self.check_store()?;
         let result = self.replica.put_if(now, collection, id, fields, expected);
-        self.after_local_write(now);
+        self.after_local_write(now.unix_ms());
         result
     }
 
     /// Removes fields of a document (see [`Replica::unset`]).
     pub fn unset<K: Into<String>>(
         &mut self,
-        now: u64,
+        now: Timestamp,
         collection: &str,
         id: &str,
         names: impl IntoIterator<Item = K>,
     ) -> Result<Revision, WriteError> {
         self.check_store()?;
         let result = self.replica.unset(now, collection, id, names);
-        self.after_local_write(now);
+        self.after_local_write(now.unix_ms());
         result
     }
 
     /// Deletes a document (see [`Replica::delete`]).
-    pub fn delete(&mut self, now: u64, collection: &str, id: &str) -> Result<(), WriteError> {
+    pub fn delete(&mut self, now: Timestamp, collection: &str, id: &str) -> Result<(), WriteError> {
         self.check_store()?;
         let result = self.replica.delete(now, collection, id);
-        self.after_local_write(now);
+        self.after_local_write(now.unix_ms());
         result
     }
 
     /// Creates a collection (see [`Replica::create_collection`]).
-    pub fn create_collection(&mut self, now: u64, collection: &str) -> Result<(), WriteError> {
+    pub fn create_collection(
+        &mut self,
+        now: Timestamp,
+        collection: &str,
+    ) -> Result<(), WriteError> {
         self.check_store()?;
         let result = self.replica.create_collection(now, collection);
-        self.after_local_write(now);
+        self.after_local_write(now.unix_ms());
         result
     }
 
     /// Drops a collection (see [`Replica::drop_collection`]).
-    pub fn drop_collection(&mut self, now: u64, collection: &str) -> Result<(), WriteError> {
+    pub fn drop_collection(&mut self, now: Timestamp, collection: &str) -> Result<(), WriteError> {
         self.check_store()?;
         let result = self.replica.drop_collection(now, collection);
-        self.after_local_write(now);
+        self.after_local_write(now.unix_ms());
         result
     }
 
@@ -588,7 +595,7 @@ impl Session {
     /// or nothing, then one persist batch for all of them, then pushes.
     pub fn transaction<T, E>(
         &mut self,
-        now: u64,
+        now: Timestamp,
         build: impl FnOnce(&mut Transaction<'_>) -> Result<T, E>,
     ) -> Result<T, E>
     where
@@ -596,7 +603,7 @@ impl Session {
     {
         self.check_store()?;
         let result = self.replica.transaction(now, build);
-        self.after_local_write(now);
+        self.after_local_write(now.unix_ms());
         result
     }
 
@@ -611,7 +618,9 @@ impl Session {
     // ---- inputs ----
 
     /// Feeds one input at host time `now`.
-    pub fn handle(&mut self, now: u64, input: Input<'_>) {
+    pub fn handle(&mut self, now: Timestamp, input: Input<'_>) {
+        // Timing arithmetic inside the state machine is in plain milliseconds.
+        let now = now.unix_ms();
         if self.store_failed.is_some() {
             return; // Stopped for good; see `on_store_failed`.
         }
@@ -1180,12 +1189,18 @@ impl Session {
         if let Some(event) = self.replica.poll_event() {
             return Some(Output::Event(event));
         }
-        let next = self.next_timeout();
-        self.reported_timeout.report(next).map(Output::Timeout)
+        let next = self.next_timeout_ms();
+        self.reported_timeout
+            .report(next)
+            .map(|at| Output::Timeout(Timestamp::from_unix_ms(at)))
     }
 
     /// When the session next needs `Input::Timeout`, if ever.
-    pub fn next_timeout(&self) -> Option<u64> {
+    pub fn next_timeout(&self) -> Option<Timestamp> {
+        self.next_timeout_ms().map(Timestamp::from_unix_ms)
+    }
+
+    fn next_timeout_ms(&self) -> Option<u64> {
         let link = match &self.link {
             Link::Offline => None,
             Link::Waiting { retry_at } => Some(*retry_at),
@@ -1307,7 +1322,9 @@ impl Session {
     fn resync(&mut self, now: u64) {
         let empty = Snapshot::empty();
         // The empty snapshot's clock reading is zero, which the clock always accepts.
-        let _ = self.replica.reset_to_snapshot(now, empty);
+        let _ = self
+            .replica
+            .reset_to_snapshot(Timestamp::from_unix_ms(now), empty);
         self.sync.cursor = 0;
         self.sync.resync = false;
         self.reported_refusals.clear();

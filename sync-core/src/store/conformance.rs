@@ -28,6 +28,7 @@
 // A test suite fails by panicking, like the assertions it is built from.
 #![allow(clippy::panic)]
 
+use crate::Timestamp;
 use std::fmt::Debug;
 use std::future::Future;
 use std::pin::Pin;
@@ -329,7 +330,7 @@ async fn replica_round_trips_through_store(s: &mut dyn OpenStore) {
     let now = 1_700_000_000_000;
     let r = replica
         .put(
-            now,
+            Timestamp::from_unix_ms(now),
             "todos",
             "a",
             [("title", Value::from("milk")), ("done", false.into())],
@@ -337,14 +338,21 @@ async fn replica_round_trips_through_store(s: &mut dyn OpenStore) {
         .map(|_| ());
     step(&mut replica, s, r).await;
     let r = replica
-        .put(now + 1, "todos", "b", [("title", "eggs")])
+        .put(
+            Timestamp::from_unix_ms(now + 1),
+            "todos",
+            "b",
+            [("title", "eggs")],
+        )
         .map(|_| ());
     step(&mut replica, s, r).await;
-    let r = replica.delete(now + 2, "todos", "b");
+    let r = replica.delete(Timestamp::from_unix_ms(now + 2), "todos", "b");
     step(&mut replica, s, r).await;
-    let r = replica.create_collection(now + 3, "notes");
+    let r = replica.create_collection(Timestamp::from_unix_ms(now + 3), "notes");
     step(&mut replica, s, r).await;
-    let r = replica.unset(now + 4, "todos", "a", ["done"]).map(|_| ());
+    let r = replica
+        .unset(Timestamp::from_unix_ms(now + 4), "todos", "a", ["done"])
+        .map(|_| ());
     step(&mut replica, s, r).await;
     s.reopen().await;
     let restored = match Replica::restore(ReplicaConfig::default(), s.read_all().await) {
@@ -365,7 +373,7 @@ async fn acknowledged_ops_leave_the_store(s: &mut dyn OpenStore) {
     let mut replica = Replica::new(ReplicaId(8), ReplicaConfig::default());
     for i in 0..10u64 {
         let result = replica.put(
-            1_000 + i,
+            Timestamp::from_unix_ms(1_000 + i),
             "c",
             &format!("d{i}"),
             [("n", Value::Int(i as i64))],

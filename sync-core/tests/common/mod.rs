@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 use proptest::prelude::*;
+use sync_core::Timestamp;
 use sync_core::{Change, Hlc, Op, OpId, Replica, ReplicaConfig, ReplicaId, Snapshot, Value};
 
 /// Collections of the universe.
@@ -152,7 +153,7 @@ pub(crate) fn applied<'a>(ops: impl IntoIterator<Item = &'a Op>) -> Replica {
 /// Applies every operation, which must all be accepted.
 pub(crate) fn apply_all<'a>(replica: &mut Replica, ops: impl IntoIterator<Item = &'a Op>) {
     for op in ops {
-        if let Err(e) = replica.apply(LATE_NOW, op) {
+        if let Err(e) = replica.apply(Timestamp::from_unix_ms(LATE_NOW), op) {
             panic!("valid operation {op:?} refused: {e}");
         }
     }
@@ -168,7 +169,7 @@ pub(crate) fn snapshot_of(replica: &Replica) -> Snapshot {
 
 /// Merges a snapshot, which must be accepted.
 pub(crate) fn merge(replica: &mut Replica, snapshot: &Snapshot) {
-    if let Err(e) = replica.merge_snapshot(LATE_NOW, snapshot) {
+    if let Err(e) = replica.merge_snapshot(Timestamp::from_unix_ms(LATE_NOW), snapshot) {
         panic!("snapshot refused: {e}");
     }
 }

@@ -1,6 +1,7 @@
 //! Clocks beyond the drift bound, on either side.
 
 use sync_core::Event;
+use sync_core::Timestamp;
 use sync_core::protocol::{ErrorCode, Message};
 use sync_core::room::RoomConfig;
 
@@ -85,7 +86,7 @@ fn session_with_a_clock_behind_holds_deliveries_until_its_clock_catches_up() {
     let slow_conn = w.conn(slow);
     let room_cursor = |w: &World| {
         w.room
-            .stats(w.now)
+            .stats(Timestamp::from_unix_ms(w.now))
             .members
             .into_iter()
             .find(|m| m.connection == slow_conn)

@@ -6,6 +6,7 @@
 //! These tests drive a bare [`Room`] the way the relay does: several inputs,
 //! then one poll loop.
 
+use sync_core::Timestamp;
 use sync_core::protocol::{self, Hello, Message};
 use sync_core::room::{ConnectionId, Room, RoomConfig, RoomInput, RoomOutput};
 use sync_core::{Change, Hlc, Op, OpId, ReplicaId, Value};
@@ -48,7 +49,7 @@ fn room_with(config: RoomConfig, n: u64) -> Room {
     let mut room = Room::new(config);
     for s in 1..=n {
         room.handle(
-            NOW,
+            Timestamp::from_unix_ms(NOW),
             RoomInput::Join {
                 connection: s,
                 hello: hello(s),
@@ -66,7 +67,7 @@ fn outputs(room: &mut Room) -> Vec<RoomOutput> {
     std::iter::from_fn(|| {
         let out = room.poll()?;
         if let RoomOutput::Persist { id, .. } = &out {
-            room.handle(NOW, RoomInput::Persisted(*id));
+            room.handle(Timestamp::from_unix_ms(NOW), RoomInput::Persisted(*id));
         }
         Some(out)
     })
@@ -92,7 +93,7 @@ fn delivers_to(outs: &[RoomOutput], session: ConnectionId) -> Vec<(u64, u64, usi
 fn applied(room: &mut Room, session: ConnectionId, cursor: u64, frames: u32) {
     let frame = protocol::encode(&Message::Applied { cursor, frames });
     room.handle(
-        NOW,
+        Timestamp::from_unix_ms(NOW),
         RoomInput::Frame {
             connection: session,
             frame: &frame,
@@ -108,7 +109,7 @@ fn pushes_handled_back_to_back_reach_each_session_as_one_deliver() {
         for writer in 1..=3 {
             let frame = push(writer, seq);
             room.handle(
-                NOW,
+                Timestamp::from_unix_ms(NOW),
                 RoomInput::Frame {
                     connection: writer,
                     frame: &frame,
@@ -154,7 +155,7 @@ fn coalescing_respects_the_send_window_and_the_batch_limit() {
     for seq in 1..=2 {
         let frame = push(1, seq);
         room.handle(
-            NOW,
+            Timestamp::from_unix_ms(NOW),
             RoomInput::Frame {
                 connection: 1,
                 frame: &frame,
@@ -167,7 +168,7 @@ fn coalescing_respects_the_send_window_and_the_batch_limit() {
     for seq in 3..=9 {
         let frame = push(1, seq);
         room.handle(
-            NOW,
+            Timestamp::from_unix_ms(NOW),
             RoomInput::Frame {
                 connection: 1,
                 frame: &frame,

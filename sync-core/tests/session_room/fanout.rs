@@ -1,5 +1,6 @@
 //! Fan-out: what the room delivers to whom.
 
+use sync_core::Timestamp;
 use sync_core::Value;
 use sync_core::room::{CompactionPolicy, RoomConfig};
 
@@ -81,7 +82,12 @@ fn session_sent_a_snapshot_gets_its_own_acked_operations_back_in_the_tail() {
     w.cut(a, None);
     w.cm(a).hold_inbound = false;
     // With `a` gone the room compacts through 10: the snapshot lacks a's ops.
-    assert_eq!(w.room.stats(w.now).compacted_through, 10);
+    assert_eq!(
+        w.room
+            .stats(Timestamp::from_unix_ms(w.now))
+            .compacted_through,
+        10
+    );
     w.cm(a).clear_trace();
 
     w.advance(60_000);
@@ -126,12 +132,21 @@ fn many_sessions_writing_the_same_fields_converge() {
             let id = format!("doc{}", round % 3);
             w.cm(c)
                 .session
-                .put(now, TODOS, &id, [("owner", Value::Int(c as i64))])
+                .put(
+                    Timestamp::from_unix_ms(now),
+                    TODOS,
+                    &id,
+                    [("owner", Value::Int(c as i64))],
+                )
                 .expect("write");
             if round % 7 == c as i64 {
                 w.cm(c)
                     .session
-                    .delete(now, TODOS, &format!("doc{}", (round + 1) % 3))
+                    .delete(
+                        Timestamp::from_unix_ms(now),
+                        TODOS,
+                        &format!("doc{}", (round + 1) % 3),
+                    )
                     .expect("delete");
             }
         }

@@ -3,6 +3,7 @@
 //! decoder refuses (which fail the whole frame, so clients must never
 //! create them).
 
+use sync_core::Timestamp;
 use sync_core::protocol::{self, CloseCode, ErrorCode, Hello, Message};
 use sync_core::room::{RoomConfig, RoomInput};
 use sync_core::session::LinkState;
@@ -12,7 +13,7 @@ use crate::harness::{World, session_config};
 
 fn join(w: &mut World, session: u64, replica: u64, room: &str) {
     w.room.handle(
-        w.now,
+        Timestamp::from_unix_ms(w.now),
         RoomInput::Join {
             connection: session,
             hello: Hello {
@@ -35,7 +36,7 @@ fn join(w: &mut World, session: u64, replica: u64, room: &str) {
 fn push(w: &mut World, session: u64, ops: Vec<Op>) {
     let frame = protocol::encode(&Message::Push { ops });
     w.room.handle(
-        w.now,
+        Timestamp::from_unix_ms(w.now),
         RoomInput::Frame {
             connection: session,
             frame: &frame,
@@ -149,7 +150,7 @@ fn over_confirming_frames_does_not_widen_the_window() {
         frames: 1_000,
     });
     w.room.handle(
-        w.now,
+        Timestamp::from_unix_ms(w.now),
         RoomInput::Frame {
             connection: 100,
             frame: &applied,
@@ -173,10 +174,12 @@ fn values_the_decoder_refuses_cannot_be_written_and_fail_the_frame() {
     let a = w.add_client(1);
     w.start(a);
     let now = w.now;
-    let result = w
-        .cm(a)
-        .session
-        .put(now, "todos", "x", [("v", deep.clone())]);
+    let result = w.cm(a).session.put(
+        Timestamp::from_unix_ms(now),
+        "todos",
+        "x",
+        [("v", deep.clone())],
+    );
     assert!(matches!(result, Err(WriteError::Invalid(_))), "{result:?}");
     assert_eq!(w.c(a).pending(), 0, "nothing queued");
 

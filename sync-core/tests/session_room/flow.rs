@@ -1,5 +1,6 @@
 //! Flow control: the send window and the slow-consumer cut-off.
 
+use sync_core::Timestamp;
 use sync_core::protocol::{CloseCode, ErrorCode, Message};
 use sync_core::room::{ConnectionId, RoomConfig};
 use sync_core::session::LinkState;
@@ -107,7 +108,10 @@ fn session_that_never_confirms_is_closed_as_slow_consumer_and_resumes_later() {
     let stalled_at = w.now;
     w.write_many(writer, "w", 100);
     let session = w.conn(reader);
-    assert_eq!(w.room.next_timeout(), Some(stalled_at + 5_000));
+    assert_eq!(
+        w.room.next_timeout(),
+        Some(Timestamp::from_unix_ms(stalled_at + 5_000))
+    );
 
     w.run_until(stalled_at + 4_999);
     assert_eq!(w.room.member_count(), 2);

@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use sync_core::Timestamp;
 use sync_core::protocol::{self, CloseCode, Hello, Message, Welcome};
 use sync_core::room::{ConnectionId, Room, RoomConfig, RoomInput, RoomOutput, RoomPersist};
 use sync_core::session::{Input, LinkState, Output, Session, SessionConfig, SyncState};
@@ -358,7 +359,7 @@ impl World {
     /// Starts the session and lets everything settle.
     pub(crate) fn start(&mut self, i: usize) {
         let now = self.clients[i].local(self.now);
-        self.clients[i].session.start(now);
+        self.clients[i].session.start(Timestamp::from_unix_ms(now));
         self.settle();
     }
 
@@ -375,7 +376,7 @@ impl World {
             self.clients[i]
                 .session
                 .put(
-                    now,
+                    Timestamp::from_unix_ms(now),
                     TODOS,
                     &format!("{prefix}{k}"),
                     [("n", Value::Int(k as i64))],
@@ -390,7 +391,12 @@ impl World {
         let now = self.clients[i].local(self.now);
         self.clients[i]
             .session
-            .put(now, TODOS, id, [(field, value.into())])
+            .put(
+                Timestamp::from_unix_ms(now),
+                TODOS,
+                id,
+                [(field, value.into())],
+            )
             .expect("local write");
         self.settle();
     }
@@ -400,7 +406,7 @@ impl World {
         let now = self.clients[i].local(self.now);
         self.clients[i]
             .session
-            .delete(now, TODOS, id)
+            .delete(Timestamp::from_unix_ms(now), TODOS, id)
             .expect("local delete");
         self.settle();
     }
@@ -411,7 +417,9 @@ impl World {
         if let Input::Received(frame) = &input {
             self.clients[i].received.push(frame.to_vec());
         }
-        self.clients[i].session.handle(now, input);
+        self.clients[i]
+            .session
+            .handle(Timestamp::from_unix_ms(now), input);
         self.settle();
     }
 
@@ -421,14 +429,16 @@ impl World {
         if let Some(conn) = self.clients[i].conn.take() {
             if let Some(c) = self.conns.remove(&conn) {
                 if c.joined && !c.room_closed {
-                    self.room
-                        .handle(self.now, RoomInput::Leave { connection: conn });
+                    self.room.handle(
+                        Timestamp::from_unix_ms(self.now),
+                        RoomInput::Leave { connection: conn },
+                    );
                 }
             }
             let now = self.clients[i].local(self.now);
             self.clients[i]
                 .session
-                .handle(now, Input::Disconnected { code });
+                .handle(Timestamp::from_unix_ms(now), Input::Disconnected { code });
         }
         self.settle();
     }
@@ -438,9 +448,10 @@ impl World {
     pub(crate) fn cut_client_side(&mut self, i: usize) {
         if self.clients[i].conn.take().is_some() {
             let now = self.clients[i].local(self.now);
-            self.clients[i]
-                .session
-                .handle(now, Input::Disconnected { code: None });
+            self.clients[i].session.handle(
+                Timestamp::from_unix_ms(now),
+                Input::Disconnected { code: None },
+            );
         }
         self.settle();
     }
@@ -450,8 +461,10 @@ impl World {
         if let Some(conn) = self.clients[i].conn.take() {
             if let Some(c) = self.conns.remove(&conn) {
                 if c.joined && !c.room_closed {
-                    self.room
-                        .handle(self.now, RoomInput::Leave { connection: conn });
+                    self.room.handle(
+                        Timestamp::from_unix_ms(self.now),
+                        RoomInput::Leave { connection: conn },
+                    );
                 }
             }
         }
@@ -517,10 +530,13 @@ impl World {
     pub(crate) fn compact_now(&mut self) {
         let job = self
             .room
-            .compact_now(self.now)
+            .compact_now(Timestamp::from_unix_ms(self.now))
             .expect("something to compact");
         let done = job.run().expect("compaction of the room's own data");
-        self.room.handle(self.now, RoomInput::Compacted(done));
+        self.room.handle(
+            Timestamp::from_unix_ms(self.now),
+            RoomInput::Compacted(done),
+        );
         self.settle();
     }
 
@@ -535,9 +551,10 @@ impl World {
         for i in 0..self.clients.len() {
             if self.clients[i].conn.take().is_some() {
                 let now = self.clients[i].local(self.now);
-                self.clients[i]
-                    .session
-                    .handle(now, Input::Disconnected { code: None });
+                self.clients[i].session.handle(
+                    Timestamp::from_unix_ms(now),
+                    Input::Disconnected { code: None },
+                );
             }
         }
         self.settle();
@@ -557,7 +574,7 @@ impl World {
             snapshot_formats: vec![1, 2, 3],
         };
         self.room.handle(
-            self.now,
+            Timestamp::from_unix_ms(self.now),
             RoomInput::Join {
                 connection: session,
                 hello,
@@ -599,14 +616,17 @@ impl World {
     fn fire_due(&mut self) {
         if self.room_timeout.is_some_and(|t| t <= self.now) {
             self.room_timeout = None;
-            self.room.handle(self.now, RoomInput::Timeout);
+            self.room
+                .handle(Timestamp::from_unix_ms(self.now), RoomInput::Timeout);
             return;
         }
         for i in 0..self.clients.len() {
             if self.clients[i].timeout.is_some_and(|t| t <= self.now) {
                 self.clients[i].timeout = None;
                 let now = self.clients[i].local(self.now);
-                self.clients[i].session.handle(now, Input::Timeout);
+                self.clients[i]
+                    .session
+                    .handle(Timestamp::from_unix_ms(now), Input::Timeout);
                 return;
             }
         }
@@ -663,9 +683,10 @@ impl World {
                 Output::Connect => {
                     let now = self.clients[i].local(self.now);
                     if self.clients[i].refuse_connect {
-                        self.clients[i]
-                            .session
-                            .handle(now, Input::Disconnected { code: None });
+                        self.clients[i].session.handle(
+                            Timestamp::from_unix_ms(now),
+                            Input::Disconnected { code: None },
+                        );
                         continue;
                     }
                     let conn = self.next_conn;
@@ -681,7 +702,9 @@ impl World {
                         },
                     );
                     self.clients[i].conn = Some(conn);
-                    self.clients[i].session.handle(now, Input::Connected);
+                    self.clients[i]
+                        .session
+                        .handle(Timestamp::from_unix_ms(now), Input::Connected);
                 }
                 Output::Transmit(frame) => {
                     if self.clients[i].drop_outbound {
@@ -708,12 +731,14 @@ impl World {
                             error: "memory store failed",
                         },
                     };
-                    self.clients[i].session.handle(now, input);
+                    self.clients[i]
+                        .session
+                        .handle(Timestamp::from_unix_ms(now), input);
                 }
                 Output::Event(_) => {}
                 Output::Timeout(at) => {
                     let skew = self.clients[i].skew;
-                    self.clients[i].timeout = Some(at.saturating_add_signed(-skew));
+                    self.clients[i].timeout = Some(at.unix_ms().saturating_add_signed(-skew));
                 }
             }
         }
@@ -728,7 +753,8 @@ impl World {
             match out {
                 RoomOutput::Persist { id, batch } => {
                     self.room_store.write(&batch);
-                    self.room.handle(self.now, RoomInput::Persisted(id));
+                    self.room
+                        .handle(Timestamp::from_unix_ms(self.now), RoomInput::Persisted(id));
                 }
                 RoomOutput::Transmit {
                     connection: session,
@@ -751,9 +777,12 @@ impl World {
                 RoomOutput::Compact(job) => {
                     // Compaction jobs run at once, as if on a very fast worker.
                     let done = job.run().expect("compaction of the room's own data");
-                    self.room.handle(self.now, RoomInput::Compacted(done));
+                    self.room.handle(
+                        Timestamp::from_unix_ms(self.now),
+                        RoomInput::Compacted(done),
+                    );
                 }
-                RoomOutput::Timeout(at) => self.room_timeout = Some(at),
+                RoomOutput::Timeout(at) => self.room_timeout = Some(at.unix_ms()),
             }
         }
         progress
@@ -771,8 +800,10 @@ impl World {
             Packet::Fin(_) => {
                 c.room_closed = true;
                 if c.joined {
-                    self.room
-                        .handle(self.now, RoomInput::Leave { connection: conn });
+                    self.room.handle(
+                        Timestamp::from_unix_ms(self.now),
+                        RoomInput::Leave { connection: conn },
+                    );
                 }
             }
         }
@@ -786,7 +817,7 @@ impl World {
         if c.joined {
             self.room_received.push((conn, frame.clone()));
             self.room.handle(
-                self.now,
+                Timestamp::from_unix_ms(self.now),
                 RoomInput::Frame {
                     connection: conn,
                     frame: &frame,
@@ -799,7 +830,7 @@ impl World {
                 c.joined = true;
                 let read_only = self.clients[c.client].read_only_token;
                 self.room.handle(
-                    self.now,
+                    Timestamp::from_unix_ms(self.now),
                     RoomInput::Join {
                         connection: conn,
                         hello,
@@ -830,14 +861,16 @@ impl World {
                     return;
                 }
                 self.clients[i].received.push(frame.clone());
-                self.clients[i].session.handle(now, Input::Received(&frame));
+                self.clients[i]
+                    .session
+                    .handle(Timestamp::from_unix_ms(now), Input::Received(&frame));
             }
             Packet::Fin(code) => {
                 self.clients[i].conn = None;
                 self.conns.remove(&conn);
                 self.clients[i]
                     .session
-                    .handle(now, Input::Disconnected { code });
+                    .handle(Timestamp::from_unix_ms(now), Input::Disconnected { code });
             }
         }
     }

@@ -1,6 +1,7 @@
 //! Heartbeats, dead links, idle sessions, handshake timeouts, superseded
 //! sessions, and closes that must stop reconnection.
 
+use sync_core::Timestamp;
 use sync_core::protocol::{self, CloseCode, ErrorCode, Message};
 use sync_core::room::RoomConfig;
 use sync_core::session::{Input, LinkState};
@@ -82,7 +83,10 @@ fn room_closes_a_silent_session_after_the_idle_timeout() {
         w.room_sent_to(99).first(),
         Some(Message::Welcome(_))
     ));
-    assert_eq!(w.room.next_timeout(), Some(joined_at + 60_000));
+    assert_eq!(
+        w.room.next_timeout(),
+        Some(Timestamp::from_unix_ms(joined_at + 60_000))
+    );
 
     w.run_until(joined_at + 60_000 - 1);
     assert_eq!(w.room.member_count(), 1);

@@ -4,6 +4,7 @@
 //! snapshot re-encoded in it.
 
 use sync_core::Snapshot;
+use sync_core::Timestamp;
 use sync_core::protocol::{self, CloseCode, ErrorCode, Hello, Message};
 use sync_core::room::{RoomConfig, RoomInput};
 use sync_core::session::LinkState;
@@ -125,7 +126,7 @@ fn nothing_in_common_is_refused_with_4001() {
     for (n, (versions, snapshot_formats)) in cases.into_iter().enumerate() {
         let session = 100 + n as u64;
         w.room.handle(
-            w.now,
+            Timestamp::from_unix_ms(w.now),
             RoomInput::Join {
                 connection: session,
                 hello: Hello {

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 
+use sync_core::Timestamp;
 use sync_core::protocol::{self, Message};
 use sync_core::room::{RoomConfig, RoomOutput};
 use sync_core::session::Output;
@@ -241,7 +242,12 @@ fn one_oversized_write_does_not_wedge_the_outbox() {
     let refused = w
         .cm(a)
         .session
-        .put(now, crate::harness::TODOS, "big", [("blob", blob)])
+        .put(
+            Timestamp::from_unix_ms(now),
+            crate::harness::TODOS,
+            "big",
+            [("blob", blob)],
+        )
         .is_err();
     w.settle();
     w.put(a, "small", "n", 1);

@@ -1,6 +1,7 @@
 //! Restoring a room from what it persisted.
 
 use sync_core::SnapshotError;
+use sync_core::Timestamp;
 use sync_core::room::{Room, RoomConfig, RoomRestoreError};
 use sync_core::session::LinkState;
 
@@ -39,7 +40,12 @@ fn room_restores_head_and_accepted_from_snapshot_and_entries() {
     let restored = restore(&w.room_store).expect("restores");
     assert_eq!(restored.head(), 25);
     assert_eq!(restored.accepted(), w.room.accepted());
-    assert_eq!(restored.stats(w.now).compacted_through, 20);
+    assert_eq!(
+        restored
+            .stats(Timestamp::from_unix_ms(w.now))
+            .compacted_through,
+        20
+    );
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Resuming by cursor: partial sync from the log, full sync from a snapshot,
 //! and the sync state that makes both survive a restart.
 
+use sync_core::Timestamp;
 use sync_core::protocol::Message;
 use sync_core::room::RoomConfig;
 use sync_core::session::{LinkState, Output, Session, SyncState};
@@ -68,7 +69,12 @@ fn reconnect_resumes_from_the_stored_cursor_with_only_the_missing_ops() {
 fn reconnect_after_compaction_gets_snapshot_chunks_then_the_tail() {
     let (mut w, reader, writer) = reader_offline_while_writer_writes_1000();
     w.compact_now();
-    assert_eq!(w.room.stats(w.now).compacted_through, 1_010);
+    assert_eq!(
+        w.room
+            .stats(Timestamp::from_unix_ms(w.now))
+            .compacted_through,
+        1_010
+    );
     w.write_many(writer, "tail", 5);
 
     w.start(reader);

@@ -6,6 +6,7 @@
 //! replica 1 joins, pushes one operation and leaves (with no session left,
 //! nobody holds compaction back).
 
+use sync_core::Timestamp;
 use sync_core::protocol::{self, Hello, Message};
 use sync_core::room::{CompactionPolicy, Room, RoomConfig, RoomInput, RoomOutput};
 use sync_core::{Change, Hlc, Op, OpId, ReplicaId, Value};
@@ -27,7 +28,7 @@ fn room(min_fold_percent: u64) -> Room {
 /// leaves. Runs any compaction the room asks for and returns how many.
 fn write_one(room: &mut Room, seq: u64) -> usize {
     room.handle(
-        NOW,
+        Timestamp::from_unix_ms(NOW),
         RoomInput::Join {
             connection: seq,
             hello: Hello {
@@ -58,22 +59,27 @@ fn write_one(room: &mut Room, seq: u64) -> usize {
     };
     let frame = protocol::encode(&Message::Push { ops: vec![op] });
     room.handle(
-        NOW,
+        Timestamp::from_unix_ms(NOW),
         RoomInput::Frame {
             connection: seq,
             frame: &frame,
         },
     );
-    room.handle(NOW, RoomInput::Leave { connection: seq });
+    room.handle(
+        Timestamp::from_unix_ms(NOW),
+        RoomInput::Leave { connection: seq },
+    );
     let mut compactions = 0;
     while let Some(out) = room.poll() {
         match out {
             RoomOutput::Compact(job) => {
                 compactions += 1;
                 let done = job.run().expect("compaction");
-                room.handle(NOW, RoomInput::Compacted(done));
+                room.handle(Timestamp::from_unix_ms(NOW), RoomInput::Compacted(done));
             }
-            RoomOutput::Persist { id, .. } => room.handle(NOW, RoomInput::Persisted(id)),
+            RoomOutput::Persist { id, .. } => {
+                room.handle(Timestamp::from_unix_ms(NOW), RoomInput::Persisted(id))
+            }
             _ => {}
         }
     }
