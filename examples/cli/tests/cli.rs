@@ -3,9 +3,11 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
+
+use test_support::RelayProcess;
 
 const CONCORD: &str = env!("CARGO_BIN_EXE_concord");
 const ROOM: &str = "cli";
@@ -32,70 +34,13 @@ fn relay_bin() -> PathBuf {
     bin
 }
 
-struct Relay {
-    child: Child,
-    url: String,
-    data: PathBuf,
+/// The relay on an OS-picked loopback port.
+fn start_relay(data: &Path) -> RelayProcess {
+    start_relay_at(data, "127.0.0.1:0")
 }
 
-impl Relay {
-    fn start(data: &Path) -> Relay {
-        Relay::start_at(data, "127.0.0.1:0")
-    }
-
-    fn start_at(data: &Path, listen: &str) -> Relay {
-        let mut child = Command::new(relay_bin())
-            .args(["--listen", listen, "--data"])
-            .arg(data)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("relay starts");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let addr = loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(30))
-                .expect("the relay reports its address");
-            if let Some(addr) = line.strip_prefix("concord-relay listening on ") {
-                break addr.trim().to_owned();
-            }
-        };
-        Relay {
-            child,
-            url: format!("ws://{addr}/v1/sync"),
-            data: data.to_owned(),
-        }
-    }
-
-    fn token(&self, rights: &str, ttl: &str) -> String {
-        let out = Command::new(relay_bin())
-            .args([
-                "token", "--room", ROOM, "--rights", rights, "--ttl", ttl, "--data",
-            ])
-            .arg(&self.data)
-            .output()
-            .expect("token");
-        assert!(out.status.success());
-        String::from_utf8(out.stdout)
-            .expect("utf8")
-            .trim()
-            .to_owned()
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start_relay_at(data: &Path, listen: &str) -> RelayProcess {
+    RelayProcess::start(&relay_bin(), data, listen, &[])
 }
 
 /// `concord --data DIR [relay flags] ARGS...`
@@ -199,9 +144,10 @@ fn bad_input_is_named_and_nothing_is_lost() {
 #[test]
 fn two_data_dirs_sync_through_the_relay() {
     let dir = tempfile::tempdir().expect("tmp");
-    let relay = Relay::start(&dir.path().join("relay"));
-    let token = relay.token("rw", "1h");
-    let via = Some((relay.url.as_str(), token.as_str()));
+    let relay = start_relay(&dir.path().join("relay"));
+    let token = relay.token(ROOM, "rw", "1h");
+    let url = relay.url();
+    let via = Some((url.as_str(), token.as_str()));
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
 
     ok(concord(
@@ -246,8 +192,8 @@ fn a_write_without_a_relay_is_kept_and_synced_later() {
     let relay_data = dir.path().join("relay");
     // Mint a token from a relay started once to create the key, then stop it.
     let token = {
-        let relay = Relay::start(&relay_data);
-        relay.token("rw", "1h")
+        let relay = start_relay(&relay_data);
+        relay.token(ROOM, "rw", "1h")
     };
     let a = dir.path().join("a");
     let late = concord(
@@ -260,12 +206,12 @@ fn a_write_without_a_relay_is_kept_and_synced_later() {
     let status = json(&ok(concord(&a, None, &["status"])));
     assert_eq!(status["pending"], 1);
 
-    let relay = Relay::start_at(&relay_data, &format!("127.0.0.1:{port}"));
-    ok(concord(&a, Some((&relay.url, &token)), &["sync"]));
+    let relay = start_relay_at(&relay_data, &format!("127.0.0.1:{port}"));
+    ok(concord(&a, Some((&relay.url(), &token)), &["sync"]));
     let b = dir.path().join("b");
     let doc = json(&ok(concord(
         &b,
-        Some((&relay.url, &token)),
+        Some((&relay.url(), &token)),
         &["get", "todos", "x"],
     )));
     assert_eq!(doc["n"], 1);
@@ -274,11 +220,11 @@ fn a_write_without_a_relay_is_kept_and_synced_later() {
 #[test]
 fn a_refused_token_and_a_locked_data_dir_are_named() {
     let dir = tempfile::tempdir().expect("tmp");
-    let relay = Relay::start(&dir.path().join("relay"));
+    let relay = start_relay(&dir.path().join("relay"));
     let a = dir.path().join("a");
     let refused = concord(
         &a,
-        Some((&relay.url, "not-a-token")),
+        Some((&relay.url(), "not-a-token")),
         &["put", "todos", "x", r#"{"n":1}"#],
     );
     assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
@@ -306,14 +252,21 @@ fn a_refused_token_and_a_locked_data_dir_are_named() {
 #[test]
 fn watch_prints_remote_changes_as_json_lines() {
     let dir = tempfile::tempdir().expect("tmp");
-    let relay = Relay::start(&dir.path().join("relay"));
-    let token = relay.token("rw", "1h");
+    let relay = start_relay(&dir.path().join("relay"));
+    let token = relay.token(ROOM, "rw", "1h");
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     let mut watch = Command::new(CONCORD)
         .arg("--data")
         .arg(&b)
         .args([
-            "--relay", &relay.url, "--room", ROOM, "--token", &token, "watch", "todos",
+            "--relay",
+            &relay.url(),
+            "--room",
+            ROOM,
+            "--token",
+            &token,
+            "watch",
+            "todos",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -328,7 +281,7 @@ fn watch_prints_remote_changes_as_json_lines() {
     });
     ok(concord(
         &a,
-        Some((&relay.url, &token)),
+        Some((&relay.url(), &token)),
         &["put", "todos", "w", r#"{"title":"seen"}"#],
     ));
     let line = rx
