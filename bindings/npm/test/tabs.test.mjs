@@ -153,24 +153,40 @@ const failed = await runTests([
     },
   ],
   [
-    "a call made while the leader closes is answered by the next leader",
+    "a call the leader never answered is run by the next leader",
     async () => {
       const a = await newPage();
       const b = await newPage();
       await openIn(a, "handover", "handover", { connect: false });
       await openIn(b, "handover", "handover", { connect: false });
-      // close() stops serving at once; the follower's write waits for the
-      // next leader (this tab), which runs it.
-      await a.evaluate(() => {
+      // The leader stops answering (close() does at once) and the lock
+      // stays taken (stolen by the test) with the follower's write sent to
+      // nobody; then the lock frees and the follower takes over.
+      await a.evaluate(async () => {
         window.closing = window.dbs.handover.close();
+        await new Promise((granted) => {
+          navigator.locks.request("concord-sync:handover", { steal: true }, () => {
+            granted();
+            return new Promise((release) => (window.releaseLock = release));
+          });
+        });
+        await window.closing;
       });
+      await b.evaluate(() => {
+        window.during = window.dbs.handover.collection("todos").put("during", { v: 1 });
+      });
+      assert.equal(await b.evaluate(() => window.dbs.handover.leading), false);
+      await a.evaluate(() => window.releaseLock());
       const result = await b.evaluate(async () => {
         const db = window.dbs.handover;
-        const revision = await db.collection("todos").put("during", { v: 1 });
+        const revision = await window.during;
         return { revision: typeof revision, leading: db.leading, doc: db.collection("todos").get("during") };
       });
       assert.deepEqual(result, { revision: "string", leading: true, doc: { v: 1 } });
-      await a.evaluate(() => window.closing);
+      await b.reload();
+      await b.waitForFunction(() => window.concord);
+      await openIn(b, "handover", "handover", { connect: false });
+      assert.deepEqual(await b.evaluate(() => window.dbs.handover.collection("todos").get("during")), { v: 1 }, "stored");
       await Promise.all([a.close(), b.close()]);
     },
   ],
