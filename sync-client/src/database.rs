@@ -325,7 +325,13 @@ impl Database {
     /// document), in order. Lets a caller copy the whole database, e.g. the
     /// npm package's leader tab answering a follower tab that just opened.
     pub fn collection_names(&self) -> Vec<String> {
-        self.read(|s| s.replica().state().collections().map(str::to_owned).collect())
+        self.read(|s| {
+            s.replica()
+                .state()
+                .collections()
+                .map(str::to_owned)
+                .collect()
+        })
     }
 
     /// The collection `name`, its documents read and written as `T`
