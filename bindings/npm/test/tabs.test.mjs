@@ -118,6 +118,15 @@ const failed = await runTests([
         }
       });
       assert.deepEqual(error, { name: "ConflictError", isConflict: true, id: "t1" });
+      // A transaction from the follower: applied together, read back at once.
+      const afterTx = await b.evaluate(async () => {
+        const db = window.dbs.shared;
+        await db.transaction((tx) => tx.put("todos", "t5", { title: "tx" }).delete("todos", "t4").unset("todos", "t1", ["title"]));
+        const todos = db.collection("todos");
+        return { t5: todos.get("t5"), t4: todos.get("t4") ?? null, t1: todos.get("t1") };
+      });
+      assert.deepEqual(afterTx, { t5: { title: "tx" }, t4: null, t1: {} });
+      await seen(a, "shared", "t5", { title: "tx" });
       await Promise.all([a.close(), b.close(), other.close()]);
     },
   ],
