@@ -30,8 +30,11 @@ import type { Change, Status } from "./index.js";
 
 /** A document as the wasm module returns it. */
 export interface RawDoc {
+  /** The document id. */
   id: string;
+  /** Its revision. */
   revision: string;
+  /** Its fields. */
   fields: any;
 }
 
@@ -416,10 +419,12 @@ export class Shared {
     return this.#forward(method, args);
   }
 
+  /** The database's replica id (the leader's store's). */
   replicaId(): string {
     return this.#replicaId;
   }
 
+  /** See `Collection.put`. */
   put(collection: string, id: string, fields: unknown): Promise<string> {
     // In the leader the wasm call applies the write before returning, so
     // reads see it at once; typedCall keeps its synchronous throws.
@@ -427,47 +432,57 @@ export class Shared {
     return typedCall(() => this.#forward("put", [collection, id, fields]));
   }
 
+  /** See `Collection.putIf`. */
   putIf(collection: string, id: string, fields: unknown, expected: string | undefined): Promise<string> {
     if (this.#inner !== undefined) return typedCall(() => this.#inner!.putIf(collection, id, fields, expected));
     return typedCall(() => this.#forward("putIf", [collection, id, fields, expected]));
   }
 
+  /** See `Collection.unset`. */
   unset(collection: string, id: string, names: string[]): Promise<string> {
     return typedCall(() => this.#call("unset", [collection, id, names]));
   }
 
+  /** See `Collection.delete`. */
   delete(collection: string, id: string): Promise<void> {
     return typedCall(() => this.#call("delete", [collection, id]));
   }
 
+  /** See `Database.transaction`: `ops` as `Transaction` records them. */
   transaction(ops: object[]): Promise<void> {
     return typedCall(() => this.#call("transaction", [ops]));
   }
 
+  /** See `Database.flush`. */
   flush(): Promise<void> {
     return typedCall(() => this.#call("flush", []));
   }
 
+  /** See `Database.connect` (a follower asks the leader). */
   connect(): void {
     if (this.#inner !== undefined) this.#inner.connect();
     else void this.#forward("connect", []).catch(() => {});
   }
 
+  /** See `Database.disconnect` (a follower asks the leader). */
   disconnect(): void {
     if (this.#inner !== undefined) this.#inner.disconnect();
     else void this.#forward("disconnect", []).catch(() => {});
   }
 
+  /** See `Database.setToken` (a follower hands it to the leader). */
   setToken(token: string): void {
     if (this.#inner !== undefined) this.#inner.setToken(token);
     else void this.#forward("setToken", [token]).catch(() => {});
   }
 
+  /** A document: from the wasm database in the leader, from the copy in a follower. */
   get(collection: string, id: string): RawDoc | undefined {
     if (this.#inner !== undefined) return this.#inner.get(collection, id);
     return this.#docs?.get(collection)?.get(id);
   }
 
+  /** Documents in id order, filtered and paged (see `Collection.list`). */
   list(collection: string, prefix?: string, after?: string, limit?: number): RawDoc[] {
     if (this.#inner !== undefined) return this.#inner.list(collection, prefix, after, limit);
     const docs = [...(this.#docs?.get(collection)?.values() ?? [])]
@@ -476,6 +491,7 @@ export class Shared {
     return limit === undefined ? docs : docs.slice(0, limit);
   }
 
+  /** Calls `fn` for each change to the database, one collection, or one document; returns the function that stops it. */
   subscribe(collection: string | undefined, id: string | undefined, fn: (change: Change) => void): () => void {
     const listener = { collection, id, fn };
     this.#listeners.add(listener);
@@ -484,10 +500,12 @@ export class Shared {
     };
   }
 
+  /** Where syncing stands (the leader's status, in every tab). */
   status(): Status {
     return this.#status!;
   }
 
+  /** Calls `fn` with each new status; returns the function that stops it. */
   watchStatus(fn: (s: Status) => void): () => void {
     this.#statusListeners.add(fn);
     return () => {
