@@ -136,7 +136,8 @@ fn collection_names_lists_the_collections_holding_documents_in_order() {
     assert_eq!(db.collection_names(), ["notes", "todos"]);
     w.block(writes.0).expect("durable");
     w.block(writes.1).expect("durable");
-    w.block(db.collection("notes").delete("n")).expect("durable");
+    w.block(db.collection("notes").delete("n"))
+        .expect("durable");
     assert_eq!(db.collection_names(), ["todos"]);
 }
 

@@ -4,12 +4,14 @@
 // task and the number of tasks over 50 ms (the Long Tasks API), beside the
 // wall time. Run after `cargo xtask npm` and
 // `cargo build --release -p relay-server`:
-//   node bench/main-thread.mjs            (BENCH_DOCS=10000 for a quick run)
+//   node bench/main-thread.mjs            (BENCH_DOCS=10000 for a quick run;
+//   BENCH_RELAY_ARGS="--keep-recent-ops 1000000 --max-log-ops 2000000" to
+//   sync from the relay's log instead of a compacted snapshot)
 import { mintToken } from "../dist/server.js";
 import { startRelay, startServer, launchChromium } from "../test/harness.mjs";
 
 const N = Number(process.env.BENCH_DOCS ?? 100_000);
-const relay = await startRelay();
+const relay = await startRelay({ args: (process.env.BENCH_RELAY_ARGS ?? "").split(" ").filter(Boolean) });
 const server = await startServer();
 const browser = await launchChromium();
 const token = mintToken(relay.key, { room: "main-thread", ttlSeconds: 3600 });

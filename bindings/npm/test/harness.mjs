@@ -15,12 +15,12 @@ const ROOT = join(PACKAGE_DIR, "..", "..");
 /**
  * Starts the release relay (built by `cargo build --release -p relay-server`)
  * on 127.0.0.1:0, or on `listen` with the data folder `data` to restart one
- * that `stop({ keepData: true })` stopped.
+ * that `stop({ keepData: true })` stopped; `args`: more relay flags.
  */
-export async function startRelay({ listen = "127.0.0.1:0", data } = {}) {
+export async function startRelay({ listen = "127.0.0.1:0", data, args = [] } = {}) {
   const bin = process.env.CONCORD_RELAY ?? join(ROOT, "target", "release", "concord-relay");
   data ??= await mkdtemp(join(tmpdir(), "concord-npm-relay-"));
-  const child = spawn(bin, ["--listen", listen, "--data", data], {
+  const child = spawn(bin, ["--listen", listen, "--data", data, ...args], {
     stdio: ["ignore", "pipe", "pipe"],
     env: Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("CONCORD_"))),
   });
