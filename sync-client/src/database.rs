@@ -322,6 +322,19 @@ impl Database {
         }
     }
 
+    /// Names of the collections that exist (created, or holding a
+    /// document), in order. Lets a caller copy the whole database, e.g. the
+    /// npm package's leader tab answering a follower tab that just opened.
+    pub fn collection_names(&self) -> Vec<String> {
+        self.read(|s| {
+            s.replica()
+                .state()
+                .collections()
+                .map(str::to_owned)
+                .collect()
+        })
+    }
+
     /// The collection `name`, its documents read and written as `T`
     /// (a serde type that serializes to a map of fields).
     pub fn typed_collection<T>(&self, name: impl Into<String>) -> TypedCollection<T> {

@@ -126,6 +126,23 @@ fn a_write_is_visible_at_once_and_durable_when_its_future_resolves() {
     assert_eq!(title(&again, "a"), Some(Value::from("milk")));
 }
 
+#[test]
+fn collection_names_lists_the_collections_holding_documents_in_order() {
+    let mut w = World::new();
+    let db = w.open_with(MemoryStore::new(), false);
+    assert!(db.collection_names().is_empty());
+    let writes = (
+        db.collection("todos").put("a", [("title", "milk")]),
+        db.collection("notes").put("n", [("text", "hi")]),
+    );
+    assert_eq!(db.collection_names(), ["notes", "todos"]);
+    w.block(writes.0).expect("durable");
+    w.block(writes.1).expect("durable");
+    w.block(db.collection("notes").delete("n"))
+        .expect("durable");
+    assert_eq!(db.collection_names(), ["todos"]);
+}
+
 /// A write the test has not released yet.
 type HeldWrite = (PersistBatch, oneshot::Sender<()>);
 

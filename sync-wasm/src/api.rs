@@ -387,6 +387,12 @@ impl WasmDatabase {
             .map_or(JsValue::UNDEFINED, |d| document_js(&d))
     }
 
+    /// Names of the collections that exist, in order.
+    #[wasm_bindgen(js_name = collectionNames)]
+    pub fn collection_names(&self) -> Vec<String> {
+        self.db.collection_names()
+    }
+
     /// Documents in id order, filtered and paged.
     pub fn list(
         &self,

@@ -230,6 +230,12 @@ pub(crate) const TEST: &[Step] = &[
         check: Check::Tests(node(&["test/browser.test.mjs"]), summary::passed_failed),
     },
     Step {
+        name: "npm tabs tests",
+        // Several tabs on one database, the online hint and token refresh,
+        // in Chromium against the relay built above.
+        check: Check::Tests(node(&["test/tabs.test.mjs"]), summary::passed_failed),
+    },
+    Step {
         name: "web-todo build",
         // Reuses the relay and npm builds above; builds the demo (Vite)
         // and the debug `concord` CLI its end-to-end test drives.

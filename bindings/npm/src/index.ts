@@ -15,8 +15,9 @@
  * ```
  * @module
  */
-import init, { openDatabase, type WasmDatabase, type WasmSubscription } from "../wasm/sync_wasm.js";
-import { StoreError, typed, typedAsync, typedCall } from "./errors.js";
+import init, { openDatabase, type WasmDatabase } from "../wasm/sync_wasm.js";
+import { toConcordError, typed, typedAsync } from "./errors.js";
+import { Shared } from "./tabs.js";
 
 export * from "./errors.js";
 
@@ -129,57 +130,38 @@ export async function open(
   const options: OpenOptions =
     typeof urlOrOptions === "string" ? { ...more, relayUrl: urlOrOptions, room, token } : { ...urlOrOptions };
   await load();
-  // One open copy per IndexedDB database per origin: two copies in two tabs
-  // would write diverging states under one replica id into one store.
-  const release = await lockDatabase(name, options.storage);
-  let first: string | undefined;
-  let tokenSource: (() => string | Promise<string>) | undefined;
-  if (typeof options.token === "function") {
-    tokenSource = options.token;
-    // The first token comes from the function too, unless syncing waits.
-    if (options.relayUrl !== undefined && options.connect !== false) first = await tokenSource();
-  } else {
-    first = options.token;
-  }
-  const inner = await typedAsync(
-    openDatabase({
-      name,
-      storage: options.storage,
-      relayUrl: options.relayUrl,
-      room: options.room,
-      token: first,
-      tokenSource,
-      connect: options.connect,
-      agent: options.agent,
-    }),
-  ).catch((e: unknown) => {
-    release();
-    throw e;
-  });
-  return new Database(inner, release);
-}
-
-/**
- * Takes the origin-wide Web Lock for database `name` (browsers, IndexedDB
- * storage); returns the function that releases it. A database another tab
- * has open fails with `StoreError` of kind `Locked`.
- */
-async function lockDatabase(name: string, storage: OpenOptions["storage"]): Promise<() => void> {
+  const openInner = async (): Promise<WasmDatabase> => {
+    let first: string | undefined;
+    let tokenSource: (() => string | Promise<string>) | undefined;
+    if (typeof options.token === "function") {
+      tokenSource = options.token;
+      // The first token comes from the function too, unless syncing waits.
+      if (options.relayUrl !== undefined && options.connect !== false) first = await tokenSource();
+    } else {
+      first = options.token;
+    }
+    return typedAsync(
+      openDatabase({
+        name,
+        storage: options.storage,
+        relayUrl: options.relayUrl,
+        room: options.room,
+        token: first,
+        tokenSource,
+        connect: options.connect,
+        agent: options.agent,
+      }),
+    );
+  };
+  // IndexedDB is per origin: the tabs of an origin share one copy of the
+  // database, run by one of them (see ./tabs.ts).
   const locks = (globalThis as { navigator?: { locks?: LockManager } }).navigator?.locks;
-  const indexedDb = storage === "indexeddb" || (storage === undefined && "indexedDB" in globalThis);
-  if (!indexedDb || locks === undefined) return () => {};
-  let release = () => {};
-  const held = new Promise<void>((resolve) => (release = resolve));
-  const acquired = await new Promise<boolean>((resolve) => {
-    void locks.request(`concord-sync:${name}`, { ifAvailable: true }, (lock) => {
-      resolve(lock !== null);
-      return lock === null ? undefined : held;
-    });
-  });
-  if (!acquired) {
-    throw new StoreError(`the database ${JSON.stringify(name)} is open in another tab or window; close it there first`, "Locked");
-  }
-  return release;
+  const indexedDb = options.storage === "indexeddb" || (options.storage === undefined && "indexedDB" in globalThis);
+  const shared =
+    indexedDb && locks !== undefined && typeof BroadcastChannel === "function"
+      ? await Shared.join(name, locks, openInner)
+      : await Shared.alone(openInner);
+  return new Database(shared);
 }
 
 /**
@@ -221,30 +203,17 @@ export class Observable<T> {
   }
 }
 
-function unsubscriber(sub: WasmSubscription): Unsubscribe {
-  let done = false;
-  return () => {
-    if (!done) {
-      done = true;
-      sub.cancel();
-      sub.free();
-    }
-  };
-}
-
 /** A local-first database syncing with one relay room. */
 export class Database {
-  #inner: WasmDatabase;
-  #statusWatch: WasmSubscription;
-  #release: () => void;
+  #inner: Shared;
+  #statusWatch: Unsubscribe;
   #collections = new Map<string, Collection<any>>();
   /** Where syncing stands, as an observable value. */
   readonly status: Observable<Status>;
 
   /** @internal Use {@link open}. */
-  constructor(inner: WasmDatabase, release: () => void) {
+  constructor(inner: Shared) {
     this.#inner = inner;
-    this.#release = release;
     this.status = new Observable<Status>(inner.status());
     this.#statusWatch = inner.watchStatus((s: Status) => this.status.set(s));
   }
@@ -252,6 +221,16 @@ export class Database {
   /** This database's replica id (random, made when it was created). */
   get replicaId(): string {
     return this.#inner.replicaId();
+  }
+
+  /**
+   * Whether this tab runs the database: holds its store and its relay
+   * connection. The other tabs of the origin that opened it forward their
+   * writes here and read a copy kept fresh by this one; when this tab
+   * closes, one of them takes over.
+   */
+  get leading(): boolean {
+    return this.#inner.leading;
   }
 
   /** The collection `name`, its documents typed as `T`. */
@@ -272,16 +251,18 @@ export class Database {
    * `build` throws), in one durable batch. Resolves once it is durable.
    */
   transaction(build: (tx: Transaction) => void): Promise<void> {
-    return typedCall(() => {
+    try {
       const tx = new Transaction();
       build(tx);
       return this.#inner.transaction(tx.ops);
-    });
+    } catch (e) {
+      return Promise.reject(toConcordError(e));
+    }
   }
 
   /** Calls `listener` for every change, local or remote. */
   subscribe(listener: (change: Change) => void): Unsubscribe {
-    return unsubscriber(this.#inner.subscribe(undefined, undefined, listener));
+    return this.#inner.subscribe(undefined, undefined, listener);
   }
 
   /** Starts syncing (again). */
@@ -301,14 +282,13 @@ export class Database {
 
   /** Resolves once the relay has acknowledged every local write made so far. */
   flush(): Promise<void> {
-    return typedAsync(this.#inner.flush());
+    return this.#inner.flush();
   }
 
   /** Closes the database once everything applied is stored; later calls fail with `ClosedError`. */
   async close(): Promise<void> {
+    this.#statusWatch();
     await this.#inner.close();
-    this.#statusWatch.cancel();
-    this.#release();
   }
 }
 
@@ -344,12 +324,12 @@ export class Transaction {
 
 /** A collection of documents of type `T`. */
 export class Collection<T extends object = Fields> {
-  #db: WasmDatabase;
+  #db: Shared;
   /** The collection's name. */
   readonly name: string;
 
   /** @internal Use {@link Database.collection}. */
-  constructor(db: WasmDatabase, name: string) {
+  constructor(db: Shared, name: string) {
     this.#db = db;
     this.name = name;
   }
@@ -360,22 +340,22 @@ export class Collection<T extends object = Fields> {
    * to the new revision once durable.
    */
   put(id: string, fields: Partial<T>): Promise<string> {
-    return typedCall(() => this.#db.put(this.name, id, fields));
+    return this.#db.put(this.name, id, fields);
   }
 
   /** Like `put`, but only if the document is still at `expected` (`null`: only if absent); else rejects with `ConflictError`. */
   putIf(id: string, fields: Partial<T>, expected: string | null): Promise<string> {
-    return typedCall(() => this.#db.putIf(this.name, id, fields, expected ?? undefined));
+    return this.#db.putIf(this.name, id, fields, expected ?? undefined);
   }
 
   /** Removes fields of document `id`. */
   unset(id: string, names: Array<keyof T & string>): Promise<string> {
-    return typedCall(() => this.#db.unset(this.name, id, names));
+    return this.#db.unset(this.name, id, names);
   }
 
   /** Deletes document `id`. */
   delete(id: string): Promise<void> {
-    return typedCall(() => this.#db.delete(this.name, id));
+    return this.#db.delete(this.name, id);
   }
 
   /** Document `id`'s fields, or `undefined`. */
@@ -397,11 +377,11 @@ export class Collection<T extends object = Fields> {
 
   /** Calls `listener` for every change to this collection, local or remote. */
   subscribe(listener: (change: Change) => void): Unsubscribe {
-    return unsubscriber(this.#db.subscribe(this.name, undefined, listener));
+    return this.#db.subscribe(this.name, undefined, listener);
   }
 
   /** Calls `listener` for every change to document `id`. */
   subscribeDoc(id: string, listener: (change: Change) => void): Unsubscribe {
-    return unsubscriber(this.#db.subscribe(this.name, id, listener));
+    return this.#db.subscribe(this.name, id, listener);
   }
 }

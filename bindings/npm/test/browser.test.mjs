@@ -71,36 +71,6 @@ const failed = await runTests([
     },
   ],
   [
-    "a database open in one tab refuses a second opener until it closes",
-    async () => {
-      const first = await newPage();
-      const second = await newPage();
-      await openIn(first, "shared", null);
-      const refused = await second.evaluate(async () => {
-        try {
-          await window.concord.open("shared");
-          return "opened";
-        } catch (e) {
-          return { name: e.name, storeKind: e.storeKind, isStoreError: e instanceof window.concord.StoreError };
-        }
-      });
-      assert.deepEqual(refused, { name: "StoreError", storeKind: "Locked", isStoreError: true });
-      await first.evaluate(async () => {
-        await window.dbs.shared.collection("c").put("x", { from: "first" });
-        await window.dbs.shared.close();
-      });
-      const doc = await second.evaluate(async () => {
-        const db = await window.concord.open("shared");
-        const doc = db.collection("c").get("x");
-        await db.close();
-        return doc;
-      });
-      assert.deepEqual(doc, { from: "first" });
-      await first.close();
-      await second.close();
-    },
-  ],
-  [
     "a token minted by concord-sync/server is accepted and two databases converge",
     async () => {
       // A fetches its token through a function, as an app asking its backend would.

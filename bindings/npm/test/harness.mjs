@@ -12,11 +12,15 @@ import { createInterface } from "node:readline";
 export const PACKAGE_DIR = fileURLToPath(new URL("..", import.meta.url));
 const ROOT = join(PACKAGE_DIR, "..", "..");
 
-/** Starts the release relay (built by `cargo build --release -p relay-server`) on 127.0.0.1:0. */
-export async function startRelay() {
+/**
+ * Starts the release relay (built by `cargo build --release -p relay-server`)
+ * on 127.0.0.1:0, or on `listen` with the data folder `data` to restart one
+ * that `stop({ keepData: true })` stopped; `args`: more relay flags.
+ */
+export async function startRelay({ listen = "127.0.0.1:0", data, args = [] } = {}) {
   const bin = process.env.CONCORD_RELAY ?? join(ROOT, "target", "release", "concord-relay");
-  const data = await mkdtemp(join(tmpdir(), "concord-npm-relay-"));
-  const child = spawn(bin, ["--listen", "127.0.0.1:0", "--data", data], {
+  data ??= await mkdtemp(join(tmpdir(), "concord-npm-relay-"));
+  const child = spawn(bin, ["--listen", listen, "--data", data, ...args], {
     stdio: ["ignore", "pipe", "pipe"],
     env: Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("CONCORD_"))),
   });
@@ -33,11 +37,13 @@ export async function startRelay() {
   const key = (await readFile(join(data, "concord-relay.key"), "utf8")).trim();
   return {
     url: `ws://${addr}/v1/sync`,
+    addr,
+    data,
     key,
-    async stop() {
+    async stop({ keepData = false } = {}) {
       child.kill("SIGTERM");
       await new Promise((r) => (child.exitCode !== null ? r() : child.once("exit", r)));
-      await rm(data, { recursive: true, force: true });
+      if (!keepData) await rm(data, { recursive: true, force: true });
     },
   };
 }
