@@ -2,12 +2,14 @@
 //! directory, plus what the load generator reads from it: `/metrics`, and
 //! RSS and CPU time from `/proc`.
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use test_support::http_get;
 
 /// A running relay; killed and its data directory removed on drop.
 pub(crate) struct Relay {
@@ -82,7 +84,7 @@ impl Relay {
         };
         let relay = Relay { child, addr, data };
         while Instant::now() < deadline {
-            if let Some((200, _)) = http_get(relay.addr, "/healthz") {
+            if let Some((200, _)) = http_get(relay.addr, "/healthz", None) {
                 return Ok(relay);
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -97,7 +99,7 @@ impl Relay {
 
     /// The value of an unlabeled metric (0 if absent).
     pub(crate) fn metric(&self, name: &str) -> f64 {
-        let text = http_get(self.addr, "/metrics").map_or(String::new(), |(_, body)| body);
+        let text = http_get(self.addr, "/metrics", None).map_or(String::new(), |(_, body)| body);
         text.lines()
             .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
             .and_then(|v| v.trim().parse().ok())
@@ -149,22 +151,4 @@ impl Drop for Relay {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.data);
     }
-}
-
-/// A blocking HTTP/1.1 GET with a 10 s bound; `(status, body)`.
-fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1.to_owned();
-    Some((status, body))
 }
