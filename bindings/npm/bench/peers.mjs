@@ -17,6 +17,7 @@
 import { createServer, connect } from "node:net";
 import { performance } from "node:perf_hooks";
 import { readFileSync } from "node:fs";
+import os from "node:os";
 import * as Y from "yjs";
 import * as Automerge from "@automerge/automerge";
 import { LoroDoc } from "loro-crdt";
@@ -46,11 +47,19 @@ const settle = () => {
 /** Progress on stderr, so a slow workload shows where it is. */
 const progress = (what) => process.env.PROGRESS && console.error(`  ${Math.round(performance.now())} ms: ${what}`);
 
+/**
+ * Wall time of `fn`, and this process's CPU time (user + system) during it:
+ * on a machine shared with other jobs the CPU time shows the work done here
+ * (for rows through the relay, the relay's own CPU is not in it).
+ */
 async function time(fn) {
   await settle();
+  const c0 = process.cpuUsage();
   const t0 = performance.now();
   const extra = await fn();
-  return { ms: performance.now() - t0, ...extra };
+  const ms = performance.now() - t0;
+  const c = process.cpuUsage(c0);
+  return { ms, cpu: (c.user + c.system) / 1000, ...extra };
 }
 
 // ---- the relay, and a byte-counting TCP proxy in front of it --------------
@@ -554,12 +563,15 @@ for (let run = 0; run < RUNS; run++) {
     progress(`${lib.name} writes`);
     const w = await lib.writes();
     record(lib, "writes", w.ms);
+    record(lib, "writesCpu", w.cpu);
     progress(`${lib.name} batched`);
     const b = await lib.batched();
     record(lib, "batched", b.ms);
+    record(lib, "batchedCpu", b.cpu);
     progress(`${lib.name} merge`);
     const m = await lib.merge();
     record(lib, "merge", m.ms);
+    record(lib, "mergeCpu", m.cpu);
     record(lib, "mergeBytes", m.bytes);
     progress(`${lib.name} encodeDecode`);
     const e = await lib.encodeDecode();
@@ -571,6 +583,7 @@ for (let run = 0; run < RUNS; run++) {
     progress(`${lib.name} incremental`);
     const inc = await lib.incremental();
     record(lib, "incTime", inc.ms);
+    record(lib, "incCpu", inc.cpu);
     record(lib, "incBytes", inc.bytes);
     console.error(`run ${run + 1}/${RUNS}: ${lib.name} done (${Math.round(performance.now() - started)} ms)`);
   }
@@ -591,11 +604,15 @@ const ROWS = [
   ["3e. decode + first read", "decodeRead", ms],
   ["5a. incremental sync of 1,000 writes: time", "incTime", ms],
   ["5b. incremental sync: bytes exchanged", "incBytes", kib],
+  ["CPU time of this process: 1a", "writesCpu", ms],
+  ["CPU time: 1b", "batchedCpu", ms],
+  ["CPU time: 2 (concord-sync: without the relay's)", "mergeCpu", ms],
+  ["CPU time: 5a (concord-sync: without the relay's)", "incCpu", ms],
 ];
 const version = (dir) => JSON.parse(readFileSync(new URL(`../${dir}/package.json`, import.meta.url), "utf8")).version;
 const DIRS = { "concord-sync": ".", yjs: "node_modules/yjs", "@automerge/automerge": "node_modules/@automerge/automerge", "loro-crdt": "node_modules/loro-crdt" };
 const names = LIBS.map((l) => `${l.name} ${version(DIRS[l.name])}`);
-console.log(`\nNode ${process.version}, ${RUNS} runs, medians; ratio = best peer ÷ concord-sync (above 1: concord-sync ahead)\n`);
+console.log(`\nNode ${process.version}, load average ${os.loadavg().map((l) => l.toFixed(1)).join(" ")} at the end, ${RUNS} runs, medians; ratio = best peer ÷ concord-sync (above 1: concord-sync ahead)\n`);
 console.log(`| workload | ${names.join(" | ")} | ratio |`);
 console.log(`| --- | ${LIBS.map(() => "---:").join(" | ")} | ---: |`);
 for (const [label, key, fmt] of ROWS) {
