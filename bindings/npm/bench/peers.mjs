@@ -262,14 +262,6 @@ const concord = {
 
 const yjs = {
   name: "yjs",
-  state() {
-    const doc = new Y.Doc();
-    for (let i = 0; i < WRITES; i++) {
-      const [d, f] = slot(i);
-      doc.transact(() => doc.getMap(d).set(f, i));
-    }
-    return doc;
-  },
   async writes() {
     return time(() => {
       const doc = new Y.Doc();
@@ -277,6 +269,7 @@ const yjs = {
         const [d, f] = slot(i);
         doc.transact(() => doc.getMap(d).set(f, i));
       }
+      return { state: doc };
     });
   },
   async batched() {
@@ -313,8 +306,8 @@ const yjs = {
     }
     return { ...r, bytes };
   },
-  async encodeDecode() {
-    const doc = this.state();
+  async encodeDecode(state) {
+    const doc = state;
     await settle();
     let t0 = performance.now();
     const bytes = Y.encodeStateAsUpdate(doc);
@@ -338,8 +331,8 @@ const yjs = {
     if (fields !== WRITES) throw new Error(`yjs read ${fields} fields`);
     return { encode, decode, read, bytes: bytes.length };
   },
-  async incremental() {
-    const a = this.state();
+  async incremental(state) {
+    const a = state;
     const b = new Y.Doc();
     Y.applyUpdate(b, Y.encodeStateAsUpdate(a));
     for (let i = 0; i < INCREMENTAL; i++) {
@@ -373,16 +366,12 @@ const automerge = {
       x[d][f] = value;
     });
   },
-  state() {
-    let doc = automergeBase();
-    for (let i = 0; i < WRITES; i++) doc = this.write(doc, i, i);
-    return doc;
-  },
   async writes() {
     const base = automergeBase();
     return time(() => {
       let doc = base;
       for (let i = 0; i < WRITES; i++) doc = this.write(doc, i, i);
+      return { state: doc };
     });
   },
   async batched() {
@@ -419,8 +408,8 @@ const automerge = {
     }
     return { ...r, bytes };
   },
-  async encodeDecode() {
-    const doc = this.state();
+  async encodeDecode(state) {
+    const doc = state;
     await settle();
     let t0 = performance.now();
     const bytes = Automerge.save(doc);
@@ -435,8 +424,8 @@ const automerge = {
     if (fields !== WRITES) throw new Error(`automerge read ${fields} fields`);
     return { encode, decode, read, bytes: bytes.length };
   },
-  async incremental() {
-    let a = this.state();
+  async incremental(state) {
+    let a = state;
     let b = Automerge.load(Automerge.save(a));
     for (let i = 0; i < INCREMENTAL; i++) a = this.write(a, i, 1_000_000 + i);
     let bytes = 0;
@@ -464,7 +453,7 @@ const loro = {
     return doc;
   },
   async writes() {
-    return time(() => this.state());
+    return time(() => ({ state: this.state() }));
   },
   async batched() {
     return time(() => {
@@ -500,8 +489,8 @@ const loro = {
     }
     return { ...r, bytes };
   },
-  async encodeDecode() {
-    const doc = this.state();
+  async encodeDecode(state) {
+    const doc = state;
     await settle();
     let t0 = performance.now();
     const bytes = doc.export({ mode: "snapshot" });
@@ -525,8 +514,8 @@ const loro = {
     if (fields !== WRITES) throw new Error(`loro read ${fields} fields`);
     return { encode, decode, read, bytes: bytes.length };
   },
-  async incremental() {
-    const a = this.state();
+  async incremental(state) {
+    const a = state;
     const b = new LoroDoc();
     b.import(a.export({ mode: "snapshot" }));
     for (let i = 0; i < INCREMENTAL; i++) this.write(a, i, 1_000_000 + i);
@@ -574,14 +563,14 @@ for (let run = 0; run < RUNS; run++) {
     record(lib, "mergeCpu", m.cpu);
     record(lib, "mergeBytes", m.bytes);
     progress(`${lib.name} encodeDecode`);
-    const e = await lib.encodeDecode();
+    const e = await lib.encodeDecode(w.state);
     record(lib, "encode", e.encode);
     record(lib, "decode", e.decode);
     record(lib, "read", e.read);
     record(lib, "decodeRead", e.decode + e.read);
     record(lib, "bytes", e.bytes);
     progress(`${lib.name} incremental`);
-    const inc = await lib.incremental();
+    const inc = await lib.incremental(w.state);
     record(lib, "incTime", inc.ms);
     record(lib, "incCpu", inc.cpu);
     record(lib, "incBytes", inc.bytes);
