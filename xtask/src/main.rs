@@ -14,6 +14,7 @@
 //!   [`swift`] runs the Swift one in a Debian trixie chroot.
 //! - [`npm`] builds the npm package `concord-sync` (`cargo xtask npm`).
 //! - [`demo`] builds and runs the todo demo (`cargo xtask demo`).
+//! - [`webperf`] the npm package's bundler test and its benchmarks.
 #![warn(clippy::missing_docs_in_private_items)]
 
 mod bench;
@@ -28,6 +29,7 @@ mod setup;
 mod steps;
 mod summary;
 mod swift;
+mod webperf;
 
 use std::process::ExitCode;
 
@@ -54,7 +56,10 @@ COMMANDS:
              (`cargo bench -p sync-core`), the comparison with yrs,
              automerge and loro (`cargo bench` in benches/compare, its own
              workspace), then `concord-loadgen` against freshly started
-             release relays on 127.0.0.1 with temporary data directories.
+             release relays on 127.0.0.1 with temporary data directories;
+             before it, the npm package's benchmarks (bindings/npm/bench:
+             Node against loro-crdt, automerge and yjs, IndexedDB in
+             headless Chromium, download size).
              Takes several minutes; not part of `test`. Results belong in
              docs/BENCHMARKS.md.
     bindings Build the native library (release) and concord-relay, generate

@@ -214,6 +214,7 @@ pub(crate) const TEST: &[Step] = &[
         name: "npm pack test",
         check: Check::Tests(node(&["test/pack.test.mjs"]), summary::passed_failed),
     },
+    crate::webperf::BUNDLERS,
     Step {
         name: "relay release build",
         // The browser tests sync through the real relay binary.
@@ -318,6 +319,12 @@ pub(crate) const BENCH: &[Cmd] = &[
     // The native client through its public API (SQLite; the relay figures
     // use the release relay built above).
     cargo(&["bench", "-p", "sync-ffi", "--locked"]),
+    // The browser package: Node side by side with the peers' npm
+    // packages, IndexedDB in headless Chromium, download size.
+    crate::webperf::BUILD,
+    crate::webperf::PEERS,
+    crate::webperf::BROWSER,
+    crate::webperf::SIZE,
 ];
 
 /// A Node script run in the npm package's folder.
