@@ -118,7 +118,7 @@ class WatchTest {
                 todos.delete("t2")
                 assertEquals("- deleted (t2)", out.next("deleted"))
             } finally {
-                // What Ctrl-C sends: the program closes its database and exits.
+                // SIGTERM runs the same shutdown hook as Ctrl-C: the database closes.
                 watch.toHandle().destroy()
                 assertTrue(watch.waitFor(GUARD_S, TimeUnit.SECONDS), "concord-watch did not stop")
             }
