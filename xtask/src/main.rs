@@ -80,7 +80,9 @@ COMMANDS:
     demo     Build and run the collaborative todo demo (examples/web-todo):
              the release relay on 127.0.0.1:8787 (data in target/demo),
              the npm package and the Vite build (each only when out of
-             date), then print the URL to open in two windows. `--port N`
+             date), then print the URL to open in two windows and the
+             commands that watch the same room from a terminal (the
+             `concord` CLI, `example kotlin`, `example python`). `--port N`
              serves it on port N (default 5173); `--build-only` only builds
              (also the debug `concord` CLI its end-to-end test drives).
              Ctrl-C stops everything it started.
