@@ -147,22 +147,47 @@ pub(crate) fn bindings() -> Result<(), String> {
 
 /// `cargo xtask kotlin-test`: Maven's Surefire runs the JUnit suite on
 /// the JVM against the release library and relay.
+/// Then the console example's tests (see [`crate::examples::kotlin_suite`]).
 pub(crate) fn kotlin_test() -> Result<(), String> {
     let paths = build()?;
+    ensure_maven()?;
+    crate::examples::kotlin_suite(&paths)
+}
+
+/// Installs Maven and a JDK with apt when missing.
+pub(crate) fn ensure_maven() -> Result<(), String> {
     if !has("mvn", "--version") || !has("javac", "-version") {
         apt_install(&["maven", "default-jdk-headless"])?;
     }
-    run(Command::new("mvn")
-        .env_remove("LD_LIBRARY_PATH")
-        .current_dir(paths.root.join("bindings/kotlin"))
-        .args(["-B", "--no-transfer-progress", "test"]))
+    Ok(())
 }
 
 /// `cargo xtask python-test`: installs the built wheel into a venv under
 /// `target/` (with pytest and cryptography) and runs the pytest suite
 /// against the installed package, not the source tree.
+/// The examples' Python tests run in the same pytest session
+/// ([`crate::examples::PYTHON_TESTS`]).
 pub(crate) fn python_test() -> Result<(), String> {
     let paths = build()?;
+    let py = python_venv(&paths)?;
+    run(Command::new(&py)
+        .current_dir(&paths.root)
+        .args([
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "bindings/python/tests",
+        ])
+        .args(crate::examples::PYTHON_TESTS)
+        .env_remove("LD_LIBRARY_PATH")
+        .env("CONCORD_TEST_INSTALLED", "1")
+        .env("CONCORD_RELAY", paths.relay()))
+}
+
+/// The suite's venv under `target/` (made, with pytest and cryptography,
+/// when missing) with the freshly built wheel installed; returns its python.
+pub(crate) fn python_venv(paths: &Paths) -> Result<PathBuf, String> {
     let venv = paths.root.join("target/py-venv");
     let py = venv.join("bin/python");
     if !py.exists() {
@@ -198,18 +223,7 @@ pub(crate) fn python_test() -> Result<(), String> {
             "--no-deps",
         ])
         .arg(&wheel))?;
-    run(Command::new(&py)
-        .current_dir(&paths.root)
-        .args([
-            "-m",
-            "pytest",
-            "-p",
-            "no:cacheprovider",
-            "bindings/python/tests",
-        ])
-        .env_remove("LD_LIBRARY_PATH")
-        .env("CONCORD_TEST_INSTALLED", "1")
-        .env("CONCORD_RELAY", paths.relay()))
+    Ok(py)
 }
 
 /// The wheel `build_wheel.py` wrote last.

@@ -9,7 +9,8 @@
 //! `examples/web-todo/demo.mjs` starts the relay on its default address
 //! (data in `target/demo/relay`, so the todos outlive a restart), serves
 //! the demo with development tokens for room `demo`, and prints the one
-//! URL to open. Ctrl-C stops both; so does this process going away (the
+//! URL to open, then the commands (with a token) that watch the same room
+//! with the `concord` CLI and the Kotlin and Python examples. Ctrl-C stops both; so does this process going away (the
 //! script watches its stdin, a pipe from here).
 //!
 //! `--build-only` builds and exits: the test step before the demo's

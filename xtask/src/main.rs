@@ -15,11 +15,14 @@
 //! - [`npm`] builds the npm package `concord-sync` (`cargo xtask npm`).
 //! - [`demo`] builds and runs the todo demo (`cargo xtask demo`).
 //! - [`webperf`] the npm package's bundler test and its benchmarks.
+//! - [`examples`] builds and runs the Kotlin and Python watch examples
+//!   (`cargo xtask example`) and checks the README's quick starts.
 #![warn(clippy::missing_docs_in_private_items)]
 
 mod bench;
 mod bindings;
 mod demo;
+mod examples;
 mod guard;
 mod npm;
 mod postgres;
@@ -65,8 +68,11 @@ COMMANDS:
     bindings Build the native library (release) and concord-relay, generate
              the Kotlin, Swift and Python code with uniffi into
              bindings/generated/, stage the Python package, build its wheel.
-    kotlin-test  `bindings`, then the JUnit suite (Maven) against a real relay.
-    python-test  `bindings`, then the pytest suite on the installed wheel.
+    kotlin-test  `bindings`, then the JUnit suites (Maven) against a real relay:
+                 the binding's (installing its jar locally), then the console
+                 example's, which also compiles the Kotlin quick start.
+    python-test  `bindings`, then the pytest suite on the installed wheel,
+                 with the watch example's and the Python quick start's tests.
     swift-test   `bindings`, then `swift test` in a Debian trixie chroot
                  (set up under target/swift-root on first use).
     c-abi-test   `bindings`, then a C program built on the generated header.
@@ -79,10 +85,19 @@ COMMANDS:
     demo     Build and run the collaborative todo demo (examples/web-todo):
              the release relay on 127.0.0.1:8787 (data in target/demo),
              the npm package and the Vite build (each only when out of
-             date), then print the URL to open in two windows. `--port N`
+             date), then print the URL to open in two windows and the
+             commands that watch the same room from a terminal (the
+             `concord` CLI, `example kotlin`, `example python`). `--port N`
              serves it on port N (default 5173); `--build-only` only builds
              (also the debug `concord` CLI its end-to-end test drives).
              Ctrl-C stops everything it started.
+    example kotlin|python [--relay URL] [--room ROOM] [--token TOKEN]
+             Build and run a native watch example (examples/kotlin-console,
+             examples/python-watch): it prints a room's todos live until
+             Ctrl-C. Flags fall back to CONCORD_RELAY, CONCORD_ROOM,
+             CONCORD_TOKEN; the local database is CONCORD_DATA or
+             target/demo/<kotlin|python>-watch.db. `demo` prints these
+             commands for its room.
     help     Print this message.
 
 ENVIRONMENT:
@@ -97,6 +112,9 @@ fn main() -> ExitCode {
     };
     if command == "demo" {
         return demo::run(&args[1..]);
+    }
+    if command == "example" {
+        return examples::run_example(&args[1..]);
     }
     if args.len() > 1 {
         eprintln!(

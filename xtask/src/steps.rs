@@ -216,6 +216,17 @@ pub(crate) const TEST: &[Step] = &[
     },
     crate::webperf::BUNDLERS,
     Step {
+        name: "quickstart ts",
+        // The README's TypeScript quick start, type-checked against the
+        // package built above with the package's own tsc (see
+        // examples/quickstart/tsconfig.json).
+        check: Check::ExitStatus(node(&[
+            "node_modules/typescript/bin/tsc",
+            "-p",
+            "../../examples/quickstart/tsconfig.json",
+        ])),
+    },
+    Step {
         name: "relay release build",
         // The browser tests sync through the real relay binary.
         check: Check::ExitStatus(cargo(&[

@@ -84,6 +84,12 @@ fn stage(paths: &Paths, root: &Path) -> Result<(), String> {
     }
     copy_tree(&src.join("Sources"), &pkg.join("Sources"))?;
     copy_tree(&src.join("Tests"), &pkg.join("Tests"))?;
+    // The README's Swift quick start compiles with the tests (it is a
+    // function, not a program, so it fits in the test target).
+    copy(
+        &paths.root.join("examples/quickstart/quickstart.swift"),
+        &pkg.join("Tests/ConcordTests/Quickstart.swift"),
+    )?;
     copy(&src.join("Package.swift"), &pkg.join("Package.swift"))?;
     let generated = paths.generated.join("swift");
     copy(

@@ -1,0 +1,64 @@
+"""watch.py against a real relay: it prints the room's todos, then each
+change another replica makes, and stops cleanly on Ctrl-C (SIGINT)."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import concord
+
+SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "watch.py")
+
+
+def start_watch(relay_url, room, token, data):
+    env = dict(os.environ, CONCORD_RELAY=relay_url, CONCORD_ROOM=room, CONCORD_TOKEN=token)
+    return subprocess.Popen(
+        [sys.executable, SCRIPT, "--data", str(data)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def test_prints_the_list_then_each_change(relay, tmp_path, stdout_lines, guard_s):
+    # A todo as the web demo writes it (collection "todos"; title, done, order).
+    with concord.open(str(tmp_path / "browser.db"), relay=relay.relay("demo")) as writer:
+        todos = writer.collection("todos")
+        todos.put("t1", {"title": "Buy milk", "done": False, "order": 1.0})
+        writer.flush()
+
+        watch = start_watch(relay.url, "demo", relay.token("demo"), tmp_path / "watch.db")
+        try:
+            out = stdout_lines(watch)
+            out.wait_for("1 todos:")
+            assert out.wait_for("Buy milk") == "  [ ] Buy milk  (t1)"
+
+            todos.put("t2", {"title": "Walk the dog", "done": False, "order": 2.0})
+            assert out.wait_for("Walk the dog") == "* [ ] Walk the dog  (t2)"
+            todos.put("t1", {"done": True})
+            assert out.wait_for("Buy milk") == "* [x] Buy milk  (t1)"
+            todos.delete("t2")
+            assert out.wait_for("deleted") == "- deleted (t2)"
+        finally:
+            watch.send_signal(signal.SIGINT)
+            code = watch.wait(timeout=guard_s)
+    assert code == 0, watch.stderr.read()
+
+
+def test_a_refused_token_is_an_error(relay, tmp_path, guard_s):
+    watch = start_watch(relay.url, "demo", "not-a-token", tmp_path / "watch.db")
+    try:
+        code = watch.wait(timeout=guard_s)
+    finally:
+        watch.kill()
+    assert code == 2
+    assert "error:" in watch.stderr.read()
+
+
+def test_missing_settings_are_named(guard_s):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONCORD_")}
+    run = subprocess.run([sys.executable, SCRIPT], capture_output=True, text=True, env=env, timeout=guard_s)
+    assert run.returncode == 2
+    assert "--relay (or CONCORD_RELAY)" in run.stderr
