@@ -499,6 +499,9 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
 /// writer waits for the rest, at most half the last commit's duration and
 /// at most [`MAX_GATHER_WAIT`]: on a slow disk that buys whole groups, on a
 /// fast one it costs next to nothing, and a single writer never waits.
+/// Only blocking writers count: the host loop's writes are not answered to
+/// waiting threads but to the loop, which sends its next write when puts
+/// arrive, not when it is answered.
 fn write_loop(
     mut conn: Connection,
     queue: &mpsc::Receiver<Job>,
@@ -551,7 +554,10 @@ fn write_loop(
                 }
             }
         }
-        last_group = group.len();
+        // Only blocking writers come back for the next group: the loop's
+        // writes arrive as its puts do, and waiting for them would add up
+        // to MAX_GATHER_WAIT to every write of a steady trickle.
+        last_group = group.iter().filter(|batch| !batch.ordered).count();
         commit_group(&mut conn, &path, &mut group, stats, identity, &mut failed);
         last_commit = started.elapsed();
     }
