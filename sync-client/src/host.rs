@@ -2,16 +2,21 @@
 //! written once for every platform.
 //!
 //! It opens and closes the transport, hands persist batches to the store
-//! one write at a time (merging the batches queued meanwhile into that one
-//! write: group commit), reports each batch durable, sends the frames the
+//! (merging the batches queued meanwhile into one write: group commit;
+//! keeping as many writes in flight as the store allows, see
+//! [`ClientStore::max_writes_in_flight`]), reports each batch durable in the
+//! order the writes were issued, sends the frames the
 //! session releases, arms the session's timer, refreshes tokens, delivers
 //! change events to subscribers and answers the futures of writes and
 //! flushes. The session itself holds back frames until the persists they
 //! depend on are durable, so this loop cannot send anything too early.
 //!
 //! After a failed store write, memory is ahead of the store: the loop
-//! rejects every write waiting for durability, reads the store back and
-//! rebuilds the session from it, then carries on (syncing again if it was).
+//! rejects every write waiting for durability, forgets the writes still in
+//! flight behind the failed one (their answers can never count: the store
+//! fails them, and the rebuilt session numbers its persists afresh), reads
+//! the store back and rebuilds the session from it, then carries on
+//! (syncing again if it was).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -149,7 +154,7 @@ where
         link: None,
         connecting: None,
         closing: FuturesUnordered::new(),
-        writing: None,
+        writing: std::collections::VecDeque::new(),
         queued: Vec::new(),
         sleep: None,
         refresh_at: None,
@@ -270,9 +275,11 @@ struct Host<T> {
     connecting: Option<LocalBoxFuture<'static, Result<Link, TransportError>>>,
     /// Connections being closed politely.
     closing: FuturesUnordered<LocalBoxFuture<'static, ()>>,
-    /// The store write in flight and the persists it carries.
-    writing: Option<(Vec<PersistId>, StoreWrite)>,
-    /// Persists waiting for the write in flight.
+    /// The store writes in flight, oldest first, and the persists each
+    /// carries. Only the oldest is polled: a later write counts as durable
+    /// only once every write before it has been answered `Ok`.
+    writing: std::collections::VecDeque<(Vec<PersistId>, StoreWrite)>,
+    /// Persists waiting for a place among the writes in flight.
     queued: Vec<(PersistId, PersistBatch)>,
     sleep: Option<(Timestamp, LocalBoxFuture<'static, ()>)>,
     refresh_at: Option<(Timestamp, LocalBoxFuture<'static, ()>)>,
@@ -286,7 +293,7 @@ impl<T: Transport> Host<T> {
     async fn run(mut self) {
         loop {
             let closed = self.drain();
-            if closed && self.writing.is_none() && self.queued.is_empty() {
+            if closed && self.writing.is_empty() && self.queued.is_empty() {
                 return self.shut_down();
             }
             self.start_write();
@@ -375,13 +382,16 @@ impl<T: Transport> Host<T> {
         self.connecting = url.map(|url| self.transport.connect(&url));
     }
 
-    /// Starts one store write for every persist queued (group commit).
+    /// Starts one store write for every persist queued (group commit), if
+    /// the store takes another write in flight.
     fn start_write(&mut self) {
-        if self.writing.is_some() || self.queued.is_empty() || self.reloading.is_some() {
+        let limit = self.store.max_writes_in_flight().max(1);
+        if self.writing.len() >= limit || self.queued.is_empty() || self.reloading.is_some() {
             return;
         }
         let (ids, batch) = merge(std::mem::take(&mut self.queued));
-        self.writing = Some((ids, self.store.write(batch)));
+        let write = self.store.write(batch);
+        self.writing.push_back((ids, write));
     }
 
     /// Arms the refresh of a token that expires, if there is a way to refresh it.
@@ -425,7 +435,7 @@ impl<T: Transport> Host<T> {
             if inner.woken.swap(false, Ordering::AcqRel) {
                 return Poll::Ready(Wake::Woken);
             }
-            if let Some((_, write)) = &mut self.writing {
+            if let Some((_, write)) = self.writing.front_mut() {
                 if let Poll::Ready(result) = write.poll_unpin(cx) {
                     return Poll::Ready(Wake::Written(result));
                 }
@@ -502,7 +512,7 @@ impl<T: Transport> Host<T> {
                 core.session.handle(now, Input::Disconnected { code: None });
             }
             Wake::Written(result) => {
-                let Some((ids, _)) = self.writing.take() else {
+                let Some((ids, _)) = self.writing.pop_front() else {
                     return;
                 };
                 match result {
@@ -522,8 +532,14 @@ impl<T: Transport> Host<T> {
                                 },
                             );
                         }
-                        // Everything queued behind it depended on it too.
+                        // Everything queued or in flight behind it depended
+                        // on it too. The store fails the writes in flight
+                        // (its contract); their answers are dropped unheard,
+                        // since the session rebuilt below numbers its
+                        // persists from the start again and would take a late
+                        // `Persisted` for one of its own.
                         self.queued.clear();
+                        self.writing.clear();
                         core.store_failed = Some(error.clone());
                         core.last_error = Some(format!("the local store failed: {error}"));
                         core.settle_waiters();

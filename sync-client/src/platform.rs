@@ -124,9 +124,34 @@ pub enum StoreErrorKind {
 pub trait ClientStore {
     /// Applies every write of `batch` or none of them. When the future
     /// resolves `Ok`, the writes survive a crash of the process (and, where
-    /// the platform allows, of the machine). The loop awaits each write
-    /// before starting the next, so writes land in the order given.
+    /// the platform allows, of the machine). Writes must land in the order
+    /// they were issued; with [`ClientStore::max_writes_in_flight`] at 1
+    /// (the default) the loop awaits each write before issuing the next, so
+    /// any store does that.
     fn write(&self, batch: PersistBatch) -> LocalBoxFuture<'static, Result<(), StoreError>>;
+
+    /// How many writes the loop may have issued and not yet seen answered
+    /// (at least 1; the default). A store that returns more promises, for
+    /// writes issued while earlier ones are unanswered:
+    ///
+    /// - they are applied in the order issued, so what the store holds after
+    ///   a crash is always a prefix of the writes issued;
+    /// - when a write fails, every write issued after it and before the next
+    ///   [`read_all`](ClientStore::read_all) fails too, without being
+    ///   applied (the store keeps a prefix after a failure as well), and that
+    ///   `read_all` sees none of them.
+    ///
+    /// The loop does its part: it counts a write as durable only once every
+    /// write issued before it is answered `Ok`, and after a failure it
+    /// forgets the writes still in flight, issues no new one, and reads the
+    /// store back (`read_all`) to rebuild the database from what is stored.
+    ///
+    /// More than one write in flight lets a store whose writes take a
+    /// thread hop or an fsync (SQLite on its own thread) start the next
+    /// commit while the loop is still answering the last one.
+    fn max_writes_in_flight(&self) -> usize {
+        1
+    }
 
     /// Every stored record, in key order.
     fn read_all(&self) -> LocalBoxFuture<'static, Result<Vec<Record>, StoreError>>;

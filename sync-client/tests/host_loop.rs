@@ -604,3 +604,185 @@ fn a_store_behind_the_relay_continues_as_a_new_replica() {
     w.advance(1_000);
     assert_eq!(title(&reopened, "c"), Some(Value::from("after restore")));
 }
+
+/// A write the test answers when it likes, in any order.
+type OpenWrite = Option<(PersistBatch, oneshot::Sender<Result<(), StoreError>>)>;
+
+/// A store that lets the loop keep `limit` writes in flight and answers
+/// each one only when the test says so, in any order the test picks. An
+/// `Ok` answer applies the batch to the inner store first.
+#[derive(Clone)]
+struct PipelinedStore {
+    inner: MemoryStore,
+    limit: usize,
+    writes: Rc<RefCell<Vec<OpenWrite>>>,
+}
+
+impl PipelinedStore {
+    fn new(limit: usize) -> PipelinedStore {
+        PipelinedStore {
+            inner: MemoryStore::new(),
+            limit,
+            writes: Rc::default(),
+        }
+    }
+
+    /// Writes issued so far, answered or not.
+    fn issued(&self) -> usize {
+        self.writes.borrow().len()
+    }
+
+    /// Writes issued and not answered yet.
+    fn in_flight(&self) -> usize {
+        self.writes.borrow().iter().flatten().count()
+    }
+
+    /// Answers write number `n` (0-based, in issue order).
+    fn answer(&self, n: usize, ok: bool) {
+        let (batch, done) = self.writes.borrow_mut()[n].take().expect("open write");
+        let result = if ok {
+            futures::executor::block_on(self.inner.write(batch)).expect("memory");
+            Ok(())
+        } else {
+            Err(StoreError::new(
+                sync_client::platform::StoreErrorKind::Full,
+                "simulated write failure",
+            ))
+        };
+        let _ = done.send(result);
+    }
+
+    /// Answers every open write `Ok`, oldest first.
+    fn answer_all(&self) {
+        for n in 0..self.issued() {
+            if self.writes.borrow()[n].is_some() {
+                self.answer(n, true);
+            }
+        }
+    }
+}
+
+impl ClientStore for PipelinedStore {
+    fn write(&self, batch: PersistBatch) -> LocalBoxFuture<'static, Result<(), StoreError>> {
+        let (tx, rx) = oneshot::channel();
+        self.writes.borrow_mut().push(Some((batch, tx)));
+        async move {
+            rx.await.unwrap_or_else(|_| {
+                Err(StoreError::new(
+                    sync_client::platform::StoreErrorKind::Closed,
+                    "gone",
+                ))
+            })
+        }
+        .boxed_local()
+    }
+
+    fn read_all(&self) -> LocalBoxFuture<'static, Result<Vec<Record>, StoreError>> {
+        self.inner.read_all()
+    }
+
+    fn max_writes_in_flight(&self) -> usize {
+        self.limit
+    }
+}
+
+/// Opens a local database on `store` and stores what opening writes.
+fn open_pipelined(w: &mut World, store: &PipelinedStore) -> Database {
+    let db = w.open_with(store.clone(), false);
+    while store.in_flight() > 0 {
+        store.answer_all();
+        w.settle();
+    }
+    db
+}
+
+#[test]
+fn writes_pipeline_up_to_the_stores_limit_and_count_durable_in_issue_order() {
+    let mut w = World::new();
+    let store = PipelinedStore::new(2);
+    let db = open_pipelined(&mut w, &store);
+    let todos = db.collection("todos");
+    let first = store.issued();
+
+    let a = todos.put("a", [("n", 1)]);
+    w.settle();
+    let b = todos.put("b", [("n", 2)]);
+    w.settle();
+    assert_eq!(store.in_flight(), 2, "b is issued while a is in flight");
+    let mut c = todos.put("c", [("n", 3)]);
+    w.settle();
+    assert_eq!(
+        store.in_flight(),
+        2,
+        "c waits: the store takes two at a time"
+    );
+
+    store.answer(first, true);
+    w.settle();
+    assert!(a.now_or_never().expect("a done").is_ok());
+    assert_eq!(store.in_flight(), 2, "c is issued once a is answered");
+
+    // The store answers c before b: c is durable only once b is too.
+    let mut b = b;
+    store.answer(first + 2, true);
+    w.settle();
+    assert!((&mut b).now_or_never().is_none(), "b is not answered yet");
+    assert!((&mut c).now_or_never().is_none(), "c waits for b");
+    store.answer(first + 1, true);
+    w.settle();
+    assert!(b.now_or_never().expect("b done").is_ok());
+    assert!(c.now_or_never().expect("c done").is_ok());
+}
+
+#[test]
+fn a_failed_write_fails_the_writes_in_flight_behind_it_and_their_late_answers_count_for_nothing() {
+    let mut w = World::new();
+    let store = PipelinedStore::new(2);
+    let db = open_pipelined(&mut w, &store);
+    let todos = db.collection("todos");
+    let kept = todos.put("kept", [("n", 0)]);
+    w.settle();
+    store.answer_all();
+    w.settle();
+    assert!(kept.now_or_never().expect("kept done").is_ok());
+    let first = store.issued();
+
+    let a = todos.put("a", [("n", 1)]);
+    w.settle();
+    let b = todos.put("b", [("n", 2)]);
+    w.settle();
+    assert_eq!(store.in_flight(), 2, "a and b are both in flight");
+
+    // a fails while b is in flight: b depended on it and fails with it.
+    store.answer(first, false);
+    w.settle();
+    let err = w.block(a).expect_err("a failed");
+    assert!(matches!(err, Error::Store(_)), "{err}");
+    let err = w.block(b).expect_err("b failed with a");
+    assert!(matches!(err, Error::Store(_)), "{err}");
+    assert!(todos.get("a").is_none() && todos.get("b").is_none());
+    assert!(todos.get("kept").is_some(), "rebuilt from the store");
+
+    // The rebuilt database writes again: c and d each in a write of their
+    // own. Then b's write is answered late, and `Ok` (a store breaking its
+    // contract): it must count for nothing in the rebuilt database.
+    let c = todos.put("c", [("n", 3)]);
+    w.settle();
+    let mut d = todos.put("d", [("n", 4)]);
+    w.settle();
+    // A write still counted in flight from before the failure would hold
+    // a place (and, never answered, stall the loop): both go out.
+    assert_eq!(store.issued(), first + 4, "c and d were issued");
+    store.answer(first + 1, true);
+    w.settle();
+    store.answer(first + 2, true);
+    w.settle();
+    assert!(w.block(c).is_ok());
+    assert!(
+        (&mut d).now_or_never().is_none(),
+        "d's write is not answered"
+    );
+    store.answer(first + 3, false);
+    w.settle();
+    assert!(w.block(d).is_err(), "d's write failed");
+}

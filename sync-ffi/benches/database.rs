@@ -4,7 +4,9 @@
 //! `concord-relay` is built (`cargo build --release -p relay-server`),
 //! end-to-end latency through the relay and an initial sync.
 //!
-//! `cargo bench -p sync-ffi --bench database` prints one line per figure.
+//! `cargo bench -p sync-ffi --bench database` prints one line per figure;
+//! `-- NAME...` runs only the figures whose name contains a NAME (`latency`,
+//! `writers`, `together`, `transaction-reopen`, `e2e`, `initial-sync`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -212,6 +214,20 @@ fn end_to_end(dir: &Path, relay: &Relay) {
     wait_online(&b);
     let mut changes = b.collection("pings").subscribe();
     let sent_at = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    // Where the time goes: each put's wait until durable on A, measured by
+    // a thread of its own so the writer keeps its pace.
+    let (durable_tx, durable_rx) = std::sync::mpsc::channel::<(Instant, sync_ffi::Pending<_>)>();
+    let durable = std::thread::spawn(move || {
+        let mut times: Vec<Duration> = durable_rx
+            .into_iter()
+            .map(|(at, write)| {
+                write.wait().expect("durable on A");
+                at.elapsed()
+            })
+            .collect();
+        times.sort();
+        times
+    });
     let writer = {
         let (a, sent_at) = (a.clone(), sent_at.clone());
         std::thread::spawn(move || {
@@ -224,11 +240,10 @@ fn end_to_end(dir: &Path, relay: &Relay) {
                     std::thread::sleep(wait);
                 }
                 let id = format!("p{i}");
-                sent_at
-                    .lock()
-                    .expect("lock")
-                    .insert(id.clone(), Instant::now());
-                drop(pings.put(&id, [("n", Value::from(i as i64))]));
+                let at = Instant::now();
+                sent_at.lock().expect("lock").insert(id.clone(), at);
+                let write = pings.put(&id, [("n", Value::from(i as i64))]);
+                durable_tx.send((at, write)).expect("durable thread");
             }
         })
     };
@@ -244,11 +259,19 @@ fn end_to_end(dir: &Path, relay: &Relay) {
         }
     });
     writer.join().expect("writer");
+    let durable = durable.join().expect("durable thread");
     latencies.sort();
     println!(
-        "put on A -> change event on B through the relay, 1,000 writes/s: p50 {} p99 {}",
+        "put on A -> change event on B through the relay, 1,000 writes/s: p50 {} p99 {} max {}",
         ms(percentile(&latencies, 0.5)),
-        ms(percentile(&latencies, 0.99))
+        ms(percentile(&latencies, 0.99)),
+        ms(percentile(&latencies, 1.0))
+    );
+    println!(
+        "  of which put on A -> durable on A: p50 {} p99 {} max {}",
+        ms(percentile(&durable, 0.5)),
+        ms(percentile(&durable, 0.99)),
+        ms(percentile(&durable, 1.0))
     );
     futures::executor::block_on(a.close());
     futures::executor::block_on(b.close());
@@ -301,16 +324,38 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
+    // `cargo bench -p sync-ffi --bench database -- NAME...` runs only the
+    // figures whose name contains one of the NAMEs (for profiling one).
+    let names: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wanted = |figure: &str| names.is_empty() || names.iter().any(|n| figure.contains(n));
     let dir = tempfile::tempdir().expect("temp dir");
-    durable_put_latency(dir.path());
-    durable_puts_per_second(dir.path(), 1);
-    durable_puts_per_second(dir.path(), 8);
-    puts_issued_together(dir.path(), 100_000);
-    big_transaction_and_reopen(dir.path());
+    if wanted("latency") {
+        durable_put_latency(dir.path());
+    }
+    if wanted("writers") {
+        durable_puts_per_second(dir.path(), 1);
+        durable_puts_per_second(dir.path(), 8);
+    }
+    if wanted("together") {
+        puts_issued_together(dir.path(), 100_000);
+    }
+    if wanted("transaction-reopen") {
+        big_transaction_and_reopen(dir.path());
+    }
+    if !wanted("e2e") && !wanted("initial-sync") {
+        return;
+    }
     match Relay::start(dir.path()) {
         Some(relay) => {
-            end_to_end(dir.path(), &relay);
-            initial_sync(dir.path(), &relay);
+            if wanted("e2e") {
+                end_to_end(dir.path(), &relay);
+            }
+            if wanted("initial-sync") {
+                initial_sync(dir.path(), &relay);
+            }
         }
         None => println!(
             "(no release concord-relay built: skipping the relay figures; run `cargo build --release -p relay-server`)"

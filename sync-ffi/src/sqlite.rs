@@ -17,7 +17,17 @@
 //! Batches that arrive while a commit is running wait for it and go together
 //! into the next one. With no load a batch is committed at once. A batch
 //! that fails is rolled back alone (its savepoint) and reported to its
-//! caller; the others of its group still commit.
+//! caller; the others of its group still commit — except the host loop's
+//! own writes, see below.
+//!
+//! # Writes in flight
+//!
+//! The host loop keeps up to [`WRITES_IN_FLIGHT`] writes queued here (see
+//! [`ClientStore::max_writes_in_flight`]), so the next commit can start
+//! while the loop is still answering the last one. Those writes keep
+//! their order (one queue, one thread), and once one of them fails every
+//! later one fails too without being applied, until the loop reads the
+//! store back: the file always holds a prefix of what the loop issued.
 //!
 //! Reads (`read_all`, used when a database opens) go through the same
 //! queue, so they see every write queued before them.
@@ -58,6 +68,12 @@ const SCHEMA_VERSION: i64 = 1;
 
 /// Most batches merged into one transaction.
 const MAX_GROUP: usize = 1024;
+
+/// Writes the host loop may keep queued to the writer thread at once. Two
+/// already let the loop hand over the next batch while a commit runs; a few
+/// more let puts arriving during one commit go to the next in several
+/// pieces without waiting for an answer (the writer merges them again).
+const WRITES_IN_FLIGHT: usize = 4;
 
 /// Longest the writer waits, before starting a group, for the writers of
 /// the last group to come back (see [`write_loop`]).
@@ -138,12 +154,19 @@ type PendingIdentity = Arc<Mutex<Option<FileIdentity>>>;
 /// A batch as the writer applies it: encoded keys, and a value or a delete.
 type Rows = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
+/// One write queued to the writer thread.
+struct Batch {
+    rows: Rows,
+    /// Issued by the host loop ([`ClientStore::write`]), which may have
+    /// later writes queued behind it that depend on it: after an ordered
+    /// write fails, later ordered writes fail unapplied until the next read.
+    ordered: bool,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
 /// What the writer thread is asked to do.
 enum Job {
-    Write {
-        rows: Rows,
-        done: oneshot::Sender<Result<(), StoreError>>,
-    },
+    Write(Batch),
     Read {
         done: oneshot::Sender<Result<Vec<Record>, StoreError>>,
     },
@@ -233,10 +256,14 @@ impl SqliteStore {
     }
 
     /// Queues a write; the receiver answers once it is committed.
-    fn queue_write(&self, rows: Rows) -> oneshot::Receiver<Result<(), StoreError>> {
+    fn queue_write(&self, rows: Rows, ordered: bool) -> oneshot::Receiver<Result<(), StoreError>> {
         let (done, answer) = oneshot::channel();
         // A failed send drops `done`, which the receiver reports as closed.
-        let _ = self.submit(Job::Write { rows, done });
+        let _ = self.submit(Job::Write(Batch {
+            rows,
+            ordered,
+            done,
+        }));
         answer
     }
 
@@ -272,8 +299,12 @@ async fn answer<T>(rx: oneshot::Receiver<Result<T, StoreError>>) -> Result<T, St
 
 impl ClientStore for SqliteStore {
     fn write(&self, batch: PersistBatch) -> LocalBoxFuture<'static, Result<(), StoreError>> {
-        let rx = self.queue_write(rows_owned(batch));
+        let rx = self.queue_write(rows_owned(batch), true);
         Box::pin(answer(rx))
+    }
+
+    fn max_writes_in_flight(&self) -> usize {
+        WRITES_IN_FLIGHT
     }
 
     fn read_all(&self) -> LocalBoxFuture<'static, Result<Vec<Record>, StoreError>> {
@@ -293,7 +324,7 @@ impl Store for SqliteStore {
     type Error = StoreError;
 
     fn write(&mut self, batch: &PersistBatch) -> Result<(), StoreError> {
-        futures::executor::block_on(answer(self.queue_write(rows_borrowed(batch))))
+        futures::executor::block_on(answer(self.queue_write(rows_borrowed(batch), false)))
     }
 
     fn read_all(&self) -> Result<Vec<Record>, StoreError> {
@@ -468,6 +499,9 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
 /// writer waits for the rest, at most half the last commit's duration and
 /// at most [`MAX_GATHER_WAIT`]: on a slow disk that buys whole groups, on a
 /// fast one it costs next to nothing, and a single writer never waits.
+/// Only blocking writers count: the host loop's writes are not answered to
+/// waiting threads but to the loop, which sends its next write when puts
+/// arrive, not when it is answered.
 fn write_loop(
     mut conn: Connection,
     queue: &mpsc::Receiver<Job>,
@@ -476,7 +510,9 @@ fn write_loop(
 ) {
     let path = conn.path().map(PathBuf::from).unwrap_or_default();
     let mut jobs = Vec::new();
-    let mut group: Vec<(Rows, oneshot::Sender<Result<(), StoreError>>)> = Vec::new();
+    let mut group: Vec<Batch> = Vec::new();
+    // Set when an ordered write fails; cleared by the next read.
+    let mut failed: Option<StoreError> = None;
     // Batches in the last group, and how long its commit took.
     let mut last_group = 0;
     let mut last_commit = Duration::ZERO;
@@ -502,21 +538,27 @@ fn write_loop(
         let started = Instant::now();
         for job in jobs.drain(..) {
             match job {
-                Job::Write { rows, done } => group.push((rows, done)),
+                Job::Write(batch) => group.push(batch),
                 Job::Read { done } => {
                     // Writes queued before the read are committed first.
-                    commit_group(&mut conn, &path, &mut group, stats, identity);
+                    commit_group(&mut conn, &path, &mut group, stats, identity, &mut failed);
+                    // The loop reads back after a failure: it writes on
+                    // from what this read returns.
+                    failed = None;
                     let _ = done.send(read_all(&conn, &path));
                 }
                 #[cfg(test)]
                 Job::Inspect(f) => {
-                    commit_group(&mut conn, &path, &mut group, stats, identity);
+                    commit_group(&mut conn, &path, &mut group, stats, identity, &mut failed);
                     f(&conn);
                 }
             }
         }
-        last_group = group.len();
-        commit_group(&mut conn, &path, &mut group, stats, identity);
+        // Only blocking writers come back for the next group: the loop's
+        // writes arrive as its puts do, and waiting for them would add up
+        // to MAX_GATHER_WAIT to every write of a steady trickle.
+        last_group = group.iter().filter(|batch| !batch.ordered).count();
+        commit_group(&mut conn, &path, &mut group, stats, identity, &mut failed);
         last_commit = started.elapsed();
     }
     // Fold the WAL back into the database so the next open reads less.
@@ -528,15 +570,16 @@ fn write_loop(
 fn commit_group(
     conn: &mut Connection,
     path: &Path,
-    group: &mut Vec<(Rows, oneshot::Sender<Result<(), StoreError>>)>,
+    group: &mut Vec<Batch>,
     stats: &Stats,
     identity: &PendingIdentity,
+    failed: &mut Option<StoreError>,
 ) {
     if group.is_empty() {
         return;
     }
     let unrecorded = identity.lock().ok().and_then(|pending| *pending);
-    let (results, recorded) = write_group(conn, path, group, unrecorded);
+    let (results, recorded) = write_group(conn, path, group, unrecorded, failed);
     if recorded && let Ok(mut pending) = identity.lock() {
         *pending = None;
     }
@@ -544,30 +587,49 @@ fn commit_group(
     stats
         .batches
         .fetch_add(group.len() as u64, Ordering::Relaxed);
-    for ((_, done), result) in group.drain(..).zip(results) {
-        let _ = done.send(result);
+    for (batch, result) in group.drain(..).zip(results) {
+        let _ = batch.done.send(result);
     }
 }
 
 /// Also records `unrecorded` (the file's new identity) with the first batch
-/// that succeeds, and says whether it was committed.
+/// that succeeds, and says whether it was committed. An ordered batch that
+/// fails sets `failed`; while it is set, ordered batches fail unapplied.
 fn write_group(
     conn: &mut Connection,
     path: &Path,
-    group: &[(Rows, oneshot::Sender<Result<(), StoreError>>)],
+    group: &[Batch],
     mut unrecorded: Option<FileIdentity>,
+    failed: &mut Option<StoreError>,
 ) -> (Vec<Result<(), StoreError>>, bool) {
-    let all = |e: StoreError| (vec![Err(e); group.len()], false);
+    let any_ordered = group.iter().any(|batch| batch.ordered);
+    let count = group.len();
+    // The whole transaction failed: nothing of the group was written.
+    let all = |failed: &mut Option<StoreError>, e: StoreError| {
+        if any_ordered && failed.is_none() {
+            *failed = Some(e.clone());
+        }
+        (vec![Err(e); count], false)
+    };
     let mut recorded = false;
     let mut tx = match conn.transaction() {
         Ok(tx) => tx,
-        Err(e) => return all(sql_error("beginning a transaction on", path, &e)),
+        Err(e) => return all(failed, sql_error("beginning a transaction on", path, &e)),
     };
     let mut results = Vec::with_capacity(group.len());
-    for (rows, _) in group {
+    for batch in group {
+        if batch.ordered
+            && let Some(earlier) = failed.as_ref()
+        {
+            results.push(Err(StoreError::new(
+                earlier.kind,
+                format!("not written: an earlier write failed ({earlier})"),
+            )));
+            continue;
+        }
         let result = (|| -> rusqlite::Result<()> {
             let sp = tx.savepoint()?;
-            apply(&sp, rows)?;
+            apply(&sp, &batch.rows)?;
             if let Some(identity) = unrecorded {
                 record_identity(&sp, identity)?;
             }
@@ -581,12 +643,20 @@ fn write_group(
             // On some errors (a full disk, an IO error) SQLite rolls back the
             // whole transaction, not just the savepoint: nothing of the group
             // was written, and every batch reports this error.
-            Err(e) if tx.is_autocommit() => return all(sql_error("writing to", path, &e)),
-            Err(e) => results.push(Err(sql_error("writing to", path, &e))),
+            Err(e) if tx.is_autocommit() => {
+                return all(failed, sql_error("writing to", path, &e));
+            }
+            Err(e) => {
+                let e = sql_error("writing to", path, &e);
+                if batch.ordered {
+                    *failed = Some(e.clone());
+                }
+                results.push(Err(e));
+            }
         }
     }
     if let Err(e) = tx.commit() {
-        return all(sql_error("committing to", path, &e));
+        return all(failed, sql_error("committing to", path, &e));
     }
     (results, recorded)
 }
@@ -748,7 +818,7 @@ mod tests {
     }
 
     #[test]
-    fn a_failing_batch_is_rolled_back_alone() {
+    fn a_failing_loop_write_fails_the_later_ones_until_a_read() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
         // Values longer than this fail.
@@ -781,14 +851,60 @@ mod tests {
             good.await.unwrap();
             let err = bad.await.unwrap_err();
             assert_eq!(err.kind, StoreErrorKind::Io, "{err}");
-            also_good.await.unwrap();
+            // Issued behind the failed write, it depended on it: it fails
+            // unapplied, so the file holds a prefix of the loop's writes.
+            let err = also_good.await.unwrap_err();
+            assert!(err.message.contains("an earlier write failed"), "{err}");
         });
-        let keys: Vec<Vec<u8>> = Store::read_all(&store)
-            .unwrap()
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
-        assert_eq!(keys, vec![doc("ok").to_bytes(), doc("ok2").to_bytes()]);
+        let keys = |store: &SqliteStore| -> Vec<Vec<u8>> {
+            Store::read_all(store)
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        };
+        assert_eq!(keys(&store), vec![doc("ok").to_bytes()]);
+        // The loop writes again after reading the store back.
+        let again = ClientStore::write(
+            &store,
+            PersistBatch {
+                writes: vec![put("ok3", b"3")],
+            },
+        );
+        futures::executor::block_on(again).unwrap();
+        assert_eq!(
+            keys(&store),
+            vec![doc("ok").to_bytes(), doc("ok3").to_bytes()]
+        );
+    }
+
+    #[test]
+    fn a_failing_blocking_write_is_rolled_back_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(&dir);
+        store.inspect(|conn| {
+            conn.execute_batch(
+                "CREATE TEMP TRIGGER refuse_big BEFORE INSERT ON main.records \
+                 WHEN length(NEW.value) > 1000 BEGIN SELECT RAISE(ABORT, 'too big'); END;",
+            )
+            .unwrap();
+        });
+        let bad = PersistBatch {
+            writes: vec![put("a", b"small"), put("b", &[7; 5000])],
+        };
+        assert_eq!(
+            Store::write(&mut store, &bad).unwrap_err().kind,
+            StoreErrorKind::Io
+        );
+        // Blocking writers are independent of each other: no later write
+        // depends on the failed one.
+        let good = PersistBatch {
+            writes: vec![put("ok", b"1")],
+        };
+        Store::write(&mut store, &good).unwrap();
+        let stored = Store::read_all(&store).unwrap();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].0, doc("ok").to_bytes());
     }
 
     #[test]
