@@ -5,10 +5,17 @@
 //! | bytes | content |
 //! | --- | --- |
 //! | 4 | magic `CNSN` |
-//! | 1 | format version: 2 (plain) or 3 (compressed); 1 is still read |
+//! | 1 | format version: 4 (columns, written); 1 to 3 (row-wise) are read and written for older readers |
 //! | 4 | payload length `n` |
 //! | 4 | CRC-32 (IEEE) of the payload |
-//! | n | payload: postcard-encoded body; in format 3, the body's length (4 bytes) and the body deflated |
+//! | n | payload: postcard-encoded body; in format 3, the body's length (4 bytes) and the body deflated; format 4, see `snapshot_columnar.rs` |
+//!
+//! Format 4, which [`Snapshot::encode`] and [`Snapshot::encode_compressed`]
+//! write, stores the same content in columns: every field name, every
+//! stamp's wall clock, counter and replica, every value by type, each in
+//! its own run-length encoded column of differences (a few bits a field
+//! where fields are alike), strings once each through a dictionary,
+//! optionally deflated. The rest of this comment describes formats 1 to 3.
 //!
 //! The body interns field names and replica ids in tables, so a field costs
 //! two small integers of naming instead of two strings. A field stamped like
