@@ -26,10 +26,14 @@ fn check(bytes: &[u8]) {
 
 fuzz_target!(|data: &[u8]| {
     check(data);
-    // Behind a format-2 header (today's plain body).
-    let mut wrapped = b"CNSN\x02".to_vec();
-    wrapped.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    wrapped.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
-    wrapped.extend_from_slice(data);
-    check(&wrapped);
+    // Behind a format-2 header (a row-wise body) and a format-4 header
+    // (columns), so the body parsers see the bytes past the checksum.
+    for format in [2u8, 4] {
+        let mut wrapped = b"CNSN".to_vec();
+        wrapped.push(format);
+        wrapped.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        wrapped.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
+        wrapped.extend_from_slice(data);
+        check(&wrapped);
+    }
 });

@@ -95,7 +95,11 @@ impl LightClient {
             settled_seq: 0,
             agent: "concord-loadgen light".into(),
             versions: vec![sync_core::protocol::PROTOCOL_VERSION],
-            snapshot_formats: vec![1, 2, 3],
+            // Every format this build reads, so the relay sends its stored
+            // snapshot as it is instead of re-encoding it.
+            snapshot_formats: (sync_core::snapshot::OLDEST_SNAPSHOT_FORMAT
+                ..=sync_core::snapshot::NEWEST_SNAPSHOT_FORMAT)
+                .collect(),
         })));
         client.flush().await?;
         Ok(client)

@@ -86,7 +86,7 @@ async fn offline_client_catches_up_from_a_snapshot_after_compaction() {
 }
 
 /// A client that reads only snapshot format 1 is sent the relay's stored
-/// format-3 snapshot re-encoded in format 1, and catches up the same way.
+/// format-4 snapshot re-encoded in format 1, and catches up the same way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_reads_only_snapshot_format_1_catches_up() {
     catch_up_from_a_snapshot(Some(vec![1])).await;

@@ -5,10 +5,17 @@
 //! | bytes | content |
 //! | --- | --- |
 //! | 4 | magic `CNSN` |
-//! | 1 | format version: 2 (plain) or 3 (compressed); 1 is still read |
+//! | 1 | format version: 4 (columns, written); 1 to 3 (row-wise) are read and written for older readers |
 //! | 4 | payload length `n` |
 //! | 4 | CRC-32 (IEEE) of the payload |
-//! | n | payload: postcard-encoded body; in format 3, the body's length (4 bytes) and the body deflated |
+//! | n | payload: postcard-encoded body; in format 3, the body's length (4 bytes) and the body deflated; format 4, see `snapshot_columnar.rs` |
+//!
+//! Format 4, which [`Snapshot::encode`] and [`Snapshot::encode_compressed`]
+//! write, stores the same content in columns: every field name, every
+//! stamp's wall clock, counter and replica, every value by type, each in
+//! its own run-length encoded column of differences (a few bits a field
+//! where fields are alike), strings once each through a dictionary,
+//! optionally deflated. The rest of this comment describes formats 1 to 3.
 //!
 //! The body interns field names and replica ids in tables, so a field costs
 //! two small integers of naming instead of two strings. A field stamped like
@@ -32,6 +39,8 @@ use serde::ser::{SerializeSeq, SerializeTuple};
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::delta_stamp::{DeltaCursor, DeltaStamp};
+#[path = "snapshot_columnar.rs"]
+mod columnar;
 use crate::hlc::Hlc;
 use crate::op::{InvalidOp, check_collection, check_doc_id, check_field_name};
 use crate::stamp::{ReplicaId, Stamp};
@@ -40,17 +49,22 @@ use crate::value::Value;
 use crate::version::VersionVector;
 
 const MAGIC: &[u8; 4] = b"CNSN";
-/// The snapshot format version [`Snapshot::encode`] writes.
+/// Snapshot format 2: the state document by document, field stamps stored
+/// relative to the one before.
 pub const SNAPSHOT_FORMAT: u8 = 2;
-/// The snapshot format version [`Snapshot::encode_compressed`] writes:
-/// format 2's body, deflated.
+/// Snapshot format 3: format 2's body, deflated.
 pub const COMPRESSED_SNAPSHOT_FORMAT: u8 = 3;
+/// Snapshot format 4, which [`Snapshot::encode`] and
+/// [`Snapshot::encode_compressed`] write: the state in columns (names,
+/// stamps, replicas and values each in their own run-length encoded
+/// column), plain or deflated.
+pub const COLUMNAR_SNAPSHOT_FORMAT: u8 = 4;
 /// The oldest snapshot format version this build still reads (and writes,
 /// with [`Snapshot::encode_in_format`]): field stamps stored in full.
 pub const OLDEST_SNAPSHOT_FORMAT: u8 = FORMAT_1;
 const FORMAT_1: u8 = 1;
 /// The newest snapshot format version this build reads.
-pub const NEWEST_SNAPSHOT_FORMAT: u8 = COMPRESSED_SNAPSHOT_FORMAT;
+pub const NEWEST_SNAPSHOT_FORMAT: u8 = COLUMNAR_SNAPSHOT_FORMAT;
 /// Deflate level for compressed snapshots. Measured on a 100,000-field
 /// state (docs/BENCHMARKS.md): level 2 is 7.5% smaller than level 1 for
 /// about four times its (small) time; levels 3 to 6 gain under 0.5% more
@@ -157,52 +171,39 @@ impl Snapshot {
     }
 
     /// Encodes a state with its version summary, its highest clock reading
-    /// and the horizon up to which its tombstones were collected.
+    /// and the horizon up to which its tombstones were collected, in
+    /// snapshot format 4 (columns, not deflated).
     pub fn encode(
         state: &State,
         version: &VersionVector,
         max_hlc: Hlc,
         tombstone_horizon: Hlc,
     ) -> Vec<u8> {
-        let out = header(SNAPSHOT_FORMAT, state.field_count() * 24);
-        let mut out = encode_body(out, state, version, max_hlc, tombstone_horizon);
-        seal(&mut out);
-        out
+        encode_columnar(state, version, max_hlc, tombstone_horizon, None)
     }
 
-    /// Like [`Snapshot::encode`], with the body deflated (format 3): about a
-    /// quarter of the size, for several times the encoding time. For
-    /// snapshots that are stored or sent (a relay's compaction), not for
-    /// ones used at once.
+    /// Like [`Snapshot::encode`], with the columns deflated: smaller again,
+    /// for a few times the encoding time. For snapshots that are stored or
+    /// sent (a relay's compaction), not for ones used at once.
     pub fn encode_compressed(
         state: &State,
         version: &VersionVector,
         max_hlc: Hlc,
         tombstone_horizon: Hlc,
     ) -> Vec<u8> {
-        let body = encode_body(
-            Vec::with_capacity(state.field_count() * 24),
+        encode_columnar(
             state,
             version,
             max_hlc,
             tombstone_horizon,
-        );
-        let Ok(body_len) = u32::try_from(body.len()) else {
-            // The length field cannot hold it: fall back to the plain format,
-            // whose own limit is the header's payload length.
-            return Snapshot::encode(state, version, max_hlc, tombstone_horizon);
-        };
-        let deflated = miniz_oxide::deflate::compress_to_vec(&body, DEFLATE_LEVEL);
-        let mut out = header(COMPRESSED_SNAPSHOT_FORMAT, 4 + deflated.len());
-        out.extend_from_slice(&body_len.to_le_bytes());
-        out.extend_from_slice(&deflated);
-        seal(&mut out);
-        out
+            Some(DEFLATE_LEVEL),
+        )
     }
 
-    /// Encodes in snapshot format `format`: 1, 2 ([`Snapshot::encode`]) or
-    /// 3 ([`Snapshot::encode_compressed`]). Format 1 stores field stamps
-    /// in full; a relay writes it for clients that read nothing newer.
+    /// Encodes in snapshot format `format`: 1 (field stamps in full), 2
+    /// (stamps relative to the one before), 3 (format 2 deflated) or 4
+    /// (columns, deflated). A relay writes the older ones for clients that
+    /// read nothing newer.
     pub(crate) fn encode_in_format(
         format: u8,
         state: &State,
@@ -226,8 +227,11 @@ impl Snapshot {
                 seal(&mut out);
                 Ok(out)
             }
-            SNAPSHOT_FORMAT => Ok(Snapshot::encode(state, version, max_hlc, tombstone_horizon)),
-            COMPRESSED_SNAPSHOT_FORMAT => Ok(Snapshot::encode_compressed(
+            SNAPSHOT_FORMAT => Ok(encode_format_2(state, version, max_hlc, tombstone_horizon)),
+            COMPRESSED_SNAPSHOT_FORMAT => {
+                Ok(encode_format_3(state, version, max_hlc, tombstone_horizon))
+            }
+            COLUMNAR_SNAPSHOT_FORMAT => Ok(Snapshot::encode_compressed(
                 state,
                 version,
                 max_hlc,
@@ -269,9 +273,16 @@ impl Snapshot {
 
     /// The length of the snapshot's body before compression (what a
     /// compaction decodes and encodes again): for a compressed snapshot the
-    /// length its payload announces, otherwise the bytes after the header.
-    /// Reads only the header; bytes that are not a snapshot give their length.
+    /// length its payload announces, otherwise the bytes after the header;
+    /// in format 4, plus 4 bytes per field (its columns collapse runs, so
+    /// their bytes alone understate the work). Reads only the header; bytes
+    /// that are not a snapshot give their length.
     pub fn body_len(bytes: &[u8]) -> usize {
+        if Snapshot::format_of(bytes) == Some(COLUMNAR_SNAPSHOT_FORMAT) {
+            let payload = bytes.get(HEADER_LEN..).unwrap_or_default();
+            return columnar::nominal_len(payload)
+                .map_or(payload.len(), |n| usize::try_from(n).unwrap_or(usize::MAX));
+        }
         let compressed = bytes.len() >= HEADER_LEN + 4
             && bytes.starts_with(MAGIC)
             && bytes[4] == COMPRESSED_SNAPSHOT_FORMAT;
@@ -289,9 +300,10 @@ impl Snapshot {
     }
 
     /// Decodes and verifies snapshot bytes whose body (inflated, if the
-    /// snapshot is compressed) is at most `max_body_bytes` long: a
-    /// compressed body claiming more is refused before anything is
-    /// inflated, so the limit bounds what decoding allocates.
+    /// snapshot is compressed; in format 4 with 4 bytes more per field, as
+    /// [`Snapshot::body_len`] counts it) is at most `max_body_bytes` long:
+    /// a body claiming more is refused before anything is inflated or
+    /// built, so the limit bounds what decoding allocates.
     pub fn decode_with_limit(
         bytes: &[u8],
         max_body_bytes: usize,
@@ -300,9 +312,73 @@ impl Snapshot {
         match format {
             FORMAT_1 => decode_body::<Option<PackedStamp>>(payload),
             SNAPSHOT_FORMAT => decode_body::<FieldStamp>(payload),
-            _ => decode_body::<FieldStamp>(&inflate(payload, max_body_bytes)?),
+            COMPRESSED_SNAPSHOT_FORMAT => {
+                decode_body::<FieldStamp>(&inflate(payload, max_body_bytes)?)
+            }
+            _ => columnar::decode_payload(payload, max_body_bytes),
         }
     }
+}
+
+/// A format-4 blob, its columns deflated at `deflate` if given.
+fn encode_columnar(
+    state: &State,
+    version: &VersionVector,
+    max_hlc: Hlc,
+    tombstone_horizon: Hlc,
+    deflate: Option<u8>,
+) -> Vec<u8> {
+    let mut out = header(COLUMNAR_SNAPSHOT_FORMAT, state.field_count() * 4);
+    columnar::encode_payload(
+        &mut out,
+        state,
+        version,
+        max_hlc,
+        tombstone_horizon,
+        deflate,
+    );
+    seal(&mut out);
+    out
+}
+
+/// A format-2 blob.
+fn encode_format_2(
+    state: &State,
+    version: &VersionVector,
+    max_hlc: Hlc,
+    tombstone_horizon: Hlc,
+) -> Vec<u8> {
+    let out = header(SNAPSHOT_FORMAT, state.field_count() * 24);
+    let mut out = encode_body(out, state, version, max_hlc, tombstone_horizon);
+    seal(&mut out);
+    out
+}
+
+/// A format-3 blob: format 2's body, deflated.
+fn encode_format_3(
+    state: &State,
+    version: &VersionVector,
+    max_hlc: Hlc,
+    tombstone_horizon: Hlc,
+) -> Vec<u8> {
+    let body = encode_body(
+        Vec::with_capacity(state.field_count() * 24),
+        state,
+        version,
+        max_hlc,
+        tombstone_horizon,
+    );
+    let Ok(body_len) = u32::try_from(body.len()) else {
+        // The length field cannot hold it: fall back to the plain format,
+        // whose own limit is the header's payload length.
+        return encode_format_2(state, version, max_hlc, tombstone_horizon);
+    };
+    let deflated = miniz_oxide::deflate::compress_to_vec(&body, DEFLATE_LEVEL);
+    let mut out = header(COMPRESSED_SNAPSHOT_FORMAT, 4 + deflated.len());
+    out.extend_from_slice(&body_len.to_le_bytes());
+    out.extend_from_slice(&deflated);
+    seal(&mut out);
+    out
 }
 
 /// Appends the postcard-encoded body of a snapshot to `out`.
@@ -351,7 +427,7 @@ fn seal(out: &mut [u8]) {
 /// what deflate can produce from the bytes present before anything is
 /// allocated; the stream must then fill exactly that length, end, and
 /// consume every byte.
-fn inflate(payload: &[u8], max_body_bytes: usize) -> Result<Vec<u8>, SnapshotError> {
+pub(crate) fn inflate(payload: &[u8], max_body_bytes: usize) -> Result<Vec<u8>, SnapshotError> {
     use miniz_oxide::inflate::stream::{InflateState, inflate};
     use miniz_oxide::{DataFormat, MZFlush, MZStatus};
 
@@ -440,7 +516,7 @@ fn verified_payload(bytes: &[u8]) -> Result<(u8, &[u8]), SnapshotError> {
 }
 
 /// Every replica that stamped something in the state, in order, for interning.
-fn replica_table(state: &State) -> BTreeMap<ReplicaId, u32> {
+pub(crate) fn replica_table(state: &State) -> BTreeMap<ReplicaId, u32> {
     let mut seen = BTreeMap::new();
     let mut note = |s: &Option<Stamp>| {
         if let Some(s) = s {
@@ -716,11 +792,7 @@ impl<S: FieldStampCode> Body<S> {
                 dropped: opt(dropped)?,
                 docs: BTreeMap::new(),
             };
-            if coll.created.is_some() && coll.created <= coll.dropped {
-                return Err(inconsistent(format!(
-                    "collection {name:?} created before its drop"
-                )));
-            }
+            check_collection_stamps(&name, &coll)?;
             // Documents arrive sorted: collect them and build the map in one
             // pass, which packs its nodes full instead of splitting them.
             let mut built: Vec<(String, DocState)> = Vec::with_capacity(docs.len());
@@ -729,7 +801,6 @@ impl<S: FieldStampCode> Body<S> {
                 if built.last().is_some_and(|(p, _)| *p >= id) {
                     return Err(inconsistent(format!("document {id:?} out of order")));
                 }
-                let tombstone = coll.dropped.max(opt(deleted)?);
                 let written = opt(written)?;
                 let deleted = opt(deleted)?;
                 let mut slots: Vec<FieldSlot> = Vec::with_capacity(fields.len());
@@ -748,22 +819,7 @@ impl<S: FieldStampCode> Body<S> {
                         .map_err(|e| inconsistent(format!("document {id:?}: {e}")))?;
                     slots.push(FieldSlot::new(field, field_stamp, value, &mut state.names));
                 }
-                let doc = DocState::new(written, deleted, slots, &state.names);
-                let covered = |s: &Stamp| tombstone.is_some_and(|t| *s <= t);
-                if doc.written.as_ref().is_some_and(covered)
-                    || doc
-                        .deleted()
-                        .is_some_and(|d| coll.dropped.is_some_and(|t| d <= t))
-                    || doc.fields.iter().any(|f| {
-                        let stamp = f.stamp(&state.names);
-                        covered(&stamp) || Some(stamp) > doc.written
-                    })
-                    || (doc.written.is_none() && doc.deleted().is_none())
-                {
-                    return Err(inconsistent(format!(
-                        "document {id:?} breaks the tombstone rules"
-                    )));
-                }
+                let doc = checked_doc(&id, written, deleted, slots, coll.dropped, &state.names)?;
                 built.push((id, doc));
             }
             coll.docs = built.into_iter().collect();
@@ -779,6 +835,51 @@ impl<S: FieldStampCode> Body<S> {
     }
 }
 
-fn check(result: Result<(), InvalidOp>) -> Result<(), SnapshotError> {
+/// A collection's own stamps: created, if present, after its drop.
+pub(crate) fn check_collection_stamps(
+    name: &str,
+    coll: &CollectionState,
+) -> Result<(), SnapshotError> {
+    if coll.created.is_some() && coll.created <= coll.dropped {
+        return Err(SnapshotError::Inconsistent(format!(
+            "collection {name:?} created before its drop"
+        )));
+    }
+    Ok(())
+}
+
+/// Builds a decoded document and checks it against the tombstone rules
+/// (section 8 of PROTOCOL.md): with `tombstone = max(dropped, deleted)`,
+/// `written` and every field stamp after it, `deleted` after the drop,
+/// every field at or before `written`, and `written` or `deleted` present.
+pub(crate) fn checked_doc(
+    id: &str,
+    written: Option<Stamp>,
+    deleted: Option<Stamp>,
+    slots: Vec<FieldSlot>,
+    dropped: Option<Stamp>,
+    names: &Names,
+) -> Result<DocState, SnapshotError> {
+    let tombstone = dropped.max(deleted);
+    let doc = DocState::new(written, deleted, slots, names);
+    let covered = |s: &Stamp| tombstone.is_some_and(|t| *s <= t);
+    if doc.written.as_ref().is_some_and(covered)
+        || doc
+            .deleted()
+            .is_some_and(|d| dropped.is_some_and(|t| d <= t))
+        || doc.fields.iter().any(|f| {
+            let stamp = f.stamp(names);
+            covered(&stamp) || Some(stamp) > doc.written
+        })
+        || (doc.written.is_none() && doc.deleted().is_none())
+    {
+        return Err(SnapshotError::Inconsistent(format!(
+            "document {id:?} breaks the tombstone rules"
+        )));
+    }
+    Ok(doc)
+}
+
+pub(crate) fn check(result: Result<(), InvalidOp>) -> Result<(), SnapshotError> {
     result.map_err(|e| SnapshotError::Inconsistent(e.to_string()))
 }

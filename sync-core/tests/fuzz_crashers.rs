@@ -136,7 +136,42 @@ fn valid_snapshot() -> Vec<u8> {
     replica
         .apply(Timestamp::from_unix_ms(1_000), &op)
         .expect("apply");
-    replica.encode_snapshot()
+    // The hand-made snapshot crashers edit a format-2 body.
+    Snapshot::transcode(&replica.encode_snapshot(), 2).expect("transcodes")
+}
+
+/// A format-4 blob of one collection `c` with one document `d` and one
+/// name `f`, the field count and field-name column given.
+fn columnar_snapshot(field_total: &[u8], field_counts: &[u8], field_names: &[u8]) -> Vec<u8> {
+    let mut payload = vec![0]; // mode: plain columns
+    payload.extend_from_slice(field_total);
+    // Version (none), max_hlc, horizon, names [f], replicas [9],
+    // collection c without stamps holding one document.
+    payload.extend_from_slice(&[0, 0, 0, 1, 1, b'f', 1, 9, 1, 1, b'c', 0, 0, 1]);
+    let columns: [&[u8]; 13] = [
+        &[0, 1, b'd'], // id "d"
+        &[2, 1],       // flags: written
+        field_counts,
+        field_names,
+        &[2, 0], // field stamps: the written one
+        &[2, 2], // wall 1
+        &[2, 0], // counter 0
+        &[2, 0], // replica 0
+        &[2, 1], // value tag: null
+        &[],
+        &[],
+        &[],
+        &[],
+    ];
+    for c in columns {
+        payload.push(c.len() as u8);
+    }
+    for c in columns {
+        payload.extend_from_slice(c);
+    }
+    let mut s = snapshot(&payload);
+    s[4] = sync_core::snapshot::COLUMNAR_SNAPSHOT_FORMAT;
+    s
 }
 
 /// The hand-made inputs: file name and bytes.
@@ -323,13 +358,27 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
     // Snapshot blobs.
     let good = valid_snapshot();
     add("snapshot-empty", vec![]);
+    // Format 4: runs that claim far more entries than the body holds.
+    assert!(Snapshot::decode(&columnar_snapshot(&[1], &[2, 1], &[2, 1])).is_ok());
+    add(
+        "snapshot-len-columns-name-run-2p60",
+        columnar_snapshot(&[1], &[2, 1], &[&varint(1 << 61)[..], &[1]].concat()),
+    );
+    add(
+        "snapshot-columns-2p60-fields",
+        columnar_snapshot(
+            &varint(1 << 60),
+            &[&varint(1 << 61)[..], &varint(1 << 60)].concat(),
+            &[2, 1],
+        ),
+    );
     add("snapshot-header-only-12", good[..12].to_vec());
     add("snapshot-bad-magic", {
         let mut s = good.clone();
         s[0] = b'X';
         s
     });
-    add("snapshot-format-4", {
+    add("snapshot-format-5", {
         let mut s = good.clone();
         s[4] = sync_core::snapshot::NEWEST_SNAPSHOT_FORMAT + 1;
         s

@@ -12,7 +12,9 @@ use common::{applied, ops, reader, snapshot_of};
 use proptest::prelude::*;
 use serde::Serialize;
 use sync_core::Timestamp;
-use sync_core::snapshot::{COMPRESSED_SNAPSHOT_FORMAT, NEWEST_SNAPSHOT_FORMAT};
+use sync_core::snapshot::{
+    COLUMNAR_SNAPSHOT_FORMAT, COMPRESSED_SNAPSHOT_FORMAT, NEWEST_SNAPSHOT_FORMAT,
+};
 use sync_core::{
     Hlc, OpId, Replica, ReplicaConfig, ReplicaId, Snapshot, SnapshotError, Value, VersionVector,
 };
@@ -148,10 +150,16 @@ proptest! {
     fn compressed_snapshots_decode_like_plain_ones(ops in ops(20)) {
         let replica = applied(&ops);
         let compressed = replica.encode_snapshot_compressed();
-        prop_assert_eq!(compressed[4], COMPRESSED_SNAPSHOT_FORMAT);
+        prop_assert_eq!(compressed[4], COLUMNAR_SNAPSHOT_FORMAT);
         let plain = Snapshot::decode(&replica.encode_snapshot()).expect("plain decodes");
         let inflated = Snapshot::decode(&compressed).expect("compressed decodes");
         prop_assert_eq!(&inflated, &plain);
+        // Every older format a relay serves holds the same content.
+        for format in 1..COLUMNAR_SNAPSHOT_FORMAT {
+            let older = Snapshot::transcode(&compressed, format).expect("transcodes");
+            prop_assert_eq!(older[4], format);
+            prop_assert_eq!(&Snapshot::decode(&older).expect("decodes"), &plain);
+        }
         prop_assert_eq!(replica.encode_snapshot_compressed(), compressed);
     }
 
@@ -499,6 +507,7 @@ fn v2_field_stamps_are_deltas_from_the_previous_stamp() {
         snapshot.max_hlc,
         snapshot.tombstone_horizon,
     );
+    let reencoded = Snapshot::transcode(&reencoded, 2).expect("transcodes");
     assert_eq!(reencoded, bytes, "the encoder writes the same deltas");
     let doc = snapshot.state.get("c", "d").expect("document");
     assert_eq!(doc.fields.len(), 2);
@@ -544,7 +553,7 @@ fn v2_bodies_with_bad_field_stamps_are_inconsistent() {
 /// catch, all named `Malformed`, none inflated beyond what they claim.
 #[test]
 fn damaged_compressed_bodies_are_malformed() {
-    let plain = small_snapshot();
+    let plain = Snapshot::transcode(&small_snapshot(), 2).expect("transcodes");
     let body = &plain[13..];
     let compressed = |claimed: u32, deflated: &[u8]| {
         let mut payload = claimed.to_le_bytes().to_vec();
@@ -592,16 +601,20 @@ fn damaged_compressed_bodies_are_malformed() {
 #[test]
 fn compressed_bodies_over_the_limit_are_too_large() {
     let replica = small_replica();
-    let compressed = replica.encode_snapshot_compressed();
-    let body_len = u32::from_le_bytes(compressed[13..17].try_into().unwrap()) as usize;
-    assert!(Snapshot::decode_with_limit(&compressed, body_len).is_ok());
-    assert_eq!(
-        Snapshot::decode_with_limit(&compressed, body_len - 1),
-        Err(SnapshotError::TooLarge {
-            size: body_len as u64,
-            limit: body_len as u64 - 1,
-        })
-    );
+    for compressed in [
+        replica.encode_snapshot_compressed(),
+        Snapshot::transcode(&replica.encode_snapshot(), 3).expect("transcodes"),
+    ] {
+        let body_len = Snapshot::body_len(&compressed);
+        assert!(Snapshot::decode_with_limit(&compressed, body_len).is_ok());
+        assert_eq!(
+            Snapshot::decode_with_limit(&compressed, body_len - 1),
+            Err(SnapshotError::TooLarge {
+                size: body_len as u64,
+                limit: body_len as u64 - 1,
+            })
+        );
+    }
 }
 
 /// `body_len` is the state's encoded size whether or not the snapshot is
@@ -611,7 +624,10 @@ fn body_len_is_the_same_for_plain_and_compressed() {
     let replica = small_replica();
     let plain = replica.encode_snapshot();
     let compressed = replica.encode_snapshot_compressed();
-    assert_eq!(Snapshot::body_len(&plain), plain.len() - 13);
     assert_eq!(Snapshot::body_len(&compressed), Snapshot::body_len(&plain));
+    let format_2 = Snapshot::transcode(&plain, 2).expect("transcodes");
+    let format_3 = Snapshot::transcode(&plain, 3).expect("transcodes");
+    assert_eq!(Snapshot::body_len(&format_2), format_2.len() - 13);
+    assert_eq!(Snapshot::body_len(&format_3), Snapshot::body_len(&format_2));
     assert_eq!(Snapshot::body_len(b"short"), 0);
 }

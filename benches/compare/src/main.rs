@@ -32,6 +32,13 @@
 //! values are 64-bit integers; names and ids are formatted before the clock
 //! starts. Transfers are serialized and parsed in every library (a wire
 //! exchange, not an in-process merge).
+//!
+//! Workload 7 is closer to an app's data: 100,000 writes, one commit each,
+//! over 1,000 documents of 25 fields, so every field is overwritten four
+//! times; field `f` holds integers, short labels from a set of eight,
+//! floats or booleans by `f % 4`. It is encoded, decoded and read like
+//! workload 3, and read again one field at a time by name (a UI cell's
+//! read). Reads visit every value; they sum the integers and count the rest.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -109,6 +116,33 @@ const WRITES: usize = 100_000;
 const CONCURRENT: usize = 50_000;
 const MEMORY_FIELDS_PER_DOC: usize = 1_000;
 const INCREMENTAL: usize = 1_000;
+/// Workload 7: fields per document (each written `WRITES / (DOCS × 25)` times).
+const MIXED_FIELDS: usize = 25;
+
+/// A value of workload 7, in each library's closest type.
+#[derive(Clone, Copy)]
+enum Mixed {
+    Int(i64),
+    Label(&'static str),
+    Float(f64),
+    Bool(bool),
+}
+
+const LABELS: [&str; 8] = [
+    "open", "done", "blocked", "review", "draft", "shipped", "archived", "urgent",
+];
+
+/// Write `i` of workload 7: (document, field, value).
+fn mixed(i: usize) -> (usize, usize, Mixed) {
+    let (d, f) = (i % DOCS, (i / DOCS) % MIXED_FIELDS);
+    let value = match f % 4 {
+        0 => Mixed::Int(i as i64),
+        1 => Mixed::Label(LABELS[i % LABELS.len()]),
+        2 => Mixed::Float(i as f64 * 0.25),
+        _ => Mixed::Bool(i.is_multiple_of(3)),
+    };
+    (d, f, value)
+}
 
 /// Ids and field names, formatted once, outside every timed section.
 struct Names {
@@ -168,7 +202,7 @@ struct Run {
     first_read: Duration,
     encoded_bytes: usize,
     /// Workload 3 again with the library's compressed snapshot, where it
-    /// has one besides its default (Concord's format 3); otherwise equal to
+    /// has one besides its default (Concord's deflated format 4); otherwise equal to
     /// the default's figures.
     z_encode: Duration,
     z_decode_read: Duration,
@@ -179,6 +213,14 @@ struct Run {
     mem_pending: usize,
     inc_time: Duration,
     inc_bytes: usize,
+    /// Workload 7: writes, encode, decode, first read, bytes, compressed
+    /// bytes, and every field read by name.
+    m_writes: Duration,
+    m_encode: Duration,
+    m_decode_read: Duration,
+    m_bytes: usize,
+    m_z_bytes: usize,
+    m_by_name: Duration,
 }
 
 trait Lib {
@@ -215,6 +257,10 @@ trait Lib {
     /// 5: from two replicas in sync holding `replica`'s state, `INCREMENTAL`
     /// more writes on one; (time, bytes) to bring the other up to date.
     fn incremental(names: &Names, replica: &mut Self::Replica) -> (Duration, usize);
+    /// 7: `WRITES` writes of [`mixed`], one commit each.
+    fn mixed_writes(names: &Names) -> Self::Replica;
+    /// 7: reads every field of workload 7 by document and field name.
+    fn read_by_name(replica: &Self::Replica, names: &Names) -> i64;
 }
 
 fn run_lib<L: Lib>(names: &Names) -> Run {
@@ -244,6 +290,21 @@ fn run_lib<L: Lib>(names: &Names) -> Run {
         .unwrap_or((run.encode, run.decode + run.first_read, run.encoded_bytes));
     (run.inc_time, run.inc_bytes) = L::incremental(names, &mut replica);
     drop(replica);
+    let started = start_clock();
+    let mut mixed = L::mixed_writes(names);
+    run.m_writes = started.elapsed();
+    let started = start_clock();
+    let by_name = L::read_by_name(&mixed, names);
+    run.m_by_name = started.elapsed();
+    assert_eq!(
+        by_name,
+        L::read_live(&mixed),
+        "reads by name see every field"
+    );
+    let (encode, decode, first_read, bytes) = L::encode_decode(&mut mixed);
+    (run.m_encode, run.m_decode_read, run.m_bytes) = (encode, decode + first_read, bytes);
+    run.m_z_bytes = L::encode_decode_compressed(&mut mixed).map_or(bytes, |z| z.2);
+    drop(mixed);
     let (held, peak, live) = measure_memory(|| L::hold_fields(names));
     drop(held);
     run.mem_peak = peak;
@@ -287,14 +348,12 @@ mod concord {
     }
 
     /// Reads every field in place (`Replica::documents`, then each
-    /// document's `fields`); sums the integers.
+    /// document's `fields`); sums the integers, counts the rest.
     fn read_all(r: &Replica) -> i64 {
         let mut sum = 0i64;
         for doc in r.documents(COLL) {
             for (_, value) in doc.fields() {
-                if let Some(v) = value.as_i64() {
-                    sum = sum.wrapping_add(v);
-                }
+                sum = sum.wrapping_add(value.as_i64().unwrap_or(1));
             }
         }
         sum
@@ -308,9 +367,8 @@ mod concord {
         for id in ids {
             let doc = r.get(COLL, id).expect("listed document");
             for value in doc.fields.values() {
-                if let Value::Int(v) = value {
-                    sum = sum.wrapping_add(*v);
-                }
+                let v = if let Value::Int(v) = value { *v } else { 1 };
+                sum = sum.wrapping_add(v);
             }
         }
         sum
@@ -449,6 +507,39 @@ mod concord {
             r
         }
 
+        fn mixed_writes(names: &Names) -> Replica {
+            let mut r = replica(1);
+            for i in 0..WRITES {
+                let (d, f, value) = mixed(i);
+                let value = match value {
+                    Mixed::Int(v) => Value::Int(v),
+                    Mixed::Label(v) => Value::from(v),
+                    Mixed::Float(v) => Value::Float(v),
+                    Mixed::Bool(v) => Value::Bool(v),
+                };
+                r.put(
+                    wall_clock(),
+                    COLL,
+                    &names.docs[d],
+                    [(names.fields[f].as_str(), value)],
+                )
+                .expect("put");
+                drain_events(&mut r);
+            }
+            r
+        }
+
+        fn read_by_name(r: &Replica, names: &Names) -> i64 {
+            let mut sum = 0i64;
+            for doc in &names.docs {
+                for field in &names.fields[..MIXED_FIELDS] {
+                    let value = r.get_field(COLL, doc, field).expect("field");
+                    sum = sum.wrapping_add(value.as_i64().unwrap_or(1));
+                }
+            }
+            sum
+        }
+
         fn incremental(names: &Names, a: &mut Replica) -> (Duration, usize) {
             // B starts in sync (from A's snapshot); A's earlier writes are acknowledged.
             let mut b = replica(2);
@@ -526,15 +617,21 @@ mod yrs_lib {
         sv.len() + update.len()
     }
 
-    /// Reads every field of every document map; sums the integers.
+    /// The integer a read adds up: the value itself, 1 for anything else.
+    fn count(value: &yrs::Out) -> i64 {
+        match value {
+            yrs::Out::Any(yrs::Any::Number(yrs::Number::Int(v))) => *v,
+            _ => 1,
+        }
+    }
+
+    /// Reads every field of every document map; sums the integers, counts the rest.
     fn read_all(r: &Replica) -> i64 {
         let txn = r.doc.transact();
         let mut sum = 0i64;
         for map in &r.maps {
             for (_, value) in map.iter(&txn) {
-                if let yrs::Out::Any(yrs::Any::Number(yrs::Number::Int(v))) = value {
-                    sum = sum.wrapping_add(v);
-                }
+                sum = sum.wrapping_add(count(&value));
             }
         }
         sum
@@ -644,6 +741,34 @@ mod yrs_lib {
             r
         }
 
+        fn mixed_writes(names: &Names) -> Replica {
+            let r = replica(1, names);
+            for i in 0..WRITES {
+                let (d, f, value) = mixed(i);
+                let value = match value {
+                    Mixed::Int(v) => yrs::Any::from(v),
+                    Mixed::Label(v) => yrs::Any::from(v),
+                    Mixed::Float(v) => yrs::Any::from(v),
+                    Mixed::Bool(v) => yrs::Any::from(v),
+                };
+                let mut txn = r.doc.transact_mut();
+                r.maps[d].insert(&mut txn, names.fields[f].as_str(), value);
+            }
+            r
+        }
+
+        fn read_by_name(r: &Replica, names: &Names) -> i64 {
+            let txn = r.doc.transact();
+            let mut sum = 0i64;
+            for map in &r.maps {
+                for field in &names.fields[..MIXED_FIELDS] {
+                    let value = map.get(&txn, field.as_str()).expect("field");
+                    sum = sum.wrapping_add(count(&value));
+                }
+            }
+            sum
+        }
+
         fn incremental(names: &Names, a: &mut Replica) -> (Duration, usize) {
             let b = replica(2, names);
             sync(a, &b);
@@ -716,14 +841,16 @@ mod automerge_lib {
         heads.len() + changes.len()
     }
 
-    /// Reads every field of every document map; sums the integers.
+    /// Reads every field of every document map; sums the integers, counts the rest.
     fn read_all(r: &Replica) -> i64 {
         let mut sum = 0i64;
         for map in &r.maps {
             for item in r.doc.map_range(map, ..) {
-                if let automerge::ValueRef::Scalar(automerge::ScalarValueRef::Int(v)) = item.value {
-                    sum = sum.wrapping_add(v);
-                }
+                let v = match item.value {
+                    automerge::ValueRef::Scalar(automerge::ScalarValueRef::Int(v)) => v,
+                    _ => 1,
+                };
+                sum = sum.wrapping_add(v);
             }
         }
         sum
@@ -849,6 +976,42 @@ mod automerge_lib {
             r
         }
 
+        fn mixed_writes(names: &Names) -> Replica {
+            let mut r = base(names);
+            for i in 0..WRITES {
+                let (d, f, value) = mixed(i);
+                let value = match value {
+                    Mixed::Int(v) => automerge::ScalarValue::Int(v),
+                    Mixed::Label(v) => automerge::ScalarValue::from(v),
+                    Mixed::Float(v) => automerge::ScalarValue::F64(v),
+                    Mixed::Bool(v) => automerge::ScalarValue::Boolean(v),
+                };
+                r.doc
+                    .put(&r.maps[d], names.fields[f].as_str(), value)
+                    .expect("put");
+                r.doc.commit();
+            }
+            r
+        }
+
+        fn read_by_name(r: &Replica, names: &Names) -> i64 {
+            let mut sum = 0i64;
+            for map in &r.maps {
+                for field in &names.fields[..MIXED_FIELDS] {
+                    let (value, _) = r.doc.get(map, field.as_str()).expect("get").expect("field");
+                    let v = match value {
+                        automerge::Value::Scalar(s) => match s.as_ref() {
+                            automerge::ScalarValue::Int(v) => *v,
+                            _ => 1,
+                        },
+                        _ => 1,
+                    };
+                    sum = sum.wrapping_add(v);
+                }
+            }
+            sum
+        }
+
         fn incremental(names: &Names, a: &mut Replica) -> (Duration, usize) {
             let mut b = Replica {
                 doc: AutoCommit::load(&a.doc.save()).expect("load"),
@@ -880,15 +1043,19 @@ mod loro_lib {
         maps: Vec<LoroMap>,
     }
 
-    /// Reads every field of every document map; sums the integers.
+    /// The integer a read adds up: the value itself, 1 for anything else.
+    fn count(value: &loro::ValueOrContainer) -> i64 {
+        match value {
+            loro::ValueOrContainer::Value(loro::LoroValue::I64(v)) => *v,
+            _ => 1,
+        }
+    }
+
+    /// Reads every field of every document map; sums the integers, counts the rest.
     fn read_all(r: &Replica) -> i64 {
         let mut sum = 0i64;
         for map in &r.maps {
-            map.for_each(|_, value| {
-                if let loro::ValueOrContainer::Value(loro::LoroValue::I64(v)) = value {
-                    sum = sum.wrapping_add(v);
-                }
-            });
+            map.for_each(|_, value| sum = sum.wrapping_add(count(&value)));
         }
         sum
     }
@@ -1010,6 +1177,35 @@ mod loro_lib {
             r
         }
 
+        fn mixed_writes(names: &Names) -> Replica {
+            let r = replica(1, names);
+            for i in 0..WRITES {
+                let (d, f, value) = mixed(i);
+                let value = match value {
+                    Mixed::Int(v) => loro::LoroValue::from(v),
+                    Mixed::Label(v) => loro::LoroValue::from(v),
+                    Mixed::Float(v) => loro::LoroValue::from(v),
+                    Mixed::Bool(v) => loro::LoroValue::from(v),
+                };
+                r.maps[d]
+                    .insert(names.fields[f].as_str(), value)
+                    .expect("insert");
+                r.doc.commit();
+            }
+            r
+        }
+
+        fn read_by_name(r: &Replica, names: &Names) -> i64 {
+            let mut sum = 0i64;
+            for map in &r.maps {
+                for field in &names.fields[..MIXED_FIELDS] {
+                    let value = map.get(field.as_str()).expect("field");
+                    sum = sum.wrapping_add(count(&value));
+                }
+            }
+            sum
+        }
+
         fn incremental(names: &Names, a: &mut Replica) -> (Duration, usize) {
             let b = replica(2, names);
             sync(a, &b);
@@ -1061,6 +1257,12 @@ fn runs<L: Lib>(names: &Names, runs: usize) -> Run {
         mem_pending: b(|r| r.mem_pending),
         inc_time: m(|r| r.inc_time),
         inc_bytes: b(|r| r.inc_bytes),
+        m_writes: m(|r| r.m_writes),
+        m_encode: m(|r| r.m_encode),
+        m_decode_read: m(|r| r.m_decode_read),
+        m_bytes: b(|r| r.m_bytes),
+        m_z_bytes: b(|r| r.m_z_bytes),
+        m_by_name: m(|r| r.m_by_name),
     }
 }
 
@@ -1264,6 +1466,48 @@ fn main() {
         &|r| ms(r.read_copied),
         None,
     );
+    row(
+        "7. 100,000 mixed writes, each field overwritten 4×",
+        &results,
+        |r| r.m_writes.as_secs_f64(),
+        &|r| ms(r.m_writes),
+        Some(5.0),
+    );
+    row(
+        "7a. encode full state",
+        &results,
+        |r| r.m_encode.as_secs_f64(),
+        &|r| ms(r.m_encode),
+        Some(5.0),
+    );
+    row(
+        "7b. encoded bytes",
+        &results,
+        |r| r.m_bytes as f64,
+        &|r| size(r.m_bytes),
+        Some(1.0),
+    );
+    row(
+        "7c. compressed snapshot¹: bytes",
+        &results,
+        |r| r.m_z_bytes as f64,
+        &|r| size(r.m_z_bytes),
+        Some(1.0),
+    );
+    row(
+        "7d. decode + first read",
+        &results,
+        |r| r.m_decode_read.as_secs_f64(),
+        &|r| ms(r.m_decode_read),
+        Some(5.0),
+    );
+    row(
+        "7e. read every field by name (25,000 reads)",
+        &results,
+        |r| r.m_by_name.as_secs_f64(),
+        &|r| ms(r.m_by_name),
+        Some(5.0),
+    );
     let agree: Vec<String> = results
         .iter()
         .map(|(n, r)| format!("{n}: {}", if r.agree { "yes" } else { "NO" }))
@@ -1273,8 +1517,8 @@ fn main() {
         agree.join(", ")
     );
     println!(
-        "\n¹ Concord's format 3 (`encode_snapshot_compressed`, the body deflated); \
-         the peers' figures repeat 3a, 3e and 3c (their one snapshot format; \
+        "\n¹ Concord's `encode_snapshot_compressed` (format 4, its columns deflated); \
+         the peers' figures repeat 3a, 3e and 3c, and 7b (their one snapshot format; \
          automerge's is already compressed)."
     );
     println!(

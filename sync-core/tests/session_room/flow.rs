@@ -72,7 +72,7 @@ fn room_never_has_more_than_send_window_snapshot_chunks_unconfirmed() {
     let mut w = World::new(windowed());
     let writer = w.add_client(2);
     w.start(writer);
-    w.write_many(writer, "w", 100);
+    w.write_many(writer, "w", 400);
     w.compact_now();
     let reader = w.add_client(1);
     w.cm(reader).hold_inbound = true;
@@ -91,7 +91,8 @@ fn room_never_has_more_than_send_window_snapshot_chunks_unconfirmed() {
         .iter()
         .filter(|m| matches!(m, Message::SnapshotChunk { .. }))
         .count();
-    assert!(chunks > 10, "64-byte chunks: {chunks}");
+    // Several windows' worth, so the window is what holds the rest back.
+    assert!(chunks > 4, "64-byte chunks: {chunks}");
     assert!(steps >= chunks);
     w.cm(reader).hold_inbound = false;
     w.assert_converged();

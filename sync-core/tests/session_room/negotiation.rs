@@ -41,11 +41,11 @@ fn hello_lists_versions_and_formats_and_welcome_names_the_choice() {
     assert_eq!(w.c(a).link(), LinkState::Live);
 }
 
-/// A room whose stored snapshot is format 3 (deflated) serves a client that
-/// reads only format 1 the same snapshot in format 1, and the client
-/// converges.
+/// A room whose stored snapshot is format 4 (deflated columns) serves a
+/// client that reads only format 1 the same snapshot in format 1, one that
+/// reads up to format 3 the same snapshot in format 3, and they converge.
 #[test]
-fn a_client_that_reads_only_format_1_gets_the_format_3_snapshot_re_encoded() {
+fn older_clients_get_the_format_4_snapshot_re_encoded() {
     let mut w = World::new(RoomConfig::default());
     let writer = w.add_client(2);
     w.start(writer);
@@ -56,8 +56,8 @@ fn a_client_that_reads_only_format_1_gets_the_format_3_snapshot_re_encoded() {
     let stored = w.room_store.snapshot.clone().expect("a stored snapshot").1;
     assert_eq!(
         Snapshot::format_of(&stored),
-        Some(3),
-        "relays store format 3"
+        Some(4),
+        "relays store format 4"
     );
 
     let mut config = session_config();
@@ -80,10 +80,25 @@ fn a_client_that_reads_only_format_1_gets_the_format_3_snapshot_re_encoded() {
     );
     w.assert_converged();
 
-    // A client that reads format 3 gets the stored bytes as they are.
+    // A client that reads formats 1 to 3 gets format 3.
+    let mut config = session_config();
+    config.snapshot_formats = vec![1, 2, 3];
+    let older = w.add_client_with(4, config);
+    w.start(older);
+    assert_eq!(w.c(older).welcomes()[0].snapshot_format, 3);
+    let blob = snapshot_received(&w, older);
+    assert_eq!(Snapshot::format_of(&blob), Some(3), "sent in format 3");
+    assert_eq!(
+        Snapshot::decode(&blob).expect("decodes"),
+        Snapshot::decode(&stored).expect("decodes"),
+        "the same snapshot"
+    );
+
+    // A client that reads format 4 gets the stored bytes as they are.
     let new = w.add_client(3);
     w.start(new);
     assert_eq!(snapshot_received(&w, new), stored);
+    w.assert_converged();
 }
 
 /// A client that reads only format 1 refuses a snapshot in another format
@@ -102,7 +117,7 @@ fn a_client_refuses_a_snapshot_format_it_did_not_offer() {
     w.start(old);
     assert!(matches!(w.deliver_next_to(old), Some(Message::Welcome(_))));
     assert_eq!(w.c(old).link(), LinkState::Live);
-    // Hand the client the stored (format 3) snapshot instead.
+    // Hand the client the stored (format 4) snapshot instead.
     let stored = w.room_store.snapshot.clone().expect("snapshot");
     let frame = protocol::encode(&Message::SnapshotChunk {
         cursor: stored.0,

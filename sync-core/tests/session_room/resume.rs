@@ -13,7 +13,8 @@ use crate::harness::{TODOS, World, session_config};
 /// `reader` and `writer` in sync at offset 10, then `reader` stops and
 /// restarts from its store while `writer` writes 1,000 more.
 fn reader_offline_while_writer_writes_1000() -> (World, usize, usize) {
-    let mut w = World::new(RoomConfig::default().with_snapshot_chunk_bytes(4 * 1024));
+    // Small chunks: 1,010 one-field documents compact to a few KiB.
+    let mut w = World::new(RoomConfig::default().with_snapshot_chunk_bytes(512));
     let reader = w.add_client(1);
     let writer = w.add_client(2);
     w.start(reader);

@@ -1,0 +1,819 @@
+//! Snapshot format 4: the state in columns.
+//!
+//! Formats 1 to 3 write the state document by document, each field a tuple
+//! of name, stamp and value. Format 4 keeps the same content but writes
+//! each kind of number in its own column: every field name index, then
+//! every stamp's clock reading, then every stamp's replica, then every
+//! value by type. Neighbours in a column are alike (a document's fields are
+//! named in ascending order, written at nearby times by one replica, and
+//! often hold similar numbers), so each column stores differences from the
+//! value before and collapses runs of equal entries into a count. Repeated
+//! strings are stored once and referred to by index. Document ids share
+//! their prefix with the id before them.
+//!
+//! Decoding is bounded like format 3's: the payload states its field count
+//! up front, the caller's limit is checked against it (and against the
+//! inflated length) before anything is allocated, every column is checked
+//! to end exactly where its length says, and the state goes through the
+//! same checks as the other formats. PROTOCOL.md section 8 describes the
+//! layout byte by byte.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::hlc::{Hlc, MAX_WALL_MS};
+use crate::op::{check_collection, check_doc_id, check_field_name};
+use crate::snapshot::{
+    Snapshot, SnapshotError, check, check_collection_stamps, checked_doc, inflate,
+};
+use crate::stamp::{ReplicaId, Stamp};
+use crate::state::{CollectionState, FieldSlot, State};
+use crate::value::{StoredValue, Value};
+use crate::version::VersionVector;
+
+/// The payload's first byte: how the columns that follow are stored.
+const PLAIN: u8 = 0;
+/// The columns deflated, after their inflated length (`u32`), as format 3.
+const DEFLATED: u8 = 1;
+
+/// How many columns a body has, in this order.
+const COLUMNS: usize = 13;
+const DOC_IDS: usize = 0;
+const DOC_FLAGS: usize = 1;
+const DOC_FIELDS: usize = 2;
+const FIELD_NAMES: usize = 3;
+const FIELD_STAMPS: usize = 4;
+const STAMP_WALL: usize = 5;
+const STAMP_COUNTER: usize = 6;
+const STAMP_REPLICA: usize = 7;
+const VALUE_TAGS: usize = 8;
+const INTS: usize = 9;
+const FLOATS: usize = 10;
+const STRINGS: usize = 11;
+const OTHER_VALUES: usize = 12;
+
+/// `DOC_FLAGS` bits.
+const HAS_WRITTEN: u64 = 1;
+const HAS_DELETED: u64 = 2;
+
+/// `FIELD_STAMPS` entries.
+const STAMP_IS_WRITTEN: u64 = 0;
+const STAMP_EXPLICIT: u64 = 1;
+
+/// `VALUE_TAGS` entries.
+const TAG_REMOVED: u64 = 0;
+const TAG_NULL: u64 = 1;
+const TAG_FALSE: u64 = 2;
+const TAG_TRUE: u64 = 3;
+const TAG_INT: u64 = 4;
+const TAG_FLOAT: u64 = 5;
+const TAG_STRING: u64 = 6;
+const TAG_BYTES: u64 = 7;
+const TAG_LIST: u64 = 8;
+const TAG_MAP: u64 = 9;
+
+/// What a field counts for against a decoder's limit on top of the body's
+/// bytes: RLE lets a few bytes stand for many fields, and each field the
+/// decoder builds costs memory, so the limit bounds the fields too.
+pub(crate) const NOMINAL_FIELD_BYTES: usize = 4;
+
+// ---- primitives ------------------------------------------------------------
+
+fn push_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+fn push_str(out: &mut Vec<u8>, s: &str) {
+    push_varint(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn malformed(what: impl Into<String>) -> SnapshotError {
+    SnapshotError::Malformed(what.into())
+}
+
+/// Reads a body front to back; every read checks the bytes are there.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn varint(&mut self) -> Result<u64, SnapshotError> {
+        let mut value: u64 = 0;
+        for i in 0..10 {
+            let Some((&b, rest)) = self.bytes.split_first() else {
+                return Err(malformed("a number runs past the end of its column"));
+            };
+            self.bytes = rest;
+            // The tenth byte may only carry the top bit of a u64.
+            if i == 9 && b > 1 {
+                return Err(malformed("a number does not fit in 64 bits"));
+            }
+            value |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(malformed("a number does not fit in 64 bits"))
+    }
+
+    fn take(&mut self, n: u64) -> Result<&'a [u8], SnapshotError> {
+        let n = usize::try_from(n).unwrap_or(usize::MAX);
+        if n > self.bytes.len() {
+            return Err(malformed(format!(
+                "{n} bytes claimed, {} left",
+                self.bytes.len()
+            )));
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Ok(head)
+    }
+
+    fn str(&mut self) -> Result<&'a str, SnapshotError> {
+        let len = self.varint()?;
+        let bytes = self.take(len)?;
+        core::str::from_utf8(bytes).map_err(|_| malformed("a string is not UTF-8"))
+    }
+
+    fn u8(&mut self) -> Result<u8, SnapshotError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn end(&self, what: &str) -> Result<(), SnapshotError> {
+        if self.bytes.is_empty() {
+            Ok(())
+        } else {
+            Err(malformed(format!(
+                "{} bytes left over in {what}",
+                self.bytes.len()
+            )))
+        }
+    }
+}
+
+/// Run-length encoder of `u64`s. A run header is a zigzag varint `n`: `n > 0`
+/// is `n` copies of the one varint that follows, `n < 0` is `-n` varints
+/// that follow as they are, 0 never occurs.
+#[derive(Default)]
+struct Rle {
+    out: Vec<u8>,
+    literals: Vec<u64>,
+    value: u64,
+    count: u64,
+}
+
+impl Rle {
+    fn push(&mut self, value: u64) {
+        if self.count > 0 && value == self.value {
+            self.count += 1;
+            return;
+        }
+        self.settle();
+        self.value = value;
+        self.count = 1;
+    }
+
+    /// Moves the run in progress out: a single value joins the literals,
+    /// a longer run is written (after the literals before it).
+    fn settle(&mut self) {
+        match self.count {
+            0 => {}
+            1 => self.literals.push(self.value),
+            n => {
+                self.flush_literals();
+                push_varint(&mut self.out, zigzag(n as i64));
+                push_varint(&mut self.out, self.value);
+            }
+        }
+        self.count = 0;
+    }
+
+    fn flush_literals(&mut self) {
+        if self.literals.is_empty() {
+            return;
+        }
+        push_varint(&mut self.out, zigzag(-(self.literals.len() as i64)));
+        for &v in &self.literals {
+            push_varint(&mut self.out, v);
+        }
+        self.literals.clear();
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.settle();
+        self.flush_literals();
+        self.out
+    }
+}
+
+/// Reads what [`Rle`] wrote. Lazy: a run claiming billions of entries costs
+/// nothing until they are read, and the caller reads only as many as the
+/// body's counts allow.
+struct RleReader<'a> {
+    reader: Reader<'a>,
+    value: u64,
+    /// Copies of `value` still to hand out.
+    repeat: u64,
+    /// Literal varints still to read.
+    literal: u64,
+}
+
+impl<'a> RleReader<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        RleReader {
+            reader: Reader { bytes },
+            value: 0,
+            repeat: 0,
+            literal: 0,
+        }
+    }
+
+    fn next(&mut self) -> Result<u64, SnapshotError> {
+        if self.repeat > 0 {
+            self.repeat -= 1;
+            return Ok(self.value);
+        }
+        if self.literal > 0 {
+            self.literal -= 1;
+            return self.reader.varint();
+        }
+        let header = unzigzag(self.reader.varint()?);
+        if header > 0 {
+            self.value = self.reader.varint()?;
+            self.repeat = header as u64 - 1;
+            Ok(self.value)
+        } else if header < 0 {
+            self.literal = header.unsigned_abs() - 1;
+            self.reader.varint()
+        } else {
+            Err(malformed("a run of length 0"))
+        }
+    }
+
+    fn end(&self, what: &str) -> Result<(), SnapshotError> {
+        if self.repeat > 0 || self.literal > 0 {
+            return Err(malformed(format!("{what} holds more entries than used")));
+        }
+        self.reader.end(what)
+    }
+}
+
+// ---- encoding ----------------------------------------------------------------
+
+/// The columns being written, and the running values they are relative to.
+#[derive(Default)]
+struct Columns {
+    doc_ids: Vec<u8>,
+    doc_flags: Rle,
+    doc_fields: Rle,
+    field_names: Rle,
+    field_stamps: Rle,
+    wall: Rle,
+    counter: Rle,
+    replica: Rle,
+    tags: Rle,
+    ints: Rle,
+    floats: Vec<u8>,
+    strings: Vec<u8>,
+    other: Vec<u8>,
+    last_wall: i64,
+    last_counter: i64,
+    last_int: i64,
+}
+
+impl Columns {
+    fn stamp(&mut self, stamp: Stamp, replica: u32) {
+        let (wall, counter) = (stamp.hlc.wall_ms() as i64, i64::from(stamp.hlc.counter()));
+        self.wall.push(zigzag(wall - self.last_wall));
+        self.counter.push(zigzag(counter - self.last_counter));
+        self.replica.push(u64::from(replica));
+        (self.last_wall, self.last_counter) = (wall, counter);
+    }
+}
+
+/// Encodes `state` as a format-4 payload (without the blob header),
+/// deflated when `deflate` is set.
+pub(crate) fn encode_payload(
+    out: &mut Vec<u8>,
+    state: &State,
+    version: &VersionVector,
+    max_hlc: Hlc,
+    tombstone_horizon: Hlc,
+    deflate: Option<u8>,
+) {
+    let replicas = crate::snapshot::replica_table(state);
+    // The state's own replica indices, mapped to the table's.
+    let mut by_slot: Vec<u32> = Vec::new();
+    // Serialising into a Vec cannot fail for these types.
+    let mut head = postcard::to_extend(version, Vec::with_capacity(256)).unwrap_or_default();
+    push_varint(&mut head, max_hlc.as_u64());
+    push_varint(&mut head, tombstone_horizon.as_u64());
+    push_varint(&mut head, state.names.len() as u64);
+    for i in 0..state.names.len() {
+        push_str(&mut head, state.names.name(i as u32));
+    }
+    push_varint(&mut head, replicas.len() as u64);
+    for replica in replicas.keys() {
+        push_varint(&mut head, replica.0);
+    }
+    let index = |r: ReplicaId| replicas.get(&r).copied().unwrap_or(u32::MAX);
+    let opt_stamp = |head: &mut Vec<u8>, s: Option<Stamp>| match s {
+        None => head.push(0),
+        Some(s) => {
+            head.push(1);
+            push_varint(head, s.hlc.as_u64());
+            push_varint(head, u64::from(index(s.replica)));
+        }
+    };
+    push_varint(&mut head, state.collections.len() as u64);
+    for (name, coll) in &state.collections {
+        push_str(&mut head, name);
+        opt_stamp(&mut head, coll.created);
+        opt_stamp(&mut head, coll.dropped);
+        push_varint(&mut head, coll.docs.len() as u64);
+    }
+
+    let mut c = Columns::default();
+    let mut dictionary: HashMap<&str, u64> = HashMap::new();
+    for coll in state.collections.values() {
+        let mut previous_id: &str = "";
+        for (id, doc) in &coll.docs {
+            let shared = common_prefix(previous_id, id);
+            push_varint(&mut c.doc_ids, shared as u64);
+            push_str(&mut c.doc_ids, &id[shared..]);
+            previous_id = id;
+            let deleted = doc.deleted();
+            let flags = u64::from(doc.written.is_some()) * HAS_WRITTEN
+                + u64::from(deleted.is_some()) * HAS_DELETED;
+            c.doc_flags.push(flags);
+            c.doc_fields.push(doc.fields.len() as u64);
+            for s in doc.written.into_iter().chain(deleted) {
+                c.stamp(s, index(s.replica));
+            }
+            let mut last_name: i64 = -1;
+            for slot in &doc.fields {
+                c.field_names
+                    .push((i64::from(slot.name) - last_name) as u64);
+                last_name = i64::from(slot.name);
+                let stamp = slot.stamp(&state.names);
+                if Some(stamp) == doc.written {
+                    c.field_stamps.push(STAMP_IS_WRITTEN);
+                } else {
+                    c.field_stamps.push(STAMP_EXPLICIT);
+                    let at = slot.replica as usize;
+                    if at >= by_slot.len() {
+                        by_slot.resize(at + 1, u32::MAX);
+                    }
+                    if by_slot[at] == u32::MAX {
+                        by_slot[at] = index(stamp.replica);
+                    }
+                    c.stamp(stamp, by_slot[at]);
+                }
+                encode_value(&mut c, &mut dictionary, slot.value.as_ref());
+            }
+        }
+    }
+
+    let columns: [Vec<u8>; COLUMNS] = [
+        c.doc_ids,
+        c.doc_flags.finish(),
+        c.doc_fields.finish(),
+        c.field_names.finish(),
+        c.field_stamps.finish(),
+        c.wall.finish(),
+        c.counter.finish(),
+        c.replica.finish(),
+        c.tags.finish(),
+        c.ints.finish(),
+        c.floats,
+        c.strings,
+        c.other,
+    ];
+    let mut body = head;
+    for column in &columns {
+        push_varint(&mut body, column.len() as u64);
+    }
+    for column in &columns {
+        body.extend_from_slice(column);
+    }
+    match deflate.and_then(|level| Some((level, u32::try_from(body.len()).ok()?))) {
+        Some((level, len)) => {
+            out.push(DEFLATED);
+            push_varint(out, state.field_count() as u64);
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(&miniz_oxide::deflate::compress_to_vec(&body, level));
+        }
+        None => {
+            out.push(PLAIN);
+            push_varint(out, state.field_count() as u64);
+            out.extend_from_slice(&body);
+        }
+    }
+}
+
+/// Length in bytes of the longest common prefix that ends on a character
+/// boundary of both.
+fn common_prefix(a: &str, b: &str) -> usize {
+    let mut n = a
+        .as_bytes()
+        .iter()
+        .zip(b.as_bytes())
+        .take_while(|(x, y)| x == y)
+        .count();
+    while !b.is_char_boundary(n) {
+        n -= 1;
+    }
+    n
+}
+
+fn encode_value<'a>(
+    c: &mut Columns,
+    dictionary: &mut HashMap<&'a str, u64>,
+    value: Option<&'a StoredValue>,
+) {
+    let tag = match value {
+        None => TAG_REMOVED,
+        Some(StoredValue::Null) => TAG_NULL,
+        Some(StoredValue::Bool(false)) => TAG_FALSE,
+        Some(StoredValue::Bool(true)) => TAG_TRUE,
+        Some(StoredValue::Int(v)) => {
+            c.ints.push(zigzag(v.wrapping_sub(c.last_int)));
+            c.last_int = *v;
+            TAG_INT
+        }
+        Some(StoredValue::Float(v)) => {
+            c.floats.extend_from_slice(&v.to_bits().to_le_bytes());
+            TAG_FLOAT
+        }
+        Some(StoredValue::String(s)) => {
+            let next = dictionary.len() as u64 + 1;
+            match dictionary.entry(s) {
+                std::collections::hash_map::Entry::Occupied(seen) => {
+                    push_varint(&mut c.strings, *seen.get());
+                }
+                std::collections::hash_map::Entry::Vacant(new) => {
+                    new.insert(next);
+                    push_varint(&mut c.strings, 0);
+                    push_str(&mut c.strings, s);
+                }
+            }
+            TAG_STRING
+        }
+        Some(other @ (StoredValue::Bytes(_) | StoredValue::List(_) | StoredValue::Map(_))) => {
+            // Rare and nested: stored whole, as every other format stores values.
+            let column = std::mem::take(&mut c.other);
+            c.other = postcard::to_extend(other, column).unwrap_or_default();
+            match other {
+                StoredValue::Bytes(_) => TAG_BYTES,
+                StoredValue::List(_) => TAG_LIST,
+                _ => TAG_MAP,
+            }
+        }
+    };
+    c.tags.push(tag);
+}
+
+// ---- decoding ----------------------------------------------------------------
+
+/// The payload's storage mode, field count and the rest.
+fn payload_head(payload: &[u8]) -> Result<(u8, u64, &[u8]), SnapshotError> {
+    let mut r = Reader { bytes: payload };
+    let mode = r.u8()?;
+    let fields = r.varint()?;
+    Ok((mode, fields, r.bytes))
+}
+
+/// The body's decoded length as a limit counts it: its bytes (inflated)
+/// plus [`NOMINAL_FIELD_BYTES`] per field it claims, read from the
+/// payload's head without decoding anything else.
+pub(crate) fn nominal_len(payload: &[u8]) -> Option<u64> {
+    let (mode, fields, rest) = payload_head(payload).ok()?;
+    let body = match mode {
+        DEFLATED => u64::from(u32::from_le_bytes(*rest.first_chunk::<4>()?)),
+        _ => rest.len() as u64,
+    };
+    Some(body.saturating_add(fields.saturating_mul(NOMINAL_FIELD_BYTES as u64)))
+}
+
+/// Decodes a format-4 payload whose body (inflated), with
+/// [`NOMINAL_FIELD_BYTES`] per field it claims, is at most `limit` bytes.
+/// The limit is checked before anything is inflated or allocated.
+pub(crate) fn decode_payload(payload: &[u8], limit: usize) -> Result<Snapshot, SnapshotError> {
+    let (mode, fields, rest) = payload_head(payload)?;
+    let nominal = nominal_len(payload).unwrap_or(u64::MAX);
+    if nominal > limit as u64 {
+        return Err(SnapshotError::TooLarge {
+            size: nominal,
+            limit: limit as u64,
+        });
+    }
+    match mode {
+        PLAIN => decode_body(rest, fields),
+        DEFLATED => decode_body(&inflate(rest, limit)?, fields),
+        other => Err(malformed(format!("unknown column storage {other}"))),
+    }
+}
+
+fn decode_body(body: &[u8], field_total: u64) -> Result<Snapshot, SnapshotError> {
+    let inconsistent = SnapshotError::Inconsistent;
+    let (version, rest): (VersionVector, _) =
+        postcard::take_from_bytes(body).map_err(|e| malformed(e.to_string()))?;
+    let mut r = Reader { bytes: rest };
+    let max_hlc = Hlc::from_u64(r.varint()?);
+    let tombstone_horizon = Hlc::from_u64(r.varint()?);
+
+    let mut state = State::new();
+    let name_count = r.varint()?;
+    for _ in 0..name_count {
+        let name = r.str()?;
+        check(check_field_name(name))?;
+        if state.names.lookup(name).is_some() {
+            return Err(inconsistent(format!("field name {name:?} listed twice")));
+        }
+        state.names.intern(name);
+    }
+    let replica_count = r.varint()?;
+    // Each replica takes at least a byte: the count is bounded by the bytes.
+    let mut replicas = Vec::with_capacity(replica_count.min(r.bytes.len() as u64) as usize);
+    for _ in 0..replica_count {
+        replicas.push(ReplicaId(r.varint()?));
+    }
+    if replicas.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(inconsistent("replicas out of order".into()));
+    }
+    let replica_at = |index: u64| {
+        replicas
+            .get(usize::try_from(index).unwrap_or(usize::MAX))
+            .copied()
+            .ok_or_else(|| inconsistent(format!("replica index {index} out of range")))
+    };
+    let opt_stamp = |r: &mut Reader<'_>| -> Result<Option<Stamp>, SnapshotError> {
+        match r.u8()? {
+            0 => Ok(None),
+            1 => {
+                let hlc = Hlc::from_u64(r.varint()?);
+                Ok(Some(Stamp::new(hlc, replica_at(r.varint()?)?)))
+            }
+            other => Err(malformed(format!("option tag {other}"))),
+        }
+    };
+    let collection_count = r.varint()?;
+    let mut collections: Vec<(&str, Option<Stamp>, Option<Stamp>, u64)> =
+        Vec::with_capacity(collection_count.min(r.bytes.len() as u64) as usize);
+    for _ in 0..collection_count {
+        let name = r.str()?;
+        check(check_collection(name))?;
+        if collections.last().is_some_and(|(p, ..)| *p >= name) {
+            return Err(inconsistent(format!("collection {name:?} out of order")));
+        }
+        let created = opt_stamp(&mut r)?;
+        let dropped = opt_stamp(&mut r)?;
+        collections.push((name, created, dropped, r.varint()?));
+    }
+    let mut lengths = [0u64; COLUMNS];
+    for len in &mut lengths {
+        *len = r.varint()?;
+    }
+    let mut columns: [&[u8]; COLUMNS] = [&[]; COLUMNS];
+    for (column, len) in columns.iter_mut().zip(lengths) {
+        *column = r.take(len)?;
+    }
+    r.end("the body")?;
+
+    let mut doc_ids = Reader {
+        bytes: columns[DOC_IDS],
+    };
+    let mut doc_flags = RleReader::new(columns[DOC_FLAGS]);
+    let mut doc_fields = RleReader::new(columns[DOC_FIELDS]);
+    let mut names = RleReader::new(columns[FIELD_NAMES]);
+    let mut field_stamps = RleReader::new(columns[FIELD_STAMPS]);
+    let mut stamps = StampReader {
+        wall: RleReader::new(columns[STAMP_WALL]),
+        counter: RleReader::new(columns[STAMP_COUNTER]),
+        replica: RleReader::new(columns[STAMP_REPLICA]),
+        last_wall: 0,
+        last_counter: 0,
+    };
+    let mut values = ValueReader {
+        tags: RleReader::new(columns[VALUE_TAGS]),
+        ints: RleReader::new(columns[INTS]),
+        floats: Reader {
+            bytes: columns[FLOATS],
+        },
+        strings: Reader {
+            bytes: columns[STRINGS],
+        },
+        other: columns[OTHER_VALUES],
+        dictionary: Vec::new(),
+        last_int: 0,
+    };
+
+    let mut fields_left = field_total;
+    let mut id = String::new();
+    for (name, created, dropped, doc_count) in collections {
+        let mut coll = CollectionState {
+            created,
+            dropped,
+            docs: BTreeMap::new(),
+        };
+        check_collection_stamps(name, &coll)?;
+        // Every document takes at least two bytes of the id column.
+        let mut built = Vec::with_capacity(doc_count.min(doc_ids.bytes.len() as u64) as usize);
+        id.clear();
+        for _ in 0..doc_count {
+            let shared = doc_ids.varint()?;
+            let suffix = doc_ids.str()?;
+            let shared = usize::try_from(shared)
+                .ok()
+                .filter(|&n| n <= id.len() && id.is_char_boundary(n))
+                .ok_or_else(|| malformed("a document id shares more than the one before"))?;
+            let previous = std::mem::take(&mut id);
+            id.reserve(shared + suffix.len());
+            id.push_str(&previous[..shared]);
+            id.push_str(suffix);
+            check(check_doc_id(&id))?;
+            if built.last().is_some_and(|(p, _): &(String, _)| *p >= id) {
+                return Err(inconsistent(format!("document {id:?} out of order")));
+            }
+            let flags = doc_flags.next()?;
+            if flags > HAS_WRITTEN | HAS_DELETED {
+                return Err(malformed(format!("document flags {flags}")));
+            }
+            let written = (flags & HAS_WRITTEN != 0)
+                .then(|| stamps.next(&replica_at))
+                .transpose()?;
+            let deleted = (flags & HAS_DELETED != 0)
+                .then(|| stamps.next(&replica_at))
+                .transpose()?;
+            let count = doc_fields.next()?;
+            // Names are listed once and fields are in ascending name order,
+            // so a document has at most as many fields as there are names.
+            if count > name_count || count > fields_left {
+                return Err(inconsistent(format!(
+                    "document {id:?} claims {count} fields"
+                )));
+            }
+            fields_left -= count;
+            let mut slots: Vec<FieldSlot> = Vec::with_capacity(count as usize);
+            let mut last_name: i64 = -1;
+            for _ in 0..count {
+                let step = names.next()?;
+                let field = i64::try_from(step)
+                    .ok()
+                    .and_then(|s| last_name.checked_add(s))
+                    .filter(|&n| n > last_name && (n as u64) < name_count)
+                    .ok_or_else(|| {
+                        inconsistent(format!("fields of document {id:?} out of order or range"))
+                    })?;
+                last_name = field;
+                let stamp = match field_stamps.next()? {
+                    STAMP_IS_WRITTEN => written.ok_or_else(|| {
+                        inconsistent(format!(
+                            "document {id:?}: a field of an unwritten document has no stamp"
+                        ))
+                    })?,
+                    STAMP_EXPLICIT => stamps.next(&replica_at)?,
+                    other => return Err(malformed(format!("field stamp kind {other}"))),
+                };
+                let value = values.next()?;
+                slots.push(FieldSlot {
+                    value,
+                    hlc: stamp.hlc,
+                    replica: state.names.intern_replica(stamp.replica),
+                    name: field as u32,
+                });
+            }
+            let doc = checked_doc(&id, written, deleted, slots, coll.dropped, &state.names)?;
+            built.push((id.clone(), doc));
+        }
+        coll.docs = built.into_iter().collect();
+        state.collections.insert(name.to_owned(), coll);
+    }
+    if fields_left != 0 {
+        return Err(inconsistent(format!(
+            "the body claims {field_total} fields and holds {}",
+            field_total - fields_left
+        )));
+    }
+    doc_ids.end("the document id column")?;
+    doc_flags.end("the document flag column")?;
+    doc_fields.end("the field count column")?;
+    names.end("the field name column")?;
+    field_stamps.end("the field stamp column")?;
+    stamps.wall.end("the clock column")?;
+    stamps.counter.end("the counter column")?;
+    stamps.replica.end("the replica column")?;
+    values.tags.end("the value tag column")?;
+    values.ints.end("the integer column")?;
+    values.floats.end("the float column")?;
+    values.strings.end("the string column")?;
+    if !values.other.is_empty() {
+        return Err(malformed("bytes left over in the nested value column"));
+    }
+    Ok(Snapshot {
+        version,
+        max_hlc,
+        tombstone_horizon,
+        state,
+    })
+}
+
+struct StampReader<'a> {
+    wall: RleReader<'a>,
+    counter: RleReader<'a>,
+    replica: RleReader<'a>,
+    last_wall: u64,
+    last_counter: u64,
+}
+
+impl StampReader<'_> {
+    fn next(
+        &mut self,
+        replica_at: &impl Fn(u64) -> Result<ReplicaId, SnapshotError>,
+    ) -> Result<Stamp, SnapshotError> {
+        let step = |last: u64, code: u64, max: u64| {
+            last.checked_add_signed(unzigzag(code))
+                .filter(|&v| v <= max)
+        };
+        let wall = step(self.last_wall, self.wall.next()?, MAX_WALL_MS)
+            .ok_or_else(|| malformed("a clock reading out of range"))?;
+        let counter = step(self.last_counter, self.counter.next()?, u64::from(u16::MAX))
+            .ok_or_else(|| malformed("a clock counter out of range"))?;
+        (self.last_wall, self.last_counter) = (wall, counter);
+        let hlc = Hlc::new(wall, counter as u16).ok_or_else(|| malformed("a clock reading"))?;
+        Ok(Stamp::new(hlc, replica_at(self.replica.next()?)?))
+    }
+}
+
+struct ValueReader<'a> {
+    tags: RleReader<'a>,
+    ints: RleReader<'a>,
+    floats: Reader<'a>,
+    strings: Reader<'a>,
+    other: &'a [u8],
+    dictionary: Vec<&'a str>,
+    last_int: i64,
+}
+
+impl ValueReader<'_> {
+    fn next(&mut self) -> Result<Option<StoredValue>, SnapshotError> {
+        Ok(Some(match self.tags.next()? {
+            TAG_REMOVED => return Ok(None),
+            TAG_NULL => StoredValue::Null,
+            TAG_FALSE => StoredValue::Bool(false),
+            TAG_TRUE => StoredValue::Bool(true),
+            TAG_INT => {
+                self.last_int = self.last_int.wrapping_add(unzigzag(self.ints.next()?));
+                StoredValue::Int(self.last_int)
+            }
+            TAG_FLOAT => {
+                let bytes = self.floats.take(8)?;
+                let bits = u64::from_le_bytes(bytes.try_into().unwrap_or_default());
+                StoredValue::Float(f64::from_bits(bits))
+            }
+            TAG_STRING => {
+                let s = match self.strings.varint()? {
+                    0 => {
+                        let s = self.strings.str()?;
+                        self.dictionary.push(s);
+                        s
+                    }
+                    k => self
+                        .dictionary
+                        .get(usize::try_from(k - 1).unwrap_or(usize::MAX))
+                        .copied()
+                        .ok_or_else(|| malformed(format!("string {k} is not in the dictionary")))?,
+                };
+                StoredValue::String(Box::from(s))
+            }
+            tag @ (TAG_BYTES | TAG_LIST | TAG_MAP) => {
+                let (value, rest): (Value, _) = postcard::take_from_bytes(self.other)
+                    .map_err(|e| malformed(format!("nested value: {e}")))?;
+                self.other = rest;
+                let expected = match value {
+                    Value::Bytes(_) => TAG_BYTES,
+                    Value::List(_) => TAG_LIST,
+                    Value::Map(_) => TAG_MAP,
+                    _ => TAG_REMOVED,
+                };
+                if expected != tag {
+                    return Err(malformed("a nested value of another type than its tag"));
+                }
+                StoredValue::from(value)
+            }
+            other => return Err(malformed(format!("value tag {other}"))),
+        }))
+    }
+}
