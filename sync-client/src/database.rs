@@ -487,12 +487,13 @@ impl Database {
             return Pending::ready(Err(Error::Closed));
         }
         let now = self.inner.now();
-        let before = core.session.latest_persist();
         let result = f(&mut core.session, now);
-        let after = core.session.latest_persist();
-        let pending = match (result, after) {
+        // The persist holding this write: queued already, or promised to the
+        // loop's next poll (writes made back to back share one).
+        let persist = core.session.latest_persist();
+        let pending = match (result, persist) {
             (Err(e), _) => Pending::ready(Err(e)),
-            (Ok(value), Some(id)) if after != before => {
+            (Ok(value), Some(id)) if !core.session.is_durable(id) => {
                 let (tx, rx) = oneshot::channel();
                 core.durable_waiters.push_back(DurableWaiter { id, tx });
                 Pending {
@@ -502,8 +503,7 @@ impl Database {
                     },
                 }
             }
-            // Nothing new to store (or a write that failed half way in a
-            // transaction was already stored): durable with what came before.
+            // Nothing new to store: durable with what came before.
             (Ok(value), _) => Pending::ready(Ok(value)),
         };
         drop(core);

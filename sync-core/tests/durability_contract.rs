@@ -9,7 +9,7 @@ use sync_core::Timestamp;
 use sync_core::protocol::{self, CloseCode, ErrorCode, Message};
 use sync_core::room::{ConnectionId, Room, RoomConfig, RoomInput, RoomOutput};
 use sync_core::session::{Input, LinkState, Output, Session, SessionConfig};
-use sync_core::{Event, PersistId, Replica, ReplicaConfig, ReplicaId, WriteError};
+use sync_core::{Event, PersistId, Replica, ReplicaConfig, ReplicaId, StoreKey, WriteError};
 
 const NOW: u64 = 1_700_000_000_000;
 
@@ -368,4 +368,116 @@ fn a_refusal_is_reported_only_once_the_dropped_operation_is_durable() {
 /// The host clock reading `ms` milliseconds after the epoch.
 fn at(ms: u64) -> Timestamp {
     Timestamp::from_unix_ms(ms)
+}
+
+#[test]
+fn writes_made_back_to_back_share_one_persist() {
+    let mut room = Room::new(RoomConfig::default());
+    let mut s = joined(&mut room, 1, 1);
+    s.put(at(NOW), "todos", "a", [("n", 1)]).expect("put");
+    let ticket = s.latest_persist().expect("promised");
+    s.put(at(NOW), "todos", "a", [("n", 2)]).expect("put");
+    s.put(at(NOW), "todos", "b", [("n", 3)]).expect("put");
+    assert_eq!(
+        s.latest_persist(),
+        Some(ticket),
+        "one persist holds all three"
+    );
+
+    let outs = drain_session(&mut s);
+    assert_eq!(persist_ids(&outs), vec![ticket]);
+    let keys: Vec<&StoreKey> = outs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Persist { batch, .. } => Some(batch.writes.iter().map(|w| w.key())),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let documents = keys
+        .iter()
+        .filter(|k| matches!(k, StoreKey::Document { .. }))
+        .count();
+    let outbox = keys
+        .iter()
+        .filter(|k| matches!(k, StoreKey::Outbox(_)))
+        .count();
+    // The document written twice is stored once; each write's operation
+    // has its outbox record.
+    assert_eq!((documents, outbox), (2, 3), "{keys:?}");
+    assert!(
+        frames(&outs).is_empty(),
+        "nothing leaves before it is stored"
+    );
+
+    s.handle(at(NOW), Input::Persisted(ticket));
+    let released = frames(&drain_session(&mut s));
+    assert!(
+        matches!(&released[..], [Message::Push { ops }] if ops.len() == 3),
+        "{released:?}"
+    );
+}
+
+#[test]
+fn a_write_not_yet_polled_is_stored_before_an_ack_releases_its_push() {
+    let mut room = Room::new(RoomConfig::default());
+    let mut s = joined(&mut room, 1, 1);
+    s.put(at(NOW), "todos", "a", [("n", 1)]).expect("put");
+    let push = settle_session(&mut s)
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Transmit(frame) => Some(frame),
+            _ => None,
+        })
+        .expect("the first write's push");
+    room.handle(
+        at(NOW),
+        RoomInput::Frame {
+            connection: 1,
+            frame: &push,
+        },
+    );
+    let mut replies = Vec::new();
+    loop {
+        let outs = drain_room(&mut room);
+        if outs.is_empty() {
+            break;
+        }
+        for id in room_persists(&outs) {
+            room.handle(at(NOW), RoomInput::Persisted(id));
+        }
+        replies.extend(outs.into_iter().filter_map(|o| match o {
+            RoomOutput::Transmit {
+                connection: 1,
+                frame,
+            } => Some(frame),
+            _ => None,
+        }));
+    }
+    assert!(!replies.is_empty(), "the room acknowledges the push");
+
+    // A second write the host has not polled yet, then the ack arrives: the
+    // ack frees the push window, but the second push must wait for its write.
+    s.put(at(NOW), "todos", "b", [("n", 2)]).expect("put");
+    let ticket = s.latest_persist().expect("promised");
+    for frame in &replies {
+        s.handle(at(NOW), Input::Received(frame));
+    }
+    let outs = drain_session(&mut s);
+    let persists = persist_ids(&outs);
+    assert_eq!(persists.first(), Some(&ticket), "the write is stored first");
+    assert!(
+        !frames(&outs)
+            .iter()
+            .any(|m| matches!(m, Message::Push { .. })),
+        "a push left before its write was stored: {outs:?}"
+    );
+    for id in persists {
+        s.handle(at(NOW), Input::Persisted(id));
+    }
+    let released = frames(&drain_session(&mut s));
+    assert!(
+        released.iter().any(|m| matches!(m, Message::Push { .. })),
+        "{released:?}"
+    );
 }

@@ -327,6 +327,11 @@ pub struct Session {
     /// A persist failed: memory is ahead of the store. Nothing more is
     /// sent or written; the host rebuilds the session from its store.
     store_failed: Option<String>,
+    /// Set by a local write whose persist and pushes are not queued yet:
+    /// the host time of the latest such write. Writes made back to back
+    /// (many puts before the host polls) share one persist batch, so each
+    /// changed document is encoded once per batch, not once per write.
+    local_writes_at: Option<u64>,
     /// Persists from this id on were given up when the store failed.
     failed_from: Option<PersistId>,
     reported_timeout: ReportedDeadline,
@@ -360,6 +365,7 @@ impl Session {
             inbound: InboundQueue::default(),
             outputs: Gate::default(),
             store_failed: None,
+            local_writes_at: None,
             failed_from: None,
             reported_timeout: ReportedDeadline::default(),
             reported_refusals: BTreeSet::new(),
@@ -464,6 +470,7 @@ impl Session {
     /// [`protocol::valid_room_name`]) never connects: the session reports
     /// `Disconnected { code: InvalidRoom }` and stays offline.
     pub fn start(&mut self, now: Timestamp) {
+        self.settle_local_writes();
         if self.store_failed.is_some() {
             return;
         }
@@ -487,6 +494,7 @@ impl Session {
 
     /// Disconnects and stays offline; local writes keep working.
     pub fn stop(&mut self) {
+        self.settle_local_writes();
         if matches!(
             self.link,
             Link::Connecting { .. } | Link::Handshaking { .. } | Link::Live(_)
@@ -607,11 +615,35 @@ impl Session {
         result
     }
 
+    /// Notes a local write; its persist and pushes are queued by the next
+    /// [`Session::poll`] or input (see [`Session::settle_local_writes`]).
     fn after_local_write(&mut self, now: u64) {
+        self.local_writes_at = Some(self.local_writes_at.map_or(now, |t| t.max(now)));
+    }
+
+    /// Queues the persist of the local writes made since the last one, then
+    /// the pushes they allow. Every path that queues outputs or handles
+    /// input runs this first, so no frame is queued ahead of the persist of
+    /// a write made before it. The persist is queued even when empty, so
+    /// the id [`Session::latest_persist`] promised is always issued.
+    fn settle_local_writes(&mut self) {
+        let Some(now) = self.local_writes_at.take() else {
+            return;
+        };
+        if self.store_failed.is_some() {
+            return; // The host rebuilds the session from the store.
+        }
         if buggify::on(Switch::PushBeforePersist) {
             self.flush_pushes(now);
         }
+        let promised = self.outputs.next_id();
         self.flush_persist();
+        if self.outputs.next_id() == promised {
+            self.outputs.push_persist(|id| Output::Persist {
+                id,
+                batch: PersistBatch::default(),
+            });
+        }
         self.flush_pushes(now);
     }
 
@@ -621,6 +653,7 @@ impl Session {
     pub fn handle(&mut self, now: Timestamp, input: Input<'_>) {
         // Timing arithmetic inside the state machine is in plain milliseconds.
         let now = now.unix_ms();
+        self.settle_local_writes();
         if self.store_failed.is_some() {
             return; // Stopped for good; see `on_store_failed`.
         }
@@ -681,11 +714,17 @@ impl Session {
         self.store_failed.as_deref()
     }
 
-    /// The id of the latest persist queued, if any: a local write made just
-    /// before this call is durable once this id is (see [`Session::is_durable`]).
+    /// The id of the latest persist queued, if any, or of the one the next
+    /// [`Session::poll`] queues for local writes made since the last: a
+    /// local write made just before this call is durable once this id is
+    /// (see [`Session::is_durable`]).
     pub fn latest_persist(&self) -> Option<PersistId> {
-        let next = self.outputs.next_id().0;
-        (next > 1).then(|| PersistId(next - 1))
+        let next = self.outputs.next_id();
+        if self.local_writes_at.is_some() {
+            // Local writes not queued yet: the next persist will hold them.
+            return Some(next);
+        }
+        (next.0 > 1).then(|| PersistId(next.0 - 1))
     }
 
     /// Whether the persist `id`, and every one before it, is durable.
@@ -1183,6 +1222,7 @@ impl Session {
     /// When nothing else is pending, reports the next timeout once each time
     /// it changes.
     pub fn poll(&mut self) -> Option<Output> {
+        self.settle_local_writes();
         if let Some(out) = self.outputs.pop() {
             return Some(out);
         }

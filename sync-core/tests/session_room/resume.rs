@@ -225,7 +225,11 @@ fn compaction_while_a_snapshot_streams_still_converges() {
         w.deliver_next_to(reader);
     }
     // Halfway through the snapshot the room folds more into a new one.
-    w.write_many(writer, "second", 100);
+    // One write at a time, so the room delivers to the reader while they
+    // arrive (writes made back to back would go out as one push).
+    for k in 0..100 {
+        w.write_many(writer, &format!("second{k}-"), 1);
+    }
     w.compact_now();
     w.write_many(writer, "tail", 3);
 
