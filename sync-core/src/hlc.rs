@@ -8,7 +8,7 @@ use core::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::time::Timestamp;
+use crate::timestamp::Timestamp;
 
 /// Number of bits of the logical counter.
 const COUNTER_BITS: u32 = 16;

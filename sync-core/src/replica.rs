@@ -19,7 +19,7 @@ use crate::stamp::ReplicaId;
 use crate::state::{
     DocChange, DocState, Document, DocumentRef, Documents, Effect, FieldSlot, State,
 };
-use crate::time::Timestamp;
+use crate::timestamp::Timestamp;
 use crate::value::{Value, ValueRef};
 use crate::version::VersionVector;
 

@@ -51,7 +51,7 @@ use crate::op::Op;
 use crate::protocol::{self, CloseCode, ErrorCode, Hello, Message, Welcome};
 use crate::snapshot::{Snapshot, SnapshotError};
 use crate::stamp::ReplicaId;
-use crate::time::Timestamp;
+use crate::timestamp::Timestamp;
 use crate::version::{SeqSet, VersionVector};
 use log::{Entry, Log};
 

@@ -51,7 +51,7 @@ use crate::rng::SplitMix64;
 use crate::snapshot::Snapshot;
 use crate::state::{DocumentRef, Documents};
 use crate::store::Record;
-use crate::time::Timestamp;
+use crate::timestamp::Timestamp;
 use crate::value::{Value, ValueRef};
 use inbound::{Inbound, InboundQueue};
 

@@ -9,7 +9,7 @@ use core::fmt;
 use core::time::Duration;
 
 /// A wall-clock reading: milliseconds since the Unix epoch, as the host's
-/// clock reads it (`SystemTime::now()`, `Date.now()`).
+/// system clock gives it.
 ///
 /// Readings may go backwards when the host's clock is adjusted; the hybrid
 /// logical clock absorbs that, so hosts pass what the clock says.
