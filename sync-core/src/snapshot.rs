@@ -5,17 +5,19 @@
 //! | bytes | content |
 //! | --- | --- |
 //! | 4 | magic `CNSN` |
-//! | 1 | format version: 4 (columns, written); 1 to 3 (row-wise) are read and written for older readers |
+//! | 1 | format version: 5 (columns with a timeline of stamps, written); 4 (columns) and 1 to 3 (row-wise) are read and written for older readers |
 //! | 4 | payload length `n` |
 //! | 4 | CRC-32 (IEEE) of the payload |
-//! | n | payload: postcard-encoded body; in format 3, the body's length (4 bytes) and the body deflated; format 4, see `snapshot_columnar.rs` |
+//! | n | payload: postcard-encoded body; in format 3, the body's length (4 bytes) and the body deflated; formats 4 and 5, see `snapshot_columnar.rs` |
 //!
-//! Format 4, which [`Snapshot::encode`] and [`Snapshot::encode_compressed`]
-//! write, stores the same content in columns: every field name, every
+//! Format 4 stores the same content in columns: every field name, every
 //! stamp's wall clock, counter and replica, every value by type, each in
 //! its own run-length encoded column of differences (a few bits a field
 //! where fields are alike), strings once each through a dictionary,
-//! optionally deflated. The rest of this comment describes formats 1 to 3.
+//! optionally deflated. Format 5, which [`Snapshot::encode`] and
+//! [`Snapshot::encode_compressed`] write, is format 4 with the stamps
+//! listed once each in time order and referred to by position. The rest of
+//! this comment describes formats 1 to 3.
 //!
 //! The body interns field names and replica ids in tables, so a field costs
 //! two small integers of naming instead of two strings. A field stamped like
@@ -54,17 +56,19 @@ const MAGIC: &[u8; 4] = b"CNSN";
 pub const SNAPSHOT_FORMAT: u8 = 2;
 /// Snapshot format 3: format 2's body, deflated.
 pub const COMPRESSED_SNAPSHOT_FORMAT: u8 = 3;
-/// Snapshot format 4, which [`Snapshot::encode`] and
-/// [`Snapshot::encode_compressed`] write: the state in columns (names,
-/// stamps, replicas and values each in their own run-length encoded
-/// column), plain or deflated.
+/// Snapshot format 4: the state in columns (names, stamps, replicas and
+/// values each in their own run-length encoded column), plain or deflated.
 pub const COLUMNAR_SNAPSHOT_FORMAT: u8 = 4;
+/// Snapshot format 5, which [`Snapshot::encode`] and
+/// [`Snapshot::encode_compressed`] write: format 4's columns, with every
+/// distinct stamp listed once in time order and referred to by position.
+pub const TIMELINE_SNAPSHOT_FORMAT: u8 = 5;
 /// The oldest snapshot format version this build still reads (and writes,
 /// with [`Snapshot::encode_in_format`]): field stamps stored in full.
 pub const OLDEST_SNAPSHOT_FORMAT: u8 = FORMAT_1;
 const FORMAT_1: u8 = 1;
 /// The newest snapshot format version this build reads.
-pub const NEWEST_SNAPSHOT_FORMAT: u8 = COLUMNAR_SNAPSHOT_FORMAT;
+pub const NEWEST_SNAPSHOT_FORMAT: u8 = TIMELINE_SNAPSHOT_FORMAT;
 /// Deflate level for compressed snapshots. Measured on a 100,000-field
 /// state (docs/BENCHMARKS.md): level 2 is 7.5% smaller than level 1 for
 /// about four times its (small) time; levels 3 to 6 gain under 0.5% more
@@ -172,14 +176,21 @@ impl Snapshot {
 
     /// Encodes a state with its version summary, its highest clock reading
     /// and the horizon up to which its tombstones were collected, in
-    /// snapshot format 4 (columns, not deflated).
+    /// snapshot format 5 (columns, not deflated).
     pub fn encode(
         state: &State,
         version: &VersionVector,
         max_hlc: Hlc,
         tombstone_horizon: Hlc,
     ) -> Vec<u8> {
-        encode_columnar(state, version, max_hlc, tombstone_horizon, None)
+        encode_columnar(
+            columnar::Layout::Timeline,
+            state,
+            version,
+            max_hlc,
+            tombstone_horizon,
+            None,
+        )
     }
 
     /// Like [`Snapshot::encode`], with the columns deflated: smaller again,
@@ -192,6 +203,7 @@ impl Snapshot {
         tombstone_horizon: Hlc,
     ) -> Vec<u8> {
         encode_columnar(
+            columnar::Layout::Timeline,
             state,
             version,
             max_hlc,
@@ -201,9 +213,9 @@ impl Snapshot {
     }
 
     /// Encodes in snapshot format `format`: 1 (field stamps in full), 2
-    /// (stamps relative to the one before), 3 (format 2 deflated) or 4
-    /// (columns, deflated). A relay writes the older ones for clients that
-    /// read nothing newer.
+    /// (stamps relative to the one before), 3 (format 2 deflated), 4
+    /// (columns, deflated) or 5 (columns with a timeline, deflated). A relay
+    /// writes the older ones for clients that read nothing newer.
     pub(crate) fn encode_in_format(
         format: u8,
         state: &State,
@@ -231,7 +243,15 @@ impl Snapshot {
             COMPRESSED_SNAPSHOT_FORMAT => {
                 Ok(encode_format_3(state, version, max_hlc, tombstone_horizon))
             }
-            COLUMNAR_SNAPSHOT_FORMAT => Ok(Snapshot::encode_compressed(
+            COLUMNAR_SNAPSHOT_FORMAT => Ok(encode_columnar(
+                columnar::Layout::Inline,
+                state,
+                version,
+                max_hlc,
+                tombstone_horizon,
+                Some(DEFLATE_LEVEL),
+            )),
+            TIMELINE_SNAPSHOT_FORMAT => Ok(Snapshot::encode_compressed(
                 state,
                 version,
                 max_hlc,
@@ -274,11 +294,14 @@ impl Snapshot {
     /// The length of the snapshot's body before compression (what a
     /// compaction decodes and encodes again): for a compressed snapshot the
     /// length its payload announces, otherwise the bytes after the header;
-    /// in format 4, plus 4 bytes per field (its columns collapse runs, so
-    /// their bytes alone understate the work). Reads only the header; bytes
-    /// that are not a snapshot give their length.
+    /// in formats 4 and 5, plus 4 bytes per field (their columns collapse
+    /// runs, so their bytes alone understate the work). Reads only the
+    /// header; bytes that are not a snapshot give their length.
     pub fn body_len(bytes: &[u8]) -> usize {
-        if Snapshot::format_of(bytes) == Some(COLUMNAR_SNAPSHOT_FORMAT) {
+        if matches!(
+            Snapshot::format_of(bytes),
+            Some(COLUMNAR_SNAPSHOT_FORMAT | TIMELINE_SNAPSHOT_FORMAT)
+        ) {
             let payload = bytes.get(HEADER_LEN..).unwrap_or_default();
             return columnar::nominal_len(payload)
                 .map_or(payload.len(), |n| usize::try_from(n).unwrap_or(usize::MAX));
@@ -300,7 +323,7 @@ impl Snapshot {
     }
 
     /// Decodes and verifies snapshot bytes whose body (inflated, if the
-    /// snapshot is compressed; in format 4 with 4 bytes more per field, as
+    /// snapshot is compressed; in formats 4 and 5 with 4 bytes more per field, as
     /// [`Snapshot::body_len`] counts it) is at most `max_body_bytes` long:
     /// a body claiming more is refused before anything is inflated or
     /// built, so the limit bounds what decoding allocates.
@@ -315,22 +338,32 @@ impl Snapshot {
             COMPRESSED_SNAPSHOT_FORMAT => {
                 decode_body::<FieldStamp>(&inflate(payload, max_body_bytes)?)
             }
-            _ => columnar::decode_payload(payload, max_body_bytes),
+            COLUMNAR_SNAPSHOT_FORMAT => {
+                columnar::decode_payload(payload, columnar::Layout::Inline, max_body_bytes)
+            }
+            _ => columnar::decode_payload(payload, columnar::Layout::Timeline, max_body_bytes),
         }
     }
 }
 
-/// A format-4 blob, its columns deflated at `deflate` if given.
+/// A format-4 (`Inline`) or format-5 (`Timeline`) blob, its columns
+/// deflated at `deflate` if given.
 fn encode_columnar(
+    layout: columnar::Layout,
     state: &State,
     version: &VersionVector,
     max_hlc: Hlc,
     tombstone_horizon: Hlc,
     deflate: Option<u8>,
 ) -> Vec<u8> {
-    let mut out = header(COLUMNAR_SNAPSHOT_FORMAT, state.field_count() * 4);
+    let format = match layout {
+        columnar::Layout::Inline => COLUMNAR_SNAPSHOT_FORMAT,
+        columnar::Layout::Timeline => TIMELINE_SNAPSHOT_FORMAT,
+    };
+    let mut out = header(format, state.field_count() * 4);
     columnar::encode_payload(
         &mut out,
+        layout,
         state,
         version,
         max_hlc,

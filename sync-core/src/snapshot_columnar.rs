@@ -1,4 +1,4 @@
-//! Snapshot format 4: the state in columns.
+//! Snapshot formats 4 and 5: the state in columns.
 //!
 //! Formats 1 to 3 write the state document by document, each field a tuple
 //! of name, stamp and value. Format 4 keeps the same content but writes
@@ -10,6 +10,15 @@
 //! value before and collapses runs of equal entries into a count. Repeated
 //! strings are stored once and referred to by index. Document ids share
 //! their prefix with the id before them.
+//!
+//! Format 5 changes only how stamps are stored. Format 4 writes each stamp
+//! as the difference from the stamp before it in document order, and stamps
+//! written at different times (a field per write, documents interleaved)
+//! make those differences irregular. Format 5 first lists every distinct
+//! stamp once, in time order (the *timeline*, where neighbours are a tick
+//! apart and runs collapse), and then refers to each stamp by its position
+//! on the timeline, again as a difference from the reference before: fields
+//! written one write apart, document after document, become a run.
 //!
 //! Decoding is bounded like format 3's: the payload states its field count
 //! up front, the caller's limit is checked against it (and against the
@@ -35,8 +44,11 @@ const PLAIN: u8 = 0;
 /// The columns deflated, after their inflated length (`u32`), as format 3.
 const DEFLATED: u8 = 1;
 
-/// How many columns a body has, in this order.
-const COLUMNS: usize = 13;
+/// How many columns a format-4 body has, in this order; a format-5 body
+/// has one more, [`STAMP_REFS`].
+const COLUMNS_4: usize = 13;
+/// Columns of a format-5 body.
+const COLUMNS: usize = 14;
 const DOC_IDS: usize = 0;
 const DOC_FLAGS: usize = 1;
 const DOC_FIELDS: usize = 2;
@@ -50,6 +62,26 @@ const INTS: usize = 9;
 const FLOATS: usize = 10;
 const STRINGS: usize = 11;
 const OTHER_VALUES: usize = 12;
+/// Format 5: per stamp, its timeline position relative to the one before.
+const STAMP_REFS: usize = 13;
+
+/// Which of the two columnar layouts a payload is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// Format 4: stamps in place, in columns 5 to 7.
+    Inline,
+    /// Format 5: columns 5 to 7 hold the timeline, column 13 refers to it.
+    Timeline,
+}
+
+impl Layout {
+    fn columns(self) -> usize {
+        match self {
+            Layout::Inline => COLUMNS_4,
+            Layout::Timeline => COLUMNS,
+        }
+    }
+}
 
 /// `DOC_FLAGS` bits.
 const HAS_WRITTEN: u64 = 1;
@@ -291,22 +323,72 @@ struct Columns {
     last_wall: i64,
     last_counter: i64,
     last_int: i64,
+    /// Format 5: every stamp used, in reading order, as (clock reading,
+    /// replica index); they go to the columns once the body is walked.
+    uses: Option<Vec<(u64, u32)>>,
 }
 
 impl Columns {
     fn stamp(&mut self, stamp: Stamp, replica: u32) {
-        let (wall, counter) = (stamp.hlc.wall_ms() as i64, i64::from(stamp.hlc.counter()));
+        match &mut self.uses {
+            Some(uses) => uses.push((stamp.hlc.as_u64(), replica)),
+            None => self.timeline_stamp(stamp.hlc, replica),
+        }
+    }
+
+    /// Writes a stamp to columns 5 to 7.
+    fn timeline_stamp(&mut self, hlc: Hlc, replica: u32) {
+        let (wall, counter) = (hlc.wall_ms() as i64, i64::from(hlc.counter()));
         self.wall.push(zigzag(wall - self.last_wall));
         self.counter.push(zigzag(counter - self.last_counter));
         self.replica.push(u64::from(replica));
         (self.last_wall, self.last_counter) = (wall, counter);
     }
+
+    /// Format 5: writes the distinct stamps used, ascending, to columns 5
+    /// to 7, and each use's position among them to the reference column.
+    /// Returns the reference column and the timeline's length.
+    fn timeline(&mut self, uses: &[(u64, u32)]) -> (Vec<u8>, u64) {
+        // One sort of (stamp, use) keys: a stamp sorts by clock reading,
+        // then replica (the replica table is ascending, so its index orders
+        // as the id does). Already sorted input, as a state written
+        // document by document gives, costs one pass.
+        let mut keys: Vec<u128> = uses
+            .iter()
+            .enumerate()
+            .map(|(at, &(hlc, replica))| {
+                (u128::from(hlc) << 64) | (u128::from(replica) << 32) | at as u128
+            })
+            .collect();
+        keys.sort_unstable();
+        let mut position = vec![0u32; uses.len()];
+        let mut len: u64 = 0;
+        let mut last: Option<u128> = None;
+        for key in keys {
+            let stamp = key >> 32;
+            if last != Some(stamp) {
+                self.timeline_stamp(Hlc::from_u64((stamp >> 32) as u64), stamp as u32);
+                last = Some(stamp);
+                len += 1;
+            }
+            // Positions fit: a body has fewer stamps than u32::MAX fields.
+            position[key as u32 as usize] = (len - 1) as u32;
+        }
+        let mut refs = Rle::default();
+        let mut previous: i64 = 0;
+        for at in position {
+            refs.push(zigzag(i64::from(at) - previous));
+            previous = i64::from(at);
+        }
+        (refs.finish(), len)
+    }
 }
 
-/// Encodes `state` as a format-4 payload (without the blob header),
-/// deflated when `deflate` is set.
+/// Encodes `state` as a format-4 or format-5 payload (without the blob
+/// header), deflated when `deflate` is set.
 pub(crate) fn encode_payload(
     out: &mut Vec<u8>,
+    layout: Layout,
     state: &State,
     version: &VersionVector,
     max_hlc: Hlc,
@@ -345,7 +427,10 @@ pub(crate) fn encode_payload(
         push_varint(&mut head, coll.docs.len() as u64);
     }
 
-    let mut c = Columns::default();
+    let mut c = Columns {
+        uses: (layout == Layout::Timeline).then(|| Vec::with_capacity(state.field_count())),
+        ..Columns::default()
+    };
     let mut dictionary: HashMap<&str, u64> = HashMap::new();
     for coll in state.collections.values() {
         let mut previous_id: &str = "";
@@ -386,6 +471,10 @@ pub(crate) fn encode_payload(
         }
     }
 
+    let (refs, timeline_len) = match c.uses.take() {
+        Some(uses) => c.timeline(&uses),
+        None => (Vec::new(), 0),
+    };
     let columns: [Vec<u8>; COLUMNS] = [
         c.doc_ids,
         c.doc_flags.finish(),
@@ -400,12 +489,17 @@ pub(crate) fn encode_payload(
         c.floats,
         c.strings,
         c.other,
+        refs,
     ];
+    let columns = &columns[..layout.columns()];
     let mut body = head;
-    for column in &columns {
+    if layout == Layout::Timeline {
+        push_varint(&mut body, timeline_len);
+    }
+    for column in columns {
         push_varint(&mut body, column.len() as u64);
     }
-    for column in &columns {
+    for column in columns {
         body.extend_from_slice(column);
     }
     match deflate.and_then(|level| Some((level, u32::try_from(body.len()).ok()?))) {
@@ -507,10 +601,14 @@ pub(crate) fn nominal_len(payload: &[u8]) -> Option<u64> {
     Some(body.saturating_add(fields.saturating_mul(NOMINAL_FIELD_BYTES as u64)))
 }
 
-/// Decodes a format-4 payload whose body (inflated), with
+/// Decodes a format-4 or format-5 payload whose body (inflated), with
 /// [`NOMINAL_FIELD_BYTES`] per field it claims, is at most `limit` bytes.
 /// The limit is checked before anything is inflated or allocated.
-pub(crate) fn decode_payload(payload: &[u8], limit: usize) -> Result<Snapshot, SnapshotError> {
+pub(crate) fn decode_payload(
+    payload: &[u8],
+    layout: Layout,
+    limit: usize,
+) -> Result<Snapshot, SnapshotError> {
     let (mode, fields, rest) = payload_head(payload)?;
     let nominal = nominal_len(payload).unwrap_or(u64::MAX);
     if nominal > limit as u64 {
@@ -520,13 +618,13 @@ pub(crate) fn decode_payload(payload: &[u8], limit: usize) -> Result<Snapshot, S
         });
     }
     match mode {
-        PLAIN => decode_body(rest, fields),
-        DEFLATED => decode_body(&inflate(rest, limit)?, fields),
+        PLAIN => decode_body(rest, layout, fields),
+        DEFLATED => decode_body(&inflate(rest, limit)?, layout, fields),
         other => Err(malformed(format!("unknown column storage {other}"))),
     }
 }
 
-fn decode_body(body: &[u8], field_total: u64) -> Result<Snapshot, SnapshotError> {
+fn decode_body(body: &[u8], layout: Layout, field_total: u64) -> Result<Snapshot, SnapshotError> {
     let inconsistent = SnapshotError::Inconsistent;
     let (version, rest): (VersionVector, _) =
         postcard::take_from_bytes(body).map_err(|e| malformed(e.to_string()))?;
@@ -582,8 +680,12 @@ fn decode_body(body: &[u8], field_total: u64) -> Result<Snapshot, SnapshotError>
         let dropped = opt_stamp(&mut r)?;
         collections.push((name, created, dropped, r.varint()?));
     }
+    let timeline_len = match layout {
+        Layout::Inline => 0,
+        Layout::Timeline => r.varint()?,
+    };
     let mut lengths = [0u64; COLUMNS];
-    for len in &mut lengths {
+    for len in &mut lengths[..layout.columns()] {
         *len = r.varint()?;
     }
     let mut columns: [&[u8]; COLUMNS] = [&[]; COLUMNS];
@@ -605,7 +707,36 @@ fn decode_body(body: &[u8], field_total: u64) -> Result<Snapshot, SnapshotError>
         replica: RleReader::new(columns[STAMP_REPLICA]),
         last_wall: 0,
         last_counter: 0,
+        timeline: None,
     };
+    if layout == Layout::Timeline {
+        // A stamp is used by a field or as a document's `written` or
+        // `deleted`; a document takes at least two bytes of the id column.
+        // So a timeline longer than this cannot be all used, and the bound
+        // keeps a forged length from allocating more than the limit allows.
+        let most = field_total.saturating_add(lengths[DOC_IDS]);
+        if timeline_len > most {
+            return Err(inconsistent(format!(
+                "a timeline of {timeline_len} stamps for at most {most} uses"
+            )));
+        }
+        let mut timeline: Vec<Stamp> = Vec::with_capacity(timeline_len as usize);
+        for _ in 0..timeline_len {
+            let stamp = stamps.read(&replica_at)?;
+            if timeline.last().is_some_and(|last| *last >= stamp) {
+                return Err(inconsistent("timeline stamps out of order".into()));
+            }
+            timeline.push(stamp);
+        }
+        stamps.wall.end("the clock column")?;
+        stamps.counter.end("the counter column")?;
+        stamps.replica.end("the replica column")?;
+        stamps.timeline = Some(Timeline {
+            stamps: timeline,
+            refs: RleReader::new(columns[STAMP_REFS]),
+            last: 0,
+        });
+    }
     let mut values = ValueReader {
         tags: RleReader::new(columns[VALUE_TAGS]),
         ints: RleReader::new(columns[INTS]),
@@ -712,9 +843,14 @@ fn decode_body(body: &[u8], field_total: u64) -> Result<Snapshot, SnapshotError>
     doc_fields.end("the field count column")?;
     names.end("the field name column")?;
     field_stamps.end("the field stamp column")?;
-    stamps.wall.end("the clock column")?;
-    stamps.counter.end("the counter column")?;
-    stamps.replica.end("the replica column")?;
+    match &stamps.timeline {
+        Some(timeline) => timeline.refs.end("the stamp reference column")?,
+        None => {
+            stamps.wall.end("the clock column")?;
+            stamps.counter.end("the counter column")?;
+            stamps.replica.end("the replica column")?;
+        }
+    }
     values.tags.end("the value tag column")?;
     values.ints.end("the integer column")?;
     values.floats.end("the float column")?;
@@ -736,10 +872,37 @@ struct StampReader<'a> {
     replica: RleReader<'a>,
     last_wall: u64,
     last_counter: u64,
+    /// Format 5: the stamps, read up front; each use refers to one.
+    timeline: Option<Timeline<'a>>,
+}
+
+/// Format 5's decoded timeline and its reference column.
+struct Timeline<'a> {
+    stamps: Vec<Stamp>,
+    refs: RleReader<'a>,
+    last: u64,
 }
 
 impl StampReader<'_> {
+    /// The next stamp a document or field uses.
     fn next(
+        &mut self,
+        replica_at: &impl Fn(u64) -> Result<ReplicaId, SnapshotError>,
+    ) -> Result<Stamp, SnapshotError> {
+        let Some(timeline) = &mut self.timeline else {
+            return self.read(replica_at);
+        };
+        let at = timeline
+            .last
+            .checked_add_signed(unzigzag(timeline.refs.next()?))
+            .filter(|&at| at < timeline.stamps.len() as u64)
+            .ok_or_else(|| malformed("a stamp reference outside the timeline"))?;
+        timeline.last = at;
+        Ok(timeline.stamps[at as usize])
+    }
+
+    /// The next stamp of columns 5 to 7.
+    fn read(
         &mut self,
         replica_at: &impl Fn(u64) -> Result<ReplicaId, SnapshotError>,
     ) -> Result<Stamp, SnapshotError> {

@@ -13,7 +13,7 @@ use proptest::prelude::*;
 use serde::Serialize;
 use sync_core::Timestamp;
 use sync_core::snapshot::{
-    COLUMNAR_SNAPSHOT_FORMAT, COMPRESSED_SNAPSHOT_FORMAT, NEWEST_SNAPSHOT_FORMAT,
+    COMPRESSED_SNAPSHOT_FORMAT, NEWEST_SNAPSHOT_FORMAT, TIMELINE_SNAPSHOT_FORMAT,
 };
 use sync_core::{
     Hlc, OpId, Replica, ReplicaConfig, ReplicaId, Snapshot, SnapshotError, Value, VersionVector,
@@ -150,12 +150,12 @@ proptest! {
     fn compressed_snapshots_decode_like_plain_ones(ops in ops(20)) {
         let replica = applied(&ops);
         let compressed = replica.encode_snapshot_compressed();
-        prop_assert_eq!(compressed[4], COLUMNAR_SNAPSHOT_FORMAT);
+        prop_assert_eq!(compressed[4], TIMELINE_SNAPSHOT_FORMAT);
         let plain = Snapshot::decode(&replica.encode_snapshot()).expect("plain decodes");
         let inflated = Snapshot::decode(&compressed).expect("compressed decodes");
         prop_assert_eq!(&inflated, &plain);
         // Every older format a relay serves holds the same content.
-        for format in 1..COLUMNAR_SNAPSHOT_FORMAT {
+        for format in 1..TIMELINE_SNAPSHOT_FORMAT {
             let older = Snapshot::transcode(&compressed, format).expect("transcodes");
             prop_assert_eq!(older[4], format);
             prop_assert_eq!(&Snapshot::decode(&older).expect("decodes"), &plain);

@@ -132,13 +132,13 @@ fn sample_snapshot() -> Vec<u8> {
             .apply(Timestamp::from_unix_ms(T + 5), &op)
             .expect("apply");
     }
-    // `snapshot.hex` is frozen in format 2; `snapshot-columnar.hex` holds
-    // the same content in format 4, as `encode_snapshot` writes it.
+    // `snapshot.hex` is frozen in format 2; `snapshot-timeline.hex` holds
+    // the same content in format 5, as `encode_snapshot` writes it.
     Snapshot::transcode(&alice.encode_snapshot(), 2).expect("transcodes")
 }
 
-/// [`sample_snapshot`] in format 4, as `Replica::encode_snapshot` writes it.
-fn sample_snapshot_columnar() -> Vec<u8> {
+/// [`sample_snapshot`] in format 5, as `Replica::encode_snapshot` writes it.
+fn sample_snapshot_timeline() -> Vec<u8> {
     let s = Snapshot::decode(&sample_snapshot()).expect("decodes");
     Snapshot::encode(&s.state, &s.version, s.max_hlc, s.tombstone_horizon)
 }
@@ -518,11 +518,11 @@ fn vectors() -> Vec<Vector> {
             kind: Kind::Snapshot(snapshot),
         },
         Vector {
-            name: "snapshot-columnar",
-            about: "snapshot.hex's content in snapshot format 4 (columns, not deflated), \
-                    as Replica::encode_snapshot writes it"
+            name: "snapshot-timeline",
+            about: "snapshot.hex's content in snapshot format 5 (columns with a timeline, \
+                    not deflated), as Replica::encode_snapshot writes it"
                 .into(),
-            kind: Kind::Snapshot(sample_snapshot_columnar()),
+            kind: Kind::Snapshot(sample_snapshot_timeline()),
         },
     ];
     v.sort_by_key(|v| v.name);
@@ -643,7 +643,12 @@ fn golden_vectors() {
 /// an older format readers must still accept, and a compressed one (another
 /// deflate encoder may choose other bytes for the same body). They are
 /// frozen: `UPDATE_VECTORS` writes the compressed one only when it is missing.
-const FROZEN_SNAPSHOTS: &[&str] = &["snapshot-v1.hex", "snapshot-compressed.hex", "hello-v1.hex"];
+const FROZEN_SNAPSHOTS: &[&str] = &[
+    "snapshot-v1.hex",
+    "snapshot-compressed.hex",
+    "snapshot-columnar.hex",
+    "hello-v1.hex",
+];
 
 /// `hello-v1.hex` is a `Hello` of protocol version 1 (no negotiation),
 /// frozen: this build refuses it for its version byte alone, and answers
@@ -685,13 +690,37 @@ fn format_1_encoding_matches_the_frozen_vector() {
         Snapshot::transcode(&compressed, 3).expect("as is"),
         compressed
     );
-    let columnar = Snapshot::transcode(&compressed, 4).expect("transcodes");
-    assert_eq!(columnar[4], 4);
+    for format in [4, 5] {
+        let columnar = Snapshot::transcode(&compressed, format).expect("transcodes");
+        assert_eq!(columnar[4], format);
+        assert_eq!(
+            Snapshot::decode(&columnar).expect("decodes"),
+            Snapshot::decode(&compressed).expect("decodes")
+        );
+    }
+    assert!(Snapshot::transcode(&compressed, 6).is_err());
+}
+
+/// `snapshot-columnar.hex` is `snapshot.hex`'s content in format 4 with
+/// plain columns, frozen: it decodes to the same snapshot, and the format-4
+/// columns a relay writes for a client that reads nothing newer (deflated)
+/// inflate to exactly its body.
+#[test]
+fn format_4_encoding_matches_the_frozen_vector() {
+    let golden =
+        parse_hex(&std::fs::read_to_string(dir().join("snapshot-columnar.hex")).expect("file"));
+    assert_eq!(golden[4], 4, "the vector is in format 4");
+    assert_eq!(golden[13], 0, "with plain columns");
     assert_eq!(
-        Snapshot::decode(&columnar).expect("decodes"),
-        Snapshot::decode(&compressed).expect("decodes")
+        Snapshot::decode(&golden).expect("decodes"),
+        Snapshot::decode(&sample_snapshot()).expect("decodes")
     );
-    assert!(Snapshot::transcode(&compressed, 5).is_err());
+    let relayed = Snapshot::transcode(&sample_snapshot(), 4).expect("transcodes");
+    // Payload: mode 1, the field count (one byte here), the body's length
+    // (u32), then the body deflated.
+    assert_eq!((relayed[13], relayed[14]), (1, golden[14]));
+    let body = miniz_oxide::inflate::decompress_to_vec(&relayed[19..]).expect("inflates");
+    assert_eq!(body, golden[15..], "format 4 columns changed");
 }
 
 /// `snapshot-compressed.hex` is `snapshot.hex`'s body deflated (format 3):
@@ -734,7 +763,7 @@ fn legacy_snapshot_v1_still_decodes() {
     let current = Snapshot::decode(&sample_snapshot()).expect("current format decodes");
     assert_eq!(old, current);
     let reencoded = Snapshot::encode(&old.state, &old.version, old.max_hlc, old.tombstone_horizon);
-    assert_eq!(reencoded, sample_snapshot_columnar());
+    assert_eq!(reencoded, sample_snapshot_timeline());
 }
 
 /// Every `.hex` file in the folder is one this test knows: none is stale.
