@@ -378,7 +378,7 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
         s[0] = b'X';
         s
     });
-    add("snapshot-format-5", {
+    add("snapshot-format-6", {
         let mut s = good.clone();
         s[4] = sync_core::snapshot::NEWEST_SNAPSHOT_FORMAT + 1;
         s

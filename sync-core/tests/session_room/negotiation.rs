@@ -41,11 +41,12 @@ fn hello_lists_versions_and_formats_and_welcome_names_the_choice() {
     assert_eq!(w.c(a).link(), LinkState::Live);
 }
 
-/// A room whose stored snapshot is format 4 (deflated columns) serves a
-/// client that reads only format 1 the same snapshot in format 1, one that
-/// reads up to format 3 the same snapshot in format 3, and they converge.
+/// A room whose stored snapshot is format 5 (deflated columns with a
+/// timeline) serves a client that reads only format 1 the same snapshot in
+/// format 1, one that reads up to format 3 or 4 the same snapshot in that
+/// format, and they converge.
 #[test]
-fn older_clients_get_the_format_4_snapshot_re_encoded() {
+fn older_clients_get_the_format_5_snapshot_re_encoded() {
     let mut w = World::new(RoomConfig::default());
     let writer = w.add_client(2);
     w.start(writer);
@@ -56,8 +57,8 @@ fn older_clients_get_the_format_4_snapshot_re_encoded() {
     let stored = w.room_store.snapshot.clone().expect("a stored snapshot").1;
     assert_eq!(
         Snapshot::format_of(&stored),
-        Some(4),
-        "relays store format 4"
+        Some(5),
+        "relays store format 5"
     );
 
     let mut config = session_config();
@@ -94,7 +95,21 @@ fn older_clients_get_the_format_4_snapshot_re_encoded() {
         "the same snapshot"
     );
 
-    // A client that reads format 4 gets the stored bytes as they are.
+    // A client that reads up to format 4 gets format 4.
+    let mut config = session_config();
+    config.snapshot_formats = vec![1, 2, 3, 4];
+    let columns = w.add_client_with(5, config);
+    w.start(columns);
+    assert_eq!(w.c(columns).welcomes()[0].snapshot_format, 4);
+    let blob = snapshot_received(&w, columns);
+    assert_eq!(Snapshot::format_of(&blob), Some(4), "sent in format 4");
+    assert_eq!(
+        Snapshot::decode(&blob).expect("decodes"),
+        Snapshot::decode(&stored).expect("decodes"),
+        "the same snapshot"
+    );
+
+    // A client that reads format 5 gets the stored bytes as they are.
     let new = w.add_client(3);
     w.start(new);
     assert_eq!(snapshot_received(&w, new), stored);
@@ -117,7 +132,7 @@ fn a_client_refuses_a_snapshot_format_it_did_not_offer() {
     w.start(old);
     assert!(matches!(w.deliver_next_to(old), Some(Message::Welcome(_))));
     assert_eq!(w.c(old).link(), LinkState::Live);
-    // Hand the client the stored (format 4) snapshot instead.
+    // Hand the client the stored (format 5) snapshot instead.
     let stored = w.room_store.snapshot.clone().expect("snapshot");
     let frame = protocol::encode(&Message::SnapshotChunk {
         cursor: stored.0,
