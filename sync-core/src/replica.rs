@@ -253,6 +253,10 @@ pub struct Replica {
     outbox: VecDeque<Pending>,
     /// Reused buffer for encoding operations.
     scratch: Vec<u8>,
+    /// Reused buffer for a single write ([`Replica::put`] and kin): it goes
+    /// through the transaction path, which builds no operation and copies
+    /// no name into a string of its own.
+    single: TxWrites,
     /// Every operation in the outbox numbered up to this has its record
     /// written; those above it are new since the last persist batch. The
     /// outbox is ordered by sequence number, so this replaces a set of
@@ -273,6 +277,7 @@ impl Replica {
             version: VersionVector::new(),
             outbox: VecDeque::new(),
             scratch: Vec::new(),
+            single: TxWrites::default(),
             outbox_stored_through: 0,
             dirty: Dirty {
                 meta: true,
@@ -377,16 +382,11 @@ impl Replica {
         fields: impl IntoIterator<Item = (K, V)>,
     ) -> Result<Revision, WriteError>
     where
-        K: Into<String>,
+        K: AsRef<str>,
         V: Into<Value>,
     {
-        self.write_fields(
-            now,
-            collection,
-            id,
-            collect_fields(fields),
-            Precondition::None,
-        )
+        let fields = fields.into_iter().map(|(k, v)| (k, Some(v.into())));
+        self.write_fields(now, collection, id, fields, Precondition::None)
     }
 
     /// Like [`Replica::put`], but only if the document is still at `expected`
@@ -400,27 +400,28 @@ impl Replica {
         expected: Option<Revision>,
     ) -> Result<Revision, WriteError>
     where
-        K: Into<String>,
+        K: AsRef<str>,
         V: Into<Value>,
     {
+        let fields = fields.into_iter().map(|(k, v)| (k, Some(v.into())));
         self.write_fields(
             now,
             collection,
             id,
-            collect_fields(fields),
+            fields,
             Precondition::Revision(expected),
         )
     }
 
     /// Removes fields of an existing or new document.
-    pub fn unset<K: Into<String>>(
+    pub fn unset<K: AsRef<str>>(
         &mut self,
         now: Timestamp,
         collection: &str,
         id: &str,
         names: impl IntoIterator<Item = K>,
     ) -> Result<Revision, WriteError> {
-        let fields = names.into_iter().map(|n| (n.into(), None)).collect();
+        let fields = names.into_iter().map(|n| (n, None));
         self.write_fields(now, collection, id, fields, Precondition::None)
     }
 
@@ -459,12 +460,15 @@ impl Replica {
         .map(|_| ())
     }
 
-    fn write_fields(
+    /// One put: buffered, checked and committed as a transaction of one
+    /// write, which encodes, applies and queues it without building an
+    /// operation (no string per name, no vector of fields).
+    fn write_fields<K: AsRef<str>>(
         &mut self,
         now: Timestamp,
         collection: &str,
         id: &str,
-        mut fields: Vec<(String, Option<Value>)>,
+        fields: impl IntoIterator<Item = (K, Option<Value>)>,
         precondition: Precondition,
     ) -> Result<Revision, WriteError> {
         if let Precondition::Revision(expected) = precondition {
@@ -478,19 +482,21 @@ impl Replica {
                 });
             }
         }
-        dedup_keep_last(&mut fields);
-        let change = Change::Put {
-            collection: collection.to_owned(),
-            id: id.to_owned(),
-            fields,
-        };
+        let mut single = std::mem::take(&mut self.single);
+        single.clear();
+        let result = single
+            .push(TxKind::Put, collection, id, fields)
+            .and_then(|()| self.commit_transaction(now, &mut single));
+        self.single = single;
         // The clock orders every local stamp after everything merged, so a
         // put always lands; `Superseded` would mean that invariant broke.
-        self.commit_local(now, change)?
-            .ok_or_else(|| WriteError::Superseded {
+        match result? {
+            DocChange::Changed(Some(revision)) => Ok(revision),
+            _ => Err(WriteError::Superseded {
                 collection: collection.to_owned(),
                 id: id.to_owned(),
-            })
+            }),
+        }
     }
 
     /// Validates, stamps, applies and queues one local change. Returns the
@@ -594,18 +600,23 @@ impl Replica {
             writes: TxWrites::default(),
         };
         let output = build(&mut tx)?;
-        let writes = tx.writes;
-        self.commit_transaction(now, writes)?;
+        let mut writes = tx.writes;
+        self.commit_transaction(now, &mut writes)?;
         Ok(output)
     }
 
     /// Stamps every write first (so a clock that runs out changes
     /// nothing), then encodes, applies and queues them in order, straight
     /// from the transaction's buffer: no operation is built, and each
-    /// document changed is announced once.
-    fn commit_transaction(&mut self, now: Timestamp, mut tx: TxWrites) -> Result<(), WriteError> {
+    /// document changed is announced once. Returns what the last write did
+    /// to its document (a single put's revision).
+    fn commit_transaction(
+        &mut self,
+        now: Timestamp,
+        tx: &mut TxWrites,
+    ) -> Result<DocChange, WriteError> {
         if tx.writes.is_empty() {
-            return Ok(());
+            return Ok(DocChange::Unchanged);
         }
         let saved = self.clock.clone();
         let mut hlcs = Vec::with_capacity(tx.writes.len());
@@ -619,8 +630,12 @@ impl Replica {
             }
         }
         // With no document dirty before, a document first changed by the
-        // transaction is one it newly marks dirty: no second set needed.
+        // transaction is one it newly marks dirty: no second set needed. A
+        // single put or delete announces its document whatever was dirty
+        // before, without the set.
         let mut announced = (!self.dirty.docs.is_empty()).then(BTreeMap::<String, DirtyIds>::new);
+        let single = tx.writes.len() == 1;
+        let mut last = DocChange::Unchanged;
         let mut announced_collections = BTreeSet::new();
         let mut scratch = std::mem::take(&mut self.scratch);
         let text = tx.text.as_str();
@@ -687,12 +702,22 @@ impl Replica {
                 }
             };
             if changed != DocChange::Unchanged {
-                self.tx_doc_changed(&mut announced, collection, doc_id);
+                if single {
+                    self.dirty.mark_doc(collection, doc_id);
+                    self.events.push_back(Event::DocumentChanged {
+                        collection: collection.to_owned(),
+                        id: doc_id.to_owned(),
+                        origin: Origin::Local,
+                    });
+                } else {
+                    self.tx_doc_changed(&mut announced, collection, doc_id);
+                }
             }
+            last = changed;
         }
         self.scratch = scratch;
         self.dirty.meta = true;
-        Ok(())
+        Ok(last)
     }
 
     /// Marks a document a transaction changed for rewriting, and announces
@@ -1181,6 +1206,7 @@ impl Replica {
             outbox_stored_through: outbox.keys().next_back().copied().unwrap_or(0),
             outbox: outbox.into_values().map(|(_, pending)| pending).collect(),
             scratch: Vec::new(),
+            single: TxWrites::default(),
             dirty: Dirty::default(),
             events: VecDeque::new(),
         }))
@@ -1365,6 +1391,13 @@ impl serde::Serialize for TxFieldsRef<'_> {
 }
 
 impl TxWrites {
+    /// Empties the buffer, keeping its capacity for the next writes.
+    fn clear(&mut self) {
+        self.text.clear();
+        self.writes.clear();
+        self.fields.clear();
+    }
+
     fn push_text(&mut self, text: &str) -> Range<usize> {
         let start = self.text.len();
         self.text.push_str(text);
@@ -1374,12 +1407,12 @@ impl TxWrites {
     /// Buffers a write of `kind`; for a put, `fields` are its fields.
     /// Checks it first, as [`Op::validate`] would, and buffers nothing if
     /// it is refused.
-    fn push(
+    fn push<K: AsRef<str>>(
         &mut self,
         kind: TxKind,
         collection: &str,
         id: &str,
-        fields: impl IntoIterator<Item = (String, Option<Value>)>,
+        fields: impl IntoIterator<Item = (K, Option<Value>)>,
     ) -> Result<(), WriteError> {
         let (text_len, fields_len) = (self.text.len(), self.fields.len());
         let result = self.push_unchecked(kind, collection, id, fields);
@@ -1390,12 +1423,12 @@ impl TxWrites {
         result
     }
 
-    fn push_unchecked(
+    fn push_unchecked<K: AsRef<str>>(
         &mut self,
         kind: TxKind,
         collection: &str,
         id: &str,
-        fields: impl IntoIterator<Item = (String, Option<Value>)>,
+        fields: impl IntoIterator<Item = (K, Option<Value>)>,
     ) -> Result<(), WriteError> {
         match kind {
             TxKind::Put => {}
@@ -1412,7 +1445,7 @@ impl TxWrites {
         let start = self.fields.len();
         if kind == TxKind::Put {
             for (name, value) in fields {
-                let name = self.push_text(&name);
+                let name = self.push_text(name.as_ref());
                 self.fields.push(TxField { name, value });
             }
             self.drop_repeated_names(start);
@@ -1431,8 +1464,8 @@ impl TxWrites {
         Ok(())
     }
 
-    /// Of fields named more than once since `start`, keeps the last, as
-    /// a single put does (`dedup_keep_last`), in the same order.
+    /// Of fields named more than once since `start`, keeps the last (as in
+    /// a JSON object), in the same order.
     fn drop_repeated_names(&mut self, start: usize) {
         let count = self.fields.len() - start;
         if count < 2 {
@@ -1493,10 +1526,10 @@ impl<'r> Transaction<'r> {
         fields: impl IntoIterator<Item = (K, V)>,
     ) -> Result<(), WriteError>
     where
-        K: Into<String>,
+        K: AsRef<str>,
         V: Into<Value>,
     {
-        let fields = fields.into_iter().map(|(k, v)| (k.into(), Some(v.into())));
+        let fields = fields.into_iter().map(|(k, v)| (k, Some(v.into())));
         self.writes.push(TxKind::Put, collection, id, fields)
     }
 
@@ -1510,7 +1543,7 @@ impl<'r> Transaction<'r> {
         expected: Option<Revision>,
     ) -> Result<(), WriteError>
     where
-        K: Into<String>,
+        K: AsRef<str>,
         V: Into<Value>,
     {
         let actual = self.state.revision(collection, id);
@@ -1526,30 +1559,44 @@ impl<'r> Transaction<'r> {
     }
 
     /// Removes fields of a document (see [`Replica::unset`]).
-    pub fn unset<K: Into<String>>(
+    pub fn unset<K: AsRef<str>>(
         &mut self,
         collection: &str,
         id: &str,
         names: impl IntoIterator<Item = K>,
     ) -> Result<(), WriteError> {
-        let fields = names.into_iter().map(|n| (n.into(), None));
+        let fields = names.into_iter().map(|n| (n, None));
         self.writes.push(TxKind::Put, collection, id, fields)
     }
 
     /// Deletes a document (see [`Replica::delete`]).
     pub fn delete(&mut self, collection: &str, id: &str) -> Result<(), WriteError> {
-        self.writes.push(TxKind::Delete, collection, id, [])
+        self.writes.push(
+            TxKind::Delete,
+            collection,
+            id,
+            std::iter::empty::<(&str, _)>(),
+        )
     }
 
     /// Creates a collection (see [`Replica::create_collection`]).
     pub fn create_collection(&mut self, collection: &str) -> Result<(), WriteError> {
-        self.writes
-            .push(TxKind::CreateCollection, collection, "", [])
+        self.writes.push(
+            TxKind::CreateCollection,
+            collection,
+            "",
+            std::iter::empty::<(&str, _)>(),
+        )
     }
 
     /// Drops a collection (see [`Replica::drop_collection`]).
     pub fn drop_collection(&mut self, collection: &str) -> Result<(), WriteError> {
-        self.writes.push(TxKind::DropCollection, collection, "", [])
+        self.writes.push(
+            TxKind::DropCollection,
+            collection,
+            "",
+            std::iter::empty::<(&str, _)>(),
+        )
     }
 }
 
@@ -1558,30 +1605,6 @@ impl<'r> Transaction<'r> {
 enum Precondition {
     None,
     Revision(Option<Revision>),
-}
-
-fn collect_fields<K: Into<String>, V: Into<Value>>(
-    fields: impl IntoIterator<Item = (K, V)>,
-) -> Vec<(String, Option<Value>)> {
-    fields
-        .into_iter()
-        .map(|(k, v)| (k.into(), Some(v.into())))
-        .collect()
-}
-
-/// When a caller names a field twice, the last value wins, as in a JSON object.
-fn dedup_keep_last(fields: &mut Vec<(String, Option<Value>)>) {
-    if fields.len() < 2 {
-        return;
-    }
-    let mut seen = BTreeSet::new();
-    let mut kept: Vec<_> = fields
-        .drain(..)
-        .rev()
-        .filter(|(name, _)| seen.insert(name.clone()))
-        .collect();
-    kept.reverse();
-    *fields = kept;
 }
 
 #[cfg(test)]

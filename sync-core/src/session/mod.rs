@@ -537,6 +537,7 @@ impl Session {
         fields: impl IntoIterator<Item = (K, V)>,
     ) -> Result<Revision, WriteError> {
         self.check_store()?;
+        let fields = fields.into_iter().map(|(k, v)| (k.into(), v));
         let result = self.replica.put(now, collection, id, fields);
         self.after_local_write(now.unix_ms());
         result
@@ -552,6 +553,7 @@ impl Session {
         expected: Option<Revision>,
     ) -> Result<Revision, WriteError> {
         self.check_store()?;
+        let fields = fields.into_iter().map(|(k, v)| (k.into(), v));
         let result = self.replica.put_if(now, collection, id, fields, expected);
         self.after_local_write(now.unix_ms());
         result
@@ -566,6 +568,7 @@ impl Session {
         names: impl IntoIterator<Item = K>,
     ) -> Result<Revision, WriteError> {
         self.check_store()?;
+        let names = names.into_iter().map(Into::<String>::into);
         let result = self.replica.unset(now, collection, id, names);
         self.after_local_write(now.unix_ms());
         result
