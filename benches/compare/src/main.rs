@@ -202,7 +202,7 @@ struct Run {
     first_read: Duration,
     encoded_bytes: usize,
     /// Workload 3 again with the library's compressed snapshot, where it
-    /// has one besides its default (Concord's deflated format 4); otherwise equal to
+    /// has one besides its default (Concord's deflated format 5); otherwise equal to
     /// the default's figures.
     z_encode: Duration,
     z_decode_read: Duration,
@@ -1527,7 +1527,7 @@ fn main() {
         agree.join(", ")
     );
     println!(
-        "\n¹ Concord's `encode_snapshot_compressed` (format 4, its columns deflated); \
+        "\n¹ Concord's `encode_snapshot_compressed` (format 5, its columns deflated); \
          the peers' figures repeat 3a, 3e and 3c, and 7b (their one snapshot format; \
          automerge's is already compressed)."
     );
