@@ -84,32 +84,38 @@ fn batch() -> impl Strategy<Value = Vec<Op>> {
         ],
         any::<bool>(),
     );
-    prop::collection::vec(prop_oneof![4 => near.prop_map(Some), 1 => Just(None)], 0..24)
-        .prop_flat_map(|shape| {
-            let n = shape.len();
-            (Just(shape), prop::collection::vec(op(), n))
-        })
-        .prop_map(|(shape, randoms)| {
-            let mut seqs = [0u64; 3];
-            let mut hlc = 0u64;
-            shape
-                .into_iter()
-                .zip(randoms)
-                .map(|(near, random)| match near {
-                    None => random,
-                    Some((replica, step, change, gap)) => {
-                        let seq = &mut seqs[replica as usize];
-                        *seq += if gap { 2 } else { 1 };
-                        hlc = hlc.wrapping_add(step);
-                        Op {
-                            id: OpId { replica: ReplicaId(replica + 7), seq: *seq },
-                            hlc: Hlc::from_u64(hlc),
-                            change,
-                        }
+    prop::collection::vec(
+        prop_oneof![4 => near.prop_map(Some), 1 => Just(None)],
+        0..24,
+    )
+    .prop_flat_map(|shape| {
+        let n = shape.len();
+        (Just(shape), prop::collection::vec(op(), n))
+    })
+    .prop_map(|(shape, randoms)| {
+        let mut seqs = [0u64; 3];
+        let mut hlc = 0u64;
+        shape
+            .into_iter()
+            .zip(randoms)
+            .map(|(near, random)| match near {
+                None => random,
+                Some((replica, step, change, gap)) => {
+                    let seq = &mut seqs[replica as usize];
+                    *seq += if gap { 2 } else { 1 };
+                    hlc = hlc.wrapping_add(step);
+                    Op {
+                        id: OpId {
+                            replica: ReplicaId(replica + 7),
+                            seq: *seq,
+                        },
+                        hlc: Hlc::from_u64(hlc),
+                        change,
                     }
-                })
-                .collect()
-        })
+                }
+            })
+            .collect()
+    })
 }
 
 fn error_code() -> impl Strategy<Value = ErrorCode> {

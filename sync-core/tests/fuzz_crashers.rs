@@ -376,17 +376,26 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
     );
     assert!(protocol::decode(&valid_v3, 1 << 20).is_ok());
     for at in 2..valid_v3.len() {
-        add(&format!("v3-truncated-push-at-{at}"), valid_v3[..at].to_vec());
+        add(
+            &format!("v3-truncated-push-at-{at}"),
+            valid_v3[..at].to_vec(),
+        );
     }
     add("trailing-byte-v3-push", [&valid_v3[..], &[0]].concat());
     add("v3-len-2p60-ops", v3(&two_60));
-    add("v3-len-2p60-collection-table", v3(&[&[1u8][..], &two_60].concat()));
+    add(
+        "v3-len-2p60-collection-table",
+        v3(&[&[1u8][..], &two_60].concat()),
+    );
     add(
         "v3-len-2p60-name-suffix",
         v3(&[&[1u8, 1, 0][..], &two_60, b"c"].concat()),
     );
     // A name claiming to share more bytes than the name before it has.
-    add("v3-shared-prefix-too-long", v3(&[1, 2, 0, 1, b'c', 5, 1, b'd', 0, 0]));
+    add(
+        "v3-shared-prefix-too-long",
+        v3(&[1, 2, 0, 1, b'c', 5, 1, b'd', 0, 0]),
+    );
     add("v3-name-not-utf8", v3(&[1, 1, 0, 2, 0xc3, 0x28, 0, 0]));
     // Table indexes outside their tables: collection 1 of 1, document
     // "next new" of none, field 3 of 1.
@@ -400,7 +409,9 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
     );
     add(
         "v3-field-index-out-of-table",
-        v3(&[1, 1, 0, 1, b'c', 1, 0, 1, b'd', 1, 0, 1, b'f', 1, 1, 1, 0x20, 3, 0]),
+        v3(&[
+            1, 1, 0, 1, b'c', 1, 0, 1, b'd', 1, 0, 1, b'f', 1, 1, 1, 0x20, 3, 0,
+        ]),
     );
     add(
         "v3-reserved-flag-bits",

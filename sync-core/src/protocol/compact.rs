@@ -359,13 +359,8 @@ pub(crate) fn decode_batch(bytes: &[u8], max_len: usize) -> Result<(Vec<Op>, &[u
             } else {
                 previous_collection
             };
-            let collection = name(
-                &collections,
-                collection_index,
-                "collection",
-                &mut budget,
-            )?
-            .to_owned();
+            let collection =
+                name(&collections, collection_index, "collection", &mut budget)?.to_owned();
             let mut doc = || -> Result<String, FrameError> {
                 let index = if flags & DOC_EXPLICIT != 0 {
                     r.varint("document index")?
@@ -387,9 +382,8 @@ pub(crate) fn decode_batch(bytes: &[u8], max_len: usize) -> Result<(Vec<Op>, &[u
                     for _ in 0..n {
                         let index = r.varint("field index")?;
                         let field = name(&fields, index, "field", &mut budget)?.to_owned();
-                        let (value, rest) =
-                            postcard::take_from_bytes::<Option<Value>>(r.bytes)
-                                .map_err(|e| malformed(format!("field value: {e}")))?;
+                        let (value, rest) = postcard::take_from_bytes::<Option<Value>>(r.bytes)
+                            .map_err(|e| malformed(format!("field value: {e}")))?;
                         r.bytes = rest;
                         entries.push((field, value));
                     }

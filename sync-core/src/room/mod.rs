@@ -681,7 +681,8 @@ impl Room {
             // a broken (or duplicated, like a second `Hello`) frame, not a
             // client that cannot speak it, so the client may reconnect.
             let agreed = member.version;
-            let reason = format!("frame of protocol version {found} on a version {agreed} connection");
+            let reason =
+                format!("frame of protocol version {found} on a version {agreed} connection");
             return self.close(connection, ErrorCode::Malformed, reason);
         }
         let message = match protocol::decode(frame, self.config.max_frame_bytes) {
@@ -1038,16 +1039,19 @@ impl Room {
         if let Some(send) = &mut member.snapshot {
             let total = send.bytes.len();
             let end = total.min(send.offset + self.config.snapshot_chunk_bytes.max(1));
-            let frame = protocol::encode_in(member.version, &Message::SnapshotChunk {
-                cursor: send.cursor,
-                total_len: total as u64,
-                offset: send.offset as u64,
-                bytes: send
-                    .bytes
-                    .get(send.offset..end)
-                    .unwrap_or_default()
-                    .to_vec(),
-            });
+            let frame = protocol::encode_in(
+                member.version,
+                &Message::SnapshotChunk {
+                    cursor: send.cursor,
+                    total_len: total as u64,
+                    offset: send.offset as u64,
+                    bytes: send
+                        .bytes
+                        .get(send.offset..end)
+                        .unwrap_or_default()
+                        .to_vec(),
+                },
+            );
             send.offset = end;
             if end == total {
                 member.sent = send.cursor;

@@ -55,7 +55,15 @@ fn ping() -> Vec<u8> {
 
 #[test]
 fn room_closes_a_session_sending_garbage() {
-    let garbage = [protocol::COMPACT_VERSION, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+    let garbage = [
+        protocol::COMPACT_VERSION,
+        0xff,
+        0xff,
+        0xff,
+        0xff,
+        0xff,
+        0x01,
+    ];
     room_refuses(&garbage, ErrorCode::Malformed, CloseCode::ProtocolError);
 }
 

@@ -36,7 +36,11 @@ fn hello_lists_versions_and_formats_and_welcome_names_the_choice() {
     assert_eq!(hello.versions, vec![2, 3]);
     assert_eq!(hello.snapshot_formats, vec![2, 1]);
     let welcome = &w.c(a).welcomes()[0];
-    assert_eq!(welcome.version, protocol::COMPACT_VERSION, "the newest both speak");
+    assert_eq!(
+        welcome.version,
+        protocol::COMPACT_VERSION,
+        "the newest both speak"
+    );
     assert_eq!(welcome.snapshot_format, 2, "the newest format both know");
     assert_eq!(w.c(a).link(), LinkState::Live);
 }
