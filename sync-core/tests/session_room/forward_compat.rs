@@ -3,7 +3,7 @@
 //! code, are understood as "unknown", never as a malformed frame.
 
 use sync_core::Event;
-use sync_core::protocol::{self, CloseCode, ErrorCode, Message};
+use sync_core::protocol::{CloseCode, ErrorCode, Message};
 use sync_core::room::RoomConfig;
 use sync_core::session::{Input, LinkState};
 

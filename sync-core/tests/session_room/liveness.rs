@@ -2,7 +2,7 @@
 //! sessions, and closes that must stop reconnection.
 
 use sync_core::Timestamp;
-use sync_core::protocol::{self, CloseCode, ErrorCode, Message};
+use sync_core::protocol::{CloseCode, ErrorCode, Message};
 use sync_core::room::RoomConfig;
 use sync_core::session::{Input, LinkState};
 

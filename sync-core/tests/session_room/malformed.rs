@@ -1,7 +1,7 @@
 //! Malformed input: each side refuses it cleanly, closes with the right
 //! code, and the room keeps serving everyone else.
 
-use sync_core::protocol::{self, CloseCode, ErrorCode, Hello, Message, PROTOCOL_VERSION};
+use sync_core::protocol::{self, CloseCode, ErrorCode, Hello, Message};
 use sync_core::room::RoomConfig;
 use sync_core::session::{Input, LinkState};
 use sync_core::{Event, Op, ReplicaId};

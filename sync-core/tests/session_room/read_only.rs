@@ -1,6 +1,6 @@
 //! Read-only sessions: they read, they never get to write.
 
-use sync_core::protocol::{self, ErrorCode, Message};
+use sync_core::protocol::{ErrorCode, Message};
 use sync_core::room::{RoomConfig, RoomOutput};
 use sync_core::session::LinkState;
 use sync_core::{Event, Op};
