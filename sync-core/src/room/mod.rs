@@ -1066,20 +1066,32 @@ impl Room {
         let mut cursor = from;
         let mut ops: Vec<&[u8]> = Vec::new();
         let mut bytes = 0;
+        // A version-3 frame carries the whole range (see below), so every
+        // operation counts against the byte limit, and the cut is the same
+        // for every version-3 connection at this cursor.
+        let compact = member.version == protocol::COMPACT_VERSION;
         for (offset, entry) in self.log.from(from + 1) {
+            let first = if compact {
+                cursor == from
+            } else {
+                ops.is_empty()
+            };
             if cursor - from >= self.config.max_batch_ops as u64
-                || (!ops.is_empty() && bytes + entry.encoded.len() > self.config.max_batch_bytes)
+                || (!first && bytes + entry.encoded.len() > self.config.max_batch_bytes)
             {
                 break;
             }
             cursor = offset;
             let own = entry.replica == member.replica;
-            if !own || member.include_own || !member.own_held.contains(entry.seq) {
+            let carried = !own || member.include_own || !member.own_held.contains(entry.seq);
+            if carried {
                 if own {
                     member.own_held.insert(entry.seq);
                 }
-                bytes += entry.encoded.len();
                 ops.push(&entry.encoded);
+            }
+            if carried || compact {
+                bytes += entry.encoded.len();
             }
         }
         member.sent = cursor;
