@@ -809,8 +809,10 @@ impl Session {
             }
         };
         if let Link::Live(live) = &mut self.link {
-            // Every frame after `Welcome` carries the agreed version.
-            if frame.first() != Some(&live.version) {
+            // Every frame after `Welcome` carries the agreed version, except
+            // that an `Error` (laid out alike in every version) is read in
+            // any: a relay host may refuse a session before the room does.
+            if frame.first() != Some(&live.version) && !matches!(message, Message::Error { .. }) {
                 let reason = format!(
                     "frame of protocol version {:?} on a version {} connection",
                     frame.first(),

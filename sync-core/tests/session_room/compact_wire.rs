@@ -158,3 +158,26 @@ fn a_frame_in_another_version_than_agreed_is_a_protocol_error() {
     w.inject_to_room(a, &protocol::encode(&Message::Ping { nonce: 1 }));
     assert_eq!(w.room_closes(conn), vec![CloseCode::ProtocolError]);
 }
+
+/// A relay host may refuse a session itself, with an `Error` in version 2
+/// (its layout is the same in every version): a version-3 client reads it.
+#[test]
+fn a_version_3_client_reads_an_error_of_version_2() {
+    let mut w = World::new(RoomConfig::default());
+    let a = w.add_client(1);
+    w.start(a);
+    let error = protocol::encode(&Message::Error {
+        code: sync_core::protocol::ErrorCode::RateLimited,
+        message: "slow down".into(),
+    });
+    w.client_input(a, sync_core::session::Input::Received(&error));
+    assert_eq!(w.c(a).closes(), vec![CloseCode::RateLimited]);
+    // Any other message in the wrong version is a protocol error.
+    w.advance(60_000);
+    let ping = protocol::encode(&Message::Ping { nonce: 1 });
+    w.client_input(a, sync_core::session::Input::Received(&ping));
+    assert_eq!(
+        w.c(a).closes(),
+        vec![CloseCode::RateLimited, CloseCode::ProtocolError]
+    );
+}
