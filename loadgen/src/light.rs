@@ -17,6 +17,7 @@
 //! operations, and confirms every frame that arrived together in one
 //! `Applied`, written with the pushes due in one flush.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
@@ -65,6 +66,25 @@ pub(crate) struct LightClient {
     pub(crate) live: bool,
     /// Frames queued for the next flush.
     out: Vec<Vec<u8>>,
+    /// The protocol version agreed in `Welcome` (`Hello` is always 2).
+    version: u8,
+}
+
+/// The newest protocol version light clients offer: every version this
+/// build speaks by default, as the SDK's clients do; `--wire 2` keeps them
+/// on version 2 (spliced deliveries) for comparisons.
+static NEWEST_VERSION: AtomicU8 = AtomicU8::new(protocol::COMPACT_VERSION);
+
+/// Sets the newest protocol version light clients offer (`--wire`).
+pub(crate) fn set_newest_version(version: u8) -> Result<(), String> {
+    if !protocol::SUPPORTED_VERSIONS.contains(&version) {
+        return Err(format!(
+            "--wire: this build speaks {:?}",
+            protocol::SUPPORTED_VERSIONS
+        ));
+    }
+    NEWEST_VERSION.store(version, Ordering::Relaxed);
+    Ok(())
 }
 
 impl LightClient {
@@ -85,7 +105,9 @@ impl LightClient {
             cursor: 0,
             live: false,
             out: Vec::new(),
+            version: protocol::PROTOCOL_VERSION,
         };
+        let newest = NEWEST_VERSION.load(Ordering::Relaxed);
         client.out.push(protocol::encode(&Message::Hello(Hello {
             replica: client.replica,
             room: room.to_owned(),
@@ -94,7 +116,11 @@ impl LightClient {
             own_seq: 0,
             settled_seq: 0,
             agent: "concord-loadgen light".into(),
-            versions: vec![sync_core::protocol::PROTOCOL_VERSION],
+            versions: protocol::SUPPORTED_VERSIONS
+                .iter()
+                .copied()
+                .filter(|&v| v <= newest)
+                .collect(),
             // Every format this build reads, so the relay sends its stored
             // snapshot as it is instead of re-encoding it.
             snapshot_formats: (sync_core::snapshot::OLDEST_SNAPSHOT_FORMAT
@@ -134,13 +160,16 @@ impl LightClient {
                 })
             })
             .collect();
-        self.out.push(protocol::encode(&Message::Push { ops }));
+        self.out
+            .push(protocol::encode_in(self.version, &Message::Push { ops }));
     }
 
     /// Queues a `Ping` (keeps an otherwise silent session alive).
     pub(crate) fn ping(&mut self) {
-        self.out
-            .push(protocol::encode(&Message::Ping { nonce: self.pushed }));
+        self.out.push(protocol::encode_in(
+            self.version,
+            &Message::Ping { nonce: self.pushed },
+        ));
     }
 
     /// Waits for the next frame, handles it and every frame already
@@ -157,10 +186,13 @@ impl LightClient {
             }
         }
         if delivered > 0 {
-            self.out.push(protocol::encode(&Message::Applied {
-                cursor: self.cursor,
-                frames: delivered,
-            }));
+            self.out.push(protocol::encode_in(
+                self.version,
+                &Message::Applied {
+                    cursor: self.cursor,
+                    frames: delivered,
+                },
+            ));
         }
         Ok(())
     }
@@ -187,12 +219,13 @@ impl LightClient {
             _ => match protocol::decode(&frame, usize::MAX).map_err(|e| e.to_string())? {
                 Message::Welcome(welcome) => {
                     self.cursor = welcome.cursor;
+                    self.version = welcome.version;
                     self.live = true;
                 }
                 Message::Ack { through_seq, .. } => self.acked = self.acked.max(through_seq),
-                Message::Ping { nonce } => {
-                    self.out.push(protocol::encode(&Message::Pong { nonce }))
-                }
+                Message::Ping { nonce } => self
+                    .out
+                    .push(protocol::encode_in(self.version, &Message::Pong { nonce })),
                 Message::SnapshotChunk { cursor, .. } => {
                     self.cursor = cursor;
                     *delivered += 1;

@@ -45,7 +45,7 @@ pub(crate) struct Settings {
 }
 
 /// Usage text.
-const USAGE: &str = "usage: concord-loadgen --relay PATH [--only fanout|scale|cluster|initial|durability|synced] [--seconds N] [--sessions N] [--relay-arg FLAG]...";
+const USAGE: &str = "usage: concord-loadgen --relay PATH [--only fanout|scale|cluster|initial|durability|synced] [--seconds N] [--sessions N] [--relay-arg FLAG]... [--wire 2|3]";
 
 fn parse() -> Result<Settings, String> {
     let mut relay = None;
@@ -68,6 +68,10 @@ fn parse() -> Result<Settings, String> {
                 idle_sessions = n.clamp(1, 20_000);
             }
             "--relay-arg" => relay_args.push(value()?),
+            "--wire" => {
+                let v: u8 = value()?.parse().map_err(|e| format!("--wire: {e}"))?;
+                light::set_newest_version(v)?;
+            }
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }

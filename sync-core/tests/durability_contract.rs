@@ -271,7 +271,7 @@ fn a_failed_room_write_closes_every_session_and_refuses_joins() {
     let outs = drain_session(&mut a);
     a.handle(at(NOW), Input::Persisted(persist_ids(&outs)[0]));
     let push = frames(&drain_session(&mut a));
-    let push = protocol::encode(&push[0]);
+    let push = protocol::encode_in(protocol::COMPACT_VERSION, &push[0]);
     room.handle(
         at(NOW),
         RoomInput::Frame {
@@ -342,10 +342,13 @@ fn a_refusal_is_reported_only_once_the_dropped_operation_is_durable() {
         matches!(&frames(&pushed)[..], [Message::Push { ops }] if ops.len() == 1),
         "{pushed:?}"
     );
-    let ack = protocol::encode(&Message::Ack {
-        through_seq: 1,
-        refused: vec![(1, ErrorCode::Stale)],
-    });
+    let ack = protocol::encode_in(
+        protocol::COMPACT_VERSION,
+        &Message::Ack {
+            through_seq: 1,
+            refused: vec![(1, ErrorCode::Stale)],
+        },
+    );
     s.handle(at(NOW), Input::Received(&ack));
     let outs = drain_session(&mut s);
     // The outbox without the op (then the resync it starts) is persisted.

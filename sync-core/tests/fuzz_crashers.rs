@@ -355,6 +355,106 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
         push_with_field(&some(&[7, 2, 1, b'k', 0, 1, b'k', 1, 1])),
     );
 
+    // Version 3 (compact batches). A valid push first, to cut and bend.
+    let v3 = |body: &[u8]| [&[3u8, 2][..], body].concat();
+    let valid_v3 = protocol::encode_in(
+        3,
+        &Message::Push {
+            ops: vec![Op {
+                id: OpId {
+                    replica: ReplicaId(1),
+                    seq: 1,
+                },
+                hlc: Hlc::from_u64(7),
+                change: Change::Put {
+                    collection: "c".into(),
+                    id: "d".into(),
+                    fields: vec![("f".into(), Some(Value::Int(1)))],
+                },
+            }],
+        },
+    );
+    assert!(protocol::decode(&valid_v3, 1 << 20).is_ok());
+    for at in 2..valid_v3.len() {
+        add(
+            &format!("v3-truncated-push-at-{at}"),
+            valid_v3[..at].to_vec(),
+        );
+    }
+    add("trailing-byte-v3-push", [&valid_v3[..], &[0]].concat());
+    add("v3-len-2p60-ops", v3(&two_60));
+    add(
+        "v3-len-2p60-collection-table",
+        v3(&[&[1u8][..], &two_60].concat()),
+    );
+    add(
+        "v3-len-2p60-name-suffix",
+        v3(&[&[1u8, 1, 0][..], &two_60, b"c"].concat()),
+    );
+    // A name claiming to share more bytes than the name before it has.
+    add(
+        "v3-shared-prefix-too-long",
+        v3(&[1, 2, 0, 1, b'c', 5, 1, b'd', 0, 0]),
+    );
+    add("v3-name-not-utf8", v3(&[1, 1, 0, 2, 0xc3, 0x28, 0, 0]));
+    // Table indexes outside their tables: collection 1 of 1, document
+    // "next new" of none, field 3 of 1.
+    add(
+        "v3-collection-index-out-of-table",
+        v3(&[1, 1, 0, 1, b'c', 0, 0, 1, 1, 1, 0x0a, 1]),
+    );
+    add(
+        "v3-implicit-document-of-empty-table",
+        v3(&[1, 1, 0, 1, b'c', 0, 0, 1, 1, 1, 0x01]),
+    );
+    add(
+        "v3-field-index-out-of-table",
+        v3(&[
+            1, 1, 0, 1, b'c', 1, 0, 1, b'd', 1, 0, 1, b'f', 1, 1, 1, 0x20, 3, 0,
+        ]),
+    );
+    add(
+        "v3-reserved-flag-bits",
+        v3(&[1, 1, 0, 1, b'c', 0, 0, 1, 1, 1, 0x42]),
+    );
+    add(
+        "v3-create-collection-with-document",
+        v3(&[1, 1, 0, 1, b'c', 0, 0, 1, 1, 1, 0x12, 0]),
+    );
+    add("v3-run-of-0", v3(&[1, 1, 0, 1, b'c', 0, 0, 1, 1, 0]));
+    add(
+        "v3-run-longer-than-ops",
+        v3(&[1, 1, 0, 1, b'c', 0, 0, 1, 1, 2, 2, 2]),
+    );
+    add(
+        "v3-run-seq-overflows",
+        v3(&[
+            &[2u8, 1, 0, 1, b'c', 0, 0, 1][..],
+            &varint(u64::MAX),
+            &[2, 2, 2],
+        ]
+        .concat()),
+    );
+    add(
+        "v3-varint-u64-overflow-hlc",
+        v3(&[
+            1, 1, 0, 1, b'c', 0, 0, 1, 1, 1, 0x06, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0xff, 0x02,
+        ]),
+    );
+    // One long document id used by many operations expands past the frame limit.
+    add("v3-names-expand-past-limit.max-4096", {
+        let mut body = vec![200, 1, 1, 0, 1, b'c', 1, 0];
+        body.extend_from_slice(&varint(1000));
+        body.extend(std::iter::repeat_n(b'x', 1000));
+        body.extend_from_slice(&[0, 1, 1, 200, 1]);
+        for _ in 0..200 {
+            body.extend_from_slice(&[0x11, 0]);
+        }
+        v3(&body)
+    });
+    add("v3-deliver-truncated-header", vec![3, 4, 0x80]);
+
     // Snapshot blobs.
     let good = valid_snapshot();
     add("snapshot-empty", vec![]);

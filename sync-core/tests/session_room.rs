@@ -18,6 +18,8 @@ mod harness;
 mod clock;
 #[path = "session_room/coalesce.rs"]
 mod coalesce;
+#[path = "session_room/compact_wire.rs"]
+mod compact_wire;
 #[path = "session_room/fanout.rs"]
 mod fanout;
 #[path = "session_room/findings.rs"]

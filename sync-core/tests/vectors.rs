@@ -42,6 +42,8 @@ struct Vector {
 enum Kind {
     /// A whole frame: version byte + message.
     Frame(Message),
+    /// A whole frame of protocol version 3 (compact batches).
+    FrameV3(Message),
     /// The refusal of a frame of protocol version `.0`, written in that
     /// version: `Error { UnsupportedVersion, .1 }`.
     VersionRefusal(u8, &'static str),
@@ -506,6 +508,93 @@ fn vectors() -> Vec<Vector> {
             }),
         },
         Vector {
+            name: "v3-push-batch",
+            about: "push-batch.hex's Message::Push in protocol version 3".into(),
+            kind: Kind::FrameV3(Message::Push {
+                ops: vec![
+                    op(ALICE, 5, hlc(T + 3, 0), Change::CreateCollection { collection: "a".into() }),
+                    op(
+                        ALICE,
+                        6,
+                        hlc(T + 3, 1),
+                        Change::Put {
+                            collection: "a".into(),
+                            id: "1".into(),
+                            fields: vec![("n".into(), Some(Value::Int(300)))],
+                        },
+                    ),
+                    op(
+                        ALICE,
+                        7,
+                        hlc(T + 3, 2),
+                        Change::Delete { collection: "a".into(), id: "1".into() },
+                    ),
+                ],
+            }),
+        },
+        Vector {
+            name: "v3-deliver",
+            about: "Message::Deliver in protocol version 3: two runs, shared name prefixes, \
+                    implicit and explicit stamps and names"
+                .into(),
+            kind: Kind::FrameV3(Message::Deliver {
+                from: 300,
+                cursor: 306,
+                ops: vec![
+                    op(
+                        ALICE,
+                        5,
+                        hlc(T, 0),
+                        Change::Put {
+                            collection: "todos".into(),
+                            id: "item-1".into(),
+                            fields: vec![
+                                ("title".into(), Some(Value::String("milk".into()))),
+                                ("done".into(), Some(Value::Bool(false))),
+                            ],
+                        },
+                    ),
+                    op(
+                        ALICE,
+                        6,
+                        hlc(T, 1),
+                        Change::Put {
+                            collection: "todos".into(),
+                            id: "item-2".into(),
+                            fields: vec![("done".into(), Some(Value::Bool(true)))],
+                        },
+                    ),
+                    op(
+                        ALICE,
+                        7,
+                        hlc(T + 2, 0),
+                        Change::Put {
+                            collection: "todos".into(),
+                            id: "item-1".into(),
+                            fields: vec![("title".into(), None)],
+                        },
+                    ),
+                    op(
+                        BOB,
+                        1,
+                        hlc(T, 5),
+                        Change::Delete { collection: "todos".into(), id: "item-2".into() },
+                    ),
+                    op(BOB, 2, hlc(T, 6), Change::CreateCollection { collection: "notes".into() }),
+                ],
+            }),
+        },
+        Vector {
+            name: "v3-deliver-empty",
+            about: "deliver-empty.hex in protocol version 3".into(),
+            kind: Kind::FrameV3(Message::Deliver { from: 303, cursor: 305, ops: vec![] }),
+        },
+        Vector {
+            name: "v3-ack",
+            about: "ack.hex in protocol version 3: only the version byte differs".into(),
+            kind: Kind::FrameV3(Message::Ack { through_seq: 7, refused: vec![(6, ErrorCode::Stale)] }),
+        },
+        Vector {
             name: "refusal-v1",
             about: "Error { UnsupportedVersion } refusing a version-1 Hello, as a version-1 frame"
                 .into(),
@@ -564,6 +653,7 @@ fn format_hex(about: &str, bytes: &[u8]) -> String {
 fn encode(kind: &Kind) -> Vec<u8> {
     match kind {
         Kind::Frame(message) => protocol::encode(message),
+        Kind::FrameV3(message) => protocol::encode_in(protocol::COMPACT_VERSION, message),
         Kind::VersionRefusal(version, message) => {
             protocol::encode_version_refusal(*version, message)
         }
@@ -595,7 +685,7 @@ fn golden_vectors() {
             continue;
         }
         match &vector.kind {
-            Kind::Frame(message) => {
+            Kind::Frame(message) | Kind::FrameV3(message) => {
                 let decoded = protocol::decode(&golden, protocol::DEFAULT_MAX_FRAME_BYTES)
                     .unwrap_or_else(|e| panic!("{}: {e}", vector.name));
                 assert_eq!(

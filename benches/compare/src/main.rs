@@ -41,7 +41,7 @@
 //! read). Reads visit every value; they sum the integers and count the rest.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 // ---- memory: a counting global allocator --------------------------------
@@ -50,6 +50,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// allocator. This crate is outside Concord's workspace (where unsafe code
 /// is forbidden): implementing `GlobalAlloc` needs `unsafe`.
 struct Counting;
+
+/// The protocol version Concord's transfers use (`--wire 2` or `--wire 3`).
+static WIRE: AtomicU8 = AtomicU8::new(sync_core::protocol::COMPACT_VERSION);
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
@@ -374,11 +377,30 @@ mod concord {
         sum
     }
 
-    /// The wire transfer of `ops`: one `Deliver` frame, decoded and applied.
+    /// The wire transfer of `ops`: one `Deliver` frame, decoded and applied,
+    /// built as the relay builds it. The relay stores each operation
+    /// encoded once in its log; in protocol version 2 it splices those
+    /// bytes into the frame, in version 3 (the default, `--wire 3`) it
+    /// decodes them and writes one compact frame that every receiver at
+    /// that cursor shares.
     fn transfer(ops: &[sync_core::Op], to: &mut Replica) -> usize {
         let encoded: Vec<Vec<u8>> = ops.iter().map(protocol::encode_op).collect();
-        let frame =
-            protocol::encode_deliver(0, ops.len() as u64, encoded.iter().map(Vec::as_slice));
+        let frame = if WIRE.load(Ordering::Relaxed) == protocol::PROTOCOL_VERSION {
+            protocol::encode_deliver(0, ops.len() as u64, encoded.iter().map(Vec::as_slice))
+        } else {
+            let logged = encoded
+                .iter()
+                .map(|bytes| protocol::decode_op(bytes).expect("a log entry"))
+                .collect();
+            protocol::encode_in(
+                protocol::COMPACT_VERSION,
+                &Message::Deliver {
+                    from: 0,
+                    cursor: ops.len() as u64,
+                    ops: logged,
+                },
+            )
+        };
         let Ok(Message::Deliver { ops, .. }) = protocol::decode(&frame, usize::MAX) else {
             panic!("deliver frame does not decode");
         };
@@ -557,10 +579,13 @@ mod concord {
             let started = start_clock();
             let pending: Vec<_> = a.outbox().collect();
             let delivered = transfer(&pending, &mut b);
-            let applied = protocol::encode(&Message::Applied {
-                cursor: pending.len() as u64,
-                frames: 1,
-            });
+            let applied = protocol::encode_in(
+                WIRE.load(Ordering::Relaxed),
+                &Message::Applied {
+                    cursor: pending.len() as u64,
+                    frames: 1,
+                },
+            );
             let took = started.elapsed();
             assert!(a.state() == b.state());
             (took, delivered + applied.len())
@@ -1326,10 +1351,17 @@ fn main() {
             n = args.next().and_then(|v| v.parse().ok()).unwrap_or(n).max(1);
         } else if arg == "--skip" {
             skip.extend(args.next());
+        } else if arg == "--wire" {
+            let wire = args.next().and_then(|v| v.parse().ok());
+            WIRE.store(wire.unwrap_or(3).clamp(2, 3), Ordering::Relaxed);
         }
     }
     let names = Names::new();
-    eprintln!("running every workload {n} times per library (median reported)");
+    eprintln!(
+        "running every workload {n} times per library (median reported), Concord on protocol \
+         version {}",
+        WIRE.load(Ordering::Relaxed)
+    );
     let wanted = |name: &str| !skip.iter().any(|s| s == name);
     let mut results = vec![("concord", runs::<concord::Concord>(&names, n))];
     if wanted("yrs") {

@@ -7,7 +7,6 @@ use crate::op::Op;
 use crate::stamp::ReplicaId;
 
 /// Variant index of [`Message::Deliver`], for frames spliced by hand.
-#[cfg(feature = "relay")]
 pub(super) const DELIVER_TAG: u64 = 4;
 
 /// Every message of the protocol. The variant index is the wire tag, so

@@ -1,11 +1,15 @@
 //! The sync protocol's wire format: every message relay and client exchange.
 //!
-//! A frame is one WebSocket binary message: one byte of protocol version
-//! ([`PROTOCOL_VERSION`]), then one postcard-encoded [`Message`]. Nothing
-//! else shares the frame. `docs/PROTOCOL.md` specifies each message byte by
+//! A frame is one WebSocket binary message: one byte of protocol version,
+//! then one [`Message`]. Nothing else shares the frame. Version 2
+//! ([`PROTOCOL_VERSION`]) encodes every message with postcard; version 3
+//! ([`COMPACT_VERSION`]) differs only in the operations of `Push` and
+//! `Deliver`, which it writes as a compact batch (name tables, delta
+//! stamps, runs of sequence numbers). `docs/PROTOCOL.md` specifies each message byte by
 //! byte; `tests/vectors/` pins the encoding.
 
 mod codes;
+mod compact;
 mod message;
 #[cfg(feature = "relay")]
 mod relay;
@@ -29,14 +33,20 @@ pub fn valid_room_name(name: &str) -> bool {
         && !name.chars().any(char::is_control)
 }
 
-/// The protocol version this build speaks; the first byte of every frame.
+/// The base protocol version: the version byte [`encode`] writes, and the
+/// one every `Hello` carries.
 ///
 /// Version 1 had no negotiation; its frames are refused with an `Error`
 /// that a version 1 peer can read ([`encode_version_refusal`]).
 pub const PROTOCOL_VERSION: u8 = 2;
 
+/// Protocol version 3: version 2 with compact operation batches in `Push`
+/// and `Deliver` ([`encode_in`]). Every other message is laid out as in
+/// version 2.
+pub const COMPACT_VERSION: u8 = 3;
+
 /// The protocol versions this build speaks, oldest first.
-pub const SUPPORTED_VERSIONS: &[u8] = &[PROTOCOL_VERSION];
+pub const SUPPORTED_VERSIONS: &[u8] = &[PROTOCOL_VERSION, COMPACT_VERSION];
 
 /// The protocol version whose layout `Hello` has in every version from it
 /// on: a `Hello` frame always carries this version byte, so a relay can
@@ -59,7 +69,7 @@ pub enum FrameError {
     #[error("empty frame")]
     Empty,
     /// The frame's version byte names a protocol this build does not speak.
-    #[error("frame speaks protocol version {found}; this peer speaks version {PROTOCOL_VERSION}")]
+    #[error("frame speaks protocol version {found}; this peer speaks versions 2 and 3")]
     UnsupportedVersion {
         /// The version byte found.
         found: u8,
@@ -100,11 +110,38 @@ impl FrameError {
     }
 }
 
-/// Encodes a message as a frame.
+/// Encodes a message as a frame of protocol version 2.
 pub fn encode(message: &Message) -> Vec<u8> {
     // Every message type has known lengths, so postcard cannot fail here;
     // were it to, the empty frame is refused by the peer as `Empty`.
     postcard::to_extend(message, vec![PROTOCOL_VERSION]).unwrap_or_default()
+}
+
+/// Encodes a message as a frame of `version`: [`COMPACT_VERSION`] writes
+/// the operations of `Push` and `Deliver` as a compact batch; any other
+/// version is encoded as version 2 ([`encode`]).
+pub fn encode_in(version: u8, message: &Message) -> Vec<u8> {
+    if version != COMPACT_VERSION {
+        return encode(message);
+    }
+    let mut frame = vec![COMPACT_VERSION];
+    match message {
+        Message::Push { ops } => {
+            push_varint(&mut frame, PUSH_TAG);
+            compact::encode_batch(&mut frame, ops);
+        }
+        Message::Deliver { from, cursor, ops } => {
+            push_varint(&mut frame, message::DELIVER_TAG);
+            push_varint(&mut frame, *from);
+            push_varint(&mut frame, *cursor);
+            compact::encode_batch(&mut frame, ops);
+        }
+        other => {
+            // Laid out as in version 2; only the version byte differs.
+            frame = postcard::to_extend(other, frame).unwrap_or_default();
+        }
+    }
+    frame
 }
 
 /// Reads an `Error` message from a frame of any protocol version (its
@@ -129,10 +166,18 @@ pub fn decode_any_error(frame: &[u8]) -> Option<(u8, ErrorCode, String)> {
 /// Variant index of `Message::Error`.
 pub(crate) const ERROR_TAG: u64 = 10;
 
-/// Decodes a frame no larger than `max_len` bytes.
+/// Variant index of `Message::Push`.
+pub(crate) const PUSH_TAG: u64 = 2;
+
+/// Decodes a frame of any version this build speaks
+/// ([`SUPPORTED_VERSIONS`]), no larger than `max_len` bytes. The frame's
+/// first byte is its version; a peer checks it against the version agreed
+/// in `Welcome`.
 ///
 /// Never panics, and allocates no more than the frame's own length
-/// justifies: every length prefix is checked against the bytes present.
+/// justifies: every length prefix is checked against the bytes present,
+/// and a version-3 batch may not expand past `max_len` (`docs/PROTOCOL.md`
+/// section 7.1).
 pub fn decode(frame: &[u8], max_len: usize) -> Result<Message, FrameError> {
     if frame.len() > max_len {
         return Err(FrameError::TooLarge {
@@ -141,8 +186,13 @@ pub fn decode(frame: &[u8], max_len: usize) -> Result<Message, FrameError> {
         });
     }
     let (&version, body) = frame.split_first().ok_or(FrameError::Empty)?;
-    if version != PROTOCOL_VERSION {
+    if !SUPPORTED_VERSIONS.contains(&version) {
         return Err(FrameError::UnsupportedVersion { found: version });
+    }
+    if version == COMPACT_VERSION {
+        if let Some(message) = decode_compact_batch(body, max_len)? {
+            return Ok(message);
+        }
     }
     let (message, rest) =
         postcard::take_from_bytes(body).map_err(|e| FrameError::Malformed(e.to_string()))?;
@@ -150,6 +200,41 @@ pub fn decode(frame: &[u8], max_len: usize) -> Result<Message, FrameError> {
         return Err(FrameError::TrailingBytes(rest.len()));
     }
     Ok(message)
+}
+
+/// The version-3 `Push` or `Deliver` in `body` (a frame without its
+/// version byte); `None` for any other message, which is laid out as in
+/// version 2.
+fn decode_compact_batch(body: &[u8], max_len: usize) -> Result<Option<Message>, FrameError> {
+    let truncated = || FrameError::Malformed("truncated header".into());
+    let Some((tag, rest)) = read_varint(body) else {
+        return Ok(None);
+    };
+    let (message, rest) = match tag {
+        PUSH_TAG => {
+            let (ops, rest) = compact::decode_batch(rest, max_len)?;
+            (Message::Push { ops }, rest)
+        }
+        message::DELIVER_TAG => {
+            let (from, rest) = read_u64(rest).ok_or_else(truncated)?;
+            let (cursor, rest) = read_u64(rest).ok_or_else(truncated)?;
+            let (ops, rest) = compact::decode_batch(rest, max_len)?;
+            (Message::Deliver { from, cursor, ops }, rest)
+        }
+        _ => return Ok(None),
+    };
+    if !rest.is_empty() {
+        return Err(FrameError::TrailingBytes(rest.len()));
+    }
+    Ok(Some(message))
+}
+
+/// Reads a `u64` varint as postcard does: at most 10 bytes, the 10th at
+/// most 1.
+fn read_u64(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let (value, rest) = read_varint(bytes)?;
+    let used = bytes.len() - rest.len();
+    (used < 10 || bytes.get(9).is_some_and(|&b| b <= 1)).then_some((value, rest))
 }
 
 /// Reads one LEB128 varint; `None` when truncated or longer than 10 bytes.
@@ -266,7 +351,7 @@ mod tests {
             assert_eq!(peek_kind(&encode(&message)), Some(kind), "{message:?}");
         }
         assert_eq!(peek_kind(&[]), None);
-        assert_eq!(peek_kind(&[PROTOCOL_VERSION + 1, 3]), None);
+        assert_eq!(peek_kind(&[COMPACT_VERSION + 1, 3]), None);
         assert_eq!(peek_kind(&[PROTOCOL_VERSION, 99]), None);
     }
 

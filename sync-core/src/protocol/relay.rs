@@ -149,12 +149,12 @@ pub enum MessageKind {
     Error,
 }
 
-/// The kind of message a frame of this protocol version carries, for hosts
+/// The kind of message a frame of a version this build speaks carries, for hosts
 /// that count or route frames without paying for a full decode. `None` for
-/// a frame that is empty, of another version, or of no known kind.
+/// a frame that is empty, of a version not spoken here, or of no known kind.
 pub fn peek_kind(frame: &[u8]) -> Option<MessageKind> {
     let (version, rest) = frame.split_first()?;
-    if *version != PROTOCOL_VERSION {
+    if !SUPPORTED_VERSIONS.contains(version) {
         return None;
     }
     let (tag, _) = read_varint(rest)?;

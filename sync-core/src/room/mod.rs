@@ -41,7 +41,7 @@ mod log;
 pub use compaction::{Compacted, CompactionError, CompactionJob};
 
 use crate::buggify::{self, Switch};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use crate::deadline::ReportedDeadline;
@@ -340,6 +340,8 @@ struct Member {
     stalled_since: Option<u64>,
     /// The snapshot format agreed in `Welcome`.
     snapshot_format: u8,
+    /// The protocol version agreed in `Welcome`.
+    version: u8,
 }
 
 /// One room of the relay.
@@ -375,7 +377,16 @@ pub struct Room {
     /// Host time of the latest input whose deliveries are not built yet:
     /// `poll` builds them once the outputs queued ahead are taken.
     pump_due: Option<u64>,
+    /// The latest version-3 `Deliver` frames built, by `(from, cursor)`.
+    /// A version-3 frame carries every operation of its range, so every
+    /// connection at the same cursor gets the same bytes: under fan-out the
+    /// batch is encoded once, not once per receiver.
+    compact_frames: VecDeque<(u64, u64, Vec<u8>)>,
 }
+
+/// How many version-3 `Deliver` frames the room keeps for reuse: enough
+/// for the few distinct cursors a live room's connections sit at.
+const COMPACT_FRAMES_KEPT: usize = 8;
 
 impl Room {
     /// An empty room.
@@ -398,6 +409,7 @@ impl Room {
             pending_persist: RoomPersist::default(),
             reported_timeout: ReportedDeadline::default(),
             pump_due: None,
+            compact_frames: VecDeque::new(),
         }
     }
 
@@ -633,7 +645,10 @@ impl Room {
             version: agreed.version,
             snapshot_format: agreed.snapshot_format,
         };
-        self.transmit(connection, &Message::Welcome(welcome));
+        self.outputs.push(RoomOutput::Transmit {
+            connection,
+            frame: protocol::encode_in(agreed.version, &Message::Welcome(welcome)),
+        });
         self.members.insert(
             connection,
             Member {
@@ -648,6 +663,7 @@ impl Room {
                 last_heard: now,
                 stalled_since: None,
                 snapshot_format: agreed.snapshot_format,
+                version: agreed.version,
             },
         );
     }
@@ -657,6 +673,18 @@ impl Room {
             return;
         };
         member.last_heard = now;
+        if let Some(&found) = frame
+            .first()
+            .filter(|&&v| v != member.version && protocol::SUPPORTED_VERSIONS.contains(&v))
+        {
+            // The version was agreed in `Welcome`: a frame in another one is
+            // a broken (or duplicated, like a second `Hello`) frame, not a
+            // client that cannot speak it, so the client may reconnect.
+            let agreed = member.version;
+            let reason =
+                format!("frame of protocol version {found} on a version {agreed} connection");
+            return self.close(connection, ErrorCode::Malformed, reason);
+        }
         let message = match protocol::decode(frame, self.config.max_frame_bytes) {
             Ok(message) => message,
             Err(e) => return self.close(connection, e.error_code(), e.to_string()),
@@ -890,9 +918,13 @@ impl Room {
     }
 
     fn transmit(&mut self, connection: ConnectionId, message: &Message) {
+        let version = self
+            .members
+            .get(&connection)
+            .map_or(protocol::PROTOCOL_VERSION, |m| m.version);
         self.outputs.push(RoomOutput::Transmit {
             connection,
-            frame: protocol::encode(message),
+            frame: protocol::encode_in(version, message),
         });
     }
 
@@ -994,7 +1026,7 @@ impl Room {
     }
 
     /// The next frame a connection needs: a snapshot chunk or a batch of the log.
-    fn next_frame(&self, member: &mut Member) -> Option<Vec<u8>> {
+    fn next_frame(&mut self, member: &mut Member) -> Option<Vec<u8>> {
         if member.snapshot.is_none() && member.sent < self.log.compacted_through() {
             let bytes = self.snapshot_for(member.snapshot_format)?;
             member.snapshot = Some(SnapshotSend {
@@ -1007,16 +1039,19 @@ impl Room {
         if let Some(send) = &mut member.snapshot {
             let total = send.bytes.len();
             let end = total.min(send.offset + self.config.snapshot_chunk_bytes.max(1));
-            let frame = protocol::encode(&Message::SnapshotChunk {
-                cursor: send.cursor,
-                total_len: total as u64,
-                offset: send.offset as u64,
-                bytes: send
-                    .bytes
-                    .get(send.offset..end)
-                    .unwrap_or_default()
-                    .to_vec(),
-            });
+            let frame = protocol::encode_in(
+                member.version,
+                &Message::SnapshotChunk {
+                    cursor: send.cursor,
+                    total_len: total as u64,
+                    offset: send.offset as u64,
+                    bytes: send
+                        .bytes
+                        .get(send.offset..end)
+                        .unwrap_or_default()
+                        .to_vec(),
+                },
+            );
             send.offset = end;
             if end == total {
                 member.sent = send.cursor;
@@ -1031,24 +1066,90 @@ impl Room {
         let mut cursor = from;
         let mut ops: Vec<&[u8]> = Vec::new();
         let mut bytes = 0;
+        // A version-3 frame carries the whole range (see below), so every
+        // operation counts against the byte limit, and the cut is the same
+        // for every version-3 connection at this cursor.
+        let compact = member.version == protocol::COMPACT_VERSION;
         for (offset, entry) in self.log.from(from + 1) {
+            let first = if compact {
+                cursor == from
+            } else {
+                ops.is_empty()
+            };
             if cursor - from >= self.config.max_batch_ops as u64
-                || (!ops.is_empty() && bytes + entry.encoded.len() > self.config.max_batch_bytes)
+                || (!first && bytes + entry.encoded.len() > self.config.max_batch_bytes)
             {
                 break;
             }
             cursor = offset;
             let own = entry.replica == member.replica;
-            if !own || member.include_own || !member.own_held.contains(entry.seq) {
+            let carried = !own || member.include_own || !member.own_held.contains(entry.seq);
+            if carried {
                 if own {
                     member.own_held.insert(entry.seq);
                 }
-                bytes += entry.encoded.len();
                 ops.push(&entry.encoded);
+            }
+            if carried || compact {
+                bytes += entry.encoded.len();
             }
         }
         member.sent = cursor;
-        Some(protocol::encode_deliver(from, cursor, ops.into_iter()))
+        if member.version != protocol::COMPACT_VERSION {
+            return Some(protocol::encode_deliver(from, cursor, ops.into_iter()));
+        }
+        if ops.is_empty() {
+            // Only operations the client holds (its own): nothing to carry.
+            return Some(protocol::encode_in(
+                protocol::COMPACT_VERSION,
+                &Message::Deliver {
+                    from,
+                    cursor,
+                    ops: Vec::new(),
+                },
+            ));
+        }
+        // Anything else carries the whole range, the client's own
+        // operations included (it skips those it holds), so the frame is
+        // the same for every connection at this cursor.
+        for (offset, entry) in self.log.from(from + 1) {
+            if offset > cursor {
+                break;
+            }
+            if entry.replica == member.replica {
+                member.own_held.insert(entry.seq);
+            }
+        }
+        Some(self.compact_deliver(from, cursor))
+    }
+
+    /// The version-3 `Deliver` of every operation at offsets
+    /// `from + 1 ..= cursor`, built once per range and reused.
+    fn compact_deliver(&mut self, from: u64, cursor: u64) -> Vec<u8> {
+        if let Some((_, _, frame)) = self
+            .compact_frames
+            .iter()
+            .find(|(f, c, _)| (*f, *c) == (from, cursor))
+        {
+            return frame.clone();
+        }
+        let ops: Vec<Op> = self
+            .log
+            .from(from + 1)
+            .take_while(|(offset, _)| *offset <= cursor)
+            // Entries were encoded by this room from decoded operations
+            // (or checked by `Room::restore`), so they decode.
+            .filter_map(|(_, entry)| protocol::decode_op(&entry.encoded).ok())
+            .collect();
+        let frame = protocol::encode_in(
+            protocol::COMPACT_VERSION,
+            &Message::Deliver { from, cursor, ops },
+        );
+        if self.compact_frames.len() >= COMPACT_FRAMES_KEPT {
+            self.compact_frames.pop_front();
+        }
+        self.compact_frames.push_back((from, cursor, frame.clone()));
+        frame
     }
 
     fn maybe_compact(&mut self, now: u64) {

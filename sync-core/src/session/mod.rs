@@ -95,6 +95,11 @@ pub struct SessionConfig {
     /// snapshot in any other format is refused. Defaults to every format
     /// this build reads.
     pub snapshot_formats: Vec<u8>,
+    /// The protocol versions this client offers in `Hello`; the relay
+    /// picks the newest it also speaks. Defaults to every version this
+    /// build speaks ([`protocol::SUPPORTED_VERSIONS`]); a client limited
+    /// to `[2]` sends and receives operations in the version-2 encoding.
+    pub protocol_versions: Vec<u8>,
 }
 
 crate::setters::with_setters!(SessionConfig {
@@ -111,6 +116,7 @@ crate::setters::with_setters!(SessionConfig {
     with_max_frame_bytes => max_frame_bytes: usize,
     with_max_snapshot_bytes => max_snapshot_bytes: u64,
     with_snapshot_formats => snapshot_formats: Vec<u8>,
+    with_protocol_versions => protocol_versions: Vec<u8>,
 });
 
 impl SessionConfig {
@@ -132,6 +138,7 @@ impl SessionConfig {
             snapshot_formats: (crate::snapshot::OLDEST_SNAPSHOT_FORMAT
                 ..=crate::snapshot::NEWEST_SNAPSHOT_FORMAT)
                 .collect(),
+            protocol_versions: protocol::SUPPORTED_VERSIONS.to_vec(),
         }
     }
 }
@@ -272,6 +279,9 @@ impl SyncState {
 /// The state of a live connection.
 #[derive(Clone, Debug)]
 struct Live {
+    /// The protocol version agreed in `Welcome`: every later frame both
+    /// ways carries it.
+    version: u8,
     read_only: bool,
     last_heard: u64,
     last_sent: u64,
@@ -765,7 +775,7 @@ impl Session {
                 .map_or(self.replica.next_seq(), |op| op.id.seq)
                 - 1,
             agent: self.config.agent.clone(),
-            versions: protocol::SUPPORTED_VERSIONS.to_vec(),
+            versions: self.config.protocol_versions.clone(),
             snapshot_formats: self.config.snapshot_formats.clone(),
         };
         self.outputs
@@ -802,6 +812,17 @@ impl Session {
             }
         };
         if let Link::Live(live) = &mut self.link {
+            // Every frame after `Welcome` carries the agreed version, except
+            // that an `Error` (laid out alike in every version) is read in
+            // any: a relay host may refuse a session before the room does.
+            if frame.first() != Some(&live.version) && !matches!(message, Message::Error { .. }) {
+                let reason = format!(
+                    "frame of protocol version {:?} on a version {} connection",
+                    frame.first(),
+                    live.version
+                );
+                return self.fail(now, CloseCode::ProtocolError, ErrorCode::Malformed, reason);
+            }
             live.last_heard = now;
         }
         match (&self.link, message) {
@@ -854,6 +875,7 @@ impl Session {
 
     fn on_welcome(&mut self, now: u64, welcome: Welcome) {
         if !protocol::SUPPORTED_VERSIONS.contains(&welcome.version)
+            || !self.config.protocol_versions.contains(&welcome.version)
             || !self
                 .config
                 .snapshot_formats
@@ -915,6 +937,7 @@ impl Session {
             .next()
             .map_or(self.replica.next_seq() - 1, |op| op.id.seq - 1);
         self.link = Link::Live(Box::new(Live {
+            version: welcome.version,
             read_only: welcome.read_only,
             last_heard: now,
             last_sent: now,
@@ -1266,11 +1289,13 @@ impl Session {
     }
 
     fn send(&mut self, now: u64, message: &Message) {
+        let mut version = protocol::PROTOCOL_VERSION;
         if let Link::Live(live) = &mut self.link {
             live.last_sent = now;
+            version = live.version;
         }
         self.outputs
-            .push(Output::Transmit(protocol::encode(message)));
+            .push(Output::Transmit(protocol::encode_in(version, message)));
     }
 
     fn set_relay_head(&mut self, head: u64) {
@@ -1340,7 +1365,10 @@ impl Session {
             };
             live.pushed_through = last;
             live.in_flight.push_back(last);
-            frames.push(protocol::encode(&Message::Push { ops: batch }));
+            frames.push(protocol::encode_in(
+                live.version,
+                &Message::Push { ops: batch },
+            ));
         }
         if !frames.is_empty() {
             live.last_sent = now;
@@ -1386,11 +1414,17 @@ impl Session {
         self.outputs.push(Output::Event(Event::PeerMisbehaved {
             reason: reason.clone(),
         }));
-        self.outputs
-            .push(Output::Transmit(protocol::encode(&Message::Error {
+        let version = match &self.link {
+            Link::Live(live) => live.version,
+            _ => protocol::PROTOCOL_VERSION,
+        };
+        self.outputs.push(Output::Transmit(protocol::encode_in(
+            version,
+            &Message::Error {
                 code,
                 message: reason.clone(),
-            })));
+            },
+        )));
         self.lose_link(now, close, reason, true);
     }
 

@@ -3,7 +3,7 @@
 //! code, are understood as "unknown", never as a malformed frame.
 
 use sync_core::Event;
-use sync_core::protocol::{self, CloseCode, ErrorCode, Message};
+use sync_core::protocol::{CloseCode, ErrorCode, Message};
 use sync_core::room::RoomConfig;
 use sync_core::session::{Input, LinkState};
 
@@ -22,7 +22,7 @@ fn an_error_with_an_unknown_code_closes_4000_and_reconnects() {
     let mut w = World::new(RoomConfig::default());
     let a = w.add_client(1);
     w.start(a);
-    let frame = protocol::encode(&Message::Error {
+    let frame = crate::harness::frame(&Message::Error {
         code: ErrorCode::Unknown(200),
         message: "from a newer relay".into(),
     });
@@ -42,7 +42,7 @@ fn a_rejected_with_an_unknown_code_pauses_pushing_and_pushes_again() {
     w.put(a, "x", "n", 1);
     w.cm(a).drop_outbound = false;
     let pushes_before = w.c(a).pushes().len();
-    let frame = protocol::encode(&Message::Rejected {
+    let frame = crate::harness::frame(&Message::Rejected {
         seq: 1,
         code: ErrorCode::Unknown(300),
         retry_after_ms: 2000,
@@ -66,7 +66,7 @@ fn an_ack_refusing_with_an_unknown_code_still_refuses_for_good() {
     w.cm(a).drop_outbound = true;
     w.put(a, "x", "n", 1);
     w.cm(a).drop_outbound = false;
-    let frame = protocol::encode(&Message::Ack {
+    let frame = crate::harness::frame(&Message::Ack {
         through_seq: 1,
         refused: vec![(1, ErrorCode::Unknown(99))],
     });
@@ -99,7 +99,7 @@ fn an_unknown_close_code_is_kept_and_the_client_reconnects() {
     assert_eq!(w.c(a).link(), LinkState::Live, "reconnected");
     // The frames themselves are decoded, not refused.
     assert!(matches!(
-        msg(&protocol::encode(&Message::Error {
+        msg(&crate::harness::frame(&Message::Error {
             code: ErrorCode::Unknown(7_000),
             message: String::new()
         })),

@@ -31,6 +31,12 @@ pub(crate) fn msg(frame: &[u8]) -> Message {
     protocol::decode(frame, usize::MAX).expect("machines emit well-formed frames")
 }
 
+/// A frame in the version the harness's sessions agree on (the newest,
+/// 3), for tests that hand-craft what a peer sends.
+pub(crate) fn frame(message: &Message) -> Vec<u8> {
+    protocol::encode_in(protocol::COMPACT_VERSION, message)
+}
+
 /// Session settings used unless a test changes them.
 pub(crate) fn session_config() -> SessionConfig {
     SessionConfig::new(ROOM, b"token".to_vec())

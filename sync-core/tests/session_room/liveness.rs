@@ -2,7 +2,7 @@
 //! sessions, and closes that must stop reconnection.
 
 use sync_core::Timestamp;
-use sync_core::protocol::{self, CloseCode, ErrorCode, Message};
+use sync_core::protocol::{CloseCode, ErrorCode, Message};
 use sync_core::room::RoomConfig;
 use sync_core::session::{Input, LinkState};
 
@@ -247,7 +247,7 @@ fn relay_error_unauthorized_stops_reconnection_too() {
     let mut w = World::new(RoomConfig::default());
     let a = w.add_client(1);
     w.start(a);
-    let error = protocol::encode(&Message::Error {
+    let error = crate::harness::frame(&Message::Error {
         code: ErrorCode::Unauthorized,
         message: "token expired".into(),
     });

@@ -1,7 +1,7 @@
 //! Malformed input: each side refuses it cleanly, closes with the right
 //! code, and the room keeps serving everyone else.
 
-use sync_core::protocol::{self, CloseCode, ErrorCode, Hello, Message, PROTOCOL_VERSION};
+use sync_core::protocol::{self, CloseCode, ErrorCode, Hello, Message};
 use sync_core::room::RoomConfig;
 use sync_core::session::{Input, LinkState};
 use sync_core::{Event, Op, ReplicaId};
@@ -50,19 +50,27 @@ fn room_with_config_refuses(config: RoomConfig, frame: &[u8], error: ErrorCode, 
 }
 
 fn ping() -> Vec<u8> {
-    protocol::encode(&Message::Ping { nonce: 7 })
+    crate::harness::frame(&Message::Ping { nonce: 7 })
 }
 
 #[test]
 fn room_closes_a_session_sending_garbage() {
-    let garbage = [PROTOCOL_VERSION, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+    let garbage = [
+        protocol::COMPACT_VERSION,
+        0xff,
+        0xff,
+        0xff,
+        0xff,
+        0xff,
+        0x01,
+    ];
     room_refuses(&garbage, ErrorCode::Malformed, CloseCode::ProtocolError);
 }
 
 #[test]
 fn room_closes_a_session_speaking_another_version() {
     let mut frame = ping();
-    frame[0] = PROTOCOL_VERSION + 1;
+    frame[0] = protocol::COMPACT_VERSION + 1;
     room_refuses(
         &frame,
         ErrorCode::UnsupportedVersion,
@@ -100,7 +108,7 @@ fn room_closes_a_session_sending_hello_after_joining() {
 
 #[test]
 fn room_closes_a_session_sending_a_relay_only_message() {
-    let deliver = protocol::encode(&Message::Deliver {
+    let deliver = crate::harness::frame(&Message::Deliver {
         from: 0,
         cursor: 0,
         ops: Vec::new(),
@@ -127,7 +135,7 @@ fn room_closes_a_session_pushing_more_than_a_batch() {
     let a = w.add_client(1);
     w.write_many(a, "doc", 1_001);
     let ops: Vec<Op> = w.c(a).session.replica().outbox().collect();
-    let push = protocol::encode(&Message::Push { ops });
+    let push = crate::harness::frame(&Message::Push { ops });
     room_refuses(&push, ErrorCode::BatchTooLarge, CloseCode::ProtocolError);
 }
 
@@ -141,7 +149,7 @@ fn session_receiving_garbage_closes_with_protocol_error_and_backs_off() {
 
     w.client_input(
         a,
-        Input::Received(&[PROTOCOL_VERSION, 0xff, 0xff, 0xff, 0xff, 0xff]),
+        Input::Received(&[protocol::COMPACT_VERSION, 0xff, 0xff, 0xff, 0xff, 0xff]),
     );
 
     let c = w.c(a);
@@ -183,8 +191,8 @@ fn session_receiving_garbage_closes_with_protocol_error_and_backs_off() {
 #[test]
 fn session_receiving_other_bad_frames_closes_with_the_matching_code() {
     let mut other_version = ping();
-    other_version[0] = PROTOCOL_VERSION + 1;
-    let welcome_again = protocol::encode(&Message::Welcome(sync_core::protocol::Welcome {
+    other_version[0] = protocol::COMPACT_VERSION + 1;
+    let welcome_again = crate::harness::frame(&Message::Welcome(sync_core::protocol::Welcome {
         head: 0,
         accepted_seq: 0,
         relay_time_ms: 0,
@@ -194,7 +202,7 @@ fn session_receiving_other_bad_frames_closes_with_the_matching_code() {
         max_batch_bytes: 1,
         refused: Vec::new(),
         cursor: 0,
-        version: sync_core::protocol::PROTOCOL_VERSION,
+        version: sync_core::protocol::COMPACT_VERSION,
         snapshot_format: 3,
     }));
     let cases: [(&[u8], CloseCode); 4] = [

@@ -33,10 +33,14 @@ fn hello_lists_versions_and_formats_and_welcome_names_the_choice() {
     let a = w.add_client_with(1, config);
     w.start(a);
     let hello = &w.c(a).hellos()[0];
-    assert_eq!(hello.versions, vec![protocol::PROTOCOL_VERSION]);
+    assert_eq!(hello.versions, vec![2, 3]);
     assert_eq!(hello.snapshot_formats, vec![2, 1]);
     let welcome = &w.c(a).welcomes()[0];
-    assert_eq!(welcome.version, protocol::PROTOCOL_VERSION);
+    assert_eq!(
+        welcome.version,
+        protocol::COMPACT_VERSION,
+        "the newest both speak"
+    );
     assert_eq!(welcome.snapshot_format, 2, "the newest format both know");
     assert_eq!(w.c(a).link(), LinkState::Live);
 }
@@ -134,7 +138,7 @@ fn a_client_refuses_a_snapshot_format_it_did_not_offer() {
     assert_eq!(w.c(old).link(), LinkState::Live);
     // Hand the client the stored (format 5) snapshot instead.
     let stored = w.room_store.snapshot.clone().expect("snapshot");
-    let frame = protocol::encode(&Message::SnapshotChunk {
+    let frame = crate::harness::frame(&Message::SnapshotChunk {
         cursor: stored.0,
         total_len: stored.1.len() as u64,
         offset: 0,
@@ -150,7 +154,7 @@ fn a_client_refuses_a_snapshot_format_it_did_not_offer() {
 fn nothing_in_common_is_refused_with_4001() {
     let mut w = World::new(RoomConfig::default());
     let cases = [
-        (vec![protocol::PROTOCOL_VERSION + 1], vec![3]),
+        (vec![protocol::COMPACT_VERSION + 1], vec![3]),
         (vec![protocol::PROTOCOL_VERSION], vec![9]),
     ];
     for (n, (versions, snapshot_formats)) in cases.into_iter().enumerate() {

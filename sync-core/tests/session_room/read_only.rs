@@ -1,6 +1,6 @@
 //! Read-only sessions: they read, they never get to write.
 
-use sync_core::protocol::{self, ErrorCode, Message};
+use sync_core::protocol::{ErrorCode, Message};
 use sync_core::room::{RoomConfig, RoomOutput};
 use sync_core::session::LinkState;
 use sync_core::{Event, Op};
@@ -47,7 +47,7 @@ fn room_rejects_a_push_from_a_read_only_session_and_keeps_it_open() {
     let ops: Vec<Op> = w.c(r).session.replica().outbox().collect();
     w.room_trace.clear();
 
-    w.inject_to_room(r, &protocol::encode(&Message::Push { ops }));
+    w.inject_to_room(r, &crate::harness::frame(&Message::Push { ops }));
 
     let session = w.conn(r);
     let sent = w.room_sent_to(session);
@@ -84,7 +84,7 @@ fn session_told_read_only_by_a_rejection_stops_pushing_and_keeps_its_ops() {
     // Rights were lowered after the Welcome: the relay refuses a push.
     w.client_input(
         a,
-        sync_core::session::Input::Received(&protocol::encode(&Message::Rejected {
+        sync_core::session::Input::Received(&crate::harness::frame(&Message::Rejected {
             seq: 1,
             code: ErrorCode::ReadOnly,
             retry_after_ms: 0,
