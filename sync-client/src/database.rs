@@ -92,6 +92,11 @@ pub struct Options {
     pub relay: Option<RelayOptions>,
     /// Names the client in the relay's logs.
     pub agent: Option<String>,
+    /// Most records one step of loading the database reads, and most
+    /// documents one step of applying a snapshot from the relay rewrites,
+    /// before the loop yields to the platform (see
+    /// [`crate::platform::Timer::yield_now`]). `None`: 4096.
+    pub slice_docs: Option<usize>,
 }
 
 impl Options {
@@ -104,7 +109,7 @@ impl Options {
     pub fn with_relay(relay: RelayOptions) -> Options {
         Options {
             relay: Some(relay),
-            agent: None,
+            ..Options::default()
         }
     }
 }

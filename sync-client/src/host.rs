@@ -28,7 +28,7 @@ use futures::future::{LocalBoxFuture, poll_fn};
 use futures::stream::{FuturesUnordered, LocalBoxStream};
 use futures::{FutureExt, StreamExt};
 use sync_core::protocol::CloseCode;
-use sync_core::session::{Input, Output, Session, SessionConfig};
+use sync_core::session::{Input, Output, Session, SessionConfig, SessionLoader};
 use sync_core::store::Record;
 use sync_core::token::TokenClaims;
 use sync_core::{Event, PersistBatch, PersistId, Replica, ReplicaConfig, ReplicaId, Timestamp};
@@ -46,6 +46,11 @@ const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(60);
 /// Ask the token source at most this often: a source that keeps returning
 /// an expired or refused token must not be called in a tight loop.
 const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Records per loading step, and documents per step of applying a
+/// snapshot, unless [`Options::slice_docs`] says otherwise: a few
+/// milliseconds of work natively, a few tens in a browser's wasm.
+const DEFAULT_SLICE_DOCS: usize = 4096;
 
 /// The loop of one database, to be driven by the platform (spawned on a
 /// local executor). It ends once the database is closed and its last
@@ -94,21 +99,39 @@ where
         Some(relay) => (relay.room.clone(), relay.token.clone()),
         None => (String::new(), String::new()),
     };
+    let slice = options.slice_docs.unwrap_or(DEFAULT_SLICE_DOCS).max(1);
     let mut session_config = SessionConfig::new(room, token.into_bytes());
     session_config.agent = options
         .agent
         .clone()
         .unwrap_or_else(|| concat!("concord-sync-client/", env!("CARGO_PKG_VERSION")).to_owned());
+    session_config.apply_slice_docs = slice;
     let jitter_seed = mix(seed ^ 0x5eed);
+    // Decoded a slice at a time, yielding in between: a large database
+    // must not hold a UI thread for the whole load.
+    let load_error = |e: sync_core::RestoreError| Error::Load(e.to_string());
+    let mut loader = SessionLoader::new(replica_config);
+    let mut records = records.into_iter();
+    loop {
+        loader
+            .feed(records.by_ref().take(slice))
+            .map_err(load_error)?;
+        if records.len() == 0 {
+            break;
+        }
+        timer.yield_now().await;
+    }
+    let restored = loader
+        .finish(session_config.clone(), jitter_seed)
+        .map_err(load_error)?;
     let session = load_session(
+        restored,
         replica_config,
         &session_config,
         jitter_seed,
-        records,
         ReplicaId(mix(seed).max(1)),
         store.copied(),
-    )
-    .map_err(|e| Error::Load(e.to_string()))?;
+    );
     let relay = options.relay.as_ref().map(|r| Relay {
         url: r.url.clone(),
         token_source: r.token_source.clone(),
@@ -161,34 +184,37 @@ where
         refreshing: None,
         last_refresh: None,
         reloading: None,
+        applying: false,
+        yielding: None,
     };
     Ok((db, host.run().boxed_local()))
 }
 
-/// The session stored in `records`, or a new one as replica `new_id` when
-/// the store is empty. A store that is a copy of another database's
-/// ([`ClientStore::copied`]) continues as replica `new_id` (see
-/// `Session::fork`), so the copy and the original never share an id.
+/// The session restored from a store (`None`: the store is empty, and a
+/// new session starts as replica `new_id`). A store that is a copy of
+/// another database's ([`ClientStore::copied`]) continues as replica
+/// `new_id` (see `Session::fork`), so the copy and the original never
+/// share an id.
 fn load_session(
+    restored: Option<Session>,
     replica_config: ReplicaConfig,
     session_config: &SessionConfig,
     seed: u64,
-    records: Vec<Record>,
     new_id: ReplicaId,
     copied: bool,
-) -> Result<Session, sync_core::RestoreError> {
-    match Session::restore(replica_config, session_config.clone(), seed, records)? {
+) -> Session {
+    match restored {
         Some(mut session) => {
             if copied {
                 session.fork(new_id);
             }
-            Ok(session)
+            session
         }
-        None => Ok(Session::new(
+        None => Session::new(
             Replica::new(new_id, replica_config),
             session_config.clone(),
             seed,
-        )),
+        ),
     }
 }
 
@@ -264,6 +290,8 @@ enum Wake {
     Timer,
     RefreshDue,
     Refreshed(Result<String, String>),
+    /// The platform gave the loop its turn back: time for the next slice.
+    Yielded,
 }
 
 struct Host<T> {
@@ -287,6 +315,10 @@ struct Host<T> {
     /// When the token source was last asked.
     last_refresh: Option<Timestamp>,
     reloading: Option<LocalBoxFuture<'static, Result<Vec<Record>, StoreError>>>,
+    /// The session is applying a snapshot a slice at a time.
+    applying: bool,
+    /// The yield to the platform before the next slice.
+    yielding: Option<LocalBoxFuture<'static, ()>>,
 }
 
 impl<T: Transport> Host<T> {
@@ -297,6 +329,13 @@ impl<T: Transport> Host<T> {
                 return self.shut_down();
             }
             self.start_write();
+            // The next slice once the platform had its turn, and once the
+            // last slice's records are on their way to the store: a store
+            // slower than the slices must not let them pile up into one
+            // huge write.
+            if self.applying && self.yielding.is_none() && self.queued.is_empty() {
+                self.yielding = Some(self.timer.yield_now());
+            }
             let wake = self.next_wake().await;
             self.on_wake(wake);
         }
@@ -332,6 +371,7 @@ impl<T: Transport> Host<T> {
                     core.session.start(self.timer.now());
                 }
             }
+            self.applying = core.session.is_applying();
             core.settle_waiters();
             let status = core.status();
             core.status.publish(status);
@@ -461,6 +501,12 @@ impl<T: Transport> Host<T> {
                 }
             }
             while let Poll::Ready(Some(())) = self.closing.poll_next_unpin(cx) {}
+            if let Some(yielding) = &mut self.yielding {
+                if yielding.poll_unpin(cx).is_ready() {
+                    self.yielding = None;
+                    return Poll::Ready(Wake::Yielded);
+                }
+            }
             if let Some((_, sleep)) = &mut self.sleep {
                 if sleep.poll_unpin(cx).is_ready() {
                     self.sleep = None;
@@ -550,14 +596,22 @@ impl<T: Transport> Host<T> {
             Wake::Reloaded(Ok(records)) => {
                 // An empty store (the first write failed) keeps the replica
                 // id: nothing of it was ever pushed.
-                let restored = load_session(
+                let restored = Session::restore(
                     core.replica_config,
-                    &core.session_config,
+                    core.session_config.clone(),
                     core.seed,
                     records,
-                    core.session.replica().id(),
-                    self.store.copied(),
-                );
+                )
+                .map(|restored| {
+                    load_session(
+                        restored,
+                        core.replica_config,
+                        &core.session_config,
+                        core.seed,
+                        core.session.replica().id(),
+                        self.store.copied(),
+                    )
+                });
                 match restored {
                     Ok(mut session) => {
                         session.set_token(core.session.config().token.clone());
@@ -577,6 +631,7 @@ impl<T: Transport> Host<T> {
                 core.last_error = Some(format!("the local store failed: {e}"));
             }
             Wake::Timer => core.session.handle(now, Input::Timeout),
+            Wake::Yielded => core.session.apply_slice(now),
             Wake::RefreshDue => {
                 self.refresh_at = None;
                 drop(core);

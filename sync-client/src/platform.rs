@@ -184,4 +184,24 @@ pub trait Timer {
     /// wakeup that finds nothing due yet is not re-armed. Timers that sleep
     /// on a monotonic clock re-check the wall clock before resolving.
     fn sleep_until(&self, at: Timestamp) -> LocalBoxFuture<'static, ()>;
+
+    /// Gives the platform a turn: the loop awaits this between the slices
+    /// of a long piece of work (loading a large database, applying a large
+    /// snapshot from the relay), so it never holds its thread for long.
+    ///
+    /// The default lets the executor run other tasks once, which is enough
+    /// on a thread of the loop's own. A platform whose thread also runs a
+    /// UI must yield to its event loop instead (a macrotask: the browser's
+    /// `setTimeout(0)`), so input and rendering get their turn.
+    fn yield_now(&self) -> LocalBoxFuture<'static, ()> {
+        let mut yielded = false;
+        Box::pin(futures::future::poll_fn(move |cx| {
+            if yielded {
+                return std::task::Poll::Ready(());
+            }
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }))
+    }
 }

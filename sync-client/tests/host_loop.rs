@@ -786,3 +786,199 @@ fn a_failed_write_fails_the_writes_in_flight_behind_it_and_their_late_answers_co
     w.settle();
     assert!(w.block(d).is_err(), "d's write failed");
 }
+
+/// A timer whose yields end only when the test says: the test sees each
+/// slice of a long piece of work and can act between two slices.
+#[derive(Clone)]
+struct GatedYields {
+    timer: ManualTimer,
+    held: Arc<std::sync::Mutex<VecDeque<oneshot::Sender<()>>>>,
+}
+
+impl GatedYields {
+    fn release_one(&self) -> bool {
+        let next = self.held.lock().unwrap().pop_front();
+        next.is_some_and(|done| done.send(()).is_ok())
+    }
+
+    fn waiting(&self) -> usize {
+        self.held.lock().unwrap().len()
+    }
+}
+
+impl Timer for GatedYields {
+    fn now(&self) -> Timestamp {
+        self.timer.now()
+    }
+
+    fn sleep_until(&self, at: Timestamp) -> LocalBoxFuture<'static, ()> {
+        self.timer.sleep_until(at)
+    }
+
+    fn yield_now(&self) -> LocalBoxFuture<'static, ()> {
+        let (tx, rx) = oneshot::channel();
+        self.held.lock().unwrap().push_back(tx);
+        async move {
+            let _ = rx.await;
+        }
+        .boxed_local()
+    }
+}
+
+#[test]
+fn a_large_snapshot_is_applied_in_slices_and_a_write_made_meanwhile_is_kept() {
+    let mut w = World::new();
+    // A room of 100 documents, compacted: a new client gets one snapshot.
+    let source = w.open(&MemoryStore::new());
+    source
+        .transaction(|tx| {
+            for n in 0..100 {
+                tx.put("docs", &format!("d{n:03}"), [("n", n)])?;
+            }
+            Ok(())
+        })
+        .now_or_never();
+    w.advance(10);
+    assert_eq!(w.relay.head("room"), 100);
+    w.relay.compact("room", w.clock_now());
+
+    let yields = GatedYields {
+        timer: ManualTimer(w.clock.clone()),
+        held: Arc::default(),
+    };
+    let store = MemoryStore::new();
+    let mut options = Options::with_relay(RelayOptions::new("mem://relay", "room", "token"));
+    options.slice_docs = Some(10);
+    let platform = Platform {
+        transport: w.relay.transport(w.timer()),
+        store: store.clone(),
+        timer: Arc::new(yields.clone()),
+        seed: 99,
+    };
+    let (db, host) = w.block(open(platform, options)).expect("opens");
+    let mut changes = db.collection("docs").subscribe();
+    w.pool.spawner().spawn_local(host).expect("spawn");
+    w.settle();
+
+    // The first slice ran with the snapshot's arrival; the loop now waits
+    // for the platform before each further one.
+    assert_eq!(yields.waiting(), 1, "the loop yields before the next slice");
+    assert_eq!(
+        db.collection("docs")
+            .get("d099")
+            .map(|d| d.fields["n"].clone()),
+        Some(Value::from(99)),
+        "reads see the snapshot's state at once"
+    );
+    let status = db.status();
+    assert_eq!(status.cursor, 0, "the cursor waits for the last slice");
+
+    // A local write between two slices.
+    let write = db.collection("docs").put("d050", [("local", true)]);
+    w.settle();
+    // Each turn of the loop announces at most one slice of documents
+    // (plus the local write's own change).
+    fn announced(changes: &mut sync_client::Subscription) -> usize {
+        let mut n = 0;
+        while let Some(Some(change)) = changes.next().now_or_never() {
+            n += usize::from(matches!(change, Change::Document { .. }));
+        }
+        n
+    }
+    let mut announced_each = vec![announced(&mut changes)];
+    while yields.release_one() {
+        w.settle();
+        announced_each.push(announced(&mut changes));
+    }
+    assert!(write.now_or_never().expect("resolved").is_ok(), "durable");
+    let total: usize = announced_each.iter().sum();
+    assert!(total >= 100, "every document announced: {announced_each:?}");
+    assert!(
+        announced_each.len() >= 9 && announced_each.iter().all(|&n| n <= 2 * 10 + 1),
+        "announced a slice at a time: {announced_each:?}"
+    );
+    w.advance(10);
+    assert!(
+        db.status().cursor >= 100,
+        "cursor stored after the last slice"
+    );
+
+    // The write survived the apply: in memory, in the store, at the relay.
+    let doc = db.collection("docs").get("d050").expect("there");
+    assert_eq!(doc.fields["local"], Value::from(true));
+    assert_eq!(doc.fields["n"], Value::from(50));
+    assert_eq!(w.relay.head("room"), 101, "the write reached the relay");
+    w.block(db.close());
+    let reopened = w.open_with(store.clone(), false);
+    assert_eq!(
+        reopened
+            .collection("docs")
+            .list(&ListOptions::default())
+            .len(),
+        100
+    );
+    let doc = reopened.collection("docs").get("d050").expect("stored");
+    assert_eq!(doc.fields["local"], Value::from(true));
+    assert_eq!(doc.fields["n"], Value::from(50));
+    w.advance(10);
+    let source_doc = source.collection("docs").get("d050").expect("there");
+    assert_eq!(
+        source_doc.fields.get("local"),
+        Some(&Value::from(true)),
+        "synced to the other database"
+    );
+}
+
+#[test]
+fn opening_a_large_database_yields_between_slices_of_records() {
+    let mut w = World::new();
+    let store = MemoryStore::new();
+    let db = w.open_with(store.clone(), false);
+    db.transaction(|tx| {
+        for n in 0..100 {
+            tx.put("docs", &format!("d{n:03}"), [("n", n)])?;
+        }
+        Ok(())
+    })
+    .now_or_never();
+    w.settle();
+    w.block(db.close());
+
+    let yields = GatedYields {
+        timer: ManualTimer(w.clock.clone()),
+        held: Arc::default(),
+    };
+    let mut options = Options::local();
+    options.slice_docs = Some(25);
+    let platform = Platform {
+        transport: w.relay.transport(w.timer()),
+        store: store.clone(),
+        timer: Arc::new(yields.clone()),
+        seed: 7,
+    };
+    let mut opening = open(platform, options).boxed_local();
+    let mut yielded = 0;
+    let (db, host) = loop {
+        if let Some(result) = (&mut opening).now_or_never() {
+            break result.expect("opens");
+        }
+        assert_eq!(yields.waiting(), 1, "one yield at a time");
+        yielded += 1;
+        yields.release_one();
+    };
+    // 100 documents, their 100 unsent operations and a few records more,
+    // in slices of 25: a yield between each two.
+    let records = w.block(store.read_all()).expect("reads").len();
+    assert!(records > 200);
+    assert_eq!(
+        yielded,
+        (records - 1) / 25,
+        "a yield between each two slices"
+    );
+    w.pool.spawner().spawn_local(host).expect("spawn");
+    w.settle();
+    assert_eq!(
+        db.collection("docs").list(&ListOptions::default()).len(),
+        100
+    );
+}

@@ -97,7 +97,8 @@ pub use hlc::{Clock, ClockError, Hlc};
 pub use op::{Change, InvalidOp, Op, OpId};
 pub use persist::{PersistBatch, StoreKey, Write};
 pub use replica::{
-    Applied, ApplyError, Outbox, Replica, ReplicaConfig, RestoreError, Transaction, WriteError,
+    Applied, ApplyError, Outbox, Replica, ReplicaConfig, ReplicaLoader, RestoreError, Transaction,
+    WriteError,
 };
 pub use revision::Revision;
 pub use snapshot::{Snapshot, SnapshotError};

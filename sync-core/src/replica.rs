@@ -9,19 +9,19 @@ use crate::event::{Event, Origin};
 use crate::hlc::{Clock, ClockError, DEFAULT_MAX_DRIFT_MS, Hlc};
 use crate::op::{Change, ChangeRef, InvalidOp, Op, OpId, OpRef};
 use crate::persist::{
-    CollectionRecord, DocRecordRef, MetaRecord, MetaRecordRef, PersistBatch, RecordError, StoreKey,
-    Write, decode_doc_record, decode_record, encode_record, encode_record_into,
-    encode_record_sized,
+    CollectionRecord, DocRecordRef, MetaRecordRef, PersistBatch, RecordError, StoreKey, Write,
+    decode_record, encode_record, encode_record_into, encode_record_sized,
 };
 use crate::revision::Revision;
 use crate::snapshot::Snapshot;
 use crate::stamp::ReplicaId;
-use crate::state::{
-    DocChange, DocState, Document, DocumentRef, Documents, Effect, FieldSlot, State,
-};
+use crate::state::{DocChange, Document, DocumentRef, Documents, Effect, State};
 use crate::timestamp::Timestamp;
 use crate::value::{Value, ValueRef};
 use crate::version::VersionVector;
+
+mod restore;
+pub use restore::ReplicaLoader;
 
 /// Settings of a replica.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -178,10 +178,6 @@ impl DirtyIds {
         }
         !self.ordered.contains(id) && self.ordered.insert(id.to_owned())
     }
-
-    fn iter(&self) -> impl Iterator<Item = &String> {
-        self.hashed.iter().chain(&self.ordered)
-    }
 }
 
 impl IntoIterator for DirtyIds {
@@ -264,6 +260,8 @@ pub struct Replica {
     outbox_stored_through: u64,
     dirty: Dirty,
     events: VecDeque<Event>,
+    /// A snapshot reset still rewriting records, a slice at a time.
+    reset: Option<Box<restore::ResetProgress>>,
 }
 
 impl Replica {
@@ -284,6 +282,7 @@ impl Replica {
                 ..Dirty::default()
             },
             events: VecDeque::new(),
+            reset: None,
         }
     }
 
@@ -928,56 +927,8 @@ impl Replica {
         now: Timestamp,
         snapshot: Snapshot,
     ) -> Result<(), ApplyError> {
-        // As in `merge_snapshot`: check the stamps, not only the claim.
-        self.clock.observe(snapshot.newest_hlc(), now)?;
-        let old = std::mem::replace(&mut self.state, snapshot.state);
-        self.version = snapshot.version;
-        for pending in &self.outbox {
-            if let Some(op) = pending.decode() {
-                self.version.insert(op.id);
-                self.state.apply_owned(op);
-            }
-        }
-        // As in `apply`: never reuse the number of an own operation it holds.
-        if let Some(next) = self.version.highest(self.id).checked_add(1) {
-            self.next_seq = self.next_seq.max(next);
-        }
-        // Rewrite every record either state has, and announce every change.
-        for (name, coll) in old.collections.iter().chain(&self.state.collections) {
-            self.dirty.collections.insert(name.clone());
-            let dirty = self.dirty.docs.entry(name.clone()).or_default();
-            for id in coll.docs.keys() {
-                dirty.insert(id);
-            }
-        }
-        let mut touched: BTreeSet<(&str, &str)> = BTreeSet::new();
-        for (name, ids) in &self.dirty.docs {
-            for id in ids.iter() {
-                if old.revision(name, id) != self.state.revision(name, id) {
-                    touched.insert((name, id));
-                }
-            }
-        }
-        let touched: Vec<(String, String)> = touched
-            .into_iter()
-            .map(|(c, i)| (c.to_owned(), i.to_owned()))
-            .collect();
-        for (collection, id) in touched {
-            self.events.push_back(Event::DocumentChanged {
-                collection,
-                id,
-                origin: Origin::Remote,
-            });
-        }
-        let old_collections: BTreeSet<&str> = old.collections().collect();
-        let new_collections: BTreeSet<&str> = self.state.collections().collect();
-        for name in old_collections.symmetric_difference(&new_collections) {
-            self.events.push_back(Event::CollectionChanged {
-                collection: (*name).to_owned(),
-                origin: Origin::Remote,
-            });
-        }
-        self.dirty.meta = true;
+        self.start_reset(now, snapshot)?;
+        self.finish_reset();
         Ok(())
     }
 
@@ -1044,7 +995,11 @@ impl Replica {
                 replica: self.id,
                 clock: self.clock.last(),
                 next_seq: self.next_seq,
-                version: &self.version,
+                // Mid-reset, the version from before it (see `start_reset`).
+                version: self
+                    .reset
+                    .as_ref()
+                    .map_or(&self.version, |reset| &reset.old_version),
             };
             batch.writes.push(Write::Put {
                 key: StoreKey::Meta,
@@ -1117,99 +1072,9 @@ impl Replica {
     where
         I: IntoIterator<Item = crate::store::Record>,
     {
-        let mut meta: Option<MetaRecord> = None;
-        let mut state = State::new();
-        let mut outbox = BTreeMap::new();
-        let mut any = false;
-        for (key_bytes, value) in records {
-            let key = StoreKey::from_bytes(&key_bytes)?;
-            match &key {
-                StoreKey::Meta => meta = Some(decode_record(&key, &value)?),
-                StoreKey::Collection(name) => {
-                    let record: CollectionRecord = decode_record(&key, &value)?;
-                    let coll = state.collections.entry(name.clone()).or_default();
-                    coll.created = record.created;
-                    coll.dropped = record.dropped;
-                }
-                StoreKey::Document { collection, id } => {
-                    let record = decode_doc_record(&key, &value)?;
-                    let mut fields = Vec::with_capacity(record.fields.len());
-                    for (name, stamp, value) in record.fields {
-                        let stamp = stamp.or(record.written).ok_or_else(|| {
-                            RestoreError::Inconsistent(format!(
-                                "a field of {key:?} has no stamp of its own and the document none"
-                            ))
-                        })?;
-                        let name = state.names.intern(name);
-                        fields.push(FieldSlot::new(name, stamp, value, &mut state.names));
-                    }
-                    fields.sort_by_key(|slot| slot.name);
-                    let doc = DocState::new(record.written, record.deleted, fields, &state.names);
-                    state
-                        .collections
-                        .entry(collection.clone())
-                        .or_default()
-                        .docs
-                        .insert(id.clone(), doc);
-                }
-                StoreKey::Outbox(seq) => {
-                    let op: Op = decode_record(&key, &value)?;
-                    if op.id.seq != *seq {
-                        return Err(RestoreError::Inconsistent(format!(
-                            "outbox record {seq} holds operation {}",
-                            op.id.seq
-                        )));
-                    }
-                    outbox.insert(
-                        *seq,
-                        (
-                            op.id,
-                            Pending {
-                                seq: *seq,
-                                record: value.into_boxed_slice(),
-                            },
-                        ),
-                    );
-                }
-                StoreKey::Extension(_) => continue,
-            }
-            any = true;
-        }
-        let Some(meta) = meta else {
-            return if any {
-                Err(RestoreError::MissingMeta)
-            } else {
-                Ok(None)
-            };
-        };
-        let own_highest = meta.version.highest(meta.replica);
-        if meta.next_seq == 0 || meta.next_seq <= own_highest {
-            return Err(RestoreError::Inconsistent(format!(
-                "next sequence number {} is not above the replica's own operations (up to {own_highest})",
-                meta.next_seq
-            )));
-        }
-        if let Some((id, _)) = outbox
-            .values()
-            .find(|(id, _)| id.replica != meta.replica || id.seq >= meta.next_seq)
-        {
-            return Err(RestoreError::Inconsistent(format!(
-                "outbox holds foreign or future operation {id:?}"
-            )));
-        }
-        Ok(Some(Replica {
-            id: meta.replica,
-            clock: Clock::resume(meta.clock, config.max_drift_ms),
-            next_seq: meta.next_seq,
-            state,
-            version: meta.version,
-            outbox_stored_through: outbox.keys().next_back().copied().unwrap_or(0),
-            outbox: outbox.into_values().map(|(_, pending)| pending).collect(),
-            scratch: Vec::new(),
-            single: TxWrites::default(),
-            dirty: Dirty::default(),
-            events: VecDeque::new(),
-        }))
+        let mut loader = ReplicaLoader::new(config);
+        loader.feed(records)?;
+        loader.finish()
     }
 }
 
@@ -1612,6 +1477,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::persist::decode_doc_record;
     use crate::store::{MemoryStore, Store};
 
     /// Past `DirtyIds::MAX_HASHED` documents a batch keeps working (the ids

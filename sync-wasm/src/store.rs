@@ -4,6 +4,7 @@ use std::rc::Rc;
 
 use futures::FutureExt;
 use futures::future::LocalBoxFuture;
+use indexed_db_futures::KeyRange;
 use indexed_db_futures::database::Database as IdbDatabase;
 use indexed_db_futures::prelude::*;
 use indexed_db_futures::transaction::{TransactionDurability, TransactionMode, TransactionOptions};
@@ -129,27 +130,71 @@ impl ClientStore for IdbStore {
     fn read_all(&self) -> LocalBoxFuture<'static, Result<Vec<Record>, StoreError>> {
         let db = self.db.clone();
         async move {
-            let tx = db
-                .transaction(RECORDS)
-                .with_mode(TransactionMode::Readonly)
-                .build()
-                .map_err(io)?;
-            let store = tx.object_store(RECORDS).map_err(io)?;
-            // Both requests run in one transaction, so keys and values
-            // line up one to one, each in key order.
-            let keys = store.get_all_keys::<JsValue>().primitive().map_err(io)?;
-            let values = store.get_all::<JsValue>().primitive().map_err(io)?;
-            let keys = keys.await.map_err(io)?;
-            let values = values.await.map_err(io)?;
+            // Page by page, each page its own pair of requests: the browser
+            // hands each page's results to the page's thread in a task of
+            // its own, so a large database is never cloned and copied in
+            // one long task. Each page has its own read-only transaction
+            // (an idle one commits between pages); nothing writes meanwhile,
+            // as the database is opened before its loop starts and one tab
+            // holds it.
             let mut records = Vec::new();
-            for (key, value) in keys.zip(values) {
-                records.push((to_vec(&key.map_err(io)?)?, to_vec(&value.map_err(io)?)?));
+            let mut after: Option<JsValue> = None;
+            loop {
+                let tx = db
+                    .transaction(RECORDS)
+                    .with_mode(TransactionMode::Readonly)
+                    .build()
+                    .map_err(io)?;
+                let store = tx.object_store(RECORDS).map_err(io)?;
+                // Both requests run in one transaction, so keys and values
+                // line up one to one, each in key order.
+                let (keys, values) = match &after {
+                    None => (
+                        store
+                            .get_all_keys::<JsValue>()
+                            .with_limit(READ_PAGE)
+                            .primitive()
+                            .map_err(io)?,
+                        store
+                            .get_all::<JsValue>()
+                            .with_limit(READ_PAGE)
+                            .primitive()
+                            .map_err(io)?,
+                    ),
+                    Some(last) => (
+                        store
+                            .get_all_keys::<JsValue>()
+                            .with_query(KeyRange::LowerBound(last.clone(), true))
+                            .with_limit(READ_PAGE)
+                            .primitive()
+                            .map_err(io)?,
+                        store
+                            .get_all::<JsValue>()
+                            .with_query(KeyRange::LowerBound(last.clone(), true))
+                            .with_limit(READ_PAGE)
+                            .primitive()
+                            .map_err(io)?,
+                    ),
+                };
+                let keys = keys.await.map_err(io)?;
+                let values = values.await.map_err(io)?;
+                let before = records.len();
+                for (key, value) in keys.zip(values) {
+                    let key = key.map_err(io)?;
+                    records.push((to_vec(&key)?, to_vec(&value.map_err(io)?)?));
+                    after = Some(key);
+                }
+                if records.len() - before < READ_PAGE as usize {
+                    return Ok(records);
+                }
             }
-            Ok(records)
         }
         .boxed_local()
     }
 }
+
+/// Records per page when reading a database back.
+const READ_PAGE: u32 = 4096;
 
 /// The store a database uses: IndexedDB, or memory where there is none.
 #[derive(Clone, Debug)]

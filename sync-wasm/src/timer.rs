@@ -36,6 +36,12 @@ impl Timer for JsTimer {
         }
         .boxed_local()
     }
+
+    /// A macrotask (`setTimeout(0)`), so input and rendering run between
+    /// the slices of a large load or snapshot; a microtask would not let them.
+    fn yield_now(&self) -> LocalBoxFuture<'static, ()> {
+        sleep_ms(0.0).boxed_local()
+    }
 }
 
 /// Resolves after `ms` milliseconds (or 0: on the next macrotask).

@@ -88,6 +88,20 @@ impl MemoryRelay {
         self.shared.borrow().rooms.get(room).map_or(0, Room::head)
     }
 
+    /// Folds `room`'s whole log into its snapshot now, whatever the
+    /// compaction policy says: a client whose cursor is behind then gets
+    /// the snapshot instead of the operations.
+    pub fn compact(&self, room: &str, now: Timestamp) {
+        let mut state = self.shared.borrow_mut();
+        let job = state.rooms.get_mut(room).and_then(|r| r.compact_now(now));
+        if let Some(Ok(done)) = job.map(|job| job.run()) {
+            if let Some(r) = state.rooms.get_mut(room) {
+                r.handle(now, RoomInput::Compacted(done));
+            }
+            drain_room(&mut state, room, now);
+        }
+    }
+
     fn on_client_frame(&self, now: Timestamp, connection: ConnectionId, frame: Vec<u8>) {
         let mut state = self.shared.borrow_mut();
         state.frames_from_clients += 1;

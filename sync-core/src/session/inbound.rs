@@ -21,10 +21,13 @@ use crate::snapshot::Snapshot;
 pub(super) enum Inbound {
     /// Operations of one `Deliver`, applied through `cursor` once empty.
     Ops { ops: Vec<Op>, cursor: u64 },
-    /// A complete snapshot through `cursor`.
+    /// A complete snapshot through `cursor`; `started` once the replica
+    /// holds it and is rewriting records a slice at a time (the item then
+    /// stays at the front, holding back the cursor, until that is done).
     Snapshot {
         snapshot: Box<Snapshot>,
         cursor: u64,
+        started: bool,
     },
 }
 
@@ -33,6 +36,7 @@ impl Inbound {
     fn blocking_wall_ms(&self) -> Option<u64> {
         match self {
             Inbound::Ops { ops, .. } => ops.iter().map(|op| op.hlc.wall_ms()).min(),
+            Inbound::Snapshot { started: true, .. } => None,
             Inbound::Snapshot { snapshot, .. } => Some(snapshot.newest_hlc().wall_ms()),
         }
     }
@@ -54,6 +58,14 @@ impl InboundQueue {
         self.items.is_empty()
     }
 
+    /// Whether the front item is a snapshot the replica is applying.
+    pub(super) fn applying_front(&self) -> bool {
+        matches!(
+            self.items.front(),
+            Some(Inbound::Snapshot { started: true, .. })
+        )
+    }
+
     /// Forgets everything: the relay sends it again after reconnecting,
     /// starting from the stored cursor.
     pub(super) fn clear(&mut self) {
@@ -69,13 +81,17 @@ impl InboundQueue {
             .map(|wall| wall.saturating_sub(max_drift_ms))
     }
 
-    /// Applies items from the front while the clock accepts them. Returns the
-    /// cursor of the last item fully applied, if any was.
+    /// Applies items from the front while the clock accepts them, and at
+    /// most `slice_docs` documents of a snapshot (see
+    /// [`Replica::continue_reset`]): a snapshot with more stays at the front
+    /// until later calls finish it. Returns the cursor of the last item
+    /// fully applied, if any was.
     pub(super) fn drain(
         &mut self,
         now: u64,
         replica: &mut Replica,
         outputs: &mut Gate<Output>,
+        slice_docs: usize,
     ) -> Option<u64> {
         let at = Timestamp::from_unix_ms(now);
         let mut applied_through = None;
@@ -95,19 +111,29 @@ impl InboundQueue {
                     }
                     (!ops.is_empty(), *cursor, ahead)
                 }
-                Inbound::Snapshot { snapshot, cursor } => {
+                Inbound::Snapshot {
+                    snapshot,
+                    cursor,
+                    started,
+                } => {
                     let newest = snapshot.newest_hlc();
-                    if replica.check_drift(newest, at).is_err() {
+                    if !*started && replica.check_drift(newest, at).is_err() {
                         (true, *cursor, newest.wall_ms().saturating_sub(now))
                     } else {
-                        let cursor = *cursor;
-                        let snapshot = std::mem::replace(snapshot, Box::new(Snapshot::empty()));
-                        if let Err(e) = replica.reset_to_snapshot(at, *snapshot) {
-                            outputs.push(Output::Event(Event::PeerMisbehaved {
-                                reason: e.to_string(),
-                            }));
+                        if !*started {
+                            *started = true;
+                            let snapshot = std::mem::replace(snapshot, Box::new(Snapshot::empty()));
+                            if let Err(e) = replica.start_reset(at, *snapshot) {
+                                outputs.push(Output::Event(Event::PeerMisbehaved {
+                                    reason: e.to_string(),
+                                }));
+                            }
                         }
-                        (false, cursor, 0)
+                        if replica.continue_reset(slice_docs) {
+                            // More slices to go: the cursor waits for them.
+                            return applied_through;
+                        }
+                        (false, *cursor, 0)
                     }
                 }
             };

@@ -100,6 +100,10 @@ pub struct SessionConfig {
     /// build speaks ([`protocol::SUPPORTED_VERSIONS`]); a client limited
     /// to `[2]` sends and receives operations in the version-2 encoding.
     pub protocol_versions: Vec<u8>,
+    /// Most documents a received snapshot rewrites per step: a larger one
+    /// is applied over several calls (see [`Session::is_applying`]), so a
+    /// host on a UI thread can yield between them.
+    pub apply_slice_docs: usize,
 }
 
 crate::setters::with_setters!(SessionConfig {
@@ -117,6 +121,7 @@ crate::setters::with_setters!(SessionConfig {
     with_max_snapshot_bytes => max_snapshot_bytes: u64,
     with_snapshot_formats => snapshot_formats: Vec<u8>,
     with_protocol_versions => protocol_versions: Vec<u8>,
+    with_apply_slice_docs => apply_slice_docs: usize,
 });
 
 impl SessionConfig {
@@ -139,6 +144,7 @@ impl SessionConfig {
                 ..=crate::snapshot::NEWEST_SNAPSHOT_FORMAT)
                 .collect(),
             protocol_versions: protocol::SUPPORTED_VERSIONS.to_vec(),
+            apply_slice_docs: 4096,
         }
     }
 }
@@ -355,6 +361,60 @@ pub struct Session {
     refusal_events: Vec<Event>,
 }
 
+/// Rebuilds a session from its store's records fed in slices, so a host
+/// can yield between them; [`Session::restore`] takes them all at once.
+#[derive(Debug)]
+pub struct SessionLoader {
+    replica: crate::replica::ReplicaLoader,
+    sync: Option<Vec<u8>>,
+}
+
+impl SessionLoader {
+    /// A loader that has read nothing yet.
+    pub fn new(replica_config: ReplicaConfig) -> SessionLoader {
+        SessionLoader {
+            replica: crate::replica::ReplicaLoader::new(replica_config),
+            sync: None,
+        }
+    }
+
+    /// Reads the next records (in key order, as stores return them).
+    pub fn feed<I>(&mut self, records: I) -> Result<(), RestoreError>
+    where
+        I: IntoIterator<Item = Record>,
+    {
+        let sync = &mut self.sync;
+        self.replica
+            .feed(records.into_iter().filter_map(|(key, value)| {
+                if key.as_slice() == SESSION_KEY {
+                    *sync = Some(value);
+                    return None;
+                }
+                Some((key, value))
+            }))
+    }
+
+    /// The session the records describe, or `None` for an empty store.
+    ///
+    /// A stored sync state for another room is ignored: the session starts
+    /// that room from offset 0.
+    pub fn finish(self, config: SessionConfig, seed: u64) -> Result<Option<Session>, RestoreError> {
+        let sync = self.sync.as_deref().map(SyncState::decode).transpose()?;
+        let Some(replica) = self.replica.finish()? else {
+            return Ok(None);
+        };
+        let mut session = Session::new(replica, config, seed);
+        if let Some(sync) = sync.filter(|s| s.room == session.config.room) {
+            session.sync = sync;
+            session.sync_dirty = false;
+        }
+        Ok(Some(session))
+    }
+}
+
+/// [`SESSION_RECORD`]'s key as stored.
+const SESSION_KEY: &[u8] = b"Xsession";
+
 impl Session {
     /// A session around `replica`, offline until [`Session::start`].
     ///
@@ -393,20 +453,34 @@ impl Session {
         seed: u64,
         records: Vec<Record>,
     ) -> Result<Option<Session>, RestoreError> {
-        let session_key = StoreKey::Extension(SESSION_RECORD.into()).to_bytes();
-        let sync = match records.iter().find(|(k, _)| *k == session_key) {
-            Some((_, v)) => Some(SyncState::decode(v)?),
-            None => None,
-        };
-        let Some(replica) = Replica::restore(replica_config, records)? else {
-            return Ok(None);
-        };
-        let mut session = Session::new(replica, config, seed);
-        if let Some(sync) = sync.filter(|s| s.room == session.config.room) {
-            session.sync = sync;
-            session.sync_dirty = false;
+        let mut loader = SessionLoader::new(replica_config);
+        loader.feed(records)?;
+        loader.finish(config, seed)
+    }
+
+    /// Whether a received snapshot is still being applied: the host calls
+    /// [`Session::apply_slice`] (yielding to its platform in between) until
+    /// this is `false`. Reads already see the snapshot's state; the cursor
+    /// is stored, and `CaughtUp` reported, once the last slice is.
+    pub fn is_applying(&self) -> bool {
+        self.replica.is_resetting()
+    }
+
+    /// Applies the next slice (at most [`SessionConfig::apply_slice_docs`]
+    /// documents) of a snapshot being applied, then whatever was received
+    /// after it, as far as it goes.
+    pub fn apply_slice(&mut self, now: Timestamp) {
+        let now = now.unix_ms();
+        self.settle_local_writes();
+        if self.store_failed.is_some() {
+            return;
         }
-        Ok(Some(session))
+        if !self.inbound.applying_front() {
+            // The snapshot's item was dropped with its connection: finish
+            // the reset anyway; the cursor stays where it was.
+            self.replica.continue_reset(self.config.apply_slice_docs);
+        }
+        self.drain_inbound(now);
     }
 
     /// The replica, for reads.
@@ -1079,6 +1153,7 @@ impl Session {
                     self.inbound.push(Inbound::Snapshot {
                         snapshot: Box::new(snapshot),
                         cursor: done.cursor,
+                        started: false,
                     });
                     self.drain_inbound(now);
                 }
@@ -1093,9 +1168,12 @@ impl Session {
 
     /// Applies what the clock allows from the inbound queue, then stores the cursor.
     fn drain_inbound(&mut self, now: u64) {
-        let drained = self
-            .inbound
-            .drain(now, &mut self.replica, &mut self.outputs);
+        let drained = self.inbound.drain(
+            now,
+            &mut self.replica,
+            &mut self.outputs,
+            self.config.apply_slice_docs,
+        );
         if let Some(cursor) = drained {
             if cursor > self.sync.cursor {
                 self.sync.cursor = cursor;
@@ -1505,5 +1583,14 @@ mod tests {
         let mut wrong_version = bytes.clone();
         wrong_version[0] = 99;
         assert!(SyncState::decode(&wrong_version).is_err());
+    }
+}
+
+#[cfg(test)]
+mod loader_tests {
+    #[test]
+    fn the_session_key_is_the_session_records_key() {
+        let key = super::StoreKey::Extension(super::SESSION_RECORD.into()).to_bytes();
+        assert_eq!(key, super::SESSION_KEY);
     }
 }
