@@ -424,7 +424,8 @@ impl<T: Transport> Host<T> {
             while core.durable_waiters.front().is_some_and(|w| w.id <= *last) {
                 taken.extend(core.durable_waiters.pop_front());
             }
-            callers = taken.len();
+            // A caller that dropped its `Pending` waits for nothing.
+            callers = taken.iter().filter(|w| !w.tx.is_canceled()).count();
         }
         let on_durable = {
             let waiters = waiters.clone();

@@ -548,8 +548,11 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
 /// fewer, larger writes, so counting writes instead would never wait for
 /// them: the next commit would start with the first put back and leave the
 /// others a commit of their own. A write of the loop that nobody waits on
-/// (a received change, a cursor) counts as none, so a steady trickle of
-/// them never waits.
+/// (a received change, a cursor) counts as none. Callers that do not come
+/// back at once (puts made at their own pace, or issued together and
+/// awaited later) would make every commit wait in vain, so after a wait
+/// that timed out the next group starts without waiting (the one after
+/// may wait again).
 fn write_loop(
     mut conn: Connection,
     queue: &mpsc::Receiver<Job>,
@@ -563,6 +566,8 @@ fn write_loop(
     let mut failed: Option<StoreError> = None;
     // Callers answered by the last group, and how long its commit took.
     let mut last_callers = 0;
+    // Whether the last wait saw every caller come back (see below).
+    let mut patient = true;
     let mut last_commit = Duration::ZERO;
     while let Ok(first) = queue.recv() {
         jobs.push(first);
@@ -573,7 +578,7 @@ fn write_loop(
             }
         }
         let mut arrived: usize = jobs.iter().map(Job::callers).sum();
-        if arrived < last_callers {
+        if arrived < last_callers && patient {
             let deadline = Instant::now() + (last_commit / 2).min(MAX_GATHER_WAIT);
             while arrived < last_callers && jobs.len() < MAX_GROUP {
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -585,6 +590,14 @@ fn write_loop(
                     Err(_) => break,
                 }
             }
+            // They did not all come back in time: these callers do not
+            // write again at once (puts issued without waiting on each, or
+            // at their own pace), and waiting for them next time would only
+            // add latency: the next group starts without waiting, the one
+            // after may wait again.
+            patient = arrived >= last_callers;
+        } else {
+            patient = true;
         }
         let started = Instant::now();
         for job in jobs.drain(..) {
