@@ -551,8 +551,8 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
 /// (a received change, a cursor) counts as none. Callers that do not come
 /// back at once (puts made at their own pace, or issued together and
 /// awaited later) would make every commit wait in vain, so after a wait
-/// that timed out the next group starts without waiting (the one after
-/// may wait again).
+/// that timed out the writer stops waiting until a group finds as many
+/// callers queued as the one before answered without having waited.
 fn write_loop(
     mut conn: Connection,
     queue: &mpsc::Receiver<Job>,
@@ -578,7 +578,10 @@ fn write_loop(
             }
         }
         let mut arrived: usize = jobs.iter().map(Job::callers).sum();
-        if arrived < last_callers && patient {
+        if arrived >= last_callers {
+            // They came back by themselves: worth waiting for next time.
+            patient = true;
+        } else if patient {
             let deadline = Instant::now() + (last_commit / 2).min(MAX_GATHER_WAIT);
             while arrived < last_callers && jobs.len() < MAX_GROUP {
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -592,12 +595,9 @@ fn write_loop(
             }
             // They did not all come back in time: these callers do not
             // write again at once (puts issued without waiting on each, or
-            // at their own pace), and waiting for them next time would only
-            // add latency: the next group starts without waiting, the one
-            // after may wait again.
+            // at their own pace), and waiting for them again would only add
+            // latency, until a group finds its callers back without waiting.
             patient = arrived >= last_callers;
-        } else {
-            patient = true;
         }
         let started = Instant::now();
         for job in jobs.drain(..) {
