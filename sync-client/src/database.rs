@@ -268,8 +268,12 @@ pub(crate) struct Inner {
 
 impl Inner {
     pub(crate) fn wake(&self) {
-        self.woken.store(true, Ordering::Release);
-        self.waker.wake();
+        // A wake still pending (the loop has not taken the flag yet) covers
+        // this one too: the loop drains everything once it runs. Many puts
+        // in a burst then cost one wakeup of the loop's thread, not one each.
+        if !self.woken.swap(true, Ordering::AcqRel) {
+            self.waker.wake();
+        }
     }
 
     pub(crate) fn now(&self) -> Timestamp {

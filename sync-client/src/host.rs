@@ -34,10 +34,11 @@ use sync_core::token::TokenClaims;
 use sync_core::{Event, PersistBatch, PersistId, Replica, ReplicaConfig, ReplicaId, Timestamp};
 
 use crate::changes::{Change, Subscribers, lock};
-use crate::database::{Core, Database, Inner, Options, Relay};
+use crate::database::{Core, Database, DurableWaiter, Inner, Options, Relay};
 use crate::error::Error;
 use crate::platform::{
-    ClientStore, Incoming, Link, LinkSender, StoreError, Timer, Transport, TransportError,
+    ClientStore, Incoming, Link, LinkSender, OnDurable, StoreError, Timer, Transport,
+    TransportError,
 };
 use crate::status::StatusWatchers;
 
@@ -279,6 +280,27 @@ async fn pump(mut sender: Box<dyn LinkSender>, mut rx: mpsc::UnboundedReceiver<O
 /// A store write in flight.
 type StoreWrite = LocalBoxFuture<'static, Result<(), StoreError>>;
 
+/// The callers waiting on a store write in flight: answered by whichever
+/// comes first, the store's `on_durable` (from its own thread) or the loop
+/// once the write resolves.
+type Waiters = Arc<std::sync::Mutex<Vec<DurableWaiter>>>;
+
+/// One store write in flight.
+struct InFlight {
+    /// The persists it carries.
+    ids: Vec<PersistId>,
+    /// The callers it answers (see [`Waiters`]).
+    waiters: Waiters,
+    write: StoreWrite,
+}
+
+/// Answers `waiters` (taking them, so each is answered once).
+fn answer_waiters(waiters: &Waiters, result: &Result<(), Error>) {
+    for waiter in std::mem::take(&mut *lock(waiters)) {
+        let _ = waiter.tx.send(result.clone());
+    }
+}
+
 /// What woke the loop.
 enum Wake {
     Woken,
@@ -303,10 +325,10 @@ struct Host<T> {
     connecting: Option<LocalBoxFuture<'static, Result<Link, TransportError>>>,
     /// Connections being closed politely.
     closing: FuturesUnordered<LocalBoxFuture<'static, ()>>,
-    /// The store writes in flight, oldest first, and the persists each
-    /// carries. Only the oldest is polled: a later write counts as durable
-    /// only once every write before it has been answered `Ok`.
-    writing: std::collections::VecDeque<(Vec<PersistId>, StoreWrite)>,
+    /// The store writes in flight, oldest first. Only the oldest is polled:
+    /// a later write counts as durable only once every write before it has
+    /// been answered `Ok`.
+    writing: std::collections::VecDeque<InFlight>,
     /// Persists waiting for a place among the writes in flight.
     queued: Vec<(PersistId, PersistBatch)>,
     sleep: Option<(Timestamp, LocalBoxFuture<'static, ()>)>,
@@ -430,8 +452,31 @@ impl<T: Transport> Host<T> {
             return;
         }
         let (ids, batch) = merge(std::mem::take(&mut self.queued));
-        let write = self.store.write(batch);
-        self.writing.push_back((ids, write));
+        // The callers waiting on these persists (and any waiting on an
+        // earlier one still in flight: this write is durable only after
+        // those) are answered from wherever the store learns the write is
+        // durable, without waiting for this thread to hear of it.
+        let waiters: Waiters = Default::default();
+        let mut callers = 0;
+        if let Some(last) = ids.last() {
+            let mut core = lock(&self.inner.core);
+            let mut taken = lock(&waiters);
+            while core.durable_waiters.front().is_some_and(|w| w.id <= *last) {
+                taken.extend(core.durable_waiters.pop_front());
+            }
+            // A caller that dropped its `Pending` waits for nothing.
+            callers = taken.iter().filter(|w| !w.tx.is_canceled()).count();
+        }
+        let on_durable = {
+            let waiters = waiters.clone();
+            OnDurable::new(callers, move || answer_waiters(&waiters, &Ok(())))
+        };
+        let write = self.store.write_notify(batch, on_durable);
+        self.writing.push_back(InFlight {
+            ids,
+            waiters,
+            write,
+        });
     }
 
     /// Arms the refresh of a token that expires, if there is a way to refresh it.
@@ -475,7 +520,7 @@ impl<T: Transport> Host<T> {
             if inner.woken.swap(false, Ordering::AcqRel) {
                 return Poll::Ready(Wake::Woken);
             }
-            if let Some((_, write)) = self.writing.front_mut() {
+            if let Some(InFlight { write, .. }) = self.writing.front_mut() {
                 if let Poll::Ready(result) = write.poll_unpin(cx) {
                     return Poll::Ready(Wake::Written(result));
                 }
@@ -558,11 +603,13 @@ impl<T: Transport> Host<T> {
                 core.session.handle(now, Input::Disconnected { code: None });
             }
             Wake::Written(result) => {
-                let Some((ids, _)) = self.writing.pop_front() else {
+                let Some(InFlight { ids, waiters, .. }) = self.writing.pop_front() else {
                     return;
                 };
                 match result {
                     Ok(()) => {
+                        // Those the store did not answer already.
+                        answer_waiters(&waiters, &Ok(()));
                         for id in ids {
                             core.session.handle(now, Input::Persisted(id));
                         }
@@ -585,7 +632,13 @@ impl<T: Transport> Host<T> {
                         // persists from the start again and would take a late
                         // `Persisted` for one of its own.
                         self.queued.clear();
-                        self.writing.clear();
+                        // Their callers are answered with the failure below.
+                        for in_flight in std::iter::once(waiters)
+                            .chain(self.writing.drain(..).map(|w| w.waiters))
+                        {
+                            core.durable_waiters
+                                .extend(std::mem::take(&mut *lock(&in_flight)));
+                        }
                         core.store_failed = Some(error.clone());
                         core.last_error = Some(format!("the local store failed: {error}"));
                         core.settle_waiters();

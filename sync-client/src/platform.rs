@@ -119,6 +119,46 @@ pub enum StoreErrorKind {
     Closed,
 }
 
+/// What the loop hands a store with a write: the answer for the callers
+/// waiting on it, to give once the write is durable (see
+/// [`ClientStore::write_notify`]). Giving it may happen on any thread and
+/// does not block.
+pub struct OnDurable {
+    callers: usize,
+    answer: Box<dyn FnOnce() + Send>,
+}
+
+impl OnDurable {
+    /// `answer` tells the `callers` waiting on a write that it is durable.
+    pub fn new(callers: usize, answer: impl FnOnce() + Send + 'static) -> OnDurable {
+        OnDurable {
+            callers,
+            answer: Box::new(answer),
+        }
+    }
+
+    /// How many callers wait on the write. Each of them typically writes
+    /// again soon after it is answered, so a store that groups writes into
+    /// commits can wait briefly for that many to come back before it
+    /// starts the next one.
+    pub fn callers(&self) -> usize {
+        self.callers
+    }
+
+    /// Tells the callers the write is durable.
+    pub fn call(self) {
+        (self.answer)();
+    }
+}
+
+impl std::fmt::Debug for OnDurable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnDurable")
+            .field("callers", &self.callers)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Durable storage for one database: the asynchronous form of
 /// [`sync_core::store::Store`].
 pub trait ClientStore {
@@ -129,6 +169,34 @@ pub trait ClientStore {
     /// (the default) the loop awaits each write before issuing the next, so
     /// any store does that.
     fn write(&self, batch: PersistBatch) -> LocalBoxFuture<'static, Result<(), StoreError>>;
+
+    /// Like [`ClientStore::write`], and calls `on_durable` as soon as the
+    /// store knows the write is durable, possibly on a thread of its own and
+    /// before the returned future resolves. The loop passes the answers to
+    /// the callers waiting on the write's puts, so a store that commits on
+    /// its own thread wakes them straight from there instead of through one
+    /// more hop via the loop's thread.
+    ///
+    /// A store that overrides this must call `on_durable` at most once, only
+    /// once this write and every write issued before it are durable, never
+    /// for a write that fails, and without blocking on the loop (it must
+    /// not wait for the returned future to be polled). It may drop it
+    /// uncalled: the loop answers those callers itself when the write
+    /// resolves. The default calls it when the write's future resolves `Ok`.
+    fn write_notify(
+        &self,
+        batch: PersistBatch,
+        on_durable: OnDurable,
+    ) -> LocalBoxFuture<'static, Result<(), StoreError>> {
+        let write = self.write(batch);
+        Box::pin(async move {
+            let result = write.await;
+            if result.is_ok() {
+                on_durable.call();
+            }
+            result
+        })
+    }
 
     /// How many writes the loop may have issued and not yet seen answered
     /// (at least 1; the default). A store that returns more promises, for

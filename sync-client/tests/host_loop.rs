@@ -14,7 +14,7 @@ use futures::future::LocalBoxFuture;
 use futures::task::LocalSpawnExt;
 use futures::{FutureExt, StreamExt};
 use sync_client::memory::{ManualClock, ManualTimer, MemoryRelay, MemoryStore};
-use sync_client::platform::{ClientStore, StoreError, Timer};
+use sync_client::platform::{ClientStore, OnDurable, StoreError, Timer};
 use sync_client::{
     Change, Connection, Database, Error, ListOptions, Options, Origin, Platform, RelayOptions,
     Value, open,
@@ -981,4 +981,92 @@ fn opening_a_large_database_yields_between_slices_of_records() {
         db.collection("docs").list(&ListOptions::default()).len(),
         100
     );
+}
+
+
+/// A [`PipelinedStore`] that also keeps each write's `on_durable` for the
+/// test to call, as a store that commits on a thread of its own does.
+#[derive(Clone)]
+struct NotifyingStore {
+    pipelined: PipelinedStore,
+    notifies: Rc<RefCell<Vec<Option<OnDurable>>>>,
+}
+
+impl NotifyingStore {
+    /// Calls write number `n`'s `on_durable`, as the store's own thread would.
+    fn notify(&self, n: usize) {
+        let on_durable = self.notifies.borrow_mut()[n]
+            .take()
+            .expect("not called yet");
+        on_durable.call();
+    }
+}
+
+impl ClientStore for NotifyingStore {
+    fn write(&self, batch: PersistBatch) -> LocalBoxFuture<'static, Result<(), StoreError>> {
+        self.notifies.borrow_mut().push(None);
+        self.pipelined.write(batch)
+    }
+
+    fn write_notify(
+        &self,
+        batch: PersistBatch,
+        on_durable: OnDurable,
+    ) -> LocalBoxFuture<'static, Result<(), StoreError>> {
+        self.notifies.borrow_mut().push(Some(on_durable));
+        self.pipelined.write(batch)
+    }
+
+    fn read_all(&self) -> LocalBoxFuture<'static, Result<Vec<Record>, StoreError>> {
+        self.pipelined.read_all()
+    }
+
+    fn max_writes_in_flight(&self) -> usize {
+        self.pipelined.limit
+    }
+}
+
+#[test]
+fn a_store_that_knows_a_write_is_durable_answers_its_callers_without_the_loop() {
+    let mut w = World::new();
+    let store = NotifyingStore {
+        pipelined: PipelinedStore::new(2),
+        notifies: Rc::default(),
+    };
+    let db = w.open_with(store.clone(), false);
+    while store.pipelined.in_flight() > 0 {
+        store.pipelined.answer_all();
+        w.settle();
+    }
+    let todos = db.collection("todos");
+    let first = store.pipelined.issued();
+
+    let mut a = todos.put("a", [("n", 1)]);
+    w.settle();
+    let mut b = todos.put("b", [("n", 2)]);
+    w.settle();
+    let mut c = todos.put("c", [("n", 3)]);
+    w.settle();
+    assert_eq!(store.pipelined.issued(), first + 2, "c waits for a place");
+
+    // The store learns a and b are durable and says so; the loop does not
+    // run (no `settle`), yet their callers have their answers. c, not
+    // written yet, is not answered.
+    store.notify(first);
+    store.notify(first + 1);
+    assert!((&mut a).now_or_never().expect("a answered").is_ok());
+    assert!((&mut b).now_or_never().expect("b answered").is_ok());
+    assert!((&mut c).now_or_never().is_none(), "c is not written yet");
+
+    // The writes resolve; the loop goes on, and c is issued and fails
+    // without being notified: its caller hears the store's failure from
+    // the loop, not that the database closed.
+    store.pipelined.answer(first, true);
+    store.pipelined.answer(first + 1, true);
+    w.settle();
+    assert_eq!(store.pipelined.issued(), first + 3, "c is issued");
+    store.pipelined.answer(first + 2, false);
+    w.settle();
+    let err = w.block(c).expect_err("c failed");
+    assert!(matches!(err, Error::Store(_)), "{err}");
 }

@@ -15,7 +15,10 @@
 //! batches to it; it takes every batch that is queued, writes them all in one
 //! transaction — one fsync for many puts — and then answers each caller.
 //! Batches that arrive while a commit is running wait for it and go together
-//! into the next one. With no load a batch is committed at once. A batch
+//! into the next one. With no load a batch is committed at once. The host
+//! loop's writes carry the answer for the puts waiting on them
+//! ([`ClientStore::write_notify`]): this thread gives it right after the
+//! commit, so a put's caller wakes without a hop through the loop's thread. A batch
 //! that fails is rolled back alone (its savepoint) and reported to its
 //! caller; the others of its group still commit — except the host loop's
 //! own writes, see below.
@@ -59,7 +62,7 @@ use std::time::{Duration, Instant};
 use futures::channel::oneshot;
 use futures::future::LocalBoxFuture;
 use rusqlite::{Connection, ErrorCode, OpenFlags, params};
-use sync_client::platform::{ClientStore, StoreError, StoreErrorKind};
+use sync_client::platform::{ClientStore, OnDurable, StoreError, StoreErrorKind};
 use sync_core::persist::{PersistBatch, Write};
 use sync_core::store::{Record, Store};
 
@@ -161,7 +164,21 @@ struct Batch {
     /// later writes queued behind it that depend on it: after an ordered
     /// write fails, later ordered writes fail unapplied until the next read.
     ordered: bool,
+    /// Called on this thread right after the commit, when it succeeded
+    /// (see [`ClientStore::write_notify`]).
+    on_durable: Option<OnDurable>,
     done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+impl Batch {
+    /// Callers waiting on this write (see [`write_loop`]).
+    fn callers(&self) -> usize {
+        match (&self.on_durable, self.ordered) {
+            (Some(on_durable), _) => on_durable.callers(),
+            (None, true) => 0,
+            (None, false) => 1,
+        }
+    }
 }
 
 /// What the writer thread is asked to do.
@@ -172,6 +189,15 @@ enum Job {
     },
     #[cfg(test)]
     Inspect(Box<dyn FnOnce(&Connection) + Send>),
+}
+
+impl Job {
+    fn callers(&self) -> usize {
+        match self {
+            Job::Write(batch) => batch.callers(),
+            _ => 0,
+        }
+    }
 }
 
 impl SqliteStore {
@@ -256,12 +282,18 @@ impl SqliteStore {
     }
 
     /// Queues a write; the receiver answers once it is committed.
-    fn queue_write(&self, rows: Rows, ordered: bool) -> oneshot::Receiver<Result<(), StoreError>> {
+    fn queue_write(
+        &self,
+        rows: Rows,
+        ordered: bool,
+        on_durable: Option<OnDurable>,
+    ) -> oneshot::Receiver<Result<(), StoreError>> {
         let (done, answer) = oneshot::channel();
         // A failed send drops `done`, which the receiver reports as closed.
         let _ = self.submit(Job::Write(Batch {
             rows,
             ordered,
+            on_durable,
             done,
         }));
         answer
@@ -299,7 +331,16 @@ async fn answer<T>(rx: oneshot::Receiver<Result<T, StoreError>>) -> Result<T, St
 
 impl ClientStore for SqliteStore {
     fn write(&self, batch: PersistBatch) -> LocalBoxFuture<'static, Result<(), StoreError>> {
-        let rx = self.queue_write(rows_owned(batch), true);
+        let rx = self.queue_write(rows_owned(batch), true, None);
+        Box::pin(answer(rx))
+    }
+
+    fn write_notify(
+        &self,
+        batch: PersistBatch,
+        on_durable: OnDurable,
+    ) -> LocalBoxFuture<'static, Result<(), StoreError>> {
+        let rx = self.queue_write(rows_owned(batch), true, Some(on_durable));
         Box::pin(answer(rx))
     }
 
@@ -324,7 +365,7 @@ impl Store for SqliteStore {
     type Error = StoreError;
 
     fn write(&mut self, batch: &PersistBatch) -> Result<(), StoreError> {
-        futures::executor::block_on(answer(self.queue_write(rows_borrowed(batch), false)))
+        futures::executor::block_on(answer(self.queue_write(rows_borrowed(batch), false, None)))
     }
 
     fn read_all(&self) -> Result<Vec<Record>, StoreError> {
@@ -495,13 +536,23 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
 /// answered by that commit typically write again at once, but on a busy
 /// machine the first of them can reach the queue before the others have
 /// been scheduled; a group of one would then cost the others a whole extra
-/// commit. So when fewer batches are queued than the last group had, the
-/// writer waits for the rest, at most half the last commit's duration and
-/// at most [`MAX_GATHER_WAIT`]: on a slow disk that buys whole groups, on a
-/// fast one it costs next to nothing, and a single writer never waits.
-/// Only blocking writers count: the host loop's writes are not answered to
-/// waiting threads but to the loop, which sends its next write when puts
-/// arrive, not when it is answered.
+/// commit. So when fewer callers are queued than the last group answered,
+/// the writer waits for the rest, at most half the last commit's duration
+/// and at most [`MAX_GATHER_WAIT`]: on a slow disk that buys whole groups,
+/// on a fast one it costs next to nothing, and a single writer never waits.
+///
+/// Callers are counted by who waits: a blocking write is one caller; a
+/// write of the host loop carries the number of puts waiting on it
+/// ([`OnDurable::callers`]), which this thread answers directly after the
+/// commit. Those callers' next puts reach here merged by the loop into
+/// fewer, larger writes, so counting writes instead would never wait for
+/// them: the next commit would start with the first put back and leave the
+/// others a commit of their own. A write of the loop that nobody waits on
+/// (a received change, a cursor) counts as none. Callers that do not come
+/// back at once (puts made at their own pace, or issued together and
+/// awaited later) would make every commit wait in vain, so after a wait
+/// that timed out the writer stops waiting until a group finds as many
+/// callers queued as the one before answered without having waited.
 fn write_loop(
     mut conn: Connection,
     queue: &mpsc::Receiver<Job>,
@@ -513,8 +564,10 @@ fn write_loop(
     let mut group: Vec<Batch> = Vec::new();
     // Set when an ordered write fails; cleared by the next read.
     let mut failed: Option<StoreError> = None;
-    // Batches in the last group, and how long its commit took.
-    let mut last_group = 0;
+    // Callers answered by the last group, and how long its commit took.
+    let mut last_callers = 0;
+    // Whether the last wait saw every caller come back (see below).
+    let mut patient = true;
     let mut last_commit = Duration::ZERO;
     while let Ok(first) = queue.recv() {
         jobs.push(first);
@@ -524,16 +577,27 @@ fn write_loop(
                 Err(_) => break,
             }
         }
-        let wanted = last_group.min(MAX_GROUP);
-        if jobs.len() < wanted {
+        let mut arrived: usize = jobs.iter().map(Job::callers).sum();
+        if arrived >= last_callers {
+            // They came back by themselves: worth waiting for next time.
+            patient = true;
+        } else if patient {
             let deadline = Instant::now() + (last_commit / 2).min(MAX_GATHER_WAIT);
-            while jobs.len() < wanted {
+            while arrived < last_callers && jobs.len() < MAX_GROUP {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match queue.recv_timeout(left) {
-                    Ok(job) => jobs.push(job),
+                    Ok(job) => {
+                        arrived += job.callers();
+                        jobs.push(job);
+                    }
                     Err(_) => break,
                 }
             }
+            // They did not all come back in time: these callers do not
+            // write again at once (puts issued without waiting on each, or
+            // at their own pace), and waiting for them again would only add
+            // latency, until a group finds its callers back without waiting.
+            patient = arrived >= last_callers;
         }
         let started = Instant::now();
         for job in jobs.drain(..) {
@@ -554,10 +618,7 @@ fn write_loop(
                 }
             }
         }
-        // Only blocking writers come back for the next group: the loop's
-        // writes arrive as its puts do, and waiting for them would add up
-        // to MAX_GATHER_WAIT to every write of a steady trickle.
-        last_group = group.iter().filter(|batch| !batch.ordered).count();
+        last_callers = group.iter().map(Batch::callers).sum();
         commit_group(&mut conn, &path, &mut group, stats, identity, &mut failed);
         last_commit = started.elapsed();
     }
@@ -588,6 +649,15 @@ fn commit_group(
         .batches
         .fetch_add(group.len() as u64, Ordering::Relaxed);
     for (batch, result) in group.drain(..).zip(results) {
+        // The callers waiting on the loop's write first: they are what a
+        // put's latency is measured by, and the loop hears of it anyway.
+        // Ordered writes succeed only after every earlier one did (see
+        // `write_group`), which `on_durable` requires.
+        if result.is_ok()
+            && let Some(on_durable) = batch.on_durable
+        {
+            on_durable.call();
+        }
         let _ = batch.done.send(result);
     }
 }
@@ -876,6 +946,42 @@ mod tests {
             keys(&store),
             vec![doc("ok").to_bytes(), doc("ok3").to_bytes()]
         );
+    }
+
+    #[test]
+    fn the_writer_answers_the_callers_of_committed_loop_writes_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        store.inspect(|conn| {
+            conn.execute_batch(
+                "CREATE TEMP TRIGGER refuse_big BEFORE INSERT ON main.records \
+                 WHEN length(NEW.value) > 1000 BEGIN SELECT RAISE(ABORT, 'too big'); END;",
+            )
+            .unwrap();
+        });
+        let (told, heard) = std::sync::mpsc::channel();
+        let notify = |name: &'static str| {
+            let told = told.clone();
+            OnDurable::new(1, move || {
+                let _ = told.send(name);
+            })
+        };
+        let write =
+            |writes, name| ClientStore::write_notify(&store, PersistBatch { writes }, notify(name));
+        let good = write(vec![put("ok", b"1")], "good");
+        let bad = write(vec![put("b", &[7; 5000])], "bad");
+        let after = write(vec![put("ok2", b"2")], "after");
+        // No future is polled: the writer thread answers by itself once
+        // the commit is done (the timeout only guards against a hang).
+        assert_eq!(heard.recv_timeout(Duration::from_secs(60)), Ok("good"));
+        futures::executor::block_on(async {
+            good.await.unwrap();
+            bad.await.unwrap_err();
+            after.await.unwrap_err();
+        });
+        // A failed write, and one failed behind it, answer nobody durable.
+        drop(told);
+        assert_eq!(heard.try_iter().collect::<Vec<_>>(), Vec::<&str>::new());
     }
 
     #[test]
