@@ -68,6 +68,9 @@ pub(crate) struct LightClient {
     out: Vec<Vec<u8>>,
     /// The protocol version agreed in `Welcome` (`Hello` is always 2).
     version: u8,
+    /// What the every-receiver scenario records, when it asked
+    /// ([`LightClient::record`]).
+    pub(crate) record: Option<Record>,
 }
 
 /// The newest protocol version light clients offer: every version this
@@ -85,6 +88,36 @@ pub(crate) fn set_newest_version(version: u8) -> Result<(), String> {
     }
     NEWEST_VERSION.store(version, Ordering::Relaxed);
     Ok(())
+}
+
+/// One `Deliver` as a receiver saw it: the room offsets it covers
+/// (`from`, `cursor`], how many operations it held, and when it was read.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Arrival {
+    pub(crate) from: u64,
+    pub(crate) cursor: u64,
+    pub(crate) ops: u64,
+    /// Wall clock (µs) when this client read the frame.
+    pub(crate) at_us: u64,
+}
+
+/// What a client records for [`crate::receivers`]: cheap enough that 100
+/// receivers at 10,000 ops/s do not make the load generator the bottleneck.
+#[derive(Debug, Default)]
+pub(crate) struct Record {
+    /// Every `Deliver` read, by its header only.
+    pub(crate) arrivals: Vec<Arrival>,
+    /// Send time (µs) of each operation this client pushed, by sequence
+    /// number − 1.
+    pub(crate) sent_us: Vec<u64>,
+    /// Set on one receiver that writes nothing (the observer): it decodes
+    /// every `Deliver` to learn which operation (replica, sequence number)
+    /// each room offset holds, by offset − 1. Every other receiver reads
+    /// headers only and is matched against this map afterwards.
+    pub(crate) offsets: Option<Vec<(u64, u64)>>,
+    /// Deliveries whose operation count did not match their offsets
+    /// (observer only; must stay 0).
+    pub(crate) gaps: u64,
 }
 
 impl LightClient {
@@ -106,6 +139,7 @@ impl LightClient {
             live: false,
             out: Vec::new(),
             version: protocol::PROTOCOL_VERSION,
+            record: None,
         };
         let newest = NEWEST_VERSION.load(Ordering::Relaxed);
         client.out.push(protocol::encode(&Message::Hello(Hello {
@@ -164,6 +198,38 @@ impl LightClient {
             .push(protocol::encode_in(self.version, &Message::Push { ops }));
     }
 
+    /// Queues one push of one operation per entry of `sent_us` (the time
+    /// each was due, µs), each putting integer field `t` = that time into
+    /// its own document of collection `lat`, and records the times by
+    /// sequence number.
+    pub(crate) fn push_timed(&mut self, sent_us: &[u64]) {
+        let now = now_ms();
+        let mut ops = Vec::with_capacity(sent_us.len());
+        for &t in sent_us {
+            let Ok(hlc) = self.clock.tick(Timestamp::from_unix_ms(now)) else {
+                continue;
+            };
+            self.pushed += 1;
+            if let Some(record) = &mut self.record {
+                record.sent_us.push(t);
+            }
+            ops.push(Op {
+                id: OpId {
+                    replica: self.replica,
+                    seq: self.pushed,
+                },
+                hlc,
+                change: Change::Put {
+                    collection: "lat".to_owned(),
+                    id: format!("d{}", self.pushed % 64),
+                    fields: vec![("t".to_owned(), Some(Value::Int(t as i64)))],
+                },
+            });
+        }
+        self.out
+            .push(protocol::encode_in(self.version, &Message::Push { ops }));
+    }
+
     /// Queues a `Ping` (keeps an otherwise silent session alive).
     pub(crate) fn ping(&mut self) {
         self.out.push(protocol::encode_in(
@@ -212,6 +278,28 @@ impl LightClient {
         match protocol::peek_kind(&frame) {
             Some(MessageKind::Deliver) => {
                 let header = protocol::deliver_header(&frame).ok_or("Deliver with a bad header")?;
+                if let Some(record) = &mut self.record {
+                    record.arrivals.push(Arrival {
+                        from: header.from,
+                        cursor: header.cursor,
+                        ops: header.op_count,
+                        at_us: now_us(),
+                    });
+                    if let Some(offsets) = &mut record.offsets {
+                        let Ok(Message::Deliver { from, cursor, ops }) =
+                            protocol::decode(&frame, usize::MAX)
+                        else {
+                            return Err("undecodable Deliver".into());
+                        };
+                        // The observer writes nothing, so it receives every
+                        // offset: `ops[k]` is at offset `from + 1 + k`.
+                        if offsets.len() as u64 != from || cursor - from != ops.len() as u64 {
+                            record.gaps += 1;
+                        }
+                        offsets.resize(from as usize, (0, 0));
+                        offsets.extend(ops.iter().map(|op| (op.id.replica.0, op.id.seq)));
+                    }
+                }
                 self.cursor = header.cursor;
                 *delivered += 1;
             }

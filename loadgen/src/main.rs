@@ -10,7 +10,7 @@
 //!
 //! ```sh
 //! cargo build --release -p relay-server -p loadgen
-//! target/release/concord-loadgen --relay target/release/concord-relay [--only fanout|scale|cluster|initial|durability|synced] [--seconds 10] [--sessions 10000] [--relay-arg FLAG]...
+//! target/release/concord-loadgen --relay target/release/concord-relay [--only fanout|receivers|scale|cluster|initial|durability|synced] [--seconds 10] [--sessions 10000] [--relay-arg FLAG]...
 //! ```
 //!
 //! Each `--relay-arg` passes one more argument to every relay started, after
@@ -23,6 +23,7 @@
 mod client;
 mod cluster;
 mod light;
+mod receivers;
 mod relay;
 mod scenarios;
 
@@ -45,7 +46,7 @@ pub(crate) struct Settings {
 }
 
 /// Usage text.
-const USAGE: &str = "usage: concord-loadgen --relay PATH [--only fanout|scale|cluster|initial|durability|synced] [--seconds N] [--sessions N] [--relay-arg FLAG]... [--wire 2|3]";
+const USAGE: &str = "usage: concord-loadgen --relay PATH [--only fanout|receivers|scale|cluster|initial|durability|synced] [--seconds N] [--sessions N] [--relay-arg FLAG]... [--wire 2|3]";
 
 fn parse() -> Result<Settings, String> {
     let mut relay = None;

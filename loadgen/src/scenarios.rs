@@ -37,6 +37,9 @@ pub(crate) async fn run(settings: &Settings) -> Result<(), String> {
     if want("fanout") {
         fanout(settings).await?;
     }
+    if want("receivers") {
+        crate::receivers::receivers(settings).await?;
+    }
     if want("scale") {
         scale(settings).await?;
     }

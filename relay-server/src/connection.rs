@@ -15,16 +15,27 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt as _, StreamExt as _};
 use sync_core::protocol::{self, CloseCode, ErrorCode, Hello, Message};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
 use crate::metrics::Metrics;
 use crate::peer::{Control, Kill, Outbound, Peer};
 use crate::room_host::{JoinReply, RoomHandle, RoomMsg};
 use crate::server::App;
+use crate::upgrade::Socket;
+
+/// Messages larger than this go out as fragments of this size. tungstenite
+/// formats each frame whole into the connection's write buffer, which keeps
+/// the largest capacity it ever needed for as long as the connection lasts:
+/// without fragments, every session that once received a large delivery or
+/// snapshot chunk kept that much memory while idle.
+pub(crate) const FRAGMENT_BYTES: usize = 16 * 1024;
 
 /// How long to keep reading (and discarding) after our close frame, so the
 /// client reads our last frames before the socket closes.
@@ -37,7 +48,7 @@ pub(crate) fn valid_room_name(name: &str) -> bool {
 }
 
 /// Serves one upgraded WebSocket until it closes.
-pub(crate) async fn serve(socket: WebSocket, app: Arc<App>, addr: SocketAddr) {
+pub(crate) async fn serve(socket: Socket, app: Arc<App>, addr: SocketAddr) {
     let metrics = app.metrics.clone();
     metrics.connections_open.inc();
     metrics
@@ -95,7 +106,7 @@ struct Conn {
     addr: SocketAddr,
     peer: Peer,
     app: Arc<App>,
-    stream: SplitStream<WebSocket>,
+    stream: SplitStream<Socket>,
     writer_done: watch::Receiver<bool>,
 }
 
@@ -242,7 +253,7 @@ impl Conn {
                     return None;
                 }
                 WsMessage::Close(_) => return None,
-                WsMessage::Ping(_) | WsMessage::Pong(_) => {}
+                WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => {}
             }
         }
     }
@@ -326,8 +337,17 @@ impl Conn {
             match message {
                 WsMessage::Binary(frame) => {
                     self.count_in(frame.len());
-                    let pushed = match protocol::decode(&frame, max) {
-                        Ok(Message::Push { ops }) if !ops.is_empty() => Some(ops.len()),
+                    // Only a push needs its operations counted here; the
+                    // frames that are surely something else (most are
+                    // `Applied`, one per delivery read) go to the room,
+                    // which decodes every frame anyway, without a second
+                    // decode.
+                    let maybe_push = !matches!(
+                        protocol::peek_kind(&frame),
+                        Some(kind) if kind != protocol::MessageKind::Push
+                    );
+                    let pushed = match maybe_push.then(|| protocol::decode(&frame, max)) {
+                        Some(Ok(Message::Push { ops })) if !ops.is_empty() => Some(ops.len()),
                         _ => None,
                     };
                     let Some(ops) = pushed else {
@@ -369,7 +389,7 @@ impl Conn {
                 }
                 WsMessage::Text(_) => return self.refuse_text(),
                 WsMessage::Close(_) => return,
-                WsMessage::Ping(_) | WsMessage::Pong(_) => {}
+                WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => {}
             }
         }
     }
@@ -410,10 +430,9 @@ impl Conn {
 
     /// A read failed: an oversized frame is answered; anything else ends
     /// the connection quietly.
-    fn read_error(&self, error: axum::Error) {
-        let inner = error.into_inner();
-        match inner.downcast_ref::<tungstenite::Error>() {
-            Some(tungstenite::Error::Capacity(capacity)) => {
+    fn read_error(&self, error: tungstenite::Error) {
+        match &error {
+            tungstenite::Error::Capacity(capacity) => {
                 tracing::info!(peer = %self.addr, %capacity, "oversized frame refused");
                 self.peer.error_and_close(
                     ErrorCode::FrameTooLarge,
@@ -423,20 +442,20 @@ impl Conn {
                     ),
                 );
             }
-            Some(tungstenite::Error::Protocol(problem)) => {
+            tungstenite::Error::Protocol(problem) => {
                 tracing::info!(peer = %self.addr, %problem, "WebSocket protocol error");
                 self.app.metrics.error("WebSocketProtocol");
                 self.peer
                     .close(CloseCode::ProtocolError, "WebSocket protocol error".into());
             }
-            _ => tracing::debug!(peer = %self.addr, error = %inner, "connection read failed"),
+            _ => tracing::debug!(peer = %self.addr, %error, "connection read failed"),
         }
     }
 }
 
 /// Writes queued frames until a close, a kill, or a stalled socket.
 async fn write_loop(
-    mut sink: SplitSink<WebSocket, WsMessage>,
+    mut sink: SplitSink<Socket, WsMessage>,
     mut queue: mpsc::Receiver<Outbound>,
     control: Arc<Control>,
     metrics: Arc<Metrics>,
@@ -495,18 +514,45 @@ async fn write_loop(
 const KILL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Writes a frame, flushing if asked (once the queue is empty, so bursts
-/// share syscalls). `false`: the socket failed or stalled.
+/// share syscalls). A frame larger than [`FRAGMENT_BYTES`] goes out as
+/// fragments of that size, so the write buffer never grows past one
+/// fragment plus what is gathered before a socket write. `false`: the
+/// socket failed or stalled (`limit` without progress).
 async fn write(
-    sink: &mut SplitSink<WebSocket, WsMessage>,
+    sink: &mut SplitSink<Socket, WsMessage>,
     frame: Vec<u8>,
     flush: bool,
     limit: Duration,
 ) -> bool {
-    if !matches!(
-        timed(limit, sink.feed(WsMessage::Binary(frame.into()))).await,
-        Ok(Ok(()))
-    ) {
-        return false;
+    let len = frame.len();
+    if len <= FRAGMENT_BYTES {
+        // One timer for the feed and the flush: a small frame is one
+        // socket write, and every session writes one per commit.
+        let written = timed(limit, async {
+            sink.feed(WsMessage::Binary(frame.into())).await?;
+            if flush {
+                sink.flush().await?;
+            }
+            Ok::<(), tungstenite::Error>(())
+        })
+        .await;
+        return matches!(written, Ok(Ok(())));
+    }
+    let bytes = Bytes::from(frame);
+    for start in (0..len).step_by(FRAGMENT_BYTES) {
+        let end = (start + FRAGMENT_BYTES).min(len);
+        let opcode = if start == 0 {
+            OpCode::Data(Data::Binary)
+        } else {
+            OpCode::Data(Data::Continue)
+        };
+        let fragment = Frame::message(bytes.slice(start..end), opcode, end == len);
+        if !matches!(
+            timed(limit, sink.feed(WsMessage::Frame(fragment))).await,
+            Ok(Ok(()))
+        ) {
+            return false;
+        }
     }
     !flush || matches!(timed(limit, sink.flush()).await, Ok(Ok(())))
 }
@@ -514,7 +560,7 @@ async fn write(
 /// Sends a cut-off's error and close frames, briefly: the socket may be
 /// the reason for the cut-off.
 async fn send_kill(
-    sink: &mut SplitSink<WebSocket, WsMessage>,
+    sink: &mut SplitSink<Socket, WsMessage>,
     kill: Kill,
     metrics: &Metrics,
     limit: Duration,
@@ -541,7 +587,7 @@ fn close_message(code: u16, reason: &str) -> WsMessage {
         end -= 1;
     }
     WsMessage::Close(Some(CloseFrame {
-        code,
+        code: code.into(),
         reason: reason.get(..end).unwrap_or_default().into(),
     }))
 }

@@ -6,19 +6,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
 use sync_core::room::RoomStats;
 use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::connection::{self, valid_room_name};
 use crate::room_host::RoomMsg;
 use crate::server::{App, Health};
+use crate::upgrade::Upgrade;
 
 /// The relay's routes.
 pub(crate) fn router(app: Arc<App>) -> Router {
@@ -35,9 +35,9 @@ pub(crate) fn router(app: Arc<App>) -> Router {
 async fn root(
     State(app): State<Arc<App>>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    request: Request,
 ) -> Response {
-    match upgrade {
+    match Upgrade::from_request(request) {
         Ok(upgrade) => accept(app, addr, upgrade),
         Err(_) => text(
             StatusCode::OK,
@@ -50,11 +50,11 @@ async fn root(
 async fn sync(
     State(app): State<Arc<App>>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    request: Request,
 ) -> Response {
-    match upgrade {
+    match Upgrade::from_request(request) {
         Ok(upgrade) => accept(app, addr, upgrade),
-        Err(rejection) => rejection.into_response(),
+        Err(refusal) => refusal.into_response(),
     }
 }
 
@@ -68,10 +68,13 @@ const READ_BUFFER_BYTES: usize = 4 * 1024;
 
 /// Outgoing frames are gathered up to this many bytes before tungstenite
 /// writes them to the socket (a flush writes whatever is gathered). A
-/// threshold, not an allocation: the write buffer grows to what is queued.
+/// threshold, not an allocation: the write buffer grows to what is queued,
+/// and keeps that capacity; messages larger than
+/// [`crate::connection::FRAGMENT_BYTES`] go out in fragments, so it holds
+/// at most about this plus one fragment.
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 
-fn accept(app: Arc<App>, addr: SocketAddr, upgrade: WebSocketUpgrade) -> Response {
+fn accept(app: Arc<App>, addr: SocketAddr, upgrade: Upgrade) -> Response {
     if app.health() != Health::Ready {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -79,13 +82,13 @@ fn accept(app: Arc<App>, addr: SocketAddr, upgrade: WebSocketUpgrade) -> Respons
         );
     }
     let max = app.config.max_frame_bytes;
-    upgrade
-        .max_message_size(max)
-        .max_frame_size(max)
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
-        .max_write_buffer_size(max.saturating_add(128 * 1024))
-        .on_upgrade(move |socket| connection::serve(socket, app, addr))
+        .max_write_buffer_size(max.saturating_add(128 * 1024));
+    upgrade.accept(config, move |socket| connection::serve(socket, app, addr))
 }
 
 /// `/healthz`: 200 `ok` when serving, 503 while starting or shutting down.

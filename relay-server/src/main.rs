@@ -39,6 +39,7 @@ mod storage;
 #[cfg(test)]
 mod storage_conformance;
 mod store;
+mod upgrade;
 mod write_queue;
 
 use std::path::PathBuf;

@@ -1,0 +1,336 @@
+//! Latency at every receiver: one room, `W` writers pacing one operation
+//! each every `interval`, 100 receivers, push → delivery measured for every
+//! operation at every receiver (`--only receivers`).
+//!
+//! All sessions are [`LightClient`]s, so the load generator's CPU goes to
+//! the sockets and not to 100 replicas applying 10,000 ops/s each. A
+//! receiver reads each `Deliver`'s header only and records the room offsets
+//! it covers and when it read it; a writer records when each of its
+//! operations was due (its tick, so a push held back by the push window
+//! counts its wait). One receiver that writes nothing also decodes every
+//! delivery to learn which operation each room offset holds (when every
+//! receiver writes, an extra read-only session does this and is not
+//! measured). Afterwards every (operation, receiver) pair is matched: a
+//! receiver got the operations at the offsets its deliveries covered, except
+//! its own (the relay does not echo them), and the count has to equal what
+//! the header says.
+//!
+//! The writers' clocks and the receivers' are the same machine's wall
+//! clock, so the latency is exact up to the scheduling of the reading task.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::Settings;
+use crate::client::now_us;
+use crate::light::{LightClient, Record};
+use crate::relay::{Relay, own_cpu_seconds};
+use crate::scenarios::percentile;
+
+/// Sessions that receive (and are measured).
+const RECEIVERS: usize = 100;
+
+/// One configuration of the scenario.
+struct Case {
+    writers: usize,
+    /// Each writer's operations per second.
+    rate: u64,
+}
+
+/// What a session task is told to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Go {
+    Wait,
+    Write,
+    Drain,
+    Stop,
+}
+
+/// Runs both cases: 10 writers × 1,000 ops/s and 100 writers × 100 ops/s.
+pub(crate) async fn receivers(settings: &Settings) -> Result<(), String> {
+    println!("## Latency at every receiver: one room, 100 receivers, 10,000 ops/s\n");
+    println!(
+        "| writers × ops/s | offered | deliveries expected / received | p50 / p99 / p999 / max | relay CPU, per delivery, per frame sent | load generator CPU, per delivery | relay commits/s, mean commit, frames sent/s | target p99 ≤ 5 ms |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    for case in [
+        Case {
+            writers: 10,
+            rate: 1_000,
+        },
+        Case {
+            writers: 100,
+            rate: 100,
+        },
+    ] {
+        run_case(settings, &case).await?;
+    }
+    println!();
+    Ok(())
+}
+
+async fn run_case(settings: &Settings, case: &Case) -> Result<(), String> {
+    eprintln!(
+        "receivers: {} writers × {} ops/s, {RECEIVERS} receivers, {:?}",
+        case.writers, case.rate, settings.window
+    );
+    let relay = Relay::start(&settings.relay, &[], &settings.relay_args)?;
+    let url = relay.url();
+    // Writers are the first `writers` receivers; the observer is the last
+    // receiver if it writes nothing, else one more session.
+    let sessions = if case.writers < RECEIVERS {
+        RECEIVERS
+    } else {
+        RECEIVERS + 1
+    };
+    let observer = sessions - 1;
+    let (go_tx, go_rx) = watch::channel(Go::Wait);
+    let live = Arc::new(AtomicUsize::new(0));
+    let interval = Duration::from_micros(1_000_000 / case.rate);
+    let handles: Vec<_> = (0..sessions)
+        .map(|i| {
+            let (url, go, live) = (url.clone(), go_rx.clone(), live.clone());
+            let writer = i < case.writers;
+            // Writers start spread evenly over one interval.
+            let offset = interval * i as u32 / case.writers.max(1) as u32;
+            tokio::spawn(async move {
+                session(i, &url, writer, i == observer, interval, offset, go, &live).await
+            })
+        })
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while live.load(Ordering::Relaxed) < sessions {
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!(
+                "only {} of {sessions} sessions live",
+                live.load(Ordering::Relaxed)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // One second of warm-up, then the measured window: operations due in
+    // it are the ones counted.
+    let _ = go_tx.send(Go::Write);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (relay0, own0, out0, frames0) = (
+        relay.cpu_seconds(),
+        own_cpu_seconds(),
+        relay.metric("concord_ops_out_total"),
+        relay.metric("concord_frames_out_total"),
+    );
+    let (commits0, commit_secs0) = (
+        relay.metric("concord_store_commits_total"),
+        relay.metric("concord_store_commit_seconds_sum"),
+    );
+    let window_start = now_us();
+    tokio::time::sleep(settings.window).await;
+    let window_end = now_us();
+    let secs = (window_end - window_start) as f64 / 1e6;
+    let relay_cpu = relay.cpu_seconds() - relay0;
+    let own_cpu = own_cpu_seconds() - own0;
+    let relay_out = relay.metric("concord_ops_out_total") - out0;
+    let frames_out = relay.metric("concord_frames_out_total") - frames0;
+    let commits = relay.metric("concord_store_commits_total") - commits0;
+    let commit_secs = relay.metric("concord_store_commit_seconds_sum") - commit_secs0;
+    // Stop writing; give what is in flight 3 s to arrive.
+    let _ = go_tx.send(Go::Drain);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ = go_tx.send(Go::Stop);
+    let mut records = Vec::with_capacity(sessions);
+    let mut lost = 0;
+    for h in handles {
+        match tokio::time::timeout(Duration::from_secs(10), h).await {
+            Ok(Ok(Ok(record))) => records.push(record),
+            Ok(Ok(Err(e))) => {
+                eprintln!("concord-loadgen: receivers: {e}");
+                lost += 1;
+            }
+            _ => lost += 1,
+        }
+    }
+    drop(relay);
+    if lost > 0 {
+        return Err(format!("{lost} sessions failed (see above)"));
+    }
+    let m = measure(&records, case.writers, observer, window_start, window_end)?;
+    let (p50, p99, p999, max) = (
+        percentile(&m.samples, 0.5),
+        percentile(&m.samples, 0.99),
+        percentile(&m.samples, 0.999),
+        percentile(&m.samples, 1.0),
+    );
+    println!(
+        "| {} × {} | {:.0} ops/s | {} / {} | {p50:.2} / {p99:.2} / {p999:.2} / {max:.1} ms | {:.0}% of a core, {:.2} µs, {:.1} µs | {:.0}% of a core, {:.2} µs | {:.0}/s, {:.2} ms, {:.0}/s | {} |",
+        case.writers,
+        case.rate,
+        m.measured_ops as f64 / secs,
+        m.expected,
+        m.samples.len(),
+        100.0 * relay_cpu / secs,
+        1e6 * relay_cpu / relay_out.max(1.0),
+        1e6 * relay_cpu / frames_out.max(1.0),
+        100.0 * own_cpu / secs,
+        1e6 * own_cpu / (m.samples.len() as f64).max(1.0),
+        commits / secs,
+        1000.0 * commit_secs / commits.max(1.0),
+        frames_out / secs,
+        if p99 <= 5.0 && m.samples.len() as u64 == m.expected {
+            "PASS"
+        } else {
+            "MISS"
+        }
+    );
+    Ok(())
+}
+
+/// One session's life: connect, then follow `go`; returns what it recorded.
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    i: usize,
+    url: &str,
+    writer: bool,
+    observer: bool,
+    interval: Duration,
+    offset: Duration,
+    mut go: watch::Receiver<Go>,
+    live: &AtomicUsize,
+) -> Result<Record, String> {
+    let mut client = LightClient::connect(i as u64 + 1, "receivers", url).await?;
+    client.record = Some(Record {
+        offsets: observer.then(Vec::new),
+        ..Record::default()
+    });
+    while !client.live {
+        tokio::time::timeout(Duration::from_secs(30), client.read())
+            .await
+            .map_err(|_| format!("session {i}: no Welcome"))??;
+        client.flush().await?;
+    }
+    live.fetch_add(1, Ordering::Relaxed);
+    let mut state = *go.borrow_and_update();
+    let mut ticker = tokio::time::interval(interval);
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(5));
+    // Operations due but not pushed yet (the push window was full): their
+    // due times, pushed together once it opens, as a client's outbox does.
+    let mut due: Vec<u64> = Vec::new();
+    loop {
+        let writing = writer && state == Go::Write;
+        tokio::select! {
+            biased;
+            changed = go.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                state = *go.borrow_and_update();
+                match state {
+                    Go::Stop => break,
+                    Go::Write => {
+                        ticker = tokio::time::interval_at(
+                            tokio::time::Instant::now() + offset,
+                            interval,
+                        );
+                    }
+                    Go::Wait | Go::Drain => {}
+                }
+            }
+            read = client.read() => read.map_err(|e| format!("session {i}: {e}"))?,
+            _ = ticker.tick(), if writing => due.push(now_us()),
+            _ = heartbeat.tick() => client.ping(),
+        }
+        if !due.is_empty()
+            && client.pushed - client.acked < sync_core::protocol::MAX_PUSH_WINDOW as u64
+        {
+            client.push_timed(&due);
+            due.clear();
+        }
+        client
+            .flush()
+            .await
+            .map_err(|e| format!("session {i}: {e}"))?;
+    }
+    let record = client.record.take().unwrap_or_default();
+    client.close().await;
+    Ok(record)
+}
+
+/// The matched figures of one run.
+struct Measured {
+    /// Latency (µs) of every delivery of a measured operation, sorted.
+    samples: Vec<u64>,
+    /// (operation, receiver) pairs that should have been delivered.
+    expected: u64,
+    /// Operations due inside the window.
+    measured_ops: u64,
+}
+
+/// Matches every receiver's deliveries against the writers' send times.
+fn measure(
+    records: &[Record],
+    writers: usize,
+    observer: usize,
+    window_start: u64,
+    window_end: u64,
+) -> Result<Measured, String> {
+    let map = records
+        .get(observer)
+        .and_then(|r| r.offsets.as_ref())
+        .ok_or("no observer record")?;
+    if records[observer].gaps > 0 {
+        return Err(format!(
+            "the observer saw {} deliveries not contiguous with the ones before",
+            records[observer].gaps
+        ));
+    }
+    let in_window = |t: u64| t >= window_start && t < window_end;
+    let sent_at = |replica: u64, seq: u64| -> Option<u64> {
+        let writer = usize::try_from(replica.checked_sub(1)?).ok()?;
+        let i = usize::try_from(seq.checked_sub(1)?).ok()?;
+        records.get(writer)?.sent_us.get(i).copied()
+    };
+    let measured_ops: u64 = records[..writers]
+        .iter()
+        .map(|r| r.sent_us.iter().filter(|&&t| in_window(t)).count() as u64)
+        .sum();
+    // Every receiver but the writer gets each operation.
+    let expected = measured_ops * (RECEIVERS as u64 - 1);
+    let mut samples = Vec::with_capacity(expected as usize);
+    let mut mismatched = 0u64;
+    for (r, record) in records.iter().take(RECEIVERS).enumerate() {
+        let own = r as u64 + 1;
+        for a in &record.arrivals {
+            let mut count = 0;
+            for offset in a.from + 1..=a.cursor {
+                let Some(&(replica, seq)) = map.get(offset as usize - 1) else {
+                    return Err(format!("offset {offset} unknown to the observer"));
+                };
+                if replica == own {
+                    continue;
+                }
+                count += 1;
+                let Some(sent) = sent_at(replica, seq) else {
+                    return Err(format!("operation {replica}/{seq} was never sent"));
+                };
+                if in_window(sent) {
+                    samples.push(a.at_us.saturating_sub(sent));
+                }
+            }
+            if count != a.ops {
+                mismatched += 1;
+            }
+        }
+    }
+    if mismatched > 0 {
+        return Err(format!(
+            "{mismatched} deliveries held a different number of operations than their offsets"
+        ));
+    }
+    samples.sort_unstable();
+    Ok(Measured {
+        samples,
+        expected,
+        measured_ops,
+    })
+}
