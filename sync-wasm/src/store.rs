@@ -78,7 +78,7 @@ impl IdbStore {
                 Ok(())
             })
             .await
-            .map_err(|e| classify(&e.to_string()))?;
+            .map_err(open_error)?;
         let db = Rc::new(db);
         // Batches logged before a reload or a crash still wait to be copied.
         let mut pending = VecDeque::new();
@@ -250,8 +250,30 @@ fn classify(message: &str) -> StoreError {
     StoreError::new(kind, format!("IndexedDB: {message}"))
 }
 
-fn io(e: impl std::fmt::Display) -> StoreError {
-    classify(&e.to_string())
+/// An IndexedDB failure as a store error. Every variant is formatted on
+/// its own, never the whole enum: the enum's `Display` reaches a
+/// serialisation error that formats an `f64`, and that one call would
+/// link Rust's float formatting (about 15 KB of code) into the wasm.
+fn io(e: indexed_db_futures::error::Error) -> StoreError {
+    use indexed_db_futures::error::Error;
+    let message = match e {
+        Error::DomException(e) => e.to_string(),
+        Error::Serialisation(_) => "a value could not be converted".to_owned(),
+        Error::MissingData(e) => e.to_string(),
+        Error::Unknown(e) => e.to_string(),
+    };
+    classify(&message)
+}
+
+/// [`io`] for a failure to open the database.
+fn open_error(e: indexed_db_futures::error::OpenDbError) -> StoreError {
+    use indexed_db_futures::error::OpenDbError;
+    match e {
+        OpenDbError::Base(e) => io(e),
+        OpenDbError::VersionZero => classify("version zero"),
+        OpenDbError::UnsupportedEnvironment => classify("unsupported environment"),
+        OpenDbError::NullFactory => classify("there is no indexedDB in this environment"),
+    }
 }
 
 fn corrupt(what: &str) -> StoreError {
@@ -451,7 +473,13 @@ fn fold_logged(records: Vec<Record>, batches: Vec<Vec<LoggedWrite>>) -> Vec<Reco
     if batches.is_empty() {
         return records;
     }
-    let mut all: BTreeMap<Vec<u8>, Vec<u8>> = records.into_iter().collect();
+    // Inserted one by one rather than collected: collecting sorts first,
+    // which would add a sort of these pairs to the wasm for nothing (the
+    // records come in key order).
+    let mut all = BTreeMap::new();
+    for (key, value) in records {
+        all.insert(key, value);
+    }
     for write in batches.into_iter().flatten() {
         match write {
             LoggedWrite::Put(key, value) => {
