@@ -190,6 +190,10 @@ async fn apply_logged(db: &IdbDatabase, seq: u64) -> Result<(), StoreError> {
         .chain(writes.is_empty().then_some(&[][..]))
         .enumerate()
     {
+        // Each chunk waits for a macrotask, so the work the write's own
+        // completion set off (resolving the Promises of every put in the
+        // batch, change notifications) runs first and is not delayed.
+        crate::timer::sleep_ms(0.0).await;
         let tx = strict_transaction(db, &[RECORDS, LOG])?;
         let records = tx.object_store(RECORDS).map_err(io)?;
         let mut puts = Vec::with_capacity(chunk.len());
