@@ -1,5 +1,20 @@
 //! Where a database lives: IndexedDB in browsers, memory in Node.
+//!
+//! The IndexedDB store keeps one record per store key (object store
+//! `records`), the layout `read_all` returns. Writing a large batch that
+//! way costs one IndexedDB request per key, and each request is a round
+//! trip through the browser's storage process: 100,000 puts issued
+//! together make 200,000 requests (a document record and an outbox record
+//! each). So a batch of at least [`LOG_THRESHOLD`] writes is stored as ONE
+//! record of the object store `log` instead, which makes it durable with a
+//! single request; afterwards, off the write's path, the store copies that
+//! record's writes into `records` in transactions of [`APPLY_CHUNK`] writes
+//! and deletes it in the last of them. Until every logged batch is copied,
+//! later batches go to the log too, so that the order of writes is kept:
+//! reading applies `records` first and then the logged batches in order.
 
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 
 use futures::FutureExt;
@@ -18,14 +33,36 @@ use wasm_bindgen::{JsCast, JsValue};
 /// The object store holding every record: binary keys (sorted by bytes,
 /// which is the order `read_all` must return) to binary values.
 const RECORDS: &str = "records";
-/// The schema version; version 1 has the one object store above.
-const SCHEMA_VERSION: u32 = 1;
+/// The object store holding logged batches not yet copied into
+/// [`RECORDS`]: sequence numbers (ascending) to encoded batches.
+const LOG: &str = "log";
+/// The schema version: 1 had [`RECORDS`] only, 2 adds [`LOG`].
+const SCHEMA_VERSION: u32 = 2;
+/// Batches with at least this many writes go to the log.
+pub const LOG_THRESHOLD: usize = 512;
+/// How many writes of a logged batch one copying transaction carries:
+/// small enough that the page stays responsive between them.
+const APPLY_CHUNK: usize = 4096;
+
+/// The logged batches this store knows of, shared by its clones and the
+/// task that copies them into `records`.
+#[derive(Debug, Default)]
+struct Log {
+    /// Sequence numbers of logged batches not yet copied, oldest first.
+    pending: VecDeque<u64>,
+    /// The sequence number the next logged batch takes.
+    next: u64,
+    /// Whether the copying task runs.
+    applying: bool,
+}
 
 /// A database's records in IndexedDB: one IndexedDB database per Concord
 /// database, named by the application.
 #[derive(Clone, Debug)]
 pub struct IdbStore {
     db: Rc<IdbDatabase>,
+    log: Rc<RefCell<Log>>,
+    threshold: usize,
 }
 
 impl IdbStore {
@@ -34,20 +71,176 @@ impl IdbStore {
         let db = IdbDatabase::open(name)
             .with_version(SCHEMA_VERSION)
             .with_on_upgrade_needed(|_event, db| {
-                if !db.object_store_names().any(|n| n == RECORDS) {
-                    db.create_object_store(RECORDS).build()?;
+                for store in [RECORDS, LOG] {
+                    if !db.object_store_names().any(|n| n == store) {
+                        db.create_object_store(store).build()?;
+                    }
                 }
                 Ok(())
             })
             .await
-            .map_err(|e| classify(&e.to_string()))?;
-        Ok(IdbStore { db: Rc::new(db) })
+            .map_err(open_error)?;
+        let db = Rc::new(db);
+        // Batches logged before a reload or a crash still wait to be copied.
+        let mut pending = VecDeque::new();
+        {
+            let tx = db
+                .transaction(LOG)
+                .with_mode(TransactionMode::Readonly)
+                .build()
+                .map_err(io)?;
+            let keys = tx
+                .object_store(LOG)
+                .map_err(io)?
+                .get_all_keys::<JsValue>()
+                .primitive()
+                .map_err(io)?
+                .await
+                .map_err(io)?;
+            for key in keys {
+                pending.push_back(log_seq(&key.map_err(io)?)?);
+            }
+        }
+        let next = pending.back().map_or(0, |last| last + 1);
+        let store = IdbStore {
+            db,
+            log: Rc::new(RefCell::new(Log {
+                pending,
+                next,
+                applying: false,
+            })),
+            threshold: LOG_THRESHOLD,
+        };
+        store.start_applying();
+        Ok(store)
+    }
+
+    /// The same store, logging every batch of at least `threshold` writes
+    /// (1: every batch). For tests of the logged path.
+    #[doc(hidden)]
+    pub fn with_log_threshold(mut self, threshold: usize) -> IdbStore {
+        self.threshold = threshold.max(1);
+        self
+    }
+
+    /// How many logged batches wait to be copied into `records`.
+    #[doc(hidden)]
+    pub fn logged_batches(&self) -> usize {
+        self.log.borrow().pending.len()
     }
 
     /// Closes the connection; later reads and writes fail.
     pub fn close(&self) {
         IdbDatabase::clone(&self.db).close();
     }
+
+    /// Starts the task copying logged batches into `records`, unless it
+    /// runs or there is nothing to copy.
+    fn start_applying(&self) {
+        {
+            let mut log = self.log.borrow_mut();
+            if log.applying || log.pending.is_empty() {
+                return;
+            }
+            log.applying = true;
+        }
+        let db = self.db.clone();
+        let log = self.log.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            loop {
+                let Some(seq) = log.borrow().pending.front().copied() else {
+                    break;
+                };
+                // A failure (the database closed, the disk full) leaves the
+                // batch logged: reads still see it, and the next open or
+                // logged write tries again.
+                if apply_logged(&db, seq).await.is_err() {
+                    break;
+                }
+                log.borrow_mut().pending.pop_front();
+            }
+            log.borrow_mut().applying = false;
+        });
+    }
+}
+
+/// Copies logged batch `seq` into `records` and deletes it from the log,
+/// the delete in the same transaction as the last writes.
+async fn apply_logged(db: &IdbDatabase, seq: u64) -> Result<(), StoreError> {
+    let tx = db
+        .transaction(LOG)
+        .with_mode(TransactionMode::Readonly)
+        .build()
+        .map_err(io)?;
+    let value: Option<JsValue> = tx
+        .object_store(LOG)
+        .map_err(io)?
+        .get(JsValue::from_f64(seq as f64))
+        .primitive()
+        .map_err(io)?
+        .await
+        .map_err(io)?;
+    let Some(value) = value else {
+        return Ok(());
+    };
+    let encoded = to_vec(&value)?;
+    let writes = decode_batch(&encoded)?;
+    let chunks = writes.len().div_ceil(APPLY_CHUNK).max(1);
+    for (i, chunk) in writes
+        .chunks(APPLY_CHUNK)
+        .chain(writes.is_empty().then_some(&[][..]))
+        .enumerate()
+    {
+        // Each chunk waits for a macrotask, so the work the write's own
+        // completion set off (resolving the Promises of every put in the
+        // batch, change notifications) runs first and is not delayed.
+        crate::timer::sleep_ms(0.0).await;
+        let tx = strict_transaction(db, &[RECORDS, LOG])?;
+        let records = tx.object_store(RECORDS).map_err(io)?;
+        let mut puts = Vec::with_capacity(chunk.len());
+        let mut deletes = Vec::new();
+        for write in chunk {
+            match write {
+                LoggedWrite::Put(key, value) => puts.push(
+                    records
+                        .put(bytes(value))
+                        .with_key(bytes(key))
+                        .primitive()
+                        .map_err(io)?,
+                ),
+                LoggedWrite::Delete(key) => {
+                    deletes.push(records.delete(bytes(key)).primitive().map_err(io)?)
+                }
+            }
+        }
+        if i + 1 == chunks {
+            let log = tx.object_store(LOG).map_err(io)?;
+            deletes.push(
+                log.delete(JsValue::from_f64(seq as f64))
+                    .primitive()
+                    .map_err(io)?,
+            );
+        }
+        let committed = tx.commit().await.map_err(io);
+        drop((puts, deletes));
+        committed?;
+    }
+    Ok(())
+}
+
+/// A read-write transaction over `stores` that completes only once the
+/// browser has flushed it to disk, which is what a resolved write promises.
+fn strict_transaction<'a>(
+    db: &'a IdbDatabase,
+    stores: &[&str],
+) -> Result<indexed_db_futures::transaction::Transaction<'a>, StoreError> {
+    let mut options = TransactionOptions::new();
+    options.set_durability(TransactionDurability::Strict);
+    db.transaction(stores)
+        .with_mode(TransactionMode::Readwrite)
+        .with_options(options)
+        .build()
+        .map_err(io)
 }
 
 /// Maps an IndexedDB failure to the kind applications can act on.
@@ -62,8 +255,34 @@ fn classify(message: &str) -> StoreError {
     StoreError::new(kind, format!("IndexedDB: {message}"))
 }
 
-fn io(e: impl std::fmt::Display) -> StoreError {
-    classify(&e.to_string())
+/// An IndexedDB failure as a store error. Every variant is formatted on
+/// its own, never the whole enum: the enum's `Display` reaches a
+/// serialisation error that formats an `f64`, and that one call would
+/// link Rust's float formatting (about 15 KB of code) into the wasm.
+fn io(e: indexed_db_futures::error::Error) -> StoreError {
+    use indexed_db_futures::error::Error;
+    let message = match e {
+        Error::DomException(e) => e.to_string(),
+        Error::Serialisation(_) => "a value could not be converted".to_owned(),
+        Error::MissingData(e) => e.to_string(),
+        Error::Unknown(e) => e.to_string(),
+    };
+    classify(&message)
+}
+
+/// [`io`] for a failure to open the database.
+fn open_error(e: indexed_db_futures::error::OpenDbError) -> StoreError {
+    use indexed_db_futures::error::OpenDbError;
+    match e {
+        OpenDbError::Base(e) => io(e),
+        OpenDbError::VersionZero => classify("version zero"),
+        OpenDbError::UnsupportedEnvironment => classify("unsupported environment"),
+        OpenDbError::NullFactory => classify("there is no indexedDB in this environment"),
+    }
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::new(StoreErrorKind::Corrupt, format!("IndexedDB holds {what}"))
 }
 
 fn bytes(value: &[u8]) -> JsValue {
@@ -77,27 +296,119 @@ fn to_vec(value: &JsValue) -> Result<Vec<u8>, StoreError> {
     {
         Ok(js_sys::Uint8Array::new(value).to_vec())
     } else {
-        Err(StoreError::new(
-            StoreErrorKind::Corrupt,
-            "IndexedDB holds a record that is not bytes",
-        ))
+        Err(corrupt("a record that is not bytes"))
     }
+}
+
+/// A log key: a sequence number, stored as a JavaScript number.
+fn log_seq(key: &JsValue) -> Result<u64, StoreError> {
+    match key.as_f64() {
+        Some(n) if n >= 0.0 && n.fract() == 0.0 && n <= 9_007_199_254_740_991.0 => Ok(n as u64),
+        _ => Err(corrupt("a log entry whose key is not a sequence number")),
+    }
+}
+
+/// One write of a logged batch, with its key as stored.
+#[derive(Debug, PartialEq)]
+enum LoggedWrite {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+}
+
+/// A batch as one log value: per write a tag byte (`P` put, `D` delete),
+/// the key's length (u32 little-endian) and bytes, and for a put the
+/// value's length and bytes.
+fn encode_batch(writes: &[Write]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let part = |out: &mut Vec<u8>, bytes: &[u8]| {
+        // Keys and values are far below 4 GiB (frames and records are
+        // bounded by the core's limits).
+        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(bytes);
+    };
+    for write in writes {
+        match write {
+            Write::Put { key, value } => {
+                out.push(b'P');
+                part(&mut out, &key.to_bytes());
+                part(&mut out, value);
+            }
+            Write::Delete { key } => {
+                out.push(b'D');
+                part(&mut out, &key.to_bytes());
+            }
+        }
+    }
+    out
+}
+
+/// Reads a value [`encode_batch`] made.
+fn decode_batch(mut bytes: &[u8]) -> Result<Vec<LoggedWrite>, StoreError> {
+    fn part(bytes: &mut &[u8]) -> Result<Vec<u8>, StoreError> {
+        let bad = || corrupt("a truncated log entry");
+        let (len, rest) = bytes.split_first_chunk::<4>().ok_or_else(bad)?;
+        let len = u32::from_le_bytes(*len) as usize;
+        let (part, rest) = rest.split_at_checked(len).ok_or_else(bad)?;
+        *bytes = rest;
+        Ok(part.to_vec())
+    }
+    let mut writes = Vec::new();
+    while let Some((&tag, rest)) = bytes.split_first() {
+        bytes = rest;
+        writes.push(match tag {
+            b'P' => {
+                let key = part(&mut bytes)?;
+                LoggedWrite::Put(key, part(&mut bytes)?)
+            }
+            b'D' => LoggedWrite::Delete(part(&mut bytes)?),
+            _ => return Err(corrupt("a log entry of an unknown kind")),
+        });
+    }
+    Ok(writes)
 }
 
 impl ClientStore for IdbStore {
     fn write(&self, batch: PersistBatch) -> LocalBoxFuture<'static, Result<(), StoreError>> {
         let db = self.db.clone();
+        // Decided now, in the order writes are issued: once a batch is
+        // logged, the ones after it are logged too until it is copied.
+        let logged = {
+            let mut log = self.log.borrow_mut();
+            if batch.writes.len() >= self.threshold || !log.pending.is_empty() {
+                let seq = log.next;
+                log.next += 1;
+                log.pending.push_back(seq);
+                Some(seq)
+            } else {
+                None
+            }
+        };
+        let this = self.clone();
         async move {
-            let mut options = TransactionOptions::new();
-            // "strict": the transaction completes only once the browser has
-            // flushed it to disk, which is what a resolved write promises.
-            options.set_durability(TransactionDurability::Strict);
-            let tx = db
-                .transaction(RECORDS)
-                .with_mode(TransactionMode::Readwrite)
-                .with_options(options)
-                .build()
-                .map_err(io)?;
+            if let Some(seq) = logged {
+                let result = async {
+                    let value = bytes(&encode_batch(&batch.writes));
+                    let tx = strict_transaction(&db, &[LOG])?;
+                    let put = tx
+                        .object_store(LOG)
+                        .map_err(io)?
+                        .put(value)
+                        .with_key(JsValue::from_f64(seq as f64))
+                        .primitive()
+                        .map_err(io)?;
+                    let committed = tx.commit().await.map_err(io);
+                    drop(put);
+                    committed
+                }
+                .await;
+                if result.is_ok() {
+                    this.start_applying();
+                } else {
+                    this.log.borrow_mut().pending.retain(|&s| s != seq);
+                }
+                return result;
+            }
+            let tx = strict_transaction(&db, &[RECORDS])?;
             let store = tx.object_store(RECORDS).map_err(io)?;
             // Requests go out as they are built and the commit waits for
             // all of them; their handles live until then.
@@ -130,13 +441,35 @@ impl ClientStore for IdbStore {
     fn read_all(&self) -> LocalBoxFuture<'static, Result<Vec<Record>, StoreError>> {
         let db = self.db.clone();
         async move {
-            // Page by page, each page its own pair of requests: the browser
-            // hands each page's results to the page's thread in a task of
-            // its own, so a large database is never cloned and copied in
-            // one long task. Each page has its own read-only transaction
-            // (an idle one commits between pages); nothing writes meanwhile,
-            // as the database is opened before its loop starts and one tab
-            // holds it.
+            // The log first: a batch still being copied into `records`
+            // (the copy may run while this reads) is then either in what
+            // this reads of the log, or wholly in `records` already.
+            // Replaying a batch over records that already hold it changes
+            // nothing: no write comes between it and this read, as the
+            // database is opened before its loop starts and one tab holds it.
+            let logged = {
+                let tx = db
+                    .transaction(LOG)
+                    .with_mode(TransactionMode::Readonly)
+                    .build()
+                    .map_err(io)?;
+                let logged = tx
+                    .object_store(LOG)
+                    .map_err(io)?
+                    .get_all::<JsValue>()
+                    .primitive()
+                    .map_err(io)?;
+                logged.await.map_err(io)?
+            };
+            let mut batches = Vec::new();
+            for value in logged {
+                batches.push(decode_batch(&to_vec(&value.map_err(io)?)?)?);
+            }
+            // Then the records page by page, each page its own pair of
+            // requests: the browser hands each page's results to the page's
+            // thread in a task of its own, so a large database is never
+            // cloned and copied in one long task. Each page has its own
+            // read-only transaction (an idle one commits between pages).
             let mut records = Vec::new();
             let mut after: Option<JsValue> = None;
             loop {
@@ -164,13 +497,13 @@ impl ClientStore for IdbStore {
                     Some(last) => (
                         store
                             .get_all_keys::<JsValue>()
-                            .with_query(KeyRange::LowerBound(last.clone(), true))
+                            .with_query::<JsValue, _>(KeyRange::LowerBound(last.clone(), true))
                             .with_limit(READ_PAGE)
                             .primitive()
                             .map_err(io)?,
                         store
                             .get_all::<JsValue>()
-                            .with_query(KeyRange::LowerBound(last.clone(), true))
+                            .with_query::<JsValue, _>(KeyRange::LowerBound(last.clone(), true))
                             .with_limit(READ_PAGE)
                             .primitive()
                             .map_err(io)?,
@@ -185,7 +518,7 @@ impl ClientStore for IdbStore {
                     after = Some(key);
                 }
                 if records.len() - before < READ_PAGE as usize {
-                    return Ok(records);
+                    return Ok(fold_logged(records, batches));
                 }
             }
         }
@@ -195,6 +528,31 @@ impl ClientStore for IdbStore {
 
 /// Records per page when reading a database back.
 const READ_PAGE: u32 = 4096;
+
+/// The records after the logged batches, in order: still in key order.
+fn fold_logged(records: Vec<Record>, batches: Vec<Vec<LoggedWrite>>) -> Vec<Record> {
+    if batches.is_empty() {
+        return records;
+    }
+    // Inserted one by one rather than collected: collecting sorts first,
+    // which would add a sort of these pairs to the wasm for nothing (the
+    // records come in key order).
+    let mut all = BTreeMap::new();
+    for (key, value) in records {
+        all.insert(key, value);
+    }
+    for write in batches.into_iter().flatten() {
+        match write {
+            LoggedWrite::Put(key, value) => {
+                all.insert(key, value);
+            }
+            LoggedWrite::Delete(key) => {
+                all.remove(&key);
+            }
+        }
+    }
+    all.into_iter().collect()
+}
 
 /// The store a database uses: IndexedDB, or memory where there is none.
 #[derive(Clone, Debug)]
@@ -218,5 +576,81 @@ impl ClientStore for AnyStore {
             AnyStore::Memory(store) => store.read_all(),
             AnyStore::IndexedDb(store) => store.read_all(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sync_core::persist::StoreKey;
+
+    fn key(name: &str) -> StoreKey {
+        StoreKey::Extension(name.to_owned())
+    }
+
+    #[test]
+    fn batches_round_trip_through_the_log_encoding() {
+        let writes = vec![
+            Write::Put {
+                key: key("a"),
+                value: vec![1, 2, 3],
+            },
+            Write::Delete { key: key("b") },
+            Write::Put {
+                key: key(""),
+                value: Vec::new(),
+            },
+        ];
+        let decoded = decode_batch(&encode_batch(&writes)).unwrap();
+        assert_eq!(
+            decoded,
+            vec![
+                LoggedWrite::Put(key("a").to_bytes(), vec![1, 2, 3]),
+                LoggedWrite::Delete(key("b").to_bytes()),
+                LoggedWrite::Put(key("").to_bytes(), Vec::new()),
+            ]
+        );
+        assert!(decode_batch(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn damaged_log_entries_are_corrupt_errors() {
+        let encoded = encode_batch(&[Write::Put {
+            key: key("a"),
+            value: vec![9; 10],
+        }]);
+        for cut in 1..encoded.len() {
+            let error = decode_batch(&encoded[..cut]).unwrap_err();
+            assert_eq!(error.kind, StoreErrorKind::Corrupt);
+        }
+        let error = decode_batch(b"X").unwrap_err();
+        assert_eq!(error.kind, StoreErrorKind::Corrupt);
+    }
+
+    #[test]
+    fn logged_batches_apply_over_records_in_order() {
+        let records = vec![
+            (b"a".to_vec(), b"1".to_vec()),
+            (b"c".to_vec(), b"1".to_vec()),
+        ];
+        let batches = vec![
+            vec![
+                LoggedWrite::Put(b"b".to_vec(), b"2".to_vec()),
+                LoggedWrite::Delete(b"c".to_vec()),
+            ],
+            vec![
+                LoggedWrite::Put(b"a".to_vec(), b"3".to_vec()),
+                LoggedWrite::Put(b"c".to_vec(), b"3".to_vec()),
+                LoggedWrite::Delete(b"b".to_vec()),
+            ],
+        ];
+        assert_eq!(
+            fold_logged(records.clone(), batches),
+            vec![
+                (b"a".to_vec(), b"3".to_vec()),
+                (b"c".to_vec(), b"3".to_vec()),
+            ]
+        );
+        assert_eq!(fold_logged(records.clone(), Vec::new()), records);
     }
 }

@@ -2,6 +2,10 @@
 //! real browser: `cargo test -p sync-wasm --target wasm32-unknown-unknown
 //! --test idb_conformance` (wasm-bindgen-test-runner drives headless
 //! Chromium through chromedriver).
+//!
+//! Every check runs twice: with the store's own threshold (small batches
+//! go record by record) and with every batch logged first (`logged_*`),
+//! so both ways a batch reaches IndexedDB are held to the suite.
 #![cfg(target_arch = "wasm32")]
 
 use sync_client::platform::ClientStore;
@@ -17,20 +21,31 @@ wasm_bindgen_test_configure!(run_in_browser);
 struct Idb {
     name: String,
     store: Option<IdbStore>,
+    /// The store's log threshold, or `None` for its default.
+    threshold: Option<usize>,
 }
 
 impl Idb {
-    async fn fresh(check: &str) -> Idb {
+    async fn fresh(check: &str, threshold: Option<usize>) -> Idb {
         let name = format!("conformance-{check}-{}", js_sys::Math::random());
-        let store = IdbStore::open(&name).await.expect("open IndexedDB");
+        let store = open(&name, threshold).await;
         Idb {
             name,
             store: Some(store),
+            threshold,
         }
     }
 
     fn store(&self) -> &IdbStore {
         self.store.as_ref().expect("the store is open")
+    }
+}
+
+async fn open(name: &str, threshold: Option<usize>) -> IdbStore {
+    let store = IdbStore::open(name).await.expect("open IndexedDB");
+    match threshold {
+        Some(n) => store.with_log_threshold(n),
+        None => store,
     }
 }
 
@@ -53,24 +68,26 @@ impl OpenStore for Idb {
             if let Some(store) = self.store.take() {
                 store.close();
             }
-            self.store = Some(IdbStore::open(&self.name).await.expect("reopen IndexedDB"));
+            self.store = Some(open(&self.name, self.threshold).await);
         })
     }
 }
 
 macro_rules! checks {
-    ($($check:ident),*) => {
+    ($threshold:expr; $($check:ident),*) => {
         $(
             #[wasm_bindgen_test]
             async fn $check() {
-                let mut idb = Idb::fresh(stringify!($check)).await;
+                let mut idb = Idb::fresh(stringify!($check), $threshold).await;
                 run_check(&mut idb, stringify!($check)).await;
             }
         )*
     };
 }
 
-checks!(
+macro_rules! all_checks {
+    ($threshold:expr) => {
+        checks!($threshold;
     empty_store_reads_nothing,
     batch_writes_are_read_back,
     overwrite_and_delete,
@@ -79,4 +96,98 @@ checks!(
     writes_survive_reopen,
     replica_round_trips_through_store,
     acknowledged_ops_leave_the_store
-);
+        );
+    };
+}
+
+all_checks!(None);
+
+/// Every batch through the log (and copied into records afterwards).
+mod logged {
+    use super::*;
+    all_checks!(Some(1));
+}
+
+/// Waits `ms` milliseconds (a hang guard's tick, not a timed assertion).
+async fn sleep(ms: i32) {
+    let promise = js_sys::Promise::new(&mut |resolve, _| {
+        let set_timeout: js_sys::Function =
+            js_sys::Reflect::get(&js_sys::global(), &"setTimeout".into())
+                .expect("setTimeout")
+                .into();
+        set_timeout
+            .call2(&wasm_bindgen::JsValue::UNDEFINED, &resolve, &ms.into())
+            .expect("setTimeout");
+    });
+    wasm_bindgen_futures::JsFuture::from(promise)
+        .await
+        .expect("sleep");
+}
+
+fn put(key: &str, value: &str) -> sync_core::persist::Write {
+    sync_core::persist::Write::Put {
+        key: sync_core::persist::StoreKey::Extension(key.to_owned()),
+        value: value.as_bytes().to_vec(),
+    }
+}
+
+fn record(key: &str, value: &str) -> Record {
+    (
+        sync_core::persist::StoreKey::Extension(key.to_owned()).to_bytes(),
+        value.as_bytes().to_vec(),
+    )
+}
+
+/// A logged batch, then a small one right behind it (which must be logged
+/// too, or it would be overwritten by the copy of the first): reads see
+/// the later value at once, after the copy into records, and after a
+/// reopen, and the log is empty once copied.
+#[wasm_bindgen_test]
+async fn small_writes_behind_a_logged_batch_keep_their_order() {
+    let name = format!("logged-order-{}", js_sys::Math::random());
+    let store = IdbStore::open(&name)
+        .await
+        .expect("open")
+        .with_log_threshold(3);
+    let big = PersistBatch {
+        writes: vec![put("a", "1"), put("b", "1"), put("c", "1")],
+    };
+    store.write(big).await.expect("logged write");
+    let small = PersistBatch {
+        writes: vec![
+            put("b", "2"),
+            sync_core::persist::Write::Delete {
+                key: sync_core::persist::StoreKey::Extension("c".to_owned()),
+            },
+        ],
+    };
+    store.write(small).await.expect("small write");
+    let expected = vec![record("a", "1"), record("b", "2")];
+    assert_eq!(store.read_all().await.expect("read"), expected);
+    // Hang guard: the copy of two tiny batches takes milliseconds.
+    for _ in 0..500 {
+        if store.logged_batches() == 0 {
+            break;
+        }
+        sleep(10).await;
+    }
+    assert_eq!(store.logged_batches(), 0, "the log was not copied");
+    assert_eq!(store.read_all().await.expect("read"), expected);
+    store.close();
+    let again = IdbStore::open(&name).await.expect("reopen");
+    assert_eq!(
+        again.logged_batches(),
+        0,
+        "a copied batch stayed in the log"
+    );
+    assert_eq!(again.read_all().await.expect("read"), expected);
+    // Below the threshold and with an empty log: record by record.
+    again
+        .write(PersistBatch {
+            writes: vec![put("d", "1")],
+        })
+        .await
+        .expect("plain write");
+    assert_eq!(again.logged_batches(), 0);
+    again.close();
+}

@@ -71,6 +71,39 @@ const failed = await runTests([
     },
   ],
   [
+    "thousands of puts issued together (stored as one logged batch) survive a reload right after they resolve, and later writes win",
+    async () => {
+      const page = await newPage();
+      await openIn(page, "logged", null);
+      await page.evaluate(async () => {
+        const notes = window.dbs.logged.collection("notes");
+        // 3,000 puts make one persist batch of 6,000 records: the store logs it.
+        await Promise.all(Array.from({ length: 3000 }, (_, i) => notes.put(`n${String(i).padStart(4, "0")}`, { i })));
+        // Right behind it, likely while the logged batch is still being copied.
+        await notes.put("n0001", { i: -1 });
+        await notes.delete("n0002");
+      });
+      await page.reload(); // no close(): the copy into records may not have finished
+      await page.waitForFunction(() => window.concord);
+      await openIn(page, "logged", null);
+      const after = await page.evaluate(async () => {
+        const db = window.dbs.logged;
+        const notes = db.collection("notes");
+        const seen = { count: notes.list().length, changed: notes.get("n0001"), gone: notes.get("n0002") ?? null, last: notes.get("n2999") };
+        await notes.put("n0003", { i: -3 });
+        await db.close();
+        const again = await window.concord.open("logged");
+        const c = again.collection("notes");
+        const reread = { count: c.list().length, changed: c.get("n0001"), gone: c.get("n0002") ?? null, later: c.get("n0003") };
+        await again.close();
+        return { seen, reread };
+      });
+      assert.deepEqual(after.seen, { count: 2999, changed: { i: -1 }, gone: null, last: { i: 2999 } });
+      assert.deepEqual(after.reread, { count: 2999, changed: { i: -1 }, gone: null, later: { i: -3 } });
+      await page.close();
+    },
+  ],
+  [
     "a token minted by concord-sync/server is accepted and two databases converge",
     async () => {
       // A fetches its token through a function, as an app asking its backend would.
