@@ -164,13 +164,13 @@ impl ClientStore for IdbStore {
                     Some(last) => (
                         store
                             .get_all_keys::<JsValue>()
-                            .with_query(KeyRange::LowerBound(last.clone(), true))
+                            .with_query::<JsValue, _>(KeyRange::LowerBound(last.clone(), true))
                             .with_limit(READ_PAGE)
                             .primitive()
                             .map_err(io)?,
                         store
                             .get_all::<JsValue>()
-                            .with_query(KeyRange::LowerBound(last.clone(), true))
+                            .with_query::<JsValue, _>(KeyRange::LowerBound(last.clone(), true))
                             .with_limit(READ_PAGE)
                             .primitive()
                             .map_err(io)?,
