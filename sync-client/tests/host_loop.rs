@@ -983,7 +983,6 @@ fn opening_a_large_database_yields_between_slices_of_records() {
     );
 }
 
-
 /// A [`PipelinedStore`] that also keeps each write's `on_durable` for the
 /// test to call, as a store that commits on a thread of its own does.
 #[derive(Clone)]
