@@ -51,6 +51,10 @@ const DROP_COLLECTION: u8 = 3;
 /// must not decode into millions of operations.
 pub(crate) const DECODED_OP_COST: usize = 32;
 
+/// What one name-table entry costs against the frame limit on top of its
+/// bytes: the `String` that holds it.
+pub(crate) const TABLE_ENTRY_COST: usize = std::mem::size_of::<String>();
+
 /// A table of names in order of first use, for the encoder.
 #[derive(Default)]
 struct Names<'a> {
@@ -258,10 +262,13 @@ impl<'a> Reader<'a> {
         Ok(taken)
     }
 
-    fn table(&mut self, what: &str) -> Result<Vec<String>, FrameError> {
+    /// Reads a name table, charging each name it builds (its bytes and its
+    /// `String`) to `budget`: front coding lets a few bytes repeat a long
+    /// name, so the frame's size alone does not bound the table.
+    fn table(&mut self, what: &str, budget: &mut usize) -> Result<Vec<String>, FrameError> {
         // Each entry takes at least two bytes (its two lengths).
         let n = self.count(what)?;
-        let mut names: Vec<String> = Vec::with_capacity(n / 2);
+        let mut names: Vec<String> = Vec::with_capacity((n / 2).min(*budget / TABLE_ENTRY_COST));
         for _ in 0..n {
             let shared = self.varint(what)?;
             let suffix_len = self.count(what)?;
@@ -276,7 +283,12 @@ impl<'a> Reader<'a> {
                         previous.len()
                     ))
                 })?;
-            let mut name = Vec::with_capacity(prefix.len() + suffix.len());
+            let len = prefix.len() + suffix.len();
+            *budget = len
+                .checked_add(TABLE_ENTRY_COST)
+                .and_then(|cost| budget.checked_sub(cost))
+                .ok_or_else(|| malformed(format!("{what}: the names exceed the frame limit")))?;
+            let mut name = Vec::with_capacity(len);
             name.extend_from_slice(prefix);
             name.extend_from_slice(suffix);
             let name = String::from_utf8(name)
@@ -315,11 +327,11 @@ fn name<'t>(
 pub(crate) fn decode_batch(bytes: &[u8], max_len: usize) -> Result<(Vec<Op>, &[u8]), FrameError> {
     let mut r = Reader { bytes };
     let op_count = r.count("operation count")?;
-    let collections = r.table("collection table")?;
-    let docs = r.table("document table")?;
-    let fields = r.table("field table")?;
     let mut budget = max_len;
-    let mut ops = Vec::with_capacity(op_count.min(r.bytes.len()));
+    let collections = r.table("collection table", &mut budget)?;
+    let docs = r.table("document table", &mut budget)?;
+    let fields = r.table("field table", &mut budget)?;
+    let mut ops = Vec::with_capacity(op_count.min(budget / DECODED_OP_COST));
     let mut previous_hlc = 0u64;
     let mut previous_collection = 0u64;
     let mut next_new_doc = 0u64;
@@ -378,7 +390,7 @@ pub(crate) fn decode_batch(bytes: &[u8], max_len: usize) -> Result<(Vec<Op>, &[u
                     } else {
                         r.count("field count")?
                     };
-                    let mut entries = Vec::with_capacity(n);
+                    let mut entries = Vec::with_capacity(n.min(budget / DECODED_OP_COST));
                     for _ in 0..n {
                         let index = r.varint("field index")?;
                         let field = name(&fields, index, "field", &mut budget)?.to_owned();
@@ -454,8 +466,33 @@ mod tests {
         let mut out = Vec::new();
         encode_batch(&mut out, &ops);
         assert!(out.len() < 1000, "one copy of the long name: {}", out.len());
-        assert!(decode_batch(&out, 100 * (DECODED_OP_COST + 202)).is_ok());
-        assert!(decode_batch(&out, 100 * (DECODED_OP_COST + 202) - 1).is_err());
+        // The three tables ("c", the 200-byte id, "f"), then every
+        // operation and the names it copies out.
+        let tables = 3 * TABLE_ENTRY_COST + 202;
+        let limit = tables + 100 * (DECODED_OP_COST + 202);
+        assert!(decode_batch(&out, limit).is_ok());
+        assert!(decode_batch(&out, limit - 1).is_err());
+    }
+
+    #[test]
+    fn a_name_table_cannot_expand_past_the_frame_limit() {
+        // No operation at all, and a document table of 5,000 entries each
+        // repeating the 1,000-byte name before it: 5 MB of names from a
+        // frame of about 16 KB.
+        let mut out = vec![0, 0];
+        let (entries, len) = (5_000u64, 1_000u64);
+        push_varint(&mut out, entries);
+        push_varint(&mut out, 0);
+        push_varint(&mut out, len);
+        out.extend(std::iter::repeat_n(b'x', len as usize));
+        for _ in 1..entries {
+            push_varint(&mut out, len);
+            push_varint(&mut out, 0);
+        }
+        out.push(0);
+        assert!(out.len() < 17_000);
+        let refused = decode_batch(&out, 64 * 1024).expect_err("5 MB of names from 16 KB");
+        assert!(refused.to_string().contains("exceed the frame limit"), "{refused}");
     }
 
     #[test]
