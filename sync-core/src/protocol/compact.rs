@@ -492,7 +492,10 @@ mod tests {
         out.push(0);
         assert!(out.len() < 17_000);
         let refused = decode_batch(&out, 64 * 1024).expect_err("5 MB of names from 16 KB");
-        assert!(refused.to_string().contains("exceed the frame limit"), "{refused}");
+        assert!(
+            refused.to_string().contains("exceed the frame limit"),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -461,9 +461,11 @@ impl Session {
     /// Whether a received snapshot is still being applied: the host calls
     /// [`Session::apply_slice`] (yielding to its platform in between) until
     /// this is `false`. Reads already see the snapshot's state; the cursor
-    /// is stored, and `CaughtUp` reported, once the last slice is.
+    /// is stored, and `CaughtUp` reported, once the last slice is. `false`
+    /// while the store is failed: no slice can make progress then, and the
+    /// host reloads from the store instead.
     pub fn is_applying(&self) -> bool {
-        self.replica.is_resetting()
+        self.replica.is_resetting() && self.store_failed.is_none()
     }
 
     /// Applies the next slice (at most [`SessionConfig::apply_slice_docs`]
