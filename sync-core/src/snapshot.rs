@@ -42,7 +42,7 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use crate::delta_stamp::{DeltaCursor, DeltaStamp};
 #[path = "snapshot_columnar.rs"]
-mod columnar;
+pub(crate) mod columnar;
 use crate::hlc::Hlc;
 use crate::op::{InvalidOp, check_collection, check_doc_id, check_field_name};
 use crate::stamp::{ReplicaId, Stamp};

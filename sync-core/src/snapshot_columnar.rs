@@ -118,11 +118,15 @@ fn push_varint(out: &mut Vec<u8>, mut value: u64) {
     out.push(value as u8);
 }
 
-fn zigzag(v: i64) -> u64 {
+/// Maps a signed integer to an unsigned one with small magnitudes small
+/// (0, -1, 1, -2, … → 0, 1, 2, 3, …), so deltas of either sign stay short
+/// as varints. Shared with the version-3 wire encoding.
+pub(crate) fn zigzag(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)) as u64
 }
 
-fn unzigzag(v: u64) -> i64 {
+/// The inverse of [`zigzag`].
+pub(crate) fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 

@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use super::{FrameError, push_varint};
 use crate::hlc::Hlc;
 use crate::op::{Change, Op, OpId};
+use crate::snapshot::columnar::{unzigzag, zigzag};
 use crate::stamp::ReplicaId;
 use crate::value::Value;
 
@@ -90,14 +91,6 @@ impl<'a> Names<'a> {
             previous = name;
         }
     }
-}
-
-fn zigzag(delta: i64) -> u64 {
-    ((delta << 1) ^ (delta >> 63)) as u64
-}
-
-fn unzigzag(n: u64) -> i64 {
-    ((n >> 1) as i64) ^ -((n & 1) as i64)
 }
 
 /// Appends `ops` as a version-3 batch.
