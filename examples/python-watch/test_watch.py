@@ -2,6 +2,7 @@
 change another replica makes, and stops cleanly on Ctrl-C (SIGINT)."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,12 +15,35 @@ SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "watch.py")
 def start_watch(relay_url, room, token, data):
     env = dict(os.environ, CONCORD_RELAY=relay_url, CONCORD_ROOM=room, CONCORD_TOKEN=token)
     return subprocess.Popen(
-        [sys.executable, SCRIPT, "--data", str(data)],
+        # faulthandler: a hung child prints its Python stacks on SIGABRT.
+        [sys.executable, "-X", "faulthandler", SCRIPT, "--data", str(data)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
     )
+
+
+def interrupt(watch, guard_s):
+    """Ctrl-C, then the exit code; a child still running after the hang
+    guard fails the test with its native and Python stacks, so a hang
+    seen once can be diagnosed from the test's output alone."""
+    watch.send_signal(signal.SIGINT)
+    try:
+        return watch.wait(timeout=guard_s)
+    except subprocess.TimeoutExpired:
+        native = "(gdb not installed)"
+        if shutil.which("gdb"):
+            native = subprocess.run(
+                ["gdb", "-p", str(watch.pid), "-batch", "-ex", "thread apply all bt"],
+                capture_output=True, text=True, timeout=guard_s,
+            ).stdout
+        watch.send_signal(signal.SIGABRT)
+        watch.wait(timeout=guard_s)
+        stderr = watch.stderr.read()
+        raise AssertionError(
+            f"watch.py still ran {guard_s} s after SIGINT\n--- native stacks ---\n{native}\n--- stderr ---\n{stderr}"
+        ) from None
 
 
 def test_prints_the_list_then_each_change(relay, tmp_path, stdout_lines, guard_s):
@@ -42,8 +66,7 @@ def test_prints_the_list_then_each_change(relay, tmp_path, stdout_lines, guard_s
             todos.delete("t2")
             assert out.wait_for("deleted") == "- deleted (t2)"
         finally:
-            watch.send_signal(signal.SIGINT)
-            code = watch.wait(timeout=guard_s)
+            code = interrupt(watch, guard_s)
     assert code == 0, watch.stderr.read()
 
 

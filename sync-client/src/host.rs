@@ -170,6 +170,7 @@ where
         timer: timer.clone(),
     });
     let db = Database::new(inner.clone());
+    let finish = Finish(inner.clone());
     let host = Host {
         inner,
         transport,
@@ -187,6 +188,7 @@ where
         reloading: None,
         applying: false,
         yielding: None,
+        finish,
     };
     Ok((db, host.run().boxed_local()))
 }
@@ -341,6 +343,37 @@ struct Host<T> {
     applying: bool,
     /// The yield to the platform before the next slice.
     yielding: Option<LocalBoxFuture<'static, ()>>,
+    /// Last, so that it drops after the store when the loop unwinds.
+    finish: Finish,
+}
+
+/// Answers everyone still waiting on the loop once it ends, however it
+/// ends: closed in order, or dropped unfinished (its task cancelled, or a
+/// panic unwinding its thread). Without it a loop that died would leave
+/// `close()` and every pending write waiting forever.
+struct Finish(Arc<Inner>);
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        let mut core = lock(&self.0.core);
+        if core.finished {
+            return;
+        }
+        core.closed = true;
+        core.settle_waiters();
+        for waiter in core.durable_waiters.drain(..) {
+            let _ = waiter.tx.send(Err(Error::Closed));
+        }
+        for waiter in core.flush_waiters.drain(..) {
+            let _ = waiter.tx.send(Err(Error::Closed));
+        }
+        core.subscribers.end_all();
+        core.status.end_all();
+        core.finished = true;
+        for waiter in core.close_waiters.drain(..) {
+            let _ = waiter.send(());
+        }
+    }
 }
 
 impl<T: Transport> Host<T> {
@@ -706,7 +739,10 @@ impl<T: Transport> Host<T> {
     /// streams end and futures still waiting fail with [`Error::Closed`].
     fn shut_down(self) {
         let Host {
-            inner, link, store, ..
+            link,
+            store,
+            finish,
+            ..
         } = self;
         if let Some(link) = link {
             let _ = link.tx.unbounded_send(Outgoing::Close(
@@ -717,20 +753,7 @@ impl<T: Transport> Host<T> {
         // Released before anyone hears the database closed, so it can be
         // opened again at once (a file store holds an OS lock).
         drop(store);
-        let mut core = lock(&inner.core);
-        core.settle_waiters();
-        for waiter in core.durable_waiters.drain(..) {
-            let _ = waiter.tx.send(Err(Error::Closed));
-        }
-        for waiter in core.flush_waiters.drain(..) {
-            let _ = waiter.tx.send(Err(Error::Closed));
-        }
-        core.subscribers.end_all();
-        core.status.end_all();
-        core.finished = true;
-        for waiter in core.close_waiters.drain(..) {
-            let _ = waiter.send(());
-        }
+        drop(finish);
     }
 }
 

@@ -1069,3 +1069,39 @@ fn a_store_that_knows_a_write_is_durable_answers_its_callers_without_the_loop() 
     let err = w.block(c).expect_err("c failed");
     assert!(matches!(err, Error::Store(_)), "{err}");
 }
+
+#[test]
+fn a_loop_that_ends_unfinished_answers_everyone_waiting_on_it() {
+    // A platform may drop the loop's task (a cancelled task, a panic
+    // unwinding its thread): whoever waits on the loop must hear of it
+    // rather than wait forever.
+    let w = World::new();
+    let platform = Platform {
+        transport: w.relay.transport(w.timer()),
+        store: MemoryStore::new(),
+        timer: w.timer(),
+        seed: 7,
+    };
+    let (db, host) = futures::executor::block_on(open(platform, Options::local())).expect("opens");
+    let todos = db.collection("todos");
+    let mut changes = db.subscribe();
+    let write = todos.put("a", [("title", "milk")]);
+    drop(host);
+    assert_eq!(
+        write.now_or_never().map(|r| r.err()),
+        Some(Some(Error::Closed))
+    );
+    assert_eq!(db.close().now_or_never(), Some(()));
+    assert!(matches!(
+        todos.put("b", [("title", "eggs")]).now_or_never(),
+        Some(Err(Error::Closed))
+    ));
+    let mut ended = false;
+    while let Some(next) = changes.next().now_or_never() {
+        if next.is_none() {
+            ended = true;
+            break;
+        }
+    }
+    assert!(ended, "the subscription ends with the loop");
+}

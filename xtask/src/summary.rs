@@ -122,7 +122,8 @@ pub(crate) fn pytest(output: &str) -> Option<Counts> {
 fn pytest_line(line: &str) -> Option<Counts> {
     let line = line.trim().trim_matches('=').trim();
     let (tally, time) = line.rsplit_once(" in ")?;
-    if !time.trim_end().ends_with('s') {
+    // "3.21s", or "61.55s (0:01:01)" for a run over a minute.
+    if !time.split_whitespace().next()?.ends_with('s') {
         return None;
     }
     let mut counts = Counts::default();
@@ -227,6 +228,10 @@ test result: ok. 4 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; fini
         assert_eq!(
             pytest("== 3 passed, 1 error in 1.0s ==\n"),
             Some(counts(3, 1))
+        );
+        assert_eq!(
+            pytest("==== 1 failed, 16 passed in 61.55s (0:01:01) ====\n"),
+            Some(counts(16, 1))
         );
         assert_eq!(pytest("collected 5 items\nprinted in 2s\n"), None);
     }
