@@ -30,6 +30,22 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// `MAX_PUSH_WINDOW` pushes unanswered; beyond this bound the owner does
 /// not keep up, and the session is closed (it reconnects).
 const LINK_QUEUE: usize = 256;
+/// Shortest silence after which the owner counts as gone (see
+/// [`owner_silence_limit`]).
+const MIN_OWNER_SILENCE: Duration = Duration::from_secs(1);
+
+/// How long a link waits to hear anything from the owner before it takes
+/// the owner for gone: the lease's lifetime. An owner that is stopped
+/// (a paused VM, a frozen process, a partition that drops packets without
+/// a reset) keeps its TCP connections open, so only silence tells; and one
+/// that cannot answer a ping for a whole lease's lifetime cannot renew its
+/// lease either, so the room is about to be claimed again anyway. Without
+/// this, forwarded clients waited for their own dead-link timeout (45 s).
+fn owner_silence_limit(lease_ttl: Option<Duration>) -> Duration {
+    lease_ttl
+        .unwrap_or(Duration::from_secs(5))
+        .max(MIN_OWNER_SILENCE)
+}
 
 /// Serves the room's sessions through the owner at `address` until idle,
 /// shut down, or the owner is unreachable.
@@ -44,6 +60,7 @@ pub(crate) async fn serve(
     let mut links: HashMap<ConnectionId, mpsc::Sender<Bytes>> = HashMap::new();
     let unload_after = rooms.config.room_unload_after;
     let mut idle_since = Some(Instant::now());
+    let silence_limit = owner_silence_limit(rooms.store.lease_ttl());
     loop {
         links.retain(|_, tx| !tx.is_closed());
         if links.is_empty() {
@@ -67,7 +84,18 @@ pub(crate) async fn serve(
                 Some(RoomMsg::Join { session, hello, peer, reply, .. }) => {
                     let (tx, frames) = mpsc::channel(LINK_QUEUE);
                     links.insert(session, tx);
-                    tokio::spawn(link(address.clone(), hello, peer, reply, frames, dead_tx.clone()));
+                    tokio::spawn(link(
+                        Owner {
+                            address: address.clone(),
+                            silence_limit,
+                            metrics: rooms.metrics.clone(),
+                        },
+                        hello,
+                        peer,
+                        reply,
+                        frames,
+                        dead_tx.clone(),
+                    ));
                 }
                 Some(RoomMsg::Frame { session, frame, .. }) => {
                     let full = links.get(&session).is_some_and(|tx| tx.try_send(frame).is_err());
@@ -106,16 +134,29 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 
 const LOST: &str = "lost the connection to the relay instance serving this room; reconnect";
 
-/// One session's link to the owner: sends the `Hello`, then relays frames
-/// both ways until either side ends.
-async fn link(
+/// Where the room's owner is, and how long it may stay silent.
+struct Owner {
     address: String,
+    silence_limit: Duration,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// One session's link to the owner: sends the `Hello`, then relays frames
+/// both ways until either side ends or the owner falls silent (pinged a
+/// few times per silence limit; any message it sends counts).
+async fn link(
+    owner: Owner,
     hello: Box<Hello>,
     peer: Peer,
     reply: oneshot::Sender<JoinReply>,
     mut frames: mpsc::Receiver<Bytes>,
     dead: mpsc::Sender<()>,
 ) {
+    let Owner {
+        address,
+        silence_limit,
+        metrics,
+    } = owner;
     let hello = protocol::encode(&Message::Hello(*hello));
     let connected = tokio::time::timeout(CONNECT_TIMEOUT, async {
         let (mut ws, _) = tokio_tungstenite::connect_async(address.as_str()).await?;
@@ -142,11 +183,31 @@ async fn link(
         return;
     }
     let (mut sink, mut stream) = ws.split();
+    let mut heard = tokio::time::Instant::now();
+    let mut ping = tokio::time::interval(silence_limit / 3);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = ping.tick() => {
+                let sent = heard.elapsed() < silence_limit
+                    && matches!(
+                        tokio::time::timeout(silence_limit, sink.send(WsMessage::Ping(Default::default()))).await,
+                        Ok(Ok(()))
+                    );
+                if !sent {
+                    tracing::info!(%address, ?silence_limit, "the room's owner fell silent");
+                    metrics.error("OwnerSilent");
+                    let _ = dead.try_send(());
+                    return peer.kill(ErrorCode::Internal, LOST.into());
+                }
+            }
             frame = frames.recv() => match frame {
                 Some(frame) => {
-                    if sink.send(WsMessage::Binary(frame)).await.is_err() {
+                    // Bounded: a stopped owner's full socket must not
+                    // hold the link (and its silence check) forever.
+                    let sent = tokio::time::timeout(silence_limit, sink.send(WsMessage::Binary(frame))).await;
+                    if !matches!(sent, Ok(Ok(()))) {
+                        let _ = dead.try_send(());
                         return peer.kill(ErrorCode::Internal, LOST.into());
                     }
                 }
@@ -159,24 +220,29 @@ async fn link(
                     );
                 }
             },
-            msg = stream.next() => match msg {
-                Some(Ok(WsMessage::Binary(bytes))) => {
-                    if peer.send(bytes.to_vec()).is_err() {
-                        let _ = tokio::time::timeout(CONNECT_TIMEOUT, sink.close()).await;
-                        return peer.kill(
-                            ErrorCode::SlowConsumer,
-                            "the client did not keep up; resume from the cursor".into(),
-                        );
+            msg = stream.next() => {
+                if let Some(Ok(_)) = msg {
+                    heard = tokio::time::Instant::now();
+                }
+                match msg {
+                    Some(Ok(WsMessage::Binary(bytes))) => {
+                        if peer.send(bytes.to_vec()).is_err() {
+                            let _ = tokio::time::timeout(CONNECT_TIMEOUT, sink.close()).await;
+                            return peer.kill(
+                                ErrorCode::SlowConsumer,
+                                "the client did not keep up; resume from the cursor".into(),
+                            );
+                        }
                     }
+                    Some(Ok(WsMessage::Close(frame))) => {
+                        let (code, reason) = frame
+                            .map_or((1000, String::new()), |f| (u16::from(f.code), f.reason.to_string()));
+                        return peer.close_with(code, reason);
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => return peer.kill(ErrorCode::Internal, LOST.into()),
                 }
-                Some(Ok(WsMessage::Close(frame))) => {
-                    let (code, reason) = frame
-                        .map_or((1000, String::new()), |f| (u16::from(f.code), f.reason.to_string()));
-                    return peer.close_with(code, reason);
-                }
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => return peer.kill(ErrorCode::Internal, LOST.into()),
-            },
+            }
         }
     }
 }

@@ -329,6 +329,13 @@ fn a_paused_owner_is_fenced_and_compaction_stays_with_one_instance() {
     write(&dbs[other], other, 40, 40, Duration::from_millis(5));
     flush(&dbs[other]).expect("acknowledged by the new owner");
     assert_eq!(owner(&pg, &relays), other);
+    // The forwarding instance noticed the silent owner itself, rather
+    // than its client waiting out its own dead-link timeout.
+    let silent = relays[other].metrics();
+    assert!(
+        silent.contains("concord_errors_total{kind=\"OwnerSilent\"}"),
+        "{silent}"
+    );
     signal(&relays[paused], "CONT");
     // The resumed instance finds its lease gone; its client reconnects.
     write(&dbs[paused], paused, 40, 40, Duration::from_millis(5));
