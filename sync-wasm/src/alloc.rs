@@ -75,9 +75,9 @@ pub(crate) struct Allocator(UnsafeCell<dlmalloc::Dlmalloc<Growing>>);
 unsafe impl Sync for Allocator {}
 
 #[global_allocator]
-static ALLOCATOR: Allocator = Allocator(UnsafeCell::new(
-    dlmalloc::Dlmalloc::new_with_allocator(Growing),
-));
+static ALLOCATOR: Allocator = Allocator(UnsafeCell::new(dlmalloc::Dlmalloc::new_with_allocator(
+    Growing,
+)));
 
 // SAFETY: each method forwards to dlmalloc with the contract of
 // `GlobalAlloc` (which dlmalloc's own global allocator relies on too);

@@ -30,7 +30,10 @@
 //! ```
 
 #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
-#[allow(unsafe_code, reason = "a global allocator is unsafe code by nature; see its comments")]
+#[allow(
+    unsafe_code,
+    reason = "a global allocator is unsafe code by nature; see its comments"
+)]
 mod alloc;
 mod api;
 mod convert;
