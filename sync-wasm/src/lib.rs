@@ -29,6 +29,12 @@
 //! assert!(!sync_wasm::is_safe_integer(0.5));
 //! ```
 
+#[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
+#[allow(
+    unsafe_code,
+    reason = "a global allocator is unsafe code by nature; see its comments"
+)]
+mod alloc;
 mod api;
 mod convert;
 pub mod store;

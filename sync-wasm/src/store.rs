@@ -19,16 +19,14 @@ use std::rc::Rc;
 
 use futures::FutureExt;
 use futures::future::LocalBoxFuture;
-use indexed_db_futures::KeyRange;
-use indexed_db_futures::database::Database as IdbDatabase;
-use indexed_db_futures::prelude::*;
-use indexed_db_futures::transaction::{TransactionDurability, TransactionMode, TransactionOptions};
 use sync_client::memory::MemoryStore;
 use sync_client::platform::{ClientStore, StoreError, StoreErrorKind};
 use sync_core::PersistBatch;
 use sync_core::persist::Write;
 use sync_core::store::Record;
+use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_futures::JsFuture;
 
 /// The object store holding every record: binary keys (sorted by bytes,
 /// which is the order `read_all` must return) to binary values.
@@ -36,13 +34,51 @@ const RECORDS: &str = "records";
 /// The object store holding logged batches not yet copied into
 /// [`RECORDS`]: sequence numbers (ascending) to encoded batches.
 const LOG: &str = "log";
-/// The schema version: 1 had [`RECORDS`] only, 2 adds [`LOG`].
+/// The schema version: 1 had [`RECORDS`] only, 2 adds [`LOG`]. Versions of
+/// the package that know only schema 1 cannot open a database at 2.
 const SCHEMA_VERSION: u32 = 2;
 /// Batches with at least this many writes go to the log.
 pub const LOG_THRESHOLD: usize = 512;
 /// How many writes of a logged batch one copying transaction carries:
 /// small enough that the page stays responsive between them.
 const APPLY_CHUNK: usize = 4096;
+
+// IndexedDB through a few lines of JavaScript (`idb.js`) and its objects
+// as opaque handles: the `web-sys` bindings would need a Rust closure per
+// event handler, and an IndexedDB crate brings its own runtime and error
+// formatting into the download.
+#[wasm_bindgen(module = "/src/idb.js")]
+extern "C" {
+    /// An open IndexedDB connection (`IDBDatabase`).
+    #[derive(Clone, Debug)]
+    type Connection;
+    /// An `IDBTransaction`.
+    type Transaction;
+    /// An `IDBObjectStore` of a transaction.
+    type ObjectStore;
+
+    #[wasm_bindgen(js_name = openDb)]
+    fn open_db(name: &str, version: u32, stores: Vec<String>) -> js_sys::Promise;
+    #[wasm_bindgen(catch)]
+    fn begin(db: &Connection, stores: Vec<String>, write: bool) -> Result<Transaction, JsValue>;
+    fn commit(tx: &Transaction) -> js_sys::Promise;
+    #[wasm_bindgen(catch, js_name = queue)]
+    fn queue_js(store: &ObjectStore, key: &JsValue, value: &JsValue) -> Result<(), JsValue>;
+    #[wasm_bindgen(catch, js_name = readPage)]
+    fn read_page(
+        db: &Connection,
+        name: &str,
+        after: &JsValue,
+        limit: Option<u32>,
+    ) -> Result<js_sys::Promise, JsValue>;
+    #[wasm_bindgen(catch, js_name = readOne)]
+    fn read_one(db: &Connection, name: &str, key: &JsValue) -> Result<js_sys::Promise, JsValue>;
+
+    #[wasm_bindgen(method, catch, js_name = objectStore)]
+    fn object_store(this: &Transaction, name: &str) -> Result<ObjectStore, JsValue>;
+    #[wasm_bindgen(method)]
+    fn close(this: &Connection);
+}
 
 /// The logged batches this store knows of, shared by its clones and the
 /// task that copies them into `records`.
@@ -60,46 +96,31 @@ struct Log {
 /// database, named by the application.
 #[derive(Clone, Debug)]
 pub struct IdbStore {
-    db: Rc<IdbDatabase>,
+    db: Connection,
     log: Rc<RefCell<Log>>,
     threshold: usize,
 }
 
 impl IdbStore {
     /// Opens (creating if needed) the IndexedDB database `name`.
+    ///
+    /// A tab running an older package that knows only schema 1 and keeps
+    /// the database open blocks the upgrade to schema 2: that fails with a
+    /// [`StoreErrorKind::Locked`] error saying so, rather than waiting.
     pub async fn open(name: &str) -> Result<IdbStore, StoreError> {
-        let db = IdbDatabase::open(name)
-            .with_version(SCHEMA_VERSION)
-            .with_on_upgrade_needed(|_event, db| {
-                for store in [RECORDS, LOG] {
-                    if !db.object_store_names().any(|n| n == store) {
-                        db.create_object_store(store).build()?;
-                    }
-                }
-                Ok(())
-            })
-            .await
-            .map_err(open_error)?;
-        let db = Rc::new(db);
+        let db: Connection = JsFuture::from(open_db(
+            name,
+            SCHEMA_VERSION,
+            vec![RECORDS.to_owned(), LOG.to_owned()],
+        ))
+        .await
+        .map_err(dom_error)?
+        .unchecked_into();
         // Batches logged before a reload or a crash still wait to be copied.
         let mut pending = VecDeque::new();
-        {
-            let tx = db
-                .transaction(LOG)
-                .with_mode(TransactionMode::Readonly)
-                .build()
-                .map_err(io)?;
-            let keys = tx
-                .object_store(LOG)
-                .map_err(io)?
-                .get_all_keys::<JsValue>()
-                .primitive()
-                .map_err(io)?
-                .await
-                .map_err(io)?;
-            for key in keys {
-                pending.push_back(log_seq(&key.map_err(io)?)?);
-            }
+        let (keys, _) = page(&db, LOG, &JsValue::UNDEFINED, None).await?;
+        for key in keys.iter() {
+            pending.push_back(log_seq(&key)?);
         }
         let next = pending.back().map_or(0, |last| last + 1);
         let store = IdbStore {
@@ -129,9 +150,15 @@ impl IdbStore {
         self.log.borrow().pending.len()
     }
 
+    /// Whether the task copying logged batches into `records` runs.
+    #[doc(hidden)]
+    pub fn is_copying(&self) -> bool {
+        self.log.borrow().applying
+    }
+
     /// Closes the connection; later reads and writes fail.
     pub fn close(&self) {
-        IdbDatabase::clone(&self.db).close();
+        self.db.close();
     }
 
     /// Starts the task copying logged batches into `records`, unless it
@@ -151,10 +178,12 @@ impl IdbStore {
                 let Some(seq) = log.borrow().pending.front().copied() else {
                     break;
                 };
-                // A failure (the database closed, the disk full) leaves the
-                // batch logged: reads still see it, and the next open or
-                // logged write tries again.
-                if apply_logged(&db, seq).await.is_err() {
+                // Not copied (the batch's own write has not committed yet,
+                // or a failure: the database closed, the disk full): the
+                // batch stays logged and pending, reads still see it, and
+                // its write's completion, the next logged write or the next
+                // open tries again.
+                if !matches!(apply_logged(&db, seq).await, Ok(true)) {
                     break;
                 }
                 log.borrow_mut().pending.pop_front();
@@ -165,26 +194,17 @@ impl IdbStore {
 }
 
 /// Copies logged batch `seq` into `records` and deletes it from the log,
-/// the delete in the same transaction as the last writes.
-async fn apply_logged(db: &IdbDatabase, seq: u64) -> Result<(), StoreError> {
-    let tx = db
-        .transaction(LOG)
-        .with_mode(TransactionMode::Readonly)
-        .build()
-        .map_err(io)?;
-    let value: Option<JsValue> = tx
-        .object_store(LOG)
-        .map_err(io)?
-        .get(JsValue::from_f64(seq as f64))
-        .primitive()
-        .map_err(io)?
+/// the delete in the same transaction as the last writes. `Ok(false)` when
+/// the log does not hold the batch (yet): its write is still under way.
+async fn apply_logged(db: &Connection, seq: u64) -> Result<bool, StoreError> {
+    let key = JsValue::from_f64(seq as f64);
+    let value = JsFuture::from(read_one(db, LOG, &key).map_err(dom_error)?)
         .await
-        .map_err(io)?;
-    let Some(value) = value else {
-        return Ok(());
-    };
-    let encoded = to_vec(&value)?;
-    let writes = decode_batch(&encoded)?;
+        .map_err(dom_error)?;
+    if value.is_undefined() {
+        return Ok(false);
+    }
+    let writes = decode_batch(&to_vec(&value)?)?;
     let chunks = writes.len().div_ceil(APPLY_CHUNK).max(1);
     for (i, chunk) in writes
         .chunks(APPLY_CHUNK)
@@ -195,90 +215,71 @@ async fn apply_logged(db: &IdbDatabase, seq: u64) -> Result<(), StoreError> {
         // completion set off (resolving the Promises of every put in the
         // batch, change notifications) runs first and is not delayed.
         crate::timer::sleep_ms(0.0).await;
-        let tx = strict_transaction(db, &[RECORDS, LOG])?;
-        let records = tx.object_store(RECORDS).map_err(io)?;
-        let mut puts = Vec::with_capacity(chunk.len());
-        let mut deletes = Vec::new();
+        let last = i + 1 == chunks;
+        let stores: &[&str] = if last { &[RECORDS, LOG] } else { &[RECORDS] };
+        let tx = transaction(db, stores)?;
+        let records = tx.object_store(RECORDS).map_err(dom_error)?;
         for write in chunk {
             match write {
-                LoggedWrite::Put(key, value) => puts.push(
-                    records
-                        .put(bytes(value))
-                        .with_key(bytes(key))
-                        .primitive()
-                        .map_err(io)?,
-                ),
-                LoggedWrite::Delete(key) => {
-                    deletes.push(records.delete(bytes(key)).primitive().map_err(io)?)
-                }
+                LoggedWrite::Put(k, v) => queue(&records, k, Some(v))?,
+                LoggedWrite::Delete(k) => queue(&records, k, None)?,
             }
         }
-        if i + 1 == chunks {
-            let log = tx.object_store(LOG).map_err(io)?;
-            deletes.push(
-                log.delete(JsValue::from_f64(seq as f64))
-                    .primitive()
-                    .map_err(io)?,
-            );
+        if last {
+            let log = tx.object_store(LOG).map_err(dom_error)?;
+            queue_js(&log, &key, &JsValue::UNDEFINED).map_err(dom_error)?;
         }
-        let committed = tx.commit().await.map_err(io);
-        drop((puts, deletes));
-        committed?;
+        JsFuture::from(commit(&tx)).await.map_err(dom_error)?;
     }
-    Ok(())
+    Ok(true)
 }
 
 /// A read-write transaction over `stores` that completes only once the
 /// browser has flushed it to disk, which is what a resolved write promises.
-fn strict_transaction<'a>(
-    db: &'a IdbDatabase,
-    stores: &[&str],
-) -> Result<indexed_db_futures::transaction::Transaction<'a>, StoreError> {
-    let mut options = TransactionOptions::new();
-    options.set_durability(TransactionDurability::Strict);
-    db.transaction(stores)
-        .with_mode(TransactionMode::Readwrite)
-        .with_options(options)
-        .build()
-        .map_err(io)
+fn transaction(db: &Connection, stores: &[&str]) -> Result<Transaction, StoreError> {
+    begin(db, stores.iter().map(|s| (*s).to_owned()).collect(), true).map_err(dom_error)
 }
 
-/// Maps an IndexedDB failure to the kind applications can act on.
-fn classify(message: &str) -> StoreError {
-    let kind = if message.contains("QuotaExceeded") {
-        StoreErrorKind::Full
-    } else if message.contains("InvalidStateError") || message.contains("closing") {
-        StoreErrorKind::Closed
-    } else {
-        StoreErrorKind::Io
+/// Queues in `store` a put of `value` under `key`, or a delete of `key`
+/// when `value` is `None`; the transaction's commit waits for it.
+fn queue(store: &ObjectStore, key: &[u8], value: Option<&[u8]>) -> Result<(), StoreError> {
+    let value = value.map_or(JsValue::UNDEFINED, bytes);
+    queue_js(store, &bytes(key), &value).map_err(dom_error)
+}
+
+/// Up to `limit` records of object store `name` after key `after`
+/// (`undefined`: from the first), keys and values in key order.
+async fn page(
+    db: &Connection,
+    name: &str,
+    after: &JsValue,
+    limit: Option<u32>,
+) -> Result<(js_sys::Array, js_sys::Array), StoreError> {
+    let both: js_sys::Array = JsFuture::from(read_page(db, name, after, limit).map_err(dom_error)?)
+        .await
+        .map_err(dom_error)?
+        .unchecked_into();
+    Ok((both.get(0).unchecked_into(), both.get(1).unchecked_into()))
+}
+
+/// Maps an IndexedDB failure (a `DOMException`, or the `BlockedError`
+/// of `idb.js`) to the kind applications can act on.
+fn dom_error(e: JsValue) -> StoreError {
+    let text = |field: &str| {
+        js_sys::Reflect::get(&e, &field.into())
+            .ok()
+            .and_then(|v| v.as_string())
+            .unwrap_or_default()
     };
-    StoreError::new(kind, format!("IndexedDB: {message}"))
-}
-
-/// An IndexedDB failure as a store error. Every variant is formatted on
-/// its own, never the whole enum: the enum's `Display` reaches a
-/// serialisation error that formats an `f64`, and that one call would
-/// link Rust's float formatting (about 15 KB of code) into the wasm.
-fn io(e: indexed_db_futures::error::Error) -> StoreError {
-    use indexed_db_futures::error::Error;
-    let message = match e {
-        Error::DomException(e) => e.to_string(),
-        Error::Serialisation(_) => "a value could not be converted".to_owned(),
-        Error::MissingData(e) => e.to_string(),
-        Error::Unknown(e) => e.to_string(),
+    let (name, message) = (text("name"), text("message"));
+    let kind = match name.as_str() {
+        "BlockedError" => StoreErrorKind::Locked,
+        "QuotaExceededError" => StoreErrorKind::Full,
+        "InvalidStateError" => StoreErrorKind::Closed,
+        _ if message.contains("closing") => StoreErrorKind::Closed,
+        _ => StoreErrorKind::Io,
     };
-    classify(&message)
-}
-
-/// [`io`] for a failure to open the database.
-fn open_error(e: indexed_db_futures::error::OpenDbError) -> StoreError {
-    use indexed_db_futures::error::OpenDbError;
-    match e {
-        OpenDbError::Base(e) => io(e),
-        OpenDbError::VersionZero => classify("version zero"),
-        OpenDbError::UnsupportedEnvironment => classify("unsupported environment"),
-        OpenDbError::NullFactory => classify("there is no indexedDB in this environment"),
-    }
+    StoreError::new(kind, format!("IndexedDB: {name}: {message}"))
 }
 
 fn corrupt(what: &str) -> StoreError {
@@ -369,7 +370,6 @@ fn decode_batch(mut bytes: &[u8]) -> Result<Vec<LoggedWrite>, StoreError> {
 
 impl ClientStore for IdbStore {
     fn write(&self, batch: PersistBatch) -> LocalBoxFuture<'static, Result<(), StoreError>> {
-        let db = self.db.clone();
         // Decided now, in the order writes are issued: once a batch is
         // logged, the ones after it are logged too until it is copied.
         let logged = {
@@ -385,20 +385,15 @@ impl ClientStore for IdbStore {
         };
         let this = self.clone();
         async move {
+            let db = &this.db;
             if let Some(seq) = logged {
                 let result = async {
+                    let tx = transaction(db, &[LOG])?;
+                    let log = tx.object_store(LOG).map_err(dom_error)?;
                     let value = bytes(&encode_batch(&batch.writes));
-                    let tx = strict_transaction(&db, &[LOG])?;
-                    let put = tx
-                        .object_store(LOG)
-                        .map_err(io)?
-                        .put(value)
-                        .with_key(JsValue::from_f64(seq as f64))
-                        .primitive()
-                        .map_err(io)?;
-                    let committed = tx.commit().await.map_err(io);
-                    drop(put);
-                    committed
+                    queue_js(&log, &JsValue::from_f64(seq as f64), &value).map_err(dom_error)?;
+                    JsFuture::from(commit(&tx)).await.map_err(dom_error)?;
+                    Ok(())
                 }
                 .await;
                 if result.is_ok() {
@@ -408,32 +403,17 @@ impl ClientStore for IdbStore {
                 }
                 return result;
             }
-            let tx = strict_transaction(&db, &[RECORDS])?;
-            let store = tx.object_store(RECORDS).map_err(io)?;
-            // Requests go out as they are built and the commit waits for
-            // all of them; their handles live until then.
-            let mut puts = Vec::new();
-            let mut deletes = Vec::new();
-            for write in batch.writes {
+            let tx = transaction(db, &[RECORDS])?;
+            let store = tx.object_store(RECORDS).map_err(dom_error)?;
+            // Requests go out as they are queued; the commit waits for all.
+            for write in &batch.writes {
                 match write {
-                    Write::Put { key, value } => puts.push(
-                        store
-                            .put(bytes(&value))
-                            .with_key(bytes(&key.to_bytes()))
-                            .primitive()
-                            .map_err(io)?,
-                    ),
-                    Write::Delete { key } => deletes.push(
-                        store
-                            .delete(bytes(&key.to_bytes()))
-                            .primitive()
-                            .map_err(io)?,
-                    ),
+                    Write::Put { key, value } => queue(&store, &key.to_bytes(), Some(value))?,
+                    Write::Delete { key } => queue(&store, &key.to_bytes(), None)?,
                 }
             }
-            let committed = tx.commit().await.map_err(io);
-            drop((puts, deletes));
-            committed
+            JsFuture::from(commit(&tx)).await.map_err(dom_error)?;
+            Ok(())
         }
         .boxed_local()
     }
@@ -447,77 +427,26 @@ impl ClientStore for IdbStore {
             // Replaying a batch over records that already hold it changes
             // nothing: no write comes between it and this read, as the
             // database is opened before its loop starts and one tab holds it.
-            let logged = {
-                let tx = db
-                    .transaction(LOG)
-                    .with_mode(TransactionMode::Readonly)
-                    .build()
-                    .map_err(io)?;
-                let logged = tx
-                    .object_store(LOG)
-                    .map_err(io)?
-                    .get_all::<JsValue>()
-                    .primitive()
-                    .map_err(io)?;
-                logged.await.map_err(io)?
-            };
+            let (_, logged) = page(&db, LOG, &JsValue::UNDEFINED, None).await?;
             let mut batches = Vec::new();
-            for value in logged {
-                batches.push(decode_batch(&to_vec(&value.map_err(io)?)?)?);
+            for value in logged.iter() {
+                batches.push(decode_batch(&to_vec(&value)?)?);
             }
-            // Then the records page by page, each page its own pair of
-            // requests: the browser hands each page's results to the page's
-            // thread in a task of its own, so a large database is never
-            // cloned and copied in one long task. Each page has its own
-            // read-only transaction (an idle one commits between pages).
+            // Then the records page by page, each page its own read-only
+            // transaction with a pair of requests (keys and values line up
+            // one to one, each in key order): the browser hands each page's
+            // results to the page's thread in a task of its own, so a large
+            // database is never cloned and copied in one long task.
             let mut records = Vec::new();
-            let mut after: Option<JsValue> = None;
+            let mut after = JsValue::UNDEFINED;
             loop {
-                let tx = db
-                    .transaction(RECORDS)
-                    .with_mode(TransactionMode::Readonly)
-                    .build()
-                    .map_err(io)?;
-                let store = tx.object_store(RECORDS).map_err(io)?;
-                // Both requests run in one transaction, so keys and values
-                // line up one to one, each in key order.
-                let (keys, values) = match &after {
-                    None => (
-                        store
-                            .get_all_keys::<JsValue>()
-                            .with_limit(READ_PAGE)
-                            .primitive()
-                            .map_err(io)?,
-                        store
-                            .get_all::<JsValue>()
-                            .with_limit(READ_PAGE)
-                            .primitive()
-                            .map_err(io)?,
-                    ),
-                    Some(last) => (
-                        store
-                            .get_all_keys::<JsValue>()
-                            .with_query::<JsValue, _>(KeyRange::LowerBound(last.clone(), true))
-                            .with_limit(READ_PAGE)
-                            .primitive()
-                            .map_err(io)?,
-                        store
-                            .get_all::<JsValue>()
-                            .with_query::<JsValue, _>(KeyRange::LowerBound(last.clone(), true))
-                            .with_limit(READ_PAGE)
-                            .primitive()
-                            .map_err(io)?,
-                    ),
-                };
-                let keys = keys.await.map_err(io)?;
-                let values = values.await.map_err(io)?;
-                let before = records.len();
-                for (key, value) in keys.zip(values) {
-                    let key = key.map_err(io)?;
-                    records.push((to_vec(&key)?, to_vec(&value.map_err(io)?)?));
-                    after = Some(key);
+                let (keys, values) = page(&db, RECORDS, &after, Some(READ_PAGE)).await?;
+                let count = keys.length();
+                for (key, value) in keys.iter().zip(values.iter()) {
+                    records.push((to_vec(&key)?, to_vec(&value)?));
+                    after = key;
                 }
-                if records.len() - before < READ_PAGE as usize {
+                if count < READ_PAGE {
                     return Ok(fold_logged(records, batches));
                 }
             }

@@ -4,6 +4,9 @@
 // sync of those documents from the relay into an empty database.
 // Run after `cargo xtask npm` and `cargo build --release -p relay-server`:
 //   node bench/browser.mjs
+// PROFILE=out.cpuprofile also writes Chromium's CPU profile of the puts row
+// (through the DevTools protocol; open it in Chrome DevTools' Performance tab).
+import { writeFileSync } from "node:fs";
 import { mintToken } from "../dist/server.js";
 import { startRelay, startServer, launchChromium } from "../test/harness.mjs";
 
@@ -24,6 +27,11 @@ async function newPage() {
 }
 
 const page = await newPage();
+const cdp = process.env.PROFILE ? await context.newCDPSession(page) : undefined;
+if (cdp) {
+  await cdp.send("Profiler.enable");
+  await cdp.send("Profiler.start");
+}
 const puts = await page.evaluate(async (N) => {
   const db = await window.concord.open("bench-puts");
   const c = db.collection("c");
@@ -35,6 +43,7 @@ const puts = await page.evaluate(async (N) => {
   await db.close();
   return ms;
 }, N);
+if (cdp) writeFileSync(process.env.PROFILE, JSON.stringify((await cdp.send("Profiler.stop")).profile));
 
 const { build, reopen, cursor } = await page.evaluate(
   async ({ url, token, N }) => {

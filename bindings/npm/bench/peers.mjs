@@ -11,6 +11,13 @@
 // library, as in benches/compare: yjs and loro one root map per document
 // (named by its id), automerge one nested map per document under the root
 // (built before the clock starts, so concurrent writers share them).
+// Each row uses what an application would call: 1a (one commit per write)
+// concord-sync `collection.put` (a Promise per put, resolved once stored),
+// yjs `doc.transact(() => map.set)`, loro `map.set` then `doc.commit()`,
+// automerge `Automerge.change`; 1b (one commit for all) concord-sync
+// `db.transaction(tx => tx.put...)` (one crossing into wasm for the whole
+// array), one yjs `transact`, loro's sets then one `commit()`, one
+// `Automerge.change`.
 // concord-sync has no API to export operations or a snapshot, so its rows
 // that move state between replicas go through the relay: see NOTES below
 // and docs/BENCHMARKS.md for what each row measures.

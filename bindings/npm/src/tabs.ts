@@ -127,6 +127,8 @@ export class Shared {
   readonly #openInner: () => Promise<WasmDatabase>;
   #inner: WasmDatabase | undefined;
   #innerSubs: WasmSubscription[] = [];
+  /** Leader: the database's changes, subscribed only while wanted (see #wantChanges). */
+  #changeSub: WasmSubscription | undefined;
   #channel: BroadcastChannel | undefined;
   #lockAbort: AbortController | undefined;
   #releaseLock: () => void = () => {};
@@ -234,8 +236,8 @@ export class Shared {
     this.#docs = undefined;
     this.#replicaId = inner.replicaId();
     this.#status = inner.status() as Status;
+    this.#wantChanges();
     this.#innerSubs.push(
-      inner.subscribe(undefined, undefined, (change: Change) => this.#leaderChange(change)),
       inner.watchStatus((status: Status) => {
         this.#setStatus(status);
         if (this.#followers.size > 0) this.#post({ t: "status", status });
@@ -252,6 +254,23 @@ export class Shared {
     // stored (they come back from the relay): tell subscribers to re-read.
     if (wasFollower) this.#dispatch({ type: "lagged" });
     this.#post({ t: "leader" });
+  }
+
+  /**
+   * Leader: subscribes to the database's changes while a listener in this
+   * tab or a follower tab wants them, and only then: each change delivered
+   * costs a copy, a conversion into a JavaScript object and a call, which
+   * for a page writing without listening (100,000 puts) is pure overhead.
+   */
+  #wantChanges(): void {
+    const want = this.#inner !== undefined && !this.#closing && (this.#listeners.size > 0 || this.#followers.size > 0);
+    if (want && this.#changeSub === undefined) {
+      this.#changeSub = this.#inner!.subscribe(undefined, undefined, (change: Change) => this.#leaderChange(change));
+    } else if (!want && this.#changeSub !== undefined) {
+      this.#changeSub.cancel();
+      this.#changeSub.free();
+      this.#changeSub = undefined;
+    }
   }
 
   /** Leader: a change of the database, to this tab's subscribers and the followers. */
@@ -364,14 +383,17 @@ export class Shared {
     switch (m.t) {
       case "hello":
         this.#followers.add(m.from);
+        this.#wantChanges();
         this.#postState(m.from);
         break;
       case "bye":
         this.#followers.delete(m.from);
+        this.#wantChanges();
         break;
       case "call": {
         const { from, rid, method, args } = m;
         this.#followers.add(from);
+        this.#wantChanges();
         const answer = (reply: Reply) => this.#post({ t: "reply", to: from, rid, reply });
         if (!METHODS.has(method)) {
           answer({ ok: false, error: errorData(new TypeError(`unknown call ${JSON.stringify(method)}`)) });
@@ -495,8 +517,10 @@ export class Shared {
   subscribe(collection: string | undefined, id: string | undefined, fn: (change: Change) => void): () => void {
     const listener = { collection, id, fn };
     this.#listeners.add(listener);
+    this.#wantChanges();
     return () => {
       this.#listeners.delete(listener);
+      this.#wantChanges();
     };
   }
 
@@ -527,6 +551,7 @@ export class Shared {
     const inner = this.#inner;
     if (inner !== undefined) {
       await inner.close();
+      this.#wantChanges();
       for (const sub of this.#innerSubs) {
         sub.cancel();
         sub.free();

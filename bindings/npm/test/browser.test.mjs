@@ -1,6 +1,7 @@
 // concord-sync in headless Chromium against a real concord-relay on
 // loopback: IndexedDB durability, convergence, remote subscriptions,
-// offline writes, and tokens minted by concord-sync/server.
+// offline writes, tokens minted by concord-sync/server, and a tab of an
+// older package blocking the IndexedDB schema upgrade.
 // Run after `cargo xtask npm` and `cargo build --release -p relay-server`:
 //   node test/browser.test.mjs
 import assert from "node:assert/strict";
@@ -216,6 +217,45 @@ const failed = await runTests([
       assert.equal(result.isConcord, true);
       assert.equal(result.code, "Forbidden");
       await page.close();
+    },
+  ],
+  [
+    "a tab of an older package holding the database at schema 1 makes open fail with a Locked StoreError, and open works once it closes",
+    async () => {
+      // The older tab: schema 1 (object store `records` only), kept open
+      // without a versionchange handler, as packages before schema 2 did.
+      const old = await newPage();
+      await old.evaluate(
+        () =>
+          new Promise((resolve, reject) => {
+            const request = indexedDB.open("upgrade-blocked", 1);
+            request.onupgradeneeded = () => request.result.createObjectStore("records");
+            request.onsuccess = () => ((window.oldDb = request.result), resolve());
+            request.onerror = () => reject(request.error);
+          }),
+      );
+      const page = await newPage();
+      const blocked = await page.evaluate(async () => {
+        try {
+          await window.concord.open("upgrade-blocked");
+          return "opened";
+        } catch (e) {
+          return { name: e.name, storeKind: e.storeKind, message: e.message, isStore: e instanceof window.concord.StoreError };
+        }
+      });
+      assert.equal(blocked.isStore, true, JSON.stringify(blocked));
+      assert.equal(blocked.storeKind, "Locked");
+      assert.match(blocked.message, /older version of concord-sync/);
+      await old.evaluate(() => window.oldDb.close());
+      const reopened = await page.evaluate(async () => {
+        const db = await window.concord.open("upgrade-blocked");
+        await db.collection("c").put("x", { v: 1 });
+        const v = db.collection("c").get("x");
+        await db.close();
+        return v;
+      });
+      assert.deepEqual(reopened, { v: 1 });
+      await Promise.all([old.close(), page.close()]);
     },
   ],
 ]);

@@ -149,6 +149,21 @@ test("subscriptions see their changes and stop when unsubscribed", async () => {
   await db.close();
 });
 
+test("a subscription made after every earlier one stopped still sees changes", async () => {
+  // The database's change stream is only followed while someone listens:
+  // it must start again for a new listener.
+  const db = await fresh();
+  const todos = db.collection("todos");
+  const first = collect((f) => todos.subscribe(f), 1);
+  await todos.put("a", { v: 1 });
+  assert.deepEqual((await first).map((c) => c.id), ["a"]);
+  await todos.put("unheard", { v: 1 });
+  const again = collect((f) => db.subscribe(f), 1);
+  await todos.put("b", { v: 2 });
+  assert.deepEqual((await again).map((c) => c.id), ["b"]);
+  await db.close();
+});
+
 test("values that cannot be stored are refused with EncodeError", async () => {
   const db = await fresh();
   const c = db.collection("c");
