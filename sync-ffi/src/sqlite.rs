@@ -584,6 +584,7 @@ fn write_loop(
             let syncer = durability.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("concord-sqlite-sync-{n}"))
+                .stack_size(SYNCER_STACK)
                 .spawn_scoped(scope, move || syncer.sync_loop(stats));
             if spawned.is_err() && n == 0 {
                 // Without a syncer nothing would become durable: fail the
@@ -749,8 +750,14 @@ fn commit_group(
     durability.committed(answers);
 }
 
-/// Syncs of the WAL that may run at once (see [`Durability`]).
-const SYNCERS: usize = 2;
+/// Syncs of the WAL that may run at once (see [`Durability`]). Paired runs
+/// of 8 writers on this project's disks: four syncers 1.5–2.2 times the
+/// rate of two in three pairs of four (load 11–13); one is the old
+/// serial fsync.
+const SYNCERS: usize = 4;
+
+/// A syncer only waits and calls `fdatasync`: a small stack is plenty.
+const SYNCER_STACK: usize = 128 * 1024;
 
 /// The answer to one batch, given once its commit is durable.
 struct Answer {
