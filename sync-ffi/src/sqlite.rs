@@ -16,12 +16,14 @@
 //!
 //! One writer thread owns the connection. Callers on any thread queue their
 //! batches to it; it takes every batch that is queued, writes them all in one
-//! transaction — one fsync for many puts — and then answers each caller.
-//! Batches that arrive while a commit is running wait for it and go together
-//! into the next one. With no load a batch is committed at once. The host
-//! loop's writes carry the answer for the puts waiting on them
-//! ([`ClientStore::write_notify`]): this thread gives it right after the
-//! commit, so a put's caller wakes without a hop through the loop's thread. A batch
+//! transaction — one sync for many puts — and hands the commit to a syncer
+//! thread, which answers each caller once the commit is on disk. Batches
+//! that arrive while every syncer is busy wait for one to be free and go
+//! together into the next commit. With no load a batch is committed and
+//! synced at once. The host loop's writes carry the answer for the puts
+//! waiting on them ([`ClientStore::write_notify`]): the syncer gives it
+//! right after the sync, so a put's caller wakes without a hop through the
+//! loop's thread. A batch
 //! that fails is rolled back alone (its savepoint) and reported to its
 //! caller; the others of its group still commit — except the host loop's
 //! own writes, see below.
@@ -652,6 +654,16 @@ fn group_commit(
             // latency, until a group finds its callers back without waiting.
             patient = arrived >= last_callers;
         }
+        // A commit no syncer can take yet would only wait for one, and
+        // cost its pages again in the next commit: gather until one is free.
+        if durability.wait_for_syncer() {
+            while jobs.len() < MAX_GROUP {
+                match queue.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+        }
         let started = Instant::now();
         for job in jobs.drain(..) {
             match job {
@@ -819,6 +831,8 @@ struct SyncState {
     committed: u64,
     /// The last commit a sync was started for.
     requested: u64,
+    /// Syncs running.
+    syncing: usize,
     /// The last commit known durable.
     durable: u64,
     /// Answers of commits not yet durable, by commit number.
@@ -864,6 +878,21 @@ impl Durability {
         state.waiting.push_back((commit, answers));
         drop(state);
         self.changed.notify_all();
+    }
+
+    /// Waits until a syncer is free to sync the next commit at once (or
+    /// the syncers failed). Returns whether it waited.
+    fn wait_for_syncer(&self) -> bool {
+        let mut state = self.lock();
+        let mut waited = false;
+        while state.syncing >= SYNCERS && state.failed.is_none() {
+            waited = true;
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        waited
     }
 
     /// Waits until every commit so far is durable.
@@ -912,6 +941,7 @@ impl Durability {
             if state.committed > state.requested && state.failed.is_none() {
                 let target = state.committed;
                 state.requested = target;
+                state.syncing += 1;
                 let wal = state.wal.clone();
                 drop(state);
                 #[cfg(test)]
@@ -919,6 +949,7 @@ impl Durability {
                 let started = Instant::now();
                 let synced = self.sync(wal);
                 state = self.lock();
+                state.syncing -= 1;
                 state.last_sync = started.elapsed();
                 match synced {
                     Ok(wal) => {
