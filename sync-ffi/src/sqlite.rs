@@ -821,8 +821,10 @@ impl Answer {
 struct Durability {
     wal_path: PathBuf,
     state: Mutex<SyncState>,
-    /// Syncers wait here for a commit to sync; the writer, for syncs.
-    changed: Condvar,
+    /// Syncers wait here for a commit to sync (one is woken per commit).
+    work: Condvar,
+    /// The writer waits here for a sync to end.
+    progress: Condvar,
 }
 
 #[derive(Default)]
@@ -833,6 +835,8 @@ struct SyncState {
     requested: u64,
     /// Syncs running.
     syncing: usize,
+    /// The writer waits on `progress`.
+    writer_waits: bool,
     /// The last commit known durable.
     durable: u64,
     /// Answers of commits not yet durable, by commit number.
@@ -852,7 +856,8 @@ impl Durability {
         Durability {
             wal_path: PathBuf::from(wal_path),
             state: Mutex::new(SyncState::default()),
-            changed: Condvar::new(),
+            work: Condvar::new(),
+            progress: Condvar::new(),
         }
     }
 
@@ -876,8 +881,11 @@ impl Durability {
         state.committed += 1;
         let commit = state.committed;
         state.waiting.push_back((commit, answers));
+        let idle = state.syncing < SYNCERS;
         drop(state);
-        self.changed.notify_all();
+        if idle {
+            self.work.notify_one();
+        }
     }
 
     /// Waits until a syncer is free to sync the next commit at once (or
@@ -887,10 +895,7 @@ impl Durability {
         let mut waited = false;
         while state.syncing >= SYNCERS && state.failed.is_none() {
             waited = true;
-            state = self
-                .changed
-                .wait(state)
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            state = self.wait_progress(state);
         }
         waited
     }
@@ -905,11 +910,19 @@ impl Durability {
             if state.durable >= state.committed {
                 return Ok(());
             }
-            state = self
-                .changed
-                .wait(state)
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            state = self.wait_progress(state);
         }
+    }
+
+    /// The writer's wait for the end of a sync.
+    fn wait_progress<'a>(&self, mut state: MutexGuard<'a, SyncState>) -> MutexGuard<'a, SyncState> {
+        state.writer_waits = true;
+        let mut state = self
+            .progress
+            .wait(state)
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        state.writer_waits = false;
+        state
     }
 
     /// Fails everything waiting and everything from now on.
@@ -925,13 +938,14 @@ impl Durability {
             }
         }
         drop(state);
-        self.changed.notify_all();
+        self.work.notify_all();
+        self.progress.notify_all();
     }
 
     /// Lets the syncers finish what is committed, then stop.
     fn close(&self) {
         self.lock().closing = true;
-        self.changed.notify_all();
+        self.work.notify_all();
     }
 
     /// One syncer: syncs the WAL whenever a commit waits for it.
@@ -967,7 +981,9 @@ impl Durability {
                                 answers.into_iter().for_each(|a| a.give(None));
                             }
                         }
-                        self.changed.notify_all();
+                        if state.writer_waits {
+                            self.progress.notify_all();
+                        }
                     }
                     Err(e) => {
                         drop(state);
@@ -982,7 +998,7 @@ impl Durability {
                 return;
             }
             state = self
-                .changed
+                .work
                 .wait(state)
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
         }
