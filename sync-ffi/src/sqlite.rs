@@ -99,7 +99,7 @@ const LOCK_SUFFIX: &str = "-lock";
 /// A durable key/value store for one client database, in one SQLite file.
 ///
 /// Implements both [`ClientStore`] (the asynchronous form the host loop
-/// uses: its futures resolve when the writer thread has committed) and the
+/// uses: its futures resolve once the commit is synced to disk) and the
 /// blocking [`Store`] of `sync-core`. Cheap to clone: clones share one
 /// connection and one writer thread. When the last clone is dropped, the
 /// writer commits everything still queued, closes the file and releases the
@@ -178,7 +178,7 @@ struct Batch {
     /// later writes queued behind it that depend on it: after an ordered
     /// write fails, later ordered writes fail unapplied until the next read.
     ordered: bool,
-    /// Called on this thread right after the commit, when it succeeded
+    /// Called by a syncer thread right after the commit's sync, when both succeeded
     /// (see [`ClientStore::write_notify`]).
     on_durable: Option<OnDurable>,
     done: oneshot::Sender<Result<(), StoreError>>,
@@ -295,7 +295,7 @@ impl SqliteStore {
         jobs.send(job).map_err(|_| closed())
     }
 
-    /// Queues a write; the receiver answers once it is committed.
+    /// Queues a write; the receiver answers once it is committed and synced.
     fn queue_write(
         &self,
         rows: Rows,
