@@ -204,6 +204,7 @@ fn wait_online(db: &Database) {
 }
 
 fn end_to_end(dir: &Path, relay: &Relay) {
+    const WRITES: usize = 3_000;
     let token = relay.token("e2e");
     let open = |name: &str| {
         let options = Options::with_relay(RelayOptions::new(&relay.url, "e2e", &token));
@@ -213,65 +214,88 @@ fn end_to_end(dir: &Path, relay: &Relay) {
     wait_online(&a);
     wait_online(&b);
     let mut changes = b.collection("pings").subscribe();
-    let sent_at = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
-    // Where the time goes: each put's wait until durable on A, measured by
-    // a thread of its own so the writer keeps its pace.
-    let (durable_tx, durable_rx) = std::sync::mpsc::channel::<(Instant, sync_ffi::Pending<_>)>();
+    // When each put was made on A (index = its number).
+    let sent_at = Arc::new(std::sync::Mutex::new(vec![None::<Instant>; WRITES]));
+    // Where the time goes: when each put became durable on A, seen by a
+    // thread of its own so the writer keeps its pace (A sends a put only
+    // once it is durable: persist-before-send).
+    let (durable_tx, durable_rx) = std::sync::mpsc::channel::<(usize, sync_ffi::Pending<_>)>();
     let durable = std::thread::spawn(move || {
-        let mut times: Vec<Duration> = durable_rx
-            .into_iter()
-            .map(|(at, write)| {
-                write.wait().expect("durable on A");
-                at.elapsed()
-            })
-            .collect();
-        times.sort();
-        times
+        let mut at = vec![None::<Instant>; WRITES];
+        for (i, write) in durable_rx {
+            write.wait().expect("durable on A");
+            at[i] = Some(Instant::now());
+        }
+        at
     });
     let writer = {
         let (a, sent_at) = (a.clone(), sent_at.clone());
         std::thread::spawn(move || {
             let pings = a.collection("pings");
             let start = Instant::now();
-            for i in 0..3_000u64 {
+            for i in 0..WRITES {
                 // 1,000 writes per second.
-                let due = start + Duration::from_millis(i);
+                let due = start + Duration::from_millis(i as u64);
                 if let Some(wait) = due.checked_duration_since(Instant::now()) {
                     std::thread::sleep(wait);
                 }
-                let id = format!("p{i}");
-                let at = Instant::now();
-                sent_at.lock().expect("lock").insert(id.clone(), at);
-                let write = pings.put(&id, [("n", Value::from(i as i64))]);
-                durable_tx.send((at, write)).expect("durable thread");
+                sent_at.lock().expect("lock")[i] = Some(Instant::now());
+                let write = pings.put(&format!("p{i}"), [("n", Value::from(i as i64))]);
+                durable_tx.send((i, write)).expect("durable thread");
             }
         })
     };
-    let mut latencies = Vec::new();
+    // When B's change event for each put arrived.
+    let mut seen_at = vec![None::<Instant>; WRITES];
+    let mut seen = 0;
     futures::executor::block_on(async {
-        while latencies.len() < 3_000 {
+        while seen < WRITES {
             let Some(Change::Document { id, .. }) = changes.next().await else {
                 continue;
             };
-            if let Some(at) = sent_at.lock().expect("lock").remove(&id) {
-                latencies.push(at.elapsed());
+            let now = Instant::now();
+            let i: Option<usize> = id.strip_prefix('p').and_then(|n| n.parse().ok());
+            if let Some(slot) = i.and_then(|i| seen_at.get_mut(i))
+                && slot.is_none()
+            {
+                *slot = Some(now);
+                seen += 1;
             }
         }
     });
     writer.join().expect("writer");
-    let durable = durable.join().expect("durable thread");
-    latencies.sort();
-    println!(
-        "put on A -> change event on B through the relay, 1,000 writes/s: p50 {} p99 {} max {}",
-        ms(percentile(&latencies, 0.5)),
-        ms(percentile(&latencies, 0.99)),
-        ms(percentile(&latencies, 1.0))
+    let durable_at = durable.join().expect("durable thread");
+    let sent_at = sent_at.lock().expect("lock").clone();
+    let mut total = Vec::with_capacity(WRITES);
+    let mut to_durable = Vec::with_capacity(WRITES);
+    let mut after_durable = Vec::with_capacity(WRITES);
+    for i in 0..WRITES {
+        let (Some(sent), Some(durable), Some(seen)) = (sent_at[i], durable_at[i], seen_at[i])
+        else {
+            continue;
+        };
+        total.push(seen - sent);
+        to_durable.push(durable - sent);
+        // B may see a put before A's caller wakes (both follow A's commit).
+        after_durable.push(seen.saturating_duration_since(durable));
+    }
+    let line = |label: &str, mut times: Vec<Duration>| {
+        times.sort();
+        println!(
+            "{label}: p50 {} p99 {} max {}",
+            ms(percentile(&times, 0.5)),
+            ms(percentile(&times, 0.99)),
+            ms(percentile(&times, 1.0))
+        );
+    };
+    line(
+        "put on A -> change event on B through the relay, 1,000 writes/s",
+        total,
     );
-    println!(
-        "  of which put on A -> durable on A: p50 {} p99 {} max {}",
-        ms(percentile(&durable, 0.5)),
-        ms(percentile(&durable, 0.99)),
-        ms(percentile(&durable, 1.0))
+    line("  of which put on A -> durable on A", to_durable);
+    line(
+        "  and durable on A -> change event on B (A's send, the relay's commit, B)",
+        after_durable,
     );
     futures::executor::block_on(a.close());
     futures::executor::block_on(b.close());

@@ -19,9 +19,10 @@
 //!
 //! - [`open`]: a database in one SQLite file, run by a thread of its own
 //!   (callers need no async runtime; writes can be awaited or [`Wait`]ed);
-//! - [`SqliteStore`]: the durable store, WAL with `synchronous=FULL`, a
-//!   group-committing writer thread, and an OS lock so one process at a
-//!   time opens a database;
+//! - [`SqliteStore`]: the durable store: WAL, a group-committing writer
+//!   thread, syncer threads that put each commit on disk before its
+//!   callers are answered, and an OS lock so one process at a time opens a
+//!   database;
 //! - [`WsTransport`] (with [`WsOptions`]): WebSocket connections to a relay,
 //!   `ws://` and `wss://` (rustls with ring);
 //! - [`TokioTimer`]: wall-clock time and tokio sleeps.
