@@ -13,7 +13,11 @@
 //! measured). Afterwards every (operation, receiver) pair is matched: a
 //! receiver got the operations at the offsets its deliveries covered, except
 //! its own (the relay does not echo them), and the count has to equal what
-//! the header says.
+//! the header says: in protocol version 2 the offsets that are not the
+//! receiver's own, in version 3 the whole range (its own operations ride
+//! along in the one frame every receiver at that cursor shares) unless all
+//! of it is its own. Each receiver's deliveries must also continue one from
+//! the other's cursor, from 0.
 //!
 //! The writers' clocks and the receivers' are the same machine's wall
 //! clock, so the latency is exact up to the scheduling of the reading task.
@@ -257,6 +261,7 @@ async fn session(
 }
 
 /// The matched figures of one run.
+#[derive(Debug)]
 struct Measured {
     /// Latency (µs) of every delivery of a measured operation, sorted.
     samples: Vec<u64>,
@@ -297,11 +302,19 @@ fn measure(
     // Every receiver but the writer gets each operation.
     let expected = measured_ops * (RECEIVERS as u64 - 1);
     let mut samples = Vec::with_capacity(expected as usize);
-    let mut mismatched = 0u64;
+    let (mut mismatched, mut discontiguous) = (0u64, 0u64);
     for (r, record) in records.iter().take(RECEIVERS).enumerate() {
         let own = r as u64 + 1;
+        // Every session joined an empty room, so its deliveries must tile
+        // the offsets from 0: a frame that skips or repeats a range, or was
+        // built for another cursor, breaks the chain.
+        let mut last_cursor = 0;
         for a in &record.arrivals {
-            let mut count = 0;
+            if a.from != last_cursor {
+                discontiguous += 1;
+            }
+            last_cursor = a.cursor;
+            let mut others = 0;
             for offset in a.from + 1..=a.cursor {
                 let Some(&(replica, seq)) = map.get(offset as usize - 1) else {
                     return Err(format!("offset {offset} unknown to the observer"));
@@ -309,7 +322,7 @@ fn measure(
                 if replica == own {
                     continue;
                 }
-                count += 1;
+                others += 1;
                 let Some(sent) = sent_at(replica, seq) else {
                     return Err(format!("operation {replica}/{seq} was never sent"));
                 };
@@ -317,14 +330,25 @@ fn measure(
                     samples.push(a.at_us.saturating_sub(sent));
                 }
             }
-            if count != a.ops {
+            // What the frame must hold (PROTOCOL.md, `Deliver`): version 2
+            // leaves out the receiver's own operations (it pushed them, so
+            // it holds them); version 3 carries the whole range so one frame
+            // serves every receiver at that cursor, own operations riding
+            // along, unless the range holds nothing but the receiver's own.
+            let carried = if record.version == sync_core::protocol::COMPACT_VERSION {
+                if others == 0 { 0 } else { a.cursor - a.from }
+            } else {
+                others
+            };
+            if carried != a.ops {
                 mismatched += 1;
             }
         }
     }
-    if mismatched > 0 {
+    if mismatched > 0 || discontiguous > 0 {
         return Err(format!(
-            "{mismatched} deliveries held a different number of operations than their offsets"
+            "{mismatched} deliveries held a different number of operations than their offsets \
+             call for, {discontiguous} did not continue from the cursor before"
         ));
     }
     samples.sort_unstable();
@@ -333,4 +357,79 @@ fn measure(
         expected,
         measured_ops,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::light::Arrival;
+    use sync_core::protocol::{COMPACT_VERSION, PROTOCOL_VERSION};
+
+    /// Two writers (replicas 1 and 2) each pushed one operation; the third
+    /// session observed offsets 1 (replica 1) and 2 (replica 2).
+    fn records(version: u8, writer_frames: [(u64, u64, u64); 2]) -> Vec<Record> {
+        let arrival = |(from, cursor, ops)| Arrival {
+            from,
+            cursor,
+            ops,
+            at_us: 150,
+        };
+        let writer = |sent: u64, frame| Record {
+            arrivals: vec![arrival(frame)],
+            sent_us: vec![sent],
+            version,
+            ..Record::default()
+        };
+        vec![
+            writer(100, writer_frames[0]),
+            writer(110, writer_frames[1]),
+            Record {
+                arrivals: vec![arrival((0, 2, 2))],
+                offsets: Some(vec![(1, 1), (2, 1)]),
+                version,
+                ..Record::default()
+            },
+        ]
+    }
+
+    #[test]
+    fn own_operations_count_by_the_protocol_version() {
+        // Version 2 leaves each writer's own operation out of its frame.
+        let v2 = records(PROTOCOL_VERSION, [(0, 2, 1), (0, 2, 1)]);
+        let m = measure(&v2, 2, 2, 0, 1_000).unwrap();
+        assert_eq!(m.samples, vec![40, 40, 50, 50]);
+        // Version 3 carries the whole range, own operation included.
+        let v3 = records(COMPACT_VERSION, [(0, 2, 2), (0, 2, 2)]);
+        assert_eq!(measure(&v3, 2, 2, 0, 1_000).unwrap().samples.len(), 4);
+        // Either count read under the other version is a mismatch.
+        let wrong = records(COMPACT_VERSION, [(0, 2, 1), (0, 2, 2)]);
+        assert!(measure(&wrong, 2, 2, 0, 1_000).is_err());
+        let wrong = records(PROTOCOL_VERSION, [(0, 2, 2), (0, 2, 1)]);
+        assert!(measure(&wrong, 2, 2, 0, 1_000).is_err());
+    }
+
+    #[test]
+    fn a_range_of_only_own_operations_is_empty_in_version_3() {
+        let mut v3 = records(COMPACT_VERSION, [(0, 1, 0), (0, 2, 2)]);
+        v3[0].arrivals.push(Arrival {
+            from: 1,
+            cursor: 2,
+            ops: 1,
+            at_us: 150,
+        });
+        assert!(measure(&v3, 2, 2, 0, 1_000).is_ok());
+    }
+
+    #[test]
+    fn a_delivery_that_skips_or_repeats_offsets_fails() {
+        let mut repeated = records(COMPACT_VERSION, [(0, 2, 2), (0, 2, 2)]);
+        repeated[1].arrivals.push(Arrival {
+            from: 1,
+            cursor: 2,
+            ops: 1,
+            at_us: 160,
+        });
+        let err = measure(&repeated, 2, 2, 0, 1_000).unwrap_err();
+        assert!(err.contains("1 did not continue"), "{err}");
+    }
 }
