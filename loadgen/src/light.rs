@@ -233,6 +233,11 @@ impl LightClient {
             .push(protocol::encode_in(self.version, &Message::Push { ops }));
     }
 
+    /// Cursor of the last frame received.
+    pub(crate) fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
     /// Queues a `Ping` (keeps an otherwise silent session alive).
     pub(crate) fn ping(&mut self) {
         self.out.push(protocol::encode_in(

@@ -23,7 +23,7 @@
 //! clock, so the latency is exact up to the scheduling of the reading task.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -93,15 +93,19 @@ async fn run_case(settings: &Settings, case: &Case) -> Result<(), String> {
     let observer = sessions - 1;
     let (go_tx, go_rx) = watch::channel(Go::Wait);
     let live = Arc::new(AtomicUsize::new(0));
+    // The observer's cursor: the drain lasts until it has read every
+    // operation the relay stored, or no receiver could be matched past it.
+    let observed = Arc::new(AtomicU64::new(0));
     let interval = Duration::from_micros(1_000_000 / case.rate);
     let handles: Vec<_> = (0..sessions)
         .map(|i| {
             let (url, go, live) = (url.clone(), go_rx.clone(), live.clone());
+            let seen = (i == observer).then(|| observed.clone());
             let writer = i < case.writers;
             // Writers start spread evenly over one interval.
             let offset = interval * i as u32 / case.writers.max(1) as u32;
             tokio::spawn(async move {
-                session(i, &url, writer, i == observer, interval, offset, go, &live).await
+                session(i, &url, writer, seen, interval, offset, go, &live).await
             })
         })
         .collect();
@@ -142,6 +146,14 @@ async fn run_case(settings: &Settings, case: &Case) -> Result<(), String> {
     // Stop writing; give what is in flight 3 s to arrive.
     let _ = go_tx.send(Go::Drain);
     tokio::time::sleep(Duration::from_secs(3)).await;
+    // On a loaded machine deliveries can lag by seconds: wait (bounded) until
+    // the observer holds the head, so every offset a receiver read is known.
+    let drain_deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while (observed.load(Ordering::Relaxed) as f64) < relay.metric("concord_ops_stored_total")
+        && tokio::time::Instant::now() < drain_deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let _ = go_tx.send(Go::Stop);
     let mut records = Vec::with_capacity(sessions);
     let mut lost = 0;
@@ -196,7 +208,7 @@ async fn session(
     i: usize,
     url: &str,
     writer: bool,
-    observer: bool,
+    observer: Option<Arc<AtomicU64>>,
     interval: Duration,
     offset: Duration,
     mut go: watch::Receiver<Go>,
@@ -204,7 +216,7 @@ async fn session(
 ) -> Result<Record, String> {
     let mut client = LightClient::connect(i as u64 + 1, "receivers", url).await?;
     client.record = Some(Record {
-        offsets: observer.then(Vec::new),
+        offsets: observer.is_some().then(Vec::new),
         ..Record::default()
     });
     while !client.live {
@@ -240,7 +252,12 @@ async fn session(
                     Go::Wait | Go::Drain => {}
                 }
             }
-            read = client.read() => read.map_err(|e| format!("session {i}: {e}"))?,
+            read = client.read() => {
+                read.map_err(|e| format!("session {i}: {e}"))?;
+                if let Some(seen) = &observer {
+                    seen.store(client.cursor(), Ordering::Relaxed);
+                }
+            }
             _ = ticker.tick(), if writing => due.push(now_us()),
             _ = heartbeat.tick() => client.ping(),
         }
