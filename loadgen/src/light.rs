@@ -118,6 +118,9 @@ pub(crate) struct Record {
     /// Deliveries whose operation count did not match their offsets
     /// (observer only; must stay 0).
     pub(crate) gaps: u64,
+    /// The protocol version agreed in `Welcome`: it decides which
+    /// operations a `Deliver` carries (see [`crate::receivers`]).
+    pub(crate) version: u8,
 }
 
 impl LightClient {
@@ -230,6 +233,11 @@ impl LightClient {
             .push(protocol::encode_in(self.version, &Message::Push { ops }));
     }
 
+    /// Cursor of the last frame received.
+    pub(crate) fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
     /// Queues a `Ping` (keeps an otherwise silent session alive).
     pub(crate) fn ping(&mut self) {
         self.out.push(protocol::encode_in(
@@ -309,6 +317,9 @@ impl LightClient {
                     self.cursor = welcome.cursor;
                     self.version = welcome.version;
                     self.live = true;
+                    if let Some(record) = &mut self.record {
+                        record.version = welcome.version;
+                    }
                 }
                 Message::Ack { through_seq, .. } => self.acked = self.acked.max(through_seq),
                 Message::Ping { nonce } => self

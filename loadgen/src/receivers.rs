@@ -13,13 +13,17 @@
 //! measured). Afterwards every (operation, receiver) pair is matched: a
 //! receiver got the operations at the offsets its deliveries covered, except
 //! its own (the relay does not echo them), and the count has to equal what
-//! the header says.
+//! the header says: in protocol version 2 the offsets that are not the
+//! receiver's own, in version 3 the whole range (its own operations ride
+//! along in the one frame every receiver at that cursor shares) unless all
+//! of it is its own. Each receiver's deliveries must also continue one from
+//! the other's cursor, from 0.
 //!
 //! The writers' clocks and the receivers' are the same machine's wall
 //! clock, so the latency is exact up to the scheduling of the reading task.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -89,15 +93,19 @@ async fn run_case(settings: &Settings, case: &Case) -> Result<(), String> {
     let observer = sessions - 1;
     let (go_tx, go_rx) = watch::channel(Go::Wait);
     let live = Arc::new(AtomicUsize::new(0));
+    // The observer's cursor: the drain lasts until it has read every
+    // operation the relay stored, or no receiver could be matched past it.
+    let observed = Arc::new(AtomicU64::new(0));
     let interval = Duration::from_micros(1_000_000 / case.rate);
     let handles: Vec<_> = (0..sessions)
         .map(|i| {
             let (url, go, live) = (url.clone(), go_rx.clone(), live.clone());
+            let seen = (i == observer).then(|| observed.clone());
             let writer = i < case.writers;
             // Writers start spread evenly over one interval.
             let offset = interval * i as u32 / case.writers.max(1) as u32;
             tokio::spawn(async move {
-                session(i, &url, writer, i == observer, interval, offset, go, &live).await
+                session(i, &url, writer, seen, interval, offset, go, &live).await
             })
         })
         .collect();
@@ -138,6 +146,14 @@ async fn run_case(settings: &Settings, case: &Case) -> Result<(), String> {
     // Stop writing; give what is in flight 3 s to arrive.
     let _ = go_tx.send(Go::Drain);
     tokio::time::sleep(Duration::from_secs(3)).await;
+    // On a loaded machine deliveries can lag by seconds: wait (bounded) until
+    // the observer holds the head, so every offset a receiver read is known.
+    let drain_deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while (observed.load(Ordering::Relaxed) as f64) < relay.metric("concord_ops_stored_total")
+        && tokio::time::Instant::now() < drain_deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let _ = go_tx.send(Go::Stop);
     let mut records = Vec::with_capacity(sessions);
     let mut lost = 0;
@@ -192,7 +208,7 @@ async fn session(
     i: usize,
     url: &str,
     writer: bool,
-    observer: bool,
+    observer: Option<Arc<AtomicU64>>,
     interval: Duration,
     offset: Duration,
     mut go: watch::Receiver<Go>,
@@ -200,7 +216,7 @@ async fn session(
 ) -> Result<Record, String> {
     let mut client = LightClient::connect(i as u64 + 1, "receivers", url).await?;
     client.record = Some(Record {
-        offsets: observer.then(Vec::new),
+        offsets: observer.is_some().then(Vec::new),
         ..Record::default()
     });
     while !client.live {
@@ -236,7 +252,12 @@ async fn session(
                     Go::Wait | Go::Drain => {}
                 }
             }
-            read = client.read() => read.map_err(|e| format!("session {i}: {e}"))?,
+            read = client.read() => {
+                read.map_err(|e| format!("session {i}: {e}"))?;
+                if let Some(seen) = &observer {
+                    seen.store(client.cursor(), Ordering::Relaxed);
+                }
+            }
             _ = ticker.tick(), if writing => due.push(now_us()),
             _ = heartbeat.tick() => client.ping(),
         }
@@ -257,6 +278,7 @@ async fn session(
 }
 
 /// The matched figures of one run.
+#[derive(Debug)]
 struct Measured {
     /// Latency (µs) of every delivery of a measured operation, sorted.
     samples: Vec<u64>,
@@ -297,11 +319,19 @@ fn measure(
     // Every receiver but the writer gets each operation.
     let expected = measured_ops * (RECEIVERS as u64 - 1);
     let mut samples = Vec::with_capacity(expected as usize);
-    let mut mismatched = 0u64;
+    let (mut mismatched, mut discontiguous) = (0u64, 0u64);
     for (r, record) in records.iter().take(RECEIVERS).enumerate() {
         let own = r as u64 + 1;
+        // Every session joined an empty room, so its deliveries must tile
+        // the offsets from 0: a frame that skips or repeats a range, or was
+        // built for another cursor, breaks the chain.
+        let mut last_cursor = 0;
         for a in &record.arrivals {
-            let mut count = 0;
+            if a.from != last_cursor {
+                discontiguous += 1;
+            }
+            last_cursor = a.cursor;
+            let mut others = 0;
             for offset in a.from + 1..=a.cursor {
                 let Some(&(replica, seq)) = map.get(offset as usize - 1) else {
                     return Err(format!("offset {offset} unknown to the observer"));
@@ -309,7 +339,7 @@ fn measure(
                 if replica == own {
                     continue;
                 }
-                count += 1;
+                others += 1;
                 let Some(sent) = sent_at(replica, seq) else {
                     return Err(format!("operation {replica}/{seq} was never sent"));
                 };
@@ -317,14 +347,25 @@ fn measure(
                     samples.push(a.at_us.saturating_sub(sent));
                 }
             }
-            if count != a.ops {
+            // What the frame must hold (PROTOCOL.md, `Deliver`): version 2
+            // leaves out the receiver's own operations (it pushed them, so
+            // it holds them); version 3 carries the whole range so one frame
+            // serves every receiver at that cursor, own operations riding
+            // along, unless the range holds nothing but the receiver's own.
+            let carried = if record.version == sync_core::protocol::COMPACT_VERSION {
+                if others == 0 { 0 } else { a.cursor - a.from }
+            } else {
+                others
+            };
+            if carried != a.ops {
                 mismatched += 1;
             }
         }
     }
-    if mismatched > 0 {
+    if mismatched > 0 || discontiguous > 0 {
         return Err(format!(
-            "{mismatched} deliveries held a different number of operations than their offsets"
+            "{mismatched} deliveries held a different number of operations than their offsets \
+             call for, {discontiguous} did not continue from the cursor before"
         ));
     }
     samples.sort_unstable();
@@ -333,4 +374,79 @@ fn measure(
         expected,
         measured_ops,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::light::Arrival;
+    use sync_core::protocol::{COMPACT_VERSION, PROTOCOL_VERSION};
+
+    /// Two writers (replicas 1 and 2) each pushed one operation; the third
+    /// session observed offsets 1 (replica 1) and 2 (replica 2).
+    fn records(version: u8, writer_frames: [(u64, u64, u64); 2]) -> Vec<Record> {
+        let arrival = |(from, cursor, ops)| Arrival {
+            from,
+            cursor,
+            ops,
+            at_us: 150,
+        };
+        let writer = |sent: u64, frame| Record {
+            arrivals: vec![arrival(frame)],
+            sent_us: vec![sent],
+            version,
+            ..Record::default()
+        };
+        vec![
+            writer(100, writer_frames[0]),
+            writer(110, writer_frames[1]),
+            Record {
+                arrivals: vec![arrival((0, 2, 2))],
+                offsets: Some(vec![(1, 1), (2, 1)]),
+                version,
+                ..Record::default()
+            },
+        ]
+    }
+
+    #[test]
+    fn own_operations_count_by_the_protocol_version() {
+        // Version 2 leaves each writer's own operation out of its frame.
+        let v2 = records(PROTOCOL_VERSION, [(0, 2, 1), (0, 2, 1)]);
+        let m = measure(&v2, 2, 2, 0, 1_000).unwrap();
+        assert_eq!(m.samples, vec![40, 40, 50, 50]);
+        // Version 3 carries the whole range, own operation included.
+        let v3 = records(COMPACT_VERSION, [(0, 2, 2), (0, 2, 2)]);
+        assert_eq!(measure(&v3, 2, 2, 0, 1_000).unwrap().samples.len(), 4);
+        // Either count read under the other version is a mismatch.
+        let wrong = records(COMPACT_VERSION, [(0, 2, 1), (0, 2, 2)]);
+        assert!(measure(&wrong, 2, 2, 0, 1_000).is_err());
+        let wrong = records(PROTOCOL_VERSION, [(0, 2, 2), (0, 2, 1)]);
+        assert!(measure(&wrong, 2, 2, 0, 1_000).is_err());
+    }
+
+    #[test]
+    fn a_range_of_only_own_operations_is_empty_in_version_3() {
+        let mut v3 = records(COMPACT_VERSION, [(0, 1, 0), (0, 2, 2)]);
+        v3[0].arrivals.push(Arrival {
+            from: 1,
+            cursor: 2,
+            ops: 1,
+            at_us: 150,
+        });
+        assert!(measure(&v3, 2, 2, 0, 1_000).is_ok());
+    }
+
+    #[test]
+    fn a_delivery_that_skips_or_repeats_offsets_fails() {
+        let mut repeated = records(COMPACT_VERSION, [(0, 2, 2), (0, 2, 2)]);
+        repeated[1].arrivals.push(Arrival {
+            from: 1,
+            cursor: 2,
+            ops: 1,
+            at_us: 160,
+        });
+        let err = measure(&repeated, 2, 2, 0, 1_000).unwrap_err();
+        assert!(err.contains("1 did not continue"), "{err}");
+    }
 }

@@ -462,6 +462,10 @@ async fn write_loop(
     write_timeout: Duration,
     done: watch::Sender<bool>,
 ) {
+    // Whether a fragmented message is open: its first fragments are
+    // written, its last is not. Only control frames (the close) may go out
+    // until it ends (RFC 6455 section 5.4).
+    let mut open = false;
     loop {
         let next = tokio::select! {
             biased;
@@ -473,7 +477,7 @@ async fn write_loop(
                 let Some(kill) = control.take_kill() else {
                     continue;
                 };
-                send_kill(&mut sink, kill, &metrics, write_timeout).await;
+                send_kill(&mut sink, kill, open, &metrics, write_timeout).await;
                 break;
             }
             Some(Some(Outbound::Frame(frame))) => {
@@ -482,16 +486,17 @@ async fn write_loop(
                 metrics.frame_out(&frame);
                 let flush = queue.is_empty();
                 // A kill (the queue overflowed behind a stalled socket)
-                // interrupts a write that is not making progress.
+                // interrupts a write that is not making progress, possibly
+                // between two fragments of its message.
                 tokio::select! {
                     biased;
                     () = control.wake.notified() => {
                         if let Some(kill) = control.take_kill() {
-                            send_kill(&mut sink, kill, &metrics, KILL_WRITE_TIMEOUT).await;
+                            send_kill(&mut sink, kill, open, &metrics, KILL_WRITE_TIMEOUT).await;
                         }
                         break;
                     }
-                    written = write(&mut sink, frame, flush, write_timeout) => written,
+                    written = write(&mut sink, frame, flush, write_timeout, &mut open) => written,
                 }
             }
             Some(Some(Outbound::Close { code, reason })) => {
@@ -516,13 +521,16 @@ const KILL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Writes a frame, flushing if asked (once the queue is empty, so bursts
 /// share syscalls). A frame larger than [`FRAGMENT_BYTES`] goes out as
 /// fragments of that size, so the write buffer never grows past one
-/// fragment plus what is gathered before a socket write. `false`: the
-/// socket failed or stalled (`limit` without progress).
+/// fragment plus what is gathered before a socket write. `open` is true
+/// while the message's first fragment is written and its last is not, so
+/// a caller that drops this future midway knows a message is open. `false`:
+/// the socket failed or stalled (`limit` without progress).
 async fn write(
     sink: &mut SplitSink<Socket, WsMessage>,
     frame: Vec<u8>,
     flush: bool,
     limit: Duration,
+    open: &mut bool,
 ) -> bool {
     let len = frame.len();
     if len <= FRAGMENT_BYTES {
@@ -547,27 +555,43 @@ async fn write(
             OpCode::Data(Data::Continue)
         };
         let fragment = Frame::message(bytes.slice(start..end), opcode, end == len);
+        // tungstenite buffers a frame whole once `feed` takes it, so a
+        // fragment is either entirely written or not at all.
         if !matches!(
             timed(limit, sink.feed(WsMessage::Frame(fragment))).await,
             Ok(Ok(()))
         ) {
             return false;
         }
+        *open = end < len;
     }
     !flush || matches!(timed(limit, sink.flush()).await, Ok(Ok(())))
 }
 
 /// Sends a cut-off's error and close frames, briefly: the socket may be
-/// the reason for the cut-off.
+/// the reason for the cut-off. While a fragmented message is `open`, a
+/// binary frame would be a protocol violation (the client would report a
+/// WebSocket protocol error, not our code), and the message cannot be
+/// finished on a socket that stalled: only the close frame, a control
+/// frame allowed between fragments, goes out, carrying the kill's code and
+/// reason. The error still counts in the metrics.
 async fn send_kill(
     sink: &mut SplitSink<Socket, WsMessage>,
     kill: Kill,
+    open: bool,
     metrics: &Metrics,
     limit: Duration,
 ) {
     if let Some(error) = kill.error {
-        metrics.frame_out(&error);
-        let _ = timed(limit, sink.feed(WsMessage::Binary(error.into()))).await;
+        if open {
+            if let Ok(protocol::Message::Error { code, .. }) = protocol::decode(&error, usize::MAX)
+            {
+                metrics.error(crate::metrics::error_code_name(code));
+            }
+        } else {
+            metrics.frame_out(&error);
+            let _ = timed(limit, sink.feed(WsMessage::Binary(error.into()))).await;
+        }
     }
     let _ = timed(limit, sink.send(close_message(kill.code, &kill.reason))).await;
 }

@@ -27,7 +27,8 @@ pub(crate) struct Metrics {
     pub(crate) ops_in: AtomicU64,
     /// Operations appended to room logs (durably).
     pub(crate) ops_stored: AtomicU64,
-    /// Operations sent in deliveries.
+    /// Operations delivered: sent in `Deliver` frames to clients that did
+    /// not hold them (not a client's own riding along in version 3).
     pub(crate) ops_out: AtomicU64,
     /// Binary frames received.
     pub(crate) frames_in: AtomicU64,
@@ -74,20 +75,15 @@ impl Metrics {
         self.frames_out.fetch_add(1, Ordering::Relaxed);
         self.bytes_out
             .fetch_add(frame.len() as u64, Ordering::Relaxed);
-        match protocol::peek_kind(frame) {
-            Some(MessageKind::Deliver) => {
-                if let Some(ops) = protocol::deliver_op_count(frame) {
-                    self.ops_out.fetch_add(ops, Ordering::Relaxed);
-                }
+        // Operations delivered are counted by the room as it builds the
+        // frames (`Room::take_ops_delivered`): a version-3 `Deliver` also
+        // carries the receiver's own operations, which its count includes.
+        if protocol::peek_kind(frame) == Some(MessageKind::Error) {
+            if let Ok(sync_core::protocol::Message::Error { code, .. }) =
+                sync_core::protocol::decode(frame, usize::MAX)
+            {
+                self.error(error_code_name(code));
             }
-            Some(MessageKind::Error) => {
-                if let Ok(sync_core::protocol::Message::Error { code, .. }) =
-                    sync_core::protocol::decode(frame, usize::MAX)
-                {
-                    self.error(error_code_name(code));
-                }
-            }
-            _ => {}
         }
     }
 
@@ -134,7 +130,7 @@ impl Metrics {
         counter(
             &mut out,
             "concord_ops_out_total",
-            "Operations sent to clients in deliveries.",
+            "Operations delivered to clients that did not hold them (a client's own operations riding along in a version-3 Deliver are not counted).",
             load(&self.ops_out),
         );
         counter(

@@ -711,6 +711,10 @@ impl Host {
                 );
                 self.commits.push_back(InFlight { commit, ids });
             }
+            self.rooms
+                .metrics
+                .ops_out
+                .fetch_add(self.room.take_ops_delivered(), Ordering::Relaxed);
             for out in released {
                 self.release(out);
             }

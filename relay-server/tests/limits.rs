@@ -447,6 +447,110 @@ async fn a_client_that_confirms_without_reading_hits_the_outbound_bound() {
     let _ = ws.next().await;
 }
 
+/// A cut-off that lands while the relay is halfway through a fragmented
+/// message must not write a data frame inside it (RFC 6455 forbids that,
+/// and the client would see a WebSocket protocol error instead of the
+/// relay's close code): the client reads the fragments so far, then the
+/// close frame with the slow-consumer code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_in_the_middle_of_a_fragmented_message_closes_with_its_code() {
+    let dir = tempdir();
+    // Deliveries of up to 3 MiB: 192 fragments of 16 KiB each, far more
+    // than a stalled socket holds, so the writer stalls inside one.
+    let relay = Relay::start(
+        dir.path(),
+        &[
+            "--outbound-queue-frames",
+            "16",
+            "--outbound-queue-bytes",
+            "8MiB",
+            "--max-frame-bytes",
+            "8MiB",
+            "--max-batch-bytes",
+            "3MiB",
+            "--write-timeout",
+            "30s",
+        ],
+    );
+    let token = relay.token("r", "rw", "1h", None);
+    // A raw client with a tiny receive buffer that keeps its window open
+    // with `Applied` frames but reads nothing until the relay cuts it off.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(relay.addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(relay.url(), MaybeTlsStream::Plain(stream))
+        .await
+        .unwrap();
+    ws.send(WsMessage::Binary(hello_frame(9, "r", &token).into()))
+        .await
+        .unwrap();
+    // The relay writes the close for at most a second after a cut-off, so
+    // the client must start reading promptly: a thread watches the metric
+    // the cut-off counts (just before its close is written).
+    let (cut_tx, mut cut_rx) = tokio::sync::oneshot::channel();
+    let addr = relay.addr;
+    let watcher = std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(120) {
+            let text = common::http_get(addr, "/metrics", None).map(|r| r.1);
+            if text.is_some_and(|t| t.contains("concord_errors_total{kind=\"SlowConsumer\"}")) {
+                let _ = cut_tx.send(());
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let mut writer = Client::new(1, "r", &token, &relay.url());
+    writer.start();
+    let value = "x".repeat(400 * 1024);
+    let applied = protocol::encode(&Message::Applied {
+        cursor: u64::MAX,
+        frames: 1,
+    });
+    let mut cut_off = false;
+    'rounds: for round in 0..40 {
+        for i in 0..8 {
+            let id = format!("d{round}-{i}");
+            let _durable = writer
+                .db
+                .collection("docs")
+                .put(&id, [("v", value.as_str())]);
+        }
+        let synced = tokio::select! {
+            synced = writer.run_until(LIMIT, |c| c.pending() == 0) => synced,
+            _ = &mut cut_rx => { cut_off = true; break 'rounds; }
+        };
+        synced.unwrap();
+        for _ in 0..8 {
+            if ws
+                .send(WsMessage::Binary(applied.clone().into()))
+                .await
+                .is_err()
+            {
+                break 'rounds;
+            }
+        }
+    }
+    if !cut_off {
+        cut_off = tokio::time::timeout(LIMIT, cut_rx).await.is_ok();
+    }
+    assert!(cut_off, "the non-reading client was never cut off");
+    let ending = read_until_close(&mut ws, Duration::from_secs(10)).await;
+    // The fragments before the cut-off form no message, and nothing was
+    // written inside them: the next thing the client reads is the close.
+    assert_eq!(
+        ending.close,
+        Some(4005),
+        "closed: {}, errors {:?}, {} messages before",
+        ending.closed,
+        ending.errors,
+        ending.messages.len()
+    );
+    assert!(relay.log_text().contains("slow consumer"));
+    assert!(writer.closes().is_empty());
+    let _ = watcher.join();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_limits_are_enforced() {
     let dir = tempdir();

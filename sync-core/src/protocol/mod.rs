@@ -9,7 +9,7 @@
 //! byte; `tests/vectors/` pins the encoding.
 
 mod codes;
-mod compact;
+pub(crate) mod compact;
 mod message;
 #[cfg(feature = "relay")]
 mod relay;

@@ -14,6 +14,9 @@ pub(crate) struct Entry {
     pub(crate) seq: u64,
     pub(crate) hlc: Hlc,
     pub(crate) encoded: Arc<[u8]>,
+    /// What decoding it from a version-3 batch may cost the receiver at
+    /// most ([`super::compact_decode_cost`]).
+    pub(crate) compact_cost: usize,
 }
 
 /// Offsets `base..=head` in memory; everything before `base` lives in the snapshot.

@@ -382,11 +382,36 @@ pub struct Room {
     /// connection at the same cursor gets the same bytes: under fan-out the
     /// batch is encoded once, not once per receiver.
     compact_frames: VecDeque<(u64, u64, Vec<u8>)>,
+    /// Operations sent that their receivers did not hold, since the host
+    /// last took the count.
+    ops_delivered: u64,
 }
 
-/// How many version-3 `Deliver` frames the room keeps for reuse: enough
-/// for the few distinct cursors a live room's connections sit at.
+/// How many version-3 `Deliver` frames the room keeps for reuse while it
+/// builds one round of deliveries: enough for the few distinct cursors a
+/// live room's connections sit at.
 const COMPACT_FRAMES_KEPT: usize = 8;
+
+/// The most decoding `op` from a version-3 batch can cost a receiver
+/// against its frame limit (PROTOCOL.md 7.1, "Bounds"): the per-operation
+/// charge and the names it carries, plus a table entry for each name as if
+/// none were shared with another operation of the batch.
+pub(crate) fn compact_decode_cost(op: &Op) -> usize {
+    use crate::op::Change;
+    let name = |n: &str| n.len() * 2 + protocol::compact::TABLE_ENTRY_COST;
+    protocol::compact::DECODED_OP_COST
+        + match &op.change {
+            Change::Put {
+                collection,
+                id,
+                fields,
+            } => name(collection) + name(id) + fields.iter().map(|(f, _)| name(f)).sum::<usize>(),
+            Change::Delete { collection, id } => name(collection) + name(id),
+            Change::CreateCollection { collection } | Change::DropCollection { collection } => {
+                name(collection)
+            }
+        }
+}
 
 impl Room {
     /// An empty room.
@@ -410,6 +435,7 @@ impl Room {
             reported_timeout: ReportedDeadline::default(),
             pump_due: None,
             compact_frames: VecDeque::new(),
+            ops_delivered: 0,
         }
     }
 
@@ -450,6 +476,7 @@ impl Room {
                 replica: op.id.replica,
                 seq: op.id.seq,
                 hlc: op.hlc,
+                compact_cost: compact_decode_cost(&op),
                 encoded: bytes.into(),
             });
         }
@@ -797,6 +824,7 @@ impl Room {
                 replica,
                 seq: op.id.seq,
                 hlc: op.hlc,
+                compact_cost: compact_decode_cost(op),
                 encoded: encoded.clone(),
             });
             self.pending_persist.append.push((offset, encoded));
@@ -937,6 +965,14 @@ impl Room {
         }
     }
 
+    /// How many operations the room sent in `Deliver` frames since the
+    /// last call, counting only those the receiving connection did not
+    /// hold: the receiver's own operations that ride along in a shared
+    /// version-3 frame (section 9.4 of the protocol) are not counted.
+    pub fn take_ops_delivered(&mut self) -> u64 {
+        std::mem::take(&mut self.ops_delivered)
+    }
+
     /// Whether a persist failed, so the room must be reloaded from storage.
     pub fn has_failed(&self) -> bool {
         self.failed
@@ -963,6 +999,9 @@ impl Room {
         for id in ids {
             self.pump(now, id);
         }
+        // The shared version-3 frames serve the connections pumped together;
+        // kept longer they would only hold memory while the room is idle.
+        self.compact_frames = VecDeque::new();
     }
 
     /// Sends a connection what it lacks, while its window has room.
@@ -1068,7 +1107,11 @@ impl Room {
         let mut bytes = 0;
         // A version-3 frame carries the whole range (see below), so every
         // operation counts against the byte limit, and the cut is the same
-        // for every version-3 connection at this cursor.
+        // for every version-3 connection at this cursor. Its batch also
+        // costs the receiver's decoder more than its version-2 bytes for
+        // small operations (PROTOCOL.md 7.1, "Bounds"): the larger of the
+        // two is what the limit bounds, so a receiver that accepts a
+        // version-2 frame of `max_batch_bytes` accepts the version-3 one.
         let compact = member.version == protocol::COMPACT_VERSION;
         for (offset, entry) in self.log.from(from + 1) {
             let first = if compact {
@@ -1076,8 +1119,13 @@ impl Room {
             } else {
                 ops.is_empty()
             };
+            let size = if compact {
+                entry.encoded.len().max(entry.compact_cost)
+            } else {
+                entry.encoded.len()
+            };
             if cursor - from >= self.config.max_batch_ops as u64
-                || (!first && bytes + entry.encoded.len() > self.config.max_batch_bytes)
+                || (!first && bytes + size > self.config.max_batch_bytes)
             {
                 break;
             }
@@ -1091,9 +1139,12 @@ impl Room {
                 ops.push(&entry.encoded);
             }
             if carried || compact {
-                bytes += entry.encoded.len();
+                bytes += size;
             }
         }
+        // What the receiver did not hold: a version-3 frame's own operations
+        // riding along are not deliveries (`Room::take_ops_delivered`).
+        self.ops_delivered += ops.len() as u64;
         member.sent = cursor;
         if member.version != protocol::COMPACT_VERSION {
             return Some(protocol::encode_deliver(from, cursor, ops.into_iter()));
@@ -1240,5 +1291,108 @@ impl Room {
         self.last_compaction_at = Some(now);
         self.pending_persist.snapshot = Some((done.through, done.snapshot));
         self.pending_persist.truncate_through = Some(done.through);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::op::{Change, OpId};
+    use crate::value::Value;
+
+    const NOW: u64 = 1_700_000_000_000;
+
+    fn join(room: &mut Room, connection: ConnectionId, replica: u64) {
+        let hello = Hello {
+            replica: ReplicaId(replica),
+            room: "r".into(),
+            token: Vec::new(),
+            cursor: 0,
+            own_seq: 0,
+            settled_seq: 0,
+            agent: "test".into(),
+            versions: vec![protocol::PROTOCOL_VERSION, protocol::COMPACT_VERSION],
+            snapshot_formats: vec![crate::snapshot::NEWEST_SNAPSHOT_FORMAT],
+        };
+        let input = RoomInput::Join {
+            connection,
+            hello,
+            read_only: false,
+        };
+        room.handle(Timestamp::from_unix_ms(NOW), input);
+    }
+
+    fn push(room: &mut Room, connection: ConnectionId, replica: u64, doc: &str) {
+        let op = Op {
+            id: OpId {
+                replica: ReplicaId(replica),
+                seq: 1,
+            },
+            hlc: Hlc::new(NOW, 0).unwrap(),
+            change: Change::Put {
+                collection: "c".into(),
+                id: doc.into(),
+                fields: vec![("f".into(), Some(Value::Int(1)))],
+            },
+        };
+        let frame =
+            protocol::encode_in(protocol::COMPACT_VERSION, &Message::Push { ops: vec![op] });
+        let input = RoomInput::Frame {
+            connection,
+            frame: &frame,
+        };
+        room.handle(Timestamp::from_unix_ms(NOW), input);
+    }
+
+    /// Polls until nothing is left, reporting every persist durable.
+    fn drain(room: &mut Room) {
+        while let Some(out) = room.poll() {
+            if let RoomOutput::Persist { id, .. } = out {
+                room.handle(Timestamp::from_unix_ms(NOW), RoomInput::Persisted(id));
+            }
+        }
+    }
+
+    #[test]
+    fn own_operations_riding_along_are_not_counted_and_shared_frames_are_dropped() {
+        let mut room = Room::new(RoomConfig::default());
+        join(&mut room, 1, 10);
+        join(&mut room, 2, 20);
+        drain(&mut room);
+        // Both push before the room polls: each gets one version-3 frame of
+        // offsets 1..=2, the same bytes, its own operation riding along.
+        push(&mut room, 1, 10, "a");
+        push(&mut room, 2, 20, "b");
+        drain(&mut room);
+        assert_eq!(room.head(), 2);
+        assert_eq!(room.take_ops_delivered(), 2, "one new operation each");
+        assert_eq!(room.take_ops_delivered(), 0);
+        assert!(
+            room.compact_frames.is_empty(),
+            "the shared frames are not kept once sent"
+        );
+    }
+
+    #[test]
+    fn the_decode_cost_bounds_what_a_batch_charges() {
+        let op = Op {
+            id: OpId {
+                replica: ReplicaId(1),
+                seq: 1,
+            },
+            hlc: Hlc::new(NOW, 0).unwrap(),
+            change: Change::Put {
+                collection: "todos".into(),
+                id: "d1".into(),
+                fields: vec![("n".into(), Some(Value::Int(1)))],
+            },
+        };
+        let ops = vec![op.clone(); 1];
+        let frame = protocol::encode_in(protocol::COMPACT_VERSION, &Message::Push { ops });
+        let cost = compact_decode_cost(&op);
+        // The decoder accepts the batch within its cost plus the frame's
+        // header, and refuses it within much less.
+        assert!(protocol::decode(&frame, cost + 16).is_ok());
+        assert!(protocol::decode(&frame, protocol::compact::DECODED_OP_COST).is_err());
     }
 }

@@ -181,3 +181,61 @@ fn a_version_3_client_reads_an_error_of_version_2() {
         vec![CloseCode::RateLimited, CloseCode::ProtocolError]
     );
 }
+
+/// Small operations cost a version-3 decoder more (32 bytes each plus
+/// their names, PROTOCOL.md 7.1) than their version-2 bytes: a batch cut
+/// by version-2 bytes alone can be refused by a receiver whose frame limit
+/// just holds `max_batch_bytes`. The room cuts by the larger of the two.
+#[test]
+fn version_3_batches_of_small_operations_decode_within_the_batch_limit() {
+    const BATCH: usize = 4096;
+    let limit = BATCH + 64;
+    let mut w = World::new(RoomConfig::default().with_max_batch_bytes(BATCH));
+    let writer = w.add_client(1);
+    let reader = w.add_client_with(2, session_config().with_max_frame_bytes(limit));
+    w.start(writer);
+    w.start(reader);
+    // The reader holds its window full while the writer's pushes land, so
+    // the room then cuts the backlog into batches by its limits.
+    w.cm(reader).hold_inbound = true;
+    w.write_many(writer, "d", 1000);
+    w.settle();
+    w.cm(reader).hold_inbound = false;
+    w.settle();
+    // A batch over its frame limit is malformed to the reader, which closes.
+    assert!(
+        w.c(reader).closes().is_empty(),
+        "{:?}",
+        w.c(reader).closes()
+    );
+    let conn = w.conn(reader);
+    let delivers: Vec<&Vec<u8>> = w
+        .room_trace
+        .iter()
+        .filter_map(|o| match o {
+            RoomOutput::Transmit { connection, frame }
+                if *connection == conn
+                    && protocol::peek_kind(frame) == Some(protocol::MessageKind::Deliver) =>
+            {
+                Some(frame)
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(delivers.len() > 1);
+    for frame in delivers {
+        assert_eq!(frame.first(), Some(&protocol::COMPACT_VERSION));
+        if let Err(e) = protocol::decode(frame, limit) {
+            panic!(
+                "a {}-byte Deliver does not decode within {limit}: {e}",
+                frame.len()
+            );
+        }
+    }
+    assert!(
+        w.c(reader).closes().is_empty(),
+        "{:?}",
+        w.c(reader).closes()
+    );
+    w.assert_converged();
+}
