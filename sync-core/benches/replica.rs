@@ -121,7 +121,11 @@ fn remote_apply(c: &mut Criterion) {
 struct Big {
     replica: Replica,
     snapshot: Vec<u8>,
+    /// The store as written: a checkpoint (one batch of 100k documents
+    /// makes one) and the other records.
     records: Vec<Record>,
+    /// The store as written with checkpoints off: one record per document.
+    records_only: Vec<Record>,
 }
 
 impl Big {
@@ -130,6 +134,11 @@ impl Big {
         let docs = Docs::new(BIG_DOCS, 0);
         let mut replica = new_replica(1);
         let records = records_of(&load(&mut replica, &docs));
+        let mut records_only_replica = Replica::new(
+            replica.id(),
+            ReplicaConfig::default().with_checkpoint_min_records(usize::MAX),
+        );
+        let records_only = records_of(&load(&mut records_only_replica, &docs));
         let snapshot = replica.encode_snapshot();
         let decoded = Snapshot::decode(&snapshot).expect("snapshot decodes");
         assert!(decoded.state == *replica.state(), "snapshot round trip");
@@ -149,12 +158,14 @@ impl Big {
             replica,
             snapshot,
             records,
+            records_only,
         }
     }
 }
 
 /// Snapshot encode and decode of 100,000 documents of ten fields, and
-/// restore from the records a `MemoryStore` holds for the same state.
+/// restore from the records a `MemoryStore` holds for the same state: its
+/// checkpoint, or (checkpoints off) one record per document.
 fn snapshot_and_restore(c: &mut Criterion) {
     // Built on first use, so a filtered run that skips these pays nothing.
     let big = OnceCell::new();
@@ -172,6 +183,18 @@ fn snapshot_and_restore(c: &mut Criterion) {
         let bytes = &big.get_or_init(Big::new).snapshot;
         // The decoded state is dropped outside the timed section.
         b.iter_with_large_drop(|| Snapshot::decode(black_box(bytes)).expect("decode"));
+    });
+    group.bench_function("restore_100k_docs_x10_records_only", |b| {
+        let records = &big.get_or_init(Big::new).records_only;
+        b.iter_batched(
+            || records.clone(),
+            |records| {
+                Replica::restore(ReplicaConfig::default(), records)
+                    .expect("restore")
+                    .expect("stored")
+            },
+            BatchSize::PerIteration,
+        );
     });
     group.bench_function("restore_100k_docs_x10", |b| {
         let records = &big.get_or_init(Big::new).records;

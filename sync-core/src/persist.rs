@@ -42,13 +42,18 @@ pub enum StoreKey {
     Outbox(u64),
     /// A record owned by a layer above the replica (for example a sync session).
     Extension(String),
+    /// The checkpoint: the whole state as one snapshot, which the stored
+    /// document and collection records override (see [`CHECKPOINT_VERSION`]).
+    Checkpoint,
 }
 
 impl StoreKey {
     /// The key as stored: a tag byte, then the parts.
     ///
     /// `M` · `C` name · `D` len(collection) as u16 BE, collection, id ·
-    /// `O` seq as u64 BE · `X` name. Outbox keys sort by sequence.
+    /// `O` seq as u64 BE · `X` name · `B` (the checkpoint). Outbox keys
+    /// sort by sequence; the checkpoint sorts before every collection and
+    /// document record, so a store read in key order yields it first.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
         match self {
@@ -73,6 +78,7 @@ impl StoreKey {
                 out.push(b'X');
                 out.extend_from_slice(name.as_bytes());
             }
+            StoreKey::Checkpoint => out.push(b'B'),
         }
         out
     }
@@ -84,6 +90,7 @@ impl StoreKey {
         let (&tag, rest) = bytes.split_first().ok_or_else(bad)?;
         Ok(match tag {
             b'M' if rest.is_empty() => StoreKey::Meta,
+            b'B' if rest.is_empty() => StoreKey::Checkpoint,
             b'C' => StoreKey::Collection(text(rest)?),
             b'D' => {
                 let (len, rest) = rest.split_first_chunk::<2>().ok_or_else(bad)?;
@@ -212,6 +219,49 @@ pub enum RecordError {
         /// What the decoder said.
         reason: String,
     },
+}
+
+/// Version byte that starts the checkpoint record; the rest of the record
+/// is a snapshot blob (any format [`crate::Snapshot::decode`] reads: one
+/// encoded by the replica, or the bytes of a relay's snapshot as received).
+///
+/// The checkpoint holds documents and collections only: the metadata record
+/// (identity, clock, version vector), the outbox and the session record are
+/// stored as before and the checkpoint's own version vector is not read. A
+/// checkpoint is written in one batch with the deletion of every document
+/// record stored before it, so every document record in a store was written
+/// after the store's checkpoint and overrides the checkpoint's copy of that
+/// document; likewise each collection record overrides the checkpoint's
+/// stamps for its collection. While a checkpoint is stored, a document that
+/// no longer exists is stored as [`ABSENT_DOCUMENT`] rather than deleted, and
+/// a collection without stamps as a record with neither stamp.
+pub(crate) const CHECKPOINT_VERSION: u8 = 1;
+
+/// The value of a document record saying the document does not exist (it
+/// overrides the checkpoint's copy): a version byte no record ever has.
+pub(crate) const ABSENT_DOCUMENT: &[u8] = &[0];
+
+/// The checkpoint record's value for snapshot bytes.
+pub(crate) fn encode_checkpoint(snapshot: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + snapshot.len());
+    out.push(CHECKPOINT_VERSION);
+    out.extend_from_slice(snapshot);
+    out
+}
+
+/// The snapshot bytes of a checkpoint record, after checking its version.
+pub(crate) fn checkpoint_snapshot(value: &[u8]) -> Result<&[u8], RecordError> {
+    match value.split_first() {
+        Some((&CHECKPOINT_VERSION, snapshot)) => Ok(snapshot),
+        Some((&found, _)) => Err(RecordError::UnsupportedVersion {
+            key: StoreKey::Checkpoint,
+            found,
+        }),
+        None => Err(RecordError::Corrupt {
+            key: StoreKey::Checkpoint,
+            reason: "empty record".into(),
+        }),
+    }
 }
 
 /// The replica's own bookkeeping record.
@@ -449,6 +499,7 @@ mod tests {
             },
             StoreKey::Outbox(u64::MAX),
             StoreKey::Extension("session".into()),
+            StoreKey::Checkpoint,
         ] {
             assert_eq!(StoreKey::from_bytes(&key.to_bytes()).unwrap(), key);
         }

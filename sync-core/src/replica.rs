@@ -9,8 +9,8 @@ use crate::event::{Event, Origin};
 use crate::hlc::{Clock, ClockError, DEFAULT_MAX_DRIFT_MS, Hlc};
 use crate::op::{Change, ChangeRef, InvalidOp, Op, OpId, OpRef};
 use crate::persist::{
-    CollectionRecord, DocRecordRef, MetaRecordRef, PersistBatch, RecordError, StoreKey, Write,
-    decode_record, encode_record, encode_record_into, encode_record_sized,
+    CollectionRecord, MetaRecordRef, PersistBatch, RecordError, StoreKey, Write, decode_record,
+    encode_record, encode_record_into,
 };
 use crate::revision::Revision;
 use crate::snapshot::Snapshot;
@@ -20,6 +20,7 @@ use crate::timestamp::Timestamp;
 use crate::value::{Value, ValueRef};
 use crate::version::VersionVector;
 
+mod checkpoint;
 mod restore;
 pub use restore::ReplicaLoader;
 
@@ -29,16 +30,22 @@ pub use restore::ReplicaLoader;
 pub struct ReplicaConfig {
     /// Remote stamps further ahead of the local wall clock than this are refused.
     pub max_drift_ms: u64,
+    /// Fewest document records stored since the last checkpoint that make
+    /// the next persist batch a checkpoint (it also takes a quarter of all
+    /// documents; see `replica/checkpoint.rs`). Default 1024.
+    pub checkpoint_min_records: usize,
 }
 
 crate::setters::with_setters!(ReplicaConfig {
     with_max_drift_ms => max_drift_ms: u64,
+    with_checkpoint_min_records => checkpoint_min_records: usize,
 });
 
 impl Default for ReplicaConfig {
     fn default() -> Self {
         ReplicaConfig {
             max_drift_ms: DEFAULT_MAX_DRIFT_MS,
+            checkpoint_min_records: 1024,
         }
     }
 }
@@ -167,6 +174,11 @@ impl DirtyIds {
     /// Most ids kept in the hashed set.
     const MAX_HASHED: usize = 1024;
 
+    /// Number of ids.
+    fn len(&self) -> usize {
+        self.hashed.len() + self.ordered.len()
+    }
+
     /// Adds `id`; whether it was new.
     fn insert(&mut self, id: &str) -> bool {
         if self.ordered.is_empty() {
@@ -262,6 +274,8 @@ pub struct Replica {
     events: VecDeque<Event>,
     /// A snapshot reset still rewriting records, a slice at a time.
     reset: Option<Box<restore::ResetProgress>>,
+    /// The stored checkpoint and the document records written since.
+    checkpoints: checkpoint::Checkpoints,
 }
 
 impl Replica {
@@ -283,6 +297,7 @@ impl Replica {
             },
             events: VecDeque::new(),
             reset: None,
+            checkpoints: checkpoint::Checkpoints::new(config.checkpoint_min_records),
         }
     }
 
@@ -990,7 +1005,9 @@ impl Replica {
     pub fn take_persist(&mut self) -> Option<PersistBatch> {
         let dirty = std::mem::take(&mut self.dirty);
         let mut batch = PersistBatch::default();
-        if dirty.meta {
+        let checkpoint = self.checkpoint_due(&dirty.docs);
+        // A checkpoint is always stored with the metadata it goes with.
+        if dirty.meta || checkpoint {
             let meta = MetaRecordRef {
                 replica: self.id,
                 clock: self.clock.last(),
@@ -1019,28 +1036,22 @@ impl Replica {
                         value: encode_record(&record),
                     }
                 }
+                // Under a checkpoint, which may hold stamps for it.
+                Some(record) if self.checkpoints.stored_after(checkpoint) => Write::Put {
+                    key,
+                    value: encode_record(&record),
+                },
+                None if self.checkpoints.stored_after(checkpoint) => Write::Put {
+                    key,
+                    value: encode_record(&CollectionRecord {
+                        created: None,
+                        dropped: None,
+                    }),
+                },
                 _ => Write::Delete { key },
             });
         }
-        for (collection, ids) in dirty.docs {
-            let docs = self.state.collections.get(&collection).map(|c| &c.docs);
-            for id in ids {
-                let value = docs.and_then(|docs| docs.get(&id)).map(|doc| {
-                    // At most about 48 bytes a field: name, stamp and a short
-                    // value (much less when the stamp is left out).
-                    let capacity = 32 + 48 * doc.fields.len();
-                    encode_record_sized(&DocRecordRef::new(doc, &self.state.names), capacity)
-                });
-                let key = StoreKey::Document {
-                    collection: collection.clone(),
-                    id,
-                };
-                batch.writes.push(match value {
-                    Some(value) => Write::Put { key, value },
-                    None => Write::Delete { key },
-                });
-            }
-        }
+        self.persist_documents(&mut batch, dirty.docs, checkpoint);
         // Removals are all at or below the stored mark and new records above
         // it, so the writes come out in sequence order (after a fork the new
         // numbering restarts at 1: a removal and a put may share a key, and
@@ -1484,7 +1495,9 @@ mod tests {
     /// move to the ordered set): every document is written exactly once.
     #[test]
     fn a_batch_of_many_dirty_documents_writes_each_once() {
-        let mut r = Replica::new(ReplicaId(1), ReplicaConfig::default());
+        // Records, not a checkpoint, for every document.
+        let config = ReplicaConfig::default().with_checkpoint_min_records(usize::MAX);
+        let mut r = Replica::new(ReplicaId(1), config);
         let count = DirtyIds::MAX_HASHED * 3 / 2;
         for round in 0..2 {
             for d in 0..count {

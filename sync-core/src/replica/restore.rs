@@ -11,10 +11,11 @@ use crate::event::{Event, Origin};
 use crate::hlc::Clock;
 use crate::op::{Op, OpId};
 use crate::persist::{
-    CollectionRecord, MetaRecord, RecordError, StoreKey, decode_doc_record, decode_record,
+    ABSENT_DOCUMENT, CollectionRecord, MetaRecord, RecordError, StoreKey, checkpoint_snapshot,
+    decode_doc_record, decode_record,
 };
 use crate::snapshot::Snapshot;
-use crate::state::{DocState, FieldSlot, State};
+use crate::state::{DocState, Effect, FieldSlot, State};
 use crate::store::Record;
 use crate::timestamp::Timestamp;
 use crate::version::VersionVector;
@@ -24,7 +25,9 @@ use crate::version::VersionVector;
 ///
 /// Records are expected in key order, as stores return them; any order
 /// gives the same replica, only more slowly. Records under
-/// [`StoreKey::Extension`] belong to other layers and are skipped.
+/// [`StoreKey::Extension`] belong to other layers and are skipped. The
+/// checkpoint (the state as one snapshot) is read first, in key order, and
+/// the document and collection records override it.
 ///
 /// ```
 /// use sync_core::{Replica, ReplicaConfig, ReplicaId, Timestamp, ReplicaLoader};
@@ -57,6 +60,14 @@ pub struct ReplicaLoader {
     building: Option<(String, Vec<(String, DocState)>)>,
     outbox: BTreeMap<u64, (OpId, Pending)>,
     any: bool,
+    /// Collection records, applied over everything else at the end.
+    collection_records: Vec<(String, CollectionRecord)>,
+    /// Whether a checkpoint was read.
+    checkpoint: bool,
+    /// Keys of the document records read, by collection, in the order read.
+    overlay: BTreeMap<String, Vec<String>>,
+    /// Documents whose records say they do not exist.
+    absent: Vec<(String, String)>,
 }
 
 impl ReplicaLoader {
@@ -69,6 +80,10 @@ impl ReplicaLoader {
             building: None,
             outbox: BTreeMap::new(),
             any: false,
+            collection_records: Vec::new(),
+            checkpoint: false,
+            overlay: BTreeMap::new(),
+            absent: Vec::new(),
         }
     }
 
@@ -81,7 +96,20 @@ impl ReplicaLoader {
             // Documents are nearly every record: their keys are parsed here
             // without allocating the collection name each time.
             if let Some((collection, id)) = document_key(&key_bytes) {
-                self.document(collection, id, &key_bytes, &value)?;
+                let id =
+                    std::str::from_utf8(id).map_err(|_| RecordError::BadKey(key_bytes.to_vec()))?;
+                if value == ABSENT_DOCUMENT {
+                    self.absent.push((collection.to_owned(), id.to_owned()));
+                } else {
+                    self.document(collection, id, &value)?;
+                }
+                match self.overlay.get_mut(collection) {
+                    Some(ids) => ids.push(id.to_owned()),
+                    None => {
+                        self.overlay
+                            .insert(collection.to_owned(), vec![id.to_owned()]);
+                    }
+                }
                 self.any = true;
                 continue;
             }
@@ -90,10 +118,9 @@ impl ReplicaLoader {
                 StoreKey::Meta => self.meta = Some(decode_record(&key, &value)?),
                 StoreKey::Collection(name) => {
                     let record: CollectionRecord = decode_record(&key, &value)?;
-                    let coll = self.state.collections.entry(name.clone()).or_default();
-                    coll.created = record.created;
-                    coll.dropped = record.dropped;
+                    self.collection_records.push((name.clone(), record));
                 }
+                StoreKey::Checkpoint => self.read_checkpoint(&value)?,
                 StoreKey::Outbox(seq) => {
                     let op: Op = decode_record(&key, &value)?;
                     if op.id.seq != *seq {
@@ -115,15 +142,46 @@ impl ReplicaLoader {
         Ok(())
     }
 
-    fn document(
-        &mut self,
-        collection: &str,
-        id: &[u8],
-        key_bytes: &[u8],
-        value: &[u8],
-    ) -> Result<(), RestoreError> {
-        let bad_key = || RecordError::BadKey(key_bytes.to_vec());
-        let id = std::str::from_utf8(id).map_err(|_| bad_key())?;
+    /// Takes the checkpoint's state as the base the records override.
+    fn read_checkpoint(&mut self, value: &[u8]) -> Result<(), RestoreError> {
+        let bytes = checkpoint_snapshot(value)?;
+        let snapshot = Snapshot::decode(bytes).map_err(|e| RecordError::Corrupt {
+            key: StoreKey::Checkpoint,
+            reason: e.to_string(),
+        })?;
+        self.checkpoint = true;
+        self.build_collection();
+        let read = std::mem::replace(&mut self.state, snapshot.state);
+        // Documents read before the checkpoint (records out of key order)
+        // still override it: moved over, their names interned anew.
+        let State { names, collections } = read;
+        for (name, coll) in collections {
+            let target = self.state.collections.entry(name).or_default();
+            for (id, doc) in coll.docs {
+                let into = &mut self.state.names;
+                let deleted = doc.deleted();
+                let mut fields: Vec<FieldSlot> = doc
+                    .fields
+                    .into_iter()
+                    .map(|slot| {
+                        let replica = names.replica(slot.replica);
+                        FieldSlot {
+                            name: into.intern(names.name(slot.name)),
+                            replica: into.intern_replica(replica),
+                            ..slot
+                        }
+                    })
+                    .collect();
+                fields.sort_by_key(|slot| slot.name);
+                target
+                    .docs
+                    .insert(id, DocState::new(doc.written, deleted, fields, into));
+            }
+        }
+        Ok(())
+    }
+
+    fn document(&mut self, collection: &str, id: &str, value: &[u8]) -> Result<(), RestoreError> {
         // The key is built only for an error message.
         let key = || StoreKey::Document {
             collection: collection.to_owned(),
@@ -172,12 +230,28 @@ impl ReplicaLoader {
     /// The replica the records describe; `Ok(None)` when nothing was read.
     pub fn finish(mut self) -> Result<Option<Replica>, RestoreError> {
         self.build_collection();
+        for (collection, id) in &self.absent {
+            if let Some(coll) = self.state.collections.get_mut(collection) {
+                coll.docs.remove(id);
+            }
+        }
+        for (name, record) in std::mem::take(&mut self.collection_records) {
+            let coll = self.state.collections.entry(name).or_default();
+            coll.created = record.created;
+            coll.dropped = record.dropped;
+        }
+        // The state keeps no collection with nothing in it.
+        self.state
+            .collections
+            .retain(|_, c| c.created.is_some() || c.dropped.is_some() || !c.docs.is_empty());
         let ReplicaLoader {
             config,
             meta,
             state,
             outbox,
             any,
+            checkpoint,
+            overlay,
             ..
         } = self;
         let Some(meta) = meta else {
@@ -215,6 +289,14 @@ impl ReplicaLoader {
             dirty: Dirty::default(),
             events: VecDeque::new(),
             reset: None,
+            checkpoints: super::checkpoint::Checkpoints::restored(
+                config.checkpoint_min_records,
+                checkpoint,
+                overlay
+                    .into_iter()
+                    .map(|(name, ids)| (name, ids.into_iter().collect()))
+                    .collect(),
+            ),
         }))
     }
 }
@@ -274,17 +356,59 @@ impl Replica {
     /// part of the reset never claims the snapshot's operations. A reset
     /// still in progress is finished first.
     pub fn start_reset(&mut self, now: Timestamp, snapshot: Snapshot) -> Result<(), ApplyError> {
+        self.start_reset_received(now, snapshot, None)
+    }
+
+    /// [`Replica::start_reset`] with the snapshot's bytes as received
+    /// (`received`), which the next persist batch stores as the checkpoint
+    /// as they are; without them, it stores a checkpoint of the new state.
+    ///
+    /// Either way the reset rewrites no document record: the checkpoint
+    /// holds the snapshot, and only the documents the outbox's operations
+    /// changed on top of it are stored as records (in the same batch).
+    pub(crate) fn start_reset_received(
+        &mut self,
+        now: Timestamp,
+        snapshot: Snapshot,
+        received: Option<Vec<u8>>,
+    ) -> Result<(), ApplyError> {
         self.finish_reset();
         // As in `merge_snapshot`: check the stamps, not only the claim.
         self.clock.observe(snapshot.newest_hlc(), now)?;
         let old = std::mem::replace(&mut self.state, snapshot.state);
         let old_version = std::mem::replace(&mut self.version, snapshot.version);
+        match received {
+            Some(bytes) => self.checkpoints.set_pending(bytes),
+            None => self.checkpoints.force(),
+        }
+        let mut changed = Vec::new();
         for pending in &self.outbox {
             if let Some(op) = pending.decode() {
                 self.version.insert(op.id);
-                self.state.apply_owned(op);
+                changed.push(self.state.apply_owned(op));
             }
         }
+        // What the checkpoint (the snapshot alone) does not hold.
+        for effect in changed {
+            match effect {
+                Effect::Unchanged => {}
+                Effect::Document { collection, id, .. } => {
+                    self.dirty.mark_doc(&collection, &id);
+                }
+                Effect::Collection {
+                    collection,
+                    documents,
+                } => {
+                    for id in documents {
+                        self.dirty.mark_doc(&collection, &id);
+                    }
+                }
+            }
+        }
+        // Collection records override the checkpoint: all are rewritten
+        // with it, in the same batch.
+        let names = old.collections.keys().chain(self.state.collections.keys());
+        self.dirty.collections.extend(names.cloned());
         // As in `apply`: never reuse the number of an own operation it holds.
         if let Some(next) = self.version.highest(self.id).checked_add(1) {
             self.next_seq = self.next_seq.max(next);
@@ -322,8 +446,9 @@ impl Replica {
             let (ids, exhausted) = next_ids(old_docs, new_docs, after.as_deref(), left);
             left -= ids.len();
             let last = ids.last().cloned();
+            // The checkpoint written when the reset started holds the new
+            // documents: only their change is announced here.
             for id in ids {
-                self.dirty.mark_doc(&name, &id);
                 if progress.old.revision(&name, &id) != self.state.revision(&name, &id) {
                     self.events.push_back(Event::DocumentChanged {
                         collection: name.clone(),
@@ -522,10 +647,23 @@ mod tests {
 
         assert_eq!(sliced.state(), whole.state());
         assert_eq!(events(&mut sliced), events(&mut whole));
-        assert_eq!(
-            sliced_store.read_all().unwrap(),
-            whole_store.read_all().unwrap()
-        );
+        // The snapshot went into the checkpoint: the store holds no record of
+        // a document it brought (the local write may be in the checkpoint
+        // or a record, depending on when the checkpoint was taken).
+        for store in [&sliced_store, &whole_store] {
+            let documents = store
+                .read_all()
+                .unwrap()
+                .into_iter()
+                .filter(|(key, _)| key.first() == Some(&b'D'))
+                .count();
+            assert!(documents <= 1, "{documents} document records");
+        }
+        let whole_restored =
+            Replica::restore(ReplicaConfig::default(), whole_store.read_all().unwrap())
+                .unwrap()
+                .unwrap();
+        assert_eq!(whole_restored.state(), whole.state());
         let restored = Replica::restore(ReplicaConfig::default(), sliced_store.read_all().unwrap())
             .unwrap()
             .unwrap();

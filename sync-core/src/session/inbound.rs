@@ -26,6 +26,8 @@ pub(super) enum Inbound {
     /// stays at the front, holding back the cursor, until that is done).
     Snapshot {
         snapshot: Box<Snapshot>,
+        /// The snapshot's bytes as received, stored as the checkpoint.
+        bytes: Option<Vec<u8>>,
         cursor: u64,
         started: bool,
     },
@@ -113,6 +115,7 @@ impl InboundQueue {
                 }
                 Inbound::Snapshot {
                     snapshot,
+                    bytes,
                     cursor,
                     started,
                 } => {
@@ -123,7 +126,9 @@ impl InboundQueue {
                         if !*started {
                             *started = true;
                             let snapshot = std::mem::replace(snapshot, Box::new(Snapshot::empty()));
-                            if let Err(e) = replica.start_reset(at, *snapshot) {
+                            if let Err(e) =
+                                replica.start_reset_received(at, *snapshot, bytes.take())
+                            {
                                 outputs.push(Output::Event(Event::PeerMisbehaved {
                                     reason: e.to_string(),
                                 }));

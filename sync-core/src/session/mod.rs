@@ -1154,6 +1154,7 @@ impl Session {
                     self.set_relay_head(done.cursor);
                     self.inbound.push(Inbound::Snapshot {
                         snapshot: Box::new(snapshot),
+                        bytes: Some(done.bytes),
                         cursor: done.cursor,
                         started: false,
                     });

@@ -116,6 +116,31 @@ fn reconnect_after_compaction_gets_snapshot_chunks_then_the_tail() {
 
     w.assert_converged();
     assert_eq!(w.c(reader).cursor(), 1_015);
+    // The snapshot is stored as received, as the checkpoint (its version
+    // byte, then the bytes); of the documents, only those the tail wrote
+    // have records of their own.
+    let blob: Vec<u8> = received
+        .iter()
+        .filter_map(|m| match m {
+            Message::SnapshotChunk { bytes, .. } => Some(bytes.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let records = w.c(reader).store.read_all().expect("read");
+    let checkpoint = records
+        .iter()
+        .find(|(key, _)| *key == StoreKey::Checkpoint.to_bytes())
+        .expect("a checkpoint");
+    assert!(
+        checkpoint.1[1..] == blob[..],
+        "the checkpoint holds the snapshot as received"
+    );
+    let documents = records
+        .iter()
+        .filter(|(key, _)| matches!(StoreKey::from_bytes(key), Ok(StoreKey::Document { .. })))
+        .count();
+    assert!(documents <= 5, "{documents} document records");
     // And what it stored is the converged state.
     w.restart(reader);
     assert_eq!(
