@@ -188,6 +188,7 @@ where
         reloading: None,
         applying: false,
         yielding: None,
+        actions: Vec::new(),
         finish,
     };
     Ok((db, host.run().boxed_local()))
@@ -343,6 +344,8 @@ struct Host<T> {
     applying: bool,
     /// The yield to the platform before the next slice.
     yielding: Option<LocalBoxFuture<'static, ()>>,
+    /// Session outputs taken while handling a wake, acted on by the next drain.
+    actions: Vec<Output>,
     /// Last, so that it drops after the store when the loop unwinds.
     finish: Finish,
 }
@@ -399,7 +402,7 @@ impl<T: Transport> Host<T> {
     /// Takes everything the session has for the host, under the lock; acts
     /// on what needs no IO at once. Returns whether the database is closed.
     fn drain(&mut self) -> bool {
-        let mut actions = Vec::new();
+        let mut actions = std::mem::take(&mut self.actions);
         let closed;
         {
             let inner = self.inner.clone();
@@ -408,12 +411,7 @@ impl<T: Transport> Host<T> {
                 core.session.stop();
             }
             loop {
-                while let Some(out) = core.session.poll() {
-                    match out {
-                        Output::Event(event) => on_event(&mut core, event),
-                        other => actions.push(other),
-                    }
-                }
+                take_outputs(&mut core, &mut actions);
                 if !std::mem::take(&mut core.fork_requested) {
                     break;
                 }
@@ -611,6 +609,7 @@ impl<T: Transport> Host<T> {
         let now = self.timer.now();
         let inner = self.inner.clone();
         let mut core = lock(&inner.core);
+        let mut refresh = false;
         match wake {
             Wake::Woken => {}
             Wake::Connected(Ok(link)) => {
@@ -720,8 +719,7 @@ impl<T: Transport> Host<T> {
             Wake::Yielded => core.session.apply_slice(now),
             Wake::RefreshDue => {
                 self.refresh_at = None;
-                drop(core);
-                self.start_refresh();
+                refresh = true;
             }
             Wake::Refreshed(Ok(token)) => {
                 core.session.set_token(token.into_bytes());
@@ -732,6 +730,14 @@ impl<T: Transport> Host<T> {
             Wake::Refreshed(Err(message)) => {
                 core.last_error = Some(format!("the token could not be refreshed: {message}"));
             }
+        }
+        // What the session made of it is applied before the lock is let go,
+        // so that no reader sees its new state without its events (a link
+        // gone offline without the error that stopped it, say).
+        take_outputs(&mut core, &mut self.actions);
+        drop(core);
+        if refresh {
+            self.start_refresh();
         }
     }
 
@@ -754,6 +760,17 @@ impl<T: Transport> Host<T> {
         // opened again at once (a file store holds an OS lock).
         drop(store);
         drop(finish);
+    }
+}
+
+/// Applies the session's events to the database's state and subscribers,
+/// and queues the rest of its outputs for the loop to act on.
+fn take_outputs(core: &mut Core, actions: &mut Vec<Output>) {
+    while let Some(out) = core.session.poll() {
+        match out {
+            Output::Event(event) => on_event(core, event),
+            other => actions.push(other),
+        }
     }
 }
 
