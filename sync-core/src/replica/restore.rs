@@ -102,10 +102,7 @@ impl ReplicaLoader {
                             op.id.seq
                         )));
                     }
-                    let pending = Pending {
-                        seq: *seq,
-                        record: value.into_boxed_slice(),
-                    };
+                    let pending = Pending::single(*seq, &value);
                     self.outbox.insert(*seq, (op.id, pending));
                 }
                 StoreKey::Document { .. } | StoreKey::Extension(_) => continue,
@@ -209,7 +206,7 @@ impl ReplicaLoader {
             state,
             version: meta.version,
             outbox_stored_through: outbox.keys().next_back().copied().unwrap_or(0),
-            outbox: outbox.into_values().map(|(_, pending)| pending).collect(),
+            outbox: Pending::queue(outbox.into_values().map(|(_, pending)| pending)),
             scratch: Vec::new(),
             single: super::TxWrites::default(),
             dirty: Dirty::default(),
@@ -279,11 +276,9 @@ impl Replica {
         self.clock.observe(snapshot.newest_hlc(), now)?;
         let old = std::mem::replace(&mut self.state, snapshot.state);
         let old_version = std::mem::replace(&mut self.version, snapshot.version);
-        for pending in &self.outbox {
-            if let Some(op) = pending.decode() {
-                self.version.insert(op.id);
-                self.state.apply_owned(op);
-            }
+        for op in self.outbox.iter().flat_map(Pending::ops) {
+            self.version.insert(op.id);
+            self.state.apply_owned(op);
         }
         // As in `apply`: never reuse the number of an own operation it holds.
         if let Some(next) = self.version.highest(self.id).checked_add(1) {
