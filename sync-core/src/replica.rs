@@ -687,7 +687,8 @@ impl Replica {
                 // Sized from the first record: exact for a single write, and
                 // about right for a transaction of similar writes.
                 // (Capped: a large first value must not reserve for all.)
-                let writes_left = tx.writes.len() - usize::try_from(id.seq - run_first).unwrap_or(0);
+                let writes_left =
+                    tx.writes.len() - usize::try_from(id.seq - run_first).unwrap_or(0);
                 let estimate = (RUN_LENGTH_BYTES + scratch.len()).saturating_mul(writes_left);
                 run.reserve_exact(estimate.min(16 << 20));
             }
@@ -1122,15 +1123,17 @@ impl Replica {
             .outbox
             .partition_point(|pending| pending.last_seq() <= stored);
         for pending in self.outbox.range(new..) {
-            batch.writes.extend(
-                pending
-                    .records()
-                    .filter(|(seq, _)| *seq > stored)
-                    .map(|(seq, record)| Write::Put {
-                        key: StoreKey::Outbox(seq),
-                        value: record.to_vec(),
-                    }),
-            );
+            batch
+                .writes
+                .extend(
+                    pending
+                        .records()
+                        .filter(|(seq, _)| *seq > stored)
+                        .map(|(seq, record)| Write::Put {
+                            key: StoreKey::Outbox(seq),
+                            value: record.to_vec(),
+                        }),
+                );
         }
         if let Some(last) = self.outbox.back() {
             self.outbox_stored_through = stored.max(last.last_seq());
@@ -1851,7 +1854,10 @@ mod tests {
             let after: Vec<Op> = r.outbox().after(skip).collect();
             assert_eq!(after, ops[skip as usize..], "after {skip}");
             assert_eq!(r.outbox().after(skip).len(), 9 - skip as usize);
-            assert_eq!(r.outbox().after(skip).first_seq(), seqs.get(skip as usize).copied());
+            assert_eq!(
+                r.outbox().after(skip).first_seq(),
+                seqs.get(skip as usize).copied()
+            );
         }
         assert_eq!(
             r.outbox().rev().collect::<Vec<_>>(),
@@ -1862,7 +1868,10 @@ mod tests {
         assert_eq!(both.next_back().map(|op| op.id.seq), Some(9));
         assert_eq!(both.next().map(|op| op.id.seq), Some(3));
         assert_eq!(both.len(), 5);
-        assert_eq!(both.map(|op| op.id.seq).collect::<Vec<_>>(), [4, 5, 6, 7, 8]);
+        assert_eq!(
+            both.map(|op| op.id.seq).collect::<Vec<_>>(),
+            [4, 5, 6, 7, 8]
+        );
 
         // Stored as one record per operation, the bytes an operation encodes to.
         let mut disk = MemoryStore::new();
@@ -1888,16 +1897,31 @@ mod tests {
         assert_eq!(r.outbox().collect::<Vec<_>>(), ops[4..]);
         assert_eq!(r.outbox().first_seq(), Some(5));
         assert_eq!(r.outbox().after(6).collect::<Vec<_>>(), ops[6..]);
-        r.transaction(now, |tx| tx.put("c", "e", [("z", 1)])).unwrap();
+        r.transaction(now, |tx| tx.put("c", "e", [("z", 1)]))
+            .unwrap();
         assert_eq!(r.acknowledge(5), 1);
         let batch = r.take_persist().unwrap();
         let deleted: Vec<&StoreKey> = batch
             .writes
             .iter()
-            .filter(|w| matches!(w, Write::Delete { key: StoreKey::Outbox(_) }))
+            .filter(|w| {
+                matches!(
+                    w,
+                    Write::Delete {
+                        key: StoreKey::Outbox(_)
+                    }
+                )
+            })
             .map(Write::key)
             .collect();
-        assert_eq!(deleted, (1..=5).map(StoreKey::Outbox).collect::<Vec<_>>().iter().collect::<Vec<_>>());
+        assert_eq!(
+            deleted,
+            (1..=5)
+                .map(StoreKey::Outbox)
+                .collect::<Vec<_>>()
+                .iter()
+                .collect::<Vec<_>>()
+        );
         disk.write(&batch).unwrap();
         let expected: Vec<Op> = r.outbox().collect();
         assert_eq!(expected.len(), 5);
@@ -1912,6 +1936,45 @@ mod tests {
         assert_eq!(r.acknowledge(u64::MAX), 2);
         assert_eq!(r.outbox().len(), 0);
         assert!(r.outbox.is_empty());
+    }
+
+    /// A put skips the dirty set when its document carries this batch's
+    /// generation; when the generations wrap, older marks must not pass for
+    /// the new ones, or a write would never be stored.
+    #[test]
+    fn a_document_written_again_is_rewritten_in_every_batch_even_when_generations_wrap() {
+        let now = Timestamp::from_unix_ms(1_000);
+        let doc_keys = |batch: &PersistBatch| -> Vec<String> {
+            batch
+                .writes
+                .iter()
+                .filter_map(|w| match w.key() {
+                    StoreKey::Document { id, .. } => Some(id.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let mut r = Replica::new(ReplicaId(5), ReplicaConfig::default());
+        r.put(now, "c", "a", [("x", 1)]).unwrap();
+        r.put(now, "c", "a", [("x", 2)]).unwrap();
+        assert_eq!(doc_keys(&r.take_persist().unwrap()), ["a"]);
+        r.transaction(now, |tx| {
+            tx.put("c", "b", [("x", 3)])?;
+            tx.put("c", "d", [("x", 3)])?;
+            tx.put("c", "b", [("y", 3)])
+        })
+        .unwrap();
+        let mut keys = doc_keys(&r.take_persist().unwrap());
+        keys.sort();
+        assert_eq!(keys, ["b", "d"]);
+        // "a" carries the first generation, the one the counter wraps to.
+        r.dirty.generation = u32::MAX;
+        r.put(now, "c", "b", [("x", 4)]).unwrap();
+        assert_eq!(doc_keys(&r.take_persist().unwrap()), ["b"]);
+        for round in 0..3 {
+            r.put(now, "c", "a", [("x", 5 + round)]).unwrap();
+            assert_eq!(doc_keys(&r.take_persist().unwrap()), ["a"], "round {round}");
+        }
     }
 
     /// One step of a random history over three replicas, a tiny universe
