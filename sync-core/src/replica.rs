@@ -628,7 +628,10 @@ impl Replica {
             return Ok(DocChange::Unchanged);
         }
         let saved = self.clock.clone();
-        let mut hlcs = Vec::with_capacity(tx.writes.len());
+        // The buffer of a reused `TxWrites` (single writes): no allocation.
+        let mut hlcs = std::mem::take(&mut tx.hlcs);
+        hlcs.clear();
+        hlcs.reserve(tx.writes.len());
         for _ in 0..tx.writes.len() {
             match self.clock.tick(now) {
                 Ok(hlc) => hlcs.push(hlc),
@@ -653,7 +656,7 @@ impl Replica {
         let mut run_first = self.next_seq;
         let mut run_len = 0;
         let text = tx.text.as_str();
-        for (write, hlc) in tx.writes.iter().zip(hlcs) {
+        for (write, &hlc) in tx.writes.iter().zip(&hlcs) {
             let id = OpId {
                 replica: self.id,
                 seq: self.next_seq,
@@ -754,6 +757,7 @@ impl Replica {
         }
         self.push_run(run_first, run_len, run);
         self.scratch = scratch;
+        tx.hlcs = hlcs;
         self.dirty.meta = true;
         Ok(last)
     }
@@ -1472,6 +1476,8 @@ struct TxWrites {
     text: String,
     writes: Vec<TxWrite>,
     fields: Vec<TxField>,
+    /// The writes' stamps while they are committed (kept for reuse).
+    hlcs: Vec<Hlc>,
 }
 
 #[derive(Debug)]
