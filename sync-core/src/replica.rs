@@ -141,8 +141,12 @@ pub enum RestoreError {
 }
 
 /// What changed since the last persist batch was taken.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Dirty {
+    /// This batch's generation, never zero: a document a local put marked
+    /// with it (`state::DirtyMark`) is in `docs` already, so the put skips
+    /// the set. Every new `Dirty` after a batch is taken gets the next one.
+    generation: u32,
     meta: bool,
     collections: BTreeSet<String>,
     /// Documents by collection: a write looks up its collection, then its
@@ -226,8 +230,19 @@ impl Hasher for IdHasher {
     }
 }
 
+impl Default for Dirty {
+    fn default() -> Self {
+        Dirty {
+            generation: 1,
+            meta: false,
+            collections: BTreeSet::new(),
+            docs: BTreeMap::new(),
+            outbox_removed: Vec::new(),
+        }
+    }
+}
+
 impl Dirty {
-    /// Marks a document's record for rewriting.
     /// Marks a document's record for rewriting; whether it was not yet.
     fn mark_doc(&mut self, collection: &str, id: &str) -> bool {
         match self.docs.get_mut(collection) {
@@ -377,11 +392,7 @@ impl Replica {
     /// goes; [`Outbox::after`] skips the ones already sent without decoding
     /// them.
     pub fn outbox(&self) -> Outbox<'_> {
-        Outbox {
-            pending: &self.outbox,
-            front: 0,
-            back: self.outbox.len(),
-        }
+        Outbox::new(&self.outbox)
     }
 
     /// Writes fields of a document, creating it if needed.
@@ -546,10 +557,9 @@ impl Replica {
         // be empty and the outbox would skip it.
         let scratch = std::mem::take(&mut self.scratch);
         let scratch = encode_record_into(&op, scratch);
-        self.outbox.push_back(Pending {
-            seq: id.seq,
-            record: Box::from(scratch.as_slice()),
-        });
+        let mut run = Vec::with_capacity(RUN_LENGTH_BYTES + scratch.len());
+        push_run_record(&mut run, &scratch);
+        self.push_run(id.seq, 1, run);
         self.scratch = scratch;
         let effect = self.state.apply_owned(op);
         let revision = match &effect {
@@ -633,7 +643,10 @@ impl Replica {
             return Ok(DocChange::Unchanged);
         }
         let saved = self.clock.clone();
-        let mut hlcs = Vec::with_capacity(tx.writes.len());
+        // The buffer of a reused `TxWrites` (single writes): no allocation.
+        let mut hlcs = std::mem::take(&mut tx.hlcs);
+        hlcs.clear();
+        hlcs.reserve(tx.writes.len());
         for _ in 0..tx.writes.len() {
             match self.clock.tick(now) {
                 Ok(hlc) => hlcs.push(hlc),
@@ -652,8 +665,13 @@ impl Replica {
         let mut last = DocChange::Unchanged;
         let mut announced_collections = BTreeSet::new();
         let mut scratch = std::mem::take(&mut self.scratch);
+        // The transaction's outbox records, one run: one allocation for the
+        // whole transaction instead of one per write.
+        let mut run: Vec<u8> = Vec::new();
+        let mut run_first = self.next_seq;
+        let mut run_len = 0;
         let text = tx.text.as_str();
-        for (write, hlc) in tx.writes.iter().zip(hlcs) {
+        for (write, &hlc) in tx.writes.iter().zip(&hlcs) {
             let id = OpId {
                 replica: self.id,
                 seq: self.next_seq,
@@ -663,6 +681,8 @@ impl Replica {
             let collection = &text[write.collection.clone()];
             let doc_id = &text[write.id.clone()];
             let fields = &mut tx.fields[write.fields.clone()];
+            // Whether the write's document is known to be dirty already.
+            let mut marked = false;
             let change = match write.kind {
                 TxKind::Put => ChangeRef::Put {
                     collection,
@@ -677,17 +697,36 @@ impl Replica {
                 TxKind::DropCollection => ChangeRef::DropCollection { collection },
             };
             scratch = encode_record_into(&OpRef { id, hlc, change }, scratch);
-            self.outbox.push_back(Pending {
-                seq: id.seq,
-                record: Box::from(scratch.as_slice()),
-            });
+            if run.len() + RUN_LENGTH_BYTES + scratch.len() > MAX_RUN_BYTES {
+                self.push_run(run_first, run_len, std::mem::take(&mut run));
+                (run_first, run_len) = (id.seq, 0);
+            }
+            if run.capacity() == 0 {
+                // Sized from the first record: exact for a single write, and
+                // about right for a transaction of similar writes.
+                // (Capped: a large first value must not reserve for all.)
+                let writes_left =
+                    tx.writes.len() - usize::try_from(id.seq - run_first).unwrap_or(0);
+                let estimate = (RUN_LENGTH_BYTES + scratch.len()).saturating_mul(writes_left);
+                run.reserve_exact(estimate.min(16 << 20));
+            }
+            push_run_record(&mut run, &scratch);
+            run_len += 1;
             self.version.insert(id);
             let changed = match write.kind {
                 TxKind::Put => {
                     let fields = fields
                         .iter_mut()
                         .map(|field| (&text[field.name.clone()], field.value.take()));
-                    self.state.put(collection, doc_id, stamp, fields)
+                    let (changed, newly) = self.state.put_marked(
+                        collection,
+                        doc_id,
+                        stamp,
+                        fields,
+                        self.dirty.generation,
+                    );
+                    marked = !newly;
+                    changed
                 }
                 TxKind::Delete => self.state.delete(collection, doc_id, stamp),
                 TxKind::CreateCollection | TxKind::DropCollection => {
@@ -702,7 +741,7 @@ impl Replica {
                     } = effect
                     {
                         for id in &documents {
-                            self.tx_doc_changed(&mut announced, &collection, id);
+                            self.tx_doc_changed(&mut announced, &collection, id, false);
                         }
                         if announced_collections.insert(collection.clone()) {
                             self.events.push_back(Event::CollectionChanged {
@@ -717,34 +756,55 @@ impl Replica {
             };
             if changed != DocChange::Unchanged {
                 if single {
-                    self.dirty.mark_doc(collection, doc_id);
+                    if !marked {
+                        self.dirty.mark_doc(collection, doc_id);
+                    }
                     self.events.push_back(Event::DocumentChanged {
                         collection: collection.to_owned(),
                         id: doc_id.to_owned(),
                         origin: Origin::Local,
                     });
                 } else {
-                    self.tx_doc_changed(&mut announced, collection, doc_id);
+                    self.tx_doc_changed(&mut announced, collection, doc_id, marked);
                 }
             }
             last = changed;
         }
+        self.push_run(run_first, run_len, run);
         self.scratch = scratch;
+        tx.hlcs = hlcs;
         self.dirty.meta = true;
         Ok(last)
+    }
+
+    /// Queues a run of `len` outbox records numbered from `first_seq` (see
+    /// [`Pending`]); nothing for an empty run.
+    fn push_run(&mut self, first_seq: u64, len: u32, run: Vec<u8>) {
+        if len == 0 {
+            return;
+        }
+        self.outbox.push_back(Pending {
+            seq: first_seq,
+            before: self.outbox.back().map_or(0, Pending::end),
+            len,
+            start: 0,
+            bytes: run.into_boxed_slice(),
+        });
     }
 
     /// Marks a document a transaction changed for rewriting, and announces
     /// it unless `announced` shows it was already.
     /// `announced` is `None` when no document was dirty before the
-    /// transaction: then those it newly marks dirty are those it changes first.
+    /// transaction: then those it newly marks dirty are those it changes
+    /// first. `marked`: the document is known to be dirty already.
     fn tx_doc_changed(
         &mut self,
         announced: &mut Option<BTreeMap<String, DirtyIds>>,
         collection: &str,
         id: &str,
+        marked: bool,
     ) {
-        let newly_dirty = self.dirty.mark_doc(collection, id);
+        let newly_dirty = !marked && self.dirty.mark_doc(collection, id);
         let new = match announced {
             None => newly_dirty,
             Some(announced) => match announced.get_mut(collection) {
@@ -823,17 +883,23 @@ impl Replica {
     /// from the outbox. Returns how many were dropped.
     pub fn acknowledge(&mut self, through_seq: u64) -> usize {
         let mut dropped = 0;
-        while self
-            .outbox
-            .front()
-            .is_some_and(|pending| pending.seq <= through_seq)
-        {
-            if let Some(pending) = self.outbox.pop_front() {
-                // An op written and acknowledged before any persist needs no record at all.
-                if pending.seq <= self.outbox_stored_through {
-                    self.dirty.outbox_removed.push(pending.seq);
+        while let Some(front) = self.outbox.front_mut() {
+            if front.seq > through_seq {
+                break;
+            }
+            let n = (through_seq - front.seq + 1).min(u64::from(front.len));
+            // An op written and acknowledged before any persist needs no record at all.
+            let stored = self.outbox_stored_through.min(front.seq + n - 1);
+            self.dirty.outbox_removed.extend(front.seq..=stored);
+            dropped += usize::try_from(n).unwrap_or(usize::MAX);
+            match u32::try_from(n) {
+                Ok(n) if n < front.len => {
+                    front.drop_front(n);
+                    break;
                 }
-                dropped += 1;
+                _ => {
+                    self.outbox.pop_front();
+                }
             }
         }
         dropped
@@ -878,11 +944,10 @@ impl Replica {
         if new_id == self.id {
             return;
         }
-        let pending: Vec<Op> = self.outbox.iter().filter_map(Pending::decode).collect();
+        let pending: Vec<Op> = self.outbox.iter().flat_map(Pending::ops).collect();
         for old in std::mem::take(&mut self.outbox) {
-            if old.seq <= self.outbox_stored_through {
-                self.dirty.outbox_removed.push(old.seq);
-            }
+            let stored = self.outbox_stored_through.min(old.last_seq());
+            self.dirty.outbox_removed.extend(old.seq..=stored);
         }
         self.id = new_id;
         self.next_seq = 1;
@@ -1004,6 +1069,13 @@ impl Replica {
     /// A local write is durable once its batch is written.
     pub fn take_persist(&mut self) -> Option<PersistBatch> {
         let dirty = std::mem::take(&mut self.dirty);
+        // A new generation, so that no document's mark claims a place in
+        // the new, empty set; after 2^32 - 1 batches, every mark is cleared
+        // rather than let an old one come round again.
+        self.dirty.generation = dirty.generation.checked_add(1).unwrap_or_else(|| {
+            self.state.clear_dirty_marks();
+            1
+        });
         let mut batch = PersistBatch::default();
         let checkpoint = self.checkpoint_due(&dirty.docs);
         // A checkpoint is always stored with the metadata it goes with.
@@ -1062,15 +1134,24 @@ impl Replica {
             });
         }
         let stored = self.outbox_stored_through;
-        let new = self.outbox.partition_point(|pending| pending.seq <= stored);
-        batch
-            .writes
-            .extend(self.outbox.range(new..).map(|pending| Write::Put {
-                key: StoreKey::Outbox(pending.seq),
-                value: pending.record.to_vec(),
-            }));
+        let new = self
+            .outbox
+            .partition_point(|pending| pending.last_seq() <= stored);
+        for pending in self.outbox.range(new..) {
+            batch
+                .writes
+                .extend(
+                    pending
+                        .records()
+                        .filter(|(seq, _)| *seq > stored)
+                        .map(|(seq, record)| Write::Put {
+                            key: StoreKey::Outbox(seq),
+                            value: record.to_vec(),
+                        }),
+                );
+        }
         if let Some(last) = self.outbox.back() {
-            self.outbox_stored_through = stored.max(last.seq);
+            self.outbox_stored_through = stored.max(last.last_seq());
         }
         (!batch.is_empty()).then_some(batch)
     }
@@ -1089,21 +1170,153 @@ impl Replica {
     }
 }
 
-/// One unacknowledged local operation: its sequence number and its outbox
-/// record (version byte, then the encoded operation), exactly the bytes
-/// the store gets. Made only by encoding an operation, or from a stored
-/// record that decoded, so it always decodes.
+/// A run of unacknowledged local operations made together (one
+/// transaction, or one write), numbered consecutively, as their outbox
+/// records (version byte, then the encoded operation: exactly the bytes the
+/// store gets under [`StoreKey::Outbox`]), each preceded by its length (4
+/// bytes, little-endian), in one allocation. A transaction of 100,000
+/// writes is one entry, not 100,000 boxes. Made only by encoding operations,
+/// or from stored records that decoded, so every record decodes.
 #[derive(Debug)]
 struct Pending {
+    /// Number of the first operation still pending.
     seq: u64,
-    record: Box<[u8]>,
+    /// Operations queued in the whole outbox before this entry's first
+    /// pending one: positions let [`Outbox`] count and skip without
+    /// walking the entries.
+    before: u64,
+    /// Operations still pending (at least one: an entry with none is removed).
+    len: u32,
+    /// Where the first pending record's length starts in `bytes`: the
+    /// acknowledged records before it go when the whole entry goes.
+    start: u32,
+    bytes: Box<[u8]>,
 }
 
+/// Bytes before each record in a [`Pending`] run: its length.
+const RUN_LENGTH_BYTES: usize = 4;
+
+/// The most bytes in one [`Pending`] run, so that offsets fit in a `u32`;
+/// a larger transaction queues several runs.
+const MAX_RUN_BYTES: usize = u32::MAX as usize;
+
 impl Pending {
-    fn decode(&self) -> Option<Op> {
-        let op = decode_record(&StoreKey::Outbox(self.seq), &self.record).ok();
-        debug_assert!(op.is_some(), "outbox record {} does not decode", self.seq);
-        op
+    /// An entry of one stored record (it must decode to operation `seq`),
+    /// to be queued with [`Pending::queue`].
+    fn single(seq: u64, record: &[u8]) -> Pending {
+        let mut bytes = Vec::with_capacity(RUN_LENGTH_BYTES + record.len());
+        push_run_record(&mut bytes, record);
+        Pending {
+            seq,
+            before: 0,
+            len: 1,
+            start: 0,
+            bytes: bytes.into_boxed_slice(),
+        }
+    }
+
+    /// Numbers entries' positions in order, for an outbox made of them.
+    fn queue(entries: impl IntoIterator<Item = Pending>) -> VecDeque<Pending> {
+        let mut position = 0;
+        entries
+            .into_iter()
+            .map(|mut entry| {
+                entry.before = position;
+                position += u64::from(entry.len);
+                entry
+            })
+            .collect()
+    }
+
+    /// The number of the last operation still pending.
+    fn last_seq(&self) -> u64 {
+        self.seq + u64::from(self.len) - 1
+    }
+
+    /// The position after this entry's last operation.
+    fn end(&self) -> u64 {
+        self.before + u64::from(self.len)
+    }
+
+    /// The pending records with their sequence numbers, in order.
+    fn records(&self) -> Records<'_> {
+        Records {
+            bytes: self.bytes.get(self.start as usize..).unwrap_or_default(),
+            seq: self.seq,
+            left: self.len,
+        }
+    }
+
+    /// The pending operations, decoded.
+    fn ops(&self) -> impl Iterator<Item = Op> + '_ {
+        self.records()
+            .filter_map(|(seq, record)| decode_pending(seq, record))
+    }
+
+    /// Forgets the first `n` pending operations (fewer than `len`).
+    fn drop_front(&mut self, n: u32) {
+        let mut records = self.records();
+        let before = records.bytes.len();
+        records.skip_records(n);
+        let skipped = before - records.bytes.len();
+        // `start` stays below `bytes.len()`, which `push_run` keeps within u32.
+        self.start += u32::try_from(skipped).unwrap_or(u32::MAX);
+        self.seq += u64::from(n);
+        self.before += u64::from(n);
+        self.len -= n;
+    }
+}
+
+/// Appends one record, with its length, to a run's bytes.
+fn push_run_record(run: &mut Vec<u8>, record: &[u8]) {
+    // Records are far below 4 GiB (see `push_run`); were one not, its
+    // length would not fit and the record is left out, as an empty one.
+    let len = u32::try_from(record.len()).unwrap_or(0);
+    run.extend_from_slice(&len.to_le_bytes());
+    run.extend_from_slice(&record[..len as usize]);
+}
+
+/// Decodes one outbox record.
+fn decode_pending(seq: u64, record: &[u8]) -> Option<Op> {
+    let op = decode_record(&StoreKey::Outbox(seq), record).ok();
+    debug_assert!(op.is_some(), "outbox record {seq} does not decode");
+    op
+}
+
+/// The records of a [`Pending`] run, with their sequence numbers.
+#[derive(Clone, Debug)]
+struct Records<'a> {
+    bytes: &'a [u8],
+    seq: u64,
+    left: u32,
+}
+
+impl Records<'_> {
+    /// Skips `n` records without decoding them.
+    fn skip_records(&mut self, n: u32) {
+        for _ in 0..n {
+            if self.next().is_none() {
+                break;
+            }
+        }
+    }
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = (u64, &'a [u8]);
+
+    fn next(&mut self) -> Option<(u64, &'a [u8])> {
+        if self.left == 0 {
+            return None;
+        }
+        let (len, rest) = self.bytes.split_first_chunk::<RUN_LENGTH_BYTES>()?;
+        let len = u32::from_le_bytes(*len) as usize;
+        let record = rest.get(..len)?;
+        self.bytes = rest.get(len..).unwrap_or_default();
+        let seq = self.seq;
+        self.seq += 1;
+        self.left -= 1;
+        Some((seq, record))
     }
 }
 
@@ -1127,24 +1340,50 @@ impl Pending {
 #[derive(Clone, Debug)]
 pub struct Outbox<'a> {
     pending: &'a VecDeque<Pending>,
-    /// Entries `front..back` are still to be read.
-    front: usize,
-    back: usize,
+    /// Operations at positions `front..back` are still to be read (a
+    /// position counts operations from the outbox's first entry's).
+    front: u64,
+    back: u64,
+    /// The entry holding position `front` and its records from there on,
+    /// once reading has started there.
+    cursor: Option<(usize, Records<'a>)>,
 }
 
-impl Outbox<'_> {
+impl<'a> Outbox<'a> {
+    fn new(pending: &'a VecDeque<Pending>) -> Outbox<'a> {
+        Outbox {
+            pending,
+            front: pending.front().map_or(0, |p| p.before),
+            back: pending.back().map_or(0, Pending::end),
+            cursor: None,
+        }
+    }
+
+    /// The index of the entry holding `position`.
+    fn entry_at(&self, position: u64) -> usize {
+        self.pending.partition_point(|p| p.end() <= position)
+    }
+
     /// Skips the operations numbered up to `seq` (without decoding them).
     pub fn after(mut self, seq: u64) -> Self {
-        let at = self.pending.partition_point(|pending| pending.seq <= seq);
-        self.front = self.front.max(at).min(self.back);
+        let at = self.pending.partition_point(|p| p.last_seq() <= seq);
+        let position = self.pending.get(at).map_or(self.back, |p| {
+            p.before + (seq + 1).saturating_sub(p.seq).min(u64::from(p.len))
+        });
+        if position > self.front {
+            self.front = position.min(self.back);
+            self.cursor = None;
+        }
         self
     }
 
     /// The sequence number of the next operation, without decoding it.
     pub fn first_seq(&self) -> Option<u64> {
-        (self.front < self.back)
-            .then(|| self.pending.get(self.front).map(|p| p.seq))
-            .flatten()
+        if self.front >= self.back {
+            return None;
+        }
+        let entry = self.pending.get(self.entry_at(self.front))?;
+        Some(entry.seq + (self.front - entry.before))
     }
 }
 
@@ -1153,17 +1392,36 @@ impl Iterator for Outbox<'_> {
 
     fn next(&mut self) -> Option<Op> {
         while self.front < self.back {
-            let pending = self.pending.get(self.front)?;
-            self.front += 1;
-            if let Some(op) = pending.decode() {
-                return Some(op);
+            let (index, records) = match &mut self.cursor {
+                Some(cursor) => cursor,
+                None => {
+                    let index = self.entry_at(self.front);
+                    let entry = self.pending.get(index)?;
+                    let mut records = entry.records();
+                    records.skip_records(u32::try_from(self.front - entry.before).ok()?);
+                    self.cursor.insert((index, records))
+                }
+            };
+            match records.next() {
+                Some((seq, record)) => {
+                    self.front += 1;
+                    if let Some(op) = decode_pending(seq, record) {
+                        return Some(op);
+                    }
+                }
+                None => {
+                    let next = *index + 1;
+                    let entry = self.pending.get(next)?;
+                    self.front = self.front.max(entry.before);
+                    self.cursor = Some((next, entry.records()));
+                }
             }
         }
         None
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let len = self.back - self.front;
+        let len = usize::try_from(self.back.saturating_sub(self.front)).unwrap_or(usize::MAX);
         (len, Some(len))
     }
 
@@ -1172,11 +1430,19 @@ impl Iterator for Outbox<'_> {
     }
 }
 
+/// Reading from the back finds the operation's record by walking its
+/// entry's records from the start: meant for a look at the last few.
 impl DoubleEndedIterator for Outbox<'_> {
     fn next_back(&mut self) -> Option<Op> {
         while self.front < self.back {
             self.back -= 1;
-            if let Some(op) = self.pending.get(self.back).and_then(Pending::decode) {
+            let entry = self.pending.get(self.entry_at(self.back))?;
+            let nth = usize::try_from(self.back.checked_sub(entry.before)?).ok()?;
+            if let Some(op) = entry
+                .records()
+                .nth(nth)
+                .and_then(|(seq, record)| decode_pending(seq, record))
+            {
                 return Some(op);
             }
         }
@@ -1184,7 +1450,7 @@ impl DoubleEndedIterator for Outbox<'_> {
     }
 }
 
-/// Exact: every entry decodes (see [`Pending`]).
+/// Exact: every record decodes (see [`Pending`]).
 impl ExactSizeIterator for Outbox<'_> {}
 
 impl std::iter::FusedIterator for Outbox<'_> {}
@@ -1221,6 +1487,8 @@ struct TxWrites {
     text: String,
     writes: Vec<TxWrite>,
     fields: Vec<TxField>,
+    /// The writes' stamps while they are committed (kept for reuse).
+    hlcs: Vec<Hlc>,
 }
 
 #[derive(Debug)]
@@ -1578,6 +1846,154 @@ mod tests {
         assert!(r.state().collections().any(|c| c == "d"));
         assert_eq!(r.acknowledge(3), 3);
         assert_eq!(r.outbox().collect::<Vec<_>>(), ops[3..]);
+    }
+
+    /// A transaction's operations are one outbox entry (one run of
+    /// records), yet read, skip, persist, acknowledge part by part and
+    /// restore exactly as operations queued one by one.
+    #[test]
+    fn a_transaction_is_one_outbox_run_read_and_acknowledged_op_by_op() {
+        let now = Timestamp::from_unix_ms(1_000);
+        let mut r = Replica::new(ReplicaId(5), ReplicaConfig::default());
+        r.put(now, "c", "a", [("x", 0)]).unwrap();
+        r.transaction(now, |tx| {
+            for n in 0..6 {
+                tx.put("c", &format!("d{n}"), [("x", n)])?;
+            }
+            tx.delete("c", "a")
+        })
+        .unwrap();
+        r.put(now, "c", "b", [("y", Value::from("after"))]).unwrap();
+        assert_eq!(r.outbox.len(), 3, "a single, the run, a single");
+        let ops: Vec<Op> = r.outbox().collect();
+        let seqs: Vec<u64> = ops.iter().map(|op| op.id.seq).collect();
+        assert_eq!(seqs, (1..=9).collect::<Vec<_>>());
+        assert_eq!(r.outbox().len(), 9);
+        for skip in 0..=9 {
+            let after: Vec<Op> = r.outbox().after(skip).collect();
+            assert_eq!(after, ops[skip as usize..], "after {skip}");
+            assert_eq!(r.outbox().after(skip).len(), 9 - skip as usize);
+            assert_eq!(
+                r.outbox().after(skip).first_seq(),
+                seqs.get(skip as usize).copied()
+            );
+        }
+        assert_eq!(
+            r.outbox().rev().collect::<Vec<_>>(),
+            ops.iter().rev().cloned().collect::<Vec<_>>()
+        );
+        // Both ends at once meet in the middle of the run.
+        let mut both = r.outbox().after(2);
+        assert_eq!(both.next_back().map(|op| op.id.seq), Some(9));
+        assert_eq!(both.next().map(|op| op.id.seq), Some(3));
+        assert_eq!(both.len(), 5);
+        assert_eq!(
+            both.map(|op| op.id.seq).collect::<Vec<_>>(),
+            [4, 5, 6, 7, 8]
+        );
+
+        // Stored as one record per operation, the bytes an operation encodes to.
+        let mut disk = MemoryStore::new();
+        let batch = r.take_persist().unwrap();
+        for op in &ops {
+            let stored = batch
+                .writes
+                .iter()
+                .find(|w| *w.key() == StoreKey::Outbox(op.id.seq));
+            assert_eq!(
+                stored,
+                Some(&Write::Put {
+                    key: StoreKey::Outbox(op.id.seq),
+                    value: encode_record(op)
+                })
+            );
+        }
+        disk.write(&batch).unwrap();
+
+        // Acknowledged up to the middle of the run: the stored records of
+        // those are deleted, the rest stay and read on.
+        assert_eq!(r.acknowledge(4), 4);
+        assert_eq!(r.outbox().collect::<Vec<_>>(), ops[4..]);
+        assert_eq!(r.outbox().first_seq(), Some(5));
+        assert_eq!(r.outbox().after(6).collect::<Vec<_>>(), ops[6..]);
+        r.transaction(now, |tx| tx.put("c", "e", [("z", 1)]))
+            .unwrap();
+        assert_eq!(r.acknowledge(5), 1);
+        let batch = r.take_persist().unwrap();
+        let deleted: Vec<&StoreKey> = batch
+            .writes
+            .iter()
+            .filter(|w| {
+                matches!(
+                    w,
+                    Write::Delete {
+                        key: StoreKey::Outbox(_)
+                    }
+                )
+            })
+            .map(Write::key)
+            .collect();
+        assert_eq!(
+            deleted,
+            (1..=5)
+                .map(StoreKey::Outbox)
+                .collect::<Vec<_>>()
+                .iter()
+                .collect::<Vec<_>>()
+        );
+        disk.write(&batch).unwrap();
+        let expected: Vec<Op> = r.outbox().collect();
+        assert_eq!(expected.len(), 5);
+        let restored = Replica::restore(ReplicaConfig::default(), disk.read_all().unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(restored.outbox().collect::<Vec<_>>(), expected);
+
+        // The rest of the run, then everything.
+        assert_eq!(r.acknowledge(8), 3);
+        assert_eq!(r.outbox().map(|op| op.id.seq).collect::<Vec<_>>(), [9, 10]);
+        assert_eq!(r.acknowledge(u64::MAX), 2);
+        assert_eq!(r.outbox().len(), 0);
+        assert!(r.outbox.is_empty());
+    }
+
+    /// A put skips the dirty set when its document carries this batch's
+    /// generation; when the generations wrap, older marks must not pass for
+    /// the new ones, or a write would never be stored.
+    #[test]
+    fn a_document_written_again_is_rewritten_in_every_batch_even_when_generations_wrap() {
+        let now = Timestamp::from_unix_ms(1_000);
+        let doc_keys = |batch: &PersistBatch| -> Vec<String> {
+            batch
+                .writes
+                .iter()
+                .filter_map(|w| match w.key() {
+                    StoreKey::Document { id, .. } => Some(id.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let mut r = Replica::new(ReplicaId(5), ReplicaConfig::default());
+        r.put(now, "c", "a", [("x", 1)]).unwrap();
+        r.put(now, "c", "a", [("x", 2)]).unwrap();
+        assert_eq!(doc_keys(&r.take_persist().unwrap()), ["a"]);
+        r.transaction(now, |tx| {
+            tx.put("c", "b", [("x", 3)])?;
+            tx.put("c", "d", [("x", 3)])?;
+            tx.put("c", "b", [("y", 3)])
+        })
+        .unwrap();
+        let mut keys = doc_keys(&r.take_persist().unwrap());
+        keys.sort();
+        assert_eq!(keys, ["b", "d"]);
+        // "a" carries the first generation, the one the counter wraps to.
+        r.dirty.generation = u32::MAX;
+        r.put(now, "c", "b", [("x", 4)]).unwrap();
+        assert_eq!(doc_keys(&r.take_persist().unwrap()), ["b"]);
+        for round in 0..3 {
+            r.put(now, "c", "a", [("x", 5 + round)]).unwrap();
+            assert_eq!(doc_keys(&r.take_persist().unwrap()), ["a"], "round {round}");
+        }
     }
 
     /// One step of a random history over three replicas, a tiny universe

@@ -185,7 +185,21 @@ impl FieldSlot {
 #[cfg(target_pointer_width = "64")]
 const _: () = assert!(size_of::<FieldSlot>() == 40);
 #[cfg(target_pointer_width = "64")]
-const _: () = assert!(size_of::<DocState>() == 64);
+const _: () = assert!(size_of::<DocState>() == 72);
+
+/// The persist generation in which a replica's local write last marked a
+/// document for rewriting (see `Replica`'s dirty set): a write that finds
+/// the current generation here knows the document is already in the set and
+/// skips hashing its id. Zero is no generation. A copy starts unmarked, so a
+/// state cloned from one replica never claims a place in another's set.
+#[derive(Debug, Default)]
+pub(crate) struct DirtyMark(u32);
+
+impl Clone for DirtyMark {
+    fn clone(&self) -> Self {
+        DirtyMark(0)
+    }
+}
 
 /// One document's merge state. Not comparable, for the reason
 /// [`FieldSlot`] is not.
@@ -205,6 +219,8 @@ pub(crate) struct DocState {
     /// Removed-field markers stay out: compaction may collect them, and a
     /// revision must not change when nothing visible did.
     digest: u64,
+    /// See [`DirtyMark`].
+    mark: DirtyMark,
 }
 
 impl DocState {
@@ -221,6 +237,7 @@ impl DocState {
             deleted: deleted.map(Box::new),
             fields,
             digest: 0,
+            mark: DirtyMark(0),
         };
         doc.digest = doc
             .fields
@@ -696,11 +713,25 @@ impl State {
         stamp: Stamp,
         fields: impl IntoIterator<Item = (N, Option<Value>)>,
     ) -> DocChange {
+        self.put_marked(collection, id, stamp, fields, 0).0
+    }
+
+    /// Like [`State::put`]; a document it changes is marked with
+    /// `generation` (see [`DirtyMark`]; zero marks nothing), and the flag
+    /// says whether it changed and was not marked so before.
+    pub(crate) fn put_marked<N: AsRef<str>>(
+        &mut self,
+        collection: &str,
+        id: &str,
+        stamp: Stamp,
+        fields: impl IntoIterator<Item = (N, Option<Value>)>,
+        generation: u32,
+    ) -> (DocChange, bool) {
         self.with_collection(collection, |coll, names| {
             let dropped = coll.dropped;
             with_doc(&mut coll.docs, id, |doc| {
                 if dropped.max(doc.deleted()).is_some_and(|t| stamp <= t) {
-                    return DocChange::Unchanged;
+                    return (DocChange::Unchanged, false);
                 }
                 let mut changed = false;
                 if doc.written < Some(stamp) {
@@ -724,13 +755,25 @@ impl State {
                     changed |= doc.write_field(name, stamp, replica, value, names);
                 }
                 doc.debug_check(names);
-                if changed {
-                    DocChange::Changed(doc.revision())
-                } else {
-                    DocChange::Unchanged
+                if !changed {
+                    return (DocChange::Unchanged, false);
                 }
+                let newly = generation != 0 && doc.mark.0 != generation;
+                if generation != 0 {
+                    doc.mark.0 = generation;
+                }
+                (DocChange::Changed(doc.revision()), newly)
             })
         })
+    }
+
+    /// Clears every document's [`DirtyMark`] (when the generations wrap).
+    pub(crate) fn clear_dirty_marks(&mut self) {
+        for coll in self.collections.values_mut() {
+            for doc in coll.docs.values_mut() {
+                doc.mark.0 = 0;
+            }
+        }
     }
 
     /// A document delete at `stamp`.

@@ -129,10 +129,7 @@ impl ReplicaLoader {
                             op.id.seq
                         )));
                     }
-                    let pending = Pending {
-                        seq: *seq,
-                        record: value.into_boxed_slice(),
-                    };
+                    let pending = Pending::single(*seq, &value);
                     self.outbox.insert(*seq, (op.id, pending));
                 }
                 StoreKey::Document { .. } | StoreKey::Extension(_) => continue,
@@ -283,7 +280,7 @@ impl ReplicaLoader {
             state,
             version: meta.version,
             outbox_stored_through: outbox.keys().next_back().copied().unwrap_or(0),
-            outbox: outbox.into_values().map(|(_, pending)| pending).collect(),
+            outbox: Pending::queue(outbox.into_values().map(|(_, pending)| pending)),
             scratch: Vec::new(),
             single: super::TxWrites::default(),
             dirty: Dirty::default(),
@@ -382,11 +379,9 @@ impl Replica {
             None => self.checkpoints.force(),
         }
         let mut changed = Vec::new();
-        for pending in &self.outbox {
-            if let Some(op) = pending.decode() {
-                self.version.insert(op.id);
-                changed.push(self.state.apply_owned(op));
-            }
+        for op in self.outbox.iter().flat_map(Pending::ops) {
+            self.version.insert(op.id);
+            changed.push(self.state.apply_owned(op));
         }
         // What the checkpoint (the snapshot alone) does not hold.
         for effect in changed {
