@@ -597,11 +597,23 @@ fn write_loop(
                 ));
             }
         }
+        // Closed however the loop ends: if it panics, the scope joins the
+        // syncers before the panic goes on, and they stop only once closed
+        // (else the store's drop would wait for this thread forever).
+        let _close = CloseOnDrop(&durability);
         group_commit(&mut conn, &path, queue, stats, identity, &durability);
-        durability.close();
     });
     // Fold the WAL back into the database so the next open reads less.
     let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
+}
+
+/// Closes the [`Durability`] when dropped, also while unwinding.
+struct CloseOnDrop<'a>(&'a Durability);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 /// [`write_loop`]'s loop, handing each commit to the syncers.
@@ -1605,6 +1617,51 @@ mod tests {
                 "{id}: told {told:?}, stored: {present}"
             );
         }
+    }
+
+    /// Runs `f` on a thread of its own; `None` if it has not returned
+    /// within a minute (a hang guard, not a timing assertion).
+    fn returns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(f());
+        });
+        finished.recv_timeout(Duration::from_secs(60)).ok()
+    }
+
+    #[test]
+    fn a_writer_that_panics_still_lets_the_store_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let write = store.queue_write(
+            rows_owned(PersistBatch {
+                writes: vec![put("a", b"1")],
+            }),
+            false,
+            None,
+        );
+        futures::executor::block_on(answer(write)).unwrap();
+        // The writer thread dies (a bug, a panic in SQLite's wrapper): the
+        // syncers must stop with it, or dropping the store waits forever.
+        let job = Job::Inspect(Box::new(|_| panic!("the writer fails on purpose")));
+        assert!(store.submit(job).is_ok(), "writer stopped");
+        let later = store.queue_write(
+            rows_owned(PersistBatch {
+                writes: vec![put("b", b"2")],
+            }),
+            false,
+            None,
+        );
+        let closed = returns(move || {
+            drop(store);
+            futures::executor::block_on(answer(later))
+        });
+        let later = closed.expect("dropping the store returns");
+        assert_eq!(later.unwrap_err().kind, StoreErrorKind::Closed);
+        // The lock is released: the database opens again, with what was
+        // durable.
+        let store = open(&dir);
+        assert_eq!(Store::read_all(&store).unwrap().len(), 1);
     }
 
     #[test]

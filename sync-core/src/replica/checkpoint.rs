@@ -99,9 +99,12 @@ impl Checkpoints {
         self.pending = Some(snapshot);
     }
 
-    /// Makes the next batch a checkpoint of the whole state.
+    /// Makes the next batch a checkpoint of the whole state. Snapshot bytes
+    /// received earlier no longer stand for it (a reset to another snapshot
+    /// came after them): they are dropped, not stored.
     pub(super) fn force(&mut self) {
         self.forced = true;
+        self.pending = None;
     }
 
     fn insert(&mut self, collection: &str, id: String) {

@@ -697,4 +697,32 @@ mod tests {
             .unwrap();
         assert_eq!(restored.state(), r.state());
     }
+
+    /// A peer's snapshot holding one document, and its bytes.
+    fn snapshot(peer: u64, value: i64) -> (Snapshot, Vec<u8>) {
+        let mut r = Replica::new(ReplicaId(peer), ReplicaConfig::default());
+        r.put(at(value as u64), "c", "d", [("v", value)]).unwrap();
+        let bytes = r.encode_snapshot();
+        (Snapshot::decode(&bytes).unwrap(), bytes)
+    }
+
+    #[test]
+    fn a_reset_without_bytes_after_one_with_bytes_stores_the_newer_state() {
+        let mut r = Replica::new(ReplicaId(1), ReplicaConfig::default());
+        let mut store = MemoryStore::new();
+        r.put(at(0), "c", "own", [("v", 0)]).unwrap();
+        store.write(&r.take_persist().unwrap()).unwrap();
+        // Two resets before the next persist: the received bytes of the
+        // first must not stand for the state the second left.
+        let (first, first_bytes) = snapshot(2, 10);
+        r.start_reset_received(at(20), first, Some(first_bytes))
+            .unwrap();
+        let (second, _) = snapshot(3, 30);
+        r.reset_to_snapshot(at(40), second).unwrap();
+        store.write(&r.take_persist().unwrap()).unwrap();
+        let restored = Replica::restore(ReplicaConfig::default(), store.read_all().unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(restored.state(), r.state());
+    }
 }
