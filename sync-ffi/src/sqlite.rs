@@ -853,8 +853,6 @@ struct SyncState {
     durable: u64,
     /// Answers of commits not yet durable, by commit number.
     waiting: VecDeque<(u64, Vec<Answer>)>,
-    /// The WAL file, opened by the first sync.
-    wal: Option<Arc<File>>,
     /// How long the last sync took.
     last_sync: Duration,
     failed: Option<StoreError>,
@@ -962,25 +960,28 @@ impl Durability {
 
     /// One syncer: syncs the WAL whenever a commit waits for it.
     fn sync_loop(&self, stats: &Stats) {
+        // A handle of its own: Linux reports a write-back error once per
+        // open file, so syncers sharing one handle could see a sync that
+        // overlapped a failed one return Ok, and answer its commit as
+        // durable. Each handle sees every error from its opening on.
+        let mut wal: Option<File> = None;
         let mut state = self.lock();
         loop {
             if state.committed > state.requested && state.failed.is_none() {
                 let target = state.committed;
                 state.requested = target;
                 state.syncing += 1;
-                let wal = state.wal.clone();
                 drop(state);
                 #[cfg(test)]
                 stats.wait_while_syncs_held();
                 let started = Instant::now();
-                let synced = self.sync(wal);
+                let synced = self.sync(&mut wal);
                 state = self.lock();
                 state.syncing -= 1;
                 state.last_sync = started.elapsed();
                 match synced {
-                    Ok(wal) => {
+                    Ok(()) => {
                         stats.syncs.fetch_add(1, Ordering::Relaxed);
-                        state.wal.get_or_insert(wal);
                         state.durable = state.durable.max(target);
                         // Answered under the lock, so callers hear of
                         // their commits in order.
@@ -1017,7 +1018,7 @@ impl Durability {
     }
 
     /// Syncs the WAL file's data to the disk.
-    fn sync(&self, wal: Option<Arc<File>>) -> Result<Arc<File>, StoreError> {
+    fn sync(&self, wal: &mut Option<File>) -> Result<(), StoreError> {
         let failed = |e: std::io::Error| {
             io_error(
                 format!(
@@ -1031,16 +1032,15 @@ impl Durability {
         let wal = match wal {
             Some(wal) => wal,
             // SQLite keeps the WAL file (same inode) while the connection
-            // is open in exclusive mode: one handle serves every sync.
-            None => Arc::new(
+            // is open in exclusive mode: a handle serves every later sync.
+            None => wal.insert(
                 OpenOptions::new()
                     .write(true)
                     .open(&self.wal_path)
                     .map_err(failed)?,
             ),
         };
-        wal.sync_data().map_err(failed)?;
-        Ok(wal)
+        wal.sync_data().map_err(failed)
     }
 }
 
