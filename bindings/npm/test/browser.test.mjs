@@ -1,6 +1,8 @@
 // concord-sync in headless Chromium against a real concord-relay on
 // loopback: IndexedDB durability, convergence, remote subscriptions,
-// offline writes, tokens minted by concord-sync/server, and a tab of an
+// offline writes, tokens minted by concord-sync/server, the checkpoint
+// record (an initial sync from a compacted room, reloads, a new checkpoint
+// after writes), and a tab of an
 // older package blocking the IndexedDB schema upgrade.
 // Run after `cargo xtask npm` and `cargo build --release -p relay-server`:
 //   node test/browser.test.mjs
@@ -102,6 +104,137 @@ const failed = await runTests([
       assert.deepEqual(after.seen, { count: 2999, changed: { i: -1 }, gone: null, last: { i: 2999 } });
       assert.deepEqual(after.reread, { count: 2999, changed: { i: -1 }, gone: null, later: { i: -3 } });
       await page.close();
+    },
+  ],
+  [
+    "an initial sync from a compacted room is stored as the checkpoint; reload, writes that make a new checkpoint, reload again keep every document",
+    async () => {
+      // A relay that compacts at once, so a new database syncs from its snapshot.
+      const compacting = await startRelay({ args: ["--keep-recent-ops", "0", "--compaction-min-ops", "1", "--compaction-min-fold-percent", "0"] });
+      const room = "checkpoint";
+      const roomToken = mintToken(compacting.key, { room, ttlSeconds: 3600 });
+      try {
+        const seeder = await newPage();
+        await seeder.evaluate(
+          async ({ url, room, token }) => {
+            const db = await window.concord.open("ckpt-seed", { relayUrl: url, room, token, storage: "memory" });
+            window.dbs.seed = db;
+            await db.transaction((tx) => {
+              for (let i = 0; i < 3000; i++) tx.put("docs", `d${String(i).padStart(4, "0")}`, { i, text: `doc ${i}` });
+            });
+            await db.flush();
+          },
+          { url: compacting.url, room, token: roomToken },
+        );
+        // The relay folds only what every member has confirmed, judged when
+        // a push arrives: a few more writes until it has compacted.
+        for (let i = 0; ; i++) {
+          const metrics = await (await fetch(`http://${compacting.addr}/metrics`)).text();
+          if (/^concord_compactions_total [1-9]/m.test(metrics)) break;
+          if (i === 200) throw new Error("the relay did not compact");
+          await seeder.evaluate(async (i) => {
+            await window.dbs.seed.collection("marks").put("m", { i });
+            await window.dbs.seed.flush();
+          }, i);
+          await new Promise((r) => setTimeout(r, 100));
+        }
+        const cursor = await seeder.evaluate(async () => {
+          const db = window.dbs.seed;
+          const cursor = db.status.value.cursor;
+          await db.close();
+          return cursor;
+        });
+        await seeder.close();
+        const page = await newPage();
+        /** The checkpoint and `docs` records in IndexedDB, once no logged batch waits to be copied (while the database is open). */
+        const stored = () =>
+          page.evaluate(async () => {
+            const idb = await new Promise((resolve, reject) => {
+              const request = indexedDB.open("ckpt");
+              request.onsuccess = () => resolve(request.result);
+              request.onerror = () => reject(request.error);
+            });
+            const all = (name, what) =>
+              new Promise((resolve, reject) => {
+                const request = idb.transaction(name, "readonly").objectStore(name)[what]();
+                request.onsuccess = () => resolve(request.result);
+                request.onerror = () => reject(request.error);
+              });
+            for (let i = 0; (await all("log", "getAllKeys")).length > 0; i++) {
+              if (i === 600) throw new Error("logged batches were never copied");
+              await new Promise((r) => setTimeout(r, 100));
+            }
+            // Keys: `B` the checkpoint; `D`, the collection's length (u16 BE), collection, id.
+            const keys = (await all("records", "getAllKeys")).map((k) => new Uint8Array(k));
+            const docsKey = (k) => k[0] === 68 && new TextDecoder().decode(k.subarray(3, 3 + ((k[1] << 8) | k[2]))) === "docs";
+            idb.close();
+            return { checkpoints: keys.filter((k) => k.length === 1 && k[0] === 66).length, documents: keys.filter(docsKey).length };
+          });
+        await page.evaluate(
+          async ({ url, room, token, cursor }) => {
+            const db = await window.concord.open("ckpt", { relayUrl: url, room, token });
+            window.dbs.ckpt = db;
+            await window.untilStatus(db, (s) => s.cursor >= cursor && s.pendingWrites === 0);
+            await window.until(db, () => db.collection("docs").list().length === 3000);
+          },
+          { url: compacting.url, room, token: roomToken, cursor },
+        );
+        assert.deepEqual(await stored(), { checkpoints: 1, documents: 0 }, "the snapshot stored as the checkpoint, no record per document of it");
+        await page.evaluate(() => window.dbs.ckpt.close());
+        await page.reload();
+        await page.waitForFunction(() => window.concord);
+        const reopened = await page.evaluate(async () => {
+          const db = await window.concord.open("ckpt", { connect: false });
+          const docs = db.collection("docs");
+          const seen = { count: docs.list().length, first: docs.get("d0000"), last: docs.get("d2999") };
+          // 1,100 documents changed or added (more than the 1,024 records that
+          // make a new checkpoint) in puts issued together, then a delete and
+          // a change after it: records over the new checkpoint.
+          const writes = [];
+          for (let i = 0; i < 1100; i++) writes.push(docs.put(`d${String(i * 2).padStart(4, "0")}`, { i: -i }));
+          for (let i = 0; i < 100; i++) writes.push(docs.put(`n${i}`, { n: i }));
+          await Promise.all(writes);
+          await docs.delete("d0001");
+          await docs.put("d0002", { text: "changed" });
+          await db.close();
+          return seen;
+        });
+        assert.deepEqual(reopened, { count: 3000, first: { i: 0, text: "doc 0" }, last: { i: 2999, text: "doc 2999" } });
+        await page.reload();
+        await page.waitForFunction(() => window.concord);
+        await page.evaluate(async () => (window.dbs.ckpt = await window.concord.open("ckpt", { connect: false })));
+        // Open copies the batches logged before the reload into the records.
+        const after = await stored();
+        assert.equal(after.checkpoints, 1);
+        assert.ok(after.documents < 1024, `a new checkpoint took the records written since: ${after.documents} document records`);
+        const again = await page.evaluate(async () => {
+          const db = window.dbs.ckpt;
+          const docs = db.collection("docs");
+          const result = {
+            count: docs.list().length,
+            rewritten: docs.get("d0004"),
+            last: docs.get("d2999"),
+            added: docs.get("n99"),
+            deleted: docs.get("d0001") ?? null,
+            changed: docs.get("d0002"),
+            untouched: docs.get("d0003"),
+          };
+          await db.close();
+          return result;
+        });
+        assert.deepEqual(again, {
+          count: 3099,
+          rewritten: { i: -2, text: "doc 4" },
+          last: { i: 2999, text: "doc 2999" },
+          added: { n: 99 },
+          deleted: null,
+          changed: { i: -1, text: "changed" },
+          untouched: { i: 3, text: "doc 3" },
+        });
+        await page.close();
+      } finally {
+        await compacting.stop();
+      }
     },
   ],
   [
