@@ -12,11 +12,22 @@ import concord
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "watch.py")
 
 
+# Ctrl-C in a terminal reaches a foreground program whose SIGINT is at its
+# default; a suite started as a background job (`cmd &` in a script) has it
+# ignored, and Python then keeps ignoring it, so watch.py would never hear
+# the test's SIGINT. The child is started through an exec that restores the
+# default first, as a terminal would have it.
+WITH_DEFAULT_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.executable, [sys.executable] + sys.argv[1:])"
+)
+
+
 def start_watch(relay_url, room, token, data):
     env = dict(os.environ, CONCORD_RELAY=relay_url, CONCORD_ROOM=room, CONCORD_TOKEN=token)
     return subprocess.Popen(
         # faulthandler: a hung child prints its Python stacks on SIGABRT.
-        [sys.executable, "-X", "faulthandler", SCRIPT, "--data", str(data)],
+        [sys.executable, "-c", WITH_DEFAULT_SIGINT, "-X", "faulthandler", SCRIPT, "--data", str(data)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
