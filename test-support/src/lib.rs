@@ -21,6 +21,9 @@
 //! println!("{} {token}", relay.url());
 //! ```
 
+#[cfg(unix)]
+pub mod power_cut;
+
 use std::ffi::OsStr;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};

@@ -3,14 +3,14 @@
 //! shim's undo log, restarts, and counts what survived.
 
 use std::cell::Cell;
-use std::collections::BTreeMap;
-use std::ffi::{OsStr, OsString};
-use std::os::unix::ffi::OsStrExt as _;
-use std::path::{Path, PathBuf};
+use std::ffi::OsStr;
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sync_core::Value;
+
+use test_support::power_cut::{Cut, CutReport, build_shim, cut_power};
 
 use crate::common::{Client, Relay, tempdir};
 
@@ -27,7 +27,6 @@ const KILL_DELAY_MS: u64 = 600;
 const CHECKPOINT_OR_ACKED: u64 = 12_000;
 /// Compact often, so snapshots and log truncations are among the writes cut.
 const RELAY_ARGS: [&str; 4] = ["--compaction-min-ops", "500", "--keep-recent-ops", "500"];
-const PAGE: usize = 4096;
 /// Padding (twice this, 1.2 KB) in every operation, so the WAL fills up and
 /// SQLite checkpoints it into the database file during a run (its threshold
 /// is 1,000 pages).
@@ -50,19 +49,6 @@ enum KillAt {
     AfterCheckpoint,
     /// As soon as anything is acknowledged, long before any checkpoint.
     BeforeCheckpoint,
-}
-
-/// How a power cut treats writes after a file's last fsync.
-#[derive(Clone, Copy, Debug)]
-enum Cut {
-    /// No power cut: only the process died (what `tests/durability.rs`
-    /// does), every write kept.
-    ProcessOnly,
-    /// Every unsynced write is lost.
-    DropAll,
-    /// Each page changed since the last sync holds its synced or its final
-    /// contents, at random; the file has its synced or its final size.
-    RandomPages,
 }
 
 /// splitmix64: the test's only randomness, replayable by seed.
@@ -92,41 +78,6 @@ impl Rng {
 
     fn coin(&mut self) -> bool {
         self.next() & 1 == 1
-    }
-}
-
-/// Compiles the shim into `dir`; `None` (the test skips) without a C
-/// compiler.
-fn build_shim(dir: &Path) -> Option<PathBuf> {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lazy_fsync.c");
-    let so = dir.join("lazy_fsync.so");
-    let cc = std::env::var_os("CC").unwrap_or_else(|| OsString::from("cc"));
-    let output = Command::new(&cc)
-        .args([
-            "-shared",
-            "-fPIC",
-            "-O1",
-            "-U_FORTIFY_SOURCE",
-            "-Wall",
-            "-o",
-        ])
-        .arg(&so)
-        .arg(&source)
-        .args(["-ldl", "-lpthread"])
-        .output();
-    match output {
-        Err(e) => {
-            eprintln!("skipped: cannot run the C compiler {cc:?} to build the shim: {e}");
-            None
-        }
-        Ok(out) => {
-            assert!(
-                out.status.success(),
-                "the shim did not compile:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            Some(so)
-        }
     }
 }
 
@@ -308,7 +259,7 @@ async fn scenario(
     let (written, ()) = tokio::join!(writing, killer);
 
     let killed_at = started.elapsed();
-    let report = cut_power(&log, cut, rng);
+    let report = cut_power(&log, cut, &mut || rng.coin());
     // The shim must have seen the relay's writes (and, unless durability is
     // switched off, its fsyncs): otherwise the cut proves nothing.
     let wal = report
@@ -504,7 +455,7 @@ pub(crate) fn rewind_keeps_exactly_what_was_synced() {
     assert!(status.success());
     let read = |name: &str| std::fs::read(data.join(name)).expect("file");
     assert_eq!(read("f"), b"XYllotail");
-    let report = cut_power(&log, Cut::DropAll, &mut Rng(0));
+    let report = cut_power(&log, Cut::DropAll, &mut || false);
     assert_eq!(read("f"), b"hello", "{report:?}");
     assert_eq!(read("g"), b"", "{report:?}");
 }
@@ -538,146 +489,4 @@ fn summary(o: &Outcome) -> String {
         files.join(", "),
         o.time
     )
-}
-
-// ---- the undo log ----
-
-/// One record of the shim's log (layout in `tests/fixtures/lazy_fsync.c`).
-struct Record {
-    /// Where it starts in the log.
-    at: u64,
-    kind: u8,
-    file: u32,
-    seq: u64,
-    a: u64,
-    c: u64,
-    payload: Vec<u8>,
-}
-
-fn parse(bytes: &[u8]) -> Vec<Record> {
-    let u64_at = |b: &[u8], at: usize| {
-        let mut le = [0u8; 8];
-        le.copy_from_slice(&b[at..at + 8]);
-        u64::from_le_bytes(le)
-    };
-    let mut records = Vec::new();
-    let mut rest = bytes;
-    let mut at = 0;
-    // A record cut short by the kill is one whose write never ran.
-    while rest.len() >= 48 {
-        let len = usize::try_from(u64_at(rest, 40)).expect("record length");
-        if rest.len() < 48 + len {
-            break;
-        }
-        let mut file = [0u8; 4];
-        file.copy_from_slice(&rest[4..8]);
-        records.push(Record {
-            at,
-            kind: rest[0],
-            file: u32::from_le_bytes(file),
-            seq: u64_at(rest, 8),
-            a: u64_at(rest, 16),
-            c: u64_at(rest, 32),
-            payload: rest[48..48 + len].to_vec(),
-        });
-        rest = &rest[48 + len..];
-        at += 48 + len as u64;
-    }
-    records
-}
-
-#[derive(Debug, Default)]
-struct CutReport {
-    files: Vec<FileReport>,
-}
-
-#[derive(Debug)]
-struct FileReport {
-    name: String,
-    writes: usize,
-    syncs: usize,
-    undone: usize,
-    size_before: usize,
-    size_after: usize,
-}
-
-/// Rewinds every file the shim saw to what a power cut could leave.
-fn cut_power(log: &Path, cut: Cut, rng: &mut Rng) -> CutReport {
-    let records = parse(&std::fs::read(log).expect("undo log"));
-    let mut paths = BTreeMap::new();
-    let mut synced: BTreeMap<u32, u64> = BTreeMap::new();
-    let mut syncs: BTreeMap<u32, usize> = BTreeMap::new();
-    let mut all_synced = 0;
-    for r in &records {
-        match r.kind {
-            b'F' => {
-                let path = PathBuf::from(OsStr::from_bytes(&r.payload));
-                if let Some(known) = paths.insert(r.file, path.clone()) {
-                    assert_eq!(known, path, "two files share an id in the undo log");
-                }
-            }
-            b'S' => {
-                let through = synced.entry(r.file).or_default();
-                *through = (*through).max(r.seq);
-                *syncs.entry(r.file).or_default() += 1;
-            }
-            b'A' => all_synced = r.seq.max(all_synced),
-            b'W' | b'T' => {}
-            other => panic!("unknown undo record {other}"),
-        }
-    }
-    let mut report = CutReport::default();
-    for (file, path) in paths {
-        let through = synced.get(&file).copied().unwrap_or(0).max(all_synced);
-        let writes: Vec<&Record> = records
-            .iter()
-            .filter(|r| r.file == file && matches!(r.kind, b'W' | b'T'))
-            .collect();
-        // `through` is the log's length when the last fsync began.
-        let undo: Vec<&&Record> = writes.iter().filter(|r| r.at >= through).collect();
-        let last = std::fs::read(&path).expect("a file the relay wrote");
-        let mut image = last.clone();
-        for r in undo.iter().rev() {
-            // Both kinds carry the old bytes from offset `a`, then the old size.
-            let at = usize::try_from(r.a).expect("offset");
-            if image.len() < at + r.payload.len() {
-                image.resize(at + r.payload.len(), 0);
-            }
-            image[at..at + r.payload.len()].copy_from_slice(&r.payload);
-            image.resize(usize::try_from(r.c).expect("size"), 0);
-        }
-        let after = match cut {
-            Cut::ProcessOnly => last.clone(),
-            Cut::DropAll => image,
-            Cut::RandomPages => mix_pages(&image, &last, rng),
-        };
-        if after != last {
-            std::fs::write(&path, &after).expect("rewinding a file");
-        }
-        report.files.push(FileReport {
-            name: path.display().to_string(),
-            writes: writes.len(),
-            syncs: syncs.get(&file).copied().unwrap_or(0),
-            undone: undo.len(),
-            size_before: last.len(),
-            size_after: after.len(),
-        });
-    }
-    report
-}
-
-/// `synced` with each page that differs in `last` taken from `last` or not,
-/// at random; the size is one of the two.
-fn mix_pages(synced: &[u8], last: &[u8], rng: &mut Rng) -> Vec<u8> {
-    let len = if rng.coin() { synced.len() } else { last.len() };
-    let mut out = synced.to_vec();
-    out.resize(len, 0);
-    for start in (0..len).step_by(PAGE) {
-        let end = (start + PAGE).min(len);
-        let theirs = last.get(start..end.min(last.len())).unwrap_or(&[]);
-        if rng.coin() && !theirs.is_empty() {
-            out[start..start + theirs.len()].copy_from_slice(theirs);
-        }
-    }
-    out
 }
