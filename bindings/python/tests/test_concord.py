@@ -42,6 +42,11 @@ def test_two_databases_converge(relay, tmp, opened):
     a = opened(str(tmp / "a.db"), relay=relay.relay("converge"))
     b = opened(str(tmp / "b.db"), relay=relay.relay("converge"))
     a.collection("todos").put("milk", {"title": "Buy milk", "done": False})
+    a.flush()
+    # b writes once it has a's write, so its stamp is later and its "done"
+    # wins. (Writes made without seeing each other in the same millisecond
+    # are concurrent: the replica ids break the tie, either way.)
+    await_document(b.collection("todos"), "milk", lambda d: d is not None)
     b.collection("todos").put("milk", {"done": True})
     b.collection("todos").put("eggs", {"title": "Eggs", "count": 12})
     a.flush()

@@ -128,6 +128,11 @@ final class ConcordTests: XCTestCase {
         let a = try open("a", relay.relay("converge"))
         let b = try open("b", relay.relay("converge"))
         try await a.collection("todos").put("milk", ["title": "Buy milk", "done": false])
+        try await guarded { try await a.flush() }
+        // b writes once it has a's write, so its stamp is later and its
+        // "done" wins (writes that never saw each other, made in the same
+        // millisecond, are concurrent: the replica ids break the tie).
+        _ = try await awaitDocument(b.collection("todos"), "milk") { $0 != nil }
         try await b.collection("todos").put("milk", ["done": true])
         try await b.collection("todos").put("eggs", ["title": "Eggs", "count": 12])
         try await guarded { try await a.flush(); try await b.flush() }

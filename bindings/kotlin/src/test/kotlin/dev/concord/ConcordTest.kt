@@ -65,6 +65,11 @@ class ConcordTest {
         val a = db("a", relay.relay("converge"))
         val b = db("b", relay.relay("converge"))
         a.collection("todos").put("milk", mapOf("title" to "Buy milk", "done" to false))
+        withTimeout(GUARD_MS) { a.flush() }
+        // b writes once it has a's write, so its stamp is later and its
+        // "done" wins (writes that never saw each other, made in the same
+        // millisecond, are concurrent: the replica ids break the tie).
+        awaitDocument(b.collection("todos"), "milk") { it != null }
         b.collection("todos").put("milk", mapOf("done" to true))
         b.collection("todos").put("eggs", mapOf("title" to "Eggs", "count" to 12))
         withTimeout(GUARD_MS) {
