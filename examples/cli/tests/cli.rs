@@ -265,11 +265,15 @@ fn watch_prints_remote_changes_as_json_lines() {
             ROOM,
             "--token",
             &token,
+            // Generous: under load the watch's first catch-up can take
+            // longer than the default 10 s, and then it exits.
+            "--timeout",
+            "60",
             "watch",
             "todos",
         ])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("watch");
     let stdout = watch.stdout.take().expect("stdout");
@@ -284,9 +288,15 @@ fn watch_prints_remote_changes_as_json_lines() {
         Some((&relay.url(), &token)),
         &["put", "todos", "w", r#"{"title":"seen"}"#],
     ));
-    let line = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("watch prints the change");
+    let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) else {
+        let _ = watch.kill();
+        let out = watch.wait_with_output().expect("watch output");
+        panic!(
+            "watch printed nothing in 60 s; it exited with {:?}: {}",
+            out.status,
+            stderr(&out)
+        );
+    };
     let change = json(&line);
     assert_eq!(change["collection"], "todos");
     assert_eq!(change["id"], "w");
