@@ -39,13 +39,16 @@ pub(crate) fn run_all(steps: &[Step]) -> ExitCode {
         );
         let outcome = run_step(&step.check);
         println!(
-            "<== {}: {} in {}{}",
+            "<== {}: {} in {}{}{}",
             step.name,
             if outcome.ok { "ok" } else { "FAILED" },
             format_duration(outcome.elapsed),
             outcome
                 .tests
                 .map(|tests| format!(" ({tests})"))
+                .unwrap_or_default(),
+            free_disk()
+                .map(|free| format!(" [{free} free on disk]"))
                 .unwrap_or_default()
         );
         outcomes.push(outcome);
@@ -103,8 +106,8 @@ fn run_step(check: &Check) -> Outcome {
                 (false, None)
             }
         },
-        Check::ExitStatus(cmd) => (report(cmd, command(cmd).status()), None),
-        Check::Tests(cmd, parse) => match stream_and_capture(command(cmd)) {
+        Check::ExitStatus(cmd) => (report(cmd, step_command(cmd).status()), None),
+        Check::Tests(cmd, parse) => match stream_and_capture(step_command(cmd)) {
             Ok((status, output)) => {
                 let tests = parse(&output);
                 if tests.is_none() {
@@ -165,7 +168,7 @@ fn report(cmd: &Cmd, result: io::Result<ExitStatus>) -> bool {
 /// The no-IO guard: runs a `cargo tree --prefix none` command, prints the
 /// crates it lists and fails if any is forbidden.
 fn check_deps(cmd: &Cmd, package: &str, forbidden: &[&str]) -> bool {
-    let output = match command(cmd).stderr(Stdio::inherit()).output() {
+    let output = match step_command(cmd).stderr(Stdio::inherit()).output() {
         Ok(output) if output.status.success() => output,
         result => return report(cmd, result.map(|output| output.status)),
     };
@@ -254,6 +257,40 @@ fn command(cmd: &Cmd) -> Command {
         }
     }
     command
+}
+
+/// The [`Command`] for a step of a full run: [`command`], with Cargo's
+/// incremental compilation off unless the caller chose otherwise. A full run
+/// builds each crate once per configuration; the incremental caches would
+/// only take disk (1.5 GB for the workspace's tests), which CI machines have
+/// little of.
+fn step_command(cmd: &Cmd) -> Command {
+    let mut command = command(cmd);
+    if std::env::var_os("CARGO_INCREMENTAL").is_none() {
+        command.env("CARGO_INCREMENTAL", "0");
+    }
+    command
+}
+
+/// Free space on the disk that holds the workspace, such as `12.3 GiB`, as
+/// `df` reports it; `None` where `df` is missing or prints something else.
+/// Shown after each step so that a run that fills the disk says where.
+fn free_disk() -> Option<String> {
+    let output = Command::new("df")
+        .arg("-Pk")
+        .arg(workspace_root())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let kib: u64 = text
+        .lines()
+        .nth(1)?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()?;
+    Some(format!("{:.1} GiB", kib as f64 / (1024.0 * 1024.0)))
 }
 
 /// The workspace root: the parent of this crate's directory.
