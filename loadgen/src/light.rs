@@ -110,6 +110,10 @@ pub(crate) struct Record {
     /// Send time (µs) of each operation this client pushed, by sequence
     /// number − 1.
     pub(crate) sent_us: Vec<u64>,
+    /// When the push carrying each of those operations was written to the
+    /// socket (µs), by sequence number − 1: the load generator's own share
+    /// of the latency, before the relay sees the operation.
+    pub(crate) flushed_us: Vec<u64>,
     /// Set on one receiver that writes nothing (the observer): it decodes
     /// every `Deliver` to learn which operation (replica, sequence number)
     /// each room offset holds, by offset − 1. Every other receiver reads

@@ -37,6 +37,20 @@ use crate::scenarios::percentile;
 /// Sessions that receive (and are measured).
 const RECEIVERS: usize = 100;
 
+/// The relay's histograms that split a delivery's latency into parts, in
+/// the order an operation meets them.
+const STAGES: [&str; 4] = [
+    // Push read (and let through the rate limit) → its ack queued: the wait
+    // for the commit under way, then its own commit.
+    "concord_ack_latency_seconds",
+    // One group commit (write + fsync), for reference.
+    "concord_store_commit_seconds",
+    // The room saw the commit complete → the Deliver queued to a session.
+    "concord_fanout_seconds",
+    // Deliver queued → its socket write returned.
+    "concord_send_seconds",
+];
+
 /// One configuration of the scenario.
 struct Case {
     writers: usize,
@@ -60,6 +74,7 @@ pub(crate) async fn receivers(settings: &Settings) -> Result<(), String> {
         "| writers × ops/s | offered | deliveries expected / received | p50 / p99 / p999 / max | relay CPU, per delivery, per frame sent | load generator CPU, per delivery | relay commits/s, mean commit, frames sent/s | target p99 ≤ 5 ms |"
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    let mut parts = Vec::new();
     for case in [
         Case {
             writers: 10,
@@ -70,13 +85,69 @@ pub(crate) async fn receivers(settings: &Settings) -> Result<(), String> {
             rate: 100,
         },
     ] {
-        run_case(settings, &case).await?;
+        parts.push(run_case(settings, &case).await?);
+    }
+    println!();
+    println!(
+        "Where the time goes, p50 / p99 in ms (relay parts from its histograms, interpolated \
+         within buckets; the remainder is the end-to-end p50 less the parts' p50s: the relay's \
+         reader and the receiver's task waiting for a CPU):\n"
+    );
+    println!(
+        "| writers × ops/s | end to end | generator: due → push written | relay: push read → ack (durable) | commit | relay: durable → Deliver queued | relay: queued → written | remainder at p50 |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for row in parts {
+        println!("{row}");
     }
     println!();
     Ok(())
 }
 
-async fn run_case(settings: &Settings, case: &Case) -> Result<(), String> {
+/// The difference `after − before` of two readings of one histogram.
+fn histogram_delta(before: &[(f64, f64)], after: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    after
+        .iter()
+        .map(|&(le, n)| {
+            let n0 = before
+                .iter()
+                .find(|&&(b, _)| b == le)
+                .map_or(0.0, |&(_, n0)| n0);
+            (le, n - n0)
+        })
+        .collect()
+}
+
+/// The `p` quantile (ms) of cumulative buckets, linear within its bucket
+/// (as Prometheus' `histogram_quantile`); NaN if empty.
+fn bucket_quantile(buckets: &[(f64, f64)], p: f64) -> f64 {
+    let Some(&(_, total)) = buckets.last() else {
+        return f64::NAN;
+    };
+    if total <= 0.0 {
+        return f64::NAN;
+    }
+    let rank = p * total;
+    let (mut lower, mut below) = (0.0, 0.0);
+    for &(le, n) in buckets {
+        if n >= rank {
+            if le.is_infinite() {
+                return lower * 1000.0;
+            }
+            let within = if n > below {
+                (rank - below) / (n - below)
+            } else {
+                1.0
+            };
+            return (lower + (le - lower) * within) * 1000.0;
+        }
+        (lower, below) = (le, n);
+    }
+    lower * 1000.0
+}
+
+/// Runs one case, prints its row and returns its row of the breakdown.
+async fn run_case(settings: &Settings, case: &Case) -> Result<String, String> {
     eprintln!(
         "receivers: {} writers × {} ops/s, {RECEIVERS} receivers, {:?}",
         case.writers, case.rate, settings.window
@@ -133,9 +204,15 @@ async fn run_case(settings: &Settings, case: &Case) -> Result<(), String> {
         relay.metric("concord_store_commits_total"),
         relay.metric("concord_store_commit_seconds_sum"),
     );
+    let stages0: Vec<_> = STAGES.iter().map(|name| relay.histogram(name)).collect();
     let window_start = now_us();
     tokio::time::sleep(settings.window).await;
     let window_end = now_us();
+    let stages: Vec<_> = STAGES
+        .iter()
+        .zip(&stages0)
+        .map(|(name, before)| histogram_delta(before, &relay.histogram(name)))
+        .collect();
     let secs = (window_end - window_start) as f64 / 1e6;
     let relay_cpu = relay.cpu_seconds() - relay0;
     let own_cpu = own_cpu_seconds() - own0;
@@ -199,7 +276,31 @@ async fn run_case(settings: &Settings, case: &Case) -> Result<(), String> {
             "MISS"
         }
     );
-    Ok(())
+    let pair = |p50: f64, p99: f64| format!("{p50:.2} / {p99:.2}");
+    let mut row = format!(
+        "| {} × {} | {} | {} |",
+        case.writers,
+        case.rate,
+        pair(p50, p99),
+        pair(
+            percentile(&m.push_lags, 0.5),
+            percentile(&m.push_lags, 0.99)
+        )
+    );
+    let mut remainder = p50 - percentile(&m.push_lags, 0.5);
+    for (i, buckets) in stages.iter().enumerate() {
+        let (q50, q99) = (
+            bucket_quantile(buckets, 0.5),
+            bucket_quantile(buckets, 0.99),
+        );
+        // The commit is inside "push read → ack", not a part of its own.
+        if STAGES[i] != "concord_store_commit_seconds" {
+            remainder -= q50;
+        }
+        row.push_str(&format!(" {} |", pair(q50, q99)));
+    }
+    row.push_str(&format!(" {remainder:.2} |"));
+    Ok(row)
 }
 
 /// One session's life: connect, then follow `go`; returns what it recorded.
@@ -261,16 +362,25 @@ async fn session(
             _ = ticker.tick(), if writing => due.push(now_us()),
             _ = heartbeat.tick() => client.ping(),
         }
+        let mut pushed = 0;
         if !due.is_empty()
             && client.pushed - client.acked < sync_core::protocol::MAX_PUSH_WINDOW as u64
         {
             client.push_timed(&due);
+            pushed = due.len();
             due.clear();
         }
         client
             .flush()
             .await
             .map_err(|e| format!("session {i}: {e}"))?;
+        if pushed > 0 {
+            if let Some(record) = &mut client.record {
+                let flushed = now_us();
+                let n = record.sent_us.len() - record.flushed_us.len();
+                record.flushed_us.extend(std::iter::repeat_n(flushed, n));
+            }
+        }
     }
     let record = client.record.take().unwrap_or_default();
     client.close().await;
@@ -286,6 +396,8 @@ struct Measured {
     expected: u64,
     /// Operations due inside the window.
     measured_ops: u64,
+    /// For each of them, due → the push holding it written (µs), sorted.
+    push_lags: Vec<u64>,
 }
 
 /// Matches every receiver's deliveries against the writers' send times.
@@ -369,10 +481,18 @@ fn measure(
         ));
     }
     samples.sort_unstable();
+    let mut push_lags: Vec<u64> = records[..writers]
+        .iter()
+        .flat_map(|r| r.sent_us.iter().zip(&r.flushed_us))
+        .filter(|&(&sent, _)| in_window(sent))
+        .map(|(&sent, &flushed)| flushed.saturating_sub(sent))
+        .collect();
+    push_lags.sort_unstable();
     Ok(Measured {
         samples,
         expected,
         measured_ops,
+        push_lags,
     })
 }
 
@@ -448,5 +568,39 @@ mod tests {
         });
         let err = measure(&repeated, 2, 2, 0, 1_000).unwrap_err();
         assert!(err.contains("1 did not continue"), "{err}");
+    }
+
+    #[test]
+    fn bucket_quantiles_interpolate_within_the_window_s_buckets() {
+        // Before the window: 10 observations at most 1 ms.
+        let before = [
+            (0.001, 10.0),
+            (0.002, 10.0),
+            (0.004, 10.0),
+            (f64::INFINITY, 10.0),
+        ];
+        // In it: 50 more at most 1 ms, 40 in (1, 2] ms, 10 in (2, 4] ms.
+        let after = [
+            (0.001, 60.0),
+            (0.002, 100.0),
+            (0.004, 110.0),
+            (f64::INFINITY, 110.0),
+        ];
+        let delta = histogram_delta(&before, &after);
+        assert_eq!(
+            delta,
+            [
+                (0.001, 50.0),
+                (0.002, 90.0),
+                (0.004, 100.0),
+                (f64::INFINITY, 100.0)
+            ]
+        );
+        // Rank 50 is the 1 ms bucket's last; rank 70 halfway through
+        // (1, 2] ms; rank 99 nine tenths of the way through (2, 4] ms.
+        assert!((bucket_quantile(&delta, 0.5) - 1.0).abs() < 1e-9);
+        assert!((bucket_quantile(&delta, 0.7) - 1.5).abs() < 1e-9);
+        assert!((bucket_quantile(&delta, 0.99) - 3.8).abs() < 1e-9);
+        assert!(bucket_quantile(&[(f64::INFINITY, 0.0)], 0.5).is_nan());
     }
 }

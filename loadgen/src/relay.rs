@@ -106,6 +106,25 @@ impl Relay {
             .unwrap_or(0.0)
     }
 
+    /// The cumulative buckets (upper bound in seconds, count) of a
+    /// histogram, `+Inf` last (empty if absent).
+    pub(crate) fn histogram(&self, name: &str) -> Vec<(f64, f64)> {
+        let text = http_get(self.addr, "/metrics", None).map_or(String::new(), |(_, body)| body);
+        let prefix = format!("{name}_bucket{{le=\"");
+        text.lines()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .filter_map(|rest| {
+                let (le, count) = rest.split_once("\"} ")?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, count.trim().parse().ok()?))
+            })
+            .collect()
+    }
+
     /// Resident set size in KiB (`VmRSS` in `/proc/PID/status`).
     pub(crate) fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))

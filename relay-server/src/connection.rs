@@ -480,7 +480,7 @@ async fn write_loop(
                 send_kill(&mut sink, kill, open, &metrics, write_timeout).await;
                 break;
             }
-            Some(Some(Outbound::Frame(frame))) => {
+            Some(Some(Outbound::Frame(frame, queued))) => {
                 control.dequeued(frame.len());
                 control.sending(&frame);
                 metrics.frame_out(&frame);
@@ -496,7 +496,12 @@ async fn write_loop(
                         }
                         break;
                     }
-                    written = write(&mut sink, frame, flush, write_timeout, &mut open) => written,
+                    written = write(&mut sink, frame, flush, write_timeout, &mut open) => {
+                        if let Some(queued) = queued {
+                            metrics.send_latency.observe(queued.elapsed());
+                        }
+                        written
+                    }
                 }
             }
             Some(Some(Outbound::Close { code, reason })) => {

@@ -52,6 +52,12 @@ pub(crate) struct Metrics {
     pub(crate) ack_latency: Histogram,
     /// Time of one group commit (write + fsync).
     pub(crate) commit_latency: Histogram,
+    /// Time from a room seeing its commit complete to queueing each
+    /// `Deliver` that commit released (the frame's place in the fan-out).
+    pub(crate) fanout_latency: Histogram,
+    /// Time from queueing a `Deliver` to its session to the socket write
+    /// returning (the writer task's wake-up, then the write).
+    pub(crate) send_latency: Histogram,
     /// Refused handshakes, by reason.
     auth_refused: Labeled,
     /// Errors, by kind: error frames the relay sent (by `ErrorCode`) and
@@ -197,6 +203,16 @@ impl Metrics {
             "concord_store_commit_seconds",
             "Time of one group commit: write and fsync.",
         );
+        self.fanout_latency.render(
+            &mut out,
+            "concord_fanout_seconds",
+            "Time from a room seeing its commit complete to queueing each Deliver it released.",
+        );
+        self.send_latency.render(
+            &mut out,
+            "concord_send_seconds",
+            "Time from queueing a Deliver to a session to its socket write returning.",
+        );
         self.auth_refused.render(
             &mut out,
             "concord_auth_refused_total",
@@ -260,9 +276,11 @@ impl Labeled {
     }
 }
 
-/// Upper bounds of the latency buckets, in seconds.
-const BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+/// Upper bounds of the latency buckets, in seconds: fine below 10 ms,
+/// where the parts of a delivery's latency are read apart.
+const BUCKETS: [f64; 21] = [
+    0.0001, 0.0002, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
 /// A histogram with fixed buckets.

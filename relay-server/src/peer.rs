@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 use sync_core::protocol::{self, CloseCode, ErrorCode, Message};
 use tokio::sync::{Notify, mpsc};
@@ -15,8 +16,9 @@ use tokio::sync::{Notify, mpsc};
 /// What a connection's writer task sends.
 #[derive(Debug)]
 pub(crate) enum Outbound {
-    /// A binary frame.
-    Frame(Vec<u8>),
+    /// A binary frame, and when a room queued it if the writer is to
+    /// time its send (`Deliver`s a commit released).
+    Frame(Vec<u8>, Option<Instant>),
     /// A close frame; the writer stops after it.
     Close {
         /// The WebSocket close code.
@@ -118,13 +120,19 @@ impl Peer {
 
     /// Queues a frame. A closed connection swallows it.
     pub(crate) fn send(&self, frame: Vec<u8>) -> Result<(), Full> {
+        self.send_timed(frame, None)
+    }
+
+    /// [`Peer::send`], with the moment it was queued if the writer is to
+    /// time its send (`concord_send_seconds`).
+    pub(crate) fn send_timed(&self, frame: Vec<u8>, queued: Option<Instant>) -> Result<(), Full> {
         let len = frame.len();
-        let queued = self.control.queued_bytes.fetch_add(len, Ordering::Relaxed);
-        if queued.saturating_add(len) > self.max_bytes {
+        let before = self.control.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        if before.saturating_add(len) > self.max_bytes {
             self.control.dequeued(len);
             return Err(Full);
         }
-        match self.tx.try_send(Outbound::Frame(frame)) {
+        match self.tx.try_send(Outbound::Frame(frame, queued)) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.control.dequeued(len);
@@ -207,7 +215,7 @@ mod tests {
         let kill = peer.control().take_kill().unwrap();
         assert_eq!(kill.code, 4005);
         assert!(kill.error.is_some());
-        assert!(matches!(rx.try_recv(), Ok(Outbound::Frame(_))));
+        assert!(matches!(rx.try_recv(), Ok(Outbound::Frame(_, None))));
     }
 
     #[test]

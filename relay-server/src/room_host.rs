@@ -479,7 +479,7 @@ impl Host {
                 if self.unpolled > 0 {
                     // Input handled while commits were in flight still
                     // owes its writes and acknowledgements.
-                    self.drain(None);
+                    self.drain(None, None);
                     continue;
                 }
                 return self.finish_shutdown().await;
@@ -501,6 +501,7 @@ impl Host {
                     if let Err(error) = result {
                         return self.fail(error, done.ids).await;
                     }
+                    let durable_at = Instant::now();
                     let now = wall_clock();
                     for id in done.ids {
                         self.room.handle(now, RoomInput::Persisted(id));
@@ -510,7 +511,7 @@ impl Host {
                     // drain submits it before releasing the frames the
                     // commit freed.
                     let follow_up = done.commit.follow_up;
-                    self.drain(Some(&follow_up));
+                    self.drain(Some(&follow_up), Some(durable_at));
                     Backend::settle(&self.rooms.store, &follow_up);
                 }
                 reason = lease_lost(&mut self.lease), if self.lease.is_some() => {
@@ -672,7 +673,7 @@ impl Host {
     /// and if it holds pushes the writer is told a follow-up is coming.
     fn drain_if_allowed(&mut self) {
         if self.commits.len() < MAX_COMMITS_IN_FLIGHT {
-            self.drain(None);
+            self.drain(None, None);
         } else if self.unpolled_pushes {
             if let Some(in_flight) = self.commits.front() {
                 in_flight.commit.follow_up.promise();
@@ -682,8 +683,11 @@ impl Host {
 
     /// Processes the room's outputs: its persists go to the store as one
     /// request, which settles `follow_up` (the completed request it
-    /// follows) if given; then the frames the room released go out.
-    fn drain(&mut self, mut follow_up: Option<&FollowUp>) {
+    /// follows) if given; then the frames the room released go out. With
+    /// `durable_at`, when the commit that released them was seen complete,
+    /// the `Deliver`s among them are timed (`concord_fanout_seconds`,
+    /// `concord_send_seconds`).
+    fn drain(&mut self, mut follow_up: Option<&FollowUp>, durable_at: Option<Instant>) {
         self.unpolled = 0;
         self.unpolled_bytes = 0;
         self.unpolled_pushes = false;
@@ -716,7 +720,7 @@ impl Host {
                 .ops_out
                 .fetch_add(self.room.take_ops_delivered(), Ordering::Relaxed);
             for out in released {
-                self.release(out);
+                self.release(out, durable_at);
             }
             // The room reports a timeout only when it changes; asking keeps
             // the timer armed even if a wakeup found nothing due (the wall
@@ -737,7 +741,7 @@ impl Host {
         }
     }
 
-    fn release(&mut self, out: RoomOutput) {
+    fn release(&mut self, out: RoomOutput, durable_at: Option<Instant>) {
         match out {
             RoomOutput::Transmit {
                 connection: session,
@@ -746,12 +750,20 @@ impl Host {
                 let Some(member) = self.sessions.get_mut(&session) else {
                     return;
                 };
-                if protocol::peek_kind(&frame) == Some(protocol::MessageKind::Ack) {
+                let kind = protocol::peek_kind(&frame);
+                if kind == Some(protocol::MessageKind::Ack) {
                     if let Some(at) = member.pushes.pop_front() {
                         self.rooms.metrics.ack_latency.observe(at.elapsed());
                     }
                 }
-                if member.peer.send(frame).is_err() {
+                let queued = durable_at
+                    .filter(|_| kind == Some(protocol::MessageKind::Deliver))
+                    .map(|durable_at| {
+                        let now = Instant::now();
+                        self.rooms.metrics.fanout_latency.observe(now - durable_at);
+                        now
+                    });
+                if member.peer.send_timed(frame, queued).is_err() {
                     tracing::info!(
                         room = ?self.name,
                         session,

@@ -67,6 +67,14 @@ async fn health_metrics_and_admin_stats() {
     assert!(metric_value(&metrics, "concord_ack_latency_seconds_count") >= 1.0);
     assert!(metrics.contains("# TYPE concord_ack_latency_seconds histogram"));
     assert!(metrics.contains("concord_ack_latency_seconds_bucket{le=\"+Inf\"}"));
+    // Every Deliver a commit released to B is timed when queued and again
+    // when written: B has read them all, so both counts agree.
+    let fanned_out = metric_value(&metrics, "concord_fanout_seconds_count");
+    assert!(fanned_out >= 1.0, "{metrics}");
+    assert_eq!(
+        metric_value(&metrics, "concord_send_seconds_count"),
+        fanned_out
+    );
 
     // A room nothing was ever stored in, and nobody is in, is not found.
     let (status, body) = http_get(relay.addr, "/v1/rooms/never-used/stats", Some(ADMIN)).unwrap();
