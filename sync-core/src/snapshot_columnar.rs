@@ -1042,7 +1042,40 @@ impl ValueReader<'_> {
 mod tests {
     use proptest::prelude::*;
 
-    use super::stamp_order;
+    use super::{DEFLATED, PLAIN, stamp_order};
+    use crate::hlc::Hlc;
+    use crate::snapshot::{COLUMNAR_SNAPSHOT_FORMAT, Snapshot};
+    use crate::state::State;
+    use crate::version::VersionVector;
+
+    /// The plain encoder (the one a client's checkpoints use) frames its
+    /// columns plain and the compressing ones deflate theirs: each framing
+    /// reaches the encoders meant to use it, and the bytes decode.
+    #[test]
+    fn only_the_compressing_encoders_deflate() {
+        let (state, version) = (State::new(), VersionVector::new());
+        let horizon = Hlc::ZERO;
+        let plain = Snapshot::encode(&state, &version, Hlc::ZERO, horizon);
+        let compressed = Snapshot::encode_compressed(&state, &version, Hlc::ZERO, horizon);
+        let format_4 = Snapshot::encode_in_format(
+            COLUMNAR_SNAPSHOT_FORMAT,
+            &state,
+            &version,
+            Hlc::ZERO,
+            horizon,
+        )
+        .expect("format 4 is written");
+        // The payload's first byte, after the 13-byte blob header.
+        assert_eq!(plain[13], PLAIN);
+        assert_eq!(compressed[13], DEFLATED);
+        assert_eq!(format_4[13], DEFLATED);
+        for bytes in [plain, compressed, format_4] {
+            assert_eq!(
+                Snapshot::decode(&bytes).expect("decodes"),
+                Snapshot::empty()
+            );
+        }
+    }
 
     proptest! {
         /// The radix sort orders stamps as comparing (clock reading,
