@@ -449,7 +449,7 @@ fn header(format: u8, payload: usize) -> Vec<u8> {
 /// Fills in the header's payload length and checksum.
 fn seal(out: &mut [u8]) {
     let payload_len = u32::try_from(out.len().saturating_sub(HEADER_LEN)).unwrap_or(u32::MAX);
-    let crc = crc32fast::hash(out.get(HEADER_LEN..).unwrap_or_default());
+    let crc = crate::crc32::hash(out.get(HEADER_LEN..).unwrap_or_default());
     if let Some(header) = out.get_mut(5..HEADER_LEN) {
         header[..4].copy_from_slice(&payload_len.to_le_bytes());
         header[4..].copy_from_slice(&crc.to_le_bytes());
@@ -542,7 +542,7 @@ fn verified_payload(bytes: &[u8]) -> Result<(u8, &[u8]), SnapshotError> {
     if bytes.len() > need {
         return Err(SnapshotError::TrailingBytes(bytes.len() - need));
     }
-    let actual = crc32fast::hash(payload);
+    let actual = crate::crc32::hash(payload);
     if actual != expected {
         return Err(SnapshotError::ChecksumMismatch { expected, actual });
     }
