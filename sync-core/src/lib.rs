@@ -66,6 +66,7 @@ pub mod buggify;
     reason = "only the buggify feature uses the switches outside their hooks"
 )]
 mod buggify;
+mod crc32;
 mod deadline;
 mod delta_stamp;
 pub mod event;

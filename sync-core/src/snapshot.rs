@@ -189,7 +189,7 @@ impl Snapshot {
             version,
             max_hlc,
             tombstone_horizon,
-            None,
+            columnar::frame_plain,
         )
     }
 
@@ -208,7 +208,7 @@ impl Snapshot {
             version,
             max_hlc,
             tombstone_horizon,
-            Some(DEFLATE_LEVEL),
+            frame_deflated,
         )
     }
 
@@ -249,7 +249,7 @@ impl Snapshot {
                 version,
                 max_hlc,
                 tombstone_horizon,
-                Some(DEFLATE_LEVEL),
+                frame_deflated,
             )),
             TIMELINE_SNAPSHOT_FORMAT => Ok(Snapshot::encode_compressed(
                 state,
@@ -347,31 +347,32 @@ impl Snapshot {
 }
 
 /// A format-4 (`Inline`) or format-5 (`Timeline`) blob, its columns
-/// deflated at `deflate` if given.
+/// framed by `frame` (`columnar::frame_plain` or [`frame_deflated`]).
+/// Generic rather than a runtime choice: the plain encoder's copy holds no
+/// call to deflate, which the wasm client never uses and would otherwise
+/// download (see docs/BENCHMARKS.md, the browser package's size).
 fn encode_columnar(
     layout: columnar::Layout,
     state: &State,
     version: &VersionVector,
     max_hlc: Hlc,
     tombstone_horizon: Hlc,
-    deflate: Option<u8>,
+    frame: impl FnOnce(&mut Vec<u8>, usize, &[u8]),
 ) -> Vec<u8> {
     let format = match layout {
         columnar::Layout::Inline => COLUMNAR_SNAPSHOT_FORMAT,
         columnar::Layout::Timeline => TIMELINE_SNAPSHOT_FORMAT,
     };
     let mut out = header(format, state.field_count() * 4);
-    columnar::encode_payload(
-        &mut out,
-        layout,
-        state,
-        version,
-        max_hlc,
-        tombstone_horizon,
-        deflate,
-    );
+    let body = columnar::encode_body(layout, state, version, max_hlc, tombstone_horizon);
+    frame(&mut out, state.field_count(), &body);
     seal(&mut out);
     out
+}
+
+/// Frames columns deflated at [`DEFLATE_LEVEL`].
+fn frame_deflated(out: &mut Vec<u8>, field_count: usize, body: &[u8]) {
+    columnar::frame_deflated(out, field_count, body, DEFLATE_LEVEL);
 }
 
 /// A format-2 blob.
@@ -448,7 +449,7 @@ fn header(format: u8, payload: usize) -> Vec<u8> {
 /// Fills in the header's payload length and checksum.
 fn seal(out: &mut [u8]) {
     let payload_len = u32::try_from(out.len().saturating_sub(HEADER_LEN)).unwrap_or(u32::MAX);
-    let crc = crc32fast::hash(out.get(HEADER_LEN..).unwrap_or_default());
+    let crc = crate::crc32::hash(out.get(HEADER_LEN..).unwrap_or_default());
     if let Some(header) = out.get_mut(5..HEADER_LEN) {
         header[..4].copy_from_slice(&payload_len.to_le_bytes());
         header[4..].copy_from_slice(&crc.to_le_bytes());
@@ -541,7 +542,7 @@ fn verified_payload(bytes: &[u8]) -> Result<(u8, &[u8]), SnapshotError> {
     if bytes.len() > need {
         return Err(SnapshotError::TrailingBytes(bytes.len() - need));
     }
-    let actual = crc32fast::hash(payload);
+    let actual = crate::crc32::hash(payload);
     if actual != expected {
         return Err(SnapshotError::ChecksumMismatch { expected, actual });
     }

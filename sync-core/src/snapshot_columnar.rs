@@ -432,17 +432,38 @@ fn stamp_order(uses: &[(u64, u32)]) -> Vec<u32> {
     items.into_iter().map(|(_, at)| at).collect()
 }
 
-/// Encodes `state` as a format-4 or format-5 payload (without the blob
-/// header), deflated when `deflate` is set.
-pub(crate) fn encode_payload(
-    out: &mut Vec<u8>,
+/// Appends a plain payload (without the blob header) to `out`: the
+/// `PLAIN` byte, the field count and `body` from [`encode_body`].
+pub(crate) fn frame_plain(out: &mut Vec<u8>, field_count: usize, body: &[u8]) {
+    out.push(PLAIN);
+    push_varint(out, field_count as u64);
+    out.extend_from_slice(body);
+}
+
+/// Appends a deflated payload (without the blob header) to `out`: `body`
+/// from [`encode_body`] deflated at `level`, or plain if its length does
+/// not fit the `u32` that announces it. A function of its own, called only
+/// by the encoders that compress, so that a build which never compresses
+/// (the wasm client writes its checkpoints plain) links no deflate code.
+pub(crate) fn frame_deflated(out: &mut Vec<u8>, field_count: usize, body: &[u8], level: u8) {
+    let Ok(len) = u32::try_from(body.len()) else {
+        return frame_plain(out, field_count, body);
+    };
+    out.push(DEFLATED);
+    push_varint(out, field_count as u64);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&miniz_oxide::deflate::compress_to_vec(body, level));
+}
+
+/// The columns of `state` as a format-4 or format-5 body, before the
+/// framing ([`frame_plain`] or [`frame_deflated`]) that makes it a payload.
+pub(crate) fn encode_body(
     layout: Layout,
     state: &State,
     version: &VersionVector,
     max_hlc: Hlc,
     tombstone_horizon: Hlc,
-    deflate: Option<u8>,
-) {
+) -> Vec<u8> {
     let replicas = crate::snapshot::replica_table(state);
     // The state's own replica indices, mapped to the table's.
     let mut by_slot: Vec<u32> = Vec::new();
@@ -550,19 +571,7 @@ pub(crate) fn encode_payload(
     for column in columns {
         body.extend_from_slice(column);
     }
-    match deflate.and_then(|level| Some((level, u32::try_from(body.len()).ok()?))) {
-        Some((level, len)) => {
-            out.push(DEFLATED);
-            push_varint(out, state.field_count() as u64);
-            out.extend_from_slice(&len.to_le_bytes());
-            out.extend_from_slice(&miniz_oxide::deflate::compress_to_vec(&body, level));
-        }
-        None => {
-            out.push(PLAIN);
-            push_varint(out, state.field_count() as u64);
-            out.extend_from_slice(&body);
-        }
-    }
+    body
 }
 
 /// Length in bytes of the longest common prefix that ends on a character
@@ -1033,7 +1042,40 @@ impl ValueReader<'_> {
 mod tests {
     use proptest::prelude::*;
 
-    use super::stamp_order;
+    use super::{DEFLATED, PLAIN, stamp_order};
+    use crate::hlc::Hlc;
+    use crate::snapshot::{COLUMNAR_SNAPSHOT_FORMAT, Snapshot};
+    use crate::state::State;
+    use crate::version::VersionVector;
+
+    /// The plain encoder (the one a client's checkpoints use) frames its
+    /// columns plain and the compressing ones deflate theirs: each framing
+    /// reaches the encoders meant to use it, and the bytes decode.
+    #[test]
+    fn only_the_compressing_encoders_deflate() {
+        let (state, version) = (State::new(), VersionVector::new());
+        let horizon = Hlc::ZERO;
+        let plain = Snapshot::encode(&state, &version, Hlc::ZERO, horizon);
+        let compressed = Snapshot::encode_compressed(&state, &version, Hlc::ZERO, horizon);
+        let format_4 = Snapshot::encode_in_format(
+            COLUMNAR_SNAPSHOT_FORMAT,
+            &state,
+            &version,
+            Hlc::ZERO,
+            horizon,
+        )
+        .expect("format 4 is written");
+        // The payload's first byte, after the 13-byte blob header.
+        assert_eq!(plain[13], PLAIN);
+        assert_eq!(compressed[13], DEFLATED);
+        assert_eq!(format_4[13], DEFLATED);
+        for bytes in [plain, compressed, format_4] {
+            assert_eq!(
+                Snapshot::decode(&bytes).expect("decodes"),
+                Snapshot::empty()
+            );
+        }
+    }
 
     proptest! {
         /// The radix sort orders stamps as comparing (clock reading,
