@@ -155,6 +155,9 @@ pub(crate) struct Stats {
     pub(crate) hold_syncs: Mutex<bool>,
     #[cfg(test)]
     pub(crate) syncs_released: Condvar,
+    /// While set, syncers panic instead of syncing.
+    #[cfg(test)]
+    pub(crate) panic_syncs: std::sync::atomic::AtomicBool,
 }
 
 /// Where the database file is: what a copy of it does not share.
@@ -958,8 +961,26 @@ impl Durability {
         self.work.notify_all();
     }
 
-    /// One syncer: syncs the WAL whenever a commit waits for it.
+    /// One syncer: syncs the WAL whenever a commit waits for it, until
+    /// closed. A syncer that panics has taken a commit to sync and may hold
+    /// answers it would have given: it fails the store (as a failed sync
+    /// does), which answers every waiting caller with the error instead of
+    /// leaving them to wait for a sync that never comes.
     fn sync_loop(&self, stats: &Stats) {
+        let synced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.sync_commits(stats);
+        }));
+        if synced.is_err() {
+            self.fail(StoreError::new(
+                StoreErrorKind::Io,
+                "the store's sync thread panicked; the writes since the last sync may be lost: \
+                 reopen the database",
+            ));
+        }
+    }
+
+    /// [`Durability::sync_loop`]'s loop.
+    fn sync_commits(&self, stats: &Stats) {
         // A handle of its own: Linux reports a write-back error once per
         // open file, so syncers sharing one handle could see a sync that
         // overlapped a failed one return Ok, and answer its commit as
@@ -974,6 +995,11 @@ impl Durability {
                 drop(state);
                 #[cfg(test)]
                 stats.wait_while_syncs_held();
+                #[cfg(test)]
+                assert!(
+                    !stats.panic_syncs.load(Ordering::Relaxed),
+                    "a syncer fails on purpose"
+                );
                 let started = Instant::now();
                 let synced = self.sync(&mut wal);
                 state = self.lock();
@@ -1662,6 +1688,45 @@ mod tests {
         // durable.
         let store = open(&dir);
         assert_eq!(Store::read_all(&store).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_syncer_that_panics_fails_its_callers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        Store::write(
+            &mut store.clone(),
+            &PersistBatch {
+                writes: vec![put("a", b"1")],
+            },
+        )
+        .unwrap();
+        store.stats().panic_syncs.store(true, Ordering::Relaxed);
+        let (told, heard) = std::sync::mpsc::channel();
+        let write = store.queue_write(
+            rows_owned(PersistBatch {
+                writes: vec![put("b", b"2")],
+            }),
+            true,
+            Some(OnDurable::new(1, move || {
+                let _ = told.send(());
+            })),
+        );
+        // Without a later commit to sync, nobody would answer this one.
+        let answered = returns(move || futures::executor::block_on(answer(write)));
+        let err = answered.expect("the write is answered").unwrap_err();
+        assert_eq!(err.kind, StoreErrorKind::Io, "{err}");
+        assert!(err.message.contains("panicked"), "{err}");
+        assert!(heard.try_recv().is_err(), "told durable: {err}");
+        // Later writes fail at once, and the store still closes.
+        let later = Store::write(
+            &mut store.clone(),
+            &PersistBatch {
+                writes: vec![put("c", b"3")],
+            },
+        );
+        assert_eq!(later.unwrap_err().kind, StoreErrorKind::Io);
+        assert!(returns(move || drop(store)).is_some(), "the store closes");
     }
 
     #[test]
