@@ -241,12 +241,14 @@ pub(crate) const CHECKPOINT_VERSION: u8 = 1;
 /// overrides the checkpoint's copy): a version byte no record ever has.
 pub(crate) const ABSENT_DOCUMENT: &[u8] = &[0];
 
-/// The checkpoint record's value for snapshot bytes.
-pub(crate) fn encode_checkpoint(snapshot: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + snapshot.len());
-    out.push(CHECKPOINT_VERSION);
-    out.extend_from_slice(snapshot);
-    out
+/// The checkpoint record's value for snapshot bytes, in their own buffer:
+/// the state's snapshot can be most of the process's memory, and a copy
+/// of it would double that for a moment. Growing the buffer by one byte
+/// moves it at most (a large allocation is remapped, not copied).
+pub(crate) fn encode_checkpoint(mut snapshot: Vec<u8>) -> Vec<u8> {
+    snapshot.reserve_exact(1);
+    snapshot.insert(0, CHECKPOINT_VERSION);
+    snapshot
 }
 
 /// The snapshot bytes of a checkpoint record, after checking its version.

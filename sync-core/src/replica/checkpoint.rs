@@ -172,7 +172,7 @@ impl Replica {
                 None => {
                     batch.writes.push(Write::Put {
                         key: StoreKey::Checkpoint,
-                        value: encode_checkpoint(&self.encode_snapshot()),
+                        value: encode_checkpoint(self.encode_snapshot()),
                     });
                     None
                 }
@@ -189,7 +189,7 @@ impl Replica {
             };
             batch.writes.push(Write::Put {
                 key: StoreKey::Checkpoint,
-                value: encode_checkpoint(&snapshot),
+                value: encode_checkpoint(snapshot),
             });
             superseded = Some(old);
         }
