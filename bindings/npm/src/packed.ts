@@ -306,7 +306,14 @@ const packer = new Packer();
  * The bytes are valid until the next call: wasm copies them at once.
  */
 export function packPut(collection: string, id: string, fields: unknown, expected?: string | null): Uint8Array {
-  return packer.take(() => packer.put(collection, id, fields, expected));
+  // Not through `take`: a closure per put shows in the garbage collector.
+  packer.at = 0;
+  try {
+    packer.put(collection, id, fields, expected);
+  } catch (e) {
+    throw e instanceof Unstorable ? e.error() : e;
+  }
+  return packer.buf.subarray(0, packer.at);
 }
 
 /** A transaction's writes. Valid until the next call. */
