@@ -588,6 +588,17 @@ impl Collection {
 
     /// Documents in id order, filtered and paged by `options`.
     pub fn list(&self, options: &ListOptions) -> Vec<Document> {
+        self.read_list(options, |docs| docs.map(|d| d.to_document()).collect())
+    }
+
+    /// Reads the documents [`Collection::list`] would return in place,
+    /// without copying them: `read` gets them borrowed while the database
+    /// is locked, so keep it short and do not write to the database inside.
+    pub fn read_list<R>(
+        &self,
+        options: &ListOptions,
+        read: impl FnOnce(&mut dyn Iterator<Item = DocumentRef<'_>>) -> R,
+    ) -> R {
         self.db.read(|s| {
             let mut docs = s.replica().documents(&self.name);
             if let Some(prefix) = &options.prefix {
@@ -596,9 +607,7 @@ impl Collection {
             if let Some(after) = &options.after {
                 docs = docs.after(after);
             }
-            docs.take(options.limit.unwrap_or(usize::MAX))
-                .map(|d| d.to_document())
-                .collect()
+            read(&mut docs.take(options.limit.unwrap_or(usize::MAX)))
         })
     }
 
@@ -751,6 +760,40 @@ impl<T> Pending<T> {
     fn ready(result: Result<T, Error>) -> Pending<T> {
         Pending {
             state: State::Ready(Some(result)),
+        }
+    }
+
+    /// The write's result now (reads already see it), and a future that
+    /// resolves once it is durable. For bindings that hand the result out
+    /// at once and wait for many writes' durability together, instead of
+    /// one future per write. Fails as awaiting would have, without waiting.
+    pub fn split(self) -> Result<(T, Durable), Error> {
+        match self.state {
+            State::Ready(result) => result
+                .unwrap_or(Err(Error::Closed))
+                .map(|value| (value, Durable(None))),
+            State::Waiting { value, rx } => value
+                .map(|value| (value, Durable(Some(rx))))
+                .ok_or(Error::Closed),
+        }
+    }
+}
+
+/// The durability of a write split off its [`Pending`]: resolves once the
+/// write is stored, or with the error that kept it from being stored.
+#[must_use = "the write is applied; await this to know it is durable"]
+#[derive(Debug)]
+pub struct Durable(Option<oneshot::Receiver<Result<(), Error>>>);
+
+impl Future for Durable {
+    type Output = Result<(), Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        match &mut self.get_mut().0 {
+            None => Poll::Ready(Ok(())),
+            Some(rx) => Pin::new(rx)
+                .poll(cx)
+                .map(|received| received.unwrap_or(Err(Error::Closed))),
         }
     }
 }

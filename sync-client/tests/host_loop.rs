@@ -326,6 +326,54 @@ fn a_failed_store_write_fails_its_future_and_the_database_recovers() {
 }
 
 #[test]
+fn a_split_write_gives_its_revision_at_once_and_its_durability_apart() {
+    let mut w = World::new();
+    let store = MemoryStore::new();
+    let db = w.open_with(store.clone(), false);
+    let todos = db.collection("todos");
+    let (revision, durable) = todos.put("a", [("n", 1)]).split().expect("applied");
+    assert_eq!(todos.get("a").expect("visible").revision, revision);
+    assert!(
+        store.records().is_empty(),
+        "not stored before the loop runs"
+    );
+    w.block(durable).expect("stored");
+    assert!(!store.records().is_empty());
+
+    store.set_failing(true);
+    let (_, durable) = todos.put("b", [("n", 2)]).split().expect("applied");
+    let err = w.block(durable).expect_err("the store failed");
+    assert!(matches!(err, Error::Store(_)), "{err}");
+
+    let refused = todos.put("", [("n", 3)]).split();
+    assert!(
+        matches!(refused, Err(Error::InvalidWrite(_))),
+        "{refused:?}"
+    );
+}
+
+#[test]
+fn read_list_sees_what_list_returns() {
+    let mut w = World::new();
+    let db = w.open_with(MemoryStore::new(), false);
+    let todos = db.collection("todos");
+    for id in ["a1", "a2", "b1", "a3"] {
+        w.block(todos.put(id, [("id", id)])).expect("stored");
+    }
+    let options = ListOptions {
+        prefix: Some("a".into()),
+        after: Some("a1".into()),
+        limit: Some(5),
+    };
+    let ids = todos.read_list(&options, |docs| {
+        docs.map(|d| d.id().to_owned()).collect::<Vec<_>>()
+    });
+    assert_eq!(ids, ["a2", "a3"]);
+    let listed: Vec<_> = todos.list(&options).into_iter().map(|d| d.id).collect();
+    assert_eq!(listed, ids);
+}
+
+#[test]
 fn conditional_writes_refuse_a_stale_revision() {
     let mut w = World::new();
     let db = w.open_with(MemoryStore::new(), false);

@@ -9,14 +9,15 @@ use std::sync::Arc;
 use futures::StreamExt;
 use futures::future::{AbortHandle, Abortable};
 use sync_client::{
-    Change, Connection, Database, Document, Error, ListOptions, Options, Origin, Platform,
+    Change, Connection, Database, Durable, Error, ListOptions, Options, Origin, Platform,
     RelayOptions, Revision, Status, TokenSource,
 };
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{JsFuture, future_to_promise, spawn_local};
 
-use crate::convert::{from_value, object, to_fields};
+use crate::convert::object;
+use crate::packed::{Op, Writer, read_op, read_ops};
 use crate::store::{AnyStore, IdbStore};
 use crate::timer::JsTimer;
 use crate::transport::{WebSocketTransport, js_message};
@@ -90,15 +91,6 @@ fn encode_error(message: String) -> JsValue {
 
 fn revision_js(revision: Option<&Revision>) -> JsValue {
     revision.map_or(JsValue::NULL, |r| r.to_string().into())
-}
-
-fn document_js(doc: &Document) -> JsValue {
-    let fields = object(doc.fields.iter().map(|(k, v)| (k.as_str(), from_value(v))));
-    object([
-        ("id", doc.id.as_str().into()),
-        ("revision", doc.revision.to_string().into()),
-        ("fields", fields),
-    ])
 }
 
 fn change_js(change: &Change) -> JsValue {
@@ -264,6 +256,7 @@ pub async fn open_database(options: JsValue) -> Result<WasmDatabase, JsValue> {
         db,
         store,
         token_id,
+        turn: RefCell::default(),
     })
 }
 
@@ -273,6 +266,9 @@ pub struct WasmDatabase {
     db: Database,
     store: AnyStore,
     token_id: Option<u32>,
+    /// The durability of the writes `put` applied since `durable` was
+    /// last called, in order.
+    turn: RefCell<Vec<Durable>>,
 }
 
 /// A running subscription; `cancel` ends it.
@@ -315,6 +311,13 @@ where
     WasmSubscription { handle }
 }
 
+/// A transaction's write, its revision parsed.
+enum Write {
+    Put(crate::packed::Fields, Option<Option<Revision>>),
+    Unset(Vec<String>),
+    Delete,
+}
+
 fn parse_revision(expected: Option<String>) -> Result<Option<Revision>, JsValue> {
     expected
         .map(|r| {
@@ -339,31 +342,54 @@ impl WasmDatabase {
         self.db.replica_id().to_string()
     }
 
-    /// Writes fields of a document; resolves to its revision once durable.
-    pub fn put(
-        &self,
-        collection: &str,
-        id: &str,
-        fields: JsValue,
-    ) -> Result<js_sys::Promise, JsValue> {
-        let fields = to_fields(&fields).map_err(encode_error)?;
-        let pending = self.db.collection(collection).put(id, fields);
-        Ok(promise_of(pending, |r| r.to_string().into()))
+    /// Applies one packed `put` or `putIf` (see `packed.rs`) now and
+    /// returns the document's new revision; the write's durability joins
+    /// the turn that [`WasmDatabase::durable`] waits for. One Promise per
+    /// turn instead of one per write: the TypeScript layer hands each
+    /// write a Promise derived from its turn's.
+    pub fn put(&self, op: &[u8]) -> Result<String, JsValue> {
+        let Op::Put {
+            collection,
+            id,
+            fields,
+            expected,
+        } = read_op(op).map_err(encode_error)?
+        else {
+            return Err(encode_error("a put must be a packed put".into()));
+        };
+        let collection = self.db.collection(collection);
+        let pending = match expected {
+            None => collection.put(&id, fields),
+            Some(expected) => collection.put_if(&id, fields, parse_revision(expected)?),
+        };
+        let (revision, durable) = pending.split().map_err(|e| js_error(&e))?;
+        self.turn.borrow_mut().push(durable);
+        Ok(revision.to_string())
     }
 
-    /// Writes fields only if the document is at `expected` (null: absent).
-    #[wasm_bindgen(js_name = putIf)]
-    pub fn put_if(
-        &self,
-        collection: &str,
-        id: &str,
-        fields: JsValue,
-        expected: Option<String>,
-    ) -> Result<js_sys::Promise, JsValue> {
-        let fields = to_fields(&fields).map_err(encode_error)?;
-        let expected = parse_revision(expected)?;
-        let pending = self.db.collection(collection).put_if(id, fields, expected);
-        Ok(promise_of(pending, |r| r.to_string().into()))
+    /// Resolves once every write `put` applied since the last call is
+    /// durable: to undefined when all are, else to an array holding, for
+    /// each of those writes in order, null or the error that kept it from
+    /// being stored.
+    pub fn durable(&self) -> js_sys::Promise {
+        let turn = std::mem::take(&mut *self.turn.borrow_mut());
+        future_to_promise(async move {
+            let mut errors: Option<js_sys::Array> = None;
+            for (i, durable) in turn.into_iter().enumerate() {
+                match (durable.await, &errors) {
+                    (Ok(()), None) => {}
+                    (Ok(()), Some(list)) => {
+                        list.push(&JsValue::NULL);
+                    }
+                    (Err(e), _) => {
+                        let list =
+                            errors.get_or_insert_with(|| (0..i).map(|_| JsValue::NULL).collect());
+                        list.push(&js_error(&e));
+                    }
+                }
+            }
+            Ok(errors.map_or(JsValue::UNDEFINED, Into::into))
+        })
     }
 
     /// Removes fields of a document.
@@ -379,12 +405,15 @@ impl WasmDatabase {
         })
     }
 
-    /// `{ id, revision, fields }` of a document, or undefined.
-    pub fn get(&self, collection: &str, id: &str) -> JsValue {
-        self.db
-            .collection(collection)
-            .get(id)
-            .map_or(JsValue::UNDEFINED, |d| document_js(&d))
+    /// A document packed (id, revision, fields), or undefined.
+    pub fn get(&self, collection: &str, id: &str) -> Option<Vec<u8>> {
+        self.db.collection(collection).read(id, |doc| {
+            doc.map(|doc| {
+                let mut writer = Writer::default();
+                writer.document(&doc);
+                writer.finish()
+            })
+        })
     }
 
     /// Names of the collections that exist, in order.
@@ -393,81 +422,61 @@ impl WasmDatabase {
         self.db.collection_names()
     }
 
-    /// Documents in id order, filtered and paged.
+    /// Documents in id order, filtered and paged, packed: their count,
+    /// then each document.
     pub fn list(
         &self,
         collection: &str,
         prefix: Option<String>,
         after: Option<String>,
         limit: Option<u32>,
-    ) -> js_sys::Array {
+    ) -> Vec<u8> {
         let options = ListOptions {
             prefix,
             after,
             limit: limit.map(|l| l as usize),
         };
-        self.db
-            .collection(collection)
-            .list(&options)
-            .iter()
-            .map(document_js)
-            .collect()
+        self.db.collection(collection).read_list(&options, |docs| {
+            let docs: Vec<_> = docs.collect();
+            let mut writer = Writer::default();
+            writer.count(docs.len());
+            for doc in &docs {
+                writer.document(doc);
+            }
+            writer.finish()
+        })
     }
 
-    /// Applies `ops` (`{ op: "put" | "putIf" | "unset" | "delete", collection,
-    /// id, fields?, names?, expected? }`) all together or not at all.
-    pub fn transaction(&self, ops: js_sys::Array) -> Result<js_sys::Promise, JsValue> {
-        enum Op {
-            Put(
-                String,
-                String,
-                Vec<(String, sync_client::Value)>,
-                Option<Option<Revision>>,
-            ),
-            Unset(String, String, Vec<String>),
-            Delete(String, String),
-        }
-        let mut parsed = Vec::new();
-        for op in ops.iter() {
-            let kind = get_string(&op, "op")?.unwrap_or_default();
-            let collection = get_string(&op, "collection")?.unwrap_or_default();
-            let id = get_string(&op, "id")?.unwrap_or_default();
-            parsed.push(match kind.as_str() {
-                "put" | "putIf" => {
-                    let fields = to_fields(&get(&op, "fields")).map_err(encode_error)?;
-                    let expected = if kind == "putIf" {
-                        Some(parse_revision(get_string(&op, "expected")?)?)
-                    } else {
-                        None
-                    };
-                    Op::Put(collection, id, fields, expected)
+    /// Applies packed ops (see `packed.rs`) all together or not at all.
+    pub fn transaction(&self, ops: &[u8]) -> Result<js_sys::Promise, JsValue> {
+        let ops = read_ops(ops).map_err(encode_error)?;
+        let mut parsed = Vec::with_capacity(ops.len());
+        for op in ops {
+            parsed.push(match op {
+                Op::Put {
+                    collection,
+                    id,
+                    fields,
+                    expected,
+                } => {
+                    let expected = expected.map(parse_revision).transpose()?;
+                    (collection, id, Write::Put(fields, expected))
                 }
-                "unset" => {
-                    let names = get(&op, "names");
-                    let names: Vec<String> = js_sys::Array::from(&names)
-                        .iter()
-                        .filter_map(|n| n.as_string())
-                        .collect();
-                    Op::Unset(collection, id, names)
-                }
-                "delete" => Op::Delete(collection, id),
-                other => {
-                    return Err(js_sys::TypeError::new(&format!(
-                        "unknown transaction operation {other:?}"
-                    ))
-                    .into());
-                }
+                Op::Unset {
+                    collection,
+                    id,
+                    names,
+                } => (collection, id, Write::Unset(names)),
+                Op::Delete { collection, id } => (collection, id, Write::Delete),
             });
         }
         let pending = self.db.transaction(move |tx| {
-            for op in parsed {
-                match op {
-                    Op::Put(c, id, fields, None) => tx.put(&c, &id, fields)?,
-                    Op::Put(c, id, fields, Some(expected)) => {
-                        tx.put_if(&c, &id, fields, expected)?
-                    }
-                    Op::Unset(c, id, names) => tx.unset(&c, &id, names)?,
-                    Op::Delete(c, id) => tx.delete(&c, &id)?,
+            for (c, id, write) in parsed {
+                match write {
+                    Write::Put(fields, None) => tx.put(&c, &id, fields)?,
+                    Write::Put(fields, Some(expected)) => tx.put_if(&c, &id, fields, expected)?,
+                    Write::Unset(names) => tx.unset(&c, &id, names)?,
+                    Write::Delete => tx.delete(&c, &id)?,
                 }
             }
             Ok(())

@@ -37,6 +37,7 @@
 mod alloc;
 mod api;
 mod convert;
+mod packed;
 pub mod store;
 pub mod timer;
 pub mod transport;

@@ -6,6 +6,10 @@
 // Run after `cargo xtask npm` and `cargo build --release -p relay-server`:
 //   node --experimental-websocket --expose-gc bench/peers.mjs
 // (`cargo xtask bench` runs it; Node 20 needs the flag for WebSocket.)
+// ONLY=concord,yjs picks libraries; PARTS=writes,batched picks
+// workloads (writes, batched, merge, encodeDecode, incremental; the last
+// two need writes), and without merge, encodeDecode and incremental the
+// relay is not started (nor needed).
 //
 // One document is the closest per-field last-writer-wins map in each
 // library, as in benches/compare: yjs and loro one root map per document
@@ -71,8 +75,11 @@ async function time(fn) {
 
 // ---- the relay, and a byte-counting TCP proxy in front of it --------------
 
-const relay = await startRelay();
-const relayPort = Number(new URL(relay.url).port);
+const PARTS = process.env.PARTS?.split(",");
+/** Whether workload `name` runs (see PARTS above). */
+const part = (name) => !PARTS || PARTS.includes(name);
+const relay = part("merge") || part("encodeDecode") || part("incremental") ? await startRelay() : undefined;
+const relayPort = relay && Number(new URL(relay.url).port);
 
 /** A loopback proxy to the relay that counts the bytes each way; one per database. */
 async function proxy() {
@@ -540,10 +547,10 @@ const loro = {
 
 // ---- the run ---------------------------------------------------------------
 
-// ONLY=yjs,loro-crdt runs a subset (for trying the script); the table in
+// ONLY=yjs,loro runs a subset (names or their starts); the table in
 // docs/BENCHMARKS.md comes from a run of all four.
 const ONLY = process.env.ONLY?.split(",");
-const LIBS = [concord, yjs, automerge, loro].filter((l) => !ONLY || ONLY.includes(l.name));
+const LIBS = [concord, yjs, automerge, loro].filter((l) => !ONLY || ONLY.some((o) => l.name.startsWith(o)));
 const median = (xs) => {
   const s = xs.filter((x) => x !== null && x !== undefined).sort((a, b) => a - b);
   return s.length ? s[Math.floor(s.length / 2)] : null;
@@ -556,35 +563,46 @@ const record = (lib, figure, value) => (results[lib.name][figure] ??= []).push(v
 for (let run = 0; run < RUNS; run++) {
   for (const lib of LIBS) {
     const started = performance.now();
-    progress(`${lib.name} writes`);
-    const w = await lib.writes();
-    record(lib, "writes", w.ms);
-    record(lib, "writesCpu", w.cpu);
-    progress(`${lib.name} batched`);
-    const b = await lib.batched();
-    record(lib, "batched", b.ms);
-    record(lib, "batchedCpu", b.cpu);
-    progress(`${lib.name} merge`);
-    const m = await lib.merge();
-    record(lib, "merge", m.ms);
-    record(lib, "mergeCpu", m.cpu);
-    record(lib, "mergeBytes", m.bytes);
-    progress(`${lib.name} encodeDecode`);
-    const e = await lib.encodeDecode(w.state);
-    record(lib, "encode", e.encode);
-    record(lib, "decode", e.decode);
-    record(lib, "read", e.read);
-    record(lib, "decodeRead", e.decode + e.read);
-    record(lib, "bytes", e.bytes);
-    progress(`${lib.name} incremental`);
-    const inc = await lib.incremental(w.state);
-    record(lib, "incTime", inc.ms);
-    record(lib, "incCpu", inc.cpu);
-    record(lib, "incBytes", inc.bytes);
+    let w;
+    if (part("writes")) {
+      progress(`${lib.name} writes`);
+      w = await lib.writes();
+      record(lib, "writes", w.ms);
+      record(lib, "writesCpu", w.cpu);
+    }
+    if (part("batched")) {
+      progress(`${lib.name} batched`);
+      const b = await lib.batched();
+      record(lib, "batched", b.ms);
+      record(lib, "batchedCpu", b.cpu);
+    }
+    if (part("merge")) {
+      progress(`${lib.name} merge`);
+      const m = await lib.merge();
+      record(lib, "merge", m.ms);
+      record(lib, "mergeCpu", m.cpu);
+      record(lib, "mergeBytes", m.bytes);
+    }
+    if (w && part("encodeDecode")) {
+      progress(`${lib.name} encodeDecode`);
+      const e = await lib.encodeDecode(w.state);
+      record(lib, "encode", e.encode);
+      record(lib, "decode", e.decode);
+      record(lib, "read", e.read);
+      record(lib, "decodeRead", e.decode + e.read);
+      record(lib, "bytes", e.bytes);
+    }
+    if (w && part("incremental")) {
+      progress(`${lib.name} incremental`);
+      const inc = await lib.incremental(w.state);
+      record(lib, "incTime", inc.ms);
+      record(lib, "incCpu", inc.cpu);
+      record(lib, "incBytes", inc.bytes);
+    }
     console.error(`run ${run + 1}/${RUNS}: ${lib.name} done (${Math.round(performance.now() - started)} ms)`);
   }
 }
-await relay.stop();
+await relay?.stop();
 
 const ms = (x) => (x === null ? "—" : x < 10 ? `${x.toFixed(2)} ms` : `${Math.round(x)} ms`);
 const kib = (x) => (x === null ? "—" : x < 10_240 ? `${x} B` : `${(x / 1024).toFixed(1)} KiB`);

@@ -17,6 +17,7 @@
  */
 import init, { openDatabase, type WasmDatabase } from "../wasm/sync_wasm.js";
 import { toConcordError, typed, typedAsync } from "./errors.js";
+import type { Op } from "./packed.js";
 import { Shared } from "./tabs.js";
 
 export * from "./errors.js";
@@ -295,7 +296,7 @@ export class Database {
 /** Records the writes of {@link Database.transaction}. */
 export class Transaction {
   /** @internal */
-  readonly ops: object[] = [];
+  readonly ops: Op[] = [];
 
   /** Writes fields of a document (see {@link Collection.put}). */
   put(collection: string, id: string, fields: object): this {

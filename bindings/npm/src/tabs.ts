@@ -25,18 +25,9 @@
  * @module
  */
 import type { WasmDatabase, WasmSubscription } from "../wasm/sync_wasm.js";
-import { ClosedError, typedCall } from "./errors.js";
+import { ClosedError, toConcordError, typedCall } from "./errors.js";
 import type { Change, Status } from "./index.js";
-
-/** A document as the wasm module returns it. */
-export interface RawDoc {
-  /** The document id. */
-  id: string;
-  /** Its revision. */
-  revision: string;
-  /** Its fields. */
-  fields: any;
-}
+import { type Op, type RawDoc, packOps, packPut, unpackDocument, unpackDocuments } from "./packed.js";
 
 /** A thrown error flattened for postMessage (custom properties do not survive structured cloning). */
 interface ErrorData {
@@ -146,6 +137,10 @@ export class Shared {
   /** Set while this tab is opening the store to lead. */
   #leadStarted: Promise<void> | undefined;
   #settle!: { resolve: () => void; reject: (e: unknown) => void; done: boolean };
+  /** Leader: the durability of this turn's puts, once one was made (see #put). */
+  #turn: Promise<unknown[] | undefined> | undefined;
+  /** Leader: how many puts this turn made so far. */
+  #turnSize = 0;
   #onOnline = () => {
     // A hint, not the truth: reconnect at once instead of waiting out the
     // backoff, but only when syncing is wanted and the link is down. The
@@ -277,9 +272,9 @@ export class Shared {
   #leaderChange(change: Change): void {
     if (this.#followers.size > 0 && this.#inner !== undefined) {
       if (change.type === "document") {
-        this.#post({ t: "change", change, doc: this.#inner.get(change.collection, change.id) ?? null });
+        this.#post({ t: "change", change, doc: this.get(change.collection, change.id) ?? null });
       } else if (change.type === "collection") {
-        this.#post({ t: "change", change, docs: this.#inner.list(change.collection) });
+        this.#post({ t: "change", change, docs: this.list(change.collection) });
       } else {
         this.#postState("*");
       }
@@ -289,7 +284,7 @@ export class Shared {
 
   #postState(to: string): void {
     const inner = this.#inner!;
-    const collections = (inner.collectionNames() as string[]).map((c): [string, RawDoc[]] => [c, inner.list(c) as RawDoc[]]);
+    const collections = (inner.collectionNames() as string[]).map((c): [string, RawDoc[]] => [c, this.list(c)]);
     this.#post({ t: "state", to, replicaId: this.#replicaId, status: this.#status!, collections });
   }
 
@@ -402,7 +397,7 @@ export class Shared {
         this.#exec(method, args).then(
           (value) => {
             const inner = this.#inner;
-            const docs = inner === undefined ? [] : touched(method, args).map(([c, id]): [string, string, RawDoc | null] => [c, id, inner.get(c, id) ?? null]);
+            const docs = inner === undefined ? [] : touched(method, args).map(([c, id]): [string, string, RawDoc | null] => [c, id, this.get(c, id) ?? null]);
             answer({ ok: true, value, docs });
           },
           (e: unknown) => answer({ ok: false, error: errorData(e) }),
@@ -418,11 +413,52 @@ export class Shared {
   #exec(method: string, args: unknown[]): Promise<unknown> {
     const inner = this.#inner!;
     try {
-      const f = (inner as unknown as Record<string, (...a: unknown[]) => unknown>)[method];
-      return Promise.resolve(f.apply(inner, args));
+      switch (method) {
+        case "put":
+          return this.#put(args[0] as string, args[1] as string, args[2], undefined);
+        case "putIf":
+          return this.#put(args[0] as string, args[1] as string, args[2], (args[3] as string | undefined) ?? null);
+        case "transaction":
+          return inner.transaction(packOps(args[0] as Op[]));
+        default: {
+          const f = (inner as unknown as Record<string, (...a: unknown[]) => unknown>)[method];
+          return Promise.resolve(f.apply(inner, args));
+        }
+      }
     } catch (e) {
       return Promise.reject(e);
     }
+  }
+
+  /**
+   * Leader: applies a put (`expected` given: a putIf) at once, so reads
+   * see it, and returns a Promise of its revision once durable. The puts
+   * of one turn of the event loop share one Promise from wasm for their
+   * durability (one per put cost more than the write itself); each put's
+   * own Promise settles from it, with its revision or its own error.
+   */
+  #put(collection: string, id: string, fields: unknown, expected: string | null | undefined): Promise<string> {
+    let revision: string;
+    try {
+      revision = this.#inner!.put(packPut(collection, id, fields, expected));
+    } catch (e) {
+      return Promise.reject(toConcordError(e));
+    }
+    const i = this.#turnSize++;
+    const turn = (this.#turn ??= this.#startTurn());
+    return turn.then((errors) => (errors === undefined || errors[i] === null ? revision : Promise.reject(toConcordError(errors[i]))));
+  }
+
+  /** Leader: a new turn's durability, asked of wasm once the turn's synchronous code and microtasks queued so far have run. */
+  #startTurn(): Promise<unknown[] | undefined> {
+    const inner = this.#inner!;
+    return new Promise((resolve) =>
+      queueMicrotask(() => {
+        this.#turn = undefined;
+        this.#turnSize = 0;
+        resolve(inner.durable() as Promise<unknown[] | undefined>);
+      }),
+    );
   }
 
   /** Follower: forwards a call to the leader; resolves with the leader's answer. */
@@ -450,13 +486,13 @@ export class Shared {
   put(collection: string, id: string, fields: unknown): Promise<string> {
     // In the leader the wasm call applies the write before returning, so
     // reads see it at once; typedCall keeps its synchronous throws.
-    if (this.#inner !== undefined) return typedCall(() => this.#inner!.put(collection, id, fields));
+    if (this.#inner !== undefined) return this.#put(collection, id, fields, undefined);
     return typedCall(() => this.#forward("put", [collection, id, fields]));
   }
 
   /** See `Collection.putIf`. */
   putIf(collection: string, id: string, fields: unknown, expected: string | undefined): Promise<string> {
-    if (this.#inner !== undefined) return typedCall(() => this.#inner!.putIf(collection, id, fields, expected));
+    if (this.#inner !== undefined) return this.#put(collection, id, fields, expected ?? null);
     return typedCall(() => this.#forward("putIf", [collection, id, fields, expected]));
   }
 
@@ -471,7 +507,7 @@ export class Shared {
   }
 
   /** See `Database.transaction`: `ops` as `Transaction` records them. */
-  transaction(ops: object[]): Promise<void> {
+  transaction(ops: Op[]): Promise<void> {
     return typedCall(() => this.#call("transaction", [ops]));
   }
 
@@ -500,13 +536,16 @@ export class Shared {
 
   /** A document: from the wasm database in the leader, from the copy in a follower. */
   get(collection: string, id: string): RawDoc | undefined {
-    if (this.#inner !== undefined) return this.#inner.get(collection, id);
+    if (this.#inner !== undefined) {
+      const packed = this.#inner.get(collection, id);
+      return packed === undefined ? undefined : unpackDocument(packed);
+    }
     return this.#docs?.get(collection)?.get(id);
   }
 
   /** Documents in id order, filtered and paged (see `Collection.list`). */
   list(collection: string, prefix?: string, after?: string, limit?: number): RawDoc[] {
-    if (this.#inner !== undefined) return this.#inner.list(collection, prefix, after, limit);
+    if (this.#inner !== undefined) return unpackDocuments(this.#inner.list(collection, prefix, after, limit));
     const docs = [...(this.#docs?.get(collection)?.values() ?? [])]
       .filter((d) => (prefix === undefined || d.id.startsWith(prefix)) && (after === undefined || d.id > after))
       .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));

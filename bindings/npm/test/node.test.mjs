@@ -50,6 +50,93 @@ test("every kind of value round-trips", async () => {
   await db.close();
 });
 
+test("values that travel packed keep their kind and text", async () => {
+  const db = await fresh();
+  const c = db.collection("c");
+  const long = "ünïcødé ".repeat(40) + "\u{1F600}"; // over 127 bytes, astral too
+  const longKey = "ünïcødé ".repeat(12); // 144 bytes: names are at most 255
+  const keys = Object.fromEntries(Array.from({ length: 200 }, (_, i) => [`k${i}`, i])); // over 127 fields
+  const doc = {
+    long,
+    [longKey]: "a long unicode key",
+    ascii: "x".repeat(300),
+    bytes: new Uint8Array(5000).map((_, i) => i % 251), // past the packer's first buffer
+    buffer: new Uint8Array([9, 8]).buffer,
+    skipped: undefined,
+    holes: [1, undefined, 3],
+    huge: -(2n ** 63n),
+    beyondSafe: 2 ** 60,
+    float: 0.1,
+    negZero: -0,
+    nan: NaN,
+    deep: { a: [{ b: keys }] },
+  };
+  await c.put("d", doc);
+  const back = c.get("d");
+  assert.equal(back.long, long);
+  assert.equal(back[longKey], "a long unicode key");
+  assert.equal(back.ascii, doc.ascii);
+  assert.deepEqual(back.bytes, doc.bytes);
+  assert.deepEqual(back.buffer, new Uint8Array([9, 8]));
+  assert.equal("skipped" in back, false);
+  assert.deepEqual(back.holes, [1, null, 3]);
+  assert.equal(back.huge, -(2n ** 63n));
+  assert.equal(back.beyondSafe, 2 ** 60, "a float beyond 2^53 stays a number");
+  assert.equal(back.float, 0.1);
+  assert.ok(Object.is(back.negZero, 0));
+  assert.ok(Number.isNaN(back.nan));
+  assert.deepEqual(back.deep, { a: [{ b: keys }] });
+  await db.close();
+});
+
+test("fields come back in name order, whatever order they were written in", async () => {
+  const db = await fresh();
+  const c = db.collection("c");
+  await c.put("d", { b: 1 });
+  await c.put("d", { a: 2, c: 3 });
+  assert.deepEqual(Object.keys(c.get("d")), ["a", "b", "c"]);
+  assert.deepEqual(Object.keys(c.list()[0].data), ["a", "b", "c"]);
+  await db.close();
+});
+
+test("the puts of one turn resolve each to its own revision, and a refused one fails alone", async () => {
+  const db = await fresh();
+  const c = db.collection("c");
+  const puts = [];
+  for (let i = 0; i < 300; i++) puts.push(c.put(`d${i % 3}`, { [`f${i}`]: i }));
+  const refused = c.put("bad", { when: new Date() });
+  const after = c.put("d0", { last: true });
+  const revisions = await Promise.all(puts);
+  await assert.rejects(refused, EncodeError);
+  assert.equal(new Set(revisions).size, 300, "every write has its own revision");
+  assert.equal(await after, c.getDoc("d0").revision);
+  assert.equal(c.getDoc("d2").revision, revisions[299]);
+  // A put made while the turn's durability is awaited joins the next turn.
+  const next = puts[0].then(() => c.put("d1", { later: 1 }));
+  assert.equal(await next, c.getDoc("d1").revision);
+  await db.close();
+});
+
+test("a transaction packs every kind of write", async () => {
+  const db = await fresh();
+  const c = db.collection("c");
+  const first = await c.put("k", { v: 1, gone: true });
+  await c.put("old", { v: 0 });
+  await db.transaction((tx) => {
+    tx.putIf("c", "k", { v: 2 }, first).putIf("c", "new", { v: "é" }, null).unset("c", "k", ["gone"]).delete("c", "old").put("c", "p", { n: 1n });
+  });
+  assert.deepEqual(c.get("k"), { v: 2 });
+  assert.deepEqual(c.get("new"), { v: "é" });
+  assert.equal(c.get("old"), undefined);
+  assert.deepEqual(c.get("p"), { n: 1 });
+  await assert.rejects(
+    db.transaction((tx) => tx.put("c", "x", { ok: 1 }).put("c", "y", { bad: Symbol("s") })),
+    (e) => e instanceof EncodeError && /bad/.test(e.message),
+  );
+  assert.equal(c.get("x"), undefined, "nothing of a refused transaction applies");
+  await db.close();
+});
+
 test("put merges fields, unset removes them, delete removes the document", async () => {
   const db = await fresh();
   const todos = db.collection("todos");
@@ -170,6 +257,12 @@ test("values that cannot be stored are refused with EncodeError", async () => {
   await assert.rejects(c.put("d", { when: new Date() }), (e) => e instanceof EncodeError && /when/.test(e.message));
   await assert.rejects(c.put("f", { f: () => 1 }), EncodeError);
   await assert.rejects(c.put("n", "not an object"), EncodeError);
+  await assert.rejects(c.put("p", { a: { b: [1, new Map()] } }), (e) => e instanceof EncodeError && e.message.startsWith("a.b[1] cannot be stored"));
+  await assert.rejects(c.put("b", { big: 2n ** 64n }), (e) => e instanceof EncodeError && /big is a bigint outside/.test(e.message));
+  const cycle = { name: "loop" };
+  cycle.self = cycle;
+  await assert.rejects(c.put("cycle", { cycle }), (e) => e instanceof EncodeError && /nested too deeply/.test(e.message));
+  await assert.rejects(c.put("i", { i: new Int8Array(2) }), EncodeError);
   assert.equal(c.get("d"), undefined);
   await db.close();
 });

@@ -69,8 +69,7 @@ impl MemoryStore {
                 batch.push(sync_core::Write::Put { key, value });
             }
         }
-        // Writing to memory cannot fail.
-        let _ = inner.write(&batch);
+        inner.write_owned(batch);
         MemoryStore {
             records: Arc::new(Mutex::new(inner)),
             ..MemoryStore::default()
@@ -95,9 +94,9 @@ impl ClientStore for MemoryStore {
                 "simulated write failure",
             ))
         } else {
-            lock(&self.records)
-                .write(&batch)
-                .map_err(|e| StoreError::new(StoreErrorKind::Io, e.to_string()))
+            // The batch is ours: its values move into the map, uncopied.
+            lock(&self.records).write_owned(batch);
+            Ok(())
         };
         if result.is_ok() {
             self.copied.store(false, Ordering::SeqCst);
