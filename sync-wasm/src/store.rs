@@ -12,6 +12,8 @@
 //! and deletes it in the last of them. Until every logged batch is copied,
 //! later batches go to the log too, so that the order of writes is kept:
 //! reading applies `records` first and then the logged batches in order.
+//! While a read pages through `records`, nothing changes them: writes go
+//! to the log and the copy waits until the read ends.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
@@ -90,6 +92,10 @@ struct Log {
     next: u64,
     /// Whether the copying task runs.
     applying: bool,
+    /// How many `read_all` calls are under way. While any is, `records`
+    /// must not change (a paged read would see part of a batch): every
+    /// write goes to the log and the copy starts no new transaction.
+    reading: usize,
 }
 
 /// A database's records in IndexedDB: one IndexedDB database per Concord
@@ -129,6 +135,7 @@ impl IdbStore {
                 pending,
                 next,
                 applying: false,
+                reading: 0,
             })),
             threshold: LOG_THRESHOLD,
         };
@@ -162,11 +169,11 @@ impl IdbStore {
     }
 
     /// Starts the task copying logged batches into `records`, unless it
-    /// runs or there is nothing to copy.
+    /// runs, a read is under way, or there is nothing to copy.
     fn start_applying(&self) {
         {
             let mut log = self.log.borrow_mut();
-            if log.applying || log.pending.is_empty() {
+            if log.applying || log.pending.is_empty() || log.reading > 0 {
                 return;
             }
             log.applying = true;
@@ -178,12 +185,14 @@ impl IdbStore {
                 let Some(seq) = log.borrow().pending.front().copied() else {
                     break;
                 };
-                // Not copied (the batch's own write has not committed yet,
-                // or a failure: the database closed, the disk full): the
-                // batch stays logged and pending, reads still see it, and
-                // its write's completion, the next logged write or the next
-                // open tries again.
-                if !matches!(apply_logged(&db, seq).await, Ok(true)) {
+                // Not copied (a read under way, or a failure: the batch's
+                // write failed, the database closed, the disk full): the
+                // batch stays pending, reads still see what the log holds,
+                // and the read's end, the write's settling, the next logged
+                // write or the next open tries again. (The batch's write
+                // was issued before it became pending, so IndexedDB orders
+                // this task's read of it after that write.)
+                if !matches!(apply_logged(&db, &log, seq).await, Ok(true)) {
                     break;
                 }
                 log.borrow_mut().pending.pop_front();
@@ -195,8 +204,11 @@ impl IdbStore {
 
 /// Copies logged batch `seq` into `records` and deletes it from the log,
 /// the delete in the same transaction as the last writes. `Ok(false)` when
-/// the log does not hold the batch (yet): its write is still under way.
-async fn apply_logged(db: &Connection, seq: u64) -> Result<bool, StoreError> {
+/// the log does not hold the batch (its write failed), or when a read
+/// started: the copy then stops between two transactions, the batch stays
+/// logged, and copying it again from its first write later is harmless
+/// (no later batch reached `records` meanwhile).
+async fn apply_logged(db: &Connection, log: &RefCell<Log>, seq: u64) -> Result<bool, StoreError> {
     let key = JsValue::from_f64(seq as f64);
     let value = JsFuture::from(read_one(db, LOG, &key).map_err(dom_error)?)
         .await
@@ -215,6 +227,9 @@ async fn apply_logged(db: &Connection, seq: u64) -> Result<bool, StoreError> {
         // completion set off (resolving the Promises of every put in the
         // batch, change notifications) runs first and is not delayed.
         crate::timer::sleep_ms(0.0).await;
+        if log.borrow().reading > 0 {
+            return Ok(false);
+        }
         let last = i + 1 == chunks;
         let stores: &[&str] = if last { &[RECORDS, LOG] } else { &[RECORDS] };
         let tx = transaction(db, stores)?;
@@ -370,38 +385,57 @@ fn decode_batch(mut bytes: &[u8]) -> Result<Vec<LoggedWrite>, StoreError> {
 
 impl ClientStore for IdbStore {
     fn write(&self, batch: PersistBatch) -> LocalBoxFuture<'static, Result<(), StoreError>> {
-        // Decided now, in the order writes are issued: once a batch is
-        // logged, the ones after it are logged too until it is copied.
-        let logged = {
-            let mut log = self.log.borrow_mut();
-            if batch.writes.len() >= self.threshold || !log.pending.is_empty() {
-                let seq = log.next;
-                log.next += 1;
-                log.pending.push_back(seq);
-                Some(seq)
-            } else {
-                None
-            }
-        };
         let this = self.clone();
         async move {
+            // Decided when the write is issued to IndexedDB (now, in one
+            // synchronous step with its transaction), not when it was asked
+            // for: a write whose future is dropped unpolled then takes no
+            // sequence number, and the transactions land in the order the
+            // log's sequence numbers say.
+            let logged = {
+                let mut log = this.log.borrow_mut();
+                if batch.writes.len() >= this.threshold
+                    || !log.pending.is_empty()
+                    || log.reading > 0
+                {
+                    let seq = log.next;
+                    log.next += 1;
+                    log.pending.push_back(seq);
+                    Some(seq)
+                } else {
+                    None
+                }
+            };
             let db = &this.db;
             if let Some(seq) = logged {
-                let result = async {
+                let issued = (|| {
                     let tx = transaction(db, &[LOG])?;
                     let log = tx.object_store(LOG).map_err(dom_error)?;
                     let value = bytes(&encode_batch(&batch.writes));
                     queue_js(&log, &JsValue::from_f64(seq as f64), &value).map_err(dom_error)?;
-                    JsFuture::from(commit(&tx)).await.map_err(dom_error)?;
-                    Ok(())
-                }
-                .await;
-                if result.is_ok() {
-                    this.start_applying();
-                } else {
-                    this.log.borrow_mut().pending.retain(|&s| s != seq);
-                }
-                return result;
+                    Ok(commit(&tx))
+                })();
+                let committed = match issued {
+                    Ok(committed) => committed,
+                    Err(e) => {
+                        this.settle_logged(seq, false);
+                        return Err(e);
+                    }
+                };
+                // The bookkeeping of the log follows the transaction, not
+                // only this future: were this future dropped before the
+                // commit completes, the batch would stay pending whatever
+                // became of it. Settling twice changes nothing; settling
+                // here too has the copy under way when the write resolves.
+                let settle = this.clone();
+                let outcome = committed.clone();
+                wasm_bindgen_futures::spawn_local(async move {
+                    let ok = JsFuture::from(outcome).await.is_ok();
+                    settle.settle_logged(seq, ok);
+                });
+                let result = JsFuture::from(committed).await;
+                this.settle_logged(seq, result.is_ok());
+                return result.map(drop).map_err(dom_error);
             }
             let tx = transaction(db, &[RECORDS])?;
             let store = tx.object_store(RECORDS).map_err(dom_error)?;
@@ -419,20 +453,15 @@ impl ClientStore for IdbStore {
     }
 
     fn read_all(&self) -> LocalBoxFuture<'static, Result<Vec<Record>, StoreError>> {
+        // From here until the read ends (or its future is dropped)
+        // `records` stays as it is: transactions that change it and were
+        // created before this read's are ordered before them by IndexedDB,
+        // and no new one starts (see `Log::reading`).
+        let reading = Reading::start(self);
         let db = self.db.clone();
         async move {
-            // The log first: a batch still being copied into `records`
-            // (the copy may run while this reads) is then either in what
-            // this reads of the log, or wholly in `records` already.
-            // Replaying a batch over records that already hold it changes
-            // nothing: no write comes between it and this read, as the
-            // database is opened before its loop starts and one tab holds it.
-            let (_, logged) = page(&db, LOG, &JsValue::UNDEFINED, None).await?;
-            let mut batches = Vec::new();
-            for value in logged.iter() {
-                batches.push(decode_batch(&to_vec(&value)?)?);
-            }
-            // Then the records page by page, each page its own read-only
+            let _reading = reading;
+            // The records page by page, each page its own read-only
             // transaction with a pair of requests (keys and values line up
             // one to one, each in key order): the browser hands each page's
             // results to the page's thread in a task of its own, so a large
@@ -447,11 +476,52 @@ impl ClientStore for IdbStore {
                     after = key;
                 }
                 if count < READ_PAGE {
-                    return Ok(fold_logged(records, batches));
+                    break;
                 }
             }
+            // Then the log, after the records: every batch logged before
+            // this read or during it, including one whose copy into
+            // `records` had begun (a batch leaves the log only with its
+            // last copied writes). Replaying that one over the records
+            // changes nothing, as no later batch was copied before it.
+            let (_, logged) = page(&db, LOG, &JsValue::UNDEFINED, None).await?;
+            let mut batches = Vec::new();
+            for value in logged.iter() {
+                batches.push(decode_batch(&to_vec(&value)?)?);
+            }
+            Ok(fold_logged(records, batches))
         }
         .boxed_local()
+    }
+}
+
+impl IdbStore {
+    /// Settles logged batch `seq` once its transaction is over: copied into
+    /// `records` from now on when it committed, forgotten when it did not
+    /// (its write failed, and the log does not hold it).
+    fn settle_logged(&self, seq: u64, committed: bool) {
+        if !committed {
+            self.log.borrow_mut().pending.retain(|&s| s != seq);
+        }
+        self.start_applying();
+    }
+}
+
+/// A `read_all` under way, counted in [`Log::reading`] until dropped; the
+/// copy of logged batches paused for it resumes then.
+struct Reading(IdbStore);
+
+impl Reading {
+    fn start(store: &IdbStore) -> Reading {
+        store.log.borrow_mut().reading += 1;
+        Reading(store.clone())
+    }
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        self.0.log.borrow_mut().reading -= 1;
+        self.0.start_applying();
     }
 }
 

@@ -203,13 +203,12 @@ async fn until_copy_idle(store: &IdbStore) {
     panic!("the copy of logged batches did not finish");
 }
 
-/// A logged batch whose write is issued but not yet in IndexedDB when the
-/// copy task reaches it (the write's future not yet polled) stays pending:
-/// the copy stops there and resumes once the write completes. Were it
-/// taken as copied, a later small write would go straight to `records`
-/// and reads would apply the stale logged batch over it.
+/// A write is issued to IndexedDB when its future first runs, and only
+/// then takes its place in the log: one asked for but not yet run leaves
+/// the copy free to finish, and once run it is logged, copied, and a later
+/// small write to `records` stays the newest value.
 #[wasm_bindgen_test]
-async fn a_logged_batch_not_yet_written_is_copied_after_its_write() {
+async fn a_logged_write_takes_its_place_when_it_runs() {
     let name = format!("logged-unwritten-{}", js_sys::Math::random());
     let store = IdbStore::open(&name)
         .await
@@ -219,16 +218,11 @@ async fn a_logged_batch_not_yet_written_is_copied_after_its_write() {
         writes: vec![put("a", "1")],
     };
     store.write(first).await.expect("logged write");
-    // Taken in order now; its transaction starts only when polled.
     let second = store.write(PersistBatch {
         writes: vec![put("b", "1")],
     });
     until_copy_idle(&store).await;
-    assert_eq!(
-        store.logged_batches(),
-        1,
-        "the unwritten batch must stay pending"
-    );
+    assert_eq!(store.logged_batches(), 0, "the first batch was not copied");
     second.await.expect("second logged write");
     until_copy_idle(&store).await;
     assert_eq!(store.logged_batches(), 0, "the log was not copied");
@@ -246,4 +240,102 @@ async fn a_logged_batch_not_yet_written_is_copied_after_its_write() {
     let again = IdbStore::open(&name).await.expect("reopen");
     assert_eq!(again.read_all().await.expect("read"), expected);
     again.close();
+}
+
+/// A logged write whose future is dropped before it runs is never
+/// written and leaves nothing pending: the batches logged after it are
+/// copied into `records`, and writes go record by record again. Were its
+/// sequence number left pending, the copy would stop at it for good and
+/// every later write would go to the log.
+#[wasm_bindgen_test]
+async fn a_dropped_logged_write_leaves_nothing_pending() {
+    let name = format!("logged-dropped-{}", js_sys::Math::random());
+    let store = IdbStore::open(&name)
+        .await
+        .expect("open")
+        .with_log_threshold(2);
+    drop(store.write(PersistBatch {
+        writes: vec![put("a", "1"), put("b", "1")],
+    }));
+    store
+        .write(PersistBatch {
+            writes: vec![put("b", "2"), put("c", "2")],
+        })
+        .await
+        .expect("logged write");
+    until_copy_idle(&store).await;
+    assert_eq!(store.logged_batches(), 0, "a dropped write stays pending");
+    store
+        .write(PersistBatch {
+            writes: vec![put("d", "3")],
+        })
+        .await
+        .expect("small write");
+    assert_eq!(
+        store.logged_batches(),
+        0,
+        "a small write was logged: the log never emptied"
+    );
+    let expected = vec![record("b", "2"), record("c", "2"), record("d", "3")];
+    assert_eq!(store.read_all().await.expect("read"), expected);
+    store.close();
+    let again = IdbStore::open(&name).await.expect("reopen");
+    assert_eq!(again.read_all().await.expect("read"), expected);
+    again.close();
+}
+
+/// A batch logged while a read pages through `records` and copied
+/// before the read ends must not show up half: the read returns the state
+/// before the batch or after it, never some of its writes. Ten pages of
+/// records (a read's page holds 4,096), and a batch rewriting keys of the
+/// first page and of the last, written and copied (one transaction) while
+/// the read runs: were the copy to land between two pages, the read would
+/// see the last page's keys new and the first page's old.
+#[wasm_bindgen_test]
+async fn a_read_sees_a_batch_written_during_it_whole_or_not_at_all() {
+    let name = format!("read-during-copy-{}", js_sys::Math::random());
+    let store = IdbStore::open(&name)
+        .await
+        .expect("open")
+        .with_log_threshold(16);
+    const KEYS: usize = 40_000;
+    let key = |i: usize| format!("k{i:05}");
+    store
+        .write(PersistBatch {
+            writes: (0..KEYS).map(|i| put(&key(i), "old")).collect(),
+        })
+        .await
+        .expect("first batch");
+    until_copy_idle(&store).await;
+    assert_eq!(store.logged_batches(), 0);
+    let ends: Vec<usize> = (0..8).chain(KEYS - 8..KEYS).collect();
+    let read = store.read_all();
+    let write = async {
+        store
+            .write(PersistBatch {
+                writes: ends.iter().map(|&i| put(&key(i), "new")).collect(),
+            })
+            .await
+            .expect("second batch");
+        until_copy_idle(&store).await;
+    };
+    let (records, ()) = futures::future::join(read, write).await;
+    let records = records.expect("read");
+    assert_eq!(records.len(), KEYS);
+    let new = ends
+        .iter()
+        .filter(|&&i| records[i] == record(&key(i), "new"))
+        .count();
+    assert!(
+        new == 0 || new == ends.len(),
+        "the read saw {new} of the {} writes of one batch",
+        ends.len()
+    );
+    until_copy_idle(&store).await;
+    assert_eq!(store.logged_batches(), 0, "the log was not copied");
+    let records = store.read_all().await.expect("read");
+    for &i in &ends {
+        assert_eq!(records[i], record(&key(i), "new"));
+    }
+    store.close();
 }
