@@ -668,8 +668,7 @@ impl Replica {
         // The transaction's outbox records, one run: one allocation for the
         // whole transaction instead of one per write.
         let mut run: Vec<u8> = Vec::new();
-        let tx_first = self.next_seq;
-        let mut run_first = tx_first;
+        let mut run_first = self.next_seq;
         let mut run_len = 0;
         let text = tx.text.as_str();
         for (write, &hlc) in tx.writes.iter().zip(&hlcs) {
@@ -703,23 +702,13 @@ impl Replica {
                 (run_first, run_len) = (id.seq, 0);
             }
             if run.capacity() == 0 {
-                let record = RUN_LENGTH_BYTES + scratch.len();
-                // Sized from the first record: about right for a
-                // transaction of similar writes. (Capped: a large first
-                // value must not reserve for all.)
+                // Sized from the first record: exact for a single write, and
+                // about right for a transaction of similar writes.
+                // (Capped: a large first value must not reserve for all.)
                 let writes_left =
-                    tx.writes.len() - usize::try_from(id.seq - tx_first).unwrap_or(tx.writes.len());
-                let estimate = record.saturating_mul(writes_left).min(16 << 20);
-                if let Some(back) = self.take_joinable(id.seq, estimate) {
-                    run = back.bytes;
-                    (run_first, run_len) = (back.seq, back.len);
-                    run.reserve(estimate);
-                } else {
-                    // A run small writes may join gets room for them at
-                    // once: growing it a write at a time reallocates and
-                    // copies it about ten times on its way to the bound.
-                    run.reserve_exact(estimate.max(JOIN_MAX_BYTES));
-                }
+                    tx.writes.len() - usize::try_from(id.seq - run_first).unwrap_or(0);
+                let estimate = (RUN_LENGTH_BYTES + scratch.len()).saturating_mul(writes_left);
+                run.reserve_exact(estimate.min(16 << 20));
             }
             push_run_record(&mut run, &scratch);
             run_len += 1;
@@ -799,27 +788,8 @@ impl Replica {
             before: self.outbox.back().map_or(0, Pending::end),
             len,
             start: 0,
-            bytes: run,
+            bytes: run.into_boxed_slice(),
         });
-    }
-
-    /// Removes and returns the outbox's last entry if the records of
-    /// operations from `seq` on, `bytes` long, may join it: it ends just
-    /// before `seq`, none of it is acknowledged, and it stays within
-    /// [`JOIN_MAX_BYTES`]. Small writes made one by one then share an
-    /// allocation, instead of paying one (and an entry) each.
-    fn take_joinable(&mut self, seq: u64, bytes: usize) -> Option<Pending> {
-        let back = self.outbox.back()?;
-        // A partly acknowledged entry is left alone: it is queued again as
-        // a run from its first byte.
-        let joinable = back.start == 0
-            && back.last_seq().checked_add(1) == Some(seq)
-            && back.bytes.len().saturating_add(bytes) <= JOIN_MAX_BYTES;
-        if joinable {
-            self.outbox.pop_back()
-        } else {
-            None
-        }
     }
 
     /// Marks a document a transaction changed for rewriting, and announces
@@ -1220,9 +1190,7 @@ struct Pending {
     /// Where the first pending record's length starts in `bytes`: the
     /// acknowledged records before it go when the whole entry goes.
     start: u32,
-    /// A run smaller than [`JOIN_MAX_BYTES`] has room up to it, for the
-    /// small writes that join it (see [`Replica::take_joinable`]).
-    bytes: Vec<u8>,
+    bytes: Box<[u8]>,
 }
 
 /// Bytes before each record in a [`Pending`] run: its length.
@@ -1231,14 +1199,6 @@ const RUN_LENGTH_BYTES: usize = 4;
 /// The most bytes in one [`Pending`] run, so that offsets fit in a `u32`;
 /// a larger transaction queues several runs.
 const MAX_RUN_BYTES: usize = u32::MAX as usize;
-
-/// The most bytes of a [`Pending`] run that later writes may join: it
-/// bounds both the spare capacity of a growing run and the acknowledged
-/// bytes a partly acknowledged run keeps until its last record goes.
-/// Below 1 KiB: glibc serves larger requests only after merging its fast
-/// bins, which made the small allocations around them (events, names)
-/// cost more than the joining saved (callgrind, compare workload 1).
-const JOIN_MAX_BYTES: usize = 1000;
 
 impl Pending {
     /// An entry of one stored record (it must decode to operation `seq`),
@@ -1251,7 +1211,7 @@ impl Pending {
             before: 0,
             len: 1,
             start: 0,
-            bytes,
+            bytes: bytes.into_boxed_slice(),
         }
     }
 
@@ -1888,86 +1848,9 @@ mod tests {
         assert_eq!(r.outbox().collect::<Vec<_>>(), ops[3..]);
     }
 
-    /// Small writes made one by one share outbox runs of at most
-    /// `JOIN_MAX_BYTES`; a run partly acknowledged, or full, takes no more.
-    /// Every operation still reads, persists, acknowledges and restores
-    /// on its own.
-    #[test]
-    fn small_writes_share_outbox_runs_up_to_the_bound() {
-        let now = Timestamp::from_unix_ms(1_000);
-        let mut r = Replica::new(ReplicaId(7), ReplicaConfig::default());
-        let seqs = |r: &Replica| r.outbox().map(|op| op.id.seq).collect::<Vec<_>>();
-        for n in 0..300 {
-            r.put(now, "c", &format!("d{n}"), [("x", n)]).unwrap();
-        }
-        let runs = r.outbox.len();
-        assert!((2..30).contains(&runs), "300 small writes in {runs} runs");
-        assert!(r.outbox.iter().all(|p| p.bytes.len() <= JOIN_MAX_BYTES));
-        let ops: Vec<Op> = r.outbox().collect();
-        assert_eq!(seqs(&r), (1..=300).collect::<Vec<_>>());
-        let mut disk = MemoryStore::new();
-        let batch = r.take_persist().unwrap();
-        let stored: Vec<u64> = batch
-            .writes
-            .iter()
-            .filter_map(|w| match w {
-                Write::Put {
-                    key: StoreKey::Outbox(seq),
-                    value,
-                } => {
-                    assert_eq!(*value, encode_record(&ops[*seq as usize - 1]));
-                    Some(*seq)
-                }
-                _ => None,
-            })
-            .collect();
-        assert_eq!(stored, (1..=300).collect::<Vec<_>>());
-        disk.write(&batch).unwrap();
-
-        // The last run partly acknowledged: the next writes start a run.
-        let last_run = r.outbox.back().unwrap().seq;
-        r.acknowledge(last_run);
-        r.put(now, "c", "a", [("y", 1)]).unwrap();
-        r.put(now, "c", "b", [("y", 2)]).unwrap();
-        assert_eq!(r.outbox.len(), 2, "the partly acknowledged run, a new one");
-        assert_eq!(seqs(&r), (last_run + 1..=302).collect::<Vec<_>>());
-
-        // A record past the bound is a run of its own, and takes no more.
-        let big = "x".repeat(JOIN_MAX_BYTES);
-        r.put(now, "c", "big", [("y", Value::from(big.as_str()))])
-            .unwrap();
-        r.put(now, "c", "after", [("y", 3)]).unwrap();
-        assert_eq!(r.outbox.len(), 4);
-        assert_eq!(seqs(&r), (last_run + 1..=304).collect::<Vec<_>>());
-
-        // Stored and restored as operations queued one by one.
-        let batch = r.take_persist().unwrap();
-        let written: Vec<u64> = batch
-            .writes
-            .iter()
-            .filter_map(|w| match w {
-                Write::Put {
-                    key: StoreKey::Outbox(seq),
-                    ..
-                } => Some(*seq),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(written, [301, 302, 303, 304]);
-        disk.write(&batch).unwrap();
-        let restored = Replica::restore(ReplicaConfig::default(), disk.read_all().unwrap())
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            restored.outbox().collect::<Vec<_>>(),
-            r.outbox().collect::<Vec<_>>()
-        );
-    }
-
     /// A transaction's operations are one outbox entry (one run of
-    /// records; here joined by the small writes around it), yet read,
-    /// skip, persist, acknowledge part by part and restore exactly as
-    /// operations queued one by one.
+    /// records), yet read, skip, persist, acknowledge part by part and
+    /// restore exactly as operations queued one by one.
     #[test]
     fn a_transaction_is_one_outbox_run_read_and_acknowledged_op_by_op() {
         let now = Timestamp::from_unix_ms(1_000);
@@ -1981,7 +1864,7 @@ mod tests {
         })
         .unwrap();
         r.put(now, "c", "b", [("y", Value::from("after"))]).unwrap();
-        assert_eq!(r.outbox.len(), 1, "small writes in a row join one run");
+        assert_eq!(r.outbox.len(), 3, "a single, the run, a single");
         let ops: Vec<Op> = r.outbox().collect();
         let seqs: Vec<u64> = ops.iter().map(|op| op.id.seq).collect();
         assert_eq!(seqs, (1..=9).collect::<Vec<_>>());
