@@ -5,6 +5,7 @@
 //! ```sh
 //! cargo bench --locked                 # every workload, median of 5 runs
 //! cargo bench --locked -- --runs 3     # fewer runs
+//! cargo bench --locked -- --writes     # the write workloads only (1, 1b, 7)
 //! ```
 //!
 //! Every library gets the same workload, expressed with its closest
@@ -41,7 +42,7 @@
 //! read). Reads visit every value; they sum the integers and count the rest.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 // ---- memory: a counting global allocator --------------------------------
@@ -53,6 +54,10 @@ struct Counting;
 
 /// The protocol version Concord's transfers use (`--wire 2` or `--wire 3`).
 static WIRE: AtomicU8 = AtomicU8::new(sync_core::protocol::COMPACT_VERSION);
+
+/// Only the write workloads (1, 1b, 7) run (`--writes`): a quick A/B of the
+/// write path, and a short program for counting instructions under callgrind.
+static WRITES_ONLY: AtomicBool = AtomicBool::new(false);
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
@@ -287,6 +292,14 @@ fn run_lib<L: Lib>(names: &Names) -> Run {
         "batched writes hold the same fields"
     );
     drop(batched);
+    if WRITES_ONLY.load(Ordering::Relaxed) {
+        let started = start_clock();
+        let mixed = L::mixed_writes(names);
+        run.m_writes = started.elapsed();
+        drop(mixed);
+        run.agree = true;
+        return run;
+    }
     (run.merge, run.agree) = L::concurrent(names);
     (run.encode, run.decode, run.first_read, run.encoded_bytes) = L::encode_decode(&mut replica);
     (run.z_encode, run.z_decode_read, run.z_bytes) = L::encode_decode_compressed(&mut replica)
@@ -1351,6 +1364,8 @@ fn main() {
             n = args.next().and_then(|v| v.parse().ok()).unwrap_or(n).max(1);
         } else if arg == "--skip" {
             skip.extend(args.next());
+        } else if arg == "--writes" {
+            WRITES_ONLY.store(true, Ordering::Relaxed);
         } else if arg == "--wire" {
             let wire = args.next().and_then(|v| v.parse().ok());
             WIRE.store(wire.unwrap_or(3).clamp(2, 3), Ordering::Relaxed);
@@ -1396,6 +1411,19 @@ fn main() {
         &|r| ms(r.batched),
         Some(2.0),
     );
+    let mixed_writes = || {
+        row(
+            "7. 100,000 mixed writes, each field overwritten 4×",
+            &results,
+            |r| r.m_writes.as_secs_f64(),
+            &|r| ms(r.m_writes),
+            Some(5.0),
+        )
+    };
+    if WRITES_ONLY.load(Ordering::Relaxed) {
+        mixed_writes();
+        return;
+    }
     row(
         "2. 2 × 50,000 concurrent writes: merge both ways",
         &results,
@@ -1508,13 +1536,7 @@ fn main() {
         &|r| ms(r.read_copied),
         None,
     );
-    row(
-        "7. 100,000 mixed writes, each field overwritten 4×",
-        &results,
-        |r| r.m_writes.as_secs_f64(),
-        &|r| ms(r.m_writes),
-        Some(5.0),
-    );
+    mixed_writes();
     row(
         "7a. encode full state",
         &results,
