@@ -26,6 +26,7 @@
 )]
 
 mod auth;
+mod checkpoint;
 mod config;
 mod connection;
 mod forward;
