@@ -697,7 +697,9 @@ impl Replica {
                 TxKind::DropCollection => ChangeRef::DropCollection { collection },
             };
             scratch = encode_record_into(&OpRef { id, hlc, change }, scratch);
-            if run.len() + RUN_LENGTH_BYTES + scratch.len() > MAX_RUN_BYTES {
+            // In u64: on 32-bit targets the usize sum could not exceed the bound.
+            let run_bytes = run.len() as u64 + RUN_LENGTH_BYTES as u64 + scratch.len() as u64;
+            if run_bytes > MAX_RUN_BYTES {
                 self.push_run(run_first, run_len, std::mem::take(&mut run));
                 (run_first, run_len) = (id.seq, 0);
             }
@@ -1198,7 +1200,7 @@ const RUN_LENGTH_BYTES: usize = 4;
 
 /// The most bytes in one [`Pending`] run, so that offsets fit in a `u32`;
 /// a larger transaction queues several runs.
-const MAX_RUN_BYTES: usize = u32::MAX as usize;
+const MAX_RUN_BYTES: u64 = u32::MAX as u64;
 
 impl Pending {
     /// An entry of one stored record (it must decode to operation `seq`),
