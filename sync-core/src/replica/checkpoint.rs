@@ -23,6 +23,13 @@
 //! or the first sync of one, is a checkpoint at once instead of one record
 //! per document. A snapshot reset (the initial sync from the relay) stores
 //! the relay's snapshot bytes as they were received as the checkpoint.
+//!
+//! While a session catches up to the relay's head (an initial sync
+//! delivered as operations), the policy waits: the state grows batch after
+//! batch, and a checkpoint each time the overlay reaches a quarter of it
+//! would encode the growing state again and again (about four times the
+//! final state in all). The batch that reaches the head is then one
+//! checkpoint of everything.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -46,6 +53,8 @@ pub(super) struct Checkpoints {
     forced: bool,
     /// [`crate::ReplicaConfig::checkpoint_min_records`].
     min_records: usize,
+    /// A session is catching up: the policy waits for the head.
+    deferred: bool,
 }
 
 impl Checkpoints {
@@ -71,6 +80,7 @@ impl Checkpoints {
             pending: None,
             forced: false,
             min_records,
+            deferred: false,
         }
     }
 
@@ -84,6 +94,9 @@ impl Checkpoints {
     pub(super) fn due(&self, dirty_docs: usize, total_docs: usize) -> bool {
         if self.forced || self.pending.is_some() {
             return true;
+        }
+        if self.deferred {
+            return false;
         }
         let records = self.overlay_len.saturating_add(dirty_docs);
         records >= self.min_records.max(total_docs / 4).max(1)
@@ -139,6 +152,12 @@ impl Replica {
     pub fn checkpoint(&mut self) {
         self.checkpoints.force();
         self.dirty.meta = true;
+    }
+
+    /// Tells the policy whether the session is catching up to the relay's
+    /// head, so that it waits for the head (see the module documentation).
+    pub(crate) fn defer_checkpoints(&mut self, catching_up: bool) {
+        self.checkpoints.deferred = catching_up;
     }
 
     /// Number of document records stored since the last checkpoint (or

@@ -310,3 +310,47 @@ fn replica_restored_from_an_older_store_copy_stops_instead_of_losing_writes() {
     assert!(w.c(a).session.replica().get(TODOS, "y").is_some());
     assert_eq!(w.room.head(), 3, "the relay kept every original write");
 }
+
+/// Catching up from the log, the reader's state grows batch after batch: it
+/// stores one checkpoint, at the head, not one each time the records since
+/// the last reach a quarter of the state (which encodes the growing state
+/// over and over).
+#[test]
+fn catching_up_from_the_log_stores_one_checkpoint_at_the_head() {
+    let mut w = World::new(RoomConfig::default().with_max_batch_ops(100));
+    let reader = w.add_client(1);
+    let writer = w.add_client(2);
+    w.start(writer);
+    // Three times the default `checkpoint_min_records`: the policy alone
+    // checkpoints at about 1,024, 2,048 and 3,000 documents.
+    w.write_many(writer, "doc", 3_000);
+    assert_eq!(w.room.head(), 3_000);
+
+    w.start(reader);
+    assert_eq!(w.c(reader).cursor(), 3_000);
+    let checkpoints: Vec<bool> = w
+        .c(reader)
+        .outputs
+        .iter()
+        .filter_map(|output| match output {
+            Output::Persist { batch, .. } => Some(batch.writes.iter().any(|write| {
+                matches!(
+                    write,
+                    Write::Put {
+                        key: StoreKey::Checkpoint,
+                        ..
+                    }
+                )
+            })),
+            _ => None,
+        })
+        .collect();
+    assert!(checkpoints.len() > 2, "the ops came in several batches");
+    assert_eq!(
+        checkpoints.iter().filter(|c| **c).count(),
+        1,
+        "one checkpoint: {checkpoints:?}"
+    );
+    assert_eq!(w.c(reader).session.replica().records_since_checkpoint(), 0);
+    w.assert_converged();
+}
