@@ -251,6 +251,38 @@ test("a subscription made after every earlier one stopped still sees changes", a
   await db.close();
 });
 
+test("a put made while another put's fields are read is packed apart", async () => {
+  const db = await fresh();
+  const c = db.collection("c");
+  // A getter that writes: the inner put packs while the outer one is half packed.
+  let inner;
+  const fields = {
+    a: "first",
+    get b() {
+      inner = c.put("inner", { x: "y".repeat(200), n: 7 });
+      return 2;
+    },
+    z: 3,
+  };
+  await c.put("outer", fields);
+  await inner;
+  assert.deepEqual(c.get("outer"), { a: "first", b: 2, z: 3 });
+  assert.deepEqual(c.get("inner"), { x: "y".repeat(200), n: 7 });
+  // The same inside a transaction's ops.
+  await db.transaction((tx) =>
+    tx.put("c", "t", {
+      get v() {
+        inner = c.put("inner2", { w: 1 });
+        return "t";
+      },
+    }),
+  );
+  await inner;
+  assert.deepEqual(c.get("t"), { v: "t" });
+  assert.deepEqual(c.get("inner2"), { w: 1 });
+  await db.close();
+});
+
 test("values that cannot be stored are refused with EncodeError", async () => {
   const db = await fresh();
   const c = db.collection("c");
