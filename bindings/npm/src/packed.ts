@@ -425,7 +425,14 @@ class Unpacker {
     const map: Record<string, unknown> = {};
     for (let i = 0; i < n; i++) {
       const key = this.string();
-      map[key] = this.value();
+      const value = this.value();
+      // Assigning `__proto__` would set the object's prototype and drop
+      // the field (a peer's document may name one so): define it instead.
+      if (key === "__proto__") {
+        Object.defineProperty(map, key, { value, enumerable: true, writable: true, configurable: true });
+      } else {
+        map[key] = value;
+      }
     }
     return map;
   }

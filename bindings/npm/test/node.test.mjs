@@ -251,6 +251,20 @@ test("a subscription made after every earlier one stopped still sees changes", a
   await db.close();
 });
 
+test("a field named __proto__ reads back as a field, not as the document's prototype", async () => {
+  const db = await fresh();
+  const c = db.collection("c");
+  // JSON.parse makes an own property of that name (as a peer's document may hold).
+  await c.put("d", JSON.parse('{"__proto__": {"x": 1}, "a": 2, "m": {"__proto__": 5}}'));
+  const back = c.get("d");
+  assert.deepEqual(Object.keys(back), ["__proto__", "a", "m"]);
+  assert.deepEqual(Object.getOwnPropertyDescriptor(back, "__proto__").value, { x: 1 });
+  assert.equal(Object.getPrototypeOf(back), Object.prototype);
+  assert.equal(back.x, undefined, "the field's value became the prototype");
+  assert.deepEqual(Object.getOwnPropertyDescriptor(back.m, "__proto__").value, 5);
+  await db.close();
+});
+
 test("a put made while another put's fields are read is packed apart", async () => {
   const db = await fresh();
   const c = db.collection("c");
