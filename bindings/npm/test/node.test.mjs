@@ -10,6 +10,7 @@ import {
   NoRelayError,
   ClosedError,
 } from "../dist/index.js";
+import { WasmDatabase } from "../wasm/sync_wasm.js";
 
 let n = 0;
 const fresh = () => open(`node-test-${n++}`);
@@ -248,6 +249,30 @@ test("a subscription made after every earlier one stopped still sees changes", a
   const again = collect((f) => db.subscribe(f), 1);
   await todos.put("b", { v: 2 });
   assert.deepEqual((await again).map((c) => c.id), ["b"]);
+  await db.close();
+});
+
+test("the puts of a turn fail, not hang, when wasm cannot be asked for their durability", async () => {
+  const db = await fresh();
+  const c = db.collection("c");
+  // As after a trap in the wasm module: every later call into it throws.
+  const durable = WasmDatabase.prototype.durable;
+  WasmDatabase.prototype.durable = () => {
+    throw new Error("RuntimeError: unreachable");
+  };
+  let timer;
+  try {
+    const settled = c.put("d", { n: 1 }).then(
+      () => "resolved",
+      (e) => e.message,
+    );
+    // A hang guard, not a timing assertion.
+    const hung = new Promise((r) => (timer = setTimeout(() => r("still pending after 10 s"), 10_000)));
+    assert.equal(await Promise.race([settled, hung]), "RuntimeError: unreachable");
+  } finally {
+    clearTimeout(timer);
+    WasmDatabase.prototype.durable = durable;
+  }
   await db.close();
 });
 
