@@ -593,7 +593,8 @@ impl Collection {
 
     /// Reads the documents [`Collection::list`] would return in place,
     /// without copying them: `read` gets them borrowed while the database
-    /// is locked, so keep it short and do not write to the database inside.
+    /// is locked, so keep it short and do not call the database inside (a
+    /// read as well as a write: it would wait for that lock forever).
     pub fn read_list<R>(
         &self,
         options: &ListOptions,
@@ -622,7 +623,8 @@ impl Collection {
 
     /// Reads document `id` in place, without copying it: `read` gets a
     /// borrowed view (its fields, its revision) while the database is
-    /// locked, so keep it short and do not write to the database inside.
+    /// locked, so keep it short and do not call the database inside (a read
+    /// as well as a write: it would wait for that lock forever).
     pub fn read<R>(&self, id: &str, read: impl FnOnce(Option<DocumentRef<'_>>) -> R) -> R {
         self.db.read(|s| read(s.replica().document(&self.name, id)))
     }

@@ -83,6 +83,8 @@ class Packer {
   buf = new Uint8Array(1024);
   view = new DataView(this.buf.buffer);
   at = 0;
+  /** Set while a write is being packed here (see `packer`). */
+  busy = false;
 
   /** Room for `n` more bytes. */
   reserve(n: number): void {
@@ -290,16 +292,29 @@ class Packer {
   /** What `pack` packs into the emptied buffer; Unstorable becomes EncodeError. */
   take(pack: () => void): Uint8Array {
     this.at = 0;
+    this.busy = true;
     try {
       pack();
     } catch (e) {
       throw e instanceof Unstorable ? e.error() : e;
+    } finally {
+      this.busy = false;
     }
     return this.buf.subarray(0, this.at);
   }
 }
 
-const packer = new Packer();
+const shared = new Packer();
+
+/**
+ * The packer for a new write: the shared one, unless a write is being
+ * packed in it. Packing reads the caller's objects, and a getter among
+ * them may write to the database: that write must not pack over the
+ * bytes of the one whose fields it is read for.
+ */
+function packer(): Packer {
+  return shared.busy ? new Packer() : shared;
+}
 
 /**
  * One put (or putIf, when `expected` is given; `null`: only if absent).
@@ -307,20 +322,25 @@ const packer = new Packer();
  */
 export function packPut(collection: string, id: string, fields: unknown, expected?: string | null): Uint8Array {
   // Not through `take`: a closure per put shows in the garbage collector.
-  packer.at = 0;
+  const p = packer();
+  p.at = 0;
+  p.busy = true;
   try {
-    packer.put(collection, id, fields, expected);
+    p.put(collection, id, fields, expected);
   } catch (e) {
     throw e instanceof Unstorable ? e.error() : e;
+  } finally {
+    p.busy = false;
   }
-  return packer.buf.subarray(0, packer.at);
+  return p.buf.subarray(0, p.at);
 }
 
 /** A transaction's writes. Valid until the next call. */
 export function packOps(ops: Op[]): Uint8Array {
-  return packer.take(() => {
-    packer.varint(ops.length);
-    for (const op of ops) packer.op(op);
+  const p = packer();
+  return p.take(() => {
+    p.varint(ops.length);
+    for (const op of ops) p.op(op);
   });
 }
 
@@ -405,7 +425,14 @@ class Unpacker {
     const map: Record<string, unknown> = {};
     for (let i = 0; i < n; i++) {
       const key = this.string();
-      map[key] = this.value();
+      const value = this.value();
+      // Assigning `__proto__` would set the object's prototype and drop
+      // the field (a peer's document may name one so): define it instead.
+      if (key === "__proto__") {
+        Object.defineProperty(map, key, { value, enumerable: true, writable: true, configurable: true });
+      } else {
+        map[key] = value;
+      }
     }
     return map;
   }

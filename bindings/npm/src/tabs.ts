@@ -452,11 +452,17 @@ export class Shared {
   /** Leader: a new turn's durability, asked of wasm once the turn's synchronous code and microtasks queued so far have run. */
   #startTurn(): Promise<unknown[] | undefined> {
     const inner = this.#inner!;
-    return new Promise((resolve) =>
+    return new Promise((resolve, reject) =>
       queueMicrotask(() => {
         this.#turn = undefined;
         this.#turnSize = 0;
-        resolve(inner.durable() as Promise<unknown[] | undefined>);
+        // A throw here (a trapped wasm module) would otherwise leave every
+        // put of the turn pending for good: it fails them instead.
+        try {
+          resolve(inner.durable() as Promise<unknown[] | undefined>);
+        } catch (e) {
+          reject(toConcordError(e));
+        }
       }),
     );
   }

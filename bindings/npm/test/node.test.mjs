@@ -10,6 +10,7 @@ import {
   NoRelayError,
   ClosedError,
 } from "../dist/index.js";
+import { WasmDatabase } from "../wasm/sync_wasm.js";
 
 let n = 0;
 const fresh = () => open(`node-test-${n++}`);
@@ -248,6 +249,76 @@ test("a subscription made after every earlier one stopped still sees changes", a
   const again = collect((f) => db.subscribe(f), 1);
   await todos.put("b", { v: 2 });
   assert.deepEqual((await again).map((c) => c.id), ["b"]);
+  await db.close();
+});
+
+test("the puts of a turn fail, not hang, when wasm cannot be asked for their durability", async () => {
+  const db = await fresh();
+  const c = db.collection("c");
+  // As after a trap in the wasm module: every later call into it throws.
+  const durable = WasmDatabase.prototype.durable;
+  WasmDatabase.prototype.durable = () => {
+    throw new Error("RuntimeError: unreachable");
+  };
+  let timer;
+  try {
+    const settled = c.put("d", { n: 1 }).then(
+      () => "resolved",
+      (e) => e.message,
+    );
+    // A hang guard, not a timing assertion.
+    const hung = new Promise((r) => (timer = setTimeout(() => r("still pending after 10 s"), 10_000)));
+    assert.equal(await Promise.race([settled, hung]), "RuntimeError: unreachable");
+  } finally {
+    clearTimeout(timer);
+    WasmDatabase.prototype.durable = durable;
+  }
+  await db.close();
+});
+
+test("a field named __proto__ reads back as a field, not as the document's prototype", async () => {
+  const db = await fresh();
+  const c = db.collection("c");
+  // JSON.parse makes an own property of that name (as a peer's document may hold).
+  await c.put("d", JSON.parse('{"__proto__": {"x": 1}, "a": 2, "m": {"__proto__": 5}}'));
+  const back = c.get("d");
+  assert.deepEqual(Object.keys(back), ["__proto__", "a", "m"]);
+  assert.deepEqual(Object.getOwnPropertyDescriptor(back, "__proto__").value, { x: 1 });
+  assert.equal(Object.getPrototypeOf(back), Object.prototype);
+  assert.equal(back.x, undefined, "the field's value became the prototype");
+  assert.deepEqual(Object.getOwnPropertyDescriptor(back.m, "__proto__").value, 5);
+  await db.close();
+});
+
+test("a put made while another put's fields are read is packed apart", async () => {
+  const db = await fresh();
+  const c = db.collection("c");
+  // A getter that writes: the inner put packs while the outer one is half packed.
+  let inner;
+  const fields = {
+    a: "first",
+    get b() {
+      inner = c.put("inner", { x: "y".repeat(200), n: 7 });
+      return 2;
+    },
+    z: 3,
+  };
+  await c.put("outer", fields);
+  await inner;
+  assert.deepEqual(c.get("outer"), { a: "first", b: 2, z: 3 });
+  assert.deepEqual(c.get("inner"), { x: "y".repeat(200), n: 7 });
+  // The same inside a transaction's ops.
+  await db.transaction((tx) =>
+    tx.put("c", "t", {
+      get v() {
+        inner = c.put("inner2", { w: 1 });
+        return "t";
+      },
+    }),
+  );
+  await inner;
+  assert.deepEqual(c.get("t"), { v: "t" });
+  assert.deepEqual(c.get("inner2"), { w: 1 });
   await db.close();
 });
 
