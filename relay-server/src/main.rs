@@ -26,7 +26,6 @@
 )]
 
 mod auth;
-mod checkpoint;
 mod config;
 mod connection;
 mod forward;

@@ -44,10 +44,6 @@ pub(crate) struct Metrics {
     pub(crate) commit_requests: AtomicU64,
     /// Promised follow-up requests the writer stopped waiting for.
     pub(crate) follow_ups_missed: AtomicU64,
-    /// WAL checkpoints run by the checkpoint thread (never by a commit).
-    pub(crate) wal_checkpoints: AtomicU64,
-    /// Of those, RESTART checkpoints (they block commits while they run).
-    pub(crate) wal_restarts: AtomicU64,
     /// Compactions installed.
     pub(crate) compactions: AtomicU64,
     /// Compactions that failed.
@@ -184,18 +180,6 @@ impl Metrics {
             "concord_store_follow_ups_missed_total",
             "Follow-up requests rooms promised that the writer gave up waiting for (they joined a later group).",
             load(&self.follow_ups_missed),
-        );
-        counter(
-            &mut out,
-            "concord_store_wal_checkpoints_total",
-            "SQLite WAL checkpoints, all run by the checkpoint thread (a commit never runs one).",
-            load(&self.wal_checkpoints),
-        );
-        counter(
-            &mut out,
-            "concord_store_wal_restarts_total",
-            "Of those, RESTART checkpoints, which block commits while they copy what the last PASSIVE one missed.",
-            load(&self.wal_restarts),
         );
         counter(
             &mut out,

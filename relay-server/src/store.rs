@@ -10,9 +10,7 @@
 //! rooms that promised another request the moment their last one completed
 //! (the handshake in [`crate::write_queue`]), so those writes join this
 //! group rather than the next. Room loads read through a separate
-//! connection, which WAL lets run alongside the writer, and WAL checkpoints
-//! run on a third, in their own thread ([`crate::checkpoint`]), so a commit
-//! never copies pages into the database file or syncs it.
+//! connection, which WAL lets run alongside the writer.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -23,7 +21,6 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension as _, params};
 use sync_core::room::RoomPersist;
 use tokio::sync::oneshot;
 
-use crate::checkpoint::{self, Checkpointer, Policy};
 use crate::metrics::Metrics;
 use crate::storage::{Backend, Claim, Fence};
 use crate::write_queue::{FollowUp, WriteQueue};
@@ -236,23 +233,14 @@ pub(crate) struct Commit {
 
 impl Store {
     /// Opens (creating if needed) the database in `dir`, checks its
-    /// integrity, and starts the writer and checkpoint threads. Blocking.
+    /// integrity, and starts the writer thread. Blocking.
     pub(crate) fn open(dir: &Path, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
-        Store::open_with(dir, metrics, Policy::default())
-    }
-
-    /// [`Store::open`] with a checkpoint policy of the caller's.
-    pub(crate) fn open_with(
-        dir: &Path,
-        metrics: Arc<Metrics>,
-        policy: Policy,
-    ) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
             path: dir.to_owned(),
             source,
         })?;
         let path = dir.join(DB_FILE);
-        let writer = open_writer(&path)?;
+        let writer = open_connection(&path)?;
         check(&writer, &path)?;
         writer
             .execute_batch(
@@ -273,26 +261,16 @@ impl Store {
             .pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(sql("setting the schema version"))?;
         let reader = open_connection(&path)?;
-        let thread_error = |source| StoreError::Dir {
-            path: dir.to_owned(),
-            source,
-        };
-        let checkpointer = Checkpointer::start(open_connection(&path)?, policy, metrics.clone())
-            .map_err(thread_error)?;
         let writer = Writer::start("concord-store-writer", move |queue| {
             let mut conn = writer;
-            write_loop(&queue, &metrics, |group| {
-                let results = commit_group(&mut conn, group);
-                if let Some(pages) = checkpoint::take_wal_pages() {
-                    checkpointer.wal_grew(pages);
-                }
-                results
-            });
-            checkpointer.stop();
+            write_loop(&queue, &metrics, |group| commit_group(&mut conn, group));
             // Fold the WAL back into the database so the next start reads less.
             let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
         })
-        .map_err(thread_error)?;
+        .map_err(|source| StoreError::Dir {
+            path: dir.to_owned(),
+            source,
+        })?;
         Ok(Store {
             writer: Arc::new(writer),
             reader: Arc::new(Mutex::new(reader)),
@@ -345,14 +323,6 @@ impl Backend for Store {
     async fn close(&self) {
         self.writer.close().await;
     }
-}
-
-/// The writer's connection: its commits report the WAL's size to
-/// [`checkpoint::take_wal_pages`] instead of checkpointing.
-fn open_writer(path: &Path) -> Result<Connection, StoreError> {
-    let conn = open_connection(path)?;
-    conn.wal_hook(Some(checkpoint::note_wal_pages));
-    Ok(conn)
 }
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
@@ -600,87 +570,5 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("not a database"), "{err}");
-    }
-
-    fn pages(path: &Path) -> u64 {
-        std::fs::metadata(path).map_or(0, |m| m.len()) / 4096
-    }
-
-    fn wal(dir: &Path) -> PathBuf {
-        dir.join(format!("{DB_FILE}-wal"))
-    }
-
-    #[test]
-    fn a_commit_on_the_writer_connection_never_checkpoints() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(DB_FILE);
-        let conn = open_writer(&path).unwrap();
-        let autocheckpoint: i64 = conn
-            .pragma_query_value(None, "wal_autocheckpoint", |row| row.get(0))
-            .unwrap();
-        assert_eq!(autocheckpoint, 0);
-        conn.execute_batch("CREATE TABLE t (b BLOB)").unwrap();
-        let db_pages = pages(&path);
-        // 1,700 pages in 100 commits: SQLite's default hook would have
-        // checkpointed once the WAL passed 1,000.
-        for _ in 0..100 {
-            conn.execute("INSERT INTO t VALUES (?1)", [vec![1u8; 64 * 1024]])
-                .unwrap();
-        }
-        assert_eq!(
-            pages(&path),
-            db_pages,
-            "a commit copied pages into the database"
-        );
-        let reported = checkpoint::take_wal_pages().unwrap();
-        assert!(reported >= 1_600, "{reported}");
-        assert!(pages(&wal(dir.path())) >= u64::from(reported));
-    }
-
-    #[test]
-    fn the_wal_stays_bounded_under_constant_commits() {
-        let dir = tempfile::tempdir().unwrap();
-        let metrics = Arc::new(Metrics::default());
-        let policy = Policy {
-            passive_pages: 64,
-            restart_pages: 256,
-        };
-        let store = Store::open_with(dir.path(), metrics.clone(), policy).unwrap();
-        let room: Arc<str> = "r".into();
-        const COMMITS: u64 = 150;
-        for offset in 1..=COMMITS {
-            let batch = RoomPersist {
-                append: vec![(offset, vec![offset as u8; 64 * 1024].into())],
-                ..RoomPersist::default()
-            };
-            let commit = store.submit(room.clone(), Fence(0), vec![batch], None);
-            commit.durable.blocking_recv().unwrap().unwrap();
-        }
-        // About 17 pages a commit, 2,500 in all, in a WAL that RESTART
-        // keeps near 256 pages; the slack is for a checkpoint thread the
-        // loaded machine did not run for a while.
-        let wal_pages = pages(&wal(dir.path()));
-        assert!(wal_pages < 1_000, "the WAL grew to {wal_pages} pages");
-        assert!(
-            metrics
-                .wal_checkpoints
-                .load(std::sync::atomic::Ordering::Relaxed)
-                > 0
-        );
-        assert!(
-            metrics
-                .wal_restarts
-                .load(std::sync::atomic::Ordering::Relaxed)
-                > 0
-        );
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let (_, entries) = runtime.block_on(store.load(room)).unwrap();
-        assert_eq!(entries.len() as u64, COMMITS);
-        runtime.block_on(store.close());
-        // The shutdown TRUNCATE still empties it.
-        assert_eq!(pages(&wal(dir.path())), 0);
     }
 }
