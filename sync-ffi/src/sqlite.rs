@@ -1389,11 +1389,10 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_failing_loop_write_fails_the_later_ones_until_a_read() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir);
-        // Values longer than this fail.
+    /// Makes every record write of a value over 1,000 bytes fail, as a
+    /// full disk or a constraint would: a failure injected into SQLite
+    /// itself, on the writer's connection.
+    fn refuse_values_over_1000_bytes(store: &SqliteStore) {
         store.inspect(|conn| {
             conn.execute_batch(
                 "CREATE TEMP TRIGGER refuse_big BEFORE INSERT ON main.records \
@@ -1401,6 +1400,13 @@ mod tests {
             )
             .unwrap();
         });
+    }
+
+    #[test]
+    fn a_failing_loop_write_fails_the_later_ones_until_a_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        refuse_values_over_1000_bytes(&store);
         let good = ClientStore::write(
             &store,
             PersistBatch {
@@ -1454,13 +1460,7 @@ mod tests {
     fn the_writer_answers_the_callers_of_committed_loop_writes_only() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
-        store.inspect(|conn| {
-            conn.execute_batch(
-                "CREATE TEMP TRIGGER refuse_big BEFORE INSERT ON main.records \
-                 WHEN length(NEW.value) > 1000 BEGIN SELECT RAISE(ABORT, 'too big'); END;",
-            )
-            .unwrap();
-        });
+        refuse_values_over_1000_bytes(&store);
         let (told, heard) = std::sync::mpsc::channel();
         let notify = |name: &'static str| {
             let told = told.clone();
@@ -1501,13 +1501,7 @@ mod tests {
     fn a_failing_batch_in_a_group_fails_alone() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
-        store.inspect(|conn| {
-            conn.execute_batch(
-                "CREATE TEMP TRIGGER refuse_big BEFORE INSERT ON main.records \
-                 WHEN length(NEW.value) > 1000 BEGIN SELECT RAISE(ABORT, 'too big'); END;",
-            )
-            .unwrap();
-        });
+        refuse_values_over_1000_bytes(&store);
         let commits = store.stats().commits.load(Ordering::Relaxed);
         let release = hold_writer(&store);
         let write =
@@ -1570,13 +1564,7 @@ mod tests {
     fn a_failing_blocking_write_is_rolled_back_alone() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = open(&dir);
-        store.inspect(|conn| {
-            conn.execute_batch(
-                "CREATE TEMP TRIGGER refuse_big BEFORE INSERT ON main.records \
-                 WHEN length(NEW.value) > 1000 BEGIN SELECT RAISE(ABORT, 'too big'); END;",
-            )
-            .unwrap();
-        });
+        refuse_values_over_1000_bytes(&store);
         let bad = PersistBatch {
             writes: vec![put("a", b"small"), put("b", &[7; 5000])],
         };
