@@ -10,12 +10,37 @@ use std::io::Write as _;
 use std::time::Duration;
 use tokio_tungstenite::MaybeTlsStream;
 
-use common::{Client, Relay, hello_frame, raw_connect, read_until_close, tempdir};
+use common::{Client, Relay, Ws, hello_frame, raw_connect, read_until_close, tempdir};
 use futures_util::{SinkExt as _, StreamExt as _};
 use sync_core::protocol::{self, ErrorCode, Message};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 const LIMIT: Duration = Duration::from_secs(20);
+
+/// A raw client (replica 9) joined to room "r" over a socket with a 4 KiB
+/// receive buffer; it reads only when the test does, so the relay's
+/// deliveries back up in the socket.
+async fn join_with_a_tiny_receive_buffer(relay: &Relay, token: &str) -> Ws {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(relay.addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(relay.url(), MaybeTlsStream::Plain(stream))
+        .await
+        .unwrap();
+    ws.send(WsMessage::Binary(hello_frame(9, "r", token).into()))
+        .await
+        .unwrap();
+    ws
+}
+
+/// An `Applied` frame claiming everything: keeps the relay's delivery
+/// window open without reading anything.
+fn applied_everything() -> Vec<u8> {
+    protocol::encode(&Message::Applied {
+        cursor: u64::MAX,
+        frames: 1,
+    })
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_oversized_frames_are_refused_while_others_carry_on() {
@@ -388,22 +413,11 @@ async fn a_client_that_confirms_without_reading_hits_the_outbound_bound() {
     // A raw client with a tiny receive buffer joins and then only sends
     // `Applied` frames claiming everything, never reading: the room keeps
     // sending, the socket backs up, and the bounded queue cuts it off.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(relay.addr).await.unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async(relay.url(), MaybeTlsStream::Plain(stream))
-        .await
-        .unwrap();
-    ws.send(WsMessage::Binary(hello_frame(9, "r", &token).into()))
-        .await
-        .unwrap();
+    let mut ws = join_with_a_tiny_receive_buffer(&relay, &token).await;
     let mut writer = Client::new(1, "r", &token, &relay.url());
     writer.start();
     let value = "x".repeat(2000);
-    let applied = protocol::encode(&Message::Applied {
-        cursor: u64::MAX,
-        frames: 1,
-    });
+    let applied = applied_everything();
     let mut cut_off = false;
     let started = std::time::Instant::now();
     'outer: for round in 0..200 {
@@ -475,15 +489,7 @@ async fn a_cut_off_in_the_middle_of_a_fragmented_message_closes_with_its_code() 
     let token = relay.token("r", "rw", "1h", None);
     // A raw client with a tiny receive buffer that keeps its window open
     // with `Applied` frames but reads nothing until the relay cuts it off.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(relay.addr).await.unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async(relay.url(), MaybeTlsStream::Plain(stream))
-        .await
-        .unwrap();
-    ws.send(WsMessage::Binary(hello_frame(9, "r", &token).into()))
-        .await
-        .unwrap();
+    let mut ws = join_with_a_tiny_receive_buffer(&relay, &token).await;
     // The relay writes the close for at most a second after a cut-off, so
     // the client must start reading promptly: a thread watches the metric
     // the cut-off counts (just before its close is written).
@@ -503,10 +509,7 @@ async fn a_cut_off_in_the_middle_of_a_fragmented_message_closes_with_its_code() 
     let mut writer = Client::new(1, "r", &token, &relay.url());
     writer.start();
     let value = "x".repeat(400 * 1024);
-    let applied = protocol::encode(&Message::Applied {
-        cursor: u64::MAX,
-        frames: 1,
-    });
+    let applied = applied_everything();
     let mut cut_off = false;
     'rounds: for round in 0..40 {
         for i in 0..8 {
