@@ -138,6 +138,20 @@ fn record(key: &str, value: &str) -> Record {
     )
 }
 
+/// The store reads `expected` now and again after closing and reopening
+/// the database by `name`; the reopened store is returned open.
+async fn assert_reads_before_and_after_reopen(
+    store: IdbStore,
+    name: &str,
+    expected: &[Record],
+) -> IdbStore {
+    assert_eq!(store.read_all().await.expect("read"), expected);
+    store.close();
+    let again = IdbStore::open(name).await.expect("reopen");
+    assert_eq!(again.read_all().await.expect("read after reopen"), expected);
+    again
+}
+
 /// A logged batch, then a small one right behind it (which must be logged
 /// too, or it would be overwritten by the copy of the first): reads see
 /// the later value at once, after the copy into records, and after a
@@ -172,15 +186,12 @@ async fn small_writes_behind_a_logged_batch_keep_their_order() {
         sleep(10).await;
     }
     assert_eq!(store.logged_batches(), 0, "the log was not copied");
-    assert_eq!(store.read_all().await.expect("read"), expected);
-    store.close();
-    let again = IdbStore::open(&name).await.expect("reopen");
+    let again = assert_reads_before_and_after_reopen(store, &name, &expected).await;
     assert_eq!(
         again.logged_batches(),
         0,
         "a copied batch stayed in the log"
     );
-    assert_eq!(again.read_all().await.expect("read"), expected);
     // Below the threshold and with an empty log: record by record.
     again
         .write(PersistBatch {
@@ -235,10 +246,7 @@ async fn a_logged_write_takes_its_place_when_it_runs() {
         .await
         .expect("small write");
     let expected = vec![record("a", "1"), record("b", "2")];
-    assert_eq!(store.read_all().await.expect("read"), expected);
-    store.close();
-    let again = IdbStore::open(&name).await.expect("reopen");
-    assert_eq!(again.read_all().await.expect("read"), expected);
+    let again = assert_reads_before_and_after_reopen(store, &name, &expected).await;
     again.close();
 }
 
@@ -277,10 +285,7 @@ async fn a_dropped_logged_write_leaves_nothing_pending() {
         "a small write was logged: the log never emptied"
     );
     let expected = vec![record("b", "2"), record("c", "2"), record("d", "3")];
-    assert_eq!(store.read_all().await.expect("read"), expected);
-    store.close();
-    let again = IdbStore::open(&name).await.expect("reopen");
-    assert_eq!(again.read_all().await.expect("read"), expected);
+    let again = assert_reads_before_and_after_reopen(store, &name, &expected).await;
     again.close();
 }
 
