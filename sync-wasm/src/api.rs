@@ -17,7 +17,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{JsFuture, future_to_promise, spawn_local};
 
 use crate::convert::object;
-use crate::packed::{Op, Writer, read_op, read_ops};
+use crate::packed::{Op, Writer, read_op, read_ops, revision_text};
 use crate::store::{AnyStore, IdbStore};
 use crate::timer::JsTimer;
 use crate::transport::{WebSocketTransport, js_message};
@@ -266,9 +266,18 @@ pub struct WasmDatabase {
     db: Database,
     store: AnyStore,
     token_id: Option<u32>,
-    /// The durability of the writes `put` applied since `durable` was
-    /// last called, in order.
-    turn: RefCell<Vec<Durable>>,
+    /// The writes `put` applied since `durable` was last called.
+    turn: RefCell<Turn>,
+}
+
+/// The writes of one turn of the event loop, in order.
+#[derive(Default)]
+struct Turn {
+    /// Each write's durability.
+    durable: Vec<Durable>,
+    /// Each write's revision as text, `REVISION_LEN` bytes each: formatted
+    /// into one buffer that crosses into JavaScript as one string.
+    revisions: Vec<u8>,
 }
 
 /// A running subscription; `cancel` ends it.
@@ -342,12 +351,12 @@ impl WasmDatabase {
         self.db.replica_id().to_string()
     }
 
-    /// Applies one packed `put` or `putIf` (see `packed.rs`) now and
-    /// returns the document's new revision; the write's durability joins
-    /// the turn that [`WasmDatabase::durable`] waits for. One Promise per
-    /// turn instead of one per write: the TypeScript layer hands each
-    /// write a Promise derived from its turn's.
-    pub fn put(&self, op: &[u8]) -> Result<String, JsValue> {
+    /// Applies one packed `put` or `putIf` (see `packed.rs`) now. Its
+    /// revision and durability join the turn that
+    /// [`WasmDatabase::durable`] hands out: one Promise and one string per
+    /// turn instead of one of each per write (the TypeScript layer hands
+    /// each write a Promise derived from its turn's).
+    pub fn put(&self, op: &[u8]) -> Result<(), JsValue> {
         let Op::Put {
             collection,
             id,
@@ -363,19 +372,25 @@ impl WasmDatabase {
             Some(expected) => collection.put_if(&id, fields, parse_revision(expected)?),
         };
         let (revision, durable) = pending.split().map_err(|e| js_error(&e))?;
-        self.turn.borrow_mut().push(durable);
-        Ok(revision.to_string())
+        let mut turn = self.turn.borrow_mut();
+        turn.durable.push(durable);
+        revision_text(&mut turn.revisions, &revision);
+        Ok(())
     }
 
-    /// Resolves once every write `put` applied since the last call is
-    /// durable: to undefined when all are, else to an array holding, for
-    /// each of those writes in order, null or the error that kept it from
-    /// being stored.
+    /// Ends the turn: the writes `put` applied since the last call. Returns
+    /// a Promise of `{ revisions, errors }` once each of them is durable or
+    /// failed: `revisions` their revisions in order, each
+    /// `REVISION_LEN` (50) characters, in one string; `errors` undefined
+    /// when all are stored, else an array holding, for each write in order,
+    /// null or the error that kept it from being stored.
     pub fn durable(&self) -> js_sys::Promise {
-        let turn = std::mem::take(&mut *self.turn.borrow_mut());
+        let Turn { durable, revisions } = std::mem::take(&mut *self.turn.borrow_mut());
+        // ASCII hex digits and dashes only, so never lossy.
+        let revisions = JsValue::from_str(&String::from_utf8_lossy(&revisions));
         future_to_promise(async move {
             let mut errors: Option<js_sys::Array> = None;
-            for (i, durable) in turn.into_iter().enumerate() {
+            for (i, durable) in durable.into_iter().enumerate() {
                 match (durable.await, &errors) {
                     (Ok(()), None) => {}
                     (Ok(()), Some(list)) => {
@@ -388,7 +403,10 @@ impl WasmDatabase {
                     }
                 }
             }
-            Ok(errors.map_or(JsValue::UNDEFINED, Into::into))
+            Ok(object([
+                ("revisions", revisions),
+                ("errors", errors.map_or(JsValue::UNDEFINED, Into::into)),
+            ]))
         })
     }
 

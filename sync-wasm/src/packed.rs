@@ -26,7 +26,7 @@
 
 use std::collections::BTreeMap;
 
-use sync_core::{DocumentRef, Value, ValueRef};
+use sync_core::{DocumentRef, Revision, Value, ValueRef};
 
 use crate::convert::number_value;
 
@@ -236,6 +236,29 @@ pub(crate) fn read_ops(bytes: &[u8]) -> Result<Vec<Op>, String> {
     Ok(ops)
 }
 
+/// The length of a revision's text (`Revision`'s `Display`): three groups
+/// of 16 hex digits joined by `-`.
+pub(crate) const REVISION_LEN: usize = 50;
+
+/// Appends `revision` as `Revision`'s `Display` prints it. By hand: a put
+/// in Node spent more time in `fmt`'s machinery for this than in encoding
+/// its operation.
+pub(crate) fn revision_text(out: &mut Vec<u8>, revision: &Revision) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let groups = [
+        revision.stamp.hlc.as_u64(),
+        revision.stamp.replica.0,
+        revision.digest,
+    ];
+    let mut text = [b'-'; REVISION_LEN];
+    for (group, at) in groups.into_iter().zip([0, 17, 34]) {
+        for (i, digit) in text[at..at + 16].iter_mut().enumerate() {
+            *digit = DIGITS[(group >> (60 - 4 * i)) as usize & 15];
+        }
+    }
+    out.extend_from_slice(&text);
+}
+
 /// Appends packed values and documents to a buffer.
 #[derive(Default)]
 pub(crate) struct Writer(Vec<u8>);
@@ -313,7 +336,8 @@ impl Writer {
     /// lists them, whatever order it first saw the names in).
     pub(crate) fn document(&mut self, doc: &DocumentRef<'_>) {
         self.string(doc.id());
-        self.string(&doc.revision().to_string());
+        self.varint(REVISION_LEN);
+        revision_text(&mut self.0, &doc.revision());
         let mut fields: Vec<_> = doc.fields().collect();
         fields.sort_unstable_by_key(|(name, _)| *name);
         self.varint(fields.len());
@@ -332,6 +356,29 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn revision_text_is_what_display_prints() {
+        use sync_core::{Hlc, ReplicaId, Stamp};
+        for (hlc, replica, digest) in [
+            (0, 0, 0),
+            (1, 0x10, u64::MAX),
+            (
+                0x01a2_5151_e5ab_0003,
+                0x257a_16f4_e3dc_ba9c,
+                0x0b57_dd23_e70d_d98e,
+            ),
+        ] {
+            let revision = Revision {
+                stamp: Stamp::new(Hlc::from_u64(hlc), ReplicaId(replica)),
+                digest,
+            };
+            let mut text = b"x".to_vec();
+            revision_text(&mut text, &revision);
+            assert_eq!(text.len(), 1 + REVISION_LEN);
+            assert_eq!(text[1..], *revision.to_string().as_bytes());
+        }
+    }
 
     /// Hand-packed bytes, written out here rather than by `Writer`, so the
     /// reader is checked against the format, not against itself.
