@@ -147,6 +147,7 @@ where
         online,
         closed: false,
         durable_waiters: std::collections::VecDeque::new(),
+        shared_waiter: None,
         flush_waiters: Vec::new(),
         subscribers: Subscribers::default(),
         status: StatusWatchers::default(),
@@ -672,6 +673,7 @@ impl<T: Transport> Host<T> {
                                 .extend(std::mem::take(&mut *lock(&in_flight)));
                         }
                         core.store_failed = Some(error.clone());
+                        core.shared_waiter = None;
                         core.last_error = Some(format!("the local store failed: {error}"));
                         core.settle_waiters();
                         self.reloading = Some(self.store.read_all());

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use futures::StreamExt;
 use futures::future::{AbortHandle, Abortable};
 use sync_client::{
-    Change, Connection, Database, Durable, Error, ListOptions, Options, Origin, Platform,
-    RelayOptions, Revision, Status, TokenSource,
+    Change, Connection, Database, Error, ListOptions, Options, Origin, Platform, RelayOptions,
+    Revision, Status, Ticket, TokenSource,
 };
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
@@ -273,8 +273,9 @@ pub struct WasmDatabase {
 /// The writes of one turn of the event loop, in order.
 #[derive(Default)]
 struct Turn {
-    /// Each write's durability.
-    durable: Vec<Durable>,
+    /// The writes' durability: each ticket with how many writes in a row
+    /// share it (usually one ticket for the whole turn).
+    durable: Vec<(Ticket, usize)>,
     /// Each write's revision as text, `REVISION_LEN` bytes each: formatted
     /// into one buffer that crosses into JavaScript as one string.
     revisions: Vec<u8>,
@@ -366,14 +367,17 @@ impl WasmDatabase {
         else {
             return Err(encode_error("a put must be a packed put".into()));
         };
-        let collection = self.db.collection(collection);
-        let pending = match expected {
-            None => collection.put(&id, fields),
-            Some(expected) => collection.put_if(&id, fields, parse_revision(expected)?),
-        };
-        let (revision, durable) = pending.split().map_err(|e| js_error(&e))?;
+        let expected = expected.map(parse_revision).transpose()?;
+        let (revision, ticket) = self
+            .db
+            .collection(collection)
+            .put_now(&id, fields, expected)
+            .map_err(|e| js_error(&e))?;
         let mut turn = self.turn.borrow_mut();
-        turn.durable.push(durable);
+        match turn.durable.last_mut() {
+            Some((last, count)) if last.same_as(&ticket) => *count += 1,
+            _ => turn.durable.push((ticket, 1)),
+        }
         revision_text(&mut turn.revisions, &revision);
         Ok(())
     }
@@ -390,18 +394,24 @@ impl WasmDatabase {
         let revisions = JsValue::from_str(&String::from_utf8_lossy(&revisions));
         future_to_promise(async move {
             let mut errors: Option<js_sys::Array> = None;
-            for (i, durable) in durable.into_iter().enumerate() {
-                match (durable.await, &errors) {
+            let mut done = 0;
+            for (ticket, count) in durable {
+                match (ticket.await, &errors) {
                     (Ok(()), None) => {}
                     (Ok(()), Some(list)) => {
-                        list.push(&JsValue::NULL);
+                        for _ in 0..count {
+                            list.push(&JsValue::NULL);
+                        }
                     }
                     (Err(e), _) => {
-                        let list =
-                            errors.get_or_insert_with(|| (0..i).map(|_| JsValue::NULL).collect());
-                        list.push(&js_error(&e));
+                        let list = errors
+                            .get_or_insert_with(|| (0..done).map(|_| JsValue::NULL).collect());
+                        for _ in 0..count {
+                            list.push(&js_error(&e));
+                        }
                     }
                 }
+                done += count;
             }
             Ok(object([
                 ("revisions", revisions),
