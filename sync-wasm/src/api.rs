@@ -321,18 +321,13 @@ where
     WasmSubscription { handle }
 }
 
-/// A transaction's write, its revision parsed.
-enum Write {
-    Put(crate::packed::Fields, Option<Option<Revision>>),
-    Unset(Vec<String>),
-    Delete,
-}
-
-fn parse_revision(expected: Option<String>) -> Result<Option<Revision>, JsValue> {
+/// An expected revision as a putIf gives it (`None`: the document must be
+/// absent).
+fn revision(expected: Option<String>) -> Result<Option<Revision>, Error> {
     expected
         .map(|r| {
             r.parse::<Revision>()
-                .map_err(|_| encode_error(format!("{r:?} is not a revision")))
+                .map_err(|_| Error::Encode(format!("{r:?} is not a revision")))
         })
         .transpose()
 }
@@ -367,7 +362,10 @@ impl WasmDatabase {
         else {
             return Err(encode_error("a put must be a packed put".into()));
         };
-        let expected = expected.map(parse_revision).transpose()?;
+        let expected = expected
+            .map(revision)
+            .transpose()
+            .map_err(|e| js_error(&e))?;
         let (revision, ticket) = self
             .db
             .collection(collection)
@@ -476,35 +474,31 @@ impl WasmDatabase {
     }
 
     /// Applies packed ops (see `packed.rs`) all together or not at all.
+    /// Each op is read as it is applied: malformed input found midway fails
+    /// the transaction (nothing of it applies) with an `Encode` error.
     pub fn transaction(&self, ops: &[u8]) -> Result<js_sys::Promise, JsValue> {
         let ops = read_ops(ops).map_err(encode_error)?;
-        let mut parsed = Vec::with_capacity(ops.len());
-        for op in ops {
-            parsed.push(match op {
-                Op::Put {
-                    collection,
-                    id,
-                    fields,
-                    expected,
-                } => {
-                    let expected = expected.map(parse_revision).transpose()?;
-                    (collection, id, Write::Put(fields, expected))
-                }
-                Op::Unset {
-                    collection,
-                    id,
-                    names,
-                } => (collection, id, Write::Unset(names)),
-                Op::Delete { collection, id } => (collection, id, Write::Delete),
-            });
-        }
         let pending = self.db.transaction(move |tx| {
-            for (c, id, write) in parsed {
-                match write {
-                    Write::Put(fields, None) => tx.put(&c, &id, fields)?,
-                    Write::Put(fields, Some(expected)) => tx.put_if(&c, &id, fields, expected)?,
-                    Write::Unset(names) => tx.unset(&c, &id, names)?,
-                    Write::Delete => tx.delete(&c, &id)?,
+            for op in ops {
+                match op.map_err(Error::Encode)? {
+                    Op::Put {
+                        collection,
+                        id,
+                        fields,
+                        expected: None,
+                    } => tx.put(&collection, &id, fields)?,
+                    Op::Put {
+                        collection,
+                        id,
+                        fields,
+                        expected: Some(expected),
+                    } => tx.put_if(&collection, &id, fields, revision(expected)?)?,
+                    Op::Unset {
+                        collection,
+                        id,
+                        names,
+                    } => tx.unset(&collection, &id, names)?,
+                    Op::Delete { collection, id } => tx.delete(&collection, &id)?,
                 }
             }
             Ok(())
