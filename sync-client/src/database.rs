@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use futures::FutureExt;
 use futures::channel::oneshot;
-use futures::future::LocalBoxFuture;
+use futures::future::{LocalBoxFuture, Shared};
 use futures::task::AtomicWaker;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -161,6 +162,10 @@ pub(crate) struct Core {
     pub(crate) closed: bool,
     /// In persist order (see `settle_waiters`).
     pub(crate) durable_waiters: std::collections::VecDeque<DurableWaiter>,
+    /// The waiter `Collection::put_now` hands the writes of this persist;
+    /// dropped when a store write fails, since the session rebuilt after it
+    /// numbers its persists from the start again.
+    pub(crate) shared_waiter: Option<(PersistId, SharedWaiter)>,
     pub(crate) flush_waiters: Vec<FlushWaiter>,
     pub(crate) subscribers: Subscribers,
     pub(crate) status: StatusWatchers,
@@ -492,17 +497,9 @@ impl Database {
     /// Applies a write now; the returned future resolves when it is durable.
     fn write<R>(&self, f: impl FnOnce(&mut Session, Timestamp) -> Result<R, Error>) -> Pending<R> {
         let mut core = lock(&self.inner.core);
-        if core.closed {
-            return Pending::ready(Err(Error::Closed));
-        }
-        let now = self.inner.now();
-        let result = f(&mut core.session, now);
-        // The persist holding this write: queued already, or promised to the
-        // loop's next poll (writes made back to back share one).
-        let persist = core.session.latest_persist();
-        let pending = match (result, persist) {
-            (Err(e), _) => Pending::ready(Err(e)),
-            (Ok(value), Some(id)) if !core.session.is_durable(id) => {
+        let pending = match apply(&mut core, self.inner.now(), f) {
+            Err(e) => Pending::ready(Err(e)),
+            Ok((value, Some(id))) => {
                 let (tx, rx) = oneshot::channel();
                 core.durable_waiters.push_back(DurableWaiter { id, tx });
                 Pending {
@@ -513,15 +510,96 @@ impl Database {
                 }
             }
             // Nothing new to store: durable with what came before.
-            (Ok(value), _) => Pending::ready(Ok(value)),
+            Ok((value, None)) => Pending::ready(Ok(value)),
         };
         drop(core);
         self.inner.wake();
         pending
     }
 
+    /// Applies a write now; its [`Ticket`] resolves when it is durable,
+    /// shared with the other writes of the same persist.
+    fn write_now<R>(
+        &self,
+        f: impl FnOnce(&mut Session, Timestamp) -> Result<R, Error>,
+    ) -> Result<(R, Ticket), Error> {
+        let mut core = lock(&self.inner.core);
+        let result = apply(&mut core, self.inner.now(), f).map(|(value, persist)| {
+            let ticket = persist.map(|id| match &core.shared_waiter {
+                Some((shared, waiter)) if *shared == id => waiter.clone(),
+                _ => {
+                    let (tx, rx) = oneshot::channel();
+                    core.durable_waiters.push_back(DurableWaiter { id, tx });
+                    let waiter = rx.shared();
+                    core.shared_waiter = Some((id, waiter.clone()));
+                    waiter
+                }
+            });
+            (value, Ticket(ticket))
+        });
+        drop(core);
+        self.inner.wake();
+        result
+    }
+
     fn read<R>(&self, f: impl FnOnce(&Session) -> R) -> R {
         f(&lock(&self.inner.core).session)
+    }
+}
+
+/// Applies a write under the database's lock, and names the persist that
+/// holds it unless that is durable already: queued, or promised to the
+/// loop's next poll (writes made back to back share one).
+fn apply<R>(
+    core: &mut Core,
+    now: Timestamp,
+    f: impl FnOnce(&mut Session, Timestamp) -> Result<R, Error>,
+) -> Result<(R, Option<PersistId>), Error> {
+    if core.closed {
+        return Err(Error::Closed);
+    }
+    let value = f(&mut core.session, now)?;
+    let persist = core
+        .session
+        .latest_persist()
+        .filter(|id| !core.session.is_durable(*id));
+    Ok((value, persist))
+}
+
+/// The durability of writes made with [`Collection::put_now`]: resolves
+/// once they are stored, or with the error that kept them from being
+/// stored. The writes of one persist (usually every write made before the
+/// loop next runs) share one, so a binding waiting for many writes waits
+/// on as many tickets as there were persists, not one per write.
+#[derive(Clone, Debug)]
+#[must_use = "the write is applied; await this to know it is durable"]
+pub struct Ticket(Option<SharedWaiter>);
+
+/// A durability answer many writes wait for.
+pub(crate) type SharedWaiter = Shared<oneshot::Receiver<Result<(), Error>>>;
+
+impl Ticket {
+    /// Whether `self` and `other` answer the same writes: one of them is
+    /// enough to wait for.
+    pub fn same_as(&self, other: &Ticket) -> bool {
+        match (&self.0, &other.0) {
+            (Some(a), Some(b)) => a.ptr_eq(b),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+}
+
+impl Future for Ticket {
+    type Output = Result<(), Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        match &mut self.get_mut().0 {
+            None => Poll::Ready(Ok(())),
+            Some(waiter) => Pin::new(waiter)
+                .poll(cx)
+                .map(|received| received.unwrap_or(Err(Error::Closed))),
+        }
     }
 }
 
@@ -563,6 +641,24 @@ impl Collection {
     ) -> Pending<Revision> {
         self.db
             .write(|s, now| Ok(s.put_if(now, &self.name, id, fields, expected)?))
+    }
+
+    /// Like [`Collection::put`] (or [`Collection::put_if`] when `expected`
+    /// is given), for bindings that wait for many writes together: the
+    /// revision now, and a [`Ticket`] shared with the other writes of its
+    /// persist instead of a future of its own.
+    pub fn put_now<K: Into<String>, V: Into<Value>>(
+        &self,
+        id: &str,
+        fields: impl IntoIterator<Item = (K, V)>,
+        expected: Option<Option<Revision>>,
+    ) -> Result<(Revision, Ticket), Error> {
+        self.db.write_now(|s, now| {
+            Ok(match expected {
+                None => s.put(now, &self.name, id, fields)?,
+                Some(expected) => s.put_if(now, &self.name, id, fields, expected)?,
+            })
+        })
     }
 
     /// Removes fields of document `id`.

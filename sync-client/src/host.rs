@@ -147,6 +147,7 @@ where
         online,
         closed: false,
         durable_waiters: std::collections::VecDeque::new(),
+        shared_waiter: None,
         flush_waiters: Vec::new(),
         subscribers: Subscribers::default(),
         status: StatusWatchers::default(),
@@ -672,6 +673,7 @@ impl<T: Transport> Host<T> {
                                 .extend(std::mem::take(&mut *lock(&in_flight)));
                         }
                         core.store_failed = Some(error.clone());
+                        core.shared_waiter = None;
                         core.last_error = Some(format!("the local store failed: {error}"));
                         core.settle_waiters();
                         self.reloading = Some(self.store.read_all());
@@ -840,8 +842,16 @@ fn on_event(core: &mut Core, event: Event) {
 }
 
 /// One batch for many: later writes to a key replace earlier ones.
-fn merge(persists: Vec<(PersistId, PersistBatch)>) -> (Vec<PersistId>, PersistBatch) {
+fn merge(mut persists: Vec<(PersistId, PersistBatch)>) -> (Vec<PersistId>, PersistBatch) {
     let ids = persists.iter().map(|(id, _)| *id).collect();
+    // A lone batch already holds each key once (`PersistBatch`'s rule), so
+    // it goes as it is: indexing its keys cost puts issued together in
+    // Node about a tenth of their CPU time, for a merge with nothing else.
+    if persists.len() == 1 {
+        if let Some((_, batch)) = persists.pop() {
+            return (ids, batch);
+        }
+    }
     let mut merged = PersistBatch::default();
     merged.extend_all(persists.into_iter().map(|(_, batch)| batch));
     (ids, merged)

@@ -37,7 +37,7 @@ mod status;
 
 pub use changes::{Change, Origin, Subscription};
 pub use database::{
-    Collection, Database, Durable, Fields, ListOptions, Options, Pending, RelayOptions,
+    Collection, Database, Durable, Fields, ListOptions, Options, Pending, RelayOptions, Ticket,
     TokenSource, TypedCollection, to_fields,
 };
 pub use error::Error;

@@ -353,6 +353,58 @@ fn a_split_write_gives_its_revision_at_once_and_its_durability_apart() {
 }
 
 #[test]
+fn writes_made_together_share_one_ticket_and_a_failure_fails_only_its_own() {
+    let mut w = World::new();
+    let store = MemoryStore::new();
+    let db = w.open_with(store.clone(), false);
+    let todos = db.collection("todos");
+    let (first, a) = todos.put_now("a", [("n", 1)], None).expect("applied");
+    let (second, b) = todos
+        .put_now("b", [("n", 2)], Some(None))
+        .expect("applied: b was absent");
+    assert_eq!(todos.get("a").expect("visible").revision, first);
+    assert_eq!(todos.get("b").expect("visible").revision, second);
+    assert!(a.same_as(&b), "written before the loop ran: one persist");
+    assert!(store.records().is_empty(), "not stored yet");
+    w.block(b).expect("stored");
+    assert!(!store.records().is_empty());
+    // A put_if at a stale revision is refused at once.
+    let stale = todos.put_now("a", [("n", 3)], Some(None));
+    assert!(matches!(stale, Err(Error::Conflict { .. })), "{stale:?}");
+
+    store.set_failing(true);
+    let (_, lost) = todos.put_now("c", [("n", 3)], None).expect("applied");
+    assert!(!lost.same_as(&a), "a later persist");
+    let err = w.block(lost).expect_err("the store failed");
+    assert!(matches!(err, Error::Store(_)), "{err}");
+    w.settle();
+    assert!(
+        todos.get("c").is_none(),
+        "memory went back to what is stored"
+    );
+}
+
+#[test]
+fn a_ticket_after_a_failed_store_write_waits_for_its_own_persist() {
+    let mut w = World::new();
+    let store = MemoryStore::new();
+    let db = w.open_with(store.clone(), false);
+    let todos = db.collection("todos");
+    store.set_failing(true);
+    let (_, lost) = todos.put_now("a", [("n", 1)], None).expect("applied");
+    let err = w.block(lost).expect_err("the store failed");
+    assert!(matches!(err, Error::Store(_)), "{err}");
+    w.settle();
+    // The session rebuilt after the failure numbers its persists from the
+    // start again, so its first persist has the failed one's number.
+    store.set_failing(false);
+    let (_, later) = todos.put_now("b", [("n", 2)], None).expect("applied");
+    w.block(later).expect("stored after the store recovered");
+    assert!(todos.get("b").is_some());
+    assert!(!store.records().is_empty());
+}
+
+#[test]
 fn read_list_sees_what_list_returns() {
     let mut w = World::new();
     let db = w.open_with(MemoryStore::new(), false);

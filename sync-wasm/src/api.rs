@@ -9,15 +9,15 @@ use std::sync::Arc;
 use futures::StreamExt;
 use futures::future::{AbortHandle, Abortable};
 use sync_client::{
-    Change, Connection, Database, Durable, Error, ListOptions, Options, Origin, Platform,
-    RelayOptions, Revision, Status, TokenSource,
+    Change, Connection, Database, Error, ListOptions, Options, Origin, Platform, RelayOptions,
+    Revision, Status, Ticket, TokenSource,
 };
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{JsFuture, future_to_promise, spawn_local};
 
 use crate::convert::object;
-use crate::packed::{Op, Writer, read_op, read_ops};
+use crate::packed::{Op, Writer, read_op, read_ops, revision_text};
 use crate::store::{AnyStore, IdbStore};
 use crate::timer::JsTimer;
 use crate::transport::{WebSocketTransport, js_message};
@@ -201,13 +201,13 @@ pub async fn open_database(options: JsValue) -> Result<WasmDatabase, JsValue> {
     let has_idb = js_sys::Reflect::has(&js_sys::global(), &"indexedDB".into()).unwrap_or(false)
         && !get(&js_sys::global(), "indexedDB").is_undefined();
     let store = match get_string(&options, "storage")?.as_deref() {
-        Some("memory") => AnyStore::Memory(Default::default()),
+        Some("memory") => AnyStore::Memory,
         Some("indexeddb") | None if has_idb => AnyStore::IndexedDb(
             IdbStore::open(&name)
                 .await
                 .map_err(|e| js_error(&Error::Store(e)))?,
         ),
-        None => AnyStore::Memory(Default::default()),
+        None => AnyStore::Memory,
         Some(other) => {
             return Err(js_sys::TypeError::new(&format!(
                 "storage {other:?} is not available here (use \"indexeddb\" in a browser or \"memory\")"
@@ -266,9 +266,19 @@ pub struct WasmDatabase {
     db: Database,
     store: AnyStore,
     token_id: Option<u32>,
-    /// The durability of the writes `put` applied since `durable` was
-    /// last called, in order.
-    turn: RefCell<Vec<Durable>>,
+    /// The writes `put` applied since `durable` was last called.
+    turn: RefCell<Turn>,
+}
+
+/// The writes of one turn of the event loop, in order.
+#[derive(Default)]
+struct Turn {
+    /// The writes' durability: each ticket with how many writes in a row
+    /// share it (usually one ticket for the whole turn).
+    durable: Vec<(Ticket, usize)>,
+    /// Each write's revision as text, `REVISION_LEN` bytes each: formatted
+    /// into one buffer that crosses into JavaScript as one string.
+    revisions: Vec<u8>,
 }
 
 /// A running subscription; `cancel` ends it.
@@ -311,18 +321,13 @@ where
     WasmSubscription { handle }
 }
 
-/// A transaction's write, its revision parsed.
-enum Write {
-    Put(crate::packed::Fields, Option<Option<Revision>>),
-    Unset(Vec<String>),
-    Delete,
-}
-
-fn parse_revision(expected: Option<String>) -> Result<Option<Revision>, JsValue> {
+/// An expected revision as a putIf gives it (`None`: the document must be
+/// absent).
+fn revision(expected: Option<String>) -> Result<Option<Revision>, Error> {
     expected
         .map(|r| {
             r.parse::<Revision>()
-                .map_err(|_| encode_error(format!("{r:?} is not a revision")))
+                .map_err(|_| Error::Encode(format!("{r:?} is not a revision")))
         })
         .transpose()
 }
@@ -342,12 +347,12 @@ impl WasmDatabase {
         self.db.replica_id().to_string()
     }
 
-    /// Applies one packed `put` or `putIf` (see `packed.rs`) now and
-    /// returns the document's new revision; the write's durability joins
-    /// the turn that [`WasmDatabase::durable`] waits for. One Promise per
-    /// turn instead of one per write: the TypeScript layer hands each
-    /// write a Promise derived from its turn's.
-    pub fn put(&self, op: &[u8]) -> Result<String, JsValue> {
+    /// Applies one packed `put` or `putIf` (see `packed.rs`) now. Its
+    /// revision and durability join the turn that
+    /// [`WasmDatabase::durable`] hands out: one Promise and one string per
+    /// turn instead of one of each per write (the TypeScript layer hands
+    /// each write a Promise derived from its turn's).
+    pub fn put(&self, op: &[u8]) -> Result<(), JsValue> {
         let Op::Put {
             collection,
             id,
@@ -357,38 +362,59 @@ impl WasmDatabase {
         else {
             return Err(encode_error("a put must be a packed put".into()));
         };
-        let collection = self.db.collection(collection);
-        let pending = match expected {
-            None => collection.put(&id, fields),
-            Some(expected) => collection.put_if(&id, fields, parse_revision(expected)?),
-        };
-        let (revision, durable) = pending.split().map_err(|e| js_error(&e))?;
-        self.turn.borrow_mut().push(durable);
-        Ok(revision.to_string())
+        let expected = expected
+            .map(revision)
+            .transpose()
+            .map_err(|e| js_error(&e))?;
+        let (revision, ticket) = self
+            .db
+            .collection(collection)
+            .put_now(&id, fields, expected)
+            .map_err(|e| js_error(&e))?;
+        let mut turn = self.turn.borrow_mut();
+        match turn.durable.last_mut() {
+            Some((last, count)) if last.same_as(&ticket) => *count += 1,
+            _ => turn.durable.push((ticket, 1)),
+        }
+        revision_text(&mut turn.revisions, &revision);
+        Ok(())
     }
 
-    /// Resolves once every write `put` applied since the last call is
-    /// durable: to undefined when all are, else to an array holding, for
-    /// each of those writes in order, null or the error that kept it from
-    /// being stored.
+    /// Ends the turn: the writes `put` applied since the last call. Returns
+    /// a Promise of `{ revisions, errors }` once each of them is durable or
+    /// failed: `revisions` their revisions in order, each
+    /// `REVISION_LEN` (50) characters, in one string; `errors` undefined
+    /// when all are stored, else an array holding, for each write in order,
+    /// null or the error that kept it from being stored.
     pub fn durable(&self) -> js_sys::Promise {
-        let turn = std::mem::take(&mut *self.turn.borrow_mut());
+        let Turn { durable, revisions } = std::mem::take(&mut *self.turn.borrow_mut());
+        // ASCII hex digits and dashes only, so never lossy.
+        let revisions = JsValue::from_str(&String::from_utf8_lossy(&revisions));
         future_to_promise(async move {
             let mut errors: Option<js_sys::Array> = None;
-            for (i, durable) in turn.into_iter().enumerate() {
-                match (durable.await, &errors) {
+            let mut done = 0;
+            for (ticket, count) in durable {
+                match (ticket.await, &errors) {
                     (Ok(()), None) => {}
                     (Ok(()), Some(list)) => {
-                        list.push(&JsValue::NULL);
+                        for _ in 0..count {
+                            list.push(&JsValue::NULL);
+                        }
                     }
                     (Err(e), _) => {
-                        let list =
-                            errors.get_or_insert_with(|| (0..i).map(|_| JsValue::NULL).collect());
-                        list.push(&js_error(&e));
+                        let list = errors
+                            .get_or_insert_with(|| (0..done).map(|_| JsValue::NULL).collect());
+                        for _ in 0..count {
+                            list.push(&js_error(&e));
+                        }
                     }
                 }
+                done += count;
             }
-            Ok(errors.map_or(JsValue::UNDEFINED, Into::into))
+            Ok(object([
+                ("revisions", revisions),
+                ("errors", errors.map_or(JsValue::UNDEFINED, Into::into)),
+            ]))
         })
     }
 
@@ -448,35 +474,31 @@ impl WasmDatabase {
     }
 
     /// Applies packed ops (see `packed.rs`) all together or not at all.
+    /// Each op is read as it is applied: malformed input found midway fails
+    /// the transaction (nothing of it applies) with an `Encode` error.
     pub fn transaction(&self, ops: &[u8]) -> Result<js_sys::Promise, JsValue> {
         let ops = read_ops(ops).map_err(encode_error)?;
-        let mut parsed = Vec::with_capacity(ops.len());
-        for op in ops {
-            parsed.push(match op {
-                Op::Put {
-                    collection,
-                    id,
-                    fields,
-                    expected,
-                } => {
-                    let expected = expected.map(parse_revision).transpose()?;
-                    (collection, id, Write::Put(fields, expected))
-                }
-                Op::Unset {
-                    collection,
-                    id,
-                    names,
-                } => (collection, id, Write::Unset(names)),
-                Op::Delete { collection, id } => (collection, id, Write::Delete),
-            });
-        }
         let pending = self.db.transaction(move |tx| {
-            for (c, id, write) in parsed {
-                match write {
-                    Write::Put(fields, None) => tx.put(&c, &id, fields)?,
-                    Write::Put(fields, Some(expected)) => tx.put_if(&c, &id, fields, expected)?,
-                    Write::Unset(names) => tx.unset(&c, &id, names)?,
-                    Write::Delete => tx.delete(&c, &id)?,
+            for op in ops {
+                match op.map_err(Error::Encode)? {
+                    Op::Put {
+                        collection,
+                        id,
+                        fields,
+                        expected: None,
+                    } => tx.put(&collection, &id, fields)?,
+                    Op::Put {
+                        collection,
+                        id,
+                        fields,
+                        expected: Some(expected),
+                    } => tx.put_if(&collection, &id, fields, revision(expected)?)?,
+                    Op::Unset {
+                        collection,
+                        id,
+                        names,
+                    } => tx.unset(&collection, &id, names)?,
+                    Op::Delete { collection, id } => tx.delete(&collection, &id)?,
                 }
             }
             Ok(())

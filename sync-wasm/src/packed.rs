@@ -26,7 +26,7 @@
 
 use std::collections::BTreeMap;
 
-use sync_core::{DocumentRef, Value, ValueRef};
+use sync_core::{DocumentRef, Revision, Value, ValueRef};
 
 use crate::convert::number_value;
 
@@ -224,16 +224,67 @@ pub(crate) fn read_op(bytes: &[u8]) -> Result<Op, String> {
     Ok(op)
 }
 
-/// Packed ops, in order.
-pub(crate) fn read_ops(bytes: &[u8]) -> Result<Vec<Op>, String> {
+/// Packed ops, read one at a time as a transaction applies them (no list
+/// of them all first); the last is followed by an error if bytes are left
+/// over.
+pub(crate) fn read_ops(bytes: &[u8]) -> Result<Ops<'_>, String> {
     let mut reader = Reader { bytes };
-    let n = reader.count()?;
-    let mut ops = Vec::with_capacity(n);
-    for _ in 0..n {
-        ops.push(reader.op()?);
+    let left = reader.count()?;
+    if left == 0 {
+        reader.end()?;
     }
-    reader.end()?;
-    Ok(ops)
+    Ok(Ops { reader, left })
+}
+
+/// The ops of a transaction, in order (see [`read_ops`]).
+pub(crate) struct Ops<'a> {
+    reader: Reader<'a>,
+    /// Ops not read yet; then 0 once the end was checked, and the
+    /// iterator is done.
+    left: usize,
+}
+
+impl Iterator for Ops<'_> {
+    type Item = Result<Op, String>;
+
+    fn next(&mut self) -> Option<Result<Op, String>> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let op = self.reader.op();
+        if op.is_err() {
+            self.left = 0;
+        } else if self.left == 0 {
+            if let Err(e) = self.reader.end() {
+                return Some(Err(e));
+            }
+        }
+        Some(op)
+    }
+}
+
+/// The length of a revision's text (`Revision`'s `Display`): three groups
+/// of 16 hex digits joined by `-`.
+pub(crate) const REVISION_LEN: usize = 50;
+
+/// Appends `revision` as `Revision`'s `Display` prints it. By hand: a put
+/// in Node spent more time in `fmt`'s machinery for this than in encoding
+/// its operation.
+pub(crate) fn revision_text(out: &mut Vec<u8>, revision: &Revision) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let groups = [
+        revision.stamp.hlc.as_u64(),
+        revision.stamp.replica.0,
+        revision.digest,
+    ];
+    let mut text = [b'-'; REVISION_LEN];
+    for (group, at) in groups.into_iter().zip([0, 17, 34]) {
+        for (i, digit) in text[at..at + 16].iter_mut().enumerate() {
+            *digit = DIGITS[(group >> (60 - 4 * i)) as usize & 15];
+        }
+    }
+    out.extend_from_slice(&text);
 }
 
 /// Appends packed values and documents to a buffer.
@@ -313,7 +364,8 @@ impl Writer {
     /// lists them, whatever order it first saw the names in).
     pub(crate) fn document(&mut self, doc: &DocumentRef<'_>) {
         self.string(doc.id());
-        self.string(&doc.revision().to_string());
+        self.varint(REVISION_LEN);
+        revision_text(&mut self.0, &doc.revision());
         let mut fields: Vec<_> = doc.fields().collect();
         fields.sort_unstable_by_key(|(name, _)| *name);
         self.varint(fields.len());
@@ -332,6 +384,29 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn revision_text_is_what_display_prints() {
+        use sync_core::{Hlc, ReplicaId, Stamp};
+        for (hlc, replica, digest) in [
+            (0, 0, 0),
+            (1, 0x10, u64::MAX),
+            (
+                0x01a2_5151_e5ab_0003,
+                0x257a_16f4_e3dc_ba9c,
+                0x0b57_dd23_e70d_d98e,
+            ),
+        ] {
+            let revision = Revision {
+                stamp: Stamp::new(Hlc::from_u64(hlc), ReplicaId(replica)),
+                digest,
+            };
+            let mut text = b"x".to_vec();
+            revision_text(&mut text, &revision);
+            assert_eq!(text.len(), 1 + REVISION_LEN);
+            assert_eq!(text[1..], *revision.to_string().as_bytes());
+        }
+    }
 
     /// Hand-packed bytes, written out here rather than by `Writer`, so the
     /// reader is checked against the format, not against itself.
@@ -387,7 +462,7 @@ mod tests {
         b.extend([1, 1, b'c', 1, b'b', 0, 1, 1, b'v', NULL]);
         b.extend([2, 1, b'c', 1, b'a', 2, 1, b'x', 1, b'y']);
         b.extend([3, 1, b'c', 1, b'a']);
-        let ops = read_ops(&b).unwrap();
+        let ops: Vec<Op> = read_ops(&b).unwrap().collect::<Result<_, _>>().unwrap();
         let (c, a) = (|| "c".to_owned(), || "a".to_owned());
         assert_eq!(
             ops,
@@ -441,6 +516,28 @@ mod tests {
         assert!(read_op(&[0, 0, 0, 1, 0, 9]).is_err(), "unknown tag");
         assert!(read_op(&[0, 1, 0xff, 0, 0]).is_err(), "not UTF-8");
         assert!(read_op(&[7, 0, 0]).is_err(), "unknown op");
+    }
+
+    #[test]
+    fn ops_read_one_at_a_time_end_with_an_error_for_bytes_left_over() {
+        let delete = [3, 1, b'c', 1, b'a'];
+        let mut two = vec![2];
+        two.extend(delete);
+        two.extend(delete);
+        assert_eq!(read_ops(&two).unwrap().filter(Result::is_ok).count(), 2);
+        two.push(9);
+        let read: Vec<_> = read_ops(&two).unwrap().collect();
+        assert_eq!(read.len(), 2);
+        assert!(read[0].is_ok());
+        assert!(read[1].as_ref().unwrap_err().contains("left over"));
+        // After a malformed op, nothing more is read.
+        let mut bad = vec![2, 7];
+        bad.extend(delete);
+        let read: Vec<_> = read_ops(&bad).unwrap().collect();
+        assert_eq!(read.len(), 1);
+        assert!(read[0].is_err());
+        assert!(read_ops(&[0]).unwrap().next().is_none());
+        assert!(read_ops(&[0, 9]).is_err(), "no ops, then bytes left over");
     }
 
     #[test]

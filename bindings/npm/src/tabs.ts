@@ -88,6 +88,20 @@ function errorData(e: unknown): ErrorData {
   return { name: "Error", message: String(e), props: {} };
 }
 
+/**
+ * The length of a revision: wasm hands a turn's revisions over as one
+ * string of them back to back (one string per turn instead of one per
+ * put). Each put's revision is a slice of it, which V8 keeps as a view
+ * into the turn's string rather than a copy.
+ */
+const REVISION_LENGTH = 50;
+
+/** What wasm's `durable()` resolves to: the turn's revisions, and its errors if any write failed to be stored. */
+interface Turn {
+  revisions: string;
+  errors: unknown[] | undefined;
+}
+
 /** The wasm-style error (`kind` and details as properties) that `toConcordError` turns into a typed one. */
 function errorFrom(d: ErrorData): Error {
   const e = d.name === "TypeError" ? new TypeError(d.message) : new Error(d.message);
@@ -138,7 +152,7 @@ export class Shared {
   #leadStarted: Promise<void> | undefined;
   #settle!: { resolve: () => void; reject: (e: unknown) => void; done: boolean };
   /** Leader: the durability of this turn's puts, once one was made (see #put). */
-  #turn: Promise<unknown[] | undefined> | undefined;
+  #turn: Promise<Turn> | undefined;
   /** Leader: how many puts this turn made so far. */
   #turnSize = 0;
   #onOnline = () => {
@@ -438,19 +452,22 @@ export class Shared {
    * own Promise settles from it, with its revision or its own error.
    */
   #put(collection: string, id: string, fields: unknown, expected: string | null | undefined): Promise<string> {
-    let revision: string;
     try {
-      revision = this.#inner!.put(packPut(collection, id, fields, expected));
+      this.#inner!.put(packPut(collection, id, fields, expected));
     } catch (e) {
       return Promise.reject(toConcordError(e));
     }
     const i = this.#turnSize++;
     const turn = (this.#turn ??= this.#startTurn());
-    return turn.then((errors) => (errors === undefined || errors[i] === null ? revision : Promise.reject(toConcordError(errors[i]))));
+    return turn.then((t) =>
+      t.errors === undefined || t.errors[i] === null
+        ? t.revisions.slice(i * REVISION_LENGTH, (i + 1) * REVISION_LENGTH)
+        : Promise.reject(toConcordError(t.errors[i])),
+    );
   }
 
   /** Leader: a new turn's durability, asked of wasm once the turn's synchronous code and microtasks queued so far have run. */
-  #startTurn(): Promise<unknown[] | undefined> {
+  #startTurn(): Promise<Turn> {
     const inner = this.#inner!;
     return new Promise((resolve, reject) =>
       queueMicrotask(() => {
@@ -459,7 +476,7 @@ export class Shared {
         // A throw here (a trapped wasm module) would otherwise leave every
         // put of the turn pending for good: it fails them instead.
         try {
-          resolve(inner.durable() as Promise<unknown[] | undefined>);
+          resolve(inner.durable() as Promise<Turn>);
         } catch (e) {
           reject(toConcordError(e));
         }

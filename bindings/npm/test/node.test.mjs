@@ -208,6 +208,16 @@ test("a transaction applies all of its writes or none", async () => {
   );
   assert.deepEqual(db.collection("todo").get("a"), { t: 1 }, "the delete was rolled back");
   assert.deepEqual(db.collection("done").get("b"), { t: 2 });
+  // wasm reads each write as it applies it: a bad one midway still undoes those before it.
+  await assert.rejects(
+    db.transaction((tx) => {
+      tx.delete("todo", "a");
+      tx.putIf("done", "new", { t: 4 }, "not a revision");
+    }),
+    EncodeError,
+  );
+  assert.deepEqual(db.collection("todo").get("a"), { t: 1 }, "the delete was rolled back");
+  assert.equal(db.collection("done").get("new"), undefined);
   await db.close();
 });
 
