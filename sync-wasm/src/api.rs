@@ -201,13 +201,13 @@ pub async fn open_database(options: JsValue) -> Result<WasmDatabase, JsValue> {
     let has_idb = js_sys::Reflect::has(&js_sys::global(), &"indexedDB".into()).unwrap_or(false)
         && !get(&js_sys::global(), "indexedDB").is_undefined();
     let store = match get_string(&options, "storage")?.as_deref() {
-        Some("memory") => AnyStore::Memory,
+        Some("memory") => AnyStore::Memory(Default::default()),
         Some("indexeddb") | None if has_idb => AnyStore::IndexedDb(
             IdbStore::open(&name)
                 .await
                 .map_err(|e| js_error(&Error::Store(e)))?,
         ),
-        None => AnyStore::Memory,
+        None => AnyStore::Memory(Default::default()),
         Some(other) => {
             return Err(js_sys::TypeError::new(&format!(
                 "storage {other:?} is not available here (use \"indexeddb\" in a browser or \"memory\")"

@@ -7,7 +7,7 @@
 //!
 //! - [`transport`]: the relay link over the platform's `WebSocket`;
 //! - [`store`]: an IndexedDB store, each persist batch in one transaction
-//!   (browsers), or memory: the database's own state (Node, tests);
+//!   (browsers), or `sync-client`'s in-memory store (Node, tests);
 //! - [`timer`]: `Date.now()` and `setTimeout`.
 //!
 //! The JavaScript side is the npm package `concord-sync` (`bindings/npm`),

@@ -21,6 +21,7 @@ use std::rc::Rc;
 
 use futures::FutureExt;
 use futures::future::LocalBoxFuture;
+use sync_client::memory::MemoryStore;
 use sync_client::platform::{ClientStore, StoreError, StoreErrorKind};
 use sync_core::PersistBatch;
 use sync_core::persist::Write;
@@ -555,13 +556,8 @@ fn fold_logged(records: Vec<Record>, batches: Vec<Vec<LoggedWrite>>) -> Vec<Reco
 /// The store a database uses: IndexedDB, or memory where there is none.
 #[derive(Clone, Debug)]
 pub enum AnyStore {
-    /// In memory: the database's own state is the only copy, gone when it
-    /// closes, so writes keep nothing and succeed at once. A database reads
-    /// its store only when it opens (this one starts empty) and after a
-    /// failed write (this one never fails); a second copy of every record
-    /// cost puts in Node about a tenth of their CPU time, and as much
-    /// memory again as the database.
-    Memory,
+    /// In memory: gone when the database closes.
+    Memory(MemoryStore),
     /// In IndexedDB.
     IndexedDb(IdbStore),
 }
@@ -569,14 +565,14 @@ pub enum AnyStore {
 impl ClientStore for AnyStore {
     fn write(&self, batch: PersistBatch) -> LocalBoxFuture<'static, Result<(), StoreError>> {
         match self {
-            AnyStore::Memory => futures::future::ready(Ok(())).boxed_local(),
+            AnyStore::Memory(store) => store.write(batch),
             AnyStore::IndexedDb(store) => store.write(batch),
         }
     }
 
     fn read_all(&self) -> LocalBoxFuture<'static, Result<Vec<Record>, StoreError>> {
         match self {
-            AnyStore::Memory => futures::future::ready(Ok(Vec::new())).boxed_local(),
+            AnyStore::Memory(store) => store.read_all(),
             AnyStore::IndexedDb(store) => store.read_all(),
         }
     }
