@@ -7,7 +7,7 @@
 //! (the CLI of exactly the version in Cargo.lock, installed with
 //! `cargo install` when missing); `npm ci` for the package's dev tools;
 //! `wasm-opt -Oz` from npm's `binaryen` (Debian's is too old: its output
-//! fails to load); `tsc` for the TypeScript layer; then esbuild strips
+//! fails to load); `tsc` for the TypeScript layer; then terser strips
 //! whitespace and comments from every JavaScript file the package ships.
 
 use std::path::Path;
@@ -70,28 +70,30 @@ pub(crate) fn build() -> Result<(), String> {
 }
 
 /// Rewrites the package's JavaScript (tsc's `dist`, wasm-bindgen's glue
-/// and snippets) without comments and whitespace: the browser downloads
-/// it as is when served unbundled (10 KB of the package's gzip size, see
-/// docs/BENCHMARKS.md). Identifiers stay: errors take their `name` from
-/// their class (`new.target.name`), and stack traces stay readable. The
-/// `.d.ts` files keep their doc comments for editors.
+/// and snippets) without whitespace and comments: the browser downloads it
+/// as is when served unbundled (10 KB of the package's gzip size, see
+/// docs/BENCHMARKS.md). terser without `--compress` or `--mangle`:
+/// identifiers stay, since errors take their `name` from their class
+/// (`new.target.name`) and stack traces stay readable; and the bundler
+/// directives on the Node-only dynamic import (`webpackIgnore`,
+/// `@vite-ignore`) stay, which esbuild drops. The `.d.ts` files keep their
+/// doc comments for editors.
 fn minify_js(pkg: &Path) -> Result<(), String> {
     let mut files = Vec::new();
     for dir in ["dist", "wasm"] {
         js_files(&pkg.join(dir), &mut files)?;
     }
     for file in files {
-        run(Command::new(pkg.join("node_modules/.bin/esbuild"))
+        run(Command::new(pkg.join("node_modules/.bin/terser"))
             .current_dir(pkg)
             .arg(&file)
             .args([
-                "--minify-whitespace",
-                "--minify-syntax",
-                "--format=esm",
-                "--log-level=warning",
-                "--allow-overwrite",
+                "--module",
+                "--format",
+                "comments=/webpackIgnore|@vite-ignore/",
+                "-o",
             ])
-            .arg(format!("--outfile={}", file.display())))?;
+            .arg(&file))?;
     }
     Ok(())
 }
