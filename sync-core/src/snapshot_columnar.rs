@@ -385,11 +385,14 @@ impl Columns {
 /// state's stamps span a few hours of milliseconds at most, so two or three
 /// passes of 11 bits, about a third of a comparison sort's time on 100,000
 /// stamps. Uses already in order (a state written document by document)
-/// cost one pass to check; stamps too far apart for one 64-bit key fall
-/// back to a comparison sort. Indices are `u32`: a state holds fewer
-/// fields than that by far (a snapshot's payload is at most 4 GiB).
+/// cost one pass to check; stamps too far apart for one 64-bit key are
+/// sorted by replica, then by clock reading (the passes are stable, so
+/// equal readings keep the replica order): more passes, and no comparison
+/// sort, whose code the wasm package would carry for this rare case.
+/// Indices are `u32`: a state holds fewer fields than that by far (a
+/// snapshot's payload is at most 4 GiB).
 fn stamp_order(uses: &[(u64, u32)]) -> Vec<u32> {
-    let mut order: Vec<u32> = (0..uses.len() as u32).collect();
+    let order: Vec<u32> = (0..uses.len() as u32).collect();
     if uses.windows(2).all(|w| w[0] <= w[1]) {
         return order;
     }
@@ -397,39 +400,55 @@ fn stamp_order(uses: &[(u64, u32)]) -> Vec<u32> {
         .iter()
         .fold((u64::MAX, 0), |(lo, hi), u| (lo.min(u.0), hi.max(u.0)));
     let replica_bits = 32 - uses.iter().map(|u| u.1).max().unwrap_or(0).leading_zeros();
-    let bits = (64 - (max - min).leading_zeros()) + replica_bits;
-    if bits > 64 {
-        order.sort_unstable_by_key(|&at| uses[at as usize]);
-        return order;
+    let clock_bits = 64 - (max - min).leading_zeros();
+    let mut items: Vec<(u64, u32)>;
+    if clock_bits + replica_bits <= 64 {
+        items = uses
+            .iter()
+            .zip(order)
+            .map(|(&(hlc, replica), at)| (((hlc - min) << replica_bits) | u64::from(replica), at))
+            .collect();
+        radix_sort(&mut items, clock_bits + replica_bits);
+    } else {
+        items = uses
+            .iter()
+            .zip(order)
+            .map(|(&(_, replica), at)| (u64::from(replica), at))
+            .collect();
+        radix_sort(&mut items, replica_bits);
+        for item in &mut items {
+            item.0 = uses[item.1 as usize].0 - min;
+        }
+        radix_sort(&mut items, clock_bits);
     }
+    items.into_iter().map(|(_, at)| at).collect()
+}
+
+/// Sorts `items` stably by the low `bits` bits of their keys, 11 bits a
+/// pass.
+fn radix_sort(items: &mut Vec<(u64, u32)>, bits: u32) {
     const DIGIT: u32 = 11;
     const MASK: u64 = (1 << DIGIT) - 1;
-    let mut items: Vec<(u64, u32)> = uses
-        .iter()
-        .zip(order)
-        .map(|(&(hlc, replica), at)| (((hlc - min) << replica_bits) | u64::from(replica), at))
-        .collect();
     let mut spare = items.clone();
     let mut counts = vec![0usize; 1 << DIGIT];
     let mut shift = 0;
     while shift < bits {
         counts.fill(0);
-        for &(key, _) in &items {
+        for &(key, _) in items.iter() {
             counts[((key >> shift) & MASK) as usize] += 1;
         }
         let mut total = 0;
         for count in &mut counts {
             (*count, total) = (total, total + *count);
         }
-        for &item in &items {
+        for &item in items.iter() {
             let digit = ((item.0 >> shift) & MASK) as usize;
             spare[counts[digit]] = item;
             counts[digit] += 1;
         }
-        std::mem::swap(&mut items, &mut spare);
+        std::mem::swap(items, &mut spare);
         shift += DIGIT;
     }
-    items.into_iter().map(|(_, at)| at).collect()
 }
 
 /// Appends a plain payload (without the blob header) to `out`: the
@@ -1079,8 +1098,8 @@ mod tests {
 
     proptest! {
         /// The radix sort orders stamps as comparing (clock reading,
-        /// replica) does: clock readings close together (radix passes),
-        /// far apart (the comparison fallback), and with many replicas.
+        /// replica) does: clock readings close together (one key), far
+        /// apart (replica, then clock reading), and with many replicas.
         #[test]
         fn stamp_order_sorts_like_comparison(
             base in any::<u64>(),

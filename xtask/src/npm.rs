@@ -7,7 +7,8 @@
 //! (the CLI of exactly the version in Cargo.lock, installed with
 //! `cargo install` when missing); `npm ci` for the package's dev tools;
 //! `wasm-opt -Oz` from npm's `binaryen` (Debian's is too old: its output
-//! fails to load); `tsc` for the TypeScript layer.
+//! fails to load); `tsc` for the TypeScript layer; then terser strips
+//! whitespace and comments from every JavaScript file the package ships.
 
 use std::path::Path;
 use std::process::Command;
@@ -63,7 +64,54 @@ pub(crate) fn build() -> Result<(), String> {
     run(Command::new(pkg.join("node_modules/.bin/tsc"))
         .current_dir(&pkg)
         .args(["-p", "tsconfig.json"]))?;
+    minify_js(&pkg)?;
     println!("concord-sync built in {PACKAGE_DIR} (npm pack there makes the tarball)");
+    Ok(())
+}
+
+/// Rewrites the package's JavaScript (tsc's `dist`, wasm-bindgen's glue
+/// and snippets) without whitespace and comments: the browser downloads it
+/// as is when served unbundled (10 KB of the package's gzip size, see
+/// docs/BENCHMARKS.md). terser without `--compress` or `--mangle`:
+/// identifiers stay, since errors take their `name` from their class
+/// (`new.target.name`) and stack traces stay readable; and the bundler
+/// directives on the Node-only dynamic import (`webpackIgnore`,
+/// `@vite-ignore`) stay, which esbuild drops. The `.d.ts` files keep their
+/// doc comments for editors.
+fn minify_js(pkg: &Path) -> Result<(), String> {
+    let mut files = Vec::new();
+    for dir in ["dist", "wasm"] {
+        js_files(&pkg.join(dir), &mut files)?;
+    }
+    for file in files {
+        run(Command::new(pkg.join("node_modules/.bin/terser"))
+            .current_dir(pkg)
+            .arg(&file)
+            .args([
+                "--module",
+                "--format",
+                "comments=/webpackIgnore|@vite-ignore/",
+                "-o",
+            ])
+            .arg(&file))?;
+    }
+    Ok(())
+}
+
+/// Every `.js` file under `dir`, into `out`.
+fn js_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) -> Result<(), String> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+    for entry in entries {
+        let path = entry
+            .map_err(|e| format!("cannot list {}: {e}", dir.display()))?
+            .path();
+        if path.is_dir() {
+            js_files(&path, out)?;
+        } else if path.extension().is_some_and(|ext| ext == "js") {
+            out.push(path);
+        }
+    }
     Ok(())
 }
 

@@ -36,7 +36,8 @@ function closure(entry, deps) {
     if (!file.endsWith(".js") && !file.endsWith(".mjs")) continue;
     const text = readFileSync(file, "utf8");
     const specs = [
-      ...text.matchAll(/(?:import|export)\s[^'"]*?from\s*['"]([^'"]+)['"]/g),
+      // `\b`, not `\s`: minified code writes `import{a}from"./b.js"`.
+      ...text.matchAll(/(?:import|export)\b[^'"]*?from\s*['"]([^'"]+)['"]/g),
       ...text.matchAll(/import\s*\(?\s*['"]([^'"]+)['"]/g),
       ...text.matchAll(/new URL\(\s*['"]([^'"]+)['"]\s*,\s*import\.meta\.url/g),
     ].map((m) => m[1]);

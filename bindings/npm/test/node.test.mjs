@@ -178,6 +178,8 @@ test("putIf succeeds at the expected revision and conflicts otherwise", async ()
   await assert.rejects(c.putIf("k", { v: 2 }, null), (e) => {
     assert.ok(e instanceof ConflictError);
     assert.ok(e instanceof ConcordError);
+    // The class's own name (the build's minifier must keep identifiers).
+    assert.equal(e.name, "ConflictError");
     assert.equal(e.kind, "Conflict");
     assert.equal(e.collection, "c");
     assert.equal(e.id, "k");
