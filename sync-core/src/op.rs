@@ -1,8 +1,5 @@
 //! Operations: the unit of change a replica makes, logs and sends.
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
-
 use serde::{Deserialize, Serialize};
 
 use crate::hlc::Hlc;
@@ -133,14 +130,14 @@ impl Change {
                 // Comparing every pair is cheapest for the usual handful of
                 // fields (most pairs differ in length, which `==` checks
                 // first), but quadratic: 8.4 million comparisons at the field
-                // limit, which a peer controls. Large puts use a hash map instead.
-                let set_repeat = (fields.len() > PAIRWISE_MAX)
-                    .then(|| first_repeat_in_set(fields))
+                // limit, which a peer controls. Large puts sort instead.
+                let sorted_repeat = (fields.len() > PAIRWISE_MAX)
+                    .then(|| first_repeat_sorted(fields))
                     .flatten();
                 for (index, (name, value)) in fields.iter().enumerate() {
                     check_field_name(name)?;
                     let repeated = if fields.len() > PAIRWISE_MAX {
-                        set_repeat == Some(index)
+                        sorted_repeat == Some(index)
                     } else {
                         fields[..index].iter().any(|(earlier, _)| earlier == name)
                     };
@@ -242,23 +239,21 @@ pub(crate) enum ChangeRef<'a, F: Serialize> {
 const PAIRWISE_MAX: usize = 32;
 
 /// Index of the first field whose name an earlier field already has, found
-/// with a hash map of the names seen: O(n) where the pairwise check is
-/// O(n²). Its type, `HashMap<&str, u64>` (the value unused), is the one
-/// the snapshot and protocol encoders index names with, so the wasm
-/// package carries no code of its own for it: a sort of `(name, index)`
-/// pairs was a copy of the sort's code (2 KB gzip), and a `BTreeSet<&str>`
-/// took ten times the instructions at the field limit.
-fn first_repeat_in_set(fields: &[(String, Option<Value>)]) -> Option<usize> {
-    let mut seen: HashMap<&str, u64> = HashMap::with_capacity(fields.len());
-    fields
+/// by sorting: O(n log n) where the pairwise check is O(n²).
+fn first_repeat_sorted(fields: &[(String, Option<Value>)]) -> Option<usize> {
+    // Sorted by name, then index: in each run of equal names, the second
+    // entry is the first repeat of that name.
+    let mut names: Vec<(&str, usize)> = fields
         .iter()
-        .position(|(name, _)| match seen.entry(name.as_str()) {
-            Entry::Occupied(_) => true,
-            Entry::Vacant(vacant) => {
-                vacant.insert(0);
-                false
-            }
-        })
+        .enumerate()
+        .map(|(index, (name, _))| (name.as_str(), index))
+        .collect();
+    names.sort_unstable();
+    names
+        .windows(2)
+        .filter(|pair| pair[0].0 == pair[1].0)
+        .map(|pair| pair[1].1)
+        .min()
 }
 
 /// Checks a collection name against the limits.
@@ -353,7 +348,7 @@ mod tests {
     use super::*;
 
     proptest! {
-        /// The hash map duplicate check finds exactly the field the pairwise
+        /// The sorting duplicate check finds exactly the field the pairwise
         /// one finds.
         #[test]
         fn first_repeat_matches_pairwise(names in prop::collection::vec("[ab]{0,3}", 0..80)) {
@@ -361,7 +356,7 @@ mod tests {
                 names.into_iter().map(|n| (n, None)).collect();
             let pairwise = (0..fields.len())
                 .find(|&i| fields[..i].iter().any(|(earlier, _)| *earlier == fields[i].0));
-            prop_assert_eq!(first_repeat_in_set(&fields), pairwise);
+            prop_assert_eq!(first_repeat_sorted(&fields), pairwise);
         }
     }
 }
