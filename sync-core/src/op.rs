@@ -210,7 +210,7 @@ pub(crate) fn check_distinct_put<'a>(
 /// Decoded, it accepts exactly the bytes [`Op`] accepts, without allocating
 /// its strings: a store's outbox records are checked with it on open.
 #[derive(Serialize, Deserialize)]
-pub(crate) struct OpRef<'a, F: Serialize> {
+pub(crate) struct OpRef<'a, F> {
     pub(crate) id: OpId,
     pub(crate) hlc: Hlc,
     #[serde(borrow)]
@@ -220,7 +220,7 @@ pub(crate) struct OpRef<'a, F: Serialize> {
 /// [`Change`], borrowed; `F` serialises as a put's
 /// `Vec<(String, Option<Value>)>` does.
 #[derive(Serialize, Deserialize)]
-pub(crate) enum ChangeRef<'a, F: Serialize> {
+pub(crate) enum ChangeRef<'a, F> {
     Put {
         collection: &'a str,
         id: &'a str,

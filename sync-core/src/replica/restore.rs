@@ -6,6 +6,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 
+use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
+
 use super::{
     ApplyError, Dirty, MAX_RUN_BYTES, Pending, RUN_LENGTH_BYTES, Replica, ReplicaConfig,
     RestoreError, push_run_record,
@@ -135,7 +137,7 @@ impl ReplicaLoader {
                 StoreKey::Outbox(seq) => {
                     // Checked to decode as an operation; only its id is
                     // kept, so its strings are borrowed, not allocated.
-                    let op: OpRef<'_, OutboxFields<'_>> = decode_record(&key, &value)?;
+                    let op: OpRef<'_, OutboxFields> = decode_record(&key, &value)?;
                     if op.id.seq != *seq {
                         return Err(RestoreError::Inconsistent(format!(
                             "outbox record {seq} holds operation {}",
@@ -334,8 +336,29 @@ impl ReplicaLoader {
     }
 }
 
-/// A put's fields as an outbox record is checked with.
-type OutboxFields<'a> = Vec<(&'a str, Option<Value>)>;
+/// A put's fields as an outbox record is checked with: each decoded (its
+/// name borrowed) and dropped, none collected.
+struct OutboxFields;
+
+impl<'de> Deserialize<'de> for OutboxFields {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<OutboxFields, D::Error> {
+        struct Fields;
+        impl<'de> Visitor<'de> for Fields {
+            type Value = OutboxFields;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a put's fields")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<OutboxFields, A::Error> {
+                while seq.next_element::<(&'de str, Option<Value>)>()?.is_some() {}
+                Ok(OutboxFields)
+            }
+        }
+        // As `Vec<(String, Option<Value>)>` is read: a sequence.
+        d.deserialize_seq(Fields)
+    }
+}
 
 /// Consecutive outbox records of one replica, as read.
 #[derive(Debug)]
@@ -890,7 +913,7 @@ mod tests {
     fn decodes(bytes: &[u8]) -> (Option<OpId>, Option<OpId>) {
         let key = StoreKey::Outbox(1);
         let op = decode_record::<Op>(&key, bytes).ok().map(|op| op.id);
-        let checked = decode_record::<OpRef<'_, OutboxFields<'_>>>(&key, bytes)
+        let checked = decode_record::<OpRef<'_, OutboxFields>>(&key, bytes)
             .ok()
             .map(|op| op.id);
         (op, checked)
