@@ -217,8 +217,8 @@ pub(crate) struct OpRef<'a, F> {
     pub(crate) change: ChangeRef<'a, F>,
 }
 
-/// [`Change`], borrowed; `F` serialises as a put's
-/// `Vec<(String, Option<Value>)>` does.
+/// [`Change`], borrowed; `F` serialises (and is read) as a put's
+/// `Vec<(String, Option<Value>)>` is.
 #[derive(Serialize, Deserialize)]
 pub(crate) enum ChangeRef<'a, F> {
     Put {

@@ -77,7 +77,8 @@ impl Chunks {
     /// it is too long for one), or the key deleted. The statements are
     /// taken from the connection's cache once per batch, not once per row:
     /// a cache lookup and return (hashing the SQL text, resetting the
-    /// statement) cost about 1,100 instructions, a fifth of a row's own.
+    /// statement) cost about 1,100 instructions, against about 8,000 for
+    /// the row's own write (callgrind, one durable put of three rows).
     pub(super) fn write(&mut self, conn: &Connection, rows: &Rows) -> rusqlite::Result<()> {
         let piece = max_row_value(conn);
         let mut insert = None;
