@@ -207,17 +207,20 @@ pub(crate) fn check_distinct_put<'a>(
 
 /// An operation to encode, borrowing its parts: encodes byte for byte as
 /// the [`Op`] with the same parts (the same field order and variant order).
-#[derive(Serialize)]
-pub(crate) struct OpRef<'a, F: Serialize> {
+/// Decoded, it accepts exactly the bytes [`Op`] accepts, without allocating
+/// its strings: a store's outbox records are checked with it on open.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct OpRef<'a, F> {
     pub(crate) id: OpId,
     pub(crate) hlc: Hlc,
+    #[serde(borrow)]
     pub(crate) change: ChangeRef<'a, F>,
 }
 
-/// [`Change`], borrowed; `F` serialises as a put's
-/// `Vec<(String, Option<Value>)>` does.
-#[derive(Serialize)]
-pub(crate) enum ChangeRef<'a, F: Serialize> {
+/// [`Change`], borrowed; `F` serialises (and is read) as a put's
+/// `Vec<(String, Option<Value>)>` is.
+#[derive(Serialize, Deserialize)]
+pub(crate) enum ChangeRef<'a, F> {
     Put {
         collection: &'a str,
         id: &'a str,

@@ -1203,20 +1203,6 @@ const RUN_LENGTH_BYTES: usize = 4;
 const MAX_RUN_BYTES: u64 = u32::MAX as u64;
 
 impl Pending {
-    /// An entry of one stored record (it must decode to operation `seq`),
-    /// to be queued with [`Pending::queue`].
-    fn single(seq: u64, record: &[u8]) -> Pending {
-        let mut bytes = Vec::with_capacity(RUN_LENGTH_BYTES + record.len());
-        push_run_record(&mut bytes, record);
-        Pending {
-            seq,
-            before: 0,
-            len: 1,
-            start: 0,
-            bytes: bytes.into_boxed_slice(),
-        }
-    }
-
     /// Numbers entries' positions in order, for an outbox made of them.
     fn queue(entries: impl IntoIterator<Item = Pending>) -> VecDeque<Pending> {
         let mut position = 0;

@@ -1154,7 +1154,7 @@ fn write_group_whole(
     run("BEGIN").map_err(|_| Whole::Batch)?;
     let written = (|| -> rusqlite::Result<()> {
         for batch in group {
-            apply(conn, chunks, &batch.rows)?;
+            chunks.write(conn, &batch.rows)?;
         }
         if let Some(identity) = unrecorded {
             record_identity(conn, identity)?;
@@ -1208,7 +1208,7 @@ fn write_group_each(
         }
         let result = (|| -> rusqlite::Result<()> {
             let sp = tx.savepoint()?;
-            apply(&sp, chunks, &batch.rows)?;
+            chunks.write(&sp, &batch.rows)?;
             if let Some(identity) = unrecorded {
                 record_identity(&sp, identity)?;
             }
@@ -1295,16 +1295,6 @@ fn check_identity(conn: &Connection, path: &Path) -> Result<Option<FileIdentity>
 fn record_identity(conn: &Connection, identity: FileIdentity) -> rusqlite::Result<()> {
     conn.prepare_cached("INSERT OR REPLACE INTO identity (id, device, inode) VALUES (0, ?1, ?2)")?
         .execute(params![identity.device, identity.inode])?;
-    Ok(())
-}
-
-fn apply(conn: &Connection, chunks: &mut Chunks, rows: &Rows) -> rusqlite::Result<()> {
-    for (key, value) in rows {
-        match value {
-            Some(value) => chunks.put(conn, key, value)?,
-            None => chunks.delete(conn, key)?,
-        }
-    }
     Ok(())
 }
 

@@ -6,18 +6,25 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Bound;
 
-use super::{ApplyError, Dirty, Pending, Replica, ReplicaConfig, RestoreError};
+use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
+
+use super::{
+    ApplyError, Dirty, MAX_RUN_BYTES, Pending, RUN_LENGTH_BYTES, Replica, ReplicaConfig,
+    RestoreError, push_run_record,
+};
 use crate::event::{Event, Origin};
 use crate::hlc::Clock;
-use crate::op::{Op, OpId};
+use crate::op::{OpId, OpRef};
 use crate::persist::{
     ABSENT_DOCUMENT, CollectionRecord, MetaRecord, RecordError, StoreKey, checkpoint_snapshot,
     decode_doc_record, decode_record,
 };
 use crate::snapshot::Snapshot;
+use crate::stamp::ReplicaId;
 use crate::state::{DocState, Effect, FieldSlot, State};
 use crate::store::Record;
 use crate::timestamp::Timestamp;
+use crate::value::Value;
 use crate::version::VersionVector;
 
 /// Rebuilds a replica from the records its batches wrote, fed in as many
@@ -58,7 +65,12 @@ pub struct ReplicaLoader {
     /// tree is built in one pass when another collection starts (building
     /// from sorted keys is linear; inserting one by one walks the tree).
     building: Option<(String, Vec<(String, DocState)>)>,
-    outbox: BTreeMap<u64, (OpId, Pending)>,
+    /// Outbox records read, as runs of consecutive operations of one
+    /// replica, by the first one's number: records come in key order, so a
+    /// run of 100,000 records is one allocation, not 100,000 entries.
+    outbox: BTreeMap<u64, OutboxRun>,
+    /// The first number of the run the next consecutive record joins.
+    open_run: Option<u64>,
     any: bool,
     /// Collection records, applied over everything else at the end.
     collection_records: Vec<(String, CollectionRecord)>,
@@ -79,6 +91,7 @@ impl ReplicaLoader {
             state: State::new(),
             building: None,
             outbox: BTreeMap::new(),
+            open_run: None,
             any: false,
             collection_records: Vec::new(),
             checkpoint: false,
@@ -122,21 +135,37 @@ impl ReplicaLoader {
                 }
                 StoreKey::Checkpoint => self.read_checkpoint(&value)?,
                 StoreKey::Outbox(seq) => {
-                    let op: Op = decode_record(&key, &value)?;
+                    // Checked to decode as an operation; only its id is
+                    // kept, so its strings are borrowed, not allocated.
+                    let op: OpRef<'_, OutboxFields> = decode_record(&key, &value)?;
                     if op.id.seq != *seq {
                         return Err(RestoreError::Inconsistent(format!(
                             "outbox record {seq} holds operation {}",
                             op.id.seq
                         )));
                     }
-                    let pending = Pending::single(*seq, &value);
-                    self.outbox.insert(*seq, (op.id, pending));
+                    self.outbox_record(op.id, &value);
                 }
                 StoreKey::Document { .. } | StoreKey::Extension(_) => continue,
             }
             self.any = true;
         }
         Ok(())
+    }
+
+    /// Adds a decoded outbox record to the run it continues, or starts one.
+    fn outbox_record(&mut self, id: OpId, record: &[u8]) {
+        let joins = self
+            .open_run
+            .and_then(|first| self.outbox.get_mut(&first))
+            .filter(|run| run.continued_by(id, record.len()));
+        match joins {
+            Some(run) => run.push(record),
+            None => {
+                self.outbox.insert(id.seq, OutboxRun::new(id, record));
+                self.open_run = Some(id.seq);
+            }
+        }
     }
 
     /// Takes the checkpoint's state as the base the records override.
@@ -265,10 +294,19 @@ impl ReplicaLoader {
                 meta.next_seq
             )));
         }
-        if let Some((id, _)) = outbox
+        if let Some(run) = outbox
             .values()
-            .find(|(id, _)| id.replica != meta.replica || id.seq >= meta.next_seq)
+            .find(|run| run.replica != meta.replica || run.last_seq() >= meta.next_seq)
         {
+            // The run's first operation that is foreign or future.
+            let seq = match run.replica == meta.replica {
+                true => run.first.max(meta.next_seq),
+                false => run.first,
+            };
+            let id = OpId {
+                replica: run.replica,
+                seq,
+            };
             return Err(RestoreError::Inconsistent(format!(
                 "outbox holds foreign or future operation {id:?}"
             )));
@@ -279,8 +317,8 @@ impl ReplicaLoader {
             next_seq: meta.next_seq,
             state,
             version: meta.version,
-            outbox_stored_through: outbox.keys().next_back().copied().unwrap_or(0),
-            outbox: Pending::queue(outbox.into_values().map(|(_, pending)| pending)),
+            outbox_stored_through: outbox.values().next_back().map_or(0, OutboxRun::last_seq),
+            outbox: Pending::queue(outbox.into_values().map(OutboxRun::into_pending)),
             scratch: Vec::new(),
             single: super::TxWrites::default(),
             dirty: Dirty::default(),
@@ -292,6 +330,85 @@ impl ReplicaLoader {
                 overlay_sets(overlay),
             ),
         }))
+    }
+}
+
+/// A put's fields as an outbox record is checked with: each decoded (its
+/// name borrowed) and dropped, none collected.
+struct OutboxFields;
+
+impl<'de> Deserialize<'de> for OutboxFields {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<OutboxFields, D::Error> {
+        struct Fields;
+        impl<'de> Visitor<'de> for Fields {
+            type Value = OutboxFields;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a put's fields")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<OutboxFields, A::Error> {
+                while seq.next_element::<(&'de str, Option<Value>)>()?.is_some() {}
+                Ok(OutboxFields)
+            }
+        }
+        // As `Vec<(String, Option<Value>)>` is read: a sequence.
+        d.deserialize_seq(Fields)
+    }
+}
+
+/// Consecutive outbox records of one replica, as read.
+#[derive(Debug)]
+struct OutboxRun {
+    replica: ReplicaId,
+    /// The first record's operation number.
+    first: u64,
+    /// Records in the run.
+    len: u32,
+    /// The records, each after its length, as a [`Pending`] holds them.
+    bytes: Vec<u8>,
+}
+
+impl OutboxRun {
+    fn new(id: OpId, record: &[u8]) -> OutboxRun {
+        let mut run = OutboxRun {
+            replica: id.replica,
+            first: id.seq,
+            len: 0,
+            bytes: Vec::new(),
+        };
+        run.push(record);
+        run
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.first + u64::from(self.len) - 1
+    }
+
+    /// Whether operation `id`, stored in `record_len` bytes, comes next in
+    /// this run and fits in one [`Pending`].
+    fn continued_by(&self, id: OpId, record_len: usize) -> bool {
+        let bytes = self.bytes.len() as u64 + (RUN_LENGTH_BYTES + record_len) as u64;
+        id.replica == self.replica
+            && Some(id.seq) == self.last_seq().checked_add(1)
+            && self.len < u32::MAX
+            && bytes <= MAX_RUN_BYTES
+    }
+
+    fn push(&mut self, record: &[u8]) {
+        push_run_record(&mut self.bytes, record);
+        self.len += 1;
+    }
+
+    /// The run as an outbox entry (positioned by [`Pending::queue`]).
+    fn into_pending(self) -> Pending {
+        Pending {
+            seq: self.first,
+            before: 0,
+            len: self.len,
+            start: 0,
+            bytes: self.bytes.into_boxed_slice(),
+        }
     }
 }
 
@@ -561,7 +678,9 @@ fn next_ids(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stamp::ReplicaId;
+    use crate::hlc::Hlc;
+    use crate::op::{Change, Op};
+    use crate::persist::encode_record;
     use crate::store::{MemoryStore, Store};
 
     fn at(ms: u64) -> Timestamp {
@@ -742,5 +861,140 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(restored.state(), r.state());
+    }
+
+    /// The store of a replica after `ops` one-field puts, and its outbox.
+    fn outbox_records(replica: u64, ops: u64) -> (MemoryStore, Vec<Op>) {
+        let mut r = Replica::new(ReplicaId(replica), ReplicaConfig::default());
+        let mut store = MemoryStore::new();
+        for n in 0..ops {
+            r.put(at(n), "c", &format!("d{n}"), [("v", n as i64)])
+                .unwrap();
+            // One batch per put: the records are what separate writes store.
+            store.write(&r.take_persist().unwrap()).unwrap();
+        }
+        (store, r.outbox().collect())
+    }
+
+    fn outbox_error(records: Vec<Record>) -> String {
+        match Replica::restore(ReplicaConfig::default(), records) {
+            Err(RestoreError::Inconsistent(e)) => e,
+            other => panic!("expected an inconsistent outbox, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn outbox_records_restore_as_runs_and_every_operation_is_checked() {
+        let (mut store, ops) = outbox_records(1, 5);
+        let records = store.read_all().unwrap();
+        let mut restored = Replica::restore(ReplicaConfig::default(), records.clone())
+            .unwrap()
+            .unwrap();
+        assert_eq!(restored.outbox().collect::<Vec<_>>(), ops);
+        // Acknowledged inside the run read back: the rest stays, stored.
+        assert_eq!(restored.acknowledge(2), 2);
+        store.write(&restored.take_persist().unwrap()).unwrap();
+        let again = Replica::restore(ReplicaConfig::default(), store.read_all().unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(again.outbox().collect::<Vec<_>>(), ops[2..]);
+
+        // Operation 3 of another replica in the middle of replica 1's.
+        let foreign = outbox_records(2, 3).0.read_all().unwrap();
+        let key = StoreKey::Outbox(3).to_bytes();
+        let theirs = foreign.iter().find(|(k, _)| *k == key).unwrap().clone();
+        let mixed: Vec<Record> = records
+            .iter()
+            .map(|record| {
+                if record.0 == key {
+                    theirs.clone()
+                } else {
+                    record.clone()
+                }
+            })
+            .collect();
+        let e = outbox_error(mixed);
+        assert!(e.contains("ReplicaId(2)") && e.contains("seq: 3"), "{e}");
+
+        // Operation 6 stored with the metadata of a replica that made 5.
+        let later = outbox_records(1, 6).0.read_all().unwrap();
+        let key = StoreKey::Outbox(6).to_bytes();
+        let mut ahead = records.clone();
+        ahead.push(later.into_iter().find(|(k, _)| *k == key).unwrap());
+        ahead.sort();
+        let e = outbox_error(ahead);
+        assert!(e.contains("ReplicaId(1)") && e.contains("seq: 6"), "{e}");
+    }
+
+    /// Whether `bytes` decode as an outbox record: as the operation itself
+    /// (the oracle), and as the loader checks them.
+    fn decodes(bytes: &[u8]) -> (Option<OpId>, Option<OpId>) {
+        let key = StoreKey::Outbox(1);
+        let op = decode_record::<Op>(&key, bytes).ok().map(|op| op.id);
+        let checked = decode_record::<OpRef<'_, OutboxFields>>(&key, bytes)
+            .ok()
+            .map(|op| op.id);
+        (op, checked)
+    }
+
+    #[test]
+    fn the_outbox_check_accepts_exactly_the_records_that_decode_as_operations() {
+        let id = OpId {
+            replica: ReplicaId(0x0123_4567_89ab),
+            seq: 300,
+        };
+        let nested = Value::List(vec![
+            Value::from("é"),
+            Value::Map([("k".to_owned(), Value::Bytes(vec![1, 2]))].into()),
+        ]);
+        let changes = [
+            Change::Put {
+                collection: "todos".into(),
+                id: "milk".into(),
+                fields: vec![
+                    ("title".into(), Some(Value::from("Buy milk"))),
+                    ("n".into(), Some(Value::Int(-7))),
+                    ("f".into(), Some(Value::Float(0.5))),
+                    ("gone".into(), None),
+                    ("nested".into(), Some(nested)),
+                ],
+            },
+            Change::Delete {
+                collection: "todos".into(),
+                id: "milk".into(),
+            },
+            Change::CreateCollection {
+                collection: "c".into(),
+            },
+            Change::DropCollection {
+                collection: "c".into(),
+            },
+        ];
+        let mut checked = 0;
+        for change in changes {
+            let record = encode_record(&Op {
+                id,
+                hlc: Hlc::new(1_700_000_000_005, 3).unwrap(),
+                change,
+            });
+            assert_eq!(decodes(&record), (Some(id), Some(id)));
+            let mut variants = Vec::new();
+            for len in 0..record.len() {
+                variants.push(record[..len].to_vec());
+            }
+            for at in 0..record.len() {
+                for byte in [0x00, 0x01, 0x7f, 0x80, 0xc3, 0xff, record[at] ^ 0x01] {
+                    let mut bad = record.clone();
+                    bad[at] = byte;
+                    variants.push(bad);
+                }
+            }
+            for bytes in variants {
+                let (op, check) = decodes(&bytes);
+                assert_eq!(op, check, "{bytes:?}");
+                checked += 1;
+            }
+        }
+        assert!(checked > 400, "{checked}");
     }
 }

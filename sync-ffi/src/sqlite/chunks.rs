@@ -22,12 +22,20 @@ use rusqlite::limits::Limit;
 use rusqlite::{Connection, params};
 use sync_core::store::Record;
 
+use super::Rows;
+
 /// `PRAGMA user_version` of a file that may hold values across rows.
 pub(super) const CHUNKED_SCHEMA: i64 = 2;
 
 /// Largest piece, whatever the limit: SQLite copies each value it is
 /// given, and a smaller piece keeps that copy small beside the state.
 const MAX_PIECE: usize = 64 << 20;
+
+/// A value's first part (or all of it).
+const INSERT_RECORD: &str = "INSERT OR REPLACE INTO records (key, value) VALUES (?1, ?2)";
+
+/// A record's removal (its pieces are removed beside it).
+const DELETE_RECORD: &str = "DELETE FROM records WHERE key = ?1";
 
 /// The table of the pieces after a value's first one.
 pub(super) const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS chunks (
@@ -65,21 +73,47 @@ impl Chunks {
         Ok(Chunks { keys })
     }
 
-    /// Stores `value` under `key`, across rows if it is too long for one.
-    pub(super) fn put(
+    /// Writes one batch's rows: each value under its key (across rows if
+    /// it is too long for one), or the key deleted. The statements are
+    /// taken from the connection's cache once per batch, not once per row:
+    /// a cache lookup and return (hashing the SQL text, resetting the
+    /// statement) cost about 1,100 instructions, against about 8,000 for
+    /// the row's own write (callgrind, one durable put of three rows).
+    pub(super) fn write(&mut self, conn: &Connection, rows: &Rows) -> rusqlite::Result<()> {
+        let piece = max_row_value(conn);
+        let mut insert = None;
+        let mut delete = None;
+        for (key, value) in rows {
+            self.delete_pieces(conn, key)?;
+            let Some(value) = value else {
+                let delete = match &mut delete {
+                    Some(delete) => delete,
+                    None => delete.insert(conn.prepare_cached(DELETE_RECORD)?),
+                };
+                delete.execute(params![key])?;
+                continue;
+            };
+            let insert = match &mut insert {
+                Some(insert) => insert,
+                None => insert.insert(conn.prepare_cached(INSERT_RECORD)?),
+            };
+            let (first, rest) = value.split_at(value.len().min(piece));
+            insert.execute(params![key, first])?;
+            if !rest.is_empty() {
+                self.put_pieces(conn, key, rest, piece)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores the rest of a value under `key`, in pieces of `piece` bytes.
+    fn put_pieces(
         &mut self,
         conn: &Connection,
         key: &[u8],
-        value: &[u8],
+        mut rest: &[u8],
+        piece: usize,
     ) -> rusqlite::Result<()> {
-        self.delete_pieces(conn, key)?;
-        let piece = max_row_value(conn);
-        let (first, mut rest) = value.split_at(value.len().min(piece));
-        conn.prepare_cached("INSERT OR REPLACE INTO records (key, value) VALUES (?1, ?2)")?
-            .execute(params![key, first])?;
-        if rest.is_empty() {
-            return Ok(());
-        }
         conn.pragma_update(None, "user_version", CHUNKED_SCHEMA)?;
         self.keys.insert(key.to_vec());
         let mut insert =
@@ -91,14 +125,6 @@ impl Chunks {
             insert.execute(params![key, seq, this])?;
             rest = after;
         }
-        Ok(())
-    }
-
-    /// Deletes the value under `key`.
-    pub(super) fn delete(&mut self, conn: &Connection, key: &[u8]) -> rusqlite::Result<()> {
-        self.delete_pieces(conn, key)?;
-        conn.prepare_cached("DELETE FROM records WHERE key = ?1")?
-            .execute(params![key])?;
         Ok(())
     }
 
