@@ -20,7 +20,7 @@
 //!
 //! After [`Incoming::Closed`] the stream ends.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures::future::LocalBoxFuture;
@@ -105,7 +105,8 @@ impl WsOptions {
     }
 
     /// Whether to trust the operating system's root certificates (default:
-    /// yes). Where the system has none to read, this adds nothing.
+    /// yes). They are read at the first `wss://` connect, not when the
+    /// database opens. Where the system has none to read, this adds nothing.
     pub fn native_roots(mut self, trust: bool) -> WsOptions {
         self.native_roots = trust;
         self
@@ -159,31 +160,46 @@ impl std::fmt::Debug for WsTransport {
 struct Config {
     connect_timeout: Duration,
     websocket: WebSocketConfig,
-    tls: Arc<rustls::ClientConfig>,
+    roots: Roots,
+    /// Built at the first `wss://` connect: reading the operating system's
+    /// roots (145 files here, about 18 M instructions) would otherwise cost
+    /// every open, including databases that never connect or use `ws://`.
+    tls: OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
 }
 
-impl WsTransport {
-    /// A transport with these options. Fails when the extra roots given are
-    /// not certificates, or when no root at all is left to trust.
-    pub fn new(options: WsOptions) -> Result<WsTransport, TransportError> {
-        let mut roots = RootCertStore::empty();
-        if options.webpki_roots {
+/// The roots a `wss://` connection trusts, as the options gave them.
+struct Roots {
+    webpki: bool,
+    native: bool,
+    /// Checked when the transport is made, so a bad CA fails there.
+    extra: RootCertStore,
+}
+
+impl Config {
+    /// The TLS configuration, built on first use and kept.
+    fn tls(&self) -> Result<Arc<rustls::ClientConfig>, TransportError> {
+        self.tls
+            .get_or_init(|| self.build_tls())
+            .clone()
+            .map_err(TransportError::new)
+    }
+
+    fn build_tls(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        let mut roots = self.roots.extra.clone();
+        if self.roots.webpki {
             roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         }
-        if options.native_roots {
+        if self.roots.native {
             // Unreadable system certificates are skipped, not fatal.
             let native = rustls_native_certs::load_native_certs();
             roots.add_parsable_certificates(native.certs);
         }
-        for cert in options.extra_roots {
-            roots.add(cert).map_err(|e| {
-                TransportError::new(format!("cannot trust the CA certificate given: {e}"))
-            })?;
-        }
         if roots.is_empty() {
-            return Err(TransportError::new(
-                "no root certificates to trust: enable webpki or native roots, or add your CA",
-            ));
+            return Err(
+                "no root certificates to trust: the operating system has none \
+                 readable; enable webpki roots or add your CA"
+                    .to_owned(),
+            );
         }
         // ring builds with a C compiler alone, on every target we ship to.
         // rustls 0.23.48 deprecates its ring provider for lacking
@@ -193,9 +209,31 @@ impl WsTransport {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| TransportError::new(format!("configuring TLS: {e}")))?
+            .map_err(|e| format!("configuring TLS: {e}"))?
             .with_root_certificates(roots)
             .with_no_client_auth();
+        Ok(Arc::new(tls))
+    }
+}
+
+impl WsTransport {
+    /// A transport with these options. Fails when the extra roots given are
+    /// not certificates, or when no root at all is left to trust. The
+    /// operating system's roots are read at the first `wss://` connect,
+    /// which fails if they were the only roots asked for and none is
+    /// readable.
+    pub fn new(options: WsOptions) -> Result<WsTransport, TransportError> {
+        let mut extra = RootCertStore::empty();
+        for cert in options.extra_roots {
+            extra.add(cert).map_err(|e| {
+                TransportError::new(format!("cannot trust the CA certificate given: {e}"))
+            })?;
+        }
+        if !options.webpki_roots && !options.native_roots && extra.is_empty() {
+            return Err(TransportError::new(
+                "no root certificates to trust: enable webpki or native roots, or add your CA",
+            ));
+        }
         let websocket = WebSocketConfig::default()
             .max_message_size(Some(options.max_message_size))
             .max_frame_size(Some(options.max_message_size));
@@ -203,7 +241,12 @@ impl WsTransport {
             inner: Arc::new(Config {
                 connect_timeout: options.connect_timeout,
                 websocket,
-                tls: Arc::new(tls),
+                roots: Roots {
+                    webpki: options.webpki_roots,
+                    native: options.native_roots,
+                    extra,
+                },
+                tls: OnceLock::new(),
             }),
         })
     }
@@ -232,9 +275,9 @@ async fn connect(config: &Config, url: &str) -> Result<Link, TransportError> {
         .into_client_request()
         .map_err(|e| fail("bad relay URL", &e))?;
     let uri = request.uri();
-    let port = match uri.scheme_str() {
-        Some("ws") => 80,
-        Some("wss") => 443,
+    let (port, tls) = match uri.scheme_str() {
+        Some("ws") => (80, false),
+        Some("wss") => (443, true),
         _ => return Err(fail("bad relay URL", &"the scheme must be ws or wss")),
     };
     let port = uri.port_u16().unwrap_or(port);
@@ -250,12 +293,16 @@ async fn connect(config: &Config, url: &str) -> Result<Link, TransportError> {
         .map_err(|e| fail("cannot reach", &e))?;
     tcp.set_nodelay(true)
         .map_err(|e| fail("setting TCP_NODELAY for", &e))?;
-    let connector = Connector::Rustls(config.tls.clone());
+    let connector = if tls {
+        Some(Connector::Rustls(config.tls()?))
+    } else {
+        None
+    };
     let (socket, _response) = tokio_tungstenite::client_async_tls_with_config(
         request,
         tcp,
         Some(config.websocket),
-        Some(connector),
+        connector,
     )
     .await
     .map_err(|e| handshake_error(url, &e))?;
@@ -384,5 +431,16 @@ mod tests {
         assert!(err.message.contains("CA certificate"), "{err}");
         let none = WsOptions::default().webpki_roots(false).native_roots(false);
         assert!(WsTransport::new(none).is_err());
+    }
+
+    /// Opening a database makes a transport: reading the system's roots
+    /// waits for the first `wss://` connect, and happens once.
+    #[test]
+    fn roots_are_read_at_the_first_tls_connect_only() {
+        let transport = WsTransport::new(WsOptions::default()).unwrap();
+        assert!(transport.inner.tls.get().is_none(), "built at new()");
+        let first = transport.inner.tls().unwrap();
+        let again = transport.inner.tls().unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "built twice");
     }
 }
