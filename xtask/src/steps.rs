@@ -130,6 +130,20 @@ pub(crate) const TEST: &[Step] = &[
         ])),
     },
     Step {
+        name: "callgrind workloads",
+        // benches/callgrind is its own workspace (it never joins the test
+        // build), so only this keeps it compiling as sync-core's API moves.
+        check: Check::ExitStatus(cargo(&[
+            "clippy",
+            "--manifest-path",
+            "benches/callgrind/Cargo.toml",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ])),
+    },
+    Step {
         name: "test",
         // --no-fail-fast: a failing test binary does not hide the others.
         check: Check::Tests(
