@@ -15,7 +15,7 @@ use crate::persist::{
     decode_doc_record, decode_record,
 };
 use crate::snapshot::Snapshot;
-use crate::state::{DocState, Effect, FieldSlot, State};
+use crate::state::{DocMap, DocState, Effect, FieldSlot, State};
 use crate::store::Record;
 use crate::timestamp::Timestamp;
 use crate::version::VersionVector;
@@ -505,13 +505,13 @@ fn next_collection(old: &State, new: &State, after: Option<&str>) -> Option<Stri
 /// Up to `max` ids after `after` in either tree, in order, and whether
 /// they are the last.
 fn next_ids(
-    old: Option<&BTreeMap<String, DocState>>,
-    new: Option<&BTreeMap<String, DocState>>,
+    old: Option<&DocMap>,
+    new: Option<&DocMap>,
     after: Option<&str>,
     max: usize,
 ) -> (Vec<String>, bool) {
     fn keys<'d>(
-        docs: Option<&'d BTreeMap<String, DocState>>,
+        docs: Option<&'d DocMap>,
         after: Option<&'d str>,
     ) -> std::iter::Peekable<impl Iterator<Item = &'d str>> {
         let from = (
@@ -519,7 +519,7 @@ fn next_ids(
             Bound::Unbounded,
         );
         docs.into_iter()
-            .flat_map(move |docs| docs.range::<str, _>(from).map(|(id, _)| id.as_str()))
+            .flat_map(move |docs| docs.range(from).map(|(id, _)| id))
             .peekable()
     }
     let (mut a, mut b) = (keys(old, after), keys(new, after));
