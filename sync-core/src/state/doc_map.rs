@@ -3,18 +3,19 @@
 //!
 //! A tree alone made each lookup a string comparison per level, the
 //! largest single cost of a local write; a hash table alone has no order.
-//! Both hold the id's one allocation, so a document costs 16 bytes of
-//! pointer more than in a tree alone, and the table's buckets hold the
-//! document state inline.
+//! The documents sit in slots; an ordered tree maps each id to its slot,
+//! and an open-addressing table of slot numbers finds a slot by the id's
+//! hash. The tree and the slot share the id's one allocation.
 //!
 //! The hash (`revision::IdHasher`) has no secret key, because the core
-//! draws no randomness: ids a peer chose to collide in the table's low
-//! bits make lookups in their collection slower, in proportion to how many
-//! collide. Bounding that (a probe limit falling back to the ordered set)
-//! needs a table of our own; std's does not report its probe lengths.
+//! draws no randomness, so a peer can choose ids that collide. An insert
+//! that finds no place within [`MAX_PROBES`] (after one rebuild at twice
+//! the size) turns hashing off for the collection, whose lookups then go
+//! through the tree: colliding ids cost at most what the tree alone costs,
+//! plus [`MAX_PROBES`] probes per lookup before the switch.
 
-use std::collections::{BTreeSet, HashMap, btree_set};
-use std::hash::BuildHasherDefault;
+use std::collections::{BTreeMap, btree_map};
+use std::hash::Hasher;
 use std::iter::FusedIterator;
 use std::ops::Bound;
 use std::sync::Arc;
@@ -22,71 +23,216 @@ use std::sync::Arc;
 use super::DocState;
 use crate::revision::IdHasher;
 
-/// The hash table of a [`DocMap`].
-type ById = HashMap<Arc<str>, DocState, BuildHasherDefault<IdHasher>>;
+/// Most entries an insert or a lookup probes. Random ids in a table at
+/// most half full need about two; a run of 64 occupied entries is rare
+/// there (odds near 10⁻⁵ per id), and an insert that meets one rebuilds
+/// the table at twice the size, a quarter full, where such runs are
+/// beyond chance (odds far below 10⁻¹⁵).
+const MAX_PROBES: usize = 64;
 
-/// Documents by id. Every id in `order` is a key of `by_id` and back.
+/// An index entry that holds no document and never did since the last rebuild.
+const EMPTY: u32 = 0;
+/// An index entry whose document was removed: lookups probe past it.
+const TOMBSTONE: u32 = u32::MAX;
+
+/// Documents by id. Every id in `order` names a slot that holds its
+/// document, and (while hashing is on) the index holds that slot within
+/// [`MAX_PROBES`] entries of the id's hash.
 #[derive(Clone, Default)]
 pub(crate) struct DocMap {
-    /// Every document by id. Never iterated where the order shows: it
-    /// depends on the table's history, not on the ids alone.
-    by_id: ById,
-    /// The same ids, in order.
-    order: BTreeSet<Arc<str>>,
+    /// Documents with their ids; a removed document's slot is on `free`
+    /// (it keeps a default state until reused).
+    slots: Vec<(Arc<str>, DocState)>,
+    free: Vec<u32>,
+    /// Every id, in order, with its slot.
+    order: BTreeMap<Arc<str>, u32>,
+    /// Linear probing by id hash: [`EMPTY`], [`TOMBSTONE`] or a slot number
+    /// plus one. A power of two long, at most half filled; empty while the
+    /// map is or when hashing is off.
+    index: Vec<u32>,
+    /// Entries of `index` that are not [`EMPTY`].
+    filled: usize,
+    /// Ids collided past [`MAX_PROBES`]: lookups use `order`.
+    unhashed: bool,
+}
+
+fn hash(id: &str) -> u64 {
+    let mut hasher = IdHasher::default();
+    hasher.write(id.as_bytes());
+    hasher.finish()
+}
+
+/// The index positions an id's probes visit, in order.
+fn probes(index_len: usize, hash: u64) -> impl Iterator<Item = usize> {
+    let mask = index_len.wrapping_sub(1);
+    // Truncating on 32-bit targets keeps the low bits, which the mask takes.
+    let home = hash as usize;
+    (0..MAX_PROBES.min(index_len)).map(move |i| home.wrapping_add(i) & mask)
+}
+
+/// Puts `slot` at the first free entry of its probes; `false` if none is.
+fn place(index: &mut [u32], hash: u64, slot: u32) -> bool {
+    for at in probes(index.len(), hash) {
+        if index[at] == EMPTY || index[at] == TOMBSTONE {
+            index[at] = slot + 1;
+            return true;
+        }
+    }
+    false
+}
+
+/// Marks `slot`'s entry removed.
+fn unplace(index: &mut [u32], hash: u64, slot: u32) {
+    for at in probes(index.len(), hash) {
+        if index[at] == slot + 1 {
+            index[at] = TOMBSTONE;
+            return;
+        }
+    }
+}
+
+/// Index length for `live` documents: at most half full.
+fn index_len(live: usize) -> usize {
+    live.saturating_mul(2).max(8).next_power_of_two()
 }
 
 impl DocMap {
     /// Number of documents (including those that only hold a tombstone).
     pub(crate) fn len(&self) -> usize {
-        self.by_id.len()
+        self.order.len()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
+        self.order.is_empty()
+    }
+
+    /// The slot holding `id`'s document.
+    fn find(&self, id: &str) -> Option<u32> {
+        if self.unhashed {
+            return self.order.get(id).copied();
+        }
+        for at in probes(self.index.len(), hash(id)) {
+            match self.index[at] {
+                EMPTY => return None,
+                TOMBSTONE => {}
+                entry => {
+                    let slot = entry - 1;
+                    if self.slots.get(slot as usize).is_some_and(|s| *s.0 == *id) {
+                        return Some(slot);
+                    }
+                }
+            }
+        }
+        None
     }
 
     pub(crate) fn get(&self, id: &str) -> Option<&DocState> {
-        self.by_id.get(id)
+        let slot = self.find(id)?;
+        self.slots.get(slot as usize).map(|(_, doc)| doc)
     }
 
     /// The document with the map's own copy of its id.
     pub(crate) fn get_key_value(&self, id: &str) -> Option<(&str, &DocState)> {
-        self.by_id.get_key_value(id).map(|(id, doc)| (&**id, doc))
+        let slot = self.find(id)?;
+        self.slots.get(slot as usize).map(|(id, doc)| (&**id, doc))
     }
 
     pub(crate) fn get_mut(&mut self, id: &str) -> Option<&mut DocState> {
-        self.by_id.get_mut(id)
+        let slot = self.find(id)?;
+        self.slots.get_mut(slot as usize).map(|(_, doc)| doc)
     }
 
     /// Inserts or replaces a document; returns the one it replaced. The id
     /// is copied only when it is new.
     pub(crate) fn insert(&mut self, id: impl AsRef<str>, doc: DocState) -> Option<DocState> {
         let id = id.as_ref();
-        if let Some(old) = self.by_id.get_mut(id) {
+        if let Some(old) = self.get_mut(id) {
             return Some(std::mem::replace(old, doc));
         }
         let id: Arc<str> = Arc::from(id);
-        self.order.insert(id.clone());
-        self.by_id.insert(id, doc);
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = (id.clone(), doc);
+                slot
+            }
+            None => {
+                // Slot numbers stay below u32::MAX - 1 (the index's markers):
+                // a map never holds four billion documents in memory.
+                let slot = u32::try_from(self.slots.len()).unwrap_or(TOMBSTONE - 1);
+                self.slots.push((id.clone(), doc));
+                slot
+            }
+        };
+        let hash = hash(&id);
+        self.order.insert(id, slot);
+        if self.unhashed {
+            return None;
+        }
+        if (self.filled + 1) * 2 > self.index.len() {
+            self.rebuild(index_len(self.order.len()));
+        } else if place(&mut self.index, hash, slot) {
+            self.filled += 1;
+        } else {
+            self.rebuild(self.index.len() * 2);
+        }
         None
     }
 
+    /// Rebuilds the index from `order` at `len` entries, or twice that if
+    /// an id finds no place. If it still does not, ids collide far beyond
+    /// chance (see [`MAX_PROBES`]), and hashing goes off; so it does rather
+    /// than grow the index past eight times its usual length.
+    fn rebuild(&mut self, len: usize) {
+        let usual = index_len(self.order.len());
+        for len in [len, len * 2] {
+            if len > usual * 8 {
+                break;
+            }
+            let mut index = vec![EMPTY; len];
+            let placed = self
+                .order
+                .iter()
+                .all(|(id, &slot)| place(&mut index, hash(id), slot));
+            if placed {
+                self.filled = self.order.len();
+                self.index = index;
+                return;
+            }
+        }
+        self.unhashed = true;
+        self.index = Vec::new();
+        self.filled = 0;
+    }
+
     pub(crate) fn remove(&mut self, id: &str) -> Option<DocState> {
-        let doc = self.by_id.remove(id)?;
-        self.order.remove(id);
-        Some(doc)
+        let (id, slot) = self.order.remove_entry(id)?;
+        if !self.unhashed {
+            unplace(&mut self.index, hash(&id), slot);
+        }
+        self.free.push(slot);
+        self.slots
+            .get_mut(slot as usize)
+            .map(|(_, doc)| std::mem::take(doc))
     }
 
     /// Keeps the documents for which `keep` is true, visiting them in id
     /// order (callers report what they drop in that order).
     pub(crate) fn retain(&mut self, mut keep: impl FnMut(&str, &mut DocState) -> bool) {
-        let by_id = &mut self.by_id;
-        self.order.retain(|id| {
-            let kept = by_id.get_mut(&**id).is_some_and(|doc| keep(id, doc));
-            if !kept {
-                by_id.remove(&**id);
+        let (slots, index, free) = (&mut self.slots, &mut self.index, &mut self.free);
+        let unhashed = self.unhashed;
+        self.order.retain(|id, &mut slot| {
+            let Some((_, doc)) = slots.get_mut(slot as usize) else {
+                return false;
+            };
+            if keep(id, doc) {
+                return true;
             }
-            kept
+            *doc = DocState::default();
+            if !unhashed {
+                unplace(index, hash(id), slot);
+            }
+            free.push(slot);
+            false
         });
     }
 
@@ -94,7 +240,7 @@ impl DocMap {
     pub(crate) fn iter(&self) -> Iter<'_> {
         Iter {
             ids: Ids::All(self.order.iter()),
-            by_id: &self.by_id,
+            slots: &self.slots,
         }
     }
 
@@ -102,7 +248,7 @@ impl DocMap {
     pub(crate) fn range<'a>(&'a self, bounds: (Bound<&str>, Bound<&str>)) -> Iter<'a> {
         Iter {
             ids: Ids::Range(self.order.range::<str, _>(bounds)),
-            by_id: &self.by_id,
+            slots: &self.slots,
         }
     }
 
@@ -111,9 +257,10 @@ impl DocMap {
         self.iter().map(|(_, doc)| doc)
     }
 
-    /// The documents' states, mutable, in no particular order.
+    /// Every document's state, mutable, in no particular order (with the
+    /// default states of free slots).
     pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut DocState> + '_ {
-        self.by_id.values_mut()
+        self.slots.iter_mut().map(|(_, doc)| doc)
     }
 }
 
@@ -128,23 +275,25 @@ impl std::fmt::Debug for DocMap {
 #[derive(Clone, Debug)]
 pub(crate) struct Iter<'a> {
     ids: Ids<'a>,
-    by_id: &'a ById,
+    slots: &'a [(Arc<str>, DocState)],
 }
 
 /// The ids an [`Iter`] visits: all of them, whose number is known (an
 /// encoder writes it before the documents), or a range.
 #[derive(Clone, Debug)]
 enum Ids<'a> {
-    All(btree_set::Iter<'a, Arc<str>>),
-    Range(btree_set::Range<'a, Arc<str>>),
+    All(btree_map::Iter<'a, Arc<str>, u32>),
+    Range(btree_map::Range<'a, Arc<str>, u32>),
 }
 
 impl<'a> Iterator for Iter<'a> {
     type Item = (&'a str, &'a DocState);
 
     fn next(&mut self) -> Option<Self::Item> {
-        let by_id = self.by_id;
-        let found = |id: &'a Arc<str>| by_id.get_key_value(&**id).map(|(id, doc)| (&**id, doc));
+        let slots = self.slots;
+        let found = |(id, &slot): (&'a Arc<str>, &'a u32)| {
+            slots.get(slot as usize).map(|(_, doc)| (&**id, doc))
+        };
         match &mut self.ids {
             Ids::All(ids) => ids.find_map(found),
             Ids::Range(ids) => ids.find_map(found),
@@ -153,7 +302,7 @@ impl<'a> Iterator for Iter<'a> {
 
     fn size_hint(&self) -> (usize, Option<usize>) {
         match &self.ids {
-            // Exact: every id in the order has its document.
+            // Exact: every id in the order has its slot.
             Ids::All(ids) => ids.size_hint(),
             Ids::Range(ids) => ids.size_hint(),
         }
@@ -179,23 +328,26 @@ impl IntoIterator for DocMap {
     fn into_iter(self) -> IntoIter {
         IntoIter {
             ids: self.order.into_iter(),
-            by_id: self.by_id,
+            slots: self.slots,
         }
     }
 }
 
 /// Documents moved out of a [`DocMap`] in id order.
 pub(crate) struct IntoIter {
-    ids: btree_set::IntoIter<Arc<str>>,
-    by_id: ById,
+    ids: btree_map::IntoIter<Arc<str>, u32>,
+    slots: Vec<(Arc<str>, DocState)>,
 }
 
 impl Iterator for IntoIter {
     type Item = (Arc<str>, DocState);
 
     fn next(&mut self) -> Option<Self::Item> {
-        let by_id = &mut self.by_id;
-        self.ids.find_map(|id| by_id.remove_entry(&*id))
+        let slots = &mut self.slots;
+        self.ids.find_map(|(id, slot)| {
+            let (_, doc) = slots.get_mut(slot as usize)?;
+            Some((id, std::mem::take(doc)))
+        })
     }
 }
 
@@ -205,22 +357,28 @@ impl Iterator for IntoIter {
 impl<K: AsRef<str>> FromIterator<(K, DocState)> for DocMap {
     fn from_iter<I: IntoIterator<Item = (K, DocState)>>(docs: I) -> DocMap {
         let docs = docs.into_iter();
-        let mut by_id = ById::with_capacity_and_hasher(docs.size_hint().0, Default::default());
+        let mut slots = Vec::with_capacity(docs.size_hint().0);
         let mut ids = Vec::with_capacity(docs.size_hint().0);
         for (id, doc) in docs {
-            let id = id.as_ref();
-            if let Some(old) = by_id.get_mut(id) {
-                *old = doc;
-                continue;
-            }
-            let id: Arc<str> = Arc::from(id);
-            ids.push(id.clone());
-            by_id.insert(id, doc);
+            let id: Arc<str> = Arc::from(id.as_ref());
+            let slot = u32::try_from(slots.len()).unwrap_or(TOMBSTONE - 1);
+            ids.push((id.clone(), slot));
+            slots.push((id, doc));
         }
-        DocMap {
-            by_id,
-            order: ids.into_iter().collect(),
+        let order: BTreeMap<Arc<str>, u32> = ids.into_iter().collect();
+        if order.len() != slots.len() {
+            // Repeated ids (no decoder or store gives them): insert in turn.
+            let mut map = DocMap::default();
+            map.extend(slots);
+            return map;
         }
+        let mut map = DocMap {
+            slots,
+            order,
+            ..DocMap::default()
+        };
+        map.rebuild(index_len(map.order.len()));
+        map
     }
 }
 
@@ -356,6 +514,33 @@ mod tests {
                 map.into_iter().map(|(id, d)| (id.to_string(), tag(&d))).collect();
             prop_assert_eq!(moved, oracle.into_iter().collect::<Vec<_>>());
         }
+    }
+
+    /// Ids chosen to share the low 16 bits of their hash (as a peer could
+    /// choose them) turn hashing off rather than make every probe long,
+    /// and the map still finds, lists and removes them all.
+    #[test]
+    fn colliding_ids_fall_back_to_the_tree() {
+        let colliding: Vec<String> = (0u64..)
+            .map(|n| format!("x{n}"))
+            .filter(|id| super::hash(id) & 0xffff == 0)
+            .take(super::MAX_PROBES + 8)
+            .collect();
+        let mut map = DocMap::default();
+        for (t, id) in colliding.iter().enumerate() {
+            map.insert(id, doc(t as u64));
+        }
+        assert!(map.unhashed, "the collisions turned hashing off");
+        for (t, id) in colliding.iter().enumerate() {
+            assert_eq!(map.get(id).map(tag), Some(t as u64), "{id}");
+        }
+        let mut sorted = colliding.clone();
+        sorted.sort();
+        let ids: Vec<&str> = map.iter().map(|(id, _)| id).collect();
+        assert_eq!(ids, sorted);
+        assert_eq!(map.remove(&colliding[3]).map(|d| tag(&d)), Some(3));
+        assert!(map.get(&colliding[3]).is_none());
+        assert_eq!(map.len(), colliding.len() - 1);
     }
 
     /// Building from a list that names an id twice keeps the later
