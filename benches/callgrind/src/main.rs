@@ -17,7 +17,9 @@ use std::hint::black_box;
 
 use sync_core::protocol::{self, Message};
 use sync_core::store::{MemoryStore, Record, Store};
-use sync_core::{Change, Hlc, Op, OpId, Replica, ReplicaConfig, ReplicaId, Snapshot, Value};
+use sync_core::{
+    Change, Hlc, Op, OpId, Replica, ReplicaConfig, ReplicaId, Snapshot, Timestamp, Value,
+};
 
 /// Runs the counted part of a workload.
 #[inline(never)]
@@ -28,8 +30,8 @@ fn timed<T>(f: impl FnOnce() -> T) -> T {
 const T0: u64 = 1_700_000_000_000;
 
 /// The host's clock for the `i`th write: about a thousand per millisecond.
-fn now_for(i: usize) -> u64 {
-    T0 + (i / 1_000) as u64
+fn now_for(i: usize) -> Timestamp {
+    Timestamp::from_unix_ms(T0 + (i / 1_000) as u64)
 }
 
 fn replica(id: u64) -> Replica {
@@ -64,7 +66,7 @@ impl Names {
     }
 
     /// Write `i`: documents round-robin, then the next field.
-    fn write(&self, r: &mut Replica, i: usize, value: i64, now: u64) {
+    fn write(&self, r: &mut Replica, i: usize, value: i64, now: Timestamp) {
         let (doc, field) = (&self.docs[i % 1_000], self.fields[i / 1_000].as_str());
         r.put(now, "docs", doc, [(field, Value::Int(value))])
             .expect("put");
@@ -73,7 +75,7 @@ impl Names {
 }
 
 /// One `Deliver` frame of `ops`, decoded and applied, as benches/compare does.
-fn transfer(ops: &[Op], to: &mut Replica, now: u64) -> usize {
+fn transfer(ops: &[Op], to: &mut Replica, now: Timestamp) -> usize {
     let encoded: Vec<Vec<u8>> = ops.iter().map(protocol::encode_op).collect();
     let frame = protocol::encode_deliver(0, ops.len() as u64, encoded.iter().map(Vec::as_slice));
     let Ok(Message::Deliver { ops, .. }) = protocol::decode(&frame, usize::MAX) else {
