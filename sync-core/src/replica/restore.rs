@@ -15,7 +15,7 @@ use crate::persist::{
     decode_doc_record, decode_record,
 };
 use crate::snapshot::Snapshot;
-use crate::state::{DocMap, DocState, Effect, FieldSlot, State};
+use crate::state::{DocState, Effect, FieldSlot, State};
 use crate::store::Record;
 use crate::timestamp::Timestamp;
 use crate::version::VersionVector;
@@ -505,13 +505,13 @@ fn next_collection(old: &State, new: &State, after: Option<&str>) -> Option<Stri
 /// Up to `max` ids after `after` in either tree, in order, and whether
 /// they are the last.
 fn next_ids(
-    old: Option<&DocMap>,
-    new: Option<&DocMap>,
+    old: Option<&crate::state::DocMap>,
+    new: Option<&crate::state::DocMap>,
     after: Option<&str>,
     max: usize,
 ) -> (Vec<String>, bool) {
     fn keys<'d>(
-        docs: Option<&'d DocMap>,
+        docs: Option<&'d crate::state::DocMap>,
         after: Option<&'d str>,
     ) -> std::iter::Peekable<impl Iterator<Item = &'d str>> {
         let from = (
