@@ -2,7 +2,7 @@
 //! persistence and event queues a host drains.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::ops::Range;
 
 use crate::event::{Event, Origin};
@@ -12,7 +12,7 @@ use crate::persist::{
     CollectionRecord, MetaRecordRef, PersistBatch, RecordError, StoreKey, Write, decode_record,
     encode_record, encode_record_into,
 };
-use crate::revision::Revision;
+use crate::revision::{IdHasher, Revision};
 use crate::snapshot::Snapshot;
 use crate::stamp::ReplicaId;
 use crate::state::{DocChange, Document, DocumentRef, Documents, Effect, State};
@@ -205,28 +205,6 @@ impl IntoIterator for DirtyIds {
 
     fn into_iter(self) -> Self::IntoIter {
         self.hashed.into_iter().chain(self.ordered)
-    }
-}
-
-/// FNV-1a over the bytes, finished with the `revision` mixer so that every
-/// output bit depends on every input byte (the hash table takes its bucket
-/// from the low bits and a tag from the high ones). About a third of the
-/// cost of std's SipHash for short ids.
-struct IdHasher(u64);
-
-impl Default for IdHasher {
-    fn default() -> Self {
-        IdHasher(crate::revision::FNV_OFFSET)
-    }
-}
-
-impl Hasher for IdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        self.0 = crate::revision::fnv1a_extend(self.0, bytes);
-    }
-
-    fn finish(&self) -> u64 {
-        crate::revision::mix(self.0)
     }
 }
 

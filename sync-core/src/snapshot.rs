@@ -824,7 +824,7 @@ impl<S: FieldStampCode> Body<S> {
             let mut coll = CollectionState {
                 created: opt(created)?,
                 dropped: opt(dropped)?,
-                docs: BTreeMap::new(),
+                docs: Default::default(),
             };
             check_collection_stamps(&name, &coll)?;
             // Documents arrive sorted: collect them and build the map in one

@@ -27,7 +27,7 @@
 //! same checks as the other formats. PROTOCOL.md section 8 describes the
 //! layout byte by byte.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use crate::hlc::{Hlc, MAX_WALL_MS};
 use crate::op::{check_collection, check_doc_id, check_field_name};
@@ -833,7 +833,7 @@ fn decode_body(body: &[u8], layout: Layout, field_total: u64) -> Result<Snapshot
         let mut coll = CollectionState {
             created,
             dropped,
-            docs: BTreeMap::new(),
+            docs: Default::default(),
         };
         check_collection_stamps(name, &coll)?;
         // Every document takes at least two bytes of the id column.

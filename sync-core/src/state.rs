@@ -20,7 +20,6 @@
 //! data from costing memory.
 
 use std::collections::BTreeMap;
-use std::collections::btree_map;
 use std::iter::FusedIterator;
 use std::ops::Bound;
 use std::sync::Arc;
@@ -31,6 +30,9 @@ use crate::op::{Change, Op};
 use crate::revision::{Revision, field_term, name_hash, revision_from_sum};
 use crate::stamp::{ReplicaId, Stamp};
 use crate::value::{StoredValue, Value, ValueRef};
+
+mod doc_map;
+pub(crate) use doc_map::DocMap;
 
 /// Index of an interned field name.
 pub(crate) type FieldId = u32;
@@ -362,7 +364,7 @@ impl DocState {
 pub(crate) struct CollectionState {
     pub(crate) created: Option<Stamp>,
     pub(crate) dropped: Option<Stamp>,
-    pub(crate) docs: BTreeMap<String, DocState>,
+    pub(crate) docs: DocMap,
 }
 
 impl CollectionState {
@@ -567,9 +569,9 @@ impl FusedIterator for Fields<'_> {}
 /// [`State::documents`].
 #[derive(Clone, Debug)]
 pub struct Documents<'a> {
-    docs: Option<&'a BTreeMap<String, DocState>>,
+    docs: Option<&'a DocMap>,
     names: &'a Names,
-    range: Option<btree_map::Range<'a, String, DocState>>,
+    range: Option<doc_map::Iter<'a>>,
     after: Option<&'a str>,
     prefix: &'a str,
 }
@@ -596,9 +598,7 @@ impl<'a> Documents<'a> {
             Some(after) if after >= self.prefix => Bound::Excluded(after),
             _ => Bound::Included(self.prefix),
         };
-        self.range = self
-            .docs
-            .map(|docs| docs.range::<str, _>((start, Bound::Unbounded)));
+        self.range = self.docs.map(|docs| docs.range((start, Bound::Unbounded)));
     }
 }
 
@@ -822,7 +822,7 @@ impl State {
                 doc.prune(stamp, names);
                 doc.debug_check(names);
                 if (doc.written, doc.deleted(), doc.fields.len()) != before {
-                    documents.push(id.clone());
+                    documents.push(id.to_owned());
                 }
                 !doc.is_empty()
             });
@@ -984,7 +984,7 @@ impl State {
         Documents {
             docs,
             names: &self.names,
-            range: docs.map(|d| d.range::<str, _>((Bound::Unbounded, Bound::Unbounded))),
+            range: docs.map(DocMap::iter),
             after: None,
             prefix: "",
         }
@@ -1015,7 +1015,7 @@ impl State {
             .into_iter()
             .flat_map(|coll| coll.docs.iter())
             .filter(|(_, doc)| doc.written.is_some())
-            .map(|(id, _)| id.as_str())
+            .map(|(id, _)| id)
     }
 
     /// Names of the collections that exist (created, or holding a document), ordered.
@@ -1122,11 +1122,7 @@ impl DocParts<'_> {
 /// Runs `f` on a document's state, as [`State::with_collection`] does for
 /// collections: one search when the document exists, and no entry left
 /// behind (nor key allocated) for a write that changes nothing.
-fn with_doc<R>(
-    docs: &mut BTreeMap<String, DocState>,
-    id: &str,
-    f: impl FnOnce(&mut DocState) -> R,
-) -> R {
+fn with_doc<R>(docs: &mut DocMap, id: &str, f: impl FnOnce(&mut DocState) -> R) -> R {
     if let Some(doc) = docs.get_mut(id) {
         let result = f(doc);
         if doc.is_empty() {
@@ -1137,7 +1133,7 @@ fn with_doc<R>(
     let mut doc = DocState::default();
     let result = f(&mut doc);
     if !doc.is_empty() {
-        docs.insert(id.to_owned(), doc);
+        docs.insert(id, doc);
     }
     result
 }

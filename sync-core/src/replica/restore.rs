@@ -640,13 +640,13 @@ fn next_collection(old: &State, new: &State, after: Option<&str>) -> Option<Stri
 /// Up to `max` ids after `after` in either tree, in order, and whether
 /// they are the last.
 fn next_ids(
-    old: Option<&BTreeMap<String, DocState>>,
-    new: Option<&BTreeMap<String, DocState>>,
+    old: Option<&crate::state::DocMap>,
+    new: Option<&crate::state::DocMap>,
     after: Option<&str>,
     max: usize,
 ) -> (Vec<String>, bool) {
     fn keys<'d>(
-        docs: Option<&'d BTreeMap<String, DocState>>,
+        docs: Option<&'d crate::state::DocMap>,
         after: Option<&'d str>,
     ) -> std::iter::Peekable<impl Iterator<Item = &'d str>> {
         let from = (
@@ -654,7 +654,7 @@ fn next_ids(
             Bound::Unbounded,
         );
         docs.into_iter()
-            .flat_map(move |docs| docs.range::<str, _>(from).map(|(id, _)| id.as_str()))
+            .flat_map(move |docs| docs.range(from).map(|(id, _)| id))
             .peekable()
     }
     let (mut a, mut b) = (keys(old, after), keys(new, after));
