@@ -874,7 +874,7 @@ impl Timer for GatedYields {
 }
 
 #[test]
-fn a_large_snapshot_is_applied_in_slices_and_a_write_made_meanwhile_is_kept() {
+fn a_large_snapshot_is_decoded_and_applied_in_slices_and_a_write_made_meanwhile_is_kept() {
     let mut w = World::new();
     // A room of 100 documents, compacted: a new client gets one snapshot.
     let source = w.open(&MemoryStore::new());
@@ -908,15 +908,26 @@ fn a_large_snapshot_is_applied_in_slices_and_a_write_made_meanwhile_is_kept() {
     w.pool.spawner().spawn_local(host).expect("spawn");
     w.settle();
 
-    // The first slice ran with the snapshot's arrival; the loop now waits
-    // for the platform before each further one.
+    // The first slice was decoded with the snapshot's arrival; the loop
+    // now waits for the platform before each further one.
     assert_eq!(yields.waiting(), 1, "the loop yields before the next slice");
-    assert_eq!(
+    let read = || {
         db.collection("docs")
             .get("d099")
-            .map(|d| d.fields["n"].clone()),
+            .map(|d| d.fields["n"].clone())
+    };
+    assert_eq!(read(), None, "nothing of the snapshot before it is decoded");
+    let mut decoded = 1;
+    while read().is_none() {
+        assert!(yields.release_one(), "decoding goes on");
+        w.settle();
+        decoded += 1;
+    }
+    assert!(decoded >= 10, "decoded 10 documents at a time: {decoded}");
+    assert_eq!(
+        read(),
         Some(Value::from(99)),
-        "reads see the snapshot's state at once"
+        "reads see the snapshot's state once it is decoded"
     );
     let status = db.status();
     assert_eq!(status.cursor, 0, "the cursor waits for the last slice");

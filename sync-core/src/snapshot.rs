@@ -43,6 +43,9 @@ use serde::{Deserialize, Serialize, Serializer};
 use crate::delta_stamp::{DeltaCursor, DeltaStamp};
 #[path = "snapshot_columnar.rs"]
 pub(crate) mod columnar;
+#[cfg(test)]
+#[path = "snapshot_decoder_tests.rs"]
+mod decoder_tests;
 use crate::hlc::Hlc;
 use crate::op::{InvalidOp, check_collection, check_doc_id, check_field_name};
 use crate::stamp::{ReplicaId, Stamp};
@@ -332,17 +335,137 @@ impl Snapshot {
         max_body_bytes: usize,
     ) -> Result<Snapshot, SnapshotError> {
         let (format, payload) = verified_payload(bytes)?;
-        match format {
-            FORMAT_1 => decode_body::<Option<PackedStamp>>(payload),
-            SNAPSHOT_FORMAT => decode_body::<FieldStamp>(payload),
-            COMPRESSED_SNAPSHOT_FORMAT => {
-                decode_body::<FieldStamp>(&inflate(payload, max_body_bytes)?)
-            }
-            COLUMNAR_SNAPSHOT_FORMAT => {
-                columnar::decode_payload(payload, columnar::Layout::Inline, max_body_bytes)
-            }
-            _ => columnar::decode_payload(payload, columnar::Layout::Timeline, max_body_bytes),
+        decode_verified(format, payload, max_body_bytes)
+    }
+}
+
+/// Decodes a payload [`verified_payload`] returned, in one call.
+fn decode_verified(
+    format: u8,
+    payload: &[u8],
+    max_body_bytes: usize,
+) -> Result<Snapshot, SnapshotError> {
+    match format {
+        FORMAT_1 => decode_body::<Option<PackedStamp>>(payload),
+        SNAPSHOT_FORMAT => decode_body::<FieldStamp>(payload),
+        COMPRESSED_SNAPSHOT_FORMAT => decode_body::<FieldStamp>(&inflate(payload, max_body_bytes)?),
+        COLUMNAR_SNAPSHOT_FORMAT => {
+            columnar::decode_payload(payload, columnar::Layout::Inline, max_body_bytes)
         }
+        _ => columnar::decode_payload(payload, columnar::Layout::Timeline, max_body_bytes),
+    }
+}
+
+/// Snapshot bytes decoded a slice of documents at a time, so that a host
+/// on a UI thread can yield between slices: a snapshot of 100,000
+/// documents is most of a second of work in a browser.
+///
+/// Opening checks the header, checksum and size limit and reads the body's
+/// head (inflating a deflated body, in one pass: a small part of the work);
+/// each [`SnapshotDecoder::step`] then reads the next documents, checked as
+/// [`Snapshot::decode_with_limit`] checks them. Nothing is handed out
+/// before the last document is read and the columns are checked to end
+/// where they should, so a snapshot found corrupt in any slice yields only
+/// the error, as a decoding in one call would. Formats 1 to 3 (row-wise)
+/// are decoded in one call when opened.
+pub(crate) struct SnapshotDecoder {
+    /// The bytes the snapshot is in (from `start`, as opened), given back
+    /// by [`SnapshotDecoder::into_bytes`].
+    blob: Vec<u8>,
+    /// A deflated body, inflated.
+    inflated: Option<Vec<u8>>,
+    /// Where a plain body starts in `blob`.
+    body_at: usize,
+    stage: Stage,
+}
+
+enum Stage {
+    /// Documents left to read.
+    Columns(Box<columnar::BodyDecoder>),
+    /// Decoded when opened.
+    Whole(Box<Snapshot>),
+    /// Handed out, or refused.
+    Over,
+}
+
+impl std::fmt::Debug for SnapshotDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotDecoder")
+            .field("bytes", &self.blob.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SnapshotDecoder {
+    /// Opens the snapshot in `blob[start..]`, whose body is at most
+    /// `max_body_bytes` long as [`Snapshot::decode_with_limit`] counts it.
+    pub(crate) fn new(
+        blob: Vec<u8>,
+        start: usize,
+        max_body_bytes: usize,
+    ) -> Result<SnapshotDecoder, SnapshotError> {
+        let bytes = blob.get(start..).unwrap_or_default();
+        let (format, payload) = verified_payload(bytes)?;
+        let layout = match format {
+            COLUMNAR_SNAPSHOT_FORMAT => columnar::Layout::Inline,
+            TIMELINE_SNAPSHOT_FORMAT => columnar::Layout::Timeline,
+            _ => {
+                let whole = decode_verified(format, payload, max_body_bytes)?;
+                return Ok(SnapshotDecoder {
+                    blob,
+                    inflated: None,
+                    body_at: 0,
+                    stage: Stage::Whole(Box::new(whole)),
+                });
+            }
+        };
+        let (fields, opened) = columnar::open_payload(payload, max_body_bytes)?;
+        // The payload ends where the blob does (no trailing bytes).
+        let (body_at, inflated) = match opened {
+            columnar::OpenBody::Plain(body) => (blob.len() - body.len(), None),
+            columnar::OpenBody::Inflated(body) => (0, Some(body)),
+        };
+        let body = match &inflated {
+            Some(body) => body.as_slice(),
+            None => blob.get(body_at..).unwrap_or_default(),
+        };
+        let columns = columnar::BodyDecoder::new(body, layout, fields)?;
+        Ok(SnapshotDecoder {
+            blob,
+            inflated,
+            body_at,
+            stage: Stage::Columns(Box::new(columns)),
+        })
+    }
+
+    /// Decodes up to `max_docs` more documents (at least one, if any are
+    /// left). Returns the snapshot once every document is decoded and
+    /// checked, `None` while documents are left. After an error, or once
+    /// the snapshot is handed out, there is nothing more to decode: every
+    /// later call is an error.
+    pub(crate) fn step(&mut self, max_docs: usize) -> Result<Option<Snapshot>, SnapshotError> {
+        let body = match &self.inflated {
+            Some(body) => body.as_slice(),
+            None => self.blob.get(self.body_at..).unwrap_or_default(),
+        };
+        match std::mem::replace(&mut self.stage, Stage::Over) {
+            Stage::Whole(snapshot) => Ok(Some(*snapshot)),
+            Stage::Over => Err(SnapshotError::Malformed(
+                "the snapshot was decoded already".into(),
+            )),
+            Stage::Columns(mut columns) => {
+                if columns.step(body, max_docs)? {
+                    return Ok(Some(columns.into_snapshot()));
+                }
+                self.stage = Stage::Columns(columns);
+                Ok(None)
+            }
+        }
+    }
+
+    /// The bytes the decoder was opened on.
+    pub(crate) fn into_bytes(self) -> Vec<u8> {
+        self.blob
     }
 }
 

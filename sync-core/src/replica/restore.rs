@@ -14,7 +14,7 @@ use crate::persist::{
     ABSENT_DOCUMENT, CollectionRecord, MetaRecord, RecordError, StoreKey, checkpoint_snapshot,
     decode_doc_record, decode_record,
 };
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, SnapshotDecoder, SnapshotError};
 use crate::state::{DocState, Effect, FieldSlot, State};
 use crate::store::Record;
 use crate::timestamp::Timestamp;
@@ -68,6 +68,8 @@ pub struct ReplicaLoader {
     overlay: BTreeMap<String, Vec<String>>,
     /// Documents whose records say they do not exist.
     absent: Vec<(String, String)>,
+    /// The checkpoint being decoded (see [`ReplicaLoader::decode_slice`]).
+    decoding: Option<SnapshotDecoder>,
 }
 
 impl ReplicaLoader {
@@ -84,6 +86,7 @@ impl ReplicaLoader {
             checkpoint: false,
             overlay: BTreeMap::new(),
             absent: Vec::new(),
+            decoding: None,
         }
     }
 
@@ -93,6 +96,7 @@ impl ReplicaLoader {
         I: IntoIterator<Item = Record>,
     {
         for (key_bytes, value) in records {
+            self.finish_checkpoint()?;
             // Documents are nearly every record: their keys are parsed here
             // without allocating the collection name each time.
             if let Some((collection, id)) = document_key(&key_bytes) {
@@ -120,7 +124,7 @@ impl ReplicaLoader {
                     let record: CollectionRecord = decode_record(&key, &value)?;
                     self.collection_records.push((name.clone(), record));
                 }
-                StoreKey::Checkpoint => self.read_checkpoint(&value)?,
+                StoreKey::Checkpoint => self.start_checkpoint(value)?,
                 StoreKey::Outbox(seq) => {
                     let op: Op = decode_record(&key, &value)?;
                     if op.id.seq != *seq {
@@ -139,13 +143,45 @@ impl ReplicaLoader {
         Ok(())
     }
 
+    /// Decodes up to `max_docs` more documents of the checkpoint (the state
+    /// as one snapshot) fed last, so that a host can yield between slices;
+    /// returns whether any are left. Without these calls, the next record
+    /// fed, or [`ReplicaLoader::finish`], decodes it in one go. The
+    /// checkpoint's key comes first in key order: a host feeds the first
+    /// record alone, then calls this until it returns `false`.
+    pub fn decode_slice(&mut self, max_docs: usize) -> Result<bool, RestoreError> {
+        let Some(decoder) = &mut self.decoding else {
+            return Ok(false);
+        };
+        match decoder.step(max_docs) {
+            Ok(None) => Ok(true),
+            Ok(Some(snapshot)) => {
+                self.decoding = None;
+                self.use_checkpoint(snapshot);
+                Ok(false)
+            }
+            Err(e) => {
+                self.decoding = None;
+                Err(corrupt_checkpoint(e).into())
+            }
+        }
+    }
+
+    fn finish_checkpoint(&mut self) -> Result<(), RestoreError> {
+        while self.decode_slice(usize::MAX)? {}
+        Ok(())
+    }
+
+    /// Starts decoding a checkpoint record.
+    fn start_checkpoint(&mut self, value: Vec<u8>) -> Result<(), RestoreError> {
+        let start = value.len() - checkpoint_snapshot(&value)?.len();
+        let decoder = SnapshotDecoder::new(value, start, usize::MAX).map_err(corrupt_checkpoint)?;
+        self.decoding = Some(decoder);
+        Ok(())
+    }
+
     /// Takes the checkpoint's state as the base the records override.
-    fn read_checkpoint(&mut self, value: &[u8]) -> Result<(), RestoreError> {
-        let bytes = checkpoint_snapshot(value)?;
-        let snapshot = Snapshot::decode(bytes).map_err(|e| RecordError::Corrupt {
-            key: StoreKey::Checkpoint,
-            reason: e.to_string(),
-        })?;
+    fn use_checkpoint(&mut self, snapshot: Snapshot) {
         self.checkpoint = true;
         self.build_collection();
         let read = std::mem::replace(&mut self.state, snapshot.state);
@@ -175,7 +211,6 @@ impl ReplicaLoader {
                     .insert(id, DocState::new(doc.written, deleted, fields, into));
             }
         }
-        Ok(())
     }
 
     fn document(&mut self, collection: &str, id: &str, value: &[u8]) -> Result<(), RestoreError> {
@@ -226,6 +261,7 @@ impl ReplicaLoader {
 
     /// The replica the records describe; `Ok(None)` when nothing was read.
     pub fn finish(mut self) -> Result<Option<Replica>, RestoreError> {
+        self.finish_checkpoint()?;
         self.build_collection();
         for (collection, id) in &self.absent {
             if let Some(coll) = self.state.collections.get_mut(collection) {
@@ -310,6 +346,14 @@ fn document_key(bytes: &[u8]) -> Option<(&str, &[u8])> {
     }
     let (collection, id) = rest.split_at(len);
     Some((std::str::from_utf8(collection).ok()?, id))
+}
+
+/// A checkpoint record whose snapshot does not decode.
+fn corrupt_checkpoint(e: SnapshotError) -> RecordError {
+    RecordError::Corrupt {
+        key: StoreKey::Checkpoint,
+        reason: e.to_string(),
+    }
 }
 
 /// `e` about `key` instead of the placeholder key it was decoded under.

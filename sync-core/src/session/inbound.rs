@@ -14,14 +14,20 @@ use crate::event::Event;
 use crate::gate::Gate;
 use crate::op::Op;
 use crate::replica::Replica;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, SnapshotDecoder, SnapshotError};
 
 /// One received item.
 #[derive(Debug)]
 pub(super) enum Inbound {
     /// Operations of one `Deliver`, applied through `cursor` once empty.
     Ops { ops: Vec<Op>, cursor: u64 },
-    /// A complete snapshot through `cursor`; `started` once the replica
+    /// A snapshot through `cursor`, received whole, being decoded a slice
+    /// at a time; it becomes a `Snapshot` once its last slice is decoded.
+    Decoding {
+        decoder: Box<SnapshotDecoder>,
+        cursor: u64,
+    },
+    /// A decoded snapshot through `cursor`; `started` once the replica
     /// holds it and is rewriting records a slice at a time (the item then
     /// stays at the front, holding back the cursor, until that is done).
     Snapshot {
@@ -38,7 +44,7 @@ impl Inbound {
     fn blocking_wall_ms(&self) -> Option<u64> {
         match self {
             Inbound::Ops { ops, .. } => ops.iter().map(|op| op.hlc.wall_ms()).min(),
-            Inbound::Snapshot { started: true, .. } => None,
+            Inbound::Snapshot { started: true, .. } | Inbound::Decoding { .. } => None,
             Inbound::Snapshot { snapshot, .. } => Some(snapshot.newest_hlc().wall_ms()),
         }
     }
@@ -68,6 +74,11 @@ impl InboundQueue {
         )
     }
 
+    /// Whether the front item is a snapshot being decoded.
+    pub(super) fn decoding_front(&self) -> bool {
+        matches!(self.items.front(), Some(Inbound::Decoding { .. }))
+    }
+
     /// Forgets everything: the relay sends it again after reconnecting,
     /// starting from the stored cursor.
     pub(super) fn clear(&mut self) {
@@ -84,20 +95,44 @@ impl InboundQueue {
     }
 
     /// Applies items from the front while the clock accepts them, and at
-    /// most `slice_docs` documents of a snapshot (see
-    /// [`Replica::continue_reset`]): a snapshot with more stays at the front
-    /// until later calls finish it. Returns the cursor of the last item
-    /// fully applied, if any was.
+    /// most `slice_docs` documents of a snapshot to decode and as many to
+    /// apply (see [`Replica::continue_reset`]): a snapshot with more stays
+    /// at the front until later calls finish it. A snapshot found corrupt
+    /// is dropped unapplied and reported; nothing after it is applied.
     pub(super) fn drain(
         &mut self,
         now: u64,
         replica: &mut Replica,
         outputs: &mut Gate<Output>,
         slice_docs: usize,
-    ) -> Option<u64> {
+    ) -> Drained {
         let at = Timestamp::from_unix_ms(now);
         let mut applied_through = None;
         while let Some(front) = self.items.front_mut() {
+            if let Inbound::Decoding { decoder, .. } = front {
+                match decoder.step(slice_docs) {
+                    Ok(None) => break,
+                    Ok(Some(snapshot)) => {
+                        if let Some(Inbound::Decoding { decoder, cursor }) = self.items.pop_front()
+                        {
+                            self.items.push_front(Inbound::Snapshot {
+                                snapshot: Box::new(snapshot),
+                                bytes: Some(decoder.into_bytes()),
+                                cursor,
+                                started: false,
+                            });
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        self.items.pop_front();
+                        return Drained {
+                            through: applied_through,
+                            bad_snapshot: Some(e),
+                        };
+                    }
+                }
+            }
             let (blocked, cursor, ahead) = match front {
                 Inbound::Ops { ops, cursor } => {
                     let mut ahead = 0;
@@ -136,11 +171,13 @@ impl InboundQueue {
                         }
                         if replica.continue_reset(slice_docs) {
                             // More slices to go: the cursor waits for them.
-                            return applied_through;
+                            break;
                         }
                         (false, *cursor, 0)
                     }
                 }
+                // Taken care of above.
+                Inbound::Decoding { .. } => break,
             };
             if blocked {
                 if !self.skew_reported {
@@ -154,6 +191,17 @@ impl InboundQueue {
             self.skew_reported = false;
             applied_through = Some(cursor);
         }
-        applied_through
+        Drained {
+            through: applied_through,
+            bad_snapshot: None,
+        }
     }
+}
+
+/// What [`InboundQueue::drain`] got through.
+pub(super) struct Drained {
+    /// The cursor of the last item fully applied, if any was.
+    pub(super) through: Option<u64>,
+    /// Why a received snapshot was refused, if one was.
+    pub(super) bad_snapshot: Option<SnapshotError>,
 }
