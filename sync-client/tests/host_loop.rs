@@ -1042,6 +1042,72 @@ fn opening_a_large_database_yields_between_slices_of_records() {
     );
 }
 
+#[test]
+fn reopening_decodes_the_checkpoint_in_slices() {
+    let mut w = World::new();
+    // A compacted room of 100 documents: a new client stores its snapshot
+    // as its checkpoint.
+    let source = w.open(&MemoryStore::new());
+    source
+        .transaction(|tx| {
+            for n in 0..100 {
+                tx.put("docs", &format!("d{n:03}"), [("n", n)])?;
+            }
+            Ok(())
+        })
+        .now_or_never();
+    w.advance(10);
+    w.relay.compact("room", w.clock_now());
+    let store = MemoryStore::new();
+    let synced = w.open(&store);
+    w.advance(10);
+    assert_eq!(synced.status().cursor, 100, "synced");
+    w.block(synced.close());
+    let records = w.block(store.read_all()).expect("reads");
+    assert_eq!(records[0].0, b"B", "the checkpoint, first");
+    assert!(records.len() < 10, "the documents are in the checkpoint");
+
+    let yields = GatedYields {
+        timer: ManualTimer(w.clock.clone()),
+        held: Arc::default(),
+    };
+    let mut options = Options::local();
+    options.slice_docs = Some(10);
+    let platform = Platform {
+        transport: w.relay.transport(w.timer()),
+        store: store.clone(),
+        timer: Arc::new(yields.clone()),
+        seed: 7,
+    };
+    let mut opening = open(platform, options).boxed_local();
+    let mut yielded = 0;
+    let (db, host) = loop {
+        if let Some(result) = (&mut opening).now_or_never() {
+            break result.expect("opens");
+        }
+        assert_eq!(yields.waiting(), 1, "one yield at a time");
+        yielded += 1;
+        yields.release_one();
+    };
+    // 100 documents in slices of 10: a yield after each but the last.
+    assert!(
+        yielded >= 9,
+        "the checkpoint decoded in slices: {yielded} yields"
+    );
+    w.pool.spawner().spawn_local(host).expect("spawn");
+    w.settle();
+    assert_eq!(
+        db.collection("docs").list(&ListOptions::default()).len(),
+        100
+    );
+    assert_eq!(
+        db.collection("docs")
+            .get("d042")
+            .map(|d| d.fields["n"].clone()),
+        Some(Value::from(42))
+    );
+}
+
 /// A [`PipelinedStore`] that also keeps each write's `on_durable` for the
 /// test to call, as a store that commits on a thread of its own does.
 #[derive(Clone)]

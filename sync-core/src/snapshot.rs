@@ -356,30 +356,40 @@ fn decode_verified(
     }
 }
 
-/// Snapshot bytes decoded a slice of documents at a time, so that a host
-/// on a UI thread can yield between slices: a snapshot of 100,000
-/// documents is most of a second of work in a browser.
+/// Snapshot bytes decoded a slice at a time, so that a host on a UI
+/// thread can yield between slices: a snapshot of 100,000 documents is
+/// most of a second of work in a browser.
 ///
-/// Opening checks the header, checksum and size limit and reads the body's
-/// head (inflating a deflated body, in one pass: a small part of the work);
-/// each [`SnapshotDecoder::step`] then reads the next documents, checked as
-/// [`Snapshot::decode_with_limit`] checks them. Nothing is handed out
-/// before the last document is read and the columns are checked to end
-/// where they should, so a snapshot found corrupt in any slice yields only
-/// the error, as a decoding in one call would. Formats 1 to 3 (row-wise)
-/// are decoded in one call when opened.
+/// Opening checks the header, checksum and size limit; then each
+/// [`SnapshotDecoder::step`] inflates the next piece of a deflated body
+/// ([`INFLATE_BYTES_PER_DOC`] bytes for each document of the step), or
+/// reads the next documents, checked as [`Snapshot::decode_with_limit`]
+/// checks them. Nothing is handed out before the last document is read and
+/// the columns are checked to end where they should, so a snapshot found
+/// corrupt in any slice yields only the error, as a decoding in one call
+/// would. Formats 1 to 3 (row-wise) are decoded in one call when opened.
 pub(crate) struct SnapshotDecoder {
     /// The bytes the snapshot is in (from `start`, as opened), given back
     /// by [`SnapshotDecoder::into_bytes`].
     blob: Vec<u8>,
     /// A deflated body, inflated.
     inflated: Option<Vec<u8>>,
-    /// Where a plain body starts in `blob`.
+    /// Where the body (plain), or the compressed payload, starts in `blob`.
     body_at: usize,
     stage: Stage,
 }
 
+/// Bytes of a deflated body inflated per document of a step: inflating a
+/// megabyte costs about what decoding 4,096 documents does.
+const INFLATE_BYTES_PER_DOC: usize = 256;
+
 enum Stage {
+    /// A deflated body being inflated, then decoded.
+    Inflating {
+        inflating: Box<Inflating>,
+        layout: columnar::Layout,
+        fields: u64,
+    },
     /// Documents left to read.
     Columns(Box<columnar::BodyDecoder>),
     /// Decoded when opened.
@@ -421,39 +431,63 @@ impl SnapshotDecoder {
         };
         let (fields, opened) = columnar::open_payload(payload, max_body_bytes)?;
         // The payload ends where the blob does (no trailing bytes).
-        let (body_at, inflated) = match opened {
-            columnar::OpenBody::Plain(body) => (blob.len() - body.len(), None),
-            columnar::OpenBody::Inflated(body) => (0, Some(body)),
+        let (body_at, stage) = match opened {
+            columnar::OpenBody::Plain(body) => {
+                let columns = columnar::BodyDecoder::new(body, layout, fields)?;
+                (blob.len() - body.len(), Stage::Columns(Box::new(columns)))
+            }
+            columnar::OpenBody::Deflated(compressed) => {
+                let inflating = Box::new(Inflating::new(compressed, max_body_bytes)?);
+                let stage = Stage::Inflating {
+                    inflating,
+                    layout,
+                    fields,
+                };
+                (blob.len() - compressed.len(), stage)
+            }
         };
-        let body = match &inflated {
-            Some(body) => body.as_slice(),
-            None => blob.get(body_at..).unwrap_or_default(),
-        };
-        let columns = columnar::BodyDecoder::new(body, layout, fields)?;
         Ok(SnapshotDecoder {
             blob,
-            inflated,
+            inflated: None,
             body_at,
-            stage: Stage::Columns(Box::new(columns)),
+            stage,
         })
     }
 
-    /// Decodes up to `max_docs` more documents (at least one, if any are
-    /// left). Returns the snapshot once every document is decoded and
-    /// checked, `None` while documents are left. After an error, or once
-    /// the snapshot is handed out, there is nothing more to decode: every
-    /// later call is an error.
+    /// Inflates or decodes a slice: `max_docs` documents, or as many bytes
+    /// of a deflated body as that many documents stand for (at least one
+    /// either way). Returns the snapshot once every document is decoded
+    /// and checked, `None` while work is left. After an error, or once the
+    /// snapshot is handed out, there is nothing more to decode: every later
+    /// call is an error.
     pub(crate) fn step(&mut self, max_docs: usize) -> Result<Option<Snapshot>, SnapshotError> {
-        let body = match &self.inflated {
-            Some(body) => body.as_slice(),
-            None => self.blob.get(self.body_at..).unwrap_or_default(),
-        };
+        let from_blob = self.blob.get(self.body_at..).unwrap_or_default();
         match std::mem::replace(&mut self.stage, Stage::Over) {
             Stage::Whole(snapshot) => Ok(Some(*snapshot)),
             Stage::Over => Err(SnapshotError::Malformed(
                 "the snapshot was decoded already".into(),
             )),
+            Stage::Inflating {
+                mut inflating,
+                layout,
+                fields,
+            } => {
+                let bytes = max_docs.saturating_mul(INFLATE_BYTES_PER_DOC);
+                if !inflating.step(from_blob, bytes)? {
+                    self.stage = Stage::Inflating {
+                        inflating,
+                        layout,
+                        fields,
+                    };
+                    return Ok(None);
+                }
+                let body = self.inflated.insert(inflating.into_body());
+                let columns = columnar::BodyDecoder::new(body, layout, fields)?;
+                self.stage = Stage::Columns(Box::new(columns));
+                Ok(None)
+            }
             Stage::Columns(mut columns) => {
+                let body = self.inflated.as_deref().unwrap_or(from_blob);
                 if columns.step(body, max_docs)? {
                     return Ok(Some(columns.into_snapshot()));
                 }
@@ -579,47 +613,95 @@ fn seal(out: &mut [u8]) {
     }
 }
 
-/// Inflates a format-3 payload: the body's length, then the deflated body.
-/// The claimed length is checked against the caller's limit and against
-/// what deflate can produce from the bytes present before anything is
-/// allocated; the stream must then fill exactly that length, end, and
-/// consume every byte.
+/// Inflates a compressed payload (the body's length, then the body
+/// deflated) in one call; see [`Inflating`].
 pub(crate) fn inflate(payload: &[u8], max_body_bytes: usize) -> Result<Vec<u8>, SnapshotError> {
-    use miniz_oxide::inflate::stream::{InflateState, inflate};
-    use miniz_oxide::{DataFormat, MZFlush, MZStatus};
+    let mut inflating = Inflating::new(payload, max_body_bytes)?;
+    inflating.step(payload, usize::MAX)?;
+    Ok(inflating.body)
+}
 
-    let malformed = |what: String| SnapshotError::Malformed(what);
-    let (len, deflated) = payload
-        .split_first_chunk::<4>()
-        .ok_or_else(|| malformed("compressed payload is shorter than its length".into()))?;
-    let body_len = u32::from_le_bytes(*len) as usize;
-    if body_len > max_body_bytes {
-        return Err(SnapshotError::TooLarge {
-            size: body_len as u64,
-            limit: max_body_bytes as u64,
-        });
+/// A compressed payload (the body's length as a `u32`, then the body
+/// deflated) inflated a piece at a time, straight into a buffer of the
+/// length it claims: that length is checked against the caller's limit,
+/// and against what deflate can produce from the bytes present, before
+/// anything is allocated. The body must end exactly where the deflated
+/// bytes do.
+pub(crate) struct Inflating {
+    decompressor: Box<miniz_oxide::inflate::core::DecompressorOxide>,
+    body: Vec<u8>,
+    written: usize,
+    consumed: usize,
+}
+
+impl Inflating {
+    pub(crate) fn new(payload: &[u8], max_body_bytes: usize) -> Result<Inflating, SnapshotError> {
+        let malformed = |what: String| SnapshotError::Malformed(what);
+        let (len, deflated) = payload
+            .split_first_chunk::<4>()
+            .ok_or_else(|| malformed("compressed payload is shorter than its length".into()))?;
+        let body_len = u32::from_le_bytes(*len) as usize;
+        if body_len > max_body_bytes {
+            return Err(SnapshotError::TooLarge {
+                size: body_len as u64,
+                limit: max_body_bytes as u64,
+            });
+        }
+        if body_len > deflated.len().saturating_mul(MAX_DEFLATE_RATIO) {
+            return Err(malformed(format!(
+                "compressed body claims {body_len} bytes, more than {} deflated bytes can hold",
+                deflated.len()
+            )));
+        }
+        Ok(Inflating {
+            decompressor: Box::default(),
+            body: vec![0; body_len],
+            written: 0,
+            consumed: 0,
+        })
     }
-    if body_len > deflated.len().saturating_mul(MAX_DEFLATE_RATIO) {
-        return Err(malformed(format!(
-            "compressed body claims {body_len} bytes, more than {} deflated bytes can hold",
-            deflated.len()
-        )));
+
+    /// Inflates up to `max_bytes` more of the body (at least one) from
+    /// `payload`, the same bytes as given to [`Inflating::new`]. Returns
+    /// whether the body is whole.
+    pub(crate) fn step(&mut self, payload: &[u8], max_bytes: usize) -> Result<bool, SnapshotError> {
+        use miniz_oxide::inflate::TINFLStatus;
+        use miniz_oxide::inflate::core::{decompress, inflate_flags};
+
+        let deflated = payload.get(4..).unwrap_or_default();
+        let end = self
+            .written
+            .saturating_add(max_bytes.max(1))
+            .min(self.body.len());
+        // The whole body is one buffer: later pieces refer back into it.
+        let (status, read, wrote) = decompress(
+            &mut self.decompressor,
+            deflated.get(self.consumed..).unwrap_or_default(),
+            &mut self.body[..end],
+            self.written,
+            inflate_flags::TINFL_FLAG_USING_NON_WRAPPING_OUTPUT_BUF,
+        );
+        self.consumed += read;
+        self.written += wrote;
+        let whole = self.written == self.body.len();
+        match status {
+            TINFLStatus::Done if whole && self.consumed == deflated.len() => Ok(true),
+            TINFLStatus::HasMoreOutput if !whole => Ok(false),
+            _ => Err(SnapshotError::Malformed(format!(
+                "compressed body does not inflate to exactly {} bytes from its {} deflated \
+                 bytes (wrote {}, read {}, {status:?})",
+                self.body.len(),
+                deflated.len(),
+                self.written,
+                self.consumed,
+            ))),
+        }
     }
-    let mut body = vec![0; body_len];
-    let mut state = InflateState::new_boxed(DataFormat::Raw);
-    let result = inflate(&mut state, deflated, &mut body, MZFlush::Finish);
-    let ended = matches!(result.status, Ok(MZStatus::StreamEnd));
-    if !ended || result.bytes_written != body_len || result.bytes_consumed != deflated.len() {
-        return Err(malformed(format!(
-            "compressed body does not inflate to exactly {body_len} bytes from its {} deflated \
-             bytes (wrote {}, read {}, {:?})",
-            deflated.len(),
-            result.bytes_written,
-            result.bytes_consumed,
-            result.status
-        )));
+
+    /// The body, whole once [`Inflating::step`] said so.
+    pub(crate) fn into_body(self) -> Vec<u8> {
+        self.body
     }
-    Ok(body)
 }
 
 /// Parses a body whose field stamps are encoded as `S`, and checks it.

@@ -698,20 +698,19 @@ pub(crate) fn nominal_len(payload: &[u8]) -> Option<u64> {
     Some(body.saturating_add(fields.saturating_mul(NOMINAL_FIELD_BYTES as u64)))
 }
 
-/// A format-4 or format-5 payload opened for decoding: the field count it
-/// claims, and its body: `Plain` is the payload's tail from where the body
-/// starts, `Inflated` the deflated columns inflated (in one pass: a tenth
-/// of the decoding's time, see docs/BENCHMARKS.md).
+/// A format-4 or format-5 payload's body: as it is, or deflated (the
+/// compressed payload [`crate::snapshot::Inflating`] reads).
 pub(crate) enum OpenBody<'a> {
     /// The body as it is in the payload.
     Plain(&'a [u8]),
-    /// The body inflated.
-    Inflated(Vec<u8>),
+    /// The body's length, then the body deflated.
+    Deflated(&'a [u8]),
 }
 
 /// Checks a format-4 or format-5 payload's claimed size against `limit`
 /// (its body, inflated, with [`NOMINAL_FIELD_BYTES`] per field it claims)
-/// before anything is inflated or allocated, then opens its body.
+/// before anything is inflated or allocated; returns the field count it
+/// claims and its body.
 pub(crate) fn open_payload(
     payload: &[u8],
     limit: usize,
@@ -726,7 +725,7 @@ pub(crate) fn open_payload(
     }
     match mode {
         PLAIN => Ok((fields, OpenBody::Plain(rest))),
-        DEFLATED => Ok((fields, OpenBody::Inflated(inflate(rest, limit)?))),
+        DEFLATED => Ok((fields, OpenBody::Deflated(rest))),
         other => Err(malformed(format!("unknown column storage {other}"))),
     }
 }
@@ -739,9 +738,13 @@ pub(crate) fn decode_payload(
     limit: usize,
 ) -> Result<Snapshot, SnapshotError> {
     let (fields, body) = open_payload(payload, limit)?;
-    let body = match &body {
+    let inflated;
+    let body = match body {
         OpenBody::Plain(body) => body,
-        OpenBody::Inflated(body) => body.as_slice(),
+        OpenBody::Deflated(deflated) => {
+            inflated = inflate(deflated, limit)?;
+            inflated.as_slice()
+        }
     };
     let mut decoder = BodyDecoder::new(body, layout, fields)?;
     decoder.step(body, usize::MAX)?;

@@ -55,6 +55,8 @@ impl Inbound {
 pub(super) struct InboundQueue {
     items: VecDeque<Inbound>,
     skew_reported: bool,
+    /// See [`InboundQueue::ready`].
+    ready: bool,
 }
 
 impl InboundQueue {
@@ -74,15 +76,18 @@ impl InboundQueue {
         )
     }
 
-    /// Whether the front item is a snapshot being decoded.
-    pub(super) fn decoding_front(&self) -> bool {
-        matches!(self.items.front(), Some(Inbound::Decoding { .. }))
+    /// Whether the last [`InboundQueue::drain`] stopped with work it could
+    /// go on with at once (rather than with nothing left, or with the
+    /// front item waiting for the clock).
+    pub(super) fn ready(&self) -> bool {
+        self.ready
     }
 
     /// Forgets everything: the relay sends it again after reconnecting,
     /// starting from the stored cursor.
     pub(super) fn clear(&mut self) {
         self.items.clear();
+        self.ready = false;
         self.skew_reported = false;
     }
 
@@ -94,11 +99,13 @@ impl InboundQueue {
             .map(|wall| wall.saturating_sub(max_drift_ms))
     }
 
-    /// Applies items from the front while the clock accepts them, and at
-    /// most `slice_docs` documents of a snapshot to decode and as many to
-    /// apply (see [`Replica::continue_reset`]): a snapshot with more stays
-    /// at the front until later calls finish it. A snapshot found corrupt
-    /// is dropped unapplied and reported; nothing after it is applied.
+    /// Applies items from the front while the clock accepts them, a slice
+    /// of work a call: one step of decoding a snapshot (`slice_docs`
+    /// documents), or of applying one (see [`Replica::continue_reset`]), or
+    /// up to `slice_docs` received operations. What is left stays at the
+    /// front for later calls, and [`InboundQueue::ready`] says so. A
+    /// snapshot found corrupt is dropped unapplied and reported; nothing
+    /// after it is applied.
     pub(super) fn drain(
         &mut self,
         now: u64,
@@ -108,10 +115,16 @@ impl InboundQueue {
     ) -> Drained {
         let at = Timestamp::from_unix_ms(now);
         let mut applied_through = None;
+        let mut budget = slice_docs.max(1);
+        self.ready = false;
         while let Some(front) = self.items.front_mut() {
+            if budget == 0 {
+                self.ready = true;
+                break;
+            }
             if let Inbound::Decoding { decoder, .. } = front {
-                match decoder.step(slice_docs) {
-                    Ok(None) => break,
+                match decoder.step(budget) {
+                    Ok(None) => {}
                     Ok(Some(snapshot)) => {
                         if let Some(Inbound::Decoding { decoder, cursor }) = self.items.pop_front()
                         {
@@ -122,7 +135,6 @@ impl InboundQueue {
                                 started: false,
                             });
                         }
-                        continue;
                     }
                     Err(e) => {
                         self.items.pop_front();
@@ -132,19 +144,32 @@ impl InboundQueue {
                         };
                     }
                 }
+                // Applying it starts with the next call.
+                self.ready = true;
+                break;
             }
             let (blocked, cursor, ahead) = match front {
                 Inbound::Ops { ops, cursor } => {
                     let mut ahead = 0;
                     for op in std::mem::take(ops) {
-                        if replica.check_drift(op.hlc, at).is_err() {
+                        if budget == 0 {
+                            ops.push(op);
+                        } else if replica.check_drift(op.hlc, at).is_err() {
                             ahead = ahead.max(op.hlc.wall_ms().saturating_sub(now));
                             ops.push(op);
-                        } else if let Err(e) = replica.apply_owned(at, op) {
-                            outputs.push(Output::Event(Event::PeerMisbehaved {
-                                reason: e.to_string(),
-                            }));
+                        } else {
+                            budget -= 1;
+                            if let Err(e) = replica.apply_owned(at, op) {
+                                outputs.push(Output::Event(Event::PeerMisbehaved {
+                                    reason: e.to_string(),
+                                }));
+                            }
                         }
+                    }
+                    if budget == 0 && !ops.is_empty() {
+                        // The rest in the next call; the cursor waits for it.
+                        self.ready = true;
+                        break;
                     }
                     (!ops.is_empty(), *cursor, ahead)
                 }
@@ -169,10 +194,12 @@ impl InboundQueue {
                                 }));
                             }
                         }
-                        if replica.continue_reset(slice_docs) {
+                        if replica.continue_reset(budget) {
                             // More slices to go: the cursor waits for them.
+                            self.ready = true;
                             break;
                         }
+                        budget = 0;
                         (false, *cursor, 0)
                     }
                 }

@@ -100,9 +100,10 @@ pub struct SessionConfig {
     /// build speaks ([`protocol::SUPPORTED_VERSIONS`]); a client limited
     /// to `[2]` sends and receives operations in the version-2 encoding.
     pub protocol_versions: Vec<u8>,
-    /// Most documents a received snapshot rewrites per step: a larger one
-    /// is applied over several calls (see [`Session::is_applying`]), so a
-    /// host on a UI thread can yield between them.
+    /// Most documents of a received snapshot decoded or rewritten, or
+    /// received operations applied, per step: more is done over several
+    /// calls (see [`Session::is_applying`]), so a host on a UI thread can
+    /// yield between them.
     pub apply_slice_docs: usize,
 }
 
@@ -465,22 +466,22 @@ impl Session {
         loader.finish(config, seed)
     }
 
-    /// Whether a received snapshot is still being decoded or applied: the
-    /// host calls [`Session::apply_slice`] (yielding to its platform in
-    /// between) until this is `false`. Reads see the snapshot's state once
+    /// Whether received data is still being decoded or applied (a
+    /// snapshot, or more operations than a slice): the host calls
+    /// [`Session::apply_slice`] (yielding to its platform in between) until
+    /// this is `false`. Reads see the snapshot's state once
     /// its last slice is decoded (and checked), none of it before; the
     /// cursor is stored, and `CaughtUp` reported, once the last slice is
     /// applied. `false`
     /// while the store is failed: no slice can make progress then, and the
     /// host reloads from the store instead.
     pub fn is_applying(&self) -> bool {
-        (self.replica.is_resetting() || self.inbound.decoding_front())
-            && self.store_failed.is_none()
+        (self.replica.is_resetting() || self.inbound.ready()) && self.store_failed.is_none()
     }
 
     /// Decodes or applies the next slice (at most
-    /// [`SessionConfig::apply_slice_docs`] documents) of a received
-    /// snapshot, then whatever was received after it, as far as it goes.
+    /// [`SessionConfig::apply_slice_docs`] documents or operations) of what
+    /// was received.
     pub fn apply_slice(&mut self, now: Timestamp) {
         let now = now.unix_ms();
         self.settle_local_writes();
