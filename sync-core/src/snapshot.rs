@@ -154,11 +154,7 @@ impl Snapshot {
             .collections
             .values()
             .flat_map(|coll| {
-                let docs = coll.docs.values().flat_map(|doc| {
-                    let fields = doc.fields.iter().map(|slot| slot.hlc);
-                    let stamps = doc.written.into_iter().chain(doc.deleted());
-                    stamps.map(|stamp| stamp.hlc).chain(fields)
-                });
+                let docs = coll.docs.values().map(doc_newest);
                 let stamps = coll.created.into_iter().chain(coll.dropped);
                 stamps.map(|stamp| stamp.hlc).chain(docs)
             })
@@ -356,6 +352,18 @@ fn decode_verified(
     }
 }
 
+/// The newest clock reading of a document: its fields', its `written`
+/// and its `deleted`.
+pub(crate) fn doc_newest(doc: &DocState) -> Hlc {
+    let fields = doc.fields.iter().map(|slot| slot.hlc);
+    let stamps = doc.written.into_iter().chain(doc.deleted());
+    stamps
+        .map(|stamp| stamp.hlc)
+        .chain(fields)
+        .max()
+        .unwrap_or(Hlc::ZERO)
+}
+
 /// Snapshot bytes decoded a slice at a time, so that a host on a UI
 /// thread can yield between slices: a snapshot of 100,000 documents is
 /// most of a second of work in a browser.
@@ -377,6 +385,8 @@ pub(crate) struct SnapshotDecoder {
     /// Where the body (plain), or the compressed payload, starts in `blob`.
     body_at: usize,
     stage: Stage,
+    /// The decoded snapshot's [`Snapshot::newest_hlc`], once handed out.
+    newest: Hlc,
 }
 
 /// Bytes of a deflated body inflated per document of a step: inflating a
@@ -425,6 +435,7 @@ impl SnapshotDecoder {
                     blob,
                     inflated: None,
                     body_at: 0,
+                    newest: whole.newest_hlc(),
                     stage: Stage::Whole(Box::new(whole)),
                 });
             }
@@ -451,6 +462,7 @@ impl SnapshotDecoder {
             inflated: None,
             body_at,
             stage,
+            newest: Hlc::ZERO,
         })
     }
 
@@ -483,18 +495,28 @@ impl SnapshotDecoder {
                 }
                 let body = self.inflated.insert(inflating.into_body());
                 let columns = columnar::BodyDecoder::new(body, layout, fields)?;
+                // Documents too, in the step that ends the inflating: a
+                // small snapshot is decoded in one step, as in one call.
                 self.stage = Stage::Columns(Box::new(columns));
-                Ok(None)
+                self.step(max_docs)
             }
             Stage::Columns(mut columns) => {
                 let body = self.inflated.as_deref().unwrap_or(from_blob);
                 if columns.step(body, max_docs)? {
+                    self.newest = columns.newest();
                     return Ok(Some(columns.into_snapshot()));
                 }
                 self.stage = Stage::Columns(columns);
                 Ok(None)
             }
         }
+    }
+
+    /// [`Snapshot::newest_hlc`] of the snapshot [`SnapshotDecoder::step`]
+    /// handed out, found while decoding rather than by walking the state
+    /// again.
+    pub(crate) fn newest(&self) -> Hlc {
+        self.newest
     }
 
     /// The bytes the decoder was opened on.

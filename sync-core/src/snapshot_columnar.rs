@@ -32,7 +32,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use crate::hlc::{Hlc, MAX_WALL_MS};
 use crate::op::{check_collection, check_doc_id, check_field_name};
 use crate::snapshot::{
-    Snapshot, SnapshotError, check, check_collection_stamps, checked_doc, inflate,
+    Snapshot, SnapshotError, check, check_collection_stamps, checked_doc, doc_newest, inflate,
 };
 use crate::stamp::{ReplicaId, Stamp};
 use crate::state::{CollectionState, DocState, FieldSlot, State};
@@ -797,6 +797,8 @@ pub(crate) struct BodyDecoder {
     reading: Option<Reading>,
     /// The id read last: the next shares a prefix with it.
     id: String,
+    /// The newest clock reading of the documents and collections read.
+    newest: Hlc,
     doc_ids: Column,
     doc_flags: RleColumn,
     doc_fields: RleColumn,
@@ -931,6 +933,7 @@ impl BodyDecoder {
             listed,
             reading: None,
             id: String::new(),
+            newest: Hlc::ZERO,
             doc_ids: columns[DOC_IDS],
             doc_flags: RleColumn::new(columns[DOC_FLAGS]),
             doc_fields: RleColumn::new(columns[DOC_FIELDS]),
@@ -985,6 +988,12 @@ impl BodyDecoder {
         }
     }
 
+    /// [`Snapshot::newest_hlc`] of the decoded snapshot, once
+    /// [`BodyDecoder::step`] said it is complete.
+    pub(crate) fn newest(&self) -> Hlc {
+        self.newest.max(self.max_hlc)
+    }
+
     /// The decoded snapshot; complete once [`BodyDecoder::step`] said so.
     pub(crate) fn into_snapshot(self) -> Snapshot {
         Snapshot {
@@ -1002,6 +1011,9 @@ impl BodyDecoder {
             docs: BTreeMap::new(),
         };
         check_collection_stamps(&listed.name, &coll)?;
+        for stamp in coll.created.iter().chain(&coll.dropped) {
+            self.newest = self.newest.max(stamp.hlc);
+        }
         self.id.clear();
         // Every document takes at least two bytes of the id column.
         let built = Vec::with_capacity(listed.docs.min(self.doc_ids.left() as u64) as usize);
@@ -1097,6 +1109,7 @@ impl BodyDecoder {
             reading.coll.dropped,
             &self.state.names,
         )?;
+        self.newest = self.newest.max(doc_newest(&doc));
         Ok((id.clone(), doc))
     }
 

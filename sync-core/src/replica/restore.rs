@@ -8,7 +8,7 @@ use std::ops::Bound;
 
 use super::{ApplyError, Dirty, Pending, Replica, ReplicaConfig, RestoreError};
 use crate::event::{Event, Origin};
-use crate::hlc::Clock;
+use crate::hlc::{Clock, Hlc};
 use crate::op::{Op, OpId};
 use crate::persist::{
     ABSENT_DOCUMENT, CollectionRecord, MetaRecord, RecordError, StoreKey, checkpoint_snapshot,
@@ -397,7 +397,8 @@ impl Replica {
     /// part of the reset never claims the snapshot's operations. A reset
     /// still in progress is finished first.
     pub fn start_reset(&mut self, now: Timestamp, snapshot: Snapshot) -> Result<(), ApplyError> {
-        self.start_reset_received(now, snapshot, None)
+        let newest = snapshot.newest_hlc();
+        self.start_reset_received(now, snapshot, None, newest)
     }
 
     /// [`Replica::start_reset`] with the snapshot's bytes as received
@@ -412,10 +413,12 @@ impl Replica {
         now: Timestamp,
         snapshot: Snapshot,
         received: Option<Vec<u8>>,
+        newest: Hlc,
     ) -> Result<(), ApplyError> {
         self.finish_reset();
-        // As in `merge_snapshot`: check the stamps, not only the claim.
-        self.clock.observe(snapshot.newest_hlc(), now)?;
+        // As in `merge_snapshot`: check the stamps (`newest` is the
+        // snapshot's `newest_hlc`), not only the claim.
+        self.clock.observe(newest, now)?;
         let old = std::mem::replace(&mut self.state, snapshot.state);
         let old_version = std::mem::replace(&mut self.version, snapshot.version);
         match received {
@@ -759,7 +762,8 @@ mod tests {
         // Two resets before the next persist: the received bytes of the
         // first must not stand for the state the second left.
         let (first, first_bytes) = snapshot(2, 10);
-        r.start_reset_received(at(20), first, Some(first_bytes))
+        let newest = first.newest_hlc();
+        r.start_reset_received(at(20), first, Some(first_bytes), newest)
             .unwrap();
         let (second, _) = snapshot(3, 30);
         r.reset_to_snapshot(at(40), second).unwrap();

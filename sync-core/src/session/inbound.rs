@@ -32,6 +32,8 @@ pub(super) enum Inbound {
     /// stays at the front, holding back the cursor, until that is done).
     Snapshot {
         snapshot: Box<Snapshot>,
+        /// Its [`Snapshot::newest_hlc`], which the clock checks.
+        newest: crate::hlc::Hlc,
         /// The snapshot's bytes as received, stored as the checkpoint.
         bytes: Option<Vec<u8>>,
         cursor: u64,
@@ -45,7 +47,7 @@ impl Inbound {
         match self {
             Inbound::Ops { ops, .. } => ops.iter().map(|op| op.hlc.wall_ms()).min(),
             Inbound::Snapshot { started: true, .. } | Inbound::Decoding { .. } => None,
-            Inbound::Snapshot { snapshot, .. } => Some(snapshot.newest_hlc().wall_ms()),
+            Inbound::Snapshot { newest, .. } => Some(newest.wall_ms()),
         }
     }
 }
@@ -124,17 +126,24 @@ impl InboundQueue {
             }
             if let Inbound::Decoding { decoder, .. } = front {
                 match decoder.step(budget) {
-                    Ok(None) => {}
+                    Ok(None) => {
+                        self.ready = true;
+                        break;
+                    }
                     Ok(Some(snapshot)) => {
                         if let Some(Inbound::Decoding { decoder, cursor }) = self.items.pop_front()
                         {
                             self.items.push_front(Inbound::Snapshot {
+                                newest: decoder.newest(),
                                 snapshot: Box::new(snapshot),
                                 bytes: Some(decoder.into_bytes()),
                                 cursor,
                                 started: false,
                             });
                         }
+                        // Applying it starts at once, as it did when a
+                        // snapshot was decoded in one call.
+                        continue;
                     }
                     Err(e) => {
                         self.items.pop_front();
@@ -144,9 +153,6 @@ impl InboundQueue {
                         };
                     }
                 }
-                // Applying it starts with the next call.
-                self.ready = true;
-                break;
             }
             let (blocked, cursor, ahead) = match front {
                 Inbound::Ops { ops, cursor } => {
@@ -175,11 +181,12 @@ impl InboundQueue {
                 }
                 Inbound::Snapshot {
                     snapshot,
+                    newest,
                     bytes,
                     cursor,
                     started,
                 } => {
-                    let newest = snapshot.newest_hlc();
+                    let newest = *newest;
                     if !*started && replica.check_drift(newest, at).is_err() {
                         (true, *cursor, newest.wall_ms().saturating_sub(now))
                     } else {
@@ -187,7 +194,7 @@ impl InboundQueue {
                             *started = true;
                             let snapshot = std::mem::replace(snapshot, Box::new(Snapshot::empty()));
                             if let Err(e) =
-                                replica.start_reset_received(at, *snapshot, bytes.take())
+                                replica.start_reset_received(at, *snapshot, bytes.take(), newest)
                             {
                                 outputs.push(Output::Event(Event::PeerMisbehaved {
                                     reason: e.to_string(),
