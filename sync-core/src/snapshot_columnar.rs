@@ -540,7 +540,18 @@ pub(crate) fn encode_body(
         uses: (layout == Layout::Timeline).then(|| Vec::with_capacity(state.field_count())),
         ..Columns::default()
     };
-    let mut dictionary: HashMap<&str, u64> = HashMap::new();
+    // Sized once for every string value: grown from empty, a table of a
+    // million distinct strings was rehashed about twenty times, half of a
+    // checkpoint's encoding time in a browser (a profile of the initial
+    // sync in bindings/npm/bench/main-thread.mjs).
+    let strings = state
+        .collections
+        .values()
+        .flat_map(|coll| coll.docs.values())
+        .flat_map(|doc| doc.fields.iter())
+        .filter(|slot| matches!(slot.value, Some(StoredValue::String(_))))
+        .count();
+    let mut dictionary: HashMap<&str, u64> = HashMap::with_capacity(strings);
     for coll in state.collections.values() {
         let mut previous_id: &str = "";
         for (id, doc) in &coll.docs {
