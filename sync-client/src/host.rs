@@ -113,13 +113,21 @@ where
     let load_error = |e: sync_core::RestoreError| Error::Load(e.to_string());
     let mut loader = SessionLoader::new(replica_config);
     let mut records = records.into_iter();
+    // The checkpoint, the first key when there is one, is fed alone and
+    // decoded a slice at a time: most of a large database is in it.
+    loader.feed(records.by_ref().take(1)).map_err(load_error)?;
+    while loader.decode_slice(slice).map_err(load_error)? {
+        timer.yield_now().await;
+    }
+    let mut take = slice - 1;
     loop {
         loader
-            .feed(records.by_ref().take(slice))
+            .feed(records.by_ref().take(take))
             .map_err(load_error)?;
         if records.len() == 0 {
             break;
         }
+        take = slice;
         timer.yield_now().await;
     }
     let restored = loader

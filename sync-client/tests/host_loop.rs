@@ -926,7 +926,7 @@ impl Timer for GatedYields {
 }
 
 #[test]
-fn a_large_snapshot_is_applied_in_slices_and_a_write_made_meanwhile_is_kept() {
+fn a_large_snapshot_is_decoded_and_applied_in_slices_and_a_write_made_meanwhile_is_kept() {
     let mut w = World::new();
     // A room of 100 documents, compacted: a new client gets one snapshot.
     let source = w.open(&MemoryStore::new());
@@ -960,15 +960,26 @@ fn a_large_snapshot_is_applied_in_slices_and_a_write_made_meanwhile_is_kept() {
     w.pool.spawner().spawn_local(host).expect("spawn");
     w.settle();
 
-    // The first slice ran with the snapshot's arrival; the loop now waits
-    // for the platform before each further one.
+    // The first slice was decoded with the snapshot's arrival; the loop
+    // now waits for the platform before each further one.
     assert_eq!(yields.waiting(), 1, "the loop yields before the next slice");
-    assert_eq!(
+    let read = || {
         db.collection("docs")
             .get("d099")
-            .map(|d| d.fields["n"].clone()),
+            .map(|d| d.fields["n"].clone())
+    };
+    assert_eq!(read(), None, "nothing of the snapshot before it is decoded");
+    let mut decoded = 1;
+    while read().is_none() {
+        assert!(yields.release_one(), "decoding goes on");
+        w.settle();
+        decoded += 1;
+    }
+    assert!(decoded >= 10, "decoded 10 documents at a time: {decoded}");
+    assert_eq!(
+        read(),
         Some(Value::from(99)),
-        "reads see the snapshot's state at once"
+        "reads see the snapshot's state once it is decoded"
     );
     let status = db.status();
     assert_eq!(status.cursor, 0, "the cursor waits for the last slice");
@@ -1080,6 +1091,72 @@ fn opening_a_large_database_yields_between_slices_of_records() {
     assert_eq!(
         db.collection("docs").list(&ListOptions::default()).len(),
         100
+    );
+}
+
+#[test]
+fn reopening_decodes_the_checkpoint_in_slices() {
+    let mut w = World::new();
+    // A compacted room of 100 documents: a new client stores its snapshot
+    // as its checkpoint.
+    let source = w.open(&MemoryStore::new());
+    source
+        .transaction(|tx| {
+            for n in 0..100 {
+                tx.put("docs", &format!("d{n:03}"), [("n", n)])?;
+            }
+            Ok(())
+        })
+        .now_or_never();
+    w.advance(10);
+    w.relay.compact("room", w.clock_now());
+    let store = MemoryStore::new();
+    let synced = w.open(&store);
+    w.advance(10);
+    assert_eq!(synced.status().cursor, 100, "synced");
+    w.block(synced.close());
+    let records = w.block(store.read_all()).expect("reads");
+    assert_eq!(records[0].0, b"B", "the checkpoint, first");
+    assert!(records.len() < 10, "the documents are in the checkpoint");
+
+    let yields = GatedYields {
+        timer: ManualTimer(w.clock.clone()),
+        held: Arc::default(),
+    };
+    let mut options = Options::local();
+    options.slice_docs = Some(10);
+    let platform = Platform {
+        transport: w.relay.transport(w.timer()),
+        store: store.clone(),
+        timer: Arc::new(yields.clone()),
+        seed: 7,
+    };
+    let mut opening = open(platform, options).boxed_local();
+    let mut yielded = 0;
+    let (db, host) = loop {
+        if let Some(result) = (&mut opening).now_or_never() {
+            break result.expect("opens");
+        }
+        assert_eq!(yields.waiting(), 1, "one yield at a time");
+        yielded += 1;
+        yields.release_one();
+    };
+    // 100 documents in slices of 10: a yield after each but the last.
+    assert!(
+        yielded >= 9,
+        "the checkpoint decoded in slices: {yielded} yields"
+    );
+    w.pool.spawner().spawn_local(host).expect("spawn");
+    w.settle();
+    assert_eq!(
+        db.collection("docs").list(&ListOptions::default()).len(),
+        100
+    );
+    assert_eq!(
+        db.collection("docs")
+            .get("d042")
+            .map(|d| d.fields["n"].clone()),
+        Some(Value::from(42))
     );
 }
 

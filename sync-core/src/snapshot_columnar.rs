@@ -27,15 +27,15 @@
 //! same checks as the other formats. PROTOCOL.md section 8 describes the
 //! layout byte by byte.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use crate::hlc::{Hlc, MAX_WALL_MS};
 use crate::op::{check_collection, check_doc_id, check_field_name};
 use crate::snapshot::{
-    Snapshot, SnapshotError, check, check_collection_stamps, checked_doc, inflate,
+    Snapshot, SnapshotError, check, check_collection_stamps, checked_doc, doc_newest, inflate,
 };
 use crate::stamp::{ReplicaId, Stamp};
-use crate::state::{CollectionState, FieldSlot, State};
+use crate::state::{CollectionState, DocState, FieldSlot, State};
 use crate::value::{StoredValue, Value};
 use crate::version::VersionVector;
 
@@ -188,14 +188,16 @@ impl<'a> Reader<'a> {
     }
 
     fn end(&self, what: &str) -> Result<(), SnapshotError> {
-        if self.bytes.is_empty() {
-            Ok(())
-        } else {
-            Err(malformed(format!(
-                "{} bytes left over in {what}",
-                self.bytes.len()
-            )))
-        }
+        left_over(self.bytes.len(), what)
+    }
+}
+
+/// Refuses `n` bytes left unread at the end of `what`.
+fn left_over(n: usize, what: &str) -> Result<(), SnapshotError> {
+    if n == 0 {
+        Ok(())
+    } else {
+        Err(malformed(format!("{n} bytes left over in {what}")))
     }
 }
 
@@ -254,11 +256,51 @@ impl Rle {
     }
 }
 
+/// Where a column is in the body: the next byte to read and the column's
+/// end. Positions rather than a slice, so a decoder can keep its place in
+/// every column between slices without borrowing the body; each read
+/// borrows the body for just that read.
+#[derive(Clone, Copy, Debug, Default)]
+struct Column {
+    at: usize,
+    end: usize,
+}
+
+impl Column {
+    /// Runs `read` on what is left of the column and moves past what it took.
+    fn read<'b, T>(
+        &mut self,
+        body: &'b [u8],
+        read: impl FnOnce(&mut Reader<'b>) -> Result<T, SnapshotError>,
+    ) -> Result<T, SnapshotError> {
+        let mut reader = Reader {
+            bytes: body.get(self.at..self.end).unwrap_or_default(),
+        };
+        let out = read(&mut reader);
+        self.at = self.end - reader.bytes.len();
+        out
+    }
+
+    fn varint(&mut self, body: &[u8]) -> Result<u64, SnapshotError> {
+        self.read(body, Reader::varint)
+    }
+
+    /// Bytes not read yet.
+    fn left(&self) -> usize {
+        self.end - self.at
+    }
+
+    fn end(&self, what: &str) -> Result<(), SnapshotError> {
+        left_over(self.left(), what)
+    }
+}
+
 /// Reads what [`Rle`] wrote. Lazy: a run claiming billions of entries costs
 /// nothing until they are read, and the caller reads only as many as the
 /// body's counts allow.
-struct RleReader<'a> {
-    reader: Reader<'a>,
+#[derive(Debug, Default)]
+struct RleColumn {
+    column: Column,
     value: u64,
     /// Copies of `value` still to hand out.
     repeat: u64,
@@ -266,33 +308,31 @@ struct RleReader<'a> {
     literal: u64,
 }
 
-impl<'a> RleReader<'a> {
-    fn new(bytes: &'a [u8]) -> Self {
-        RleReader {
-            reader: Reader { bytes },
-            value: 0,
-            repeat: 0,
-            literal: 0,
+impl RleColumn {
+    fn new(column: Column) -> Self {
+        RleColumn {
+            column,
+            ..RleColumn::default()
         }
     }
 
-    fn next(&mut self) -> Result<u64, SnapshotError> {
+    fn next(&mut self, body: &[u8]) -> Result<u64, SnapshotError> {
         if self.repeat > 0 {
             self.repeat -= 1;
             return Ok(self.value);
         }
         if self.literal > 0 {
             self.literal -= 1;
-            return self.reader.varint();
+            return self.column.varint(body);
         }
-        let header = unzigzag(self.reader.varint()?);
+        let header = unzigzag(self.column.varint(body)?);
         if header > 0 {
-            self.value = self.reader.varint()?;
+            self.value = self.column.varint(body)?;
             self.repeat = header as u64 - 1;
             Ok(self.value)
         } else if header < 0 {
             self.literal = header.unsigned_abs() - 1;
-            self.reader.varint()
+            self.column.varint(body)
         } else {
             Err(malformed("a run of length 0"))
         }
@@ -302,7 +342,7 @@ impl<'a> RleReader<'a> {
         if self.repeat > 0 || self.literal > 0 {
             return Err(malformed(format!("{what} holds more entries than used")));
         }
-        self.reader.end(what)
+        self.column.end(what)
     }
 }
 
@@ -519,7 +559,18 @@ pub(crate) fn encode_body(
         uses: (layout == Layout::Timeline).then(|| Vec::with_capacity(state.field_count())),
         ..Columns::default()
     };
-    let mut dictionary: HashMap<&str, u64> = HashMap::new();
+    // Sized once for every string value: grown from empty, a table of a
+    // million distinct strings was rehashed about twenty times, half of a
+    // checkpoint's encoding time in a browser (a profile of the initial
+    // sync in bindings/npm/bench/main-thread.mjs).
+    let strings = state
+        .collections
+        .values()
+        .flat_map(|coll| coll.docs.values())
+        .flat_map(|doc| doc.fields.iter())
+        .filter(|slot| matches!(slot.value, Some(StoredValue::String(_))))
+        .count();
+    let mut dictionary: HashMap<&str, u64> = HashMap::with_capacity(strings);
     for coll in state.collections.values() {
         let mut previous_id: &str = "";
         for (id, doc) in &coll.docs {
@@ -677,14 +728,23 @@ pub(crate) fn nominal_len(payload: &[u8]) -> Option<u64> {
     Some(body.saturating_add(fields.saturating_mul(NOMINAL_FIELD_BYTES as u64)))
 }
 
-/// Decodes a format-4 or format-5 payload whose body (inflated), with
-/// [`NOMINAL_FIELD_BYTES`] per field it claims, is at most `limit` bytes.
-/// The limit is checked before anything is inflated or allocated.
-pub(crate) fn decode_payload(
+/// A format-4 or format-5 payload's body: as it is, or deflated (the
+/// compressed payload [`crate::snapshot::Inflating`] reads).
+pub(crate) enum OpenBody<'a> {
+    /// The body as it is in the payload.
+    Plain(&'a [u8]),
+    /// The body's length, then the body deflated.
+    Deflated(&'a [u8]),
+}
+
+/// Checks a format-4 or format-5 payload's claimed size against `limit`
+/// (its body, inflated, with [`NOMINAL_FIELD_BYTES`] per field it claims)
+/// before anything is inflated or allocated; returns the field count it
+/// claims and its body.
+pub(crate) fn open_payload(
     payload: &[u8],
-    layout: Layout,
     limit: usize,
-) -> Result<Snapshot, SnapshotError> {
+) -> Result<(u64, OpenBody<'_>), SnapshotError> {
     let (mode, fields, rest) = payload_head(payload)?;
     let nominal = nominal_len(payload).unwrap_or(u64::MAX);
     if nominal > limit as u64 {
@@ -694,283 +754,467 @@ pub(crate) fn decode_payload(
         });
     }
     match mode {
-        PLAIN => decode_body(rest, layout, fields),
-        DEFLATED => decode_body(&inflate(rest, limit)?, layout, fields),
+        PLAIN => Ok((fields, OpenBody::Plain(rest))),
+        DEFLATED => Ok((fields, OpenBody::Deflated(rest))),
         other => Err(malformed(format!("unknown column storage {other}"))),
     }
 }
 
-fn decode_body(body: &[u8], layout: Layout, field_total: u64) -> Result<Snapshot, SnapshotError> {
-    let inconsistent = SnapshotError::Inconsistent;
-    let (version, rest): (VersionVector, _) =
-        postcard::take_from_bytes(body).map_err(|e| malformed(e.to_string()))?;
-    let mut r = Reader { bytes: rest };
-    let max_hlc = Hlc::from_u64(r.varint()?);
-    let tombstone_horizon = Hlc::from_u64(r.varint()?);
-
-    let mut state = State::new();
-    let name_count = r.varint()?;
-    for _ in 0..name_count {
-        let name = r.str()?;
-        check(check_field_name(name))?;
-        if state.names.lookup(name).is_some() {
-            return Err(inconsistent(format!("field name {name:?} listed twice")));
+/// Decodes a format-4 or format-5 payload in one call, under `limit` as
+/// [`open_payload`] checks it.
+pub(crate) fn decode_payload(
+    payload: &[u8],
+    layout: Layout,
+    limit: usize,
+) -> Result<Snapshot, SnapshotError> {
+    let (fields, body) = open_payload(payload, limit)?;
+    let inflated;
+    let body = match body {
+        OpenBody::Plain(body) => body,
+        OpenBody::Deflated(deflated) => {
+            inflated = inflate(deflated, limit)?;
+            inflated.as_slice()
         }
-        state.names.intern(name);
-    }
-    let replica_count = r.varint()?;
-    // Each replica takes at least a byte: the count is bounded by the bytes.
-    let mut replicas = Vec::with_capacity(replica_count.min(r.bytes.len() as u64) as usize);
-    for _ in 0..replica_count {
-        replicas.push(ReplicaId(r.varint()?));
-    }
-    if replicas.windows(2).any(|w| w[0] >= w[1]) {
-        return Err(inconsistent("replicas out of order".into()));
-    }
-    let replica_at = |index: u64| {
-        replicas
-            .get(usize::try_from(index).unwrap_or(usize::MAX))
-            .copied()
-            .ok_or_else(|| inconsistent(format!("replica index {index} out of range")))
     };
-    let opt_stamp = |r: &mut Reader<'_>| -> Result<Option<Stamp>, SnapshotError> {
-        match r.u8()? {
-            0 => Ok(None),
-            1 => {
-                let hlc = Hlc::from_u64(r.varint()?);
-                Ok(Some(Stamp::new(hlc, replica_at(r.varint()?)?)))
+    let mut decoder = BodyDecoder::new(body, layout, fields)?;
+    decoder.step(body, usize::MAX)?;
+    Ok(decoder.into_snapshot())
+}
+
+/// A collection listed in the body's head, its documents not read yet.
+#[derive(Debug)]
+struct Listed {
+    name: String,
+    created: Option<Stamp>,
+    dropped: Option<Stamp>,
+    docs: u64,
+}
+
+/// The collection whose documents are being read.
+#[derive(Debug)]
+struct Reading {
+    name: String,
+    coll: CollectionState,
+    /// Documents still to read.
+    left: u64,
+    /// The documents read, in order: the tree is built from them in one
+    /// pass once the last is read (linear from sorted keys).
+    built: Vec<(String, DocState)>,
+}
+
+/// A format-4 or format-5 body decoded a slice of documents at a time.
+///
+/// [`BodyDecoder::new`] reads the head (names, replicas, collections and
+/// format 5's timeline) and finds the columns; each [`BodyDecoder::step`]
+/// reads the next documents, every column keeping its place between steps.
+/// The checks are those of a decoding in one call, in the same order, so
+/// slices change when an error is found but never whether. The decoder
+/// holds positions into the body rather than the body, so its owner must
+/// pass the same body to every call.
+#[derive(Debug)]
+pub(crate) struct BodyDecoder {
+    version: VersionVector,
+    max_hlc: Hlc,
+    tombstone_horizon: Hlc,
+    /// The state built so far: names interned, collections read.
+    state: State,
+    replicas: Vec<ReplicaId>,
+    name_count: u64,
+    field_total: u64,
+    fields_left: u64,
+    /// Collections not started yet, in order.
+    listed: VecDeque<Listed>,
+    reading: Option<Reading>,
+    /// The id read last: the next shares a prefix with it.
+    id: String,
+    /// The newest clock reading of the documents and collections read.
+    newest: Hlc,
+    doc_ids: Column,
+    doc_flags: RleColumn,
+    doc_fields: RleColumn,
+    names: RleColumn,
+    field_stamps: RleColumn,
+    stamps: StampReader,
+    values: ValueReader,
+}
+
+impl BodyDecoder {
+    /// Reads the head of `body` and finds its columns.
+    pub(crate) fn new(
+        body: &[u8],
+        layout: Layout,
+        field_total: u64,
+    ) -> Result<BodyDecoder, SnapshotError> {
+        let inconsistent = SnapshotError::Inconsistent;
+        let (version, rest): (VersionVector, _) =
+            postcard::take_from_bytes(body).map_err(|e| malformed(e.to_string()))?;
+        let mut r = Reader { bytes: rest };
+        let max_hlc = Hlc::from_u64(r.varint()?);
+        let tombstone_horizon = Hlc::from_u64(r.varint()?);
+
+        let mut state = State::new();
+        let name_count = r.varint()?;
+        for _ in 0..name_count {
+            let name = r.str()?;
+            check(check_field_name(name))?;
+            if state.names.lookup(name).is_some() {
+                return Err(inconsistent(format!("field name {name:?} listed twice")));
             }
-            other => Err(malformed(format!("option tag {other}"))),
+            state.names.intern(name);
         }
-    };
-    let collection_count = r.varint()?;
-    let mut collections: Vec<(&str, Option<Stamp>, Option<Stamp>, u64)> =
-        Vec::with_capacity(collection_count.min(r.bytes.len() as u64) as usize);
-    for _ in 0..collection_count {
-        let name = r.str()?;
-        check(check_collection(name))?;
-        if collections.last().is_some_and(|(p, ..)| *p >= name) {
-            return Err(inconsistent(format!("collection {name:?} out of order")));
+        let replica_count = r.varint()?;
+        // Each replica takes at least a byte: the count is bounded by the bytes.
+        let mut replicas = Vec::with_capacity(replica_count.min(r.bytes.len() as u64) as usize);
+        for _ in 0..replica_count {
+            replicas.push(ReplicaId(r.varint()?));
         }
-        let created = opt_stamp(&mut r)?;
-        let dropped = opt_stamp(&mut r)?;
-        collections.push((name, created, dropped, r.varint()?));
-    }
-    let timeline_len = match layout {
-        Layout::Inline => 0,
-        Layout::Timeline => r.varint()?,
-    };
-    let mut lengths = [0u64; COLUMNS];
-    for len in &mut lengths[..layout.columns()] {
-        *len = r.varint()?;
-    }
-    let mut columns: [&[u8]; COLUMNS] = [&[]; COLUMNS];
-    for (column, len) in columns.iter_mut().zip(lengths) {
-        *column = r.take(len)?;
-    }
-    r.end("the body")?;
-
-    let mut doc_ids = Reader {
-        bytes: columns[DOC_IDS],
-    };
-    let mut doc_flags = RleReader::new(columns[DOC_FLAGS]);
-    let mut doc_fields = RleReader::new(columns[DOC_FIELDS]);
-    let mut names = RleReader::new(columns[FIELD_NAMES]);
-    let mut field_stamps = RleReader::new(columns[FIELD_STAMPS]);
-    let mut stamps = StampReader {
-        wall: RleReader::new(columns[STAMP_WALL]),
-        counter: RleReader::new(columns[STAMP_COUNTER]),
-        replica: RleReader::new(columns[STAMP_REPLICA]),
-        last_wall: 0,
-        last_counter: 0,
-        timeline: None,
-    };
-    if layout == Layout::Timeline {
-        // A stamp is used by a field or as a document's `written` or
-        // `deleted`; a document takes at least two bytes of the id column.
-        // So a timeline longer than this cannot be all used, and the bound
-        // keeps a forged length from allocating more than the limit allows.
-        let most = field_total.saturating_add(lengths[DOC_IDS]);
-        if timeline_len > most {
-            return Err(inconsistent(format!(
-                "a timeline of {timeline_len} stamps for at most {most} uses"
-            )));
+        if replicas.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(inconsistent("replicas out of order".into()));
         }
-        let mut timeline: Vec<Stamp> = Vec::with_capacity(timeline_len as usize);
-        for _ in 0..timeline_len {
-            let stamp = stamps.read(&replica_at)?;
-            if timeline.last().is_some_and(|last| *last >= stamp) {
-                return Err(inconsistent("timeline stamps out of order".into()));
+        let opt_stamp = |r: &mut Reader<'_>| -> Result<Option<Stamp>, SnapshotError> {
+            match r.u8()? {
+                0 => Ok(None),
+                1 => {
+                    let hlc = Hlc::from_u64(r.varint()?);
+                    Ok(Some(Stamp::new(hlc, replica_at(&replicas, r.varint()?)?)))
+                }
+                other => Err(malformed(format!("option tag {other}"))),
             }
-            timeline.push(stamp);
-        }
-        stamps.wall.end("the clock column")?;
-        stamps.counter.end("the counter column")?;
-        stamps.replica.end("the replica column")?;
-        stamps.timeline = Some(Timeline {
-            stamps: timeline,
-            refs: RleReader::new(columns[STAMP_REFS]),
-            last: 0,
-        });
-    }
-    let mut values = ValueReader {
-        tags: RleReader::new(columns[VALUE_TAGS]),
-        ints: RleReader::new(columns[INTS]),
-        floats: Reader {
-            bytes: columns[FLOATS],
-        },
-        strings: Reader {
-            bytes: columns[STRINGS],
-        },
-        other: columns[OTHER_VALUES],
-        dictionary: Vec::new(),
-        last_int: 0,
-    };
-
-    let mut fields_left = field_total;
-    let mut id = String::new();
-    for (name, created, dropped, doc_count) in collections {
-        let mut coll = CollectionState {
-            created,
-            dropped,
-            docs: Default::default(),
         };
-        check_collection_stamps(name, &coll)?;
-        // Every document takes at least two bytes of the id column.
-        let mut built = Vec::with_capacity(doc_count.min(doc_ids.bytes.len() as u64) as usize);
-        id.clear();
-        for _ in 0..doc_count {
-            let shared = doc_ids.varint()?;
-            let suffix = doc_ids.str()?;
-            let shared = usize::try_from(shared)
-                .ok()
-                .filter(|&n| n <= id.len() && id.is_char_boundary(n))
-                .ok_or_else(|| malformed("a document id shares more than the one before"))?;
-            let previous = std::mem::take(&mut id);
-            id.reserve(shared + suffix.len());
-            id.push_str(&previous[..shared]);
-            id.push_str(suffix);
-            check(check_doc_id(&id))?;
-            if built.last().is_some_and(|(p, _): &(String, _)| *p >= id) {
-                return Err(inconsistent(format!("document {id:?} out of order")));
+        let collection_count = r.varint()?;
+        let mut listed: VecDeque<Listed> =
+            VecDeque::with_capacity(collection_count.min(r.bytes.len() as u64) as usize);
+        for _ in 0..collection_count {
+            let name = r.str()?;
+            check(check_collection(name))?;
+            if listed.back().is_some_and(|p| p.name.as_str() >= name) {
+                return Err(inconsistent(format!("collection {name:?} out of order")));
             }
-            let flags = doc_flags.next()?;
-            if flags > HAS_WRITTEN | HAS_DELETED {
-                return Err(malformed(format!("document flags {flags}")));
-            }
-            let written = (flags & HAS_WRITTEN != 0)
-                .then(|| stamps.next(&replica_at))
-                .transpose()?;
-            let deleted = (flags & HAS_DELETED != 0)
-                .then(|| stamps.next(&replica_at))
-                .transpose()?;
-            let count = doc_fields.next()?;
-            // Names are listed once and fields are in ascending name order,
-            // so a document has at most as many fields as there are names.
-            if count > name_count || count > fields_left {
+            let created = opt_stamp(&mut r)?;
+            let dropped = opt_stamp(&mut r)?;
+            listed.push_back(Listed {
+                name: name.to_owned(),
+                created,
+                dropped,
+                docs: r.varint()?,
+            });
+        }
+        let timeline_len = match layout {
+            Layout::Inline => 0,
+            Layout::Timeline => r.varint()?,
+        };
+        let mut lengths = [0u64; COLUMNS];
+        for len in &mut lengths[..layout.columns()] {
+            *len = r.varint()?;
+        }
+        let mut columns = [Column::default(); COLUMNS];
+        for (column, len) in columns.iter_mut().zip(lengths) {
+            let at = body.len() - r.bytes.len();
+            let end = at + r.take(len)?.len();
+            *column = Column { at, end };
+        }
+        r.end("the body")?;
+
+        let mut stamps = StampReader {
+            wall: RleColumn::new(columns[STAMP_WALL]),
+            counter: RleColumn::new(columns[STAMP_COUNTER]),
+            replica: RleColumn::new(columns[STAMP_REPLICA]),
+            last_wall: 0,
+            last_counter: 0,
+            timeline: None,
+        };
+        if layout == Layout::Timeline {
+            // A stamp is used by a field or as a document's `written` or
+            // `deleted`; a document takes at least two bytes of the id column.
+            // So a timeline longer than this cannot be all used, and the bound
+            // keeps a forged length from allocating more than the limit allows.
+            let most = field_total.saturating_add(lengths[DOC_IDS]);
+            if timeline_len > most {
                 return Err(inconsistent(format!(
-                    "document {id:?} claims {count} fields"
+                    "a timeline of {timeline_len} stamps for at most {most} uses"
                 )));
             }
-            fields_left -= count;
-            let mut slots: Vec<FieldSlot> = Vec::with_capacity(count as usize);
-            let mut last_name: i64 = -1;
-            for _ in 0..count {
-                let step = names.next()?;
-                let field = i64::try_from(step)
-                    .ok()
-                    .and_then(|s| last_name.checked_add(s))
-                    .filter(|&n| n > last_name && (n as u64) < name_count)
-                    .ok_or_else(|| {
-                        inconsistent(format!("fields of document {id:?} out of order or range"))
-                    })?;
-                last_name = field;
-                let stamp = match field_stamps.next()? {
-                    STAMP_IS_WRITTEN => written.ok_or_else(|| {
-                        inconsistent(format!(
-                            "document {id:?}: a field of an unwritten document has no stamp"
-                        ))
-                    })?,
-                    STAMP_EXPLICIT => stamps.next(&replica_at)?,
-                    other => return Err(malformed(format!("field stamp kind {other}"))),
-                };
-                let value = values.next()?;
-                slots.push(FieldSlot {
-                    value,
-                    hlc: stamp.hlc,
-                    replica: state.names.intern_replica(stamp.replica),
-                    name: field as u32,
-                });
+            let mut timeline: Vec<Stamp> = Vec::with_capacity(timeline_len as usize);
+            for _ in 0..timeline_len {
+                let stamp = stamps.read(body, &replicas)?;
+                if timeline.last().is_some_and(|last| *last >= stamp) {
+                    return Err(inconsistent("timeline stamps out of order".into()));
+                }
+                timeline.push(stamp);
             }
-            let doc = checked_doc(&id, written, deleted, slots, coll.dropped, &state.names)?;
-            built.push((id.clone(), doc));
-        }
-        coll.docs = built.into_iter().collect();
-        state.collections.insert(name.to_owned(), coll);
-    }
-    if fields_left != 0 {
-        return Err(inconsistent(format!(
-            "the body claims {field_total} fields and holds {}",
-            field_total - fields_left
-        )));
-    }
-    doc_ids.end("the document id column")?;
-    doc_flags.end("the document flag column")?;
-    doc_fields.end("the field count column")?;
-    names.end("the field name column")?;
-    field_stamps.end("the field stamp column")?;
-    match &stamps.timeline {
-        Some(timeline) => timeline.refs.end("the stamp reference column")?,
-        None => {
             stamps.wall.end("the clock column")?;
             stamps.counter.end("the counter column")?;
             stamps.replica.end("the replica column")?;
+            stamps.timeline = Some(Timeline {
+                stamps: timeline,
+                refs: RleColumn::new(columns[STAMP_REFS]),
+                last: 0,
+            });
+        }
+        Ok(BodyDecoder {
+            version,
+            max_hlc,
+            tombstone_horizon,
+            state,
+            replicas,
+            name_count,
+            field_total,
+            fields_left: field_total,
+            listed,
+            reading: None,
+            id: String::new(),
+            newest: Hlc::ZERO,
+            doc_ids: columns[DOC_IDS],
+            doc_flags: RleColumn::new(columns[DOC_FLAGS]),
+            doc_fields: RleColumn::new(columns[DOC_FIELDS]),
+            names: RleColumn::new(columns[FIELD_NAMES]),
+            field_stamps: RleColumn::new(columns[FIELD_STAMPS]),
+            stamps,
+            values: ValueReader {
+                tags: RleColumn::new(columns[VALUE_TAGS]),
+                ints: RleColumn::new(columns[INTS]),
+                floats: columns[FLOATS],
+                strings: columns[STRINGS],
+                other: columns[OTHER_VALUES],
+                dictionary: Vec::new(),
+                last_int: 0,
+            },
+        })
+    }
+
+    /// Reads up to `max_docs` more documents (at least one, if any are
+    /// left) of the body given to [`BodyDecoder::new`]. Returns whether the
+    /// body is read to its end and checked: then
+    /// [`BodyDecoder::into_snapshot`] holds all of it.
+    pub(crate) fn step(&mut self, body: &[u8], max_docs: usize) -> Result<bool, SnapshotError> {
+        let mut budget = max_docs.max(1);
+        loop {
+            let mut reading = match self.reading.take() {
+                Some(reading) => reading,
+                None => {
+                    let Some(next) = self.listed.pop_front() else {
+                        self.check_ends()?;
+                        return Ok(true);
+                    };
+                    self.start_collection(next)?
+                }
+            };
+            while reading.left > 0 && budget > 0 {
+                let doc = self.read_document(body, &reading)?;
+                reading.built.push(doc);
+                reading.left -= 1;
+                budget -= 1;
+            }
+            if reading.left == 0 {
+                let mut coll = reading.coll;
+                coll.docs = reading.built.into_iter().collect();
+                self.state.collections.insert(reading.name, coll);
+            } else {
+                self.reading = Some(reading);
+            }
+            if budget == 0 {
+                return Ok(false);
+            }
         }
     }
-    values.tags.end("the value tag column")?;
-    values.ints.end("the integer column")?;
-    values.floats.end("the float column")?;
-    values.strings.end("the string column")?;
-    if !values.other.is_empty() {
-        return Err(malformed("bytes left over in the nested value column"));
+
+    /// [`Snapshot::newest_hlc`] of the decoded snapshot, once
+    /// [`BodyDecoder::step`] said it is complete.
+    pub(crate) fn newest(&self) -> Hlc {
+        self.newest.max(self.max_hlc)
     }
-    Ok(Snapshot {
-        version,
-        max_hlc,
-        tombstone_horizon,
-        state,
-    })
+
+    /// The decoded snapshot; complete once [`BodyDecoder::step`] said so.
+    pub(crate) fn into_snapshot(self) -> Snapshot {
+        Snapshot {
+            version: self.version,
+            max_hlc: self.max_hlc,
+            tombstone_horizon: self.tombstone_horizon,
+            state: self.state,
+        }
+    }
+
+    fn start_collection(&mut self, listed: Listed) -> Result<Reading, SnapshotError> {
+        let coll = CollectionState {
+            created: listed.created,
+            dropped: listed.dropped,
+            docs: Default::default(),
+        };
+        check_collection_stamps(&listed.name, &coll)?;
+        for stamp in coll.created.iter().chain(&coll.dropped) {
+            self.newest = self.newest.max(stamp.hlc);
+        }
+        self.id.clear();
+        // Every document takes at least two bytes of the id column.
+        let built = Vec::with_capacity(listed.docs.min(self.doc_ids.left() as u64) as usize);
+        Ok(Reading {
+            name: listed.name,
+            coll,
+            left: listed.docs,
+            built,
+        })
+    }
+
+    /// Reads the next document of the collection being read.
+    fn read_document(
+        &mut self,
+        body: &[u8],
+        reading: &Reading,
+    ) -> Result<(String, DocState), SnapshotError> {
+        let inconsistent = SnapshotError::Inconsistent;
+        let shared = self.doc_ids.varint(body)?;
+        let suffix = self.doc_ids.read(body, Reader::str)?;
+        let id = &mut self.id;
+        let shared = usize::try_from(shared)
+            .ok()
+            .filter(|&n| n <= id.len() && id.is_char_boundary(n))
+            .ok_or_else(|| malformed("a document id shares more than the one before"))?;
+        let previous = std::mem::take(id);
+        id.reserve(shared + suffix.len());
+        id.push_str(&previous[..shared]);
+        id.push_str(suffix);
+        check(check_doc_id(id))?;
+        if reading
+            .built
+            .last()
+            .is_some_and(|(p, _)| p.as_str() >= id.as_str())
+        {
+            return Err(inconsistent(format!("document {id:?} out of order")));
+        }
+        let flags = self.doc_flags.next(body)?;
+        if flags > HAS_WRITTEN | HAS_DELETED {
+            return Err(malformed(format!("document flags {flags}")));
+        }
+        let replicas = &self.replicas;
+        let stamps = &mut self.stamps;
+        let written = (flags & HAS_WRITTEN != 0)
+            .then(|| stamps.next(body, replicas))
+            .transpose()?;
+        let deleted = (flags & HAS_DELETED != 0)
+            .then(|| stamps.next(body, replicas))
+            .transpose()?;
+        let count = self.doc_fields.next(body)?;
+        // Names are listed once and fields are in ascending name order,
+        // so a document has at most as many fields as there are names.
+        if count > self.name_count || count > self.fields_left {
+            return Err(inconsistent(format!(
+                "document {id:?} claims {count} fields"
+            )));
+        }
+        self.fields_left -= count;
+        let mut slots: Vec<FieldSlot> = Vec::with_capacity(count as usize);
+        let mut last_name: i64 = -1;
+        for _ in 0..count {
+            let step = self.names.next(body)?;
+            let field = i64::try_from(step)
+                .ok()
+                .and_then(|s| last_name.checked_add(s))
+                .filter(|&n| n > last_name && (n as u64) < self.name_count)
+                .ok_or_else(|| {
+                    inconsistent(format!("fields of document {id:?} out of order or range"))
+                })?;
+            last_name = field;
+            let stamp = match self.field_stamps.next(body)? {
+                STAMP_IS_WRITTEN => written.ok_or_else(|| {
+                    inconsistent(format!(
+                        "document {id:?}: a field of an unwritten document has no stamp"
+                    ))
+                })?,
+                STAMP_EXPLICIT => stamps.next(body, replicas)?,
+                other => return Err(malformed(format!("field stamp kind {other}"))),
+            };
+            let value = self.values.next(body)?;
+            slots.push(FieldSlot {
+                value,
+                hlc: stamp.hlc,
+                replica: self.state.names.intern_replica(stamp.replica),
+                name: field as u32,
+            });
+        }
+        let doc = checked_doc(
+            id,
+            written,
+            deleted,
+            slots,
+            reading.coll.dropped,
+            &self.state.names,
+        )?;
+        self.newest = self.newest.max(doc_newest(&doc));
+        Ok((id.clone(), doc))
+    }
+
+    /// Checks, once every document is read, that the body held exactly
+    /// what its counts claim.
+    fn check_ends(&self) -> Result<(), SnapshotError> {
+        if self.fields_left != 0 {
+            return Err(SnapshotError::Inconsistent(format!(
+                "the body claims {} fields and holds {}",
+                self.field_total,
+                self.field_total - self.fields_left
+            )));
+        }
+        self.doc_ids.end("the document id column")?;
+        self.doc_flags.end("the document flag column")?;
+        self.doc_fields.end("the field count column")?;
+        self.names.end("the field name column")?;
+        self.field_stamps.end("the field stamp column")?;
+        let stamps = &self.stamps;
+        match &stamps.timeline {
+            Some(timeline) => timeline.refs.end("the stamp reference column")?,
+            None => {
+                stamps.wall.end("the clock column")?;
+                stamps.counter.end("the counter column")?;
+                stamps.replica.end("the replica column")?;
+            }
+        }
+        let values = &self.values;
+        values.tags.end("the value tag column")?;
+        values.ints.end("the integer column")?;
+        values.floats.end("the float column")?;
+        values.strings.end("the string column")?;
+        if values.other.left() != 0 {
+            return Err(malformed("bytes left over in the nested value column"));
+        }
+        Ok(())
+    }
 }
 
-struct StampReader<'a> {
-    wall: RleReader<'a>,
-    counter: RleReader<'a>,
-    replica: RleReader<'a>,
+/// The replica at `index` of the body's replica table.
+fn replica_at(replicas: &[ReplicaId], index: u64) -> Result<ReplicaId, SnapshotError> {
+    replicas
+        .get(usize::try_from(index).unwrap_or(usize::MAX))
+        .copied()
+        .ok_or_else(|| SnapshotError::Inconsistent(format!("replica index {index} out of range")))
+}
+
+#[derive(Debug)]
+struct StampReader {
+    wall: RleColumn,
+    counter: RleColumn,
+    replica: RleColumn,
     last_wall: u64,
     last_counter: u64,
     /// Format 5: the stamps, read up front; each use refers to one.
-    timeline: Option<Timeline<'a>>,
+    timeline: Option<Timeline>,
 }
 
 /// Format 5's decoded timeline and its reference column.
-struct Timeline<'a> {
+#[derive(Debug)]
+struct Timeline {
     stamps: Vec<Stamp>,
-    refs: RleReader<'a>,
+    refs: RleColumn,
     last: u64,
 }
 
-impl StampReader<'_> {
+impl StampReader {
     /// The next stamp a document or field uses.
-    fn next(
-        &mut self,
-        replica_at: &impl Fn(u64) -> Result<ReplicaId, SnapshotError>,
-    ) -> Result<Stamp, SnapshotError> {
+    fn next(&mut self, body: &[u8], replicas: &[ReplicaId]) -> Result<Stamp, SnapshotError> {
         let Some(timeline) = &mut self.timeline else {
-            return self.read(replica_at);
+            return self.read(body, replicas);
         };
         let at = timeline
             .last
-            .checked_add_signed(unzigzag(timeline.refs.next()?))
+            .checked_add_signed(unzigzag(timeline.refs.next(body)?))
             .filter(|&at| at < timeline.stamps.len() as u64)
             .ok_or_else(|| malformed("a stamp reference outside the timeline"))?;
         timeline.last = at;
@@ -978,69 +1222,82 @@ impl StampReader<'_> {
     }
 
     /// The next stamp of columns 5 to 7.
-    fn read(
-        &mut self,
-        replica_at: &impl Fn(u64) -> Result<ReplicaId, SnapshotError>,
-    ) -> Result<Stamp, SnapshotError> {
+    fn read(&mut self, body: &[u8], replicas: &[ReplicaId]) -> Result<Stamp, SnapshotError> {
         let step = |last: u64, code: u64, max: u64| {
             last.checked_add_signed(unzigzag(code))
                 .filter(|&v| v <= max)
         };
-        let wall = step(self.last_wall, self.wall.next()?, MAX_WALL_MS)
+        let wall = step(self.last_wall, self.wall.next(body)?, MAX_WALL_MS)
             .ok_or_else(|| malformed("a clock reading out of range"))?;
-        let counter = step(self.last_counter, self.counter.next()?, u64::from(u16::MAX))
-            .ok_or_else(|| malformed("a clock counter out of range"))?;
+        let counter = step(
+            self.last_counter,
+            self.counter.next(body)?,
+            u64::from(u16::MAX),
+        )
+        .ok_or_else(|| malformed("a clock counter out of range"))?;
         (self.last_wall, self.last_counter) = (wall, counter);
         let hlc = Hlc::new(wall, counter as u16).ok_or_else(|| malformed("a clock reading"))?;
-        Ok(Stamp::new(hlc, replica_at(self.replica.next()?)?))
+        Ok(Stamp::new(
+            hlc,
+            replica_at(replicas, self.replica.next(body)?)?,
+        ))
     }
 }
 
-struct ValueReader<'a> {
-    tags: RleReader<'a>,
-    ints: RleReader<'a>,
-    floats: Reader<'a>,
-    strings: Reader<'a>,
-    other: &'a [u8],
-    dictionary: Vec<&'a str>,
+#[derive(Debug)]
+struct ValueReader {
+    tags: RleColumn,
+    ints: RleColumn,
+    floats: Column,
+    strings: Column,
+    other: Column,
+    /// Where each string of the dictionary is in the body (checked UTF-8
+    /// when first read).
+    dictionary: Vec<(usize, usize)>,
     last_int: i64,
 }
 
-impl ValueReader<'_> {
-    fn next(&mut self) -> Result<Option<StoredValue>, SnapshotError> {
-        Ok(Some(match self.tags.next()? {
+impl ValueReader {
+    fn next(&mut self, body: &[u8]) -> Result<Option<StoredValue>, SnapshotError> {
+        Ok(Some(match self.tags.next(body)? {
             TAG_REMOVED => return Ok(None),
             TAG_NULL => StoredValue::Null,
             TAG_FALSE => StoredValue::Bool(false),
             TAG_TRUE => StoredValue::Bool(true),
             TAG_INT => {
-                self.last_int = self.last_int.wrapping_add(unzigzag(self.ints.next()?));
+                self.last_int = self.last_int.wrapping_add(unzigzag(self.ints.next(body)?));
                 StoredValue::Int(self.last_int)
             }
             TAG_FLOAT => {
-                let bytes = self.floats.take(8)?;
+                let bytes = self.floats.read(body, |r| r.take(8))?;
                 let bits = u64::from_le_bytes(bytes.try_into().unwrap_or_default());
                 StoredValue::Float(f64::from_bits(bits))
             }
             TAG_STRING => {
-                let s = match self.strings.varint()? {
+                let s = match self.strings.varint(body)? {
                     0 => {
-                        let s = self.strings.str()?;
-                        self.dictionary.push(s);
+                        let s = self.strings.read(body, Reader::str)?;
+                        // Where `s` starts: the string ends where the column now is.
+                        self.dictionary
+                            .push((self.strings.at - s.len(), self.strings.at));
                         s
                     }
                     k => self
                         .dictionary
                         .get(usize::try_from(k - 1).unwrap_or(usize::MAX))
-                        .copied()
+                        .and_then(|&(start, end)| body.get(start..end))
+                        .and_then(|bytes| core::str::from_utf8(bytes).ok())
                         .ok_or_else(|| malformed(format!("string {k} is not in the dictionary")))?,
                 };
                 StoredValue::String(Box::from(s))
             }
             tag @ (TAG_BYTES | TAG_LIST | TAG_MAP) => {
-                let (value, rest): (Value, _) = postcard::take_from_bytes(self.other)
-                    .map_err(|e| malformed(format!("nested value: {e}")))?;
-                self.other = rest;
+                let value: Value = self.other.read(body, |r| {
+                    let (value, rest) = postcard::take_from_bytes(r.bytes)
+                        .map_err(|e| malformed(format!("nested value: {e}")))?;
+                    r.bytes = rest;
+                    Ok(value)
+                })?;
                 let expected = match value {
                     Value::Bytes(_) => TAG_BYTES,
                     Value::List(_) => TAG_LIST,

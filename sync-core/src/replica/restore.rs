@@ -13,13 +13,13 @@ use super::{
     RestoreError, push_run_record,
 };
 use crate::event::{Event, Origin};
-use crate::hlc::Clock;
+use crate::hlc::{Clock, Hlc};
 use crate::op::{OpId, OpRef};
 use crate::persist::{
     ABSENT_DOCUMENT, CollectionRecord, MetaRecord, RecordError, StoreKey, checkpoint_snapshot,
     decode_doc_record, decode_record,
 };
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, SnapshotDecoder, SnapshotError};
 use crate::stamp::ReplicaId;
 use crate::state::{DocState, Effect, FieldSlot, State};
 use crate::store::Record;
@@ -80,6 +80,8 @@ pub struct ReplicaLoader {
     overlay: BTreeMap<String, Vec<String>>,
     /// Documents whose records say they do not exist.
     absent: Vec<(String, String)>,
+    /// The checkpoint being decoded (see [`ReplicaLoader::decode_slice`]).
+    decoding: Option<SnapshotDecoder>,
 }
 
 impl ReplicaLoader {
@@ -97,6 +99,7 @@ impl ReplicaLoader {
             checkpoint: false,
             overlay: BTreeMap::new(),
             absent: Vec::new(),
+            decoding: None,
         }
     }
 
@@ -106,6 +109,7 @@ impl ReplicaLoader {
         I: IntoIterator<Item = Record>,
     {
         for (key_bytes, value) in records {
+            self.finish_checkpoint()?;
             // Documents are nearly every record: their keys are parsed here
             // without allocating the collection name each time.
             if let Some((collection, id)) = document_key(&key_bytes) {
@@ -133,7 +137,7 @@ impl ReplicaLoader {
                     let record: CollectionRecord = decode_record(&key, &value)?;
                     self.collection_records.push((name.clone(), record));
                 }
-                StoreKey::Checkpoint => self.read_checkpoint(&value)?,
+                StoreKey::Checkpoint => self.start_checkpoint(value)?,
                 StoreKey::Outbox(seq) => {
                     // Checked to decode as an operation; only its id is
                     // kept, so its strings are borrowed, not allocated.
@@ -168,13 +172,45 @@ impl ReplicaLoader {
         }
     }
 
+    /// Decodes up to `max_docs` more documents of the checkpoint (the state
+    /// as one snapshot) fed last, so that a host can yield between slices;
+    /// returns whether any are left. Without these calls, the next record
+    /// fed, or [`ReplicaLoader::finish`], decodes it in one go. The
+    /// checkpoint's key comes first in key order: a host feeds the first
+    /// record alone, then calls this until it returns `false`.
+    pub fn decode_slice(&mut self, max_docs: usize) -> Result<bool, RestoreError> {
+        let Some(decoder) = &mut self.decoding else {
+            return Ok(false);
+        };
+        match decoder.step(max_docs) {
+            Ok(None) => Ok(true),
+            Ok(Some(snapshot)) => {
+                self.decoding = None;
+                self.use_checkpoint(snapshot);
+                Ok(false)
+            }
+            Err(e) => {
+                self.decoding = None;
+                Err(corrupt_checkpoint(e).into())
+            }
+        }
+    }
+
+    fn finish_checkpoint(&mut self) -> Result<(), RestoreError> {
+        while self.decode_slice(usize::MAX)? {}
+        Ok(())
+    }
+
+    /// Starts decoding a checkpoint record.
+    fn start_checkpoint(&mut self, value: Vec<u8>) -> Result<(), RestoreError> {
+        let start = value.len() - checkpoint_snapshot(&value)?.len();
+        let decoder = SnapshotDecoder::new(value, start, usize::MAX).map_err(corrupt_checkpoint)?;
+        self.decoding = Some(decoder);
+        Ok(())
+    }
+
     /// Takes the checkpoint's state as the base the records override.
-    fn read_checkpoint(&mut self, value: &[u8]) -> Result<(), RestoreError> {
-        let bytes = checkpoint_snapshot(value)?;
-        let snapshot = Snapshot::decode(bytes).map_err(|e| RecordError::Corrupt {
-            key: StoreKey::Checkpoint,
-            reason: e.to_string(),
-        })?;
+    fn use_checkpoint(&mut self, snapshot: Snapshot) {
         self.checkpoint = true;
         self.build_collection();
         let read = std::mem::replace(&mut self.state, snapshot.state);
@@ -204,7 +240,6 @@ impl ReplicaLoader {
                     .insert(id, DocState::new(doc.written, deleted, fields, into));
             }
         }
-        Ok(())
     }
 
     fn document(&mut self, collection: &str, id: &str, value: &[u8]) -> Result<(), RestoreError> {
@@ -255,6 +290,7 @@ impl ReplicaLoader {
 
     /// The replica the records describe; `Ok(None)` when nothing was read.
     pub fn finish(mut self) -> Result<Option<Replica>, RestoreError> {
+        self.finish_checkpoint()?;
         self.build_collection();
         for (collection, id) in &self.absent {
             if let Some(coll) = self.state.collections.get_mut(collection) {
@@ -447,6 +483,14 @@ fn overlay_sets(overlay: BTreeMap<String, Vec<String>>) -> BTreeMap<String, BTre
     sets
 }
 
+/// A checkpoint record whose snapshot does not decode.
+fn corrupt_checkpoint(e: SnapshotError) -> RecordError {
+    RecordError::Corrupt {
+        key: StoreKey::Checkpoint,
+        reason: e.to_string(),
+    }
+}
+
 /// `e` about `key` instead of the placeholder key it was decoded under.
 fn with_key(e: RecordError, key: StoreKey) -> RecordError {
     match e {
@@ -488,7 +532,8 @@ impl Replica {
     /// part of the reset never claims the snapshot's operations. A reset
     /// still in progress is finished first.
     pub fn start_reset(&mut self, now: Timestamp, snapshot: Snapshot) -> Result<(), ApplyError> {
-        self.start_reset_received(now, snapshot, None)
+        let newest = snapshot.newest_hlc();
+        self.start_reset_received(now, snapshot, None, newest)
     }
 
     /// [`Replica::start_reset`] with the snapshot's bytes as received
@@ -503,10 +548,12 @@ impl Replica {
         now: Timestamp,
         snapshot: Snapshot,
         received: Option<Vec<u8>>,
+        newest: Hlc,
     ) -> Result<(), ApplyError> {
         self.finish_reset();
-        // As in `merge_snapshot`: check the stamps, not only the claim.
-        self.clock.observe(snapshot.newest_hlc(), now)?;
+        // As in `merge_snapshot`: check the stamps (`newest` is the
+        // snapshot's `newest_hlc`), not only the claim.
+        self.clock.observe(newest, now)?;
         let old = std::mem::replace(&mut self.state, snapshot.state);
         let old_version = std::mem::replace(&mut self.version, snapshot.version);
         match received {
@@ -852,7 +899,8 @@ mod tests {
         // Two resets before the next persist: the received bytes of the
         // first must not stand for the state the second left.
         let (first, first_bytes) = snapshot(2, 10);
-        r.start_reset_received(at(20), first, Some(first_bytes))
+        let newest = first.newest_hlc();
+        r.start_reset_received(at(20), first, Some(first_bytes), newest)
             .unwrap();
         let (second, _) = snapshot(3, 30);
         r.reset_to_snapshot(at(40), second).unwrap();

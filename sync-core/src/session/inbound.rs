@@ -14,18 +14,26 @@ use crate::event::Event;
 use crate::gate::Gate;
 use crate::op::Op;
 use crate::replica::Replica;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, SnapshotDecoder, SnapshotError};
 
 /// One received item.
 #[derive(Debug)]
 pub(super) enum Inbound {
     /// Operations of one `Deliver`, applied through `cursor` once empty.
     Ops { ops: Vec<Op>, cursor: u64 },
-    /// A complete snapshot through `cursor`; `started` once the replica
+    /// A snapshot through `cursor`, received whole, being decoded a slice
+    /// at a time; it becomes a `Snapshot` once its last slice is decoded.
+    Decoding {
+        decoder: Box<SnapshotDecoder>,
+        cursor: u64,
+    },
+    /// A decoded snapshot through `cursor`; `started` once the replica
     /// holds it and is rewriting records a slice at a time (the item then
     /// stays at the front, holding back the cursor, until that is done).
     Snapshot {
         snapshot: Box<Snapshot>,
+        /// Its [`Snapshot::newest_hlc`], which the clock checks.
+        newest: crate::hlc::Hlc,
         /// The snapshot's bytes as received, stored as the checkpoint.
         bytes: Option<Vec<u8>>,
         cursor: u64,
@@ -38,8 +46,8 @@ impl Inbound {
     fn blocking_wall_ms(&self) -> Option<u64> {
         match self {
             Inbound::Ops { ops, .. } => ops.iter().map(|op| op.hlc.wall_ms()).min(),
-            Inbound::Snapshot { started: true, .. } => None,
-            Inbound::Snapshot { snapshot, .. } => Some(snapshot.newest_hlc().wall_ms()),
+            Inbound::Snapshot { started: true, .. } | Inbound::Decoding { .. } => None,
+            Inbound::Snapshot { newest, .. } => Some(newest.wall_ms()),
         }
     }
 }
@@ -49,6 +57,8 @@ impl Inbound {
 pub(super) struct InboundQueue {
     items: VecDeque<Inbound>,
     skew_reported: bool,
+    /// See [`InboundQueue::ready`].
+    ready: bool,
 }
 
 impl InboundQueue {
@@ -68,10 +78,18 @@ impl InboundQueue {
         )
     }
 
+    /// Whether the last [`InboundQueue::drain`] stopped with work it could
+    /// go on with at once (rather than with nothing left, or with the
+    /// front item waiting for the clock).
+    pub(super) fn ready(&self) -> bool {
+        self.ready
+    }
+
     /// Forgets everything: the relay sends it again after reconnecting,
     /// starting from the stored cursor.
     pub(super) fn clear(&mut self) {
         self.items.clear();
+        self.ready = false;
         self.skew_reported = false;
     }
 
@@ -83,43 +101,92 @@ impl InboundQueue {
             .map(|wall| wall.saturating_sub(max_drift_ms))
     }
 
-    /// Applies items from the front while the clock accepts them, and at
-    /// most `slice_docs` documents of a snapshot (see
-    /// [`Replica::continue_reset`]): a snapshot with more stays at the front
-    /// until later calls finish it. Returns the cursor of the last item
-    /// fully applied, if any was.
+    /// Applies items from the front while the clock accepts them, a slice
+    /// of work a call: one step of decoding a snapshot (`slice_docs`
+    /// documents), or of applying one (see [`Replica::continue_reset`]), or
+    /// up to `slice_docs` received operations. What is left stays at the
+    /// front for later calls, and [`InboundQueue::ready`] says so. A
+    /// snapshot found corrupt is dropped unapplied and reported; nothing
+    /// after it is applied.
     pub(super) fn drain(
         &mut self,
         now: u64,
         replica: &mut Replica,
         outputs: &mut Gate<Output>,
         slice_docs: usize,
-    ) -> Option<u64> {
+    ) -> Drained {
         let at = Timestamp::from_unix_ms(now);
         let mut applied_through = None;
+        let mut budget = slice_docs.max(1);
+        self.ready = false;
         while let Some(front) = self.items.front_mut() {
+            if budget == 0 {
+                self.ready = true;
+                break;
+            }
+            if let Inbound::Decoding { decoder, .. } = front {
+                match decoder.step(budget) {
+                    Ok(None) => {
+                        self.ready = true;
+                        break;
+                    }
+                    Ok(Some(snapshot)) => {
+                        if let Some(Inbound::Decoding { decoder, cursor }) = self.items.pop_front()
+                        {
+                            self.items.push_front(Inbound::Snapshot {
+                                newest: decoder.newest(),
+                                snapshot: Box::new(snapshot),
+                                bytes: Some(decoder.into_bytes()),
+                                cursor,
+                                started: false,
+                            });
+                        }
+                        // Applying it starts at once, as it did when a
+                        // snapshot was decoded in one call.
+                        continue;
+                    }
+                    Err(e) => {
+                        self.items.pop_front();
+                        return Drained {
+                            through: applied_through,
+                            bad_snapshot: Some(e),
+                        };
+                    }
+                }
+            }
             let (blocked, cursor, ahead) = match front {
                 Inbound::Ops { ops, cursor } => {
                     let mut ahead = 0;
                     for op in std::mem::take(ops) {
-                        if replica.check_drift(op.hlc, at).is_err() {
+                        if budget == 0 {
+                            ops.push(op);
+                        } else if replica.check_drift(op.hlc, at).is_err() {
                             ahead = ahead.max(op.hlc.wall_ms().saturating_sub(now));
                             ops.push(op);
-                        } else if let Err(e) = replica.apply_owned(at, op) {
-                            outputs.push(Output::Event(Event::PeerMisbehaved {
-                                reason: e.to_string(),
-                            }));
+                        } else {
+                            budget -= 1;
+                            if let Err(e) = replica.apply_owned(at, op) {
+                                outputs.push(Output::Event(Event::PeerMisbehaved {
+                                    reason: e.to_string(),
+                                }));
+                            }
                         }
+                    }
+                    if budget == 0 && !ops.is_empty() {
+                        // The rest in the next call; the cursor waits for it.
+                        self.ready = true;
+                        break;
                     }
                     (!ops.is_empty(), *cursor, ahead)
                 }
                 Inbound::Snapshot {
                     snapshot,
+                    newest,
                     bytes,
                     cursor,
                     started,
                 } => {
-                    let newest = snapshot.newest_hlc();
+                    let newest = *newest;
                     if !*started && replica.check_drift(newest, at).is_err() {
                         (true, *cursor, newest.wall_ms().saturating_sub(now))
                     } else {
@@ -127,20 +194,24 @@ impl InboundQueue {
                             *started = true;
                             let snapshot = std::mem::replace(snapshot, Box::new(Snapshot::empty()));
                             if let Err(e) =
-                                replica.start_reset_received(at, *snapshot, bytes.take())
+                                replica.start_reset_received(at, *snapshot, bytes.take(), newest)
                             {
                                 outputs.push(Output::Event(Event::PeerMisbehaved {
                                     reason: e.to_string(),
                                 }));
                             }
                         }
-                        if replica.continue_reset(slice_docs) {
+                        if replica.continue_reset(budget) {
                             // More slices to go: the cursor waits for them.
-                            return applied_through;
+                            self.ready = true;
+                            break;
                         }
+                        budget = 0;
                         (false, *cursor, 0)
                     }
                 }
+                // Taken care of above.
+                Inbound::Decoding { .. } => break,
             };
             if blocked {
                 if !self.skew_reported {
@@ -154,6 +225,17 @@ impl InboundQueue {
             self.skew_reported = false;
             applied_through = Some(cursor);
         }
-        applied_through
+        Drained {
+            through: applied_through,
+            bad_snapshot: None,
+        }
     }
+}
+
+/// What [`InboundQueue::drain`] got through.
+pub(super) struct Drained {
+    /// The cursor of the last item fully applied, if any was.
+    pub(super) through: Option<u64>,
+    /// Why a received snapshot was refused, if one was.
+    pub(super) bad_snapshot: Option<SnapshotError>,
 }

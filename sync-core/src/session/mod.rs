@@ -48,7 +48,7 @@ use crate::protocol::{self, CloseCode, ErrorCode, Hello, Message, Welcome};
 use crate::replica::{Replica, ReplicaConfig, RestoreError, Transaction, WriteError};
 use crate::revision::Revision;
 use crate::rng::SplitMix64;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, SnapshotDecoder};
 use crate::state::{DocumentRef, Documents};
 use crate::store::Record;
 use crate::timestamp::Timestamp;
@@ -100,9 +100,10 @@ pub struct SessionConfig {
     /// build speaks ([`protocol::SUPPORTED_VERSIONS`]); a client limited
     /// to `[2]` sends and receives operations in the version-2 encoding.
     pub protocol_versions: Vec<u8>,
-    /// Most documents a received snapshot rewrites per step: a larger one
-    /// is applied over several calls (see [`Session::is_applying`]), so a
-    /// host on a UI thread can yield between them.
+    /// Most documents of a received snapshot decoded or rewritten, or
+    /// received operations applied, per step: more is done over several
+    /// calls (see [`Session::is_applying`]), so a host on a UI thread can
+    /// yield between them.
     pub apply_slice_docs: usize,
 }
 
@@ -394,6 +395,13 @@ impl SessionLoader {
             }))
     }
 
+    /// Decodes up to `max_docs` more documents of the checkpoint fed last
+    /// (see [`crate::ReplicaLoader::decode_slice`]); returns whether any
+    /// are left.
+    pub fn decode_slice(&mut self, max_docs: usize) -> Result<bool, RestoreError> {
+        self.replica.decode_slice(max_docs)
+    }
+
     /// The session the records describe, or `None` for an empty store.
     ///
     /// A stored sync state for another room is ignored: the session starts
@@ -458,19 +466,22 @@ impl Session {
         loader.finish(config, seed)
     }
 
-    /// Whether a received snapshot is still being applied: the host calls
+    /// Whether received data is still being decoded or applied (a
+    /// snapshot, or more operations than a slice): the host calls
     /// [`Session::apply_slice`] (yielding to its platform in between) until
-    /// this is `false`. Reads already see the snapshot's state; the cursor
-    /// is stored, and `CaughtUp` reported, once the last slice is. `false`
+    /// this is `false`. Reads see the snapshot's state once
+    /// its last slice is decoded (and checked), none of it before; the
+    /// cursor is stored, and `CaughtUp` reported, once the last slice is
+    /// applied. `false`
     /// while the store is failed: no slice can make progress then, and the
     /// host reloads from the store instead.
     pub fn is_applying(&self) -> bool {
-        self.replica.is_resetting() && self.store_failed.is_none()
+        (self.replica.is_resetting() || self.inbound.ready()) && self.store_failed.is_none()
     }
 
-    /// Applies the next slice (at most [`SessionConfig::apply_slice_docs`]
-    /// documents) of a snapshot being applied, then whatever was received
-    /// after it, as far as it goes.
+    /// Decodes or applies the next slice (at most
+    /// [`SessionConfig::apply_slice_docs`] documents or operations) of what
+    /// was received.
     pub fn apply_slice(&mut self, now: Timestamp) {
         let now = now.unix_ms();
         self.settle_local_writes();
@@ -1148,15 +1159,15 @@ impl Session {
             }
             // The limit bounds the body too, should the snapshot be compressed.
             let max_body = usize::try_from(max).unwrap_or(usize::MAX);
-            match Snapshot::decode_with_limit(&done.bytes, max_body) {
-                Ok(snapshot) => {
+            // Decoded a slice at a time (the host yields in between), in
+            // its place in the queue: what arrives meanwhile waits behind it.
+            match SnapshotDecoder::new(done.bytes, 0, max_body) {
+                Ok(decoder) => {
                     live.received = done.cursor;
                     self.set_relay_head(done.cursor);
-                    self.inbound.push(Inbound::Snapshot {
-                        snapshot: Box::new(snapshot),
-                        bytes: Some(done.bytes),
+                    self.inbound.push(Inbound::Decoding {
+                        decoder: Box::new(decoder),
                         cursor: done.cursor,
-                        started: false,
                     });
                     self.drain_inbound(now);
                 }
@@ -1177,13 +1188,19 @@ impl Session {
             &mut self.outputs,
             self.config.apply_slice_docs,
         );
-        if let Some(cursor) = drained {
+        if let Some(cursor) = drained.through {
             if cursor > self.sync.cursor {
                 self.sync.cursor = cursor;
                 self.sync_dirty = true;
             }
         }
         self.flush_persist();
+        if let Some(e) = drained.bad_snapshot {
+            // As when a snapshot fails to decode in one call: nothing of
+            // it was applied, and the relay sends it again on reconnecting.
+            let reason = format!("relay sent a bad snapshot: {e}");
+            return self.fail(now, CloseCode::ProtocolError, ErrorCode::Malformed, reason);
+        }
         self.check_caught_up();
     }
 
