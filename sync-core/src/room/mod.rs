@@ -44,6 +44,8 @@ use crate::buggify::{self, Switch};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use crate::deadline::ReportedDeadline;
 use crate::gate::{Gate, PersistId};
 use crate::hlc::{DEFAULT_MAX_DRIFT_MS, Hlc};
@@ -208,8 +210,10 @@ pub enum RoomOutput {
     Transmit {
         /// The connection.
         connection: ConnectionId,
-        /// The frame.
-        frame: Vec<u8>,
+        /// The frame. Shared: under fan-out every version-3 connection at one
+        /// cursor gets the same `Deliver`, so a host sends these bytes to all
+        /// of them without a copy per connection.
+        frame: Bytes,
     },
     /// Close a connection; the room has already forgotten it.
     Close {
@@ -381,7 +385,7 @@ pub struct Room {
     /// A version-3 frame carries every operation of its range, so every
     /// connection at the same cursor gets the same bytes: under fan-out the
     /// batch is encoded once, not once per receiver.
-    compact_frames: VecDeque<(u64, u64, Vec<u8>)>,
+    compact_frames: VecDeque<(u64, u64, Bytes)>,
     /// Operations sent that their receivers did not hold, since the host
     /// last took the count.
     ops_delivered: u64,
@@ -674,7 +678,7 @@ impl Room {
         };
         self.outputs.push(RoomOutput::Transmit {
             connection,
-            frame: protocol::encode_in(agreed.version, &Message::Welcome(welcome)),
+            frame: protocol::encode_in(agreed.version, &Message::Welcome(welcome)).into(),
         });
         self.members.insert(
             connection,
@@ -952,7 +956,7 @@ impl Room {
             .map_or(protocol::PROTOCOL_VERSION, |m| m.version);
         self.outputs.push(RoomOutput::Transmit {
             connection,
-            frame: protocol::encode_in(version, message),
+            frame: protocol::encode_in(version, message).into(),
         });
     }
 
@@ -1065,7 +1069,7 @@ impl Room {
     }
 
     /// The next frame a connection needs: a snapshot chunk or a batch of the log.
-    fn next_frame(&mut self, member: &mut Member) -> Option<Vec<u8>> {
+    fn next_frame(&mut self, member: &mut Member) -> Option<Bytes> {
         if member.snapshot.is_none() && member.sent < self.log.compacted_through() {
             let bytes = self.snapshot_for(member.snapshot_format)?;
             member.snapshot = Some(SnapshotSend {
@@ -1096,7 +1100,7 @@ impl Room {
                 member.sent = send.cursor;
                 member.snapshot = None;
             }
-            return Some(frame);
+            return Some(frame.into());
         }
         if member.sent >= self.head() {
             return None;
@@ -1147,18 +1151,21 @@ impl Room {
         self.ops_delivered += ops.len() as u64;
         member.sent = cursor;
         if member.version != protocol::COMPACT_VERSION {
-            return Some(protocol::encode_deliver(from, cursor, ops.into_iter()));
+            return Some(protocol::encode_deliver(from, cursor, ops.into_iter()).into());
         }
         if ops.is_empty() {
             // Only operations the client holds (its own): nothing to carry.
-            return Some(protocol::encode_in(
-                protocol::COMPACT_VERSION,
-                &Message::Deliver {
-                    from,
-                    cursor,
-                    ops: Vec::new(),
-                },
-            ));
+            return Some(
+                protocol::encode_in(
+                    protocol::COMPACT_VERSION,
+                    &Message::Deliver {
+                        from,
+                        cursor,
+                        ops: Vec::new(),
+                    },
+                )
+                .into(),
+            );
         }
         // Anything else carries the whole range, the client's own
         // operations included (it skips those it holds), so the frame is
@@ -1176,7 +1183,7 @@ impl Room {
 
     /// The version-3 `Deliver` of every operation at offsets
     /// `from + 1 ..= cursor`, built once per range and reused.
-    fn compact_deliver(&mut self, from: u64, cursor: u64) -> Vec<u8> {
+    fn compact_deliver(&mut self, from: u64, cursor: u64) -> Bytes {
         if let Some((_, _, frame)) = self
             .compact_frames
             .iter()
@@ -1192,10 +1199,10 @@ impl Room {
             // (or checked by `Room::restore`), so they decode.
             .filter_map(|(_, entry)| protocol::decode_op(&entry.encoded).ok())
             .collect();
-        let frame = protocol::encode_in(
+        let frame = Bytes::from(protocol::encode_in(
             protocol::COMPACT_VERSION,
             &Message::Deliver { from, cursor, ops },
-        );
+        ));
         if self.compact_frames.len() >= COMPACT_FRAMES_KEPT {
             self.compact_frames.pop_front();
         }
@@ -1371,6 +1378,38 @@ mod tests {
             room.compact_frames.is_empty(),
             "the shared frames are not kept once sent"
         );
+    }
+
+    #[test]
+    fn connections_at_one_cursor_share_one_deliver_allocation() {
+        let mut room = Room::new(RoomConfig::default());
+        for (connection, replica) in [(1, 10), (2, 20), (3, 30)] {
+            join(&mut room, connection, replica);
+        }
+        drain(&mut room);
+        push(&mut room, 3, 30, "a");
+        let mut delivers = Vec::new();
+        while let Some(out) = room.poll() {
+            match out {
+                RoomOutput::Persist { id, .. } => {
+                    room.handle(Timestamp::from_unix_ms(NOW), RoomInput::Persisted(id));
+                }
+                RoomOutput::Transmit { connection, frame }
+                    if connection != 3
+                        && protocol::peek_kind(&frame) == Some(protocol::MessageKind::Deliver) =>
+                {
+                    delivers.push(frame);
+                }
+                _ => {}
+            }
+        }
+        // Not merely equal bytes: the same buffer, so a host fans it out
+        // without a copy per connection.
+        let [a, b] = delivers.as_slice() else {
+            panic!("expected one Deliver each for connections 1 and 2, got {delivers:?}");
+        };
+        assert_eq!(a, b);
+        assert_eq!(a.as_ptr(), b.as_ptr());
     }
 
     #[test]
