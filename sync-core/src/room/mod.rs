@@ -348,6 +348,18 @@ struct Member {
     version: u8,
 }
 
+impl Member {
+    /// Starts or stops the slow-consumer clock: it runs while the window is
+    /// full and the connection is `behind` (has more to receive).
+    fn update_stalled(&mut self, behind: bool, window: usize, now: u64) {
+        self.stalled_since = match (behind && self.in_flight >= window, self.stalled_since) {
+            (true, Some(since)) => Some(since),
+            (true, None) => Some(now),
+            (false, _) => None,
+        };
+    }
+}
+
 /// One room of the relay.
 ///
 /// Cloning is cheap: log entries and the snapshot are shared, not copied.
@@ -999,8 +1011,26 @@ impl Room {
     }
 
     fn pump_all(&mut self, now: u64) {
-        let ids: Vec<ConnectionId> = self.members.keys().copied().collect();
-        for id in ids {
+        // Most polls follow an `Applied` or a heartbeat, not a new head: then
+        // nearly every connection has nothing to send, and only its
+        // slow-consumer clock is updated, in place. Taking each one out of
+        // the map and back in (what `pump` needs) cost more than the rest
+        // of the poll under fan-out.
+        let (head, window) = (self.head(), self.config.send_window.max(1));
+        let compacted = self.log.compacted_through();
+        let mut ready = Vec::new();
+        for (&id, member) in &mut self.members {
+            let behind = member.snapshot.is_some() || member.sent < head;
+            // A connection behind the snapshot is pumped even with a full
+            // window: `pump` prepares (or fails to prepare) its snapshot.
+            let needs_snapshot = member.snapshot.is_none() && member.sent < compacted;
+            if (behind && member.in_flight < window) || needs_snapshot {
+                ready.push(id);
+            } else {
+                member.update_stalled(behind, window, now);
+            }
+        }
+        for id in ready {
             self.pump(now, id);
         }
         // The shared version-3 frames serve the connections pumped together;
@@ -1031,11 +1061,7 @@ impl Room {
                 .push(RoomOutput::Transmit { connection, frame });
         }
         let behind = member.snapshot.is_some() || member.sent < self.head();
-        member.stalled_since = match (behind && member.in_flight >= window, member.stalled_since) {
-            (true, Some(since)) => Some(since),
-            (true, None) => Some(now),
-            (false, _) => None,
-        };
+        member.update_stalled(behind, window, now);
         self.members.insert(connection, member);
     }
 
