@@ -390,6 +390,10 @@ pub struct Room {
     failed: bool,
     pending_persist: RoomPersist,
     reported_timeout: ReportedDeadline,
+    /// `next_timeout_ms` as of the last `poll` that returned `None`, until
+    /// the next `handle` or `poll`: the host asks right after polling, and
+    /// the answer scans every connection.
+    polled_timeout: Option<Option<u64>>,
     /// Host time of the latest input whose deliveries are not built yet:
     /// `poll` builds them once the outputs queued ahead are taken.
     pump_due: Option<u64>,
@@ -449,6 +453,7 @@ impl Room {
             failed: false,
             pending_persist: RoomPersist::default(),
             reported_timeout: ReportedDeadline::default(),
+            polled_timeout: None,
             pump_due: None,
             compact_frames: VecDeque::new(),
             ops_delivered: 0,
@@ -544,6 +549,7 @@ impl Room {
 
     /// Feeds one input at host time `now`.
     pub fn handle(&mut self, now: Timestamp, input: RoomInput<'_>) {
+        self.polled_timeout = None;
         // Timing arithmetic inside the state machine is in plain milliseconds.
         let now = now.unix_ms();
         if self.failed {
@@ -600,6 +606,7 @@ impl Room {
     /// when the outputs queued before them are taken, one frame per connection
     /// for all of them.
     pub fn poll(&mut self) -> Option<RoomOutput> {
+        self.polled_timeout = None;
         if let Some(out) = self.outputs.pop() {
             return Some(out);
         }
@@ -610,6 +617,7 @@ impl Room {
             }
         }
         let next = self.next_timeout_ms();
+        self.polled_timeout = Some(next);
         self.reported_timeout
             .report(next)
             .map(|at| RoomOutput::Timeout(Timestamp::from_unix_ms(at)))
@@ -619,7 +627,9 @@ impl Room {
     /// `poll` has returned `None` (deliveries built in `poll` can start a
     /// slow-consumer clock).
     pub fn next_timeout(&self) -> Option<Timestamp> {
-        self.next_timeout_ms().map(Timestamp::from_unix_ms)
+        self.polled_timeout
+            .unwrap_or_else(|| self.next_timeout_ms())
+            .map(Timestamp::from_unix_ms)
     }
 
     fn next_timeout_ms(&self) -> Option<u64> {
@@ -1242,6 +1252,14 @@ impl Room {
         }
         let policy = self.config.compaction;
         let head = self.head();
+        let by_size = head.saturating_sub(policy.max_log_ops);
+        let from = self.log.compacted_through();
+        // `through` below is at most `most`: when even that folds too little,
+        // skip the scan of every connection's cursor (this runs per input).
+        let most = head.saturating_sub(policy.keep_recent_ops).max(by_size);
+        if most <= from || most - from < policy.min_ops.max(1) {
+            return;
+        }
         let slowest = self
             .members
             .values()
@@ -1249,9 +1267,7 @@ impl Room {
             .min()
             .unwrap_or(head);
         let by_cursor = slowest.min(head.saturating_sub(policy.keep_recent_ops));
-        let by_size = head.saturating_sub(policy.max_log_ops);
         let through = by_cursor.max(by_size);
-        let from = self.log.compacted_through();
         if through <= from || through - from < policy.min_ops.max(1) {
             return;
         }
@@ -1276,6 +1292,7 @@ impl Room {
     /// policy says (for tests and admin tools). Returns the job, or `None`
     /// when one is already running or there is nothing to fold.
     pub fn compact_now(&mut self, now: Timestamp) -> Option<CompactionJob> {
+        self.polled_timeout = None;
         if self.compacting || self.head() == self.log.compacted_through() {
             return None;
         }
@@ -1436,6 +1453,56 @@ mod tests {
         };
         assert_eq!(a, b);
         assert_eq!(a.as_ptr(), b.as_ptr());
+    }
+
+    #[test]
+    fn next_timeout_follows_input_handled_after_the_last_poll() {
+        let mut room = Room::new(RoomConfig::default());
+        join(&mut room, 1, 10);
+        drain(&mut room);
+        let before = room.next_timeout().expect("a member has an idle deadline");
+        // Hearing from the member moves its idle deadline, before any poll.
+        let ping = protocol::encode_in(protocol::COMPACT_VERSION, &Message::Ping { nonce: 1 });
+        let input = RoomInput::Frame {
+            connection: 1,
+            frame: &ping,
+        };
+        room.handle(Timestamp::from_unix_ms(NOW + 1_000), input);
+        let after = room.next_timeout().expect("still one member");
+        assert_eq!(after.unix_ms(), before.unix_ms() + 1_000);
+    }
+
+    #[test]
+    fn max_log_ops_compacts_past_a_member_that_never_confirms() {
+        let mut config = RoomConfig::default();
+        config.compaction = CompactionPolicy::default()
+            .with_min_ops(1)
+            .with_keep_recent_ops(100)
+            .with_max_log_ops(5)
+            .with_min_fold_percent(0);
+        let mut room = Room::new(config);
+        // Nobody ever confirms: only the log's length may force a compaction.
+        for connection in 1..=8 {
+            join(&mut room, connection, connection * 10);
+        }
+        drain(&mut room);
+        let mut compacted_through = None;
+        for connection in 2..=8 {
+            push(&mut room, connection, connection * 10, "d");
+            while let Some(out) = room.poll() {
+                match out {
+                    RoomOutput::Persist { id, .. } => {
+                        room.handle(Timestamp::from_unix_ms(NOW), RoomInput::Persisted(id));
+                    }
+                    RoomOutput::Compact(job) => compacted_through = Some(job.through()),
+                    _ => {}
+                }
+            }
+        }
+        assert_eq!(room.head(), 7);
+        // As soon as the log holds 6 entries, the oldest is folded in (one
+        // job at a time: the next waits for this one).
+        assert_eq!(compacted_through, Some(1));
     }
 
     #[test]
