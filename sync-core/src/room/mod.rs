@@ -1474,12 +1474,14 @@ mod tests {
 
     #[test]
     fn max_log_ops_compacts_past_a_member_that_never_confirms() {
-        let mut config = RoomConfig::default();
-        config.compaction = CompactionPolicy::default()
-            .with_min_ops(1)
-            .with_keep_recent_ops(100)
-            .with_max_log_ops(5)
-            .with_min_fold_percent(0);
+        let config = RoomConfig {
+            compaction: CompactionPolicy::default()
+                .with_min_ops(1)
+                .with_keep_recent_ops(100)
+                .with_max_log_ops(5)
+                .with_min_fold_percent(0),
+            ..RoomConfig::default()
+        };
         let mut room = Room::new(config);
         // Nobody ever confirms: only the log's length may force a compaction.
         for connection in 1..=8 {
