@@ -10,8 +10,12 @@
 //!
 //! ```sh
 //! cargo build --release -p relay-server -p loadgen
-//! target/release/concord-loadgen --relay target/release/concord-relay [--only fanout|receivers|scale|cluster|initial|durability|synced] [--seconds 10] [--sessions 10000] [--relay-arg FLAG]...
+//! target/release/concord-loadgen --relay target/release/concord-relay [--only fanout|receivers|scale|cluster|initial|durability|synced] [--seconds 10] [--sessions 10000] [--relay-arg FLAG]... [--writers WxR]
 //! ```
+//!
+//! `--writers 1x100` runs the receivers scenario's room with that load only
+//! (W writers of R ops/s each), light enough to count the relay's
+//! instructions per frame under callgrind.
 //!
 //! Each `--relay-arg` passes one more argument to every relay started, after
 //! the scenario's own (so `--relay-arg --compaction-min-ops --relay-arg 100000`
@@ -43,10 +47,14 @@ pub(crate) struct Settings {
     pub(crate) idle_sessions: usize,
     /// Extra flags for every relay started (`--relay-arg`, repeatable).
     pub(crate) relay_args: Vec<String>,
+    /// The receivers scenario's one case instead of its two
+    /// (`--writers W×R`: W writers of R ops/s each), e.g. a load light
+    /// enough for a relay under callgrind.
+    pub(crate) writers: Option<(usize, u64)>,
 }
 
 /// Usage text.
-const USAGE: &str = "usage: concord-loadgen --relay PATH [--only fanout|receivers|scale|cluster|initial|durability|synced] [--seconds N] [--sessions N] [--relay-arg FLAG]... [--wire 2|3]";
+const USAGE: &str = "usage: concord-loadgen --relay PATH [--only fanout|receivers|scale|cluster|initial|durability|synced] [--seconds N] [--sessions N] [--relay-arg FLAG]... [--wire 2|3] [--writers WxR]";
 
 fn parse() -> Result<Settings, String> {
     let mut relay = None;
@@ -54,6 +62,7 @@ fn parse() -> Result<Settings, String> {
     let mut window = Duration::from_secs(10);
     let mut idle_sessions = 10_000;
     let mut relay_args = Vec::new();
+    let mut writers = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value\n{USAGE}"));
@@ -69,6 +78,7 @@ fn parse() -> Result<Settings, String> {
                 idle_sessions = n.clamp(1, 20_000);
             }
             "--relay-arg" => relay_args.push(value()?),
+            "--writers" => writers = Some(parse_writers(&value()?)?),
             "--wire" => {
                 let v: u8 = value()?.parse().map_err(|e| format!("--wire: {e}"))?;
                 light::set_newest_version(v)?;
@@ -83,7 +93,20 @@ fn parse() -> Result<Settings, String> {
         window,
         idle_sessions,
         relay_args,
+        writers,
     })
+}
+
+/// `W×R` or `WxR`: W writers (1 to 100) of R operations per second each (1 to 1,000).
+fn parse_writers(text: &str) -> Result<(usize, u64), String> {
+    let bad = || format!("--writers: expected WxR (e.g. 1x100), got {text:?}");
+    let (w, r) = text.split_once(['x', '×']).ok_or_else(bad)?;
+    let w: usize = w.trim().parse().map_err(|_| bad())?;
+    let r: u64 = r.trim().parse().map_err(|_| bad())?;
+    if !(1..=100).contains(&w) || !(1..=1_000).contains(&r) {
+        return Err(bad());
+    }
+    Ok((w, r))
 }
 
 fn main() -> ExitCode {
@@ -121,5 +144,19 @@ fn raise_fd_limit() {
     #[cfg(unix)]
     if let Ok((_, hard)) = rlimit::Resource::NOFILE.get() {
         let _ = rlimit::Resource::NOFILE.set(hard, hard);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_writers;
+
+    #[test]
+    fn writers_parse_within_bounds() {
+        assert_eq!(parse_writers("1x100"), Ok((1, 100)));
+        assert_eq!(parse_writers("10×1000"), Ok((10, 1_000)));
+        for bad in ["", "1", "0x10", "101x1", "1x0", "1x1001", "ax1"] {
+            assert!(parse_writers(bad).is_err(), "{bad}");
+        }
     }
 }

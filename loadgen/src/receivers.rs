@@ -75,16 +75,20 @@ pub(crate) async fn receivers(settings: &Settings) -> Result<(), String> {
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
     let mut parts = Vec::new();
-    for case in [
-        Case {
-            writers: 10,
-            rate: 1_000,
-        },
-        Case {
-            writers: 100,
-            rate: 100,
-        },
-    ] {
+    let cases = match settings.writers {
+        Some((writers, rate)) => vec![Case { writers, rate }],
+        None => vec![
+            Case {
+                writers: 10,
+                rate: 1_000,
+            },
+            Case {
+                writers: 100,
+                rate: 100,
+            },
+        ],
+    };
+    for case in cases {
         parts.push(run_case(settings, &case).await?);
     }
     println!();

@@ -532,7 +532,7 @@ const KILL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// the socket failed or stalled (`limit` without progress).
 async fn write(
     sink: &mut SplitSink<Socket, WsMessage>,
-    frame: Vec<u8>,
+    frame: Bytes,
     flush: bool,
     limit: Duration,
     open: &mut bool,
@@ -542,7 +542,7 @@ async fn write(
         // One timer for the feed and the flush: a small frame is one
         // socket write, and every session writes one per commit.
         let written = timed(limit, async {
-            sink.feed(WsMessage::Binary(frame.into())).await?;
+            sink.feed(WsMessage::Binary(frame)).await?;
             if flush {
                 sink.flush().await?;
             }
@@ -551,7 +551,6 @@ async fn write(
         .await;
         return matches!(written, Ok(Ok(())));
     }
-    let bytes = Bytes::from(frame);
     for start in (0..len).step_by(FRAGMENT_BYTES) {
         let end = (start + FRAGMENT_BYTES).min(len);
         let opcode = if start == 0 {
@@ -559,7 +558,7 @@ async fn write(
         } else {
             OpCode::Data(Data::Continue)
         };
-        let fragment = Frame::message(bytes.slice(start..end), opcode, end == len);
+        let fragment = Frame::message(frame.slice(start..end), opcode, end == len);
         // tungstenite buffers a frame whole once `feed` takes it, so a
         // fragment is either entirely written or not at all.
         if !matches!(

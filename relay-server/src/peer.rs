@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
+use axum::body::Bytes;
 use sync_core::protocol::{self, CloseCode, ErrorCode, Message};
 use tokio::sync::{Notify, mpsc};
 
@@ -17,8 +18,9 @@ use tokio::sync::{Notify, mpsc};
 #[derive(Debug)]
 pub(crate) enum Outbound {
     /// A binary frame, and when a room queued it if the writer is to
-    /// time its send (`Deliver`s a commit released).
-    Frame(Vec<u8>, Option<Instant>),
+    /// time its send (`Deliver`s a commit released). Shared bytes: a room
+    /// queues the same `Deliver` to many sessions without copying it.
+    Frame(Bytes, Option<Instant>),
     /// A close frame; the writer stops after it.
     Close {
         /// The WebSocket close code.
@@ -119,13 +121,13 @@ impl Peer {
     }
 
     /// Queues a frame. A closed connection swallows it.
-    pub(crate) fn send(&self, frame: Vec<u8>) -> Result<(), Full> {
-        self.send_timed(frame, None)
+    pub(crate) fn send(&self, frame: impl Into<Bytes>) -> Result<(), Full> {
+        self.send_timed(frame.into(), None)
     }
 
     /// [`Peer::send`], with the moment it was queued if the writer is to
     /// time its send (`concord_send_seconds`).
-    pub(crate) fn send_timed(&self, frame: Vec<u8>, queued: Option<Instant>) -> Result<(), Full> {
+    pub(crate) fn send_timed(&self, frame: Bytes, queued: Option<Instant>) -> Result<(), Full> {
         let len = frame.len();
         let before = self.control.queued_bytes.fetch_add(len, Ordering::Relaxed);
         if before.saturating_add(len) > self.max_bytes {

@@ -118,7 +118,7 @@ fn hello(replica: ReplicaId, cursor: u64, own_seq: u64) -> sync_core::protocol::
 fn sync(room: &mut Room, session: &mut Session, store: &mut MemoryStore, sid: u64) -> usize {
     session.start(Timestamp::from_unix_ms(NOW));
     let mut to_room: Vec<Vec<u8>> = Vec::new();
-    let mut to_client: Vec<Vec<u8>> = Vec::new();
+    let mut to_client: Vec<bytes::Bytes> = Vec::new();
     let mut joined = false;
     let mut bytes = 0;
     loop {

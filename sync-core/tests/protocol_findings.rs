@@ -128,7 +128,7 @@ impl Link {
                     } if session == self.conn => {
                         self.room_sent
                             .push(protocol::decode(&frame, usize::MAX).expect("decodes"));
-                        self.to_client.push_back(frame);
+                        self.to_client.push_back(frame.to_vec());
                     }
                     RoomOutput::Close {
                         connection: session,

@@ -1044,7 +1044,7 @@ impl Sim {
                         self.now,
                         session,
                         Side::Client,
-                        Payload::Frame(frame),
+                        Payload::Frame(frame.to_vec()),
                     );
                 }
                 RoomOutput::Close {

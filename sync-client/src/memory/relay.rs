@@ -170,7 +170,9 @@ fn drain_room(state: &mut RelayState, name: &str, now: Timestamp) {
             RoomOutput::Persist { id, .. } => room.handle(now, RoomInput::Persisted(id)),
             RoomOutput::Transmit { connection, frame } => {
                 if let Some(conn) = conns.get(&connection) {
-                    let _ = conn.to_client.unbounded_send(Incoming::Frame(frame));
+                    let _ = conn
+                        .to_client
+                        .unbounded_send(Incoming::Frame(frame.to_vec()));
                 }
             }
             RoomOutput::Close {

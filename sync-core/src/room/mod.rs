@@ -44,6 +44,8 @@ use crate::buggify::{self, Switch};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use crate::deadline::ReportedDeadline;
 use crate::gate::{Gate, PersistId};
 use crate::hlc::{DEFAULT_MAX_DRIFT_MS, Hlc};
@@ -208,8 +210,10 @@ pub enum RoomOutput {
     Transmit {
         /// The connection.
         connection: ConnectionId,
-        /// The frame.
-        frame: Vec<u8>,
+        /// The frame. Shared: under fan-out every version-3 connection at one
+        /// cursor gets the same `Deliver`, so a host sends these bytes to all
+        /// of them without a copy per connection.
+        frame: Bytes,
     },
     /// Close a connection; the room has already forgotten it.
     Close {
@@ -344,6 +348,18 @@ struct Member {
     version: u8,
 }
 
+impl Member {
+    /// Starts or stops the slow-consumer clock: it runs while the window is
+    /// full and the connection is `behind` (has more to receive).
+    fn update_stalled(&mut self, behind: bool, window: usize, now: u64) {
+        self.stalled_since = match (behind && self.in_flight >= window, self.stalled_since) {
+            (true, Some(since)) => Some(since),
+            (true, None) => Some(now),
+            (false, _) => None,
+        };
+    }
+}
+
 /// One room of the relay.
 ///
 /// Cloning is cheap: log entries and the snapshot are shared, not copied.
@@ -374,6 +390,10 @@ pub struct Room {
     failed: bool,
     pending_persist: RoomPersist,
     reported_timeout: ReportedDeadline,
+    /// `next_timeout_ms` as of the last `poll` that returned `None`, until
+    /// the next `handle` or `poll`: the host asks right after polling, and
+    /// the answer scans every connection.
+    polled_timeout: Option<Option<u64>>,
     /// Host time of the latest input whose deliveries are not built yet:
     /// `poll` builds them once the outputs queued ahead are taken.
     pump_due: Option<u64>,
@@ -381,7 +401,7 @@ pub struct Room {
     /// A version-3 frame carries every operation of its range, so every
     /// connection at the same cursor gets the same bytes: under fan-out the
     /// batch is encoded once, not once per receiver.
-    compact_frames: VecDeque<(u64, u64, Vec<u8>)>,
+    compact_frames: VecDeque<(u64, u64, Bytes)>,
     /// Operations sent that their receivers did not hold, since the host
     /// last took the count.
     ops_delivered: u64,
@@ -433,6 +453,7 @@ impl Room {
             failed: false,
             pending_persist: RoomPersist::default(),
             reported_timeout: ReportedDeadline::default(),
+            polled_timeout: None,
             pump_due: None,
             compact_frames: VecDeque::new(),
             ops_delivered: 0,
@@ -528,6 +549,7 @@ impl Room {
 
     /// Feeds one input at host time `now`.
     pub fn handle(&mut self, now: Timestamp, input: RoomInput<'_>) {
+        self.polled_timeout = None;
         // Timing arithmetic inside the state machine is in plain milliseconds.
         let now = now.unix_ms();
         if self.failed {
@@ -584,6 +606,7 @@ impl Room {
     /// when the outputs queued before them are taken, one frame per connection
     /// for all of them.
     pub fn poll(&mut self) -> Option<RoomOutput> {
+        self.polled_timeout = None;
         if let Some(out) = self.outputs.pop() {
             return Some(out);
         }
@@ -594,6 +617,7 @@ impl Room {
             }
         }
         let next = self.next_timeout_ms();
+        self.polled_timeout = Some(next);
         self.reported_timeout
             .report(next)
             .map(|at| RoomOutput::Timeout(Timestamp::from_unix_ms(at)))
@@ -603,7 +627,9 @@ impl Room {
     /// `poll` has returned `None` (deliveries built in `poll` can start a
     /// slow-consumer clock).
     pub fn next_timeout(&self) -> Option<Timestamp> {
-        self.next_timeout_ms().map(Timestamp::from_unix_ms)
+        self.polled_timeout
+            .unwrap_or_else(|| self.next_timeout_ms())
+            .map(Timestamp::from_unix_ms)
     }
 
     fn next_timeout_ms(&self) -> Option<u64> {
@@ -674,7 +700,7 @@ impl Room {
         };
         self.outputs.push(RoomOutput::Transmit {
             connection,
-            frame: protocol::encode_in(agreed.version, &Message::Welcome(welcome)),
+            frame: protocol::encode_in(agreed.version, &Message::Welcome(welcome)).into(),
         });
         self.members.insert(
             connection,
@@ -952,7 +978,7 @@ impl Room {
             .map_or(protocol::PROTOCOL_VERSION, |m| m.version);
         self.outputs.push(RoomOutput::Transmit {
             connection,
-            frame: protocol::encode_in(version, message),
+            frame: protocol::encode_in(version, message).into(),
         });
     }
 
@@ -995,8 +1021,26 @@ impl Room {
     }
 
     fn pump_all(&mut self, now: u64) {
-        let ids: Vec<ConnectionId> = self.members.keys().copied().collect();
-        for id in ids {
+        // Most polls follow an `Applied` or a heartbeat, not a new head: then
+        // nearly every connection has nothing to send, and only its
+        // slow-consumer clock is updated, in place. Taking each one out of
+        // the map and back in (what `pump` needs) cost more than the rest
+        // of the poll under fan-out.
+        let (head, window) = (self.head(), self.config.send_window.max(1));
+        let compacted = self.log.compacted_through();
+        let mut ready = Vec::new();
+        for (&id, member) in &mut self.members {
+            let behind = member.snapshot.is_some() || member.sent < head;
+            // A connection behind the snapshot is pumped even with a full
+            // window: `pump` prepares (or fails to prepare) its snapshot.
+            let needs_snapshot = member.snapshot.is_none() && member.sent < compacted;
+            if (behind && member.in_flight < window) || needs_snapshot {
+                ready.push(id);
+            } else {
+                member.update_stalled(behind, window, now);
+            }
+        }
+        for id in ready {
             self.pump(now, id);
         }
         // The shared version-3 frames serve the connections pumped together;
@@ -1027,11 +1071,7 @@ impl Room {
                 .push(RoomOutput::Transmit { connection, frame });
         }
         let behind = member.snapshot.is_some() || member.sent < self.head();
-        member.stalled_since = match (behind && member.in_flight >= window, member.stalled_since) {
-            (true, Some(since)) => Some(since),
-            (true, None) => Some(now),
-            (false, _) => None,
-        };
+        member.update_stalled(behind, window, now);
         self.members.insert(connection, member);
     }
 
@@ -1065,7 +1105,7 @@ impl Room {
     }
 
     /// The next frame a connection needs: a snapshot chunk or a batch of the log.
-    fn next_frame(&mut self, member: &mut Member) -> Option<Vec<u8>> {
+    fn next_frame(&mut self, member: &mut Member) -> Option<Bytes> {
         if member.snapshot.is_none() && member.sent < self.log.compacted_through() {
             let bytes = self.snapshot_for(member.snapshot_format)?;
             member.snapshot = Some(SnapshotSend {
@@ -1096,7 +1136,7 @@ impl Room {
                 member.sent = send.cursor;
                 member.snapshot = None;
             }
-            return Some(frame);
+            return Some(frame.into());
         }
         if member.sent >= self.head() {
             return None;
@@ -1147,18 +1187,21 @@ impl Room {
         self.ops_delivered += ops.len() as u64;
         member.sent = cursor;
         if member.version != protocol::COMPACT_VERSION {
-            return Some(protocol::encode_deliver(from, cursor, ops.into_iter()));
+            return Some(protocol::encode_deliver(from, cursor, ops.into_iter()).into());
         }
         if ops.is_empty() {
             // Only operations the client holds (its own): nothing to carry.
-            return Some(protocol::encode_in(
-                protocol::COMPACT_VERSION,
-                &Message::Deliver {
-                    from,
-                    cursor,
-                    ops: Vec::new(),
-                },
-            ));
+            return Some(
+                protocol::encode_in(
+                    protocol::COMPACT_VERSION,
+                    &Message::Deliver {
+                        from,
+                        cursor,
+                        ops: Vec::new(),
+                    },
+                )
+                .into(),
+            );
         }
         // Anything else carries the whole range, the client's own
         // operations included (it skips those it holds), so the frame is
@@ -1176,7 +1219,7 @@ impl Room {
 
     /// The version-3 `Deliver` of every operation at offsets
     /// `from + 1 ..= cursor`, built once per range and reused.
-    fn compact_deliver(&mut self, from: u64, cursor: u64) -> Vec<u8> {
+    fn compact_deliver(&mut self, from: u64, cursor: u64) -> Bytes {
         if let Some((_, _, frame)) = self
             .compact_frames
             .iter()
@@ -1192,10 +1235,10 @@ impl Room {
             // (or checked by `Room::restore`), so they decode.
             .filter_map(|(_, entry)| protocol::decode_op(&entry.encoded).ok())
             .collect();
-        let frame = protocol::encode_in(
+        let frame = Bytes::from(protocol::encode_in(
             protocol::COMPACT_VERSION,
             &Message::Deliver { from, cursor, ops },
-        );
+        ));
         if self.compact_frames.len() >= COMPACT_FRAMES_KEPT {
             self.compact_frames.pop_front();
         }
@@ -1209,6 +1252,14 @@ impl Room {
         }
         let policy = self.config.compaction;
         let head = self.head();
+        let by_size = head.saturating_sub(policy.max_log_ops);
+        let from = self.log.compacted_through();
+        // `through` below is at most `most`: when even that folds too little,
+        // skip the scan of every connection's cursor (this runs per input).
+        let most = head.saturating_sub(policy.keep_recent_ops).max(by_size);
+        if most <= from || most - from < policy.min_ops.max(1) {
+            return;
+        }
         let slowest = self
             .members
             .values()
@@ -1216,9 +1267,7 @@ impl Room {
             .min()
             .unwrap_or(head);
         let by_cursor = slowest.min(head.saturating_sub(policy.keep_recent_ops));
-        let by_size = head.saturating_sub(policy.max_log_ops);
         let through = by_cursor.max(by_size);
-        let from = self.log.compacted_through();
         if through <= from || through - from < policy.min_ops.max(1) {
             return;
         }
@@ -1243,6 +1292,7 @@ impl Room {
     /// policy says (for tests and admin tools). Returns the job, or `None`
     /// when one is already running or there is nothing to fold.
     pub fn compact_now(&mut self, now: Timestamp) -> Option<CompactionJob> {
+        self.polled_timeout = None;
         if self.compacting || self.head() == self.log.compacted_through() {
             return None;
         }
@@ -1371,6 +1421,90 @@ mod tests {
             room.compact_frames.is_empty(),
             "the shared frames are not kept once sent"
         );
+    }
+
+    #[test]
+    fn connections_at_one_cursor_share_one_deliver_allocation() {
+        let mut room = Room::new(RoomConfig::default());
+        for (connection, replica) in [(1, 10), (2, 20), (3, 30)] {
+            join(&mut room, connection, replica);
+        }
+        drain(&mut room);
+        push(&mut room, 3, 30, "a");
+        let mut delivers = Vec::new();
+        while let Some(out) = room.poll() {
+            match out {
+                RoomOutput::Persist { id, .. } => {
+                    room.handle(Timestamp::from_unix_ms(NOW), RoomInput::Persisted(id));
+                }
+                RoomOutput::Transmit { connection, frame }
+                    if connection != 3
+                        && protocol::peek_kind(&frame) == Some(protocol::MessageKind::Deliver) =>
+                {
+                    delivers.push(frame);
+                }
+                _ => {}
+            }
+        }
+        // Not merely equal bytes: the same buffer, so a host fans it out
+        // without a copy per connection.
+        let [a, b] = delivers.as_slice() else {
+            panic!("expected one Deliver each for connections 1 and 2, got {delivers:?}");
+        };
+        assert_eq!(a, b);
+        assert_eq!(a.as_ptr(), b.as_ptr());
+    }
+
+    #[test]
+    fn next_timeout_follows_input_handled_after_the_last_poll() {
+        let mut room = Room::new(RoomConfig::default());
+        join(&mut room, 1, 10);
+        drain(&mut room);
+        let before = room.next_timeout().expect("a member has an idle deadline");
+        // Hearing from the member moves its idle deadline, before any poll.
+        let ping = protocol::encode_in(protocol::COMPACT_VERSION, &Message::Ping { nonce: 1 });
+        let input = RoomInput::Frame {
+            connection: 1,
+            frame: &ping,
+        };
+        room.handle(Timestamp::from_unix_ms(NOW + 1_000), input);
+        let after = room.next_timeout().expect("still one member");
+        assert_eq!(after.unix_ms(), before.unix_ms() + 1_000);
+    }
+
+    #[test]
+    fn max_log_ops_compacts_past_a_member_that_never_confirms() {
+        let config = RoomConfig {
+            compaction: CompactionPolicy::default()
+                .with_min_ops(1)
+                .with_keep_recent_ops(100)
+                .with_max_log_ops(5)
+                .with_min_fold_percent(0),
+            ..RoomConfig::default()
+        };
+        let mut room = Room::new(config);
+        // Nobody ever confirms: only the log's length may force a compaction.
+        for connection in 1..=8 {
+            join(&mut room, connection, connection * 10);
+        }
+        drain(&mut room);
+        let mut compacted_through = None;
+        for connection in 2..=8 {
+            push(&mut room, connection, connection * 10, "d");
+            while let Some(out) = room.poll() {
+                match out {
+                    RoomOutput::Persist { id, .. } => {
+                        room.handle(Timestamp::from_unix_ms(NOW), RoomInput::Persisted(id));
+                    }
+                    RoomOutput::Compact(job) => compacted_through = Some(job.through()),
+                    _ => {}
+                }
+            }
+        }
+        assert_eq!(room.head(), 7);
+        // As soon as the log holds 6 entries, the oldest is folded in (one
+        // job at a time: the next waits for this one).
+        assert_eq!(compacted_through, Some(1));
     }
 
     #[test]

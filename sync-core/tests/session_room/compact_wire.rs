@@ -77,7 +77,7 @@ fn receivers_at_one_cursor_get_the_same_version_3_frame() {
     }
     w.write_many(writer, "d", 40);
     w.assert_converged();
-    let frames: Vec<Vec<Vec<u8>>> = readers
+    let frames: Vec<Vec<bytes::Bytes>> = readers
         .iter()
         .map(|&r| {
             let conn = w.conn(r);
@@ -209,7 +209,7 @@ fn version_3_batches_of_small_operations_decode_within_the_batch_limit() {
         w.c(reader).closes()
     );
     let conn = w.conn(reader);
-    let delivers: Vec<&Vec<u8>> = w
+    let delivers: Vec<&bytes::Bytes> = w
         .room_trace
         .iter()
         .filter_map(|o| match o {

@@ -767,7 +767,7 @@ impl World {
                     frame,
                 } => {
                     if let Some(c) = self.conns.get_mut(&session) {
-                        c.to_client.push_back(Packet::Frame(frame));
+                        c.to_client.push_back(Packet::Frame(frame.to_vec()));
                     }
                 }
                 RoomOutput::Close {
