@@ -891,6 +891,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(restored.outbox().collect::<Vec<_>>(), ops);
+        assert_eq!(restored.outbox.len(), 1, "five records in a row: one entry");
         // Acknowledged inside the run read back: the rest stays, stored.
         assert_eq!(restored.acknowledge(2), 2);
         store.write(&restored.take_persist().unwrap()).unwrap();
@@ -898,6 +899,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(again.outbox().collect::<Vec<_>>(), ops[2..]);
+        assert_eq!(again.outbox.len(), 1);
 
         // Operation 3 of another replica in the middle of replica 1's.
         let foreign = outbox_records(2, 3).0.read_all().unwrap();
