@@ -382,7 +382,10 @@ impl OutboxRun {
     }
 
     fn last_seq(&self) -> u64 {
-        self.first + u64::from(self.len) - 1
+        // A run holds at least one record and grows only while the next
+        // number exists, so this never overflows, even for a damaged
+        // file's record at `u64::MAX` (`first + len` would).
+        self.first + (u64::from(self.len) - 1)
     }
 
     /// Whether operation `id`, stored in `record_len` bytes, comes next in
@@ -926,6 +929,29 @@ mod tests {
         ahead.sort();
         let e = outbox_error(ahead);
         assert!(e.contains("ReplicaId(1)") && e.contains("seq: 6"), "{e}");
+    }
+
+    #[test]
+    fn an_outbox_record_at_the_last_sequence_number_is_an_error_not_a_panic() {
+        // A damaged file: its run ends at the largest number there is.
+        let (store, _) = outbox_records(1, 1);
+        let mut records = store.read_all().unwrap();
+        let id = OpId {
+            replica: ReplicaId(1),
+            seq: u64::MAX,
+        };
+        let op = Op {
+            id,
+            hlc: Hlc::new(1_700_000_000_005, 0).unwrap(),
+            change: Change::Delete {
+                collection: "c".into(),
+                id: "d".into(),
+            },
+        };
+        records.push((StoreKey::Outbox(u64::MAX).to_bytes(), encode_record(&op)));
+        records.sort();
+        let e = outbox_error(records);
+        assert!(e.contains(&format!("seq: {}", u64::MAX)), "{e}");
     }
 
     /// Whether `bytes` decode as an outbox record: as the operation itself
