@@ -418,7 +418,10 @@ impl OutboxRun {
     }
 
     fn last_seq(&self) -> u64 {
-        self.first + u64::from(self.len) - 1
+        // A run holds at least one record and grows only while the next
+        // number exists, so this never overflows, even for a damaged
+        // file's record at `u64::MAX` (`first + len` would).
+        self.first + (u64::from(self.len) - 1)
     }
 
     /// Whether operation `id`, stored in `record_len` bytes, comes next in
@@ -939,6 +942,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(restored.outbox().collect::<Vec<_>>(), ops);
+        assert_eq!(restored.outbox.len(), 1, "five records in a row: one entry");
         // Acknowledged inside the run read back: the rest stays, stored.
         assert_eq!(restored.acknowledge(2), 2);
         store.write(&restored.take_persist().unwrap()).unwrap();
@@ -946,6 +950,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(again.outbox().collect::<Vec<_>>(), ops[2..]);
+        assert_eq!(again.outbox.len(), 1);
 
         // Operation 3 of another replica in the middle of replica 1's.
         let foreign = outbox_records(2, 3).0.read_all().unwrap();
@@ -972,6 +977,29 @@ mod tests {
         ahead.sort();
         let e = outbox_error(ahead);
         assert!(e.contains("ReplicaId(1)") && e.contains("seq: 6"), "{e}");
+    }
+
+    #[test]
+    fn an_outbox_record_at_the_last_sequence_number_is_an_error_not_a_panic() {
+        // A damaged file: its run ends at the largest number there is.
+        let (store, _) = outbox_records(1, 1);
+        let mut records = store.read_all().unwrap();
+        let id = OpId {
+            replica: ReplicaId(1),
+            seq: u64::MAX,
+        };
+        let op = Op {
+            id,
+            hlc: Hlc::new(1_700_000_000_005, 0).unwrap(),
+            change: Change::Delete {
+                collection: "c".into(),
+                id: "d".into(),
+            },
+        };
+        records.push((StoreKey::Outbox(u64::MAX).to_bytes(), encode_record(&op)));
+        records.sort();
+        let e = outbox_error(records);
+        assert!(e.contains(&format!("seq: {}", u64::MAX)), "{e}");
     }
 
     /// Whether `bytes` decode as an outbox record: as the operation itself
