@@ -860,40 +860,6 @@ impl<T> Pending<T> {
             state: State::Ready(Some(result)),
         }
     }
-
-    /// The write's result now (reads already see it), and a future that
-    /// resolves once it is durable. For bindings that hand the result out
-    /// at once and wait for many writes' durability together, instead of
-    /// one future per write. Fails as awaiting would have, without waiting.
-    pub fn split(self) -> Result<(T, Durable), Error> {
-        match self.state {
-            State::Ready(result) => result
-                .unwrap_or(Err(Error::Closed))
-                .map(|value| (value, Durable(None))),
-            State::Waiting { value, rx } => value
-                .map(|value| (value, Durable(Some(rx))))
-                .ok_or(Error::Closed),
-        }
-    }
-}
-
-/// The durability of a write split off its [`Pending`]: resolves once the
-/// write is stored, or with the error that kept it from being stored.
-#[must_use = "the write is applied; await this to know it is durable"]
-#[derive(Debug)]
-pub struct Durable(Option<oneshot::Receiver<Result<(), Error>>>);
-
-impl Future for Durable {
-    type Output = Result<(), Error>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        match &mut self.get_mut().0 {
-            None => Poll::Ready(Ok(())),
-            Some(rx) => Pin::new(rx)
-                .poll(cx)
-                .map(|received| received.unwrap_or(Err(Error::Closed))),
-        }
-    }
 }
 
 impl<T: Unpin> Future for Pending<T> {

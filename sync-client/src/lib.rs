@@ -37,8 +37,8 @@ mod status;
 
 pub use changes::{Change, Origin, Subscription};
 pub use database::{
-    Collection, Database, Durable, Fields, ListOptions, Options, Pending, RelayOptions, Ticket,
-    TokenSource, TypedCollection, to_fields,
+    Collection, Database, Fields, ListOptions, Options, Pending, RelayOptions, Ticket, TokenSource,
+    TypedCollection, to_fields,
 };
 pub use error::Error;
 pub use host::{HostLoop, Platform, open};

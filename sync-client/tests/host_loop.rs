@@ -326,33 +326,6 @@ fn a_failed_store_write_fails_its_future_and_the_database_recovers() {
 }
 
 #[test]
-fn a_split_write_gives_its_revision_at_once_and_its_durability_apart() {
-    let mut w = World::new();
-    let store = MemoryStore::new();
-    let db = w.open_with(store.clone(), false);
-    let todos = db.collection("todos");
-    let (revision, durable) = todos.put("a", [("n", 1)]).split().expect("applied");
-    assert_eq!(todos.get("a").expect("visible").revision, revision);
-    assert!(
-        store.records().is_empty(),
-        "not stored before the loop runs"
-    );
-    w.block(durable).expect("stored");
-    assert!(!store.records().is_empty());
-
-    store.set_failing(true);
-    let (_, durable) = todos.put("b", [("n", 2)]).split().expect("applied");
-    let err = w.block(durable).expect_err("the store failed");
-    assert!(matches!(err, Error::Store(_)), "{err}");
-
-    let refused = todos.put("", [("n", 3)]).split();
-    assert!(
-        matches!(refused, Err(Error::InvalidWrite(_))),
-        "{refused:?}"
-    );
-}
-
-#[test]
 fn writes_made_together_share_one_ticket_and_a_failure_fails_only_its_own() {
     let mut w = World::new();
     let store = MemoryStore::new();
@@ -371,6 +344,12 @@ fn writes_made_together_share_one_ticket_and_a_failure_fails_only_its_own() {
     // A put_if at a stale revision is refused at once.
     let stale = todos.put_now("a", [("n", 3)], Some(None));
     assert!(matches!(stale, Err(Error::Conflict { .. })), "{stale:?}");
+    // An invalid write is refused at once too.
+    let refused = todos.put_now("", [("n", 3)], None);
+    assert!(
+        matches!(refused, Err(Error::InvalidWrite(_))),
+        "{refused:?}"
+    );
 
     store.set_failing(true);
     let (_, lost) = todos.put_now("c", [("n", 3)], None).expect("applied");
