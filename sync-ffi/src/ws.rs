@@ -161,10 +161,12 @@ struct Config {
     connect_timeout: Duration,
     websocket: WebSocketConfig,
     roots: Roots,
-    /// Built at the first `wss://` connect: reading the operating system's
-    /// roots (145 files here, about 18 M instructions) would otherwise cost
-    /// every open, including databases that never connect or use `ws://`.
-    tls: OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
+    /// Built at the first `wss://` connect, on a blocking thread rather than
+    /// the loop's: reading the operating system's roots (145 files here,
+    /// about 18 M instructions) would otherwise cost every open, including
+    /// databases that never connect or use `ws://`. Kept once built; a
+    /// failure is not kept, so the next connect tries again.
+    tls: OnceLock<Arc<rustls::ClientConfig>>,
 }
 
 /// The roots a `wss://` connection trusts, as the options gave them.
@@ -177,11 +179,16 @@ struct Roots {
 
 impl Config {
     /// The TLS configuration, built on first use and kept.
-    fn tls(&self) -> Result<Arc<rustls::ClientConfig>, TransportError> {
-        self.tls
-            .get_or_init(|| self.build_tls())
-            .clone()
-            .map_err(TransportError::new)
+    async fn tls(self: &Arc<Self>) -> Result<Arc<rustls::ClientConfig>, TransportError> {
+        if let Some(tls) = self.tls.get() {
+            return Ok(tls.clone());
+        }
+        let config = self.clone();
+        let built = tokio::task::spawn_blocking(move || config.build_tls())
+            .await
+            .map_err(|e| TransportError::new(format!("building the TLS configuration: {e}")))?
+            .map_err(TransportError::new)?;
+        Ok(self.tls.get_or_init(|| built).clone())
     }
 
     fn build_tls(&self) -> Result<Arc<rustls::ClientConfig>, String> {
@@ -268,7 +275,7 @@ impl Transport for WsTransport {
     }
 }
 
-async fn connect(config: &Config, url: &str) -> Result<Link, TransportError> {
+async fn connect(config: &Arc<Config>, url: &str) -> Result<Link, TransportError> {
     let fail =
         |what: &str, e: &dyn std::fmt::Display| TransportError::new(format!("{what} {url}: {e}"));
     let request = url
@@ -288,16 +295,16 @@ async fn connect(config: &Config, url: &str) -> Result<Link, TransportError> {
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();
+    let connector = if tls {
+        Some(Connector::Rustls(config.tls().await?))
+    } else {
+        None
+    };
     let tcp = TcpStream::connect((host.as_str(), port))
         .await
         .map_err(|e| fail("cannot reach", &e))?;
     tcp.set_nodelay(true)
         .map_err(|e| fail("setting TCP_NODELAY for", &e))?;
-    let connector = if tls {
-        Some(Connector::Rustls(config.tls()?))
-    } else {
-        None
-    };
     let (socket, _response) = tokio_tungstenite::client_async_tls_with_config(
         request,
         tcp,
@@ -439,8 +446,11 @@ mod tests {
     fn roots_are_read_at_the_first_tls_connect_only() {
         let transport = WsTransport::new(WsOptions::default()).unwrap();
         assert!(transport.inner.tls.get().is_none(), "built at new()");
-        let first = transport.inner.tls().unwrap();
-        let again = transport.inner.tls().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let first = runtime.block_on(transport.inner.tls()).unwrap();
+        let again = runtime.block_on(transport.inner.tls()).unwrap();
         assert!(Arc::ptr_eq(&first, &again), "built twice");
     }
 }
