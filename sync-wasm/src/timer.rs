@@ -1,4 +1,5 @@
-//! Time for the host loop: `Date.now()` and `setTimeout`.
+//! Time for the host loop: `Date.now()`, `setTimeout`, and an unclamped
+//! macrotask to yield to (`src/timer.js`).
 
 use futures::FutureExt;
 use futures::future::LocalBoxFuture;
@@ -10,6 +11,13 @@ use wasm_bindgen::prelude::*;
 extern "C" {
     #[wasm_bindgen(js_name = setTimeout)]
     fn set_timeout(handler: &js_sys::Function, ms: f64) -> JsValue;
+}
+
+#[wasm_bindgen(module = "/src/timer.js")]
+extern "C" {
+    /// A Promise resolved on a later macrotask (see timer.js for which).
+    #[wasm_bindgen(js_name = yieldNow)]
+    fn yield_now_promise() -> js_sys::Promise;
 }
 
 /// Wall-clock time from `Date.now()`, sleeping with `setTimeout` (which
@@ -37,10 +45,14 @@ impl Timer for JsTimer {
         .boxed_local()
     }
 
-    /// A macrotask (`setTimeout(0)`), so input and rendering run between
-    /// the slices of a large load or snapshot; a microtask would not let them.
+    /// A macrotask, so input and rendering run between the slices of a
+    /// large load or snapshot (a microtask would not let them), but not
+    /// `setTimeout(0)`, whose 4 ms clamp each of those yields would pay.
     fn yield_now(&self) -> LocalBoxFuture<'static, ()> {
-        sleep_ms(0.0).boxed_local()
+        async {
+            let _ = wasm_bindgen_futures::JsFuture::from(yield_now_promise()).await;
+        }
+        .boxed_local()
     }
 }
 
