@@ -259,8 +259,8 @@ pub trait Timer {
     ///
     /// The default lets the executor run other tasks once, which is enough
     /// on a thread of the loop's own. A platform whose thread also runs a
-    /// UI must yield to its event loop instead (a macrotask: the browser's
-    /// `setTimeout(0)`), so input and rendering get their turn.
+    /// UI must yield to its event loop instead (a macrotask, e.g. the
+    /// browser's `scheduler.yield()`), so input and rendering get their turn.
     fn yield_now(&self) -> LocalBoxFuture<'static, ()> {
         let mut yielded = false;
         Box::pin(futures::future::poll_fn(move |cx| {
