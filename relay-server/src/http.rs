@@ -61,7 +61,7 @@ async fn sync(
 /// tungstenite's read buffer per connection, and the most one socket read
 /// takes. tungstenite allocates it at the upgrade and zero-fills it before
 /// each read, so every session keeps all of it resident, idle or not: one
-/// page keeps idle sessions cheap (docs/BENCHMARKS.md, "Scale"). A larger
+/// page keeps idle sessions cheap (docs/BENCHMARKS.md, the `scale` row). A larger
 /// frame still arrives whole, in more reads: the buffer grows to the
 /// frame's length once its header is read (bounded by `max_frame_bytes`).
 const READ_BUFFER_BYTES: usize = 4 * 1024;

@@ -73,7 +73,7 @@ const FORMAT_1: u8 = 1;
 /// The newest snapshot format version this build reads.
 pub const NEWEST_SNAPSHOT_FORMAT: u8 = TIMELINE_SNAPSHOT_FORMAT;
 /// Deflate level for compressed snapshots. Measured on a 100,000-field
-/// state (docs/BENCHMARKS.md): level 2 is 7.5% smaller than level 1 for
+/// state: level 2 is 7.5% smaller than level 1 for
 /// about four times its (small) time; levels 3 to 6 gain under 0.5% more
 /// at two to four times level 2's time.
 const DEFLATE_LEVEL: u8 = 2;
