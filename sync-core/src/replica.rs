@@ -1048,6 +1048,13 @@ impl Replica {
     ///
     /// A local write is durable once its batch is written.
     pub fn take_persist(&mut self) -> Option<PersistBatch> {
+        self.take_persist_catching_up(false)
+    }
+
+    /// [`Replica::take_persist`] for a session that may be catching up to
+    /// the relay's head: while `catching_up`, the checkpoint policy waits
+    /// for the head (see the checkpoint module).
+    pub(crate) fn take_persist_catching_up(&mut self, catching_up: bool) -> Option<PersistBatch> {
         let dirty = std::mem::take(&mut self.dirty);
         // A new generation, so that no document's mark claims a place in
         // the new, empty set; after 2^32 - 1 batches, every mark is cleared
@@ -1057,7 +1064,7 @@ impl Replica {
             1
         });
         let mut batch = PersistBatch::default();
-        let checkpoint = self.checkpoint_due(&dirty.docs);
+        let checkpoint = self.checkpoint_due(&dirty.docs, catching_up);
         // A checkpoint is always stored with the metadata it goes with.
         if dirty.meta || checkpoint {
             let meta = MetaRecordRef {

@@ -53,8 +53,6 @@ pub(super) struct Checkpoints {
     forced: bool,
     /// [`crate::ReplicaConfig::checkpoint_min_records`].
     min_records: usize,
-    /// A session is catching up: the policy waits for the head.
-    deferred: bool,
 }
 
 impl Checkpoints {
@@ -80,7 +78,6 @@ impl Checkpoints {
             pending: None,
             forced: false,
             min_records,
-            deferred: false,
         }
     }
 
@@ -91,11 +88,13 @@ impl Checkpoints {
 
     /// The policy: whether the next persist batch, which rewrites
     /// `dirty_docs` documents of a state of `total_docs`, is a checkpoint.
-    pub(super) fn due(&self, dirty_docs: usize, total_docs: usize) -> bool {
+    /// While a session is `catching_up`, only a forced checkpoint or
+    /// received snapshot bytes make one.
+    pub(super) fn due(&self, dirty_docs: usize, total_docs: usize, catching_up: bool) -> bool {
         if self.forced || self.pending.is_some() {
             return true;
         }
-        if self.deferred {
+        if catching_up {
             return false;
         }
         let records = self.overlay_len.saturating_add(dirty_docs);
@@ -154,12 +153,6 @@ impl Replica {
         self.dirty.meta = true;
     }
 
-    /// Tells the policy whether the session is catching up to the relay's
-    /// head, so that it waits for the head (see the module documentation).
-    pub(crate) fn defer_checkpoints(&mut self, catching_up: bool) {
-        self.checkpoints.deferred = catching_up;
-    }
-
     /// Number of document records stored since the last checkpoint (or
     /// all of them, in a store without one): what reopening decodes besides
     /// the checkpoint.
@@ -169,10 +162,14 @@ impl Replica {
 
     /// Whether the persist batch being taken, which rewrites `docs`, is a
     /// checkpoint.
-    pub(super) fn checkpoint_due(&self, docs: &BTreeMap<String, DirtyIds>) -> bool {
+    pub(super) fn checkpoint_due(
+        &self,
+        docs: &BTreeMap<String, DirtyIds>,
+        catching_up: bool,
+    ) -> bool {
         let dirty: usize = docs.values().map(DirtyIds::len).sum();
         let total: usize = self.state.collections.values().map(|c| c.docs.len()).sum();
-        self.checkpoints.due(dirty, total)
+        self.checkpoints.due(dirty, total, catching_up)
     }
 
     /// Adds the document writes of a persist batch to `batch`: the records

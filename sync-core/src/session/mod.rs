@@ -1408,8 +1408,10 @@ impl Session {
         let cursor = self.sync.cursor;
         let catching_up = matches!(&self.link, Link::Live(live)
             if live.catch_up_target.is_some_and(|target| cursor < target));
-        self.replica.defer_checkpoints(catching_up);
-        let mut batch = self.replica.take_persist().unwrap_or_default();
+        let mut batch = self
+            .replica
+            .take_persist_catching_up(catching_up)
+            .unwrap_or_default();
         if buggify::on(Switch::CursorBeforeState) && self.sync_dirty && !batch.is_empty() {
             self.sync_dirty = false;
             let mut cursor = PersistBatch::default();
