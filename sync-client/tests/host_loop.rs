@@ -16,8 +16,8 @@ use futures::{FutureExt, StreamExt};
 use sync_client::memory::{ManualClock, ManualTimer, MemoryRelay, MemoryStore};
 use sync_client::platform::{ClientStore, OnDurable, StoreError, Timer};
 use sync_client::{
-    Change, Connection, Database, Error, ListOptions, Options, Origin, Platform, RelayOptions,
-    Value, open,
+    Change, Connection, Database, Error, HostLoop, ListOptions, Options, Origin, Platform,
+    RelayOptions, Value, open,
 };
 use sync_core::PersistBatch;
 use sync_core::Timestamp;
@@ -866,6 +866,39 @@ fn a_failed_write_fails_the_writes_in_flight_behind_it_and_their_late_answers_co
     assert!(w.block(d).is_err(), "d's write failed");
 }
 
+/// Opens `store` without a relay, in slices of `slice_docs`, releasing
+/// each yield the loop makes while it opens: the database, its loop, and
+/// the number of yields opening took (checking they come one at a time).
+fn open_counting_yields(
+    w: &World,
+    store: &MemoryStore,
+    slice_docs: usize,
+) -> (Database, HostLoop, usize) {
+    let yields = GatedYields {
+        timer: ManualTimer(w.clock.clone()),
+        held: Arc::default(),
+    };
+    let mut options = Options::local();
+    options.slice_docs = Some(slice_docs);
+    let platform = Platform {
+        transport: w.relay.transport(w.timer()),
+        store: store.clone(),
+        timer: Arc::new(yields.clone()),
+        seed: 7,
+    };
+    let mut opening = open(platform, options).boxed_local();
+    let mut yielded = 0;
+    loop {
+        if let Some(result) = (&mut opening).now_or_never() {
+            let (db, host) = result.expect("opens");
+            return (db, host, yielded);
+        }
+        assert_eq!(yields.waiting(), 1, "one yield at a time");
+        yielded += 1;
+        yields.release_one();
+    }
+}
+
 /// A timer whose yields end only when the test says: the test sees each
 /// slice of a long piece of work and can act between two slices.
 #[derive(Clone)]
@@ -1034,28 +1067,7 @@ fn opening_a_large_database_yields_between_slices_of_records() {
     w.settle();
     w.block(db.close());
 
-    let yields = GatedYields {
-        timer: ManualTimer(w.clock.clone()),
-        held: Arc::default(),
-    };
-    let mut options = Options::local();
-    options.slice_docs = Some(25);
-    let platform = Platform {
-        transport: w.relay.transport(w.timer()),
-        store: store.clone(),
-        timer: Arc::new(yields.clone()),
-        seed: 7,
-    };
-    let mut opening = open(platform, options).boxed_local();
-    let mut yielded = 0;
-    let (db, host) = loop {
-        if let Some(result) = (&mut opening).now_or_never() {
-            break result.expect("opens");
-        }
-        assert_eq!(yields.waiting(), 1, "one yield at a time");
-        yielded += 1;
-        yields.release_one();
-    };
+    let (db, host, yielded) = open_counting_yields(&w, &store, 25);
     // 100 documents, their 100 unsent operations and a few records more,
     // in slices of 25: a yield between each two.
     let records = w.block(store.read_all()).expect("reads").len();
@@ -1098,28 +1110,7 @@ fn reopening_decodes_the_checkpoint_in_slices() {
     assert_eq!(records[0].0, b"B", "the checkpoint, first");
     assert!(records.len() < 10, "the documents are in the checkpoint");
 
-    let yields = GatedYields {
-        timer: ManualTimer(w.clock.clone()),
-        held: Arc::default(),
-    };
-    let mut options = Options::local();
-    options.slice_docs = Some(10);
-    let platform = Platform {
-        transport: w.relay.transport(w.timer()),
-        store: store.clone(),
-        timer: Arc::new(yields.clone()),
-        seed: 7,
-    };
-    let mut opening = open(platform, options).boxed_local();
-    let mut yielded = 0;
-    let (db, host) = loop {
-        if let Some(result) = (&mut opening).now_or_never() {
-            break result.expect("opens");
-        }
-        assert_eq!(yields.waiting(), 1, "one yield at a time");
-        yielded += 1;
-        yields.release_one();
-    };
+    let (db, host, yielded) = open_counting_yields(&w, &store, 10);
     // 100 documents in slices of 10: a yield after each but the last.
     assert!(
         yielded >= 9,
