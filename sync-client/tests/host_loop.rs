@@ -866,6 +866,24 @@ fn a_failed_write_fails_the_writes_in_flight_behind_it_and_their_late_answers_co
     assert!(w.block(d).is_err(), "d's write failed");
 }
 
+/// Room "room" holds 100 documents `d000`… (`n` = their number), written
+/// by another client and compacted: a client joining now gets one snapshot.
+fn compacted_room_of_100_documents(w: &mut World) -> Database {
+    let source = w.open(&MemoryStore::new());
+    source
+        .transaction(|tx| {
+            for n in 0..100 {
+                tx.put("docs", &format!("d{n:03}"), [("n", n)])?;
+            }
+            Ok(())
+        })
+        .now_or_never();
+    w.advance(10);
+    assert_eq!(w.relay.head("room"), 100);
+    w.relay.compact("room", w.clock_now());
+    source
+}
+
 /// Opens `store` without a relay, in slices of `slice_docs`, releasing
 /// each yield the loop makes while it opens: the database, its loop, and
 /// the number of yields opening took (checking they come one at a time).
@@ -941,18 +959,7 @@ impl Timer for GatedYields {
 fn a_large_snapshot_is_decoded_and_applied_in_slices_and_a_write_made_meanwhile_is_kept() {
     let mut w = World::new();
     // A room of 100 documents, compacted: a new client gets one snapshot.
-    let source = w.open(&MemoryStore::new());
-    source
-        .transaction(|tx| {
-            for n in 0..100 {
-                tx.put("docs", &format!("d{n:03}"), [("n", n)])?;
-            }
-            Ok(())
-        })
-        .now_or_never();
-    w.advance(10);
-    assert_eq!(w.relay.head("room"), 100);
-    w.relay.compact("room", w.clock_now());
+    let source = compacted_room_of_100_documents(&mut w);
 
     let yields = GatedYields {
         timer: ManualTimer(w.clock.clone()),
@@ -1088,19 +1095,8 @@ fn opening_a_large_database_yields_between_slices_of_records() {
 #[test]
 fn reopening_decodes_the_checkpoint_in_slices() {
     let mut w = World::new();
-    // A compacted room of 100 documents: a new client stores its snapshot
-    // as its checkpoint.
-    let source = w.open(&MemoryStore::new());
-    source
-        .transaction(|tx| {
-            for n in 0..100 {
-                tx.put("docs", &format!("d{n:03}"), [("n", n)])?;
-            }
-            Ok(())
-        })
-        .now_or_never();
-    w.advance(10);
-    w.relay.compact("room", w.clock_now());
+    // A new client of a compacted room stores its snapshot as its checkpoint.
+    let _source = compacted_room_of_100_documents(&mut w);
     let store = MemoryStore::new();
     let synced = w.open(&store);
     w.advance(10);
