@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, btree_map};
 use std::hash::Hasher;
 use std::iter::FusedIterator;
 use std::ops::Bound;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::DocState;
 use crate::revision::IdHasher;
@@ -41,7 +41,7 @@ const TOMBSTONE: u32 = u32::MAX;
 #[derive(Clone, Default)]
 pub(crate) struct DocMap {
     /// Documents with their ids; a removed document's slot is on `free`
-    /// (it keeps a default state until reused).
+    /// (it keeps a default state and an empty id until reused).
     slots: Vec<(Arc<str>, DocState)>,
     free: Vec<u32>,
     /// Every id, in order, with its slot.
@@ -89,6 +89,14 @@ fn unplace(index: &mut [u32], hash: u64, slot: u32) {
             return;
         }
     }
+}
+
+/// The id a free slot holds: a removed document's id is released with it,
+/// not kept until the slot is reused (a collection emptied of many long
+/// ids, as collecting tombstones does, would keep them all).
+fn no_id() -> Arc<str> {
+    static NONE: OnceLock<Arc<str>> = OnceLock::new();
+    NONE.get_or_init(|| Arc::from("")).clone()
 }
 
 /// Index length for `live` documents: at most half full.
@@ -210,9 +218,10 @@ impl DocMap {
             unplace(&mut self.index, hash(&id), slot);
         }
         self.free.push(slot);
-        self.slots
-            .get_mut(slot as usize)
-            .map(|(_, doc)| std::mem::take(doc))
+        self.slots.get_mut(slot as usize).map(|(id, doc)| {
+            *id = no_id();
+            std::mem::take(doc)
+        })
     }
 
     /// Keeps the documents for which `keep` is true, visiting them in id
@@ -221,13 +230,14 @@ impl DocMap {
         let (slots, index, free) = (&mut self.slots, &mut self.index, &mut self.free);
         let unhashed = self.unhashed;
         self.order.retain(|id, &mut slot| {
-            let Some((_, doc)) = slots.get_mut(slot as usize) else {
+            let Some((slot_id, doc)) = slots.get_mut(slot as usize) else {
                 return false;
             };
             if keep(id, doc) {
                 return true;
             }
             *doc = DocState::default();
+            *slot_id = no_id();
             if !unhashed {
                 unplace(index, hash(id), slot);
             }
@@ -541,6 +551,31 @@ mod tests {
         assert_eq!(map.remove(&colliding[3]).map(|d| tag(&d)), Some(3));
         assert!(map.get(&colliding[3]).is_none());
         assert_eq!(map.len(), colliding.len() - 1);
+    }
+
+    /// Removing documents, one at a time or by `retain`, releases their
+    /// ids: the free slots hold none of them.
+    #[test]
+    fn removed_documents_release_their_ids() {
+        let ids: Vec<String> = (0..20).map(|n| format!("{n:0>64}")).collect();
+        let mut map = DocMap::default();
+        for (t, id) in ids.iter().enumerate() {
+            map.insert(id, doc(t as u64));
+        }
+        for id in &ids[..5] {
+            map.remove(id);
+        }
+        map.retain(|_, d| tag(d) % 2 == 0);
+        let live: Vec<&str> = map.iter().map(|(id, _)| id).collect();
+        assert_eq!(live.len(), 7);
+        let mut held: Vec<&str> = map
+            .slots
+            .iter()
+            .map(|(id, _)| &**id)
+            .filter(|id| !id.is_empty())
+            .collect();
+        held.sort_unstable();
+        assert_eq!(held, live, "a free slot still holds a removed id");
     }
 
     /// Building from a list that names an id twice keeps the later
