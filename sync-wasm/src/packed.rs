@@ -264,27 +264,12 @@ impl Iterator for Ops<'_> {
     }
 }
 
-/// The length of a revision's text (`Revision`'s `Display`): three groups
-/// of 16 hex digits joined by `-`.
-pub(crate) const REVISION_LEN: usize = 50;
+/// The length of a revision's text (`Revision::to_text`).
+pub(crate) const REVISION_LEN: usize = Revision::TEXT_LEN;
 
-/// Appends `revision` as `Revision`'s `Display` prints it. By hand: a put
-/// in Node spent more time in `fmt`'s machinery for this than in encoding
-/// its operation.
+/// Appends `revision`'s text (what `Display` prints, without `fmt`).
 pub(crate) fn revision_text(out: &mut Vec<u8>, revision: &Revision) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let groups = [
-        revision.stamp.hlc.as_u64(),
-        revision.stamp.replica.0,
-        revision.digest,
-    ];
-    let mut text = [b'-'; REVISION_LEN];
-    for (group, at) in groups.into_iter().zip([0, 17, 34]) {
-        for (i, digit) in text[at..at + 16].iter_mut().enumerate() {
-            *digit = DIGITS[(group >> (60 - 4 * i)) as usize & 15];
-        }
-    }
-    out.extend_from_slice(&text);
+    out.extend_from_slice(&revision.to_text());
 }
 
 /// Appends packed values and documents to a buffer.
@@ -384,29 +369,6 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn revision_text_is_what_display_prints() {
-        use sync_core::{Hlc, ReplicaId, Stamp};
-        for (hlc, replica, digest) in [
-            (0, 0, 0),
-            (1, 0x10, u64::MAX),
-            (
-                0x01a2_5151_e5ab_0003,
-                0x257a_16f4_e3dc_ba9c,
-                0x0b57_dd23_e70d_d98e,
-            ),
-        ] {
-            let revision = Revision {
-                stamp: Stamp::new(Hlc::from_u64(hlc), ReplicaId(replica)),
-                digest,
-            };
-            let mut text = b"x".to_vec();
-            revision_text(&mut text, &revision);
-            assert_eq!(text.len(), 1 + REVISION_LEN);
-            assert_eq!(text[1..], *revision.to_string().as_bytes());
-        }
-    }
 
     /// Hand-packed bytes, written out here rather than by `Writer`, so the
     /// reader is checked against the format, not against itself.
