@@ -480,8 +480,7 @@ fn sort_by_name(fields: &mut [FieldSlot]) {
 fn overlay_sets(overlay: BTreeMap<String, Vec<String>>) -> BTreeMap<String, BTreeSet<String>> {
     let mut sets = BTreeMap::new();
     for (name, ids) in overlay {
-        sets.entry(name)
-            .or_insert_with(|| ids.into_iter().collect());
+        sets.insert(name, ids.into_iter().collect());
     }
     sets
 }
