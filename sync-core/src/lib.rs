@@ -68,6 +68,7 @@ pub mod buggify;
 mod buggify;
 mod crc32;
 mod deadline;
+#[cfg(feature = "legacy-snapshots")]
 mod delta_stamp;
 pub mod event;
 mod gate;
