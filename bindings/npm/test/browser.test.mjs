@@ -180,6 +180,27 @@ const failed = await runTests([
           { url: compacting.url, room, token: roomToken, cursor },
         );
         assert.deepEqual(await stored(), { checkpoints: 1, documents: 0 }, "the snapshot stored as the checkpoint, no record per document of it");
+        // The package reads snapshot formats 4 and 5 only (sync-core without
+        // `legacy-snapshots`) and says so in its Hello: the relay's snapshot,
+        // stored as received, is in one of them.
+        const format = await page.evaluate(async () => {
+          const idb = await new Promise((resolve, reject) => {
+            const request = indexedDB.open("ckpt");
+            request.onsuccess = () => resolve(request.result);
+            request.onerror = () => reject(request.error);
+          });
+          const value = await new Promise((resolve, reject) => {
+            const request = idb.transaction("records", "readonly").objectStore("records").get(new Uint8Array([66]));
+            request.onsuccess = () => resolve(request.result);
+            request.onerror = () => reject(request.error);
+          });
+          idb.close();
+          const bytes = ArrayBuffer.isView(value) ? new Uint8Array(value.buffer, value.byteOffset, value.byteLength) : new Uint8Array(value);
+          // The checkpoint record's version byte, then the snapshot: magic "CNSN", format.
+          const at = bytes.findIndex((_, i) => bytes[i] === 67 && bytes[i + 1] === 78 && bytes[i + 2] === 83 && bytes[i + 3] === 78);
+          return at < 0 ? null : bytes[at + 4];
+        });
+        assert.ok(format === 4 || format === 5, `the stored snapshot is in format ${format}`);
         await page.evaluate(() => window.dbs.ckpt.close());
         await page.reload();
         await page.waitForFunction(() => window.concord);
