@@ -466,15 +466,20 @@ async fn write_loop(
     // written, its last is not. Only control frames (the close) may go out
     // until it ends (RFC 6455 section 5.4).
     let mut open = false;
+    // One registration for a kill's wakeup, kept across frames: a fresh
+    // `notified()` in each select registered and unregistered (a lock each
+    // time) twice per frame, and every session writes one frame per commit.
+    let mut woken = std::pin::pin!(control.wake.notified());
     loop {
         let next = tokio::select! {
             biased;
-            () = control.wake.notified() => None,
+            () = woken.as_mut() => None,
             next = queue.recv() => Some(next),
         };
         let written = match next {
             None => {
                 let Some(kill) = control.take_kill() else {
+                    woken.set(control.wake.notified());
                     continue;
                 };
                 send_kill(&mut sink, kill, open, &metrics, write_timeout).await;
@@ -490,7 +495,7 @@ async fn write_loop(
                 // between two fragments of its message.
                 tokio::select! {
                     biased;
-                    () = control.wake.notified() => {
+                    () = woken.as_mut() => {
                         if let Some(kill) = control.take_kill() {
                             send_kill(&mut sink, kill, open, &metrics, KILL_WRITE_TIMEOUT).await;
                         }

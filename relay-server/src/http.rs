@@ -59,12 +59,16 @@ async fn sync(
 }
 
 /// tungstenite's read buffer per connection, and the most one socket read
-/// takes. tungstenite allocates it at the upgrade and zero-fills it before
-/// each read, so every session keeps all of it resident, idle or not: one
-/// page keeps idle sessions cheap (docs/BENCHMARKS.md, the `scale` row). A larger
-/// frame still arrives whole, in more reads: the buffer grows to the
-/// frame's length once its header is read (bounded by `max_frame_bytes`).
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// takes. tungstenite allocates it at the upgrade and zero-fills this much
+/// before each read, so every session keeps all of it resident, idle or
+/// not, and every read pays for the fill: about two reads per frame a
+/// session sends (its frame, then the read that finds the socket empty),
+/// and a receiver sends an `Applied` of a few bytes per delivery. 1 KiB
+/// holds those and most pushes in one read; a larger frame still arrives
+/// whole, in more reads (the buffer grows to the frame's length once its
+/// header is read, bounded by `max_frame_bytes`), which costs little next
+/// to handling the operations it carries.
+const READ_BUFFER_BYTES: usize = 1024;
 
 /// Outgoing frames are gathered up to this many bytes before tungstenite
 /// writes them to the socket (a flush writes whatever is gathered). A

@@ -509,7 +509,11 @@ impl Host {
                     // What arrived during the commit becomes the next
                     // request, which the writer may be waiting for; the
                     // drain submits it before releasing the frames the
-                    // commit freed.
+                    // commit freed. That includes what is still queued in
+                    // the inbox: on a busy machine this task wakes late,
+                    // and a push left queued would wait for the whole
+                    // next commit before its own.
+                    self.take_queued();
                     let follow_up = done.commit.follow_up;
                     self.drain(Some(&follow_up), Some(durable_at));
                     Backend::settle(&self.rooms.store, &follow_up);
@@ -527,17 +531,7 @@ impl Host {
                         return self.finish_shutdown().await;
                     };
                     self.on_msg(msg);
-                    // The bounds on unpolled input hold per message, not
-                    // per batch: a batch of large frames stops early.
-                    for _ in 1..DRAIN_BATCH {
-                        if !self.may_take_input() {
-                            break;
-                        }
-                        match self.inbox.try_recv() {
-                            Ok(msg) => self.on_msg(msg),
-                            Err(_) => break,
-                        }
-                    }
+                    self.take_queued();
                     self.drain_if_allowed();
                 }
                 () = sleep_until(self.timer), if self.timer.is_some() => {
@@ -557,6 +551,21 @@ impl Host {
                     }
                     self.idle_since = Some(Instant::now());
                 }
+            }
+        }
+    }
+
+    /// Handles what is already queued in the inbox, without waiting, up to
+    /// [`DRAIN_BATCH`] messages and the bounds on unpolled input (checked
+    /// per message: a batch of large frames stops early).
+    fn take_queued(&mut self) {
+        for _ in 1..DRAIN_BATCH {
+            if !self.may_take_input() {
+                break;
+            }
+            match self.inbox.try_recv() {
+                Ok(msg) => self.on_msg(msg),
+                Err(_) => break,
             }
         }
     }
@@ -958,6 +967,111 @@ fn deadline(at: Timestamp) -> tokio::time::Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Config, ServeOptions};
+    use crate::peer::Outbound;
+    use crate::store::{DB_FILE, Store};
+    use sync_core::protocol::Message;
+    use sync_core::{Change, Clock, Op, OpId, ReplicaId, Value};
+
+    /// A push of operation `seq` of `replica`, stamped now.
+    fn push(replica: ReplicaId, clock: &mut Clock, seq: u64) -> RoomMsg {
+        let op = Op {
+            id: OpId { replica, seq },
+            hlc: clock.tick(wall_clock()).unwrap(),
+            change: Change::Put {
+                collection: "c".into(),
+                id: format!("d{seq}"),
+                fields: vec![("f".into(), Some(Value::Int(1)))],
+            },
+        };
+        let frame = protocol::encode(&Message::Push { ops: vec![op] });
+        RoomMsg::Frame {
+            session: 1,
+            frame: frame.into(),
+            push: true,
+            at: Instant::now(),
+        }
+    }
+
+    /// Lets the room task (on this test's single thread) run until idle.
+    async fn let_run() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// A push still queued in the inbox when a commit completes goes into
+    /// the follow-up request: on a busy machine the room task wakes late,
+    /// and otherwise the push waited for the next commit before its own.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_push_queued_when_a_commit_completes_joins_the_follow_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let store = Store::open(dir.path(), metrics.clone()).unwrap();
+        let config = Arc::new(Config::resolve(ServeOptions::default()).unwrap());
+        let rooms = Rooms::new(Storage::Sqlite(store), metrics.clone(), config);
+        let room = rooms.get("r").unwrap();
+
+        let replica = ReplicaId(7);
+        let (peer, mut frames) = Peer::new(64, 1 << 20);
+        let (reply, joined) = oneshot::channel();
+        let hello = Hello {
+            replica,
+            room: "r".into(),
+            token: Vec::new(),
+            cursor: 0,
+            own_seq: 0,
+            settled_seq: 0,
+            agent: "test".into(),
+            versions: vec![protocol::PROTOCOL_VERSION],
+            snapshot_formats: vec![sync_core::snapshot::SNAPSHOT_FORMAT],
+        };
+        let join = RoomMsg::Join {
+            session: 1,
+            hello: Box::new(hello),
+            read_only: false,
+            peer,
+            reply,
+        };
+        room.tx.send(join).await.unwrap();
+        assert!(matches!(joined.await.unwrap(), JoinReply::Joined));
+
+        // Hold SQLite's write lock: the writer's first commit waits for it.
+        let lock = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+        lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let mut clock = Clock::new(sync_core::hlc::DEFAULT_MAX_DRIFT_MS);
+        room.tx.send(push(replica, &mut clock, 1)).await.unwrap();
+        let_run().await; // submitted: commit 1 waits for the lock
+        room.tx.send(push(replica, &mut clock, 2)).await.unwrap();
+        let_run().await; // handled during commit 1: promised as its follow-up
+        room.tx.send(push(replica, &mut clock, 3)).await.unwrap();
+        // Push 3 stays queued: this thread does not let the room run until
+        // commit 1 is complete and the writer gave up waiting for it.
+        lock.execute_batch("COMMIT").unwrap();
+        let started = Instant::now();
+        while metrics.commits.load(Ordering::Relaxed) < 1 {
+            assert!(started.elapsed() < Duration::from_secs(20));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+
+        let started = Instant::now();
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(20), frames.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            let Outbound::Frame(frame, _) = frame else {
+                panic!("the room closed the session");
+            };
+            if let Ok(Message::Ack { through_seq: 3, .. }) = protocol::decode(&frame, usize::MAX) {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(20));
+        }
+        // Commit 1 (push 1), then pushes 2 and 3 together, not one each.
+        assert_eq!(metrics.commits.load(Ordering::Relaxed), 2);
+    }
 
     #[test]
     fn inbox_messages_stay_small() {

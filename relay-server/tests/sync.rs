@@ -159,7 +159,7 @@ async fn catch_up_from_a_snapshot(snapshot_formats: Option<Vec<u8>>) {
     assert!(relay.metric("concord_compactions_total") >= 1.0);
 }
 
-/// Frames far larger than the relay's 4 KiB socket read buffer (pushes and
+/// Frames far larger than the relay's 1 KiB socket read buffer (pushes and
 /// deliveries of up to 1 MiB: operations of about 1 KiB) arrive whole both
 /// ways.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
