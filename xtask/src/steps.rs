@@ -173,6 +173,43 @@ pub(crate) const TEST: &[Step] = &[
         ),
     },
     Step {
+        name: "clippy without legacy snapshots",
+        // The browser package builds sync-core without its default
+        // `legacy-snapshots` feature; the workspace build above unifies it on.
+        check: Check::ExitStatus(cargo(&[
+            "clippy",
+            "-p",
+            "sync-core",
+            "--no-default-features",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ])),
+    },
+    Step {
+        name: "test without legacy snapshots",
+        // The unit tests and the format checks of the browser package's
+        // sync-core; the other suites build on formats 1-3 or repeat the
+        // "test" step.
+        check: Check::Tests(
+            cargo(&[
+                "test",
+                "-p",
+                "sync-core",
+                "--no-default-features",
+                "--locked",
+                "--lib",
+                "--test",
+                "legacy_snapshots",
+                "--test",
+                "checkpoints",
+            ]),
+            summary::cargo_test,
+        ),
+    },
+    Step {
         name: "wasm32 build",
         check: Check::ExitStatus(cargo(&[
             "build",
