@@ -6,7 +6,8 @@
 // Run after `cargo xtask npm` and `cargo build --release -p relay-server`:
 //   node --experimental-websocket --expose-gc bench/peers.mjs
 // (`cargo xtask bench` runs it; Node 20 needs the flag for WebSocket.)
-// ONLY=concord,yjs picks libraries; PARTS=writes,batched picks
+// ONLY=concord,yjs picks libraries; RAW=1 adds every run's figures after
+// the table (for ranges, next to the medians); PARTS=writes,batched picks
 // workloads (writes, batched, merge, encodeDecode, incremental; the last
 // two need writes), and without merge, encodeDecode and incremental the
 // relay is not started (nor needed).
@@ -636,4 +637,11 @@ for (const [label, key, fmt] of ROWS) {
   const best = peers.length ? Math.min(...peers) : null;
   const ratio = ours === null || best === null || ours === 0 ? "—" : `${(best / ours).toFixed(2)}×`;
   console.log(`| ${label} | ${values.map(fmt).join(" | ")} | ${ratio} |`);
+}
+if (process.env.RAW) {
+  console.log("\nEvery run, in order:\n");
+  for (const [label, key, fmt] of ROWS) {
+    const runs = LIBS.map((l) => (results[l.name][key] ?? []).map(fmt).join(", ") || "—");
+    if (runs.some((r) => r !== "—")) console.log(`| ${label} | ${runs.join(" | ")} |`);
+  }
 }
