@@ -199,6 +199,9 @@ const concord = {
       if (JSON.stringify(ca.get(d)) !== JSON.stringify(cb.get(d))) throw new Error(`merge: ${d} differs`);
     }
     r.bytes = a.proxy.counts.up + a.proxy.counts.down + b.proxy.counts.up + b.proxy.counts.down;
+    // Through the relay every operation crosses two connections; one
+    // replica's connection carries each operation once, as a peer's does.
+    r.linkBytes = Math.max(a.proxy.counts.up + a.proxy.counts.down, b.proxy.counts.up + b.proxy.counts.down);
     await Promise.all([a.db.close(), b.db.close(), a.proxy.close(), b.proxy.close()]);
     return r;
   },
@@ -583,6 +586,8 @@ for (let run = 0; run < RUNS; run++) {
       record(lib, "merge", m.ms);
       record(lib, "mergeCpu", m.cpu);
       record(lib, "mergeBytes", m.bytes);
+      // A peer exchanges bytes with the other directly: all of them pass its link.
+      record(lib, "mergeLinkBytes", m.linkBytes ?? m.bytes);
     }
     if (w && part("encodeDecode")) {
       progress(`${lib.name} encodeDecode`);
@@ -612,6 +617,7 @@ const ROWS = [
   ["1b. the same 100,000 writes in one transaction", "batched", ms],
   ["2. 2 × 50,000 concurrent writes: merge both ways", "merge", ms],
   ["2b. merge: bytes exchanged", "mergeBytes", kib],
+  ["2c. merge: bytes through one replica's connection", "mergeLinkBytes", kib],
   ["3a. encode full state (100,000 writes)", "encode", ms],
   ["3b. decode into a fresh replica", "decode", ms],
   ["3c. encoded bytes", "bytes", kib],
