@@ -102,12 +102,14 @@ pub(crate) struct ServeOptions {
     pub(crate) max_connections_per_room: Option<usize>,
 
     /// Sustained operations per second one session may push; beyond the
-    /// burst it is cut off with RateLimited and close 4008. [default: 2000]
+    /// burst its pushes wait (and so do their acks). [default: 2000]
     #[arg(long, env = "CONCORD_OPS_PER_SECOND", value_name = "N")]
     pub(crate) ops_per_second: Option<u32>,
 
     /// Operations a session may push at once before the rate applies
-    /// (token bucket size). [default: 20000]
+    /// (token bucket size): enough for a client's offline backlog to go
+    /// up at the relay's own pace, about half a second of its CPU.
+    /// [default: 100000]
     #[arg(long, env = "CONCORD_OPS_BURST", value_name = "N")]
     pub(crate) ops_burst: Option<u32>,
 
@@ -338,7 +340,7 @@ impl Config {
                  ({send_window}) by at least 8, or healthy sessions would be cut off"
             )));
         }
-        let ops_burst = o.ops_burst.unwrap_or(20_000);
+        let ops_burst = o.ops_burst.unwrap_or(100_000);
         if (ops_burst as usize) < max_batch_ops {
             return Err(ConfigError::Invalid(format!(
                 "ops_burst = {ops_burst} is below max_batch_ops ({max_batch_ops}): \

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use futures::StreamExt;
 use futures::future::{AbortHandle, Abortable};
 use sync_client::{
-    Change, Connection, Database, Error, ListOptions, Options, Origin, Platform, RelayOptions,
-    Revision, Status, Ticket, TokenSource,
+    Change, Collection, Connection, Database, Error, ListOptions, Options, Origin, Platform,
+    RelayOptions, Revision, Status, Ticket, TokenSource,
 };
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
@@ -257,6 +257,7 @@ pub async fn open_database(options: JsValue) -> Result<WasmDatabase, JsValue> {
         store,
         token_id,
         turn: RefCell::default(),
+        collection: RefCell::default(),
     })
 }
 
@@ -268,6 +269,10 @@ pub struct WasmDatabase {
     token_id: Option<u32>,
     /// The writes `put` applied since `durable` was last called.
     turn: RefCell<Turn>,
+    /// The collection the last put or get named: apps write to one
+    /// collection many times in a row, and a fresh handle per call (its
+    /// name copied, then freed) cost more than the lookup.
+    collection: RefCell<Option<Collection>>,
 }
 
 /// The writes of one turn of the event loop, in order.
@@ -339,6 +344,26 @@ fn promise_of<T: Unpin + 'static>(
     future_to_promise(async move { pending.await.map(to_js).map_err(|e| js_error(&e)) })
 }
 
+impl WasmDatabase {
+    /// Runs `f` on collection `name`, through the handle kept from the
+    /// last call when it names the same collection.
+    fn with_collection<R>(&self, name: &str, f: impl FnOnce(&Collection) -> R) -> R {
+        // Nothing `f` does calls back into this database synchronously; if
+        // something ever did, it gets a handle of its own instead of a
+        // panic on the borrow.
+        let Ok(mut kept) = self.collection.try_borrow_mut() else {
+            return f(&self.db.collection(name));
+        };
+        let collection = match kept.take() {
+            Some(c) if c.name() == name => c,
+            _ => self.db.collection(name),
+        };
+        let result = f(&collection);
+        *kept = Some(collection);
+        result
+    }
+}
+
 #[wasm_bindgen]
 impl WasmDatabase {
     /// This database's replica id.
@@ -367,9 +392,7 @@ impl WasmDatabase {
             .transpose()
             .map_err(|e| js_error(&e))?;
         let (revision, ticket) = self
-            .db
-            .collection(collection)
-            .put_now(&id, fields, expected)
+            .with_collection(collection, |c| c.put_now(id, fields, expected))
             .map_err(|e| js_error(&e))?;
         let mut turn = self.turn.borrow_mut();
         match turn.durable.last_mut() {
@@ -433,11 +456,13 @@ impl WasmDatabase {
 
     /// A document packed (id, revision, fields), or undefined.
     pub fn get(&self, collection: &str, id: &str) -> Option<Vec<u8>> {
-        self.db.collection(collection).read(id, |doc| {
-            doc.map(|doc| {
-                let mut writer = Writer::default();
-                writer.document(&doc);
-                writer.finish()
+        self.with_collection(collection, |c| {
+            c.read(id, |doc| {
+                doc.map(|doc| {
+                    let mut writer = Writer::default();
+                    writer.document(&doc);
+                    writer.finish()
+                })
             })
         })
     }
@@ -486,19 +511,19 @@ impl WasmDatabase {
                         id,
                         fields,
                         expected: None,
-                    } => tx.put(&collection, &id, fields)?,
+                    } => tx.put(collection, id, fields)?,
                     Op::Put {
                         collection,
                         id,
                         fields,
                         expected: Some(expected),
-                    } => tx.put_if(&collection, &id, fields, revision(expected)?)?,
+                    } => tx.put_if(collection, id, fields, revision(expected)?)?,
                     Op::Unset {
                         collection,
                         id,
                         names,
-                    } => tx.unset(&collection, &id, names)?,
-                    Op::Delete { collection, id } => tx.delete(&collection, &id)?,
+                    } => tx.unset(collection, id, names)?,
+                    Op::Delete { collection, id } => tx.delete(collection, id)?,
                 }
             }
             Ok(())

@@ -47,24 +47,26 @@ const MAP: u8 = 8;
 /// A document's fields as a write names them.
 pub(crate) type Fields = Vec<(String, Value)>;
 
-/// One write of a transaction (or a single put).
+/// One write of a transaction (or a single put). The collection and
+/// document names borrow the packed bytes: sync-client takes them by
+/// reference, so owning them cost two allocations per write for nothing.
 #[derive(Debug, PartialEq)]
-pub(crate) enum Op {
+pub(crate) enum Op<'a> {
     /// `put`, or `putIf` when `expected` is set (its inner `None`: absent).
     Put {
-        collection: String,
-        id: String,
+        collection: &'a str,
+        id: &'a str,
         fields: Fields,
         expected: Option<Option<String>>,
     },
     /// Removes the named fields.
     Unset {
-        collection: String,
-        id: String,
+        collection: &'a str,
+        id: &'a str,
         names: Vec<String>,
     },
     /// Deletes the document.
-    Delete { collection: String, id: String },
+    Delete { collection: &'a str, id: &'a str },
 }
 
 /// A cursor over packed bytes.
@@ -117,10 +119,13 @@ impl<'a> Reader<'a> {
     }
 
     fn string(&mut self) -> Result<String, String> {
+        self.str().map(str::to_owned)
+    }
+
+    /// A string borrowed from the input.
+    fn str(&mut self) -> Result<&'a str, String> {
         let n = self.varint()?;
-        std::str::from_utf8(self.take(n)?)
-            .map(str::to_owned)
-            .map_err(|_| "packed string is not UTF-8".into())
+        std::str::from_utf8(self.take(n)?).map_err(|_| "packed string is not UTF-8".into())
     }
 
     fn value(&mut self, depth: usize) -> Result<Value, String> {
@@ -169,10 +174,10 @@ impl<'a> Reader<'a> {
         Ok(fields)
     }
 
-    fn op(&mut self) -> Result<Op, String> {
+    fn op(&mut self) -> Result<Op<'a>, String> {
         let kind = self.byte()?;
-        let collection = self.string()?;
-        let id = self.string()?;
+        let collection = self.str()?;
+        let id = self.str()?;
         Ok(match kind {
             0 => Op::Put {
                 collection,
@@ -217,7 +222,7 @@ impl<'a> Reader<'a> {
 }
 
 /// One packed op.
-pub(crate) fn read_op(bytes: &[u8]) -> Result<Op, String> {
+pub(crate) fn read_op(bytes: &[u8]) -> Result<Op<'_>, String> {
     let mut reader = Reader { bytes };
     let op = reader.op()?;
     reader.end()?;
@@ -244,10 +249,10 @@ pub(crate) struct Ops<'a> {
     left: usize,
 }
 
-impl Iterator for Ops<'_> {
-    type Item = Result<Op, String>;
+impl<'a> Iterator for Ops<'a> {
+    type Item = Result<Op<'a>, String>;
 
-    fn next(&mut self) -> Option<Result<Op, String>> {
+    fn next(&mut self) -> Option<Result<Op<'a>, String>> {
         if self.left == 0 {
             return None;
         }
@@ -391,7 +396,8 @@ mod tests {
 
     #[test]
     fn reads_a_put_of_every_kind_of_value() {
-        let op = read_op(&put_bytes()).unwrap();
+        let bytes = put_bytes();
+        let op = read_op(&bytes).unwrap();
         let map = BTreeMap::from([
             (
                 "l".to_owned(),
@@ -402,8 +408,8 @@ mod tests {
         assert_eq!(
             op,
             Op::Put {
-                collection: "c".into(),
-                id: "id".into(),
+                collection: "c",
+                id: "id",
                 fields: vec![
                     ("n".into(), Value::Null),
                     ("t".into(), Value::Bool(true)),
@@ -424,31 +430,30 @@ mod tests {
         b.extend([1, 1, b'c', 1, b'b', 0, 1, 1, b'v', NULL]);
         b.extend([2, 1, b'c', 1, b'a', 2, 1, b'x', 1, b'y']);
         b.extend([3, 1, b'c', 1, b'a']);
-        let ops: Vec<Op> = read_ops(&b).unwrap().collect::<Result<_, _>>().unwrap();
-        let (c, a) = (|| "c".to_owned(), || "a".to_owned());
+        let ops: Vec<Op<'_>> = read_ops(&b).unwrap().collect::<Result<_, _>>().unwrap();
         assert_eq!(
             ops,
             vec![
                 Op::Put {
-                    collection: c(),
-                    id: a(),
+                    collection: "c",
+                    id: "a",
                     fields: vec![],
                     expected: Some(Some("r1".into())),
                 },
                 Op::Put {
-                    collection: c(),
-                    id: "b".into(),
+                    collection: "c",
+                    id: "b",
                     fields: vec![("v".into(), Value::Null)],
                     expected: Some(None),
                 },
                 Op::Unset {
-                    collection: c(),
-                    id: a(),
+                    collection: "c",
+                    id: "a",
                     names: vec!["x".into(), "y".into()],
                 },
                 Op::Delete {
-                    collection: c(),
-                    id: a(),
+                    collection: "c",
+                    id: "a",
                 },
             ]
         );

@@ -6,7 +6,8 @@
 // Run after `cargo xtask npm` and `cargo build --release -p relay-server`:
 //   node --experimental-websocket --expose-gc bench/peers.mjs
 // (`cargo xtask bench` runs it; Node 20 needs the flag for WebSocket.)
-// ONLY=concord,yjs picks libraries; PARTS=writes,batched picks
+// ONLY=concord,yjs picks libraries; RAW=1 adds every run's figures after
+// the table (for ranges, next to the medians); PARTS=writes,batched picks
 // workloads (writes, batched, merge, encodeDecode, incremental; the last
 // two need writes), and without merge, encodeDecode and incremental the
 // relay is not started (nor needed).
@@ -198,6 +199,9 @@ const concord = {
       if (JSON.stringify(ca.get(d)) !== JSON.stringify(cb.get(d))) throw new Error(`merge: ${d} differs`);
     }
     r.bytes = a.proxy.counts.up + a.proxy.counts.down + b.proxy.counts.up + b.proxy.counts.down;
+    // Through the relay every operation crosses two connections; one
+    // replica's connection carries each operation once, as a peer's does.
+    r.linkBytes = Math.max(a.proxy.counts.up + a.proxy.counts.down, b.proxy.counts.up + b.proxy.counts.down);
     await Promise.all([a.db.close(), b.db.close(), a.proxy.close(), b.proxy.close()]);
     return r;
   },
@@ -582,6 +586,8 @@ for (let run = 0; run < RUNS; run++) {
       record(lib, "merge", m.ms);
       record(lib, "mergeCpu", m.cpu);
       record(lib, "mergeBytes", m.bytes);
+      // A peer exchanges bytes with the other directly: all of them pass its link.
+      record(lib, "mergeLinkBytes", m.linkBytes ?? m.bytes);
     }
     if (w && part("encodeDecode")) {
       progress(`${lib.name} encodeDecode`);
@@ -611,6 +617,7 @@ const ROWS = [
   ["1b. the same 100,000 writes in one transaction", "batched", ms],
   ["2. 2 × 50,000 concurrent writes: merge both ways", "merge", ms],
   ["2b. merge: bytes exchanged", "mergeBytes", kib],
+  ["2c. merge: bytes through one replica's connection", "mergeLinkBytes", kib],
   ["3a. encode full state (100,000 writes)", "encode", ms],
   ["3b. decode into a fresh replica", "decode", ms],
   ["3c. encoded bytes", "bytes", kib],
@@ -636,4 +643,11 @@ for (const [label, key, fmt] of ROWS) {
   const best = peers.length ? Math.min(...peers) : null;
   const ratio = ours === null || best === null || ours === 0 ? "—" : `${(best / ours).toFixed(2)}×`;
   console.log(`| ${label} | ${values.map(fmt).join(" | ")} | ${ratio} |`);
+}
+if (process.env.RAW) {
+  console.log("\nEvery run, in order:\n");
+  for (const [label, key, fmt] of ROWS) {
+    const runs = LIBS.map((l) => (results[l.name][key] ?? []).map(fmt).join(", ") || "—");
+    if (runs.some((r) => r !== "—")) console.log(`| ${label} | ${runs.join(" | ")} |`);
+  }
 }

@@ -151,6 +151,22 @@ test("put merges fields, unset removes them, delete removes the document", async
   await db.close();
 });
 
+test("puts and gets that alternate between collections each reach their own", async () => {
+  const db = await fresh();
+  const a = db.collection("a");
+  const b = db.collection("b");
+  // Same ids, interleaved: the wasm side keeps the last collection's handle.
+  await Promise.all([a.put("x", { in: "a" }), b.put("x", { in: "b" }), b.put("y", { in: "b" }), a.put("z", { in: "a" })]);
+  assert.deepEqual(a.get("x"), { in: "a" });
+  assert.deepEqual(b.get("x"), { in: "b" });
+  assert.equal(a.get("y"), undefined);
+  assert.equal(b.get("z"), undefined);
+  // list does not go through that handle, so it checks where the puts landed.
+  assert.deepEqual(a.list().map((d) => [d.id, d.data.in]), [["x", "a"], ["z", "a"]]);
+  assert.deepEqual(b.list().map((d) => [d.id, d.data.in]), [["x", "b"], ["y", "b"]]);
+  await db.close();
+});
+
 test("reads see a write before its promise resolves", async () => {
   const db = await fresh();
   const todos = db.collection("todos");
