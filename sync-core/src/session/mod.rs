@@ -1102,9 +1102,10 @@ impl Session {
         }
         live.received = cursor;
         self.set_relay_head(cursor);
+        // Confirmed once applied (by `drain_inbound`), not on arrival: the
+        // relay's send window then bounds the inbound queue.
         self.inbound.push(Inbound::Ops { ops, cursor });
         self.drain_inbound(now);
-        self.confirm(now, 1);
     }
 
     fn on_chunk(&mut self, now: u64, cursor: u64, total_len: u64, offset: u64, bytes: Vec<u8>) {
@@ -1145,42 +1146,48 @@ impl Session {
             );
         }
         assembly.bytes.extend_from_slice(&bytes);
-        if assembly.bytes.len() as u64 == total_len {
-            let Some(done) = live.assembling.take() else {
-                return;
-            };
-            let format = Snapshot::format_of(&done.bytes);
-            if !format.is_some_and(|f| self.config.snapshot_formats.contains(&f)) {
-                let reason = format!(
-                    "relay sent a snapshot in format {format:?}; this client reads {:?}",
-                    self.config.snapshot_formats
-                );
-                return self.fail(now, CloseCode::ProtocolError, ErrorCode::Malformed, reason);
+        if (assembly.bytes.len() as u64) < total_len {
+            // Chunks before the last are confirmed on arrival: the blob is
+            // bounded by the snapshot limit, and holding them back would
+            // stall a blob longer than the window.
+            return self.confirm(now, 1);
+        }
+        let Some(done) = live.assembling.take() else {
+            return;
+        };
+        let format = Snapshot::format_of(&done.bytes);
+        if !format.is_some_and(|f| self.config.snapshot_formats.contains(&f)) {
+            let reason = format!(
+                "relay sent a snapshot in format {format:?}; this client reads {:?}",
+                self.config.snapshot_formats
+            );
+            return self.fail(now, CloseCode::ProtocolError, ErrorCode::Malformed, reason);
+        }
+        // The limit bounds the body too, should the snapshot be compressed.
+        let max_body = usize::try_from(max).unwrap_or(usize::MAX);
+        // Decoded a slice at a time (the host yields in between), in
+        // its place in the queue: what arrives meanwhile waits behind it.
+        // The last chunk is confirmed once the snapshot is applied.
+        match SnapshotDecoder::new(done.bytes, 0, max_body) {
+            Ok(decoder) => {
+                live.received = done.cursor;
+                self.set_relay_head(done.cursor);
+                self.inbound.push(Inbound::Decoding {
+                    decoder: Box::new(decoder),
+                    cursor: done.cursor,
+                });
+                self.drain_inbound(now);
             }
-            // The limit bounds the body too, should the snapshot be compressed.
-            let max_body = usize::try_from(max).unwrap_or(usize::MAX);
-            // Decoded a slice at a time (the host yields in between), in
-            // its place in the queue: what arrives meanwhile waits behind it.
-            match SnapshotDecoder::new(done.bytes, 0, max_body) {
-                Ok(decoder) => {
-                    live.received = done.cursor;
-                    self.set_relay_head(done.cursor);
-                    self.inbound.push(Inbound::Decoding {
-                        decoder: Box::new(decoder),
-                        cursor: done.cursor,
-                    });
-                    self.drain_inbound(now);
-                }
-                Err(e) => {
-                    let reason = format!("relay sent a bad snapshot: {e}");
-                    return self.fail(now, CloseCode::ProtocolError, ErrorCode::Malformed, reason);
-                }
+            Err(e) => {
+                let reason = format!("relay sent a bad snapshot: {e}");
+                self.fail(now, CloseCode::ProtocolError, ErrorCode::Malformed, reason);
             }
         }
-        self.confirm(now, 1);
     }
 
-    /// Applies what the clock allows from the inbound queue, then stores the cursor.
+    /// Applies what the clock allows from the inbound queue, stores the
+    /// cursor, and confirms the frames applied (the `Applied` waits for
+    /// that store, so its cursor is durable).
     fn drain_inbound(&mut self, now: u64) {
         let drained = self.inbound.drain(
             now,
@@ -1200,6 +1207,9 @@ impl Session {
             // it was applied, and the relay sends it again on reconnecting.
             let reason = format!("relay sent a bad snapshot: {e}");
             return self.fail(now, CloseCode::ProtocolError, ErrorCode::Malformed, reason);
+        }
+        if drained.frames > 0 && matches!(self.link, Link::Live(_)) {
+            self.confirm(now, drained.frames);
         }
         self.check_caught_up();
     }
@@ -1330,11 +1340,9 @@ impl Session {
             }
         }
         if !self.inbound.is_empty() {
+            // Operations that waited for the clock: their frames are
+            // confirmed as they apply.
             self.drain_inbound(now);
-            if matches!(self.link, Link::Live(_)) && self.inbound.is_empty() {
-                // The cursor moved; the frames were confirmed on arrival.
-                self.confirm(now, 0);
-            }
         }
         self.flush_pushes(now);
     }
