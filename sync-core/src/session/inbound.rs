@@ -98,6 +98,20 @@ impl InboundQueue {
         self.skew_reported = false;
     }
 
+    /// On losing the connection: forgets everything but a snapshot being
+    /// decoded or applied at the front, which the replica finishes offline
+    /// (its cursor is then stored, so the next connection does not fetch it
+    /// again); the relay sends what came after it again.
+    pub(super) fn keep_snapshot_only(&mut self) {
+        let keep = matches!(
+            self.items.front(),
+            Some(Inbound::Decoding { .. } | Inbound::Snapshot { started: true, .. })
+        );
+        self.items.truncate(usize::from(keep));
+        self.ready &= keep;
+        self.skew_reported = false;
+    }
+
     /// When the front item could pass the drift check.
     pub(super) fn retry_at(&self, max_drift_ms: u64) -> Option<u64> {
         self.items

@@ -494,6 +494,26 @@ impl Session {
             self.replica.continue_reset(self.config.apply_slice_docs);
         }
         self.drain_inbound(now);
+        self.connect_when_due(now);
+    }
+
+    /// Starts the connection attempt that is due, unless received work is
+    /// still being applied (see [`InboundQueue::keep_snapshot_only`]): a
+    /// `Hello` sent meanwhile would carry the cursor from before the
+    /// snapshot, and the relay would send the snapshot again.
+    fn connect_when_due(&mut self, now: u64) {
+        if let Link::Waiting { retry_at } = self.link {
+            if now >= retry_at && !self.applying_offline() {
+                self.link = Link::Connecting { since: now };
+                self.outputs.push(Output::Connect);
+            }
+        }
+    }
+
+    /// Whether a received snapshot is still being decoded or applied while
+    /// there is no connection; [`Session::apply_slice`] connects once it is done.
+    fn applying_offline(&self) -> bool {
+        self.replica.is_resetting() || !self.inbound.is_empty()
     }
 
     /// The replica, for reads.
@@ -1305,12 +1325,7 @@ impl Session {
     fn on_timeout(&mut self, now: u64) {
         match &mut self.link {
             Link::Offline => {}
-            Link::Waiting { retry_at } => {
-                if now >= *retry_at {
-                    self.link = Link::Connecting { since: now };
-                    self.outputs.push(Output::Connect);
-                }
-            }
+            Link::Waiting { .. } => self.connect_when_due(now),
             Link::Connecting { since } | Link::Handshaking { since } => {
                 if now.saturating_sub(*since) >= self.config.handshake_timeout_ms {
                     self.lose_link(
@@ -1375,6 +1390,7 @@ impl Session {
     fn next_timeout_ms(&self) -> Option<u64> {
         let link = match &self.link {
             Link::Offline => None,
+            Link::Waiting { .. } if self.applying_offline() => None,
             Link::Waiting { retry_at } => Some(*retry_at),
             Link::Connecting { since } | Link::Handshaking { since } => {
                 Some(since.saturating_add(self.config.handshake_timeout_ms))
@@ -1503,6 +1519,8 @@ impl Session {
     /// again: the only way to take a refused operation's effect back out of
     /// the local state. Local operations still pending are kept and re-applied.
     fn resync(&mut self, now: u64) {
+        // Nothing received before the resync may move the cursor after it.
+        self.inbound.clear();
         let empty = Snapshot::empty();
         // The empty snapshot's clock reading is zero, which the clock always accepts.
         let _ = self
@@ -1552,7 +1570,7 @@ impl Session {
                 reason: reason.clone(),
             });
         }
-        self.inbound.clear();
+        self.inbound.keep_snapshot_only();
         // Only a connection that stayed up a while proves the relay healthy;
         // one that fails right after its welcome keeps backing off.
         if let Link::Live(live) = &self.link {

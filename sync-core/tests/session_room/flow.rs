@@ -297,3 +297,68 @@ fn the_slice_that_finishes_decoding_a_snapshot_applies_none_of_it() {
     w.settle();
     w.assert_converged();
 }
+
+#[test]
+fn a_snapshot_cut_off_as_slow_is_finished_offline_and_not_fetched_again() {
+    let mut w = World::new(windowed());
+    let writer = w.add_client(2);
+    w.start(writer);
+    w.write_many(writer, "old", 100);
+    w.compact_now();
+    let compacted = w.room.head();
+    let reader = w.add_client_with(1, session_config().with_apply_slice_docs(1));
+    w.cm(reader).hold_slices = true;
+    w.start(reader);
+    let session = w.conn(reader);
+
+    // A second a slice while the room keeps writing: the snapshot's last
+    // chunk and a Deliver fill the window, and the room gives up on it.
+    for k in 0..10 {
+        w.put(writer, &format!("new{k}"), "n", k as i64);
+        w.advance(1_000);
+        w.apply_slice(reader);
+    }
+    assert_eq!(w.room_closes(session), vec![CloseCode::SlowConsumer]);
+    let connects = w.c(reader).connects();
+
+    // The reader finishes the snapshot offline; the retry waits for it.
+    let mut slices = 0;
+    while w.apply_slice(reader) {
+        slices += 1;
+        w.advance(100);
+        if w.apply_slice_pending(reader) {
+            assert_eq!(
+                w.c(reader).connects(),
+                connects,
+                "reconnected while still applying, after {slices} slices"
+            );
+        }
+    }
+    assert!(
+        slices > 50,
+        "the retry was due long before: {slices} slices"
+    );
+    // Its last slice stored the snapshot's cursor and connected at once.
+    assert!(w.c(reader).stored_sync_state().map(|s| s.cursor()) >= Some(compacted));
+
+    w.cm(reader).hold_slices = false;
+    w.advance(60_000);
+    assert_eq!(w.c(reader).link(), LinkState::Live);
+    assert_eq!(w.c(reader).connects(), connects + 1);
+    assert_eq!(
+        w.c(reader).hellos().last().map(|h| h.cursor),
+        Some(compacted),
+        "resumes after the snapshot"
+    );
+    let last_chunks = w
+        .c(reader)
+        .received()
+        .iter()
+        .filter(|m| {
+            matches!(m, Message::SnapshotChunk { offset, total_len, bytes, .. }
+                if offset + bytes.len() as u64 == *total_len)
+        })
+        .count();
+    assert_eq!(last_chunks, 1, "the snapshot was sent once");
+    w.assert_converged();
+}

@@ -520,6 +520,11 @@ impl World {
         true
     }
 
+    /// Whether client `i` still has received work to decode or apply.
+    pub(crate) fn apply_slice_pending(&self, i: usize) -> bool {
+        self.clients[i].session.is_applying()
+    }
+
     /// Frames queued for client `i` on its current connection, decoded.
     pub(crate) fn queued_to(&self, i: usize) -> Vec<Message> {
         self.clients[i]
