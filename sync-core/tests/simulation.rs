@@ -537,6 +537,8 @@ fn session_config() -> SessionConfig {
     };
     config.max_batch_ops = 7;
     config.push_window = 2;
+    // Small, so snapshots and batches are applied over several slices.
+    config.apply_slice_docs = 3;
     config
 }
 
@@ -680,7 +682,18 @@ impl Sim {
             let Some(session) = self.clients[i].session.as_mut() else {
                 return;
             };
-            let Some(out) = session.poll() else { return };
+            let Some(out) = session.poll() else {
+                if !session.is_applying() {
+                    return;
+                }
+                // As a host does between two turns of its loop: the next
+                // slice of received work, whose outputs are then polled.
+                let now = self.clients[i].local(self.now);
+                if let Some(session) = self.clients[i].session.as_mut() {
+                    session.apply_slice(Timestamp::from_unix_ms(now));
+                }
+                continue;
+            };
             match out {
                 Output::Connect => {
                     let c = &mut self.clients[i];

@@ -1,5 +1,10 @@
 //! Operations and snapshots received but not yet applied.
 //!
+//! Each item stands for one received frame (a `Deliver`, or a snapshot's
+//! last chunk) that the relay has not had confirmed yet: the frame is
+//! confirmed when its item leaves the queue, so the relay's send window
+//! bounds the queue.
+//!
 //! A remote stamp further ahead of the local wall clock than the drift
 //! bound is refused by the clock. The relay has already accepted it against
 //! its own clock, so the local clock is the one behind: the item waits here
@@ -93,6 +98,20 @@ impl InboundQueue {
         self.skew_reported = false;
     }
 
+    /// On losing the connection: forgets everything but a snapshot being
+    /// decoded or applied at the front, which the replica finishes offline
+    /// (its cursor is then stored, so the next connection does not fetch it
+    /// again); the relay sends what came after it again.
+    pub(super) fn keep_snapshot_only(&mut self) {
+        let keep = matches!(
+            self.items.front(),
+            Some(Inbound::Decoding { .. } | Inbound::Snapshot { started: true, .. })
+        );
+        self.items.truncate(usize::from(keep));
+        self.ready &= keep;
+        self.skew_reported = false;
+    }
+
     /// When the front item could pass the drift check.
     pub(super) fn retry_at(&self, max_drift_ms: u64) -> Option<u64> {
         self.items
@@ -118,6 +137,7 @@ impl InboundQueue {
         let at = Timestamp::from_unix_ms(now);
         let mut applied_through = None;
         let mut budget = slice_docs.max(1);
+        let mut frames = 0;
         self.ready = false;
         while let Some(front) = self.items.front_mut() {
             if budget == 0 {
@@ -141,19 +161,26 @@ impl InboundQueue {
                                 started: false,
                             });
                         }
-                        // Applying it starts at once, as it did when a
-                        // snapshot was decoded in one call.
-                        continue;
+                        // The decoding step was this call's slice: the
+                        // replica takes the snapshot now (so reads see it
+                        // once it is decoded), but its documents are
+                        // rewritten from the next call on.
+                        budget = 0;
                     }
                     Err(e) => {
                         self.items.pop_front();
                         return Drained {
                             through: applied_through,
+                            frames,
                             bad_snapshot: Some(e),
                         };
                     }
                 }
             }
+            // The front may have changed: a decoded snapshot replaced it.
+            let Some(front) = self.items.front_mut() else {
+                break;
+            };
             let (blocked, cursor, ahead) = match front {
                 Inbound::Ops { ops, cursor } => {
                     let mut ahead = 0;
@@ -201,7 +228,7 @@ impl InboundQueue {
                                 }));
                             }
                         }
-                        if replica.continue_reset(budget) {
+                        if budget == 0 || replica.continue_reset(budget) {
                             // More slices to go: the cursor waits for them.
                             self.ready = true;
                             break;
@@ -224,9 +251,11 @@ impl InboundQueue {
             self.items.pop_front();
             self.skew_reported = false;
             applied_through = Some(cursor);
+            frames += 1;
         }
         Drained {
             through: applied_through,
+            frames,
             bad_snapshot: None,
         }
     }
@@ -236,6 +265,8 @@ impl InboundQueue {
 pub(super) struct Drained {
     /// The cursor of the last item fully applied, if any was.
     pub(super) through: Option<u64>,
+    /// How many items (received frames) left the queue.
+    pub(super) frames: u32,
     /// Why a received snapshot was refused, if one was.
     pub(super) bad_snapshot: Option<SnapshotError>,
 }

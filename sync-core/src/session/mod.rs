@@ -494,6 +494,26 @@ impl Session {
             self.replica.continue_reset(self.config.apply_slice_docs);
         }
         self.drain_inbound(now);
+        self.connect_when_due(now);
+    }
+
+    /// Starts the connection attempt that is due, unless received work is
+    /// still being applied (see [`InboundQueue::keep_snapshot_only`]): a
+    /// `Hello` sent meanwhile would carry the cursor from before the
+    /// snapshot, and the relay would send the snapshot again.
+    fn connect_when_due(&mut self, now: u64) {
+        if let Link::Waiting { retry_at } = self.link {
+            if now >= retry_at && !self.applying_offline() {
+                self.link = Link::Connecting { since: now };
+                self.outputs.push(Output::Connect);
+            }
+        }
+    }
+
+    /// Whether a received snapshot is still being decoded or applied while
+    /// there is no connection; [`Session::apply_slice`] connects once it is done.
+    fn applying_offline(&self) -> bool {
+        self.replica.is_resetting() || !self.inbound.is_empty()
     }
 
     /// The replica, for reads.
@@ -1102,9 +1122,10 @@ impl Session {
         }
         live.received = cursor;
         self.set_relay_head(cursor);
+        // Confirmed once applied (by `drain_inbound`), not on arrival: the
+        // relay's send window then bounds the inbound queue.
         self.inbound.push(Inbound::Ops { ops, cursor });
         self.drain_inbound(now);
-        self.confirm(now, 1);
     }
 
     fn on_chunk(&mut self, now: u64, cursor: u64, total_len: u64, offset: u64, bytes: Vec<u8>) {
@@ -1145,42 +1166,48 @@ impl Session {
             );
         }
         assembly.bytes.extend_from_slice(&bytes);
-        if assembly.bytes.len() as u64 == total_len {
-            let Some(done) = live.assembling.take() else {
-                return;
-            };
-            let format = Snapshot::format_of(&done.bytes);
-            if !format.is_some_and(|f| self.config.snapshot_formats.contains(&f)) {
-                let reason = format!(
-                    "relay sent a snapshot in format {format:?}; this client reads {:?}",
-                    self.config.snapshot_formats
-                );
-                return self.fail(now, CloseCode::ProtocolError, ErrorCode::Malformed, reason);
+        if (assembly.bytes.len() as u64) < total_len {
+            // Chunks before the last are confirmed on arrival: the blob is
+            // bounded by the snapshot limit, and holding them back would
+            // stall a blob longer than the window.
+            return self.confirm(now, 1);
+        }
+        let Some(done) = live.assembling.take() else {
+            return;
+        };
+        let format = Snapshot::format_of(&done.bytes);
+        if !format.is_some_and(|f| self.config.snapshot_formats.contains(&f)) {
+            let reason = format!(
+                "relay sent a snapshot in format {format:?}; this client reads {:?}",
+                self.config.snapshot_formats
+            );
+            return self.fail(now, CloseCode::ProtocolError, ErrorCode::Malformed, reason);
+        }
+        // The limit bounds the body too, should the snapshot be compressed.
+        let max_body = usize::try_from(max).unwrap_or(usize::MAX);
+        // Decoded a slice at a time (the host yields in between), in
+        // its place in the queue: what arrives meanwhile waits behind it.
+        // The last chunk is confirmed once the snapshot is applied.
+        match SnapshotDecoder::new(done.bytes, 0, max_body) {
+            Ok(decoder) => {
+                live.received = done.cursor;
+                self.set_relay_head(done.cursor);
+                self.inbound.push(Inbound::Decoding {
+                    decoder: Box::new(decoder),
+                    cursor: done.cursor,
+                });
+                self.drain_inbound(now);
             }
-            // The limit bounds the body too, should the snapshot be compressed.
-            let max_body = usize::try_from(max).unwrap_or(usize::MAX);
-            // Decoded a slice at a time (the host yields in between), in
-            // its place in the queue: what arrives meanwhile waits behind it.
-            match SnapshotDecoder::new(done.bytes, 0, max_body) {
-                Ok(decoder) => {
-                    live.received = done.cursor;
-                    self.set_relay_head(done.cursor);
-                    self.inbound.push(Inbound::Decoding {
-                        decoder: Box::new(decoder),
-                        cursor: done.cursor,
-                    });
-                    self.drain_inbound(now);
-                }
-                Err(e) => {
-                    let reason = format!("relay sent a bad snapshot: {e}");
-                    return self.fail(now, CloseCode::ProtocolError, ErrorCode::Malformed, reason);
-                }
+            Err(e) => {
+                let reason = format!("relay sent a bad snapshot: {e}");
+                self.fail(now, CloseCode::ProtocolError, ErrorCode::Malformed, reason);
             }
         }
-        self.confirm(now, 1);
     }
 
-    /// Applies what the clock allows from the inbound queue, then stores the cursor.
+    /// Applies what the clock allows from the inbound queue, stores the
+    /// cursor, and confirms the frames applied (the `Applied` waits for
+    /// that store, so its cursor is durable).
     fn drain_inbound(&mut self, now: u64) {
         let drained = self.inbound.drain(
             now,
@@ -1200,6 +1227,9 @@ impl Session {
             // it was applied, and the relay sends it again on reconnecting.
             let reason = format!("relay sent a bad snapshot: {e}");
             return self.fail(now, CloseCode::ProtocolError, ErrorCode::Malformed, reason);
+        }
+        if drained.frames > 0 && matches!(self.link, Link::Live(_)) {
+            self.confirm(now, drained.frames);
         }
         self.check_caught_up();
     }
@@ -1295,12 +1325,7 @@ impl Session {
     fn on_timeout(&mut self, now: u64) {
         match &mut self.link {
             Link::Offline => {}
-            Link::Waiting { retry_at } => {
-                if now >= *retry_at {
-                    self.link = Link::Connecting { since: now };
-                    self.outputs.push(Output::Connect);
-                }
-            }
+            Link::Waiting { .. } => self.connect_when_due(now),
             Link::Connecting { since } | Link::Handshaking { since } => {
                 if now.saturating_sub(*since) >= self.config.handshake_timeout_ms {
                     self.lose_link(
@@ -1330,11 +1355,9 @@ impl Session {
             }
         }
         if !self.inbound.is_empty() {
+            // Operations that waited for the clock: their frames are
+            // confirmed as they apply.
             self.drain_inbound(now);
-            if matches!(self.link, Link::Live(_)) && self.inbound.is_empty() {
-                // The cursor moved; the frames were confirmed on arrival.
-                self.confirm(now, 0);
-            }
         }
         self.flush_pushes(now);
     }
@@ -1367,6 +1390,7 @@ impl Session {
     fn next_timeout_ms(&self) -> Option<u64> {
         let link = match &self.link {
             Link::Offline => None,
+            Link::Waiting { .. } if self.applying_offline() => None,
             Link::Waiting { retry_at } => Some(*retry_at),
             Link::Connecting { since } | Link::Handshaking { since } => {
                 Some(since.saturating_add(self.config.handshake_timeout_ms))
@@ -1495,6 +1519,8 @@ impl Session {
     /// again: the only way to take a refused operation's effect back out of
     /// the local state. Local operations still pending are kept and re-applied.
     fn resync(&mut self, now: u64) {
+        // Nothing received before the resync may move the cursor after it.
+        self.inbound.clear();
         let empty = Snapshot::empty();
         // The empty snapshot's clock reading is zero, which the clock always accepts.
         let _ = self
@@ -1544,7 +1570,7 @@ impl Session {
                 reason: reason.clone(),
             });
         }
-        self.inbound.clear();
+        self.inbound.keep_snapshot_only();
         // Only a connection that stayed up a while proves the relay healthy;
         // one that fails right after its welcome keeps backing off.
         if let Link::Live(live) = &self.link {

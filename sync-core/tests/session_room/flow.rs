@@ -1,11 +1,12 @@
 //! Flow control: the send window and the slow-consumer cut-off.
 
+use sync_core::Event;
 use sync_core::Timestamp;
 use sync_core::protocol::{CloseCode, ErrorCode, Message};
 use sync_core::room::{ConnectionId, RoomConfig};
 use sync_core::session::LinkState;
 
-use crate::harness::World;
+use crate::harness::{World, session_config};
 
 fn windowed() -> RoomConfig {
     RoomConfig::default()
@@ -172,5 +173,192 @@ fn consumer_that_keeps_confirming_is_not_cut_off_as_slow() {
     }
     w.cm(reader).hold_inbound = false;
     w.settle();
+    w.assert_converged();
+}
+
+/// Frames client `i` received (`Deliver`s and snapshots' last chunks) that
+/// are not applied yet: the ones past its cursor. Earlier chunks of a
+/// snapshot are not counted: they only fill the blob being assembled.
+fn received_unapplied(w: &World, i: usize) -> usize {
+    let cursor = w.c(i).cursor();
+    w.c(i)
+        .received()
+        .iter()
+        .filter(|m| match m {
+            Message::Deliver { cursor: c, .. } => *c > cursor,
+            Message::SnapshotChunk {
+                cursor: c,
+                offset,
+                total_len,
+                bytes,
+            } => *c > cursor && offset + bytes.len() as u64 == *total_len,
+            _ => false,
+        })
+        .count()
+}
+
+#[test]
+fn received_frames_waiting_to_apply_never_outnumber_the_send_window() {
+    const WINDOW: usize = 3;
+    let mut w = World::new(windowed().with_send_window(WINDOW));
+    let writer = w.add_client(2);
+    w.start(writer);
+    w.write_many(writer, "old", 100);
+    w.compact_now();
+    // The reader applies the snapshot a document a slice, and only when
+    // the test says: meanwhile the writer keeps writing.
+    let reader = w.add_client_with(1, session_config().with_apply_slice_docs(1));
+    w.cm(reader).hold_slices = true;
+    w.start(reader);
+    assert_eq!(
+        w.c(reader).cursor(),
+        0,
+        "the snapshot is still being decoded"
+    );
+
+    let mut most = 0;
+    let mut slices = 0;
+    for k in 0..60 {
+        w.put(writer, &format!("new{k}"), "n", k as i64);
+        let waiting = received_unapplied(&w, reader);
+        most = most.max(waiting);
+        assert!(
+            waiting <= WINDOW,
+            "{waiting} received frames wait to be applied after {k} writes"
+        );
+        slices += usize::from(w.apply_slice(reader));
+    }
+    assert_eq!(slices, 60, "still applying the snapshot: the test means it");
+    assert_eq!(most, WINDOW, "the relay kept the window full");
+
+    // Nothing arrives any more: the confirmations of the frames applied
+    // from here on go out with the slices that apply them.
+    while w.apply_slice(reader) {
+        assert!(received_unapplied(&w, reader) <= WINDOW);
+    }
+    w.cm(reader).hold_slices = false;
+    w.settle();
+    w.assert_converged();
+    let cursors: Vec<u64> = w
+        .c(reader)
+        .sent()
+        .iter()
+        .filter_map(|m| match m {
+            Message::Applied { cursor, .. } => Some(*cursor),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        cursors.windows(2).all(|p| p[0] <= p[1]),
+        "the confirmed cursor never goes back: {cursors:?}"
+    );
+    assert_eq!(cursors.last(), Some(&w.room.head()));
+}
+
+#[test]
+fn the_slice_that_finishes_decoding_a_snapshot_applies_none_of_it() {
+    const SLICE: usize = 5;
+    let mut w = World::new(windowed());
+    let writer = w.add_client(2);
+    w.start(writer);
+    w.write_many(writer, "w", 40);
+    w.compact_now();
+    let reader = w.add_client_with(1, session_config().with_apply_slice_docs(SLICE));
+    w.cm(reader).hold_slices = true;
+    w.start(reader);
+
+    let announced = |w: &World| {
+        w.c(reader)
+            .events()
+            .iter()
+            .filter(|e| matches!(e, Event::DocumentChanged { .. }))
+            .count()
+    };
+    let mut decode_finished = false;
+    loop {
+        let resetting = w.c(reader).session.replica().is_resetting();
+        let before = announced(&w);
+        if !w.apply_slice(reader) {
+            break;
+        }
+        let now = announced(&w) - before;
+        assert!(now <= SLICE, "{now} documents announced in one slice");
+        if !resetting && w.c(reader).session.replica().is_resetting() {
+            decode_finished = true;
+            assert_eq!(
+                now, 0,
+                "the slice that decoded the last documents also applied some"
+            );
+        }
+    }
+    assert!(decode_finished, "decoding ended in a slice of its own");
+    assert_eq!(announced(&w), 40);
+    w.cm(reader).hold_slices = false;
+    w.settle();
+    w.assert_converged();
+}
+
+#[test]
+fn a_snapshot_cut_off_as_slow_is_finished_offline_and_not_fetched_again() {
+    let mut w = World::new(windowed());
+    let writer = w.add_client(2);
+    w.start(writer);
+    w.write_many(writer, "old", 100);
+    w.compact_now();
+    let compacted = w.room.head();
+    let reader = w.add_client_with(1, session_config().with_apply_slice_docs(1));
+    w.cm(reader).hold_slices = true;
+    w.start(reader);
+    let session = w.conn(reader);
+
+    // A second a slice while the room keeps writing: the snapshot's last
+    // chunk and a Deliver fill the window, and the room gives up on it.
+    for k in 0..10 {
+        w.put(writer, &format!("new{k}"), "n", k as i64);
+        w.advance(1_000);
+        w.apply_slice(reader);
+    }
+    assert_eq!(w.room_closes(session), vec![CloseCode::SlowConsumer]);
+    let connects = w.c(reader).connects();
+
+    // The reader finishes the snapshot offline; the retry waits for it.
+    let mut slices = 0;
+    while w.apply_slice(reader) {
+        slices += 1;
+        w.advance(100);
+        if w.apply_slice_pending(reader) {
+            assert_eq!(
+                w.c(reader).connects(),
+                connects,
+                "reconnected while still applying, after {slices} slices"
+            );
+        }
+    }
+    assert!(
+        slices > 50,
+        "the retry was due long before: {slices} slices"
+    );
+    // Its last slice stored the snapshot's cursor and connected at once.
+    assert!(w.c(reader).stored_sync_state().map(|s| s.cursor()) >= Some(compacted));
+
+    w.cm(reader).hold_slices = false;
+    w.advance(60_000);
+    assert_eq!(w.c(reader).link(), LinkState::Live);
+    assert_eq!(w.c(reader).connects(), connects + 1);
+    assert_eq!(
+        w.c(reader).hellos().last().map(|h| h.cursor),
+        Some(compacted),
+        "resumes after the snapshot"
+    );
+    let last_chunks = w
+        .c(reader)
+        .received()
+        .iter()
+        .filter(|m| {
+            matches!(m, Message::SnapshotChunk { offset, total_len, bytes, .. }
+                if offset + bytes.len() as u64 == *total_len)
+        })
+        .count();
+    assert_eq!(last_chunks, 1, "the snapshot was sent once");
     w.assert_converged();
 }

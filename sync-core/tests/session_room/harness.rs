@@ -107,6 +107,9 @@ pub(crate) struct Client {
     pub(crate) hold_inbound: bool,
     /// Frames to this client vanish.
     pub(crate) drop_inbound: bool,
+    /// The host does not go on with received work by itself: the test
+    /// calls [`World::apply_slice`].
+    pub(crate) hold_slices: bool,
     /// Frames and closes from this client vanish.
     pub(crate) drop_outbound: bool,
     /// Connection attempts fail at once.
@@ -129,6 +132,7 @@ impl Client {
             received: Vec::new(),
             hold_inbound: false,
             drop_inbound: false,
+            hold_slices: false,
             drop_outbound: false,
             refuse_connect: false,
             seed,
@@ -501,6 +505,26 @@ impl World {
         shown
     }
 
+    /// Client `i` decodes or applies one slice of what it received (see
+    /// [`Client::hold_slices`]), then everything settles; returns whether
+    /// work was left to do.
+    pub(crate) fn apply_slice(&mut self, i: usize) -> bool {
+        if !self.clients[i].session.is_applying() {
+            return false;
+        }
+        let now = self.clients[i].local(self.now);
+        self.clients[i]
+            .session
+            .apply_slice(Timestamp::from_unix_ms(now));
+        self.settle();
+        true
+    }
+
+    /// Whether client `i` still has received work to decode or apply.
+    pub(crate) fn apply_slice_pending(&self, i: usize) -> bool {
+        self.clients[i].session.is_applying()
+    }
+
     /// Frames queued for client `i` on its current connection, decoded.
     pub(crate) fn queued_to(&self, i: usize) -> Vec<Message> {
         self.clients[i]
@@ -747,6 +771,15 @@ impl World {
                     self.clients[i].timeout = Some(at.unix_ms().saturating_add_signed(-skew));
                 }
             }
+        }
+        // As a host does: one slice of received work, then the other
+        // machines get a turn (frames may arrive in between).
+        if !self.clients[i].hold_slices && self.clients[i].session.is_applying() {
+            let now = self.clients[i].local(self.now);
+            self.clients[i]
+                .session
+                .apply_slice(Timestamp::from_unix_ms(now));
+            progress = true;
         }
         progress
     }
