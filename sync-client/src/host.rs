@@ -95,7 +95,9 @@ where
         seed,
     } = platform;
     let records = store.read_all().await?;
-    let replica_config = ReplicaConfig::default();
+    // This loop calls `Session::apply_slice` while the session asks for
+    // it: a checkpoint is encoded a slice at a time, between the yields.
+    let replica_config = ReplicaConfig::default().with_sliced_checkpoints(true);
     let (room, token) = match &options.relay {
         Some(relay) => (relay.room.clone(), relay.token.clone()),
         None => (String::new(), String::new()),
@@ -437,7 +439,10 @@ impl<T: Transport> Host<T> {
             core.settle_waiters();
             let status = core.status();
             core.status.publish(status);
-            closed = core.closed;
+            // A checkpoint being encoded is finished and stored first: the
+            // records are durable without it, but reopening reads it in a
+            // fraction of their time.
+            closed = core.closed && !(self.applying && core.session.replica().is_checkpointing());
             let refresh_now = std::mem::take(&mut core.refresh_requested);
             if self.refresh_at.is_none() && self.refreshing.is_none() {
                 self.schedule_refresh(&core);

@@ -34,11 +34,18 @@ pub struct ReplicaConfig {
     /// the next persist batch a checkpoint (it also takes a quarter of all
     /// documents; see `replica/checkpoint.rs`). Default 1024.
     pub checkpoint_min_records: usize,
+    /// Whether a checkpoint is encoded a slice of documents at a time
+    /// rather than in one piece (see `replica/checkpoint.rs`): the caller
+    /// then calls [`Replica::checkpoint_step`] while
+    /// [`Replica::is_checkpointing`]. A session does when its host drives
+    /// [`crate::session::Session::apply_slice`]. Default `false`.
+    pub sliced_checkpoints: bool,
 }
 
 crate::setters::with_setters!(ReplicaConfig {
     with_max_drift_ms => max_drift_ms: u64,
     with_checkpoint_min_records => checkpoint_min_records: usize,
+    with_sliced_checkpoints => sliced_checkpoints: bool,
 });
 
 impl Default for ReplicaConfig {
@@ -46,6 +53,7 @@ impl Default for ReplicaConfig {
         ReplicaConfig {
             max_drift_ms: DEFAULT_MAX_DRIFT_MS,
             checkpoint_min_records: 1024,
+            sliced_checkpoints: false,
         }
     }
 }
@@ -156,6 +164,13 @@ struct Dirty {
     /// remove; ascending. (Operations to write need no entry: they are the
     /// outbox's tail above `Replica::outbox_stored_through`.)
     outbox_removed: Vec<u64>,
+}
+
+impl Dirty {
+    /// Whether a document or collection changed since the last batch.
+    fn changes_state(&self) -> bool {
+        !self.docs.is_empty() || !self.collections.is_empty()
+    }
 }
 
 /// Ids of documents to rewrite in one collection.
@@ -290,7 +305,7 @@ impl Replica {
             },
             events: VecDeque::new(),
             reset: None,
-            checkpoints: checkpoint::Checkpoints::new(config.checkpoint_min_records),
+            checkpoints: checkpoint::Checkpoints::new(config),
         }
     }
 
@@ -1055,6 +1070,7 @@ impl Replica {
     /// the relay's head: while `catching_up`, the checkpoint policy waits
     /// for the head (see the checkpoint module).
     pub(crate) fn take_persist_catching_up(&mut self, catching_up: bool) -> Option<PersistBatch> {
+        self.check_checkpointing();
         let dirty = std::mem::take(&mut self.dirty);
         // A new generation, so that no document's mark claims a place in
         // the new, empty set; after 2^32 - 1 batches, every mark is cleared

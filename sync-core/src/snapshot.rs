@@ -546,15 +546,68 @@ fn encode_columnar(
     tombstone_horizon: Hlc,
     frame: impl FnOnce(&mut Vec<u8>, usize, &[u8]),
 ) -> Vec<u8> {
+    let body = columnar::encode_body(layout, state, version, max_hlc, tombstone_horizon);
+    seal_columnar(layout, state, &body, frame)
+}
+
+/// The blob of columns `body` (of `state`), framed by `frame`.
+fn seal_columnar(
+    layout: columnar::Layout,
+    state: &State,
+    body: &[u8],
+    frame: impl FnOnce(&mut Vec<u8>, usize, &[u8]),
+) -> Vec<u8> {
     let format = match layout {
         columnar::Layout::Inline => COLUMNAR_SNAPSHOT_FORMAT,
         columnar::Layout::Timeline => TIMELINE_SNAPSHOT_FORMAT,
     };
     let mut out = header(format, state.field_count() * 4);
-    let body = columnar::encode_body(layout, state, version, max_hlc, tombstone_horizon);
-    frame(&mut out, state.field_count(), &body);
+    frame(&mut out, state.field_count(), body);
     seal(&mut out);
     out
+}
+
+/// [`Snapshot::encode`] a slice of documents at a time, for a host that
+/// hands its thread back in between; the state must not change meanwhile
+/// (see `columnar::BodyEncoder`).
+pub(crate) struct SnapshotEncoder(columnar::BodyEncoder);
+
+impl std::fmt::Debug for SnapshotEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotEncoder").finish_non_exhaustive()
+    }
+}
+
+impl SnapshotEncoder {
+    /// An encoder of `state`, before its first document.
+    pub(crate) fn new(state: &State) -> Self {
+        SnapshotEncoder(columnar::BodyEncoder::new(
+            columnar::Layout::Timeline,
+            state,
+        ))
+    }
+
+    /// Encodes up to `max_docs` more documents of `state`; `true` once all are.
+    pub(crate) fn step(&mut self, state: &State, max_docs: usize) -> bool {
+        self.0.step(state, max_docs)
+    }
+
+    /// The blob, the bytes [`Snapshot::encode`] makes of the same arguments.
+    pub(crate) fn finish(
+        self,
+        state: &State,
+        version: &VersionVector,
+        max_hlc: Hlc,
+        tombstone_horizon: Hlc,
+    ) -> Vec<u8> {
+        let body = self.0.finish(state, version, max_hlc, tombstone_horizon);
+        seal_columnar(
+            columnar::Layout::Timeline,
+            state,
+            &body,
+            columnar::frame_plain,
+        )
+    }
 }
 
 /// Frames columns deflated at [`DEFLATE_LEVEL`].

@@ -27,7 +27,9 @@
 //! same checks as the other formats. PROTOCOL.md section 8 describes the
 //! layout byte by byte.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault};
+use std::ops::Bound;
 
 use crate::hlc::{Hlc, MAX_WALL_MS};
 use crate::op::{check_collection, check_doc_id, check_field_name};
@@ -523,125 +525,251 @@ pub(crate) fn encode_body(
     max_hlc: Hlc,
     tombstone_horizon: Hlc,
 ) -> Vec<u8> {
-    let replicas = crate::snapshot::replica_table(state);
-    // The state's own replica indices, mapped to the table's.
-    let mut by_slot: Vec<u32> = Vec::new();
-    // Serialising into a Vec cannot fail for these types.
-    let mut head = postcard::to_extend(version, Vec::with_capacity(256)).unwrap_or_default();
-    push_varint(&mut head, max_hlc.as_u64());
-    push_varint(&mut head, tombstone_horizon.as_u64());
-    push_varint(&mut head, state.names.len() as u64);
-    for i in 0..state.names.len() {
-        push_str(&mut head, state.names.name(i as u32));
-    }
-    push_varint(&mut head, replicas.len() as u64);
-    for replica in replicas.keys() {
-        push_varint(&mut head, replica.0);
-    }
-    let index = |r: ReplicaId| replicas.get(&r).copied().unwrap_or(u32::MAX);
-    let opt_stamp = |head: &mut Vec<u8>, s: Option<Stamp>| match s {
-        None => head.push(0),
-        Some(s) => {
-            head.push(1);
-            push_varint(head, s.hlc.as_u64());
-            push_varint(head, u64::from(index(s.replica)));
+    let mut encoder = BodyEncoder::new(layout, state);
+    while !encoder.step(state, usize::MAX) {}
+    encoder.finish(state, version, max_hlc, tombstone_horizon)
+}
+
+/// [`encode_body`] a slice of documents at a time, so that a host can hand
+/// its thread back between slices (a checkpoint of 100,000 documents is
+/// several hundred milliseconds of a browser's main thread in one piece).
+/// It borrows nothing between calls: every call takes the state again, and
+/// the caller must not change it meanwhile (the checkpoint policy drops an
+/// encoder whose state changed, see `replica/checkpoint.rs`). The bytes are
+/// those of [`encode_body`] on the same state.
+pub(crate) struct BodyEncoder {
+    layout: Layout,
+    replicas: BTreeMap<ReplicaId, u32>,
+    /// The state's own replica indices, mapped to the table's.
+    by_slot: Vec<u32>,
+    c: Columns,
+    dictionary: Dictionary,
+    /// Where the next slice starts: a collection's position, and the last
+    /// document written of it (`None`: none yet).
+    next: (usize, Option<String>),
+}
+
+impl BodyEncoder {
+    /// An encoder of `state`, before its first document.
+    pub(crate) fn new(layout: Layout, state: &State) -> Self {
+        // Sized once for every string value: grown from empty, a table of a
+        // million distinct strings was rehashed about twenty times, half of a
+        // checkpoint's encoding time in a browser (a profile of the initial
+        // sync in bindings/npm/bench/main-thread.mjs).
+        let strings = state
+            .collections
+            .values()
+            .flat_map(|coll| coll.docs.values())
+            .flat_map(|doc| doc.fields.iter())
+            .filter(|slot| matches!(slot.value, Some(StoredValue::String(_))))
+            .count();
+        BodyEncoder {
+            layout,
+            replicas: crate::snapshot::replica_table(state),
+            by_slot: Vec::new(),
+            c: Columns {
+                uses: (layout == Layout::Timeline).then(|| Vec::with_capacity(state.field_count())),
+                ..Columns::default()
+            },
+            dictionary: Dictionary::with_capacity(strings),
+            next: (0, None),
         }
-    };
-    push_varint(&mut head, state.collections.len() as u64);
-    for (name, coll) in &state.collections {
-        push_str(&mut head, name);
-        opt_stamp(&mut head, coll.created);
-        opt_stamp(&mut head, coll.dropped);
-        push_varint(&mut head, coll.docs.len() as u64);
     }
 
-    let mut c = Columns {
-        uses: (layout == Layout::Timeline).then(|| Vec::with_capacity(state.field_count())),
-        ..Columns::default()
-    };
-    // Sized once for every string value: grown from empty, a table of a
-    // million distinct strings was rehashed about twenty times, half of a
-    // checkpoint's encoding time in a browser (a profile of the initial
-    // sync in bindings/npm/bench/main-thread.mjs).
-    let strings = state
-        .collections
-        .values()
-        .flat_map(|coll| coll.docs.values())
-        .flat_map(|doc| doc.fields.iter())
-        .filter(|slot| matches!(slot.value, Some(StoredValue::String(_))))
-        .count();
-    let mut dictionary: HashMap<&str, u64> = HashMap::with_capacity(strings);
-    for coll in state.collections.values() {
-        let mut previous_id: &str = "";
-        for (id, doc) in &coll.docs {
-            let shared = common_prefix(previous_id, id);
-            push_varint(&mut c.doc_ids, shared as u64);
-            push_str(&mut c.doc_ids, &id[shared..]);
-            previous_id = id;
-            let deleted = doc.deleted();
-            let flags = u64::from(doc.written.is_some()) * HAS_WRITTEN
-                + u64::from(deleted.is_some()) * HAS_DELETED;
-            c.doc_flags.push(flags);
-            c.doc_fields.push(doc.fields.len() as u64);
-            for s in doc.written.into_iter().chain(deleted) {
-                c.stamp(s, index(s.replica));
-            }
-            let mut last_name: i64 = -1;
-            for slot in &doc.fields {
-                c.field_names
-                    .push((i64::from(slot.name) - last_name) as u64);
-                last_name = i64::from(slot.name);
-                let stamp = slot.stamp(&state.names);
-                if Some(stamp) == doc.written {
-                    c.field_stamps.push(STAMP_IS_WRITTEN);
-                } else {
-                    c.field_stamps.push(STAMP_EXPLICIT);
-                    let at = slot.replica as usize;
-                    if at >= by_slot.len() {
-                        by_slot.resize(at + 1, u32::MAX);
-                    }
-                    if by_slot[at] == u32::MAX {
-                        by_slot[at] = index(stamp.replica);
-                    }
-                    c.stamp(stamp, by_slot[at]);
+    /// Writes up to `max_docs` more documents; `true` once every one is written.
+    pub(crate) fn step(&mut self, state: &State, max_docs: usize) -> bool {
+        let mut budget = max_docs;
+        // By position: the state is the one the encoding began with.
+        while let Some(coll) = state.collections.values().nth(self.next.0) {
+            let after = self.next.1.take();
+            let from = match &after {
+                Some(id) => Bound::Excluded(id.as_str()),
+                None => Bound::Unbounded,
+            };
+            let docs = coll.docs.range((from, Bound::Unbounded));
+            let mut last: Option<&str> = after.as_deref();
+            for (id, doc) in docs {
+                if budget == 0 {
+                    self.next.1 = last.map(str::to_owned);
+                    return false;
                 }
-                encode_value(&mut c, &mut dictionary, slot.value.as_ref());
+                budget -= 1;
+                self.document(state, last.unwrap_or(""), id, doc);
+                last = Some(id);
             }
+            self.next.0 += 1;
+        }
+        true
+    }
+
+    /// Writes document `id`, which follows `previous_id` in its collection.
+    fn document(&mut self, state: &State, previous_id: &str, id: &str, doc: &DocState) {
+        let c = &mut self.c;
+        let replicas = &self.replicas;
+        let index = |r: ReplicaId| replicas.get(&r).copied().unwrap_or(u32::MAX);
+        let shared = common_prefix(previous_id, id);
+        push_varint(&mut c.doc_ids, shared as u64);
+        push_str(&mut c.doc_ids, &id[shared..]);
+        let deleted = doc.deleted();
+        let flags = u64::from(doc.written.is_some()) * HAS_WRITTEN
+            + u64::from(deleted.is_some()) * HAS_DELETED;
+        c.doc_flags.push(flags);
+        c.doc_fields.push(doc.fields.len() as u64);
+        for s in doc.written.into_iter().chain(deleted) {
+            c.stamp(s, index(s.replica));
+        }
+        let mut last_name: i64 = -1;
+        for slot in &doc.fields {
+            c.field_names
+                .push((i64::from(slot.name) - last_name) as u64);
+            last_name = i64::from(slot.name);
+            let stamp = slot.stamp(&state.names);
+            if Some(stamp) == doc.written {
+                c.field_stamps.push(STAMP_IS_WRITTEN);
+            } else {
+                c.field_stamps.push(STAMP_EXPLICIT);
+                let at = slot.replica as usize;
+                if at >= self.by_slot.len() {
+                    self.by_slot.resize(at + 1, u32::MAX);
+                }
+                if self.by_slot[at] == u32::MAX {
+                    self.by_slot[at] = index(stamp.replica);
+                }
+                c.stamp(stamp, self.by_slot[at]);
+            }
+            encode_value(c, &mut self.dictionary, slot.value.as_ref());
         }
     }
 
-    let (refs, timeline_len) = match c.uses.take() {
-        Some(uses) => c.timeline(&uses),
-        None => (Vec::new(), 0),
-    };
-    let columns: [Vec<u8>; COLUMNS] = [
-        c.doc_ids,
-        c.doc_flags.finish(),
-        c.doc_fields.finish(),
-        c.field_names.finish(),
-        c.field_stamps.finish(),
-        c.wall.finish(),
-        c.counter.finish(),
-        c.replica.finish(),
-        c.tags.finish(),
-        c.ints.finish(),
-        c.floats,
-        c.strings,
-        c.other,
-        refs,
-    ];
-    let columns = &columns[..layout.columns()];
-    let mut body = head;
-    if layout == Layout::Timeline {
-        push_varint(&mut body, timeline_len);
+    /// The body: the head (version, names, replicas, collections) and the
+    /// columns written.
+    pub(crate) fn finish(
+        self,
+        state: &State,
+        version: &VersionVector,
+        max_hlc: Hlc,
+        tombstone_horizon: Hlc,
+    ) -> Vec<u8> {
+        let BodyEncoder {
+            layout,
+            replicas,
+            mut c,
+            ..
+        } = self;
+        // Serialising into a Vec cannot fail for these types.
+        let mut head = postcard::to_extend(version, Vec::with_capacity(256)).unwrap_or_default();
+        push_varint(&mut head, max_hlc.as_u64());
+        push_varint(&mut head, tombstone_horizon.as_u64());
+        push_varint(&mut head, state.names.len() as u64);
+        for i in 0..state.names.len() {
+            push_str(&mut head, state.names.name(i as u32));
+        }
+        push_varint(&mut head, replicas.len() as u64);
+        for replica in replicas.keys() {
+            push_varint(&mut head, replica.0);
+        }
+        let index = |r: ReplicaId| replicas.get(&r).copied().unwrap_or(u32::MAX);
+        let opt_stamp = |head: &mut Vec<u8>, s: Option<Stamp>| match s {
+            None => head.push(0),
+            Some(s) => {
+                head.push(1);
+                push_varint(head, s.hlc.as_u64());
+                push_varint(head, u64::from(index(s.replica)));
+            }
+        };
+        push_varint(&mut head, state.collections.len() as u64);
+        for (name, coll) in &state.collections {
+            push_str(&mut head, name);
+            opt_stamp(&mut head, coll.created);
+            opt_stamp(&mut head, coll.dropped);
+            push_varint(&mut head, coll.docs.len() as u64);
+        }
+
+        let (refs, timeline_len) = match c.uses.take() {
+            Some(uses) => c.timeline(&uses),
+            None => (Vec::new(), 0),
+        };
+        let columns: [Vec<u8>; COLUMNS] = [
+            c.doc_ids,
+            c.doc_flags.finish(),
+            c.doc_fields.finish(),
+            c.field_names.finish(),
+            c.field_stamps.finish(),
+            c.wall.finish(),
+            c.counter.finish(),
+            c.replica.finish(),
+            c.tags.finish(),
+            c.ints.finish(),
+            c.floats,
+            c.strings,
+            c.other,
+            refs,
+        ];
+        let columns = &columns[..layout.columns()];
+        let mut body = head;
+        if layout == Layout::Timeline {
+            push_varint(&mut body, timeline_len);
+        }
+        for column in columns {
+            push_varint(&mut body, column.len() as u64);
+        }
+        for column in columns {
+            body.extend_from_slice(column);
+        }
+        body
     }
-    for column in columns {
-        push_varint(&mut body, column.len() as u64);
+}
+
+/// The hash of the dictionary's strings, and of its table.
+type Hashing = BuildHasherDefault<crate::revision::IdHasher>;
+
+/// The string values written so far, numbered from 1 in the order first
+/// written: a repeat is written as its number. Keyed by a hash of the
+/// string, the bytes compared against the copy already in the strings
+/// column, so that it borrows nothing from the state between slices.
+struct Dictionary {
+    /// Hash of a string → its number (the first string with that hash).
+    /// Unkeyed (the core draws no randomness): strings a peer chose to
+    /// collide are only written whole, each time.
+    by_hash: HashMap<u64, u64, Hashing>,
+    /// Where each string's bytes are in the strings column, by number - 1.
+    spans: Vec<(usize, usize)>,
+}
+
+impl Dictionary {
+    fn with_capacity(strings: usize) -> Self {
+        Dictionary {
+            by_hash: HashMap::with_capacity_and_hasher(strings, Default::default()),
+            spans: Vec::with_capacity(strings),
+        }
     }
-    for column in columns {
-        body.extend_from_slice(column);
+
+    /// Writes `s` to `column`: the number of an earlier copy, or 0 and the
+    /// string (which takes the next number). A string whose hash an earlier,
+    /// different one took is written whole each time (a 64-bit hash: rare
+    /// enough not to keep a second table for).
+    fn write(&mut self, column: &mut Vec<u8>, s: &str) {
+        let hash = Hashing::default().hash_one(s);
+        let next = self.spans.len() as u64 + 1;
+        let seen = match self.by_hash.get(&hash) {
+            Some(&number) => {
+                let (at, len) = self.spans[(number - 1) as usize];
+                (&column[at..at + len] == s.as_bytes()).then_some(number)
+            }
+            None => {
+                self.by_hash.insert(hash, next);
+                None
+            }
+        };
+        match seen {
+            Some(number) => push_varint(column, number),
+            None => {
+                push_varint(column, 0);
+                push_str(column, s);
+                self.spans.push((column.len() - s.len(), s.len()));
+            }
+        }
     }
-    body
 }
 
 /// Length in bytes of the longest common prefix that ends on a character
@@ -659,11 +787,7 @@ fn common_prefix(a: &str, b: &str) -> usize {
     n
 }
 
-fn encode_value<'a>(
-    c: &mut Columns,
-    dictionary: &mut HashMap<&'a str, u64>,
-    value: Option<&'a StoredValue>,
-) {
+fn encode_value(c: &mut Columns, dictionary: &mut Dictionary, value: Option<&StoredValue>) {
     let tag = match value {
         None => TAG_REMOVED,
         Some(StoredValue::Null) => TAG_NULL,
@@ -679,17 +803,7 @@ fn encode_value<'a>(
             TAG_FLOAT
         }
         Some(StoredValue::String(s)) => {
-            let next = dictionary.len() as u64 + 1;
-            match dictionary.entry(s) {
-                std::collections::hash_map::Entry::Occupied(seen) => {
-                    push_varint(&mut c.strings, *seen.get());
-                }
-                std::collections::hash_map::Entry::Vacant(new) => {
-                    new.insert(next);
-                    push_varint(&mut c.strings, 0);
-                    push_str(&mut c.strings, s);
-                }
-            }
+            dictionary.write(&mut c.strings, s);
             TAG_STRING
         }
         Some(other @ (StoredValue::Bytes(_) | StoredValue::List(_) | StoredValue::Map(_))) => {
@@ -1318,11 +1432,67 @@ impl ValueReader {
 mod tests {
     use proptest::prelude::*;
 
+    use std::hash::BuildHasher;
+
     use super::{DEFLATED, PLAIN, stamp_order};
     use crate::hlc::Hlc;
     use crate::snapshot::{COLUMNAR_SNAPSHOT_FORMAT, Snapshot};
     use crate::state::State;
     use crate::version::VersionVector;
+
+    proptest! {
+        /// A checkpoint encoded a few documents at a time (resuming in the
+        /// middle of a collection, across collections, with strings seen in
+        /// an earlier slice) decodes to the state it was encoded from, and
+        /// is the blob encoded in one piece.
+        #[test]
+        fn a_state_encoded_in_slices_decodes_to_itself(
+            writes in prop::collection::vec((0..3u8, 0..12u8, 0..3u8, 0..4u8, any::<bool>()), 1..80),
+            slice in 1..5usize,
+        ) {
+            let mut replica = crate::Replica::new(crate::ReplicaId(7), crate::ReplicaConfig::default());
+            let now = crate::Timestamp::from_unix_ms(1_700_000_000_000);
+            for (c, d, f, v, delete) in writes {
+                let (c, d) = (format!("c{c}"), format!("doc{d}"));
+                if delete {
+                    let _ = replica.delete(now, &c, &d);
+                } else {
+                    replica.put(now, &c, &d, [(format!("f{f}"), format!("value {v}"))]).unwrap();
+                }
+            }
+            let state = replica.state();
+            let version = replica.version();
+            let mut encoder = crate::snapshot::SnapshotEncoder::new(state);
+            // Tombstones are documents to encode too.
+            let docs: usize = state.collections.values().map(|c| c.docs.len()).sum();
+            let mut slices = 0;
+            while !encoder.step(state, slice) {
+                slices += 1;
+                prop_assert!(slices <= docs, "no progress");
+            }
+            let sliced = encoder.finish(state, version, Hlc::ZERO, Hlc::ZERO);
+            let decoded = Snapshot::decode(&sliced).unwrap();
+            prop_assert_eq!(&decoded.state, state);
+            prop_assert_eq!(sliced, Snapshot::encode(state, version, Hlc::ZERO, Hlc::ZERO));
+        }
+    }
+
+    /// A string whose hash an earlier, different one took is written
+    /// whole each time, taking a number each time; the first keeps its own.
+    #[test]
+    fn strings_whose_hashes_collide_keep_their_own_numbers() {
+        let mut dictionary = super::Dictionary::with_capacity(0);
+        let mut column = Vec::new();
+        dictionary.write(&mut column, "a");
+        let hash_b = super::Hashing::default().hash_one("b");
+        // "b" now hashes like "a" did.
+        dictionary.by_hash.insert(hash_b, 1);
+        dictionary.write(&mut column, "b");
+        dictionary.write(&mut column, "b");
+        dictionary.write(&mut column, "a");
+        // 0 + "a" (new, 1), 0 + "b" (2), 0 + "b" (3), then 1.
+        assert_eq!(column, [0, 1, b'a', 0, 1, b'b', 0, 1, b'b', 1]);
+    }
 
     /// The plain encoder (the one a client's checkpoints use) frames its
     /// columns plain and the compressing ones deflate theirs: each framing

@@ -30,11 +30,26 @@
 //! would encode the growing state again and again (about four times the
 //! final state in all). The batch that reaches the head is then one
 //! checkpoint of everything.
+//!
+//! **Sliced**: under a session, whose host hands its thread back between
+//! slices, a checkpoint the policy asks for when the records it supersedes
+//! are mostly stored already (the batch's own documents would not have
+//! made it due: the end of a catch-up) is encoded a slice of documents at
+//! a time ([`Replica::checkpoint_step`]): the batch that asked for it is
+//! written as document records, which keep everything durable meanwhile,
+//! and the encoded bytes become the next batch's checkpoint, as received
+//! snapshot bytes do. A checkpoint holds the state of one moment: should
+//! any document or collection change before the last slice, the encoding
+//! is dropped (its checkpoint would otherwise delete the records written
+//! since it began, which are newer than its copy), and the next checkpoint
+//! is encoded whole, so a state that never stops changing still gets one.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{DirtyIds, Replica};
+use super::{DirtyIds, Replica, ReplicaConfig};
+use crate::hlc::Hlc;
 use crate::persist::{ABSENT_DOCUMENT, PersistBatch, StoreKey, Write, encode_checkpoint};
+use crate::snapshot::SnapshotEncoder;
 
 /// The replica's knowledge of its stored checkpoint and overlay.
 #[derive(Debug, Default)]
@@ -51,22 +66,30 @@ pub(super) struct Checkpoints {
     pending: Option<Vec<u8>>,
     /// The next batch writes a checkpoint of the whole state.
     forced: bool,
+    /// A checkpoint being encoded a slice at a time, of a state unchanged
+    /// since it began.
+    encoding: Option<Box<SnapshotEncoder>>,
+    /// The last sliced encoding was dropped: the next checkpoint is encoded whole.
+    whole_next: bool,
     /// [`crate::ReplicaConfig::checkpoint_min_records`].
     min_records: usize,
+    /// [`crate::ReplicaConfig::sliced_checkpoints`].
+    sliced: bool,
 }
 
 impl Checkpoints {
     /// No checkpoint stored, no record.
-    pub(super) fn new(min_records: usize) -> Self {
+    pub(super) fn new(config: ReplicaConfig) -> Self {
         Checkpoints {
-            min_records,
+            min_records: config.checkpoint_min_records,
+            sliced: config.sliced_checkpoints,
             ..Checkpoints::default()
         }
     }
 
     /// What a loader found: whether a checkpoint, and which document records.
     pub(super) fn restored(
-        min_records: usize,
+        config: ReplicaConfig,
         stored: bool,
         overlay: BTreeMap<String, BTreeSet<String>>,
     ) -> Self {
@@ -77,7 +100,10 @@ impl Checkpoints {
             overlay_len,
             pending: None,
             forced: false,
-            min_records,
+            encoding: None,
+            whole_next: false,
+            min_records: config.checkpoint_min_records,
+            sliced: config.sliced_checkpoints,
         }
     }
 
@@ -94,11 +120,29 @@ impl Checkpoints {
         if self.forced || self.pending.is_some() {
             return true;
         }
-        if catching_up {
+        if catching_up || self.encoding.is_some() {
             return false;
         }
-        let records = self.overlay_len.saturating_add(dirty_docs);
-        records >= self.min_records.max(total_docs / 4).max(1)
+        self.overlay_len.saturating_add(dirty_docs) >= self.threshold(total_docs)
+    }
+
+    /// Records since the checkpoint that make the next one due.
+    fn threshold(&self, total_docs: usize) -> usize {
+        self.min_records.max(total_docs / 4).max(1)
+    }
+
+    /// Whether a checkpoint due with a batch of `dirty_docs` documents is
+    /// encoded in slices: when slicing is on and the batch's own documents
+    /// would not have made it due (the records it supersedes are mostly
+    /// stored already, as at the end of a catch-up). A batch that rewrites
+    /// much of the state (a large transaction) is cheaper stored as the
+    /// checkpoint than as records and a checkpoint after them.
+    fn slices(&self, dirty_docs: usize, total_docs: usize) -> bool {
+        self.sliced
+            && self.pending.is_none()
+            && !self.forced
+            && !self.whole_next
+            && dirty_docs < self.threshold(total_docs)
     }
 
     /// Number of document records stored since the checkpoint.
@@ -108,7 +152,16 @@ impl Checkpoints {
 
     /// Stores `snapshot` (bytes received from the relay) as the next checkpoint.
     pub(super) fn set_pending(&mut self, snapshot: Vec<u8>) {
+        self.encoding = None;
         self.pending = Some(snapshot);
+    }
+
+    /// Drops the checkpoint being encoded in slices: the state changed
+    /// under it. The next one is encoded whole.
+    fn abandon(&mut self) {
+        if self.encoding.take().is_some() {
+            self.whole_next = true;
+        }
     }
 
     /// Makes the next batch a checkpoint of the whole state. Snapshot bytes
@@ -117,6 +170,7 @@ impl Checkpoints {
     pub(super) fn force(&mut self) {
         self.forced = true;
         self.pending = None;
+        self.encoding = None;
     }
 
     fn insert(&mut self, collection: &str, id: String) {
@@ -172,9 +226,45 @@ impl Replica {
         self.checkpoints.due(dirty, total, catching_up)
     }
 
+    /// Whether a checkpoint is being encoded in slices (see [`Replica::checkpoint_step`]).
+    pub fn is_checkpointing(&self) -> bool {
+        self.checkpoints.encoding.is_some()
+    }
+
+    /// Encodes up to `max_docs` more documents of the checkpoint being
+    /// encoded in slices; once the last is, the next persist batch stores
+    /// it. Returns whether slices are left. Drops the encoding instead when
+    /// the state changed since it began (see the module documentation).
+    pub fn checkpoint_step(&mut self, max_docs: usize) -> bool {
+        self.check_checkpointing();
+        let Some(encoder) = self.checkpoints.encoding.as_mut() else {
+            return false;
+        };
+        if !encoder.step(&self.state, max_docs) {
+            return true;
+        }
+        if let Some(encoder) = self.checkpoints.encoding.take() {
+            // As `encode_snapshot` would now: the state is the one it began with.
+            let bytes = encoder.finish(&self.state, &self.version, self.clock.last(), Hlc::ZERO);
+            self.checkpoints.pending = Some(bytes);
+            self.dirty.meta = true;
+        }
+        false
+    }
+
+    /// Drops a checkpoint being encoded in slices if the state changed
+    /// since it began; called before a persist batch takes the changes.
+    pub(super) fn check_checkpointing(&mut self) {
+        if self.dirty.changes_state() {
+            self.checkpoints.abandon();
+        }
+    }
+
     /// Adds the document writes of a persist batch to `batch`: the records
     /// of the dirty documents, or (when `due`) a checkpoint with the
-    /// deletion of every record it supersedes.
+    /// deletion of every record it supersedes. When sliced, a checkpoint
+    /// to encode starts a sliced encoding instead, and this batch writes
+    /// records.
     pub(super) fn persist_documents(
         &mut self,
         batch: &mut PersistBatch,
@@ -182,7 +272,12 @@ impl Replica {
         due: bool,
     ) {
         let mut superseded = None;
-        if due {
+        let dirty: usize = docs.values().map(DirtyIds::len).sum();
+        let total: usize = self.state.collections.values().map(|c| c.docs.len()).sum();
+        if due && self.checkpoints.slices(dirty, total) {
+            self.checkpoints.encoding = Some(Box::new(SnapshotEncoder::new(&self.state)));
+        } else if due {
+            self.checkpoints.whole_next = false;
             let snapshot = match self.checkpoints.pending.take() {
                 Some(received) => Some(received),
                 None => {

@@ -361,7 +361,7 @@ impl ReplicaLoader {
             events: VecDeque::new(),
             reset: None,
             checkpoints: super::checkpoint::Checkpoints::restored(
-                config.checkpoint_min_records,
+                config,
                 checkpoint,
                 overlay_sets(overlay),
             ),

@@ -467,7 +467,8 @@ impl Session {
     }
 
     /// Whether received data is still being decoded or applied (a
-    /// snapshot, or more operations than a slice): the host calls
+    /// snapshot, or more operations than a slice), or a checkpoint encoded
+    /// (see `replica/checkpoint.rs`): the host calls
     /// [`Session::apply_slice`] (yielding to its platform in between) until
     /// this is `false`. Reads see the snapshot's state once
     /// its last slice is decoded (and checked), none of it before; the
@@ -476,7 +477,8 @@ impl Session {
     /// while the store is failed: no slice can make progress then, and the
     /// host reloads from the store instead.
     pub fn is_applying(&self) -> bool {
-        (self.replica.is_resetting() || self.inbound.ready()) && self.store_failed.is_none()
+        (self.replica.is_resetting() || self.inbound.ready() || self.replica.is_checkpointing())
+            && self.store_failed.is_none()
     }
 
     /// Decodes or applies the next slice (at most
@@ -493,6 +495,7 @@ impl Session {
             // the reset anyway; the cursor stays where it was.
             self.replica.continue_reset(self.config.apply_slice_docs);
         }
+        self.replica.checkpoint_step(self.config.apply_slice_docs);
         self.drain_inbound(now);
         self.connect_when_due(now);
     }
