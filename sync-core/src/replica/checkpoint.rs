@@ -31,7 +31,7 @@
 //! final state in all). The batch that reaches the head is then one
 //! checkpoint of everything.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use super::{DirtyIds, Replica};
 use crate::persist::{ABSENT_DOCUMENT, PersistBatch, StoreKey, Write, encode_checkpoint};
@@ -42,7 +42,7 @@ pub(super) struct Checkpoints {
     /// Whether the store holds a checkpoint (once the batches taken so far are written).
     stored: bool,
     /// Keys of the document records stored since the checkpoint, by collection.
-    overlay: BTreeMap<String, BTreeSet<String>>,
+    overlay: BTreeMap<String, DirtyIds>,
     /// Number of keys in `overlay`.
     overlay_len: usize,
     /// Snapshot bytes to store as the next checkpoint: a snapshot received
@@ -68,9 +68,9 @@ impl Checkpoints {
     pub(super) fn restored(
         min_records: usize,
         stored: bool,
-        overlay: BTreeMap<String, BTreeSet<String>>,
+        overlay: BTreeMap<String, DirtyIds>,
     ) -> Self {
-        let overlay_len = overlay.values().map(BTreeSet::len).sum();
+        let overlay_len = overlay.values().map(DirtyIds::len).sum();
         Checkpoints {
             stored,
             overlay,
@@ -119,12 +119,8 @@ impl Checkpoints {
         self.pending = None;
     }
 
-    fn insert(&mut self, collection: &str, id: String) {
-        let ids = match self.overlay.get_mut(collection) {
-            Some(ids) => ids,
-            None => self.overlay.entry(collection.to_owned()).or_default(),
-        };
-        if ids.insert(id) {
+    fn insert(&mut self, collection: &str, id: &str) {
+        if DirtyIds::mark(&mut self.overlay, collection, id) {
             self.overlay_len += 1;
         }
     }
@@ -234,7 +230,7 @@ impl Replica {
                 };
                 let write = match value {
                     Some(value) => {
-                        self.checkpoints.insert(&collection, id.clone());
+                        self.checkpoints.insert(&collection, &id);
                         Write::Put {
                             key: key(id),
                             value,
@@ -242,7 +238,7 @@ impl Replica {
                     }
                     // The checkpoint may hold the document: say it is gone.
                     None if stored => {
-                        self.checkpoints.insert(&collection, id.clone());
+                        self.checkpoints.insert(&collection, &id);
                         Write::Put {
                             key: key(id),
                             value: ABSENT_DOCUMENT.to_vec(),
@@ -263,7 +259,7 @@ impl Replica {
 }
 
 /// Deletes every document record named in `overlay`.
-fn push_deletes(batch: &mut PersistBatch, overlay: BTreeMap<String, BTreeSet<String>>) {
+fn push_deletes(batch: &mut PersistBatch, overlay: BTreeMap<String, DirtyIds>) {
     for (collection, ids) in overlay {
         for id in ids {
             batch.writes.push(Write::Delete {
