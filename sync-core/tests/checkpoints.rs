@@ -330,7 +330,7 @@ fn a_bad_checkpoint_is_refused() {
     };
     let version = damaged(&|v| v[0] = 9);
     assert!(
-        version.contains("Checkpoint") && version.contains("version 9"),
+        version.contains("checkpoint") && version.contains("version 9"),
         "{version}"
     );
     let corrupt = damaged(&|v| {
@@ -338,7 +338,7 @@ fn a_bad_checkpoint_is_refused() {
         v[last] ^= 0xff;
     });
     assert!(
-        corrupt.contains("Checkpoint") && corrupt.contains("corrupt"),
+        corrupt.contains("checkpoint") && corrupt.contains("corrupt"),
         "{corrupt}"
     );
 }

@@ -248,7 +248,7 @@ impl ReplicaLoader {
         for (name, stamp, value) in record.fields {
             let stamp = stamp.or(record.written).ok_or_else(|| {
                 RestoreError::Inconsistent(format!(
-                    "a field of {:?} has no stamp of its own and the document none",
+                    "a field of {} has no stamp of its own and the document none",
                     key()
                 ))
             })?;
