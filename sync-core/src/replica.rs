@@ -158,9 +158,7 @@ struct Dirty {
     outbox_removed: Vec<u64>,
 }
 
-/// Ids of documents to rewrite in one collection; also the ids of the
-/// records stored since the checkpoint ([`checkpoint::Checkpoints`]), so
-/// that the wasm package carries one copy of the tree code for both.
+/// Ids of documents to rewrite in one collection.
 ///
 /// Hashed while there are few, because every write marks its document and
 /// a tree of ids costs a string comparison per level. The core draws no

@@ -41,7 +41,9 @@ use crate::persist::{ABSENT_DOCUMENT, PersistBatch, StoreKey, Write, encode_chec
 pub(super) struct Checkpoints {
     /// Whether the store holds a checkpoint (once the batches taken so far are written).
     stored: bool,
-    /// Keys of the document records stored since the checkpoint, by collection.
+    /// Keys of the document records stored since the checkpoint, by
+    /// collection: the dirty map's type, so that the wasm package carries
+    /// one copy of the tree code for both.
     overlay: BTreeMap<String, DirtyIds>,
     /// Number of keys in `overlay`.
     overlay_len: usize,
