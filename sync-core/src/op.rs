@@ -328,13 +328,13 @@ pub enum InvalidOp {
         max: usize,
     },
     /// One put names the same field twice.
-    #[error("field {0:?} appears more than once in one write")]
+    #[error("field '{0}' appears more than once in one write")]
     DuplicateField(String),
     /// One put writes more fields than allowed.
     #[error("one write sets {0} fields; the limit is {max}", max = limits::MAX_FIELDS_PER_PUT)]
     TooManyFields(usize),
     /// A value nests lists and maps too deeply.
-    #[error("value of field {0:?} nests lists and maps deeper than {MAX_VALUE_DEPTH} levels")]
+    #[error("value of field '{0}' nests lists and maps deeper than {MAX_VALUE_DEPTH} levels")]
     ValueTooDeep(String),
     /// The operation is larger than one operation may be.
     #[error("operation of up to {0} bytes exceeds the limit of {max} bytes per write", max = limits::MAX_OP_BYTES)]

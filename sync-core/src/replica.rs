@@ -209,6 +209,28 @@ impl DirtyIds {
         }
         !self.ordered.contains(id) && self.ordered.insert(id.to_owned())
     }
+
+    fn is_empty(&self) -> bool {
+        self.hashed.is_empty() && self.ordered.is_empty()
+    }
+
+    /// Removes `id`; whether it was there.
+    fn remove(&mut self, id: &str) -> bool {
+        self.hashed.remove(id) || self.ordered.remove(id)
+    }
+
+    /// Adds `id` to `collection`'s ids in `by_collection`; whether it was new.
+    fn mark(by_collection: &mut BTreeMap<String, DirtyIds>, collection: &str, id: &str) -> bool {
+        match by_collection.get_mut(collection) {
+            Some(ids) => ids.insert(id),
+            None => {
+                let mut ids = DirtyIds::default();
+                ids.insert(id);
+                by_collection.insert(collection.to_owned(), ids);
+                true
+            }
+        }
+    }
 }
 
 impl IntoIterator for DirtyIds {
@@ -238,15 +260,7 @@ impl Default for Dirty {
 impl Dirty {
     /// Marks a document's record for rewriting; whether it was not yet.
     fn mark_doc(&mut self, collection: &str, id: &str) -> bool {
-        match self.docs.get_mut(collection) {
-            Some(ids) => ids.insert(id),
-            None => {
-                let mut ids = DirtyIds::default();
-                ids.insert(id);
-                self.docs.insert(collection.to_owned(), ids);
-                true
-            }
-        }
+        DirtyIds::mark(&mut self.docs, collection, id)
     }
 }
 

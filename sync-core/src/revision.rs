@@ -56,7 +56,7 @@ impl fmt::Display for Revision {
 
 /// A revision string did not have the form `Revision`'s `Display` prints.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("a revision is three groups of 16 hex digits joined by '-', got {0:?}")]
+#[error("a revision is three groups of 16 hex digits joined by '-', got '{0}'")]
 pub struct ParseRevisionError(String);
 
 impl FromStr for Revision {

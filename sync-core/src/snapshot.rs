@@ -797,7 +797,7 @@ pub(crate) fn check_collection_stamps(
 ) -> Result<(), SnapshotError> {
     if coll.created.is_some() && coll.created <= coll.dropped {
         return Err(SnapshotError::Inconsistent(format!(
-            "collection {name:?} created before its drop"
+            "collection '{name}' created before its drop"
         )));
     }
     Ok(())
@@ -829,7 +829,7 @@ pub(crate) fn checked_doc(
         || (doc.written.is_none() && doc.deleted().is_none())
     {
         return Err(SnapshotError::Inconsistent(format!(
-            "document {id:?} breaks the tombstone rules"
+            "document '{id}' breaks the tombstone rules"
         )));
     }
     Ok(doc)

@@ -972,7 +972,7 @@ impl BodyDecoder {
             let name = r.str()?;
             check(check_field_name(name))?;
             if state.names.lookup(name).is_some() {
-                return Err(inconsistent(format!("field name {name:?} listed twice")));
+                return Err(inconsistent(format!("field name '{name}' listed twice")));
             }
             state.names.intern(name);
         }
@@ -1002,7 +1002,7 @@ impl BodyDecoder {
             let name = r.str()?;
             check(check_collection(name))?;
             if listed.back().is_some_and(|p| p.name.as_str() >= name) {
-                return Err(inconsistent(format!("collection {name:?} out of order")));
+                return Err(inconsistent(format!("collection '{name}' out of order")));
             }
             let created = opt_stamp(&mut r)?;
             let dropped = opt_stamp(&mut r)?;
@@ -1193,7 +1193,7 @@ impl BodyDecoder {
             .last()
             .is_some_and(|(p, _)| p.as_str() >= id.as_str())
         {
-            return Err(inconsistent(format!("document {id:?} out of order")));
+            return Err(inconsistent(format!("document '{id}' out of order")));
         }
         let flags = self.doc_flags.next(body)?;
         if flags > HAS_WRITTEN | HAS_DELETED {
@@ -1212,7 +1212,7 @@ impl BodyDecoder {
         // so a document has at most as many fields as there are names.
         if count > self.name_count || count > self.fields_left {
             return Err(inconsistent(format!(
-                "document {id:?} claims {count} fields"
+                "document '{id}' claims {count} fields"
             )));
         }
         self.fields_left -= count;
@@ -1225,13 +1225,13 @@ impl BodyDecoder {
                 .and_then(|s| last_name.checked_add(s))
                 .filter(|&n| n > last_name && (n as u64) < self.name_count)
                 .ok_or_else(|| {
-                    inconsistent(format!("fields of document {id:?} out of order or range"))
+                    inconsistent(format!("fields of document '{id}' out of order or range"))
                 })?;
             last_name = field;
             let stamp = match self.field_stamps.next(body)? {
                 STAMP_IS_WRITTEN => written.ok_or_else(|| {
                     inconsistent(format!(
-                        "document {id:?}: a field of an unwritten document has no stamp"
+                        "document '{id}': a field of an unwritten document has no stamp"
                     ))
                 })?,
                 STAMP_EXPLICIT => stamps.next(body, replicas)?,

@@ -112,7 +112,7 @@ fn a_checkpoint_in_an_old_format_opens_only_with_the_feature() {
         }
         let message = opened.expect_err(name).to_string();
         assert!(
-            message.contains("Checkpoint")
+            message.contains("checkpoint")
                 && message.contains(&format!("version {format} is not supported")),
             "{message}"
         );

@@ -210,7 +210,7 @@ pub async fn open_database(options: JsValue) -> Result<WasmDatabase, JsValue> {
         None => AnyStore::Memory(Default::default()),
         Some(other) => {
             return Err(js_sys::TypeError::new(&format!(
-                "storage {other:?} is not available here (use \"indexeddb\" in a browser or \"memory\")"
+                "storage '{other}' is not available here (use \"indexeddb\" in a browser or \"memory\")"
             ))
             .into());
         }
@@ -332,7 +332,7 @@ fn revision(expected: Option<String>) -> Result<Option<Revision>, Error> {
     expected
         .map(|r| {
             r.parse::<Revision>()
-                .map_err(|_| Error::Encode(format!("{r:?} is not a revision")))
+                .map_err(|_| Error::Encode(format!("'{r}' is not a revision")))
         })
         .transpose()
 }

@@ -44,7 +44,7 @@
 //! since it began, which are newer than its copy), and the next checkpoint
 //! is encoded whole, so a state that never stops changing still gets one.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use super::{DirtyIds, Replica, ReplicaConfig};
 use crate::hlc::Hlc;
@@ -56,8 +56,10 @@ use crate::snapshot::SnapshotEncoder;
 pub(super) struct Checkpoints {
     /// Whether the store holds a checkpoint (once the batches taken so far are written).
     stored: bool,
-    /// Keys of the document records stored since the checkpoint, by collection.
-    overlay: BTreeMap<String, BTreeSet<String>>,
+    /// Keys of the document records stored since the checkpoint, by
+    /// collection: the dirty map's type, so that the wasm package carries
+    /// one copy of the tree code for both.
+    overlay: BTreeMap<String, DirtyIds>,
     /// Number of keys in `overlay`.
     overlay_len: usize,
     /// Snapshot bytes to store as the next checkpoint: a snapshot received
@@ -91,9 +93,9 @@ impl Checkpoints {
     pub(super) fn restored(
         config: ReplicaConfig,
         stored: bool,
-        overlay: BTreeMap<String, BTreeSet<String>>,
+        overlay: BTreeMap<String, DirtyIds>,
     ) -> Self {
-        let overlay_len = overlay.values().map(BTreeSet::len).sum();
+        let overlay_len = overlay.values().map(DirtyIds::len).sum();
         Checkpoints {
             stored,
             overlay,
@@ -173,12 +175,8 @@ impl Checkpoints {
         self.encoding = None;
     }
 
-    fn insert(&mut self, collection: &str, id: String) {
-        let ids = match self.overlay.get_mut(collection) {
-            Some(ids) => ids,
-            None => self.overlay.entry(collection.to_owned()).or_default(),
-        };
-        if ids.insert(id) {
+    fn insert(&mut self, collection: &str, id: &str) {
+        if DirtyIds::mark(&mut self.overlay, collection, id) {
             self.overlay_len += 1;
         }
     }
@@ -329,7 +327,7 @@ impl Replica {
                 };
                 let write = match value {
                     Some(value) => {
-                        self.checkpoints.insert(&collection, id.clone());
+                        self.checkpoints.insert(&collection, &id);
                         Write::Put {
                             key: key(id),
                             value,
@@ -337,7 +335,7 @@ impl Replica {
                     }
                     // The checkpoint may hold the document: say it is gone.
                     None if stored => {
-                        self.checkpoints.insert(&collection, id.clone());
+                        self.checkpoints.insert(&collection, &id);
                         Write::Put {
                             key: key(id),
                             value: ABSENT_DOCUMENT.to_vec(),
@@ -358,7 +356,7 @@ impl Replica {
 }
 
 /// Deletes every document record named in `overlay`.
-fn push_deletes(batch: &mut PersistBatch, overlay: BTreeMap<String, BTreeSet<String>>) {
+fn push_deletes(batch: &mut PersistBatch, overlay: BTreeMap<String, DirtyIds>) {
     for (collection, ids) in overlay {
         for id in ids {
             batch.writes.push(Write::Delete {

@@ -3,13 +3,13 @@
 //! records ([`ReplicaLoader`]) and resetting it to a snapshot
 //! ([`Replica::start_reset`], [`Replica::continue_reset`]).
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 
 use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
 
 use super::{
-    ApplyError, Dirty, MAX_RUN_BYTES, Pending, RUN_LENGTH_BYTES, Replica, ReplicaConfig,
+    ApplyError, Dirty, DirtyIds, MAX_RUN_BYTES, Pending, RUN_LENGTH_BYTES, Replica, ReplicaConfig,
     RestoreError, push_run_record,
 };
 use crate::event::{Event, Origin};
@@ -76,8 +76,8 @@ pub struct ReplicaLoader {
     collection_records: Vec<(String, CollectionRecord)>,
     /// Whether a checkpoint was read.
     checkpoint: bool,
-    /// Keys of the document records read, by collection, in the order read.
-    overlay: BTreeMap<String, Vec<String>>,
+    /// Keys of the document records read, by collection.
+    overlay: BTreeMap<String, DirtyIds>,
     /// Documents whose records say they do not exist.
     absent: Vec<(String, String)>,
     /// The checkpoint being decoded (see [`ReplicaLoader::decode_slice`]).
@@ -120,13 +120,7 @@ impl ReplicaLoader {
                 } else {
                     self.document(collection, id, &value)?;
                 }
-                match self.overlay.get_mut(collection) {
-                    Some(ids) => ids.push(id.to_owned()),
-                    None => {
-                        self.overlay
-                            .insert(collection.to_owned(), vec![id.to_owned()]);
-                    }
-                }
+                DirtyIds::mark(&mut self.overlay, collection, id);
                 self.any = true;
                 continue;
             }
@@ -254,7 +248,7 @@ impl ReplicaLoader {
         for (name, stamp, value) in record.fields {
             let stamp = stamp.or(record.written).ok_or_else(|| {
                 RestoreError::Inconsistent(format!(
-                    "a field of {:?} has no stamp of its own and the document none",
+                    "a field of {} has no stamp of its own and the document none",
                     key()
                 ))
             })?;
@@ -363,7 +357,7 @@ impl ReplicaLoader {
             checkpoints: super::checkpoint::Checkpoints::restored(
                 config,
                 checkpoint,
-                overlay_sets(overlay),
+                overlay,
             ),
         }))
     }
@@ -470,24 +464,6 @@ fn document_key(bytes: &[u8]) -> Option<(&str, &[u8])> {
 /// copy of the sort's code of its own (about 2 KB of the wasm package).
 fn sort_by_name(fields: &mut [FieldSlot]) {
     fields.sort_by_key(|slot| slot.name);
-}
-
-/// The stored overlay as the checkpoint state keeps it: a set of ids per
-/// collection. Inserted one at a time rather than collected, since
-/// collecting into a map or set sorts its input with a copy of the sort's
-/// code for that element type (3.7 KB of the wasm package for the ids).
-/// The input is in order already (the keys come from a map, the ids from
-/// store keys) and small: the records written since the last checkpoint.
-fn overlay_sets(overlay: BTreeMap<String, Vec<String>>) -> BTreeMap<String, BTreeSet<String>> {
-    let mut sets = BTreeMap::new();
-    for (name, ids) in overlay {
-        let mut set = BTreeSet::new();
-        for id in ids {
-            set.insert(id);
-        }
-        sets.insert(name, set);
-    }
-    sets
 }
 
 /// A checkpoint record whose snapshot does not decode.

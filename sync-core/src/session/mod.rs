@@ -598,7 +598,7 @@ impl Session {
             self.link = Link::Offline;
             self.outputs.push(Output::Event(Event::Disconnected {
                 code: CloseCode::InvalidRoom,
-                reason: format!("invalid room name {:?}", self.config.room),
+                reason: format!("invalid room name '{}'", self.config.room),
                 retry_at: None,
             }));
             return;
