@@ -354,11 +354,7 @@ impl ReplicaLoader {
             dirty: Dirty::default(),
             events: VecDeque::new(),
             reset: None,
-            checkpoints: super::checkpoint::Checkpoints::restored(
-                config,
-                checkpoint,
-                overlay,
-            ),
+            checkpoints: super::checkpoint::Checkpoints::restored(config, checkpoint, overlay),
         }))
     }
 }
