@@ -152,20 +152,30 @@ fn serve(options: ServeOptions) -> ExitCode {
         }
     };
     init_tracing(&config.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("concord-relay")
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
+    // Room tasks get a runtime of their own. On the sockets' runtime a room
+    // woken by its finished commit (from the storage thread, so through
+    // tokio's global queue) waited behind the reader and writer tasks queued
+    // per worker, and the storage writer waits for that room before its next
+    // group commit. Here an idle worker thread takes it at once.
+    let (runtime, room_runtime) = match (runtime("concord-relay"), runtime("concord-room")) {
+        (Ok(runtime), Ok(room_runtime)) => (runtime, room_runtime),
+        (Err(e), _) | (_, Err(e)) => {
             eprintln!("error: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let code = runtime.block_on(server::run(config));
+    let code = runtime.block_on(server::run(config, room_runtime.handle().clone()));
     runtime.shutdown_timeout(Duration::from_secs(2));
+    room_runtime.shutdown_timeout(Duration::from_secs(2));
     code
+}
+
+/// A multi-threaded runtime whose threads carry `name`.
+fn runtime(name: &str) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name(name)
+        .build()
 }
 
 fn init_tracing(filter: &str) {

@@ -150,16 +150,25 @@ pub(crate) struct Rooms {
     /// Every room task holds a clone; shutdown waits until all are gone.
     alive: Mutex<Option<mpsc::Sender<()>>>,
     all_stopped: tokio::sync::Mutex<mpsc::Receiver<()>>,
+    /// Where room tasks run: their own runtime in the relay, so that a room
+    /// woken by a finished commit does not wait behind the socket tasks.
+    tasks: tokio::runtime::Handle,
     pub(crate) store: Storage,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) config: Arc<Config>,
 }
 
 impl Rooms {
-    /// An empty registry.
-    pub(crate) fn new(store: Storage, metrics: Arc<Metrics>, config: Arc<Config>) -> Arc<Rooms> {
+    /// An empty registry whose room tasks run on `tasks`.
+    pub(crate) fn new(
+        store: Storage,
+        metrics: Arc<Metrics>,
+        config: Arc<Config>,
+        tasks: tokio::runtime::Handle,
+    ) -> Arc<Rooms> {
         let (alive, all_stopped) = mpsc::channel(1);
         Arc::new(Rooms {
+            tasks,
             map: Mutex::new(HashMap::new()),
             next_generation: AtomicU64::new(1),
             closing: AtomicBool::new(false),
@@ -192,7 +201,8 @@ impl Rooms {
         let name: Arc<str> = name.into();
         map.insert(name.clone(), handle.clone());
         self.metrics.rooms_loaded.inc();
-        tokio::spawn(run(name, generation, inbox, self.clone(), alive));
+        self.tasks
+            .spawn(run(name, generation, inbox, self.clone(), alive));
         Some(handle)
     }
 
@@ -993,6 +1003,89 @@ mod tests {
         }
     }
 
+    /// Session 1 of `replica` joining room "r".
+    fn join(replica: ReplicaId, peer: Peer, reply: oneshot::Sender<JoinReply>) -> RoomMsg {
+        let hello = Hello {
+            replica,
+            room: "r".into(),
+            token: Vec::new(),
+            cursor: 0,
+            own_seq: 0,
+            settled_seq: 0,
+            agent: "test".into(),
+            versions: vec![protocol::PROTOCOL_VERSION],
+            snapshot_formats: vec![sync_core::snapshot::SNAPSHOT_FORMAT],
+        };
+        RoomMsg::Join {
+            session: 1,
+            hello: Box::new(hello),
+            read_only: false,
+            peer,
+            reply,
+        }
+    }
+
+    /// Waits up to 20 s, without a runtime, for `poll` to give a value.
+    fn wait_for<T>(mut poll: impl FnMut() -> Option<T>) -> T {
+        let started = Instant::now();
+        loop {
+            if let Some(value) = poll() {
+                return value;
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "timed out");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Room tasks run on the runtime the registry was given, not on the
+    /// caller's: the relay gives them their own, so that a room woken by a
+    /// finished commit does not queue behind the socket tasks.
+    #[test]
+    fn room_tasks_run_on_the_runtime_they_were_given() {
+        let room_runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        // The caller's runtime: current, but nothing ever drives it.
+        let caller = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _current = caller.enter();
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let store = Store::open(dir.path(), metrics.clone()).unwrap();
+        let config = Arc::new(Config::resolve(ServeOptions::default()).unwrap());
+        let rooms = Rooms::new(
+            Storage::Sqlite(store),
+            metrics,
+            config,
+            room_runtime.handle().clone(),
+        );
+        let room = rooms.get("r").unwrap();
+
+        let replica = ReplicaId(7);
+        let (peer, mut frames) = Peer::new(64, 1 << 20);
+        let (reply, mut joined) = oneshot::channel();
+        room.tx.blocking_send(join(replica, peer, reply)).unwrap();
+        let reply = wait_for(|| joined.try_recv().ok());
+        assert!(matches!(reply, JoinReply::Joined));
+        let mut clock = Clock::new(sync_core::hlc::DEFAULT_MAX_DRIFT_MS);
+        room.tx.blocking_send(push(replica, &mut clock, 1)).unwrap();
+        wait_for(|| match frames.try_recv() {
+            Ok(Outbound::Frame(frame, _)) => matches!(
+                protocol::decode(&frame, usize::MAX),
+                Ok(Message::Ack { through_seq: 1, .. })
+            )
+            .then_some(()),
+            Ok(_) => panic!("the room closed the session"),
+            Err(_) => None,
+        });
+        drop(rooms);
+        room_runtime.shutdown_timeout(Duration::from_secs(2));
+    }
+
     /// Lets the room task (on this test's single thread) run until idle.
     async fn let_run() {
         for _ in 0..20 {
@@ -1009,31 +1102,18 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let store = Store::open(dir.path(), metrics.clone()).unwrap();
         let config = Arc::new(Config::resolve(ServeOptions::default()).unwrap());
-        let rooms = Rooms::new(Storage::Sqlite(store), metrics.clone(), config);
+        let rooms = Rooms::new(
+            Storage::Sqlite(store),
+            metrics.clone(),
+            config,
+            tokio::runtime::Handle::current(),
+        );
         let room = rooms.get("r").unwrap();
 
         let replica = ReplicaId(7);
         let (peer, mut frames) = Peer::new(64, 1 << 20);
         let (reply, joined) = oneshot::channel();
-        let hello = Hello {
-            replica,
-            room: "r".into(),
-            token: Vec::new(),
-            cursor: 0,
-            own_seq: 0,
-            settled_seq: 0,
-            agent: "test".into(),
-            versions: vec![protocol::PROTOCOL_VERSION],
-            snapshot_formats: vec![sync_core::snapshot::SNAPSHOT_FORMAT],
-        };
-        let join = RoomMsg::Join {
-            session: 1,
-            hello: Box::new(hello),
-            read_only: false,
-            peer,
-            reply,
-        };
-        room.tx.send(join).await.unwrap();
+        room.tx.send(join(replica, peer, reply)).await.unwrap();
         assert!(matches!(joined.await.unwrap(), JoinReply::Joined));
 
         // Hold SQLite's write lock: the writer's first commit waits for it.

@@ -131,8 +131,8 @@ fn shell_path(path: &Path) -> String {
     }
 }
 
-/// Runs the relay until a signal stops it.
-pub(crate) async fn run(config: Config) -> ExitCode {
+/// Runs the relay until a signal stops it; room tasks run on `room_tasks`.
+pub(crate) async fn run(config: Config, room_tasks: tokio::runtime::Handle) -> ExitCode {
     let config = Arc::new(config);
     let keys = match token_keys(&config) {
         Ok(keys) => keys,
@@ -200,7 +200,7 @@ pub(crate) async fn run(config: Config) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let rooms = Rooms::new(store.clone(), metrics.clone(), config.clone());
+    let rooms = Rooms::new(store.clone(), metrics.clone(), config.clone(), room_tasks);
     let _ = app.rooms.set(rooms.clone());
     app.set_health(Health::Ready);
     tracing::info!(
