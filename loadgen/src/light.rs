@@ -242,8 +242,14 @@ impl LightClient {
         self.cursor
     }
 
-    /// Queues a `Ping` (keeps an otherwise silent session alive).
+    /// Queues a `Ping` (keeps an otherwise silent session alive). Nothing
+    /// before `Welcome`: until then the protocol version is not agreed, and a
+    /// frame in the version `Hello` used is malformed on a version-3
+    /// connection (a heartbeat's first tick comes at once, often before it).
     pub(crate) fn ping(&mut self) {
+        if !self.live {
+            return;
+        }
         self.out.push(protocol::encode_in(
             self.version,
             &Message::Ping { nonce: self.pushed },
