@@ -168,8 +168,24 @@ struct Dirty {
 /// ids move to an ordered set, so colliding ids cost at most
 /// `MAX_HASHED² / 2` probes per batch, whatever a peer sends. The order only
 /// decides the order of writes inside one batch, which does not matter.
+///
+/// The first id has a slot of its own, and the sets a box: most batches (a
+/// durable put is taken after every write) rewrite one document per
+/// collection, and a set would allocate and hash for it, then free its
+/// table, every batch. Boxed, the sets keep this small, so that a
+/// collection's entry in `Dirty::docs` does too (a larger one makes the
+/// tree's nodes outgrow the allocator's fast path).
 #[derive(Debug, Default)]
 struct DirtyIds {
+    /// The first id added; `None` only while `more` is too.
+    first: Option<String>,
+    /// The ids after the first.
+    more: Option<Box<MoreIds>>,
+}
+
+/// [`DirtyIds`] past the first.
+#[derive(Debug, Default)]
+struct MoreIds {
     hashed: HashSet<String, BuildHasherDefault<IdHasher>>,
     ordered: BTreeSet<String>,
 }
@@ -180,13 +196,31 @@ impl DirtyIds {
 
     /// Number of ids.
     fn len(&self) -> usize {
-        self.hashed.len() + self.ordered.len()
+        let more = self
+            .more
+            .as_ref()
+            .map_or(0, |more| more.hashed.len() + more.ordered.len());
+        usize::from(self.first.is_some()) + more
     }
 
     /// Adds `id`; whether it was new.
     fn insert(&mut self, id: &str) -> bool {
+        match &self.first {
+            None => {
+                self.first = Some(id.to_owned());
+                true
+            }
+            Some(first) if first == id => false,
+            Some(_) => self.more.get_or_insert_with(Box::default).insert(id),
+        }
+    }
+}
+
+impl MoreIds {
+    /// Adds `id`; whether it was new.
+    fn insert(&mut self, id: &str) -> bool {
         if self.ordered.is_empty() {
-            if self.hashed.len() < Self::MAX_HASHED {
+            if self.hashed.len() < DirtyIds::MAX_HASHED {
                 // Look up first: allocate the key only for a new id.
                 return !self.hashed.contains(id) && self.hashed.insert(id.to_owned());
             }
@@ -199,12 +233,19 @@ impl DirtyIds {
 impl IntoIterator for DirtyIds {
     type Item = String;
     type IntoIter = std::iter::Chain<
-        std::collections::hash_set::IntoIter<String>,
-        std::collections::btree_set::IntoIter<String>,
+        std::option::IntoIter<String>,
+        std::iter::Chain<
+            std::collections::hash_set::IntoIter<String>,
+            std::collections::btree_set::IntoIter<String>,
+        >,
     >;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.hashed.into_iter().chain(self.ordered)
+        // Empty sets allocate nothing.
+        let MoreIds { hashed, ordered } = self.more.map(|more| *more).unwrap_or_default();
+        self.first
+            .into_iter()
+            .chain(hashed.into_iter().chain(ordered))
     }
 }
 
@@ -1731,6 +1772,22 @@ mod tests {
     use super::*;
     use crate::persist::decode_doc_record;
     use crate::store::{MemoryStore, Store};
+
+    /// The first id's own slot and the sets after it make one set: each id
+    /// is new once, counted once and handed out once.
+    #[test]
+    fn dirty_ids_hold_each_id_once() {
+        let mut ids = DirtyIds::default();
+        let added: Vec<bool> = ["a", "a", "b", "a", "c", "b"]
+            .into_iter()
+            .map(|id| ids.insert(id))
+            .collect();
+        assert_eq!(added, [true, false, true, false, true, false]);
+        assert_eq!(ids.len(), 3);
+        let mut out: Vec<String> = ids.into_iter().collect();
+        out.sort();
+        assert_eq!(out, ["a", "b", "c"]);
+    }
 
     /// Past `DirtyIds::MAX_HASHED` documents a batch keeps working (the ids
     /// move to the ordered set): every document is written exactly once.
