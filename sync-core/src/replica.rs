@@ -2065,16 +2065,19 @@ mod tests {
     }
 
     /// Restore reads document records of version 1 (every field with its
-    /// own stamp) as well as the version 2 records this build writes.
+    /// own stamp) and 2 (a whole stamp unless it is `written`) as well as
+    /// the version 3 records this build writes (stamps relative to `written`).
     #[test]
-    fn restore_reads_version_1_document_records() {
+    fn restore_reads_version_1_and_2_document_records() {
+        // Written out by hand: an oracle apart from the decoder under test.
         #[derive(serde::Serialize)]
-        struct DocRecordV1<'a> {
+        struct DocRecordOld<'a, S> {
             written: Option<crate::stamp::Stamp>,
             deleted: Option<crate::stamp::Stamp>,
-            fields: Vec<(&'a str, crate::stamp::Stamp, Option<&'a Value>)>,
+            fields: Vec<(&'a str, S, Option<&'a Value>)>,
         }
-        let mut replica = Replica::new(ReplicaId(7), ReplicaConfig::default());
+        // A full-width id: the whole stamps are the larger.
+        let mut replica = Replica::new(ReplicaId(u64::MAX - 7), ReplicaConfig::default());
         replica
             .put(
                 Timestamp::from_unix_ms(1_000),
@@ -2092,35 +2095,52 @@ mod tests {
         replica
             .unset(Timestamp::from_unix_ms(1_003), "c", "b", ["z"])
             .unwrap();
-        let mut v2 = MemoryStore::new();
-        v2.write(&replica.take_persist().unwrap()).unwrap();
-        let records = v2.read_all().unwrap();
-        let v1: Vec<_> = records
-            .iter()
-            .map(|(key, value)| {
-                let parsed = StoreKey::from_bytes(key).unwrap();
-                if !matches!(parsed, StoreKey::Document { .. }) {
-                    return (key.clone(), value.clone());
-                }
-                assert_eq!(value[0], 2, "documents are written at version 2");
-                let record = decode_doc_record(&parsed, value).unwrap();
-                let fields = record
-                    .fields
-                    .iter()
-                    .map(|(n, s, v)| (*n, s.or(record.written).unwrap(), v.as_ref()))
-                    .collect();
-                let old = DocRecordV1 {
-                    written: record.written,
-                    deleted: record.deleted,
-                    fields,
-                };
-                let mut bytes = vec![1];
-                bytes.extend(postcard::to_allocvec(&old).unwrap());
-                assert!(bytes.len() > value.len(), "version 2 is the smaller");
-                (key.clone(), bytes)
-            })
-            .collect();
-        for records in [records, v1] {
+        let mut v3 = MemoryStore::new();
+        v3.write(&replica.take_persist().unwrap()).unwrap();
+        let records = v3.read_all().unwrap();
+        let old = |version: u8| -> Vec<_> {
+            records
+                .iter()
+                .map(|(key, value)| {
+                    let parsed = StoreKey::from_bytes(key).unwrap();
+                    if !matches!(parsed, StoreKey::Document { .. }) {
+                        return (key.clone(), value.clone());
+                    }
+                    assert_eq!(value[0], 3, "documents are written at version 3");
+                    let record = decode_doc_record(&parsed, value).unwrap();
+                    let mut bytes = vec![version];
+                    if version == 1 {
+                        let fields = record
+                            .fields
+                            .iter()
+                            .map(|(n, s, v)| (*n, s.or(record.written).unwrap(), v.as_ref()))
+                            .collect();
+                        let old = DocRecordOld {
+                            written: record.written,
+                            deleted: record.deleted,
+                            fields,
+                        };
+                        bytes.extend(postcard::to_allocvec(&old).unwrap());
+                    } else {
+                        let fields = record
+                            .fields
+                            .iter()
+                            .map(|(n, s, v)| (*n, *s, v.as_ref()))
+                            .collect();
+                        let old = DocRecordOld {
+                            written: record.written,
+                            deleted: record.deleted,
+                            fields,
+                        };
+                        bytes.extend(postcard::to_allocvec(&old).unwrap());
+                    }
+                    assert!(bytes.len() > value.len(), "version 3 is the smaller");
+                    (key.clone(), bytes)
+                })
+                .collect()
+        };
+        let (v1, v2) = (old(1), old(2));
+        for records in [records, v1, v2] {
             let back = Replica::restore(ReplicaConfig::default(), records)
                 .unwrap()
                 .unwrap();
