@@ -335,8 +335,15 @@ impl Serialize for FieldsRef<'_> {
         let base = self.doc.written.unwrap_or(NO_STAMP);
         for slot in &self.doc.fields {
             let stamp = slot.stamp(self.names);
-            let stamp = (Some(stamp) != self.doc.written).then(|| relative(stamp, base));
-            seq.serialize_element(&(self.names.name(slot.name), stamp, slot.value.as_ref()))?;
+            let name = self.names.name(slot.name);
+            let value = slot.value.as_ref();
+            if Some(stamp) == self.doc.written {
+                // Any `None` is the same byte; this one is the cheaper to
+                // pass around (a put of every field writes only these).
+                seq.serialize_element(&(name, None::<()>, value))?;
+            } else {
+                seq.serialize_element(&(name, Some(relative(stamp, base)), value))?;
+            }
         }
         seq.end()
     }
