@@ -16,10 +16,9 @@ use crate::version::VersionVector;
 
 /// Version byte that starts every stored record.
 ///
-/// Version 2 changed only document records: a field's stamp is left out when
-/// it equals the document's `written` stamp. Every other record reads the
-/// same at both versions.
-const RECORD_VERSION: u8 = 2;
+/// Versions 2 and 3 changed only document records (see [`DocRecordRef`]);
+/// every other record reads the same at versions 1 to 3.
+const RECORD_VERSION: u8 = 3;
 
 /// The oldest record version this build still reads.
 const OLDEST_RECORD_VERSION: u8 = 1;
@@ -310,9 +309,20 @@ pub(crate) struct CollectionRecord {
 
 /// A document's merge state as stored, serialised straight from the state.
 ///
-/// Fields are `(name, stamp, value)`; the stamp is `None` when it equals the
-/// document's `written` stamp, as it does for every field of the latest
-/// put (version 2; version 1 stored every stamp).
+/// `written` and `deleted` are whole stamps. Fields are `(name, stamp,
+/// value)`, the stamp relative to `written` (version 3), as
+/// `Option<(Option<ReplicaId>, i64)>`:
+/// - `None`: the stamp equals `written`, as it does for every field of the
+///   latest put;
+/// - `Some((replica, before))`: the stamp of `replica` (`None`: `written`'s
+///   replica) at the clock reading `written.hlc - before`, in wrapping
+///   64-bit arithmetic so that any value decodes. Most fields were written
+///   by the same replica a little earlier: about five bytes instead of
+///   the twenty or so of a whole stamp (with a full-width replica id), and less to encode.
+///
+/// With no `written` stamp, the base is `Hlc::ZERO` of `ReplicaId(0)`.
+/// Version 2 stored a whole `Option<Stamp>` per field (`None`: `written`),
+/// version 1 a whole `Stamp`; both still decode.
 #[derive(Serialize)]
 pub(crate) struct DocRecordRef<'a> {
     written: Option<Stamp>,
@@ -339,13 +349,43 @@ struct FieldsRef<'a> {
 impl Serialize for FieldsRef<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut seq = s.serialize_seq(Some(self.doc.fields.len()))?;
+        let base = self.doc.written.unwrap_or(NO_STAMP);
         for slot in &self.doc.fields {
             let stamp = slot.stamp(self.names);
-            let stamp = (Some(stamp) != self.doc.written).then_some(stamp);
-            seq.serialize_element(&(self.names.name(slot.name), stamp, slot.value.as_ref()))?;
+            let name = self.names.name(slot.name);
+            let value = slot.value.as_ref();
+            if Some(stamp) == self.doc.written {
+                // Any `None` is the same byte; this one is the cheaper to
+                // pass around (a put of every field writes only these).
+                seq.serialize_element(&(name, None::<()>, value))?;
+            } else {
+                seq.serialize_element(&(name, Some(relative(stamp, base)), value))?;
+            }
         }
         seq.end()
     }
+}
+
+/// The base of relative field stamps in a document record without a
+/// `written` stamp.
+const NO_STAMP: Stamp = Stamp::new(Hlc::ZERO, ReplicaId(0));
+
+/// A field's stamp in a version 3 document record: see [`DocRecordRef`].
+type RelativeStamp = (Option<ReplicaId>, i64);
+
+/// `stamp` relative to `base`.
+fn relative(stamp: Stamp, base: Stamp) -> RelativeStamp {
+    let replica = (stamp.replica != base.replica).then_some(stamp.replica);
+    // Two's complement: the wrapping difference, read as signed, is small
+    // either side of the base.
+    let before = base.hlc.as_u64().wrapping_sub(stamp.hlc.as_u64()) as i64;
+    (replica, before)
+}
+
+/// The stamp [`relative`] made `stamp` into.
+fn absolute((replica, before): RelativeStamp, base: Stamp) -> Stamp {
+    let hlc = Hlc::from_u64(base.hlc.as_u64().wrapping_sub(before as u64));
+    Stamp::new(hlc, replica.unwrap_or(base.replica))
 }
 
 /// A document's merge state as read back, stamps still relative to `written`.
@@ -361,6 +401,15 @@ pub(crate) struct DocRecord<'a> {
     pub(crate) fields: Vec<(&'a str, Option<Stamp>, Option<Value>)>,
 }
 
+/// A document record of version 3, as [`DocRecordRef`] writes it.
+#[derive(Deserialize)]
+struct DocRecordV3<'a> {
+    written: Option<Stamp>,
+    deleted: Option<Stamp>,
+    #[serde(borrow)]
+    fields: Vec<(&'a str, Option<RelativeStamp>, Option<Value>)>,
+}
+
 /// A document record of version 1, every field with its own stamp.
 #[derive(Deserialize)]
 struct DocRecordV1<'a> {
@@ -370,13 +419,26 @@ struct DocRecordV1<'a> {
     fields: Vec<(&'a str, Stamp, Option<Value>)>,
 }
 
-/// Decodes a document record of either version.
+/// Decodes a document record of any version this build reads.
 pub(crate) fn decode_doc_record<'de>(
     key: &StoreKey,
     bytes: &'de [u8],
 ) -> Result<DocRecord<'de>, RecordError> {
     let (version, body) = split_version(key, bytes)?;
     if version == RECORD_VERSION {
+        let v3: DocRecordV3<'de> = decode_body(key, body)?;
+        let base = v3.written.unwrap_or(NO_STAMP);
+        return Ok(DocRecord {
+            written: v3.written,
+            deleted: v3.deleted,
+            fields: v3
+                .fields
+                .into_iter()
+                .map(|(name, stamp, value)| (name, stamp.map(|s| absolute(s, base)), value))
+                .collect(),
+        });
+    }
+    if version == 2 {
         return decode_body(key, body);
     }
     let v1: DocRecordV1<'de> = decode_body(key, body)?;
@@ -602,6 +664,65 @@ mod tests {
     #[test]
     fn outbox_keys_sort_by_sequence() {
         assert!(StoreKey::Outbox(2).to_bytes() < StoreKey::Outbox(256).to_bytes());
+    }
+
+    /// A relative stamp comes back as the stamp, whichever side of the base
+    /// and however far; any relative stamp decodes (no overflow).
+    #[test]
+    fn relative_stamps_round_trip() {
+        let stamp = |hlc, replica| Stamp::new(Hlc::from_u64(hlc), ReplicaId(replica));
+        let bases = [NO_STAMP, stamp(1 << 40, 7), stamp(u64::MAX, u64::MAX)];
+        for base in bases {
+            for hlc in [0, 1, (1 << 40) - 5, (1 << 40) + 5, u64::MAX - 1, u64::MAX] {
+                for replica in [0, 7, u64::MAX] {
+                    let s = stamp(hlc, replica);
+                    let rel = relative(s, base);
+                    assert_eq!(rel.0.is_none(), replica == base.replica.0);
+                    assert_eq!(absolute(rel, base), s);
+                }
+            }
+        }
+        // Five milliseconds earlier, same replica: five bytes, not twenty.
+        let base = stamp(1_765_000_000_000 << 16, u64::MAX);
+        let earlier = stamp((1_765_000_000_000 - 5) << 16, u64::MAX);
+        let bytes = postcard::to_allocvec(&Some(relative(earlier, base))).unwrap();
+        assert_eq!(bytes, [1, 0, 0x80, 0x80, 0x28]);
+        for before in [i64::MIN, -1, i64::MAX] {
+            absolute((None, before), base);
+        }
+    }
+
+    /// Truncated or garbled document records are refused with a typed
+    /// error, whatever their version.
+    #[test]
+    fn corrupt_document_records_are_refused() {
+        let key = StoreKey::Meta;
+        // written None, deleted None, one field "a": stamp 1 ms after
+        // `written`'s base by replica 9, value None.
+        let good = [3u8, 0, 0, 1, 1, b'a', 1, 1, 9, 0xff, 0xff, 0x07, 0];
+        let record = decode_doc_record(&key, &good).unwrap();
+        assert_eq!(
+            record.fields[0].1,
+            Some(Stamp::new(Hlc::from_u64(65_536), ReplicaId(9)))
+        );
+        for len in 0..good.len() {
+            assert!(
+                decode_doc_record(&key, &good[..len]).is_err(),
+                "{len} bytes"
+            );
+        }
+        let mut bad = good;
+        bad[6] = 2; // not an Option tag
+        assert!(matches!(
+            decode_doc_record(&key, &bad),
+            Err(RecordError::Corrupt { .. })
+        ));
+        let mut bad = good;
+        bad[0] = 4;
+        assert!(matches!(
+            decode_doc_record(&key, &bad),
+            Err(RecordError::UnsupportedVersion { .. })
+        ));
     }
 
     #[test]

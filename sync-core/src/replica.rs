@@ -183,8 +183,24 @@ impl Dirty {
 /// ids move to an ordered set, so colliding ids cost at most
 /// `MAX_HASHED² / 2` probes per batch, whatever a peer sends. The order only
 /// decides the order of writes inside one batch, which does not matter.
+///
+/// The first id has a slot of its own, and the sets a box: most batches (a
+/// durable put is taken after every write) rewrite one document per
+/// collection, and a set would allocate and hash for it, then free its
+/// table, every batch. Boxed, the sets keep this small, so that a
+/// collection's entry in `Dirty::docs` does too (a larger one makes the
+/// tree's nodes outgrow the allocator's fast path).
 #[derive(Debug, Default)]
 struct DirtyIds {
+    /// The first id added; `None` only while `more` is too.
+    first: Option<String>,
+    /// The ids after the first.
+    more: Option<Box<MoreIds>>,
+}
+
+/// [`DirtyIds`] past the first.
+#[derive(Debug, Default)]
+struct MoreIds {
     hashed: HashSet<String, BuildHasherDefault<IdHasher>>,
     ordered: BTreeSet<String>,
 }
@@ -195,13 +211,31 @@ impl DirtyIds {
 
     /// Number of ids.
     fn len(&self) -> usize {
-        self.hashed.len() + self.ordered.len()
+        let more = self
+            .more
+            .as_ref()
+            .map_or(0, |more| more.hashed.len() + more.ordered.len());
+        usize::from(self.first.is_some()) + more
     }
 
     /// Adds `id`; whether it was new.
     fn insert(&mut self, id: &str) -> bool {
+        match &self.first {
+            None => {
+                self.first = Some(id.to_owned());
+                true
+            }
+            Some(first) if first == id => false,
+            Some(_) => self.more.get_or_insert_with(Box::default).insert(id),
+        }
+    }
+}
+
+impl MoreIds {
+    /// Adds `id`; whether it was new.
+    fn insert(&mut self, id: &str) -> bool {
         if self.ordered.is_empty() {
-            if self.hashed.len() < Self::MAX_HASHED {
+            if self.hashed.len() < DirtyIds::MAX_HASHED {
                 // Look up first: allocate the key only for a new id.
                 return !self.hashed.contains(id) && self.hashed.insert(id.to_owned());
             }
@@ -236,12 +270,19 @@ impl DirtyIds {
 impl IntoIterator for DirtyIds {
     type Item = String;
     type IntoIter = std::iter::Chain<
-        std::collections::hash_set::IntoIter<String>,
-        std::collections::btree_set::IntoIter<String>,
+        std::option::IntoIter<String>,
+        std::iter::Chain<
+            std::collections::hash_set::IntoIter<String>,
+            std::collections::btree_set::IntoIter<String>,
+        >,
     >;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.hashed.into_iter().chain(self.ordered)
+        // Empty sets allocate nothing.
+        let MoreIds { hashed, ordered } = self.more.map(|more| *more).unwrap_or_default();
+        self.first
+            .into_iter()
+            .chain(hashed.into_iter().chain(ordered))
     }
 }
 
@@ -1762,6 +1803,22 @@ mod tests {
     use crate::persist::decode_doc_record;
     use crate::store::{MemoryStore, Store};
 
+    /// The first id's own slot and the sets after it make one set: each id
+    /// is new once, counted once and handed out once.
+    #[test]
+    fn dirty_ids_hold_each_id_once() {
+        let mut ids = DirtyIds::default();
+        let added: Vec<bool> = ["a", "a", "b", "a", "c", "b"]
+            .into_iter()
+            .map(|id| ids.insert(id))
+            .collect();
+        assert_eq!(added, [true, false, true, false, true, false]);
+        assert_eq!(ids.len(), 3);
+        let mut out: Vec<String> = ids.into_iter().collect();
+        out.sort();
+        assert_eq!(out, ["a", "b", "c"]);
+    }
+
     /// Past `DirtyIds::MAX_HASHED` documents a batch keeps working (the ids
     /// move to the ordered set): every document is written exactly once.
     #[test]
@@ -2038,16 +2095,19 @@ mod tests {
     }
 
     /// Restore reads document records of version 1 (every field with its
-    /// own stamp) as well as the version 2 records this build writes.
+    /// own stamp) and 2 (a whole stamp unless it is `written`) as well as
+    /// the version 3 records this build writes (stamps relative to `written`).
     #[test]
-    fn restore_reads_version_1_document_records() {
+    fn restore_reads_version_1_and_2_document_records() {
+        // Written out by hand: an oracle apart from the decoder under test.
         #[derive(serde::Serialize)]
-        struct DocRecordV1<'a> {
+        struct DocRecordOld<'a, S> {
             written: Option<crate::stamp::Stamp>,
             deleted: Option<crate::stamp::Stamp>,
-            fields: Vec<(&'a str, crate::stamp::Stamp, Option<&'a Value>)>,
+            fields: Vec<(&'a str, S, Option<&'a Value>)>,
         }
-        let mut replica = Replica::new(ReplicaId(7), ReplicaConfig::default());
+        // A full-width id: the whole stamps are the larger.
+        let mut replica = Replica::new(ReplicaId(u64::MAX - 7), ReplicaConfig::default());
         replica
             .put(
                 Timestamp::from_unix_ms(1_000),
@@ -2065,35 +2125,52 @@ mod tests {
         replica
             .unset(Timestamp::from_unix_ms(1_003), "c", "b", ["z"])
             .unwrap();
-        let mut v2 = MemoryStore::new();
-        v2.write(&replica.take_persist().unwrap()).unwrap();
-        let records = v2.read_all().unwrap();
-        let v1: Vec<_> = records
-            .iter()
-            .map(|(key, value)| {
-                let parsed = StoreKey::from_bytes(key).unwrap();
-                if !matches!(parsed, StoreKey::Document { .. }) {
-                    return (key.clone(), value.clone());
-                }
-                assert_eq!(value[0], 2, "documents are written at version 2");
-                let record = decode_doc_record(&parsed, value).unwrap();
-                let fields = record
-                    .fields
-                    .iter()
-                    .map(|(n, s, v)| (*n, s.or(record.written).unwrap(), v.as_ref()))
-                    .collect();
-                let old = DocRecordV1 {
-                    written: record.written,
-                    deleted: record.deleted,
-                    fields,
-                };
-                let mut bytes = vec![1];
-                bytes.extend(postcard::to_allocvec(&old).unwrap());
-                assert!(bytes.len() > value.len(), "version 2 is the smaller");
-                (key.clone(), bytes)
-            })
-            .collect();
-        for records in [records, v1] {
+        let mut v3 = MemoryStore::new();
+        v3.write(&replica.take_persist().unwrap()).unwrap();
+        let records = v3.read_all().unwrap();
+        let old = |version: u8| -> Vec<_> {
+            records
+                .iter()
+                .map(|(key, value)| {
+                    let parsed = StoreKey::from_bytes(key).unwrap();
+                    if !matches!(parsed, StoreKey::Document { .. }) {
+                        return (key.clone(), value.clone());
+                    }
+                    assert_eq!(value[0], 3, "documents are written at version 3");
+                    let record = decode_doc_record(&parsed, value).unwrap();
+                    let mut bytes = vec![version];
+                    if version == 1 {
+                        let fields = record
+                            .fields
+                            .iter()
+                            .map(|(n, s, v)| (*n, s.or(record.written).unwrap(), v.as_ref()))
+                            .collect();
+                        let old = DocRecordOld {
+                            written: record.written,
+                            deleted: record.deleted,
+                            fields,
+                        };
+                        bytes.extend(postcard::to_allocvec(&old).unwrap());
+                    } else {
+                        let fields = record
+                            .fields
+                            .iter()
+                            .map(|(n, s, v)| (*n, *s, v.as_ref()))
+                            .collect();
+                        let old = DocRecordOld {
+                            written: record.written,
+                            deleted: record.deleted,
+                            fields,
+                        };
+                        bytes.extend(postcard::to_allocvec(&old).unwrap());
+                    }
+                    assert!(bytes.len() > value.len(), "version 3 is the smaller");
+                    (key.clone(), bytes)
+                })
+                .collect()
+        };
+        let (v1, v2) = (old(1), old(2));
+        for records in [records, v1, v2] {
             let back = Replica::restore(ReplicaConfig::default(), records)
                 .unwrap()
                 .unwrap();
