@@ -229,6 +229,38 @@ impl DirtyIds {
             Some(_) => self.more.get_or_insert_with(Box::default).insert(id),
         }
     }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    /// Removes `id`; whether it was there. Another id takes the first
+    /// slot when it empties, so `first` is `None` only while `more` is too.
+    fn remove(&mut self, id: &str) -> bool {
+        let removed = if self.first.as_deref() == Some(id) {
+            self.first = self.more.as_mut().and_then(|more| more.pop());
+            true
+        } else {
+            self.more.as_mut().is_some_and(|more| more.remove(id))
+        };
+        if self.more.as_ref().is_some_and(|more| more.is_empty()) {
+            self.more = None;
+        }
+        removed
+    }
+
+    /// Adds `id` to `collection`'s ids in `by_collection`; whether it was new.
+    fn mark(by_collection: &mut BTreeMap<String, DirtyIds>, collection: &str, id: &str) -> bool {
+        match by_collection.get_mut(collection) {
+            Some(ids) => ids.insert(id),
+            None => {
+                let mut ids = DirtyIds::default();
+                ids.insert(id);
+                by_collection.insert(collection.to_owned(), ids);
+                true
+            }
+        }
+    }
 }
 
 impl MoreIds {
@@ -253,16 +285,11 @@ impl MoreIds {
         self.hashed.remove(id) || self.ordered.remove(id)
     }
 
-    /// Adds `id` to `collection`'s ids in `by_collection`; whether it was new.
-    fn mark(by_collection: &mut BTreeMap<String, DirtyIds>, collection: &str, id: &str) -> bool {
-        match by_collection.get_mut(collection) {
-            Some(ids) => ids.insert(id),
-            None => {
-                let mut ids = DirtyIds::default();
-                ids.insert(id);
-                by_collection.insert(collection.to_owned(), ids);
-                true
-            }
+    /// Takes out any one id.
+    fn pop(&mut self) -> Option<String> {
+        match self.hashed.iter().next().cloned() {
+            Some(id) => self.hashed.take(&id),
+            None => self.ordered.pop_first(),
         }
     }
 }
@@ -1817,6 +1844,28 @@ mod tests {
         let mut out: Vec<String> = ids.into_iter().collect();
         out.sort();
         assert_eq!(out, ["a", "b", "c"]);
+    }
+
+    /// Removing the id in the first slot moves another one there: the set
+    /// still holds the rest, and is empty only once they are all removed.
+    #[test]
+    fn dirty_ids_removed_first_keep_the_rest() {
+        let mut ids = DirtyIds::default();
+        for id in ["a", "b", "c"] {
+            ids.insert(id);
+        }
+        assert!(ids.remove("a"));
+        assert!(!ids.remove("a"));
+        assert!(!ids.is_empty());
+        assert_eq!(ids.len(), 2);
+        assert!(
+            !ids.insert("b") && !ids.insert("c"),
+            "b and c are still held"
+        );
+        assert!(ids.remove("c") && ids.remove("b"));
+        assert!(ids.is_empty() && ids.len() == 0);
+        assert!(ids.more.is_none(), "an empty set keeps no allocation");
+        assert!(ids.insert("b"), "b was removed");
     }
 
     /// Past `DirtyIds::MAX_HASHED` documents a batch keeps working (the ids
