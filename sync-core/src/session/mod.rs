@@ -584,7 +584,9 @@ impl Session {
         self.config.token = token.into();
     }
 
-    /// Starts connecting (now) and keeps reconnecting until [`Session::stop`].
+    /// Starts connecting (now, or once a snapshot received whole before
+    /// the last connection ended is applied: see
+    /// [`Session::apply_slice`]) and keeps reconnecting until [`Session::stop`].
     ///
     /// A room name the relay would refuse (see
     /// [`protocol::valid_room_name`]) never connects: the session reports
@@ -605,10 +607,12 @@ impl Session {
         }
         if matches!(self.link, Link::Offline | Link::Waiting { .. }) {
             self.attempt = 0;
-            self.link = Link::Connecting {
-                since: now.unix_ms(),
+            // Due now, but, as for a retry, not before a snapshot kept from
+            // the last connection is applied (see `connect_when_due`).
+            self.link = Link::Waiting {
+                retry_at: now.unix_ms(),
             };
-            self.outputs.push(Output::Connect);
+            self.connect_when_due(now.unix_ms());
         }
     }
 
@@ -628,6 +632,9 @@ impl Session {
                 reason: "client stopped".into(),
                 retry_at: None,
             }));
+            // As on a lost connection: the relay sends the rest again, and
+            // operations held by the clock must not hold back `start`.
+            self.inbound.keep_snapshot_only();
         }
         self.link = Link::Offline;
     }

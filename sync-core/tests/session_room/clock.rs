@@ -164,3 +164,29 @@ fn clock_blocked_session_gets_no_more_than_send_window_frames_in_flight() {
     w.settle();
     w.assert_converged();
 }
+
+/// Operations held by the clock when the app stops syncing do not hold
+/// back its next `start`: they are dropped with the connection, as on a
+/// lost one, and the relay sends them again.
+#[test]
+fn restart_with_operations_held_by_the_clock_connects_at_once() {
+    let mut w = World::new(RoomConfig::default());
+    let slow = w.add_client(1);
+    let writer = w.add_client(2);
+    w.cm(slow).skew = -(SKEW as i64);
+    w.start(slow);
+    w.start(writer);
+    let written_at = w.now;
+    w.put(writer, "doc0", "n", 0);
+    assert!(w.c(slow).session.replica().get(TODOS, "doc0").is_none());
+
+    w.stop(slow);
+    let connects = w.c(slow).connects();
+    w.start(slow);
+    assert_eq!(w.c(slow).connects(), connects + 1, "connected at once");
+    assert_eq!(w.c(slow).link(), sync_core::session::LinkState::Live);
+
+    w.run_until(written_at + (SKEW - MAX_DRIFT));
+    assert!(w.c(slow).session.replica().get(TODOS, "doc0").is_some());
+    w.assert_converged();
+}
