@@ -515,8 +515,11 @@ impl Session {
 
     /// Whether a received snapshot is still being decoded or applied while
     /// there is no connection; [`Session::apply_slice`] connects once it is done.
+    /// One held by the clock does not count: the wait could be long, with
+    /// this device's writes not pushed meanwhile, and once connected the
+    /// relay sends the snapshot again.
     fn applying_offline(&self) -> bool {
-        self.replica.is_resetting() || !self.inbound.is_empty()
+        self.replica.is_resetting() || self.inbound.ready()
     }
 
     /// The replica, for reads.
