@@ -635,9 +635,6 @@ impl Session {
                 reason: "client stopped".into(),
                 retry_at: None,
             }));
-            // As on a lost connection: the relay sends the rest again, and
-            // operations held by the clock must not hold back `start`.
-            self.inbound.keep_snapshot_only();
         }
         self.link = Link::Offline;
     }

@@ -167,8 +167,8 @@ fn clock_blocked_session_gets_no_more_than_send_window_frames_in_flight() {
 }
 
 /// Operations held by the clock when the app stops syncing do not hold
-/// back its next `start`: they are dropped with the connection, as on a
-/// lost one, and the relay sends them again.
+/// back its next `start` (only work the slices can go on with does): the
+/// welcome drops them, and the relay sends them again.
 #[test]
 fn restart_with_operations_held_by_the_clock_connects_at_once() {
     let mut w = World::new(RoomConfig::default());
