@@ -515,8 +515,11 @@ impl Session {
 
     /// Whether a received snapshot is still being decoded or applied while
     /// there is no connection; [`Session::apply_slice`] connects once it is done.
+    /// One held by the clock does not count: the wait could be long, with
+    /// this device's writes not pushed meanwhile, and once connected the
+    /// relay sends the snapshot again.
     fn applying_offline(&self) -> bool {
-        self.replica.is_resetting() || !self.inbound.is_empty()
+        self.replica.is_resetting() || self.inbound.ready()
     }
 
     /// The replica, for reads.
@@ -584,7 +587,9 @@ impl Session {
         self.config.token = token.into();
     }
 
-    /// Starts connecting (now) and keeps reconnecting until [`Session::stop`].
+    /// Starts connecting (now, or once a snapshot received whole before
+    /// the last connection ended is applied: see
+    /// [`Session::apply_slice`]) and keeps reconnecting until [`Session::stop`].
     ///
     /// A room name the relay would refuse (see
     /// [`protocol::valid_room_name`]) never connects: the session reports
@@ -605,10 +610,12 @@ impl Session {
         }
         if matches!(self.link, Link::Offline | Link::Waiting { .. }) {
             self.attempt = 0;
-            self.link = Link::Connecting {
-                since: now.unix_ms(),
+            // Due now, but, as for a retry, not before a snapshot kept from
+            // the last connection is applied (see `connect_when_due`).
+            self.link = Link::Waiting {
+                retry_at: now.unix_ms(),
             };
-            self.outputs.push(Output::Connect);
+            self.connect_when_due(now.unix_ms());
         }
     }
 

@@ -2,10 +2,11 @@
 
 use sync_core::Event;
 use sync_core::Timestamp;
-use sync_core::protocol::{ErrorCode, Message};
+use sync_core::protocol::{CloseCode, ErrorCode, Message};
 use sync_core::room::RoomConfig;
+use sync_core::session::LinkState;
 
-use crate::harness::{TODOS, World};
+use crate::harness::{TODOS, World, session_config};
 
 /// The drift bound of room and replicas (the default).
 const MAX_DRIFT: u64 = 60_000;
@@ -162,5 +163,76 @@ fn clock_blocked_session_gets_no_more_than_send_window_frames_in_flight() {
     );
     w.cm(slow).hold_inbound = false;
     w.settle();
+    w.assert_converged();
+}
+
+/// Operations held by the clock when the app stops syncing do not hold
+/// back its next `start` (only work the slices can go on with does): the
+/// welcome drops them, and the relay sends them again.
+#[test]
+fn restart_with_operations_held_by_the_clock_connects_at_once() {
+    let mut w = World::new(RoomConfig::default());
+    let slow = w.add_client(1);
+    let writer = w.add_client(2);
+    w.cm(slow).skew = -(SKEW as i64);
+    w.start(slow);
+    w.start(writer);
+    let written_at = w.now;
+    w.put(writer, "doc0", "n", 0);
+    assert!(w.c(slow).session.replica().get(TODOS, "doc0").is_none());
+
+    w.stop(slow);
+    let connects = w.c(slow).connects();
+    w.start(slow);
+    assert_eq!(w.c(slow).connects(), connects + 1, "connected at once");
+    assert_eq!(w.c(slow).link(), LinkState::Live);
+
+    w.run_until(written_at + (SKEW - MAX_DRIFT));
+    assert!(w.c(slow).session.replica().get(TODOS, "doc0").is_some());
+    w.assert_converged();
+}
+
+/// A snapshot kept from a connection cut as a slow consumer, decoded
+/// offline and then held by the clock (its newest stamp is beyond the drift
+/// bound of this device's clock), does not keep the session offline until
+/// the clock allows it: the session reconnects (its pushes go on meanwhile)
+/// and the relay sends the snapshot again.
+#[test]
+fn a_kept_snapshot_held_by_the_clock_does_not_keep_the_session_offline() {
+    let mut w = World::new(
+        RoomConfig::default()
+            .with_send_window(2)
+            .with_max_batch_ops(10)
+            .with_snapshot_chunk_bytes(64)
+            .with_slow_consumer_ms(5_000),
+    );
+    let writer = w.add_client(2);
+    w.start(writer);
+    w.write_many(writer, "old", 100);
+    w.compact_now();
+    let reader = w.add_client_with(1, session_config().with_apply_slice_docs(1));
+    w.cm(reader).skew = -(SKEW as i64);
+    w.cm(reader).hold_slices = true;
+    w.start(reader);
+    let session = w.conn(reader);
+    let cut_at = w.now;
+    for k in 0..10 {
+        w.put(writer, &format!("new{k}"), "n", k as i64);
+        w.advance(1_000);
+        w.apply_slice(reader);
+    }
+    assert_eq!(w.room_closes(session), vec![CloseCode::SlowConsumer]);
+    // Decoded offline, then held by the clock.
+    while w.apply_slice(reader) {}
+    assert_eq!(w.c(reader).cursor(), 0, "held by the clock, not applied");
+
+    w.cm(reader).hold_slices = false;
+    w.advance(5_000);
+    assert!(
+        w.now < cut_at + (SKEW - MAX_DRIFT),
+        "the clock still holds the snapshot"
+    );
+    assert_eq!(w.c(reader).link(), LinkState::Live, "reconnected meanwhile");
+    w.advance(60_000);
     w.assert_converged();
 }

@@ -362,3 +362,68 @@ fn a_snapshot_cut_off_as_slow_is_finished_offline_and_not_fetched_again() {
     assert_eq!(last_chunks, 1, "the snapshot was sent once");
     w.assert_converged();
 }
+
+/// `start` (what an app's `connect` calls, say on the browser's `online`
+/// event) while a snapshot kept from a cut connection is still being
+/// applied waits for it as the retry does: connecting at once would send
+/// the cursor from before the snapshot, and the welcome would drop it.
+#[test]
+fn start_while_finishing_a_snapshot_offline_connects_once_it_is_applied() {
+    let mut w = World::new(windowed());
+    let writer = w.add_client(2);
+    w.start(writer);
+    w.write_many(writer, "old", 100);
+    w.compact_now();
+    let compacted = w.room.head();
+    let reader = w.add_client_with(1, session_config().with_apply_slice_docs(1));
+    w.cm(reader).hold_slices = true;
+    w.start(reader);
+    let session = w.conn(reader);
+    for k in 0..10 {
+        w.put(writer, &format!("new{k}"), "n", k as i64);
+        w.advance(1_000);
+        w.apply_slice(reader);
+    }
+    assert_eq!(w.room_closes(session), vec![CloseCode::SlowConsumer]);
+    assert!(
+        w.apply_slice_pending(reader),
+        "the snapshot is still applying"
+    );
+    let connects = w.c(reader).connects();
+
+    w.start(reader);
+    assert_eq!(
+        w.c(reader).connects(),
+        connects,
+        "connected while a snapshot from before is still applying"
+    );
+    while w.c(reader).cursor() < compacted {
+        assert_eq!(
+            w.c(reader).connects(),
+            connects,
+            "connected before the cursor moved"
+        );
+        assert!(w.apply_slice(reader), "the snapshot's slices stopped");
+    }
+    // The last slice stored the snapshot's cursor and connected.
+    assert_eq!(w.c(reader).connects(), connects + 1);
+    w.cm(reader).hold_slices = false;
+    w.settle();
+    assert_eq!(w.c(reader).link(), LinkState::Live);
+    assert_eq!(
+        w.c(reader).hellos().last().map(|h| h.cursor),
+        Some(compacted),
+        "resumes after the snapshot"
+    );
+    let last_chunks = w
+        .c(reader)
+        .received()
+        .iter()
+        .filter(|m| {
+            matches!(m, Message::SnapshotChunk { offset, total_len, bytes, .. }
+                if offset + bytes.len() as u64 == *total_len)
+        })
+        .count();
+    assert_eq!(last_chunks, 1, "the snapshot was sent once");
+    w.assert_converged();
+}
