@@ -9,6 +9,7 @@
 import { writeFileSync } from "node:fs";
 import { mintToken } from "../dist/server.js";
 import { startRelay, startServer, launchChromium } from "../test/harness.mjs";
+import { newPage } from "./pages.mjs";
 
 const N = Number(process.env.BENCH_DOCS ?? 100_000);
 const relay = await startRelay();
@@ -17,16 +18,7 @@ const browser = await launchChromium();
 const context = await browser.newContext();
 const token = mintToken(relay.key, { room: "bench", ttlSeconds: 3600 });
 
-async function newPage() {
-  const page = await context.newPage();
-  page.on("crash", () => console.error("the page crashed"));
-  page.on("console", (m) => m.type() === "error" && console.error(m.text()));
-  await page.goto(`${server.origin}/test/browser/page.html`);
-  await page.waitForFunction(() => window.concord);
-  return page;
-}
-
-const page = await newPage();
+const page = await newPage(context, server.origin);
 const cdp = process.env.PROFILE ? await context.newCDPSession(page) : undefined;
 if (cdp) {
   await cdp.send("Profiler.enable");
@@ -71,7 +63,7 @@ const { build, reopen, cursor } = await page.evaluate(
   { url: relay.url, token, N },
 );
 
-const fresh = await newPage();
+const fresh = await newPage(context, server.origin);
 const sync = await fresh.evaluate(
   async ({ url, token, cursor, N }) => {
     const t0 = performance.now();

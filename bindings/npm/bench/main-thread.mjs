@@ -9,6 +9,7 @@
 //   sync from the relay's log instead of a compacted snapshot)
 import { mintToken } from "../dist/server.js";
 import { startRelay, startServer, launchChromium } from "../test/harness.mjs";
+import { newPage, seedRoom } from "./pages.mjs";
 
 const N = Number(process.env.BENCH_DOCS ?? 100_000);
 const relay = await startRelay({ args: (process.env.BENCH_RELAY_ARGS ?? "").split(" ").filter(Boolean) });
@@ -16,38 +17,10 @@ const server = await startServer();
 const browser = await launchChromium();
 const token = mintToken(relay.key, { room: "main-thread", ttlSeconds: 3600 });
 
-async function newPage(context) {
-  const page = await context.newPage();
-  page.on("crash", () => console.error("the page crashed"));
-  page.on("console", (m) => m.type() === "error" && console.error(m.text()));
-  await page.goto(`${server.origin}/test/browser/page.html`);
-  await page.waitForFunction(() => window.concord);
-  return page;
-}
-
 // Another profile fills the room, so the measured one starts empty.
-const seeder = await newPage(await browser.newContext());
-const cursor = await seeder.evaluate(
-  async ({ url, token, N }) => {
-    const db = await window.concord.open("seed", { relayUrl: url, room: "main-thread", token, storage: "memory" });
-    for (let start = 0; start < N; start += 10_000) {
-      await db.transaction((tx) => {
-        for (let i = start; i < Math.min(N, start + 10_000); i++) {
-          const fields = {};
-          for (let f = 0; f < 10; f++) fields[`f${f}`] = `value ${i}.${f}`;
-          tx.put("docs", `d${String(i).padStart(6, "0")}`, fields);
-        }
-      });
-    }
-    await db.flush();
-    const cursor = db.status.value.cursor;
-    await db.close();
-    return cursor;
-  },
-  { url: relay.url, token, N },
-);
+const cursor = await seedRoom(browser, server.origin, { url: relay.url, token, room: "main-thread", n: N });
 
-const page = await newPage(await browser.newContext());
+const page = await newPage(await browser.newContext(), server.origin);
 /** Runs `body` in the page while recording long tasks; resolves to its wall time and the long tasks. */
 const measured = (body, arg) =>
   page.evaluate(

@@ -9,6 +9,7 @@
 //   node bench/sync-phases.mjs         (BENCH_DOCS, BENCH_RELAY_ARGS as in main-thread.mjs)
 import { mintToken } from "../dist/server.js";
 import { startRelay, startServer, launchChromium } from "../test/harness.mjs";
+import { newPage, seedRoom } from "./pages.mjs";
 
 const N = Number(process.env.BENCH_DOCS ?? 100_000);
 const relay = await startRelay({ args: (process.env.BENCH_RELAY_ARGS ?? "").split(" ").filter(Boolean) });
@@ -16,39 +17,12 @@ const server = await startServer();
 const browser = await launchChromium();
 const token = mintToken(relay.key, { room: "phases", ttlSeconds: 3600 });
 
-async function newPage(context) {
-  const page = await context.newPage();
-  page.on("crash", () => console.error("the page crashed"));
-  page.on("console", (m) => m.type() === "error" && console.error(m.text()));
-  await page.goto(`${server.origin}/test/browser/page.html`);
-  await page.waitForFunction(() => window.concord);
-  return page;
-}
-
-const seeder = await newPage(await browser.newContext());
-const cursor = await seeder.evaluate(
-  async ({ url, token, N }) => {
-    const db = await window.concord.open("seed", { relayUrl: url, room: "phases", token, storage: "memory" });
-    for (let start = 0; start < N; start += 10_000) {
-      await db.transaction((tx) => {
-        for (let i = start; i < Math.min(N, start + 10_000); i++) {
-          const fields = {};
-          for (let f = 0; f < 10; f++) fields[`f${f}`] = `value ${i}.${f}`;
-          tx.put("docs", `d${String(i).padStart(6, "0")}`, fields);
-        }
-      });
-    }
-    await db.flush();
-    const cursor = db.status.value.cursor;
-    await db.close();
-    return cursor;
-  },
-  { url: relay.url, token, N },
-);
+// Another profile fills the room, so the measured one starts empty.
+const cursor = await seedRoom(browser, server.origin, { url: relay.url, token, room: "phases", n: N });
 // Let the relay compact its log, as it would long before a new device joins.
 await new Promise((r) => setTimeout(r, Number(process.env.BENCH_SETTLE_MS ?? 2000)));
 
-const page = await newPage(await browser.newContext());
+const page = await newPage(await browser.newContext(), server.origin);
 const events = await page.evaluate(
   async ({ url, token, cursor }) => {
     const events = [];
