@@ -300,25 +300,7 @@ fn the_slice_that_finishes_decoding_a_snapshot_applies_none_of_it() {
 
 #[test]
 fn a_snapshot_cut_off_as_slow_is_finished_offline_and_not_fetched_again() {
-    let mut w = World::new(windowed());
-    let writer = w.add_client(2);
-    w.start(writer);
-    w.write_many(writer, "old", 100);
-    w.compact_now();
-    let compacted = w.room.head();
-    let reader = w.add_client_with(1, session_config().with_apply_slice_docs(1));
-    w.cm(reader).hold_slices = true;
-    w.start(reader);
-    let session = w.conn(reader);
-
-    // A second a slice while the room keeps writing: the snapshot's last
-    // chunk and a Deliver fill the window, and the room gives up on it.
-    for k in 0..10 {
-        w.put(writer, &format!("new{k}"), "n", k as i64);
-        w.advance(1_000);
-        w.apply_slice(reader);
-    }
-    assert_eq!(w.room_closes(session), vec![CloseCode::SlowConsumer]);
+    let (mut w, reader, compacted) = reader_cut_off_while_applying_a_snapshot();
     let connects = w.c(reader).connects();
 
     // The reader finishes the snapshot offline; the retry waits for it.
@@ -350,16 +332,11 @@ fn a_snapshot_cut_off_as_slow_is_finished_offline_and_not_fetched_again() {
         Some(compacted),
         "resumes after the snapshot"
     );
-    let last_chunks = w
-        .c(reader)
-        .received()
-        .iter()
-        .filter(|m| {
-            matches!(m, Message::SnapshotChunk { offset, total_len, bytes, .. }
-                if offset + bytes.len() as u64 == *total_len)
-        })
-        .count();
-    assert_eq!(last_chunks, 1, "the snapshot was sent once");
+    assert_eq!(
+        last_snapshot_chunks(&w, reader),
+        1,
+        "the snapshot was sent once"
+    );
     w.assert_converged();
 }
 
@@ -369,22 +346,7 @@ fn a_snapshot_cut_off_as_slow_is_finished_offline_and_not_fetched_again() {
 /// the cursor from before the snapshot, and the welcome would drop it.
 #[test]
 fn start_while_finishing_a_snapshot_offline_connects_once_it_is_applied() {
-    let mut w = World::new(windowed());
-    let writer = w.add_client(2);
-    w.start(writer);
-    w.write_many(writer, "old", 100);
-    w.compact_now();
-    let compacted = w.room.head();
-    let reader = w.add_client_with(1, session_config().with_apply_slice_docs(1));
-    w.cm(reader).hold_slices = true;
-    w.start(reader);
-    let session = w.conn(reader);
-    for k in 0..10 {
-        w.put(writer, &format!("new{k}"), "n", k as i64);
-        w.advance(1_000);
-        w.apply_slice(reader);
-    }
-    assert_eq!(w.room_closes(session), vec![CloseCode::SlowConsumer]);
+    let (mut w, reader, compacted) = reader_cut_off_while_applying_a_snapshot();
     assert!(
         w.apply_slice_pending(reader),
         "the snapshot is still applying"
@@ -415,15 +377,47 @@ fn start_while_finishing_a_snapshot_offline_connects_once_it_is_applied() {
         Some(compacted),
         "resumes after the snapshot"
     );
-    let last_chunks = w
-        .c(reader)
+    assert_eq!(
+        last_snapshot_chunks(&w, reader),
+        1,
+        "the snapshot was sent once"
+    );
+    w.assert_converged();
+}
+
+/// A room of 100 documents compacted into a snapshot, and a reader applying
+/// it one document a slice, a second a slice, while the room keeps
+/// writing: the snapshot's last chunk and a `Deliver` fill the window and
+/// the room cuts the reader off as a slow consumer. Returns the world, the
+/// reader and the snapshot's cursor.
+fn reader_cut_off_while_applying_a_snapshot() -> (World, usize, u64) {
+    let mut w = World::new(windowed());
+    let writer = w.add_client(2);
+    w.start(writer);
+    w.write_many(writer, "old", 100);
+    w.compact_now();
+    let compacted = w.room.head();
+    let reader = w.add_client_with(1, session_config().with_apply_slice_docs(1));
+    w.cm(reader).hold_slices = true;
+    w.start(reader);
+    let session = w.conn(reader);
+    for k in 0..10 {
+        w.put(writer, &format!("new{k}"), "n", k as i64);
+        w.advance(1_000);
+        w.apply_slice(reader);
+    }
+    assert_eq!(w.room_closes(session), vec![CloseCode::SlowConsumer]);
+    (w, reader, compacted)
+}
+
+/// How many snapshot chunks `client` received that ended a snapshot.
+fn last_snapshot_chunks(w: &World, client: usize) -> usize {
+    w.c(client)
         .received()
         .iter()
         .filter(|m| {
             matches!(m, Message::SnapshotChunk { offset, total_len, bytes, .. }
                 if offset + bytes.len() as u64 == *total_len)
         })
-        .count();
-    assert_eq!(last_chunks, 1, "the snapshot was sent once");
-    w.assert_converged();
+        .count()
 }
