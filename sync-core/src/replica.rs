@@ -1863,7 +1863,8 @@ mod tests {
             "b and c are still held"
         );
         assert!(ids.remove("c") && ids.remove("b"));
-        assert!(ids.is_empty() && ids.len() == 0);
+        assert!(ids.is_empty());
+        assert_eq!(ids.len(), 0);
         assert!(ids.more.is_none(), "an empty set keeps no allocation");
         assert!(ids.insert("b"), "b was removed");
     }
