@@ -77,6 +77,7 @@ pub mod limits;
 pub mod op;
 pub mod persist;
 pub mod protocol;
+mod quoted;
 mod replica;
 pub mod revision;
 mod rng;

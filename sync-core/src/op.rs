@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::hlc::Hlc;
 use crate::limits;
+use crate::quoted::Quoted;
 use crate::stamp::{ReplicaId, Stamp};
 use crate::value::{MAX_VALUE_DEPTH, Value};
 
@@ -328,13 +329,13 @@ pub enum InvalidOp {
         max: usize,
     },
     /// One put names the same field twice.
-    #[error("field '{0}' appears more than once in one write")]
+    #[error("field {} appears more than once in one write", Quoted(.0))]
     DuplicateField(String),
     /// One put writes more fields than allowed.
     #[error("one write sets {0} fields; the limit is {max}", max = limits::MAX_FIELDS_PER_PUT)]
     TooManyFields(usize),
     /// A value nests lists and maps too deeply.
-    #[error("value of field '{0}' nests lists and maps deeper than {MAX_VALUE_DEPTH} levels")]
+    #[error("value of field {} nests lists and maps deeper than {MAX_VALUE_DEPTH} levels", Quoted(.0))]
     ValueTooDeep(String),
     /// The operation is larger than one operation may be.
     #[error("operation of up to {0} bytes exceeds the limit of {max} bytes per write", max = limits::MAX_OP_BYTES)]
@@ -349,6 +350,22 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    /// A peer's field name with a line break does not break the line of a
+    /// log that prints the error.
+    #[test]
+    fn errors_escape_control_characters_in_names() {
+        let error = InvalidOp::DuplicateField("a\nINFO forged".into());
+        assert_eq!(
+            error.to_string(),
+            "field 'a\\u{a}INFO forged' appears more than once in one write"
+        );
+        let key = crate::persist::StoreKey::Document {
+            collection: "todos\r".into(),
+            id: "t\n1".into(),
+        };
+        assert_eq!(key.to_string(), "document 't\\u{a}1' of 'todos\\u{d}'");
+    }
 
     proptest! {
         /// The sorting duplicate check finds exactly the field the pairwise

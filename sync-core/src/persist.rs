@@ -9,6 +9,7 @@ use serde::ser::SerializeSeq;
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::hlc::Hlc;
+use crate::quoted::Quoted;
 use crate::stamp::{ReplicaId, Stamp};
 use crate::state::{DocState, Names};
 use crate::value::Value;
@@ -47,17 +48,20 @@ pub enum StoreKey {
 }
 
 impl std::fmt::Display for StoreKey {
-    /// Names the record in error messages, quoting names with `'`. Error
-    /// messages of the client's code paths quote strings this way rather
-    /// than with `{:?}`: the `Debug` of a string brings character escaping
-    /// and its Unicode tables into the wasm package (0.5 KB of gzip).
+    /// Names the record in error messages, its names quoted as every
+    /// message of the core quotes a name (`crate::quoted`).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StoreKey::Meta => f.write_str("the metadata record"),
-            StoreKey::Collection(name) => write!(f, "collection '{name}'"),
-            StoreKey::Document { collection, id } => write!(f, "document '{id}' of '{collection}'"),
+            StoreKey::Collection(name) => write!(f, "collection {name}", name = Quoted(name)),
+            StoreKey::Document { collection, id } => write!(
+                f,
+                "document {id} of {collection}",
+                collection = Quoted(collection),
+                id = Quoted(id)
+            ),
             StoreKey::Outbox(seq) => write!(f, "outbox operation {seq}"),
-            StoreKey::Extension(name) => write!(f, "extension record '{name}'"),
+            StoreKey::Extension(name) => write!(f, "extension record {name}", name = Quoted(name)),
             StoreKey::Checkpoint => f.write_str("the checkpoint"),
         }
     }

@@ -38,6 +38,7 @@ mod decoder_tests;
 mod rowwise;
 use crate::hlc::Hlc;
 use crate::op::InvalidOp;
+use crate::quoted::Quoted;
 use crate::stamp::{ReplicaId, Stamp};
 use crate::state::{CollectionState, DocState, FieldSlot, Names, State};
 use crate::version::VersionVector;
@@ -797,7 +798,8 @@ pub(crate) fn check_collection_stamps(
 ) -> Result<(), SnapshotError> {
     if coll.created.is_some() && coll.created <= coll.dropped {
         return Err(SnapshotError::Inconsistent(format!(
-            "collection '{name}' created before its drop"
+            "collection {name} created before its drop",
+            name = Quoted(name)
         )));
     }
     Ok(())
@@ -829,7 +831,8 @@ pub(crate) fn checked_doc(
         || (doc.written.is_none() && doc.deleted().is_none())
     {
         return Err(SnapshotError::Inconsistent(format!(
-            "document '{id}' breaks the tombstone rules"
+            "document {id} breaks the tombstone rules",
+            id = Quoted(id)
         )));
     }
     Ok(doc)

@@ -33,6 +33,7 @@ use std::ops::Bound;
 
 use crate::hlc::{Hlc, MAX_WALL_MS};
 use crate::op::{check_collection, check_doc_id, check_field_name};
+use crate::quoted::Quoted;
 use crate::snapshot::{
     Snapshot, SnapshotError, check, check_collection_stamps, checked_doc, doc_newest, inflate,
 };
@@ -972,7 +973,10 @@ impl BodyDecoder {
             let name = r.str()?;
             check(check_field_name(name))?;
             if state.names.lookup(name).is_some() {
-                return Err(inconsistent(format!("field name '{name}' listed twice")));
+                return Err(inconsistent(format!(
+                    "field name {name} listed twice",
+                    name = Quoted(name)
+                )));
             }
             state.names.intern(name);
         }
@@ -1002,7 +1006,10 @@ impl BodyDecoder {
             let name = r.str()?;
             check(check_collection(name))?;
             if listed.back().is_some_and(|p| p.name.as_str() >= name) {
-                return Err(inconsistent(format!("collection '{name}' out of order")));
+                return Err(inconsistent(format!(
+                    "collection {name} out of order",
+                    name = Quoted(name)
+                )));
             }
             let created = opt_stamp(&mut r)?;
             let dropped = opt_stamp(&mut r)?;
@@ -1193,7 +1200,10 @@ impl BodyDecoder {
             .last()
             .is_some_and(|(p, _)| p.as_str() >= id.as_str())
         {
-            return Err(inconsistent(format!("document '{id}' out of order")));
+            return Err(inconsistent(format!(
+                "document {id} out of order",
+                id = Quoted(id)
+            )));
         }
         let flags = self.doc_flags.next(body)?;
         if flags > HAS_WRITTEN | HAS_DELETED {
@@ -1212,7 +1222,8 @@ impl BodyDecoder {
         // so a document has at most as many fields as there are names.
         if count > self.name_count || count > self.fields_left {
             return Err(inconsistent(format!(
-                "document '{id}' claims {count} fields"
+                "document {id} claims {count} fields",
+                id = Quoted(id)
             )));
         }
         self.fields_left -= count;
@@ -1225,13 +1236,17 @@ impl BodyDecoder {
                 .and_then(|s| last_name.checked_add(s))
                 .filter(|&n| n > last_name && (n as u64) < self.name_count)
                 .ok_or_else(|| {
-                    inconsistent(format!("fields of document '{id}' out of order or range"))
+                    inconsistent(format!(
+                        "fields of document {id} out of order or range",
+                        id = Quoted(id)
+                    ))
                 })?;
             last_name = field;
             let stamp = match self.field_stamps.next(body)? {
                 STAMP_IS_WRITTEN => written.ok_or_else(|| {
                     inconsistent(format!(
-                        "document '{id}': a field of an unwritten document has no stamp"
+                        "document {id}: a field of an unwritten document has no stamp",
+                        id = Quoted(id)
                     ))
                 })?,
                 STAMP_EXPLICIT => stamps.next(body, replicas)?,

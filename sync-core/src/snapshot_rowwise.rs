@@ -22,6 +22,7 @@ use super::{
 use crate::delta_stamp::{DeltaCursor, DeltaStamp};
 use crate::hlc::Hlc;
 use crate::op::{check_collection, check_doc_id, check_field_name};
+use crate::quoted::Quoted;
 use crate::stamp::{ReplicaId, Stamp};
 use crate::state::{CollectionState, DocState, FieldSlot, Names, State};
 use crate::value::Value;
@@ -366,7 +367,10 @@ impl<S: FieldStampCode> Body<S> {
         for name in &self.names {
             check(check_field_name(name))?;
             if state.names.lookup(name).is_some() {
-                return Err(inconsistent(format!("field name '{name}' listed twice")));
+                return Err(inconsistent(format!(
+                    "field name {name} listed twice",
+                    name = Quoted(name)
+                )));
             }
             state.names.intern(name);
         }
@@ -376,7 +380,10 @@ impl<S: FieldStampCode> Body<S> {
         for CollectionBody(name, created, dropped, docs) in self.collections {
             check(check_collection(&name))?;
             if previous_collection.as_ref().is_some_and(|p| *p >= name) {
-                return Err(inconsistent(format!("collection '{name}' out of order")));
+                return Err(inconsistent(format!(
+                    "collection {name} out of order",
+                    name = Quoted(&name)
+                )));
             }
             let mut coll = CollectionState {
                 created: opt(created)?,
@@ -390,7 +397,10 @@ impl<S: FieldStampCode> Body<S> {
             for DocBody(id, written, deleted, fields) in docs {
                 check(check_doc_id(&id))?;
                 if built.last().is_some_and(|(p, _)| *p >= id) {
-                    return Err(inconsistent(format!("document '{id}' out of order")));
+                    return Err(inconsistent(format!(
+                        "document {id} out of order",
+                        id = Quoted(&id)
+                    )));
                 }
                 let written = opt(written)?;
                 let deleted = opt(deleted)?;
@@ -402,12 +412,14 @@ impl<S: FieldStampCode> Body<S> {
                     }
                     if slots.last().is_some_and(|f| f.name >= field) {
                         return Err(inconsistent(format!(
-                            "fields of document '{id}' out of order"
+                            "fields of document {id} out of order",
+                            id = Quoted(&id)
                         )));
                     }
-                    let field_stamp = code
-                        .resolve(&mut cursor, written, &replicas)
-                        .map_err(|e| inconsistent(format!("document '{id}': {e}")))?;
+                    let field_stamp =
+                        code.resolve(&mut cursor, written, &replicas).map_err(|e| {
+                            inconsistent(format!("document {id}: {e}", id = Quoted(&id)))
+                        })?;
                     slots.push(FieldSlot::new(field, field_stamp, value, &mut state.names));
                 }
                 let doc = checked_doc(&id, written, deleted, slots, coll.dropped, &state.names)?;

@@ -45,6 +45,7 @@ use crate::gate::{Gate, PersistId};
 use crate::op::Op;
 use crate::persist::{PersistBatch, RecordError, StoreKey, Write, decode_record, encode_record};
 use crate::protocol::{self, CloseCode, ErrorCode, Hello, Message, Welcome};
+use crate::quoted::Quoted;
 use crate::replica::{Replica, ReplicaConfig, RestoreError, Transaction, WriteError};
 use crate::revision::Revision;
 use crate::rng::SplitMix64;
@@ -603,7 +604,7 @@ impl Session {
             self.link = Link::Offline;
             self.outputs.push(Output::Event(Event::Disconnected {
                 code: CloseCode::InvalidRoom,
-                reason: format!("invalid room name '{}'", self.config.room),
+                reason: format!("invalid room name {}", Quoted(&self.config.room)),
                 retry_at: None,
             }));
             return;
