@@ -1025,6 +1025,19 @@ mod tests {
         }
     }
 
+    /// A registry of rooms stored in SQLite under `dir`, with default
+    /// settings, its room tasks on `runtime`; and its metrics.
+    fn rooms_in(
+        dir: &std::path::Path,
+        runtime: tokio::runtime::Handle,
+    ) -> (Arc<Rooms>, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::default());
+        let store = Store::open(dir, metrics.clone()).unwrap();
+        let config = Arc::new(Config::resolve(ServeOptions::default()).unwrap());
+        let rooms = Rooms::new(Storage::Sqlite(store), metrics.clone(), config, runtime);
+        (rooms, metrics)
+    }
+
     /// Waits up to 20 s, without a runtime, for `poll` to give a value.
     fn wait_for<T>(mut poll: impl FnMut() -> Option<T>) -> T {
         let started = Instant::now();
@@ -1054,15 +1067,7 @@ mod tests {
             .unwrap();
         let _current = caller.enter();
         let dir = tempfile::tempdir().unwrap();
-        let metrics = Arc::new(Metrics::default());
-        let store = Store::open(dir.path(), metrics.clone()).unwrap();
-        let config = Arc::new(Config::resolve(ServeOptions::default()).unwrap());
-        let rooms = Rooms::new(
-            Storage::Sqlite(store),
-            metrics,
-            config,
-            room_runtime.handle().clone(),
-        );
+        let (rooms, _) = rooms_in(dir.path(), room_runtime.handle().clone());
         let room = rooms.get("r").unwrap();
 
         let replica = ReplicaId(7);
@@ -1099,15 +1104,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_push_queued_when_a_commit_completes_joins_the_follow_up() {
         let dir = tempfile::tempdir().unwrap();
-        let metrics = Arc::new(Metrics::default());
-        let store = Store::open(dir.path(), metrics.clone()).unwrap();
-        let config = Arc::new(Config::resolve(ServeOptions::default()).unwrap());
-        let rooms = Rooms::new(
-            Storage::Sqlite(store),
-            metrics.clone(),
-            config,
-            tokio::runtime::Handle::current(),
-        );
+        let (rooms, metrics) = rooms_in(dir.path(), tokio::runtime::Handle::current());
         let room = rooms.get("r").unwrap();
 
         let replica = ReplicaId(7);
@@ -1128,11 +1125,7 @@ mod tests {
         // Push 3 stays queued: this thread does not let the room run until
         // commit 1 is complete and the writer gave up waiting for it.
         lock.execute_batch("COMMIT").unwrap();
-        let started = Instant::now();
-        while metrics.commits.load(Ordering::Relaxed) < 1 {
-            assert!(started.elapsed() < Duration::from_secs(20));
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for(|| (metrics.commits.load(Ordering::Relaxed) >= 1).then_some(()));
         std::thread::sleep(Duration::from_millis(50));
 
         let started = Instant::now();
