@@ -1,11 +1,12 @@
 //! Field stamps stored relative to the stamp before them.
 //!
 //! A document's fields are mostly stamped by one replica at nearby times, so
-//! snapshots (format 2) and store records (version 2) store each field's
-//! stamp as the document's `written` stamp, or as a difference from the
-//! previous explicitly stored stamp of the document: a few bytes instead of
-//! a nine-byte clock reading and a replica id. The replica is written as `R`:
-//! an index into a table in snapshots, the id itself in records.
+//! snapshots of formats 2 and 3 store each field's stamp as the document's
+//! `written` stamp, or as a difference from the previous explicitly stored
+//! stamp of the document: a few bytes instead of a nine-byte clock reading
+//! and a replica id. The replica is written as `R`, an index into the
+//! snapshot's table. (Store records take their stamps relative to the
+//! document's `written` stamp instead: `persist.rs`, record version 3.)
 
 use serde::{Deserialize, Serialize};
 
