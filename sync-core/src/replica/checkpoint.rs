@@ -219,9 +219,16 @@ impl Replica {
         docs: &BTreeMap<String, DirtyIds>,
         catching_up: bool,
     ) -> bool {
-        let dirty: usize = docs.values().map(DirtyIds::len).sum();
-        let total: usize = self.state.collections.values().map(|c| c.docs.len()).sum();
+        let (dirty, total) = self.checkpoint_counts(docs);
         self.checkpoints.due(dirty, total, catching_up)
+    }
+
+    /// The documents a batch writes, and the documents of the state: what
+    /// the policy weighs.
+    fn checkpoint_counts(&self, docs: &BTreeMap<String, DirtyIds>) -> (usize, usize) {
+        let dirty = docs.values().map(DirtyIds::len).sum();
+        let total = self.state.collections.values().map(|c| c.docs.len()).sum();
+        (dirty, total)
     }
 
     /// Whether a checkpoint is being encoded in slices (see [`Replica::checkpoint_step`]).
@@ -270,9 +277,11 @@ impl Replica {
         due: bool,
     ) {
         let mut superseded = None;
-        let dirty: usize = docs.values().map(DirtyIds::len).sum();
-        let total: usize = self.state.collections.values().map(|c| c.docs.len()).sum();
-        if due && self.checkpoints.slices(dirty, total) {
+        let sliced = due && {
+            let (dirty, total) = self.checkpoint_counts(&docs);
+            self.checkpoints.slices(dirty, total)
+        };
+        if sliced {
             self.checkpoints.encoding = Some(Box::new(SnapshotEncoder::new(&self.state)));
         } else if due {
             self.checkpoints.whole_next = false;
