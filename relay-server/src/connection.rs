@@ -305,7 +305,7 @@ impl Conn {
     /// awaiting their answer ignores the protocol and is cut off.
     async fn read_loop(&mut self, room: &RoomHandle) {
         let config = self.app.config.clone();
-        let max = config.max_frame_bytes;
+        let max_push_ops = config.room.max_batch_ops;
         let control = self.peer.control();
         let mut bucket = TokenBucket::new(config.ops_per_second, config.ops_burst);
         // Pushes waiting for tokens, oldest first, with their operation count.
@@ -337,19 +337,15 @@ impl Conn {
             match message {
                 WsMessage::Binary(frame) => {
                     self.count_in(frame.len());
-                    // Only a push needs its operations counted here; the
-                    // frames that are surely something else (most are
-                    // `Applied`, one per delivery read) go to the room,
-                    // which decodes every frame anyway, without a second
-                    // decode.
-                    let maybe_push = !matches!(
-                        protocol::peek_kind(&frame),
-                        Some(kind) if kind != protocol::MessageKind::Push
-                    );
-                    let pushed = match maybe_push.then(|| protocol::decode(&frame, max)) {
-                        Some(Ok(Message::Push { ops })) if !ops.is_empty() => Some(ops.len()),
-                        _ => None,
-                    };
+                    // A push is charged by the count in its header, not
+                    // decoded twice: the room decodes every frame once and
+                    // refuses a push whose operations do not match that
+                    // count, so a false count never reaches the state. A
+                    // count above the room's limit goes on uncharged, for
+                    // the room to refuse at once.
+                    let pushed = protocol::push_op_count(&frame)
+                        .and_then(|ops| usize::try_from(ops).ok())
+                        .filter(|&ops| ops > 0 && ops <= max_push_ops);
                     let Some(ops) = pushed else {
                         if !self.forward(room, frame, false).await {
                             return;

@@ -352,6 +352,79 @@ async fn a_client_that_ignores_the_push_window_is_cut_off() {
     assert!(acks < protocol::MAX_PUSH_WINDOW, "{acks} acks");
 }
 
+/// The rate limit charges a push by the operation count in its header
+/// without decoding it; a push whose header understates (or overstates)
+/// its operations must then be refused by the room, never applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_whose_header_miscounts_its_operations_is_refused() {
+    let dir = tempdir();
+    let relay = Relay::start(
+        dir.path(),
+        &[
+            "--ops-per-second",
+            "1",
+            "--ops-burst",
+            "100",
+            "--max-batch-ops",
+            "100",
+            "--admin-token",
+            "admin",
+        ],
+    );
+    let token = relay.token("r", "rw", "1h", None);
+    let now = common::now_ms();
+    let ops: Vec<_> = (1..=50u64)
+        .map(|seq| sync_core::Op {
+            id: sync_core::OpId {
+                replica: sync_core::ReplicaId(9),
+                seq,
+            },
+            hlc: sync_core::Hlc::new(now, seq as u16).unwrap(),
+            change: sync_core::Change::CreateCollection {
+                collection: format!("c{seq}"),
+            },
+        })
+        .collect();
+    for claimed in [1u8, 51] {
+        let mut push = protocol::encode(&Message::Push { ops: ops.clone() });
+        // Version byte, tag, then the count: one byte below 128.
+        assert_eq!(push[2], 50);
+        push[2] = claimed;
+        let mut ws = raw_connect(&relay.url()).await;
+        ws.send(WsMessage::Binary(hello_frame(9, "r", &token).into()))
+            .await
+            .unwrap();
+        ws.send(WsMessage::Binary(push.into())).await.unwrap();
+        let ending = read_until_close(&mut ws, Duration::from_secs(10)).await;
+        assert_eq!(
+            ending.errors,
+            vec![ErrorCode::Malformed],
+            "claimed {claimed}"
+        );
+        assert!(
+            !ending
+                .messages
+                .iter()
+                .any(|m| matches!(m, Message::Ack { .. })),
+            "claimed {claimed}: {:?}",
+            ending.messages
+        );
+    }
+    // Nothing of either push reached the room's log (a session keeps the
+    // room loaded while its stats are read).
+    let mut reader = raw_connect(&relay.url()).await;
+    reader
+        .send(WsMessage::Binary(hello_frame(2, "r", &token).into()))
+        .await
+        .unwrap();
+    let welcome = reader.next().await.unwrap().unwrap().into_data();
+    assert!(matches!(
+        protocol::decode(&welcome, usize::MAX),
+        Ok(Message::Welcome(_))
+    ));
+    assert_eq!(relay.stats("r", "admin")["head"], 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_is_cut_off_and_resumes() {
     let dir = tempdir();

@@ -20,7 +20,7 @@ pub use message::{Hello, Message, Welcome};
 pub use relay::{
     Agreement, DeliverHeader, MessageKind, NegotiationError, SENDABLE_SNAPSHOT_FORMATS, decode_op,
     deliver_header, deliver_op_count, encode_deliver, encode_op, encode_version_refusal, negotiate,
-    peek_kind,
+    peek_kind, push_op_count,
 };
 
 /// Whether `name` is a valid room name: 1 to 256 UTF-8 bytes
@@ -380,5 +380,31 @@ mod tests {
         );
         assert_eq!(deliver_op_count(&encode(&Message::Ping { nonce: 3 })), None);
         assert_eq!(deliver_op_count(&frame[..3]), None);
+    }
+
+    #[test]
+    fn push_op_count_reads_the_header_in_every_version() {
+        let ops: Vec<_> = (1..=300)
+            .map(|seq| crate::op::Op {
+                id: crate::op::OpId {
+                    replica: crate::stamp::ReplicaId(7),
+                    seq,
+                },
+                hlc: crate::hlc::Hlc::ZERO,
+                change: crate::op::Change::CreateCollection {
+                    collection: format!("c{seq}"),
+                },
+            })
+            .collect();
+        let push = Message::Push { ops };
+        for version in SUPPORTED_VERSIONS.iter().copied() {
+            let frame = encode_in(version, &push);
+            assert_eq!(push_op_count(&frame), Some(300), "version {version}");
+            // The count's varint is two bytes: a header cut inside it is no count.
+            assert_eq!(push_op_count(&frame[..3]), None, "version {version}");
+        }
+        let deliver = encode_deliver(0, 1, std::iter::empty());
+        assert_eq!(push_op_count(&deliver), None);
+        assert_eq!(push_op_count(&encode(&Message::Ping { nonce: 3 })), None);
     }
 }

@@ -211,6 +211,22 @@ pub fn deliver_op_count(frame: &[u8]) -> Option<u64> {
     deliver_header(frame).map(|h| h.op_count)
 }
 
+/// The number of operations a `Push` frame says it carries, read from its
+/// header (the tag, then the length of `ops`, in every version spoken
+/// here) without decoding them: a relay's rate limit charges a push by it
+/// before the room decodes the frame once. `None` for any other frame or
+/// a truncated header. The count is not checked against the operations;
+/// decoding refuses a push whose operations do not match it, so a frame
+/// charged by a false count never reaches the state.
+pub fn push_op_count(frame: &[u8]) -> Option<u64> {
+    if peek_kind(frame)? != MessageKind::Push {
+        return None;
+    }
+    let (_tag, rest) = read_varint(frame.get(1..)?)?;
+    let (op_count, _) = read_varint(rest)?;
+    Some(op_count)
+}
+
 /// Encodes one operation as it appears inside `Push` and `Deliver`.
 pub fn encode_op(op: &Op) -> Vec<u8> {
     postcard::to_allocvec(op).unwrap_or_default()
