@@ -1369,7 +1369,7 @@ mod tests {
         let (told, heard) = std::sync::mpsc::channel();
         let notify = |name: &'static str| {
             let told = told.clone();
-            OnDurable::new(1, move || {
+            OnDurable::new(move || {
                 let _ = told.send(name);
             })
         };
@@ -1443,7 +1443,7 @@ mod tests {
             PersistBatch {
                 writes: vec![put("a", b"1")],
             },
-            OnDurable::new(1, move || {
+            OnDurable::new(move || {
                 let _ = told.send(());
             }),
         );
@@ -1604,7 +1604,7 @@ mod tests {
                 writes: vec![put("b", b"2")],
             }),
             true,
-            Some(OnDurable::new(1, move || {
+            Some(OnDurable::new(move || {
                 let _ = told.send(());
             })),
         );
