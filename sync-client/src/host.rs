@@ -502,19 +502,16 @@ impl<T: Transport> Host<T> {
         // those) are answered from wherever the store learns the write is
         // durable, without waiting for this thread to hear of it.
         let waiters: Waiters = Default::default();
-        let mut callers = 0;
         if let Some(last) = ids.last() {
             let mut core = lock(&self.inner.core);
             let mut taken = lock(&waiters);
             while core.durable_waiters.front().is_some_and(|w| w.id <= *last) {
                 taken.extend(core.durable_waiters.pop_front());
             }
-            // A caller that dropped its `Pending` waits for nothing.
-            callers = taken.iter().filter(|w| !w.tx.is_canceled()).count();
         }
         let on_durable = {
             let waiters = waiters.clone();
-            OnDurable::new(callers, move || answer_waiters(&waiters, &Ok(())))
+            OnDurable::new(move || answer_waiters(&waiters, &Ok(())))
         };
         let write = self.store.write_notify(batch, on_durable);
         self.writing.push_back(InFlight {

@@ -124,25 +124,15 @@ pub enum StoreErrorKind {
 /// [`ClientStore::write_notify`]). Giving it may happen on any thread and
 /// does not block.
 pub struct OnDurable {
-    callers: usize,
     answer: Box<dyn FnOnce() + Send>,
 }
 
 impl OnDurable {
-    /// `answer` tells the `callers` waiting on a write that it is durable.
-    pub fn new(callers: usize, answer: impl FnOnce() + Send + 'static) -> OnDurable {
+    /// `answer` tells the callers waiting on a write that it is durable.
+    pub fn new(answer: impl FnOnce() + Send + 'static) -> OnDurable {
         OnDurable {
-            callers,
             answer: Box::new(answer),
         }
-    }
-
-    /// How many callers wait on the write. Each of them typically writes
-    /// again soon after it is answered, so a store that groups writes into
-    /// commits can wait briefly for that many to come back before it
-    /// starts the next one.
-    pub fn callers(&self) -> usize {
-        self.callers
     }
 
     /// Tells the callers the write is durable.
@@ -153,9 +143,7 @@ impl OnDurable {
 
 impl std::fmt::Debug for OnDurable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OnDurable")
-            .field("callers", &self.callers)
-            .finish_non_exhaustive()
+        f.debug_struct("OnDurable").finish_non_exhaustive()
     }
 }
 

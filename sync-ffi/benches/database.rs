@@ -6,7 +6,8 @@
 //!
 //! `cargo bench -p sync-ffi --bench database` prints one line per figure;
 //! `-- NAME...` runs only the figures whose name contains a NAME (`latency`,
-//! `writers`, `together`, `transaction-reopen`, `e2e`, `initial-sync`).
+//! `writers-1`, `writers-8` (`writers`: both), `together`,
+//! `transaction-reopen`, `e2e`, `initial-sync`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -359,9 +360,10 @@ fn main() {
     if wanted("latency") {
         durable_put_latency(dir.path());
     }
-    if wanted("writers") {
-        durable_puts_per_second(dir.path(), 1);
-        durable_puts_per_second(dir.path(), 8);
+    for writers in [1, 8] {
+        if wanted(&format!("writers-{writers}")) {
+            durable_puts_per_second(dir.path(), writers);
+        }
     }
     if wanted("together") {
         puts_issued_together(dir.path(), 100_000);

@@ -63,7 +63,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::channel::oneshot;
 use futures::future::LocalBoxFuture;
@@ -89,10 +89,6 @@ const MAX_GROUP: usize = 1024;
 /// more let puts arriving during one commit go to the next in several
 /// pieces without waiting for an answer (the writer merges them again).
 const WRITES_IN_FLIGHT: usize = 4;
-
-/// Longest the writer waits, before starting a group, for the writers of
-/// the last group to come back (see [`write_loop`]).
-const MAX_GATHER_WAIT: Duration = Duration::from_millis(1);
 
 /// How long SQLite waits for a lock held by a connection that ignores the
 /// lock file (another tool opening the file by hand) before giving up with
@@ -193,17 +189,6 @@ struct Batch {
     done: oneshot::Sender<Result<(), StoreError>>,
 }
 
-impl Batch {
-    /// Callers waiting on this write (see [`write_loop`]).
-    fn callers(&self) -> usize {
-        match (&self.on_durable, self.ordered) {
-            (Some(on_durable), _) => on_durable.callers(),
-            (None, true) => 0,
-            (None, false) => 1,
-        }
-    }
-}
-
 /// What the writer thread is asked to do.
 enum Job {
     Write(Batch),
@@ -212,15 +197,6 @@ enum Job {
     },
     #[cfg(test)]
     Inspect(Box<dyn FnOnce(&Connection) + Send>),
-}
-
-impl Job {
-    fn callers(&self) -> usize {
-        match self {
-            Job::Write(batch) => batch.callers(),
-            _ => 0,
-        }
-    }
 }
 
 impl SqliteStore {
@@ -564,27 +540,16 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
 
 /// The writer thread: group commit until every handle is gone.
 ///
-/// A group is everything that queued up while the last commit ran. Writers
-/// answered by that commit typically write again at once, but on a busy
-/// machine the first of them can reach the queue before the others have
-/// been scheduled; a group of one would then cost the others a whole extra
-/// commit. So when fewer callers are queued than the last group answered,
-/// the writer waits for the rest, at most half the last round (commit plus sync)
-/// and at most [`MAX_GATHER_WAIT`]: on a slow disk that buys whole groups,
-/// on a fast one it costs next to nothing, and a single writer never waits.
-///
-/// Callers are counted by who waits: a blocking write is one caller; a
-/// write of the host loop carries the number of puts waiting on it
-/// ([`OnDurable::callers`]), which this thread answers directly after the
-/// commit. Those callers' next puts reach here merged by the loop into
-/// fewer, larger writes, so counting writes instead would never wait for
-/// them: the next commit would start with the first put back and leave the
-/// others a commit of their own. A write of the loop that nobody waits on
-/// (a received change, a cursor) counts as none. Callers that do not come
-/// back at once (puts made at their own pace, or issued together and
-/// awaited later) would make every commit wait in vain, so after a wait
-/// that timed out the writer stops waiting until a group finds as many
-/// callers queued as the one before answered without having waited.
+/// A group is everything queued when a syncer is free to take it. The
+/// writer does not wait for the callers of the last group to come back:
+/// with several syncs in flight (see [`Durability`]), the first callers
+/// back are committed and synced while the others are still on their way
+/// through the host loop, so a put's CPU (loop, SQLite) overlaps another
+/// commit's sync instead of adding to it. Waiting for them, as this thread
+/// did when syncs ran one at a time, kept every caller in the same commit
+/// and left the CPU idle during each sync (8 writers on this project's
+/// disk and on tmpfs, paired runs: about a tenth more puts per second
+/// without the wait).
 fn write_loop(
     conn: Connection,
     chunks: Chunks,
@@ -653,12 +618,10 @@ fn group_commit(
     let mut group: Vec<Batch> = Vec::new();
     // Set when an ordered write fails; cleared by the next read.
     let mut failed: Option<StoreError> = None;
-    // Callers answered by the last group, and how long its commit took.
-    let mut last_callers = 0;
-    // Whether the last wait saw every caller come back (see below).
-    let mut patient = true;
-    let mut last_commit = Duration::ZERO;
     while let Ok(first) = queue.recv() {
+        // A commit no syncer can take yet would only wait for one, and
+        // cost its pages again in the next commit: gather until one is free.
+        durability.wait_for_syncer();
         jobs.push(first);
         while jobs.len() < MAX_GROUP {
             match queue.try_recv() {
@@ -666,41 +629,6 @@ fn group_commit(
                 Err(_) => break,
             }
         }
-        let mut arrived: usize = jobs.iter().map(Job::callers).sum();
-        if arrived >= last_callers {
-            // They came back by themselves: worth waiting for next time.
-            patient = true;
-        } else if patient {
-            // A caller comes back once its commit is synced too.
-            let round = last_commit + durability.last_sync();
-            let deadline = Instant::now() + (round / 2).min(MAX_GATHER_WAIT);
-            while arrived < last_callers && jobs.len() < MAX_GROUP {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match queue.recv_timeout(left) {
-                    Ok(job) => {
-                        arrived += job.callers();
-                        jobs.push(job);
-                    }
-                    Err(_) => break,
-                }
-            }
-            // They did not all come back in time: these callers do not
-            // write again at once (puts issued without waiting on each, or
-            // at their own pace), and waiting for them again would only add
-            // latency, until a group finds its callers back without waiting.
-            patient = arrived >= last_callers;
-        }
-        // A commit no syncer can take yet would only wait for one, and
-        // cost its pages again in the next commit: gather until one is free.
-        if durability.wait_for_syncer() {
-            while jobs.len() < MAX_GROUP {
-                match queue.try_recv() {
-                    Ok(job) => jobs.push(job),
-                    Err(_) => break,
-                }
-            }
-        }
-        let started = Instant::now();
         for job in jobs.drain(..) {
             match job {
                 Job::Write(batch) => group.push(batch),
@@ -721,9 +649,7 @@ fn group_commit(
                 }
             }
         }
-        last_callers = group.iter().map(Batch::callers).sum();
         commit_group(writer, &mut group, stats, identity, durability, &mut failed);
-        last_commit = started.elapsed();
     }
 }
 
@@ -850,8 +776,6 @@ struct SyncState {
     durable: u64,
     /// Answers of commits not yet durable, by commit number.
     waiting: VecDeque<(u64, Vec<Answer>)>,
-    /// How long the last sync took.
-    last_sync: Duration,
     /// A sync started with no other running, and wants a second sync of
     /// the same commit beside it, from another syncer. On this project's
     /// virtual disks (ext4 on virtio) a lone `fdatasync` takes 3–4 ms,
@@ -882,10 +806,6 @@ impl Durability {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn last_sync(&self) -> Duration {
-        self.lock().last_sync
-    }
-
     fn failure(&self) -> Option<StoreError> {
         self.lock().failed.clone()
     }
@@ -904,15 +824,12 @@ impl Durability {
     }
 
     /// Waits until a syncer is free to sync the next commit at once (or
-    /// the syncers failed). Returns whether it waited.
-    fn wait_for_syncer(&self) -> bool {
+    /// the syncers failed).
+    fn wait_for_syncer(&self) {
         let mut state = self.lock();
-        let mut waited = false;
         while state.syncing >= SYNCERS && state.failed.is_none() {
-            waited = true;
             state = self.wait_progress(state);
         }
-        waited
     }
 
     /// Waits until every commit so far is durable.
@@ -1010,11 +927,9 @@ impl Durability {
                     !stats.panic_syncs.load(Ordering::Relaxed),
                     "a syncer fails on purpose"
                 );
-                let started = Instant::now();
                 let synced = self.sync(&mut wal);
                 state = self.lock();
                 state.syncing -= 1;
-                state.last_sync = started.elapsed();
                 match synced {
                     Ok(()) => {
                         stats.syncs.fetch_add(1, Ordering::Relaxed);
@@ -1454,7 +1369,7 @@ mod tests {
         let (told, heard) = std::sync::mpsc::channel();
         let notify = |name: &'static str| {
             let told = told.clone();
-            OnDurable::new(1, move || {
+            OnDurable::new(move || {
                 let _ = told.send(name);
             })
         };
@@ -1528,7 +1443,7 @@ mod tests {
             PersistBatch {
                 writes: vec![put("a", b"1")],
             },
-            OnDurable::new(1, move || {
+            OnDurable::new(move || {
                 let _ = told.send(());
             }),
         );
@@ -1689,7 +1604,7 @@ mod tests {
                 writes: vec![put("b", b"2")],
             }),
             true,
-            Some(OnDurable::new(1, move || {
+            Some(OnDurable::new(move || {
                 let _ = told.send(());
             })),
         );
