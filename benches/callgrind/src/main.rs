@@ -19,6 +19,7 @@ use sync_core::protocol::{self, Message};
 use sync_core::store::{MemoryStore, Record, Store};
 use sync_core::{
     Change, Hlc, Op, OpId, Replica, ReplicaConfig, ReplicaId, Snapshot, Timestamp, Value,
+    WriteError,
 };
 
 /// Runs the counted part of a workload.
@@ -95,6 +96,25 @@ fn compare_1(names: &Names) {
         for i in 0..100_000 {
             names.write(&mut r, i, i as i64, now_for(i));
         }
+        r
+    });
+    black_box(r);
+}
+
+/// Workload 1b: workload 1's writes in one transaction, as benches/compare
+/// makes them.
+fn compare_1b(names: &Names) {
+    let r = timed(|| {
+        let mut r = replica(1);
+        r.transaction(now_for(0), |tx| {
+            for i in 0..100_000 {
+                let (doc, field) = (&names.docs[i % 1_000], names.fields[i / 1_000].as_str());
+                tx.put("docs", doc, [(field, Value::Int(i as i64))])?;
+            }
+            Ok::<_, WriteError>(())
+        })
+        .expect("transaction");
+        drain_events(&mut r);
         r
     });
     black_box(r);
@@ -304,7 +324,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let workload = args.next().unwrap_or_default();
     let units = match workload.as_str() {
-        "compare-1" | "compare-2" => 100_000,
+        "compare-1" | "compare-1b" | "compare-2" => 100_000,
         "compare-5" | "compare-5-consolidated" => 1_000,
         "put-1" | "put-1-durable" | "put-10" | "put-10-durable" => 20_000,
         "apply-by-ref" | "apply-owned" => 10_000,
@@ -319,6 +339,7 @@ fn main() {
     let names = Names::new();
     match workload.as_str() {
         "compare-1" => compare_1(&names),
+        "compare-1b" => compare_1b(&names),
         "compare-2" => compare_2(&names),
         "compare-5" => compare_5(&names, false),
         "compare-5-consolidated" => compare_5(&names, true),
