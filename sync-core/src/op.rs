@@ -206,11 +206,12 @@ pub(crate) fn check_distinct_put<'a>(
     Ok(())
 }
 
-/// An operation to encode, borrowing its parts: encodes byte for byte as
-/// the [`Op`] with the same parts (the same field order and variant order).
-/// Decoded, it accepts exactly the bytes [`Op`] accepts, without allocating
-/// its strings: a store's outbox records are checked with it on open.
-#[derive(Serialize, Deserialize)]
+/// An operation borrowing its parts. `persist::push_op_record` encodes it
+/// byte for byte as the [`Op`] with the same parts; decoded, it accepts
+/// exactly the bytes [`Op`] accepts (the same field order and variant
+/// order), without allocating its strings: a store's outbox records are
+/// checked with it on open.
+#[derive(Deserialize)]
 pub(crate) struct OpRef<'a, F> {
     pub(crate) id: OpId,
     pub(crate) hlc: Hlc,
@@ -218,9 +219,9 @@ pub(crate) struct OpRef<'a, F> {
     pub(crate) change: ChangeRef<'a, F>,
 }
 
-/// [`Change`], borrowed; `F` serialises (and is read) as a put's
+/// [`Change`], borrowed; `F` is written (and read) as a put's
 /// `Vec<(String, Option<Value>)>` is.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 pub(crate) enum ChangeRef<'a, F> {
     Put {
         collection: &'a str,
