@@ -735,15 +735,18 @@ impl Replica {
         // transaction is one it newly marks dirty: no second set needed. A
         // single put or delete announces its document whatever was dirty
         // before, without the set.
-        let mut announced = (!self.dirty.docs.is_empty()).then(BTreeMap::<String, DirtyIds>::new);
         let single = tx.writes.len() == 1;
+        let single_doc = single && matches!(tx.writes[0].kind, TxKind::Put | TxKind::Delete);
+        let mut announced =
+            (!single_doc && !self.dirty.docs.is_empty()).then(BTreeMap::<String, DirtyIds>::new);
         let mut last = DocChange::Unchanged;
         let mut announced_collections = BTreeSet::new();
         // The transaction's outbox records, one run: one allocation for the
         // whole transaction instead of one per write.
         let mut run: Vec<u8> = Vec::new();
         let mut scratch = std::mem::take(&mut self.scratch);
-        let mut run_first = self.next_seq;
+        let first_seq = self.next_seq;
+        let mut run_first = first_seq;
         let mut run_len = 0;
         let text = tx.text.as_str();
         for (write, &hlc) in tx.writes.iter().zip(&hlcs) {
@@ -802,7 +805,6 @@ impl Replica {
                 (run_first, run_len) = (id.seq, 0);
             }
             run_len += 1;
-            self.version.insert(id);
             let changed = match write.kind {
                 TxKind::Put => {
                     let fields = fields
@@ -862,6 +864,9 @@ impl Replica {
         }
         self.push_run(run_first, run_len, run);
         self.scratch = scratch;
+        // Nothing above reads the version: the writes are recorded at once.
+        self.version
+            .insert_run(self.id, first_seq..=self.next_seq - 1);
         tx.hlcs = hlcs;
         self.dirty.meta = true;
         Ok(last)
