@@ -6,7 +6,7 @@ set -eu
 here=$(dirname "$0")
 bin=${BIN:-${CARGO_TARGET_DIR:-$here/target}/release/concord-callgrind}
 out=${OUT:-$(mktemp -d)}
-[ $# -gt 0 ] || set -- compare-1 compare-2 compare-5 compare-5-consolidated put-1 put-1-durable \
+[ $# -gt 0 ] || set -- compare-1 compare-1b compare-2 compare-7 compare-5 compare-5-consolidated put-1 put-1-durable \
     put-10 put-10-durable apply-by-ref apply-owned restore validate-4096
 for workload in "$@"; do
     units=$("$bin" "$workload" --units)

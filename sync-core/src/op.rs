@@ -175,9 +175,12 @@ pub(crate) fn put_len_bound<'a>(
         + 20
         + collection.len()
         + id.len()
-        + fields
-            .map(|(n, v)| 11 + n.len() + v.map_or(0, Value::encoded_len_bound))
-            .sum::<usize>()
+        + fields.map(|(n, v)| field_len_bound(n, v)).sum::<usize>()
+}
+
+/// One field's part of [`put_len_bound`].
+fn field_len_bound(name: &str, value: Option<&Value>) -> usize {
+    11 + name.len() + value.map_or(0, Value::encoded_len_bound)
 }
 
 /// What [`Op::validate`] checks of a put whose field names are known to be
@@ -185,32 +188,36 @@ pub(crate) fn put_len_bound<'a>(
 pub(crate) fn check_distinct_put<'a>(
     collection: &str,
     id: &str,
-    fields: impl Iterator<Item = (&'a str, Option<&'a Value>)> + Clone,
+    fields: impl ExactSizeIterator<Item = (&'a str, Option<&'a Value>)>,
 ) -> Result<(), InvalidOp> {
     check_collection(collection)?;
     check_doc_id(id)?;
-    let count = fields.clone().count();
+    let count = fields.len();
     if count > limits::MAX_FIELDS_PER_PUT {
         return Err(InvalidOp::TooManyFields(count));
     }
-    for (name, value) in fields.clone() {
+    // One pass (every local write makes it): the size is `put_len_bound`'s,
+    // summed on the way, and checked after the names as `Op::validate` does.
+    let mut size = put_len_bound(collection, id, std::iter::empty());
+    for (name, value) in fields {
         check_field_name(name)?;
         if value.is_some_and(|v| v.depth() > MAX_VALUE_DEPTH) {
             return Err(InvalidOp::ValueTooDeep(name.to_owned()));
         }
+        size += field_len_bound(name, value);
     }
-    let size = put_len_bound(collection, id, fields);
     if size > limits::MAX_OP_BYTES {
         return Err(InvalidOp::TooLarge(size));
     }
     Ok(())
 }
 
-/// An operation to encode, borrowing its parts: encodes byte for byte as
-/// the [`Op`] with the same parts (the same field order and variant order).
-/// Decoded, it accepts exactly the bytes [`Op`] accepts, without allocating
-/// its strings: a store's outbox records are checked with it on open.
-#[derive(Serialize, Deserialize)]
+/// An operation borrowing its parts. `persist::push_op_record` encodes it
+/// byte for byte as the [`Op`] with the same parts; decoded, it accepts
+/// exactly the bytes [`Op`] accepts (the same field order and variant
+/// order), without allocating its strings: a store's outbox records are
+/// checked with it on open.
+#[derive(Deserialize)]
 pub(crate) struct OpRef<'a, F> {
     pub(crate) id: OpId,
     pub(crate) hlc: Hlc,
@@ -218,9 +225,9 @@ pub(crate) struct OpRef<'a, F> {
     pub(crate) change: ChangeRef<'a, F>,
 }
 
-/// [`Change`], borrowed; `F` serialises (and is read) as a put's
+/// [`Change`], borrowed; `F` is written (and read) as a put's
 /// `Vec<(String, Option<Value>)>` is.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 pub(crate) enum ChangeRef<'a, F> {
     Put {
         collection: &'a str,

@@ -10,7 +10,7 @@ use crate::hlc::{Clock, ClockError, DEFAULT_MAX_DRIFT_MS, Hlc};
 use crate::op::{Change, ChangeRef, InvalidOp, Op, OpId, OpRef};
 use crate::persist::{
     CollectionRecord, MetaRecordRef, PersistBatch, RecordError, StoreKey, Write, decode_record,
-    encode_record, encode_record_into,
+    encode_record, encode_record_into, push_op_record,
 };
 use crate::revision::{IdHasher, Revision};
 use crate::snapshot::Snapshot;
@@ -735,15 +735,18 @@ impl Replica {
         // transaction is one it newly marks dirty: no second set needed. A
         // single put or delete announces its document whatever was dirty
         // before, without the set.
-        let mut announced = (!self.dirty.docs.is_empty()).then(BTreeMap::<String, DirtyIds>::new);
         let single = tx.writes.len() == 1;
+        let single_doc = single && matches!(tx.writes[0].kind, TxKind::Put | TxKind::Delete);
+        let mut announced =
+            (!single_doc && !self.dirty.docs.is_empty()).then(BTreeMap::<String, DirtyIds>::new);
         let mut last = DocChange::Unchanged;
         let mut announced_collections = BTreeSet::new();
-        let mut scratch = std::mem::take(&mut self.scratch);
         // The transaction's outbox records, one run: one allocation for the
         // whole transaction instead of one per write.
         let mut run: Vec<u8> = Vec::new();
-        let mut run_first = self.next_seq;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let first_seq = self.next_seq;
+        let mut run_first = first_seq;
         let mut run_len = 0;
         let text = tx.text.as_str();
         for (write, &hlc) in tx.writes.iter().zip(&hlcs) {
@@ -771,25 +774,37 @@ impl Replica {
                 TxKind::CreateCollection => ChangeRef::CreateCollection { collection },
                 TxKind::DropCollection => ChangeRef::DropCollection { collection },
             };
-            scratch = encode_record_into(&OpRef { id, hlc, change }, scratch);
-            // In u64: on 32-bit targets the usize sum could not exceed the bound.
-            let run_bytes = run.len() as u64 + RUN_LENGTH_BYTES as u64 + scratch.len() as u64;
-            if run_bytes > MAX_RUN_BYTES {
-                self.push_run(run_first, run_len, std::mem::take(&mut run));
-                (run_first, run_len) = (id.seq, 0);
+            // A run's first record is encoded into the scratch buffer, to
+            // size the run from it; the rest in place, after their length.
+            let first = run_len == 0;
+            let out = if first { &mut scratch } else { &mut run };
+            if first {
+                out.clear();
             }
-            if run.capacity() == 0 {
-                // Sized from the first record: exact for a single write, and
-                // about right for a transaction of similar writes.
-                // (Capped: a large first value must not reserve for all.)
+            let start = out.len();
+            out.extend_from_slice(&[0; RUN_LENGTH_BYTES]);
+            push_op_record(out, &OpRef { id, hlc, change });
+            // Records are far below 4 GiB (see `push_run`); were one not,
+            // it is left out, as an empty one.
+            let len = u32::try_from(out.len() - start - RUN_LENGTH_BYTES).unwrap_or(0);
+            out.truncate(start + RUN_LENGTH_BYTES + len as usize);
+            out[start..start + RUN_LENGTH_BYTES].copy_from_slice(&len.to_le_bytes());
+            if first {
+                // Exact for a single write, and about right for a
+                // transaction of similar writes. (Capped: a large first
+                // value must not reserve for all.)
                 let writes_left =
                     tx.writes.len() - usize::try_from(id.seq - run_first).unwrap_or(0);
-                let estimate = (RUN_LENGTH_BYTES + scratch.len()).saturating_mul(writes_left);
-                run.reserve_exact(estimate.min(16 << 20));
+                let estimate = scratch.len().saturating_mul(writes_left);
+                run.reserve_exact(estimate.min(16 << 20).max(scratch.len()));
+                run.extend_from_slice(&scratch);
+            } else if run.len() as u64 > MAX_RUN_BYTES {
+                // In u64: on 32-bit targets the usize length could not exceed it.
+                let record = run.split_off(start);
+                self.push_run(run_first, run_len, std::mem::replace(&mut run, record));
+                (run_first, run_len) = (id.seq, 0);
             }
-            push_run_record(&mut run, &scratch);
             run_len += 1;
-            self.version.insert(id);
             let changed = match write.kind {
                 TxKind::Put => {
                     let fields = fields
@@ -849,6 +864,9 @@ impl Replica {
         }
         self.push_run(run_first, run_len, run);
         self.scratch = scratch;
+        // Nothing above reads the version: the writes are recorded at once.
+        self.version
+            .insert_run(self.id, first_seq..=self.next_seq - 1);
         tx.hlcs = hlcs;
         self.dirty.meta = true;
         Ok(last)
@@ -1587,23 +1605,45 @@ struct TxField {
     value: Option<Value>,
 }
 
-/// A buffered put's fields, encoded as an operation's
-/// `Vec<(String, Option<Value>)>`.
+/// A buffered put's fields, as names and values to encode.
+#[derive(Clone, Copy)]
 struct TxFieldsRef<'a> {
     text: &'a str,
     fields: &'a [TxField],
 }
 
-impl serde::Serialize for TxFieldsRef<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeSeq;
-        let mut seq = s.serialize_seq(Some(self.fields.len()))?;
-        for field in self.fields {
-            seq.serialize_element(&(&self.text[field.name.clone()], field.value.as_ref()))?;
+impl<'a> IntoIterator for TxFieldsRef<'a> {
+    type Item = (&'a str, Option<&'a Value>);
+    type IntoIter = TxFieldsIter<'a>;
+
+    fn into_iter(self) -> TxFieldsIter<'a> {
+        TxFieldsIter {
+            text: self.text,
+            fields: self.fields.iter(),
         }
-        seq.end()
     }
 }
+
+/// [`TxFieldsRef`]'s names and values, in order.
+struct TxFieldsIter<'a> {
+    text: &'a str,
+    fields: std::slice::Iter<'a, TxField>,
+}
+
+impl<'a> Iterator for TxFieldsIter<'a> {
+    type Item = (&'a str, Option<&'a Value>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let field = self.fields.next()?;
+        Some((&self.text[field.name.clone()], field.value.as_ref()))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.fields.size_hint()
+    }
+}
+
+impl ExactSizeIterator for TxFieldsIter<'_> {}
 
 impl TxWrites {
     /// Empties the buffer, keeping its capacity for the next writes.

@@ -705,6 +705,37 @@ fn invalid_local_writes_are_refused_and_change_nothing() {
 }
 
 #[test]
+fn local_puts_over_the_size_or_field_count_limit_are_refused() {
+    use sync_core::limits::{MAX_FIELDS_PER_PUT, MAX_OP_BYTES};
+    let mut r = replica(1);
+    let reason = |result: Result<_, WriteError>| match result {
+        Err(WriteError::Invalid(reason)) => reason,
+        other => panic!("expected an invalid-write error, got {other:?}"),
+    };
+    let huge = Value::from("x".repeat(MAX_OP_BYTES));
+    assert!(matches!(
+        reason(r.put(at(NOW), "c", "d", [("a", huge)])),
+        InvalidOp::TooLarge(_)
+    ));
+    // Over the limit only by the names of many fields, each small.
+    let names: Vec<String> = (0..MAX_OP_BYTES / 200)
+        .map(|i| format!("{i:0>200}"))
+        .collect();
+    let many = names.iter().map(|n| (n.as_str(), Value::Null));
+    assert!(matches!(
+        reason(r.put(at(NOW), "c", "d", many)),
+        InvalidOp::TooLarge(_)
+    ));
+    let too_many = (0..=MAX_FIELDS_PER_PUT).map(|i| (format!("f{i}"), Value::Null));
+    assert_eq!(
+        reason(r.put(at(NOW), "c", "d", too_many)),
+        InvalidOp::TooManyFields(MAX_FIELDS_PER_PUT + 1)
+    );
+    assert!(r.document("c", "d").is_none());
+    assert_eq!(r.outbox().len(), 0);
+}
+
+#[test]
 fn a_local_write_naming_a_field_twice_keeps_the_last_value() {
     let mut r = replica(1);
     r.put(at(NOW), "c", "d", [("a", 1), ("a", 2)]).unwrap();

@@ -224,6 +224,37 @@ fn the_closures_own_error_abandons_the_transaction() {
     assert_eq!(replica.documents("c").count(), 0);
 }
 
+/// A transaction of one collection drop announces every document it
+/// removed, as `Replica::drop_collection` does, also those written since
+/// the last persist batch (dirty already).
+#[test]
+fn a_lone_collection_drop_announces_every_document_it_removed() {
+    let changed = |events: Vec<Event>| {
+        events
+            .into_iter()
+            .filter_map(|event| match event {
+                Event::DocumentChanged { id, .. } => Some(id),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut replica = Replica::new(ReplicaId(7), ReplicaConfig::default());
+    replica
+        .put(Timestamp::from_unix_ms(1_000), "c", "a", [("x", 1)])
+        .expect("put");
+    replica.take_persist();
+    replica
+        .put(Timestamp::from_unix_ms(1_000), "c", "b", [("x", 1)])
+        .expect("put");
+    events(&mut replica);
+    replica
+        .transaction(Timestamp::from_unix_ms(1_001), |tx| tx.drop_collection("c"))
+        .expect("drop");
+    let mut ids = changed(events(&mut replica));
+    ids.sort();
+    assert_eq!(ids, ["a", "b"]);
+}
+
 /// Conditions and reads inside a transaction see the state before it; a
 /// failed condition can be passed on (abandoning everything) or ignored.
 #[test]

@@ -10,7 +10,8 @@
 //!
 //! Only the part inside [`timed`] is counted (`--toggle-collect`). The
 //! workloads mirror `benches/compare` (Concord's side: 100 one-field writes
-//! per document, the merge and the incremental sync) and
+//! per document, alone or in one transaction, the mixed writes of workload
+//! 7, the merge and the incremental sync) and
 //! `sync-core/benches/replica.rs` (ten-field documents), with a fixed clock.
 
 use std::hint::black_box;
@@ -19,6 +20,7 @@ use sync_core::protocol::{self, Message};
 use sync_core::store::{MemoryStore, Record, Store};
 use sync_core::{
     Change, Hlc, Op, OpId, Replica, ReplicaConfig, ReplicaId, Snapshot, Timestamp, Value,
+    WriteError,
 };
 
 /// Runs the counted part of a workload.
@@ -94,6 +96,54 @@ fn compare_1(names: &Names) {
         let mut r = replica(1);
         for i in 0..100_000 {
             names.write(&mut r, i, i as i64, now_for(i));
+        }
+        r
+    });
+    black_box(r);
+}
+
+/// Workload 1b: workload 1's writes in one transaction, as benches/compare
+/// makes them.
+fn compare_1b(names: &Names) {
+    let r = timed(|| {
+        let mut r = replica(1);
+        r.transaction(now_for(0), |tx| {
+            for i in 0..100_000 {
+                let (doc, field) = (&names.docs[i % 1_000], names.fields[i / 1_000].as_str());
+                tx.put("docs", doc, [(field, Value::Int(i as i64))])?;
+            }
+            Ok::<_, WriteError>(())
+        })
+        .expect("transaction");
+        drain_events(&mut r);
+        r
+    });
+    black_box(r);
+}
+
+/// Labels of workload 7, as benches/compare writes them.
+const LABELS: [&str; 8] = [
+    "open", "done", "blocked", "review", "draft", "shipped", "archived", "urgent",
+];
+
+/// Workload 7: 100,000 writes over 1,000 documents × 25 fields (each
+/// overwritten 4 times), of mixed types, one put each, as benches/compare
+/// makes them.
+fn compare_7(names: &Names) {
+    let r = timed(|| {
+        let mut r = replica(1);
+        for i in 0..100_000 {
+            let (d, f) = (i % 1_000, (i / 1_000) % 25);
+            let value = match f % 4 {
+                0 => Value::Int(i as i64),
+                1 => Value::from(LABELS[i % LABELS.len()]),
+                2 => Value::Float(i as f64 * 0.25),
+                _ => Value::Bool(i % 3 == 0),
+            };
+            let field = names.fields[f].as_str();
+            r.put(now_for(i), "docs", &names.docs[d], [(field, value)])
+                .expect("put");
+            drain_events(&mut r);
         }
         r
     });
@@ -304,7 +354,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let workload = args.next().unwrap_or_default();
     let units = match workload.as_str() {
-        "compare-1" | "compare-2" => 100_000,
+        "compare-1" | "compare-1b" | "compare-2" | "compare-7" => 100_000,
         "compare-5" | "compare-5-consolidated" => 1_000,
         "put-1" | "put-1-durable" | "put-10" | "put-10-durable" => 20_000,
         "apply-by-ref" | "apply-owned" => 10_000,
@@ -319,6 +369,8 @@ fn main() {
     let names = Names::new();
     match workload.as_str() {
         "compare-1" => compare_1(&names),
+        "compare-1b" => compare_1b(&names),
+        "compare-7" => compare_7(&names),
         "compare-2" => compare_2(&names),
         "compare-5" => compare_5(&names, false),
         "compare-5-consolidated" => compare_5(&names, true),
