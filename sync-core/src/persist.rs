@@ -147,20 +147,38 @@ pub enum Write {
         /// The key.
         key: StoreKey,
     },
+    /// Removes every record whose key's bytes ([`StoreKey::to_bytes`]) sort
+    /// from `first`'s to `last`'s, both included (nothing when `first`
+    /// sorts after `last`): an acknowledgement of many operations removes
+    /// their outbox records with one write, which a store applies as one
+    /// range delete (SQLite `DELETE … WHERE key BETWEEN`, IndexedDB
+    /// `delete(IDBKeyRange.bound(..))`) rather than one per record.
+    DeleteRange {
+        /// The lowest key removed.
+        first: StoreKey,
+        /// The highest key removed.
+        last: StoreKey,
+    },
 }
 
 impl Write {
-    /// The key this write touches.
-    pub fn key(&self) -> &StoreKey {
+    /// The one key this write touches; `None` for a range delete.
+    pub fn key(&self) -> Option<&StoreKey> {
         match self {
-            Write::Put { key, .. } | Write::Delete { key } => key,
+            Write::Put { key, .. } | Write::Delete { key } => Some(key),
+            Write::DeleteRange { .. } => None,
         }
     }
 }
 
 /// Writes a store must apply atomically: all of them or none.
 ///
-/// Each key appears at most once, so the order of writes does not matter.
+/// A store applies the writes in order: where two touch one key (a range
+/// delete and a put in its range: after [`crate::Replica::fork`] the outbox
+/// numbering restarts at 1, so a batch may remove old record 1 and store
+/// new record 1), the later one decides what is stored. A store may apply
+/// writes to different keys in any order, but never move a write across a
+/// range delete that covers its key.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PersistBatch {
     /// The writes.
@@ -173,9 +191,14 @@ impl PersistBatch {
         self.writes.is_empty()
     }
 
-    /// Adds a write, replacing an earlier one to the same key.
+    /// Adds a write after the others, dropping an earlier write to the same
+    /// one key (which the new write would override anyway). A range delete
+    /// drops nothing and is never dropped: the writes around it keep their
+    /// order relative to it.
     pub fn push(&mut self, write: Write) {
-        self.writes.retain(|w| w.key() != write.key());
+        if let Some(key) = write.key() {
+            self.writes.retain(|w| w.key() != Some(key));
+        }
         self.writes.push(write);
     }
 
@@ -192,16 +215,21 @@ impl PersistBatch {
     /// one store write into one transaction (extending with each in turn
     /// would index the growing batch again every time).
     pub fn extend_all(&mut self, others: impl IntoIterator<Item = PersistBatch>) {
+        // Only writes to one key are indexed: dropping an earlier write to
+        // a key that a later one writes again is right whatever lies between
+        // them (a range delete included), as the later write decides.
         let mut index: std::collections::HashMap<StoreKey, usize> = self
             .writes
             .iter()
             .enumerate()
-            .map(|(i, w)| (w.key().clone(), i))
+            .filter_map(|(i, w)| Some((w.key()?.clone(), i)))
             .collect();
         let mut replaced = vec![false; self.writes.len()];
         for other in others {
             for write in other.writes {
-                if let Some(earlier) = index.insert(write.key().clone(), self.writes.len()) {
+                if let Some(key) = write.key()
+                    && let Some(earlier) = index.insert(key.clone(), self.writes.len())
+                {
                     replaced[earlier] = true;
                 }
                 replaced.push(false);
@@ -825,6 +853,34 @@ mod tests {
         let mut merged = PersistBatch::default();
         merged.extend_all(batches);
         assert_eq!(merged, pushed);
+    }
+
+    /// A range delete keeps its place among the writes around it, and a
+    /// later put of a key in its range stays after it.
+    #[test]
+    fn merging_keeps_range_deletes_in_order() {
+        let put = |key: u64, value: u8| Write::Put {
+            key: StoreKey::Outbox(key),
+            value: vec![value],
+        };
+        let range = Write::DeleteRange {
+            first: StoreKey::Outbox(1),
+            last: StoreKey::Outbox(3),
+        };
+        let batches = [
+            vec![put(1, 1), put(2, 1)],
+            vec![range.clone(), put(1, 2)],
+            vec![put(3, 2)],
+        ];
+        let expected = vec![put(2, 1), range, put(1, 2), put(3, 2)];
+        let mut pushed = PersistBatch::default();
+        for write in batches.iter().flatten() {
+            pushed.push(write.clone());
+        }
+        assert_eq!(pushed.writes, expected);
+        let mut merged = PersistBatch::default();
+        merged.extend_all(batches.map(|writes| PersistBatch { writes }));
+        assert_eq!(merged.writes, expected);
     }
 
     #[test]

@@ -161,12 +161,25 @@ struct Dirty {
     /// id, and allocates a key only the first time a document turns dirty.
     docs: BTreeMap<String, DirtyIds>,
     /// Acknowledged operations whose outbox records were written, to
-    /// remove; ascending. (Operations to write need no entry: they are the
-    /// outbox's tail above `Replica::outbox_stored_through`.)
-    outbox_removed: Vec<u64>,
+    /// remove: runs of sequence numbers, first and last included, each
+    /// stored as one range delete. (Operations to write need no entry:
+    /// they are the outbox's tail above `Replica::outbox_stored_through`.)
+    outbox_removed: Vec<(u64, u64)>,
 }
 
 impl Dirty {
+    /// Marks the stored records of operations `first..=last` for removal,
+    /// extending the last run when this one continues it.
+    fn remove_outbox(&mut self, first: u64, last: u64) {
+        if first > last {
+            return;
+        }
+        match self.outbox_removed.last_mut() {
+            Some((_, end)) if end.checked_add(1) == Some(first) => *end = last,
+            _ => self.outbox_removed.push((first, last)),
+        }
+    }
+
     /// Whether a document or collection changed since the last batch.
     fn changes_state(&self) -> bool {
         !self.docs.is_empty() || !self.collections.is_empty()
@@ -985,7 +998,7 @@ impl Replica {
             let n = (through_seq - front.seq + 1).min(u64::from(front.len));
             // An op written and acknowledged before any persist needs no record at all.
             let stored = self.outbox_stored_through.min(front.seq + n - 1);
-            self.dirty.outbox_removed.extend(front.seq..=stored);
+            self.dirty.remove_outbox(front.seq, stored);
             dropped += usize::try_from(n).unwrap_or(usize::MAX);
             match u32::try_from(n) {
                 Ok(n) if n < front.len => {
@@ -1042,7 +1055,7 @@ impl Replica {
         let pending: Vec<Op> = self.outbox.iter().flat_map(Pending::ops).collect();
         for old in std::mem::take(&mut self.outbox) {
             let stored = self.outbox_stored_through.min(old.last_seq());
-            self.dirty.outbox_removed.extend(old.seq..=stored);
+            self.dirty.remove_outbox(old.seq, stored);
         }
         self.id = new_id;
         self.next_seq = 1;
@@ -1231,9 +1244,10 @@ impl Replica {
         // it, so the writes come out in sequence order (after a fork the new
         // numbering restarts at 1: a removal and a put may share a key, and
         // the put, written later, wins).
-        for seq in dirty.outbox_removed {
-            batch.writes.push(Write::Delete {
-                key: StoreKey::Outbox(seq),
+        for (first, last) in dirty.outbox_removed {
+            batch.writes.push(Write::DeleteRange {
+                first: StoreKey::Outbox(first),
+                last: StoreKey::Outbox(last),
             });
         }
         let stored = self.outbox_stored_through;
@@ -1933,7 +1947,7 @@ mod tests {
         let mut docs: Vec<&StoreKey> = batch
             .writes
             .iter()
-            .map(Write::key)
+            .filter_map(Write::key)
             .filter(|key| matches!(key, StoreKey::Document { .. }))
             .collect();
         assert_eq!(docs.len(), count);
@@ -1977,7 +1991,7 @@ mod tests {
             let stored = batch
                 .writes
                 .iter()
-                .find(|w| *w.key() == StoreKey::Outbox(op.id.seq));
+                .find(|w| w.key() == Some(&StoreKey::Outbox(op.id.seq)));
             assert_eq!(
                 stored,
                 Some(&Write::Put {
@@ -2049,7 +2063,7 @@ mod tests {
             let stored = batch
                 .writes
                 .iter()
-                .find(|w| *w.key() == StoreKey::Outbox(op.id.seq));
+                .find(|w| w.key() == Some(&StoreKey::Outbox(op.id.seq)));
             assert_eq!(
                 stored,
                 Some(&Write::Put {
@@ -2070,26 +2084,19 @@ mod tests {
             .unwrap();
         assert_eq!(r.acknowledge(5), 1);
         let batch = r.take_persist().unwrap();
-        let deleted: Vec<&StoreKey> = batch
+        // The five acknowledged operations, removed by one range delete.
+        let deleted: Vec<&Write> = batch
             .writes
             .iter()
-            .filter(|w| {
-                matches!(
-                    w,
-                    Write::Delete {
-                        key: StoreKey::Outbox(_)
-                    }
-                )
-            })
-            .map(Write::key)
+            .filter(|w| !matches!(w, Write::Put { .. }))
+            .filter(|w| w.key().is_none_or(|key| matches!(key, StoreKey::Outbox(_))))
             .collect();
         assert_eq!(
             deleted,
-            (1..=5)
-                .map(StoreKey::Outbox)
-                .collect::<Vec<_>>()
-                .iter()
-                .collect::<Vec<_>>()
+            [&Write::DeleteRange {
+                first: StoreKey::Outbox(1),
+                last: StoreKey::Outbox(5)
+            }]
         );
         disk.write(&batch).unwrap();
         let expected: Vec<Op> = r.outbox().collect();
@@ -2117,7 +2124,7 @@ mod tests {
             batch
                 .writes
                 .iter()
-                .filter_map(|w| match w.key() {
+                .filter_map(|w| match w.key()? {
                     StoreKey::Document { id, .. } => Some(id.clone()),
                     _ => None,
                 })

@@ -392,7 +392,7 @@ fn writes_made_back_to_back_share_one_persist() {
     let keys: Vec<&StoreKey> = outs
         .iter()
         .filter_map(|o| match o {
-            Output::Persist { batch, .. } => Some(batch.writes.iter().map(|w| w.key())),
+            Output::Persist { batch, .. } => Some(batch.writes.iter().filter_map(|w| w.key())),
             _ => None,
         })
         .flatten()

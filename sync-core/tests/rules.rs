@@ -1279,7 +1279,7 @@ fn persist_batches_never_name_a_key_twice() {
     r.drop_collection(at(NOW), "c").unwrap();
     r.acknowledge(1);
     let batch = r.take_persist().expect("something to persist");
-    let mut keys: Vec<&StoreKey> = batch.writes.iter().map(Write::key).collect();
+    let mut keys: Vec<&StoreKey> = batch.writes.iter().filter_map(Write::key).collect();
     let all = keys.len();
     keys.sort();
     keys.dedup();

@@ -173,8 +173,18 @@ struct FileIdentity {
 /// a copy is opened, recorded and cleared by the first successful write.
 type PendingIdentity = Arc<Mutex<Option<FileIdentity>>>;
 
-/// A batch as the writer applies it: encoded keys, and a value or a delete.
-type Rows = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+/// A batch as the writer applies it, in order, its keys encoded.
+type Rows = Vec<Row>;
+
+/// One write of [`Rows`].
+enum Row {
+    /// A value under a key.
+    Put(Vec<u8>, Vec<u8>),
+    /// A key's removal.
+    Delete(Vec<u8>),
+    /// The removal of every key from the first to the last, both included.
+    DeleteRange(Vec<u8>, Vec<u8>),
+}
 
 /// One write queued to the writer thread.
 struct Batch {
@@ -379,8 +389,11 @@ fn rows_owned(batch: PersistBatch) -> Rows {
         .writes
         .into_iter()
         .map(|write| match write {
-            Write::Put { key, value } => (key.to_bytes(), Some(value)),
-            Write::Delete { key } => (key.to_bytes(), None),
+            Write::Put { key, value } => Row::Put(key.to_bytes(), value),
+            Write::Delete { key } => Row::Delete(key.to_bytes()),
+            Write::DeleteRange { first, last } => {
+                Row::DeleteRange(first.to_bytes(), last.to_bytes())
+            }
         })
         .collect()
 }
@@ -390,8 +403,11 @@ fn rows_borrowed(batch: &PersistBatch) -> Rows {
         .writes
         .iter()
         .map(|write| match write {
-            Write::Put { key, value } => (key.to_bytes(), Some(value.clone())),
-            Write::Delete { key } => (key.to_bytes(), None),
+            Write::Put { key, value } => Row::Put(key.to_bytes(), value.clone()),
+            Write::Delete { key } => Row::Delete(key.to_bytes()),
+            Write::DeleteRange { first, last } => {
+                Row::DeleteRange(first.to_bytes(), last.to_bytes())
+            }
         })
         .collect()
 }
@@ -1717,6 +1733,16 @@ mod tests {
             }],
         );
         assert_eq!(pieces(&store).0, 0);
+        // A range delete over the key drops them too.
+        write(&mut store, vec![checkpoint(&big)]);
+        write(
+            &mut store,
+            vec![Write::DeleteRange {
+                first: StoreKey::Checkpoint,
+                last: StoreKey::Checkpoint,
+            }],
+        );
+        assert_eq!(pieces(&store).0, 0, "a range delete leaves no pieces");
         assert_eq!(
             Store::read_all(&store).unwrap(),
             vec![(doc("a").to_bytes(), b"1".to_vec())]

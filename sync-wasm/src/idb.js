@@ -74,6 +74,11 @@ export function queue(store, key, value) {
   else store.put(value, key);
 }
 
+/** Queues the delete of every key of `store` from `first` to `last`, both included. */
+export function queueRange(store, first, last) {
+  store.delete(IDBKeyRange.bound(first, last));
+}
+
 /**
  * Up to `limit` records of object store `name` after key `after` (from the
  * first when undefined; every record when `limit` is undefined), in key

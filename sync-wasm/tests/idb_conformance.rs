@@ -95,7 +95,10 @@ macro_rules! all_checks {
     binary_keys_and_large_values,
     writes_survive_reopen,
     replica_round_trips_through_store,
-    acknowledged_ops_leave_the_store
+    acknowledged_ops_leave_the_store,
+    range_deletes_remove_their_keys_only,
+    writes_apply_in_batch_order,
+    forked_outbox_survives_reopen
         );
     };
 }

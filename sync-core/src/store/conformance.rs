@@ -82,6 +82,15 @@ pub const CHECKS: &[(&str, Check)] = &[
     ("acknowledged_ops_leave_the_store", |s| {
         Box::pin(acknowledged_ops_leave_the_store(s))
     }),
+    ("range_deletes_remove_their_keys_only", |s| {
+        Box::pin(range_deletes_remove_their_keys_only(s))
+    }),
+    ("writes_apply_in_batch_order", |s| {
+        Box::pin(writes_apply_in_batch_order(s))
+    }),
+    ("forked_outbox_survives_reopen", |s| {
+        Box::pin(forked_outbox_survives_reopen(s))
+    }),
 ];
 
 /// Runs every check against stores from `harness`.
@@ -132,7 +141,9 @@ macro_rules! store_conformance_tests {
         $crate::store_conformance_tests!(@each $harness;
             empty_store_reads_nothing, batch_writes_are_read_back, overwrite_and_delete,
             records_come_back_in_key_order, binary_keys_and_large_values, writes_survive_reopen,
-            replica_round_trips_through_store, acknowledged_ops_leave_the_store);
+            replica_round_trips_through_store, acknowledged_ops_leave_the_store,
+            range_deletes_remove_their_keys_only, writes_apply_in_batch_order,
+            forked_outbox_survives_reopen);
     };
     (@each $harness:expr; $($check:ident),*) => {
         $(
@@ -393,5 +404,127 @@ async fn acknowledged_ops_leave_the_store(s: &mut dyn OpenStore) {
         seqs,
         vec![7, 8, 9, 10],
         "acknowledged operations must be gone from the stored outbox"
+    );
+}
+
+fn keys_of(records: &[Record]) -> Vec<StoreKey> {
+    records
+        .iter()
+        .map(|(k, _)| match StoreKey::from_bytes(k) {
+            Ok(key) => key,
+            Err(e) => panic!("the store returned a key it was not given: {e}"),
+        })
+        .collect()
+}
+
+async fn range_deletes_remove_their_keys_only(s: &mut dyn OpenStore) {
+    let mut writes: Vec<Write> = (1..=6)
+        .map(|seq| put(StoreKey::Outbox(seq), b"o"))
+        .collect();
+    for id in ["a", "b", "c", "ca", "d", "da"] {
+        writes.push(put(doc_key(id), b"d"));
+    }
+    writes.push(put(StoreKey::Meta, b"m"));
+    s.write(&batch(writes)).await;
+    s.write(&batch(vec![
+        Write::DeleteRange {
+            first: StoreKey::Outbox(2),
+            last: StoreKey::Outbox(4),
+        },
+        // Both bounds included; keys extending the last one sort after it.
+        Write::DeleteRange {
+            first: doc_key("b"),
+            last: doc_key("d"),
+        },
+        // Reversed: removes nothing.
+        Write::DeleteRange {
+            first: StoreKey::Outbox(6),
+            last: StoreKey::Outbox(5),
+        },
+        // Nothing stored in it.
+        Write::DeleteRange {
+            first: StoreKey::Extension("a".into()),
+            last: StoreKey::Extension("z".into()),
+        },
+    ]))
+    .await;
+    let expected = vec![
+        doc_key("a"),
+        doc_key("da"),
+        StoreKey::Meta,
+        StoreKey::Outbox(1),
+        StoreKey::Outbox(5),
+        StoreKey::Outbox(6),
+    ];
+    assert_eq!(
+        keys_of(&s.read_all().await),
+        expected,
+        "a range delete removes the keys from its first to its last, both included, and no other"
+    );
+    s.reopen().await;
+    assert_eq!(keys_of(&s.read_all().await), expected, "after reopening");
+}
+
+async fn writes_apply_in_batch_order(s: &mut dyn OpenStore) {
+    let outbox = |seqs: std::ops::RangeInclusive<u64>, value: &[u8]| -> Vec<Write> {
+        seqs.map(|seq| put(StoreKey::Outbox(seq), value)).collect()
+    };
+    let range = |first, last| Write::DeleteRange {
+        first: StoreKey::Outbox(first),
+        last: StoreKey::Outbox(last),
+    };
+    s.write(&batch(outbox(1..=3, b"old"))).await;
+    // A removal then new records under the same keys (a fork's outbox),
+    // and new records then a removal over them: the later write wins.
+    let mut writes = vec![range(1, 3)];
+    writes.extend(outbox(1..=2, b"new"));
+    writes.extend(outbox(7..=9, b"gone"));
+    writes.push(range(7, 9));
+    writes.push(Write::Delete {
+        key: StoreKey::Outbox(2),
+    });
+    s.write(&batch(writes)).await;
+    let expected = vec![(StoreKey::Outbox(1).to_bytes(), b"new".to_vec())];
+    assert_eq!(
+        s.read_all().await,
+        expected,
+        "a store applies a batch's writes in order"
+    );
+    s.reopen().await;
+    assert_eq!(s.read_all().await, expected, "after reopening");
+}
+
+async fn forked_outbox_survives_reopen(s: &mut dyn OpenStore) {
+    let mut replica = Replica::new(ReplicaId(9), ReplicaConfig::default());
+    for i in 0..4u64 {
+        let result = replica.put(
+            Timestamp::from_unix_ms(1_000 + i),
+            "c",
+            &format!("d{i}"),
+            [("n", Value::Int(i as i64))],
+        );
+        assert!(result.is_ok());
+        drain(&mut replica, s).await;
+    }
+    replica.acknowledge(1);
+    replica.fork(ReplicaId(10));
+    drain(&mut replica, s).await;
+    s.reopen().await;
+    let restored = match Replica::restore(ReplicaConfig::default(), s.read_all().await) {
+        Ok(Some(r)) => r,
+        other => panic!("restore failed: {other:?}"),
+    };
+    let ids: Vec<(ReplicaId, u64)> = restored
+        .outbox()
+        .map(|op| (op.id.replica, op.id.seq))
+        .collect();
+    assert_eq!(
+        ids,
+        vec![(ReplicaId(10), 1), (ReplicaId(10), 2), (ReplicaId(10), 3)],
+        "the forked outbox, renumbered from 1, replaces the old one"
+    );
+    assert_eq!(
+        restored.outbox().collect::<Vec<_>>(),
+        replica.outbox().collect::<Vec<_>>()
     );
 }

@@ -45,6 +45,23 @@ impl MemoryStore {
                 Write::Delete { key } => {
                     self.records.remove(&key.to_bytes());
                 }
+                Write::DeleteRange { first, last } => self.remove_range(&first, &last),
+            }
+        }
+    }
+
+    /// Removes the records from `first` to `last`, both included.
+    fn remove_range(&mut self, first: &crate::StoreKey, last: &crate::StoreKey) {
+        let (first, last) = (first.to_bytes(), last.to_bytes());
+        // `BTreeMap::range` panics on a reversed range; it removes nothing.
+        if first <= last {
+            let doomed: Vec<Vec<u8>> = self
+                .records
+                .range(first..=last)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in doomed {
+                self.records.remove(&key);
             }
         }
     }
@@ -62,6 +79,7 @@ impl Store for MemoryStore {
                 Write::Delete { key } => {
                     self.records.remove(&key.to_bytes());
                 }
+                Write::DeleteRange { first, last } => self.remove_range(first, last),
             }
         }
         Ok(())

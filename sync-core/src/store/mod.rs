@@ -21,8 +21,11 @@ pub trait Store {
     /// What can go wrong reading or writing.
     type Error: std::error::Error + Send + Sync + 'static;
 
-    /// Applies every write of `batch`, or none of them; once this returns
-    /// `Ok`, the writes survive a crash of the process.
+    /// Applies every write of `batch`, or none of them, in the batch's
+    /// order (a later write to a key wins; see [`PersistBatch`]); once this
+    /// returns `Ok`, the writes survive a crash of the process. A
+    /// [`crate::Write::DeleteRange`] is meant to be one native range delete,
+    /// not a delete per key.
     fn write(&mut self, batch: &PersistBatch) -> Result<(), Self::Error>;
 
     /// Every stored record as `(key bytes, value bytes)`, in key order.

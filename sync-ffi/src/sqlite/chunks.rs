@@ -22,7 +22,7 @@ use rusqlite::limits::Limit;
 use rusqlite::{Connection, params};
 use sync_core::store::Record;
 
-use super::Rows;
+use super::{Row, Rows};
 
 /// `PRAGMA user_version` of a file that may hold values across rows.
 pub(super) const CHUNKED_SCHEMA: i64 = 2;
@@ -36,6 +36,10 @@ const INSERT_RECORD: &str = "INSERT OR REPLACE INTO records (key, value) VALUES 
 
 /// A record's removal (its pieces are removed beside it).
 const DELETE_RECORD: &str = "DELETE FROM records WHERE key = ?1";
+
+/// The removal of the records from one key to another, both included
+/// (blobs compare by their bytes, as [`sync_core::store::Store`] orders keys).
+const DELETE_RANGE: &str = "DELETE FROM records WHERE key >= ?1 AND key <= ?2";
 
 /// The table of the pieces after a value's first one.
 pub(super) const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS chunks (
@@ -73,8 +77,9 @@ impl Chunks {
         Ok(Chunks { keys })
     }
 
-    /// Writes one batch's rows: each value under its key (across rows if
-    /// it is too long for one), or the key deleted. The statements are
+    /// Writes one batch's rows in order: each value under its key (across
+    /// rows if it is too long for one), a key deleted, or a range of keys
+    /// deleted. The statements are
     /// taken from the connection's cache once per batch, not once per row:
     /// a cache lookup and return (hashing the SQL text, resetting the
     /// statement) cost about 1,100 instructions, against about 8,000 for
@@ -83,16 +88,24 @@ impl Chunks {
         let piece = max_row_value(conn);
         let mut insert = None;
         let mut delete = None;
-        for (key, value) in rows {
-            self.delete_pieces(conn, key)?;
-            let Some(value) = value else {
-                let delete = match &mut delete {
-                    Some(delete) => delete,
-                    None => delete.insert(conn.prepare_cached(DELETE_RECORD)?),
-                };
-                delete.execute(params![key])?;
-                continue;
+        for row in rows {
+            let (key, value) = match row {
+                Row::Put(key, value) => (key, value),
+                Row::Delete(key) => {
+                    self.delete_pieces(conn, key)?;
+                    let delete = match &mut delete {
+                        Some(delete) => delete,
+                        None => delete.insert(conn.prepare_cached(DELETE_RECORD)?),
+                    };
+                    delete.execute(params![key])?;
+                    continue;
+                }
+                Row::DeleteRange(first, last) => {
+                    self.delete_range(conn, first, last)?;
+                    continue;
+                }
             };
+            self.delete_pieces(conn, key)?;
             let insert = match &mut insert {
                 Some(insert) => insert,
                 None => insert.insert(conn.prepare_cached(INSERT_RECORD)?),
@@ -125,6 +138,21 @@ impl Chunks {
             insert.execute(params![key, seq, this])?;
             rest = after;
         }
+        Ok(())
+    }
+
+    /// Deletes the records from `first` to `last`, and the pieces of any
+    /// of them that may have some.
+    fn delete_range(&self, conn: &Connection, first: &[u8], last: &[u8]) -> rusqlite::Result<()> {
+        // `BTreeSet::range` panics on a reversed range; SQLite's delete
+        // then matches nothing.
+        if first <= last {
+            for key in self.keys.range(first.to_vec()..=last.to_vec()) {
+                self.delete_pieces(conn, key)?;
+            }
+        }
+        conn.prepare_cached(DELETE_RANGE)?
+            .execute(params![first, last])?;
         Ok(())
     }
 
