@@ -4,7 +4,7 @@
 // Run after `cargo xtask npm`: node test/pack.test.mjs
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdtemp, writeFile, rm, mkdir } from "node:fs/promises";
+import { mkdtemp, writeFile, rm, mkdir, readFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PACKAGE_DIR, runTests } from "./harness.mjs";
@@ -77,6 +77,17 @@ const failed = await runTests([
         assert.ok(files.includes(needed), `${needed} is in the tarball`);
       }
       assert.deepEqual(files.filter((f) => /^(src|test|node_modules)\//.test(f)), []);
+    },
+  ],
+  [
+    "the wasm ships without the toolchain's metadata sections",
+    async () => {
+      // `cargo xtask npm` strips them: no engine reads them, and they
+      // cost 0.2 KB of every download.
+      const wasm = new WebAssembly.Module(await readFile(join(PACKAGE_DIR, "wasm", "sync_wasm_bg.wasm")));
+      for (const section of ["producers", "target_features"]) {
+        assert.equal(WebAssembly.Module.customSections(wasm, section).length, 0, `no ${section} section`);
+      }
     },
   ],
   [

@@ -456,10 +456,14 @@ fn document_key(bytes: &[u8]) -> Option<(&str, &[u8])> {
 }
 
 /// Orders a document's fields by name, as `DocState::new` expects. One
-/// function for both callers: each closure passed to `sort_by_key` is a
-/// copy of the sort's code of its own (about 2 KB of the wasm package).
+/// function for both callers: each closure passed to a sort is a copy of
+/// the sort's code of its own (about 2 KB of the wasm package). Unstable:
+/// a document's field names are distinct (a record repeating one is
+/// corrupt, and any order of the repeats is as good), and the unstable
+/// sort compresses along with the unstable sorts the wasm package holds
+/// anyway (0.3 KB less gzip than the stable sort's code there).
 fn sort_by_name(fields: &mut [FieldSlot]) {
-    fields.sort_by_key(|slot| slot.name);
+    fields.sort_unstable_by_key(|slot| slot.name);
 }
 
 /// A checkpoint record whose snapshot does not decode.
