@@ -1408,13 +1408,18 @@ mod tests {
     }
 
     /// Holds the writer thread until the returned sender is dropped or
-    /// sent to, so that what is queued meanwhile forms one group.
+    /// sent to, so that what is queued meanwhile forms one group. Returns
+    /// once the writer is held: a job queued before that could still join
+    /// the holding job's own round and be committed alone.
     fn hold_writer(store: &SqliteStore) -> std::sync::mpsc::Sender<()> {
         let (release, held) = std::sync::mpsc::channel::<()>();
+        let (entered, waiting) = std::sync::mpsc::channel::<()>();
         let job = Job::Inspect(Box::new(move |_| {
+            let _ = entered.send(());
             let _ = held.recv();
         }));
         assert!(store.submit(job).is_ok(), "writer stopped");
+        waiting.recv().expect("the writer runs the holding job");
         release
     }
 
