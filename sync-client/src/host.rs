@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use futures::channel::mpsc;
 use futures::future::{LocalBoxFuture, poll_fn};
-use futures::stream::{FuturesUnordered, LocalBoxStream};
+use futures::stream::{FuturesUnordered, LocalBoxStream, ReadyChunks};
 use futures::{FutureExt, StreamExt};
 use sync_core::protocol::CloseCode;
 use sync_core::session::{Input, Output, Session, SessionConfig, SessionLoader};
@@ -52,6 +52,12 @@ const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
 /// snapshot, unless [`Options::slice_docs`] says otherwise: a few
 /// milliseconds of work natively, a few tens in a browser's wasm.
 const DEFAULT_SLICE_DOCS: usize = 4096;
+
+/// Most received frames the session takes in one turn of the loop (see
+/// [`Input::ReceivedMany`]): twice the relay's default send window, so a
+/// client behind the relay takes a whole window at a time, while a relay
+/// with a wider window still leaves the platform its turn in between.
+const MAX_FRAMES_PER_TURN: usize = 16;
 
 /// The loop of one database, to be driven by the platform (spawned on a
 /// local executor). It ends once the database is closed and its last
@@ -260,7 +266,9 @@ enum Outgoing {
 /// sends them in order while the loop goes on.
 struct LiveLink {
     tx: mpsc::UnboundedSender<Outgoing>,
-    incoming: LocalBoxStream<'static, Incoming>,
+    /// What arrived, taken as everything ready at once: frames that
+    /// arrived together are stored in one persist.
+    incoming: ReadyChunks<LocalBoxStream<'static, Incoming>>,
     pump: LocalBoxFuture<'static, ()>,
 }
 
@@ -269,7 +277,7 @@ impl LiveLink {
         let (tx, rx) = mpsc::unbounded();
         LiveLink {
             tx,
-            incoming: link.incoming,
+            incoming: link.incoming.ready_chunks(MAX_FRAMES_PER_TURN),
             pump: pump(link.sender, rx).boxed_local(),
         }
     }
@@ -319,7 +327,8 @@ fn answer_waiters(waiters: &Waiters, result: &Result<(), Error>) {
 enum Wake {
     Woken,
     Connected(Result<Link, TransportError>),
-    Incoming(Option<Incoming>),
+    /// What arrived, in order (`None`: the link's stream ended).
+    Incoming(Option<Vec<Incoming>>),
     LinkBroken,
     Written(Result<(), StoreError>),
     Reloaded(Result<Vec<Record>, StoreError>),
@@ -631,15 +640,29 @@ impl<T: Transport> Host<T> {
                 core.last_error = Some(format!("cannot reach the relay: {e}"));
                 core.session.handle(now, Input::Disconnected { code: None });
             }
-            Wake::Incoming(Some(Incoming::Frame(frame))) => {
-                core.session.handle(now, Input::Received(&frame));
-            }
-            Wake::Incoming(Some(Incoming::Closed { code, reason })) => {
-                self.link = None;
-                if !reason.is_empty() {
-                    core.last_error = Some(format!("connection closed: {reason}"));
+            Wake::Incoming(Some(incoming)) => {
+                let mut frames = Vec::with_capacity(incoming.len());
+                let mut closed = None;
+                for item in incoming {
+                    match item {
+                        Incoming::Frame(frame) => frames.push(frame),
+                        // The stream ends after it: nothing follows.
+                        Incoming::Closed { code, reason } => {
+                            closed = Some((code, reason));
+                            break;
+                        }
+                    }
                 }
-                core.session.handle(now, Input::Disconnected { code });
+                if !frames.is_empty() {
+                    core.session.handle(now, Input::ReceivedMany(&frames));
+                }
+                if let Some((code, reason)) = closed {
+                    self.link = None;
+                    if !reason.is_empty() {
+                        core.last_error = Some(format!("connection closed: {reason}"));
+                    }
+                    core.session.handle(now, Input::Disconnected { code });
+                }
             }
             Wake::Incoming(None) | Wake::LinkBroken => {
                 self.link = None;

@@ -1298,3 +1298,48 @@ fn close_stores_the_checkpoint_being_encoded() {
         .count();
     assert_eq!(documents, 0, "the checkpoint stands for every record");
 }
+
+/// A reconnecting database behind the relay by 2,500 operations gets them
+/// as three `Deliver`s at once (the relay's batches hold 1,000): the loop
+/// takes all three together and confirms them with one `Applied` (the
+/// session then encodes the ten documents they touch once, not once per
+/// frame: sync-core's durability_contract tests that part).
+#[test]
+fn deliveries_that_arrive_together_are_stored_once_and_confirmed_once() {
+    let mut w = World::new();
+    let a = w.open(&MemoryStore::new());
+    let b = w.open(&MemoryStore::new());
+    b.disconnect();
+    w.settle();
+    let tx = a.transaction(|tx| {
+        for i in 0..2_500 {
+            tx.put(
+                "todos",
+                &format!("d{}", i % 10),
+                [(format!("f{}", i / 10), i)],
+            )?;
+        }
+        Ok(())
+    });
+    w.block(tx).expect("stored");
+    w.settle();
+    assert_eq!(w.relay.head("room"), 2_500);
+
+    let before = w.relay.frames_received();
+    b.connect().expect("connects");
+    w.settle();
+    assert_eq!(b.status().cursor, 2_500);
+    assert_eq!(
+        w.relay.frames_received() - before,
+        2,
+        "a Hello, then one Applied for the three frames"
+    );
+    assert_eq!(
+        b.collection("todos")
+            .get("d9")
+            .expect("synced")
+            .fields
+            .len(),
+        250
+    );
+}

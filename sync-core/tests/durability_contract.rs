@@ -6,10 +6,13 @@
 //! IndexedDB or a SQLite writer thread completes them later.
 
 use sync_core::Timestamp;
-use sync_core::protocol::{self, CloseCode, ErrorCode, Message};
+use sync_core::protocol::{self, CloseCode, ErrorCode, Hello, Message};
 use sync_core::room::{ConnectionId, Room, RoomConfig, RoomInput, RoomOutput};
-use sync_core::session::{Input, LinkState, Output, Session, SessionConfig};
-use sync_core::{Event, PersistId, Replica, ReplicaConfig, ReplicaId, StoreKey, WriteError};
+use sync_core::session::{Input, LinkState, Output, Session, SessionConfig, SyncState};
+use sync_core::{
+    Change, Event, Hlc, Op, OpId, PersistId, Replica, ReplicaConfig, ReplicaId, StoreKey, Value,
+    Write, WriteError,
+};
 
 const NOW: u64 = 1_700_000_000_000;
 
@@ -482,5 +485,122 @@ fn a_write_not_yet_polled_is_stored_before_an_ack_releases_its_push() {
     assert!(
         released.iter().any(|m| matches!(m, Message::Push { .. })),
         "{released:?}"
+    );
+}
+
+/// What the room hands out, its persists reported durable at once.
+fn settle_room(room: &mut Room) -> Vec<RoomOutput> {
+    let mut all = Vec::new();
+    loop {
+        let outs = drain_room(room);
+        if outs.is_empty() {
+            return all;
+        }
+        for id in room_persists(&outs) {
+            room.handle(at(NOW), RoomInput::Persisted(id));
+        }
+        all.extend(outs);
+    }
+}
+
+/// Three frames the relay delivered one by one, fed to the session as
+/// having arrived together: what they apply is handed out in one persist,
+/// and their one `Applied` leaves only once that persist is durable.
+#[test]
+fn frames_received_together_are_stored_in_one_persist_then_confirmed_once() {
+    let mut room = Room::new(RoomConfig::default());
+    let mut s = joined(&mut room, 1, 1);
+    // A writer joins raw, as connection 2, and pushes one put at a time.
+    room.handle(
+        at(NOW),
+        RoomInput::Join {
+            connection: 2,
+            hello: Hello {
+                replica: ReplicaId(2),
+                room: "room".into(),
+                token: Vec::new(),
+                cursor: 0,
+                own_seq: 0,
+                settled_seq: 0,
+                agent: "test".into(),
+                versions: vec![protocol::PROTOCOL_VERSION],
+                snapshot_formats: vec![1],
+            },
+            read_only: false,
+        },
+    );
+    settle_room(&mut room);
+    let mut delivered = Vec::new();
+    for seq in 1..=3u64 {
+        let op = Op {
+            id: OpId {
+                replica: ReplicaId(2),
+                seq,
+            },
+            hlc: Hlc::new(NOW, u16::try_from(seq).expect("small")).expect("in range"),
+            change: Change::Put {
+                collection: "todos".into(),
+                id: "a".into(),
+                fields: vec![(format!("f{seq}"), Some(Value::Int(seq as i64)))],
+            },
+        };
+        let push = protocol::encode(&Message::Push { ops: vec![op] });
+        room.handle(
+            at(NOW),
+            RoomInput::Frame {
+                connection: 2,
+                frame: &push,
+            },
+        );
+        for out in settle_room(&mut room) {
+            if let RoomOutput::Transmit {
+                connection: 1,
+                frame,
+            } = out
+            {
+                delivered.push(frame.to_vec());
+            }
+        }
+    }
+    assert_eq!(delivered.len(), 3, "one Deliver per push");
+
+    s.handle(at(NOW), Input::ReceivedMany(&delivered));
+    let outs = drain_session(&mut s);
+    let persists: Vec<&Vec<Write>> = outs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Persist { batch, .. } => Some(&batch.writes),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(persists.len(), 1, "one persist for the three frames");
+    let documents = persists[0]
+        .iter()
+        .filter(|w| matches!(w.key(), StoreKey::Document { .. }))
+        .count();
+    let cursor = persists[0].iter().find_map(|w| match w {
+        Write::Put {
+            key: StoreKey::Extension(_),
+            value,
+        } => SyncState::decode(value).ok().map(|state| state.cursor()),
+        _ => None,
+    });
+    assert_eq!((documents, cursor), (1, Some(3)), "{persists:?}");
+    assert!(
+        frames(&outs).is_empty(),
+        "nothing is confirmed before it is stored: {:?}",
+        frames(&outs)
+    );
+    for seq in 1..=3 {
+        assert!(s.get_field("todos", "a", &format!("f{seq}")).is_some());
+    }
+
+    s.handle(at(NOW), Input::Persisted(persist_ids(&outs)[0]));
+    assert_eq!(
+        frames(&drain_session(&mut s)),
+        vec![Message::Applied {
+            cursor: 3,
+            frames: 3
+        }]
     );
 }

@@ -239,6 +239,7 @@ struct Coverage {
     client_persists_failed: u64,
     room_persists_failed: u64,
     snapshots_installed: u64,
+    delivers_received_together: u64,
     resyncs: u64,
     refusals: u64,
     compactions: u64,
@@ -280,6 +281,10 @@ impl Coverage {
             ("client persists failed", self.client_persists_failed),
             ("room persists failed", self.room_persists_failed),
             ("snapshots installed", self.snapshots_installed),
+            (
+                "delivers received together",
+                self.delivers_received_together,
+            ),
             ("resyncs", self.resyncs),
             ("refusals", self.refusals),
             ("compactions", self.compactions),
@@ -304,6 +309,7 @@ impl Coverage {
             client_persists_failed,
             room_persists_failed,
             snapshots_installed,
+            delivers_received_together,
             resyncs,
             refusals,
             compactions,
@@ -1243,6 +1249,19 @@ impl Sim {
                 if let Some(through) = settled {
                     self.acknowledged(client, through);
                 }
+                if link == LinkState::Live
+                    && protocol::peek_kind(&frame) == Some(protocol::MessageKind::Deliver)
+                    && self.rng.chance(500)
+                {
+                    // As a host does with what its link has ready at once:
+                    // the `Deliver`s already due on this connection go in
+                    // with this one, as one `ReceivedMany`.
+                    let frames = self.due_delivers(packet.conn, frame);
+                    if frames.len() > 1 {
+                        self.cov.delivers_received_together += 1;
+                    }
+                    return self.client_input(client, Input::ReceivedMany(&frames));
+                }
                 self.client_input(client, Input::Received(&frame));
             }
             (Side::Client, Payload::Fin(code)) => {
@@ -1369,6 +1388,41 @@ impl Sim {
             self.now = self.now.max(next);
             self.fire_due();
         }
+    }
+
+    /// `first` and, after it in arrival order, every `Deliver` frame due
+    /// on `conn` up to its first other packet (taken off the network).
+    fn due_delivers(&mut self, conn: u64, first: Vec<u8>) -> Vec<Vec<u8>> {
+        let now = self.now;
+        let mut due: Vec<usize> = (0..self.net.packets.len())
+            .filter(|&i| {
+                let p = &self.net.packets[i];
+                p.conn == conn && p.to == Side::Client && p.at <= now
+            })
+            .collect();
+        due.sort_by_key(|&i| self.net.packets[i].at);
+        let taken: Vec<usize> = due
+            .into_iter()
+            .take_while(|&i| {
+                matches!(&self.net.packets[i].payload, Payload::Frame(f)
+                    if protocol::peek_kind(f) == Some(protocol::MessageKind::Deliver))
+            })
+            .collect();
+        let mut frames = vec![first];
+        frames.extend(
+            taken
+                .iter()
+                .filter_map(|&i| match &self.net.packets[i].payload {
+                    Payload::Frame(f) => Some(f.clone()),
+                    Payload::Fin(_) => None,
+                }),
+        );
+        let mut index = 0;
+        self.net.packets.retain(|_| {
+            index += 1;
+            !taken.contains(&(index - 1))
+        });
+        frames
     }
 
     fn fire_due(&mut self) {

@@ -220,6 +220,10 @@ const concord = {
       }
     });
     await a.db.flush();
+    // `flush` waits for the relay's acknowledgement; the delivery of the
+    // last batch back to `a` (which moves its cursor) may come after it,
+    // so the head is taken once `a` has seen every write come back.
+    await until(a.db, (s) => s.cursor >= WRITES, "writes delivered back");
     const head = a.db.status.value.cursor;
     await settle();
     const t0 = performance.now();
@@ -253,6 +257,8 @@ const concord = {
       }
     });
     await a.db.flush();
+    // As in `encodeDecode`: the last batch may come back after the flush.
+    await until(a.db, (s) => s.cursor >= WRITES, "writes delivered back");
     let head = a.db.status.value.cursor;
     await until(b.db, (s) => s.cursor >= head, "first sync");
     b.db.disconnect();

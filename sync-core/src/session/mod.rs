@@ -158,6 +158,12 @@ pub enum Input<'a> {
     Connected,
     /// A frame arrived.
     Received(&'a [u8]),
+    /// Frames that arrived together (what the transport had ready at
+    /// once), in arrival order. Each is handled as a [`Input::Received`],
+    /// except that the operations they deliver are handed out in one
+    /// [`Output::Persist`], and the frames are confirmed by one `Applied`
+    /// behind it: a document several of them touch is written once.
+    ReceivedMany(&'a [Vec<u8>]),
     /// The transport closed or failed (`code`: the WebSocket close code, if any).
     Disconnected {
         /// The close code received, if any.
@@ -361,6 +367,9 @@ pub struct Session {
     /// operations from the outbox: an app told "refused for good" must not
     /// see the operation come back after a crash.
     refusal_events: Vec<Event>,
+    /// While [`Input::ReceivedMany`] is handled: the frames applied so
+    /// far, whose persist and `Applied` wait for the last of its frames.
+    batched_frames: Option<u32>,
 }
 
 /// Rebuilds a session from its store's records fed in slices, so a host
@@ -449,6 +458,7 @@ impl Session {
             reported_timeout: ReportedDeadline::default(),
             reported_refusals: BTreeSet::new(),
             refusal_events: Vec::new(),
+            batched_frames: None,
         }
     }
 
@@ -791,6 +801,7 @@ impl Session {
         match input {
             Input::Connected => self.on_connected(now),
             Input::Received(frame) => self.on_frame(now, frame),
+            Input::ReceivedMany(frames) => self.on_frames(now, frames),
             Input::Disconnected { code } => {
                 let code = code.map_or(CloseCode::GoingAway, CloseCode::from_u16);
                 self.lose_link(now, code, "transport closed".into(), false);
@@ -899,6 +910,24 @@ impl Session {
         self.outputs
             .push(Output::Transmit(protocol::encode(&Message::Hello(hello))));
         self.link = Link::Handshaking { since: now };
+    }
+
+    /// Frames that arrived together: one persist for what they applied,
+    /// then one `Applied` for them all (queued behind that persist, so it
+    /// leaves only once their documents and cursor are durable).
+    fn on_frames(&mut self, now: u64, frames: &[Vec<u8>]) {
+        self.batched_frames = Some(0);
+        for frame in frames {
+            self.on_frame(now, frame);
+        }
+        let applied = self.batched_frames.take().unwrap_or(0);
+        self.flush_persist();
+        // A link lost within the batch confirms nothing: the next
+        // connection resumes from the stored cursor.
+        if applied > 0 && matches!(self.link, Link::Live(_)) {
+            self.confirm(now, applied);
+        }
+        self.check_caught_up();
     }
 
     fn on_frame(&mut self, now: u64, frame: &[u8]) {
@@ -1218,7 +1247,8 @@ impl Session {
 
     /// Applies what the clock allows from the inbound queue, stores the
     /// cursor, and confirms the frames applied (the `Applied` waits for
-    /// that store, so its cursor is durable).
+    /// that store, so its cursor is durable); within
+    /// [`Input::ReceivedMany`], the batch's end does both.
     fn drain_inbound(&mut self, now: u64) {
         let drained = self.inbound.drain(
             now,
@@ -1230,6 +1260,13 @@ impl Session {
             if cursor > self.sync.cursor {
                 self.sync.cursor = cursor;
                 self.sync_dirty = true;
+            }
+        }
+        if let Some(batched) = &mut self.batched_frames {
+            // Stored and confirmed once the batch's last frame is handled.
+            *batched += drained.frames;
+            if drained.bad_snapshot.is_none() {
+                return;
             }
         }
         self.flush_persist();
@@ -1284,6 +1321,11 @@ impl Session {
 
     /// Tells the relay how many frames are consumed and what is stored.
     fn confirm(&mut self, now: u64, frames: u32) {
+        if self.batched_frames.is_some() {
+            // The cursor it reports may be one a batch has applied but not
+            // yet handed out for storing: that persist goes first.
+            self.flush_persist();
+        }
         let cursor = self.sync.cursor;
         self.send(now, &Message::Applied { cursor, frames });
     }
