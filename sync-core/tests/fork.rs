@@ -165,3 +165,117 @@ fn a_fork_survives_reopening() {
     // The original's disk is untouched by the copy's.
     assert_eq!(restore(&disk).id(), ReplicaId(1));
 }
+
+/// One step of [`the_stored_outbox_is_the_replicas_after_any_steps`].
+#[derive(Clone, Debug)]
+enum Step {
+    /// A put to one of a few documents.
+    Put(u8),
+    /// A transaction of that many puts.
+    Transaction(u8),
+    /// An acknowledgement through the outbox operation at this index
+    /// (modulo its length), written or not.
+    Acknowledge(u8),
+    /// A fork to a fresh id: the numbering restarts at 1.
+    Fork,
+    /// A persist batch taken and queued, not written yet (a host with a
+    /// store write in flight).
+    Take,
+    /// The queued batches written: merged into one (`PersistBatch::extend_all`,
+    /// as the host merges them) or one by one.
+    Write { merged: bool },
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    prop_oneof![
+        3 => any::<u8>().prop_map(Step::Put),
+        2 => (1u8..6).prop_map(Step::Transaction),
+        3 => any::<u8>().prop_map(Step::Acknowledge),
+        1 => Just(Step::Fork),
+        3 => Just(Step::Take),
+        2 => any::<bool>().prop_map(|merged| Step::Write { merged }),
+    ]
+}
+
+/// Writes the queued batches and empties the queue.
+fn write_queued(queued: &mut Vec<sync_core::PersistBatch>, disk: &mut MemoryStore, merged: bool) {
+    if merged {
+        let mut all = sync_core::PersistBatch::default();
+        all.extend_all(std::mem::take(queued));
+        disk.write(&all).expect("write");
+    } else {
+        for batch in queued.drain(..) {
+            disk.write(&batch).expect("write");
+        }
+    }
+}
+
+proptest::proptest! {
+    /// Acknowledgements remove outbox records by range and a fork stores
+    /// new records under the numbers just removed: whatever the mix of
+    /// writes, acknowledgements, forks and batches queued, merged or
+    /// written one by one, the store ends up holding the replica's own
+    /// outbox and documents (the oracle is the replica in memory, which
+    /// never reads the store).
+    #[test]
+    fn the_stored_outbox_is_the_replicas_after_any_steps(
+        steps in proptest::collection::vec(step(), 1..40),
+        merged in proptest::bool::ANY,
+    ) {
+        let mut replica = Replica::new(ReplicaId(1), ReplicaConfig::default());
+        let mut disk = MemoryStore::new();
+        let mut queued = Vec::new();
+        let mut next_id = 2;
+        let mut now = NOW;
+        for step in steps {
+            now += 1;
+            let at = Timestamp::from_unix_ms(now);
+            match step {
+                Step::Put(i) => {
+                    let id = format!("d{}", i % 7);
+                    replica.put(at, "todos", &id, [("title", Value::Int(i.into()))]).expect("put");
+                }
+                Step::Transaction(n) => {
+                    replica
+                        .transaction(at, |tx| {
+                            for k in 0..n {
+                                tx.put("todos", &format!("d{k}"), [("n", Value::Int(k.into()))])?;
+                            }
+                            Ok::<_, sync_core::WriteError>(())
+                        })
+                        .expect("transaction");
+                }
+                Step::Acknowledge(i) => {
+                    let seqs: Vec<u64> = replica.outbox().map(|op| op.id.seq).collect();
+                    if !seqs.is_empty() {
+                        replica.acknowledge(seqs[usize::from(i) % seqs.len()]);
+                    }
+                }
+                Step::Fork => {
+                    replica.fork(ReplicaId(next_id));
+                    next_id += 1;
+                }
+                Step::Take => queued.extend(replica.take_persist()),
+                Step::Write { merged } => {
+                    queued.extend(replica.take_persist());
+                    write_queued(&mut queued, &mut disk, merged);
+                }
+            }
+        }
+        queued.extend(replica.take_persist());
+        write_queued(&mut queued, &mut disk, merged);
+        let restored = restore(&disk);
+        proptest::prop_assert_eq!(restored.id(), replica.id());
+        let stored: Vec<Op> = restored.outbox().collect();
+        let expected: Vec<Op> = replica.outbox().collect();
+        proptest::prop_assert_eq!(stored, expected);
+        for i in 0..7 {
+            let id = format!("d{i}");
+            proptest::prop_assert_eq!(
+                restored.get("todos", &id).map(|d| d.fields.clone()),
+                replica.get("todos", &id).map(|d| d.fields.clone())
+            );
+        }
+    }
+}
