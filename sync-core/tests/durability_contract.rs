@@ -576,7 +576,7 @@ fn frames_received_together_are_stored_in_one_persist_then_confirmed_once() {
     assert_eq!(persists.len(), 1, "one persist for the three frames");
     let documents = persists[0]
         .iter()
-        .filter(|w| matches!(w.key(), StoreKey::Document { .. }))
+        .filter(|w| matches!(w.key(), Some(StoreKey::Document { .. })))
         .count();
     let cursor = persists[0].iter().find_map(|w| match w {
         Write::Put {
