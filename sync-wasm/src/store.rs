@@ -577,15 +577,9 @@ fn fold_logged(records: Vec<Record>, batches: Vec<Vec<LoggedWrite>>) -> Vec<Reco
             LoggedWrite::Delete(key) => {
                 all.remove(&key);
             }
-            // `BTreeMap::range` panics on a reversed range; it removes nothing.
-            LoggedWrite::DeleteRange(first, last) if first <= last => {
-                let doomed: Vec<Vec<u8>> =
-                    all.range(first..=last).map(|(k, _)| k.clone()).collect();
-                for key in doomed {
-                    all.remove(&key);
-                }
+            LoggedWrite::DeleteRange(first, last) => {
+                sync_core::store::remove_range(&mut all, &first, &last);
             }
-            LoggedWrite::DeleteRange(..) => {}
         }
     }
     all.into_iter().collect()

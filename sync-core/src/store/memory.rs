@@ -52,18 +52,7 @@ impl MemoryStore {
 
     /// Removes the records from `first` to `last`, both included.
     fn remove_range(&mut self, first: &crate::StoreKey, last: &crate::StoreKey) {
-        let (first, last) = (first.to_bytes(), last.to_bytes());
-        // `BTreeMap::range` panics on a reversed range; it removes nothing.
-        if first <= last {
-            let doomed: Vec<Vec<u8>> = self
-                .records
-                .range(first..=last)
-                .map(|(k, _)| k.clone())
-                .collect();
-            for key in doomed {
-                self.records.remove(&key);
-            }
-        }
+        super::remove_range(&mut self.records, &first.to_bytes(), &last.to_bytes());
     }
 }
 

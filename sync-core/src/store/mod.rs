@@ -11,10 +11,30 @@ mod memory;
 
 pub use memory::MemoryStore;
 
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
 use crate::persist::PersistBatch;
 
 /// One stored record: key bytes, value bytes.
 pub type Record = (Vec<u8>, Vec<u8>);
+
+/// Removes from `records` every key from `first` to `last`, both included,
+/// as [`crate::persist::Write::DeleteRange`] asks (nothing when `first`
+/// sorts after `last`): for stores, or logs folded at read, that keep
+/// records in a map ordered by key bytes.
+pub fn remove_range(records: &mut BTreeMap<Vec<u8>, Vec<u8>>, first: &[u8], last: &[u8]) {
+    // `BTreeMap::range` panics on a reversed range, which removes nothing.
+    if first <= last {
+        let doomed: Vec<Vec<u8>> = records
+            .range::<[u8], _>((Bound::Included(first), Bound::Included(last)))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in doomed {
+            records.remove(&key);
+        }
+    }
+}
 
 /// Durable key/value storage for one replica.
 pub trait Store {
