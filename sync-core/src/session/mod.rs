@@ -1238,11 +1238,15 @@ impl Session {
                 });
                 self.drain_inbound(now);
             }
-            Err(e) => {
-                let reason = format!("relay sent a bad snapshot: {e}");
-                self.fail(now, CloseCode::ProtocolError, ErrorCode::Malformed, reason);
-            }
+            Err(e) => self.fail_bad_snapshot(now, &e),
         }
+    }
+
+    /// Closes the link over a snapshot that does not decode: nothing of it
+    /// was applied, and the relay sends it again on reconnecting.
+    fn fail_bad_snapshot(&mut self, now: u64, error: &dyn std::fmt::Display) {
+        let reason = format!("relay sent a bad snapshot: {error}");
+        self.fail(now, CloseCode::ProtocolError, ErrorCode::Malformed, reason);
     }
 
     /// Applies what the clock allows from the inbound queue, stores the
@@ -1271,10 +1275,7 @@ impl Session {
         }
         self.flush_persist();
         if let Some(e) = drained.bad_snapshot {
-            // As when a snapshot fails to decode in one call: nothing of
-            // it was applied, and the relay sends it again on reconnecting.
-            let reason = format!("relay sent a bad snapshot: {e}");
-            return self.fail(now, CloseCode::ProtocolError, ErrorCode::Malformed, reason);
+            return self.fail_bad_snapshot(now, &e);
         }
         if drained.frames > 0 && matches!(self.link, Link::Live(_)) {
             self.confirm(now, drained.frames);
