@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use crate::hlc::Hlc;
 use crate::op::{ChangeRef, OpRef};
+use crate::protocol::{push_varint, put_varint};
 use crate::quoted::Quoted;
 use crate::stamp::{ReplicaId, Stamp};
 use crate::state::{DocState, Names};
@@ -494,28 +495,30 @@ pub(crate) fn encode_record<T: Serialize + ?Sized>(record: &T) -> Vec<u8> {
 /// Like [`encode_record`], into a buffer of `capacity` bytes to start with,
 /// so a record of known rough size is not grown by reallocation.
 pub(crate) fn encode_record_sized<T: Serialize + ?Sized>(record: &T, capacity: usize) -> Vec<u8> {
-    // Serialising into a Vec fails only for types postcard cannot express
-    // (sequences of unknown length); ours never are. Were it to happen, the
-    // empty record would be refused as corrupt on load rather than misread.
-    let mut out = Vec::with_capacity(capacity);
-    out.push(RECORD_VERSION);
-    to_vec_end(record, out)
+    encode_record_into(record, Vec::with_capacity(capacity))
 }
 
-/// Appends `record`, in postcard, to `out`.
+/// Appends `record`, in postcard, to `out`; on failure leaves `out` as it
+/// was and returns `false` (whatever `out` already held, such as the other
+/// records of a transaction's run, is kept).
 ///
 /// Through [`VecSink`] rather than `postcard::to_extend`: that one copies
 /// every varint and string a byte at a time through `Extend`, a fifth of
 /// the instructions of a durable put (which re-encodes its document).
-fn to_vec_end<T: Serialize + ?Sized>(record: &T, out: Vec<u8>) -> Vec<u8> {
-    postcard::serialize_with_flavor(record, VecSink(out)).unwrap_or_default()
+fn append_postcard<T: Serialize + ?Sized>(record: &T, out: &mut Vec<u8>) -> bool {
+    let start = out.len();
+    let ok = postcard::serialize_with_flavor(record, VecSink(out)).is_ok();
+    if !ok {
+        out.truncate(start);
+    }
+    ok
 }
 
 /// A postcard output that appends whole slices to a vector.
-struct VecSink(Vec<u8>);
+struct VecSink<'a>(&'a mut Vec<u8>);
 
-impl postcard::ser_flavors::Flavor for VecSink {
-    type Output = Vec<u8>;
+impl postcard::ser_flavors::Flavor for VecSink<'_> {
+    type Output = ();
 
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
         self.0.extend_from_slice(data);
@@ -527,8 +530,8 @@ impl postcard::ser_flavors::Flavor for VecSink {
         Ok(())
     }
 
-    fn finalize(self) -> postcard::Result<Vec<u8>> {
-        Ok(self.0)
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
     }
 }
 
@@ -604,31 +607,11 @@ fn push_value(out: &mut Vec<u8>, value: &Value) {
             push_varint(out, v.len() as u64);
             out.extend_from_slice(v);
         }
-        Value::List(_) | Value::Map(_) => *out = to_vec_end(value, std::mem::take(out)),
-    }
-}
-
-/// Writes `v` as postcard's varint into `buf` at `at`; returns the end.
-/// `buf` has room for the 10 bytes of any `u64` after `at` (the caller's
-/// sum of widths).
-fn put_varint(buf: &mut [u8], mut at: usize, mut v: u64) -> usize {
-    while v >= 0x80 {
-        buf[at] = v as u8 | 0x80;
-        v >>= 7;
-        at += 1;
-    }
-    buf[at] = v as u8;
-    at + 1
-}
-
-/// Appends `v` as postcard's varint: seven bits a byte, low bits first.
-fn push_varint(out: &mut Vec<u8>, v: u64) {
-    if v < 0x80 {
-        out.push(v as u8);
-    } else {
-        let mut buf = [0; 10];
-        let len = put_varint(&mut buf, 0, v);
-        out.extend_from_slice(&buf[..len]);
+        // Cannot fail for a vector; were it to, the record would lack its
+        // value and be refused as corrupt on load, the run's others intact.
+        Value::List(_) | Value::Map(_) => {
+            append_postcard(value, out);
+        }
     }
 }
 
@@ -685,9 +668,13 @@ fn decode_body<'de, T: Deserialize<'de>>(
 pub(crate) fn encode_record_into<T: Serialize + ?Sized>(record: &T, mut out: Vec<u8>) -> Vec<u8> {
     out.clear();
     out.push(RECORD_VERSION);
-    // As in `encode_record_sized`: cannot fail for a vector; an empty
-    // record would be refused on load rather than misread.
-    to_vec_end(record, out)
+    // Serialising into a Vec fails only for types postcard cannot express
+    // (sequences of unknown length); ours never are. Were it to happen, the
+    // empty record would be refused as corrupt on load rather than misread.
+    if !append_postcard(record, &mut out) {
+        out.clear();
+    }
+    out
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ use std::ops::Bound;
 
 use crate::hlc::{Hlc, MAX_WALL_MS};
 use crate::op::{check_collection, check_doc_id, check_field_name};
+use crate::protocol::push_varint;
 use crate::quoted::Quoted;
 use crate::snapshot::{
     Snapshot, SnapshotError, check, check_collection_stamps, checked_doc, doc_newest, inflate,
@@ -112,14 +113,6 @@ const TAG_MAP: u64 = 9;
 pub(crate) const NOMINAL_FIELD_BYTES: usize = 4;
 
 // ---- primitives ------------------------------------------------------------
-
-fn push_varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
-}
 
 /// Maps a signed integer to an unsigned one with small magnitudes small
 /// (0, -1, 1, -2, … → 0, 1, 2, 3, …), so deltas of either sign stay short

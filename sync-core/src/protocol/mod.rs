@@ -250,12 +250,28 @@ pub(crate) fn read_varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
 }
 
 /// LEB128 as postcard writes unsigned integers.
-pub(crate) fn push_varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
+pub(crate) fn push_varint(out: &mut Vec<u8>, value: u64) {
+    if value < 0x80 {
+        out.push(value as u8);
+    } else {
+        // Built on the stack and appended in one copy: a push per byte
+        // checks the vector's capacity every time.
+        let mut buf = [0; 10];
+        let len = put_varint(&mut buf, 0, value);
+        out.extend_from_slice(&buf[..len]);
     }
-    out.push(value as u8);
+}
+
+/// Writes `value` as [`push_varint`] does into `buf` at `at`; returns the
+/// end. `buf` has room for the 10 bytes of any `u64` after `at`.
+pub(crate) fn put_varint(buf: &mut [u8], mut at: usize, mut value: u64) -> usize {
+    while value >= 0x80 {
+        buf[at] = value as u8 | 0x80;
+        value >>= 7;
+        at += 1;
+    }
+    buf[at] = value as u8;
+    at + 1
 }
 
 #[cfg(test)]
