@@ -1,6 +1,6 @@
 //! What a platform supplies: a transport, a store and a timer.
 //!
-//! The host loop ([`crate::host`]) is written once against these three
+//! The host loop (`host.rs`) is written once against these three
 //! traits. The browser adapter implements them with a WebSocket, IndexedDB
 //! and `setTimeout`; the native adapter with tokio-tungstenite, SQLite and
 //! tokio's timer; tests with in-memory fakes and virtual time.

@@ -45,7 +45,7 @@ pub enum StoreKey {
     /// A record owned by a layer above the replica (for example a sync session).
     Extension(String),
     /// The checkpoint: the whole state as one snapshot, which the stored
-    /// document and collection records override (see [`CHECKPOINT_VERSION`]).
+    /// document and collection records override.
     Checkpoint,
 }
 

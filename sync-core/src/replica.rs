@@ -1553,7 +1553,8 @@ impl DoubleEndedIterator for Outbox<'_> {
     }
 }
 
-/// Exact: every record decodes (see [`Pending`]).
+/// Exact: one operation per sequence number between the two ends, as
+/// every record the outbox holds decodes.
 impl ExactSizeIterator for Outbox<'_> {}
 
 impl std::iter::FusedIterator for Outbox<'_> {}

@@ -57,7 +57,7 @@ pub const COLUMNAR_SNAPSHOT_FORMAT: u8 = 4;
 /// distinct stamp listed once in time order and referred to by position.
 pub const TIMELINE_SNAPSHOT_FORMAT: u8 = 5;
 /// The oldest snapshot format version this build still reads (and writes,
-/// with [`Snapshot::encode_in_format`]): format 1, field stamps stored in
+/// with `Snapshot::encode_in_format`): format 1, field stamps stored in
 /// full; format 4 in a build without the `legacy-snapshots` feature.
 #[cfg(feature = "legacy-snapshots")]
 pub const OLDEST_SNAPSHOT_FORMAT: u8 = FORMAT_1;

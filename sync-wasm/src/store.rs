@@ -8,7 +8,7 @@
 //! each). So a batch of at least [`LOG_THRESHOLD`] writes is stored as ONE
 //! record of the object store `log` instead, which makes it durable with a
 //! single request; afterwards, off the write's path, the store copies that
-//! record's writes into `records` in transactions of [`APPLY_CHUNK`] writes
+//! record's writes into `records` in transactions of `APPLY_CHUNK` writes
 //! and deletes it in the last of them. Until every logged batch is copied,
 //! later batches go to the log too, so that the order of writes is kept:
 //! reading applies `records` first and then the logged batches in order.

@@ -8,7 +8,7 @@
 //!   coming from the flags or `CONCORD_RELAY`, `CONCORD_ROOM`,
 //!   `CONCORD_TOKEN` like the `concord` CLI. `cargo xtask demo` prints these
 //!   commands for its room.
-//! - [`kotlin_suite`] and [`python_tests`] put the examples' tests (and the
+//! - [`kotlin_suite`] and [`PYTHON_TESTS`] put the examples' tests (and the
 //!   Kotlin and Python quick starts) into the binding steps of
 //!   `cargo xtask test`, so the release library is built once.
 //! - A unit test here keeps the README's quick starts

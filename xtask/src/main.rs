@@ -9,7 +9,7 @@
 //! - [`runner`] runs those steps, times them and prints the summary.
 //! - [`summary`] parses test counts and adds up the final tally.
 //! - [`guard`] checks `sync-core`'s dependency tree for crates that do IO.
-//! - [`bench`] runs every benchmark and the relay load generator.
+//! - [`bench`](mod@bench) runs every benchmark and the relay load generator.
 //! - [`bindings`] builds the uniffi bindings and runs their suites;
 //!   [`swift`] runs the Swift one in a Debian trixie chroot.
 //! - [`npm`] builds the npm package `concord-sync` (`cargo xtask npm`).

@@ -130,6 +130,12 @@ pub(crate) const TEST: &[Step] = &[
         ])),
     },
     Step {
+        name: "docs",
+        // Every crate's API docs build, with no link to an item that is
+        // missing or private (the workspace's rustdoc lints deny both).
+        check: Check::ExitStatus(cargo(&["doc", "--workspace", "--no-deps", "--locked"])),
+    },
+    Step {
         name: "callgrind workloads",
         // benches/callgrind is its own workspace (it never joins the test
         // build), so only this keeps it compiling as sync-core's API moves.

@@ -37,7 +37,8 @@ pub fn valid_room_name(name: &str) -> bool {
 /// one every `Hello` carries.
 ///
 /// Version 1 had no negotiation; its frames are refused with an `Error`
-/// that a version 1 peer can read ([`encode_version_refusal`]).
+/// that a version 1 peer can read (`encode_version_refusal`, with the
+/// `relay` feature).
 pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Protocol version 3: version 2 with compact operation batches in `Push`

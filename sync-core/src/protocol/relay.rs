@@ -103,7 +103,7 @@ pub fn encode_version_refusal(version: u8, message: &str) -> Vec<u8> {
 ///
 /// The relay encodes each operation once when it enters the room log and
 /// fans the same bytes out to every session; this splices them into the
-/// exact bytes [`encode`] would produce for
+/// exact bytes [`encode`](super::encode) would produce for
 /// `Message::Deliver { from, cursor, ops }`.
 pub fn encode_deliver<'a>(
     from: u64,
