@@ -153,8 +153,8 @@ export class Shared {
   #settle!: { resolve: () => void; reject: (e: unknown) => void; done: boolean };
   /** Leader: the durability of this turn's puts, once one was made (see #put). */
   #turn: Promise<Turn> | undefined;
-  /** Leader: how many puts this turn made so far. */
-  #turnSize = 0;
+  /** Leader: what each put of this turn chains on `#turn` (see #startTurn). */
+  #turnRevision: (t: Turn) => string = () => "";
   #onOnline = () => {
     // A hint, not the truth: reconnect at once instead of waiting out the
     // backoff, but only when syncing is wanted and the link is down. The
@@ -457,22 +457,29 @@ export class Shared {
     } catch (e) {
       return Promise.reject(toConcordError(e));
     }
-    const i = this.#turnSize++;
     const turn = (this.#turn ??= this.#startTurn());
-    return turn.then((t) =>
-      t.errors === undefined || t.errors[i] === null
-        ? t.revisions.slice(i * REVISION_LENGTH, (i + 1) * REVISION_LENGTH)
-        : Promise.reject(toConcordError(t.errors[i])),
-    );
+    return turn.then(this.#turnRevision);
   }
 
-  /** Leader: a new turn's durability, asked of wasm once the turn's synchronous code and microtasks queued so far have run. */
+  /**
+   * Leader: a new turn's durability, asked of wasm once the turn's
+   * synchronous code and microtasks queued so far have run; and the one
+   * function every put of the turn chains on it. The reactions to one
+   * Promise run in the order they were added, so the n-th call is the n-th
+   * put's: a counter finds its revision and error, where a closure per put
+   * (holding its index) cost as much garbage collection as the put itself.
+   */
   #startTurn(): Promise<Turn> {
     const inner = this.#inner!;
+    let next = 0;
+    this.#turnRevision = (t) => {
+      const i = next++;
+      if (t.errors === undefined || t.errors[i] === null) return t.revisions.slice(i * REVISION_LENGTH, (i + 1) * REVISION_LENGTH);
+      throw toConcordError(t.errors[i]);
+    };
     return new Promise((resolve, reject) =>
       queueMicrotask(() => {
         this.#turn = undefined;
-        this.#turnSize = 0;
         // A throw here (a trapped wasm module) would otherwise leave every
         // put of the turn pending for good: it fails them instead.
         try {
