@@ -118,6 +118,21 @@ test("the puts of one turn resolve each to its own revision, and a refused one f
   await db.close();
 });
 
+test("a write's clock reading is taken in its own task: shared within one, fresh in a later one", async () => {
+  const db = await fresh();
+  const c = db.collection("c");
+  // A revision starts with its stamp's clock: 48 bits of ms, 16 of counter.
+  const wallMs = (revision) => Number(BigInt(`0x${revision.slice(0, 16)}`) >> 16n);
+  const before = Date.now();
+  const first = await c.put("a", { v: 1 });
+  const after = Date.now();
+  assert.ok(before <= wallMs(first) && wallMs(first) <= after, "read from Date.now()");
+  await new Promise((resolve) => setTimeout(resolve, 30));
+  const later = await c.put("a", { v: 2 });
+  assert.ok(wallMs(later) >= wallMs(first) + 20, "read again in a later task");
+  await db.close();
+});
+
 test("a transaction packs every kind of write", async () => {
   const db = await fresh();
   const c = db.collection("c");
