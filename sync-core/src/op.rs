@@ -186,6 +186,7 @@ fn field_len_bound(name: &str, value: Option<&Value>) -> usize {
 
 /// What [`Op::validate`] checks of a put whose field names are known to be
 /// distinct (a local write that dropped repeats), on borrowed parts.
+#[inline]
 pub(crate) fn check_distinct_put<'a>(
     collection: &str,
     id: &str,

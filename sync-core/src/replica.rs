@@ -1720,7 +1720,10 @@ impl TxWrites {
                 let name = self.push_text(name.as_ref());
                 self.fields.push(TxField { name, value });
             }
-            self.drop_repeated_names(start);
+            // Checked here: a put of one field, the usual, makes no call.
+            if self.fields.len() - start > 1 {
+                self.drop_repeated_names(start);
+            }
             let text = self.text.as_str();
             let parts = self.fields[start..]
                 .iter()
