@@ -721,7 +721,8 @@ impl Replica {
     /// nothing), then encodes, applies and queues them in order, straight
     /// from the transaction's buffer: no operation is built, and each
     /// document changed is announced once. Returns what the last write did
-    /// to its document (a single put's revision).
+    /// to its document: with its revision for a single write, without
+    /// (`Changed(None)`) for more, whose callers report none.
     fn commit_transaction(
         &mut self,
         now: Timestamp,
@@ -829,6 +830,8 @@ impl Replica {
                         stamp,
                         fields,
                         self.dirty.generation,
+                        // Only a single write reports its revision.
+                        single,
                     );
                     marked = !newly;
                     changed
