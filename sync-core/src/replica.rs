@@ -908,6 +908,7 @@ impl Replica {
     /// `announced` is `None` when no document was dirty before the
     /// transaction: then those it newly marks dirty are those it changes
     /// first. `marked`: the document is known to be dirty already.
+    #[inline]
     fn tx_doc_changed(
         &mut self,
         announced: &mut Option<BTreeMap<String, DirtyIds>>,
