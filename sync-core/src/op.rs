@@ -179,12 +179,14 @@ pub(crate) fn put_len_bound<'a>(
 }
 
 /// One field's part of [`put_len_bound`].
+#[inline]
 fn field_len_bound(name: &str, value: Option<&Value>) -> usize {
     11 + name.len() + value.map_or(0, Value::encoded_len_bound)
 }
 
 /// What [`Op::validate`] checks of a put whose field names are known to be
 /// distinct (a local write that dropped repeats), on borrowed parts.
+#[inline]
 pub(crate) fn check_distinct_put<'a>(
     collection: &str,
     id: &str,
@@ -201,7 +203,10 @@ pub(crate) fn check_distinct_put<'a>(
     let mut size = put_len_bound(collection, id, std::iter::empty());
     for (name, value) in fields {
         check_field_name(name)?;
-        if value.is_some_and(|v| v.depth() > MAX_VALUE_DEPTH) {
+        // Only a list or map nests: no call for the scalars most fields hold.
+        if let Some(v @ (Value::List(_) | Value::Map(_))) = value
+            && v.depth() > MAX_VALUE_DEPTH
+        {
             return Err(InvalidOp::ValueTooDeep(name.to_owned()));
         }
         size += field_len_bound(name, value);
@@ -282,6 +287,7 @@ pub(crate) fn check_field_name(name: &str) -> Result<(), InvalidOp> {
     check_name(name, limits::MAX_FIELD_NAME_LEN, NameKind::Field)
 }
 
+#[inline]
 fn check_name(name: &str, max: usize, kind: NameKind) -> Result<(), InvalidOp> {
     if name.is_empty() {
         return Err(InvalidOp::EmptyName(kind));

@@ -542,6 +542,7 @@ impl postcard::ser_flavors::Flavor for VecSink<'_> {
 /// serde and postcard it cost about a quarter of a write, most of it a
 /// `memcpy` call per varint and name. Lists and maps, which nest, still go
 /// through postcard.
+#[inline]
 pub(crate) fn push_op_record<'a, F>(out: &mut Vec<u8>, op: &OpRef<'a, F>)
 where
     F: Clone + IntoIterator<Item = (&'a str, Option<&'a Value>)>,

@@ -721,7 +721,8 @@ impl Replica {
     /// nothing), then encodes, applies and queues them in order, straight
     /// from the transaction's buffer: no operation is built, and each
     /// document changed is announced once. Returns what the last write did
-    /// to its document (a single put's revision).
+    /// to its document: with its revision for a single write, without
+    /// (`Changed(None)`) for more, whose callers report none.
     fn commit_transaction(
         &mut self,
         now: Timestamp,
@@ -829,6 +830,8 @@ impl Replica {
                         stamp,
                         fields,
                         self.dirty.generation,
+                        // Only a single write reports its revision.
+                        single,
                     );
                     marked = !newly;
                     changed
@@ -905,6 +908,7 @@ impl Replica {
     /// `announced` is `None` when no document was dirty before the
     /// transaction: then those it newly marks dirty are those it changes
     /// first. `marked`: the document is known to be dirty already.
+    #[inline]
     fn tx_doc_changed(
         &mut self,
         announced: &mut Option<BTreeMap<String, DirtyIds>>,
@@ -1668,6 +1672,8 @@ impl TxWrites {
         self.fields.clear();
     }
 
+    // Inlined: a call per string cost more than the copy (three a put).
+    #[inline]
     fn push_text(&mut self, text: &str) -> Range<usize> {
         let start = self.text.len();
         self.text.push_str(text);
@@ -1718,7 +1724,10 @@ impl TxWrites {
                 let name = self.push_text(name.as_ref());
                 self.fields.push(TxField { name, value });
             }
-            self.drop_repeated_names(start);
+            // Checked here: a put of one field, the usual, makes no call.
+            if self.fields.len() - start > 1 {
+                self.drop_repeated_names(start);
+            }
             let text = self.text.as_str();
             let parts = self.fields[start..]
                 .iter()

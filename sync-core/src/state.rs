@@ -713,12 +713,15 @@ impl State {
         stamp: Stamp,
         fields: impl IntoIterator<Item = (N, Option<Value>)>,
     ) -> DocChange {
-        self.put_marked(collection, id, stamp, fields, 0).0
+        self.put_marked(collection, id, stamp, fields, 0, true).0
     }
 
     /// Like [`State::put`]; a document it changes is marked with
     /// `generation` (see [`DirtyMark`]; zero marks nothing), and the flag
-    /// says whether it changed and was not marked so before.
+    /// says whether it changed and was not marked so before. Without
+    /// `revision`, a change is reported as `Changed(None)`: the revision's
+    /// digest costs three hashes, and a transaction of many writes reports
+    /// none.
     pub(crate) fn put_marked<N: AsRef<str>>(
         &mut self,
         collection: &str,
@@ -726,6 +729,7 @@ impl State {
         stamp: Stamp,
         fields: impl IntoIterator<Item = (N, Option<Value>)>,
         generation: u32,
+        revision: bool,
     ) -> (DocChange, bool) {
         self.with_collection(collection, |coll, names| {
             let dropped = coll.dropped;
@@ -762,7 +766,8 @@ impl State {
                 if generation != 0 {
                     doc.mark.0 = generation;
                 }
-                (DocChange::Changed(doc.revision()), newly)
+                let revision = if revision { doc.revision() } else { None };
+                (DocChange::Changed(revision), newly)
             })
         })
     }

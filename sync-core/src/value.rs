@@ -321,6 +321,9 @@ pub(crate) enum StoredValue {
 const _: () = assert!(size_of::<Option<StoredValue>>() == 24);
 
 impl From<Value> for StoredValue {
+    // Inlined: every field a local write stores converts once, and a call
+    // cost more than the scalars' conversion.
+    #[inline]
     fn from(value: Value) -> StoredValue {
         match value {
             Value::Null => StoredValue::Null,

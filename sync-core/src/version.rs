@@ -94,6 +94,10 @@ impl SeqSet {
     pub fn insert_through(&mut self, seq: u64) {
         if seq > self.contiguous {
             self.contiguous = seq;
+            // Nothing to move (a replica's own writes): no split.
+            if self.ahead.is_empty() {
+                return;
+            }
             self.ahead = match seq.checked_add(1) {
                 Some(next) => self.ahead.split_off(&next),
                 None => BTreeSet::new(),
@@ -150,6 +154,12 @@ impl VersionVector {
     /// numbered in a row, with one lookup of the replica for all.
     pub(crate) fn insert_run(&mut self, replica: ReplicaId, seqs: RangeInclusive<u64>) {
         let set = self.replicas.entry(replica).or_default();
+        // A run that continues the contiguous prefix (a replica's own
+        // writes always do) extends it at once, not a number at a time.
+        if !seqs.is_empty() && *seqs.start() <= set.contiguous.saturating_add(1) {
+            set.insert_through(*seqs.end());
+            return;
+        }
         for seq in seqs {
             set.insert(seq);
         }
@@ -191,6 +201,30 @@ impl VersionVector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs before, across and after a set's prefix and the numbers it
+    /// holds ahead record what inserting each number would.
+    #[test]
+    fn insert_run_records_each_number() {
+        let replica = ReplicaId(1);
+        let bounds = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 12];
+        for start in bounds {
+            for end in bounds {
+                let mut run = VersionVector::default();
+                let mut each = VersionVector::default();
+                for v in [&mut run, &mut each] {
+                    for seq in [1, 2, 5, 7, 8] {
+                        v.insert(OpId { replica, seq });
+                    }
+                }
+                run.insert_run(replica, start..=end);
+                for seq in start..=end {
+                    each.insert(OpId { replica, seq });
+                }
+                assert_eq!(run, each, "{start}..={end}");
+            }
+        }
+    }
 
     #[test]
     fn out_of_order_arrivals_fill_gaps() {

@@ -251,16 +251,27 @@ pub(crate) fn read_varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
 }
 
 /// LEB128 as postcard writes unsigned integers.
+///
+/// Inlined for the one-byte case (lengths of names and ids, small
+/// integers), which a call would cost several times over; longer values
+/// take the call.
+#[inline]
 pub(crate) fn push_varint(out: &mut Vec<u8>, value: u64) {
     if value < 0x80 {
         out.push(value as u8);
     } else {
-        // Built on the stack and appended in one copy: a push per byte
-        // checks the vector's capacity every time.
-        let mut buf = [0; 10];
-        let len = put_varint(&mut buf, 0, value);
-        out.extend_from_slice(&buf[..len]);
+        push_long_varint(out, value);
     }
+}
+
+/// [`push_varint`] of a value of two bytes or more.
+#[inline(never)]
+fn push_long_varint(out: &mut Vec<u8>, value: u64) {
+    // Built on the stack and appended in one copy: a push per byte checks
+    // the vector's capacity every time.
+    let mut buf = [0; 10];
+    let len = put_varint(&mut buf, 0, value);
+    out.extend_from_slice(&buf[..len]);
 }
 
 /// Writes `value` as [`push_varint`] does into `buf` at `at`; returns the
