@@ -336,6 +336,22 @@ async fn step(r: &mut Replica, s: &mut dyn OpenStore, result: Result<(), crate::
     drain(r, s).await;
 }
 
+/// A replica that put `count` one-field documents into collection "c",
+/// each stored as it was written.
+async fn stored_puts(id: ReplicaId, count: u64, s: &mut dyn OpenStore) -> Replica {
+    let mut replica = Replica::new(id, ReplicaConfig::default());
+    for i in 0..count {
+        let result = replica.put(
+            Timestamp::from_unix_ms(1_000 + i),
+            "c",
+            &format!("d{i}"),
+            [("n", Value::Int(i as i64))],
+        );
+        step(&mut replica, s, result.map(drop)).await;
+    }
+    replica
+}
+
 async fn replica_round_trips_through_store(s: &mut dyn OpenStore) {
     let mut replica = Replica::new(ReplicaId(7), ReplicaConfig::default());
     let now = 1_700_000_000_000;
@@ -381,17 +397,7 @@ async fn replica_round_trips_through_store(s: &mut dyn OpenStore) {
 }
 
 async fn acknowledged_ops_leave_the_store(s: &mut dyn OpenStore) {
-    let mut replica = Replica::new(ReplicaId(8), ReplicaConfig::default());
-    for i in 0..10u64 {
-        let result = replica.put(
-            Timestamp::from_unix_ms(1_000 + i),
-            "c",
-            &format!("d{i}"),
-            [("n", Value::Int(i as i64))],
-        );
-        assert!(result.is_ok());
-        drain(&mut replica, s).await;
-    }
+    let mut replica = stored_puts(ReplicaId(8), 10, s).await;
     replica.acknowledge(6);
     drain(&mut replica, s).await;
     s.reopen().await;
@@ -495,17 +501,7 @@ async fn writes_apply_in_batch_order(s: &mut dyn OpenStore) {
 }
 
 async fn forked_outbox_survives_reopen(s: &mut dyn OpenStore) {
-    let mut replica = Replica::new(ReplicaId(9), ReplicaConfig::default());
-    for i in 0..4u64 {
-        let result = replica.put(
-            Timestamp::from_unix_ms(1_000 + i),
-            "c",
-            &format!("d{i}"),
-            [("n", Value::Int(i as i64))],
-        );
-        assert!(result.is_ok());
-        drain(&mut replica, s).await;
-    }
+    let mut replica = stored_puts(ReplicaId(9), 4, s).await;
     replica.acknowledge(1);
     replica.fork(ReplicaId(10));
     drain(&mut replica, s).await;
