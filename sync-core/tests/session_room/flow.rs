@@ -327,17 +327,7 @@ fn a_snapshot_cut_off_as_slow_is_finished_offline_and_not_fetched_again() {
     w.advance(60_000);
     assert_eq!(w.c(reader).link(), LinkState::Live);
     assert_eq!(w.c(reader).connects(), connects + 1);
-    assert_eq!(
-        w.c(reader).hellos().last().map(|h| h.cursor),
-        Some(compacted),
-        "resumes after the snapshot"
-    );
-    assert_eq!(
-        last_snapshot_chunks(&w, reader),
-        1,
-        "the snapshot was sent once"
-    );
-    w.assert_converged();
+    assert_resumed_after_the_one_snapshot(&w, reader, compacted);
 }
 
 /// `start` (what an app's `connect` calls, say on the browser's `online`
@@ -372,17 +362,7 @@ fn start_while_finishing_a_snapshot_offline_connects_once_it_is_applied() {
     w.cm(reader).hold_slices = false;
     w.settle();
     assert_eq!(w.c(reader).link(), LinkState::Live);
-    assert_eq!(
-        w.c(reader).hellos().last().map(|h| h.cursor),
-        Some(compacted),
-        "resumes after the snapshot"
-    );
-    assert_eq!(
-        last_snapshot_chunks(&w, reader),
-        1,
-        "the snapshot was sent once"
-    );
-    w.assert_converged();
+    assert_resumed_after_the_one_snapshot(&w, reader, compacted);
 }
 
 /// A room of 100 documents compacted into a snapshot, and a reader applying
@@ -411,6 +391,22 @@ fn reader_cut_off_while_applying_a_snapshot() -> (World, usize, u64) {
 }
 
 /// How many snapshot chunks `client` received that ended a snapshot.
+/// The client's last `Hello` resumes after the snapshot at `compacted`,
+/// which the relay sent it once, and everyone converged.
+fn assert_resumed_after_the_one_snapshot(w: &World, client: usize, compacted: u64) {
+    assert_eq!(
+        w.c(client).hellos().last().map(|h| h.cursor),
+        Some(compacted),
+        "resumes after the snapshot"
+    );
+    assert_eq!(
+        last_snapshot_chunks(w, client),
+        1,
+        "the snapshot was sent once"
+    );
+    w.assert_converged();
+}
+
 fn last_snapshot_chunks(w: &World, client: usize) -> usize {
     w.c(client)
         .received()
