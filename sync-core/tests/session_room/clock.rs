@@ -60,12 +60,7 @@ fn op_stamped_beyond_the_drift_bound_is_refused_then_pushed_again_after_retry_af
 
 #[test]
 fn session_with_a_clock_behind_holds_deliveries_until_its_clock_catches_up() {
-    let mut w = World::new(RoomConfig::default());
-    let slow = w.add_client(1);
-    let writer = w.add_client(2);
-    w.cm(slow).skew = -(SKEW as i64);
-    w.start(slow);
-    w.start(writer);
+    let (mut w, slow, writer) = slow_reader_and_writer(RoomConfig::default());
     assert!(
         w.c(slow).events().contains(&Event::ClockSkew {
             ahead_ms: SKEW as i64
@@ -116,16 +111,11 @@ fn session_with_a_clock_behind_holds_deliveries_until_its_clock_catches_up() {
 
 #[test]
 fn clock_blocked_session_gets_no_more_than_send_window_frames_in_flight() {
-    let mut w = World::new(
+    let (mut w, slow, writer) = slow_reader_and_writer(
         RoomConfig::default()
             .with_send_window(1)
             .with_slow_consumer_ms(600_000),
     );
-    let slow = w.add_client(1);
-    let writer = w.add_client(2);
-    w.cm(slow).skew = -(SKEW as i64);
-    w.start(slow);
-    w.start(writer);
     w.cm(slow).clear_trace();
     let written_at = w.now;
     // First delivery: received, held by the clock check, unconfirmed until
@@ -171,12 +161,7 @@ fn clock_blocked_session_gets_no_more_than_send_window_frames_in_flight() {
 /// welcome drops them, and the relay sends them again.
 #[test]
 fn restart_with_operations_held_by_the_clock_connects_at_once() {
-    let mut w = World::new(RoomConfig::default());
-    let slow = w.add_client(1);
-    let writer = w.add_client(2);
-    w.cm(slow).skew = -(SKEW as i64);
-    w.start(slow);
-    w.start(writer);
+    let (mut w, slow, writer) = slow_reader_and_writer(RoomConfig::default());
     let written_at = w.now;
     w.put(writer, "doc0", "n", 0);
     assert!(w.c(slow).session.replica().get(TODOS, "doc0").is_none());
@@ -235,4 +220,16 @@ fn a_kept_snapshot_held_by_the_clock_does_not_keep_the_session_offline() {
     assert_eq!(w.c(reader).link(), LinkState::Live, "reconnected meanwhile");
     w.advance(60_000);
     w.assert_converged();
+}
+
+/// A room with two started clients: `slow`, whose clock is `SKEW` behind,
+/// and `writer`. Returns the world and the two clients.
+fn slow_reader_and_writer(config: RoomConfig) -> (World, usize, usize) {
+    let mut w = World::new(config);
+    let slow = w.add_client(1);
+    let writer = w.add_client(2);
+    w.cm(slow).skew = -(SKEW as i64);
+    w.start(slow);
+    w.start(writer);
+    (w, slow, writer)
 }
